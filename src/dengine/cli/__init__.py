@@ -1,0 +1,70 @@
+"""The `dengine` command line: a thin layer over the engine, client and storage tools.
+
+Each command group lives in its own module and is registered here; a command does
+argument parsing and printing only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from dengine.errors import DengineError
+
+# (module, attribute) of every top-level command; imported lazily so that `dengine --help`
+# and light commands stay fast.
+_COMMANDS = {
+    "check": ("dengine.cli.storage_cmds", "check"),
+    "bench": ("dengine.cli.bench_cmds", "bench"),
+    "serve": ("dengine.cli.server_cmds", "serve"),
+    "cluster": ("dengine.cli.server_cmds", "cluster"),
+    "put": ("dengine.cli.client_cmds", "put"),
+    "get": ("dengine.cli.client_cmds", "get"),
+    "delete": ("dengine.cli.client_cmds", "delete"),
+    "status": ("dengine.cli.client_cmds", "status"),
+    "member": ("dengine.cli.client_cmds", "member"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, (mod, _) in _COMMANDS.items() if _exists(mod))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None or not _exists(target[0]):
+            return None
+        command = getattr(importlib.import_module(target[0]), target[1], None)
+        return command if isinstance(command, click.Command) else None
+
+
+def _exists(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@click.group(cls=_LazyGroup)
+@click.version_option(package_name="dengine")
+def cli() -> None:
+    """dengine: a Raft-replicated key-value engine for coordination data."""
+
+
+def main() -> None:
+    """Entry point: turn dengine errors into a clear message and exit code 1, never a traceback."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except DengineError as e:
+        click.echo(f"error [{e.code}]: {e.message}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

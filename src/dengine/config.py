@@ -1,0 +1,139 @@
+"""Node configuration: one dataclass, loadable from TOML, overridable by flags.
+
+Every setting has the same name in TOML and (with dashes) as a `dengine serve` flag.
+Flags win over the file; the file wins over the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from dengine.errors import ConfigError
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs to run. Defaults give a one-node cluster on localhost."""
+
+    data_dir: str = "./dengine-data"
+    node_id: int = 1
+    cluster_id: str = "dengine"
+    listen_peer: str = "127.0.0.1:9181"
+    listen_client: str = "127.0.0.1:9081"
+    # Other members at first start: {node_id: "host:port" of their peer listener}.
+    peers: dict[int, str] = field(default_factory=dict)
+    # Ask this cluster (a client endpoint) to add us as a learner instead of bootstrapping.
+    join: str = ""
+    auto_promote: bool = True
+
+    # Timing. The Raft core counts ticks; the driver ticks every tick_ms of monotonic time.
+    tick_ms: int = 10
+    election_timeout_ms: int = 150  # minimum; each node randomizes in [min, 2*min)
+    heartbeat_interval_ms: int = 50
+    lease_read: bool = True
+    clock_drift_ms: int = 30  # lease = election timeout - drift bound
+
+    # Replication batching.
+    max_entries_per_msg: int = 4096
+    max_bytes_per_msg: int = 4 * 1024 * 1024
+    max_inflight_msgs: int = 64
+
+    # Limits on client input.
+    max_key_size: int = 4 * 1024
+    max_value_size: int = 1024 * 1024
+    max_request_size: int = 8 * 1024 * 1024
+
+    # Storage and compaction.
+    wal_checkpoint_bytes: int = 64 * 1024 * 1024
+    snapshot_threshold_entries: int = 100_000
+    snapshots_to_keep: int = 2
+
+    log_level: str = "info"
+
+    @property
+    def election_ticks(self) -> int:
+        return max(2, self.election_timeout_ms // self.tick_ms)
+
+    @property
+    def heartbeat_ticks(self) -> int:
+        return max(1, self.heartbeat_interval_ms // self.tick_ms)
+
+    @property
+    def lease_ticks(self) -> int:
+        return max(0, (self.election_timeout_ms - self.clock_drift_ms) // self.tick_ms)
+
+    def validate(self) -> NodeConfig:
+        """Raise ConfigError on a setting that cannot work; return self."""
+        if self.node_id <= 0:
+            raise ConfigError(f"node_id must be a positive integer, got {self.node_id}")
+        if self.node_id in self.peers:
+            raise ConfigError(f"peers must not contain this node's own id {self.node_id}")
+        for name in ("tick_ms", "election_timeout_ms", "heartbeat_interval_ms",
+                     "max_key_size", "max_value_size", "max_request_size",
+                     "max_entries_per_msg", "max_bytes_per_msg", "max_inflight_msgs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.heartbeat_interval_ms >= self.election_timeout_ms:
+            raise ConfigError("heartbeat_interval_ms must be below election_timeout_ms")
+        if self.lease_read and self.clock_drift_ms >= self.election_timeout_ms:
+            raise ConfigError("clock_drift_ms must be below election_timeout_ms")
+        for addr in [self.listen_peer, self.listen_client, *self.peers.values()]:
+            parse_address(addr)
+        return self
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        """A copy with `changes` applied (None values are ignored: unset flags)."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for key in changes:
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_toml(cls, path: str) -> NodeConfig:
+        """Load a TOML file whose top-level keys are the field names of this class."""
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        if "peers" in raw:
+            peers = raw["peers"]
+            if not isinstance(peers, dict):
+                raise ConfigError(f"{path}: peers must be a table of id = \"host:port\"")
+            try:
+                raw["peers"] = {int(k): str(v) for k, v in peers.items()}
+            except ValueError:
+                raise ConfigError(f"{path}: peer ids must be integers") from None
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for key, value in raw.items():
+            if key not in types:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            expected = {"int": int, "str": str, "bool": bool}.get(str(types[key]))
+            if expected is not None and (
+                not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+            ):
+                raise ConfigError(f"{path}: {key} must be {expected.__name__}, got {value!r}")
+        return cls().replace(**raw)
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:port"); ConfigError when malformed."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"invalid address {addr!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def parse_peer(spec: str) -> tuple[int, str]:
+    """Parse a `--peer ID=HOST:PORT` flag."""
+    node_id, sep, addr = spec.partition("=")
+    if not sep or not node_id.isdigit() or int(node_id) <= 0:
+        raise ConfigError(f"invalid peer {spec!r}: expected ID=HOST:PORT (ID a positive integer)")
+    parse_address(addr)
+    return int(node_id), addr

@@ -1,0 +1,90 @@
+"""Exceptions raised by dengine, each with a stable string code (also used on the wire)."""
+
+from __future__ import annotations
+
+
+class DengineError(Exception):
+    """Base class of every dengine error. `code` is stable and machine-readable."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip()
+
+
+class InvalidRequest(DengineError):
+    """The request is malformed or breaks a limit (empty key, oversized value, ...)."""
+
+    code = "INVALID_REQUEST"
+
+
+class NotLeader(DengineError):
+    """This node is not the leader; `leader_id`/`leader_address` name the known leader, if any."""
+
+    code = "NOT_LEADER"
+
+    def __init__(
+        self, message: str = "", leader_id: int = 0, leader_address: str = ""
+    ) -> None:
+        super().__init__(message or f"not the leader (known leader: {leader_id or 'none'})")
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class Unavailable(DengineError):
+    """The cluster cannot serve the request now (no leader, no quorum, node stopping)."""
+
+    code = "UNAVAILABLE"
+
+
+class Timeout(DengineError):
+    """The deadline passed. For a write, the outcome is unknown: it may still be applied."""
+
+    code = "TIMEOUT"
+
+
+class StorageError(DengineError):
+    """A storage operation failed (I/O error, unexpected state)."""
+
+    code = "STORAGE"
+
+
+class CorruptionError(StorageError):
+    """On-disk data is corrupt before valid data; the node refuses to start rather than lose it."""
+
+    code = "CORRUPTION"
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"{path}: corrupt at offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class ClusterMismatch(DengineError):
+    """The data dir, or a peer, belongs to another cluster or node id."""
+
+    code = "CLUSTER_MISMATCH"
+
+
+class ConfigError(DengineError):
+    """The configuration (flags or TOML file) is invalid."""
+
+    code = "CONFIG"
+
+
+ERRORS_BY_CODE: dict[str, type[DengineError]] = {
+    cls.code: cls
+    for cls in (
+        DengineError,
+        InvalidRequest,
+        NotLeader,
+        Unavailable,
+        Timeout,
+        StorageError,
+        CorruptionError,
+        ClusterMismatch,
+        ConfigError,
+    )
+}

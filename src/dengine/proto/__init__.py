@@ -1,0 +1,28 @@
+"""Wire and disk formats (protobuf). Regenerate with `python tools/gen_proto.py`."""
+
+from dengine.proto.common_pb2 import (
+    Entry,
+    EntryPayload,
+    HardState,
+    LogId,
+    Member,
+    Membership,
+    Noop,
+    SnapshotMetadata,
+    WriteCommand,
+)
+from dengine.proto.raft_pb2 import Message, MessageType
+
+__all__ = [
+    "Entry",
+    "EntryPayload",
+    "HardState",
+    "LogId",
+    "Member",
+    "Membership",
+    "Message",
+    "MessageType",
+    "Noop",
+    "SnapshotMetadata",
+    "WriteCommand",
+]
