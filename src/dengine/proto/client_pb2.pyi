@@ -1,0 +1,130 @@
+from dengine.proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReadConsistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    READ_CONSISTENCY_LINEARIZABLE: _ClassVar[ReadConsistency]
+    READ_CONSISTENCY_LEASE: _ClassVar[ReadConsistency]
+    READ_CONSISTENCY_EVENTUAL: _ClassVar[ReadConsistency]
+READ_CONSISTENCY_LINEARIZABLE: ReadConsistency
+READ_CONSISTENCY_LEASE: ReadConsistency
+READ_CONSISTENCY_EVENTUAL: ReadConsistency
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "leader_id", "leader_address")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    leader_id: int
+    leader_address: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("commands",)
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    commands: _containers.RepeatedCompositeFieldContainer[_common_pb2.WriteCommand]
+    def __init__(self, commands: _Optional[_Iterable[_Union[_common_pb2.WriteCommand, _Mapping]]] = ...) -> None: ...
+
+class WriteResult(_message.Message):
+    __slots__ = ("index", "succeeded", "value")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    succeeded: bool
+    value: bytes
+    def __init__(self, index: _Optional[int] = ..., succeeded: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("error", "results")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    results: _containers.RepeatedCompositeFieldContainer[WriteResult]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("keys", "consistency")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    consistency: ReadConsistency
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[ReadConsistency, str]] = ...) -> None: ...
+
+class ReadResult(_message.Message):
+    __slots__ = ("found", "value")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    value: bytes
+    def __init__(self, found: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+
+class ReadResponse(_message.Message):
+    __slots__ = ("error", "results")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    results: _containers.RepeatedCompositeFieldContainer[ReadResult]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ReadResult, _Mapping]]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusResponse(_message.Message):
+    __slots__ = ("error", "node_id", "cluster_id", "role", "term", "leader_id", "leader_address", "commit_index", "applied_index", "first_log_index", "last_log_index", "voters", "learners", "client_address")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FIRST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    node_id: int
+    cluster_id: str
+    role: str
+    term: int
+    leader_id: int
+    leader_address: str
+    commit_index: int
+    applied_index: int
+    first_log_index: int
+    last_log_index: int
+    voters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    learners: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    client_address: str
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., node_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., learners: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., client_address: _Optional[str] = ...) -> None: ...
+
+class GetLeaderRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetLeaderResponse(_message.Message):
+    __slots__ = ("error", "leader_id", "leader_address", "term")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    leader_id: int
+    leader_address: str
+    term: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
