@@ -12,17 +12,22 @@ from dengine.proto.common_pb2 import (
     WriteCommand,
 )
 from dengine.proto.raft_pb2 import Message, MessageType
+from dengine.proto.transport_pb2 import Hello, MessageBatch, PeerFrame, SnapshotChunk
 
 __all__ = [
     "Entry",
     "EntryPayload",
     "HardState",
+    "Hello",
     "LogId",
     "Member",
     "Membership",
     "Message",
+    "MessageBatch",
     "MessageType",
     "Noop",
+    "PeerFrame",
+    "SnapshotChunk",
     "SnapshotMetadata",
     "WriteCommand",
 ]

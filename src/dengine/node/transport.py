@@ -1,0 +1,392 @@
+"""Peer transport: Raft messages over persistent TCP connections with framed protobuf.
+
+Each node keeps one outbound connection per peer (used only to send) and accepts one
+inbound connection from each peer (used only to receive). A frame is
+
+    u32 length | u32 crc32c(payload) | payload      (little-endian; payload = PeerFrame)
+
+Both sides open with a `Hello{cluster_id, node_id, client_address}`; a Hello from an
+unknown node id or another cluster, a bad checksum, an undecodable or oversized frame is
+a protocol error: logged, connection closed. The per-peer send queue is a bounded deque
+that drops its oldest messages when full (Raft tolerates loss), and each peer has its own
+writer task, so a slow or dead peer never blocks the others nor grows memory without bound.
+Everything queued for a peer while its previous write drained goes out as one frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+import crc32c
+from google.protobuf.message import DecodeError
+
+from dengine.config import parse_address
+from dengine.errors import DengineError
+from dengine.proto import Hello, Message, PeerFrame, SnapshotChunk
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("<II")
+# PeerFrame field 2 (MessageBatch) and MessageBatch field 1 (Message), both length-delimited.
+_BATCH_TAG = b"\x12"
+_MESSAGE_TAG = b"\x0a"
+_FRAME_OVERHEAD = 64  # header + tags + varints, rounded up generously
+
+
+class PeerProtocolError(DengineError):
+    """A peer broke the transport protocol (bad frame, wrong cluster, unknown node id)."""
+
+    code = "PEER_PROTOCOL"
+
+
+MessageHandler = Callable[[int, Sequence[Message]], None]
+PeerHandler = Callable[[int], None]
+SnapshotChunkHandler = Callable[[int, SnapshotChunk], None]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Prefix an encoded PeerFrame with its length and CRC32C."""
+    return HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
+
+
+def encode_message_frames(messages: Iterable[Message], max_frame_bytes: int) -> list[bytes]:
+    """Encode messages as few MessageBatch frames as the size limit allows.
+
+    The batch is written by hand so each message is serialized exactly once, without
+    copying it into a MessageBatch first. A single message too big for any frame is
+    dropped with an error log: the receiver would refuse it anyway.
+    """
+    frames: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    budget = max_frame_bytes - _FRAME_OVERHEAD
+    for msg in messages:
+        data = msg.SerializeToString()
+        item = _MESSAGE_TAG + _varint(len(data)) + data
+        if len(item) > budget:
+            log.error("dropping a %d-byte %s to node %d: over the frame limit %d",
+                      len(item), msg.type, msg.to_id, max_frame_bytes)
+            continue
+        if size + len(item) > budget and parts:
+            frames.append(_batch_frame(parts, size))
+            parts, size = [], 0
+        parts.append(item)
+        size += len(item)
+    if parts:
+        frames.append(_batch_frame(parts, size))
+    return frames
+
+
+def _batch_frame(parts: list[bytes], size: int) -> bytes:
+    return encode_frame(_BATCH_TAG + _varint(size) + b"".join(parts))
+
+
+async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int) -> PeerFrame:
+    """Read and check one frame; PeerProtocolError on a bad one, IncompleteReadError at EOF."""
+    length, crc = HEADER.unpack(await reader.readexactly(HEADER.size))
+    if length > max_frame_bytes:
+        raise PeerProtocolError(f"frame of {length} bytes exceeds the limit {max_frame_bytes}")
+    payload = await reader.readexactly(length)
+    if crc32c.crc32c(payload) != crc:
+        raise PeerProtocolError("frame checksum mismatch")
+    try:
+        return PeerFrame.FromString(payload)
+    except DecodeError as e:
+        raise PeerProtocolError(f"undecodable frame: {e}") from None
+
+
+class _Link:
+    """The outbound side of one peer: bounded queue + one writer task."""
+
+    def __init__(self, node_id: int, address: str, queue_limit: int) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.queue: deque[Message] = deque(maxlen=queue_limit)
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.dropped = 0
+        self.sent_frames = 0
+
+
+class Transport:
+    """Sends Raft messages to peers and hands received ones to `on_messages(from_id, msgs)`.
+
+    `send` never blocks and never awaits; handlers are called from the transport's own
+    reader tasks and must not block either (the node just puts them in its inbox).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        cluster_id: str,
+        listen: str,
+        peers: dict[int, str],
+        on_messages: MessageHandler,
+        client_address: str = "",
+        max_frame_bytes: int = 16 * 1024 * 1024,
+        queue_limit: int = 4096,
+        backoff_min: float = 0.02,
+        backoff_max: float = 1.0,
+        handshake_timeout: float = 5.0,
+        on_unreachable: PeerHandler | None = None,
+        on_snapshot_chunk: SnapshotChunkHandler | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.listen = listen
+        self.client_address = client_address
+        self.max_frame_bytes = max_frame_bytes
+        self.queue_limit = queue_limit
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.handshake_timeout = handshake_timeout
+        self._on_messages = on_messages
+        self._on_unreachable = on_unreachable
+        self._on_snapshot_chunk = on_snapshot_chunk
+        self._rng = rng or random.Random()
+        self._links: dict[int, _Link] = {}
+        self._peer_addresses = dict(peers)
+        self._client_addresses: dict[int, str] = {}
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self._closed = False
+        self.refused_connections = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the peer listener and start connecting to every peer."""
+        host, port = parse_address(self.listen)
+        self._server = await asyncio.start_server(self._accept, host, port)
+        self.set_peers(self._peer_addresses)
+
+    @property
+    def bound_port(self) -> int:
+        """The listener's actual port (useful when `listen` asked for port 0)."""
+        assert self._server is not None, "transport not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop every connection and the listener; queued messages are discarded."""
+        self._closed = True
+        tasks = [link.task for link in self._links.values() if link.task is not None]
+        tasks += list(self._inbound)
+        for task in tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        self._links.clear()
+
+    def set_peers(self, peers: dict[int, str]) -> None:
+        """Track exactly these peers (membership change): connect new ones, drop removed."""
+        self._peer_addresses = {i: a for i, a in peers.items() if i != self.node_id}
+        if self._server is None or self._closed:
+            return
+        for node_id in list(self._links):
+            link = self._links[node_id]
+            if self._peer_addresses.get(node_id) != link.address:
+                if link.task is not None:
+                    link.task.cancel()
+                del self._links[node_id]
+        for node_id, address in self._peer_addresses.items():
+            if node_id not in self._links:
+                link = _Link(node_id, address, self.queue_limit)
+                link.task = asyncio.create_task(
+                    self._run_link(link), name=f"dengine-peer-{self.node_id}->{node_id}"
+                )
+                self._links[node_id] = link
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue messages for their `to_id` peers; never blocks. Unknown peers are skipped."""
+        touched: set[_Link] = set()
+        for msg in messages:
+            link = self._links.get(msg.to_id)
+            if link is None:
+                log.debug("node %d: no link to node %d, dropping %s",
+                          self.node_id, msg.to_id, msg.type)
+                continue
+            if len(link.queue) == link.queue.maxlen:
+                link.dropped += 1
+            link.queue.append(msg)
+            touched.add(link)
+        for link in touched:
+            link.wakeup.set()
+
+    def peer_client_address(self, node_id: int) -> str:
+        """The client API address a peer announced in its Hello ("" if not heard yet)."""
+        return self._client_addresses.get(node_id, "")
+
+    def is_connected(self, node_id: int) -> bool:
+        link = self._links.get(node_id)
+        return link is not None and link.connected
+
+    def dropped(self, node_id: int) -> int:
+        """How many messages for this peer were dropped because its queue was full."""
+        link = self._links.get(node_id)
+        return link.dropped if link is not None else 0
+
+    def queued(self, node_id: int) -> int:
+        link = self._links.get(node_id)
+        return len(link.queue) if link is not None else 0
+
+    def _hello(self, to_id: int) -> bytes:
+        hello = Hello(cluster_id=self.cluster_id, node_id=self.node_id,
+                      client_address=self.client_address, to_id=to_id)
+        return encode_frame(PeerFrame(hello=hello).SerializeToString())
+
+    async def _run_link(self, link: _Link) -> None:
+        """Connect, handshake, then write whatever is queued; reconnect with backoff."""
+        backoff = self.backoff_min
+        while not self._closed:
+            writer: asyncio.StreamWriter | None = None
+            try:
+                host, port = parse_address(link.address)
+                reader, stream = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), self.handshake_timeout
+                )
+                writer = stream
+                stream.write(self._hello(link.node_id))
+                reply = await asyncio.wait_for(
+                    read_frame(reader, self.max_frame_bytes), self.handshake_timeout
+                )
+                self._check_hello(reply, expected_id=link.node_id)
+                backoff = self.backoff_min
+                link.connected = True
+                log.debug("node %d: connected to node %d at %s",
+                          self.node_id, link.node_id, link.address)
+                await self._write_loop(link, reader, stream)
+            except asyncio.CancelledError:
+                raise
+            except PeerProtocolError as e:
+                log.warning("node %d: peer %d at %s refused: %s",
+                            self.node_id, link.node_id, link.address, e.message)
+            except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as e:
+                log.debug("node %d: link to node %d down: %r", self.node_id, link.node_id, e)
+            finally:
+                link.connected = False
+                if writer is not None:
+                    writer.close()
+            if self._closed:
+                return
+            if self._on_unreachable is not None:
+                self._on_unreachable(link.node_id)
+            await asyncio.sleep(backoff * self._rng.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.backoff_max)
+
+    async def _write_loop(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        lost = asyncio.Event()
+
+        async def watch() -> None:
+            # Nothing is expected back after the Hello: any byte or EOF means the peer is gone.
+            with contextlib.suppress(Exception):
+                await reader.read(1)
+            lost.set()
+            link.wakeup.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            while True:
+                if not link.queue:
+                    link.wakeup.clear()
+                    await link.wakeup.wait()
+                if lost.is_set():
+                    raise EOFError("connection closed by peer")
+                if not link.queue:
+                    continue
+                batch = list(link.queue)
+                link.queue.clear()
+                frames = encode_message_frames(batch, self.max_frame_bytes)
+                writer.write(b"".join(frames))
+                link.sent_frames += len(frames)
+                await writer.drain()
+        finally:
+            watcher.cancel()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _check_hello(self, frame: PeerFrame, expected_id: int = 0) -> Hello:
+        if frame.WhichOneof("frame") != "hello":
+            raise PeerProtocolError("the first frame must be a Hello")
+        hello = frame.hello
+        if hello.cluster_id != self.cluster_id:
+            raise PeerProtocolError(
+                f"node {hello.node_id} belongs to cluster {hello.cluster_id!r}, "
+                f"not {self.cluster_id!r}"
+            )
+        if expected_id and hello.node_id != expected_id:
+            raise PeerProtocolError(
+                f"expected node {expected_id} at this address, found node {hello.node_id}"
+            )
+        if hello.node_id not in self._peer_addresses:
+            raise PeerProtocolError(f"unknown node id {hello.node_id}")
+        if hello.to_id and hello.to_id != self.node_id:
+            raise PeerProtocolError(
+                f"node {hello.node_id} wanted node {hello.to_id}, this is node {self.node_id}"
+            )
+        if hello.client_address:
+            self._client_addresses[hello.node_id] = hello.client_address
+        return hello
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        peer = writer.get_extra_info("peername")
+        try:
+            first = await asyncio.wait_for(
+                read_frame(reader, self.max_frame_bytes), self.handshake_timeout
+            )
+            hello = self._check_hello(first)
+            writer.write(self._hello(0))
+            await self._read_loop(hello.node_id, reader)
+        except PeerProtocolError as e:
+            self.refused_connections += 1
+            log.warning("node %d: refused connection from %s: %s", self.node_id, peer, e.message)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._inbound.discard(task)
+            writer.close()
+
+    async def _read_loop(self, from_id: int, reader: asyncio.StreamReader) -> None:
+        while not self._closed:
+            frame = await read_frame(reader, self.max_frame_bytes)
+            kind = frame.WhichOneof("frame")
+            if kind == "messages":
+                msgs = [m for m in frame.messages.messages
+                        if m.from_id == from_id and m.to_id == self.node_id]
+                if len(msgs) != len(frame.messages.messages):
+                    log.warning("node %d: dropped misaddressed messages from node %d",
+                                self.node_id, from_id)
+                if msgs:
+                    self._on_messages(from_id, msgs)
+            elif kind == "snapshot_chunk" and self._on_snapshot_chunk is not None:
+                self._on_snapshot_chunk(from_id, frame.snapshot_chunk)
+            else:
+                raise PeerProtocolError(f"unexpected {kind or 'empty'} frame after the Hello")
