@@ -1,0 +1,1 @@
+"""Deterministic cluster simulator and linearizability checker (`python -m dengine.sim`)."""
