@@ -1,0 +1,25 @@
+"""Remote access to a dengine cluster over gRPC: `Client` (asyncio) and `SyncClient`."""
+
+from dengine.client.client import (
+    Client,
+    ConnectionLost,
+    Leader,
+    NodeStatus,
+    WriteResult,
+    delete,
+    insert,
+    parse_endpoints,
+)
+from dengine.client.sync import SyncClient
+
+__all__ = [
+    "Client",
+    "ConnectionLost",
+    "Leader",
+    "NodeStatus",
+    "SyncClient",
+    "WriteResult",
+    "delete",
+    "insert",
+    "parse_endpoints",
+]

@@ -1,0 +1,678 @@
+"""The asyncio client of a dengine cluster (gRPC).
+
+It finds the leader, follows NOT_LEADER redirects, retries within the deadline, and maps
+error codes to `dengine.errors` exceptions. Concurrent calls from one client are batched:
+all puts/deletes/writes submitted while fewer than `max_inflight` Write RPCs are in flight
+go out as one Write RPC (bounded by `max_batch_commands` and `max_batch_bytes`); reads of
+one consistency level likewise.
+
+Outcome of a failed write:
+
+* definitely not applied: `NotLeader`, `InvalidRequest`, and `Unavailable` when no node
+  could be reached (the client retries these itself until the deadline);
+* unknown (it may be applied, now or later): `Timeout` and `ConnectionLost` (the request
+  was sent, then the connection broke before the answer came back), and any other error
+  the server returned after proposing (`Unavailable` from a node that stopped, `STORAGE`).
+
+The client retries a write only when it knows the write was not applied, so an
+acknowledged write is applied exactly once; reads are retried on any transient failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+
+from dengine.config import parse_address
+from dengine.errors import (
+    ERRORS_BY_CODE,
+    CorruptionError,
+    DengineError,
+    InvalidRequest,
+    NotLeader,
+    StorageError,
+    Timeout,
+    Unavailable,
+)
+from dengine.proto.client_pb2 import (
+    Error,
+    GetLeaderRequest,
+    GetLeaderResponse,
+    ReadConsistency,
+    ReadRequest,
+    ReadResponse,
+    StatusRequest,
+    StatusResponse,
+    WriteRequest,
+    WriteResponse,
+)
+from dengine.proto.common_pb2 import WriteCommand
+
+SERVICE = "/dengine.RaftClientService/"
+
+CONSISTENCY_LEVELS = {
+    "linearizable": ReadConsistency.READ_CONSISTENCY_LINEARIZABLE,
+    "lease": ReadConsistency.READ_CONSISTENCY_LEASE,
+    "eventual": ReadConsistency.READ_CONSISTENCY_EVENTUAL,
+}
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Reconnect quickly to a restarted node (gRPC's default first backoff is 1 s).
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+_BACKOFF_FIRST_S = 0.02
+_DEADLINE_GRACE_S = 0.1
+_BACKOFF_MAX_S = 0.5
+# A read or status attempt on an unresponsive (e.g. paused) node gives up after this share
+# of the remaining time, so that another node can still answer within the deadline.
+_READ_ATTEMPT_SHARE = 0.34
+_READ_ATTEMPT_MIN_S = 0.5
+
+
+class ConnectionLost(Unavailable):
+    """The request was sent, then the connection broke: a write's outcome is unknown."""
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The outcome of one applied command."""
+
+    index: int
+    succeeded: bool
+    value: bytes = b""
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The leader as a node knows it: id 0 means no leader known."""
+
+    id: int
+    address: str
+    term: int
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node's view of itself and the cluster (the Status RPC)."""
+
+    endpoint: str
+    node_id: int
+    cluster_id: str
+    role: str
+    term: int
+    leader_id: int
+    leader_address: str
+    commit_index: int
+    applied_index: int
+    first_log_index: int
+    last_log_index: int
+    voters: dict[int, str] = field(default_factory=dict)
+    learners: dict[int, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Key = bytes | str
+
+
+def as_bytes(data: Key, what: str = "key") -> bytes:
+    """Keys and values are bytes; a str is taken as UTF-8."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytearray | memoryview):
+        return bytes(data)
+    raise InvalidRequest(f"{what} must be bytes or str, got {type(data).__name__}")
+
+
+def insert(key: Key, value: Key) -> WriteCommand:
+    """A put command for `Client.write`."""
+    return WriteCommand(insert=WriteCommand.Insert(key=as_bytes(key), value=as_bytes(value,
+                                                                                     "value")))
+
+
+def delete(key: Key) -> WriteCommand:
+    """A delete command for `Client.write`."""
+    return WriteCommand(delete=WriteCommand.Delete(key=as_bytes(key)))
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
+    """ "h1:p1,h2:p2" or a list of "host:port" -> validated, de-duplicated list."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out: list[str] = []
+    for item in items:
+        addr = item.strip()
+        if not addr:
+            continue
+        try:
+            parse_address(addr)
+        except DengineError as e:
+            raise InvalidRequest(f"bad endpoint: {e.message}") from None
+        if addr not in out:
+            out.append(addr)
+    if not out:
+        raise InvalidRequest("no endpoints given (expected HOST:PORT[,HOST:PORT...])")
+    return out
+
+
+def error_from_wire(err: Error) -> DengineError:
+    """The exception for an `Error` field of a response."""
+    if err.code == NotLeader.code:
+        return NotLeader(err.message, err.leader_id, err.leader_address)
+    cls = ERRORS_BY_CODE.get(err.code, DengineError)
+    if cls is CorruptionError:  # its constructor wants the path and offset
+        cls = StorageError
+    exc = cls(err.message or err.code)
+    exc.code = err.code or DengineError.code
+    return exc
+
+
+class _Unsent(Exception):
+    """Internal: the attempt failed before the request left (safe to retry a write)."""
+
+    def __init__(self, error: DengineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+T = TypeVar("T")
+P = TypeVar("P")
+
+
+@dataclass
+class _Item(Generic[P, T]):
+    payload: P
+    size: int
+    deadline: float
+    future: asyncio.Future[T]
+
+
+class _Batcher(Generic[P, T]):
+    """Coalesces concurrent submissions into batches, at most `max_inflight` at a time."""
+
+    def __init__(
+        self,
+        send: Callable[[list[_Item[P, T]]], Awaitable[None]],
+        max_items: int,
+        max_bytes: int,
+        max_inflight: int,
+    ) -> None:
+        self._send = send
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._max_inflight = max_inflight
+        self._pending: list[_Item[P, T]] = []
+        self._inflight = 0
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, payload: P, size: int, deadline: float) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Item(payload, size, deadline, fut))
+        if not self._scheduled:
+            # Everything submitted during this loop turn joins the same batch.
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        self._pending = [it for it in self._pending if not it.future.done()]
+        while self._pending and self._inflight < self._max_inflight:
+            batch: list[_Item[P, T]] = []
+            size = 0
+            while self._pending and len(batch) < self._max_items:
+                item = self._pending[0]
+                if batch and size + item.size > self._max_bytes:
+                    break
+                batch.append(self._pending.pop(0))
+                size += item.size
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[_Item[P, T]]) -> None:
+        try:
+            await self._send(batch)
+        except BaseException as exc:  # never leave a caller waiting
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(
+                        exc if isinstance(exc, Exception) else Unavailable("client closed")
+                    )
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._inflight -= 1
+            if self._pending and not self._scheduled:
+                self._flush()
+
+    async def close(self) -> None:
+        for item in self._pending:
+            if not item.future.done():
+                item.future.set_exception(Unavailable("client closed"))
+        self._pending.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _each_alone(
+    send: Callable[[list[_Item[P, T]]], Awaitable[None]], batch: list[_Item[P, T]]
+) -> None:
+    """Send every item of `batch` in its own RPC, concurrently; each gets its own outcome."""
+
+    async def one(item: _Item[P, T]) -> None:
+        try:
+            await send([item])
+        except Exception as e:
+            if not item.future.done():
+                item.future.set_exception(e)
+
+    await asyncio.gather(*(one(item) for item in batch))
+
+
+class Client:
+    """Async client of a dengine cluster. Create it, use it, `await close()` (or `async with`).
+
+    `endpoints`: client addresses "host:port" of some or all nodes (a list or a
+    comma-separated string). `timeout`: default deadline of each call in seconds, retries
+    included.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str] = "127.0.0.1:9081",
+        *,
+        timeout: float = 5.0,
+        max_batch_commands: int = 1024,
+        max_batch_bytes: int = 1024 * 1024,
+        max_inflight: int = 4,
+    ) -> None:
+        if timeout <= 0:
+            raise InvalidRequest(f"timeout must be positive, got {timeout}")
+        self._endpoints = parse_endpoints(endpoints)
+        self._timeout = timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._leader: str | None = None
+        self._next = 0  # round-robin position over endpoints when no leader is known
+        self._closed = False
+        self._writes: _Batcher[list[WriteCommand], list[WriteResult]] = _Batcher(
+            self._send_writes, max_batch_commands, max_batch_bytes, max_inflight
+        )
+        self._reads: dict[int, _Batcher[list[bytes], list[bytes | None]]] = {
+            level: _Batcher(
+                functools.partial(self._send_reads, level=level),
+                max_batch_commands, max_batch_bytes, max_inflight,
+            )
+            for level in CONSISTENCY_LEVELS.values()
+        }
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._endpoints)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Fail pending calls with Unavailable and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._writes.close()
+        for batcher in self._reads.values():
+            await batcher.close()
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    # ---- key-value API ------------------------------------------------------------------
+
+    async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
+        await self.write([insert(key, value)], timeout=timeout)
+
+    async def delete(self, key: Key, *, timeout: float | None = None) -> None:
+        await self.write([delete(key)], timeout=timeout)
+
+    async def write(
+        self, commands: Sequence[WriteCommand], *, timeout: float | None = None
+    ) -> list[WriteResult]:
+        """Apply `commands` (see `insert`, `delete`) in order; one result per command."""
+        if not commands:
+            raise InvalidRequest("a write needs at least one command")
+        size = sum(c.ByteSize() for c in commands)
+        return await self._submit(self._writes, list(commands), size, timeout)
+
+    async def get(
+        self, key: Key, consistency: str = "linearizable", *, timeout: float | None = None
+    ) -> bytes | None:
+        return (await self.get_many([key], consistency, timeout=timeout))[0]
+
+    async def get_many(
+        self, keys: Sequence[Key], consistency: str = "linearizable", *,
+        timeout: float | None = None,
+    ) -> list[bytes | None]:
+        """Values of `keys` in order (None = absent), all read at one consistency level."""
+        level = consistency_level(consistency)
+        raw = [as_bytes(k) for k in keys]
+        if not raw:
+            return []
+        return await self._submit(self._reads[level], raw, sum(len(k) for k in raw), timeout)
+
+    # ---- cluster information ------------------------------------------------------------
+
+    async def status(
+        self, endpoint: str | None = None, *, timeout: float | None = None
+    ) -> NodeStatus:
+        """The status of `endpoint` (or of the first node that answers)."""
+        deadline = self._deadline(timeout)
+        targets = parse_endpoints([endpoint]) if endpoint else None
+        resp, addr = await self._call_any("Status", StatusRequest(), StatusResponse, deadline,
+                                          targets)
+        return NodeStatus(
+            endpoint=addr,
+            node_id=resp.node_id,
+            cluster_id=resp.cluster_id,
+            role=resp.role,
+            term=resp.term,
+            leader_id=resp.leader_id,
+            leader_address=resp.leader_address,
+            commit_index=resp.commit_index,
+            applied_index=resp.applied_index,
+            first_log_index=resp.first_log_index,
+            last_log_index=resp.last_log_index,
+            voters={m.id: m.address for m in resp.voters},
+            learners={m.id: m.address for m in resp.learners},
+        )
+
+    async def status_all(
+        self, *, timeout: float | None = None
+    ) -> dict[str, NodeStatus | DengineError]:
+        """The status of every endpoint, queried in parallel (an error for unreachable ones)."""
+
+        async def one(addr: str) -> NodeStatus | DengineError:
+            try:
+                return await self.status(addr, timeout=timeout)
+            except DengineError as e:
+                return e
+
+        results = await asyncio.gather(*(one(a) for a in self._endpoints))
+        return dict(zip(self._endpoints, results, strict=True))
+
+    async def leader(self, *, timeout: float | None = None) -> Leader:
+        """The current leader (waits, within the deadline, until some node knows one)."""
+        deadline = self._deadline(timeout)
+        backoff = _Backoff()
+        while True:
+            resp, addr = await self._call_any(
+                "GetLeader", GetLeaderRequest(), GetLeaderResponse, deadline
+            )
+            if resp.leader_id:
+                address = resp.leader_address
+                if address:
+                    self._remember_leader(address)
+                return Leader(resp.leader_id, address, resp.term)
+            self._rotate()
+            await backoff.sleep(deadline, Unavailable(f"no leader known to {addr}"))
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        if self._closed:
+            raise Unavailable("client closed")
+        t = self._timeout if timeout is None else timeout
+        if t <= 0:
+            raise InvalidRequest(f"timeout must be positive, got {t}")
+        return time.monotonic() + t
+
+    async def _submit(
+        self, batcher: _Batcher[P, T], payload: P, size: int, timeout: float | None
+    ) -> T:
+        deadline = self._deadline(timeout)
+        fut = batcher.submit(payload, size, deadline)
+        try:
+            # The batch's own deadline handling reports the more precise error (e.g. never
+            # sent); this outer bound only catches what it cannot (a paused server).
+            return await asyncio.wait_for(
+                fut, max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S
+            )
+        except TimeoutError:
+            raise Timeout(
+                f"no answer within {timeout or self._timeout:g} s (a write may still be applied)"
+            ) from None
+
+    async def _send_writes(
+        self, batch: list[_Item[list[WriteCommand], list[WriteResult]]]
+    ) -> None:
+        commands = [c for item in batch for c in item.payload]
+        deadline = max(item.deadline for item in batch)
+        try:
+            resp = await self._call_leader(
+                "Write", WriteRequest(commands=commands), WriteResponse, deadline, write=True
+            )
+        except InvalidRequest:
+            if len(batch) == 1:
+                raise
+            # One caller's bad command must not fail the others: send each alone.
+            await _each_alone(self._send_writes, batch)
+            return
+        results = [WriteResult(r.index, r.succeeded, r.value) for r in resp.results]
+        if len(results) != len(commands):
+            raise DengineError(
+                f"server answered {len(results)} results for {len(commands)} commands"
+            )
+        pos = 0
+        for item in batch:
+            n = len(item.payload)
+            if not item.future.done():
+                item.future.set_result(results[pos:pos + n])
+            pos += n
+
+    async def _send_reads(
+        self, batch: list[_Item[list[bytes], list[bytes | None]]], *, level: int
+    ) -> None:
+        keys = [k for item in batch for k in item.payload]
+        deadline = max(item.deadline for item in batch)
+        try:
+            resp = await self._call_leader(
+                "Read", ReadRequest(keys=keys, consistency=level),  # type: ignore[arg-type]
+                ReadResponse, deadline, write=False,
+            )
+        except InvalidRequest:
+            if len(batch) == 1:
+                raise
+            await _each_alone(functools.partial(self._send_reads, level=level), batch)
+            return
+        if len(resp.results) != len(keys):
+            raise DengineError(f"server answered {len(resp.results)} values for {len(keys)} keys")
+        values = [r.value if r.found else None for r in resp.results]
+        pos = 0
+        for item in batch:
+            n = len(item.payload)
+            if not item.future.done():
+                item.future.set_result(values[pos:pos + n])
+            pos += n
+
+    async def _call_leader(
+        self, method: str, request: ProtoMessage, response_cls: type[Any], deadline: float,
+        *, write: bool,
+    ) -> Any:
+        """Call the leader, following redirects and retrying what is safe until `deadline`."""
+        backoff = _Backoff()
+        payload = request.SerializeToString()
+        while True:
+            addr = self._leader or self._endpoints[self._next % len(self._endpoints)]
+            attempt_deadline = deadline if write else _read_attempt_deadline(deadline)
+            try:
+                resp = await self._invoke(addr, method, payload, response_cls, attempt_deadline,
+                                          write=write)
+            except _Unsent as unsent:
+                self._forget(addr)
+                await backoff.sleep(deadline, unsent.error)
+                continue
+            except (ConnectionLost, Timeout):
+                if write or time.monotonic() >= deadline:
+                    raise
+                self._forget(addr)
+                continue
+            if not resp.HasField("error"):
+                return resp
+            err = error_from_wire(resp.error)
+            if isinstance(err, NotLeader):
+                if err.leader_address and err.leader_address != addr:
+                    self._remember_leader(err.leader_address)
+                    backoff.redirected()
+                    if backoff.redirects <= 3:
+                        continue
+                else:
+                    self._forget(addr)
+                await backoff.sleep(deadline, err)
+                continue
+            if isinstance(err, Unavailable) and not write:
+                self._forget(addr)
+                await backoff.sleep(deadline, err)
+                continue
+            raise err
+
+    async def _call_any(
+        self, method: str, request: ProtoMessage, response_cls: type[Any], deadline: float,
+        targets: list[str] | None = None,
+    ) -> tuple[Any, str]:
+        """Call the first node of `targets` (default: all endpoints) that answers."""
+        backoff = _Backoff()
+        payload = request.SerializeToString()
+        candidates = targets or self._endpoints
+        turn = 0
+        while True:
+            addr = candidates[(self._next + turn) % len(candidates)]
+            turn += 1
+            try:
+                resp = await self._invoke(addr, method, payload, response_cls,
+                                          _read_attempt_deadline(deadline), write=False)
+            except (_Unsent, ConnectionLost, Timeout) as e:
+                error = e.error if isinstance(e, _Unsent) else e
+                if time.monotonic() >= deadline:
+                    raise error from None
+                if turn % len(candidates) == 0:
+                    await backoff.sleep(deadline, error)
+                continue
+            if resp.HasField("error"):
+                raise error_from_wire(resp.error)
+            return resp, addr
+
+    async def _invoke(
+        self, addr: str, method: str, payload: bytes, response_cls: type[Any],
+        deadline: float, *, write: bool,
+    ) -> Any:
+        """One RPC. Raises _Unsent when the request surely did not reach the server."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"deadline passed before {method} could be sent"
+                          + (" (a write may still be applied)" if write else ""))
+        call = self._channel(addr).unary_unary(
+            SERVICE + method, request_serializer=None,
+            response_deserializer=response_cls.FromString,
+        )
+        try:
+            return await call(payload, timeout=remaining)
+        except grpc.aio.AioRpcError as e:
+            raise _rpc_error(e, addr, method, write) from None
+
+    def _channel(self, addr: str) -> grpc.aio.Channel:
+        channel = self._channels.get(addr)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            self._channels[addr] = channel
+        return channel
+
+    def _remember_leader(self, addr: str) -> None:
+        self._leader = addr
+        if addr not in self._endpoints:
+            self._endpoints.append(addr)
+
+    def _forget(self, addr: str) -> None:
+        """`addr` failed or is not the leader: try the next endpoint."""
+        if self._leader == addr:
+            self._leader = None
+        self._rotate()
+
+    def _rotate(self) -> None:
+        self._next = (self._next + 1) % len(self._endpoints)
+
+
+class _Backoff:
+    """Exponential backoff with jitter that never sleeps past the deadline."""
+
+    def __init__(self) -> None:
+        self._delay = _BACKOFF_FIRST_S
+        self.redirects = 0
+
+    def redirected(self) -> None:
+        self.redirects += 1
+
+    async def sleep(self, deadline: float, error: DengineError) -> None:
+        """Sleep before the next attempt, or raise `error` when no time is left for one."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise error
+        await asyncio.sleep(min(remaining, self._delay * random.uniform(0.5, 1.0)))
+        self._delay = min(self._delay * 2, _BACKOFF_MAX_S)
+        self.redirects = 0
+        if time.monotonic() >= deadline:
+            raise error
+
+
+def consistency_level(name: str) -> int:
+    """ "linearizable" | "lease" | "eventual" -> the wire enum; InvalidRequest otherwise."""
+    level = CONSISTENCY_LEVELS.get(str(getattr(name, "value", name)).lower())
+    if level is None:
+        raise InvalidRequest(
+            f"unknown consistency level {name!r} (expected one of: "
+            + ", ".join(CONSISTENCY_LEVELS) + ")"
+        )
+    return int(level)
+
+
+def _read_attempt_deadline(deadline: float) -> float:
+    now = time.monotonic()
+    share = max(_READ_ATTEMPT_MIN_S, (deadline - now) * _READ_ATTEMPT_SHARE)
+    return min(deadline, now + share)
+
+
+def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool) -> Exception:
+    """Map a gRPC status (a transport failure) to a dengine error (or _Unsent)."""
+    code = e.code()
+    details = e.details() or ""
+    unknown = " (the write may still be applied)" if write else ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "failed to connect" in details.lower() or "connection refused" in details.lower():
+            return _Unsent(Unavailable(f"{addr}: cannot connect: {details}"))
+        return ConnectionLost(f"{addr}: connection lost during {method}: {details}{unknown}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Timeout(f"{addr}: no answer to {method} before the deadline{unknown}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return InvalidRequest(f"{addr}: request exceeds the server's max_request_size: {details}")
+    if code == grpc.StatusCode.CANCELLED:
+        return ConnectionLost(f"{addr}: {method} cancelled: {details}{unknown}")
+    return DengineError(f"{addr}: {method} failed: {code.name}: {details}{unknown}")

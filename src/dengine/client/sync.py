@@ -1,0 +1,97 @@
+"""A blocking client: the async `Client` driven by a private event loop in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+from dengine.client.client import Client, Key, Leader, NodeStatus, WriteResult
+from dengine.errors import DengineError, Unavailable
+from dengine.proto.common_pb2 import WriteCommand
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """Same API as `Client`, blocking. Safe to share between threads (calls from several
+    threads are batched together like concurrent coroutines). Close it (or use `with`)."""
+
+    def __init__(self, endpoints: str | Iterable[str] = "127.0.0.1:9081", **options: Any
+                 ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="dengine-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+        async def make() -> Client:
+            return Client(endpoints, **options)
+
+        try:
+            self._client = self._run(make())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self._client.endpoints
+
+    def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
+        self._run(self._client.put(key, value, timeout=timeout))
+
+    def delete(self, key: Key, *, timeout: float | None = None) -> None:
+        self._run(self._client.delete(key, timeout=timeout))
+
+    def write(self, commands: Sequence[WriteCommand], *, timeout: float | None = None
+              ) -> list[WriteResult]:
+        return self._run(self._client.write(commands, timeout=timeout))
+
+    def get(self, key: Key, consistency: str = "linearizable", *,
+            timeout: float | None = None) -> bytes | None:
+        return self._run(self._client.get(key, consistency, timeout=timeout))
+
+    def get_many(self, keys: Sequence[Key], consistency: str = "linearizable", *,
+                 timeout: float | None = None) -> list[bytes | None]:
+        return self._run(self._client.get_many(keys, consistency, timeout=timeout))
+
+    def status(self, endpoint: str | None = None, *, timeout: float | None = None
+               ) -> NodeStatus:
+        return self._run(self._client.status(endpoint, timeout=timeout))
+
+    def status_all(self, *, timeout: float | None = None
+                   ) -> dict[str, NodeStatus | DengineError]:
+        return self._run(self._client.status_all(timeout=timeout))
+
+    def leader(self, *, timeout: float | None = None) -> Leader:
+        return self._run(self._client.leader(timeout=timeout))
+
+    def close(self) -> None:
+        """Close connections and stop the private loop thread."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
+        finally:
+            self._stop_loop()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise Unavailable("client closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

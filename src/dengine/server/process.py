@@ -1,0 +1,85 @@
+"""The server process: an Engine plus the gRPC client service, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import grpc
+
+from dengine.config import NodeConfig, parse_address
+from dengine.errors import ConfigError
+from dengine.server.service import ClientService
+
+log = logging.getLogger("dengine.server")
+
+# In-flight requests get this long to finish after a stop signal.
+SHUTDOWN_GRACE_S = 5.0
+
+
+def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
+    """Options of the client-facing gRPC server."""
+    return [
+        # Larger requests are refused by gRPC itself (RESOURCE_EXHAUSTED) before parsing.
+        ("grpc.max_receive_message_length", config.max_request_size),
+        ("grpc.max_send_message_length", -1),
+        # Without this, a second server on a busy port would bind it silently (Linux).
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def start_grpc_server(service: ClientService, config: NodeConfig) -> grpc.aio.Server:
+    """Bind `config.listen_client` and start serving; ConfigError when the port is taken."""
+    parse_address(config.listen_client)
+    server = grpc.aio.server(options=grpc_server_options(config))
+    server.add_generic_rpc_handlers((service.generic_handler(),))
+    try:
+        port = server.add_insecure_port(config.listen_client)
+    except RuntimeError as e:
+        raise ConfigError(f"cannot listen for clients on {config.listen_client}: {e}") from None
+    if port == 0:
+        raise ConfigError(f"cannot listen for clients on {config.listen_client}")
+    await server.start()
+    return server
+
+
+async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
+    """Run a node and its client service until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    from dengine.node.engine import Engine
+
+    config.validate()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        engine = await Engine.start(config=config)
+        try:
+            service = ClientService(engine, config, getattr(engine, "client_address_of", None))
+            server = await start_grpc_server(service, config)
+            log.info(
+                "node %d of cluster %r: clients on %s, peers on %s, data in %s",
+                config.node_id, config.cluster_id, config.listen_client, config.listen_peer,
+                config.data_dir,
+            )
+            await stop.wait()
+            log.info("stopping: no new requests, finishing in-flight ones")
+            await server.stop(SHUTDOWN_GRACE_S)
+        finally:
+            await engine.stop()
+        log.info("node %d stopped", config.node_id)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def run_server(config: NodeConfig) -> int:
+    """Blocking entry point of `dengine serve`; returns the process exit code (0 = clean)."""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,256 @@
+"""The gRPC client service: validates requests, calls the Engine, answers with error fields.
+
+Requests arrive as raw bytes (no gRPC-side deserializer) so that a malformed message is
+answered with INVALID_REQUEST and a clear message instead of a gRPC INTERNAL status.
+Application errors are response fields (with the leader hint); the servicer never lets an
+exception escape, so one bad request cannot disturb the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
+
+from dengine.config import NodeConfig
+from dengine.errors import DengineError, InvalidRequest
+from dengine.proto.client_pb2 import (
+    Error,
+    GetLeaderRequest,
+    GetLeaderResponse,
+    ReadConsistency,
+    ReadRequest,
+    ReadResponse,
+    ReadResult,
+    StatusRequest,
+    StatusResponse,
+    WriteRequest,
+    WriteResponse,
+    WriteResult,
+)
+from dengine.proto.common_pb2 import Member, WriteCommand
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "dengine.RaftClientService"
+
+CONSISTENCY_NAMES = {
+    ReadConsistency.READ_CONSISTENCY_LINEARIZABLE: "linearizable",
+    ReadConsistency.READ_CONSISTENCY_LEASE: "lease",
+    ReadConsistency.READ_CONSISTENCY_EVENTUAL: "eventual",
+}
+
+# Leave the engine this much of the gRPC deadline to send its own TIMEOUT error back.
+_DEADLINE_MARGIN = 0.05
+
+Req = TypeVar("Req", bound=ProtoMessage)
+Resp = TypeVar("Resp", bound=ProtoMessage)
+
+
+class EngineLike(Protocol):
+    """The part of `dengine.node.engine.Engine` the service uses."""
+
+    async def write(self, commands: Sequence[WriteCommand], *, timeout: float | None = ...
+                    ) -> list[Any]: ...
+    async def get_many(self, keys: Sequence[bytes], consistency: str = ..., *,
+                       timeout: float | None = ...) -> list[bytes | None]: ...
+    def status(self) -> Any: ...
+
+
+def error_message(exc: DengineError) -> Error:
+    """The wire form of a dengine error (with the leader hint of NOT_LEADER)."""
+    return Error(
+        code=exc.code,
+        message=exc.message,
+        leader_id=getattr(exc, "leader_id", 0) or 0,
+        leader_address=getattr(exc, "leader_address", "") or "",
+    )
+
+
+class ClientService:
+    """Handlers of `dengine.RaftClientService` over an Engine."""
+
+    def __init__(
+        self, engine: EngineLike, config: NodeConfig,
+        peer_client_address: Callable[[int], str] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._config = config
+        # Maps another node's id to its client address (the engine learns it from Hellos).
+        self._peer_client_address = peer_client_address
+
+    def _leader_address(self, leader_id: int) -> str:
+        if leader_id == self._config.node_id:
+            return self._config.listen_client
+        if leader_id and self._peer_client_address is not None:
+            return self._peer_client_address(leader_id) or ""
+        return ""
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        """One handler per method; request bytes are parsed by the handler itself."""
+
+        def method(fn: Callable[[bytes, Any], Awaitable[ProtoMessage]]) -> Any:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=_serialize
+            )
+
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Write": method(self.write),
+            "Read": method(self.read),
+            "Status": method(self.status),
+            "GetLeader": method(self.get_leader),
+        })
+
+    async def write(self, request: bytes, context: Any) -> WriteResponse:
+        try:
+            req = self._parse(request, WriteRequest)
+            self._check_commands(req.commands)
+            results = await self._engine.write(req.commands, timeout=_timeout(context))
+        except Exception as exc:  # the service keeps serving whatever happens
+            return WriteResponse(error=self._error(exc, "Write"))
+        return WriteResponse(results=[
+            WriteResult(index=r.index, succeeded=r.succeeded, value=r.value or b"")
+            for r in results
+        ])
+
+    async def read(self, request: bytes, context: Any) -> ReadResponse:
+        try:
+            req = self._parse(request, ReadRequest)
+            consistency = CONSISTENCY_NAMES.get(req.consistency)
+            if consistency is None:
+                known = ", ".join(f"{int(k)}={v}" for k, v in CONSISTENCY_NAMES.items())
+                raise InvalidRequest(
+                    f"unknown consistency level {req.consistency} (expected {known})"
+                )
+            for n, key in enumerate(req.keys):
+                self._check_key(key, f"key {n}")
+            values: list[bytes | None] = []
+            if req.keys:
+                values = await self._engine.get_many(
+                    list(req.keys), consistency, timeout=_timeout(context)
+                )
+        except Exception as exc:
+            return ReadResponse(error=self._error(exc, "Read"))
+        return ReadResponse(results=[
+            ReadResult() if v is None else ReadResult(found=True, value=v) for v in values
+        ])
+
+    async def status(self, request: bytes, context: Any) -> StatusResponse:
+        try:
+            self._parse(request, StatusRequest)
+            st = self._engine.status()
+            leader_id = int(st.leader_id or 0)
+            return StatusResponse(
+                node_id=st.node_id,
+                cluster_id=st.cluster_id,
+                role=role_name(st.role),
+                term=st.term,
+                leader_id=leader_id,
+                leader_address=self._leader_address(leader_id),
+                commit_index=st.commit_index,
+                applied_index=st.applied_index,
+                first_log_index=st.first_log_index,
+                last_log_index=st.last_log_index,
+                voters=_members(st.voters),
+                learners=_members(st.learners),
+                client_address=self._config.listen_client,
+            )
+        except Exception as exc:
+            return StatusResponse(error=self._error(exc, "Status"))
+
+    async def get_leader(self, request: bytes, context: Any) -> GetLeaderResponse:
+        try:
+            self._parse(request, GetLeaderRequest)
+            st = self._engine.status()
+            leader_id = int(st.leader_id or 0)
+            return GetLeaderResponse(
+                leader_id=leader_id,
+                leader_address=self._leader_address(leader_id),
+                term=st.term,
+            )
+        except Exception as exc:
+            return GetLeaderResponse(error=self._error(exc, "GetLeader"))
+
+    def _parse(self, data: bytes, cls: type[Req]) -> Req:
+        if len(data) > self._config.max_request_size:
+            raise InvalidRequest(
+                f"request of {len(data)} bytes exceeds max_request_size "
+                f"({self._config.max_request_size} bytes)"
+            )
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            raise InvalidRequest(f"malformed {cls.__name__}: {e}") from None
+
+    def _check_commands(self, commands: Sequence[WriteCommand]) -> None:
+        if not commands:
+            raise InvalidRequest("a write needs at least one command")
+        for n, cmd in enumerate(commands):
+            op = cmd.WhichOneof("operation")
+            if op == "insert":
+                self._check_key(cmd.insert.key, f"command {n}")
+                if len(cmd.insert.value) > self._config.max_value_size:
+                    raise InvalidRequest(
+                        f"command {n}: value of {len(cmd.insert.value)} bytes exceeds "
+                        f"max_value_size ({self._config.max_value_size} bytes)"
+                    )
+            elif op == "delete":
+                self._check_key(cmd.delete.key, f"command {n}")
+            else:
+                raise InvalidRequest(
+                    f"command {n} has no operation this server knows (insert or delete)"
+                )
+
+    def _check_key(self, key: bytes, where: str) -> None:
+        if not key:
+            raise InvalidRequest(f"{where}: empty key")
+        if len(key) > self._config.max_key_size:
+            raise InvalidRequest(
+                f"{where}: key of {len(key)} bytes exceeds max_key_size "
+                f"({self._config.max_key_size} bytes)"
+            )
+
+    @staticmethod
+    def _error(exc: Exception, method: str) -> Error:
+        if isinstance(exc, DengineError):
+            return error_message(exc)
+        log.exception("%s failed with an unexpected error", method)
+        return Error(code=DengineError.code, message=f"internal error: {exc!r}")
+
+
+def role_name(role: Any) -> str:
+    """A role as a lowercase word whether the engine reports an enum or a string."""
+    name = getattr(role, "name", None) or str(getattr(role, "value", role))
+    return str(name).rsplit(".", 1)[-1].lower()
+
+
+def _members(members: Any) -> list[Member]:
+    """Voters/learners from a {id: address} mapping or an iterable of ids or Members."""
+    if not members:
+        return []
+    if isinstance(members, dict):
+        return [Member(id=int(i), address=str(a or "")) for i, a in sorted(members.items())]
+    out = []
+    for m in members:
+        if isinstance(m, Member):
+            out.append(m)
+        elif isinstance(m, int):
+            out.append(Member(id=m))
+        else:
+            out.append(Member(id=int(m.id), address=str(getattr(m, "address", "") or "")))
+    return out
+
+
+def _timeout(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(0.001, remaining - _DEADLINE_MARGIN)
+
+
+def _serialize(message: ProtoMessage) -> bytes:
+    return message.SerializeToString()
