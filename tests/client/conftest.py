@@ -8,7 +8,6 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-
 from dengine.config import NodeConfig
 from dengine.errors import NotLeader, Unavailable
 from dengine.proto.common_pb2 import WriteCommand

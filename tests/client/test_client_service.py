@@ -134,15 +134,16 @@ def test_malformed_and_unknown_wire_requests_get_invalid_request() -> None:
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_break_the_service(data: bytes) -> None:
     async def main() -> None:
-        async with fake_servers() as (leader, _):
-            async with grpc.aio.insecure_channel(leader.address) as channel:
-                write = channel.unary_unary("/dengine.RaftClientService/Write",
-                                            response_deserializer=WriteResponse.FromString)
-                resp = await write(data)
-                if resp.HasField("error"):
-                    assert resp.error.code == "INVALID_REQUEST", resp.error
-                else:
-                    assert len(resp.results) == len(WriteRequest.FromString(data).commands)
+        async with fake_servers() as (leader, _), grpc.aio.insecure_channel(
+            leader.address
+        ) as channel:
+            write = channel.unary_unary("/dengine.RaftClientService/Write",
+                                        response_deserializer=WriteResponse.FromString)
+            resp = await write(data)
+            if resp.HasField("error"):
+                assert resp.error.code == "INVALID_REQUEST", resp.error
+            else:
+                assert len(resp.results) == len(WriteRequest.FromString(data).commands)
 
     asyncio.run(main())
 
@@ -172,17 +173,16 @@ def test_unreachable_cluster_is_unavailable() -> None:
 
 def test_read_retries_on_unavailable_node() -> None:
     async def main() -> None:
-        async with fake_servers() as (a, b):
-            async with Client([a.address, b.address]) as client:
-                await client.put(b"k", b"v")
-                a.engine.unavailable = True
-                # A read is safe to retry elsewhere (b shares the fake store)...
-                assert await client.get(b"k") == b"v"
-                assert b.engine.read_calls
-                # ...a write is not: UNAVAILABLE after proposing leaves its outcome unknown.
-                b.engine.unavailable = True
-                with pytest.raises(Unavailable, match="no quorum"):
-                    await client.put(b"k", b"v2")
+        async with fake_servers() as (a, b), Client([a.address, b.address]) as client:
+            await client.put(b"k", b"v")
+            a.engine.unavailable = True
+            # A read is safe to retry elsewhere (b shares the fake store)...
+            assert await client.get(b"k") == b"v"
+            assert b.engine.read_calls
+            # ...a write is not: UNAVAILABLE after proposing leaves its outcome unknown.
+            b.engine.unavailable = True
+            with pytest.raises(Unavailable, match="no quorum"):
+                await client.put(b"k", b"v2")
 
     asyncio.run(main())
 
