@@ -6,13 +6,14 @@ all puts/deletes/writes submitted while fewer than `max_inflight` Write RPCs are
 go out as one Write RPC (bounded by `max_batch_commands` and `max_batch_bytes`); reads of
 one consistency level likewise.
 
-Outcome of a failed write:
+Outcome of a failed write — one rule: `Timeout` means unknown, the rest means no.
 
-* definitely not applied: `NotLeader`, `InvalidRequest`, and `Unavailable` when no node
-  could be reached (the client retries these itself until the deadline);
-* unknown (it may be applied, now or later): `Timeout` and `ConnectionLost` (the request
-  was sent, then the connection broke before the answer came back), and any other error
-  the server returned after proposing (`Unavailable` from a node that stopped, `STORAGE`).
+* unknown (it may be applied, now or later): `Timeout`, and its subclass `ConnectionLost`
+  (the request was sent, then the connection broke or the server shut down before
+  answering); also the rare server-side `STORAGE`/`INTERNAL` errors.
+* definitely not applied: `NotLeader`, `InvalidRequest`, `Unavailable` (no node reachable,
+  no leader, or the leader changed and the entry was overwritten). The client retries
+  NotLeader and Unavailable itself, with backoff, until the deadline.
 
 The client retries a write only when it knows the write was not applied, so an
 acknowledged write is applied exactly once; reads are retried on any transient failure.
@@ -82,8 +83,10 @@ _READ_ATTEMPT_SHARE = 0.34
 _READ_ATTEMPT_MIN_S = 0.5
 
 
-class ConnectionLost(Unavailable):
+class ConnectionLost(Timeout):
     """The request was sent, then the connection broke: a write's outcome is unknown."""
+
+    code = "CONNECTION_LOST"
 
 
 @dataclass(frozen=True)
@@ -531,7 +534,7 @@ class Client:
                 self._forget(addr)
                 await backoff.sleep(deadline, unsent.error)
                 continue
-            except (ConnectionLost, Timeout):
+            except Timeout:  # ConnectionLost included
                 if write or time.monotonic() >= deadline:
                     raise
                 self._forget(addr)
@@ -549,7 +552,7 @@ class Client:
                     self._forget(addr)
                 await backoff.sleep(deadline, err)
                 continue
-            if isinstance(err, Unavailable) and not write:
+            if isinstance(err, Unavailable):  # not applied (see the module docstring)
                 self._forget(addr)
                 await backoff.sleep(deadline, err)
                 continue
@@ -570,7 +573,7 @@ class Client:
             try:
                 resp = await self._invoke(addr, method, payload, response_cls,
                                           _read_attempt_deadline(deadline), write=False)
-            except (_Unsent, ConnectionLost, Timeout) as e:
+            except (_Unsent, Timeout) as e:
                 error = e.error if isinstance(e, _Unsent) else e
                 if time.monotonic() >= deadline:
                     raise error from None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import grpc
 
@@ -45,6 +46,21 @@ async def start_grpc_server(service: ClientService, config: NodeConfig) -> grpc.
     return server
 
 
+def peer_client_address(engine: Any) -> Callable[[int], str]:
+    """How to find another node's client address (learned from its transport Hello)."""
+    public = getattr(engine, "peer_client_address", None)
+    if public is not None:
+        return cast(Callable[[int], str], public)
+
+    def lookup(node_id: int) -> str:
+        # The Engine does not expose it (yet); its node's transport knows it.
+        transport = getattr(getattr(engine, "_node", None), "_transport", None)
+        find = getattr(transport, "peer_client_address", None)
+        return str(find(node_id) or "") if find is not None else ""
+
+    return lookup
+
+
 async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     """Run a node and its client service until `stop` is set (or SIGTERM/SIGINT arrives)."""
     from dengine.node.engine import Engine
@@ -57,7 +73,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     try:
         engine = await Engine.start(config=config)
         try:
-            service = ClientService(engine, config, getattr(engine, "client_address_of", None))
+            service = ClientService(engine, config, peer_client_address(engine))
             server = await start_grpc_server(service, config)
             log.info(
                 "node %d of cluster %r: clients on %s, peers on %s, data in %s",
@@ -77,8 +93,13 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
 
 def run_server(config: NodeConfig) -> int:
     """Blocking entry point of `dengine serve`; returns the process exit code (0 = clean)."""
+    level = logging.getLevelName(config.log_level.upper())
+    if not isinstance(level, int):
+        raise ConfigError(
+            f"log_level must be one of debug, info, warning, error; got {config.log_level!r}"
+        )
     logging.basicConfig(
-        level=config.log_level.upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     asyncio.run(serve(config))
