@@ -670,7 +670,8 @@ def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool) -> 
     unknown = " (the write may still be applied)" if write else ""
     if code == grpc.StatusCode.UNAVAILABLE:
         if "failed to connect" in details.lower() or "connection refused" in details.lower():
-            return _Unsent(Unavailable(f"{addr}: cannot connect: {details}"))
+            reason = details.rsplit(": ", 1)[-1]
+            return _Unsent(Unavailable(f"cannot connect to {addr}: {reason}"))
         return ConnectionLost(f"{addr}: connection lost during {method}: {details}{unknown}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Timeout(f"{addr}: no answer to {method} before the deadline{unknown}")

@@ -1,0 +1,205 @@
+"""`dengine put | get | delete | status | member`: thin commands over `dengine.Client`.
+
+Keys and values on the command line are UTF-8 strings (bytes that are not UTF-8 pass
+through unchanged), or hexadecimal with `--hex`. A missing key makes `get` exit with 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from dengine.client import Client, NodeStatus
+from dengine.errors import DengineError, InvalidRequest
+
+T = TypeVar("T")
+
+DEFAULT_ENDPOINTS = "127.0.0.1:9081"
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--endpoints, --timeout and --json, shared by every client command."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--timeout", type=click.FloatRange(min=0.001), default=5.0,
+                      show_default=True, help="Deadline in seconds, retries included.")(fn)
+    fn = click.option("--endpoints", envvar="DENGINE_ENDPOINTS", default=DEFAULT_ENDPOINTS,
+                      show_default=True, metavar="HOST:PORT,...",
+                      help="Client addresses of some or all nodes (env DENGINE_ENDPOINTS).")(fn)
+    return fn
+
+
+hex_option = click.option("--hex", "use_hex", is_flag=True,
+                          help="KEY/VALUE are hexadecimal; print values as hexadecimal.")
+
+
+def run(endpoints: str, timeout: float, action: Callable[[Client], Coroutine[Any, Any, T]]
+        ) -> T:
+    """Run one client action on a fresh event loop, closing the client afterwards."""
+
+    async def main() -> T:
+        async with Client(endpoints, timeout=timeout) as client:
+            return await action(client)
+
+    return asyncio.run(main())
+
+
+def decode_arg(text: str, use_hex: bool, what: str) -> bytes:
+    if use_hex:
+        try:
+            return binascii.unhexlify(text)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"{what} {text!r} is not valid hexadecimal") from None
+    return text.encode("utf-8", "surrogateescape")
+
+
+def emit(data: dict[str, Any] | list[Any]) -> None:
+    click.echo(json.dumps(data, indent=None if isinstance(data, dict) else 2))
+
+
+@click.command()
+@click.argument("key")
+@click.argument("value")
+@hex_option
+@client_options
+def put(key: str, value: str, use_hex: bool, endpoints: str, timeout: float, as_json: bool
+        ) -> None:
+    """Set KEY to VALUE."""
+    k, v = decode_arg(key, use_hex, "key"), decode_arg(value, use_hex, "value")
+    run(endpoints, timeout, lambda c: c.put(k, v))
+    _ok(as_json)
+
+
+@click.command()
+@click.argument("key")
+@click.option("--consistency", type=click.Choice(["linearizable", "lease", "eventual"]),
+              default="linearizable", show_default=True, help="Read consistency level.")
+@hex_option
+@client_options
+def get(key: str, consistency: str, use_hex: bool, endpoints: str, timeout: float,
+        as_json: bool) -> None:
+    """Print the value of KEY (exit code 1 when it is absent)."""
+    k = decode_arg(key, use_hex, "key")
+    value = run(endpoints, timeout, lambda c: c.get(k, consistency))
+    if as_json:
+        out: dict[str, Any] = {"key": key, "found": value is not None}
+        if value is not None:
+            out.update(_json_value(value, use_hex))
+        emit(out)
+    elif value is not None:
+        out_bytes = binascii.hexlify(value) if use_hex else value
+        sys.stdout.buffer.write(out_bytes + b"\n")
+        sys.stdout.flush()
+    if value is None:
+        if not as_json:
+            click.echo(f"key not found: {key}", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("key")
+@hex_option
+@client_options
+def delete(key: str, use_hex: bool, endpoints: str, timeout: float, as_json: bool) -> None:
+    """Delete KEY (succeeds whether or not it existed)."""
+    k = decode_arg(key, use_hex, "key")
+    run(endpoints, timeout, lambda c: c.delete(k))
+    _ok(as_json)
+
+
+@click.command()
+@client_options
+def status(endpoints: str, timeout: float, as_json: bool) -> None:
+    """Show every endpoint's node: id, role, term, leader, commit/applied/last log index."""
+    results = run(endpoints, timeout, lambda c: c.status_all())
+    if as_json:
+        emit([
+            {"endpoint": ep, "error": {"code": r.code, "message": r.message}}
+            if isinstance(r, DengineError) else r.to_dict()
+            for ep, r in results.items()
+        ])
+    else:
+        _print_status_table(results)
+    if all(isinstance(r, DengineError) for r in results.values()):
+        sys.exit(1)
+
+
+def _print_status_table(results: dict[str, NodeStatus | DengineError]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None)
+    for column in ("endpoint", "id", "role", "term", "leader", "commit", "applied",
+                   "last index"):
+        table.add_column(column, justify="left" if column in ("endpoint", "role") else "right")
+    for endpoint, r in results.items():
+        if isinstance(r, DengineError):
+            table.add_row(endpoint, "-", "[red]unreachable[/red]", *["-"] * 5)
+        else:
+            leader = str(r.leader_id) if r.leader_id else "none"
+            role = f"[bold]{r.role}[/bold]" if r.role == "leader" else r.role
+            table.add_row(endpoint, str(r.node_id), role, str(r.term), leader,
+                          str(r.commit_index), str(r.applied_index), str(r.last_log_index))
+    Console().print(table)
+
+
+@click.group()
+def member() -> None:
+    """Cluster membership: list works; add, promote and remove come with issue 6."""
+
+
+@member.command("list")
+@client_options
+def member_list(endpoints: str, timeout: float, as_json: bool) -> None:
+    """List voters and learners as the leader (or the first node that answers) sees them."""
+
+    async def action(c: Client) -> NodeStatus:
+        leader = await c.leader()
+        return await c.status(leader.address or None)
+
+    st = run(endpoints, timeout, action)
+    if as_json:
+        emit({"voters": sorted(st.voters), "learners": sorted(st.learners),
+              "leader_id": st.leader_id})
+        return
+    for kind, ids in (("voter", st.voters), ("learner", st.learners)):
+        for node_id in sorted(ids):
+            mark = " (leader)" if node_id == st.leader_id else ""
+            click.echo(f"{node_id}\t{kind}{mark}")
+
+
+def _not_yet(action: str) -> Callable[..., None]:
+    def command(**_: Any) -> None:
+        raise click.ClickException(
+            f"'member {action}' is not supported yet (membership changes: issue 6)"
+        )
+
+    command.__doc__ = f"{action.capitalize()} a member (not supported yet)."
+    return command
+
+
+for _action in ("add", "promote", "remove"):
+    member.command(_action, context_settings={"ignore_unknown_options": True})(
+        click.argument("args", nargs=-1, type=click.UNPROCESSED)(_not_yet(_action))
+    )
+
+
+def _ok(as_json: bool) -> None:
+    if as_json:
+        emit({"ok": True})
+    else:
+        click.echo("OK")
+
+
+def _json_value(value: bytes, use_hex: bool) -> dict[str, Any]:
+    if use_hex:
+        return {"value_hex": value.hex()}
+    try:
+        return {"value": value.decode()}
+    except UnicodeDecodeError:
+        return {"value": None, "value_hex": value.hex()}

@@ -1,0 +1,233 @@
+"""`dengine serve` (one node) and `dengine cluster up` (a local multi-process cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dengine.config import NodeConfig, parse_address, parse_peer
+from dengine.errors import ConfigError, DengineError
+
+# How long `cluster up` waits for a leader before saying so, and for children to stop.
+READY_TIMEOUT_S = 30.0
+STOP_GRACE_S = 10.0
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML file of settings (flags win over it).")
+@click.option("--data-dir", help="Data directory  [default: ./dengine-data]")
+@click.option("--id", "node_id", type=int, help="This node's id  [default: 1]")
+@click.option("--cluster-id", help="Cluster name; a data dir or peer of another is refused.")
+@click.option("--listen-peer", metavar="HOST:PORT", help="Peer address  [default: 127.0.0.1:9181]")
+@click.option("--listen-client", metavar="HOST:PORT",
+              help="Client (gRPC) address  [default: 127.0.0.1:9081]")
+@click.option("--peer", "peers", multiple=True, metavar="ID=HOST:PORT",
+              help="Another member and its peer address (repeat for each).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_file: str | None, data_dir: str | None, node_id: int | None,
+          cluster_id: str | None, listen_peer: str | None, listen_client: str | None,
+          peers: tuple[str, ...], log_level: str | None) -> None:
+    """Run one node with its client API until SIGTERM or Ctrl-C."""
+    from dengine.server import run_server
+
+    config = NodeConfig.from_toml(config_file) if config_file else NodeConfig()
+    config = config.replace(
+        data_dir=data_dir, node_id=node_id, cluster_id=cluster_id, listen_peer=listen_peer,
+        listen_client=listen_client, log_level=log_level,
+        peers=dict(parse_peer(p) for p in peers) if peers else None,
+    ).validate()
+    sys.exit(run_server(config))
+
+
+@click.group()
+def cluster() -> None:
+    """A local multi-process cluster for development and demos."""
+
+
+@dataclass
+class _Child:
+    node_id: int
+    client: str
+    peer: str
+    config_file: Path
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+    reported_exit: bool = False
+
+
+@cluster.command("up")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--base-dir", default="./dengine-cluster", show_default=True,
+              type=click.Path(file_okay=False), help="Holds node<N>/ data, .toml and .log.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--client-port", type=click.IntRange(1, 65535), default=9081, show_default=True,
+              help="Client port of node 1; node N uses client-port + N - 1.")
+@click.option("--peer-port", type=click.IntRange(1, 65535), default=9181, show_default=True,
+              help="Peer port of node 1; node N uses peer-port + N - 1.")
+@click.option("--cluster-id", default="dengine", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True)
+def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port: int,
+               cluster_id: str, log_level: str) -> None:
+    """Start NODES local server processes in the foreground; Ctrl-C stops them all."""
+    base = Path(base_dir).resolve()
+    children = [
+        _Child(
+            node_id=n,
+            client=f"{host}:{client_port + n - 1}",
+            peer=f"{host}:{peer_port + n - 1}",
+            config_file=base / f"node{n}.toml",
+            log_file=base / f"node{n}.log",
+        )
+        for n in range(1, nodes + 1)
+    ]
+    for child in children:
+        for addr in (child.client, child.peer):
+            _check_port_free(addr)
+    base.mkdir(parents=True, exist_ok=True)
+    for child in children:
+        settings: dict[str, Any] = {
+            "data_dir": str(base / f"node{child.node_id}"),
+            "node_id": child.node_id,
+            "cluster_id": cluster_id,
+            "listen_client": child.client,
+            "listen_peer": child.peer,
+            "log_level": log_level,
+        }
+        peers = {c.node_id: c.peer for c in children if c is not child}
+        child.config_file.write_text(_to_toml(settings, peers))
+    sys.exit(asyncio.run(_supervise(children)))
+
+
+async def _supervise(children: list[_Child]) -> int:
+    """Start the children, report readiness, and stop every one of them on the way out."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for child in children:
+            child.process = _spawn(child)
+            click.echo(f"node {child.node_id}: pid {child.process.pid}, client {child.client}, "
+                       f"peer {child.peer}, log {child.log_file}")
+        endpoints = ",".join(c.client for c in children)
+        click.echo(f"endpoints: {endpoints}")
+        await _report_ready(children, endpoints, stop)
+        while not stop.is_set():
+            alive = 0
+            for child in children:
+                assert child.process is not None
+                code = child.process.poll()
+                if code is None:
+                    alive += 1
+                elif not child.reported_exit:
+                    child.reported_exit = True
+                    click.echo(f"node {child.node_id} exited with code {code} (see "
+                               f"{child.log_file}); restart it with: dengine serve --config "
+                               f"{child.config_file}", err=True)
+            if alive == 0:
+                click.echo("every node has exited", err=True)
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+        return 0
+    finally:
+        click.echo("stopping the cluster ...")
+        _stop_all(children)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        click.echo("stopped")
+
+
+async def _report_ready(children: list[_Child], endpoints: str, stop: asyncio.Event) -> None:
+    from dengine.client import Client
+
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with Client(endpoints, timeout=1.0) as client:
+        while not stop.is_set() and time.monotonic() < deadline:
+            if all(c.process is not None and c.process.poll() is not None for c in children):
+                return
+            try:
+                leader = await client.leader(timeout=1.0)
+            except DengineError:
+                await asyncio.sleep(0.1)
+                continue
+            click.echo(f"ready: leader is node {leader.id} at {leader.address or '?'} "
+                       f"(term {leader.term}); press Ctrl-C to stop")
+            return
+    if not stop.is_set():
+        click.echo(f"no leader after {READY_TIMEOUT_S:g}s; check the node logs", err=True)
+
+
+def _spawn(child: _Child) -> subprocess.Popen[bytes]:
+    log = open(child.log_file, "ab")  # noqa: SIM115 - handed to the child process
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from dengine.cli import main; main()",
+             "serve", "--config", str(child.config_file)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    finally:
+        log.close()
+
+
+def _die_with_parent() -> None:
+    """In the child (Linux): get SIGTERM if `cluster up` dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent already died before prctl
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_all(children: list[_Child]) -> None:
+    """SIGTERM every live child, then SIGKILL those still running after the grace."""
+    running = [c.process for c in children if c.process is not None and c.process.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _check_port_free(addr: str) -> None:
+    host, port = parse_address(addr)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"cannot use {addr}: {e.strerror}; pick other ports with --client-port and "
+                "--peer-port, or stop what is using it"
+            ) from None
+
+
+def _to_toml(settings: dict[str, Any], peers: dict[int, str]) -> str:
+    lines = ["# Written by `dengine cluster up`; restart this node with",
+             "# `dengine serve --config <this file>`."]
+    for key, value in settings.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    lines.append("")
+    lines.append("[peers]")
+    lines.extend(f'"{node_id}" = {json.dumps(addr)}' for node_id, addr in sorted(peers.items()))
+    return "\n".join(lines) + "\n"
