@@ -7,7 +7,7 @@ import threading
 
 import grpc
 import pytest
-from conftest import fake_servers, free_port
+from client_fakes import fake_servers, free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

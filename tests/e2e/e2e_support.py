@@ -1,0 +1,230 @@
+"""Real `dengine serve` processes on 127.0.0.1 with ports chosen free at run time.
+
+Tests get clusters from the `cluster_factory` fixture (conftest.py), whose finalizer
+resumes (SIGCONT) and stops (SIGTERM, then SIGKILL) every process, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dengine.client import Client, NodeStatus
+from dengine.errors import DengineError
+
+# Election timing for tests: fast, but with room for two busy shared cores.
+TEST_SETTINGS: dict[str, Any] = {
+    "tick_ms": 10,
+    "election_timeout_ms": 300,
+    "heartbeat_interval_ms": 50,
+    "clock_drift_ms": 100,
+    "log_level": "info",
+}
+CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free right now (all bound at once so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port_run(n: int) -> int:
+    """A base port such that base .. base+n-1 are free (for `cluster up`)."""
+    for _ in range(200):
+        base = free_ports(1)[0]
+        if base + n >= 65536:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+def toml_text(settings: dict[str, Any], peers: dict[int, str]) -> str:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    lines.append("[peers]")
+    lines += [f'"{i}" = {json.dumps(a)}' for i, a in sorted(peers.items())]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Node:
+    """One server process (re-startable on the same data dir and ports)."""
+
+    node_id: int
+    client: str
+    peer: str
+    workdir: Path
+    peers: dict[int, str]
+    settings: dict[str, Any] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / f"node{self.node_id}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / f"node{self.node_id}.log"
+
+    def start(self) -> None:
+        config = self.workdir / f"node{self.node_id}.toml"
+        settings = {**TEST_SETTINGS, **self.settings, "data_dir": str(self.data_dir),
+                    "node_id": self.node_id, "listen_client": self.client,
+                    "listen_peer": self.peer}
+        config.write_text(toml_text(settings, self.peers))
+        self.starts += 1
+        with open(self.log_file, "ab") as log:
+            log.write(f"---- start {self.starts} ----\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [*CLI, "serve", "--config", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """kill -9."""
+        self.signal(signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return int(proc.returncode)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Cluster:
+    """n nodes on free ports under one work dir."""
+
+    def __init__(self, workdir: Path, n: int, **settings: Any) -> None:
+        ports = free_ports(2 * n)
+        clients = [f"127.0.0.1:{p}" for p in ports[:n]]
+        peers = {i + 1: f"127.0.0.1:{p}" for i, p in enumerate(ports[n:])}
+        self.nodes = [
+            Node(i + 1, clients[i], peers[i + 1], workdir,
+                 {j: a for j, a in peers.items() if j != i + 1}, dict(settings))
+            for i in range(n)
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.client for n in self.nodes]
+
+    def node(self, node_id: int) -> Node:
+        return self.nodes[node_id - 1]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def client(self, timeout: float = 10.0, endpoints: list[str] | None = None) -> Client:
+        return Client(endpoints or self.endpoints, timeout=timeout)
+
+    async def wait_leader(self, timeout: float = 20.0,
+                          exclude: set[int] | None = None) -> NodeStatus:
+        """Status of the leader once the live nodes agree on one (not in `exclude`)."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        async with self.client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                for node in self.nodes:
+                    if not node.alive:
+                        continue
+                    try:
+                        st = await client.status(node.client, timeout=1.0)
+                    except DengineError as e:
+                        last = e
+                        continue
+                    last = st
+                    if st.role == "leader" and st.node_id not in (exclude or set()):
+                        return st
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"no leader within {timeout}s (last: {last})\n{self.logs()}")
+
+    async def wait_caught_up(self, node_id: int, index: int, timeout: float = 20.0) -> None:
+        """Until node `node_id` has applied `index`."""
+        deadline = time.monotonic() + timeout
+        st: object = None
+        async with self.client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(DengineError):
+                    st = await client.status(self.node(node_id).client, timeout=1.0)
+                    assert isinstance(st, NodeStatus)
+                    if st.applied_index >= index:
+                        return
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"node {node_id} did not apply {index} in {timeout}s: {st}")
+
+    def logs(self) -> str:
+        return "\n".join(f"== node {n.node_id} ==\n{n.log_tail()}" for n in self.nodes)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
