@@ -1,0 +1,470 @@
+"""The seed's file state machine, made crash-safe and O(chunk) per apply.
+
+Directory layout (see docs/formats.md)::
+
+    checkpoint         the full map at some last_applied, plus the first WAL to replay
+    wal-SSSSSSSSSS     write-ahead logs, one record per applied entry (what happened)
+
+`apply_chunk` appends one record per entry to the current WAL with one write and one
+fdatasync, then updates the in-memory map. When the WAL passes `checkpoint_bytes`, a new
+WAL is started and the map as of that point is written to a new checkpoint (write temp,
+fsync, rename, fsync dir), by default on a background thread; the older WALs are then
+deleted. Recovery = checkpoint + replay of the WALs it names, torn tail truncated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+
+from crc32c import crc32c
+from google.protobuf.message import DecodeError
+
+from dengine.errors import CorruptionError, StorageError
+from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
+from dengine.storage import records, snapshot
+from dengine.storage.fileio import AppendFile, FileIO, RealDisk
+from dengine.storage.state_machine import (
+    OP_CONFIG,
+    OP_DELETE,
+    OP_INSERT,
+    OP_LAST_APPLIED,
+    OP_SNAPSHOT_META,
+    ApplyResult,
+    Op,
+    apply_ops,
+    check_snapshot_point,
+    copy_log_id,
+    plan_chunk,
+    results_of,
+)
+
+log = logging.getLogger("dengine.storage")
+
+CHECKPOINT_FILE = "checkpoint"
+_WAL_NAME = re.compile(r"^wal-(\d{10})$")
+WAL_RECORD = struct.Struct("<QQBI")  # index, term, op, key length; then key, value
+_CHECKPOINT_META = struct.Struct("<QQQQ")  # last applied index, term, first WAL seq, key count
+
+
+def wal_name(seq: int) -> str:
+    return f"wal-{seq:010d}"
+
+
+def parse_wal_name(name: str) -> int | None:
+    m = _WAL_NAME.match(name)
+    return int(m.group(1)) if m else None
+
+
+def decode_wal_record(payload: bytes, path: str, offset: int) -> Op:
+    if len(payload) < WAL_RECORD.size:
+        raise CorruptionError(path, offset, "WAL record too short")
+    index, term, op, klen = WAL_RECORD.unpack_from(payload, 0)
+    start = WAL_RECORD.size
+    if start + klen > len(payload):
+        raise CorruptionError(path, offset, "WAL key length runs past the record")
+    return index, term, op, payload[start : start + klen], payload[start + klen :]
+
+
+def encode_checkpoint_meta(
+    last_applied: LogId,
+    wal_seq: int,
+    count: int,
+    membership: Membership | None,
+    snapshot_meta: SnapshotMetadata | None,
+) -> bytes:
+    return (
+        _CHECKPOINT_META.pack(last_applied.index, last_applied.term, wal_seq, count)
+        + snapshot.pack_blob(membership.SerializeToString() if membership is not None else b"")
+        + snapshot.pack_blob(
+            snapshot_meta.SerializeToString() if snapshot_meta is not None else b""
+        )
+        + bytes([(membership is not None) | (snapshot_meta is not None) << 1])
+    )
+
+
+def decode_checkpoint_meta(
+    payload: bytes, path: str, offset: int
+) -> tuple[LogId, int, int, Membership | None, SnapshotMetadata | None]:
+    try:
+        index, term, wal_seq, count = _CHECKPOINT_META.unpack_from(payload, 0)
+        m_blob, end = snapshot.unpack_blob(payload, _CHECKPOINT_META.size)
+        s_blob, end = snapshot.unpack_blob(payload, end)
+        flags = payload[end]
+        membership = Membership.FromString(m_blob) if flags & 1 else None
+        snapshot_meta = SnapshotMetadata.FromString(s_blob) if flags & 2 else None
+    except (struct.error, IndexError, DecodeError) as e:
+        raise CorruptionError(path, offset, f"undecodable checkpoint metadata: {e}") from None
+    return LogId(index=index, term=term), wal_seq, count, membership, snapshot_meta
+
+
+class FileStateMachine:
+    """A durable `StateMachine`: in-memory map, CRC-framed WAL, atomic checkpoints."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        checkpoint_bytes: int = 64 * 1024 * 1024,
+        fileio: FileIO | None = None,
+        background_checkpoint: bool = True,
+    ) -> None:
+        self._io = fileio or RealDisk()
+        self._dir = os.fspath(data_dir)
+        self._checkpoint_bytes = checkpoint_bytes
+        self._background = background_checkpoint
+        self._lock = threading.RLock()
+        self._running = False
+        self._checkpointer: threading.Thread | None = None
+        self._failed: str | None = None
+        self._load()
+
+    # -- recovery
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._dir, name)
+
+    def _load(self) -> None:
+        io = self._io
+        self._state: dict[bytes, bytes] = {}
+        self._last_applied = LogId()
+        self._membership: Membership | None = None
+        self._snapshot: SnapshotMetadata | None = None
+        self._wal: AppendFile | None = None
+        self._wal_seq = 0
+        self._wal_size = 0
+        io.makedirs(self._dir)
+        names = io.listdir(self._dir)
+        io.remove_durably([self._path(n) for n in names if n.endswith(".tmp")])
+        first_seq = 0
+        has_checkpoint = CHECKPOINT_FILE in names
+        if has_checkpoint:
+            first_seq = self._load_checkpoint()
+        seqs = sorted(s for n in names if (s := parse_wal_name(n)) is not None)
+        io.remove_durably([self._path(wal_name(s)) for s in seqs if s < first_seq])
+        seqs = [s for s in seqs if s >= first_seq]
+        if has_checkpoint and (not seqs or seqs[0] != first_seq):
+            raise CorruptionError(
+                self._path(wal_name(first_seq)), 0, "WAL named by the checkpoint is missing"
+            )
+        for n, seq in enumerate(seqs):
+            path = self._path(wal_name(seq))
+            if seq != first_seq + n:
+                raise CorruptionError(path, 0, f"WAL sequence gap: expected {first_seq + n}")
+            self._replay(path, last=n == len(seqs) - 1)
+        if seqs:
+            self._wal_seq = seqs[-1]
+            self._wal = io.open_append(self._path(wal_name(self._wal_seq)))
+        else:
+            self._wal_seq = first_seq
+            self._wal = self._create_wal(first_seq)
+
+    def _load_checkpoint(self) -> int:
+        path = self._path(CHECKPOINT_FILE)
+        scan = snapshot.read_strict(self._io, path, records.MAGIC_CHECKPOINT)
+        last, wal_seq, count, membership, snapshot_meta = decode_checkpoint_meta(
+            scan.records[0], path, scan.offsets[0]
+        )
+        if count != len(scan.records) - 1:
+            raise CorruptionError(
+                path, scan.valid_end, f"{len(scan.records) - 1} keys, expected {count}"
+            )
+        self._state = snapshot.decode_items(scan, 1)
+        self._last_applied = last
+        self._membership = membership
+        self._snapshot = snapshot_meta
+        return int(wal_seq)
+
+    def _replay(self, path: str, *, last: bool) -> None:
+        scan = records.scan(self._io.read(path), path, records.MAGIC_WAL)
+        scan.raise_if_corrupt()
+        if scan.torn:
+            if not last:
+                raise CorruptionError(
+                    path, scan.valid_end, f"{scan.torn_reason} in a WAL that is not the last"
+                )
+            log.warning(
+                "%s: torn tail at offset %d (%s): truncating %d bytes",
+                path, scan.valid_end, scan.torn_reason, scan.size - scan.valid_end,
+            )
+            self._io.truncate(path, scan.valid_end)
+            if scan.valid_end < records.HEADER_SIZE:
+                f = self._io.open_append(path)
+                f.write(records.encode_header(records.MAGIC_WAL))
+                f.sync()
+                f.close()
+        state = self._state
+        applied = self._last_applied.index
+        last_id = self._last_applied
+        for payload, offset in zip(scan.records, scan.offsets, strict=True):
+            index, term, op, key, value = decode_wal_record(payload, path, offset)
+            if op == OP_SNAPSHOT_META:
+                self._snapshot = SnapshotMetadata.FromString(value)
+            elif op == OP_LAST_APPLIED:
+                last_id = LogId(index=index, term=term)
+                applied = index
+            elif index <= applied:
+                continue  # already in the checkpoint: never apply twice
+            else:
+                if op == OP_INSERT:
+                    state[key] = value
+                elif op == OP_DELETE:
+                    state.pop(key, None)
+                elif op == OP_CONFIG:
+                    self._membership = Membership.FromString(value)
+                last_id = LogId(index=index, term=term)
+                applied = index
+        self._last_applied = last_id
+        self._wal_size = max(scan.valid_end, records.HEADER_SIZE)
+
+    def _create_wal(self, seq: int) -> AppendFile:
+        path = self._path(wal_name(seq))
+        if self._io.exists(path):
+            self._io.unlink(path)
+        f = self._io.open_append(path)
+        f.write(records.encode_header(records.MAGIC_WAL))
+        f.sync()
+        self._io.fsync_dir(self._dir)
+        self._wal_size = records.HEADER_SIZE
+        return f
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._running = True
+        log.info("file state machine started at %s", self._dir)
+
+    def stop(self) -> None:
+        """Wait for a running checkpoint. Every applied entry is already durable."""
+        self._running = False
+        self._wait_checkpoint()
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def close(self) -> None:
+        """Stop and release the WAL file handle."""
+        self.stop()
+        with self._lock:
+            if self._wal is not None:
+                self._wal.close()
+                self._wal = None
+
+    # -- reads
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._state.get(key)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def len(self) -> int:
+        return len(self._state)
+
+    def items(self) -> dict[bytes, bytes]:
+        """A copy of the whole map (tests and tools)."""
+        with self._lock:
+            return dict(self._state)
+
+    def last_applied(self) -> LogId:
+        return copy_log_id(self._last_applied)
+
+    def membership(self) -> Membership | None:
+        return self._membership
+
+    def snapshot_metadata(self) -> SnapshotMetadata | None:
+        return self._snapshot
+
+    # -- writes
+
+    def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
+        """Apply committed entries: one WAL write + one fdatasync, then the map."""
+        with self._lock:
+            ops = plan_chunk(entries, self._last_applied.index)
+            if not ops:
+                return []
+            self._append_wal(ops)
+            membership = apply_ops(self._state, ops)
+            if membership is not None:
+                self._membership = membership
+            self._last_applied = LogId(index=ops[-1][0], term=ops[-1][1])
+        if self._wal_size >= self._checkpoint_bytes:
+            self.maybe_checkpoint()
+        return results_of(ops)
+
+    def _append_wal(self, ops: list[Op]) -> None:
+        if self._failed is not None or self._wal is None:
+            raise StorageError(
+                f"{self._dir}: state machine unusable after a failed write ({self._failed}); "
+                "restart to recover from disk"
+                if self._failed else f"{self._dir}: state machine is closed"
+            )
+        pack = WAL_RECORD.pack
+        pack_len = records.LENGTH.pack
+        out: list[bytes] = []
+        put = out.append
+        for index, term, op, key, value in ops:
+            payload = pack(index, term, op, len(key)) + key + value
+            length = pack_len(len(payload))
+            put(length)
+            put(pack_len(crc32c(payload, crc32c(length))))
+            put(payload)
+        data = b"".join(out)
+        try:
+            self._wal.write(data)
+            self._wal.sync()
+        except BaseException as e:
+            self._failed = repr(e)
+            raise
+        self._wal_size += len(data)
+
+    def update_last_applied(self, log_id: LogId) -> None:
+        with self._lock:
+            self._last_applied = copy_log_id(log_id)
+
+    def persist_last_applied(self, log_id: LogId) -> None:
+        with self._lock:
+            self._append_wal([(log_id.index, log_id.term, OP_LAST_APPLIED, b"", b"")])
+            self._last_applied = copy_log_id(log_id)
+
+    def update_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
+        with self._lock:
+            self._snapshot = metadata
+
+    def persist_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
+        with self._lock:
+            self._append_wal([(0, 0, OP_SNAPSHOT_META, b"", metadata.SerializeToString())])
+            self._snapshot = metadata
+
+    def save_hard_state(self) -> None:
+        """Persist last_applied and snapshot metadata set by the update_* methods."""
+        with self._lock:
+            self.persist_last_applied(self._last_applied)
+            if self._snapshot is not None:
+                self.persist_last_snapshot_metadata(self._snapshot)
+
+    def flush(self) -> None:
+        """Nothing is buffered: every write method fsyncs before it returns."""
+
+    # -- checkpoints
+
+    def maybe_checkpoint(self) -> bool:
+        """Checkpoint if the WAL passed the threshold and none is running. True if started."""
+        if self._wal_size < self._checkpoint_bytes:
+            return False
+        if self._checkpointer is not None and self._checkpointer.is_alive():
+            return False
+        if not self._background:
+            self.checkpoint()
+            return True
+        job = self._begin_checkpoint()
+        self._checkpointer = threading.Thread(
+            target=self._finish_checkpoint_logged, args=job, name="dengine-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
+        return True
+
+    def checkpoint(self) -> None:
+        """Write a checkpoint now, synchronously, and drop the WALs it covers."""
+        self._wait_checkpoint()
+        self._finish_checkpoint(*self._begin_checkpoint())
+
+    def _begin_checkpoint(self) -> tuple[dict[bytes, bytes], bytes, int]:
+        """Freeze a consistent point: copy the map and start a new WAL (under the lock)."""
+        with self._lock:
+            state = dict(self._state)
+            seq = self._wal_seq + 1
+            old = self._wal
+            self._wal = self._create_wal(seq)
+            self._wal_seq = seq
+            if old is not None:
+                old.close()
+            meta = encode_checkpoint_meta(
+                self._last_applied, seq, len(state), self._membership, self._snapshot
+            )
+            return state, meta, seq
+
+    def _finish_checkpoint(self, state: dict[bytes, bytes], meta: bytes, seq: int) -> None:
+        self._write_checkpoint(state, meta)
+        names = self._io.listdir(self._dir)
+        old = [n for n in names if (s := parse_wal_name(n)) is not None and s < seq]
+        self._io.remove_durably([self._path(n) for n in old])
+
+    def _finish_checkpoint_logged(self, state: dict[bytes, bytes], meta: bytes, seq: int) -> None:
+        try:
+            self._finish_checkpoint(state, meta, seq)
+        except Exception:
+            # The WALs are intact, so nothing is lost; the next checkpoint retries.
+            log.exception("%s: background checkpoint failed", self._dir)
+
+    def _write_checkpoint(self, state: dict[bytes, bytes], meta: bytes) -> None:
+        def chunks() -> Iterator[bytes]:
+            yield records.encode_header(records.MAGIC_CHECKPOINT) + records.frame(meta)
+            yield from snapshot.encode_items(state.items())
+
+        self._io.atomic_write(self._path(CHECKPOINT_FILE), chunks())
+
+    def _wait_checkpoint(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.join()
+            self._checkpointer = None
+
+    # -- snapshots
+
+    def generate_snapshot_data(self, directory: str, last_included: LogId) -> bytes:
+        """Write a snapshot of the state at `last_included` (must equal last_applied)."""
+        with self._lock:
+            check_snapshot_point(self._last_applied, last_included)
+            state = dict(self._state)
+            membership = self._membership
+        checksum = snapshot.write_snapshot(self._io, directory, state, last_included, membership)
+        with self._lock:
+            self._snapshot = SnapshotMetadata(
+                last_included=copy_log_id(last_included), checksum=checksum, membership=membership
+            )
+        return checksum
+
+    def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
+        """Verify the snapshot's SHA-256, then install it atomically (a new checkpoint)."""
+        data = snapshot.read_snapshot(self._io, directory, metadata)
+        self._wait_checkpoint()
+        with self._lock:
+            seq = self._wal_seq + 1
+            new_wal = self._create_wal(seq)
+            meta = encode_checkpoint_meta(
+                data.last_included, seq, len(data.state), data.membership, metadata
+            )
+            try:
+                self._write_checkpoint(data.state, meta)
+            except BaseException:
+                new_wal.close()
+                self._failed = "snapshot install failed"
+                raise
+            if self._wal is not None:
+                self._wal.close()
+            self._wal = new_wal
+            self._wal_seq = seq
+            self._state = data.state
+            self._last_applied = data.last_included
+            self._membership = data.membership
+            self._snapshot = metadata
+            names = self._io.listdir(self._dir)
+            old = [n for n in names if (s := parse_wal_name(n)) is not None and s < seq]
+            self._io.remove_durably([self._path(n) for n in old])
+
+    def reset(self) -> None:
+        """Remove every file and start empty."""
+        self._wait_checkpoint()
+        with self._lock:
+            if self._wal is not None:
+                self._wal.close()
+                self._wal = None
+            if self._io.exists(self._dir):
+                self._io.rmtree(self._dir)
+                self._io.fsync_dir(os.path.dirname(os.path.normpath(self._dir)) or ".")
+            self._failed = None
+            self._load()

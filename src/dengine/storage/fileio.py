@@ -1,0 +1,437 @@
+"""The thin file-I/O layer every storage module goes through.
+
+`RealDisk` does plain POSIX I/O. `SimulatedDisk` keeps files in memory and models what a
+power cut does to data that was not made durable: file bytes written since the last
+`datasync` may be lost or torn, and creates/renames/unlinks in a directory that was not
+`fsync_dir`-ed since may be lost (a random prefix of them survives, in order).
+
+Durability is explicit: nothing is durable until `AppendFile.sync()` (file data) and
+`fsync_dir()` (directory entries) return. `atomic_write` and `makedirs` build on those.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+from dengine.errors import StorageError
+
+
+class AppendFile(ABC):
+    """A file open for appending. `sync()` makes everything written so far durable."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def sync(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class FileIO(ABC):
+    """File-system operations used by storage. Paths are plain strings."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def isdir(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]: ...
+
+    @abstractmethod
+    def mkdir(self, path: str) -> None:
+        """Create one directory (not durable until its parent is fsync_dir-ed)."""
+
+    @abstractmethod
+    def read(self, path: str) -> bytes: ...
+
+    @abstractmethod
+    def open_append(self, path: str) -> AppendFile:
+        """Open (creating if missing) for appending at the end."""
+
+    @abstractmethod
+    def truncate(self, path: str, size: int) -> None:
+        """Cut the file to `size` bytes and make that durable."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace `dst` by `src` (same directory); durable after fsync_dir."""
+
+    @abstractmethod
+    def unlink(self, path: str) -> None: ...
+
+    @abstractmethod
+    def rmtree(self, path: str) -> None: ...
+
+    @abstractmethod
+    def fsync_dir(self, path: str) -> None: ...
+
+    def makedirs(self, path: str) -> None:
+        """Create `path` and missing parents, durably (each new entry's parent is synced)."""
+        path = os.path.normpath(path)
+        if self.isdir(path):
+            return
+        parent = os.path.dirname(path)
+        if parent and parent != path:
+            self.makedirs(parent)
+        self.mkdir(path)
+        self.fsync_dir(parent or ".")
+
+    def atomic_write(self, path: str, chunks: Iterable[bytes]) -> None:
+        """Replace `path` with `chunks`: write a temp file, sync it, rename, sync the dir."""
+        tmp = path + ".tmp"
+        if self.exists(tmp):
+            self.unlink(tmp)
+        f = self.open_append(tmp)
+        try:
+            for chunk in chunks:
+                f.write(chunk)
+            f.sync()
+        finally:
+            f.close()
+        self.rename(tmp, path)
+        self.fsync_dir(os.path.dirname(path) or ".")
+
+    def remove_durably(self, paths: list[str]) -> None:
+        """Unlink files of one directory, then sync that directory once."""
+        if not paths:
+            return
+        for path in paths:
+            self.unlink(path)
+        self.fsync_dir(os.path.dirname(paths[0]) or ".")
+
+
+class _RealAppendFile(AppendFile):
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def sync(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class RealDisk(FileIO):
+    """The operating system's file system."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def open_append(self, path: str) -> AppendFile:
+        return _RealAppendFile(path)
+
+    def truncate(self, path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def rmtree(self, path: str) -> None:
+        shutil.rmtree(path)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# --- simulated disk ----------------------------------------------------------------------
+
+
+class SimulatedCrash(Exception):
+    """Raised by SimulatedDisk when a scheduled power cut happens in the middle of an operation."""
+
+
+class _File:
+    __slots__ = ("data", "synced")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.synced = b""
+
+
+class _Dir:
+    __slots__ = ("entries", "pending", "synced")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _File | _Dir] = {}
+        self.synced: dict[str, _File | _Dir] = {}
+        # Namespace operations since the last fsync_dir, in order: ("set", name, node),
+        # ("del", name, "") or ("rename", old, new).
+        self.pending: list[tuple[str, str, Any]] = []
+
+
+class _SimAppendFile(AppendFile):
+    def __init__(self, disk: SimulatedDisk, path: str, node: _File) -> None:
+        self._disk = disk
+        self._path = path
+        self._node = node
+        self._closed = False
+        self._generation_at_open = disk._generation
+
+    def write(self, data: bytes) -> None:
+        with self._disk._lock:
+            self._disk._tick("write", self._path)
+            self._check()
+            self._node.data += data
+
+    def sync(self) -> None:
+        with self._disk._lock:
+            self._disk._tick("sync", self._path)
+            self._check()
+            self._node.synced = bytes(self._node.data)
+
+    def close(self) -> None:
+        self._closed = True
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StorageError(f"{self._path}: file is closed")
+        if self._disk._generation != self._generation_at_open:
+            raise StorageError(f"{self._path}: file handle from before a power cut")
+
+
+class SimulatedDisk(FileIO):
+    """An in-memory file system that can lose everything not yet made durable.
+
+    `power_cut(rng)` turns the disk into what a machine would find after losing power:
+    each file keeps its synced bytes plus a random prefix of later writes, optionally
+    followed by a few garbage or zero bytes (a torn write); each directory keeps its
+    synced entries plus a random prefix of its later creates/renames/unlinks.
+    `crash_after(n)` makes the n-th following mutating operation raise SimulatedCrash
+    before it happens, so a test can cut power at every point of a procedure.
+    """
+
+    def __init__(self) -> None:
+        self._root = _Dir()
+        self._lock = threading.RLock()
+        self._generation = 0
+        self._countdown: int | None = None
+        self.ops = 0  # mutating operations so far (for choosing crash points)
+
+    # -- fault injection
+
+    def crash_after(self, n: int | None) -> None:
+        """Raise SimulatedCrash at the n-th next mutating operation (None: never)."""
+        self._countdown = n
+
+    def _tick(self, op: str, path: str) -> None:
+        self.ops += 1
+        if self._countdown is not None:
+            self._countdown -= 1
+            if self._countdown <= 0:
+                self._countdown = None
+                raise SimulatedCrash(f"power cut before {op} {path}")
+
+    def power_cut(self, rng: random.Random, *, lose_all: bool = False) -> None:
+        """Lose or tear everything not durable. `lose_all` keeps exactly the durable state."""
+        with self._lock:
+            self._generation += 1
+            self._countdown = None
+            self._cut_dir(self._root, rng, lose_all, set())
+
+    def _cut_dir(self, d: _Dir, rng: random.Random, lose_all: bool, seen: set[int]) -> None:
+        keep = 0 if lose_all or not d.pending else rng.randint(0, len(d.pending))
+        entries = dict(d.synced)
+        for kind, name, arg in d.pending[:keep]:
+            if kind == "set":
+                entries[name] = arg
+            elif kind == "del":
+                entries.pop(name, None)
+            else:
+                entries[arg] = entries.pop(name)
+        d.entries = entries
+        d.synced = dict(entries)
+        d.pending = []
+        for node in entries.values():
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, _Dir):
+                self._cut_dir(node, rng, lose_all, seen)
+            else:
+                self._cut_file(node, rng, lose_all)
+
+    @staticmethod
+    def _cut_file(f: _File, rng: random.Random, lose_all: bool) -> None:
+        current = bytes(f.data)
+        if lose_all or current == f.synced:
+            f.data = bytearray(f.synced)
+            return
+        common = 0
+        limit = min(len(current), len(f.synced))
+        while common < limit and current[common] == f.synced[common]:
+            common += 1
+        if rng.random() < 0.25:
+            result = f.synced
+        else:
+            cut = rng.randint(common, len(current))
+            result = current[:cut]
+            if cut < len(current) and rng.random() < 0.5:
+                junk = rng.randint(1, 64)
+                result += bytes(junk) if rng.random() < 0.5 else rng.randbytes(junk)
+        f.data = bytearray(result)
+        f.synced = bytes(result)
+
+    # -- path helpers
+
+    @staticmethod
+    def _parts(path: str) -> list[str]:
+        return [p for p in os.path.normpath(path).split("/") if p and p != "."]
+
+    def _lookup(self, path: str) -> _File | _Dir | None:
+        node: _File | _Dir = self._root
+        for part in self._parts(path):
+            if not isinstance(node, _Dir) or part not in node.entries:
+                return None
+            node = node.entries[part]
+        return node
+
+    def _parent(self, path: str) -> tuple[_Dir, str]:
+        parts = self._parts(path)
+        if not parts:
+            raise StorageError(f"{path}: not a file path")
+        parent = self._lookup("/".join(parts[:-1]))
+        if not isinstance(parent, _Dir):
+            raise FileNotFoundError(f"no such directory: {os.path.dirname(path)}")
+        return parent, parts[-1]
+
+    def _file(self, path: str) -> _File:
+        node = self._lookup(path)
+        if not isinstance(node, _File):
+            raise FileNotFoundError(f"no such file: {path}")
+        return node
+
+    @staticmethod
+    def _set(d: _Dir, name: str, node: _File | _Dir) -> None:
+        d.entries[name] = node
+        d.pending.append(("set", name, node))
+
+    # -- FileIO
+
+    def exists(self, path: str) -> bool:
+        with self._lock:
+            return self._lookup(path) is not None
+
+    def isdir(self, path: str) -> bool:
+        with self._lock:
+            return isinstance(self._lookup(path), _Dir)
+
+    def listdir(self, path: str) -> list[str]:
+        with self._lock:
+            node = self._lookup(path)
+            if not isinstance(node, _Dir):
+                raise FileNotFoundError(f"no such directory: {path}")
+            return sorted(node.entries)
+
+    def mkdir(self, path: str) -> None:
+        with self._lock:
+            self._tick("mkdir", path)
+            parent, name = self._parent(path)
+            if name in parent.entries:
+                raise FileExistsError(path)
+            self._set(parent, name, _Dir())
+
+    def read(self, path: str) -> bytes:
+        with self._lock:
+            return bytes(self._file(path).data)
+
+    def open_append(self, path: str) -> AppendFile:
+        with self._lock:
+            node = self._lookup(path)
+            if node is None:
+                self._tick("create", path)
+                parent, name = self._parent(path)
+                node = _File()
+                self._set(parent, name, node)
+            if not isinstance(node, _File):
+                raise IsADirectoryError(path)
+            return _SimAppendFile(self, path, node)
+
+    def truncate(self, path: str, size: int) -> None:
+        with self._lock:
+            self._tick("truncate", path)
+            f = self._file(path)
+            del f.data[size:]
+            f.synced = bytes(f.data)
+
+    def rename(self, src: str, dst: str) -> None:
+        with self._lock:
+            self._tick("rename", src)
+            parent, old = self._parent(src)
+            dst_parent, new = self._parent(dst)
+            if parent is not dst_parent:
+                raise StorageError("SimulatedDisk renames only within one directory")
+            node = parent.entries.pop(old, None)
+            if node is None:
+                raise FileNotFoundError(src)
+            parent.entries[new] = node
+            parent.pending.append(("rename", old, new))
+
+    def unlink(self, path: str) -> None:
+        with self._lock:
+            self._tick("unlink", path)
+            parent, name = self._parent(path)
+            if not isinstance(parent.entries.get(name), _File):
+                raise FileNotFoundError(path)
+            del parent.entries[name]
+            parent.pending.append(("del", name, ""))
+
+    def rmtree(self, path: str) -> None:
+        with self._lock:
+            self._tick("rmtree", path)
+            parent, name = self._parent(path)
+            if not isinstance(parent.entries.get(name), _Dir):
+                raise FileNotFoundError(path)
+            del parent.entries[name]
+            parent.pending.append(("del", name, ""))
+
+    def fsync_dir(self, path: str) -> None:
+        with self._lock:
+            self._tick("fsync_dir", path)
+            node = self._lookup(path)
+            if not isinstance(node, _Dir):
+                raise FileNotFoundError(f"no such directory: {path}")
+            node.synced = dict(node.entries)
+            node.pending = []

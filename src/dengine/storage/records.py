@@ -1,0 +1,180 @@
+"""The one record codec for every on-disk file: a file header, then CRC32C-framed records.
+
+File layout::
+
+    header  = magic (4 bytes) | u16 format version | u16 reserved (0)      little-endian
+    record  = u32 length | u32 crc32c | payload (length bytes)             little-endian
+
+The CRC32C covers the 4 length bytes *and* the payload, so a corrupted length is caught
+and a zero-filled region (length 0, crc 0) never reads as a valid empty record.
+
+Reading stops at the first bad record. If nothing valid follows it, the bad region is a
+torn tail (a write cut by a crash): the caller truncates it and logs a warning. If a valid
+record follows it, data we once wrote is damaged: `CorruptionError(path, offset, reason)`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from crc32c import crc32c
+
+from dengine.errors import CorruptionError
+
+HEADER = struct.Struct("<4sHH")
+HEADER_SIZE = HEADER.size
+FRAME = struct.Struct("<II")
+FRAME_SIZE = FRAME.size
+LENGTH = struct.Struct("<I")
+
+# Magic numbers of every file kind (docs/formats.md).
+MAGIC_SEGMENT = b"DLOG"  # Raft log segment: records are encoded `Entry` messages
+MAGIC_LOG_META = b"DLMT"  # Raft log metadata: compaction point, snapshot metadata
+MAGIC_HARD_STATE = b"DLHS"  # Raft hard state: append-only `HardState` records, last wins
+MAGIC_WAL = b"DSMW"  # state machine write-ahead log
+MAGIC_CHECKPOINT = b"DSMC"  # state machine checkpoint (the full map)
+MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotMetadata)
+
+FORMAT_VERSION = 1
+
+
+def encode_header(magic: bytes, version: int = FORMAT_VERSION) -> bytes:
+    return HEADER.pack(magic, version, 0)
+
+
+def check_header(data: bytes, magic: bytes, path: str) -> None:
+    """Raise CorruptionError unless `data` starts with a complete header of this kind."""
+    if len(data) < HEADER_SIZE:
+        raise CorruptionError(path, 0, f"file header truncated ({len(data)} bytes)")
+    found, version, _ = HEADER.unpack_from(data, 0)
+    if found != magic:
+        raise CorruptionError(path, 0, f"bad magic {found!r}, expected {magic!r}")
+    if version != FORMAT_VERSION:
+        raise CorruptionError(
+            path, 0, f"unsupported format version {version} (this release reads {FORMAT_VERSION})"
+        )
+
+
+def frame(payload: bytes) -> bytes:
+    """One record: length, CRC32C (over length + payload), payload."""
+    length = LENGTH.pack(len(payload))
+    return length + LENGTH.pack(crc32c(payload, crc32c(length))) + payload
+
+
+def frame_all(payloads: Iterable[bytes]) -> bytes:
+    """Many records as one buffer, so that a batch costs one `write` call."""
+    pack_len = LENGTH.pack
+    out: list[bytes] = []
+    append = out.append
+    for payload in payloads:
+        length = pack_len(len(payload))
+        append(length)
+        append(pack_len(crc32c(payload, crc32c(length))))
+        append(payload)
+    return b"".join(out)
+
+
+@dataclass
+class ScanResult:
+    """What a scan of one file found. `valid_end` is where the last good record ends."""
+
+    path: str
+    records: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    valid_end: int = 0
+    size: int = 0
+    torn_reason: str | None = None  # the bytes from valid_end to size are a torn tail
+    corruption: CorruptionError | None = None
+
+    @property
+    def torn(self) -> bool:
+        return self.torn_reason is not None
+
+    def raise_if_corrupt(self) -> None:
+        if self.corruption is not None:
+            raise self.corruption
+
+
+def _bad_record(data: bytes, offset: int) -> str | None:
+    """Why the record at `offset` is not valid, or None when it is."""
+    size = len(data)
+    if offset + FRAME_SIZE > size:
+        return f"incomplete record header ({size - offset} bytes)"
+    length, crc = FRAME.unpack_from(data, offset)
+    end = offset + FRAME_SIZE + length
+    if end > size:
+        return f"record length {length} runs past the end of the file"
+    body = memoryview(data)[offset + FRAME_SIZE : end]
+    if crc32c(body, crc32c(data[offset : offset + 4])) != crc:
+        return "record checksum mismatch"
+    return None
+
+
+def _valid_record_after(data: bytes, offset: int) -> int | None:
+    """The offset of the first valid record starting after `offset`, if any.
+
+    Only runs on the error path. A record is only valid when its CRC over length and
+    payload matches, so a false match in garbage has probability ~2**-32 per offset.
+    """
+    size = len(data)
+    unpack = FRAME.unpack_from
+    view = memoryview(data)
+    for pos in range(offset + 1, size - FRAME_SIZE + 1):
+        length, crc = unpack(data, pos)
+        end = pos + FRAME_SIZE + length
+        if end <= size and crc32c(view[pos + FRAME_SIZE : end], crc32c(view[pos : pos + 4])) == crc:
+            return pos
+    return None
+
+
+def scan(data: bytes, path: str, magic: bytes) -> ScanResult:
+    """Check the header, then read records, classifying the first bad one as torn or corrupt.
+
+    A header that is missing, a strict prefix of the expected one, or all zeros, with no
+    valid record anywhere after it, is a torn tail at offset 0 (a file whose creation was
+    cut short). Any other header problem is corruption.
+    """
+    result = ScanResult(path=path, size=len(data))
+    head = data[:HEADER_SIZE]
+    if len(head) < HEADER_SIZE or head == bytes(HEADER_SIZE):
+        expected = encode_header(magic)
+        if (expected.startswith(head) or not head.strip(b"\0")) and (
+            _valid_record_after(data, -1) is None
+        ):
+            result.torn_reason = f"file header incomplete ({len(data)} bytes)"
+            return result
+    try:
+        check_header(data, magic, path)
+    except CorruptionError as e:
+        result.corruption = e
+        return result
+    records = result.records
+    offsets = result.offsets
+    size = len(data)
+    unpack = FRAME.unpack_from
+    view = memoryview(data)
+    pos = HEADER_SIZE
+    while pos + FRAME_SIZE <= size:
+        length, crc = unpack(data, pos)
+        end = pos + FRAME_SIZE + length
+        if end > size:
+            break
+        body = view[pos + FRAME_SIZE : end]
+        if crc32c(body, crc32c(view[pos : pos + 4])) != crc:
+            break
+        records.append(bytes(body))
+        offsets.append(pos)
+        pos = end
+    result.valid_end = pos
+    if pos < size:
+        reason = _bad_record(data, pos) or "bad record"
+        later = _valid_record_after(data, pos)
+        if later is None:
+            result.torn_reason = reason
+        else:
+            result.corruption = CorruptionError(
+                path, pos, f"{reason}; a valid record follows at offset {later}"
+            )
+    return result

@@ -1,0 +1,239 @@
+"""The `StateMachine` contract (the seed's trait in Python form) and an in-memory implementation.
+
+Methods are plain and synchronous; the node decides which thread calls them. Applying a
+committed entry is deterministic and never fails for input reasons: a command that does
+not decode is recorded as a failed `ApplyResult`, the same on every replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from google.protobuf.message import DecodeError
+
+from dengine.errors import StorageError
+from dengine.proto import Entry, LogId, Membership, SnapshotMetadata, WriteCommand
+from dengine.storage import snapshot
+from dengine.storage.fileio import FileIO, RealDisk
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The outcome of applying one entry. Later commands (compare-and-swap) fill `value`."""
+
+    index: int
+    succeeded: bool = True
+    value: bytes | None = None
+
+
+class StateMachine(Protocol):
+    """What the node drives. All state changes become durable before the method returns."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def is_running(self) -> bool: ...
+    def get(self, key: bytes) -> bytes | None: ...
+    def __len__(self) -> int: ...
+    def len(self) -> int: ...
+    def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]: ...
+    def last_applied(self) -> LogId: ...
+    def update_last_applied(self, log_id: LogId) -> None: ...
+    def persist_last_applied(self, log_id: LogId) -> None: ...
+    def membership(self) -> Membership | None: ...
+    def snapshot_metadata(self) -> SnapshotMetadata | None: ...
+    def update_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None: ...
+    def persist_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None: ...
+    def generate_snapshot_data(self, directory: str, last_included: LogId) -> bytes: ...
+    def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None: ...
+    def save_hard_state(self) -> None: ...
+    def flush(self) -> None: ...
+    def reset(self) -> None: ...
+
+
+# What applying an entry did, as recorded in the file state machine's WAL.
+OP_NOOP = 0
+OP_INSERT = 1
+OP_DELETE = 2
+OP_CONFIG = 3  # value = encoded Membership
+OP_REJECTED = 4  # a command that did not decode: applied as a failed no-op
+OP_LAST_APPLIED = 5  # persist_last_applied: (index, term) only
+OP_SNAPSHOT_META = 6  # persist_last_snapshot_metadata: value = encoded SnapshotMetadata
+
+OP_NAMES = {
+    OP_NOOP: "noop",
+    OP_INSERT: "insert",
+    OP_DELETE: "delete",
+    OP_CONFIG: "config",
+    OP_REJECTED: "rejected",
+    OP_LAST_APPLIED: "last_applied",
+    OP_SNAPSHOT_META: "snapshot_meta",
+}
+
+Op = tuple[int, int, int, bytes, bytes]  # index, term, op, key, value
+
+
+def plan_chunk(entries: Sequence[Entry], last_applied: int) -> list[Op]:
+    """Decode a chunk into ops. Raises StorageError before any change on a bad index order."""
+    ops: list[Op] = []
+    put = ops.append
+    prev = last_applied
+    decode = WriteCommand.FromString
+    for entry in entries:
+        index = entry.index
+        if index <= prev:
+            raise StorageError(
+                f"apply_chunk: entry index {index} is not above {prev} "
+                f"({'last applied' if prev == last_applied else 'the previous entry'})"
+            )
+        prev = index
+        payload = entry.payload
+        kind = payload.WhichOneof("payload")
+        if kind == "command":
+            try:
+                command = decode(payload.command)
+            except DecodeError:
+                put((index, entry.term, OP_REJECTED, b"", b""))
+                continue
+            which = command.WhichOneof("operation")
+            if which == "insert":
+                insert = command.insert
+                put((index, entry.term, OP_INSERT, insert.key, insert.value))
+            elif which == "delete":
+                put((index, entry.term, OP_DELETE, command.delete.key, b""))
+            else:
+                put((index, entry.term, OP_REJECTED, b"", b""))
+        elif kind == "noop":
+            put((index, entry.term, OP_NOOP, b"", b""))
+        elif kind == "config":
+            put((index, entry.term, OP_CONFIG, b"", payload.config.SerializeToString()))
+        else:
+            put((index, entry.term, OP_REJECTED, b"", b""))
+    return ops
+
+
+def results_of(ops: list[Op]) -> list[ApplyResult]:
+    return [ApplyResult(op[0], op[2] != OP_REJECTED) for op in ops]
+
+
+def apply_ops(state: dict[bytes, bytes], ops: list[Op]) -> Membership | None:
+    """Apply decoded ops to `state`; return the last membership among them, if any."""
+    membership = None
+    pop = state.pop
+    for _, _, op, key, value in ops:
+        if op == OP_INSERT:
+            state[key] = value
+        elif op == OP_DELETE:
+            pop(key, None)
+        elif op == OP_CONFIG:
+            membership = Membership.FromString(value)
+    return membership
+
+
+def check_snapshot_point(last_applied: LogId, last_included: LogId) -> None:
+    """A snapshot must describe exactly the applied state: refuse any other point."""
+    if (last_included.index, last_included.term) != (last_applied.index, last_applied.term):
+        raise StorageError(
+            f"snapshot requested at ({last_included.term}, {last_included.index}) but the state "
+            f"machine is at ({last_applied.term}, {last_applied.index})"
+        )
+
+
+def copy_log_id(log_id: LogId) -> LogId:
+    return LogId(index=log_id.index, term=log_id.term)
+
+
+class MemoryStateMachine:
+    """A `StateMachine` kept in memory (tests, simulator). Snapshots go through `fileio`."""
+
+    def __init__(self, *, fileio: FileIO | None = None) -> None:
+        self._io = fileio or RealDisk()
+        self._state: dict[bytes, bytes] = {}
+        self._last_applied = LogId()
+        self._membership: Membership | None = None
+        self._snapshot: SnapshotMetadata | None = None
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+
+    def stop(self) -> None:
+        self._running = False
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._state.get(key)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def len(self) -> int:
+        return len(self._state)
+
+    def items(self) -> dict[bytes, bytes]:
+        """A copy of the whole map (tests and tools)."""
+        return dict(self._state)
+
+    def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
+        ops = plan_chunk(entries, self._last_applied.index)
+        if not ops:
+            return []
+        membership = apply_ops(self._state, ops)
+        if membership is not None:
+            self._membership = membership
+        self._last_applied = LogId(index=ops[-1][0], term=ops[-1][1])
+        return results_of(ops)
+
+    def last_applied(self) -> LogId:
+        return copy_log_id(self._last_applied)
+
+    def update_last_applied(self, log_id: LogId) -> None:
+        self._last_applied = copy_log_id(log_id)
+
+    def persist_last_applied(self, log_id: LogId) -> None:
+        self.update_last_applied(log_id)
+
+    def membership(self) -> Membership | None:
+        return self._membership
+
+    def snapshot_metadata(self) -> SnapshotMetadata | None:
+        return self._snapshot
+
+    def update_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
+        self._snapshot = metadata
+
+    def persist_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
+        self._snapshot = metadata
+
+    def generate_snapshot_data(self, directory: str, last_included: LogId) -> bytes:
+        check_snapshot_point(self._last_applied, last_included)
+        checksum = snapshot.write_snapshot(
+            self._io, directory, self._state, last_included, self._membership
+        )
+        self._snapshot = SnapshotMetadata(
+            last_included=copy_log_id(last_included), checksum=checksum,
+            membership=self._membership,
+        )
+        return checksum
+
+    def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
+        data = snapshot.read_snapshot(self._io, directory, metadata)
+        self._state = data.state
+        self._last_applied = data.last_included
+        self._membership = data.membership
+        self._snapshot = metadata
+
+    def save_hard_state(self) -> None:
+        """Nothing to persist in memory."""
+
+    def flush(self) -> None:
+        """Nothing to persist in memory."""
+
+    def reset(self) -> None:
+        self._state = {}
+        self._last_applied = LogId()
+        self._membership = None
+        self._snapshot = None

@@ -1,0 +1,50 @@
+"""Entry builders shared by the storage tests."""
+
+from __future__ import annotations
+
+from dengine.proto import Entry, Member, Membership, WriteCommand
+
+
+def insert(key: bytes, value: bytes) -> bytes:
+    cmd = WriteCommand()
+    cmd.insert.key = key
+    cmd.insert.value = value
+    return cmd.SerializeToString()
+
+
+def delete(key: bytes) -> bytes:
+    cmd = WriteCommand()
+    cmd.delete.key = key
+    return cmd.SerializeToString()
+
+
+def command_entry(index: int, term: int, command: bytes) -> Entry:
+    entry = Entry(index=index, term=term)
+    entry.payload.command = command
+    return entry
+
+
+def noop_entry(index: int, term: int) -> Entry:
+    entry = Entry(index=index, term=term)
+    entry.payload.noop.SetInParent()
+    return entry
+
+
+def config_entry(index: int, term: int, voters: list[int]) -> Entry:
+    entry = Entry(index=index, term=term)
+    entry.payload.config.CopyFrom(
+        Membership(voters=[Member(id=v, address=f"127.0.0.1:{9000 + v}") for v in voters])
+    )
+    return entry
+
+
+def log_entries(first: int, count: int, term: int, tag: bytes = b"v") -> list[Entry]:
+    """`count` insert entries from index `first`, each writing key k<index>."""
+    return [
+        command_entry(i, term, insert(b"k%d" % i, tag + b"%d" % i))
+        for i in range(first, first + count)
+    ]
+
+
+def encoded(entries: list[Entry]) -> list[bytes]:
+    return [e.SerializeToString() for e in entries]

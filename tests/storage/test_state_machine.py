@@ -1,0 +1,178 @@
+"""MemoryStateMachine and FileStateMachine against a dict model, with restarts and checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from storage_helpers import command_entry, config_entry, delete, insert, noop_entry
+
+from dengine.errors import CorruptionError, StorageError
+from dengine.proto import Entry, LogId, SnapshotMetadata
+from dengine.storage import ApplyResult, FileStateMachine, MemoryStateMachine
+from dengine.storage.fileio import SimulatedDisk
+
+KEYS = [b"a", b"b", b"c", b"key-d", b""]
+
+
+@pytest.fixture(params=["memory", "file"])
+def sm(request, tmp_path):
+    if request.param == "memory":
+        return MemoryStateMachine()
+    return FileStateMachine(tmp_path / "sm", background_checkpoint=False)
+
+
+def test_apply_kinds_and_results(sm):
+    results = sm.apply_chunk([
+        command_entry(1, 1, insert(b"x", b"1")),
+        noop_entry(2, 1),
+        config_entry(3, 1, [1, 2, 3]),
+        command_entry(4, 1, b"\xff\xff not a command"),
+        command_entry(5, 2, delete(b"x")),
+        command_entry(6, 2, insert(b"y", b"2")),
+        Entry(index=7, term=2),
+    ])
+    assert results == [
+        ApplyResult(1), ApplyResult(2), ApplyResult(3), ApplyResult(4, succeeded=False),
+        ApplyResult(5), ApplyResult(6), ApplyResult(7, succeeded=False),
+    ]
+    assert sm.get(b"x") is None and sm.get(b"y") == b"2" and len(sm) == 1
+    assert sm.last_applied() == LogId(index=7, term=2)
+    assert [m.id for m in sm.membership().voters] == [1, 2, 3]
+
+
+def test_non_increasing_index_is_refused_before_any_change(sm):
+    sm.apply_chunk([command_entry(5, 1, insert(b"a", b"1"))])
+    with pytest.raises(StorageError, match="not above"):
+        sm.apply_chunk([command_entry(6, 1, insert(b"b", b"1")), command_entry(6, 1, b"")])
+    with pytest.raises(StorageError, match="not above"):
+        sm.apply_chunk([command_entry(5, 1, insert(b"c", b"1"))])
+    assert sm.get(b"b") is None and sm.last_applied().index == 5
+
+
+def test_snapshot_round_trip_and_checksum(sm, tmp_path):
+    sm.apply_chunk([command_entry(i, 1, insert(b"k%d" % i, b"v")) for i in range(1, 50)])
+    with pytest.raises(StorageError, match="snapshot requested"):
+        sm.generate_snapshot_data(str(tmp_path / "snap"), LogId(index=10, term=1))
+    checksum = sm.generate_snapshot_data(str(tmp_path / "snap"), LogId(index=49, term=1))
+    assert len(checksum) == 32 and checksum != bytes(32)
+    assert sm.snapshot_metadata().checksum == checksum
+    target = FileStateMachine(tmp_path / "target")
+    bad = SnapshotMetadata(last_included=LogId(index=49, term=1), checksum=bytes(32))
+    with pytest.raises(CorruptionError, match="SHA-256"):
+        target.apply_snapshot_from_file(bad, str(tmp_path / "snap"))
+    assert len(target) == 0
+    good = SnapshotMetadata(last_included=LogId(index=49, term=1), checksum=checksum)
+    target.apply_snapshot_from_file(good, str(tmp_path / "snap"))
+    target.close()
+    again = FileStateMachine(tmp_path / "target")
+    assert again.items() == sm.items() and again.last_applied() == LogId(index=49, term=1)
+    assert again.snapshot_metadata() == good
+
+
+def test_file_state_machine_checkpoints_and_recovers(tmp_path):
+    sm = FileStateMachine(tmp_path, checkpoint_bytes=2000, background_checkpoint=False)
+    for i in range(1, 200):
+        sm.apply_chunk([command_entry(i, 1, insert(b"k%d" % (i % 37), b"v%d" % i))])
+    assert (tmp_path / "checkpoint").exists()
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("wal-")]) == 1
+    sm.persist_last_applied(LogId(index=250, term=3))
+    sm.close()
+    again = FileStateMachine(tmp_path)
+    assert again.items() == sm.items()
+    assert again.last_applied() == LogId(index=250, term=3)
+
+
+def test_background_checkpoint(tmp_path):
+    sm = FileStateMachine(tmp_path, checkpoint_bytes=5000)
+    for i in range(1, 400):
+        sm.apply_chunk([command_entry(i, 1, insert(b"k%d" % (i % 50), b"v%d" % i))])
+    sm.stop()
+    assert (tmp_path / "checkpoint").exists()
+    sm.close()
+    assert FileStateMachine(tmp_path).items() == sm.items()
+
+
+def test_reset_removes_everything(tmp_path):
+    sm = FileStateMachine(tmp_path / "sm")
+    sm.apply_chunk([command_entry(1, 1, insert(b"a", b"1"))])
+    sm.reset()
+    assert len(sm) == 0 and sm.last_applied() == LogId()
+    sm.close()
+    assert len(FileStateMachine(tmp_path / "sm")) == 0
+
+
+class StateMachineModel(RuleBasedStateMachine):
+    """FileStateMachine on a simulated disk vs a dict; restart reopens from disk."""
+
+    @initialize(threshold=st.sampled_from([300, 5000, 1 << 30]))
+    def setup(self, threshold: int) -> None:
+        self.disk = SimulatedDisk()
+        self.threshold = threshold
+        self.sm = self._open()
+        self.model: dict[bytes, bytes] = {}
+        self.index = 0
+        self.snapshots: list[tuple[SnapshotMetadata, str, dict[bytes, bytes]]] = []
+
+    def _open(self) -> FileStateMachine:
+        return FileStateMachine(
+            "/d/sm", checkpoint_bytes=self.threshold, fileio=self.disk, background_checkpoint=False
+        )
+
+    @rule(ops=st.lists(
+        st.tuples(st.sampled_from(["put", "del", "noop", "junk"]), st.sampled_from(KEYS),
+                  st.binary(max_size=20)),
+        min_size=1, max_size=8,
+    ), gap=st.integers(1, 3))
+    def apply(self, ops, gap: int) -> None:
+        entries, expected = [], []
+        for op, key, value in ops:
+            self.index += gap
+            if op == "put":
+                entries.append(command_entry(self.index, 1, insert(key, value)))
+                self.model[key] = value
+            elif op == "del":
+                entries.append(command_entry(self.index, 1, delete(key)))
+                self.model.pop(key, None)
+            elif op == "noop":
+                entries.append(noop_entry(self.index, 1))
+            else:
+                entries.append(command_entry(self.index, 1, b"\x0a\xff"))
+            expected.append(ApplyResult(self.index, op != "junk"))
+        assert self.sm.apply_chunk(entries) == expected
+
+    @rule()
+    def restart(self) -> None:
+        self.sm.close()
+        self.sm = self._open()
+
+    @rule()
+    def checkpoint(self) -> None:
+        self.sm.checkpoint()
+
+    @rule()
+    def snapshot(self) -> None:
+        path = f"/d/snapshots/{len(self.snapshots)}"
+        last = self.sm.last_applied()
+        checksum = self.sm.generate_snapshot_data(path, last)
+        meta = SnapshotMetadata(last_included=last, checksum=checksum)
+        self.snapshots.append((meta, path, dict(self.model)))
+
+    @rule(data=st.data())
+    def install(self, data: st.DataObject) -> None:
+        if not self.snapshots:
+            return
+        meta, path, state = data.draw(st.sampled_from(self.snapshots))
+        self.sm.apply_snapshot_from_file(meta, path)
+        self.model = dict(state)
+        self.index = meta.last_included.index
+
+    @invariant()
+    def matches_model(self) -> None:
+        assert self.sm.items() == self.model
+        assert self.sm.last_applied().index == self.index
+
+
+TestStateMachineModel = StateMachineModel.TestCase
+TestStateMachineModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
