@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,29 +27,71 @@ READY_TIMEOUT_S = 30.0
 STOP_GRACE_S = 10.0
 
 
+# One line per NodeConfig field: the help of its `dengine serve` flag and of its row in
+# docs/operations.md ("Configuration").
+SETTINGS_HELP = {
+    "data_dir": "Directory of this node's log, state machine and snapshots.",
+    "node_id": "This node's id (a positive integer, unique in the cluster).",
+    "cluster_id": "Cluster name; data dirs and peers of another cluster are refused.",
+    "listen_peer": "HOST:PORT for Raft traffic from the other nodes.",
+    "listen_client": "HOST:PORT of the gRPC client API (announced to peers for redirects).",
+    "peers": "The other members at first start: ID=HOST:PORT of their peer listener.",
+    "join": "Client address of a running cluster to join as a learner (issue 6).",
+    "auto_promote": "Promote a joined learner to voter once it has caught up (issue 6).",
+    "tick_ms": "Logical clock period of the Raft core.",
+    "election_timeout_ms": "Minimum election timeout; each node picks one in [min, 2*min).",
+    "heartbeat_interval_ms": "How often the leader sends heartbeats.",
+    "lease_read": "Serve 'lease' reads from the leader's lease (else as linearizable).",
+    "clock_drift_ms": "Assumed clock drift bound; lease = election timeout - drift.",
+    "max_entries_per_msg": "Entries per AppendEntries message.",
+    "max_bytes_per_msg": "Bytes per AppendEntries message.",
+    "max_inflight_msgs": "AppendEntries in flight per follower (pipelining window).",
+    "max_key_size": "Largest key accepted, in bytes.",
+    "max_value_size": "Largest value accepted, in bytes.",
+    "max_request_size": "Largest client request (a batch of commands or keys), in bytes.",
+    "wal_checkpoint_bytes": "State machine WAL size that triggers a checkpoint.",
+    "snapshot_threshold_entries": "Applied entries since the last snapshot that trigger one.",
+    "snapshots_to_keep": "Snapshots kept on disk.",
+    "log_level": "debug, info, warning or error.",
+}
+
+
+def _setting_flag(name: str) -> str:
+    return {"node_id": "--id", "peers": "--peer"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """One `dengine serve` flag per NodeConfig field (unset flags are None: TOML wins)."""
+    defaults = NodeConfig()
+    for f in reversed(dataclasses.fields(NodeConfig)):
+        flag, default = _setting_flag(f.name), getattr(defaults, f.name)
+        text = SETTINGS_HELP.get(f.name, f.name.replace("_", " "))
+        shown = default if default != "" else "none"
+        if f.name == "peers":
+            option = click.option(flag, "peers", multiple=True, metavar="ID=HOST:PORT",
+                                  help=text + " Repeat for each.")
+        elif isinstance(default, bool):
+            option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None,
+                                  help=f"{text}  [default: {shown}]")
+        else:
+            option = click.option(flag, f.name, type=type(default), default=None,
+                                  help=f"{text}  [default: {shown}]")
+        command = option(command)
+    return command
+
+
 @click.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="TOML file of settings (flags win over it).")
-@click.option("--data-dir", help="Data directory  [default: ./dengine-data]")
-@click.option("--id", "node_id", type=int, help="This node's id  [default: 1]")
-@click.option("--cluster-id", help="Cluster name; a data dir or peer of another is refused.")
-@click.option("--listen-peer", metavar="HOST:PORT", help="Peer address  [default: 127.0.0.1:9181]")
-@click.option("--listen-client", metavar="HOST:PORT",
-              help="Client (gRPC) address  [default: 127.0.0.1:9081]")
-@click.option("--peer", "peers", multiple=True, metavar="ID=HOST:PORT",
-              help="Another member and its peer address (repeat for each).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_file: str | None, data_dir: str | None, node_id: int | None,
-          cluster_id: str | None, listen_peer: str | None, listen_client: str | None,
-          peers: tuple[str, ...], log_level: str | None) -> None:
+              help="TOML file of settings, same names as the flags with underscores "
+                   "(flags win over it).")
+@_setting_options
+def serve(config_file: str | None, peers: tuple[str, ...], **settings: Any) -> None:
     """Run one node with its client API until SIGTERM or Ctrl-C."""
     from dengine.server import run_server
 
     config = NodeConfig.from_toml(config_file) if config_file else NodeConfig()
     config = config.replace(
-        data_dir=data_dir, node_id=node_id, cluster_id=cluster_id, listen_peer=listen_peer,
-        listen_client=listen_client, log_level=log_level,
-        peers=dict(parse_peer(p) for p in peers) if peers else None,
+        **settings, peers=dict(parse_peer(p) for p in peers) if peers else None
     ).validate()
     sys.exit(run_server(config))
 

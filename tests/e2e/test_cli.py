@@ -1,0 +1,121 @@
+"""The `dengine` command line against real servers: put/get/delete/status, cluster up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from e2e_support import CLI, Cluster, free_port_run, pid_alive
+
+from dengine.client import Client
+
+
+def dengine(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_put_get_delete_status_json(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = cluster_factory(1)
+    asyncio.run(cluster.wait_leader())
+    ep = ["--endpoints", cluster.node(1).client]
+
+    put = dengine("put", "greeting", "héllo wörld", *ep)
+    assert (put.returncode, put.stdout.strip()) == (0, "OK"), put.stderr
+    got = dengine("get", "greeting", *ep)
+    assert (got.returncode, got.stdout) == (0, "héllo wörld\n"), got.stderr
+    got_json = dengine("get", "greeting", "--consistency", "lease", "--json", *ep)
+    assert json.loads(got_json.stdout) == {"key": "greeting", "found": True,
+                                           "value": "héllo wörld"}
+    hexed = dengine("put", "--hex", "00ff", "0102", *ep)
+    assert hexed.returncode == 0, hexed.stderr
+    assert dengine("get", "--hex", "00ff", *ep).stdout == "0102\n"
+
+    status = dengine("status", "--json", *ep)
+    assert status.returncode == 0, status.stderr
+    [node] = json.loads(status.stdout)
+    assert node["node_id"] == 1 and node["role"] == "leader" and node["leader_id"] == 1
+    assert node["applied_index"] >= 2 and node["last_log_index"] >= node["commit_index"]
+    table = dengine("status", *ep)
+    assert table.returncode == 0 and "leader" in table.stdout
+
+    assert dengine("delete", "greeting", *ep).returncode == 0
+    missing = dengine("get", "greeting", *ep)
+    assert missing.returncode == 1 and "not found" in missing.stderr
+    missing_json = dengine("get", "greeting", "--json", *ep)
+    assert json.loads(missing_json.stdout) == {"key": "greeting", "found": False}
+
+
+def test_user_errors_are_messages_not_tracebacks(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = cluster_factory(1)
+    asyncio.run(cluster.wait_leader())
+    ep = ["--endpoints", cluster.node(1).client]
+    for args, needle in [
+        (["put", "", "v", *ep], "empty key"),
+        (["get", "k", "--consistency", "strong", *ep], "strong"),
+        (["put", "--hex", "zz", "v", *ep], "hexadecimal"),
+        (["get", "k", "--endpoints", "nonsense"], "HOST:PORT"),
+        (["put", "k", "v", "--endpoints", "127.0.0.1:1", "--timeout", "0.3"], "UNAVAILABLE"),
+        (["member", "add", "4", "127.0.0.1:1"], "not supported yet"),
+        (["serve", "--peer", "x=y"], "ID=HOST:PORT"),
+        (["serve", "--config", "/nonexistent.toml"], "not found"),
+    ]:
+        result = dengine(*args)
+        assert result.returncode != 0, (args, result.stdout)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert needle in result.stderr, (args, result.stderr)
+
+
+def test_cluster_up_starts_and_sigint_stops_every_process(tmp_path: Path) -> None:
+    client_base, peer_base = free_port_run(3), free_port_run(3)
+    while abs(client_base - peer_base) < 3:
+        peer_base = free_port_run(3)
+    proc = subprocess.Popen(
+        [*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(tmp_path / "c"),
+         "--client-port", str(client_base), "--peer-port", str(peer_base)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    pids: list[int] = []
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("ready:"):
+                break
+        output = "".join(lines)
+        assert "ready: leader is node" in output, output
+        pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
+        assert len(pids) == 3
+        endpoints = [f"127.0.0.1:{client_base + i}" for i in range(3)]
+        assert f"endpoints: {','.join(endpoints)}" in output
+
+        async def use() -> None:
+            async with Client(endpoints, timeout=10) as client:
+                await client.put(b"k", b"v")
+                assert await client.get(b"k") == b"v"
+
+        asyncio.run(use())
+        # One child dying does not take the supervisor down, nor leave the others behind.
+        subprocess.run(["kill", "-9", str(pids[2])], check=True)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output + rest
+        assert "node 3 exited" in rest and "stopped" in rest, rest
+        assert not [p for p in pids if pid_alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            if pid_alive(pid):
+                subprocess.run(["kill", "-9", str(pid)], check=False)
