@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,11 +89,16 @@ def serve(config_file: str | None, peers: tuple[str, ...], **settings: Any) -> N
     """Run one node with its client API until SIGTERM or Ctrl-C."""
     from dengine.server import run_server
 
+    sys.exit(run_server(serve_config(config_file, peers, settings)))
+
+
+def serve_config(config_file: str | None, peers: Sequence[str], settings: dict[str, Any]
+                 ) -> NodeConfig:
+    """Defaults, then the TOML file, then the flags that were given (None = not given)."""
     config = NodeConfig.from_toml(config_file) if config_file else NodeConfig()
-    config = config.replace(
+    return config.replace(
         **settings, peers=dict(parse_peer(p) for p in peers) if peers else None
     ).validate()
-    sys.exit(run_server(config))
 
 
 @click.group()
