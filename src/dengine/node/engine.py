@@ -1,0 +1,254 @@
+"""The embedded API: a dengine node inside your asyncio program.
+
+    async with await dengine.Engine.start("./data") as engine:
+        await engine.wait_ready()
+        await engine.put(b"k", b"v")
+        value = await engine.get(b"k")            # linearizable by default
+
+Keys and values are bytes; a `str` is accepted and encoded as UTF-8. Every error is a
+`dengine.errors` exception: `NotLeader` (writes on a follower; carries the leader's id
+and client address), `InvalidRequest` (bad input), `Timeout` (deadline passed; a write's
+outcome is then unknown), `Unavailable` (stopped, no leader known for a read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from dengine.config import NodeConfig
+from dengine.errors import InvalidRequest, Timeout, Unavailable
+from dengine.node.node import Node, NodeStatus
+from dengine.proto import WriteCommand
+from dengine.raft import Role
+from dengine.storage import ApplyResult
+
+DEFAULT_TIMEOUT = 5.0
+T = TypeVar("T")
+
+
+class Consistency(enum.StrEnum):
+    """How fresh a read must be.
+
+    LINEARIZABLE: confirmed with a quorum (ReadIndex) — sees every write acknowledged
+    before the read started. LEASE: the leader answers from its lease without a quorum
+    round (relies on bounded clock drift; a follower falls back to ReadIndex). EVENTUAL:
+    this node's state machine as it is, possibly stale.
+    """
+
+    LINEARIZABLE = "linearizable"
+    LEASE = "lease"
+    EVENTUAL = "eventual"
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise InvalidRequest(f"{what} must be bytes or str, got {type(value).__name__}")
+
+
+def _consistency(value: str | Consistency) -> str:
+    try:
+        return Consistency(value).value
+    except ValueError:
+        levels = ", ".join(c.value for c in Consistency)
+        raise InvalidRequest(f"unknown consistency {value!r}; expected one of {levels}") from None
+
+
+class Engine:
+    """One dengine node running in this process. Create it with `await Engine.start(...)`."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @classmethod
+    async def start(
+        cls,
+        data_dir: str = "./dengine-data",
+        *,
+        config: NodeConfig | None = None,
+        **settings: Any,
+    ) -> Engine:
+        """Open (or create) the data dir and start the node.
+
+        `settings` are NodeConfig field names (node_id=, cluster_id=, listen_peer=,
+        peers={id: "host:port"}, listen_client=, tick_ms=, ...) and win over `config`.
+        A single node with no peers needs no network: it listens on nothing.
+        """
+        base = config or NodeConfig()
+        if config is None or data_dir != "./dengine-data":
+            settings.setdefault("data_dir", data_dir)
+        node = Node(base.replace(**settings))
+        await node.start()
+        return cls(node)
+
+    async def stop(self) -> None:
+        """Stop the node cleanly: pending writes get Timeout, storage is flushed and closed."""
+        await self._node.stop()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- properties ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> NodeConfig:
+        return self._node.config
+
+    @property
+    def node_id(self) -> int:
+        return self._node.node_id
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows of (0: none)."""
+        return self._node.leader_id
+
+    @property
+    def is_leader(self) -> bool:
+        return self._node.role == Role.LEADER
+
+    def status(self) -> NodeStatus:
+        return self._node.status()
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until a leader is known and this node applied the commit index seen then."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self.config.tick_ms / 1000.0
+        target: int | None = None
+        while True:
+            if not self._node.running:
+                self._node._check_running()
+            st = self._node.status()
+            if target is None and st.leader_id:
+                target = st.commit_index
+            if target is not None and st.leader_id and st.applied_index >= target:
+                return
+            if loop.time() >= deadline:
+                raise Timeout(
+                    f"node {self.node_id} not ready after {timeout}s "
+                    f"(leader {st.leader_id or 'unknown'}, applied {st.applied_index}, "
+                    f"commit {st.commit_index})"
+                )
+            await asyncio.sleep(interval)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
+        cmd = WriteCommand()
+        cmd.insert.key = _as_bytes(key, "key")
+        cmd.insert.value = _as_bytes(value, "value")
+        await self.write([cmd], timeout=timeout)
+
+    async def delete(self, key: bytes, *, timeout: float | None = None) -> None:
+        cmd = WriteCommand()
+        cmd.delete.key = _as_bytes(key, "key")
+        await self.write([cmd], timeout=timeout)
+
+    async def write(
+        self, commands: Sequence[WriteCommand], *, timeout: float | None = None
+    ) -> list[ApplyResult]:
+        """Apply a batch of commands (atomically ordered, consecutive log entries)."""
+        encoded = self._encode(commands)
+        future = self._node.propose(encoded)
+        return await self._await(future, timeout, "write", unknown_outcome=True)
+
+    def _encode(self, commands: Sequence[WriteCommand]) -> list[bytes]:
+        if isinstance(commands, WriteCommand) or not isinstance(commands, Sequence):
+            raise InvalidRequest("commands must be a sequence of WriteCommand")
+        if not commands:
+            raise InvalidRequest("a write needs at least one command")
+        cfg = self._node.config
+        out: list[bytes] = []
+        total = 0
+        for cmd in commands:
+            if not isinstance(cmd, WriteCommand):
+                raise InvalidRequest(f"commands must be WriteCommand, got {type(cmd).__name__}")
+            op = cmd.WhichOneof("operation")
+            if op == "insert":
+                key = cmd.insert.key
+                if len(cmd.insert.value) > cfg.max_value_size:
+                    raise InvalidRequest(
+                        f"value of {len(cmd.insert.value)} bytes exceeds max_value_size "
+                        f"{cfg.max_value_size}"
+                    )
+            elif op == "delete":
+                key = cmd.delete.key
+            else:
+                raise InvalidRequest("a WriteCommand must set insert or delete")
+            self._check_key(key)
+            data = cmd.SerializeToString()
+            total += len(data)
+            out.append(data)
+        if total > cfg.max_request_size:
+            raise InvalidRequest(
+                f"write of {total} bytes exceeds max_request_size {cfg.max_request_size}"
+            )
+        return out
+
+    def _check_key(self, key: bytes) -> None:
+        if not key:
+            raise InvalidRequest("key must not be empty")
+        limit = self._node.config.max_key_size
+        if len(key) > limit:
+            raise InvalidRequest(f"key of {len(key)} bytes exceeds max_key_size {limit}")
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: bytes,
+        consistency: str | Consistency = Consistency.LINEARIZABLE,
+        *,
+        timeout: float | None = None,
+    ) -> bytes | None:
+        """The value of `key`, or None if absent."""
+        values = await self.get_many([key], consistency, timeout=timeout)
+        return values[0]
+
+    async def get_many(
+        self,
+        keys: Sequence[bytes],
+        consistency: str | Consistency = Consistency.LINEARIZABLE,
+        *,
+        timeout: float | None = None,
+    ) -> list[bytes | None]:
+        """Values of `keys` (None for absent ones), all read at one point of the log."""
+        if isinstance(keys, bytes | str) or not isinstance(keys, Sequence):
+            raise InvalidRequest("keys must be a sequence of bytes")
+        encoded = [_as_bytes(k, "key") for k in keys]
+        for k in encoded:
+            self._check_key(k)
+        mode = _consistency(consistency)
+        if not encoded:
+            return []
+        future = self._node.read(encoded, mode)
+        return await self._await(future, timeout, "read", unknown_outcome=False)
+
+    async def _await(
+        self, future: asyncio.Future[T], timeout: float | None, what: str, unknown_outcome: bool
+    ) -> T:
+        limit = DEFAULT_TIMEOUT if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(future, limit)
+        except TimeoutError:
+            if not self._node.running:
+                raise Unavailable(f"node {self.node_id} stopped") from None
+            suffix = "; the write may still be applied" if unknown_outcome else ""
+            raise Timeout(f"{what} did not complete within {limit}s{suffix}") from None

@@ -1,0 +1,586 @@
+"""The node runtime: one asyncio task drives the Raft core with real storage and peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from dengine.config import NodeConfig
+from dengine.errors import DengineError, NotLeader, StorageError, Timeout, Unavailable
+from dengine.node.datadir import DataDir
+from dengine.node.transport import Transport
+from dengine.proto import Entry, HardState, Member, Membership, Message
+from dengine.raft import RaftConfig, RaftCore, Ready, Role
+from dengine.storage import ApplyResult, FileStateMachine, RaftLog, StateMachine
+
+log = logging.getLogger(__name__)
+
+_APPLY_CHUNK = 4096  # entries per apply_chunk call during restart recovery
+_FRAME_MARGIN = 64 * 1024
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A point-in-time view of one node, for `Engine.status()` and the Status RPC."""
+
+    node_id: int
+    cluster_id: str
+    role: str
+    term: int
+    leader_id: int
+    commit_index: int
+    applied_index: int
+    first_log_index: int
+    last_log_index: int
+    voters: list[int]
+    learners: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Write:
+    """A batch of commands proposed together; resolves once every one is applied."""
+
+    __slots__ = ("future", "remaining", "results")
+
+    def __init__(self, future: asyncio.Future[list[ApplyResult]], size: int) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * size
+        self.remaining = size
+
+
+class _Read:
+    __slots__ = ("future", "keys")
+
+    def __init__(self, keys: Sequence[bytes], future: asyncio.Future[list[bytes | None]]) -> None:
+        self.keys = keys
+        self.future = future
+
+
+class _ReadRound:
+    """Reads sharing one ReadIndex request (all reads of one mode in one loop turn)."""
+
+    __slots__ = ("index", "issued_tick", "lease", "reads")
+
+    def __init__(self, reads: list[_Read], lease: bool, issued_tick: int) -> None:
+        self.reads = reads
+        self.lease = lease
+        self.issued_tick = issued_tick
+        self.index = 0
+
+
+class Node:
+    """Drives one `RaftCore` with a `RaftLog`, a `StateMachine` and the peer `Transport`.
+
+    The loop (one asyncio task, `_run`) repeats a turn:
+
+    1. drain the inbox: ticks owed by the monotonic clock (one per `tick_ms`), peer
+       messages (`core.step`), every proposal queued since the last turn (one
+       `core.propose` call: group commit), and the reads queued (one `read_index` round
+       per consistency level for all of them; eventual reads are answered right away);
+    2. `rd = core.ready()`;
+    3. in the single storage thread: install a snapshot, append/truncate the log and save
+       the hard state with one fsync-ed batch, then hand `rd.messages` to the transport
+       (they leave only after the data they depend on is durable), then apply the
+       committed entries to the state machine in one `apply_chunk`;
+    4. back on the loop: resolve the writes whose entries were applied (with their
+       `ApplyResult`, or `Unavailable` if another term's entry took their index: a
+       definite failure), record ReadStates and answer reads whose index is applied;
+    5. `core.advance(rd)`.
+
+    While the storage thread works, the loop keeps accepting input (the transport's
+    reader tasks, new proposals), which the next turn takes as one batch. The loop never
+    awaits a peer, and every internal queue is an unbounded list drained per turn, so
+    nothing blocks on a full queue; the transport's per-peer queues bound memory.
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config.validate()
+        self.node_id = config.node_id
+        self.data_dir = DataDir(config.data_dir)
+        self._io = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"dengine-io-{self.node_id}"
+        )
+        self._log: RaftLog | None = None
+        self._sm: StateMachine | None = None
+        self._core: RaftCore | None = None
+        self._transport: Transport | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._ticker_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._running = False
+        self._failure: BaseException | None = None
+        # inbox, drained once per turn
+        self._in_messages: list[Message] = []
+        self._in_proposals: list[tuple[list[bytes], _Write]] = []
+        self._in_reads: dict[str, list[_Read]] = {"linearizable": [], "lease": [], "eventual": []}
+        # waiting for apply / read states
+        self._waiters: dict[int, tuple[int, _Write, int]] = {}
+        self._rounds: dict[bytes, _ReadRound] = {}
+        self._ready_reads: list[tuple[int, _Read]] = []
+        self._next_ctx = 0
+        # state mirrored for status() and the engine
+        self.applied_index = 0
+        self.role = Role.FOLLOWER
+        self.leader_id = 0
+        self._ticks = 0
+        self._tick_s = config.tick_ms / 1000.0
+        self._last_tick = 0.0
+        self._persisted_hs = HardState()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open storage, recover, start the transport and the loop."""
+        loop = asyncio.get_running_loop()
+        self.data_dir.claim(self.config.node_id, self.config.cluster_id)
+        try:
+            await loop.run_in_executor(self._io, self._open_storage)
+        except BaseException:
+            self._io.shutdown(wait=False)
+            raise
+        try:
+            await self._start_core_and_transport()
+        except BaseException:
+            await self._close_storage()
+            raise
+        self._running = True
+        self._last_tick = time.monotonic()
+        self._loop_task = asyncio.create_task(self._run(), name=f"dengine-node-{self.node_id}")
+        self._ticker_task = asyncio.create_task(self._ticker(), name=f"dengine-tick-{self.node_id}")
+
+    async def _start_core_and_transport(self) -> None:
+        raft_log = self._log
+        assert raft_log is not None
+        # An empty log (first start, or a first start that died before writing anything)
+        # bootstraps from the configured peers; a node joining an existing cluster waits
+        # to be added instead.
+        fresh = raft_log.last_index() == 0 and raft_log.snapshot_metadata() is None
+        bootstrap = self._bootstrap_membership() if fresh and not self.config.join else None
+        self._core = RaftCore(self._raft_config(), raft_log, random.Random(), bootstrap=bootstrap)
+        self._persisted_hs.CopyFrom(raft_log.hard_state())
+        peers = self._peer_addresses()
+        if not peers:
+            return
+        self._transport = Transport(
+            node_id=self.node_id,
+            cluster_id=self.config.cluster_id,
+            listen=self.config.listen_peer,
+            peers=peers,
+            on_messages=self._on_peer_messages,
+            client_address=self.config.listen_client,
+            max_frame_bytes=self.config.max_bytes_per_msg
+            + self.config.max_request_size
+            + _FRAME_MARGIN,
+            on_unreachable=self._on_unreachable,
+        )
+        try:
+            await self._transport.start()
+        except OSError as e:
+            raise Unavailable(
+                f"cannot listen for peers on {self.config.listen_peer}: {e}"
+            ) from None
+
+    async def stop(self) -> None:
+        """Stop the loop, close the transport, flush and close storage. Idempotent."""
+        if not self._running and self._loop_task is None:
+            return
+        self._running = False
+        self._wake.set()
+        for task in (self._ticker_task, self._loop_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._loop_task = self._ticker_task = None
+        if self._transport is not None:
+            await self._transport.close()
+        self._fail_pending(stopping=True)
+        await self._close_storage()
+
+    async def _close_storage(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._flush_and_close)
+        finally:
+            self._io.shutdown(wait=True)
+
+    def _open_storage(self) -> None:
+        """Open the log and state machine; re-apply committed entries the SM has not seen."""
+        raft_log = RaftLog(self.data_dir.raft)
+        sm = FileStateMachine(
+            self.data_dir.sm, checkpoint_bytes=self.config.wal_checkpoint_bytes
+        )
+        self._log, self._sm = raft_log, sm
+        applied = sm.last_applied().index
+        commit = min(raft_log.hard_state().commit, raft_log.last_index())
+        start = max(applied + 1, raft_log.first_index())
+        if start > applied + 1:
+            raise StorageError(
+                f"state machine applied up to {applied} but the log starts at "
+                f"{raft_log.first_index()}: a snapshot is needed (not supported yet)"
+            )
+        while start <= commit:
+            hi = min(commit + 1, start + _APPLY_CHUNK)
+            sm.apply_chunk(raft_log.entries(start, hi))
+            start = hi
+        self.applied_index = max(applied, commit)
+        if commit > applied:
+            log.info("node %d: re-applied log entries %d..%d", self.node_id, applied + 1, commit)
+
+    def _flush_and_close(self) -> None:
+        if self._log is not None and self._core is not None:
+            hs = self._log.hard_state()
+            if hs.commit < self._persisted_hs.commit:
+                self._log.set_hard_state(self._persisted_hs)
+        for closable in (self._sm, self._log):
+            close = getattr(closable, "close", None) or getattr(closable, "stop", None)
+            if close is not None:
+                close()
+
+    def _raft_config(self) -> RaftConfig:
+        c = self.config
+        return RaftConfig(
+            id=c.node_id,
+            election_tick=c.election_ticks,
+            heartbeat_tick=c.heartbeat_ticks,
+            max_entries_per_msg=c.max_entries_per_msg,
+            max_bytes_per_msg=c.max_bytes_per_msg,
+            max_inflight_msgs=c.max_inflight_msgs,
+            lease_ticks=c.lease_ticks if c.lease_read else 0,
+            applied=self.applied_index,
+        )
+
+    def _bootstrap_membership(self) -> Membership:
+        voters = [Member(id=self.node_id, address=self.config.listen_peer)]
+        voters += [Member(id=i, address=a) for i, a in sorted(self.config.peers.items())]
+        return Membership(voters=voters)
+
+    def _peer_addresses(self) -> dict[int, str]:
+        """Peers to talk to: every member of the current membership, else the config."""
+        assert self._core is not None
+        membership = self._core.membership
+        peers = {
+            m.id: m.address
+            for m in [*membership.voters, *membership.learners]
+            if m.id != self.node_id and m.address
+        }
+        for node_id, address in self.config.peers.items():
+            peers.setdefault(node_id, address)
+        return peers
+
+    # -- inputs (called by the engine and the transport on the loop thread) -------------
+
+    def _check_running(self) -> None:
+        if not self._running:
+            if self._failure is not None:
+                raise Unavailable(f"node {self.node_id} failed: {self._failure}")
+            raise Unavailable(f"node {self.node_id} is stopped")
+
+    def propose(self, commands: list[bytes]) -> asyncio.Future[list[ApplyResult]]:
+        """Queue encoded commands as one write; the future gets one ApplyResult each."""
+        self._check_running()
+        if self.role != Role.LEADER:
+            raise self.not_leader()
+        future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
+        self._in_proposals.append((commands, _Write(future, len(commands))))
+        self._wake.set()
+        return future
+
+    def read(self, keys: Sequence[bytes], consistency: str) -> asyncio.Future[list[bytes | None]]:
+        """Queue a read of `keys` at `consistency` ("linearizable", "lease", "eventual")."""
+        self._check_running()
+        future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        self._in_reads[consistency].append(_Read(keys, future))
+        self._wake.set()
+        return future
+
+    def not_leader(self) -> NotLeader:
+        """The NotLeader error to raise here, with the leader's client address if known."""
+        return NotLeader(leader_id=self.leader_id, leader_address=self.leader_address())
+
+    def leader_address(self) -> str:
+        if self.leader_id == self.node_id:
+            return self.config.listen_client
+        if self.leader_id and self._transport is not None:
+            return self._transport.peer_client_address(self.leader_id)
+        return ""
+
+    def _on_peer_messages(self, from_id: int, messages: Sequence[Message]) -> None:
+        self._in_messages.extend(messages)
+        self._wake.set()
+
+    def _on_unreachable(self, peer_id: int) -> None:
+        if self._core is not None and self._running:
+            self._core.report_unreachable(peer_id)
+            self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            self._wake.set()
+
+    def _has_input(self) -> bool:
+        return bool(
+            self._in_messages
+            or self._in_proposals
+            or any(self._in_reads.values())
+            or time.monotonic() - self._last_tick >= self._tick_s
+        )
+
+    async def _run(self) -> None:
+        core = self._core
+        assert core is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while self._running:
+                if not self._has_input() and not core.has_ready():
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                self._take_inputs(core)
+                if not core.has_ready():
+                    continue
+                rd = core.ready()
+                results = await loop.run_in_executor(self._io, self._persist_and_apply, rd)
+                self._after_ready(rd, results)
+                core.advance(rd)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            log.critical("node %d: stopping after a fatal error: %s", self.node_id, e,
+                         exc_info=True)
+            self._failure = e
+            self._running = False
+            self._fail_pending(stopping=False)
+
+    def _take_inputs(self, core: RaftCore) -> None:
+        now = time.monotonic()
+        owed = int((now - self._last_tick) / self._tick_s)
+        if owed > 0:
+            self._last_tick += owed * self._tick_s
+            for _ in range(min(owed, 10 * self.config.election_ticks)):
+                core.tick()
+            self._ticks += owed
+            self._retry_stale_rounds(core)
+        if self._in_messages:
+            messages, self._in_messages = self._in_messages, []
+            for msg in messages:
+                try:
+                    core.step(msg)
+                except DengineError as e:
+                    log.warning("node %d: dropped %s from node %d: %s",
+                                self.node_id, msg.type, msg.from_id, e)
+        if self._in_proposals:
+            self._propose(core)
+        reads = self._in_reads
+        if reads["eventual"]:
+            eventual, reads["eventual"] = reads["eventual"], []
+            for r in eventual:
+                self._serve(r)
+        for mode in ("linearizable", "lease"):
+            if reads[mode]:
+                batch, reads[mode] = reads[mode], []
+                self._start_round(core, batch, lease=mode == "lease")
+
+    def _propose(self, core: RaftCore) -> None:
+        proposals, self._in_proposals = self._in_proposals, []
+        commands = [c for cmds, _ in proposals for c in cmds]
+        try:
+            ids = core.propose(commands)
+        except NotLeader:
+            error: DengineError = self.not_leader()
+        except DengineError as e:
+            error = e
+        else:
+            waiters = self._waiters
+            pos = 0
+            for cmds, write in proposals:
+                for slot in range(len(cmds)):
+                    lid = ids[pos]
+                    waiters[lid.index] = (lid.term, write, slot)
+                    pos += 1
+            return
+        for _, write in proposals:
+            if not write.future.done():
+                write.future.set_exception(error)
+
+    def _start_round(self, core: RaftCore, reads: list[_Read], lease: bool) -> None:
+        self._next_ctx += 1
+        ctx = self._next_ctx.to_bytes(8, "big")
+        try:
+            core.read_index(ctx, lease=lease and self.role == Role.LEADER)
+        except DengineError as e:
+            error = e if not isinstance(e, NotLeader) else Unavailable(
+                f"node {self.node_id} knows no leader to confirm a read"
+            )
+            for r in reads:
+                if not r.future.done():
+                    r.future.set_exception(error)
+            return
+        self._rounds[ctx] = _ReadRound(reads, lease, self._ticks)
+
+    def _retry_stale_rounds(self, core: RaftCore) -> None:
+        """Re-ask for rounds unanswered after an election timeout (lost message, new leader)."""
+        limit = self._ticks - self.config.election_ticks
+        stale = [ctx for ctx, rnd in self._rounds.items() if rnd.issued_tick < limit]
+        for ctx in stale:
+            rnd = self._rounds.pop(ctx)
+            alive = [r for r in rnd.reads if not r.future.done()]
+            if alive:
+                self._start_round(core, alive, rnd.lease)
+
+    def _persist_and_apply(self, rd: Ready) -> list[ApplyResult]:
+        """Storage thread: make rd durable, release its messages, apply committed entries."""
+        raft_log, sm = self._log, self._sm
+        assert raft_log is not None and sm is not None
+        if rd.snapshot is not None:
+            raise StorageError("installing a snapshot from the leader is not supported yet")
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= raft_log.last_index():
+                raft_log.truncate_suffix(first)
+            raft_log.append(rd.entries)
+        hs = rd.hard_state
+        if hs is not None and (
+            hs.term != self._persisted_hs.term or hs.voted_for != self._persisted_hs.voted_for
+        ):
+            raft_log.set_hard_state(hs)
+            self._persisted_hs.CopyFrom(hs)
+        elif hs is not None:
+            # Commit alone is not needed for safety; it is saved with the next term/vote
+            # change or at stop, which keeps one fsync per turn in steady state.
+            self._persisted_hs.commit = hs.commit
+        if rd.messages:
+            self._loop_call(self._send, rd.messages)
+        entries = rd.committed_entries
+        if entries and entries[0].index <= self.applied_index:
+            entries = [e for e in entries if e.index > self.applied_index]
+        if not entries:
+            return []
+        return sm.apply_chunk(entries)
+
+    def _loop_call(self, fn: Any, *args: Any) -> None:
+        assert self._loop_task is not None
+        self._loop_task.get_loop().call_soon_threadsafe(fn, *args)
+
+    def _send(self, messages: list[Message]) -> None:
+        if self._transport is not None:
+            self._transport.send(messages)
+
+    def _after_ready(self, rd: Ready, results: list[ApplyResult]) -> None:
+        if rd.soft_state is not None:
+            self.role = rd.soft_state.role
+            if rd.soft_state.leader_id != self.leader_id:
+                self.leader_id = rd.soft_state.leader_id
+        if results:
+            self._resolve_writes(rd.committed_entries, results)
+            self.applied_index = results[-1].index
+        elif rd.committed_entries:
+            self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
+        for rs in rd.read_states:
+            rnd = self._rounds.pop(rs.ctx, None)
+            if rnd is not None:
+                for r in rnd.reads:
+                    self._ready_reads.append((rs.index, r))
+        if self._ready_reads:
+            self._serve_ready_reads()
+        if rd.committed_entries and any(
+            e.payload.WhichOneof("payload") == "config" for e in rd.committed_entries
+        ) and self._transport is not None:
+            self._transport.set_peers(self._peer_addresses())
+
+    def _resolve_writes(self, entries: list[Entry], results: list[ApplyResult]) -> None:
+        waiters = self._waiters
+        if not waiters:
+            return
+        terms = {e.index: e.term for e in entries} if len(entries) != len(results) else None
+        for i, result in enumerate(results):
+            waiter = waiters.pop(result.index, None)
+            if waiter is None:
+                continue
+            term, write, slot = waiter
+            entry_term = entries[i].term if terms is None else terms[result.index]
+            if write.future.done():
+                continue
+            if entry_term != term:
+                write.future.set_exception(Unavailable("leadership changed; write not applied"))
+                continue
+            write.results[slot] = result
+            write.remaining -= 1
+            if write.remaining == 0:
+                write.future.set_result(write.results)
+
+    def _serve_ready_reads(self) -> None:
+        applied = self.applied_index
+        pending = []
+        for index, r in self._ready_reads:
+            if index <= applied:
+                self._serve(r)
+            else:
+                pending.append((index, r))
+        self._ready_reads = pending
+
+    def _serve(self, r: _Read) -> None:
+        if r.future.done():
+            return
+        sm = self._sm
+        assert sm is not None
+        r.future.set_result([sm.get(k) for k in r.keys])
+
+    def _fail_pending(self, stopping: bool) -> None:
+        why = "stopped" if stopping else "failed"
+        write_error = Timeout(f"node {self.node_id} {why} before the write's outcome was known")
+        for _, write in self._in_proposals:
+            if not write.future.done():
+                write.future.set_exception(Unavailable(f"node {self.node_id} {why}"))
+        self._in_proposals = []
+        for _, write, _ in self._waiters.values():
+            if not write.future.done():
+                write.future.set_exception(write_error)
+        self._waiters.clear()
+        reads = [r for batch in self._in_reads.values() for r in batch]
+        reads += [r for rnd in self._rounds.values() for r in rnd.reads]
+        reads += [r for _, r in self._ready_reads]
+        for r in reads:
+            if not r.future.done():
+                r.future.set_exception(Unavailable(f"node {self.node_id} {why}"))
+        self._in_reads = {"linearizable": [], "lease": [], "eventual": []}
+        self._rounds.clear()
+        self._ready_reads = []
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        core, raft_log = self._core, self._log
+        if core is None or raft_log is None:
+            raise Unavailable(f"node {self.node_id} is not started")
+        membership = core.membership
+        return NodeStatus(
+            node_id=self.node_id,
+            cluster_id=self.config.cluster_id,
+            role=self.role.value,
+            term=core.term,
+            leader_id=self.leader_id,
+            commit_index=core.commit_index,
+            applied_index=self.applied_index,
+            first_log_index=raft_log.first_index(),
+            last_log_index=raft_log.last_index(),
+            voters=sorted(m.id for m in membership.voters),
+            learners=sorted(m.id for m in membership.learners),
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._running

@@ -1,0 +1,166 @@
+"""The embedded Engine on one node: reads, writes, restart, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from node_helpers import free_port, run
+
+from dengine import Consistency, Engine
+from dengine.errors import ClusterMismatch, InvalidRequest, NotLeader, Unavailable
+from dengine.node.datadir import DataDir
+from dengine.proto import Entry, EntryPayload, HardState, Member, Membership, WriteCommand
+from dengine.storage import RaftLog
+
+FAST = {"tick_ms": 5, "election_timeout_ms": 50, "heartbeat_interval_ms": 15,
+        "clock_drift_ms": 10}
+
+
+def insert(key: bytes, value: bytes) -> WriteCommand:
+    cmd = WriteCommand()
+    cmd.insert.key = key
+    cmd.insert.value = value
+    return cmd
+
+
+def test_single_node_put_get_delete(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready(timeout=5)
+            assert engine.is_leader and engine.leader_id == engine.node_id == 1
+            await engine.put(b"k", b"v")
+            for level in ("linearizable", "lease", "eventual", Consistency.LINEARIZABLE):
+                assert await engine.get(b"k", consistency=level) == b"v"
+            assert await engine.get(b"missing") is None
+            await engine.delete(b"k")
+            assert await engine.get(b"k") is None
+            results = await engine.write([insert(b"a", b"1"), insert(b"b", b"2")])
+            assert [r.succeeded for r in results] == [True, True]
+            assert results[1].index == results[0].index + 1
+            assert await engine.get_many([b"a", b"b", b"c"]) == [b"1", b"2", None]
+            await engine.put("text", "é")  # str is accepted as UTF-8
+            assert await engine.get("text") == "é".encode()
+            st = engine.status()
+            assert st.role == "leader" and st.voters == [1] and st.learners == []
+            assert st.applied_index == st.commit_index == st.last_log_index
+            assert st.to_dict()["node_id"] == 1
+
+    run(main())
+
+
+def test_many_concurrent_writes_all_apply(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready()
+            keys = [f"k{i}".encode() for i in range(2000)]
+            await asyncio.gather(*(engine.put(k, k * 2) for k in keys))
+            assert await engine.get_many(keys) == [k * 2 for k in keys]
+
+    run(main())
+
+
+def test_restart_keeps_data(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready()
+            for i in range(50):
+                await engine.put(b"k%d" % i, b"v%d" % i)
+            await engine.delete(b"k7")
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            # eventual: the state machine has it before any election
+            assert await engine.get(b"k3", "eventual") == b"v3"
+            await engine.wait_ready()
+            assert await engine.get(b"k49") == b"v49"
+            assert await engine.get(b"k7") is None
+            await engine.put(b"after", b"restart")
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready()
+            assert await engine.get(b"after") == b"restart"
+
+    run(main())
+
+
+def test_committed_entries_missing_from_state_machine_are_reapplied(tmp_path: Path) -> None:
+    """Entries committed in the log but never applied (crash before apply) come back."""
+    DataDir(tmp_path).claim(1, "dengine")
+    raft_log = RaftLog(tmp_path / "raft")
+    peer_port, own_port = free_port(), free_port()
+    membership = Membership(voters=[Member(id=1, address=f"127.0.0.1:{own_port}"),
+                                    Member(id=2, address=f"127.0.0.1:{peer_port}")])
+    entries = [Entry(index=1, term=1, payload=EntryPayload(config=membership))]
+    entries += [
+        Entry(index=i, term=1,
+              payload=EntryPayload(command=insert(b"k%d" % i, b"v%d" % i).SerializeToString()))
+        for i in range(2, 12)
+    ]
+    raft_log.append(entries)
+    raft_log.set_hard_state(HardState(term=1, voted_for=1, commit=9))
+    close = getattr(raft_log, "close", None)
+    if close is not None:
+        close()
+
+    async def main() -> None:
+        # a peer that never answers: this node cannot be elected, so only recovery applies
+        settings = {**FAST, "peers": {2: f"127.0.0.1:{peer_port}"},
+                    "listen_peer": f"127.0.0.1:{own_port}"}
+        async with await Engine.start(str(tmp_path), **settings) as engine:
+            values = await engine.get_many([b"k2", b"k9", b"k10"], "eventual")
+            assert values == [b"v2", b"v9", None]  # 10 was not known committed
+            assert engine.status().applied_index == 9
+            with pytest.raises(NotLeader):
+                await engine.put(b"x", b"y")
+
+    run(main())
+
+
+def test_foreign_data_dir_is_refused(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready()
+        with pytest.raises(ClusterMismatch, match="belongs to node 1"):
+            await Engine.start(str(tmp_path), node_id=2, **FAST)
+        with pytest.raises(ClusterMismatch, match="cluster 'dengine'"):
+            await Engine.start(str(tmp_path), cluster_id="other", **FAST)
+
+    run(main())
+
+
+def test_bad_inputs_get_clear_errors_and_keep_serving(tmp_path: Path) -> None:
+    async def main() -> None:
+        settings = {**FAST, "max_key_size": 8, "max_value_size": 16, "max_request_size": 64}
+        async with await Engine.start(str(tmp_path), **settings) as engine:
+            await engine.wait_ready()
+            cases = [
+                (engine.put(b"", b"v"), "key must not be empty"),
+                (engine.put(b"k" * 9, b"v"), "exceeds max_key_size 8"),
+                (engine.put(b"k", b"v" * 17), "exceeds max_value_size 16"),
+                (engine.put(123, b"v"), "key must be bytes or str"),  # type: ignore[arg-type]
+                (engine.write([insert(b"k", b"v" * 16)] * 4), "exceeds max_request_size"),
+                (engine.write([]), "at least one command"),
+                (engine.write([WriteCommand()]), "must set insert or delete"),
+                (engine.get(b"k", consistency="strong"), "unknown consistency 'strong'"),
+                (engine.get(b""), "key must not be empty"),
+                (engine.get_many(b"k"), "sequence"),  # type: ignore[arg-type]
+            ]
+            for coro, message in cases:
+                with pytest.raises(InvalidRequest, match=message):
+                    await coro
+            await engine.put(b"k", b"v")
+            assert await engine.get(b"k") == b"v"
+        with pytest.raises(Unavailable, match="stopped"):
+            await engine.put(b"k", b"v")
+        with pytest.raises(Unavailable):
+            await engine.get(b"k")
+
+    run(main())
+
+
+def test_stop_is_idempotent(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = await Engine.start(str(tmp_path), **FAST)
+        await engine.stop()
+        await engine.stop()
+
+    run(main())
