@@ -164,6 +164,9 @@ def test_history_during_leader_kills_is_linearizable(cluster_factory, failover_r
 
     asyncio.run(main())
     completed = [op for op in history if op.ret is not None]
+    unknown = len(history) - len(completed)
+    print(f"\nlincheck history: {len(completed)} completed ops, {unknown} unknown outcomes")
     assert len(completed) > 50, f"too few operations completed: {len(completed)}"
+    assert any(op.kind == "get" and op.output is not None for op in completed)
     result = check(history)
     assert result.ok, result.explanation
