@@ -1,0 +1,560 @@
+"""A deterministic, single-process Raft cluster under faults.
+
+Everything happens on a virtual clock (integer milliseconds) in one event queue; every
+random choice comes from one `random.Random(seed)`, so a run is a pure function of
+(nodes, seed, steps, faults, core class) and any failure replays exactly.
+
+One *step* is one event: a node's tick, a message delivery, a client action or a fault.
+After each step the driver has persisted, sent and applied whatever the touched core
+produced (the driver contract of docs/architecture.md) and the invariants were checked.
+After `steps` steps all faults heal; the run continues until every pending client op
+completes (liveness), and the client history is checked for linearizability.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dengine.errors import DengineError, NotLeader, Unavailable
+from dengine.proto import Entry, Message, WriteCommand
+from dengine.raft import RaftConfig, RaftCore
+from dengine.sim.invariants import InvariantChecker, InvariantViolation
+from dengine.sim.lincheck import Op, check
+from dengine.storage import MemoryRaftLog
+
+CoreFactory = Callable[[RaftConfig, MemoryRaftLog, random.Random], RaftCore]
+
+FAULT_KINDS = ("loss", "dup", "delay", "partition", "oneway", "crash", "skew")
+
+TICK_MS = 10  # nominal tick period; each node's period stays within TICK_MS +- MAX_SKEW_MS
+MAX_SKEW_MS = 1
+ELECTION_TICK = 10
+HEARTBEAT_TICK = 2
+DRIFT_TICKS = 2  # lease = (ELECTION_TICK - DRIFT_TICKS) ticks: safe for +-10 % clock rates
+CLIENT_TIMEOUT_MS = 3 * ELECTION_TICK * TICK_MS
+# Liveness bounds, counted from the moment all faults heal.
+LEADER_BOUND_MS = 10 * ELECTION_TICK * TICK_MS
+SETTLE_BOUND_MS = 40 * ELECTION_TICK * TICK_MS
+KEYS = tuple(f"k{i}".encode() for i in range(4))
+BARRIER_KEY = b"__barrier"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What one run simulates. `faults` is a subset of FAULT_KINDS."""
+
+    nodes: int = 3
+    seed: int = 0
+    steps: int = 3000
+    faults: frozenset[str] = frozenset(FAULT_KINDS)
+    clients: int = 4
+    lease_reads: bool = True
+    core: str = ""  # "module:Class" of a RaftCore subclass, for the replay command only
+
+    def replay_command(self) -> str:
+        cmd = (
+            f"python -m dengine.sim --nodes {self.nodes} --seeds {self.seed}:{self.seed + 1} "
+            f"--steps {self.steps}"
+        )
+        if self.faults != frozenset(FAULT_KINDS):
+            cmd += f" --faults {','.join(sorted(self.faults)) or 'none'}"
+        if not self.lease_reads:
+            cmd += " --no-lease-reads"
+        if self.core:
+            cmd += f" --core {self.core}"
+        return cmd
+
+
+@dataclass
+class SimResult:
+    """Outcome of one run. `violation` is None when every check held."""
+
+    config: SimConfig
+    steps_run: int
+    violation: InvariantViolation | None
+    violation_step: int
+    history: list[Op]
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    def describe(self) -> str:
+        if self.violation is None:
+            return f"seed {self.config.seed}: ok ({self.steps_run} steps)"
+        return (
+            f"seed {self.config.seed}: {self.violation.invariant} violated on node "
+            f"{self.violation.node} at step {self.violation_step}: {self.violation.detail}\n"
+            f"  replay: {self.config.replay_command()}"
+        )
+
+
+@dataclass
+class _PendingWrite:
+    client: int
+    key: bytes
+    value: bytes | None  # None = delete
+    call: int
+    term: int
+    index: int
+    op_slot: int  # position in the history
+
+
+@dataclass
+class _PendingRead:
+    client: int
+    key: bytes
+    call: int
+    ctx: bytes
+    index: int = -1  # read index, once the core answered
+
+
+class _SimNode:
+    """One node: its durable log (survives crash) and its volatile core and state machine."""
+
+    def __init__(self, node_id: int) -> None:
+        self.id = node_id
+        self.log = MemoryRaftLog()
+        self.core: RaftCore | None = None
+        self.kv: dict[bytes, bytes] = {}
+        self.applied = 0
+        self.period = TICK_MS
+        self.reads: dict[bytes, _PendingRead] = {}
+        self.incarnation = 0
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+class Simulator:
+    """Runs one seeded simulation. `core_factory` builds each node's core (default RaftCore)."""
+
+    def __init__(self, config: SimConfig, core_factory: CoreFactory | None = None) -> None:
+        if config.nodes < 1:
+            raise DengineError(f"nodes must be at least 1, got {config.nodes}")
+        unknown = set(config.faults) - set(FAULT_KINDS)
+        if unknown:
+            raise DengineError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
+        self.cfg = config
+        self.factory: CoreFactory = core_factory or RaftCore
+        self.rng = random.Random(config.seed)
+        self.now = 0
+        self.step = 0
+        self._seq = 0
+        self._events: list[tuple[int, int, str, Any]] = []
+        self.ids = list(range(1, config.nodes + 1))
+        self.nodes = {i: _SimNode(i) for i in self.ids}
+        self.checker = InvariantChecker()
+        self.history: list[Op] = []
+        self._writes: dict[tuple[int, int], list[_PendingWrite]] = {}  # (node, index)
+        self._client_busy: dict[int, Any] = {}
+        self._client_target = dict.fromkeys(range(config.clients), 0)
+        self._next_value = 0
+        self._blocked: set[tuple[int, int]] = set()  # (from, to) links that drop everything
+        self.loss = 0.0
+        self.dup = 0.0
+        self.max_delay = 5
+        self.healing = False
+        self.heal_time = 0
+        self._barrier_reads_done: set[int] = set()
+        self.stats = dict.fromkeys(
+            ("messages", "dropped", "crashes", "partitions", "elections", "writes", "reads",
+             "lease_reads", "failed_writes", "unknown_writes"), 0
+        )
+
+    # ----------------------------------------------------------------------------- run
+
+    def run(self) -> SimResult:
+        """Run faults for `steps` steps, heal, check liveness and linearizability."""
+        try:
+            for node_id in self.ids:
+                self._start(node_id)
+            for client in range(self.cfg.clients):
+                self._schedule(self.rng.randint(0, 50), "client", client)
+            self._schedule(self.rng.randint(50, 300), "fault", None)
+            while self.step < self.cfg.steps:
+                self._run_one()
+            self._heal()
+            self._settle()
+            self._check_history()
+        except InvariantViolation as v:
+            return SimResult(self.cfg, self.step, v, self.step, self.history, self.stats)
+        return SimResult(self.cfg, self.step, None, -1, self.history, self.stats)
+
+    def _schedule(self, delay: int, kind: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (self.now + delay, self._seq, kind, payload))
+
+    def _run_one(self) -> None:
+        when, _, kind, payload = heapq.heappop(self._events)
+        self.now = when
+        self.step += 1
+        if kind == "tick":
+            node_id, incarnation = payload
+            node = self.nodes[node_id]
+            if node.up and node.incarnation == incarnation:
+                assert node.core is not None
+                node.core.tick()
+                self._drive(node)
+                self._schedule(self._tick_delay(node), "tick", payload)
+        elif kind == "deliver":
+            to, data = payload
+            node = self.nodes[to]
+            if node.up:
+                assert node.core is not None
+                node.core.step(Message.FromString(data))
+                self._drive(node)
+        elif kind == "client":
+            self._client_act(payload)
+        elif kind == "fault":
+            self._fault()
+        elif kind == "restart":
+            self._start(payload)
+        elif kind == "heal_link":
+            self._blocked.discard(payload)
+        elif kind == "client_timeout":
+            client, op = payload
+            if op is not None and self._client_busy.get(client) is op:
+                self._client_done(client)  # gives up; a write stays possibly-applied
+
+    def _tick_delay(self, node: _SimNode) -> int:
+        jitter = self.rng.randint(-MAX_SKEW_MS, MAX_SKEW_MS)
+        return max(TICK_MS - MAX_SKEW_MS, min(TICK_MS + MAX_SKEW_MS, node.period + jitter))
+
+    # ---------------------------------------------------------------------- node driver
+
+    def _start(self, node_id: int) -> None:
+        """Boot (or reboot after a crash) a node from its durable log."""
+        node = self.nodes[node_id]
+        node.incarnation += 1
+        node.kv = {}
+        node.applied = 0
+        node.reads = {}
+        raft_cfg = RaftConfig(
+            id=node_id,
+            peers=list(self.ids),
+            election_tick=ELECTION_TICK,
+            heartbeat_tick=HEARTBEAT_TICK,
+            pre_vote=True,
+            check_quorum=True,
+            lease_read=self.cfg.lease_reads,
+            lease_ticks=ELECTION_TICK - DRIFT_TICKS,
+        )
+        node.core = self.factory(raft_cfg, node.log, random.Random(self.rng.getrandbits(64)))
+        self._drive(node)
+        self._schedule(self._tick_delay(node), "tick", (node_id, node.incarnation))
+
+    def _crash(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        node.core = None
+        node.reads = {}  # clients of lost reads time out; their reads observed nothing
+        self.stats["crashes"] += 1
+
+    def _drive(self, node: _SimNode) -> None:
+        """Honour the driver contract for every Ready the core has, then check invariants."""
+        core = node.core
+        assert core is not None
+        while core.has_ready():
+            rd = core.ready()
+            log = node.log
+            if rd.entries:
+                first = rd.entries[0].index
+                if first <= log.last_index():
+                    self.checker.on_truncate(node.id, first, node.applied)
+                    log.truncate_suffix(first)
+                self.checker.on_append(node.id, list(rd.entries), log.term(first - 1))
+                log.append(list(rd.entries))
+            if rd.hard_state is not None:
+                self.checker.on_persist_hard_state(node.id, rd.hard_state)
+                log.set_hard_state(rd.hard_state)
+            for msg in rd.messages:
+                self._send(msg)
+            for entry in rd.committed_entries:
+                self._apply(node, entry)
+            for rs in rd.read_states:
+                read = node.reads.get(rs.ctx)
+                if read is not None:
+                    read.index = rs.index
+            self._serve_reads(node)
+            core.advance(rd)
+        if core.is_leader():
+            if core.term not in self.checker.leaders:
+                self.stats["elections"] += 1
+            self.checker.on_leader(node.id, core.term, node.log)
+
+    def _apply(self, node: _SimNode, entry: Entry) -> None:
+        self.checker.on_apply(node.id, entry, node.applied + 1)
+        node.applied = entry.index
+        if entry.payload.WhichOneof("payload") == "command":
+            cmd = WriteCommand.FromString(entry.payload.command)
+            if cmd.WhichOneof("operation") == "insert":
+                node.kv[cmd.insert.key] = cmd.insert.value
+            else:
+                node.kv.pop(cmd.delete.key, None)
+        for write in self._writes.pop((node.id, entry.index), []):
+            op = self.history[write.op_slot]
+            if entry.term == write.term:
+                self.history[write.op_slot] = Op(op.client_id, op.kind, op.key, op.value,
+                                                 None, op.call, self.now)
+            else:
+                self.history[write.op_slot] = _FAILED
+                self.stats["failed_writes"] += 1
+            if self._client_busy.get(write.client) is write:
+                self._client_done(write.client)
+
+    def _serve_reads(self, node: _SimNode) -> None:
+        for ctx, read in list(node.reads.items()):
+            if 0 <= read.index <= node.applied:
+                del node.reads[ctx]
+                if read.key == BARRIER_KEY:
+                    self._barrier_reads_done.add(node.id)
+                else:
+                    self.history.append(
+                        Op(read.client, "get", read.key, None, node.kv.get(read.key),
+                           read.call, self.now)
+                    )
+                if self._client_busy.get(read.client) is read:
+                    self._client_done(read.client)
+
+    # --------------------------------------------------------------------------- network
+
+    def _send(self, msg: Message) -> None:
+        self.stats["messages"] += 1
+        link = (msg.from_id, msg.to_id)
+        if link in self._blocked or (self.loss and self.rng.random() < self.loss):
+            self.stats["dropped"] += 1
+            return
+        data = msg.SerializeToString()
+        copies = 2 if self.dup and self.rng.random() < self.dup else 1
+        for _ in range(copies):
+            delay = self.rng.randint(1, self.max_delay)
+            if self.rng.random() < 0.02 and "delay" in self.cfg.faults and not self.healing:
+                delay += self.rng.randint(20, 200)  # a straggler, reordered past many others
+            self._schedule(delay, "deliver", (msg.to_id, data))
+
+    # ---------------------------------------------------------------------------- faults
+
+    def _fault(self) -> None:
+        """Change the fault state at random, then schedule the next change."""
+        if self.healing:
+            return
+        faults = self.cfg.faults
+        choices = [k for k in FAULT_KINDS if k in faults]
+        if choices:
+            kind = self.rng.choice(choices)
+            if kind == "loss":
+                self.loss = self.rng.choice((0.0, 0.0, 0.05, 0.2))
+            elif kind == "dup":
+                self.dup = self.rng.choice((0.0, 0.05, 0.2))
+            elif kind == "delay":
+                self.max_delay = self.rng.choice((2, 5, 15, 40))
+            elif kind == "partition":
+                self._partition(oneway=False)
+            elif kind == "oneway":
+                self._partition(oneway=True)
+            elif kind == "crash":
+                self._crash_some()
+            elif kind == "skew":
+                node = self.nodes[self.rng.choice(self.ids)]
+                node.period = TICK_MS + self.rng.choice((-MAX_SKEW_MS, 0, MAX_SKEW_MS))
+        self._schedule(self.rng.randint(50, 600), "fault", None)
+
+    def _leader(self) -> int | None:
+        for node in self.nodes.values():
+            if node.core is not None and node.core.is_leader():
+                return node.id
+        return None
+
+    def _partition(self, oneway: bool) -> None:
+        if len(self.ids) < 2:
+            return
+        self.stats["partitions"] += 1
+        leader = self._leader()
+        if leader is not None and self.rng.random() < 0.5:
+            side = {leader}  # isolate the leader: the classic stale-leader scenario
+            if len(self.ids) >= 5 and self.rng.random() < 0.5:
+                side.add(self.rng.choice([i for i in self.ids if i != leader]))
+        else:
+            side = set(self.rng.sample(self.ids, self.rng.randint(1, len(self.ids) // 2)))
+        duration = self.rng.randint(100, 1500)
+        for a in side:
+            for b in self.ids:
+                if b in side:
+                    continue
+                links = [(b, a)] if oneway else [(a, b), (b, a)]
+                for link in links:
+                    self._blocked.add(link)
+                    self._seq += 1
+                    heapq.heappush(
+                        self._events, (self.now + duration, self._seq, "heal_link", link)
+                    )
+
+    def _crash_some(self) -> None:
+        up = [i for i in self.ids if self.nodes[i].up]
+        if not up:
+            return
+        leader = self._leader()
+        victim = leader if leader is not None and self.rng.random() < 0.4 else self.rng.choice(up)
+        self._crash(victim)
+        self._schedule(self.rng.randint(20, 800), "restart", victim)
+
+    def _heal(self) -> None:
+        """End every fault: links, loss, skew; restart crashed nodes; clients stop."""
+        self.healing = True
+        self._blocked.clear()
+        self.loss = self.dup = 0.0
+        self.max_delay = 5
+        for node in self.nodes.values():
+            node.period = TICK_MS
+            if not node.up:
+                self._start(node.id)
+        self.heal_time = self.now
+
+    def _settle(self) -> None:
+        """After healing: a leader must appear and every pending op must complete, in bounds.
+
+        Barrier writes push every log past the index of each pending write (so its
+        outcome is decided), and one linearizable read per node proves reads work again.
+        """
+        leader_deadline = self.now + LEADER_BOUND_MS
+        deadline = self.now + SETTLE_BOUND_MS
+        next_barrier = self.now
+        reads_issued: dict[int, int] = {}
+        leader_seen = False
+        while True:
+            leader = self._leader()
+            leader_seen = leader_seen or leader is not None
+            if not leader_seen and self.now > leader_deadline:
+                raise InvariantViolation(
+                    "liveness", 0, f"no leader within {LEADER_BOUND_MS} ms after healing"
+                )
+            if self.now > deadline:
+                raise InvariantViolation(
+                    "liveness", leader or 0,
+                    f"{len(self._writes)} writes, {len(self._client_busy)} client ops and reads "
+                    f"on nodes {sorted(set(self.ids) - self._barrier_reads_done)} still pending "
+                    f"{SETTLE_BOUND_MS} ms after healing",
+                )
+            done_reading = len(self._barrier_reads_done) == len(self.ids)
+            if not self._writes and not self._client_busy and done_reading:
+                return
+            if leader is not None and self.now >= next_barrier:
+                next_barrier = self.now + ELECTION_TICK * TICK_MS
+                self._barrier_write(self.nodes[leader])
+            for node in self.nodes.values():
+                issued = reads_issued.get(node.id)
+                if node.id in self._barrier_reads_done or (
+                    issued is not None and self.now - issued < CLIENT_TIMEOUT_MS
+                ):
+                    continue
+                reads_issued[node.id] = self.now
+                self._barrier_read(node)
+            self._run_one()
+
+    def _barrier_write(self, node: _SimNode) -> None:
+        assert node.core is not None
+        cmd = WriteCommand()
+        cmd.insert.key = BARRIER_KEY
+        cmd.insert.value = b"x"
+        try:
+            node.core.propose([cmd.SerializeToString()])
+        except (NotLeader, Unavailable):
+            return
+        self._drive(node)
+
+    def _barrier_read(self, node: _SimNode) -> None:
+        assert node.core is not None
+        self._seq += 1
+        ctx = f"b{self._seq}".encode()
+        node.reads[ctx] = _PendingRead(-node.id, BARRIER_KEY, self.now, ctx)
+        try:
+            node.core.read_index(ctx, lease=False)
+        except (NotLeader, Unavailable):
+            del node.reads[ctx]
+            return
+        self._drive(node)
+
+    def _check_history(self) -> None:
+        history = [op for op in self.history if op is not _FAILED]
+        self.stats["unknown_writes"] = sum(1 for op in history if op.ret is None)
+        result = check(history)
+        if not result.ok:
+            raise InvariantViolation("linearizability", 0, result.explanation)
+
+    # --------------------------------------------------------------------------- clients
+
+    def _client_act(self, client: int) -> None:
+        if self.healing or client in self._client_busy:
+            return
+        r = self.rng.random()
+        key = self.rng.choice(KEYS)
+        target = self._client_target[client] or self.rng.choice(self.ids)
+        node = self.nodes[target]
+        if not node.up:
+            self._client_target[client] = 0
+            self._schedule(self.rng.randint(5, 30), "client", client)
+            return
+        assert node.core is not None
+        try:
+            if r < 0.45:
+                self._client_write(client, node, key, delete=r < 0.05)
+            else:
+                lease = self.cfg.lease_reads and r > 0.75
+                self._client_read(client, node, key, lease)
+        except (NotLeader, Unavailable) as e:
+            self._client_target[client] = getattr(e, "leader_id", 0)
+            self._schedule(self.rng.randint(1, 20), "client", client)
+            return
+        op = self._client_busy.get(client)
+        self._drive(node)
+        self._schedule(CLIENT_TIMEOUT_MS, "client_timeout", (client, op))
+
+    def _client_write(self, client: int, node: _SimNode, key: bytes, delete: bool) -> None:
+        assert node.core is not None
+        self._next_value += 1
+        value = None if delete else f"v{self._next_value}".encode()
+        cmd = WriteCommand()
+        if value is None:
+            cmd.delete.key = key
+        else:
+            cmd.insert.key = key
+            cmd.insert.value = value
+        log_id = node.core.propose([cmd.SerializeToString()])[0]
+        self.stats["writes"] += 1
+        self.history.append(
+            Op(client, "delete" if value is None else "put", key, value, None, self.now, None)
+        )
+        write = _PendingWrite(client, key, value, self.now, log_id.term, log_id.index,
+                              len(self.history) - 1)
+        self._writes.setdefault((node.id, log_id.index), []).append(write)
+        self._client_busy[client] = write
+
+    def _client_read(self, client: int, node: _SimNode, key: bytes, lease: bool) -> None:
+        assert node.core is not None
+        self._seq += 1
+        ctx = f"r{self._seq}".encode()
+        read = _PendingRead(client, key, self.now, ctx)
+        node.reads[ctx] = read
+        self._client_busy[client] = read
+        try:
+            node.core.read_index(ctx, lease=lease)
+        except (NotLeader, Unavailable):
+            del node.reads[ctx]
+            del self._client_busy[client]
+            raise
+        self.stats["lease_reads" if lease else "reads"] += 1
+
+    def _client_done(self, client: int) -> None:
+        del self._client_busy[client]
+        self._schedule(self.rng.randint(1, 40), "client", client)
+
+
+_FAILED = Op(-1, "get", BARRIER_KEY)  # placeholder for writes known not to have happened
