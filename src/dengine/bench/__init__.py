@@ -1,0 +1,1 @@
+"""Benchmarks behind `dengine bench ...` (not tests: they print numbers, never assert)."""

@@ -1,0 +1,200 @@
+"""`dengine bench storage`: apply and log-append throughput, against the seed's naive design.
+
+The naive baseline is the seed's `apply_chunk`: update the map, then rewrite the whole
+map to disk (and fsync) on every chunk, so its cost grows with the store.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dengine.proto import Entry, LogId, SnapshotMetadata, WriteCommand
+from dengine.storage import snapshot
+from dengine.storage.file_state_machine import FileStateMachine
+from dengine.storage.fileio import RealDisk
+from dengine.storage.raft_log import RaftLog
+
+KEY_BYTES = 16
+VALUE_BYTES = 256
+
+
+@dataclass
+class BenchResult:
+    name: str
+    store_keys: int
+    chunk: int
+    entries: int
+    seconds: float
+    chunk_latencies: list[float]
+
+    @property
+    def entries_per_s(self) -> float:
+        return self.entries / self.seconds if self.seconds else 0.0
+
+    @property
+    def us_per_entry(self) -> float:
+        return self.seconds / self.entries * 1e6 if self.entries else 0.0
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.chunk_latencies)
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else 0.0
+
+
+def make_key(n: int) -> bytes:
+    return b"%016d" % n
+
+
+def insert_entries(first: int, keys: Sequence[int], rng: random.Random) -> list[Entry]:
+    """Insert commands overwriting existing keys (the store size stays the same)."""
+    out = []
+    for i, k in enumerate(keys):
+        cmd = WriteCommand()
+        cmd.insert.key = make_key(k)
+        cmd.insert.value = rng.randbytes(VALUE_BYTES)
+        entry = Entry(index=first + i, term=1)
+        entry.payload.command = cmd.SerializeToString()
+        out.append(entry)
+    return out
+
+
+def _run(
+    name: str, store_keys: int, chunk: int, step: Callable[[list[Entry]], object],
+    make_chunk: Callable[[int], list[Entry]], min_seconds: float, max_chunks: int,
+) -> BenchResult:
+    """Call `step` on fresh chunks until `min_seconds` passed (at least 3 chunks)."""
+    latencies: list[float] = []
+    total = 0.0
+    entries = 0
+    while len(latencies) < max_chunks and (total < min_seconds or len(latencies) < 3):
+        batch = make_chunk(chunk)
+        start = time.perf_counter()
+        step(batch)
+        elapsed = time.perf_counter() - start
+        latencies.append(elapsed)
+        total += elapsed
+        entries += len(batch)
+    return BenchResult(name, store_keys, chunk, entries, total, latencies)
+
+
+def preload(directory: str, store_keys: int, rng: random.Random) -> FileStateMachine:
+    """A FileStateMachine holding `store_keys` keys, installed from a snapshot (fast)."""
+    io = RealDisk()
+    value = rng.randbytes(VALUE_BYTES)
+    state = {make_key(k): value for k in range(store_keys)}
+    last = LogId(index=store_keys, term=1)
+    snap_dir = os.path.join(directory, "preload-snapshot")
+    checksum = snapshot.write_snapshot(io, snap_dir, state, last, None)
+    del state
+    sm = FileStateMachine(os.path.join(directory, "sm"))
+    sm.apply_snapshot_from_file(SnapshotMetadata(last_included=last, checksum=checksum), snap_dir)
+    shutil.rmtree(snap_dir)
+    return sm
+
+
+class NaiveStateMachine:
+    """The seed's design: every chunk rewrites the whole map, then fsyncs."""
+
+    def __init__(self, directory: str, state: dict[bytes, bytes]) -> None:
+        self._path = os.path.join(directory, "naive.bin")
+        self._state = state
+
+    def apply_chunk(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            cmd = WriteCommand.FromString(entry.payload.command)
+            self._state[cmd.insert.key] = cmd.insert.value
+        with open(self._path, "wb") as f:
+            f.write(b"".join(
+                len(k).to_bytes(8, "big") + k + len(v).to_bytes(8, "big") + v + bytes(8)
+                for k, v in self._state.items()
+            ))
+            f.flush()
+            os.fdatasync(f.fileno())
+
+
+def bench_apply(
+    directory: str, store_keys: int, chunks: Sequence[int], min_seconds: float,
+    naive_max_seconds: float, rng: random.Random,
+) -> list[BenchResult]:
+    sm = preload(directory, store_keys, rng)
+    next_index = sm.last_applied().index + 1
+
+    def make_chunk(n: int) -> list[Entry]:
+        nonlocal next_index
+        batch = insert_entries(next_index, [rng.randrange(store_keys) for _ in range(n)], rng)
+        next_index += n
+        return batch
+
+    results = [
+        _run("apply_chunk", store_keys, c, sm.apply_chunk, make_chunk, min_seconds, 1_000_000)
+        for c in chunks
+    ]
+    naive = NaiveStateMachine(directory, sm.items())
+    sm.close()
+    for c in chunks:
+        # Each naive chunk costs a full rewrite; a few chunks are enough to show the slope.
+        probe = _run("naive rewrite", store_keys, c, naive.apply_chunk, make_chunk, 0, 1)
+        limit = max(1, int(naive_max_seconds / max(probe.seconds, 1e-6)))
+        rest = _run("naive rewrite", store_keys, c, naive.apply_chunk, make_chunk,
+                    naive_max_seconds, min(limit, 50))
+        results.append(rest)
+    return results
+
+
+def bench_log_append(
+    directory: str, batches: Sequence[int], min_seconds: float, rng: random.Random
+) -> list[BenchResult]:
+    results = []
+    for batch_size in batches:
+        path = os.path.join(directory, f"raft-{batch_size}")
+        log = RaftLog(path)
+        payload = WriteCommand()
+        payload.insert.key = make_key(0)
+        payload.insert.value = rng.randbytes(VALUE_BYTES)
+        command = payload.SerializeToString()
+
+        def make_chunk(n: int, log: RaftLog = log) -> list[Entry]:
+            first = log.last_index() + 1
+            out = []
+            for i in range(n):
+                entry = Entry(index=first + i, term=1)
+                entry.payload.command = command
+                out.append(entry)
+            return out
+
+        results.append(
+            _run("log append", 0, batch_size, log.append, make_chunk, min_seconds, 1_000_000)
+        )
+        log.close()
+        shutil.rmtree(path)
+    return results
+
+
+def run_storage_bench(
+    *,
+    sizes: Sequence[int],
+    chunks: Sequence[int],
+    min_seconds: float = 1.0,
+    naive_max_seconds: float = 3.0,
+    directory: str | None = None,
+    seed: int = 1,
+) -> list[BenchResult]:
+    """Run every storage benchmark in a scratch directory (removed afterwards)."""
+    rng = random.Random(seed)
+    root = tempfile.mkdtemp(prefix="dengine-bench-", dir=directory)
+    try:
+        results: list[BenchResult] = []
+        for store_keys in sizes:
+            sub = os.path.join(root, f"store-{store_keys}")
+            os.makedirs(sub)
+            results += bench_apply(sub, store_keys, chunks, min_seconds, naive_max_seconds, rng)
+            shutil.rmtree(sub)
+        results += bench_log_append(root, chunks, min_seconds, rng)
+        return results
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
