@@ -1,0 +1,87 @@
+"""Linearizable reads without writing to the log: ReadIndex batched per heartbeat round, leases.
+
+Every heartbeat the leader sends carries a round number (in `Message.context`). A read is
+tagged with the next round to be sent and with the commit index at the time it arrived;
+once a quorum of voters has acknowledged that round (or a later one) the leader knows it
+was still the leader when the read arrived, and the read may be served at that index.
+All reads that arrive between two rounds share one round: one heartbeat for the batch.
+
+A lease is the send tick of the latest round a quorum acknowledged: followers that
+acknowledged it refuse votes for a full election timeout after receiving it, so no other
+leader can exist before send tick + election timeout.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+ROUND_BYTES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read request `ctx` may be served once the local applied index reaches `index`."""
+
+    ctx: bytes
+    index: int
+
+
+def encode_round(round_id: int) -> bytes:
+    return round_id.to_bytes(ROUND_BYTES, "big")
+
+
+def decode_round(context: bytes) -> int:
+    """The round number carried by a heartbeat (response); 0 for anything else."""
+    return int.from_bytes(context, "big") if len(context) == ROUND_BYTES else 0
+
+
+class ReadOnly:
+    """The leader's pending ReadIndex requests and lease bookkeeping for one term."""
+
+    def __init__(self) -> None:
+        self.round = 0  # last heartbeat round started
+        self.acked_round = 0  # highest round a quorum of voters acknowledged
+        # Reads that arrived before the leader committed an entry of its term: (ctx, from).
+        self.waiting_commit: list[tuple[bytes, int]] = []
+        # Reads that wait for the next round to be sent: (ctx, index, from).
+        self.unsent: list[tuple[bytes, int, int]] = []
+        # Reads sent in a round and not yet confirmed: (round, ctx, index, from).
+        self.pending: deque[tuple[int, bytes, int, int]] = deque()
+        self.round_ticks: dict[int, int] = {}  # round -> tick it was sent at
+        self.lease_start: int | None = None  # send tick of the latest quorum-acked round
+
+    def start_round(self, now: int) -> int:
+        """Open a new heartbeat round at tick `now`; unsent reads join it."""
+        self.round += 1
+        self.round_ticks[self.round] = now
+        for ctx, index, requester in self.unsent:
+            self.pending.append((self.round, ctx, index, requester))
+        self.unsent.clear()
+        return self.round
+
+    def quorum_acked(self, round_id: int) -> list[tuple[bytes, int, int]]:
+        """A quorum acknowledged `round_id`: extend the lease, return the reads it confirms."""
+        if round_id <= self.acked_round:
+            return []
+        self.acked_round = round_id
+        sent_at = self.round_ticks.get(round_id)
+        if sent_at is not None and (self.lease_start is None or sent_at > self.lease_start):
+            self.lease_start = sent_at
+        for r in [r for r in self.round_ticks if r <= round_id]:
+            del self.round_ticks[r]
+        out: list[tuple[bytes, int, int]] = []
+        pending = self.pending
+        while pending and pending[0][0] <= round_id:
+            _, ctx, index, requester = pending.popleft()
+            out.append((ctx, index, requester))
+        return out
+
+    def forget_rounds_before(self, tick: int) -> None:
+        """Drop send ticks too old to ever give a valid lease (bounds memory without quorum)."""
+        ticks = self.round_ticks
+        while ticks:
+            oldest = next(iter(ticks))
+            if ticks[oldest] >= tick:
+                break
+            del ticks[oldest]
