@@ -158,7 +158,7 @@ def bench_log_append(
         payload.insert.value = rng.randbytes(VALUE_BYTES)
         command = payload.SerializeToString()
 
-        def make_chunk(n: int, log: RaftLog = log) -> list[Entry]:
+        def make_chunk(n: int, log: RaftLog = log, command: bytes = command) -> list[Entry]:
             first = log.last_index() + 1
             out = []
             for i in range(n):
