@@ -370,6 +370,9 @@ class Transport:
             log.warning("node %d: refused connection from %s: %s", self.node_id, peer, e.message)
         except (OSError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels us; ending normally keeps asyncio's stream callback quiet.
+            pass
         finally:
             self._inbound.discard(task)
             writer.close()
