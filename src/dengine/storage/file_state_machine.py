@@ -187,16 +187,7 @@ class FileStateMachine:
                 raise CorruptionError(
                     path, scan.valid_end, f"{scan.torn_reason} in a WAL that is not the last"
                 )
-            log.warning(
-                "%s: torn tail at offset %d (%s): truncating %d bytes",
-                path, scan.valid_end, scan.torn_reason, scan.size - scan.valid_end,
-            )
-            self._io.truncate(path, scan.valid_end)
-            if scan.valid_end < records.HEADER_SIZE:
-                f = self._io.open_append(path)
-                f.write(records.encode_header(records.MAGIC_WAL))
-                f.sync()
-                f.close()
+            records.truncate_torn(self._io, scan, records.MAGIC_WAL)
         state = self._state
         applied = self._last_applied.index
         last_id = self._last_applied
@@ -464,7 +455,8 @@ class FileStateMachine:
                 self._wal.close()
                 self._wal = None
             if self._io.exists(self._dir):
+                # Not synced here: _load() recreates the directory with makedirs, whose
+                # fsync of the parent makes the removal and the new directory durable together.
                 self._io.rmtree(self._dir)
-                self._io.fsync_dir(os.path.dirname(os.path.normpath(self._dir)) or ".")
             self._failed = None
             self._load()

@@ -60,7 +60,11 @@ class FileIO(ABC):
 
     @abstractmethod
     def truncate(self, path: str, size: int) -> None:
-        """Cut the file to `size` bytes and make that durable."""
+        """Cut the file to `size` bytes (not durable until `fsync` or a handle's `sync`)."""
+
+    @abstractmethod
+    def fsync(self, path: str) -> None:
+        """Make the file's content (and size) durable."""
 
     @abstractmethod
     def rename(self, src: str, dst: str) -> None:
@@ -152,9 +156,11 @@ class RealDisk(FileIO):
         return _RealAppendFile(path)
 
     def truncate(self, path: str, size: int) -> None:
+        os.truncate(path, size)
+
+    def fsync(self, path: str) -> None:
         fd = os.open(path, os.O_WRONLY)
         try:
-            os.ftruncate(fd, size)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -392,8 +398,12 @@ class SimulatedDisk(FileIO):
     def truncate(self, path: str, size: int) -> None:
         with self._lock:
             self._tick("truncate", path)
+            del self._file(path).data[size:]
+
+    def fsync(self, path: str) -> None:
+        with self._lock:
+            self._tick("fsync", path)
             f = self._file(path)
-            del f.data[size:]
             f.synced = bytes(f.data)
 
     def rename(self, src: str, dst: str) -> None:

@@ -14,7 +14,6 @@ change durable before it changes memory.
 from __future__ import annotations
 
 import bisect
-import logging
 import os
 import re
 import struct
@@ -27,8 +26,6 @@ from dengine.proto import Entry, HardState, SnapshotMetadata
 from dengine.storage import records
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.log_api import LogUnavailable, MemoryRaftLog
-
-log = logging.getLogger("dengine.storage")
 
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6})-(\d{20})$")
 _META = struct.Struct("<QQQB")  # generation, compacted index, compacted term, has snapshot
@@ -156,7 +153,7 @@ class RaftLog(MemoryRaftLog):
                 raise CorruptionError(
                     path, scan.valid_end, f"{scan.torn_reason} in a segment that is not the last"
                 )
-            self._truncate_torn(path, scan, records.MAGIC_SEGMENT)
+            records.truncate_torn(self._io, scan, records.MAGIC_SEGMENT)
         entries: list[Entry] = []
         from_bytes = Entry.FromString
         index = first
@@ -171,19 +168,6 @@ class RaftLog(MemoryRaftLog):
             index += 1
         return entries, scan.offsets, max(scan.valid_end, records.HEADER_SIZE)
 
-    def _truncate_torn(self, path: str, scan: records.ScanResult, magic: bytes) -> None:
-        log.warning(
-            "%s: torn tail at offset %d (%s): truncating %d bytes",
-            path, scan.valid_end, scan.torn_reason, scan.size - scan.valid_end,
-        )
-        self._io.truncate(path, scan.valid_end)
-        if scan.valid_end < records.HEADER_SIZE:
-            f = self._io.open_append(path)
-            try:
-                f.write(records.encode_header(magic))
-                f.sync()
-            finally:
-                f.close()
 
     def _load_meta(self) -> None:
         path = self._path("meta")
@@ -206,7 +190,7 @@ class RaftLog(MemoryRaftLog):
         scan = records.scan(self._io.read(path), path, records.MAGIC_HARD_STATE)
         scan.raise_if_corrupt()
         if scan.torn:
-            self._truncate_torn(path, scan, records.MAGIC_HARD_STATE)
+            records.truncate_torn(self._io, scan, records.MAGIC_HARD_STATE)
         if scan.records:
             try:
                 self._hard_state = HardState.FromString(scan.records[-1])
@@ -290,6 +274,7 @@ class RaftLog(MemoryRaftLog):
                 del self._seg_first[k + 1 :]
                 del self._seg_path[k + 1 :]
             self._io.truncate(self._seg_path[k], position)
+            self._io.fsync(self._seg_path[k])
             if self._active is None:
                 self._active = self._io.open_append(self._seg_path[k])
         except BaseException:

@@ -15,6 +15,7 @@ record follows it, data we once wrote is damaged: `CorruptionError(path, offset,
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 from crc32c import crc32c
 
 from dengine.errors import CorruptionError
+from dengine.storage.fileio import FileIO
+
+log = logging.getLogger("dengine.storage")
 
 HEADER = struct.Struct("<4sHH")
 HEADER_SIZE = HEADER.size
@@ -178,3 +182,25 @@ def scan(data: bytes, path: str, magic: bytes) -> ScanResult:
                 path, pos, f"{reason}; a valid record follows at offset {later}"
             )
     return result
+
+
+def truncate_torn(io: FileIO, scan: ScanResult, magic: bytes) -> None:
+    """Cut a torn tail off (logged), restoring the header if the cut reached into it.
+
+    Not synced: a lost truncation only brings the same torn tail back, and the next
+    synced append to this file makes the truncation durable along with it.
+    """
+    log.warning(
+        "%s: torn tail at offset %d (%s): truncating %d bytes",
+        scan.path, scan.valid_end, scan.torn_reason, scan.size - scan.valid_end,
+    )
+    if scan.valid_end < HEADER_SIZE:
+        io.truncate(scan.path, 0)
+        f = io.open_append(scan.path)
+        try:
+            f.write(encode_header(magic))
+        finally:
+            f.close()
+        scan.valid_end = HEADER_SIZE
+    else:
+        io.truncate(scan.path, scan.valid_end)
