@@ -1,5 +1,19 @@
 """Wire and disk formats (protobuf). Regenerate with `python tools/gen_proto.py`."""
 
+from dengine.proto.client_pb2 import (
+    Error,
+    GetLeaderRequest,
+    GetLeaderResponse,
+    ReadConsistency,
+    ReadRequest,
+    ReadResponse,
+    ReadResult,
+    StatusRequest,
+    StatusResponse,
+    WriteRequest,
+    WriteResponse,
+    WriteResult,
+)
 from dengine.proto.common_pb2 import (
     Entry,
     EntryPayload,
@@ -17,6 +31,9 @@ from dengine.proto.transport_pb2 import Hello, MessageBatch, PeerFrame, Snapshot
 __all__ = [
     "Entry",
     "EntryPayload",
+    "Error",
+    "GetLeaderRequest",
+    "GetLeaderResponse",
     "HardState",
     "Hello",
     "LogId",
@@ -27,7 +44,16 @@ __all__ = [
     "MessageType",
     "Noop",
     "PeerFrame",
+    "ReadConsistency",
+    "ReadRequest",
+    "ReadResponse",
+    "ReadResult",
     "SnapshotChunk",
     "SnapshotMetadata",
+    "StatusRequest",
+    "StatusResponse",
     "WriteCommand",
+    "WriteRequest",
+    "WriteResponse",
+    "WriteResult",
 ]
