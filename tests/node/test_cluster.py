@@ -10,7 +10,7 @@ import pytest
 from node_helpers import free_port, run, until
 
 from dengine import Engine
-from dengine.errors import NotLeader, Timeout
+from dengine.errors import NotLeader, Timeout, Unavailable
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
         "clock_drift_ms": 20}
@@ -150,6 +150,10 @@ def test_write_without_quorum_times_out(tmp_path: Path) -> None:
                 # either the write waits for a quorum that never answers, or check-quorum
                 # already made the leader step down
                 await leader.put(b"k", b"lost?", timeout=0.5)
+            with pytest.raises((Timeout, Unavailable)):
+                await leader.get(b"k", "linearizable", timeout=0.5)
+            # an eventual read needs no quorum
+            assert await leader.get(b"k", "eventual") in (b"v", b"lost?")
         finally:
             await cluster.stop_all()
 

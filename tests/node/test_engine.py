@@ -142,6 +142,8 @@ def test_bad_inputs_get_clear_errors_and_keep_serving(tmp_path: Path) -> None:
                 (engine.write([WriteCommand()]), "must set insert or delete"),
                 (engine.get(b"k", consistency="strong"), "unknown consistency 'strong'"),
                 (engine.get(b""), "key must not be empty"),
+                (engine.delete(b"k" * 9), "exceeds max_key_size 8"),
+                (engine.put(b"k", b"v", timeout=0), "timeout must be a positive"),
                 (engine.get_many(b"k"), "sequence"),  # type: ignore[arg-type]
             ]
             for coro, message in cases:

@@ -17,17 +17,16 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 from dengine.config import NodeConfig
-from dengine.errors import InvalidRequest, Timeout, Unavailable
+from dengine.errors import InvalidRequest, Timeout
 from dengine.node.node import Node, NodeStatus
 from dengine.proto import WriteCommand
 from dengine.raft import Role
 from dengine.storage import ApplyResult
 
 DEFAULT_TIMEOUT = 5.0
-T = TypeVar("T")
 
 
 class Consistency(enum.StrEnum):
@@ -151,23 +150,40 @@ class Engine:
     # -- writes --------------------------------------------------------------------------
 
     async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
+        """Set `key` to `value`; returns once applied (on a quorum's logs, this node's SM)."""
+        # The hot path of the engine: validate and encode without the generic batch code.
+        key = self._check_key(key if type(key) is bytes else _as_bytes(key, "key"))
+        value = value if type(value) is bytes else _as_bytes(value, "value")
+        cfg = self._node.config
+        if len(value) > cfg.max_value_size:
+            raise InvalidRequest(
+                f"value of {len(value)} bytes exceeds max_value_size {cfg.max_value_size}"
+            )
         cmd = WriteCommand()
-        cmd.insert.key = _as_bytes(key, "key")
-        cmd.insert.value = _as_bytes(value, "value")
-        await self.write([cmd], timeout=timeout)
+        insert = cmd.insert
+        insert.key = key
+        insert.value = value
+        data = cmd.SerializeToString()
+        if len(data) > cfg.max_request_size:
+            raise InvalidRequest(
+                f"write of {len(data)} bytes exceeds max_request_size {cfg.max_request_size}"
+            )
+        await self._node.propose([data], self._timeout(timeout))
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> None:
+        """Remove `key` (a no-op result if absent); returns once applied."""
+        key = self._check_key(key if type(key) is bytes else _as_bytes(key, "key"))
         cmd = WriteCommand()
-        cmd.delete.key = _as_bytes(key, "key")
-        await self.write([cmd], timeout=timeout)
+        cmd.delete.key = key
+        data = cmd.SerializeToString()
+        await self._node.propose([data], self._timeout(timeout))
 
     async def write(
         self, commands: Sequence[WriteCommand], *, timeout: float | None = None
     ) -> list[ApplyResult]:
         """Apply a batch of commands (atomically ordered, consecutive log entries)."""
         encoded = self._encode(commands)
-        future = self._node.propose(encoded)
-        return await self._await(future, timeout, "write", unknown_outcome=True)
+        return await self._node.propose(encoded, self._timeout(timeout))
 
     def _encode(self, commands: Sequence[WriteCommand]) -> list[bytes]:
         if isinstance(commands, WriteCommand) or not isinstance(commands, Sequence):
@@ -202,12 +218,13 @@ class Engine:
             )
         return out
 
-    def _check_key(self, key: bytes) -> None:
+    def _check_key(self, key: bytes) -> bytes:
         if not key:
             raise InvalidRequest("key must not be empty")
         limit = self._node.config.max_key_size
         if len(key) > limit:
             raise InvalidRequest(f"key of {len(key)} bytes exceeds max_key_size {limit}")
+        return key
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -238,17 +255,12 @@ class Engine:
         mode = _consistency(consistency)
         if not encoded:
             return []
-        future = self._node.read(encoded, mode)
-        return await self._await(future, timeout, "read", unknown_outcome=False)
+        return await self._node.read(encoded, mode, self._timeout(timeout))
 
-    async def _await(
-        self, future: asyncio.Future[T], timeout: float | None, what: str, unknown_outcome: bool
-    ) -> T:
-        limit = DEFAULT_TIMEOUT if timeout is None else timeout
-        try:
-            return await asyncio.wait_for(future, limit)
-        except TimeoutError:
-            if not self._node.running:
-                raise Unavailable(f"node {self.node_id} stopped") from None
-            suffix = "; the write may still be applied" if unknown_outcome else ""
-            raise Timeout(f"{what} did not complete within {limit}s{suffix}") from None
+    @staticmethod
+    def _timeout(timeout: float | None) -> float:
+        if timeout is None:
+            return DEFAULT_TIMEOUT
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
+        return float(timeout)

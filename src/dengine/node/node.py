@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -107,8 +108,13 @@ class Node:
         self.config = config.validate()
         self.node_id = config.node_id
         self.data_dir = DataDir(config.data_dir)
+        # One thread owns the Raft log, one the state machine: an append of new entries
+        # and the apply of older, already durable ones fsync in parallel.
         self._io = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"dengine-io-{self.node_id}"
+            max_workers=1, thread_name_prefix=f"dengine-log-{self.node_id}"
+        )
+        self._apply_io = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"dengine-apply-{self.node_id}"
         )
         self._log: RaftLog | None = None
         self._sm: StateMachine | None = None
@@ -133,9 +139,12 @@ class Node:
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self._ticks = 0
+        self._deadlines: dict[int, list[tuple[asyncio.Future[Any], float, bool]]] = {}
+        self._expired_tick = 0
         self._tick_s = config.tick_ms / 1000.0
         self._last_tick = 0.0
-        self._persisted_hs = HardState()
+        self._saved_vote = (0, 0)  # (term, voted_for) durable in the log's hard state
+        self._latest_hs = HardState()  # the core's latest, commit included; saved at stop
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -147,6 +156,7 @@ class Node:
             await loop.run_in_executor(self._io, self._open_storage)
         except BaseException:
             self._io.shutdown(wait=False)
+            self._apply_io.shutdown(wait=False)
             raise
         try:
             await self._start_core_and_transport()
@@ -167,7 +177,9 @@ class Node:
         fresh = raft_log.last_index() == 0 and raft_log.snapshot_metadata() is None
         bootstrap = self._bootstrap_membership() if fresh and not self.config.join else None
         self._core = RaftCore(self._raft_config(), raft_log, random.Random(), bootstrap=bootstrap)
-        self._persisted_hs.CopyFrom(raft_log.hard_state())
+        hs = raft_log.hard_state()
+        self._saved_vote = (hs.term, hs.voted_for)
+        self._latest_hs.CopyFrom(hs)
         peers = self._peer_addresses()
         if not peers:
             return
@@ -213,6 +225,7 @@ class Node:
             await loop.run_in_executor(self._io, self._flush_and_close)
         finally:
             self._io.shutdown(wait=True)
+            self._apply_io.shutdown(wait=True)
 
     def _open_storage(self) -> None:
         """Open the log and state machine; re-apply committed entries the SM has not seen."""
@@ -240,8 +253,8 @@ class Node:
     def _flush_and_close(self) -> None:
         if self._log is not None and self._core is not None:
             hs = self._log.hard_state()
-            if hs.commit < self._persisted_hs.commit:
-                self._log.set_hard_state(self._persisted_hs)
+            if hs.commit < self._latest_hs.commit:
+                self._log.set_hard_state(self._latest_hs)
         for closable in (self._sm, self._log):
             close = getattr(closable, "close", None) or getattr(closable, "stop", None)
             if close is not None:
@@ -286,23 +299,56 @@ class Node:
                 raise Unavailable(f"node {self.node_id} failed: {self._failure}")
             raise Unavailable(f"node {self.node_id} is stopped")
 
-    def propose(self, commands: list[bytes]) -> asyncio.Future[list[ApplyResult]]:
-        """Queue encoded commands as one write; the future gets one ApplyResult each."""
+    def propose(
+        self, commands: list[bytes], timeout: float
+    ) -> asyncio.Future[list[ApplyResult]]:
+        """Queue encoded commands as one write; the future gets one ApplyResult each.
+
+        After `timeout` seconds the future fails with Timeout (the outcome is unknown).
+        """
         self._check_running()
-        if self.role != Role.LEADER:
+        if self.role is not Role.LEADER:
             raise self.not_leader()
         future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
         self._in_proposals.append((commands, _Write(future, len(commands))))
+        self._add_deadline(future, timeout, True)
         self._wake.set()
         return future
 
-    def read(self, keys: Sequence[bytes], consistency: str) -> asyncio.Future[list[bytes | None]]:
+    def read(
+        self, keys: Sequence[bytes], consistency: str, timeout: float
+    ) -> asyncio.Future[list[bytes | None]]:
         """Queue a read of `keys` at `consistency` ("linearizable", "lease", "eventual")."""
         self._check_running()
         future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
         self._in_reads[consistency].append(_Read(keys, future))
+        self._add_deadline(future, timeout, False)
         self._wake.set()
         return future
+
+    def _add_deadline(self, future: asyncio.Future[Any], timeout: float, write: bool) -> None:
+        """File the future under the tick it expires at (cheaper than a timer per call)."""
+        due = self._ticks + max(1, math.ceil(timeout / self._tick_s))
+        bucket = self._deadlines.get(due)
+        if bucket is None:
+            bucket = self._deadlines[due] = []
+        bucket.append((future, timeout, write))
+
+    def _expire(self) -> None:
+        while self._expired_tick < self._ticks:
+            self._expired_tick += 1
+            bucket = self._deadlines.pop(self._expired_tick, None)
+            if not bucket:
+                continue
+            for future, timeout, write in bucket:
+                if future.done():
+                    continue
+                if write:
+                    future.set_exception(Timeout(
+                        f"write did not complete within {timeout}s; it may still be applied"
+                    ))
+                else:
+                    future.set_exception(Timeout(f"read did not complete within {timeout}s"))
 
     def not_leader(self) -> NotLeader:
         """The NotLeader error to raise here, with the leader's client address if known."""
@@ -353,7 +399,7 @@ class Node:
                 if not core.has_ready():
                     continue
                 rd = core.ready()
-                results = await loop.run_in_executor(self._io, self._persist_and_apply, rd)
+                results = await self._handle_ready(loop, core, rd)
                 self._after_ready(rd, results)
                 core.advance(rd)
         except asyncio.CancelledError:
@@ -374,6 +420,7 @@ class Node:
                 core.tick()
             self._ticks += owed
             self._retry_stale_rounds(core)
+            self._expire()
         if self._in_messages:
             messages, self._in_messages = self._in_messages, []
             for msg in messages:
@@ -441,10 +488,56 @@ class Node:
             if alive:
                 self._start_round(core, alive, rnd.lease)
 
-    def _persist_and_apply(self, rd: Ready) -> list[ApplyResult]:
-        """Storage thread: make rd durable, release its messages, apply committed entries."""
-        raft_log, sm = self._log, self._sm
-        assert raft_log is not None and sm is not None
+    async def _handle_ready(
+        self, loop: asyncio.AbstractEventLoop, core: RaftCore, rd: Ready
+    ) -> list[ApplyResult]:
+        """Persist, send and apply one Ready; returns the apply results."""
+        hs = rd.hard_state
+        vote_changed = hs is not None and (hs.term, hs.voted_for) != self._saved_vote
+        if hs is not None:
+            # Commit alone is not needed for safety: it is saved with the next term or
+            # vote change and at stop, which keeps steady state at one log fsync per turn.
+            self._latest_hs.CopyFrom(hs)
+        messages = rd.messages
+        if messages and not vote_changed and core.is_leader():
+            # A leader's appends and heartbeats promise nothing about its own disk (it
+            # counts itself toward commit only after advance), so they may leave before
+            # its fsync and the followers write in parallel (Raft thesis 10.2.1).
+            self._send(messages)
+            messages = []
+        committed = rd.committed_entries
+        if committed and committed[0].index <= self.applied_index:
+            committed = [e for e in committed if e.index > self.applied_index]
+        persist = None
+        if rd.snapshot is not None or rd.entries or vote_changed:
+            persist = loop.run_in_executor(self._io, self._persist, rd, vote_changed)
+        apply = None
+        if committed and (persist is None or (
+            rd.snapshot is None and (not rd.entries or committed[-1].index < rd.entries[0].index)
+        )):
+            # These entries are durable already: apply while the new ones are written.
+            apply = loop.run_in_executor(self._apply_io, self._apply, committed)
+        if persist is not None:
+            try:
+                await persist
+            except BaseException:
+                if apply is not None:
+                    await asyncio.gather(apply, return_exceptions=True)
+                raise
+            if vote_changed and hs is not None:
+                self._saved_vote = (hs.term, hs.voted_for)
+        if messages:
+            self._send(messages)
+        if apply is not None:
+            return await apply
+        if committed:
+            return await loop.run_in_executor(self._apply_io, self._apply, committed)
+        return []
+
+    def _persist(self, rd: Ready, save_hard_state: bool) -> None:
+        """Log thread: make the Ready's snapshot, entries and hard state durable."""
+        raft_log = self._log
+        assert raft_log is not None
         if rd.snapshot is not None:
             raise StorageError("installing a snapshot from the leader is not supported yet")
         if rd.entries:
@@ -452,28 +545,13 @@ class Node:
             if first <= raft_log.last_index():
                 raft_log.truncate_suffix(first)
             raft_log.append(rd.entries)
-        hs = rd.hard_state
-        if hs is not None and (
-            hs.term != self._persisted_hs.term or hs.voted_for != self._persisted_hs.voted_for
-        ):
-            raft_log.set_hard_state(hs)
-            self._persisted_hs.CopyFrom(hs)
-        elif hs is not None:
-            # Commit alone is not needed for safety; it is saved with the next term/vote
-            # change or at stop, which keeps one fsync per turn in steady state.
-            self._persisted_hs.commit = hs.commit
-        if rd.messages:
-            self._loop_call(self._send, rd.messages)
-        entries = rd.committed_entries
-        if entries and entries[0].index <= self.applied_index:
-            entries = [e for e in entries if e.index > self.applied_index]
-        if not entries:
-            return []
-        return sm.apply_chunk(entries)
+        if save_hard_state and rd.hard_state is not None:
+            raft_log.set_hard_state(rd.hard_state)
 
-    def _loop_call(self, fn: Any, *args: Any) -> None:
-        assert self._loop_task is not None
-        self._loop_task.get_loop().call_soon_threadsafe(fn, *args)
+    def _apply(self, entries: list[Entry]) -> list[ApplyResult]:
+        sm = self._sm
+        assert sm is not None
+        return sm.apply_chunk(entries)
 
     def _send(self, messages: list[Message]) -> None:
         if self._transport is not None:
