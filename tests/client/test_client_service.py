@@ -67,6 +67,24 @@ def test_concurrent_calls_are_batched() -> None:
     asyncio.run(main())
 
 
+def test_batches_respect_their_bounds() -> None:
+    async def main() -> None:
+        async with fake_servers() as (leader, _), Client(
+            [leader.address], max_batch_commands=10, max_batch_bytes=400, max_inflight=2
+        ) as client:
+            await asyncio.gather(*(client.put(f"k{i}", b"v" * 5) for i in range(100)))
+            await asyncio.gather(*(client.put(f"b{i}", b"v" * 100) for i in range(20)))
+            calls = leader.engine.write_calls
+            assert sum(calls) == 120
+            assert max(calls[:10]) <= 10 and len(calls) >= 10
+            assert max(calls[10:]) <= 4  # 4 commands of ~106 bytes fit in 400 bytes
+            # A single call larger than max_batch_bytes still goes out (alone).
+            await client.put(b"big", b"v" * 1000)
+            assert leader.engine.write_calls[-1] == 1
+
+    asyncio.run(main())
+
+
 def test_one_bad_command_does_not_fail_its_batch() -> None:
     async def main() -> None:
         async with fake_servers() as (leader, _), Client([leader.address]) as client:

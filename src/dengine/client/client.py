@@ -25,6 +25,7 @@ import asyncio
 import functools
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
@@ -219,7 +220,7 @@ class _Batcher(Generic[P, T]):
         self._max_items = max_items
         self._max_bytes = max_bytes
         self._max_inflight = max_inflight
-        self._pending: list[_Item[P, T]] = []
+        self._pending: deque[_Item[P, T]] = deque()
         self._inflight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -236,16 +237,21 @@ class _Batcher(Generic[P, T]):
 
     def _flush(self) -> None:
         self._scheduled = False
-        self._pending = [it for it in self._pending if not it.future.done()]
-        while self._pending and self._inflight < self._max_inflight:
+        pending = self._pending
+        while pending and self._inflight < self._max_inflight:
             batch: list[_Item[P, T]] = []
             size = 0
-            while self._pending and len(batch) < self._max_items:
-                item = self._pending[0]
+            while pending and len(batch) < self._max_items:
+                item = pending[0]
+                if item.future.done():  # its caller gave up before it was sent
+                    pending.popleft()
+                    continue
                 if batch and size + item.size > self._max_bytes:
                     break
-                batch.append(self._pending.pop(0))
+                batch.append(pending.popleft())
                 size += item.size
+            if not batch:
+                break
             self._inflight += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(task)

@@ -75,11 +75,11 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         try:
             service = ClientService(engine, config, peer_client_address(engine))
             server = await start_grpc_server(service, config)
-            log.info(
-                "node %d of cluster %r: clients on %s, peers on %s, data in %s",
-                config.node_id, config.cluster_id, config.listen_client, config.listen_peer,
-                config.data_dir,
-            )
+            st = engine.status()
+            peers = (f"peers on {config.listen_peer}" if len(st.voters) + len(st.learners) > 1
+                     else "one-node cluster, no peer listener")
+            log.info("node %d of cluster %r: clients on %s, %s, data in %s", config.node_id,
+                     config.cluster_id, config.listen_client, peers, config.data_dir)
             await stop.wait()
             log.info("stopping: no new requests, finishing in-flight ones")
             await server.stop(SHUTDOWN_GRACE_S)
