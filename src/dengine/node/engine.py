@@ -133,7 +133,7 @@ class Engine:
         target: int | None = None
         while True:
             if not self._node.running:
-                self._node._check_running()
+                self._node.check_running()
             st = self._node.status()
             if target is None and st.leader_id:
                 target = st.commit_index

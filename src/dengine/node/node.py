@@ -28,6 +28,10 @@ _APPLY_CHUNK = 4096  # entries per apply_chunk call during restart recovery
 _FRAME_MARGIN = 64 * 1024
 
 
+def _nothing() -> None:
+    """A no-op job: waits for the jobs queued before it on a single-thread executor."""
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     """A point-in-time view of one node, for `Engine.status()` and the Status RPC."""
@@ -145,6 +149,7 @@ class Node:
         self._last_tick = 0.0
         self._saved_vote = (0, 0)  # (term, voted_for) durable in the log's hard state
         self._latest_hs = HardState()  # the core's latest, commit included; saved at stop
+        self._membership_seen: Membership | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -222,6 +227,8 @@ class Node:
     async def _close_storage(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            # Let a running apply finish before the state machine is closed.
+            await loop.run_in_executor(self._apply_io, _nothing)
             await loop.run_in_executor(self._io, self._flush_and_close)
         finally:
             self._io.shutdown(wait=True)
@@ -279,21 +286,24 @@ class Node:
         return Membership(voters=voters)
 
     def _peer_addresses(self) -> dict[int, str]:
-        """Peers to talk to: every member of the current membership, else the config."""
+        """Peers to talk to: the members of the current membership (addresses from the
+        membership, else from the config's peers); the config's peers while not a member."""
         assert self._core is not None
-        membership = self._core.membership
-        peers = {
-            m.id: m.address
-            for m in [*membership.voters, *membership.learners]
-            if m.id != self.node_id and m.address
-        }
-        for node_id, address in self.config.peers.items():
-            peers.setdefault(node_id, address)
+        membership = self._membership_seen = self._core.membership
+        members = [*membership.voters, *membership.learners]
+        if not members:
+            return dict(self.config.peers)
+        peers = {}
+        for m in members:
+            address = m.address or self.config.peers.get(m.id, "")
+            if m.id != self.node_id and address:
+                peers[m.id] = address
         return peers
 
     # -- inputs (called by the engine and the transport on the loop thread) -------------
 
-    def _check_running(self) -> None:
+    def check_running(self) -> None:
+        """Raise Unavailable unless the node is running."""
         if not self._running:
             if self._failure is not None:
                 raise Unavailable(f"node {self.node_id} failed: {self._failure}")
@@ -306,7 +316,7 @@ class Node:
 
         After `timeout` seconds the future fails with Timeout (the outcome is unknown).
         """
-        self._check_running()
+        self.check_running()
         if self.role is not Role.LEADER:
             raise self.not_leader()
         future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
@@ -319,7 +329,7 @@ class Node:
         self, keys: Sequence[bytes], consistency: str, timeout: float
     ) -> asyncio.Future[list[bytes | None]]:
         """Queue a read of `keys` at `consistency` ("linearizable", "lease", "eventual")."""
-        self._check_running()
+        self.check_running()
         future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
         self._in_reads[consistency].append(_Read(keys, future))
         self._add_deadline(future, timeout, False)
@@ -574,10 +584,12 @@ class Node:
                     self._ready_reads.append((rs.index, r))
         if self._ready_reads:
             self._serve_ready_reads()
-        if rd.committed_entries and any(
-            e.payload.WhichOneof("payload") == "config" for e in rd.committed_entries
-        ) and self._transport is not None:
-            self._transport.set_peers(self._peer_addresses())
+        core = self._core
+        if core is not None and core.membership is not self._membership_seen:
+            # A config entry was appended (or truncated): talk to the new member set.
+            peers = self._peer_addresses()
+            if self._transport is not None:
+                self._transport.set_peers(peers)
 
     def _resolve_writes(self, entries: list[Entry], results: list[ApplyResult]) -> None:
         waiters = self._waiters
