@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -147,6 +149,12 @@ class StateMachineModel(RuleBasedStateMachine):
         self.sm.close()
         self.sm = self._open()
 
+    @rule(seed=st.integers(0, 2**32), lose_all=st.booleans())
+    def power_cut(self, seed: int, lose_all: bool) -> None:
+        """Every applied chunk, checkpoint and install survives a power cut exactly."""
+        self.disk.power_cut(random.Random(seed), lose_all=lose_all)
+        self.sm = self._open()
+
     @rule()
     def checkpoint(self) -> None:
         self.sm.checkpoint()
@@ -175,4 +183,4 @@ class StateMachineModel(RuleBasedStateMachine):
 
 
 TestStateMachineModel = StateMachineModel.TestCase
-TestStateMachineModel.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+TestStateMachineModel.settings = settings(max_examples=150, stateful_step_count=25, deadline=None)
