@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from node_helpers import free_port, run
@@ -164,5 +165,37 @@ def test_stop_is_idempotent(tmp_path: Path) -> None:
         engine = await Engine.start(str(tmp_path), **FAST)
         await engine.stop()
         await engine.stop()
+
+    run(main())
+
+
+def test_concurrent_writes_share_fsyncs_and_reads_share_read_index_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit and read batching: 500 concurrent calls, a handful of rounds."""
+    from dengine.node.node import Node
+
+    appends: list[int] = []
+    persist = Node._persist
+
+    def counting_persist(self: Node, rd: Any, save_hard_state: bool) -> None:
+        if rd.entries:
+            appends.append(len(rd.entries))
+        persist(self, rd, save_hard_state)
+
+    monkeypatch.setattr(Node, "_persist", counting_persist)
+
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready()
+            appends.clear()
+            await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(500)))
+            assert sum(appends) == 500
+            assert len(appends) <= 5, appends
+            node = engine._node
+            rounds_before = node._next_ctx
+            values = await asyncio.gather(*(engine.get(b"k%d" % i) for i in range(500)))
+            assert values == [b"v"] * 500
+            assert node._next_ctx - rounds_before <= 5
 
     run(main())
