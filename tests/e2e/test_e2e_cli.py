@@ -50,7 +50,7 @@ def test_put_get_delete_status_json(cluster_factory) -> None:  # type: ignore[no
     assert json.loads(missing_json.stdout) == {"key": "greeting", "found": False}
 
 
-def test_user_errors_are_messages_not_tracebacks(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+def test_user_errors_are_messages_not_tracebacks(cluster_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = cluster_factory(1)
     asyncio.run(cluster.wait_leader())
     ep = ["--endpoints", cluster.node(1).client]
@@ -63,6 +63,8 @@ def test_user_errors_are_messages_not_tracebacks(cluster_factory) -> None:  # ty
         (["member", "add", "4", "127.0.0.1:1"], "not supported yet"),
         (["serve", "--peer", "x=y"], "ID=HOST:PORT"),
         (["serve", "--config", "/nonexistent.toml"], "not found"),
+        (["serve", "--data-dir", str(tmp_path / "d"), "--listen-client", cluster.node(1).client],
+         "cannot listen on"),
     ]:
         result = dengine(*args)
         assert result.returncode != 0, (args, result.stdout)

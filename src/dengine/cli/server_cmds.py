@@ -8,7 +8,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,8 +18,8 @@ from typing import Any
 
 import click
 
-from dengine.config import NodeConfig, parse_address, parse_peer
-from dengine.errors import ConfigError, DengineError
+from dengine.config import NodeConfig, parse_peer
+from dengine.errors import DengineError
 
 # How long `cluster up` waits for a leader before saying so, and for children to stop.
 READY_TIMEOUT_S = 30.0
@@ -143,9 +142,11 @@ def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port
         )
         for n in range(1, nodes + 1)
     ]
+    from dengine.server.process import ensure_port_free
+
     for child in children:
         for addr in (child.client, child.peer):
-            _check_port_free(addr)
+            ensure_port_free(addr, "; pick other ports with --client-port and --peer-port")
     base.mkdir(parents=True, exist_ok=True)
     for child in children:
         settings: dict[str, Any] = {
@@ -257,18 +258,6 @@ def _stop_all(children: list[_Child]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _check_port_free(addr: str) -> None:
-    host, port = parse_address(addr)
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ConfigError(
-                f"cannot use {addr}: {e.strerror}; pick other ports with --client-port and "
-                "--peer-port, or stop what is using it"
-            ) from None
 
 
 def _to_toml(settings: dict[str, Any], peers: dict[int, str]) -> str:

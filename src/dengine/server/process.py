@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -46,6 +47,17 @@ async def start_grpc_server(service: ClientService, config: NodeConfig) -> grpc.
     return server
 
 
+def ensure_port_free(addr: str, hint: str = "") -> None:
+    """ConfigError with a clear message when `addr` cannot be bound (before starting)."""
+    host, port = parse_address(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {addr}: {e.strerror}{hint}") from None
+
+
 def peer_client_address(engine: Any) -> Callable[[int], str]:
     """How to find another node's client address (learned from its transport Hello)."""
     public = getattr(engine, "peer_client_address", None)
@@ -70,6 +82,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ensure_port_free(config.listen_client, " (listen_client)")
     try:
         engine = await Engine.start(config=config)
         try:
