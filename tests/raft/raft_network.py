@@ -100,6 +100,14 @@ class Network:
         self.down.discard(i)
         return self.cores[i]
 
+    def add_node(self, i: int) -> RaftCore:
+        """A brand-new empty node with no bootstrap: it learns the membership from the leader."""
+        self.logs[i] = MemoryRaftLog()
+        self.applied[i], self.reads[i], self.snapshots[i] = [], [], []
+        config = RaftConfig(id=i, **self.cfg)  # type: ignore[arg-type]
+        self.cores[i] = self.core_cls(config, self.logs[i], random.Random(self.seed * 1000 + i))
+        return self.cores[i]
+
     def crash(self, i: int) -> None:
         """Lose everything not persisted: the core and messages in flight to it."""
         self.down.add(i)
@@ -153,7 +161,8 @@ class Network:
         batch, self.pending = self.pending, []
         n = 0
         for m in batch:
-            if m.to_id in self.down or (m.from_id, m.to_id) in self.cut or not keep(m):
+            lost = m.to_id not in self.cores or m.to_id in self.down
+            if lost or (m.from_id, m.to_id) in self.cut or not keep(m):
                 continue
             self.cores[m.to_id].step(m)
             self.process(m.to_id)
