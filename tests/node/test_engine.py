@@ -10,7 +10,8 @@ import pytest
 from node_helpers import free_port, run
 
 from dengine import Consistency, Engine
-from dengine.errors import ClusterMismatch, InvalidRequest, NotLeader, Unavailable
+from dengine.config import NodeConfig
+from dengine.errors import ClusterMismatch, ConfigError, InvalidRequest, NotLeader, Unavailable
 from dengine.node.datadir import DataDir
 from dengine.proto import Entry, EntryPayload, HardState, Member, Membership, WriteCommand
 from dengine.storage import RaftLog
@@ -197,5 +198,22 @@ def test_concurrent_writes_share_fsyncs_and_reads_share_read_index_rounds(
             values = await asyncio.gather(*(engine.get(b"k%d" % i) for i in range(500)))
             assert values == [b"v"] * 500
             assert node._next_ctx - rounds_before <= 5
+
+    run(main())
+
+
+def test_start_from_config_object_and_unknown_setting(tmp_path: Path) -> None:
+    async def main() -> None:
+        config = NodeConfig(data_dir=str(tmp_path / "d"), **FAST)
+        async with await Engine.start(config=config, max_value_size=4) as engine:
+            assert engine.config.data_dir == str(tmp_path / "d")
+            assert engine.config.max_value_size == 4
+            await engine.wait_ready()
+            with pytest.raises(InvalidRequest):
+                await engine.put(b"k", b"12345")
+        with pytest.raises(ConfigError, match="unknown setting 'bogus'"):
+            await Engine.start(str(tmp_path / "e"), bogus=1)
+        with pytest.raises(ConfigError, match="node_id"):
+            await Engine.start(str(tmp_path / "e"), node_id=0)
 
     run(main())

@@ -1,0 +1,71 @@
+"""How the node settles a write once its log index is applied."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from node_helpers import run
+
+from dengine.config import NodeConfig
+from dengine.errors import Timeout, Unavailable
+from dengine.node.node import Node, _Write
+from dengine.proto import Entry
+from dengine.storage import ApplyResult
+
+
+def _node(tmp_path: Path) -> Node:
+    return Node(NodeConfig(data_dir=str(tmp_path)))
+
+
+def test_same_term_resolves_with_results_in_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = _node(tmp_path)
+        future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
+        write = _Write(future, 2)
+        node._waiters = {5: (3, write, 0), 6: (3, write, 1)}
+        entries = [Entry(index=5, term=3), Entry(index=6, term=3)]
+        node._resolve_writes(entries, [ApplyResult(5), ApplyResult(6, succeeded=False)])
+        assert future.result() == [ApplyResult(5), ApplyResult(6, succeeded=False)]
+        assert node._waiters == {}
+
+    run(main())
+
+
+def test_index_taken_by_another_term_is_a_definite_failure(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = _node(tmp_path)
+        future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
+        write = _Write(future, 2)
+        node._waiters = {5: (3, write, 0), 6: (3, write, 1)}
+        # a new leader (term 4) overwrote index 6 but our entry 5 survived
+        entries = [Entry(index=5, term=3), Entry(index=6, term=4)]
+        node._resolve_writes(entries, [ApplyResult(5), ApplyResult(6)])
+        with pytest.raises(Unavailable, match="leadership changed; write not applied"):
+            future.result()
+
+    run(main())
+
+
+def test_deadline_and_stop_give_timeout_for_unknown_outcomes(tmp_path: Path) -> None:
+    async def main() -> None:
+        node = _node(tmp_path)
+        loop = asyncio.get_running_loop()
+        expiring: asyncio.Future[list[ApplyResult]] = loop.create_future()
+        node._add_deadline(expiring, 0.001, True)
+        node._ticks += 5
+        node._expire()
+        with pytest.raises(Timeout, match="may still be applied"):
+            expiring.result()
+        in_flight: asyncio.Future[list[ApplyResult]] = loop.create_future()
+        node._waiters = {9: (1, _Write(in_flight, 1), 0)}
+        queued: asyncio.Future[list[ApplyResult]] = loop.create_future()
+        node._in_proposals = [([b"x"], _Write(queued, 1))]
+        node._fail_pending(stopping=True)
+        with pytest.raises(Timeout, match="outcome was known"):
+            in_flight.result()
+        with pytest.raises(Unavailable):  # never proposed: definitely not applied
+            queued.result()
+
+    run(main())
