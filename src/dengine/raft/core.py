@@ -478,7 +478,8 @@ class RaftCore:
             or log.has_unsent_entries()
             or (log.pending_snapshot is not None and not log.snapshot_in_progress)
             or (self.term, self.vote, log.committed) != self._prev_hs
-            or self.soft_state() != self._prev_soft
+            or self.lead != self._prev_soft.leader_id
+            or self.role is not self._prev_soft.role
         ):
             return True
         return log.pending_snapshot is None and log.committed > max(log.applied, self._applying)
