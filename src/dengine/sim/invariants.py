@@ -7,7 +7,8 @@ Every check is O(work the step did), so the simulator can run them after every s
   goes back (a second vote in one term is how two leaders happen);
 * log matching: an entry (index, term) has one payload and one predecessor term
   everywhere, which by induction makes logs that share an entry share the prefix;
-* leader completeness: a leader's log holds every entry known to be committed;
+* leader completeness: a leader's log holds every entry committed in an earlier term
+  (and no two leaders commit different entries at one index);
 * state machine safety: no two nodes apply different entries at one index, and every
   node applies indexes in order;
 * committed entries are never lost: a node's durable commit index never regresses and
@@ -16,11 +17,10 @@ Every check is O(work the step did), so the simulator can run them after every s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 from dengine.errors import DengineError
 from dengine.proto import Entry, HardState
-from dengine.storage import LogCompacted, LogStorage
 
 
 class InvariantViolation(DengineError):
@@ -34,11 +34,17 @@ class InvariantViolation(DengineError):
         self.node = node
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[InvariantViolation], tuple[str, int, str]]:
+        return (InvariantViolation, (self.invariant, self.node, self.detail))
 
-@dataclass
-class _LeaderWatch:
-    term: int
-    checked_upto: int
+
+class _LogView(Protocol):
+    """The parts of a (core's) log the leader checks read."""
+
+    def first_index(self) -> int: ...
+    def last_index(self) -> int: ...
+    def term(self, index: int) -> int: ...
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]: ...
 
 
 class InvariantChecker:
@@ -48,35 +54,59 @@ class InvariantChecker:
         self.leaders: dict[int, int] = {}  # term -> node id
         self.entry_at: dict[tuple[int, int], tuple[bytes, int]] = {}  # (index, term)
         self.applied_entries: dict[int, tuple[int, bytes]] = {}  # index -> (term, payload)
-        self.max_applied = 0
+        # Entries some leader committed: index -> (entry term, payload), and the lowest
+        # term of a leader that had committed it. Leaders of later terms must hold it.
+        self.committed: dict[int, tuple[int, bytes]] = {}
+        self.commit_term: dict[int, int] = {}
         self.durable: dict[int, HardState] = {}
-        self._watch: dict[int, _LeaderWatch] = {}
+        self._current: dict[int, tuple[int, _LogView]] = {}  # leader node -> (term, log)
+        self._recorded_commit: dict[int, tuple[int, int]] = {}  # node -> (term, commit)
 
-    def on_leader(self, node: int, term: int, log: LogStorage) -> None:
-        """`node` is leader in `term` after this step."""
+    def on_leader(self, node: int, term: int, log: _LogView, commit: int) -> None:
+        """`node` is leader of `term` after this step, with commit index `commit`."""
         other = self.leaders.setdefault(term, node)
         if other != node:
             raise InvariantViolation(
                 "election safety", node, f"nodes {other} and {node} are both leader of term {term}"
             )
-        watch = self._watch.get(node)
-        if watch is None or watch.term != term:
-            watch = self._watch[node] = _LeaderWatch(term, 0)
-        for index in range(watch.checked_upto + 1, self.max_applied + 1):
-            entry = self.applied_entries.get(index)
-            if entry is None:
-                continue
-            try:
-                have = log.term(index) if index <= log.last_index() else None
-            except LogCompacted:
-                continue  # covered by the snapshot, itself checked at install
-            if have != entry[0]:
+        self._current[node] = (term, log)
+        rec_term, recorded = self._recorded_commit.get(node, (0, 0))
+        if rec_term != term:
+            recorded = log.first_index() - 1
+            for index, ct in self.commit_term.items():
+                if ct < term:
+                    self._check_holds(node, term, log, index)
+        for index in range(recorded + 1, commit + 1):
+            entry = log.entries(index, index + 1)[0]
+            record = (int(entry.term), entry.payload.SerializeToString())
+            if self.committed.setdefault(index, record) != record:
                 raise InvariantViolation(
-                    "leader completeness", node,
-                    f"leader of term {term} lacks committed entry {index} (term {entry[0]}); "
-                    f"its log has {'nothing' if have is None else f'term {have}'} there",
+                    "commit safety", node,
+                    f"leader of term {term} committed entry {index} of term {record[0]}; "
+                    f"term {self.committed[index][0]} was committed there before",
                 )
-        watch.checked_upto = max(watch.checked_upto, self.max_applied)
+            if term < self.commit_term.get(index, term + 1):
+                self.commit_term[index] = term
+                for leader, (lterm, llog) in self._current.items():
+                    if lterm > term:
+                        self._check_holds(leader, lterm, llog, index)
+        self._recorded_commit[node] = (term, max(recorded, commit))
+
+    def on_not_leader(self, node: int) -> None:
+        self._current.pop(node, None)
+
+    def _check_holds(self, node: int, term: int, log: _LogView, index: int) -> None:
+        if index < log.first_index():
+            return  # compacted into a snapshot of applied (hence committed) entries
+        want = self.committed[index][0]
+        have = log.term(index) if index <= log.last_index() else None
+        if have != want:
+            raise InvariantViolation(
+                "leader completeness", node,
+                f"leader of term {term} lacks entry {index} (term {want}) committed in term "
+                f"{self.commit_term[index]}; its log has "
+                f"{'nothing' if have is None else f'term {have}'} there",
+            )
 
     def on_persist_hard_state(self, node: int, hs: HardState) -> None:
         old = self.durable.get(node)
@@ -136,4 +166,3 @@ class InvariantChecker:
                 f"applied entry {entry.index} of term {entry.term}, another node applied "
                 f"term {seen[0]} there" + ("" if seen[0] != entry.term else " (other payload)"),
             )
-        self.max_applied = max(self.max_applied, entry.index)

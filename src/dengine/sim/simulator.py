@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,8 @@ MAX_SKEW_MS = 1
 ELECTION_TICK = 10
 HEARTBEAT_TICK = 2
 DRIFT_TICKS = 2  # lease = (ELECTION_TICK - DRIFT_TICKS) ticks: safe for +-10 % clock rates
-CLIENT_TIMEOUT_MS = 3 * ELECTION_TICK * TICK_MS
+STRIKE_NEW_LEADER_P = 0.25  # chance a new leader is crashed or isolated within 15 ms
+CLIENT_TIMEOUT_MS = 2 * ELECTION_TICK * TICK_MS
 # Liveness bounds, counted from the moment all faults heal.
 LEADER_BOUND_MS = 10 * ELECTION_TICK * TICK_MS
 SETTLE_BOUND_MS = 40 * ELECTION_TICK * TICK_MS
@@ -163,6 +165,10 @@ class Simulator:
         self.healing = False
         self.heal_time = 0
         self._barrier_reads_done: set[int] = set()
+        # Small batches and windows make followers catch up over several appends, which
+        # is when counting replicas of an old term's entries goes wrong (Figure 8).
+        self.max_entries_per_msg = self.rng.choice((1, 3, 64))
+        self.max_inflight = self.rng.choice((1, 4, 64))
         self.stats = dict.fromkeys(
             ("messages", "dropped", "crashes", "partitions", "elections", "writes", "reads",
              "lease_reads", "failed_writes", "unknown_writes"), 0
@@ -184,6 +190,13 @@ class Simulator:
             self._settle()
             self._check_history()
         except InvariantViolation as v:
+            return SimResult(self.cfg, self.step, v, self.step, self.history, self.stats)
+        except Exception as e:  # a crash of the core (or the driver) is a finding too
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            v = InvariantViolation(
+                "no exceptions", 0,
+                f"{type(e).__name__}: {e} (at {where.filename}:{where.lineno})",
+            )
             return SimResult(self.cfg, self.step, v, self.step, self.history, self.stats)
         return SimResult(self.cfg, self.step, None, -1, self.history, self.stats)
 
@@ -214,6 +227,8 @@ class Simulator:
             self._client_act(payload)
         elif kind == "fault":
             self._fault()
+        elif kind == "strike":
+            self._strike(*payload)
         elif kind == "restart":
             self._start(payload)
         elif kind == "heal_link":
@@ -221,6 +236,7 @@ class Simulator:
         elif kind == "client_timeout":
             client, op = payload
             if op is not None and self._client_busy.get(client) is op:
+                self._client_target[client] = 0  # try another node next time
                 self._client_done(client)  # gives up; a write stays possibly-applied
 
     def _tick_delay(self, node: _SimNode) -> int:
@@ -245,6 +261,8 @@ class Simulator:
             check_quorum=True,
             lease_read=self.cfg.lease_reads,
             lease_ticks=ELECTION_TICK - DRIFT_TICKS,
+            max_entries_per_msg=self.max_entries_per_msg,
+            max_inflight_msgs=self.max_inflight,
         )
         node.core = self.factory(raft_cfg, node.log, random.Random(self.rng.getrandbits(64)))
         self._drive(node)
@@ -255,6 +273,7 @@ class Simulator:
         if not node.up:
             return
         node.core = None
+        self.checker.on_not_leader(node_id)
         node.reads = {}  # clients of lost reads time out; their reads observed nothing
         self.stats["crashes"] += 1
 
@@ -288,7 +307,10 @@ class Simulator:
         if core.is_leader():
             if core.term not in self.checker.leaders:
                 self.stats["elections"] += 1
-            self.checker.on_leader(node.id, core.term, node.log)
+                self._maybe_strike(node.id, core.term)
+            self.checker.on_leader(node.id, core.term, core.log, core.commit_index)
+        else:
+            self.checker.on_not_leader(node.id)
 
     def _apply(self, node: _SimNode, entry: Entry) -> None:
         self.checker.on_apply(node.id, entry, node.applied + 1)
@@ -365,7 +387,7 @@ class Simulator:
             elif kind == "skew":
                 node = self.nodes[self.rng.choice(self.ids)]
                 node.period = TICK_MS + self.rng.choice((-MAX_SKEW_MS, 0, MAX_SKEW_MS))
-        self._schedule(self.rng.randint(50, 600), "fault", None)
+        self._schedule(self.rng.randint(20, 250), "fault", None)
 
     def _leader(self) -> int | None:
         for node in self.nodes.values():
@@ -373,18 +395,19 @@ class Simulator:
                 return node.id
         return None
 
-    def _partition(self, oneway: bool) -> None:
+    def _partition(self, oneway: bool, side: set[int] | None = None) -> None:
+        """Cut `side` (default: chosen at random) off from the rest, for a while."""
         if len(self.ids) < 2:
             return
         self.stats["partitions"] += 1
         leader = self._leader()
-        if leader is not None and self.rng.random() < 0.5:
+        if side is None and leader is not None and self.rng.random() < 0.5:
             side = {leader}  # isolate the leader: the classic stale-leader scenario
             if len(self.ids) >= 5 and self.rng.random() < 0.5:
                 side.add(self.rng.choice([i for i in self.ids if i != leader]))
-        else:
+        elif side is None:
             side = set(self.rng.sample(self.ids, self.rng.randint(1, len(self.ids) // 2)))
-        duration = self.rng.randint(100, 1500)
+        duration = self.rng.randint(50, 800)
         for a in side:
             for b in self.ids:
                 if b in side:
@@ -397,6 +420,27 @@ class Simulator:
                         self._events, (self.now + duration, self._seq, "heal_link", link)
                     )
 
+    def _maybe_strike(self, leader: int, term: int) -> None:
+        """Sometimes hit a brand-new leader before its no-op is replicated.
+
+        That leaves divergent uncommitted tails of several terms on different nodes: the
+        raw material of the Raft paper's Figure 8 and of stale-leader reads.
+        """
+        kinds = [k for k in ("crash", "partition") if k in self.cfg.faults]
+        if kinds and not self.healing and self.rng.random() < STRIKE_NEW_LEADER_P:
+            kind = self.rng.choice(kinds)
+            self._schedule(self.rng.randint(0, 15), "strike", (leader, term, kind))
+
+    def _strike(self, leader: int, term: int, kind: str) -> None:
+        core = self.nodes[leader].core
+        if self.healing or core is None or not core.is_leader() or core.term != term:
+            return
+        if kind == "crash":
+            self._crash(leader)
+            self._schedule(self.rng.randint(20, 500), "restart", leader)
+        else:
+            self._partition(oneway=False, side={leader})
+
     def _crash_some(self) -> None:
         up = [i for i in self.ids if self.nodes[i].up]
         if not up:
@@ -404,7 +448,7 @@ class Simulator:
         leader = self._leader()
         victim = leader if leader is not None and self.rng.random() < 0.4 else self.rng.choice(up)
         self._crash(victim)
-        self._schedule(self.rng.randint(20, 800), "restart", victim)
+        self._schedule(self.rng.randint(20, 500), "restart", victim)
 
     def _heal(self) -> None:
         """End every fault: links, loss, skew; restart crashed nodes; clients stop."""
@@ -496,7 +540,9 @@ class Simulator:
             return
         r = self.rng.random()
         key = self.rng.choice(KEYS)
-        target = self._client_target[client] or self.rng.choice(self.ids)
+        target = self._client_target[client]
+        if not target or self.rng.random() < 0.3:
+            target = self.rng.choice(self.ids)  # clients are spread over the nodes
         node = self.nodes[target]
         if not node.up:
             self._client_target[client] = 0
