@@ -193,11 +193,11 @@ class Simulator:
             return SimResult(self.cfg, self.step, v, self.step, self.history, self.stats)
         except Exception as e:  # a crash of the core (or the driver) is a finding too
             where = traceback.extract_tb(e.__traceback__)[-1]
-            v = InvariantViolation(
+            crash = InvariantViolation(
                 "no exceptions", 0,
                 f"{type(e).__name__}: {e} (at {where.filename}:{where.lineno})",
             )
-            return SimResult(self.cfg, self.step, v, self.step, self.history, self.stats)
+            return SimResult(self.cfg, self.step, crash, self.step, self.history, self.stats)
         return SimResult(self.cfg, self.step, None, -1, self.history, self.stats)
 
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
