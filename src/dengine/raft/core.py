@@ -710,6 +710,8 @@ class RaftCore:
         self.log.append(entries)
         self._config_appended(entries)
         self._needs_bcast = True
+        if self._maybe_commit():  # a removed voter may have been all that held commit back
+            self._on_commit()
 
     def _step_leader(self, m: Message) -> None:
         t = m.type
