@@ -53,12 +53,15 @@ def _as_bytes(value: Any, what: str) -> bytes:
     raise InvalidRequest(f"{what} must be bytes or str, got {type(value).__name__}")
 
 
+_LEVELS = {c.value: c.value for c in Consistency}  # a StrEnum member hashes as its value
+
+
 def _consistency(value: str | Consistency) -> str:
-    try:
-        return Consistency(value).value
-    except ValueError:
-        levels = ", ".join(c.value for c in Consistency)
-        raise InvalidRequest(f"unknown consistency {value!r}; expected one of {levels}") from None
+    level = _LEVELS.get(value) if isinstance(value, str) else None
+    if level is None:
+        levels = ", ".join(_LEVELS)
+        raise InvalidRequest(f"unknown consistency {value!r}; expected one of {levels}")
+    return level
 
 
 class Engine:
@@ -236,7 +239,10 @@ class Engine:
         timeout: float | None = None,
     ) -> bytes | None:
         """The value of `key`, or None if absent."""
-        values = await self.get_many([key], consistency, timeout=timeout)
+        key = self._check_key(key if type(key) is bytes else _as_bytes(key, "key"))
+        values = await self._node.read(
+            (key,), _consistency(consistency), self._timeout(timeout)
+        )
         return values[0]
 
     async def get_many(
@@ -261,6 +267,8 @@ class Engine:
     def _timeout(timeout: float | None) -> float:
         if timeout is None:
             return DEFAULT_TIMEOUT
+        if type(timeout) is float and timeout > 0:
+            return timeout
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise InvalidRequest(f"timeout must be a positive number of seconds, got {timeout!r}")
         return float(timeout)

@@ -145,6 +145,8 @@ class Node:
         self._ticks = 0
         self._deadlines: dict[int, list[tuple[asyncio.Future[Any], float, bool]]] = {}
         self._expired_tick = 0
+        self._timeout_ticks: dict[float, int] = {}
+        self._loop: asyncio.AbstractEventLoop  # set by start(), before any input is accepted
         self._tick_s = config.tick_ms / 1000.0
         self._last_tick = 0.0
         self._saved_vote = (0, 0)  # (term, voted_for) durable in the log's hard state
@@ -155,7 +157,7 @@ class Node:
 
     async def start(self) -> None:
         """Open storage, recover, start the transport and the loop."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.data_dir.claim(self.config.node_id, self.config.cluster_id)
         try:
             await loop.run_in_executor(self._io, self._open_storage)
@@ -319,7 +321,7 @@ class Node:
         self.check_running()
         if self.role is not Role.LEADER:
             raise self.not_leader()
-        future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
         self._in_proposals.append((commands, _Write(future, len(commands))))
         self._add_deadline(future, timeout, True)
         self._wake.set()
@@ -330,7 +332,7 @@ class Node:
     ) -> asyncio.Future[list[bytes | None]]:
         """Queue a read of `keys` at `consistency` ("linearizable", "lease", "eventual")."""
         self.check_running()
-        future: asyncio.Future[list[bytes | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[bytes | None]] = self._loop.create_future()
         self._in_reads[consistency].append(_Read(keys, future))
         self._add_deadline(future, timeout, False)
         self._wake.set()
@@ -338,7 +340,12 @@ class Node:
 
     def _add_deadline(self, future: asyncio.Future[Any], timeout: float, write: bool) -> None:
         """File the future under the tick it expires at (cheaper than a timer per call)."""
-        due = self._ticks + max(1, math.ceil(timeout / self._tick_s))
+        ticks = self._timeout_ticks.get(timeout)
+        if ticks is None:
+            if len(self._timeout_ticks) > 64:
+                self._timeout_ticks.clear()
+            ticks = self._timeout_ticks[timeout] = max(1, math.ceil(timeout / self._tick_s))
+        due = self._ticks + ticks
         bucket = self._deadlines.get(due)
         if bucket is None:
             bucket = self._deadlines[due] = []
