@@ -212,7 +212,9 @@ class Cluster:
                     if st.applied_index >= index:
                         return
                 await asyncio.sleep(0.05)
-        raise AssertionError(f"node {node_id} did not apply {index} in {timeout}s: {st}")
+        raise AssertionError(
+            f"node {node_id} did not apply {index} in {timeout}s: {st}\n{self.logs()}"
+        )
 
     def logs(self) -> str:
         return "\n".join(f"== node {n.node_id} ==\n{n.log_tail()}" for n in self.nodes)

@@ -52,6 +52,9 @@ def ensure_port_free(addr: str, hint: str = "") -> None:
     host, port = parse_address(addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family) as s:
+        # Like the real listener: a port in TIME_WAIT (after a restart) is fine to reuse,
+        # one with a live listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
