@@ -89,6 +89,11 @@ def test_power_cut_at_every_step_gives_old_or_new_state(name, setup, action):
     steps = crash_points(lambda: action(obj), reference)
     after = observe(reference, name)
     assert steps > 0
+    # Once the procedure returned, its result is durable.
+    done = SimulatedDisk()
+    action(setup(done))
+    done.power_cut(random.Random(3), lose_all=True)
+    assert observe(done, name) == after
     rng = random.Random(7)
     for n in range(1, steps + 1):
         for attempt in range(3):
