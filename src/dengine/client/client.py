@@ -77,7 +77,7 @@ _CHANNEL_OPTIONS = [
 ]
 _BACKOFF_FIRST_S = 0.02
 _DEADLINE_GRACE_S = 0.1
-_BACKOFF_MAX_S = 0.5
+_BACKOFF_MAX_S = 0.2
 # A read or status attempt on an unresponsive (e.g. paused) node gives up after this share
 # of the remaining time, so that another node can still answer within the deadline.
 _READ_ATTEMPT_SHARE = 0.34
