@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from raft_network import Network, T, make_log
+from raft_network import Network, T, make_log, membership
 
-from dengine.errors import ConfigError
+from dengine.errors import ConfigError, StorageError
 from dengine.proto import Message
 from dengine.raft import RaftConfig, RaftCore, Role
 from dengine.storage import MemoryRaftLog
@@ -200,3 +200,8 @@ def test_config_validation() -> None:
         RaftConfig(id=1, election_tick=10, lease_ticks=10).validate()
     with pytest.raises(ConfigError):
         RaftConfig(id=1, election_tick=3, heartbeat_tick=3).validate()
+    with pytest.raises(ConfigError, match="twice"):
+        RaftCore(RaftConfig(id=1), MemoryRaftLog(), random.Random(0),
+                 bootstrap=membership([1, 2], learners=[2]))
+    with pytest.raises(StorageError, match="applied index 5"):
+        RaftCore(RaftConfig(id=1, applied=5), make_log([1, 1]), random.Random(0))

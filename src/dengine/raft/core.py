@@ -36,7 +36,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Unavailable
+from dengine.errors import (
+    ConfigError,
+    DengineError,
+    InvalidRequest,
+    NotLeader,
+    StorageError,
+    Unavailable,
+)
 from dengine.proto import (
     Entry,
     HardState,
@@ -224,7 +231,7 @@ class RaftCore:
 
         if config.applied:
             if config.applied > self.log.last_index():
-                raise DengineError(
+                raise StorageError(
                     f"state machine applied index {config.applied} is beyond the last log "
                     f"index {self.log.last_index()}: the log is not the one it was applied from"
                 )
@@ -235,7 +242,10 @@ class RaftCore:
         if snap is not None:
             base = snap.membership
         elif bootstrap is not None:
-            _validate_membership(bootstrap)
+            try:
+                _validate_membership(bootstrap)
+            except InvalidRequest as e:
+                raise ConfigError(f"bootstrap membership: {e.message}") from None
             base = bootstrap
             self._base_from_bootstrap = True
         elif config.peers:
@@ -681,9 +691,7 @@ class RaftCore:
     def _add_progress(self, peer: int, next_index: int) -> Progress:
         pr = self.prs.get(peer)
         if pr is None:
-            pr = Progress(next_index, self.cfg.max_inflight_msgs)
-            self.prs[peer] = pr
-        pr.is_learner = peer in self.learners
+            pr = self.prs[peer] = Progress(next_index, self.cfg.max_inflight_msgs)
         return pr
 
     # ------------------------------------------------------------------ leader

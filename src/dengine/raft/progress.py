@@ -24,7 +24,6 @@ class Progress:
     __slots__ = (
         "acked_round",
         "inflight",
-        "is_learner",
         "match",
         "max_inflight",
         "next",
@@ -35,14 +34,13 @@ class Progress:
         "state",
     )
 
-    def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False) -> None:
+    def __init__(self, next_index: int, max_inflight: int) -> None:
         self.match = 0
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.pending_snapshot = 0
         self.recent_active = False
-        self.is_learner = is_learner
         self.max_inflight = max_inflight
         # Last index of each unacknowledged append, oldest first (REPLICATE only).
         self.inflight: deque[int] = deque()
