@@ -71,15 +71,20 @@ def _run(config: SimConfig) -> SimResult:
 @click.option("--faults", default="all", show_default=True,
               help=f"comma list of {', '.join(FAULT_KINDS)}; or all / none")
 @click.option("--lease-reads/--no-lease-reads", default=True, show_default=True)
+@click.option("--max-entries-per-msg", type=click.IntRange(0), default=0,
+              help="replication batch size (0: drawn from each seed)")
+@click.option("--max-inflight", type=click.IntRange(0), default=0,
+              help="appends in flight per follower (0: drawn from each seed)")
 @click.option("--core", default="", help="MODULE:CLASS of a RaftCore variant to test")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="worker processes")
-def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool, core: str,
-         jobs: int) -> None:
+def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
+         max_entries_per_msg: int, max_inflight: int, core: str, jobs: int) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
     base = SimConfig(nodes=nodes, steps=steps, faults=_parse_faults(faults),
-                     lease_reads=lease_reads, core=core)
+                     lease_reads=lease_reads, max_entries_per_msg=max_entries_per_msg,
+                     max_inflight=max_inflight, core=core)
     if core:
         load_core(core)  # fail fast on a bad spec
     configs = [dataclasses.replace(base, seed=s) for s in seed_range]

@@ -29,14 +29,18 @@ from dengine.storage import MemoryRaftLog
 
 CoreFactory = Callable[[RaftConfig, MemoryRaftLog, random.Random], RaftCore]
 
-FAULT_KINDS = ("loss", "dup", "delay", "partition", "oneway", "crash", "skew")
+FAULT_KINDS = ("loss", "dup", "delay", "partition", "oneway", "crash", "skew", "churn")
 
 TICK_MS = 10  # nominal tick period; each node's period stays within TICK_MS +- MAX_SKEW_MS
 MAX_SKEW_MS = 1
 ELECTION_TICK = 10
 HEARTBEAT_TICK = 2
 DRIFT_TICKS = 2  # lease = (ELECTION_TICK - DRIFT_TICKS) ticks: safe for +-10 % clock rates
-STRIKE_NEW_LEADER_P = 0.25  # chance a new leader is crashed or isolated within 15 ms
+# Chance a leader is crashed or isolated within 15 ms of being elected / of its first
+# commit (the old-term entries a Figure 8 leader commits too early), and during churn.
+STRIKE_ELECTED_P = 0.2
+STRIKE_FIRST_COMMIT_P = 0.5
+STRIKE_CHURN_P = 0.9
 CLIENT_TIMEOUT_MS = 2 * ELECTION_TICK * TICK_MS
 # Liveness bounds, counted from the moment all faults heal.
 LEADER_BOUND_MS = 10 * ELECTION_TICK * TICK_MS
@@ -55,6 +59,10 @@ class SimConfig:
     faults: frozenset[str] = frozenset(FAULT_KINDS)
     clients: int = 4
     lease_reads: bool = True
+    # Replication batching; 0 = drawn from the seed. Small values make followers catch up
+    # over many appends, when counting replicas of an old term's entries goes wrong.
+    max_entries_per_msg: int = 0
+    max_inflight: int = 0
     core: str = ""  # "module:Class" of a RaftCore subclass, for the replay command only
 
     def replay_command(self) -> str:
@@ -66,6 +74,10 @@ class SimConfig:
             cmd += f" --faults {','.join(sorted(self.faults)) or 'none'}"
         if not self.lease_reads:
             cmd += " --no-lease-reads"
+        if self.max_entries_per_msg:
+            cmd += f" --max-entries-per-msg {self.max_entries_per_msg}"
+        if self.max_inflight:
+            cmd += f" --max-inflight {self.max_inflight}"
         if self.core:
             cmd += f" --core {self.core}"
         return cmd
@@ -128,6 +140,8 @@ class _SimNode:
         self.period = TICK_MS
         self.reads: dict[bytes, _PendingRead] = {}
         self.incarnation = 0
+        self.lead_term = 0  # last term this node was seen leading
+        self.lead_commit = -1  # its commit index when elected, until its first commit
 
     @property
     def up(self) -> bool:
@@ -163,12 +177,11 @@ class Simulator:
         self.dup = 0.0
         self.max_delay = 5
         self.healing = False
+        self.churn_until = 0  # leader churn: until then, nearly every new leader is struck
         self.heal_time = 0
         self._barrier_reads_done: set[int] = set()
-        # Small batches and windows make followers catch up over several appends, which
-        # is when counting replicas of an old term's entries goes wrong (Figure 8).
-        self.max_entries_per_msg = self.rng.choice((1, 3, 64))
-        self.max_inflight = self.rng.choice((1, 4, 64))
+        self.max_entries_per_msg = config.max_entries_per_msg or self.rng.choice((1, 3, 64))
+        self.max_inflight = config.max_inflight or self.rng.choice((1, 4, 64))
         self.stats = dict.fromkeys(
             ("messages", "dropped", "crashes", "partitions", "elections", "writes", "reads",
              "lease_reads", "failed_writes", "unknown_writes"), 0
@@ -217,9 +230,11 @@ class Simulator:
                 self._drive(node)
                 self._schedule(self._tick_delay(node), "tick", payload)
         elif kind == "deliver":
-            to, data = payload
+            sender, to, data = payload
             node = self.nodes[to]
-            if node.up:
+            if (sender, to) in self._blocked:
+                self.stats["dropped"] += 1  # a partition also eats packets in flight
+            elif node.up:
                 assert node.core is not None
                 node.core.step(Message.FromString(data))
                 self._drive(node)
@@ -307,8 +322,15 @@ class Simulator:
         if core.is_leader():
             if core.term not in self.checker.leaders:
                 self.stats["elections"] += 1
-                self._maybe_strike(node.id, core.term)
             self.checker.on_leader(node.id, core.term, core.log, core.commit_index)
+            # Milestones of a leadership at which a strike hurts most: just elected, and
+            # its first commit (before the no-op reaches everyone).
+            if node.lead_term != core.term:
+                node.lead_term, node.lead_commit = core.term, core.commit_index
+                self._maybe_strike(node.id, core.term, STRIKE_ELECTED_P)
+            elif node.lead_commit >= 0 and core.commit_index > node.lead_commit:
+                node.lead_commit = -1
+                self._maybe_strike(node.id, core.term, STRIKE_FIRST_COMMIT_P)
         else:
             self.checker.on_not_leader(node.id)
 
@@ -360,7 +382,7 @@ class Simulator:
             delay = self.rng.randint(1, self.max_delay)
             if self.rng.random() < 0.02 and "delay" in self.cfg.faults and not self.healing:
                 delay += self.rng.randint(20, 200)  # a straggler, reordered past many others
-            self._schedule(delay, "deliver", (msg.to_id, data))
+            self._schedule(delay, "deliver", (msg.from_id, msg.to_id, data))
 
     # ---------------------------------------------------------------------------- faults
 
@@ -384,6 +406,8 @@ class Simulator:
                 self._partition(oneway=True)
             elif kind == "crash":
                 self._crash_some()
+            elif kind == "churn":
+                self.churn_until = self.now + self.rng.randint(200, 1000)
             elif kind == "skew":
                 node = self.nodes[self.rng.choice(self.ids)]
                 node.period = TICK_MS + self.rng.choice((-MAX_SKEW_MS, 0, MAX_SKEW_MS))
@@ -420,16 +444,19 @@ class Simulator:
                         self._events, (self.now + duration, self._seq, "heal_link", link)
                     )
 
-    def _maybe_strike(self, leader: int, term: int) -> None:
-        """Sometimes hit a brand-new leader before its no-op is replicated.
+    def _maybe_strike(self, leader: int, term: int, p: float) -> None:
+        """With probability `p`, hit a brand-new leader before its no-op is replicated.
 
         That leaves divergent uncommitted tails of several terms on different nodes: the
         raw material of the Raft paper's Figure 8 and of stale-leader reads.
         """
         kinds = [k for k in ("crash", "partition") if k in self.cfg.faults]
-        if kinds and not self.healing and self.rng.random() < STRIKE_NEW_LEADER_P:
+        if self.now < self.churn_until:
+            p = STRIKE_CHURN_P
+        if kinds and not self.healing and self.rng.random() < p:
             kind = self.rng.choice(kinds)
-            self._schedule(self.rng.randint(0, 15), "strike", (leader, term, kind))
+            delay = self.rng.choice((0, self.rng.randint(1, 15)))
+            self._schedule(delay, "strike", (leader, term, kind))
 
     def _strike(self, leader: int, term: int, kind: str) -> None:
         core = self.nodes[leader].core
