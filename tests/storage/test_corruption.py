@@ -74,9 +74,9 @@ def test_damaged_last_record_is_a_torn_tail(tmp_path, kind, caplog):
     log.close()
     sm.close()
     with open(paths[kind], "rb") as f:
-        data = f.read()
-    last = scan(data, paths[kind], MAGIC[kind]).offsets[-1]
-    flip(paths[kind], len(data) - 1)
+        found = scan(f.read(), paths[kind], MAGIC[kind])
+    last = found.offsets[-1]
+    flip(paths[kind], found.valid_end - 1)  # the last byte of the last record
     with caplog.at_level(logging.WARNING, logger="dengine.storage"):
         log, sm = open_all(tmp_path)
     assert "torn tail" in caplog.text and paths[kind] in caplog.text
@@ -96,7 +96,8 @@ def test_truncation_at_and_between_record_boundaries(tmp_path, kind, caplog):
     paths = build(tmp_path)
     with open(paths[kind], "rb") as f:
         data = f.read()
-    offsets = scan(data, paths[kind], MAGIC[kind]).offsets
+    found = scan(data, paths[kind], MAGIC[kind])
+    offsets, data = found.offsets, data[: found.valid_end]  # without the preallocated zeros
     cuts = sorted({*offsets, *(o + 3 for o in offsets), *(o + 11 for o in offsets), len(data)})
     for cut in cuts:
         with open(paths[kind], "wb") as f:

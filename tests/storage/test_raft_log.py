@@ -86,13 +86,19 @@ def test_bad_appends_are_refused(tmp_path):
 class LogModel(RuleBasedStateMachine):
     """Every operation on RaftLog and MemoryRaftLog alike; restart = reopen from disk."""
 
-    @initialize()
-    def setup(self) -> None:
+    @initialize(preallocate=st.sampled_from([0, 256, 4096]))
+    def setup(self, preallocate: int) -> None:
         self.disk = SimulatedDisk()
-        self.log = RaftLog("/data/raft", segment_bytes=700, fileio=self.disk)
+        self.preallocate = preallocate
+        self.log = self._open()
         self.model = MemoryRaftLog()
         self.term = 1
         self.tag = 0
+
+    def _open(self) -> RaftLog:
+        return RaftLog(
+            "/data/raft", segment_bytes=700, fileio=self.disk, preallocate=self.preallocate
+        )
 
     @rule(count=st.integers(1, 12), bump=st.booleans())
     def append(self, count: int, bump: bool) -> None:
@@ -135,13 +141,13 @@ class LogModel(RuleBasedStateMachine):
     @rule()
     def restart(self) -> None:
         self.log.close()
-        self.log = RaftLog("/data/raft", segment_bytes=700, fileio=self.disk)
+        self.log = self._open()
 
     @rule(seed=st.integers(0, 2**32), lose_all=st.booleans())
     def power_cut(self, seed: int, lose_all: bool) -> None:
         """Everything acknowledged survives: the recovered log equals the model exactly."""
         self.disk.power_cut(random.Random(seed), lose_all=lose_all)
-        self.log = RaftLog("/data/raft", segment_bytes=700, fileio=self.disk)
+        self.log = self._open()
 
     @invariant()
     def matches_model(self) -> None:

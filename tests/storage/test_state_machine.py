@@ -108,10 +108,12 @@ def test_reset_removes_everything(tmp_path):
 class StateMachineModel(RuleBasedStateMachine):
     """FileStateMachine on a simulated disk vs a dict; restart reopens from disk."""
 
-    @initialize(threshold=st.sampled_from([300, 5000, 1 << 30]))
-    def setup(self, threshold: int) -> None:
+    @initialize(threshold=st.sampled_from([300, 5000, 1 << 30]),
+                preallocate=st.sampled_from([0, 256, 4096]))
+    def setup(self, threshold: int, preallocate: int) -> None:
         self.disk = SimulatedDisk()
         self.threshold = threshold
+        self.preallocate = preallocate
         self.sm = self._open()
         self.model: dict[bytes, bytes] = {}
         self.index = 0
@@ -119,7 +121,8 @@ class StateMachineModel(RuleBasedStateMachine):
 
     def _open(self) -> FileStateMachine:
         return FileStateMachine(
-            "/d/sm", checkpoint_bytes=self.threshold, fileio=self.disk, background_checkpoint=False
+            "/d/sm", checkpoint_bytes=self.threshold, fileio=self.disk,
+            background_checkpoint=False, preallocate=self.preallocate,
         )
 
     @rule(ops=st.lists(

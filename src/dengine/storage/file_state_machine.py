@@ -48,6 +48,7 @@ log = logging.getLogger("dengine.storage")
 CHECKPOINT_FILE = "checkpoint"
 _WAL_NAME = re.compile(r"^wal-(\d{10})$")
 WAL_RECORD = struct.Struct("<QQBI")  # index, term, op, key length; then key, value
+PREALLOCATE_BYTES = 1024 * 1024
 _CHECKPOINT_META = struct.Struct("<QQQQ")  # last applied index, term, first WAL seq, key count
 
 
@@ -112,11 +113,13 @@ class FileStateMachine:
         checkpoint_bytes: int = 64 * 1024 * 1024,
         fileio: FileIO | None = None,
         background_checkpoint: bool = True,
+        preallocate: int = PREALLOCATE_BYTES,
     ) -> None:
         self._io = fileio or RealDisk()
         self._dir = os.fspath(data_dir)
         self._checkpoint_bytes = checkpoint_bytes
         self._background = background_checkpoint
+        self._preallocate = preallocate
         self._lock = threading.RLock()
         self._running = False
         self._checkpointer: threading.Thread | None = None
@@ -158,7 +161,10 @@ class FileStateMachine:
             self._replay(path, last=n == len(seqs) - 1)
         if seqs:
             self._wal_seq = seqs[-1]
-            self._wal = io.open_append(self._path(wal_name(self._wal_seq)))
+            self._wal = io.open_append(
+                self._path(wal_name(self._wal_seq)),
+                position=self._wal_size, preallocate=self._preallocate,
+            )
         else:
             self._wal_seq = first_seq
             self._wal = self._create_wal(first_seq)
@@ -216,7 +222,7 @@ class FileStateMachine:
         path = self._path(wal_name(seq))
         if self._io.exists(path):
             self._io.unlink(path)
-        f = self._io.open_append(path)
+        f = self._io.open_append(path, preallocate=self._preallocate)
         f.write(records.encode_header(records.MAGIC_WAL))
         f.sync()
         self._io.fsync_dir(self._dir)

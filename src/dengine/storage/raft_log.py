@@ -30,6 +30,7 @@ from dengine.storage.log_api import LogUnavailable, MemoryRaftLog
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6})-(\d{20})$")
 _META = struct.Struct("<QQQB")  # generation, compacted index, compacted term, has snapshot
 HARD_STATE_REWRITE_BYTES = 64 * 1024
+PREALLOCATE_BYTES = 1024 * 1024
 
 
 def segment_name(generation: int, first_index: int) -> str:
@@ -73,11 +74,13 @@ class RaftLog(MemoryRaftLog):
         *,
         segment_bytes: int = 64 * 1024 * 1024,
         fileio: FileIO | None = None,
+        preallocate: int = PREALLOCATE_BYTES,
     ) -> None:
         super().__init__()
         self._io = fileio or RealDisk()
         self._dir = os.fspath(directory)
         self._segment_bytes = segment_bytes
+        self._preallocate = preallocate
         self._generation = 0
         # Segments on disk, ordered: first indexes and paths. The last one is appended to.
         self._seg_first: list[int] = []
@@ -141,7 +144,9 @@ class RaftLog(MemoryRaftLog):
             self._active_size = end
         io.remove_durably(stale)
         if self._seg_path:
-            self._active = io.open_append(self._seg_path[-1])
+            self._active = io.open_append(
+                self._seg_path[-1], position=self._active_size, preallocate=self._preallocate
+            )
 
     def _load_segment(
         self, path: str, first: int, *, last: bool
@@ -199,7 +204,7 @@ class RaftLog(MemoryRaftLog):
                     path, scan.offsets[-1], f"undecodable hard state: {e}"
                 ) from None
         self._hs_size = max(scan.valid_end, records.HEADER_SIZE)
-        self._hs_file = self._io.open_append(path)
+        self._hs_file = self._io.open_append(path, position=self._hs_size)
 
     # -- writes
 
@@ -246,8 +251,10 @@ class RaftLog(MemoryRaftLog):
         if self._active is not None:
             self._active.close()
             self._active = None
+            # Give back the unused preallocated tail of the finished segment.
+            self._io.truncate(self._seg_path[-1], self._active_size)
         path = self._path(segment_name(self._generation, first))
-        f = self._io.open_append(path)
+        f = self._io.open_append(path, preallocate=self._preallocate)
         f.write(data)
         f.sync()
         self._io.fsync_dir(self._dir)
@@ -265,18 +272,19 @@ class RaftLog(MemoryRaftLog):
         position = self._positions[index - self._offset - 1]
         try:
             # Later segments go first, newest first, so a crash leaves a contiguous log.
+            assert self._active is not None
+            self._active.close()
+            self._active = None
             later = self._seg_path[k + 1 :]
             if later:
-                assert self._active is not None
-                self._active.close()
-                self._active = None
                 self._io.remove_durably(later[::-1])
                 del self._seg_first[k + 1 :]
                 del self._seg_path[k + 1 :]
             self._io.truncate(self._seg_path[k], position)
             self._io.fsync(self._seg_path[k])
-            if self._active is None:
-                self._active = self._io.open_append(self._seg_path[k])
+            self._active = self._io.open_append(
+                self._seg_path[k], position=position, preallocate=self._preallocate
+            )
         except BaseException:
             self._fail()
             raise
