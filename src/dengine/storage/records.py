@@ -150,8 +150,8 @@ def scan(data: bytes, path: str, magic: bytes) -> ScanResult:
     """Check the header, then read records, classifying the first bad one as torn or corrupt.
 
     A header that is missing or a strict prefix of the expected one (possibly followed by
-    zeros), with no valid record anywhere after it, is a torn tail at offset 0 (a file whose creation was
-    cut short). Any other header problem is corruption.
+    zeros), with no valid record anywhere after it, is a torn tail at offset 0 (a file
+    whose creation was cut short). Any other header problem is corruption.
     """
     result = ScanResult(path=path, size=len(data))
     head = data[:HEADER_SIZE]
