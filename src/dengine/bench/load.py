@@ -8,11 +8,19 @@ or `duration` seconds. Latencies are recorded per request with a monotonic clock
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from dengine.errors import InvalidRequest
+
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+QUANTILE_NAMES = ("p50", "p90", "p99", "p999")
+WORKLOADS = ("put", "get", "mixed")
+CONSISTENCY_LEVELS = ("linearizable", "lease", "eventual")
 
 
 class Target(Protocol):
@@ -33,6 +41,33 @@ class LoadSpec:
     read_ratio: float = 0.5  # for mixed
     consistency: str = "linearizable"
     seed: int = 1
+
+    def validate(self) -> LoadSpec:
+        """Raise InvalidRequest on settings that cannot make a meaningful run; return self."""
+        if self.workload not in WORKLOADS:
+            raise InvalidRequest(f"unknown workload {self.workload!r}; expected one of "
+                                 f"{', '.join(WORKLOADS)}")
+        if self.total is None and self.duration is None:
+            raise InvalidRequest("give a total number of requests or a duration")
+        if self.total is not None and self.total <= 0:
+            raise InvalidRequest(f"total must be positive, got {self.total}")
+        if self.duration is not None and self.duration <= 0:
+            raise InvalidRequest(f"duration must be positive, got {self.duration}")
+        for name in ("concurrency", "key_size", "key_space"):
+            if getattr(self, name) <= 0:
+                raise InvalidRequest(f"{name} must be positive, got {getattr(self, name)}")
+        if self.value_size < 0:
+            raise InvalidRequest(f"value size must not be negative, got {self.value_size}")
+        needed = len(str(self.key_space - 1))
+        if self.key_size < needed:
+            raise InvalidRequest(f"key size {self.key_size} is too small for a key space of "
+                                 f"{self.key_space} (distinct keys need {needed} bytes)")
+        if not 0.0 <= self.read_ratio <= 1.0:
+            raise InvalidRequest(f"read ratio must be in [0, 1], got {self.read_ratio}")
+        if self.consistency not in CONSISTENCY_LEVELS:
+            raise InvalidRequest(f"unknown consistency {self.consistency!r}; expected one of "
+                                 f"{', '.join(CONSISTENCY_LEVELS)}")
+        return self
 
     def describe(self) -> str:
         limit = f"{self.total} ops" if self.total else f"{self.duration}s"
@@ -57,26 +92,34 @@ class LoadResult:
 
     def percentile(self, q: float) -> float:
         """Latency in milliseconds at quantile q (0..1), nearest-rank."""
+        return self.percentiles((q,))[0]
+
+    def percentiles(self, qs: tuple[float, ...] = QUANTILES) -> list[float]:
+        """Latencies in milliseconds at each quantile of `qs` (one sort for all)."""
         if not self.latencies:
-            return 0.0
+            return [0.0 for _ in qs]
         ordered = sorted(self.latencies)
-        rank = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
-        return ordered[rank] * 1000.0
+        n = len(ordered)
+        return [ordered[min(n - 1, max(0, math.ceil(q * n) - 1))] * 1000.0 for q in qs]
 
     def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
         return {
-            "workload": self.spec.workload,
-            "consistency": self.spec.consistency,
-            "concurrency": self.spec.concurrency,
-            "value_size": self.spec.value_size,
+            "workload": spec.workload,
+            "consistency": spec.consistency if spec.workload != "put" else None,
+            "read_ratio": spec.read_ratio if spec.workload == "mixed" else None,
+            "concurrency": spec.concurrency,
+            "key_size": spec.key_size,
+            "value_size": spec.value_size,
+            "key_space": spec.key_space,
             "ops": self.ops,
             "errors": self.errors,
             "error_kinds": self.error_kinds,
             "elapsed_s": round(self.elapsed, 3),
             "throughput_ops_s": round(self.throughput, 1),
             "latency_ms": {
-                name: round(self.percentile(q), 3)
-                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
+                name: round(value, 3)
+                for name, value in zip(QUANTILE_NAMES, self.percentiles(), strict=True)
             },
         }
 
@@ -87,73 +130,89 @@ def make_key(n: int, size: int) -> bytes:
     return digits.rjust(size, b"0")[-size:] if size >= 1 else digits
 
 
-async def preload(target: Any, spec: LoadSpec, batch: int = 512) -> None:
+async def preload(
+    target: Any, spec: LoadSpec, progress: Callable[[int, float], None] | None = None,
+    concurrency: int = 256,
+) -> None:
     """Write every key of the key space once, so that reads find values."""
     value = b"v" * spec.value_size
-    sem = asyncio.Semaphore(max(1, spec.concurrency))
+    next_key = [0]
+    began = time.perf_counter()
 
-    async def one(n: int) -> None:
-        async with sem:
+    async def writer() -> None:
+        while next_key[0] < spec.key_space:
+            n = next_key[0]
+            next_key[0] = n + 1
             await target.put(make_key(n, spec.key_size), value)
+            if progress is not None and n % 256 == 0:
+                progress(n, time.perf_counter() - began)
 
-    for start in range(0, spec.key_space, batch):
-        await asyncio.gather(*(one(n) for n in range(start, min(spec.key_space, start + batch))))
+    await asyncio.gather(*(writer() for _ in range(min(concurrency, spec.key_space))))
+    if progress is not None:
+        progress(spec.key_space, time.perf_counter() - began)
 
 
 async def run_load(
-    target: Target, spec: LoadSpec, progress: Callable[[int], None] | None = None
+    target: Target, spec: LoadSpec, progress: Callable[[int, float], None] | None = None
 ) -> LoadResult:
-    """Run the workload and return its result. `progress(done)` is called a few times a second."""
+    """Run the workload and return its result.
+
+    `progress(done, elapsed_s)` is called a few times a second and once at the end.
+    """
     rng = random.Random(spec.seed)
-    value = bytes(rng.getrandbits(8) for _ in range(spec.value_size))
-    keys = [make_key(n, spec.key_size) for n in range(max(1, spec.key_space))]
+    value = rng.randbytes(spec.value_size)
+    keys = [make_key(n, spec.key_size) for n in range(spec.key_space)]
     result = LoadResult(spec)
     latencies = result.latencies
     counter = [0]  # requests started
     total = spec.total
-    deadline = time.monotonic() + spec.duration if spec.duration else None
     sequential = spec.sequential_keys
     consistency = spec.consistency
     read_ratio = {"get": 1.0, "put": 0.0}.get(spec.workload, spec.read_ratio)
+    perf_counter = time.perf_counter
+    began = perf_counter()
+    deadline = began + spec.duration if spec.duration else None
 
     async def worker(wid: int) -> None:
         wrng = random.Random(spec.seed * 1_000_003 + wid)
+        randrange, rand = wrng.randrange, wrng.random
         nkeys = len(keys)
+        append = latencies.append
         while True:
             n = counter[0]
             if total is not None and n >= total:
                 return
-            if deadline is not None and time.monotonic() >= deadline:
+            start = perf_counter()
+            if deadline is not None and start >= deadline:
                 return
             counter[0] = n + 1
-            key = keys[n % nkeys] if sequential else keys[wrng.randrange(nkeys)]
-            start = time.perf_counter()
+            key = keys[n % nkeys] if sequential else keys[randrange(nkeys)]
             try:
-                if read_ratio and (read_ratio >= 1.0 or wrng.random() < read_ratio):
+                if read_ratio and (read_ratio >= 1.0 or rand() < read_ratio):
                     await target.get(key, consistency)
                 else:
                     await target.put(key, value)
             except Exception as e:  # a benchmark counts failures, it does not stop on them
                 result.errors += 1
-                kind = getattr(e, "code", type(e).__name__)
+                kind = str(getattr(e, "code", type(e).__name__))
                 result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
+                await asyncio.sleep(0)  # a target failing without suspending must not starve
                 continue
-            latencies.append(time.perf_counter() - start)
+            append(perf_counter() - start)
 
     async def reporter() -> None:
         while True:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.2)
             if progress is not None:
-                progress(len(latencies) + result.errors)
+                progress(len(latencies) + result.errors, perf_counter() - began)
 
-    began = time.perf_counter()
     report_task = asyncio.create_task(reporter())
     try:
         await asyncio.gather(*(worker(w) for w in range(spec.concurrency)))
     finally:
         report_task.cancel()
-    result.elapsed = time.perf_counter() - began
+    result.elapsed = perf_counter() - began
     result.ops = len(latencies)
     if progress is not None:
-        progress(result.ops + result.errors)
+        progress(result.ops + result.errors, result.elapsed)
     return result

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from dengine.errors import InvalidRequest
@@ -71,3 +74,112 @@ def storage(sizes: str, chunks: str, seconds: float, naive_seconds: float,
             ratio = apply[(large, chunk)].us_per_entry / apply[(small, chunk)].us_per_entry
             console.print(f"apply cost per entry, {large:,} vs {small:,} keys, chunk {chunk}: "
                           f"{ratio:.2f}x")
+
+
+def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options shared by `bench put|get|mixed` (reads add --consistency)."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        options = [
+            click.option("--embedded", is_flag=True,
+                         help="Start a local cluster and drive its leader's embedded Engine "
+                              "in this process."),
+            click.option("--nodes", type=click.IntRange(1, 5), default=1, show_default=True,
+                         help="Nodes of the --embedded cluster (the others run as "
+                              "`dengine serve` subprocesses)."),
+            click.option("--endpoints", default=None, metavar="HOST:PORT,...",
+                         help="Load a running cluster through dengine.Client instead."),
+            click.option("--total", type=click.IntRange(min=1), default=None,
+                         help="Requests to make [default: 10000 unless --duration is given]."),
+            click.option("--duration", type=click.FloatRange(min=0, min_open=True),
+                         default=None, help="Seconds to run (with --total: whichever "
+                                            "comes first)."),
+            click.option("--concurrency", type=click.IntRange(min=1), default=64,
+                         show_default=True, help="Requests in flight."),
+            click.option("--key-size", type=click.IntRange(min=1), default=8,
+                         show_default=True, help="Key size in bytes."),
+            click.option("--value-size", type=click.IntRange(min=0), default=256,
+                         show_default=True, help="Value size in bytes."),
+            click.option("--key-space", type=click.IntRange(min=1), default=10_000,
+                         show_default=True, help="Distinct keys (fewer = hotter keys)."),
+            click.option("--sequential-keys", is_flag=True,
+                         help="Walk the key space in order instead of picking keys at random."),
+            click.option("--warmup", type=click.FloatRange(min=0), default=0.0,
+                         show_default=True, help="Seconds of unmeasured load first."),
+            click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+                         default=5.0, show_default=True, help="Deadline of each request (s)."),
+            click.option("--seed", type=int, default=1, show_default=True,
+                         help="Seed of the key choice."),
+            click.option("--uvloop/--no-uvloop", "use_uvloop", default=True,
+                         show_default=True, help="Run this process on uvloop."),
+            click.option("--json", "as_json", is_flag=True,
+                         help="Print the result as JSON (no table)."),
+            click.option("--progress/--no-progress", "show_progress", default=True,
+                         show_default=True, help="Show a progress bar on stderr."),
+        ]
+        if workload != "put":
+            options.append(click.option(
+                "--consistency", type=click.Choice(["linearizable", "lease", "eventual"]),
+                default="linearizable", show_default=True, help="Read consistency."))
+        if workload == "mixed":
+            options.append(click.option(
+                "--read-ratio", type=click.FloatRange(0.0, 1.0), default=0.5,
+                show_default=True, help="Share of reads among the requests."))
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_workload(workload: str, embedded: bool, nodes: int, endpoints: str | None,
+                  total: int | None, duration: float | None, warmup: float, timeout: float,
+                  use_uvloop: bool, as_json: bool, show_progress: bool,
+                  **spec_fields: Any) -> None:
+    import json
+
+    from dengine.bench.load import LoadSpec
+    from dengine.bench.report import RichProgress, console, results_table
+    from dengine.bench.runner import bench_embedded, bench_remote, run_async
+
+    if embedded == (endpoints is not None):
+        raise InvalidRequest("give exactly one target: --embedded [--nodes N] or "
+                             "--endpoints HOST:PORT,...")
+    if total is None and duration is None:
+        total = 10_000
+    spec = LoadSpec(workload=workload, total=total, duration=duration, **spec_fields).validate()
+    with RichProgress(enabled=show_progress and not as_json) as progress:
+        if endpoints is not None:
+            run = run_async(bench_remote(spec, endpoints, timeout=timeout, warmup=warmup,
+                                         progress=progress), use_uvloop)
+        else:
+            run = run_async(bench_embedded(spec, nodes, warmup=warmup, progress=progress),
+                            use_uvloop)
+    row = run.to_dict()
+    if as_json:
+        click.echo(json.dumps(row, indent=2))
+        return
+    out = console()
+    out.print(results_table([row], f"dengine bench {workload} ({run.loop})"))
+    out.print(spec.describe())
+
+
+@bench.command("put")
+@_load_options("put")
+def bench_put(**options: Any) -> None:
+    """Writes: each request puts one key (fsynced on a quorum before it returns)."""
+    _run_workload("put", **options)
+
+
+@bench.command("get")
+@_load_options("get")
+def bench_get(**options: Any) -> None:
+    """Reads of preloaded keys at the chosen consistency level."""
+    _run_workload("get", **options)
+
+
+@bench.command("mixed")
+@_load_options("mixed")
+def bench_mixed(**options: Any) -> None:
+    """Reads and writes of the same keys, --read-ratio of them reads."""
+    _run_workload("mixed", **options)

@@ -1,0 +1,117 @@
+"""Run one workload against an embedded cluster it starts, or a remote cluster.
+
+Used by `dengine bench put|get|mixed` and by bench/compare.py. Reads first preload the
+whole key space; an optional warm-up runs the same workload unmeasured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from dengine.bench.cluster import LocalCluster
+from dengine.bench.load import LoadResult, LoadSpec, Target, preload, run_load
+
+T = TypeVar("T")
+
+
+class Progress(Protocol):
+    """What a runner reports while it works (the CLI shows it as a progress bar)."""
+
+    def phase(self, name: str, total: float | None, unit: str = "ops") -> None: ...
+    def update(self, done: int, elapsed: float) -> None: ...
+
+
+class NoProgress:
+    def phase(self, name: str, total: float | None, unit: str = "ops") -> None:
+        pass
+
+    def update(self, done: int, elapsed: float) -> None:
+        pass
+
+
+@dataclass
+class BenchRun:
+    """One measured workload and where it ran."""
+
+    target: str
+    nodes: int | None
+    loop: str
+    result: LoadResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "nodes": self.nodes, "loop": self.loop,
+                **self.result.to_dict()}
+
+
+def loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+async def drive(
+    target: Target, spec: LoadSpec, *, warmup: float = 0.0, progress: Progress | None = None
+) -> LoadResult:
+    """Preload (reads only), warm up, then measure `spec` against `target`."""
+    progress = progress or NoProgress()
+    if spec.workload != "put":
+        progress.phase(f"preloading {spec.key_space:,} keys", spec.key_space)
+        await preload(target, spec, progress.update)
+    if warmup > 0:
+        progress.phase(f"warm-up {warmup:g}s", warmup, unit="s")
+        await run_load(target, dataclasses.replace(spec, total=None, duration=warmup),
+                       progress.update)
+    if spec.total is not None:
+        progress.phase(spec.workload, spec.total)
+    else:
+        progress.phase(spec.workload, spec.duration, unit="s")
+    return await run_load(target, spec, progress.update)
+
+
+async def bench_embedded(
+    spec: LoadSpec, nodes: int, *, warmup: float = 0.0, settings: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> BenchRun:
+    """Start a `nodes`-node cluster whose leader runs in this process; load its Engine."""
+    spec.validate()
+    progress = progress or NoProgress()
+    progress.phase(f"starting a {nodes}-node cluster", None)
+    async with LocalCluster(nodes, embedded=True, settings=settings) as cluster:
+        assert cluster.engine is not None
+        result = await drive(cluster.engine, spec, warmup=warmup, progress=progress)
+    return BenchRun(f"embedded, {nodes} node{'s' if nodes > 1 else ''}", nodes, loop_name(),
+                    result)
+
+
+async def bench_remote(
+    spec: LoadSpec, endpoints: Sequence[str] | str, *, timeout: float = 5.0,
+    warmup: float = 0.0, progress: Progress | None = None,
+) -> BenchRun:
+    """Load a running cluster through one `dengine.Client` (it batches concurrent calls)."""
+    from dengine.client import Client, parse_endpoints
+
+    spec.validate()
+    addresses = parse_endpoints(endpoints)
+    async with Client(addresses, timeout=timeout) as client:
+        progress = progress or NoProgress()
+        progress.phase("finding the leader", None)
+        await client.leader()
+        result = await drive(client, spec, warmup=warmup, progress=progress)
+    return BenchRun(f"remote {','.join(addresses)}", None, loop_name(), result)
+
+
+def run_async(coro: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
+    """Run `coro` on uvloop when asked and installed, else on the default asyncio loop."""
+    factory = None
+    if use_uvloop:
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
