@@ -216,7 +216,8 @@ def test_a_read_of_an_unwritten_value_is_always_caught(seed: int, n_ops: int) ->
     history = _atomic_history(rng, n_ops, 3, 4)
     victim = rng.randrange(len(history))
     op = history[victim]
-    history[victim] = get(op.client_id, op.key, "never-written", op.call, op.call + 1)
+    history[victim] = Op(op.client_id, "get", op.key, output="never-written", call=op.call,
+                         ret=op.call + 1)
     assert not check(history).ok
 
 
