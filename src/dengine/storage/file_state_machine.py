@@ -33,14 +33,14 @@ from dengine.storage.state_machine import (
     OP_DELETE,
     OP_INSERT,
     OP_LAST_APPLIED,
+    OP_REJECTED,
     OP_SNAPSHOT_META,
     ApplyResult,
     Op,
-    apply_ops,
     check_snapshot_point,
     copy_log_id,
-    plan_chunk,
-    results_of,
+    decode_payload,
+    fast_decode_command,
 )
 
 log = logging.getLogger("dengine.storage")
@@ -279,38 +279,85 @@ class FileStateMachine:
     # -- writes
 
     def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
-        """Apply committed entries: one WAL write + one fdatasync, then the map."""
+        """Apply committed entries: one WAL write + one fdatasync, then the map.
+
+        One pass decodes each entry, encodes its WAL record and stages its change; the map
+        changes only after the WAL is durable, so a failed write changes nothing.
+        """
         with self._lock:
-            ops = plan_chunk(entries, self._last_applied.index)
-            if not ops:
+            applied = self._last_applied.index
+            prev = applied
+            pack = WAL_RECORD.pack
+            pack_len = records.LENGTH.pack
+            fast = fast_decode_command
+            new_result = object.__new__
+            out: list[bytes] = []
+            put = out.append
+            results: list[ApplyResult] = []
+            result = results.append
+            puts: dict[bytes, bytes] = {}
+            deletes: set[bytes] = set()
+            membership: bytes | None = None
+            term = 0
+            for entry in entries:
+                index = entry.index
+                if index <= prev:
+                    raise StorageError(
+                        f"apply_chunk: entry index {index} is not above {prev} "
+                        f"({'last applied' if prev == applied else 'the previous entry'})"
+                    )
+                prev = index
+                term = entry.term
+                command = entry.payload.command
+                decoded = fast(command) if command else None
+                op, key, value = decoded if decoded is not None else decode_payload(entry)
+                payload = pack(index, term, op, len(key)) + key + value
+                length = pack_len(len(payload))
+                put(length)
+                put(pack_len(crc32c(payload, crc32c(length))))
+                put(payload)
+                if op == OP_INSERT:
+                    puts[key] = value
+                    if deletes:
+                        deletes.discard(key)
+                elif op == OP_DELETE:
+                    puts.pop(key, None)
+                    deletes.add(key)
+                elif op == OP_CONFIG:
+                    membership = value
+                if op == OP_REJECTED:
+                    result(ApplyResult(index, succeeded=False))
+                else:  # see results_of(): the frozen dataclass __init__ is slow
+                    ok = new_result(ApplyResult)
+                    ok.__dict__["index"] = index
+                    result(ok)
+            if not results:
                 return []
-            self._append_wal(ops)
-            membership = apply_ops(self._state, ops)
+            self._write_wal(b"".join(out))
+            state = self._state
+            state.update(puts)
+            for key in deletes:
+                state.pop(key, None)
             if membership is not None:
-                self._membership = membership
-            self._last_applied = LogId(index=ops[-1][0], term=ops[-1][1])
+                self._membership = Membership.FromString(membership)
+            self._last_applied = LogId(index=prev, term=term)
         if self._wal_size >= self._checkpoint_bytes:
             self.maybe_checkpoint()
-        return results_of(ops)
+        return results
 
     def _append_wal(self, ops: list[Op]) -> None:
+        pack = WAL_RECORD.pack
+        self._write_wal(records.frame_all(
+            pack(index, term, op, len(key)) + key + value for index, term, op, key, value in ops
+        ))
+
+    def _write_wal(self, data: bytes) -> None:
         if self._failed is not None or self._wal is None:
             raise StorageError(
                 f"{self._dir}: state machine unusable after a failed write ({self._failed}); "
                 "restart to recover from disk"
                 if self._failed else f"{self._dir}: state machine is closed"
             )
-        pack = WAL_RECORD.pack
-        pack_len = records.LENGTH.pack
-        out: list[bytes] = []
-        put = out.append
-        for index, term, op, key, value in ops:
-            payload = pack(index, term, op, len(key)) + key + value
-            length = pack_len(len(payload))
-            put(length)
-            put(pack_len(crc32c(payload, crc32c(length))))
-            put(payload)
-        data = b"".join(out)
         try:
             self._wal.write(data)
             self._wal.sync()

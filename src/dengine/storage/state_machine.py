@@ -74,48 +74,65 @@ OP_NAMES = {
 Op = tuple[int, int, int, bytes, bytes]  # index, term, op, key, value
 
 
-def _varint_at(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A varint of at most 2 bytes at `pos`: (value, next pos); (-1, pos) when not that."""
-    if pos < end:
-        b = data[pos]
-        if b < 0x80:
-            return b, pos + 1
-        if pos + 1 < end and data[pos + 1] < 0x80:
-            return (b & 0x7F) | data[pos + 1] << 7, pos + 2
-    return -1, pos
-
-
 def fast_decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
     """Decode the canonical encoding of an insert or delete WriteCommand without protobuf.
 
     Per-entry protobuf decoding dominates apply cost, so the common shape (one `insert`
-    or `delete` field holding key then value, lengths under 16 KiB) is parsed here. Any
-    other byte string returns None and goes through protobuf, so results never differ.
+    or `delete` field holding key then value, each length a 1- or 2-byte varint) is
+    parsed here. Any other byte string returns None and goes through protobuf, so the
+    result never differs from protobuf's.
     """
     n = len(cmd)
-    if n < 2 or (cmd[0] != 0x0A and cmd[0] != 0x12):
+    if n < 2:
         return None
-    op = OP_INSERT if cmd[0] == 0x0A else OP_DELETE
-    length, pos = _varint_at(cmd, 1, n)
-    if length < 0 or pos + length != n:
+    tag = cmd[0]
+    if tag == 0x0A:
+        op = OP_INSERT
+    elif tag == 0x12:
+        op = OP_DELETE
+    else:
+        return None
+    b = cmd[1]
+    if b < 0x80:
+        pos = 2
+    elif n > 2 and cmd[2] < 0x80:
+        b = (b & 0x7F) | cmd[2] << 7
+        pos = 3
+    else:
+        return None
+    if pos + b != n:
         return None
     key = value = b""
     if pos < n and cmd[pos] == 0x0A:
-        length, pos = _varint_at(cmd, pos + 1, n)
-        if length < 0 or pos + length > n:
+        if pos + 1 >= n:
             return None
-        key = cmd[pos : pos + length]
-        pos += length
+        b = cmd[pos + 1]
+        if b < 0x80:
+            pos += 2
+        elif pos + 2 < n and cmd[pos + 2] < 0x80:
+            b = (b & 0x7F) | cmd[pos + 2] << 7
+            pos += 3
+        else:
+            return None
+        key = cmd[pos : pos + b]
+        pos += b
     if op == OP_INSERT and pos < n and cmd[pos] == 0x12:
-        length, pos = _varint_at(cmd, pos + 1, n)
-        if length < 0 or pos + length > n:
+        if pos + 1 >= n:
             return None
-        value = cmd[pos : pos + length]
-        pos += length
+        b = cmd[pos + 1]
+        if b < 0x80:
+            pos += 2
+        elif pos + 2 < n and cmd[pos + 2] < 0x80:
+            b = (b & 0x7F) | cmd[pos + 2] << 7
+            pos += 3
+        else:
+            return None
+        value = cmd[pos : pos + b]
+        pos += b
     return (op, key, value) if pos == n else None
 
 
-def _decode_payload(entry: Entry) -> tuple[int, bytes, bytes]:
+def decode_payload(entry: Entry) -> tuple[int, bytes, bytes]:
     """The slow, general path: any payload kind, any encoding, undecodable commands."""
     payload = entry.payload
     kind = payload.WhichOneof("payload")
@@ -154,7 +171,7 @@ def plan_chunk(entries: Sequence[Entry], last_applied: int) -> list[Op]:
         command = entry.payload.command
         decoded = fast(command) if command else None
         if decoded is None:
-            decoded = _decode_payload(entry)
+            decoded = decode_payload(entry)
         put((index, entry.term, *decoded))
     return ops
 
