@@ -31,7 +31,7 @@ class NodeConfig:
 
     # Timing. The Raft core counts ticks; the driver ticks every tick_ms of monotonic time.
     tick_ms: int = 10
-    election_timeout_ms: int = 150  # minimum; each node randomizes in [min, 2*min)
+    election_timeout_ms: int = 300  # minimum; each node randomizes in [min, 2*min)
     heartbeat_interval_ms: int = 50
     lease_read: bool = True
     clock_drift_ms: int = 30  # lease = election timeout - drift bound
