@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from dengine.config import NodeConfig
-from dengine.errors import NotLeader, Unavailable
+from dengine.errors import InvalidRequest, NotLeader, Unavailable
 from dengine.proto.common_pb2 import WriteCommand
 from dengine.server import ClientService, start_grpc_server
 
@@ -42,12 +43,42 @@ class FakeStatus:
     learners: dict[int, str] = field(default_factory=dict)
 
 
+@dataclass
+class FakeMember:
+    """The Engine's MemberInfo."""
+
+    id: int
+    address: str
+    client_address: str = ""
+    role: str = "voter"
+    match_index: int = 0
+    is_leader: bool = False
+
+
+@dataclass
+class FakeMembership:
+    """One configuration shared by the fake nodes, with the Engine's change rules."""
+
+    members: dict[int, FakeMember] = field(default_factory=dict)
+    busy_changes: int = 0        # this many change attempts get Unavailable (change pending)
+    lagging: set[int] = field(default_factory=set)   # learners not caught up
+    calls: list[tuple[str, int]] = field(default_factory=list)
+
+    def change(self, kind: str, node_id: int) -> None:
+        self.calls.append((kind, node_id))
+        if self.busy_changes > 0:
+            self.busy_changes -= 1
+            raise Unavailable("another membership change is pending; retry later")
+
+
 class FakeEngine:
     """A single store; `redirect_to` makes it answer NOT_LEADER with that client address."""
 
-    def __init__(self, node_id: int = 1, store: dict[bytes, bytes] | None = None) -> None:
+    def __init__(self, node_id: int = 1, store: dict[bytes, bytes] | None = None,
+                 membership: FakeMembership | None = None) -> None:
         self.node_id = node_id
         self.store = store if store is not None else {}
+        self.membership = membership if membership is not None else FakeMembership()
         self.index = 0
         self.write_calls: list[int] = []  # number of commands per engine.write call
         self.read_calls: list[tuple[int, str]] = []
@@ -88,12 +119,44 @@ class FakeEngine:
         return [self.store.get(k) for k in keys]
 
     def status(self) -> FakeStatus:
+        ms = self.membership.members.values()
         return FakeStatus(
-            node_id=self.node_id, leader_id=0 if self.redirect_to else self.node_id,
+            node_id=self.node_id, leader_id=99 if self.redirect_to else self.node_id,
             role="follower" if self.redirect_to else "leader",
             commit_index=self.index, applied_index=self.index, last_log_index=self.index,
-            voters={self.node_id: "127.0.0.1:1"},
+            voters={m.id: m.address for m in ms if m.role == "voter"},
+            learners={m.id: m.address for m in ms if m.role == "learner"},
         )
+
+    def members(self) -> list[FakeMember]:
+        return [dataclasses.replace(m, is_leader=m.id == self.node_id and not self.redirect_to)
+                for m in self.membership.members.values()]
+
+    async def add_learner(self, node_id: int, address: str, *,
+                          promote_when_caught_up: bool = False, timeout: float | None = None
+                          ) -> None:
+        self._check()
+        self.membership.change("add", node_id)
+        if node_id in self.membership.members:
+            raise InvalidRequest(f"node {node_id} is already a member")
+        role = "voter" if promote_when_caught_up else "learner"
+        self.membership.members[node_id] = FakeMember(node_id, address, role=role)
+
+    async def promote(self, node_id: int, *, timeout: float | None = None) -> None:
+        self._check()
+        self.membership.change("promote", node_id)
+        m = self.membership.members.get(node_id)
+        if m is None or m.role != "learner":
+            raise InvalidRequest(f"node {node_id} is not a learner")
+        if node_id in self.membership.lagging:
+            raise InvalidRequest(f"learner {node_id} has not caught up yet")
+        m.role = "voter"
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        self._check()
+        self.membership.change("remove", node_id)
+        if self.membership.members.pop(node_id, None) is None:
+            raise InvalidRequest(f"node {node_id} is not a member")
 
 
 @dataclass
@@ -105,15 +168,20 @@ class FakeServer:
 
 @contextlib.asynccontextmanager
 async def fake_servers() -> AsyncIterator[list[FakeServer]]:
-    """Two fake nodes sharing one store (node 1 leads); both stopped on exit."""
+    """Two fake nodes sharing one store and configuration (node 1 leads); both stopped on
+    exit."""
     store: dict[bytes, bytes] = {}
+    membership = FakeMembership()
     servers, grpc_servers = [], []
     for node_id in (1, 2):
         addr = f"127.0.0.1:{free_port()}"
+        membership.members[node_id] = FakeMember(node_id, f"127.0.0.1:{9180 + node_id}",
+                                                 client_address=addr)
         config = NodeConfig(node_id=node_id, listen_client=addr,
                             max_key_size=64, max_value_size=1024, max_request_size=64 * 1024)
-        engine = FakeEngine(node_id, store)
-        grpc_servers.append(await start_grpc_server(ClientService(engine, config), config))
+        engine = FakeEngine(node_id, store, membership)
+        service = ClientService(engine, config, lambda _id, e=engine: e.redirect_to or "")
+        grpc_servers.append(await start_grpc_server(service, config))
         servers.append(FakeServer(engine, addr, config))
     try:
         yield servers

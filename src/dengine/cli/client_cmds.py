@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dengine.client import Client, NodeStatus
+from dengine.client import Client, MemberInfo, NodeStatus
 from dengine.errors import DengineError, InvalidRequest
 
 T = TypeVar("T")
@@ -150,43 +150,68 @@ def _print_status_table(results: dict[str, NodeStatus | DengineError]) -> None:
 
 @click.group()
 def member() -> None:
-    """Cluster membership: list works; add, promote and remove come with issue 6."""
+    """Cluster membership: list, add a learner, promote it to voter, remove a member.
+
+    One change at a time (single-server changes): a change asked while another is still
+    pending is retried until --timeout.
+    """
 
 
 @member.command("list")
 @client_options
 def member_list(endpoints: str, timeout: float, as_json: bool) -> None:
-    """List voters and learners as the leader (or the first node that answers) sees them."""
+    """List voters and learners as the leader sees them (with replication progress)."""
+    members = run(endpoints, timeout, lambda c: c.members())
+    _print_members(members, as_json)
 
-    async def action(c: Client) -> NodeStatus:
-        leader = await c.leader()
-        return await c.status(leader.address or None)
 
-    st = run(endpoints, timeout, action)
+@member.command("add")
+@click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--promote", is_flag=True,
+              help="Promote it to voter automatically once it has caught up.")
+@client_options
+def member_add(node_id: int, address: str, promote: bool, endpoints: str, timeout: float,
+               as_json: bool) -> None:
+    """Add node ID, whose peer listener is HOST:PORT, as a learner.
+
+    Start the new node first (`dengine serve --join ...` does all of this by itself)."""
+    members = run(endpoints, timeout, lambda c: c.add_member(node_id, address, promote))
+    _print_members(members, as_json)
+
+
+@member.command("promote")
+@click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
+@client_options
+def member_promote(node_id: int, endpoints: str, timeout: float, as_json: bool) -> None:
+    """Make learner ID a voter (refused until it has caught up with the leader)."""
+    members = run(endpoints, timeout, lambda c: c.promote_member(node_id))
+    _print_members(members, as_json)
+
+
+@member.command("remove")
+@click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
+@client_options
+def member_remove(node_id: int, endpoints: str, timeout: float, as_json: bool) -> None:
+    """Remove member ID (a voter or a learner; the leader hands over first if it is ID)."""
+    members = run(endpoints, timeout, lambda c: c.remove_member(node_id))
+    _print_members(members, as_json)
+
+
+def _print_members(members: list[MemberInfo], as_json: bool) -> None:
     if as_json:
-        emit({"voters": sorted(st.voters), "learners": sorted(st.learners),
-              "leader_id": st.leader_id})
+        emit({"members": [m.to_dict() for m in members]})
         return
-    for kind, ids in (("voter", st.voters), ("learner", st.learners)):
-        for node_id in sorted(ids):
-            mark = " (leader)" if node_id == st.leader_id else ""
-            click.echo(f"{node_id}\t{kind}{mark}")
+    from rich.console import Console
+    from rich.table import Table
 
-
-def _not_yet(action: str) -> Callable[..., None]:
-    def command(**_: Any) -> None:
-        raise click.ClickException(
-            f"'member {action}' is not supported yet (membership changes: issue 6)"
-        )
-
-    command.__doc__ = f"{action.capitalize()} a member (not supported yet)."
-    return command
-
-
-for _action in ("add", "promote", "remove"):
-    member.command(_action, context_settings={"ignore_unknown_options": True})(
-        click.argument("args", nargs=-1, type=click.UNPROCESSED)(_not_yet(_action))
-    )
+    table = Table(box=None)
+    for column in ("id", "role", "peer address", "client address", "match index"):
+        table.add_column(column, justify="right" if column in ("id", "match index") else "left")
+    for m in sorted(members, key=lambda m: m.id):
+        role = f"[bold]{m.role} (leader)[/bold]" if m.is_leader else m.role
+        table.add_row(str(m.id), role, m.address, m.client_address or "-", str(m.match_index))
+    Console().print(table)
 
 
 def _ok(as_json: bool) -> None:

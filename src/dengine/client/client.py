@@ -45,12 +45,19 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.proto.client_pb2 import (
+    AddMemberRequest,
     Error,
     GetLeaderRequest,
     GetLeaderResponse,
+    MemberChangeResponse,
+    MemberListRequest,
+    MemberListResponse,
+    MemberStatus,
+    PromoteMemberRequest,
     ReadConsistency,
     ReadRequest,
     ReadResponse,
+    RemoveMemberRequest,
     StatusRequest,
     StatusResponse,
     WriteRequest,
@@ -125,6 +132,25 @@ class NodeStatus:
     last_log_index: int
     voters: dict[int, str] = field(default_factory=dict)
     learners: dict[int, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One cluster member as the leader sees it."""
+
+    id: int
+    address: str          # peer address (Raft traffic)
+    client_address: str   # "" when the leader has not heard it yet
+    role: str             # "voter" | "learner"
+    match_index: int      # highest log index known replicated on it (0 = unknown)
+    is_leader: bool
+
+    @classmethod
+    def from_wire(cls, m: MemberStatus) -> MemberInfo:
+        return cls(m.id, m.address, m.client_address, m.role, m.match_index, m.is_leader)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -445,6 +471,52 @@ class Client:
             self._rotate()
             await backoff.sleep(deadline, Unavailable(f"no leader known to {addr}"))
 
+    # ---- membership ---------------------------------------------------------------------
+
+    async def members(self, *, timeout: float | None = None) -> list[MemberInfo]:
+        """The current configuration, voters and learners, as the leader sees it."""
+        resp = await self._call_leader(
+            "MemberList", MemberListRequest(leader_only=True), MemberListResponse,
+            self._deadline(timeout), write=False,
+        )
+        return [MemberInfo.from_wire(m) for m in resp.members]
+
+    async def add_member(
+        self, node_id: int, address: str, promote: bool = False, *,
+        timeout: float | None = None,
+    ) -> list[MemberInfo]:
+        """Add node `node_id` (peer `address`, HOST:PORT) as a learner; with `promote`, the
+        leader makes it a voter once it has caught up. Returns the new configuration.
+
+        One change at a time: while another is pending the call retries until its deadline
+        (then `Unavailable`). `Timeout` means the change may still take effect."""
+        try:
+            parse_address(address)
+        except DengineError as e:
+            raise InvalidRequest(f"member address: {e.message}") from None
+        request = AddMemberRequest(node_id=_node_id(node_id), address=address,
+                                   promote_when_caught_up=promote)
+        return await self._change("AddMember", request, timeout)
+
+    async def promote_member(self, node_id: int, *, timeout: float | None = None
+                             ) -> list[MemberInfo]:
+        """Make the caught-up learner `node_id` a voter. Returns the new configuration."""
+        return await self._change("PromoteMember", PromoteMemberRequest(node_id=_node_id(node_id)),
+                                  timeout)
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None
+                            ) -> list[MemberInfo]:
+        """Remove member `node_id` (the leader hands leadership over first if it is the one
+        removed). Returns the new configuration."""
+        return await self._change("RemoveMember", RemoveMemberRequest(node_id=_node_id(node_id)),
+                                  timeout)
+
+    async def _change(self, method: str, request: ProtoMessage, timeout: float | None
+                      ) -> list[MemberInfo]:
+        resp = await self._call_leader(method, request, MemberChangeResponse,
+                                       self._deadline(timeout), write=True)
+        return [MemberInfo.from_wire(m) for m in resp.members]
+
     # ---- internals ----------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float:
@@ -661,6 +733,12 @@ def consistency_level(name: str) -> int:
             + ", ".join(CONSISTENCY_LEVELS) + ")"
         )
     return int(level)
+
+
+def _node_id(node_id: int) -> int:
+    if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
+        raise InvalidRequest(f"node id must be a positive integer, got {node_id!r}")
+    return node_id
 
 
 def _read_attempt_deadline(deadline: float) -> float:

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-from dengine.client.client import Client, Key, Leader, NodeStatus, WriteResult
+from dengine.client.client import Client, Key, Leader, MemberInfo, NodeStatus, WriteResult
 from dengine.errors import DengineError, Unavailable
 from dengine.proto.common_pb2 import WriteCommand
 
@@ -74,6 +74,21 @@ class SyncClient:
 
     def leader(self, *, timeout: float | None = None) -> Leader:
         return self._run(self._client.leader(timeout=timeout))
+
+    def members(self, *, timeout: float | None = None) -> list[MemberInfo]:
+        return self._run(self._client.members(timeout=timeout))
+
+    def add_member(self, node_id: int, address: str, promote: bool = False, *,
+                   timeout: float | None = None) -> list[MemberInfo]:
+        return self._run(self._client.add_member(node_id, address, promote, timeout=timeout))
+
+    def promote_member(self, node_id: int, *, timeout: float | None = None
+                       ) -> list[MemberInfo]:
+        return self._run(self._client.promote_member(node_id, timeout=timeout))
+
+    def remove_member(self, node_id: int, *, timeout: float | None = None
+                      ) -> list[MemberInfo]:
+        return self._run(self._client.remove_member(node_id, timeout=timeout))
 
     def close(self) -> None:
         """Close connections and stop the private loop thread."""

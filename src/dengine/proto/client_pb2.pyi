@@ -128,3 +128,67 @@ class GetLeaderResponse(_message.Message):
     leader_address: str
     term: int
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ...) -> None: ...
+
+class MemberStatus(_message.Message):
+    __slots__ = ("id", "address", "client_address", "role", "match_index", "is_leader")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    address: str
+    client_address: str
+    role: str
+    match_index: int
+    is_leader: bool
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., client_address: _Optional[str] = ..., role: _Optional[str] = ..., match_index: _Optional[int] = ..., is_leader: _Optional[bool] = ...) -> None: ...
+
+class MemberListRequest(_message.Message):
+    __slots__ = ("leader_only",)
+    LEADER_ONLY_FIELD_NUMBER: _ClassVar[int]
+    leader_only: bool
+    def __init__(self, leader_only: _Optional[bool] = ...) -> None: ...
+
+class MemberListResponse(_message.Message):
+    __slots__ = ("error", "members", "leader_id", "term")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    members: _containers.RepeatedCompositeFieldContainer[MemberStatus]
+    leader_id: int
+    term: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ...) -> None: ...
+
+class AddMemberRequest(_message.Message):
+    __slots__ = ("node_id", "address", "promote_when_caught_up")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_WHEN_CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    address: str
+    promote_when_caught_up: bool
+    def __init__(self, node_id: _Optional[int] = ..., address: _Optional[str] = ..., promote_when_caught_up: _Optional[bool] = ...) -> None: ...
+
+class PromoteMemberRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class RemoveMemberRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    def __init__(self, node_id: _Optional[int] = ...) -> None: ...
+
+class MemberChangeResponse(_message.Message):
+    __slots__ = ("error", "members")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    members: _containers.RepeatedCompositeFieldContainer[MemberStatus]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,26 @@ class RaftClientServiceStub:
                 request_serializer=dengine_dot_proto_dot_client__pb2.GetLeaderRequest.SerializeToString,
                 response_deserializer=dengine_dot_proto_dot_client__pb2.GetLeaderResponse.FromString,
                 _registered_method=True)
+        self.MemberList = channel.unary_unary(
+                '/dengine.RaftClientService/MemberList',
+                request_serializer=dengine_dot_proto_dot_client__pb2.MemberListRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.MemberListResponse.FromString,
+                _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/dengine.RaftClientService/AddMember',
+                request_serializer=dengine_dot_proto_dot_client__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
+        self.PromoteMember = channel.unary_unary(
+                '/dengine.RaftClientService/PromoteMember',
+                request_serializer=dengine_dot_proto_dot_client__pb2.PromoteMemberRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/dengine.RaftClientService/RemoveMember',
+                request_serializer=dengine_dot_proto_dot_client__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
+                _registered_method=True)
 
 
 class RaftClientServiceServicer:
@@ -83,6 +103,30 @@ class RaftClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MemberList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +149,26 @@ def add_RaftClientServiceServicer_to_server(servicer, server):
                     servicer.GetLeader,
                     request_deserializer=dengine_dot_proto_dot_client__pb2.GetLeaderRequest.FromString,
                     response_serializer=dengine_dot_proto_dot_client__pb2.GetLeaderResponse.SerializeToString,
+            ),
+            'MemberList': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberList,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.MemberListRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.MemberListResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.AddMemberRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'PromoteMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteMember,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.PromoteMemberRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +279,114 @@ class RaftClientService:
             '/dengine.RaftClientService/GetLeader',
             dengine_dot_proto_dot_client__pb2.GetLeaderRequest.SerializeToString,
             dengine_dot_proto_dot_client__pb2.GetLeaderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/MemberList',
+            dengine_dot_proto_dot_client__pb2.MemberListRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.MemberListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/AddMember',
+            dengine_dot_proto_dot_client__pb2.AddMemberRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/PromoteMember',
+            dengine_dot_proto_dot_client__pb2.PromoteMemberRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/RemoveMember',
+            dengine_dot_proto_dot_client__pb2.RemoveMemberRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ConfigError
-from dengine.server.service import ClientService
+from dengine.errors import ClusterMismatch, ConfigError, DengineError, InvalidRequest
+from dengine.server.service import ClientService, EngineLike
 
 log = logging.getLogger("dengine.server")
 
 # In-flight requests get this long to finish after a stop signal.
 SHUTDOWN_GRACE_S = 5.0
+# A join request's deadline, and the bounds of the pause between two of them.
+JOIN_ATTEMPT_S = 10.0
+JOIN_RETRY_FIRST_S = 0.1
+JOIN_RETRY_MAX_S = 2.0
+JOIN_LOG_EVERY_S = 10.0
 
 
 def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
@@ -76,6 +83,68 @@ def peer_client_address(engine: Any) -> Callable[[int], str]:
     return lookup
 
 
+def in_configuration(engine: EngineLike) -> bool:
+    """Whether this node knows a membership (from its log or a snapshot)."""
+    st = engine.status()
+    return bool(st.voters or st.learners)
+
+
+async def join_cluster(engine: EngineLike, config: NodeConfig) -> None:
+    """Ask the cluster at `config.join` to add this node as a learner, until it is accepted.
+
+    Retries what can pass (no leader, another change pending, timeouts) with backoff. A
+    timed-out request that did take effect is recognised on the next attempt ("already a
+    member" with our address). A node id used by another member, or a cluster of another
+    name, is a ConfigError: retrying cannot fix it.
+    """
+    from dengine.client import Client
+
+    delay = JOIN_RETRY_FIRST_S
+    last_log = 0.0
+    async with Client(config.join, timeout=JOIN_ATTEMPT_S) as client:
+        while not in_configuration(engine):
+            try:
+                if await _ask_to_join(client, config):
+                    return
+            except (ConfigError, ClusterMismatch):
+                raise
+            except DengineError as e:
+                if time.monotonic() - last_log >= JOIN_LOG_EVERY_S:
+                    last_log = time.monotonic()
+                    log.warning("joining the cluster at %s: %s [%s]; retrying", config.join,
+                                e.message, e.code)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, JOIN_RETRY_MAX_S)
+    log.info("node %d is in the cluster's configuration", config.node_id)
+
+
+async def _ask_to_join(client: Any, config: NodeConfig) -> bool:
+    """One attempt; True once the cluster's configuration holds this node."""
+    st = await client.status()
+    if st.cluster_id != config.cluster_id:
+        raise ClusterMismatch(
+            f"--join {config.join} reaches cluster {st.cluster_id!r}, but this node is "
+            f"configured for cluster {config.cluster_id!r}"
+        )
+    try:
+        await client.add_member(config.node_id, config.listen_peer, config.auto_promote)
+    except InvalidRequest as e:
+        members = await client.members()
+        mine = next((m for m in members if m.id == config.node_id), None)
+        if mine is None:
+            raise ConfigError(f"the cluster at {config.join} refused to add node "
+                              f"{config.node_id}: {e.message}") from None
+        if mine.address != config.listen_peer:
+            raise ConfigError(
+                f"node id {config.node_id} is already a member of the cluster at "
+                f"{config.join} with peer address {mine.address}, not {config.listen_peer}; "
+                f"pick an unused node id (or remove the old member first)"
+            ) from None
+    log.info("node %d added to the cluster at %s as a learner%s", config.node_id,
+             config.join, " (promoted to voter once caught up)" if config.auto_promote else "")
+    return True
+
+
 async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     """Run a node and its client service until `stop` is set (or SIGTERM/SIGINT arrives)."""
     from dengine.node.engine import Engine
@@ -92,16 +161,35 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             service = ClientService(engine, config, peer_client_address(engine))
             server = await start_grpc_server(service, config)
             st = engine.status()
-            peers = (f"peers on {config.listen_peer}" if len(st.voters) + len(st.learners) > 1
-                     else "one-node cluster, no peer listener")
+            joining = bool(config.join) and not in_configuration(engine)
+            if joining:
+                peers = f"peers on {config.listen_peer}, joining the cluster at {config.join}"
+            elif len(st.voters) + len(st.learners) > 1:
+                peers = f"peers on {config.listen_peer}"
+            else:
+                peers = "one-node cluster"
             log.info("node %d of cluster %r: clients on %s, %s, data in %s", config.node_id,
                      config.cluster_id, config.listen_client, peers, config.data_dir)
-            await stop.wait()
+            join = asyncio.create_task(join_cluster(engine, config)) if joining else None
+            if join is not None:
+                # A join that cannot succeed ends the server, with its error.
+                join.add_done_callback(
+                    lambda t: None if t.cancelled() or t.exception() is None else stop.set()
+                )
+            try:
+                await stop.wait()
+            finally:
+                if join is not None and not join.done():
+                    join.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await join
             log.info("stopping: no new requests, finishing in-flight ones")
             await server.stop(SHUTDOWN_GRACE_S)
         finally:
             await engine.stop()
         log.info("node %d stopped", config.node_id)
+        if join is not None and not join.cancelled() and join.exception() is not None:
+            raise cast(BaseException, join.exception())
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -16,16 +16,23 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from dengine.config import NodeConfig
-from dengine.errors import DengineError, InvalidRequest
+from dengine.config import NodeConfig, parse_address
+from dengine.errors import DengineError, InvalidRequest, NotLeader
 from dengine.proto.client_pb2 import (
+    AddMemberRequest,
     Error,
     GetLeaderRequest,
     GetLeaderResponse,
+    MemberChangeResponse,
+    MemberListRequest,
+    MemberListResponse,
+    MemberStatus,
+    PromoteMemberRequest,
     ReadConsistency,
     ReadRequest,
     ReadResponse,
     ReadResult,
+    RemoveMemberRequest,
     StatusRequest,
     StatusResponse,
     WriteRequest,
@@ -59,6 +66,12 @@ class EngineLike(Protocol):
     async def get_many(self, keys: Sequence[bytes], consistency: str = ..., *,
                        timeout: float | None = ...) -> list[bytes | None]: ...
     def status(self) -> Any: ...
+    def members(self) -> Sequence[Any]: ...
+    async def add_learner(self, node_id: int, address: str, *,
+                          promote_when_caught_up: bool = ..., timeout: float | None = ...
+                          ) -> None: ...
+    async def promote(self, node_id: int, *, timeout: float | None = ...) -> None: ...
+    async def remove_member(self, node_id: int, *, timeout: float | None = ...) -> None: ...
 
 
 def error_message(exc: DengineError) -> Error:
@@ -103,6 +116,10 @@ class ClientService:
             "Read": method(self.read),
             "Status": method(self.status),
             "GetLeader": method(self.get_leader),
+            "MemberList": method(self.member_list),
+            "AddMember": method(self.add_member),
+            "PromoteMember": method(self.promote_member),
+            "RemoveMember": method(self.remove_member),
         })
 
     async def write(self, request: bytes, context: Any) -> WriteResponse:
@@ -175,6 +192,64 @@ class ClientService:
         except Exception as exc:
             return GetLeaderResponse(error=self._error(exc, "GetLeader"))
 
+    async def member_list(self, request: bytes, context: Any) -> MemberListResponse:
+        try:
+            req = self._parse(request, MemberListRequest)
+            st = self._engine.status()
+            leader_id = int(st.leader_id or 0)
+            if req.leader_only and leader_id != self._config.node_id:
+                raise NotLeader(leader_id=leader_id,
+                                leader_address=self._leader_address(leader_id))
+            return MemberListResponse(members=self._member_statuses(), leader_id=leader_id,
+                                      term=st.term)
+        except Exception as exc:
+            return MemberListResponse(error=self._error(exc, "MemberList"))
+
+    async def add_member(self, request: bytes, context: Any) -> MemberChangeResponse:
+        try:
+            req = self._parse(request, AddMemberRequest)
+            node_id = _check_node_id(req.node_id)
+            try:
+                parse_address(req.address)
+            except DengineError as e:
+                raise InvalidRequest(f"member address: {e.message}") from None
+            await self._engine.add_learner(
+                node_id, req.address, promote_when_caught_up=req.promote_when_caught_up,
+                timeout=_timeout(context),
+            )
+            return MemberChangeResponse(members=self._member_statuses())
+        except Exception as exc:
+            return MemberChangeResponse(error=self._error(exc, "AddMember"))
+
+    async def promote_member(self, request: bytes, context: Any) -> MemberChangeResponse:
+        try:
+            req = self._parse(request, PromoteMemberRequest)
+            await self._engine.promote(_check_node_id(req.node_id), timeout=_timeout(context))
+            return MemberChangeResponse(members=self._member_statuses())
+        except Exception as exc:
+            return MemberChangeResponse(error=self._error(exc, "PromoteMember"))
+
+    async def remove_member(self, request: bytes, context: Any) -> MemberChangeResponse:
+        try:
+            req = self._parse(request, RemoveMemberRequest)
+            await self._engine.remove_member(_check_node_id(req.node_id),
+                                             timeout=_timeout(context))
+            return MemberChangeResponse(members=self._member_statuses())
+        except Exception as exc:
+            return MemberChangeResponse(error=self._error(exc, "RemoveMember"))
+
+    def _member_statuses(self) -> list[MemberStatus]:
+        out = []
+        for m in self._engine.members():
+            client_address = m.client_address or (
+                self._config.listen_client if m.id == self._config.node_id else ""
+            )
+            out.append(MemberStatus(
+                id=m.id, address=m.address, client_address=client_address, role=m.role,
+                match_index=m.match_index, is_leader=m.is_leader,
+            ))
+        return out
+
     def _parse(self, data: bytes, cls: type[Req]) -> Req:
         if len(data) > self._config.max_request_size:
             raise InvalidRequest(
@@ -243,6 +318,12 @@ def _members(members: Any) -> list[Member]:
         else:
             out.append(Member(id=int(m.id), address=str(getattr(m, "address", "") or "")))
     return out
+
+
+def _check_node_id(node_id: int) -> int:
+    if node_id <= 0:
+        raise InvalidRequest("node_id must be a positive integer")
+    return int(node_id)
 
 
 def _timeout(context: Any) -> float | None:
