@@ -42,7 +42,20 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 # the in-process node (150-300 ms) is elected first and stays leader under load.
 FOLLOWER_ELECTION_MS = 1000
 STOP_GRACE_S = 10.0
-CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
+# The child asks Linux for SIGKILL when its parent dies (however it dies), then runs the
+# CLI. Done in the child's own code rather than a preexec_fn, so that Popen need not fork
+# a process that has gRPC threads.
+_BOOT = """
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):  # the parent died before prctl
+        os._exit(1)
+del sys.argv[1]
+from dengine.cli import main
+main()
+"""
 
 
 def free_ports(n: int) -> list[int]:
@@ -65,16 +78,6 @@ def toml_text(settings: dict[str, Any], peers: dict[int, str]) -> str:
     lines.append("[peers]")
     lines += [f'"{node_id}" = {json.dumps(addr)}' for node_id, addr in sorted(peers.items())]
     return "\n".join(lines) + "\n"
-
-
-def _die_with_parent() -> None:
-    """In the child (Linux): SIGKILL when the benchmark process dies, however it dies."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -102,18 +105,19 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def start(self) -> None:
+        """Spawn it. Call from the main thread: the child dies with the thread that made it."""
         config = self.workdir / f"node{self.node_id}.toml"
         settings = {**self.settings, "data_dir": str(self.data_dir), "node_id": self.node_id,
                     "listen_client": self.client, "listen_peer": self.peer}
         config.write_text(toml_text(settings, self.peers))
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
-                [*CLI, "serve", "--config", str(config)],
+                [sys.executable, "-c", _BOOT, str(os.getpid()), "serve", "--config",
+                 str(config)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 # Own process group: a terminal's Ctrl-C reaches only the benchmark, which
                 # then stops the children in order (and reports instead of racing them).
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
 
     def kill(self) -> None:

@@ -183,3 +183,39 @@ def bench_get(**options: Any) -> None:
 def bench_mixed(**options: Any) -> None:
     """Reads and writes of the same keys, --read-ratio of them reads."""
     _run_workload("mixed", **options)
+
+
+@bench.command("failover")
+@click.option("--trials", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Leader kills.")
+@click.option("--election-timeout-ms", type=click.IntRange(min=20), default=150,
+              show_default=True, help="Minimum election timeout (each node picks in "
+                                      "[min, 2*min)).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--progress/--no-progress", "show_progress", default=True, show_default=True,
+              help="Show a progress bar on stderr.")
+def bench_failover(trials: int, election_timeout_ms: int, as_json: bool,
+                   show_progress: bool) -> None:
+    """Leader kill -9 to the first successful client write, on a 3-node subprocess cluster."""
+    import json
+
+    from dengine.bench.failover import run_failover
+    from dengine.bench.report import RichProgress, console
+    from dengine.bench.runner import run_async
+
+    settings = {"election_timeout_ms": election_timeout_ms,
+                "heartbeat_interval_ms": max(1, election_timeout_ms // 3)}
+    with RichProgress(enabled=show_progress and not as_json) as progress:
+        result = run_async(run_failover(trials, settings=settings, progress=progress))
+    summary = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    low, high = summary["election_timeout_ms"]
+    console().print(
+        f"leader kill -9 -> first successful write, {summary['trials']} trials, "
+        f"election timeout {low}-{high} ms: median {summary['median_ms']:.0f} ms, "
+        f"max {summary['max_ms']:.0f} ms (writes that failed before the first success: "
+        f"{summary['failed_writes']} {summary['error_kinds'] or ''})\n"
+        f"each trial (ms): {', '.join(f'{t:.0f}' for t in summary['times_ms'])}"
+    )
