@@ -13,6 +13,7 @@ completes (liveness), and the client history is checked for linearizability.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 import traceback
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dengine.errors import DengineError, NotLeader, Unavailable
-from dengine.proto import Entry, Message, WriteCommand
+from dengine.proto import Entry, Message, MessageType, SnapshotMetadata, WriteCommand
 from dengine.raft import RaftConfig, RaftCore
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
 from dengine.sim.lincheck import Op, check
@@ -63,6 +64,9 @@ class SimConfig:
     # over many appends, when counting replicas of an old term's entries goes wrong.
     max_entries_per_msg: int = 0
     max_inflight: int = 0
+    # Take a snapshot and compact the log whenever this many applied entries are in it
+    # (0 = never): exercises snapshot transfer to followers that fell behind.
+    snapshot_every: int = 0
     core: str = ""  # "module:Class" of a RaftCore subclass, for the replay command only
 
     def replay_command(self) -> str:
@@ -78,6 +82,8 @@ class SimConfig:
             cmd += f" --max-entries-per-msg {self.max_entries_per_msg}"
         if self.max_inflight:
             cmd += f" --max-inflight {self.max_inflight}"
+        if self.snapshot_every:
+            cmd += f" --snapshot-every {self.snapshot_every}"
         if self.core:
             cmd += f" --core {self.core}"
         return cmd
@@ -128,12 +134,21 @@ class _PendingRead:
     index: int = -1  # read index, once the core answered
 
 
+class _SimLog(MemoryRaftLog):
+    """MemoryRaftLog that can also record a snapshot the node took itself."""
+
+    def save_snapshot(self, metadata: SnapshotMetadata) -> None:
+        """Compact up to `metadata.last_included`, which now describes the log's start."""
+        self.compact_prefix(metadata.last_included.index)
+        self._snapshot = metadata
+
+
 class _SimNode:
     """One node: its durable log (survives crash) and its volatile core and state machine."""
 
     def __init__(self, node_id: int) -> None:
         self.id = node_id
-        self.log = MemoryRaftLog()
+        self.log = _SimLog()
         self.core: RaftCore | None = None
         self.kv: dict[bytes, bytes] = {}
         self.applied = 0
@@ -180,11 +195,14 @@ class Simulator:
         self.churn_until = 0  # leader churn: until then, nearly every new leader is struck
         self.heal_time = 0
         self._barrier_reads_done: set[int] = set()
+        # Snapshot contents by (index, term): what a real transfer would ship.
+        self._snapshots: dict[tuple[int, int], tuple[bytes, tuple[tuple[bytes, bytes], ...]]] = {}
         self.max_entries_per_msg = config.max_entries_per_msg or self.rng.choice((1, 3, 64))
         self.max_inflight = config.max_inflight or self.rng.choice((1, 4, 64))
         self.stats = dict.fromkeys(
             ("messages", "dropped", "crashes", "partitions", "elections", "writes", "reads",
-             "lease_reads", "failed_writes", "unknown_writes"), 0
+             "lease_reads", "failed_writes", "unknown_writes", "snapshots_taken",
+             "snapshots_installed"), 0
         )
 
     # ----------------------------------------------------------------------------- run
@@ -236,8 +254,17 @@ class Simulator:
                 self.stats["dropped"] += 1  # a partition also eats packets in flight
             elif node.up:
                 assert node.core is not None
-                node.core.step(Message.FromString(data))
+                msg = Message.FromString(data)
+                node.core.step(msg)
                 self._drive(node)
+                if msg.type == MessageType.MSG_SNAPSHOT:
+                    self._schedule(self.rng.randint(1, 5), "snapshot_done", (sender, to, True))
+        elif kind == "snapshot_done":
+            sender, to, ok = payload
+            core = self.nodes[sender].core
+            if core is not None:
+                core.report_snapshot(to, ok)
+                self._drive(self.nodes[sender])
         elif kind == "client":
             self._client_act(payload)
         elif kind == "fault":
@@ -267,6 +294,11 @@ class Simulator:
         node.kv = {}
         node.applied = 0
         node.reads = {}
+        snap = node.log.snapshot_metadata()
+        if snap is not None:
+            node.kv = self._snapshot_data(node.id, snap)
+            node.applied = snap.last_included.index
+            self._resolve_covered_writes(node_id, node.applied)
         raft_cfg = RaftConfig(
             id=node_id,
             peers=list(self.ids),
@@ -299,6 +331,12 @@ class Simulator:
         while core.has_ready():
             rd = core.ready()
             log = node.log
+            if rd.snapshot is not None:
+                node.kv = self._snapshot_data(node.id, rd.snapshot)
+                log.install_snapshot(rd.snapshot)
+                node.applied = rd.snapshot.last_included.index
+                self._resolve_covered_writes(node.id, node.applied)
+                self.stats["snapshots_installed"] += 1
             if rd.entries:
                 first = rd.entries[0].index
                 if first <= log.last_index():
@@ -333,6 +371,39 @@ class Simulator:
                 self._maybe_strike(node.id, core.term, STRIKE_FIRST_COMMIT_P)
         else:
             self.checker.on_not_leader(node.id)
+        every = self.cfg.snapshot_every
+        if every and node.applied - node.log.first_index() + 1 >= every:
+            self._take_snapshot(node)
+
+    def _take_snapshot(self, node: _SimNode) -> None:
+        """Snapshot the state machine at the applied index and compact the log behind it."""
+        assert node.core is not None
+        index = node.applied
+        metadata = SnapshotMetadata()
+        metadata.last_included.index = index
+        metadata.last_included.term = node.log.term(index)
+        metadata.membership.CopyFrom(node.core.membership_at(index))
+        data = tuple(sorted(node.kv.items()))
+        metadata.checksum = hashlib.sha256(repr(data).encode()).digest()
+        key = (index, metadata.last_included.term)
+        other = self._snapshots.setdefault(key, (metadata.checksum, data))
+        if other[0] != metadata.checksum:
+            raise InvariantViolation(
+                "state machine safety", node.id,
+                f"snapshot at index {index} differs from another node's snapshot there",
+            )
+        node.log.save_snapshot(metadata)
+        self.stats["snapshots_taken"] += 1
+
+    def _snapshot_data(self, node_id: int, metadata: SnapshotMetadata) -> dict[bytes, bytes]:
+        """The state a snapshot describes (its transfer), verified against its checksum."""
+        last = metadata.last_included
+        checksum, data = self._snapshots[(last.index, last.term)]
+        if checksum != metadata.checksum:
+            raise InvariantViolation(
+                "snapshot integrity", node_id, f"snapshot at index {last.index}: checksum mismatch"
+            )
+        return dict(data)
 
     def _apply(self, node: _SimNode, entry: Entry) -> None:
         self.checker.on_apply(node.id, entry, node.applied + 1)
@@ -343,9 +414,13 @@ class Simulator:
                 node.kv[cmd.insert.key] = cmd.insert.value
             else:
                 node.kv.pop(cmd.delete.key, None)
-        for write in self._writes.pop((node.id, entry.index), []):
+        self._resolve_writes(node.id, entry.index, entry.term)
+
+    def _resolve_writes(self, node_id: int, index: int, term: int) -> None:
+        """The entry at `index` on `node_id` is applied with `term`: decide writes there."""
+        for write in self._writes.pop((node_id, index), []):
             op = self.history[write.op_slot]
-            if entry.term == write.term:
+            if term == write.term:
                 self.history[write.op_slot] = Op(op.client_id, op.kind, op.key, op.value,
                                                  None, op.call, self.now)
             else:
@@ -353,6 +428,14 @@ class Simulator:
                 self.stats["failed_writes"] += 1
             if self._client_busy.get(write.client) is write:
                 self._client_done(write.client)
+
+    def _resolve_covered_writes(self, node_id: int, upto: int) -> None:
+        """A snapshot up to `upto` replaced the node's log: decide its writes at or below.
+
+        The snapshot holds applied entries only, so the checker knows their terms.
+        """
+        for node, index in [k for k in self._writes if k[0] == node_id and k[1] <= upto]:
+            self._resolve_writes(node, index, self.checker.applied_entries[index][0])
 
     def _serve_reads(self, node: _SimNode) -> None:
         for ctx, read in list(node.reads.items()):
@@ -375,6 +458,8 @@ class Simulator:
         link = (msg.from_id, msg.to_id)
         if link in self._blocked or (self.loss and self.rng.random() < self.loss):
             self.stats["dropped"] += 1
+            if msg.type == MessageType.MSG_SNAPSHOT:
+                self._schedule(self.rng.randint(1, 20), "snapshot_done", (*link, False))
             return
         data = msg.SerializeToString()
         copies = 2 if self.dup and self.rng.random() < self.dup else 1
