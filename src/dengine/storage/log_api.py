@@ -36,7 +36,7 @@ class LogStorage(Protocol):
 
     def append(self, entries: list[Entry]) -> None: ...
     def truncate_suffix(self, index: int) -> None: ...
-    def compact_prefix(self, index: int) -> None: ...
+    def compact_prefix(self, index: int, snapshot: SnapshotMetadata | None = None) -> None: ...
     def set_hard_state(self, hs: HardState) -> None: ...
     def install_snapshot(self, metadata: SnapshotMetadata) -> None: ...
 
@@ -103,14 +103,22 @@ class MemoryRaftLog:
             raise StorageError(f"cannot truncate at {index}: compacted up to {self._offset}")
         del self._entries[index - self._offset - 1 :]
 
-    def compact_prefix(self, index: int) -> None:
+    def compact_prefix(self, index: int, snapshot: SnapshotMetadata | None = None) -> None:
+        """Drop entries <= index; `snapshot` (covering at least `index`) becomes the
+        snapshot the log starts from, the one sent to followers that need compacted entries."""
         if index <= self._offset:
             return
         if index > self.last_index():
             raise LogUnavailable(f"cannot compact to {index}: last index {self.last_index()}")
+        if snapshot is not None and snapshot.last_included.index < index:
+            raise StorageError(
+                f"cannot compact to {index} with a snapshot at {snapshot.last_included.index}"
+            )
         self._offset_term = self.term(index)
         del self._entries[: index - self._offset]
         self._offset = index
+        if snapshot is not None:
+            self._snapshot = snapshot
 
     def set_hard_state(self, hs: HardState) -> None:
         self._hard_state = HardState()

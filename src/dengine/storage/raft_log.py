@@ -292,14 +292,19 @@ class RaftLog(MemoryRaftLog):
         del self._positions[index - self._offset - 1 :]
         super().truncate_suffix(index)
 
-    def compact_prefix(self, index: int) -> None:
+    def compact_prefix(self, index: int, snapshot: SnapshotMetadata | None = None) -> None:
         self._check_open()
         if index <= self._offset:
             return
         if index > self.last_index():
             raise LogUnavailable(f"cannot compact to {index}: last index {self.last_index()}")
+        if snapshot is not None and snapshot.last_included.index < index:
+            raise StorageError(
+                f"cannot compact to {index} with a snapshot at {snapshot.last_included.index}"
+            )
         term = self.term(index)
-        self._write_meta(self._generation, index, term, self._snapshot)
+        # The compaction point and the snapshot it relies on change in one atomic write.
+        self._write_meta(self._generation, index, term, snapshot or self._snapshot)
         # Whole segments below the compaction point go; the active one always stays.
         drop = bisect.bisect_right(self._seg_first, index + 1) - 1
         drop = min(drop, len(self._seg_path) - 1)
@@ -308,7 +313,7 @@ class RaftLog(MemoryRaftLog):
             del self._seg_first[:drop]
             del self._seg_path[:drop]
         del self._positions[: index - self._offset]
-        super().compact_prefix(index)
+        super().compact_prefix(index, snapshot)
 
     def install_snapshot(self, metadata: SnapshotMetadata) -> None:
         self._check_open()
