@@ -151,11 +151,17 @@ def test_no_faults_run_is_clean() -> None:
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
-def test_snapshots_and_compaction(nodes: int) -> None:
-    """Logs compacted every few entries: lagging followers catch up by snapshot transfer."""
-    installed = 0
-    for seed in range(50):
-        result = Simulator(SimConfig(nodes=nodes, seed=seed, steps=STEPS, snapshot_every=10)).run()
+@pytest.mark.parametrize("membership", [False, True])
+def test_snapshots_compaction_and_membership_changes(nodes: int, membership: bool) -> None:
+    """Logs compacted every few entries (lagging followers catch up by snapshot), and
+    voters removed, demoted to learners and added back."""
+    totals = {"snapshots_installed": 0, "membership_changes": 0}
+    for seed in range(30):
+        config = SimConfig(nodes=nodes, seed=seed, steps=STEPS, snapshot_every=10,
+                           membership=membership)
+        result = Simulator(config).run()
         assert result.ok, result.describe()
-        installed += result.stats["snapshots_installed"]
-    assert installed > 10
+        for name in totals:
+            totals[name] += result.stats[name]
+    assert totals["snapshots_installed"] > 5, totals
+    assert (totals["membership_changes"] > 5) == membership, totals

@@ -77,17 +77,20 @@ def _run(config: SimConfig) -> SimResult:
               help="appends in flight per follower (0: drawn from each seed)")
 @click.option("--snapshot-every", type=click.IntRange(0), default=0,
               help="snapshot + compact the log every N applied entries (0: never)")
+@click.option("--membership/--no-membership", default=False, show_default=True,
+              help="add membership changes (remove / demote / re-add a voter) to the faults")
 @click.option("--core", default="", help="MODULE:CLASS of a RaftCore variant to test")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="worker processes")
 def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
-         max_entries_per_msg: int, max_inflight: int, snapshot_every: int, core: str,
-         jobs: int) -> None:
+         max_entries_per_msg: int, max_inflight: int, snapshot_every: int, membership: bool,
+         core: str, jobs: int) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
     base = SimConfig(nodes=nodes, steps=steps, faults=_parse_faults(faults),
                      lease_reads=lease_reads, max_entries_per_msg=max_entries_per_msg,
-                     max_inflight=max_inflight, snapshot_every=snapshot_every, core=core)
+                     max_inflight=max_inflight, snapshot_every=snapshot_every,
+                     membership=membership, core=core)
     if core:
         load_core(core)  # fail fast on a bad spec
     configs = [dataclasses.replace(base, seed=s) for s in seed_range]

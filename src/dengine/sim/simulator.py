@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dengine.errors import DengineError, NotLeader, Unavailable
-from dengine.proto import Entry, Message, MessageType, SnapshotMetadata, WriteCommand
+from dengine.proto import (
+    Entry,
+    Membership,
+    Message,
+    MessageType,
+    SnapshotMetadata,
+    WriteCommand,
+)
 from dengine.raft import RaftConfig, RaftCore
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
 from dengine.sim.lincheck import Op, check
@@ -67,6 +74,9 @@ class SimConfig:
     # Take a snapshot and compact the log whenever this many applied entries are in it
     # (0 = never): exercises snapshot transfer to followers that fell behind.
     snapshot_every: int = 0
+    # Add membership changes to the faults: a voter is removed (or demoted to learner)
+    # and later added back, one single-server change at a time.
+    membership: bool = False
     core: str = ""  # "module:Class" of a RaftCore subclass, for the replay command only
 
     def replay_command(self) -> str:
@@ -84,6 +94,8 @@ class SimConfig:
             cmd += f" --max-inflight {self.max_inflight}"
         if self.snapshot_every:
             cmd += f" --snapshot-every {self.snapshot_every}"
+        if self.membership:
+            cmd += " --membership"
         if self.core:
             cmd += f" --core {self.core}"
         return cmd
@@ -202,7 +214,7 @@ class Simulator:
         self.stats = dict.fromkeys(
             ("messages", "dropped", "crashes", "partitions", "elections", "writes", "reads",
              "lease_reads", "failed_writes", "unknown_writes", "snapshots_taken",
-             "snapshots_installed"), 0
+             "snapshots_installed", "membership_changes"), 0
         )
 
     # ----------------------------------------------------------------------------- run
@@ -477,6 +489,8 @@ class Simulator:
             return
         faults = self.cfg.faults
         choices = [k for k in FAULT_KINDS if k in faults]
+        if self.cfg.membership:
+            choices.append("member")
         if choices:
             kind = self.rng.choice(choices)
             if kind == "loss":
@@ -491,6 +505,8 @@ class Simulator:
                 self._partition(oneway=True)
             elif kind == "crash":
                 self._crash_some()
+            elif kind == "member":
+                self._change_membership()
             elif kind == "churn":
                 self.churn_until = self.now + self.rng.randint(200, 1000)
             elif kind == "skew":
@@ -553,6 +569,40 @@ class Simulator:
         else:
             self._partition(oneway=False, side={leader})
 
+    def _change_membership(self) -> bool:
+        """At the leader: remove (or demote) one voter, or restore the full membership.
+
+        Returns True when the full membership is in effect at the leader.
+        """
+        leader = self._leader()
+        if leader is None:
+            return False
+        core = self.nodes[leader].core
+        assert core is not None
+        voters = set(core.voters)
+        full = voters == set(self.ids)
+        if full and self.healing:
+            return True
+        new = Membership()
+        if full:
+            victim = self.rng.choice(self.ids)
+            voters.discard(victim)
+            learners = {victim} if self.rng.random() < 0.5 else set()
+        else:
+            voters.add(self.rng.choice(sorted(set(self.ids) - voters)))
+            learners = set(self.ids) - voters if self.rng.random() < 0.5 else set()
+        for i in sorted(voters):
+            new.voters.add(id=i, address=f"sim:{i}")
+        for i in sorted(learners):
+            new.learners.add(id=i, address=f"sim:{i}")
+        try:
+            core.propose_membership(new)
+        except (NotLeader, Unavailable):
+            return False
+        self.stats["membership_changes"] += 1
+        self._drive(self.nodes[leader])
+        return False
+
     def _crash_some(self) -> None:
         up = [i for i in self.ids if self.nodes[i].up]
         if not up:
@@ -604,7 +654,8 @@ class Simulator:
                 return
             if leader is not None and self.now >= next_barrier:
                 next_barrier = self.now + ELECTION_TICK * TICK_MS
-                self._barrier_write(self.nodes[leader])
+                if not self.cfg.membership or self._change_membership():
+                    self._barrier_write(self.nodes[leader])
             for node in self.nodes.values():
                 issued = reads_issued.get(node.id)
                 if node.id in self._barrier_reads_done or (
