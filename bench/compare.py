@@ -117,7 +117,14 @@ class AsyncTargetSystem(System):
     async def run(self, spec: LoadSpec, warmup: float) -> dict[str, Any]:
         if warmup > 0:
             await run_load(self.target, replace(spec, total=None, duration=warmup))
-        return (await run_load(self.target, spec)).to_dict()
+        cpu = time.process_time()
+        result = await run_load(self.target, spec)
+        cpu = time.process_time() - cpu
+        row = result.to_dict()
+        # CPU of this process (all its threads) per request: the client's cost for a
+        # remote system; client and leader together for dengine-embedded.
+        row["bench_process_cpu_us_per_op"] = round(cpu / max(1, result.ops) * 1e6, 1)
+        return row
 
 
 class Dengine(AsyncTargetSystem):
@@ -477,9 +484,14 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     console.print(f"  {workload:17} {concurrency:4} in flight: "
                                   f"{row['throughput_ops_s']:>10,.0f} ops/s  p50 "
                                   f"{lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
-                                  f"errors {row['errors']}")
+                                  f"errors {row['errors']}{cpu_note(row)}")
     return {"machine": machine(), "configs": configs, "rows": rows,
             "options": {k: v for k, v in vars(args).items() if k != "out"}}
+
+
+def cpu_note(row: dict[str, Any]) -> str:
+    cpu = row.get("bench_process_cpu_us_per_op")
+    return f"  (bench process CPU {cpu:.0f} us/op)" if cpu is not None else ""
 
 
 def comparison_table(data: dict[str, Any]) -> Table:
