@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from dengine.sim import SimConfig, SimResult, Simulator
+from dengine.proto import HardState
+from dengine.sim import InvariantChecker, SimConfig, SimResult, Simulator
 from dengine.sim.broken import (
     CommitOldTermCore,
     DoubleVoteCore,
@@ -59,6 +60,26 @@ def test_two_votes_in_one_term_are_caught() -> None:
         assert result.violation.invariant in ("vote safety", "election safety"), (
             result.describe()
         )
+
+
+class _NoVoteCheck(InvariantChecker):
+    """Skips the durable-vote check, to see that election safety alone still bites."""
+
+    def on_persist_hard_state(self, node: int, hs: HardState) -> None:
+        return
+
+
+def test_two_votes_in_one_term_make_two_leaders() -> None:
+    for seed in range(100):
+        sim = Simulator(SimConfig(nodes=3, seed=seed), DoubleVoteCore)
+        sim.checker = _NoVoteCheck()
+        result = sim.run()
+        if result.violation is not None:
+            assert result.violation.invariant in ("election safety", "log matching"), (
+                result.describe()
+            )
+            return
+    raise AssertionError("double vote never made two leaders of one term in 100 seeds")
 
 
 def test_lease_reads_without_check_quorum_are_caught() -> None:
