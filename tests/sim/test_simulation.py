@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from dengine.proto import Message
+from dengine.proto import Message, MessageType
 from dengine.raft import RaftCore
 from dengine.sim import SimConfig, Simulator
 from dengine.sim.__main__ import main as sim_main
@@ -95,7 +95,7 @@ class _DeafCore(RaftCore):
     """Drops every ReadIndex request: reads never complete, so liveness must fail."""
 
     def step(self, m: Message) -> None:
-        if m.type != 11:  # MSG_READ_INDEX
+        if m.type != MessageType.MSG_READ_INDEX:
             super().step(m)
 
 
