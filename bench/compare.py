@@ -432,6 +432,29 @@ def stop_processes(procs: list[Any], grace: float = 10.0) -> None:
             proc.wait()
 
 
+def fdatasync_ms(directory: Path, writes: int = 200) -> dict[str, float]:
+    """Latency of a small write + fdatasync in `directory` (where the clusters write)."""
+    path = directory / "fsync-probe"
+    latencies = []
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        for _ in range(writes):
+            start = time.perf_counter()
+            os.write(fd, b"x" * 300)
+            os.fdatasync(fd)
+            latencies.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    latencies.sort()
+    return {"p50": round(latencies[len(latencies) // 2], 3),
+            "p99": round(latencies[int(len(latencies) * 0.99)], 3)}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -455,6 +478,11 @@ def machine() -> dict[str, Any]:
 async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     configs: dict[str, Any] = {}
+    # The machine is shared: how busy it and its disk were belongs with the numbers.
+    conditions = {"before": {"load_average": load_average(),
+                             "fdatasync_ms": fdatasync_ms(workdir)}}
+    console.print(f"machine: load average {conditions['before']['load_average']}, "
+                  f"fdatasync {conditions['before']['fdatasync_ms']} ms")
     etcd_binary = find_etcd(args.install_etcd) if "etcd" in args.systems else ""
     for name in args.systems:
         system: System
@@ -485,7 +513,10 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                   f"{row['throughput_ops_s']:>10,.0f} ops/s  p50 "
                                   f"{lat['p50']:7.2f} ms  p99 {lat['p99']:7.2f} ms  "
                                   f"errors {row['errors']}{cpu_note(row)}")
-    return {"machine": machine(), "configs": configs, "rows": rows,
+    conditions["after"] = {"load_average": load_average(), "fdatasync_ms": fdatasync_ms(workdir)}
+    console.print(f"machine after: load average {conditions['after']['load_average']}, "
+                  f"fdatasync {conditions['after']['fdatasync_ms']} ms")
+    return {"machine": machine(), "conditions": conditions, "configs": configs, "rows": rows,
             "options": {k: v for k, v in vars(args).items() if k != "out"}}
 
 
