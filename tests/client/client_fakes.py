@@ -41,6 +41,7 @@ class FakeStatus:
     last_log_index: int = 0
     voters: dict[int, str] = field(default_factory=dict)
     learners: dict[int, str] = field(default_factory=dict)
+    snapshot_index: int = 0
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dengine.client import Client, NodeStatus
+from dengine.client import Client, NodeStatus, insert
 from dengine.errors import DengineError
 
 # Election timing for tests: fast, but with room for two busy shared cores.
@@ -160,13 +160,26 @@ class Cluster:
                  {j: a for j, a in peers.items() if j != i + 1}, dict(settings))
             for i in range(n)
         ]
+        self.workdir = workdir
 
     @property
     def endpoints(self) -> list[str]:
         return [n.client for n in self.nodes]
 
     def node(self, node_id: int) -> Node:
-        return self.nodes[node_id - 1]
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def add_joiner(self, join: list[str] | None = None, **settings: Any) -> Node:
+        """A new node (next free id, fresh ports and data dir) that starts with `--join`."""
+        client_port, peer_port = free_ports(2)
+        node_id = max(n.node_id for n in self.nodes) + 1
+        base = dict(self.nodes[0].settings)
+        base.update(settings)
+        base["join"] = ",".join(join or self.endpoints)
+        node = Node(node_id, f"127.0.0.1:{client_port}", f"127.0.0.1:{peer_port}",
+                    self.workdir, {}, base)
+        self.nodes.append(node)
+        return node
 
     def start(self) -> None:
         for node in self.nodes:
@@ -216,6 +229,27 @@ class Cluster:
             f"node {node_id} did not apply {index} in {timeout}s: {st}\n{self.logs()}"
         )
 
+    async def wait_members(self, voters: set[int], learners: set[int] | None = None,
+                           timeout: float = 30.0) -> None:
+        """Until the leader's configuration is exactly these voters and learners."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        async with self.client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                try:
+                    members = await client.members(timeout=2.0)
+                except DengineError as e:
+                    last = e
+                else:
+                    last = members
+                    have_voters = {m.id for m in members if m.role == "voter"}
+                    have_learners = {m.id for m in members if m.role == "learner"}
+                    if (have_voters, have_learners) == (voters, learners or set()):
+                        return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"membership not voters={voters} learners={learners or set()} "
+                             f"within {timeout}s (last: {last})\n{self.logs()}")
+
     def logs(self) -> str:
         return "\n".join(f"== node {n.node_id} ==\n{n.log_tail()}" for n in self.nodes)
 
@@ -230,3 +264,37 @@ def pid_alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+async def load_keys(client: Client, keys: list[str], value: str = "v",
+                    batch: int = 1000, concurrency: int = 4) -> None:
+    """Put every key (value: `value` + key) in batches of `batch` commands, `concurrency`
+    batches in flight."""
+    queue = [keys[i:i + batch] for i in range(0, len(keys), batch)]
+
+    async def worker() -> None:
+        while queue:
+            chunk = queue.pop()
+            await client.write([insert(k, value + k) for k in chunk])
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def read_all_eventual(endpoint: str, keys: list[str], chunk: int = 2000
+                            ) -> list[bytes | None]:
+    """Every key's value on one node (no leader involved), in order."""
+    out: list[bytes | None] = []
+    async with Client([endpoint], timeout=30) as c:
+        for i in range(0, len(keys), chunk):
+            out += await c.get_many(keys[i:i + chunk], "eventual")
+    return out
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of every file under `path` (files that vanish while walking are skipped)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e_support import CLI, Cluster, free_port_run, pid_alive
+from e2e_support import CLI, Cluster, free_port_run, free_ports, pid_alive
 
 from dengine.client import Client
 
@@ -60,16 +60,28 @@ def test_user_errors_are_messages_not_tracebacks(cluster_factory, tmp_path) -> N
         (["put", "--hex", "zz", "v", *ep], "hexadecimal"),
         (["get", "k", "--endpoints", "nonsense"], "HOST:PORT"),
         (["put", "k", "v", "--endpoints", "127.0.0.1:1", "--timeout", "0.3"], "UNAVAILABLE"),
-        (["member", "add", "4", "127.0.0.1:1"], "not supported yet"),
+        (["member", "add", "0", "127.0.0.1:1", *ep], "0"),
+        (["member", "add", "4", "nohost", *ep], "HOST:PORT"),
+        (["member", "remove", "9", *ep], "INVALID_REQUEST"),
+        (["member", "promote", "1", *ep], "INVALID_REQUEST"),
         (["serve", "--peer", "x=y"], "ID=HOST:PORT"),
         (["serve", "--config", "/nonexistent.toml"], "not found"),
         (["serve", "--data-dir", str(tmp_path / "d"), "--listen-client", cluster.node(1).client],
          "cannot listen on"),
+        (["serve", "--data-dir", str(tmp_path / "j1"), "--id", "7", "--cluster-id", "other",
+          *free_listeners(), "--join", cluster.node(1).client], "reaches cluster 'dengine'"),
+        (["serve", "--data-dir", str(tmp_path / "j2"), "--id", "1",
+          *free_listeners(), "--join", cluster.node(1).client], "already a member"),
     ]:
         result = dengine(*args)
         assert result.returncode != 0, (args, result.stdout)
         assert "Traceback" not in result.stderr, result.stderr
         assert needle in result.stderr, (args, result.stderr)
+
+
+def free_listeners() -> list[str]:
+    client, peer = free_ports(2)
+    return ["--listen-client", f"127.0.0.1:{client}", "--listen-peer", f"127.0.0.1:{peer}"]
 
 
 def test_cluster_up_starts_and_sigint_stops_every_process(tmp_path: Path) -> None:

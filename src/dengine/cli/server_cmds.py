@@ -49,8 +49,13 @@ SETTINGS_HELP = {
     "max_value_size": "Largest value accepted, in bytes.",
     "max_request_size": "Largest client request (a batch of commands or keys), in bytes.",
     "wal_checkpoint_bytes": "State machine WAL size that triggers a checkpoint.",
-    "snapshot_threshold_entries": "Applied entries since the last snapshot that trigger one.",
+    "snapshot_threshold_entries": "Applied entries since the last snapshot that trigger one "
+                                  "(0: no entry-count trigger).",
     "snapshots_to_keep": "Snapshots kept on disk.",
+    "snapshot_interval_s": "Also take a snapshot this often when entries were applied (0: off).",
+    "snapshot_chunk_bytes": "Chunk size when a snapshot is streamed to a follower.",
+    "log_segment_bytes": "Raft log segment size; compaction frees whole segments.",
+    "promote_lag": "A learner within this many entries of the leader counts as caught up.",
     "log_level": "debug, info, warning or error.",
 }
 

@@ -132,6 +132,7 @@ class NodeStatus:
     last_log_index: int
     voters: dict[int, str] = field(default_factory=dict)
     learners: dict[int, str] = field(default_factory=dict)
+    snapshot_index: int = 0  # the log starts after this index (0: never compacted)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -439,6 +440,7 @@ class Client:
             last_log_index=resp.last_log_index,
             voters={m.id: m.address for m in resp.voters},
             learners={m.id: m.address for m in resp.learners},
+            snapshot_index=resp.snapshot_index,
         )
 
     async def status_all(

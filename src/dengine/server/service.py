@@ -175,6 +175,7 @@ class ClientService:
                 voters=_members(st.voters),
                 learners=_members(st.learners),
                 client_address=self._config.listen_client,
+                snapshot_index=st.snapshot_index,
             )
         except Exception as exc:
             return StatusResponse(error=self._error(exc, "Status"))
