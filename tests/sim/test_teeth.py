@@ -28,15 +28,12 @@ def _first_violation(
     return None
 
 
-def test_real_core_survives_the_teeth_configurations() -> None:
-    """The same schedules and seeds the teeth use are clean for the real core."""
-    for config in (
-        SimConfig(nodes=3, max_entries_per_msg=1, max_inflight=1),
-        SimConfig(nodes=3),
-        SimConfig(nodes=5),
-    ):
-        result = _first_violation(config, None, range(40))
-        assert result is None, result.describe()
+def test_real_core_survives_the_figure_8_configuration() -> None:
+    """The schedule and seeds that catch the Figure 8 bug are clean for the real core
+    (the default configurations are covered by test_simulation)."""
+    config = SimConfig(nodes=3, max_entries_per_msg=1, max_inflight=1)
+    result = _first_violation(config, None, range(40))
+    assert result is None, result.describe()
 
 
 def test_commit_by_counting_old_term_entries_is_caught() -> None:
