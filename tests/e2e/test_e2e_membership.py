@@ -128,9 +128,10 @@ def test_empty_node_joins_through_a_snapshot(cluster_factory, measurements) -> N
 
 
 @pytest.mark.slow
-def test_empty_node_joins_through_a_snapshot_100k(cluster_factory, measurements) -> None:  # type: ignore[no-untyped-def]
-    cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=5000)
-    asyncio.run(join_through_snapshot(cluster, 100_000, measurements, "join_100k"))
+@pytest.mark.parametrize("n_keys", [100_000, 1_000_000])
+def test_empty_node_joins_through_a_big_snapshot(cluster_factory, measurements, n_keys) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=n_keys // 20)
+    asyncio.run(join_through_snapshot(cluster, n_keys, measurements, f"join_{n_keys}"))
 
 
 class Writer:
