@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -104,7 +105,11 @@ async def bench_remote(
 
 
 def run_async(coro: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
-    """Run `coro` on uvloop when asked and installed, else on the default asyncio loop."""
+    """Run `coro` on uvloop when asked and installed, else on the default asyncio loop.
+
+    SIGTERM, like Ctrl-C, cancels it (so that clusters it started are stopped and their
+    files removed) and then raises KeyboardInterrupt.
+    """
     factory = None
     if use_uvloop:
         try:
@@ -113,5 +118,28 @@ def run_async(coro: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:
             factory = uvloop.new_event_loop
         except ImportError:
             factory = None
+    terminated = False
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def terminate() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        try:
+            return await coro
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        try:
+            return runner.run(main())
+        except asyncio.CancelledError:
+            if terminated:
+                raise KeyboardInterrupt from None
+            raise
