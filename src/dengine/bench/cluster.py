@@ -2,9 +2,10 @@
 
 `LocalCluster(3)` runs three `dengine serve` subprocesses; `LocalCluster(3, embedded=True)`
 runs node 1 in this process (an `Engine` the benchmark drives directly) and the others as
-subprocesses. The in-process node gets the shortest election timeout and starts first, so
-it is the one that wins the first election. `stop()` (also on Ctrl-C, through `async with`)
-ends every process and removes the temp dir; children also get SIGKILL if this process dies.
+subprocesses. The in-process node gets the shortest election timeout (the followers' is 6x
+longer) and starts first, so it is the one that wins the first election. `stop()` (also
+on Ctrl-C or SIGTERM, through `async with`) ends every process and removes the temp dir;
+children also get SIGKILL if this process dies.
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_ms": 50,
     "log_level": "warning",
 }
-# Subprocess followers of an embedded leader wait this long before campaigning, so that
-# the in-process node (150-300 ms) is elected first and stays leader under load.
-FOLLOWER_ELECTION_MS = 1000
+# The in-process leader of an embedded cluster shares its event loop with the load
+# generator; on two busy shared cores that loop can stall for a few hundred ms, and a
+# leader that hears from no quorum for an election timeout steps down (check-quorum). So
+# it gets a longer timeout than the product default, and its subprocess followers a much
+# longer one still, so that it is elected first and stays leader under load.
+EMBEDDED_LEADER_ELECTION_MS = 500
+FOLLOWER_ELECTION_FACTOR = 6
 STOP_GRACE_S = 10.0
 # The child asks Linux for SIGKILL when its parent dies (however it dies), then runs the
 # CLI. Done in the child's own code rather than a preexec_fn, so that Popen need not fork
@@ -168,7 +173,10 @@ class LocalCluster:
             raise DengineError(f"a cluster needs at least one node, got {nodes}")
         self.nodes = nodes
         self.embedded = embedded
-        self.settings = {**DEFAULT_SETTINGS, **(settings or {}), "cluster_id": cluster_id}
+        defaults = dict(DEFAULT_SETTINGS)
+        if embedded:
+            defaults["election_timeout_ms"] = EMBEDDED_LEADER_ELECTION_MS
+        self.settings = {**defaults, **(settings or {}), "cluster_id": cluster_id}
         self._base_dir = base_dir
         self.workdir: Path | None = None
         self.engine: Engine | None = None
@@ -206,8 +214,8 @@ class LocalCluster:
             for n in range(first_subprocess, self.nodes + 1):
                 settings = dict(self.settings)
                 if self.embedded:
-                    settings["election_timeout_ms"] = max(
-                        FOLLOWER_ELECTION_MS, 2 * int(self.settings["election_timeout_ms"])
+                    settings["election_timeout_ms"] = (
+                        FOLLOWER_ELECTION_FACTOR * int(self.settings["election_timeout_ms"])
                     )
                 proc = ServerProcess(
                     n, self.client_addresses[n], self.peer_addresses[n], self.workdir,

@@ -21,6 +21,7 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999)
 QUANTILE_NAMES = ("p50", "p90", "p99", "p999")
 WORKLOADS = ("put", "get", "mixed")
 CONSISTENCY_LEVELS = ("linearizable", "lease", "eventual")
+ERROR_BACKOFF_S = 0.01
 
 
 class Target(Protocol):
@@ -196,7 +197,9 @@ async def run_load(
                 result.errors += 1
                 kind = str(getattr(e, "code", type(e).__name__))
                 result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
-                await asyncio.sleep(0)  # a target failing without suspending must not starve
+                # Back off like a real client: a target that fails at once (no leader)
+                # must not spin and starve the very node it waits for.
+                await asyncio.sleep(ERROR_BACKOFF_S)
                 continue
             append(perf_counter() - start)
 

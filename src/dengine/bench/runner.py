@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import signal
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from dengine.bench.cluster import LocalCluster
@@ -42,10 +42,11 @@ class BenchRun:
     nodes: int | None
     loop: str
     result: LoadResult
+    notes: list[str] = field(default_factory=list)  # what makes the numbers suspect
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "nodes": self.nodes, "loop": self.loop,
-                **self.result.to_dict()}
+                **self.result.to_dict(), "notes": self.notes}
 
 
 def loop_name() -> str:
@@ -81,10 +82,19 @@ async def bench_embedded(
     progress = progress or NoProgress()
     progress.phase(f"starting a {nodes}-node cluster", None)
     async with LocalCluster(nodes, embedded=True, settings=settings) as cluster:
-        assert cluster.engine is not None
-        result = await drive(cluster.engine, spec, warmup=warmup, progress=progress)
+        engine = cluster.engine
+        assert engine is not None
+        term = engine.status().term
+        result = await drive(engine, spec, warmup=warmup, progress=progress)
+        notes = []
+        if engine.status().term != term or not engine.is_leader:
+            notes.append(
+                f"leadership changed during the run (term {term} -> {engine.status().term}, "
+                f"in-process node {'still' if engine.is_leader else 'no longer'} leader): "
+                "its event loop stalled past the election timeout"
+            )
     return BenchRun(f"embedded, {nodes} node{'s' if nodes > 1 else ''}", nodes, loop_name(),
-                    result)
+                    result, notes)
 
 
 async def bench_remote(

@@ -162,6 +162,8 @@ def _run_workload(workload: str, embedded: bool, nodes: int, endpoints: str | No
     out = console()
     out.print(results_table([row], f"dengine bench {workload} ({run.loop})"))
     out.print(spec.describe())
+    for note in run.notes:
+        out.print(f"[yellow]note:[/] {note}")
 
 
 @bench.command("put")
