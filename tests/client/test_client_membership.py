@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from click.testing import CliRunner
-from client_fakes import FakeMember, FakeServer, fake_servers, free_port
+from client_fakes import FakeEngine, FakeMember, FakeServer, fake_servers, free_port
 
 from dengine.cli.client_cmds import member
 from dengine.client import Client, MemberInfo, SyncClient
@@ -298,3 +298,17 @@ def test_no_join_when_already_in_a_configuration() -> None:
         ), 2)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("name", ["members", "add_learner", "promote", "remove_member"])
+def test_fake_engine_keeps_the_engine_signatures(name: str) -> None:
+    """The service tests above mean something only while the fake matches the Engine."""
+    import inspect
+
+    from dengine.node.engine import Engine
+
+    real = inspect.signature(getattr(Engine, name)).parameters
+    fake = inspect.signature(getattr(FakeEngine, name)).parameters
+    assert [(p.name, p.kind) for p in real.values()] == [
+        (p.name, p.kind) for p in fake.values()
+    ]
