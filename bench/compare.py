@@ -60,6 +60,7 @@ WORKLOADS = {  # name -> (LoadSpec.workload, dengine consistency)
 }
 BASELINES = ("etcd", "pysyncobj", "pysyncobj-nobatch")
 START_TIMEOUT_S = 60.0
+ANSWER_TIMEOUT_S = 120.0
 console = Console(width=200) if not Console().is_terminal else Console()
 
 
@@ -273,14 +274,14 @@ class Etcd(AsyncTargetSystem):
         for i in range(3):
             log = open(self.workdir / f"n{i}.log", "wb")  # noqa: SIM115 - the child's
             try:
-                self.procs.append(subprocess.Popen(
+                self.procs.append(subprocess.Popen(orphan_safe(
                     [self.binary, "--name", f"n{i}", "--data-dir", str(self.workdir / f"n{i}"),
                      "--listen-client-urls", f"http://{self.clients[i]}",
                      "--advertise-client-urls", f"http://{self.clients[i]}",
                      "--listen-peer-urls", f"http://{self.peers[i]}",
                      "--initial-advertise-peer-urls", f"http://{self.peers[i]}",
                      "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                     "--initial-cluster-token", "dengine-compare"],
+                     "--initial-cluster-token", "dengine-compare"]),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 ))
@@ -351,8 +352,8 @@ class PySyncObj(System):
         for i, addr in enumerate(self.addresses):
             partners = [a for a in self.addresses if a != addr]
             self.procs.append(subprocess.Popen(
-                [sys.executable, script, addr, str(self.workdir / f"journal{i}"),
-                 "1" if self.batch else "0", *partners],
+                orphan_safe([sys.executable, script, addr, str(self.workdir / f"journal{i}"),
+                             "1" if self.batch else "0", *partners]),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=open(self.workdir / f"n{i}.log", "wb"),  # noqa: SIM115
                 text=True, start_new_session=True,
@@ -379,7 +380,15 @@ class PySyncObj(System):
                                  f"{self.workdir}/n*.log")
             return json.loads(line)
 
-        return await asyncio.to_thread(exchange)
+        # A node that never answers ends the run with an error, not a hang (stop() then
+        # ends the processes, which frees the reading thread).
+        limit = float(request.get("spec", {}).get("duration") or 0) + float(
+            request.get("warmup", 0)) + ANSWER_TIMEOUT_S
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(exchange), limit)
+        except TimeoutError:
+            raise BenchError(f"a PySyncObj node did not answer {request['cmd']!r} within "
+                             f"{limit:g}s; see {self.workdir}/n*.log") from None
 
     async def preload(self, spec: LoadSpec) -> None:
         assert self.leader is not None
@@ -403,6 +412,24 @@ class PySyncObj(System):
 class PySyncObjNoBatch(PySyncObj):
     name = "pysyncobj-nobatch"
     batch = False
+
+
+# Runs a child command after asking Linux to SIGKILL it when this process dies (however
+# it dies); the setting survives exec. Done in the child rather than in a preexec_fn so
+# that Popen need not fork a process that has gRPC threads.
+_DIE_WITH_PARENT = """
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def orphan_safe(argv: list[str]) -> list[str]:
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
 def spec_dict(spec: LoadSpec) -> dict[str, Any]:
@@ -664,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchError, DengineError) as e:
         console.print(f"[red]error:[/] {e}")
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("interrupted")
         return 130
     finally:

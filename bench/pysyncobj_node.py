@@ -31,6 +31,8 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from dengine.bench.load import LoadResult, LoadSpec, make_key
 
+NO_ANSWER_TIMEOUT_S = 10.0
+
 
 class KV(SyncObj):
     def __init__(self, self_addr: str, partners: list[str], conf: SyncObjConf) -> None:
@@ -49,12 +51,14 @@ def run_writes(kv: KV, spec: LoadSpec, keys: list[bytes], value: bytes) -> LoadR
     lock = threading.Lock()
     done = threading.Event()
     rng = random.Random(spec.seed)
-    state = {"started": 0, "in_flight": 0}
+    state = {"started": 0, "in_flight": 0, "answered": 0, "closed": False}
     began = time.perf_counter()
     deadline = began + spec.duration if spec.duration else None
 
     def issue() -> None:
         with lock:
+            if state["closed"]:
+                return
             n = state["started"]
             now = time.perf_counter()
             if (spec.total is not None and n >= spec.total) or (
@@ -68,10 +72,13 @@ def run_writes(kv: KV, spec: LoadSpec, keys: list[bytes], value: bytes) -> LoadR
             key = keys[n % len(keys)] if spec.sequential_keys else keys[rng.randrange(len(keys))]
 
         def callback(res: Any, err: int, start: float = now) -> None:
-            if err == FAIL_REASON.SUCCESS:
-                latencies.append(time.perf_counter() - start)
-            else:
-                with lock:
+            with lock:
+                if state["closed"]:
+                    return
+                state["answered"] += 1
+                if err == FAIL_REASON.SUCCESS:
+                    latencies.append(time.perf_counter() - start)
+                else:
                     result.errors += 1
                     kind = f"FAIL_REASON_{err}"
                     result.error_kinds[kind] = result.error_kinds.get(kind, 0) + 1
@@ -83,7 +90,18 @@ def run_writes(kv: KV, spec: LoadSpec, keys: list[bytes], value: bytes) -> LoadR
         state["in_flight"] = spec.concurrency
     for _ in range(spec.concurrency):
         issue()
-    done.wait()
+    # A command forwarded to a leader whose answer got lost never calls back (until the
+    # next leader change): give up on the stragglers after a while without any answer.
+    answered, last_progress = 0, time.monotonic()
+    while not done.wait(0.5):
+        with lock:
+            if state["answered"] != answered:
+                answered, last_progress = state["answered"], time.monotonic()
+            elif time.monotonic() - last_progress > NO_ANSWER_TIMEOUT_S:
+                state["closed"] = True
+                result.errors += state["in_flight"]
+                result.error_kinds["NO_ANSWER"] = state["in_flight"]
+                break
     result.elapsed = time.perf_counter() - began
     result.ops = len(latencies)
     return result
