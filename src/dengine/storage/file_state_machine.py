@@ -398,19 +398,21 @@ class FileStateMachine:
 
     def maybe_checkpoint(self) -> bool:
         """Checkpoint if the WAL passed the threshold and none is running. True if started."""
-        if self._wal_size < self._checkpoint_bytes:
-            return False
-        if self._checkpointer is not None and self._checkpointer.is_alive():
-            return False
-        if not self._background:
-            self.checkpoint()
+        with self._lock:
+            if self._wal_size < self._checkpoint_bytes:
+                return False
+            if self._checkpointer is not None and self._checkpointer.is_alive():
+                return False
+            if not self._background:
+                self.checkpoint()
+                return True
+            job = self._begin_checkpoint()
+            self._checkpointer = threading.Thread(
+                target=self._finish_checkpoint_logged, args=job, name="dengine-checkpoint",
+                daemon=True,
+            )
+            self._checkpointer.start()
             return True
-        job = self._begin_checkpoint()
-        self._checkpointer = threading.Thread(
-            target=self._finish_checkpoint_logged, args=job, name="dengine-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
-        return True
 
     def checkpoint(self) -> None:
         """Write a checkpoint now, synchronously, and drop the WALs it covers."""
