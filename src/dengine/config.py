@@ -48,8 +48,12 @@ class NodeConfig:
 
     # Storage and compaction.
     wal_checkpoint_bytes: int = 64 * 1024 * 1024
-    snapshot_threshold_entries: int = 100_000
+    snapshot_threshold_entries: int = 100_000  # 0: no entry-count trigger
     snapshots_to_keep: int = 2
+    snapshot_interval_s: float = 0.0  # also snapshot this often when entries were applied (0: off)
+    snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot streaming chunk size
+    log_segment_bytes: int = 64 * 1024 * 1024  # compaction frees whole segments
+    promote_lag: int = 1000  # a learner within this many entries of the leader is caught up
 
     log_level: str = "info"
 
@@ -76,6 +80,12 @@ class NodeConfig:
                      "max_entries_per_msg", "max_bytes_per_msg", "max_inflight_msgs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("snapshots_to_keep", "snapshot_chunk_bytes", "log_segment_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("snapshot_threshold_entries", "snapshot_interval_s", "promote_lag"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.heartbeat_interval_ms >= self.election_timeout_ms:
             raise ConfigError("heartbeat_interval_ms must be below election_timeout_ms")
         if self.lease_read and self.clock_drift_ms >= self.election_timeout_ms:

@@ -154,3 +154,21 @@ def test_failed_snapshot_is_sent_again() -> None:
     net.tick(ids=[1], n=3)
     assert len(net.snapshots[3]) == 1
     assert net[3].commit_index == net[1].commit_index
+
+
+def test_lost_snapshot_of_the_last_index_is_followed_by_a_probe() -> None:
+    """After the snapshot stall timeout the peer's next index is past the leader's log; a
+    heartbeat answer must still produce a probe, or the follower is never caught up."""
+    net = _cluster([1, 2, 3])
+    net.isolate(3)
+    for n in range(5):
+        net[1].propose([b"%d" % n])
+    net.tick(ids=[1, 2])
+    compact(net.logs[1], net[1].commit_index, net[1].membership)
+    net.heal()
+    stall = 4 * net[1].cfg.election_tick  # SNAPSHOT_STALL_TIMEOUTS election timeouts
+    for _ in range(stall + 10):  # every snapshot is lost until the leader gives up on it
+        net.tick(ids=[1], settle=False)
+        net.settle(keep=lambda m: m.type != T.MSG_SNAPSHOT)
+    net.tick(ids=[1], n=2 * stall)
+    assert net[3].commit_index == net[1].commit_index

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from dengine.config import NodeConfig
-from dengine.errors import InvalidRequest, Timeout
-from dengine.node.node import Node, NodeStatus
-from dengine.proto import WriteCommand
+from dengine.config import NodeConfig, parse_address
+from dengine.errors import ConfigError, InvalidRequest, NotLeader, Timeout
+from dengine.node.node import MemberInfo, Node, NodeStatus, promoted
+from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
 from dengine.storage import ApplyResult
 
@@ -82,7 +82,8 @@ class Engine:
 
         `settings` are NodeConfig field names (node_id=, cluster_id=, listen_peer=,
         peers={id: "host:port"}, listen_client=, tick_ms=, ...) and win over `config`.
-        A single node with no peers needs no network: it listens on nothing.
+        Every node listens for peers on `listen_peer`, a lone one too (so that it can grow);
+        if that address is taken, a lone node runs anyway and logs a warning.
         """
         base = config or NodeConfig()
         if config is None or data_dir != "./dengine-data":
@@ -262,6 +263,113 @@ class Engine:
         if not encoded:
             return []
         return await self._node.read(encoded, mode, self._timeout(timeout))
+
+    # -- membership ----------------------------------------------------------------------
+
+    def members(self) -> list[MemberInfo]:
+        """The latest configuration this node has appended (match indexes: leader only)."""
+        return self._node.members()
+
+    def peer_client_address(self, node_id: int) -> str:
+        """The client address `node_id` announced to this node ("" if not known yet)."""
+        return self._node.peer_client_address(node_id)
+
+    async def add_learner(
+        self,
+        node_id: int,
+        address: str,
+        *,
+        promote_when_caught_up: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Add `node_id` (peer address `address`) as a learner; returns once committed.
+
+        Leader only. With `promote_when_caught_up` the leader (this one or a later one)
+        makes it a voter once it is within `promote_lag` entries.
+        """
+        self._check_node_id(node_id)
+        try:
+            parse_address(address)
+        except ConfigError as e:
+            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
+        membership = self._leader_membership()
+        for role, group in (("voter", membership.voters), ("learner", membership.learners)):
+            if any(m.id == node_id for m in group):
+                raise InvalidRequest(f"node {node_id} is already a {role}")
+        new = Membership()
+        new.CopyFrom(membership)
+        new.learners.add(id=node_id, address=address, promote=promote_when_caught_up)
+        await self._node.change_membership(new, self._timeout(timeout))
+
+    async def promote(self, node_id: int, *, timeout: float | None = None) -> None:
+        """Make learner `node_id` a voter; InvalidRequest unless it has caught up."""
+        self._check_node_id(node_id)
+        membership = self._leader_membership()
+        if not any(m.id == node_id for m in membership.learners):
+            what = "a voter already" if any(m.id == node_id for m in membership.voters) else (
+                "not a member")
+            raise InvalidRequest(f"node {node_id} is not a learner ({what})")
+        self._node.check_learner_caught_up(node_id)
+        await self._node.change_membership(promoted(membership, node_id), self._timeout(timeout))
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        """Remove a voter or learner; returns once the change is committed.
+
+        A leader asked to remove itself first hands leadership to the most caught-up voter
+        and then raises NotLeader naming it: the removal is retried there (the client does
+        that by itself).
+        """
+        self._check_node_id(node_id)
+        membership = self._leader_membership()
+        ids = {m.id for m in (*membership.voters, *membership.learners)}
+        if node_id not in ids:
+            raise InvalidRequest(f"node {node_id} is not a member")
+        seconds = self._timeout(timeout)
+        if node_id == self.node_id:
+            await self._hand_over(membership, seconds)
+        new = Membership()
+        new.voters.extend(m for m in membership.voters if m.id != node_id)
+        new.learners.extend(m for m in membership.learners if m.id != node_id)
+        if not new.voters:
+            raise InvalidRequest(f"cannot remove node {node_id}: it is the only voter")
+        await self._node.change_membership(new, seconds)
+
+    async def _hand_over(self, membership: Membership, timeout: float) -> None:
+        others = [m.id for m in membership.voters if m.id != self.node_id]
+        if not others:
+            raise InvalidRequest(f"cannot remove node {self.node_id}: it is the only voter")
+        matches = {m.id: m.match_index for m in self._node.members()}
+        target = max(others, key=lambda i: (matches.get(i, 0), -i))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self.config.tick_ms / 1000.0
+        self._node.transfer_leadership(target)
+        while self.is_leader or self.leader_id in (0, self.node_id):
+            if loop.time() >= deadline:
+                raise Timeout(
+                    f"leadership transfer to node {target} did not complete within "
+                    f"{timeout}s; node {self.node_id} was not removed"
+                )
+            if self.is_leader and self._node.transfer_target() != target:
+                self._node.transfer_leadership(target)  # abandoned after an election timeout
+            await asyncio.sleep(interval)
+        raise NotLeader(
+            f"node {self.node_id} handed leadership to node {self.leader_id} before its "
+            f"removal; ask node {self.leader_id} to remove node {self.node_id}",
+            leader_id=self.leader_id,
+            leader_address=self._node.leader_address(),
+        )
+
+    def _leader_membership(self) -> Membership:
+        self._node.check_running()
+        if not self.is_leader:
+            raise self._node.not_leader()
+        return self._node.membership()
+
+    @staticmethod
+    def _check_node_id(node_id: int) -> None:
+        if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 0:
+            raise InvalidRequest(f"node id must be a positive integer, got {node_id!r}")
 
     @staticmethod
     def _timeout(timeout: float | None) -> float:

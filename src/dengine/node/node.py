@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,17 +16,41 @@ from dataclasses import dataclass
 from typing import Any
 
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, NotLeader, StorageError, Timeout, Unavailable
+from dengine.errors import (
+    DengineError,
+    InvalidRequest,
+    NotLeader,
+    StorageError,
+    Timeout,
+    Unavailable,
+)
 from dengine.node.datadir import DataDir
+from dengine.node.snapshots import SnapshotReceiver, SnapshotStore, file_sha256
 from dengine.node.transport import Transport
-from dengine.proto import Entry, HardState, Member, Membership, Message
+from dengine.proto import (
+    Entry,
+    HardState,
+    LogId,
+    Member,
+    Membership,
+    Message,
+    MessageType,
+    SnapshotChunk,
+    SnapshotMetadata,
+)
 from dengine.raft import RaftConfig, RaftCore, Ready, Role
-from dengine.storage import ApplyResult, FileStateMachine, RaftLog, StateMachine
+from dengine.raft.progress import ProgressState
+from dengine.storage import ApplyResult, FileStateMachine, RaftLog
 
 log = logging.getLogger(__name__)
 
 _APPLY_CHUNK = 4096  # entries per apply_chunk call during restart recovery
 _FRAME_MARGIN = 64 * 1024
+MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
+# Entries kept below a new snapshot, as a fraction of the snapshot threshold: a follower a
+# little behind at compaction time then catches up from the log, not with a snapshot.
+_COMPACTION_TAIL_DIVISOR = 10
+_SNAPSHOT_RETRY_S = 5.0  # after a failed snapshot, wait this long before the next try
 
 
 def _nothing() -> None:
@@ -47,9 +72,22 @@ class NodeStatus:
     last_log_index: int
     voters: list[int]
     learners: list[int]
+    snapshot_index: int = 0  # last_included index of the snapshot the log starts from
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member of the latest configuration this node has appended."""
+
+    id: int
+    address: str  # peer address
+    client_address: str  # "" if unknown
+    role: str  # "voter" | "learner"
+    match_index: int  # leader's view; 0 if unknown (or this node does not lead)
+    is_leader: bool
 
 
 class _Write:
@@ -120,8 +158,12 @@ class Node:
         self._apply_io = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"dengine-apply-{self.node_id}"
         )
+        # Snapshot files are written here, never on the loop, the log or the apply thread.
+        self._snap_io = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"dengine-snap-{self.node_id}"
+        )
         self._log: RaftLog | None = None
-        self._sm: StateMachine | None = None
+        self._sm: FileStateMachine | None = None
         self._core: RaftCore | None = None
         self._transport: Transport | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -152,6 +194,14 @@ class Node:
         self._saved_vote = (0, 0)  # (term, voted_for) durable in the log's hard state
         self._latest_hs = HardState()  # the core's latest, commit included; saved at stop
         self._membership_seen: Membership | None = None
+        self._store = SnapshotStore(self.data_dir.snapshots, config.snapshots_to_keep)
+        self._receiver = SnapshotReceiver(self._store)
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._compact_to: SnapshotMetadata | None = None
+        self._next_snapshot_at = 0.0  # monotonic time of the next interval/retry snapshot
+        self.snapshot_index = 0
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -162,8 +212,8 @@ class Node:
         try:
             await loop.run_in_executor(self._io, self._open_storage)
         except BaseException:
-            self._io.shutdown(wait=False)
-            self._apply_io.shutdown(wait=False)
+            for executor in (self._io, self._apply_io, self._snap_io):
+                executor.shutdown(wait=False)
             raise
         try:
             await self._start_core_and_transport()
@@ -172,6 +222,8 @@ class Node:
             raise
         self._running = True
         self._last_tick = time.monotonic()
+        if self.config.snapshot_interval_s:
+            self._next_snapshot_at = self._last_tick + self.config.snapshot_interval_s
         self._loop_task = asyncio.create_task(self._run(), name=f"dengine-node-{self.node_id}")
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"dengine-tick-{self.node_id}")
 
@@ -187,9 +239,9 @@ class Node:
         hs = raft_log.hard_state()
         self._saved_vote = (hs.term, hs.voted_for)
         self._latest_hs.CopyFrom(hs)
+        snap = raft_log.snapshot_metadata()
+        self.snapshot_index = snap.last_included.index if snap is not None else 0
         peers = self._peer_addresses()
-        if not peers:
-            return
         self._transport = Transport(
             node_id=self.node_id,
             cluster_id=self.config.cluster_id,
@@ -201,13 +253,23 @@ class Node:
             + self.config.max_request_size
             + _FRAME_MARGIN,
             on_unreachable=self._on_unreachable,
+            on_snapshot_chunk=self._on_snapshot_chunk,
+            on_snapshot_done=self._on_snapshot_done,
+            accept_unknown=self._is_outside_membership,
+            snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
         )
         try:
             await self._transport.start()
         except OSError as e:
-            raise Unavailable(
-                f"cannot listen for peers on {self.config.listen_peer}: {e}"
-            ) from None
+            if peers or self.config.join:
+                raise Unavailable(
+                    f"cannot listen for peers on {self.config.listen_peer}: {e}"
+                ) from None
+            # A lone node works without its peer listener; it just cannot grow.
+            log.warning("node %d: cannot listen for peers on %s (%s); running alone, "
+                        "new members cannot be added until a restart",
+                        self.node_id, self.config.listen_peer, e)
+            self._transport = None
 
     async def stop(self) -> None:
         """Stop the loop, close the transport, flush and close storage. Idempotent."""
@@ -215,14 +277,15 @@ class Node:
             return
         self._running = False
         self._wake.set()
-        for task in (self._ticker_task, self._loop_task):
+        for task in (self._ticker_task, self._loop_task, self._snapshot_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._loop_task = self._ticker_task = None
+        self._loop_task = self._ticker_task = self._snapshot_task = None
         if self._transport is not None:
             await self._transport.close()
+        self._receiver.close()
         self._fail_pending(stopping=True)
         await self._close_storage()
 
@@ -231,18 +294,21 @@ class Node:
         try:
             # Let a running apply finish before the state machine is closed.
             await loop.run_in_executor(self._apply_io, _nothing)
+            await loop.run_in_executor(self._snap_io, _nothing)
             await loop.run_in_executor(self._io, self._flush_and_close)
         finally:
-            self._io.shutdown(wait=True)
-            self._apply_io.shutdown(wait=True)
+            for executor in (self._io, self._apply_io, self._snap_io):
+                executor.shutdown(wait=True)
 
     def _open_storage(self) -> None:
         """Open the log and state machine; re-apply committed entries the SM has not seen."""
-        raft_log = RaftLog(self.data_dir.raft)
+        raft_log = RaftLog(self.data_dir.raft, segment_bytes=self.config.log_segment_bytes)
         sm = FileStateMachine(
             self.data_dir.sm, checkpoint_bytes=self.config.wal_checkpoint_bytes
         )
         self._log, self._sm = raft_log, sm
+        self._finish_interrupted_install(raft_log, sm)
+        self._store.prune(raft_log.snapshot_metadata(), leftovers=True)
         applied = sm.last_applied().index
         commit = min(raft_log.hard_state().commit, raft_log.last_index())
         start = max(applied + 1, raft_log.first_index())
@@ -258,6 +324,28 @@ class Node:
         self.applied_index = max(applied, commit)
         if commit > applied:
             log.info("node %d: re-applied log entries %d..%d", self.node_id, applied + 1, commit)
+
+    def _finish_interrupted_install(self, raft_log: RaftLog, sm: FileStateMachine) -> None:
+        """A snapshot from the leader is installed in the state machine, then in the log;
+        after a crash in between, the state machine is at a point the log does not hold:
+        finish the install (the log restarts after the snapshot)."""
+        applied = sm.last_applied()
+        if applied.index < raft_log.first_index():
+            return  # in the compacted prefix, or nothing applied
+        if applied.index <= raft_log.last_index() and raft_log.term(applied.index) == applied.term:
+            return
+        snap = sm.snapshot_metadata()
+        if snap is None or (snap.last_included.index, snap.last_included.term) != (
+            applied.index, applied.term
+        ):
+            raise StorageError(
+                f"the state machine is at ({applied.term}, {applied.index}), which the Raft "
+                f"log (entries {raft_log.first_index()}..{raft_log.last_index()}) does not "
+                "hold, and no snapshot explains it: the log is not the one it was applied from"
+            )
+        log.warning("node %d: finishing the install of the snapshot at index %d that a "
+                    "crash interrupted", self.node_id, applied.index)
+        raft_log.install_snapshot(snap)
 
     def _flush_and_close(self) -> None:
         if self._log is not None and self._core is not None:
@@ -281,6 +369,11 @@ class Node:
             lease_ticks=c.lease_ticks if c.lease_read else 0,
             applied=self.applied_index,
         )
+
+    def _is_outside_membership(self) -> bool:
+        """True while this node is in no membership (joining): it accepts any peer."""
+        core = self._core
+        return core is not None and not core.voters and not core.learners
 
     def _bootstrap_membership(self) -> Membership:
         voters = [Member(id=self.node_id, address=self.config.listen_peer)]
@@ -382,6 +475,56 @@ class Node:
         self._in_messages.extend(messages)
         self._wake.set()
 
+    async def _on_snapshot_chunk(self, from_id: int, chunk: SnapshotChunk) -> None:
+        """Store a chunk (worker thread); once the file is whole and verified, hand Raft
+        the MSG_SNAPSHOT it stands for. Raft then asks for the install in a Ready."""
+        if not self._running:
+            return
+        try:
+            ack = await asyncio.to_thread(self._receiver.receive, chunk)
+        except OSError as e:
+            log.error("node %d: cannot store a snapshot chunk from node %d: %s",
+                      self.node_id, from_id, e)
+            return
+        if ack.done and self._running:
+            self._in_messages.append(Message(
+                type=MSG_SNAPSHOT, from_id=from_id, to_id=self.node_id, term=chunk.term,
+                snapshot=chunk.metadata,
+            ))
+            self._wake.set()
+        if self._transport is not None:
+            self._transport.send_snapshot_ack(from_id, ack)
+
+    def _on_snapshot_done(
+        self, peer: int, metadata: SnapshotMetadata, ok: bool, error: str
+    ) -> None:
+        core = self._core
+        if core is None or not self._running:
+            return
+        if ok:
+            log.info("node %d: node %d received the snapshot at index %d",
+                     self.node_id, peer, metadata.last_included.index)
+        else:
+            log.warning("node %d: node %d refused the snapshot at index %d: %s",
+                        self.node_id, peer, metadata.last_included.index, error)
+            self._loop.create_task(self._check_own_snapshot(metadata))
+        core.report_snapshot(peer, ok)
+        self._wake.set()
+
+    async def _check_own_snapshot(self, metadata: SnapshotMetadata) -> None:
+        """A follower refused our snapshot: if our file is damaged, take a new snapshot."""
+        path = self._store.file(metadata)
+        try:
+            digest = await asyncio.to_thread(file_sha256, path)
+        except OSError:
+            digest = b""
+        if digest == metadata.checksum:
+            return
+        log.error("node %d: snapshot file %s is damaged (SHA-256 mismatch); taking a new one",
+                  self.node_id, path)
+        await asyncio.to_thread(shutil.rmtree, path.parent, True)
+        self._maybe_snapshot(force=True, repair=True)
+
     def _on_unreachable(self, peer_id: int) -> None:
         if self._core is not None and self._running:
             self._core.report_unreachable(peer_id)
@@ -412,6 +555,9 @@ class Node:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                if self._compact_to is not None:
+                    snapshot, self._compact_to = self._compact_to, None
+                    await loop.run_in_executor(self._io, self._compact, snapshot)
                 self._take_inputs(core)
                 if not core.has_ready():
                     continue
@@ -435,15 +581,24 @@ class Node:
             self._last_tick += owed * self._tick_s
             for _ in range(min(owed, 10 * self.config.election_ticks)):
                 core.tick()
+            before = self._ticks
             self._ticks += owed
             self._retry_stale_rounds(core)
             self._expire()
+            hb = self.config.heartbeat_ticks
+            if self.role is Role.LEADER and before // hb != self._ticks // hb:
+                self._auto_promote(core)
+            if self._next_snapshot_at and now >= self._next_snapshot_at:
+                self._maybe_snapshot(force=True)
+            elif self._snapshot_task is None:
+                self._maybe_snapshot()  # the threshold may have passed during the last one
         if self._in_messages:
             messages, self._in_messages = self._in_messages, []
             for msg in messages:
                 try:
                     core.step(msg)
-                except DengineError as e:
+                except Exception as e:
+                    # An unexpected message never stops the node: log it and go on.
                     log.warning("node %d: dropped %s from node %d: %s",
                                 self.node_id, msg.type, msg.from_id, e)
         if self._in_proposals:
@@ -525,6 +680,10 @@ class Node:
         committed = rd.committed_entries
         if committed and committed[0].index <= self.applied_index:
             committed = [e for e in committed if e.index > self.applied_index]
+        if rd.snapshot is not None:
+            # The state machine first (on its own thread, so that it never races an apply
+            # or a snapshot capture), then the log in _persist: see _finish_interrupted_install.
+            await loop.run_in_executor(self._apply_io, self._install_snapshot, rd.snapshot)
         persist = None
         if rd.snapshot is not None or rd.entries or vote_changed:
             persist = loop.run_in_executor(self._io, self._persist, rd, vote_changed)
@@ -556,7 +715,7 @@ class Node:
         raft_log = self._log
         assert raft_log is not None
         if rd.snapshot is not None:
-            raise StorageError("installing a snapshot from the leader is not supported yet")
+            raft_log.install_snapshot(rd.snapshot)
         if rd.entries:
             first = rd.entries[0].index
             if first <= raft_log.last_index():
@@ -570,15 +729,224 @@ class Node:
         assert sm is not None
         return sm.apply_chunk(entries)
 
+    def _install_snapshot(self, metadata: SnapshotMetadata) -> None:
+        """Apply thread: replace the state machine by a received, verified snapshot."""
+        sm = self._sm
+        assert sm is not None
+        directory = self._store.directory(metadata)
+        sm.apply_snapshot_from_file(metadata, str(directory))
+        log.info("node %d: installed the snapshot at index %d (term %d)", self.node_id,
+                 metadata.last_included.index, metadata.last_included.term)
+
     def _send(self, messages: list[Message]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for msg in messages:
+            if msg.type == MSG_SNAPSHOT:
+                transport.send([m for m in messages if m.type != MSG_SNAPSHOT])
+                for m in messages:
+                    if m.type == MSG_SNAPSHOT:
+                        self._start_transfer(transport, m)
+                return
+        transport.send(messages)
+
+    def _start_transfer(self, transport: Transport, msg: Message) -> None:
+        """The core wants `msg.to_id` to get a snapshot: stream the file beside the log."""
+        path = self._store.file(msg.snapshot)
+        log.debug("node %d: sending the snapshot at index %d to node %d", self.node_id,
+                  msg.snapshot.last_included.index, msg.to_id)
+        if path.is_file() and transport.send_snapshot(msg.to_id, msg.snapshot, msg.term, path):
+            return
+        if not path.is_file():
+            log.error("node %d: snapshot file %s is missing; taking a new snapshot",
+                      self.node_id, path)
+            self._maybe_snapshot(force=True, repair=True)
+        if self._core is not None:
+            self._core.report_snapshot(msg.to_id, False)
+
+    # -- snapshots and compaction --------------------------------------------------------
+
+    def _maybe_snapshot(self, force: bool = False, repair: bool = False) -> None:
+        """Start a snapshot when the threshold (or `force`: the interval) calls for it;
+        `repair` rewrites the current one too (its file was found missing or damaged)."""
+        if self._snapshot_task is not None or not self._running:
+            return
+        behind = self.applied_index - self.snapshot_index
+        threshold = self.config.snapshot_threshold_entries
+        if behind < 0 or (behind == 0 and not repair):
+            return
+        if not (force or (threshold and behind >= threshold)):
+            return
+        if time.monotonic() < self._next_snapshot_at and not self.config.snapshot_interval_s:
+            return  # backing off after a failure
+        self._snapshot_task = self._loop.create_task(
+            self._take_snapshot(), name=f"dengine-snapshot-{self.node_id}"
+        )
+
+    async def _take_snapshot(self) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            # On the apply thread, between two chunks: state and index from one point.
+            state, last, membership = await loop.run_in_executor(self._apply_io, self._capture)
+            core = self._core
+            if membership is None and core is not None:
+                membership = core.membership_at(last.index)
+            if last.index < self.snapshot_index or not membership or not membership.voters:
+                return
+            metadata = await loop.run_in_executor(
+                self._snap_io, self._store.write, state, last, membership
+            )
+            del state
+            self.snapshots_taken += 1
+            self._compact_to = metadata
+            self._wake.set()
+            log.info("node %d: snapshot at index %d written in %.2fs", self.node_id,
+                     last.index, time.monotonic() - started)
+            interval = self.config.snapshot_interval_s
+            self._next_snapshot_at = time.monotonic() + interval if interval else 0.0
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # The log is simply not compacted yet; nothing is lost. Retry later.
+            log.error("node %d: snapshot failed: %s", self.node_id, e, exc_info=True)
+            self._next_snapshot_at = time.monotonic() + _SNAPSHOT_RETRY_S
+        finally:
+            self._snapshot_task = None
+
+    def _capture(self) -> tuple[dict[bytes, bytes], LogId, Membership | None]:
+        sm = self._sm
+        assert sm is not None
+        return sm.items(), sm.last_applied(), sm.membership()
+
+    def _compact(self, metadata: SnapshotMetadata) -> None:
+        """Log thread, between turns: the log now starts from `metadata`; prune old files."""
+        raft_log = self._log
+        assert raft_log is not None
+        index = metadata.last_included.index
+        current = raft_log.snapshot_metadata()
+        if current is not None and current.last_included.index >= index:
+            return  # a snapshot installed meanwhile is newer
+        tail = self.config.snapshot_threshold_entries // _COMPACTION_TAIL_DIVISOR
+        point = min(max(index - tail, raft_log.first_index()), raft_log.last_index())
+        raft_log.compact_prefix(point, metadata)
+        self._store.prune(metadata)
+        self.snapshot_index = index
+
+    # -- membership ----------------------------------------------------------------------
+
+    def members(self) -> list[MemberInfo]:
+        """The latest configuration this node has appended, with the leader's match view."""
+        core = self._require_core()
+        membership = core.membership
+        leading = core.is_leader()
+        out = []
+        for role, group in (("voter", membership.voters), ("learner", membership.learners)):
+            for m in group:
+                pr = core.prs.get(m.id) if leading else None
+                out.append(MemberInfo(
+                    id=m.id, address=m.address, client_address=self.peer_client_address(m.id),
+                    role=role, match_index=pr.match if pr is not None else 0,
+                    is_leader=m.id == self.leader_id and self.leader_id != 0,
+                ))
+        return out
+
+    def peer_client_address(self, node_id: int) -> str:
+        if node_id == self.node_id:
+            return self.config.listen_client
         if self._transport is not None:
-            self._transport.send(messages)
+            return self._transport.peer_client_address(node_id)
+        return ""
+
+    def change_membership(
+        self, membership: Membership, timeout: float
+    ) -> asyncio.Future[list[ApplyResult]]:
+        """Propose a configuration (one voter changed at most); resolves once it is applied."""
+        self.check_running()
+        core = self._require_core()
+        try:
+            lid = core.propose_membership(membership)
+        except NotLeader:
+            raise self.not_leader() from None
+        except Unavailable as e:
+            raise Unavailable(f"cannot change the membership now: {e.message}") from None
+        future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
+        self._waiters[lid.index] = (lid.term, _Write(future, 1), 0)
+        self._add_deadline(future, timeout, True)
+        self._sync_peers()
+        self._wake.set()
+        return future
+
+    def check_learner_caught_up(self, node_id: int) -> None:
+        """InvalidRequest unless `node_id` is a learner within promote_lag of our log."""
+        core = self._require_core()
+        pr = core.prs.get(node_id)
+        last = core.log.last_index()
+        lag = self.config.promote_lag
+        if pr is None or pr.match == 0 or last - pr.match > lag:
+            match = pr.match if pr is not None else 0
+            raise InvalidRequest(
+                f"node {node_id} has not caught up: it holds the log up to {match}, the "
+                f"leader up to {last} (promote_lag {lag}); retry once it has"
+            )
+
+    def _auto_promote(self, core: RaftCore) -> None:
+        """Leader: make learners added with `promote` voters once they have caught up."""
+        last = core.log.last_index()
+        for m in core.membership.learners:
+            if not m.promote:
+                continue
+            pr = core.prs.get(m.id)
+            if (pr is None or pr.match == 0 or pr.state is not ProgressState.REPLICATE
+                    or last - pr.match > self.config.promote_lag):
+                continue
+            try:
+                core.propose_membership(promoted(core.membership, m.id))
+            except DengineError as e:
+                log.debug("node %d: auto-promotion of node %d postponed: %s",
+                          self.node_id, m.id, e)
+                return
+            log.info("node %d: promoting learner %d to voter (caught up at %d of %d)",
+                     self.node_id, m.id, pr.match, last)
+            self._sync_peers()
+            return
+
+    def transfer_leadership(self, to: int) -> None:
+        self._require_core().transfer_leadership(to)
+        self._wake.set()
+
+    def transfer_target(self) -> int:
+        """The node a leadership transfer under way goes to (0: none)."""
+        core = self._core
+        return core.lead_transferee if core is not None else 0
+
+    def membership(self) -> Membership:
+        """A copy of the latest configuration appended to this node's log."""
+        out = Membership()
+        out.CopyFrom(self._require_core().membership)
+        return out
+
+    def _sync_peers(self) -> None:
+        peers = self._peer_addresses()
+        if self._transport is not None:
+            self._transport.set_peers(peers)
+
+    def _require_core(self) -> RaftCore:
+        if self._core is None:
+            raise Unavailable(f"node {self.node_id} is not started")
+        return self._core
 
     def _after_ready(self, rd: Ready, results: list[ApplyResult]) -> None:
         if rd.soft_state is not None:
             self.role = rd.soft_state.role
             if rd.soft_state.leader_id != self.leader_id:
                 self.leader_id = rd.soft_state.leader_id
+        if rd.snapshot is not None:
+            index = rd.snapshot.last_included.index
+            self.applied_index = max(self.applied_index, index)
+            self.snapshot_index = max(self.snapshot_index, index)
+            self.snapshots_installed += 1
         if results:
             self._resolve_writes(rd.committed_entries, results)
             self.applied_index = results[-1].index
@@ -594,9 +962,10 @@ class Node:
         core = self._core
         if core is not None and core.membership is not self._membership_seen:
             # A config entry was appended (or truncated): talk to the new member set.
-            peers = self._peer_addresses()
-            if self._transport is not None:
-                self._transport.set_peers(peers)
+            self._sync_peers()
+        threshold = self.config.snapshot_threshold_entries
+        if threshold and self.applied_index - self.snapshot_index >= threshold:
+            self._maybe_snapshot()
 
     def _resolve_writes(self, entries: list[Entry], results: list[ApplyResult]) -> None:
         waiters = self._waiters
@@ -676,8 +1045,21 @@ class Node:
             last_log_index=raft_log.last_index(),
             voters=sorted(m.id for m in membership.voters),
             learners=sorted(m.id for m in membership.learners),
+            snapshot_index=self.snapshot_index,
         )
 
     @property
     def running(self) -> bool:
         return self._running
+
+
+def promoted(membership: Membership, node_id: int) -> Membership:
+    """`membership` with learner `node_id` moved to the voters."""
+    out = Membership()
+    out.voters.extend(membership.voters)
+    for m in membership.learners:
+        if m.id == node_id:
+            out.voters.add(id=m.id, address=m.address)
+        else:
+            out.learners.append(m)
+    return out

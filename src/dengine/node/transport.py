@@ -5,12 +5,22 @@ inbound connection from each peer (used only to receive). A frame is
 
     u32 length | u32 crc32c(payload) | payload      (little-endian; payload = PeerFrame)
 
-Both sides open with a `Hello{cluster_id, node_id, client_address}`; a Hello from an
-unknown node id or another cluster, a bad checksum, an undecodable or oversized frame is
-a protocol error: logged, connection closed. The per-peer send queue is a bounded deque
-that drops its oldest messages when full (Raft tolerates loss), and each peer has its own
-writer task, so a slow or dead peer never blocks the others nor grows memory without bound.
-Everything queued for a peer while its previous write drained goes out as one frame.
+Both sides open with a `Hello{cluster_id, node_id, client_address, peer_address}`; a
+Hello from an unknown node id or another cluster, a bad checksum, an undecodable or
+oversized frame is a protocol error: logged, connection closed. A node that is in no
+membership yet (joining) accepts any node of its cluster and dials it back at the Hello's
+`peer_address`. The per-peer send queue is a bounded deque that drops its oldest messages
+when full (Raft tolerates loss), and each peer has its own writer task, so a slow or dead
+peer never blocks the others nor grows memory without bound. Everything queued for a peer
+while its previous write drained goes out as one frame.
+
+Snapshots travel beside the Raft messages, never through the lossy queue: the writer task
+of a peer sends the snapshot file in chunks whenever its message queue is empty, with at
+most `snapshot_window` unacknowledged chunks, so heartbeats keep flowing and other peers
+are untouched. The receiver acknowledges cumulative offsets (`SnapshotAck`, sent on its
+own connection to the sender); after a reconnect the sender resumes from the last
+acknowledged offset, and a receiver that holds a different amount answers `mismatch` with
+its own offset, where the sender resumes instead.
 """
 
 from __future__ import annotations
@@ -18,17 +28,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 
 import crc32c
 from google.protobuf.message import DecodeError
 
 from dengine.config import parse_address
 from dengine.errors import DengineError
-from dengine.proto import Hello, Message, PeerFrame, SnapshotChunk
+from dengine.proto import Hello, Message, PeerFrame, SnapshotAck, SnapshotChunk, SnapshotMetadata
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,17 @@ class PeerProtocolError(DengineError):
 
 MessageHandler = Callable[[int, Sequence[Message]], None]
 PeerHandler = Callable[[int], None]
-SnapshotChunkHandler = Callable[[int, SnapshotChunk], None]
+SnapshotChunkHandler = Callable[[int, SnapshotChunk], Awaitable[None]]
+# (peer, metadata, ok, error): a snapshot transfer ended (acknowledged whole, or refused).
+SnapshotDoneHandler = Callable[[int, SnapshotMetadata, bool, str], None]
+
+SnapshotKey = tuple[int, int, bytes]
+
+
+def snapshot_key(metadata: SnapshotMetadata) -> SnapshotKey:
+    """What identifies one snapshot file: (index, term, SHA-256)."""
+    last = metadata.last_included
+    return int(last.index), int(last.term), bytes(metadata.checksum)
 
 
 def _varint(n: int) -> bytes:
@@ -110,6 +132,25 @@ async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int) -> Peer
         raise PeerProtocolError(f"undecodable frame: {e}") from None
 
 
+class _Transfer:
+    """One snapshot file being streamed to one peer (the file stays open until it ends)."""
+
+    def __init__(self, metadata: SnapshotMetadata, term: int, path: Path) -> None:
+        self.metadata = metadata
+        self.key = snapshot_key(metadata)
+        self.term = term
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+        self.acked = 0  # the receiver holds this many bytes
+        self.sent = 0  # next offset to send
+        self.attempt = 1  # bumped at each rewind, so stale mismatch answers are ignored
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class _Link:
     """The outbound side of one peer: bounded queue + one writer task."""
 
@@ -122,6 +163,15 @@ class _Link:
         self.connected = False
         self.dropped = 0
         self.sent_frames = 0
+        self.transfer: _Transfer | None = None
+        self.acks: dict[SnapshotKey, SnapshotAck] = {}  # latest ack per snapshot, unsent
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transfer is not None:
+            self.transfer.close()
+            self.transfer = None
 
 
 class Transport:
@@ -147,6 +197,10 @@ class Transport:
         handshake_timeout: float = 5.0,
         on_unreachable: PeerHandler | None = None,
         on_snapshot_chunk: SnapshotChunkHandler | None = None,
+        on_snapshot_done: SnapshotDoneHandler | None = None,
+        accept_unknown: Callable[[], bool] | None = None,
+        snapshot_chunk_bytes: int = 1024 * 1024,
+        snapshot_window: int = 4,
         rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
@@ -161,6 +215,11 @@ class Transport:
         self._on_messages = on_messages
         self._on_unreachable = on_unreachable
         self._on_snapshot_chunk = on_snapshot_chunk
+        self._on_snapshot_done = on_snapshot_done
+        self._accept_unknown = accept_unknown
+        self.snapshot_chunk_bytes = max(1, min(snapshot_chunk_bytes,
+                                               max_frame_bytes - 64 * 1024))
+        self.snapshot_window = snapshot_window
         self._rng = rng or random.Random()
         self._links: dict[int, _Link] = {}
         self._peer_addresses = dict(peers)
@@ -191,6 +250,8 @@ class Transport:
         tasks += list(self._inbound)
         for task in tasks:
             task.cancel()
+        for link in self._links.values():
+            link.close()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -207,8 +268,7 @@ class Transport:
         for node_id in list(self._links):
             link = self._links[node_id]
             if self._peer_addresses.get(node_id) != link.address:
-                if link.task is not None:
-                    link.task.cancel()
+                link.close()
                 del self._links[node_id]
         for node_id, address in self._peer_addresses.items():
             if node_id not in self._links:
@@ -253,9 +313,110 @@ class Transport:
         link = self._links.get(node_id)
         return len(link.queue) if link is not None else 0
 
+    def send_snapshot(
+        self, peer: int, metadata: SnapshotMetadata, term: int, path: Path
+    ) -> bool:
+        """Stream the snapshot file at `path` to `peer` (continue it if already under way).
+
+        False when there is no link to `peer` or the file cannot be opened. The end is
+        reported through `on_snapshot_done`.
+        """
+        link = self._links.get(peer)
+        if link is None:
+            return False
+        current = link.transfer
+        if current is not None and current.key == snapshot_key(metadata):
+            current.term = max(current.term, term)
+            link.wakeup.set()
+            return True
+        try:
+            transfer = _Transfer(metadata, term, path)
+        except OSError as e:
+            log.warning("node %d: cannot open snapshot %s for node %d: %s",
+                        self.node_id, path, peer, e)
+            return False
+        if current is not None:
+            current.close()
+        link.transfer = transfer
+        link.wakeup.set()
+        return True
+
+    def snapshot_progress(self, peer: int) -> tuple[int, int] | None:
+        """(bytes acknowledged, file size) of the transfer to `peer`, or None."""
+        link = self._links.get(peer)
+        if link is None or link.transfer is None:
+            return None
+        return link.transfer.acked, link.transfer.size
+
+    def send_snapshot_ack(self, peer: int, ack: SnapshotAck) -> None:
+        """Queue an acknowledgement for the sender `peer` (replaces an unsent older one)."""
+        link = self._links.get(peer)
+        if link is None:
+            log.debug("node %d: no link to node %d for a snapshot ack", self.node_id, peer)
+            return
+        link.acks[snapshot_key(SnapshotMetadata(last_included=ack.last_included,
+                                                checksum=ack.checksum))] = ack
+        link.wakeup.set()
+
+    def _on_ack(self, from_id: int, ack: SnapshotAck) -> None:
+        link = self._links.get(from_id)
+        transfer = link.transfer if link is not None else None
+        if link is None or transfer is None:
+            return
+        if snapshot_key(SnapshotMetadata(last_included=ack.last_included,
+                                         checksum=ack.checksum)) != transfer.key:
+            return
+        if ack.done or ack.error:
+            link.transfer = None
+            transfer.close()
+            if self._on_snapshot_done is not None:
+                self._on_snapshot_done(from_id, transfer.metadata, ack.done, ack.error)
+            return
+        if ack.mismatch:
+            if ack.attempt != transfer.attempt:
+                return  # answers a chunk sent before the last rewind
+            transfer.attempt += 1
+            transfer.acked = transfer.sent = min(int(ack.offset), transfer.size)
+        else:
+            transfer.acked = max(transfer.acked, min(int(ack.offset), transfer.size))
+            transfer.sent = max(transfer.sent, transfer.acked)
+        link.wakeup.set()
+
+    def _next_chunk_due(self, link: _Link) -> bool:
+        t = link.transfer
+        return t is not None and t.sent < t.size and (
+            t.sent - t.acked < self.snapshot_window * self.snapshot_chunk_bytes
+        )
+
+    async def _send_chunk(self, link: _Link, writer: asyncio.StreamWriter) -> None:
+        t = link.transfer
+        assert t is not None
+        offset = t.sent
+        n = min(self.snapshot_chunk_bytes, t.size - offset)
+        data = await asyncio.to_thread(os.pread, t.fd, n, offset)
+        if link.transfer is not t or t.sent != offset:
+            return  # replaced or rewound while reading
+        if len(data) != n:
+            log.error("node %d: snapshot file for node %d shrank while being sent",
+                      self.node_id, link.node_id)
+            link.transfer = None
+            t.close()
+            if self._on_snapshot_done is not None:
+                self._on_snapshot_done(link.node_id, t.metadata, False, "snapshot file shrank")
+            return
+        chunk = SnapshotChunk(
+            metadata=t.metadata, offset=offset, data=data, done=offset + n == t.size,
+            term=t.term, crc32c=crc32c.crc32c(data), total_size=t.size, attempt=t.attempt,
+        )
+        t.sent = offset + n
+        writer.write(encode_frame(PeerFrame(snapshot_chunk=chunk).SerializeToString()))
+        link.sent_frames += 1
+        await writer.drain()
+
     def _hello(self, to_id: int) -> bytes:
         hello = Hello(cluster_id=self.cluster_id, node_id=self.node_id,
-                      client_address=self.client_address, to_id=to_id)
+                      client_address=self.client_address, to_id=to_id,
+                      peer_address=self.listen)
         return encode_frame(PeerFrame(hello=hello).SerializeToString())
 
     async def _run_link(self, link: _Link) -> None:
@@ -276,6 +437,15 @@ class Transport:
                 self._check_hello(reply, expected_id=link.node_id)
                 backoff = self.backoff_min
                 link.connected = True
+                t = link.transfer
+                if t is not None:
+                    # Chunks in flight on the old connection may be lost: resume from the
+                    # last acknowledged offset (resend the last chunk if all were acked,
+                    # so that the receiver answers whether it finished).
+                    t.attempt += 1
+                    t.sent = t.acked if t.acked < t.size else max(
+                        0, t.size - self.snapshot_chunk_bytes
+                    )
                 log.debug("node %d: connected to node %d at %s",
                           self.node_id, link.node_id, link.address)
                 await self._write_loop(link, reader, stream)
@@ -312,25 +482,36 @@ class Transport:
         watcher = asyncio.create_task(watch())
         try:
             while True:
-                if not link.queue:
+                if not link.queue and not link.acks and not self._next_chunk_due(link):
                     link.wakeup.clear()
                     await link.wakeup.wait()
                 if lost.is_set():
                     raise EOFError("connection closed by peer")
-                if not link.queue:
-                    continue
-                batch = list(link.queue)
-                link.queue.clear()
-                frames = encode_message_frames(batch, self.max_frame_bytes)
-                writer.write(b"".join(frames))
-                link.sent_frames += len(frames)
-                await writer.drain()
+                frames: list[bytes] = []
+                if link.acks:
+                    acks = list(link.acks.values())
+                    link.acks.clear()
+                    frames += [encode_frame(PeerFrame(snapshot_ack=a).SerializeToString())
+                               for a in acks]
+                if link.queue:
+                    batch = list(link.queue)
+                    link.queue.clear()
+                    frames += encode_message_frames(batch, self.max_frame_bytes)
+                if frames:
+                    # Raft messages and acks first; a snapshot chunk only when none wait.
+                    writer.write(b"".join(frames))
+                    link.sent_frames += len(frames)
+                    await writer.drain()
+                elif self._next_chunk_due(link):
+                    await self._send_chunk(link, writer)
         finally:
             watcher.cancel()
 
     # -- receiving ---------------------------------------------------------------------
 
-    def _check_hello(self, frame: PeerFrame, expected_id: int = 0) -> Hello:
+    def _check_hello(
+        self, frame: PeerFrame, expected_id: int = 0, remote_host: str = ""
+    ) -> Hello:
         if frame.WhichOneof("frame") != "hello":
             raise PeerProtocolError("the first frame must be a Hello")
         hello = frame.hello
@@ -343,12 +524,17 @@ class Transport:
             raise PeerProtocolError(
                 f"expected node {expected_id} at this address, found node {hello.node_id}"
             )
-        if hello.node_id not in self._peer_addresses:
-            raise PeerProtocolError(f"unknown node id {hello.node_id}")
         if hello.to_id and hello.to_id != self.node_id:
             raise PeerProtocolError(
                 f"node {hello.node_id} wanted node {hello.to_id}, this is node {self.node_id}"
             )
+        if hello.node_id not in self._peer_addresses:
+            joining = not expected_id and self._accept_unknown is not None and (
+                self._accept_unknown()
+            )
+            if not joining or hello.node_id == self.node_id or hello.node_id <= 0:
+                raise PeerProtocolError(f"unknown node id {hello.node_id}")
+            self._discover(hello.node_id, hello.peer_address, remote_host)
         if hello.client_address:
             self._client_addresses[hello.node_id] = hello.client_address
         return hello
@@ -362,7 +548,9 @@ class Transport:
             first = await asyncio.wait_for(
                 read_frame(reader, self.max_frame_bytes), self.handshake_timeout
             )
-            hello = self._check_hello(first)
+            peername = writer.get_extra_info("peername")
+            remote_host = str(peername[0]) if isinstance(peername, tuple) else ""
+            hello = self._check_hello(first, remote_host=remote_host)
             writer.write(self._hello(0))
             await self._read_loop(hello.node_id, reader)
         except PeerProtocolError as e:
@@ -390,6 +578,25 @@ class Transport:
                 if msgs:
                     self._on_messages(from_id, msgs)
             elif kind == "snapshot_chunk" and self._on_snapshot_chunk is not None:
-                self._on_snapshot_chunk(from_id, frame.snapshot_chunk)
+                # Awaited: the next frame is read only once this chunk is stored, which
+                # pushes back on the sender through TCP instead of buffering here.
+                await self._on_snapshot_chunk(from_id, frame.snapshot_chunk)
+            elif kind == "snapshot_ack":
+                self._on_ack(from_id, frame.snapshot_ack)
             else:
                 raise PeerProtocolError(f"unexpected {kind or 'empty'} frame after the Hello")
+
+    def _discover(self, node_id: int, peer_address: str, remote_host: str) -> None:
+        """A joining node learns a peer from its Hello and dials it back (for its answers)."""
+        try:
+            host, port = parse_address(peer_address)
+        except DengineError:
+            log.warning("node %d: node %d announced no usable peer address %r",
+                        self.node_id, node_id, peer_address)
+            return
+        if host in ("0.0.0.0", "::", "") and remote_host:
+            host = remote_host
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("node %d: not a member yet; accepting node %d (%s) of cluster %r",
+                 self.node_id, node_id, address, self.cluster_id)
+        self.set_peers({**self._peer_addresses, node_id: address})

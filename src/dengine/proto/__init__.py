@@ -33,7 +33,7 @@ from dengine.proto.common_pb2 import (
     WriteCommand,
 )
 from dengine.proto.raft_pb2 import Message, MessageType
-from dengine.proto.transport_pb2 import Hello, MessageBatch, PeerFrame, SnapshotChunk
+from dengine.proto.transport_pb2 import Hello, MessageBatch, PeerFrame, SnapshotAck, SnapshotChunk
 
 __all__ = [
     "AddMemberRequest",
@@ -62,6 +62,7 @@ __all__ = [
     "ReadResponse",
     "ReadResult",
     "RemoveMemberRequest",
+    "SnapshotAck",
     "SnapshotChunk",
     "SnapshotMetadata",
     "StatusRequest",

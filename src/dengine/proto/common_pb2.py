@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/common.proto\x12\x07\x64\x65ngine\"$\n\x05LogId\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\"\xb8\x01\n\x0cWriteCommand\x12.\n\x06insert\x18\x01 \x01(\x0b\x32\x1c.dengine.WriteCommand.InsertH\x00\x12.\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x1c.dengine.WriteCommand.DeleteH\x00\x1a$\n\x06Insert\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x1a\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x42\x0b\n\toperation\"\x06\n\x04Noop\"%\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"P\n\nMembership\x12\x1f\n\x06voters\x18\x01 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x02 \x03(\x0b\x32\x0f.dengine.Member\"r\n\x0c\x45ntryPayload\x12\x1d\n\x04noop\x18\x01 \x01(\x0b\x32\r.dengine.NoopH\x00\x12\x11\n\x07\x63ommand\x18\x02 \x01(\x0cH\x00\x12%\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x13.dengine.MembershipH\x00\x42\t\n\x07payload\"L\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12&\n\x07payload\x18\x03 \x01(\x0b\x32\x15.dengine.EntryPayload\"<\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tvoted_for\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"t\n\x10SnapshotMetadata\x12%\n\rlast_included\x18\x01 \x01(\x0b\x32\x0e.dengine.LogId\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\x12\'\n\nmembership\x18\x03 \x01(\x0b\x32\x13.dengine.Membershipb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/common.proto\x12\x07\x64\x65ngine\"$\n\x05LogId\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\"\xb8\x01\n\x0cWriteCommand\x12.\n\x06insert\x18\x01 \x01(\x0b\x32\x1c.dengine.WriteCommand.InsertH\x00\x12.\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x1c.dengine.WriteCommand.DeleteH\x00\x1a$\n\x06Insert\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x1a\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x42\x0b\n\toperation\"\x06\n\x04Noop\"6\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07promote\x18\x03 \x01(\x08\"P\n\nMembership\x12\x1f\n\x06voters\x18\x01 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x02 \x03(\x0b\x32\x0f.dengine.Member\"r\n\x0c\x45ntryPayload\x12\x1d\n\x04noop\x18\x01 \x01(\x0b\x32\r.dengine.NoopH\x00\x12\x11\n\x07\x63ommand\x18\x02 \x01(\x0cH\x00\x12%\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x13.dengine.MembershipH\x00\x42\t\n\x07payload\"L\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12&\n\x07payload\x18\x03 \x01(\x0b\x32\x15.dengine.EntryPayload\"<\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tvoted_for\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"t\n\x10SnapshotMetadata\x12%\n\rlast_included\x18\x01 \x01(\x0b\x32\x0e.dengine.LogId\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\x12\'\n\nmembership\x18\x03 \x01(\x0b\x32\x13.dengine.Membershipb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,15 +42,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOOP']._serialized_start=264
   _globals['_NOOP']._serialized_end=270
   _globals['_MEMBER']._serialized_start=272
-  _globals['_MEMBER']._serialized_end=309
-  _globals['_MEMBERSHIP']._serialized_start=311
-  _globals['_MEMBERSHIP']._serialized_end=391
-  _globals['_ENTRYPAYLOAD']._serialized_start=393
-  _globals['_ENTRYPAYLOAD']._serialized_end=507
-  _globals['_ENTRY']._serialized_start=509
-  _globals['_ENTRY']._serialized_end=585
-  _globals['_HARDSTATE']._serialized_start=587
-  _globals['_HARDSTATE']._serialized_end=647
-  _globals['_SNAPSHOTMETADATA']._serialized_start=649
-  _globals['_SNAPSHOTMETADATA']._serialized_end=765
+  _globals['_MEMBER']._serialized_end=326
+  _globals['_MEMBERSHIP']._serialized_start=328
+  _globals['_MEMBERSHIP']._serialized_end=408
+  _globals['_ENTRYPAYLOAD']._serialized_start=410
+  _globals['_ENTRYPAYLOAD']._serialized_end=524
+  _globals['_ENTRY']._serialized_start=526
+  _globals['_ENTRY']._serialized_end=602
+  _globals['_HARDSTATE']._serialized_start=604
+  _globals['_HARDSTATE']._serialized_end=664
+  _globals['_SNAPSHOTMETADATA']._serialized_start=666
+  _globals['_SNAPSHOTMETADATA']._serialized_end=782
 # @@protoc_insertion_point(module_scope)

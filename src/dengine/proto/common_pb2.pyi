@@ -39,12 +39,14 @@ class Noop(_message.Message):
     def __init__(self) -> None: ...
 
 class Member(_message.Message):
-    __slots__ = ("id", "address")
+    __slots__ = ("id", "address", "promote")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTE_FIELD_NUMBER: _ClassVar[int]
     id: int
     address: str
-    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+    promote: bool
+    def __init__(self, id: _Optional[int] = ..., address: _Optional[str] = ..., promote: _Optional[bool] = ...) -> None: ...
 
 class Membership(_message.Message):
     __slots__ = ("voters", "learners")

@@ -800,7 +800,9 @@ class RaftCore:
                 SNAPSHOT_STALL_TIMEOUTS * self.cfg.election_tick // self.cfg.heartbeat_tick
             ):
                 pr.become_probe()  # the snapshot was lost and nobody reported it
-            self._send_append(m.from_id)
+            # A probing peer gets a probe even when its next index is past our log (after a
+            # lost snapshot of our last index): its answer tells us where it really is.
+            self._send_append(m.from_id, allow_empty=pr.state is ProgressState.PROBE)
         round_id = decode_round(m.context)
         if round_id > pr.acked_round:
             pr.acked_round = round_id
