@@ -365,3 +365,33 @@ def test_restarted_joiner_does_not_join_again(cluster_factory) -> None:  # type:
         assert "joining the cluster" not in joiner.log_tail(200).split("---- start 2 ----")[-1]
 
     asyncio.run(main())
+
+
+def test_learner_without_auto_promotion_is_promoted_by_hand(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    cluster: Cluster = cluster_factory(1)
+
+    async def main() -> None:
+        await cluster.wait_leader()
+        async with cluster.client() as client:
+            await client.put("before-join", "1")
+        learner = cluster.add_joiner(auto_promote=False)
+        learner.start()
+        await cluster.wait_members({1}, {learner.node_id}, timeout=60)
+        leader = await cluster.wait_leader()
+        await cluster.wait_caught_up(learner.node_id, leader.commit_index)
+        # A learner serves eventual reads but stays out of every quorum.
+        assert await read_all_eventual(learner.client, ["before-join"]) == [b"1"]
+        ep = ["--endpoints", learner.client, "--json"]  # redirected to the leader
+        promoted = dengine("member", "promote", str(learner.node_id), *ep)
+        assert promoted.returncode == 0, promoted.stderr
+        roles = {m["id"]: m["role"] for m in json.loads(promoted.stdout)["members"]}
+        assert roles == {1: "voter", learner.node_id: "voter"}
+        again = dengine("member", "promote", str(learner.node_id), *ep)
+        assert again.returncode == 1 and "INVALID_REQUEST" in again.stderr, again.stderr
+        # Two voters: losing either one stops writes, which proves the promotion counted.
+        learner.kill()
+        async with Client([cluster.node(1).client], timeout=1.5) as client:
+            with pytest.raises(DengineError):
+                await client.put("no-quorum", "x")
+
+    asyncio.run(main())
