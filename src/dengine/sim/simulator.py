@@ -532,7 +532,7 @@ class Simulator:
                 side.add(self.rng.choice([i for i in self.ids if i != leader]))
         elif side is None:
             side = set(self.rng.sample(self.ids, self.rng.randint(1, len(self.ids) // 2)))
-        duration = self.rng.randint(50, 800)
+        duration = self.rng.randint(100, 1000)
         for a in side:
             for b in self.ids:
                 if b in side:
@@ -716,7 +716,7 @@ class Simulator:
             if r < 0.45:
                 self._client_write(client, node, key, delete=r < 0.05)
             else:
-                lease = self.cfg.lease_reads and r > 0.75
+                lease = self.cfg.lease_reads and r > 0.6
                 self._client_read(client, node, key, lease)
         except (NotLeader, Unavailable) as e:
             self._client_target[client] = getattr(e, "leader_id", 0)
