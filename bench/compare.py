@@ -2,7 +2,7 @@
 """Side-by-side benchmark: dengine vs etcd vs PySyncObj, 3 nodes each, on this machine.
 
     .venv/bin/pip install -e '.[bench]'          # matplotlib, pysyncobj, aetcd
-    .venv/bin/python bench/compare.py            # everything: about 5 minutes
+    .venv/bin/python bench/compare.py            # everything: about 6 minutes
     .venv/bin/python bench/compare.py --systems dengine,etcd --concurrency 1,256 \
         --duration 2                             # a quick look: about a minute
 
@@ -52,7 +52,7 @@ from dengine.errors import DengineError
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("dengine", "dengine-embedded", "etcd", "pysyncobj", "pysyncobj-nobatch")
-DEFAULT_SYSTEMS = ("dengine", "dengine-embedded", "etcd", "pysyncobj")
+DEFAULT_SYSTEMS = SYSTEMS
 WORKLOADS = {  # name -> (LoadSpec.workload, dengine consistency)
     "put": ("put", "linearizable"),
     "get-linearizable": ("get", "linearizable"),
@@ -587,6 +587,32 @@ def comparison_table(data: dict[str, Any]) -> Table:
     return table
 
 
+def markdown_table(data: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (for docs/performance.md)."""
+    rows = data["rows"]
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    by_key = {(r["system"], r["workload"], r["concurrency"]): r for r in rows}
+    ratios = [(d, b) for d in systems if d.startswith("dengine") for b in systems
+              if b in BASELINES]
+    head = ["workload", "in flight", *systems, *(f"{d} ÷ {b}" for d, b in ratios)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        for c in sorted({r["concurrency"] for r in rows if r["workload"] == workload}):
+            cells = [workload, str(c)]
+            for s in systems:
+                r = by_key.get((s, workload, c))
+                cells.append("n/a" if r is None else
+                             f"{r['throughput_ops_s']:,.0f} ({r['latency_ms']['p50']:.2f} / "
+                             f"{r['latency_ms']['p99']:.1f})"
+                             + (f", {r['errors']} errors" if r["errors"] else ""))
+            for d, b in ratios:
+                rd, rb = by_key.get((d, workload, c)), by_key.get((b, workload, c))
+                cells.append("n/a" if rd is None or rb is None or not rb["throughput_ops_s"]
+                             else f"{rd['throughput_ops_s'] / rb['throughput_ops_s']:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def chart(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -672,6 +698,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "[default: bench/results]")
     parser.add_argument("--no-uvloop", dest="uvloop", action="store_false",
                         help="run this process on the default asyncio loop")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="FILE",
+                        help="measure nothing: print the table of a saved run (and redraw "
+                             "its chart next to it)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the table as Markdown")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be positive and --warmup not negative")
@@ -685,6 +716,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json is not None:
+        try:
+            data = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as e:
+            console.print(f"[red]error:[/] cannot read {args.from_json}: {e}")
+            return 1
+        console.print(comparison_table(data))
+        if args.markdown:
+            print(markdown_table(data))
+        chart(data, args.from_json.with_suffix(".png"))
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="dengine-compare-"))
     try:
         data = run_async(measure(args, workdir), args.uvloop)
@@ -697,6 +739,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     console.print(comparison_table(data))
+    if args.markdown:
+        print(markdown_table(data))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = data["machine"]["date"].replace(":", "").replace("+0000", "Z")
     json_path = args.out / f"compare-{stamp}.json"
