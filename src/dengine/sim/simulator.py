@@ -33,9 +33,9 @@ from dengine.proto import (
 from dengine.raft import RaftConfig, RaftCore
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
 from dengine.sim.lincheck import Op, check
-from dengine.storage import MemoryRaftLog
+from dengine.storage import LogStorage, MemoryRaftLog
 
-CoreFactory = Callable[[RaftConfig, MemoryRaftLog, random.Random], RaftCore]
+CoreFactory = Callable[[RaftConfig, LogStorage, random.Random], RaftCore]
 
 FAULT_KINDS = ("loss", "dup", "delay", "partition", "oneway", "crash", "skew", "churn")
 
@@ -108,7 +108,6 @@ class SimResult:
     config: SimConfig
     steps_run: int
     violation: InvariantViolation | None
-    violation_step: int
     history: list[Op]
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -121,7 +120,7 @@ class SimResult:
             return f"seed {self.config.seed}: ok ({self.steps_run} steps)"
         return (
             f"seed {self.config.seed}: {self.violation.invariant} violated on node "
-            f"{self.violation.node} at step {self.violation_step}: {self.violation.detail}\n"
+            f"{self.violation.node} at step {self.steps_run}: {self.violation.detail}\n"
             f"  replay: {self.config.replay_command()}"
         )
 
@@ -129,11 +128,7 @@ class SimResult:
 @dataclass
 class _PendingWrite:
     client: int
-    key: bytes
-    value: bytes | None  # None = delete
-    call: int
-    term: int
-    index: int
+    term: int  # the term it was proposed in: applied with another term = failed
     op_slot: int  # position in the history
 
 
@@ -205,7 +200,6 @@ class Simulator:
         self.max_delay = 5
         self.healing = False
         self.churn_until = 0  # leader churn: until then, nearly every new leader is struck
-        self.heal_time = 0
         self._barrier_reads_done: set[int] = set()
         # Snapshot contents by (index, term): what a real transfer would ship.
         self._snapshots: dict[tuple[int, int], tuple[bytes, tuple[tuple[bytes, bytes], ...]]] = {}
@@ -233,15 +227,15 @@ class Simulator:
             self._settle()
             self._check_history()
         except InvariantViolation as v:
-            return SimResult(self.cfg, self.step, v, self.step, self.history, self.stats)
+            return SimResult(self.cfg, self.step, v, self.history, self.stats)
         except Exception as e:  # a crash of the core (or the driver) is a finding too
             where = traceback.extract_tb(e.__traceback__)[-1]
             crash = InvariantViolation(
                 "no exceptions", 0,
                 f"{type(e).__name__}: {e} (at {where.filename}:{where.lineno})",
             )
-            return SimResult(self.cfg, self.step, crash, self.step, self.history, self.stats)
-        return SimResult(self.cfg, self.step, None, -1, self.history, self.stats)
+            return SimResult(self.cfg, self.step, crash, self.history, self.stats)
+        return SimResult(self.cfg, self.step, None, self.history, self.stats)
 
     def _schedule(self, delay: int, kind: str, payload: Any) -> None:
         self._seq += 1
@@ -284,7 +278,8 @@ class Simulator:
         elif kind == "strike":
             self._strike(*payload)
         elif kind == "restart":
-            self._start(payload)
+            if not self.nodes[payload].up:  # _heal may have restarted it already
+                self._start(payload)
         elif kind == "heal_link":
             self._blocked.discard(payload)
         elif kind == "client_timeout":
@@ -622,7 +617,6 @@ class Simulator:
             node.period = TICK_MS
             if not node.up:
                 self._start(node.id)
-        self.heal_time = self.now
 
     def _settle(self) -> None:
         """After healing: a leader must appear and every pending op must complete, in bounds.
@@ -741,8 +735,7 @@ class Simulator:
         self.history.append(
             Op(client, "delete" if value is None else "put", key, value, None, self.now, None)
         )
-        write = _PendingWrite(client, key, value, self.now, log_id.term, log_id.index,
-                              len(self.history) - 1)
+        write = _PendingWrite(client, log_id.term, len(self.history) - 1)
         self._writes.setdefault((node.id, log_id.index), []).append(write)
         self._client_busy[client] = write
 
