@@ -29,6 +29,7 @@ class FailoverResult:
     times: list[float] = field(default_factory=list)  # seconds, one per trial
     failed_writes: int = 0  # attempts that ended in an error before the first success
     error_kinds: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)  # the first few messages
 
     @property
     def median(self) -> float:
@@ -48,6 +49,7 @@ class FailoverResult:
             "max_ms": round(self.maximum * 1000, 1),
             "failed_writes": self.failed_writes,
             "error_kinds": self.error_kinds,
+            "error_samples": self.error_samples,
         }
 
 
@@ -82,6 +84,8 @@ async def run_failover(
                     except DengineError as e:
                         result.failed_writes += 1
                         result.error_kinds[e.code] = result.error_kinds.get(e.code, 0) + 1
+                        if len(result.error_samples) < 5:
+                            result.error_samples.append(f"{e.code}: {e.message}")
                         if time.perf_counter() - killed > 6 * write_timeout:
                             raise Unavailable(
                                 f"no write succeeded {6 * write_timeout:g}s after killing "
