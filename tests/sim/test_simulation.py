@@ -165,3 +165,17 @@ def test_snapshots_compaction_and_membership_changes(nodes: int, membership: boo
             totals[name] += result.stats[name]
     assert totals["snapshots_installed"] > 5, totals
     assert (totals["membership_changes"] > 5) == membership, totals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [3, 5])
+@pytest.mark.parametrize("extras", [{}, {"snapshot_every": 10, "membership": True}])
+def test_soak(nodes: int, extras: dict[str, int | bool]) -> None:
+    """1000 seeds of 5000 steps (run with -m slow)."""
+    failures = []
+    for seed in range(10_000, 11_000):
+        config = SimConfig(nodes=nodes, seed=seed, steps=5000, **extras)  # type: ignore[arg-type]
+        result = Simulator(config).run()
+        if not result.ok:
+            failures.append(result.describe())
+    assert not failures, "\n".join(failures)
