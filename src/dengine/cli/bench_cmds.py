@@ -12,7 +12,7 @@ from dengine.errors import InvalidRequest
 
 @click.group()
 def bench() -> None:
-    """Measure throughput and latency (storage, and later the running engine)."""
+    """Measure throughput and latency: storage, the engine (put, get, mixed), failover."""
 
 
 def _int_list(text: str, what: str) -> list[int]:
