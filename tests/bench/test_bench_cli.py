@@ -164,3 +164,12 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_restart_small() -> None:
+    result = CliRunner().invoke(cli, ["bench", "restart", "--keys", "300", "--json",
+                                      "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["keys"] == 300 and summary["raw_bytes"] == 300 * (8 + 256)
+    assert summary["restart_to_serving_s"] > 0 and summary["rss_bytes"] > 0

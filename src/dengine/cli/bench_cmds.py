@@ -221,3 +221,35 @@ def bench_failover(trials: int, election_timeout_ms: int, as_json: bool,
         f"{summary['failed_writes']} {summary['error_kinds'] or ''})\n"
         f"each trial (ms): {', '.join(f'{t:.0f}' for t in summary['times_ms'])}"
     )
+
+
+@bench.command("restart")
+@click.option("--keys", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Distinct keys written before the restart.")
+@click.option("--key-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--value-size", type=click.IntRange(min=0), default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--progress/--no-progress", "show_progress", default=True, show_default=True,
+              help="Show a progress bar on stderr.")
+def bench_restart(keys: int, key_size: int, value_size: int, as_json: bool,
+                  show_progress: bool) -> None:
+    """Restart of a one-node engine holding --keys keys: time to serving, resident memory."""
+    import json
+
+    from dengine.bench.report import RichProgress, console
+    from dengine.bench.restart import run_restart
+    from dengine.bench.runner import run_async
+
+    with RichProgress(enabled=show_progress and not as_json) as progress:
+        result = run_async(run_restart(keys, key_size=key_size, value_size=value_size,
+                                       progress=progress))
+    summary = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    console().print(
+        f"{keys:,} keys of {key_size}+{value_size} bytes (raw {summary['raw_bytes'] / 1e6:,.1f}"
+        f" MB), written in {summary['load_s']:.1f}s: restart to first read "
+        f"{summary['restart_to_serving_s']:.2f}s, resident memory "
+        f"{summary['rss_bytes'] / 1e6:,.1f} MB ({summary['rss_over_raw']:.2f}x raw)"
+    )
