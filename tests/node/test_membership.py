@@ -98,7 +98,7 @@ def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
             await until(lambda: roles(one).get(2) == "voter", timeout=20)
             assert two._node.snapshots_installed == 1  # caught up through a snapshot
             assert await has_keys(two, 400)
-            assert two.status().voters == [1, 2]
+            await until(lambda: two.status().voters == [1, 2])  # node 2 learns it too
             info = {m.id: m for m in one.members()}
             assert info[1].is_leader and info[2].match_index > 0
             assert info[2].address == nodes.peer(2)

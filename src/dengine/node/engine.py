@@ -14,13 +14,14 @@ outcome is then unknown), `Unavailable` (stopped, no leader known for a read).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ConfigError, InvalidRequest, NotLeader, Timeout
+from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Timeout
 from dengine.node.node import MemberInfo, Node, NodeStatus, promoted
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
@@ -343,15 +344,18 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         interval = self.config.tick_ms / 1000.0
-        self._node.transfer_leadership(target)
+        asked = False
         while self.is_leader or self.leader_id in (0, self.node_id):
             if loop.time() >= deadline:
                 raise Timeout(
                     f"leadership transfer to node {target} did not complete within "
                     f"{timeout}s; node {self.node_id} was not removed"
                 )
-            if self.is_leader and self._node.transfer_target() != target:
-                self._node.transfer_leadership(target)  # abandoned after an election timeout
+            if self.is_leader and (not asked or self._node.transfer_target() != target):
+                # (again when abandoned after an election timeout)
+                with contextlib.suppress(DengineError):  # leadership lost meanwhile
+                    self._node.transfer_leadership(target)
+                asked = True
             await asyncio.sleep(interval)
         raise NotLeader(
             f"node {self.node_id} handed leadership to node {self.leader_id} before its "

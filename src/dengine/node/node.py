@@ -482,7 +482,8 @@ class Node:
             return
         try:
             ack = await asyncio.to_thread(self._receiver.receive, chunk)
-        except OSError as e:
+        except Exception as e:
+            # The old state is untouched; the leader resends from what we acknowledged.
             log.error("node %d: cannot store a snapshot chunk from node %d: %s",
                       self.node_id, from_id, e)
             return
@@ -586,8 +587,10 @@ class Node:
             self._retry_stale_rounds(core)
             self._expire()
             hb = self.config.heartbeat_ticks
-            if self.role is Role.LEADER and before // hb != self._ticks // hb:
-                self._auto_promote(core)
+            if before // hb != self._ticks // hb:
+                if self.role is Role.LEADER:
+                    self._auto_promote(core)
+                self._drop_unneeded_transfers(core)
             if self._next_snapshot_at and now >= self._next_snapshot_at:
                 self._maybe_snapshot(force=True)
             elif self._snapshot_task is None:
@@ -911,6 +914,17 @@ class Node:
                      self.node_id, m.id, pr.match, last)
             self._sync_peers()
             return
+
+    def _drop_unneeded_transfers(self, core: RaftCore) -> None:
+        """Stop streaming snapshots to peers that replicate from the log again, and all of
+        them once we no longer lead."""
+        transport = self._transport
+        if transport is None:
+            return
+        for peer in transport.snapshot_transfers():
+            pr = core.prs.get(peer) if core.is_leader() else None
+            if pr is None or pr.state is ProgressState.REPLICATE:
+                transport.cancel_snapshot(peer)
 
     def transfer_leadership(self, to: int) -> None:
         self._require_core().transfer_leadership(to)

@@ -144,9 +144,14 @@ class _Transfer:
         self.acked = 0  # the receiver holds this many bytes
         self.sent = 0  # next offset to send
         self.attempt = 1  # bumped at each rewind, so stale mismatch answers are ignored
+        self.reading = False  # a worker thread is reading the file
+        self.closed = False
 
     def close(self) -> None:
-        if self.fd >= 0:
+        """Release the file, or have the read in progress do it (the fd is not reused
+        while a thread may still read it)."""
+        self.closed = True
+        if not self.reading and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
@@ -341,6 +346,19 @@ class Transport:
         link.wakeup.set()
         return True
 
+    def cancel_snapshot(self, peer: int) -> bool:
+        """Stop streaming a snapshot to `peer` (it is not needed any more)."""
+        link = self._links.get(peer)
+        if link is None or link.transfer is None:
+            return False
+        link.transfer.close()
+        link.transfer = None
+        return True
+
+    def snapshot_transfers(self) -> list[int]:
+        """Peers a snapshot is being streamed to."""
+        return [i for i, link in self._links.items() if link.transfer is not None]
+
     def snapshot_progress(self, peer: int) -> tuple[int, int] | None:
         """(bytes acknowledged, file size) of the transfer to `peer`, or None."""
         link = self._links.get(peer)
@@ -393,9 +411,15 @@ class Transport:
         assert t is not None
         offset = t.sent
         n = min(self.snapshot_chunk_bytes, t.size - offset)
-        data = await asyncio.to_thread(os.pread, t.fd, n, offset)
+        t.reading = True
+        try:
+            data = await asyncio.to_thread(os.pread, t.fd, n, offset)
+        finally:
+            t.reading = False
+            if t.closed:
+                t.close()
         if link.transfer is not t or t.sent != offset:
-            return  # replaced or rewound while reading
+            return  # replaced, cancelled or rewound while reading
         if len(data) != n:
             log.error("node %d: snapshot file for node %d shrank while being sent",
                       self.node_id, link.node_id)
