@@ -131,7 +131,8 @@ class Node:
        `core.propose` call: group commit), and the reads queued (one `read_index` round
        per consistency level for all of them; eventual reads are answered right away);
     2. `rd = core.ready()`;
-    3. in the single storage thread: install a snapshot, append/truncate the log and save
+    3. a snapshot received from the leader is installed (state machine on the apply
+       thread, then the log); in the single storage thread: append/truncate the log and save
        the hard state with one fsync-ed batch, then hand `rd.messages` to the transport
        (they leave only after the data they depend on is durable), then apply the
        committed entries to the state machine in one `apply_chunk`;
@@ -144,6 +145,13 @@ class Node:
     reader tasks, new proposals), which the next turn takes as one batch. The loop never
     awaits a peer, and every internal queue is an unbounded list drained per turn, so
     nothing blocks on a full queue; the transport's per-peer queues bound memory.
+
+    Snapshots (`snapshot_threshold_entries`, `snapshot_interval_s`): the state is captured
+    on the apply thread between two chunks, written by a third thread, and the log is
+    compacted behind it at the start of a later turn (no Ready in progress). A MSG_SNAPSHOT
+    the core sends is not put on the wire: the transport streams the snapshot file beside
+    the Raft traffic, and the receiver steps the MSG_SNAPSHOT into its core once the file
+    is whole and verified (see `dengine.node.snapshots`).
     """
 
     def __init__(self, config: NodeConfig) -> None:
