@@ -15,6 +15,9 @@ from dengine.storage import FileStateMachine, RaftLog
 from dengine.storage.records import MAGIC_HARD_STATE, MAGIC_SEGMENT, MAGIC_WAL, scan
 
 
+WAL_CHUNKS = [(11, 4), (15, 3), (18, 1), (19, 1), (20, 1)]  # (first index, entries)
+
+
 def build(root) -> dict[str, str]:
     """A data dir with every file kind; returns kind -> path."""
     log = RaftLog(root / "raft", segment_bytes=1 << 20)
@@ -26,7 +29,8 @@ def build(root) -> dict[str, str]:
     sm = FileStateMachine(root / "sm", background_checkpoint=False)
     sm.apply_chunk(log_entries(1, 10, term=1))
     sm.checkpoint()
-    sm.apply_chunk(log_entries(11, 10, term=1))
+    for first, count in WAL_CHUNKS:  # one WAL record per chunk
+        sm.apply_chunk(log_entries(first, count, term=1))
     sm.generate_snapshot_data(str(root / "snapshots" / "s1"), LogId(index=20, term=1))
     sm.close()
     return {
@@ -107,12 +111,15 @@ def test_truncation_at_and_between_record_boundaries(tmp_path, kind, caplog):
             log, sm = open_all(tmp_path)
         ends = [*offsets[1:], len(data)]
         whole = sum(1 for end in ends if end <= cut)
+        # A chunk's record is applied whole or not at all.
+        applied = [10] + [first + count - 1 for first, count in WAL_CHUNKS]
         at_boundary = cut in offsets or cut == len(data)
         assert ("torn tail" in caplog.text) == (not at_boundary), cut
         if kind == "segment":
             assert log.last_index() == max(2, whole), cut  # compacted through 2
         else:
-            assert sm.last_applied().index == 10 + whole, cut
+            assert sm.last_applied().index == applied[whole], cut
+            assert sm.get(b"k%d" % (applied[whole] + 1)) is None, cut
         log.close()
         sm.close()
 

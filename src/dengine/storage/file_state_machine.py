@@ -3,10 +3,11 @@
 Directory layout (see docs/formats.md)::
 
     checkpoint         the full map at some last_applied, plus the first WAL to replay
-    wal-SSSSSSSSSS     write-ahead logs, one record per applied entry (what happened)
+    wal-SSSSSSSSSS     write-ahead logs, one record per applied chunk (what happened)
 
-`apply_chunk` appends one record per entry to the current WAL with one write and one
-fdatasync, then updates the in-memory map. When the WAL passes `checkpoint_bytes`, a new
+`apply_chunk` appends one CRC-framed record holding every entry's op to the current WAL
+with one write and one fdatasync, then updates the in-memory map. Recovery applies a
+record whole or not at all, so a chunk is atomic. When the WAL passes `checkpoint_bytes`, a new
 WAL is started and the map as of that point is written to a new checkpoint (write temp,
 fsync, rename, fsync dir), by default on a background thread; the older WALs are then
 deleted. Recovery = checkpoint + replay of the WALs it names, torn tail truncated.
@@ -21,7 +22,6 @@ import struct
 import threading
 from collections.abc import Iterator, Sequence
 
-from crc32c import crc32c
 from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
@@ -35,19 +35,20 @@ from dengine.storage.state_machine import (
     OP_LAST_APPLIED,
     OP_REJECTED,
     OP_SNAPSHOT_META,
+    SHAPES,
     ApplyResult,
     Op,
     check_snapshot_point,
     copy_log_id,
-    decode_payload,
-    fast_decode_command,
+    decode_entry,
 )
 
 log = logging.getLogger("dengine.storage")
 
 CHECKPOINT_FILE = "checkpoint"
 _WAL_NAME = re.compile(r"^wal-(\d{10})$")
-WAL_RECORD = struct.Struct("<QQBI")  # index, term, op, key length; then key, value
+WAL_RECORD = struct.Struct("<QQBI")  # version 1: a record per op, then key, value
+WAL_OP = struct.Struct("<QQBII")  # version 2: index, term, op, key length, value length
 PREALLOCATE_BYTES = 1024 * 1024
 _CHECKPOINT_META = struct.Struct("<QQQQ")  # last applied index, term, first WAL seq, key count
 
@@ -61,7 +62,42 @@ def parse_wal_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def encode_wal_ops(ops: list[Op]) -> bytes:
+    """The payload of one WAL record (version 2): each op's header, key and value."""
+    pack = WAL_OP.pack
+    return b"".join(
+        pack(index, term, op, len(key), len(value)) + key + value
+        for index, term, op, key, value in ops
+    )
+
+
+def decode_wal_ops(payload: bytes, path: str, offset: int, version: int) -> list[Op]:
+    """The ops of one WAL record. Version 1 WALs (one op per record) are still read."""
+    if version == 1:
+        return [decode_wal_record(payload, path, offset)]
+    ops: list[Op] = []
+    put = ops.append
+    unpack = WAL_OP.unpack_from
+    header = WAL_OP.size
+    size = len(payload)
+    pos = 0
+    while pos < size:
+        if pos + header > size:
+            raise CorruptionError(path, offset, f"WAL op header at byte {pos} runs past the record")
+        index, term, op, klen, vlen = unpack(payload, pos)
+        pos += header
+        end = pos + klen + vlen
+        if end > size:
+            raise CorruptionError(path, offset, f"WAL op at byte {pos} runs past the record")
+        put((index, term, op, payload[pos : pos + klen], payload[pos + klen : end]))
+        pos = end
+    if not ops:
+        raise CorruptionError(path, offset, "empty WAL record")
+    return ops
+
+
 def decode_wal_record(payload: bytes, path: str, offset: int) -> Op:
+    """One op of a version 1 WAL record."""
     if len(payload) < WAL_RECORD.size:
         raise CorruptionError(path, offset, "WAL record too short")
     index, term, op, klen = WAL_RECORD.unpack_from(payload, 0)
@@ -154,12 +190,17 @@ class FileStateMachine:
             raise CorruptionError(
                 self._path(wal_name(first_seq)), 0, "WAL named by the checkpoint is missing"
             )
+        version = 0
         for n, seq in enumerate(seqs):
             path = self._path(wal_name(seq))
             if seq != first_seq + n:
                 raise CorruptionError(path, 0, f"WAL sequence gap: expected {first_seq + n}")
-            self._replay(path, last=n == len(seqs) - 1)
-        if seqs:
+            version = self._replay(path, last=n == len(seqs) - 1)
+        if seqs and version != records.write_version(records.MAGIC_WAL):
+            # Never append records of one format version to a file of another.
+            self._wal_seq = seqs[-1] + 1
+            self._wal = self._create_wal(self._wal_seq)
+        elif seqs:
             self._wal_seq = seqs[-1]
             self._wal = io.open_append(
                 self._path(wal_name(self._wal_seq)),
@@ -185,7 +226,8 @@ class FileStateMachine:
         self._snapshot = snapshot_meta
         return int(wal_seq)
 
-    def _replay(self, path: str, *, last: bool) -> None:
+    def _replay(self, path: str, *, last: bool) -> int:
+        """Apply one WAL's records; return its format version."""
         scan = records.scan(self._io.read(path), path, records.MAGIC_WAL)
         scan.raise_if_corrupt()
         if scan.torn:
@@ -196,27 +238,27 @@ class FileStateMachine:
             records.truncate_torn(self._io, scan, records.MAGIC_WAL)
         state = self._state
         applied = self._last_applied.index
-        last_id = self._last_applied
+        last_index = last_term = None
         for payload, offset in zip(scan.records, scan.offsets, strict=True):
-            index, term, op, key, value = decode_wal_record(payload, path, offset)
-            if op == OP_SNAPSHOT_META:
-                self._snapshot = SnapshotMetadata.FromString(value)
-            elif op == OP_LAST_APPLIED:
-                last_id = LogId(index=index, term=term)
-                applied = index
-            elif index <= applied:
-                continue  # already in the checkpoint: never apply twice
-            else:
-                if op == OP_INSERT:
-                    state[key] = value
-                elif op == OP_DELETE:
-                    state.pop(key, None)
-                elif op == OP_CONFIG:
-                    self._membership = Membership.FromString(value)
-                last_id = LogId(index=index, term=term)
-                applied = index
-        self._last_applied = last_id
+            for index, term, op, key, value in decode_wal_ops(payload, path, offset, scan.version):
+                if op == OP_SNAPSHOT_META:
+                    self._snapshot = SnapshotMetadata.FromString(value)
+                    continue
+                if op != OP_LAST_APPLIED:
+                    if index <= applied:
+                        continue  # already in the checkpoint: never apply twice
+                    if op == OP_INSERT:
+                        state[key] = value
+                    elif op == OP_DELETE:
+                        state.pop(key, None)
+                    elif op == OP_CONFIG:
+                        self._membership = Membership.FromString(value)
+                applied = last_index = index
+                last_term = term
+        if last_index is not None:
+            self._last_applied = LogId(index=last_index, term=last_term)
         self._wal_size = max(scan.valid_end, records.HEADER_SIZE)
+        return scan.version
 
     def _create_wal(self, seq: int) -> AppendFile:
         path = self._path(wal_name(seq))
@@ -279,20 +321,19 @@ class FileStateMachine:
     # -- writes
 
     def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
-        """Apply committed entries: one WAL write + one fdatasync, then the map.
+        """Apply committed entries: one WAL record, one write + one fdatasync, then the map.
 
-        One pass decodes each entry, encodes its WAL record and stages its change; the map
-        changes only after the WAL is durable, so a failed write changes nothing.
+        One pass decodes each entry, encodes its op and stages its change; the map changes
+        only after the WAL record is durable, so a failed write changes nothing.
         """
         with self._lock:
             applied = self._last_applied.index
             prev = applied
-            pack = WAL_RECORD.pack
-            pack_len = records.LENGTH.pack
-            fast = fast_decode_command
+            pack = WAL_OP.pack
+            get_shape = SHAPES.get
             new_result = object.__new__
             out: list[bytes] = []
-            put = out.append
+            put = out.extend
             results: list[ApplyResult] = []
             result = results.append
             puts: dict[bytes, bytes] = {}
@@ -308,14 +349,17 @@ class FileStateMachine:
                     )
                 prev = index
                 term = entry.term
-                command = entry.payload.command
-                decoded = fast(command) if command else None
-                op, key, value = decoded if decoded is not None else decode_payload(entry)
-                payload = pack(index, term, op, len(key)) + key + value
-                length = pack_len(len(payload))
-                put(length)
-                put(pack_len(crc32c(payload, crc32c(length))))
-                put(payload)
+                cmd = entry.payload.command
+                n = len(cmd)
+                shape = get_shape(cmd[:5] if n > 129 else cmd[:4])
+                if shape is not None and shape[0] == n:
+                    key, mid, value = shape[1](cmd)
+                    op = shape[3] if mid == shape[2] else -1
+                else:
+                    op = -1
+                if op < 0:
+                    op, key, value = decode_entry(entry)
+                put((pack(index, term, op, len(key), len(value)), key, value))
                 if op == OP_INSERT:
                     puts[key] = value
                     if deletes:
@@ -333,7 +377,7 @@ class FileStateMachine:
                     result(ok)
             if not results:
                 return []
-            self._write_wal(b"".join(out))
+            self._write_wal(records.frame(b"".join(out)))
             state = self._state
             state.update(puts)
             for key in deletes:
@@ -346,10 +390,7 @@ class FileStateMachine:
         return results
 
     def _append_wal(self, ops: list[Op]) -> None:
-        pack = WAL_RECORD.pack
-        self._write_wal(records.frame_all(
-            pack(index, term, op, len(key)) + key + value for index, term, op, key, value in ops
-        ))
+        self._write_wal(records.frame(encode_wal_ops(ops)))
 
     def _write_wal(self, data: bytes) -> None:
         if self._failed is not None or self._wal is None:

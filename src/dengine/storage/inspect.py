@@ -19,7 +19,7 @@ from dengine.storage import records, snapshot
 from dengine.storage.file_state_machine import (
     CHECKPOINT_FILE,
     decode_checkpoint_meta,
-    decode_wal_record,
+    decode_wal_ops,
     parse_wal_name,
 )
 from dengine.storage.fileio import FileIO, RealDisk
@@ -120,12 +120,15 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
                 report.detail += f", snapshot at {snap.last_included.index}"
     elif report.kind == "state machine WAL":
         indexes = []
+        ops = 0
         for payload, offset in zip(scan.records, scan.offsets, strict=True):
-            index, _, op, _, _ = decode_wal_record(payload, path, offset)
-            if op != OP_SNAPSHOT_META:
-                indexes.append(index)
+            for index, _, op, _, _ in decode_wal_ops(payload, path, offset, scan.version):
+                ops += 1
+                if op != OP_SNAPSHOT_META:
+                    indexes.append(index)
         if indexes:
             report.first_index, report.last_index = indexes[0], indexes[-1]
+        report.detail = f"format version {scan.version}, {ops} ops"
     elif scan.records:  # checkpoint or snapshot: a metadata record, then one per key
         report.records = len(scan.records) - 1
         if report.kind == "snapshot":

@@ -44,23 +44,34 @@ MAGIC_CHECKPOINT = b"DSMC"  # state machine checkpoint (the full map)
 MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotMetadata)
 
 FORMAT_VERSION = 1
+# The version each kind is written with, when not FORMAT_VERSION, and the older versions
+# this release still reads (docs/formats.md).
+WRITE_VERSIONS = {MAGIC_WAL: 2}
+READ_VERSIONS = {MAGIC_WAL: (1, 2)}
 
 
-def encode_header(magic: bytes, version: int = FORMAT_VERSION) -> bytes:
-    return HEADER.pack(magic, version, 0)
+def write_version(magic: bytes) -> int:
+    return WRITE_VERSIONS.get(magic, FORMAT_VERSION)
 
 
-def check_header(data: bytes, magic: bytes, path: str) -> None:
-    """Raise CorruptionError unless `data` starts with a complete header of this kind."""
+def encode_header(magic: bytes, version: int | None = None) -> bytes:
+    return HEADER.pack(magic, write_version(magic) if version is None else version, 0)
+
+
+def check_header(data: bytes, magic: bytes, path: str) -> int:
+    """The file's format version; CorruptionError unless it is a header this release reads."""
     if len(data) < HEADER_SIZE:
         raise CorruptionError(path, 0, f"file header truncated ({len(data)} bytes)")
     found, version, _ = HEADER.unpack_from(data, 0)
     if found != magic:
         raise CorruptionError(path, 0, f"bad magic {found!r}, expected {magic!r}")
-    if version != FORMAT_VERSION:
+    readable = READ_VERSIONS.get(magic, (FORMAT_VERSION,))
+    if version not in readable:
         raise CorruptionError(
-            path, 0, f"unsupported format version {version} (this release reads {FORMAT_VERSION})"
+            path, 0, f"unsupported format version {version} (this release reads "
+            f"{', '.join(map(str, readable))})"
         )
+    return int(version)
 
 
 def frame(payload: bytes) -> bytes:
@@ -94,6 +105,7 @@ class ScanResult:
     torn_reason: str | None = None  # the bytes from valid_end to size are a torn tail
     free_tail: bool = False  # the bytes from valid_end to size are preallocated zeros
     corruption: CorruptionError | None = None
+    version: int = 0  # the header's format version (0 when the header is unreadable)
 
     @property
     def torn(self) -> bool:
@@ -155,16 +167,16 @@ def scan(data: bytes, path: str, magic: bytes) -> ScanResult:
     """
     result = ScanResult(path=path, size=len(data))
     head = data[:HEADER_SIZE]
-    expected = encode_header(magic)
+    headers = [encode_header(magic, v) for v in READ_VERSIONS.get(magic, (FORMAT_VERSION,))]
     if (
-        head != expected
-        and expected.startswith(head.rstrip(b"\0"))
+        head not in headers
+        and any(h.startswith(head.rstrip(b"\0")) for h in headers)
         and _valid_record_after(data, -1) is None
     ):
         result.torn_reason = f"file header incomplete ({len(data)} bytes)"
         return result
     try:
-        check_header(data, magic, path)
+        result.version = check_header(data, magic, path)
     except CorruptionError as e:
         result.corruption = e
         return result
