@@ -640,7 +640,10 @@ def chart(data: dict[str, Any], path: Path) -> None:
         for ax in (axes[0][col], axes[1][col]):
             ax.set_yscale("log")
             ax.set_xscale("log", base=2)
-            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.set_xticks(sorted({r["concurrency"] for r in rows}))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+                lambda value, _pos: f"{value:g}"))
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_xlabel("requests in flight")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize="small")
