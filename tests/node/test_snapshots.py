@@ -175,9 +175,9 @@ def test_stopped_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:
 
 def test_follower_stopped_mid_transfer_keeps_its_old_state_and_resumes(tmp_path: Path) -> None:
     async def main() -> None:
-        # ~1 MB snapshot in 8 KiB chunks: the transfer takes many round trips
+        # ~1 MB snapshot in 4 KiB chunks (4 in flight): the transfer takes ~60 round trips
         cluster = Cluster(tmp_path, snapshot_threshold_entries=200,
-                          snapshot_chunk_bytes=8192, log_segment_bytes=64 * 1024)
+                          snapshot_chunk_bytes=4096, log_segment_bytes=64 * 1024)
         await cluster.start_all()
         try:
             leader = await cluster.leader()
@@ -195,7 +195,7 @@ def test_follower_stopped_mid_transfer_keeps_its_old_state_and_resumes(tmp_path:
                 return parts[0].stat().st_size if parts else 0
 
             follower = await cluster.start(lagging)
-            await until(lambda: partial_size() > 50_000, timeout=20)
+            await until(lambda: partial_size() > 20_000, timeout=20, interval=0.002)
             await cluster.stop(lagging)  # in the middle of the transfer
             received = partial_size()
             assert received > 0
@@ -288,5 +288,22 @@ def test_install_interrupted_between_state_machine_and_log_is_finished(tmp_path:
             assert (st.first_log_index, st.last_log_index, st.snapshot_index) == (41, 40, 40)
             assert st.applied_index == 40 and st.voters == [1, 2]
             assert await engine.get(b"k7", "eventual") == b"v7"
+
+    run(main())
+
+
+def test_interval_snapshot_without_an_entry_threshold(tmp_path: Path) -> None:
+    async def main() -> None:
+        settings = {**FAST, "snapshot_threshold_entries": 0, "snapshot_interval_s": 0.2,
+                    "listen_peer": f"127.0.0.1:{free_port()}"}
+        async with await Engine.start(str(tmp_path), **settings) as engine:
+            await engine.wait_ready()
+            await put_many(engine, 0, 5)
+            await until(lambda: engine.status().snapshot_index >= 5, timeout=5)
+            index = engine.status().snapshot_index
+            await asyncio.sleep(0.5)  # nothing new applied: no new snapshot
+            assert engine.status().snapshot_index == index
+            assert len(snapshot_dirs(tmp_path)) == 1
+
 
     run(main())
