@@ -128,6 +128,7 @@ def test_empty_node_joins_through_a_snapshot(cluster_factory, measurements) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)  # loading 1M keys alone takes minutes on 2 shared cores
 @pytest.mark.parametrize("n_keys", [100_000, 1_000_000])
 def test_empty_node_joins_through_a_big_snapshot(cluster_factory, measurements, n_keys) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=n_keys // 20)
@@ -341,6 +342,7 @@ def test_data_dir_stays_bounded_under_compaction(cluster_factory, measurements) 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3000)
 def test_data_dir_stays_bounded_under_compaction_1m(cluster_factory, measurements) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = cluster_factory(3, **COMPACTION)
     asyncio.run(overwrite_fixed_set(cluster, 1_000_000, 10_000, measurements, "bounded_1m"))
