@@ -2,12 +2,17 @@
 
 The naive baseline is the seed's `apply_chunk`: update the map, then rewrite the whole
 map to disk (and fsync) on every chunk, so its cost grows with the store.
+
+Each case reports wall time and CPU time (user and kernel) per entry, and the run starts
+by timing bare fdatasyncs of one chunk's worth of WAL bytes: wall time minus CPU time is
+mostly waiting for the disk, so a reader can tell a disk-bound result from a CPU-bound one.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import resource
 import shutil
 import tempfile
 import time
@@ -22,6 +27,8 @@ from dengine.storage.raft_log import RaftLog
 
 KEY_BYTES = 16
 VALUE_BYTES = 256
+WAL_BYTES_PER_ENTRY = 25 + KEY_BYTES + VALUE_BYTES  # op header, key, value (docs/formats.md)
+FSYNC_PROBES = 200
 
 
 @dataclass
@@ -32,6 +39,8 @@ class BenchResult:
     entries: int
     seconds: float
     chunk_latencies: list[float]
+    cpu_seconds: float = 0.0  # user-space CPU time of the process (all threads) in the calls
+    sys_seconds: float = 0.0  # kernel CPU time (system calls: writes, fsyncs)
 
     @property
     def entries_per_s(self) -> float:
@@ -40,6 +49,14 @@ class BenchResult:
     @property
     def us_per_entry(self) -> float:
         return self.seconds / self.entries * 1e6 if self.entries else 0.0
+
+    @property
+    def cpu_us_per_entry(self) -> float:
+        return self.cpu_seconds / self.entries * 1e6 if self.entries else 0.0
+
+    @property
+    def sys_us_per_entry(self) -> float:
+        return self.sys_seconds / self.entries * 1e6 if self.entries else 0.0
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.chunk_latencies)
@@ -69,17 +86,51 @@ def _run(
 ) -> BenchResult:
     """Call `step` on fresh chunks until `min_seconds` passed (at least 3 chunks)."""
     latencies: list[float] = []
-    total = 0.0
+    total = cpu = system = 0.0
     entries = 0
     while len(latencies) < max_chunks and (total < min_seconds or len(latencies) < 3):
         batch = make_chunk(chunk)
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         step(batch)
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu += after.ru_utime - before.ru_utime
+        system += after.ru_stime - before.ru_stime
         latencies.append(elapsed)
         total += elapsed
         entries += len(batch)
-    return BenchResult(name, store_keys, chunk, entries, total, latencies)
+    return BenchResult(name, store_keys, chunk, entries, total, latencies, cpu, system)
+
+
+def bench_fdatasync(directory: str, chunks: Sequence[int]) -> list[BenchResult]:
+    """Bare pwrite + fdatasync of one chunk's WAL bytes, in a preallocated file: the
+    disk's share of each apply_chunk call (one row per chunk size, one "entry" = one sync)."""
+    results = []
+    path = os.path.join(directory, "fdatasync-probe")
+    for chunk in chunks:
+        data = os.urandom(chunk * WAL_BYTES_PER_ENTRY + 8)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.pwrite(fd, bytes(len(data) * FSYNC_PROBES), 0)
+            os.fsync(fd)
+            latencies = []
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            for n in range(FSYNC_PROBES):
+                os.pwrite(fd, data, n * len(data))
+                start = time.perf_counter()
+                os.fdatasync(fd)
+                latencies.append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+        name = f"fdatasync {len(data) / 1024:,.0f}K"
+        results.append(BenchResult(
+            name, 0, chunk, FSYNC_PROBES, sum(latencies), latencies,
+            after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+        ))
+    return results
 
 
 def preload(directory: str, store_keys: int, rng: random.Random) -> FileStateMachine:
@@ -197,7 +248,8 @@ def run_storage_bench(
     rng = random.Random(seed)
     root = tempfile.mkdtemp(prefix="dengine-bench-", dir=directory)
     try:
-        results = bench_log_append(root, chunks, min_seconds, rng)
+        results = bench_fdatasync(root, chunks)
+        results += bench_log_append(root, chunks, min_seconds, rng)
         for store_keys in sizes:
             sub = os.path.join(root, f"store-{store_keys}")
             os.makedirs(sub)
