@@ -11,6 +11,14 @@ record whole or not at all, so a chunk is atomic. When the WAL passes `checkpoin
 WAL is started and the map as of that point is written to a new checkpoint (write temp,
 fsync, rename, fsync dir), by default on a background thread; the older WALs are then
 deleted. Recovery = checkpoint + replay of the WALs it names, torn tail truncated.
+
+With `sync_apply=False` (the node's mode), `apply_chunk` writes its record without the
+fdatasync and `sync()` makes everything written durable later: the Raft log, fsynced on a
+quorum, is then the durable record of the entries above `durable_index()`, and the caller
+must re-apply them after a crash and must not drop them from its log before `sync()`.
+`replayable_from` tells recovery the first index such a log can re-apply: damage in the
+last WAL that follows a record at or above `replayable_from - 1` is then an unsynced
+tail a power cut tore (truncated like a torn tail); anywhere else it stays corruption.
 """
 
 from __future__ import annotations
@@ -150,8 +158,12 @@ class FileStateMachine:
         fileio: FileIO | None = None,
         background_checkpoint: bool = True,
         preallocate: int = PREALLOCATE_BYTES,
+        sync_apply: bool = True,
+        replayable_from: int | None = None,
     ) -> None:
         self._io = fileio or RealDisk()
+        self._sync_apply = sync_apply
+        self._replayable_from = replayable_from
         self._dir = os.fspath(data_dir)
         self._checkpoint_bytes = checkpoint_bytes
         self._background = background_checkpoint
@@ -176,6 +188,7 @@ class FileStateMachine:
         self._wal: AppendFile | None = None
         self._wal_seq = 0
         self._wal_size = 0
+        self._durable_index = 0  # every entry applied up to here is on disk (synced)
         io.makedirs(self._dir)
         names = io.listdir(self._dir)
         io.remove_durably([self._path(n) for n in names if n.endswith(".tmp")])
@@ -209,6 +222,9 @@ class FileStateMachine:
         else:
             self._wal_seq = first_seq
             self._wal = self._create_wal(first_seq)
+        if not self._sync_apply:
+            self._wal.sync()  # a truncated torn tail stays truncated: appends are not synced
+        self._durable_index = self._last_applied.index
 
     def _load_checkpoint(self) -> int:
         path = self._path(CHECKPOINT_FILE)
@@ -229,7 +245,8 @@ class FileStateMachine:
     def _replay(self, path: str, *, last: bool) -> int:
         """Apply one WAL's records; return its format version."""
         scan = records.scan(self._io.read(path), path, records.MAGIC_WAL)
-        scan.raise_if_corrupt()
+        if scan.corruption is not None and not (last and self._replayable_from is not None):
+            raise scan.corruption
         if scan.torn:
             if not last:
                 raise CorruptionError(
@@ -257,8 +274,20 @@ class FileStateMachine:
                 last_term = term
         if last_index is not None:
             self._last_applied = LogId(index=last_index, term=last_term)
+        if scan.corruption is not None:
+            self._drop_unsynced_tail(scan, applied)
         self._wal_size = max(scan.valid_end, records.HEADER_SIZE)
         return scan.version
+
+    def _drop_unsynced_tail(self, scan: records.ScanResult, applied: int) -> None:
+        """Last WAL damaged before a valid record: a tear of unsynced writes if the Raft
+        log can re-apply everything after the last good record, else corruption."""
+        assert scan.corruption is not None and self._replayable_from is not None
+        if scan.version == 0 or applied < self._replayable_from - 1:
+            raise scan.corruption
+        scan.torn_reason = f"unsynced tail lost ({scan.corruption.args[0]})"
+        scan.corruption = None
+        records.truncate_torn(self._io, scan, records.MAGIC_WAL)
 
     def _create_wal(self, seq: int) -> AppendFile:
         path = self._path(wal_name(seq))
@@ -278,9 +307,11 @@ class FileStateMachine:
         log.info("file state machine started at %s", self._dir)
 
     def stop(self) -> None:
-        """Wait for a running checkpoint. Every applied entry is already durable."""
+        """Wait for a running checkpoint, then make every applied entry durable."""
         self._running = False
         self._wait_checkpoint()
+        if self._wal is not None and self._failed is None:
+            self.sync()
 
     def is_running(self) -> bool:
         return self._running
@@ -312,6 +343,10 @@ class FileStateMachine:
     def last_applied(self) -> LogId:
         return copy_log_id(self._last_applied)
 
+    def durable_index(self) -> int:
+        """The last applied index known to be on disk (below last_applied without sync)."""
+        return self._durable_index
+
     def membership(self) -> Membership | None:
         return self._membership
 
@@ -321,10 +356,11 @@ class FileStateMachine:
     # -- writes
 
     def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
-        """Apply committed entries: one WAL record, one write + one fdatasync, then the map.
+        """Apply committed entries: one WAL record, one write (+ one fdatasync unless
+        `sync_apply` is off), then the map.
 
         One pass decodes each entry, encodes its op and stages its change; the map changes
-        only after the WAL record is durable, so a failed write changes nothing.
+        only after the WAL record is written, so a failed write changes nothing.
         """
         with self._lock:
             applied = self._last_applied.index
@@ -377,7 +413,7 @@ class FileStateMachine:
                     result(ok)
             if not results:
                 return []
-            self._write_wal(records.frame(b"".join(out)))
+            self._write_wal(records.frame(b"".join(out)), self._sync_apply)
             state = self._state
             state.update(puts)
             for key in deletes:
@@ -385,6 +421,8 @@ class FileStateMachine:
             if membership is not None:
                 self._membership = Membership.FromString(membership)
             self._last_applied = LogId(index=prev, term=term)
+            if self._sync_apply:
+                self._durable_index = prev
         if self._wal_size >= self._checkpoint_bytes:
             self.maybe_checkpoint()
         return results
@@ -392,7 +430,7 @@ class FileStateMachine:
     def _append_wal(self, ops: list[Op]) -> None:
         self._write_wal(records.frame(encode_wal_ops(ops)))
 
-    def _write_wal(self, data: bytes) -> None:
+    def _write_wal(self, data: bytes, sync: bool = True) -> None:
         if self._failed is not None or self._wal is None:
             raise StorageError(
                 f"{self._dir}: state machine unusable after a failed write ({self._failed}); "
@@ -401,7 +439,8 @@ class FileStateMachine:
             )
         try:
             self._wal.write(data)
-            self._wal.sync()
+            if sync:
+                self._wal.sync()
         except BaseException as e:
             self._failed = repr(e)
             raise
@@ -415,6 +454,7 @@ class FileStateMachine:
         with self._lock:
             self._append_wal([(log_id.index, log_id.term, OP_LAST_APPLIED, b"", b"")])
             self._last_applied = copy_log_id(log_id)
+            self._durable_index = log_id.index
 
     def update_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
         with self._lock:
@@ -424,6 +464,7 @@ class FileStateMachine:
         with self._lock:
             self._append_wal([(0, 0, OP_SNAPSHOT_META, b"", metadata.SerializeToString())])
             self._snapshot = metadata
+            self._durable_index = self._last_applied.index
 
     def save_hard_state(self) -> None:
         """Persist last_applied and snapshot metadata set by the update_* methods."""
@@ -433,7 +474,25 @@ class FileStateMachine:
                 self.persist_last_snapshot_metadata(self._snapshot)
 
     def flush(self) -> None:
-        """Nothing is buffered: every write method fsyncs before it returns."""
+        """Make every applied entry durable (see `sync`)."""
+        self.sync()
+
+    def sync(self) -> None:
+        """fdatasync what `apply_chunk` wrote without syncing; then durable_index() is
+        last_applied. Run it on the thread that applies, or between applies."""
+        with self._lock:
+            if self._wal is None or self._durable_index == self._last_applied.index:
+                return
+            self._sync_wal(self._wal)
+
+    def _sync_wal(self, wal: AppendFile) -> None:
+        """Under the lock: fdatasync `wal`, the file every unsynced record went to."""
+        try:
+            wal.sync()
+        except BaseException as e:
+            self._failed = repr(e)
+            raise
+        self._durable_index = self._last_applied.index
 
     # -- checkpoints
 
@@ -466,6 +525,8 @@ class FileStateMachine:
             state = dict(self._state)
             seq = self._wal_seq + 1
             old = self._wal
+            if old is not None and self._durable_index != self._last_applied.index:
+                self._sync_wal(old)  # only the last WAL may end in an unsynced tail
             self._wal = self._create_wal(seq)
             self._wal_seq = seq
             if old is not None:
@@ -537,6 +598,7 @@ class FileStateMachine:
             self._wal_seq = seq
             self._state = data.state
             self._last_applied = data.last_included
+            self._durable_index = data.last_included.index
             self._membership = data.membership
             self._snapshot = metadata
             names = self._io.listdir(self._dir)
