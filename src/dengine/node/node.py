@@ -51,6 +51,9 @@ MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
 # little behind at compaction time then catches up from the log, not with a snapshot.
 _COMPACTION_TAIL_DIVISOR = 10
 _SNAPSHOT_RETRY_S = 5.0  # after a failed snapshot, wait this long before the next try
+# The state machine's WAL is not fsynced per apply (the Raft log is the durable record of
+# what it has not synced); syncing it this often bounds what a restart re-applies.
+_SM_SYNC_INTERVAL_S = 1.0
 
 
 def _nothing() -> None:
@@ -207,6 +210,7 @@ class Node:
         self._snapshot_task: asyncio.Task[None] | None = None
         self._compact_to: SnapshotMetadata | None = None
         self._next_snapshot_at = 0.0  # monotonic time of the next interval/retry snapshot
+        self._next_sm_sync = 0.0  # monotonic time of the next background state machine sync
         self.snapshot_index = 0
         self.snapshots_taken = 0
         self.snapshots_installed = 0
@@ -311,8 +315,11 @@ class Node:
     def _open_storage(self) -> None:
         """Open the log and state machine; re-apply committed entries the SM has not seen."""
         raft_log = RaftLog(self.data_dir.raft, segment_bytes=self.config.log_segment_bytes)
+        # Applies are not fsynced: an entry's durable record is the Raft log until the
+        # state machine syncs, so the log is compacted only below durable_index().
         sm = FileStateMachine(
-            self.data_dir.sm, checkpoint_bytes=self.config.wal_checkpoint_bytes
+            self.data_dir.sm, checkpoint_bytes=self.config.wal_checkpoint_bytes,
+            sync_apply=False, replayable_from=raft_log.first_index(),
         )
         self._log, self._sm = raft_log, sm
         self._finish_interrupted_install(raft_log, sm)
@@ -599,6 +606,9 @@ class Node:
                 if self.role is Role.LEADER:
                     self._auto_promote(core)
                 self._drop_unneeded_transfers(core)
+            if now >= self._next_sm_sync:
+                self._next_sm_sync = now + _SM_SYNC_INTERVAL_S
+                self._sync_state_machine()
             if self._next_snapshot_at and now >= self._next_snapshot_at:
                 self._maybe_snapshot(force=True)
             elif self._snapshot_task is None:
@@ -645,6 +655,15 @@ class Node:
         for _, write in proposals:
             if not write.future.done():
                 write.future.set_exception(error)
+
+    def _sync_state_machine(self) -> None:
+        """fdatasync the state machine's WAL on the apply thread, off the reply path."""
+        sm = self._sm
+        if sm is None or sm.durable_index() >= self.applied_index:
+            return
+        job = self._loop.run_in_executor(self._apply_io, sm.sync)
+        # A failed sync marks the state machine failed: the next apply stops the node.
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def _start_round(self, core: RaftCore, reads: list[_Read], lease: bool) -> None:
         self._next_ctx += 1
@@ -829,6 +848,7 @@ class Node:
     def _capture(self) -> tuple[dict[bytes, bytes], LogId, Membership | None]:
         sm = self._sm
         assert sm is not None
+        sm.sync()  # the log is compacted behind this point: the state must be on disk
         return sm.items(), sm.last_applied(), sm.membership()
 
     def _compact(self, metadata: SnapshotMetadata) -> None:
@@ -841,6 +861,12 @@ class Node:
             return  # a snapshot installed meanwhile is newer
         tail = self.config.snapshot_threshold_entries // _COMPACTION_TAIL_DIVISOR
         point = min(max(index - tail, raft_log.first_index()), raft_log.last_index())
+        # Restart re-applies the log above the state machine's durable point: keep it.
+        sm = self._sm
+        assert sm is not None
+        point = min(point, sm.durable_index())
+        if point < raft_log.first_index():
+            return
         raft_log.compact_prefix(point, metadata)
         self._store.prune(metadata)
         self.snapshot_index = index
