@@ -46,6 +46,7 @@ from dengine.storage.state_machine import (
     SHAPES,
     ApplyResult,
     Op,
+    apply_ops,
     check_snapshot_point,
     copy_log_id,
     decode_entry,
@@ -57,6 +58,7 @@ CHECKPOINT_FILE = "checkpoint"
 _WAL_NAME = re.compile(r"^wal-(\d{10})$")
 WAL_RECORD = struct.Struct("<QQBI")  # version 1: a record per op, then key, value
 WAL_OP = struct.Struct("<QQBII")  # version 2: index, term, op, key length, value length
+_OP_BYTE = 16  # offset of `op` in WAL_OP
 PREALLOCATE_BYTES = 1024 * 1024
 _CHECKPOINT_META = struct.Struct("<QQQQ")  # last applied index, term, first WAL seq, key count
 
@@ -359,8 +361,8 @@ class FileStateMachine:
         """Apply committed entries: one WAL record, one write (+ one fdatasync unless
         `sync_apply` is off), then the map.
 
-        One pass decodes each entry, encodes its op and stages its change; the map changes
-        only after the WAL record is written, so a failed write changes nothing.
+        One pass decodes each entry and encodes its op; the map changes only after the WAL
+        record is written (from the encoded ops), so a failed write changes nothing.
         """
         with self._lock:
             applied = self._last_applied.index
@@ -372,9 +374,7 @@ class FileStateMachine:
             put = out.extend
             results: list[ApplyResult] = []
             result = results.append
-            puts: dict[bytes, bytes] = {}
-            deletes: set[bytes] = set()
-            membership: bytes | None = None
+            only_inserts = True
             term = 0
             for entry in entries:
                 index = entry.index
@@ -396,30 +396,28 @@ class FileStateMachine:
                 if op < 0:
                     op, key, value = decode_entry(entry)
                 put((pack(index, term, op, len(key), len(value)), key, value))
-                if op == OP_INSERT:
-                    puts[key] = value
-                    if deletes:
-                        deletes.discard(key)
-                elif op == OP_DELETE:
-                    puts.pop(key, None)
-                    deletes.add(key)
-                elif op == OP_CONFIG:
-                    membership = value
-                if op == OP_REJECTED:
-                    result(ApplyResult(index, succeeded=False))
-                else:  # see results_of(): the frozen dataclass __init__ is slow
-                    ok = new_result(ApplyResult)
-                    ok.__dict__["index"] = index
-                    result(ok)
+                if op != OP_INSERT:
+                    only_inserts = False
+                    if op == OP_REJECTED:
+                        result(ApplyResult(index, succeeded=False))
+                        continue
+                # See results_of(): the frozen dataclass __init__ is slow.
+                ok = new_result(ApplyResult)
+                ok.__dict__["index"] = index
+                result(ok)
             if not results:
                 return []
             self._write_wal(records.frame(b"".join(out)), self._sync_apply)
-            state = self._state
-            state.update(puts)
-            for key in deletes:
-                state.pop(key, None)
-            if membership is not None:
-                self._membership = Membership.FromString(membership)
+            # out holds (op header, key, value) per entry.
+            if only_inserts:
+                self._state.update(zip(out[1::3], out[2::3], strict=True))
+            else:
+                ops = zip(out[::3], out[1::3], out[2::3], strict=True)
+                membership = apply_ops(self._state, [
+                    (0, 0, header[_OP_BYTE], key, value) for header, key, value in ops
+                ])
+                if membership is not None:
+                    self._membership = membership
             self._last_applied = LogId(index=prev, term=term)
             if self._sync_apply:
                 self._durable_index = prev
