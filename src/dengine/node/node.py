@@ -54,6 +54,10 @@ _SNAPSHOT_RETRY_S = 5.0  # after a failed snapshot, wait this long before the ne
 # The state machine's WAL is not fsynced per apply (the Raft log is the durable record of
 # what it has not synced); syncing it this often bounds what a restart re-applies.
 _SM_SYNC_INTERVAL_S = 1.0
+# Deadlines are checked every this many ticks, by a scan of what is still pending (a
+# timer wheel would keep every finished request alive until its deadline: ~timeout x
+# throughput futures for the garbage collector to walk).
+_EXPIRY_SCAN_TICKS = 5
 
 
 def _nothing() -> None:
@@ -96,20 +100,32 @@ class MemberInfo:
 class _Write:
     """A batch of commands proposed together; resolves once every one is applied."""
 
-    __slots__ = ("future", "remaining", "results")
+    __slots__ = ("due", "future", "remaining", "results", "timeout")
 
-    def __init__(self, future: asyncio.Future[list[ApplyResult]], size: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[ApplyResult]], size: int, timeout: float, due: int
+    ) -> None:
         self.future = future
         self.results: list[Any] = [None] * size
         self.remaining = size
+        self.timeout = timeout
+        self.due = due  # the tick after which it fails with Timeout
 
 
 class _Read:
-    __slots__ = ("future", "keys")
+    __slots__ = ("due", "future", "keys", "timeout")
 
-    def __init__(self, keys: Sequence[bytes], future: asyncio.Future[list[bytes | None]]) -> None:
+    def __init__(
+        self,
+        keys: Sequence[bytes],
+        future: asyncio.Future[list[bytes | None]],
+        timeout: float,
+        due: int,
+    ) -> None:
         self.keys = keys
         self.future = future
+        self.timeout = timeout
+        self.due = due
 
 
 class _ReadRound:
@@ -196,8 +212,7 @@ class Node:
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self._ticks = 0
-        self._deadlines: dict[int, list[tuple[asyncio.Future[Any], float, bool]]] = {}
-        self._expired_tick = 0
+        self._next_expiry_scan = 0
         self._timeout_ticks: dict[float, int] = {}
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any input is accepted
         self._tick_s = config.tick_ms / 1000.0
@@ -430,8 +445,8 @@ class Node:
         if self.role is not Role.LEADER:
             raise self.not_leader()
         future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
-        self._in_proposals.append((commands, _Write(future, len(commands))))
-        self._add_deadline(future, timeout, True)
+        write = _Write(future, len(commands), timeout, self._due(timeout))
+        self._in_proposals.append((commands, write))
         self._wake.set()
         return future
 
@@ -441,39 +456,37 @@ class Node:
         """Queue a read of `keys` at `consistency` ("linearizable", "lease", "eventual")."""
         self.check_running()
         future: asyncio.Future[list[bytes | None]] = self._loop.create_future()
-        self._in_reads[consistency].append(_Read(keys, future))
-        self._add_deadline(future, timeout, False)
+        self._in_reads[consistency].append(_Read(keys, future, timeout, self._due(timeout)))
         self._wake.set()
         return future
 
-    def _add_deadline(self, future: asyncio.Future[Any], timeout: float, write: bool) -> None:
-        """File the future under the tick it expires at (cheaper than a timer per call)."""
+    def _due(self, timeout: float) -> int:
+        """The tick after which a request made now with `timeout` fails (no timer per call)."""
         ticks = self._timeout_ticks.get(timeout)
         if ticks is None:
             if len(self._timeout_ticks) > 64:
                 self._timeout_ticks.clear()
             ticks = self._timeout_ticks[timeout] = max(1, math.ceil(timeout / self._tick_s))
-        due = self._ticks + ticks
-        bucket = self._deadlines.get(due)
-        if bucket is None:
-            bucket = self._deadlines[due] = []
-        bucket.append((future, timeout, write))
+        return self._ticks + ticks
 
     def _expire(self) -> None:
-        while self._expired_tick < self._ticks:
-            self._expired_tick += 1
-            bucket = self._deadlines.pop(self._expired_tick, None)
-            if not bucket:
-                continue
-            for future, timeout, write in bucket:
-                if future.done():
-                    continue
-                if write:
-                    future.set_exception(Timeout(
-                        f"write did not complete within {timeout}s; it may still be applied"
-                    ))
-                else:
-                    future.set_exception(Timeout(f"read did not complete within {timeout}s"))
+        """Fail the pending requests whose deadline has passed."""
+        now = self._ticks
+        if now < self._next_expiry_scan:
+            return
+        self._next_expiry_scan = now + _EXPIRY_SCAN_TICKS
+        for _, write in self._in_proposals:
+            _expire_write(write, now)
+        for _, write, _ in self._waiters.values():
+            _expire_write(write, now)
+        for batch in self._in_reads.values():
+            for r in batch:
+                _expire_read(r, now)
+        for rnd in self._rounds.values():
+            for r in rnd.reads:
+                _expire_read(r, now)
+        for _, r in self._ready_reads:
+            _expire_read(r, now)
 
     def not_leader(self) -> NotLeader:
         """The NotLeader error to raise here, with the leader's client address if known."""
@@ -909,8 +922,7 @@ class Node:
         except Unavailable as e:
             raise Unavailable(f"cannot change the membership now: {e.message}") from None
         future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
-        self._waiters[lid.index] = (lid.term, _Write(future, 1), 0)
-        self._add_deadline(future, timeout, True)
+        self._waiters[lid.index] = (lid.term, _Write(future, 1, timeout, self._due(timeout)), 0)
         self._sync_peers()
         self._wake.set()
         return future
@@ -1099,6 +1111,18 @@ class Node:
     @property
     def running(self) -> bool:
         return self._running
+
+
+def _expire_write(write: _Write, now: int) -> None:
+    if write.due <= now and not write.future.done():
+        write.future.set_exception(Timeout(
+            f"write did not complete within {write.timeout}s; it may still be applied"
+        ))
+
+
+def _expire_read(r: _Read, now: int) -> None:
+    if r.due <= now and not r.future.done():
+        r.future.set_exception(Timeout(f"read did not complete within {r.timeout}s"))
 
 
 def promoted(membership: Membership, node_id: int) -> Membership:
