@@ -14,7 +14,6 @@ from dengine.proto import HardState, LogId, SnapshotMetadata
 from dengine.storage import FileStateMachine, RaftLog
 from dengine.storage.records import MAGIC_HARD_STATE, MAGIC_SEGMENT, MAGIC_WAL, scan
 
-
 WAL_CHUNKS = [(11, 4), (15, 3), (18, 1), (19, 1), (20, 1)]  # (first index, entries)
 
 
