@@ -21,6 +21,19 @@ async def eventual_values(node_client: str, keys: list[str]) -> list[bytes | Non
         return await c.get_many(keys, "eventual")
 
 
+async def put_retrying_unknown(client: Client, key: str, value: str) -> None:
+    """Put, retrying a write whose outcome was unknown (e.g. the connection to a killed
+    leader dropped after sending). Safe here: nobody else writes `key`, so applying the
+    same put twice is indistinguishable from once."""
+    for _ in range(20):
+        try:
+            await client.put(key, value)
+            return
+        except Timeout:
+            continue
+    raise AssertionError(f"put {key!r} never succeeded")
+
+
 def test_writes_through_any_node_are_redirected(cluster_factory) -> None:  # type: ignore[no-untyped-def]
     cluster: Cluster = cluster_factory(3)
 
@@ -54,7 +67,7 @@ def test_leader_kill_failover_restart_catch_up(cluster_factory, failover_record)
                 victim = cluster.node(old.node_id)
                 victim.kill()
                 killed_at = time.monotonic()
-                await client.put(f"after-kill-{round_}", "written")
+                await put_retrying_unknown(client, f"after-kill-{round_}", "written")
                 elapsed = time.monotonic() - killed_at
                 acked[f"after-kill-{round_}"] = "written"
                 failover_record.append(elapsed)
