@@ -194,7 +194,7 @@ def bench_apply(
     settle()
     apply_lazily = _syncing_every_second(lazy)
     results += [
-        _run("apply_chunk, WAL fsync 1/s (node)", store_keys, c, apply_lazily, make_chunk,
+        _run("apply_chunk (node mode: WAL fsync 1/s)", store_keys, c, apply_lazily, make_chunk,
              min_seconds, 1_000_000)
         for c in chunks
     ]
