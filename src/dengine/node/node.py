@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import random
 import shutil
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +60,9 @@ _SM_SYNC_INTERVAL_S = 1.0
 # timer wheel would keep every finished request alive until its deadline: ~timeout x
 # throughput futures for the garbage collector to walk).
 _EXPIRY_SCAN_TICKS = 5
+# Applies queued on the apply thread before the loop waits for the oldest one: the apply
+# runs beside the next turns' persists, but never falls unboundedly behind the log.
+_MAX_APPLIES_QUEUED = 4
 
 
 def _nothing() -> None:
@@ -153,12 +158,17 @@ class Node:
     3. a snapshot received from the leader is installed (state machine on the apply
        thread, then the log); in the single storage thread: append/truncate the log and save
        the hard state with one fsync-ed batch, then hand `rd.messages` to the transport
-       (they leave only after the data they depend on is durable), then apply the
-       committed entries to the state machine in one `apply_chunk`;
-    4. back on the loop: resolve the writes whose entries were applied (with their
-       `ApplyResult`, or `Unavailable` if another term's entry took their index: a
-       definite failure), record ReadStates and answer reads whose index is applied;
+       (they leave only after the data they depend on is durable), then queue the
+       committed entries for one `apply_chunk` on the apply thread;
+    4. back on the loop: record ReadStates and answer reads whose index is applied;
     5. `core.advance(rd)`.
+
+    The apply is not awaited by the turn: the apply thread runs the queued chunks in
+    commit order (one thread, FIFO) while the next turns persist, and each chunk's
+    completion, back on the loop, moves `applied_index`, resolves the writes it applied
+    (with their `ApplyResult`, or `Unavailable` if another term's entry took their index:
+    a definite failure) and answers the reads now applied. At most `_MAX_APPLIES_QUEUED`
+    chunks wait; beyond that the loop waits for the oldest.
 
     While the storage thread works, the loop keeps accepting input (the transport's
     reader tasks, new proposals), which the next turn takes as one batch. The loop never
@@ -204,6 +214,7 @@ class Node:
         self._in_reads: dict[str, list[_Read]] = {"linearizable": [], "lease": [], "eventual": []}
         # waiting for apply / read states
         self._waiters: dict[int, tuple[int, _Write, int]] = {}
+        self._applies: deque[asyncio.Future[list[ApplyResult]]] = deque()
         self._rounds: dict[bytes, _ReadRound] = {}
         self._ready_reads: list[tuple[int, _Read]] = []
         self._next_ctx = 0
@@ -591,17 +602,26 @@ class Node:
                 if not core.has_ready():
                     continue
                 rd = core.ready()
-                results = await self._handle_ready(loop, core, rd)
-                self._after_ready(rd, results)
+                await self._handle_ready(loop, core, rd)
+                self._after_ready(rd)
                 core.advance(rd)
+                if len(self._applies) > _MAX_APPLIES_QUEUED:
+                    await asyncio.wait([self._applies[0]])
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            log.critical("node %d: stopping after a fatal error: %s", self.node_id, e,
-                         exc_info=True)
-            self._failure = e
-            self._running = False
-            self._fail_pending(stopping=False)
+            self._die(e)
+
+    def _die(self, e: BaseException) -> None:
+        """A storage failure: stop the node and fail what is pending (nothing is lost)."""
+        if self._failure is not None:
+            return
+        log.critical("node %d: stopping after a fatal error: %s", self.node_id, e,
+                     exc_info=e)
+        self._failure = e
+        self._running = False
+        self._wake.set()
+        self._fail_pending(stopping=False)
 
     def _take_inputs(self, core: RaftCore) -> None:
         now = time.monotonic()
@@ -705,8 +725,8 @@ class Node:
 
     async def _handle_ready(
         self, loop: asyncio.AbstractEventLoop, core: RaftCore, rd: Ready
-    ) -> list[ApplyResult]:
-        """Persist, send and apply one Ready; returns the apply results."""
+    ) -> None:
+        """Persist and send one Ready; queue its committed entries for the apply thread."""
         hs = rd.hard_state
         vote_changed = hs is not None and (hs.term, hs.voted_for) != self._saved_vote
         if hs is not None:
@@ -730,28 +750,48 @@ class Node:
         persist = None
         if rd.snapshot is not None or rd.entries or vote_changed:
             persist = loop.run_in_executor(self._io, self._persist, rd, vote_changed)
-        apply = None
         if committed and (persist is None or (
             rd.snapshot is None and (not rd.entries or committed[-1].index < rd.entries[0].index)
         )):
             # These entries are durable already: apply while the new ones are written.
-            apply = loop.run_in_executor(self._apply_io, self._apply, committed)
+            self._start_apply(loop, committed)
+            committed = []
         if persist is not None:
-            try:
-                await persist
-            except BaseException:
-                if apply is not None:
-                    await asyncio.gather(apply, return_exceptions=True)
-                raise
+            await persist
             if vote_changed and hs is not None:
                 self._saved_vote = (hs.term, hs.voted_for)
         if messages:
             self._send(messages)
-        if apply is not None:
-            return await apply
         if committed:
-            return await loop.run_in_executor(self._apply_io, self._apply, committed)
-        return []
+            self._start_apply(loop, committed)
+
+    def _start_apply(self, loop: asyncio.AbstractEventLoop, entries: list[Entry]) -> None:
+        """Queue `entries` on the apply thread (after every chunk queued before them)."""
+        job = loop.run_in_executor(self._apply_io, self._apply, entries)
+        self._applies.append(job)
+        job.add_done_callback(functools.partial(self._on_applied, entries))
+
+    def _on_applied(
+        self, entries: list[Entry], job: asyncio.Future[list[ApplyResult]]
+    ) -> None:
+        """Loop: a chunk is applied (completions come in queue order): resolve its writes."""
+        if self._applies and self._applies[0] is job:
+            self._applies.popleft()
+        if job.cancelled():
+            return
+        error = job.exception()
+        if error is not None:
+            self._die(error)
+            return
+        results = job.result()
+        self.applied_index = max(self.applied_index, entries[-1].index)
+        if results:
+            self._resolve_writes(entries, results)
+        if self._ready_reads:
+            self._serve_ready_reads()
+        threshold = self.config.snapshot_threshold_entries
+        if threshold and self.applied_index - self.snapshot_index >= threshold:
+            self._maybe_snapshot()
 
     def _persist(self, rd: Ready, save_hard_state: bool) -> None:
         """Log thread: make the Ready's snapshot, entries and hard state durable."""
@@ -997,7 +1037,7 @@ class Node:
             raise Unavailable(f"node {self.node_id} is not started")
         return self._core
 
-    def _after_ready(self, rd: Ready, results: list[ApplyResult]) -> None:
+    def _after_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self.role = rd.soft_state.role
             if rd.soft_state.leader_id != self.leader_id:
@@ -1007,11 +1047,6 @@ class Node:
             self.applied_index = max(self.applied_index, index)
             self.snapshot_index = max(self.snapshot_index, index)
             self.snapshots_installed += 1
-        if results:
-            self._resolve_writes(rd.committed_entries, results)
-            self.applied_index = results[-1].index
-        elif rd.committed_entries:
-            self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
         for rs in rd.read_states:
             rnd = self._rounds.pop(rs.ctx, None)
             if rnd is not None:

@@ -19,9 +19,13 @@ Driver contract (the node and the simulator both honour it):
    leader), then `rd.hard_state`. A vote or an append acknowledgement is a promise that
    only holds once what it promises is durable.
 2. Apply `rd.committed_entries` to the state machine in order (they are durable locally
-   once step 1 is done). Applying never fails for configuration reasons.
-3. Serve each `ReadState(ctx, index)` once the state machine's applied index >= `index`.
-4. Call `advance(rd)` when 1-3 are done and before the next `ready()`. Inputs may be
+   once step 1 is done). Applying never fails for configuration reasons. The apply may
+   finish after `advance(rd)` if the driver queues each Ready's chunk on one worker in
+   commit order (the node does: its apply thread runs beside the next turns' persists).
+3. Serve each `ReadState(ctx, index)` once the state machine's applied index >= `index`
+   (the index really applied, not the one handed to the apply queue).
+4. Call `advance(rd)` when 1 is done, 2 is done or queued, and 3 is recorded, and before
+   the next `ready()`. Inputs may be
    stepped between `ready()` and `advance()` (for example while a worker thread fsyncs).
    The leader counts its own entries toward commit only from `advance` on.
 

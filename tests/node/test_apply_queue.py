@@ -1,0 +1,89 @@
+"""The apply runs beside the next turns: writes and reads still wait for the real apply."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_helpers import free_port, run
+
+from dengine import Engine
+from dengine.errors import DengineError, StorageError
+
+
+async def _lone_engine(tmp_path: Path) -> Engine:
+    engine = await Engine.start(
+        str(tmp_path / "n1"), tick_ms=5, election_timeout_ms=50, heartbeat_interval_ms=15,
+        clock_drift_ms=10, listen_peer=f"127.0.0.1:{free_port()}",
+        listen_client=f"127.0.0.1:{free_port()}",
+    )
+    await engine.wait_ready(timeout=5)
+    return engine
+
+
+def test_slow_apply_writes_resolve_only_once_applied_in_commit_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = await _lone_engine(tmp_path)
+        node = engine._node
+        sm = node._sm
+        assert sm is not None
+        applied_chunks: list[list[int]] = []
+        real_apply = node._apply
+
+        def slow_apply(entries: Any) -> Any:
+            time.sleep(0.005)  # the next turns persist meanwhile
+            applied_chunks.append([e.index for e in entries])
+            return real_apply(entries)
+
+        node._apply = slow_apply  # type: ignore[method-assign]
+        seen: list[bool] = []
+
+        async def put_and_check(i: int) -> None:
+            key, value = b"k%d" % (i % 7), b"v%d" % i
+            await engine.put(key, value)
+            # resolved: this node's state machine holds the write (or a later one to key)
+            seen.append(sm.last_applied().index <= node.applied_index
+                        and sm.get(key) is not None)
+
+        try:
+            for _ in range(5):
+                await asyncio.gather(*(put_and_check(i) for i in range(60)))
+                got = await engine.get(b"k6", "linearizable")
+                assert got == sm.get(b"k6") and got is not None
+            flat = [i for chunk in applied_chunks for i in chunk]
+            assert flat == sorted(flat) and len(flat) == len(set(flat))
+            assert len(applied_chunks) > 1
+            assert all(seen) and len(seen) == 300
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def test_a_failing_apply_stops_the_node_and_fails_pending_writes(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = await _lone_engine(tmp_path)
+        node = engine._node
+        await engine.put(b"a", b"1")
+        calls = threading.Event()
+
+        def broken_apply(entries: Any) -> Any:
+            calls.set()
+            raise StorageError("disk gone")
+
+        node._apply = broken_apply  # type: ignore[method-assign]
+        try:
+            with pytest.raises(DengineError):
+                await engine.put(b"b", b"2", timeout=5.0)
+            assert calls.is_set()
+            assert not node.running
+            with pytest.raises(DengineError, match="disk gone"):
+                await engine.put(b"c", b"3")
+        finally:
+            await engine.stop()
+
+    run(main())
