@@ -116,6 +116,17 @@ def test_proposals_replicate_commit_and_apply_everywhere() -> None:
         assert net[i].commit_index == 5
 
 
+def test_propose_batch_returns_the_term_and_first_index_of_consecutive_entries() -> None:
+    net = Network([1, 2, 3])
+    net.elect(1)
+    assert net[1].propose_batch([b"a", b"b"]) == (1, 3)
+    assert net[1].propose_batch([b"c"]) == (1, 5)
+    net.tick(ids=[1])
+    for i in (1, 2, 3):
+        assert net.commands(i) == [b"a", b"b", b"c"]
+        assert net[i].commit_index == 5
+
+
 def test_propose_on_a_follower_raises_not_leader_with_the_leader_id() -> None:
     net = Network([1, 2, 3])
     with pytest.raises(NotLeader) as none_known:

@@ -671,19 +671,17 @@ class Node:
         proposals, self._in_proposals = self._in_proposals, []
         commands = [c for cmds, _ in proposals for c in cmds]
         try:
-            ids = core.propose(commands)
+            term, index = core.propose_batch(commands)
         except NotLeader:
             error: DengineError = self.not_leader()
         except DengineError as e:
             error = e
         else:
             waiters = self._waiters
-            pos = 0
             for cmds, write in proposals:
                 for slot in range(len(cmds)):
-                    lid = ids[pos]
-                    waiters[lid.index] = (lid.term, write, slot)
-                    pos += 1
+                    waiters[index] = (term, write, slot)
+                    index += 1
             return
         for _, write in proposals:
             if not write.future.done():

@@ -338,26 +338,30 @@ class RaftCore:
 
     def propose(self, commands: list[bytes]) -> list[LogId]:
         """Append commands as entries of the current term; NotLeader on a non-leader."""
+        term, first = self.propose_batch(commands)
+        return [LogId(term=term, index=i) for i in range(first, first + len(commands))]
+
+    def propose_batch(self, commands: list[bytes]) -> tuple[int, int]:
+        """`propose` without a LogId per command (the node's hot path): returns the term
+        and the index of the first entry; the commands take consecutive indexes."""
         if self.state is not Role.LEADER:
             raise NotLeader(leader_id=self.lead)
         if self.lead_transferee:
             raise Unavailable(
                 f"leadership is being transferred to node {self.lead_transferee}; retry shortly"
             )
-        index = self.log.last_index()
+        first = index = self.log.last_index() + 1
         term = self.term
         entries = []
-        ids = []
         for command in commands:
-            index += 1
             entry = Entry(index=index, term=term)
             entry.payload.command = command
             entries.append(entry)
-            ids.append(LogId(term=term, index=index))
+            index += 1
         if entries:
             self.log.append(entries)
             self._needs_bcast = True
-        return ids
+        return term, first
 
     def propose_membership(self, membership: Membership) -> LogId:
         """Append a config entry changing at most one voter; effective once appended."""
