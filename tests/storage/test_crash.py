@@ -34,8 +34,8 @@ def run_and_kill(directory: Path, seed: int, delay: float) -> list[list[str]]:
     proc.send_signal(signal.SIGKILL)
     out, _ = proc.communicate()
     lines = [first.decode(), *out.decode().splitlines(keepends=True)]
-    # A line cut by the kill (no newline) was never acknowledged.
-    return [line.split() for line in lines if line.endswith("\n")]
+    # A line cut by the kill (no newline) was never acknowledged; blank lines carry nothing.
+    return [line.split() for line in lines if line.endswith("\n") and line.strip()]
 
 
 def verify(directory: Path, acks: list[list[str]], hard_term: int) -> int:
