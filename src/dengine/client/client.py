@@ -44,6 +44,7 @@ from dengine.errors import (
     Timeout,
     Unavailable,
 )
+from dengine.keys import as_bytes
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     Error,
@@ -160,15 +161,6 @@ class MemberInfo:
 Key = bytes | str
 
 
-def as_bytes(data: Key, what: str = "key") -> bytes:
-    """Keys and values are bytes; a str is taken as UTF-8."""
-    if isinstance(data, bytes):
-        return data
-    if isinstance(data, str):
-        return data.encode()
-    if isinstance(data, bytearray | memoryview):
-        return bytes(data)
-    raise InvalidRequest(f"{what} must be bytes or str, got {type(data).__name__}")
 
 
 def insert(key: Key, value: Key) -> WriteCommand:

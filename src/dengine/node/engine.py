@@ -22,6 +22,7 @@ from typing import Any
 
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Timeout
+from dengine.keys import as_bytes
 from dengine.node.node import MemberInfo, Node, NodeStatus, promoted
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
@@ -44,14 +45,6 @@ class Consistency(enum.StrEnum):
     EVENTUAL = "eventual"
 
 
-def _as_bytes(value: Any, what: str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
-    raise InvalidRequest(f"{what} must be bytes or str, got {type(value).__name__}")
 
 
 _LEVELS = {c.value: c.value for c in Consistency}  # a StrEnum member hashes as its value
@@ -157,8 +150,8 @@ class Engine:
     async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
         """Set `key` to `value`; returns once applied (on a quorum's logs, this node's SM)."""
         # The hot path of the engine: validate and encode without the generic batch code.
-        key = self._check_key(key if type(key) is bytes else _as_bytes(key, "key"))
-        value = value if type(value) is bytes else _as_bytes(value, "value")
+        key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
+        value = value if type(value) is bytes else as_bytes(value, "value")
         cfg = self._node.config
         if len(value) > cfg.max_value_size:
             raise InvalidRequest(
@@ -177,7 +170,7 @@ class Engine:
 
     async def delete(self, key: bytes, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""
-        key = self._check_key(key if type(key) is bytes else _as_bytes(key, "key"))
+        key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
         cmd = WriteCommand()
         cmd.delete.key = key
         data = cmd.SerializeToString()
@@ -241,7 +234,7 @@ class Engine:
         timeout: float | None = None,
     ) -> bytes | None:
         """The value of `key`, or None if absent."""
-        key = self._check_key(key if type(key) is bytes else _as_bytes(key, "key"))
+        key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
         values = await self._node.read(
             (key,), _consistency(consistency), self._timeout(timeout)
         )
@@ -257,7 +250,7 @@ class Engine:
         """Values of `keys` (None for absent ones), all read at one point of the log."""
         if isinstance(keys, bytes | str) or not isinstance(keys, Sequence):
             raise InvalidRequest("keys must be a sequence of bytes")
-        encoded = [_as_bytes(k, "key") for k in keys]
+        encoded = [as_bytes(k, "key") for k in keys]
         for k in encoded:
             self._check_key(k)
         mode = _consistency(consistency)
