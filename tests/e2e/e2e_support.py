@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dengine.bench.cluster import free_ports, toml_text
 from dengine.client import Client, NodeStatus, insert
 from dengine.errors import DengineError
 
@@ -31,20 +31,6 @@ TEST_SETTINGS: dict[str, Any] = {
     "log_level": "info",
 }
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now (all bound at once so none repeats)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def free_port_run(n: int) -> int:
@@ -66,13 +52,6 @@ def free_port_run(n: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no run of free ports found")
-
-
-def toml_text(settings: dict[str, Any], peers: dict[int, str]) -> str:
-    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    lines.append("[peers]")
-    lines += [f'"{i}" = {json.dumps(a)}' for i, a in sorted(peers.items())]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
