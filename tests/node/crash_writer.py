@@ -11,8 +11,8 @@ FAST = {"tick_ms": 5, "election_timeout_ms": 50, "heartbeat_interval_ms": 15,
         "clock_drift_ms": 10}
 
 
-async def main(data_dir: str, run: int) -> None:
-    engine = await Engine.start(data_dir, **FAST)
+async def main(data_dir: str, run: int, settings: dict[str, int] = FAST) -> None:
+    engine = await Engine.start(data_dir, **settings)
     await engine.wait_ready(timeout=10)
     print("ready", flush=True)
     counter = 0

@@ -12,7 +12,8 @@ import asyncio
 import os
 import sys
 
-from dengine import Engine
+from crash_writer import main
+
 from dengine.storage import FileStateMachine, fileio
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 50, "heartbeat_interval_ms": 15,
@@ -44,26 +45,8 @@ def break_the_rule() -> None:
     FileStateMachine.durable_index = lambda self: self.last_applied().index  # type: ignore
 
 
-async def main(data_dir: str, run: int) -> None:
-    engine = await Engine.start(data_dir, **FAST)
-    await engine.wait_ready(timeout=10)
-    print("ready", flush=True)
-    counter = 0
-
-    async def writer() -> None:
-        nonlocal counter
-        while True:
-            counter += 1
-            key = b"r%d-%d" % (run, counter)
-            await engine.put(key, key)
-            sys.stdout.write(key.decode() + "\n")
-            sys.stdout.flush()
-
-    await asyncio.gather(*(writer() for _ in range(32)))
-
-
 if __name__ == "__main__":
     record_syncs(sys.argv[1] + ".synced")
     if len(sys.argv) > 3 and sys.argv[3] == "broken":
         break_the_rule()
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), FAST))
