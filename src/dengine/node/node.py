@@ -63,6 +63,13 @@ _EXPIRY_SCAN_TICKS = 5
 # Applies queued on the apply thread before the loop waits for the oldest one: the apply
 # runs beside the next turns' persists, but never falls unboundedly behind the log.
 _MAX_APPLIES_QUEUED = 4
+# A Ready this small is written, or a committed chunk this small applied, on the loop
+# itself: a round trip through a worker thread (wake it, hand the GIL over and back, wake
+# the loop) costs 100-300 us here, more than the work (one fdatasync, or ~15 us of apply).
+# Bigger ones, which come with heavy load, go to the threads so that the loop keeps
+# receiving while the disk works. See docs/performance.md ("Latency at 1 in flight").
+_INLINE_MAX_ENTRIES = 32
+_INLINE_MAX_BYTES = 64 * 1024
 
 
 def _nothing() -> None:
@@ -215,6 +222,7 @@ class Node:
         # waiting for apply / read states
         self._waiters: dict[int, tuple[int, _Write, int]] = {}
         self._applies: deque[asyncio.Future[list[ApplyResult]]] = deque()
+        self._apply_thread_jobs = 0  # queued or running on the apply thread
         self._rounds: dict[bytes, _ReadRound] = {}
         self._ready_reads: list[tuple[int, _Read]] = []
         self._next_ctx = 0
@@ -692,7 +700,7 @@ class Node:
         sm = self._sm
         if sm is None or sm.durable_index() >= self.applied_index:
             return
-        job = self._loop.run_in_executor(self._apply_io, sm.sync)
+        job = self._on_apply_thread(sm.sync)
         # A failed sync marks the state machine failed: the next apply stops the node.
         job.add_done_callback(lambda f: f.cancelled() or f.exception())
 
@@ -744,9 +752,13 @@ class Node:
         if rd.snapshot is not None:
             # The state machine first (on its own thread, so that it never races an apply
             # or a snapshot capture), then the log in _persist: see _finish_interrupted_install.
-            await loop.run_in_executor(self._apply_io, self._install_snapshot, rd.snapshot)
+            await self._on_apply_thread(self._install_snapshot, rd.snapshot)
         persist = None
-        if rd.snapshot is not None or rd.entries or vote_changed:
+        if rd.snapshot is None and (rd.entries or vote_changed) and _small(rd.entries):
+            self._persist(rd, vote_changed)  # see _INLINE_MAX_ENTRIES
+            if vote_changed and hs is not None:
+                self._saved_vote = (hs.term, hs.voted_for)
+        elif rd.snapshot is not None or rd.entries or vote_changed:
             persist = loop.run_in_executor(self._io, self._persist, rd, vote_changed)
         if committed and (persist is None or (
             rd.snapshot is None and (not rd.entries or committed[-1].index < rd.entries[0].index)
@@ -763,16 +775,36 @@ class Node:
         if committed:
             self._start_apply(loop, committed)
 
+    def _on_apply_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        """Run `fn` on the apply thread (after every job queued before it)."""
+        self._apply_thread_jobs += 1
+        job = self._loop.run_in_executor(self._apply_io, fn, *args)
+        job.add_done_callback(self._apply_job_done)
+        return job
+
+    def _apply_job_done(self, job: asyncio.Future[Any]) -> None:
+        self._apply_thread_jobs -= 1
+
     def _start_apply(self, loop: asyncio.AbstractEventLoop, entries: list[Entry]) -> None:
-        """Queue `entries` on the apply thread (after every chunk queued before them)."""
-        job = loop.run_in_executor(self._apply_io, self._apply, entries)
+        """Apply `entries` after every chunk queued before them: on the loop when the apply
+        thread is idle and the chunk small, else queued on the apply thread."""
+        sm = self._sm
+        if (
+            not self._apply_thread_jobs
+            and sm is not None
+            and _small(entries)
+            and sm.checkpoint_headroom() > 2 * _INLINE_MAX_BYTES
+        ):
+            self._finish_apply(entries, self._apply(entries))
+            return
+        job = self._on_apply_thread(self._apply, entries)
         self._applies.append(job)
         job.add_done_callback(functools.partial(self._on_applied, entries))
 
     def _on_applied(
         self, entries: list[Entry], job: asyncio.Future[list[ApplyResult]]
     ) -> None:
-        """Loop: a chunk is applied (completions come in queue order): resolve its writes."""
+        """Loop: a chunk is applied (completions come in queue order)."""
         if self._applies and self._applies[0] is job:
             self._applies.popleft()
         if job.cancelled():
@@ -781,7 +813,10 @@ class Node:
         if error is not None:
             self._die(error)
             return
-        results = job.result()
+        self._finish_apply(entries, job.result())
+
+    def _finish_apply(self, entries: list[Entry], results: list[ApplyResult]) -> None:
+        """Loop: resolve the writes of an applied chunk and serve the reads it unblocks."""
         self.applied_index = max(self.applied_index, entries[-1].index)
         if results:
             self._resolve_writes(entries, results)
@@ -870,7 +905,7 @@ class Node:
         started = time.monotonic()
         try:
             # On the apply thread, between two chunks: state and index from one point.
-            state, last, membership = await loop.run_in_executor(self._apply_io, self._capture)
+            state, last, membership = await self._on_apply_thread(self._capture)
             core = self._core
             if membership is None and core is not None:
                 membership = core.membership_at(last.index)
@@ -1144,6 +1179,13 @@ class Node:
     @property
     def running(self) -> bool:
         return self._running
+
+
+def _small(entries: Sequence[Entry]) -> bool:
+    """Whether `entries` are few and small enough to write or apply on the loop."""
+    if len(entries) > _INLINE_MAX_ENTRIES:
+        return False
+    return sum(len(e.payload.command) for e in entries) <= _INLINE_MAX_BYTES
 
 
 def _expire_write(write: _Write, now: int) -> None:

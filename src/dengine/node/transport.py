@@ -11,7 +11,9 @@ oversized frame is a protocol error: logged, connection closed. A node that is i
 membership yet (joining) accepts any node of its cluster and dials it back at the Hello's
 `peer_address`. The per-peer send queue is a bounded deque that drops its oldest messages
 when full (Raft tolerates loss), and each peer has its own writer task, so a slow or dead
-peer never blocks the others nor grows memory without bound. Everything queued for a peer
+peer never blocks the others nor grows memory without bound. When the writer task is idle
+and the socket's buffer empty, `send` writes the frame itself (the bytes leave at once,
+without waiting for the task's turn of the loop); otherwise everything queued for a peer
 while its previous write drained goes out as one frame.
 
 Snapshots travel beside the Raft messages, never through the lossy queue: the writer task
@@ -166,6 +168,9 @@ class _Link:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
+        # The connection's writer while the writer task waits with nothing to do: `send`
+        # may then write directly.
+        self.idle_writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self.sent_frames = 0
         self.transfer: _Transfer | None = None
@@ -299,7 +304,15 @@ class Transport:
             link.queue.append(msg)
             touched.add(link)
         for link in touched:
-            link.wakeup.set()
+            writer = link.idle_writer
+            if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size():
+                link.wakeup.set()  # the writer task sends it, and waits for the drain
+                continue
+            batch = list(link.queue)
+            link.queue.clear()
+            frames = encode_message_frames(batch, self.max_frame_bytes)
+            writer.write(b"".join(frames))
+            link.sent_frames += len(frames)
 
     def peer_client_address(self, node_id: int) -> str:
         """The client API address a peer announced in its Hello ("" if not heard yet)."""
@@ -508,7 +521,11 @@ class Transport:
             while True:
                 if not link.queue and not link.acks and not self._next_chunk_due(link):
                     link.wakeup.clear()
-                    await link.wakeup.wait()
+                    link.idle_writer = writer
+                    try:
+                        await link.wakeup.wait()
+                    finally:
+                        link.idle_writer = None
                 if lost.is_set():
                     raise EOFError("connection closed by peer")
                 frames: list[bytes] = []

@@ -502,6 +502,11 @@ class FileStateMachine:
         WAL (amortized O(1) per applied entry, write amplification <= 2x)."""
         return max(self._checkpoint_bytes, self._checkpoint_size)
 
+    def checkpoint_headroom(self) -> int:
+        """WAL bytes an apply may still write before it starts a checkpoint (which copies
+        the whole map: a caller that must not stall, such as an event loop, checks this)."""
+        return self._checkpoint_threshold() - self._wal_size
+
     def maybe_checkpoint(self) -> bool:
         """Checkpoint if the WAL passed the threshold and none is running. True if started."""
         with self._lock:
