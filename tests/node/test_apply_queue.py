@@ -87,3 +87,75 @@ def test_a_failing_apply_stops_the_node_and_fails_pending_writes(tmp_path: Path)
             await engine.stop()
 
     run(main())
+
+
+def test_small_writes_are_persisted_and_applied_on_the_loop(tmp_path: Path) -> None:
+    """One put at a time: no round trip through the log or apply thread (latency)."""
+
+    async def main() -> None:
+        engine = await _lone_engine(tmp_path)
+        node = engine._node
+        threads: dict[str, set[str]] = {"persist": set(), "apply": set()}
+        real_persist, real_apply = node._persist, node._apply
+
+        def persist(rd: Any, save: bool) -> None:
+            threads["persist"].add(threading.current_thread().name)
+            real_persist(rd, save)
+
+        def apply(entries: Any) -> Any:
+            threads["apply"].add(threading.current_thread().name)
+            return real_apply(entries)
+
+        node._persist = persist  # type: ignore[method-assign]
+        node._apply = apply  # type: ignore[method-assign]
+        try:
+            for i in range(20):
+                await engine.put(b"k%d" % i, b"v")
+            loop_thread = threading.current_thread().name
+            assert threads == {"persist": {loop_thread}, "apply": {loop_thread}}
+            assert await engine.get(b"k19") == b"v"
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def test_a_small_chunk_never_overtakes_one_queued_on_the_apply_thread(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = await _lone_engine(tmp_path)
+        node = engine._node
+        applied: list[tuple[int, bool]] = []  # (first index, on the loop thread)
+        loop_thread = threading.current_thread()
+        real_apply = node._apply
+
+        def apply(entries: Any) -> Any:
+            on_loop = threading.current_thread() is loop_thread
+            if not on_loop:
+                time.sleep(0.05)  # a big chunk still applying when the small one commits
+            applied.append((entries[0].index, on_loop))
+            return real_apply(entries)
+
+        node._apply = apply  # type: ignore[method-assign]
+        try:
+            big = engine.write([_insert(b"big%d" % i) for i in range(100)])
+            task = asyncio.ensure_future(big)
+            await asyncio.sleep(0.01)  # committed, queued on the apply thread, sleeping
+            await engine.put(b"small", b"1")
+            assert task.done()  # resolved in commit order, before the small write
+            firsts = [index for index, _ in applied]
+            assert firsts == sorted(firsts)
+            assert not applied[0][1]  # the big chunk went to the apply thread
+            assert await engine.get(b"small") == b"1"
+        finally:
+            await engine.stop()
+
+    run(main())
+
+
+def _insert(key: bytes) -> Any:
+    from dengine.proto import WriteCommand
+
+    cmd = WriteCommand()
+    cmd.insert.key = key
+    cmd.insert.value = b"x" * 100
+    return cmd

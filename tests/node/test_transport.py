@@ -264,3 +264,36 @@ def test_frames_roundtrip_under_limit(messages: list[Message], limit: int) -> No
 
     # every message that fits a frame arrives, in order; only the too-big ones are dropped
     assert decoded == [m for m in messages if framed_size(m) <= limit - 64]
+
+
+def test_idle_link_writes_at_once_and_keeps_order_under_backlog() -> None:
+    """An idle connected link sends from `send` itself (no writer-task turn); under a
+    backlog the writer task takes over; either way messages arrive in order."""
+
+    async def main() -> None:
+        ports = {1: free_port(), 2: free_port()}
+        in1, in2 = Inbox(), Inbox()
+        t1, t2 = make(1, ports, in1), make(2, ports, in2)
+        await t1.start()
+        await t2.start()
+        try:
+            t1.send([msg(1, 2, term=1)])
+            await until(lambda: len(in2.messages) == 1)
+            link = t1._links[2]
+            await until(lambda: link.idle_writer is not None)
+            t1.send([msg(1, 2, term=2)])
+            assert not link.queue  # written by send itself
+            big = Entry(index=1, term=1)
+            big.payload.command = b"x" * 200_000
+            term = 3
+            for _ in range(30):  # ~6 MB: fills the socket, so later sends queue
+                t1.send([msg(1, 2, term=term, entries=[big])])
+                t1.send([msg(1, 2, term=term + 1)])
+                term += 2
+            await until(lambda: len(in2.messages) == term - 1, timeout=10)
+            assert [m.term for _, m in in2.messages] == list(range(1, term))
+        finally:
+            await t1.close()
+            await t2.close()
+
+    run(main())

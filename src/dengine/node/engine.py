@@ -235,6 +235,8 @@ class Engine:
     ) -> bytes | None:
         """The value of `key`, or None if absent."""
         key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
+        if consistency == "eventual":  # this node's state, no loop turn (see read_local)
+            return self._node.read_local_one(key)
         values = await self._node.read(
             (key,), _consistency(consistency), self._timeout(timeout)
         )
@@ -256,6 +258,8 @@ class Engine:
         mode = _consistency(consistency)
         if not encoded:
             return []
+        if mode == "eventual":
+            return self._node.read_local(encoded)
         return await self._node.read(encoded, mode, self._timeout(timeout))
 
     # -- membership ----------------------------------------------------------------------

@@ -479,6 +479,26 @@ class Node:
         self._wake.set()
         return future
 
+    def read_local(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """An eventual read: this node's state machine as it is now, without a loop turn.
+
+        It sees every committed entry applied here so far (a write is acknowledged only
+        after its apply, so a caller reads its own completed writes on this node).
+        """
+        self.check_running()
+        sm = self._sm
+        assert sm is not None
+        get = sm.get
+        return [get(k) for k in keys]
+
+    def read_local_one(self, key: bytes) -> bytes | None:
+        """`read_local` of one key (the embedded eventual get's hot path)."""
+        sm = self._sm
+        if not self._running or sm is None:
+            self.check_running()
+        assert sm is not None
+        return sm.get(key)
+
     def _due(self, timeout: float) -> int:
         """The tick after which a request made now with `timeout` fails (no timer per call)."""
         ticks = self._timeout_ticks.get(timeout)
