@@ -173,3 +173,22 @@ def test_restart_small() -> None:
     summary = json.loads(result.output)
     assert summary["keys"] == 300 and summary["raw_bytes"] == 300 * (8 + 256)
     assert summary["restart_to_serving_s"] > 0 and summary["rss_bytes"] > 0
+
+
+def test_restart_data_dir_is_loaded_once_and_reused(tmp_path: Path) -> None:
+    kept = tmp_path / "kept"
+    args = ["bench", "restart", "--keys", "300", "--data-dir", str(kept), "--json",
+            "--no-progress"]
+    first = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    marker = json.loads((kept / "bench-restart.json").read_text())
+    assert marker["keys"] == 300
+    files = sorted(p.relative_to(kept) for p in kept.rglob("*"))
+    # The second run restarts a copy: no load, and the kept files stay as they were.
+    second = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.output)["load_s"] == json.loads(first.output)["load_s"]
+    assert sorted(p.relative_to(kept) for p in kept.rglob("*")) == files
+    other = CliRunner().invoke(cli, [*args[:3], "301", *args[4:]])
+    assert isinstance(other.exception, InvalidRequest)
+    assert "holds 300 keys" in str(other.exception)

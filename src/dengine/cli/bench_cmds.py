@@ -232,11 +232,14 @@ def bench_failover(trials: int, election_timeout_ms: int, as_json: bool,
               help="Distinct keys written before the restart.")
 @click.option("--key-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--value-size", type=click.IntRange(min=0), default=256, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Keep the loaded node here and reuse it: a later run with the same keys "
+                   "and sizes skips the load and restarts a copy of it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--progress/--no-progress", "show_progress", default=True, show_default=True,
               help="Show a progress bar on stderr.")
-def bench_restart(keys: int, key_size: int, value_size: int, as_json: bool,
-                  show_progress: bool) -> None:
+def bench_restart(keys: int, key_size: int, value_size: int, data_dir: str | None,
+                  as_json: bool, show_progress: bool) -> None:
     """Restart of a one-node engine holding --keys keys: time to serving, resident memory."""
     import json
 
@@ -246,7 +249,7 @@ def bench_restart(keys: int, key_size: int, value_size: int, as_json: bool,
 
     with RichProgress(enabled=show_progress and not as_json) as progress:
         result = run_async(run_restart(keys, key_size=key_size, value_size=value_size,
-                                       progress=progress))
+                                       progress=progress, data_dir=data_dir))
     summary = result.to_dict()
     if as_json:
         click.echo(json.dumps(summary, indent=2))
