@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from dengine.proto import Entry, Member, Membership, WriteCommand
+from dengine.storage.fileio import SimulatedDisk
 
 
 def insert(key: bytes, value: bytes) -> bytes:
@@ -48,3 +51,23 @@ def log_entries(first: int, count: int, term: int, tag: bytes = b"v") -> list[En
 
 def encoded(entries: list[Entry]) -> list[bytes]:
     return [e.SerializeToString() for e in entries]
+
+
+class ChunksOnlyDisk(SimulatedDisk):
+    """A simulated disk on which a file bigger than `whole_max` bytes can only be read in
+    chunks: a whole-file read of it fails (recovery must not hold big files whole)."""
+
+    def __init__(self, whole_max: int = 4096) -> None:
+        super().__init__()
+        self.whole_max = whole_max
+
+    def read(self, path: str) -> bytes:
+        data = super().read(path)
+        if len(data) > self.whole_max:
+            raise AssertionError(f"{path}: {len(data)} bytes read whole")
+        return data
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        data = SimulatedDisk.read(self, path)
+        for start in range(0, len(data), chunk_bytes):
+            yield data[start : start + chunk_bytes]

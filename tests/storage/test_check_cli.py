@@ -22,6 +22,7 @@ def test_healthy_dir_lists_every_file(tmp_path):
         assert name in out
     assert "1..20" in out and "11..20" in out
     assert "format version 2, 10 ops" in out  # 5 chunk records holding 10 entries
+    assert "format version 2, 10 keys at (1, 10)" in out  # the checkpoint: one block
     assert "0 torn tails, 0 corrupt" in out
 
 

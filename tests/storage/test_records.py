@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from storage_helpers import ChunksOnlyDisk
 
-from dengine.storage.records import HEADER_SIZE, MAGIC_WAL, encode_header, frame_all, scan
+from dengine.storage.fileio import SimulatedDisk
+from dengine.storage.records import (
+    FRAME_SIZE,
+    HEADER_SIZE,
+    MAGIC_WAL,
+    ScanResult,
+    encode_header,
+    frame_all,
+    scan,
+    scan_stream,
+)
 
 payload_lists = st.lists(st.binary(max_size=64), min_size=1, max_size=12)
 
@@ -55,3 +66,73 @@ def test_flipped_last_record_is_torn_even_with_megabytes_of_zeros_after():
     data[-1] ^= 1
     result = scan(bytes(data) + bytes(4 << 20), "f", MAGIC_WAL)
     assert result.torn and result.records == [b"a" * 10]
+
+
+def _stream(data: bytes, chunk: int, magic: bytes = MAGIC_WAL) -> ScanResult:
+    """scan_stream over `data`, its records collected like scan's."""
+    disk = SimulatedDisk()
+    disk.makedirs("/d")
+    f = disk.open_append("/d/f")
+    f.write(data)
+    f.close()
+    result = ScanResult("/d/f")
+    for batch in scan_stream(disk, "/d/f", magic, result, chunk_bytes=chunk):
+        for start, end in zip(batch.starts, batch.ends, strict=True):
+            result.records.append(batch.data[start:end])
+            result.offsets.append(batch.base + start - FRAME_SIZE)
+    return result
+
+
+@st.composite
+def damaged_files(draw):
+    """A file of records, then maybe cut, zero-padded, with a byte flipped or garbage."""
+    data = bytearray(file_of(draw(payload_lists)))
+    if draw(st.booleans()):
+        del data[draw(st.integers(0, len(data))) :]
+    data += bytes(draw(st.sampled_from([0, 0, 3, 40])))
+    if data and draw(st.booleans()):
+        data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+    if draw(st.booleans()):
+        data += draw(st.binary(max_size=30)) + file_of([b"after"])[HEADER_SIZE:]
+    return bytes(data)
+
+
+@settings(max_examples=400)
+@given(damaged_files(), st.sampled_from([1, 5, 8, 13, 64, 1 << 20]))
+def test_scan_stream_finds_what_scan_finds(data, chunk):
+    """Read in chunks of any size, a file yields the same records, torn tail, free tail or
+    corruption (at the same offsets, for the same reasons) as a scan of it whole."""
+    whole = scan(data, "/d/f", MAGIC_WAL)
+    streamed = _stream(data, chunk)
+    assert streamed.records == whole.records and streamed.offsets == whole.offsets
+    assert (streamed.valid_end, streamed.size, streamed.version) == (
+        whole.valid_end, whole.size, whole.version
+    )
+    assert (streamed.torn_reason, streamed.free_tail) == (whole.torn_reason, whole.free_tail)
+    if whole.corruption is None:
+        assert streamed.corruption is None
+    else:
+        assert streamed.corruption is not None
+        assert (streamed.corruption.offset, streamed.corruption.reason) == (
+            whole.corruption.offset, whole.corruption.reason
+        )
+
+
+def test_scan_stream_reads_a_record_longer_than_a_chunk_whole():
+    payloads = [b"a" * 100, b"b" * 10_000, b"c" * 3]
+    result = _stream(file_of(payloads), chunk=64)
+    assert result.records == payloads and not result.torn
+
+
+def test_scan_stream_never_holds_the_whole_file():
+    """Memory: a big file is read and handed out in pieces of about one chunk."""
+    disk = ChunksOnlyDisk(whole_max=0)
+    disk.makedirs("/d")
+    f = disk.open_append("/d/f")
+    f.write(file_of([b"x" * 1000] * 50))
+    f.close()
+    result = ScanResult("/d/f")
+    batches = list(scan_stream(disk, "/d/f", MAGIC_WAL, result, chunk_bytes=4096))
+    assert sum(len(b.starts) for b in batches) == 50 and len(batches) > 5
+    assert max(len(b.data) for b in batches) <= 2 * 4096
+    assert result.valid_end == result.size and not result.torn

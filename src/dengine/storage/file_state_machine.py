@@ -231,24 +231,52 @@ class FileStateMachine:
 
     def _load_checkpoint(self) -> int:
         path = self._path(CHECKPOINT_FILE)
-        scan = snapshot.read_strict(self._io, path, records.MAGIC_CHECKPOINT)
-        self._checkpoint_size = scan.valid_end
+        loaded = snapshot.load_strict(self._io, path, records.MAGIC_CHECKPOINT)
+        self._checkpoint_size = loaded.scan.valid_end
         last, wal_seq, count, membership, snapshot_meta = decode_checkpoint_meta(
-            scan.records[0], path, scan.offsets[0]
+            loaded.meta, path, loaded.meta_offset
         )
-        if count != len(scan.records) - 1:
+        if count != loaded.keys:
             raise CorruptionError(
-                path, scan.valid_end, f"{len(scan.records) - 1} keys, expected {count}"
+                path, loaded.scan.valid_end, f"{loaded.keys} keys, expected {count}"
             )
-        self._state = snapshot.decode_items(scan, 1)
+        self._state = loaded.state
         self._last_applied = last
         self._membership = membership
         self._snapshot = snapshot_meta
         return int(wal_seq)
 
     def _replay(self, path: str, *, last: bool) -> int:
-        """Apply one WAL's records; return its format version."""
-        scan = records.scan(self._io.read(path), path, records.MAGIC_WAL)
+        """Apply one WAL's records, read in chunks; return its format version.
+
+        The records before a bad one are applied as they are read; a bad one that may not
+        be cut off then raises, and the state built so far is thrown away with this object.
+        """
+        scan = records.ScanResult(path)
+        state = self._state
+        applied = self._last_applied.index
+        last_index = last_term = None
+        for batch in records.scan_stream(self._io, path, records.MAGIC_WAL, scan):
+            data = batch.data
+            for start, end in zip(batch.starts, batch.ends, strict=True):
+                offset = batch.base + start - records.FRAME_SIZE
+                for index, term, op, key, value in decode_wal_ops(
+                    data[start:end], path, offset, scan.version
+                ):
+                    if op == OP_SNAPSHOT_META:
+                        self._snapshot = SnapshotMetadata.FromString(value)
+                        continue
+                    if op != OP_LAST_APPLIED:
+                        if index <= applied:
+                            continue  # already in the checkpoint: never apply twice
+                        if op == OP_INSERT:
+                            state[key] = value
+                        elif op == OP_DELETE:
+                            state.pop(key, None)
+                        elif op == OP_CONFIG:
+                            self._membership = Membership.FromString(value)
+                    applied = last_index = index
+                    last_term = term
         if scan.corruption is not None and not (last and self._replayable_from is not None):
             raise scan.corruption
         if scan.torn:
@@ -257,25 +285,6 @@ class FileStateMachine:
                     path, scan.valid_end, f"{scan.torn_reason} in a WAL that is not the last"
                 )
             records.truncate_torn(self._io, scan, records.MAGIC_WAL)
-        state = self._state
-        applied = self._last_applied.index
-        last_index = last_term = None
-        for payload, offset in zip(scan.records, scan.offsets, strict=True):
-            for index, term, op, key, value in decode_wal_ops(payload, path, offset, scan.version):
-                if op == OP_SNAPSHOT_META:
-                    self._snapshot = SnapshotMetadata.FromString(value)
-                    continue
-                if op != OP_LAST_APPLIED:
-                    if index <= applied:
-                        continue  # already in the checkpoint: never apply twice
-                    if op == OP_INSERT:
-                        state[key] = value
-                    elif op == OP_DELETE:
-                        state.pop(key, None)
-                    elif op == OP_CONFIG:
-                        self._membership = Membership.FromString(value)
-                applied = last_index = index
-                last_term = term
         if last_index is not None:
             self._last_applied = LogId(index=last_index, term=last_term)
         if scan.corruption is not None:
@@ -568,7 +577,7 @@ class FileStateMachine:
             head = records.encode_header(records.MAGIC_CHECKPOINT) + records.frame(meta)
             written += len(head)
             yield head
-            for chunk in snapshot.encode_items(state.items()):
+            for chunk in snapshot.encode_blocks(state.items()):
                 written += len(chunk)
                 yield chunk
 

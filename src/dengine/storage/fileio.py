@@ -16,7 +16,7 @@ import random
 import shutil
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dengine.errors import StorageError
@@ -53,6 +53,13 @@ class FileIO(ABC):
 
     @abstractmethod
     def read(self, path: str) -> bytes: ...
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        """The file's bytes in pieces of at most `chunk_bytes`, read one at a time (a big
+        file is then never held whole in memory)."""
+        data = self.read(path)
+        for start in range(0, len(data), chunk_bytes):
+            yield data[start : start + chunk_bytes]
 
     @abstractmethod
     def open_append(
@@ -173,6 +180,11 @@ class RealDisk(FileIO):
     def read(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
 
     def open_append(
         self, path: str, *, position: int | None = None, preallocate: int = 0

@@ -129,7 +129,7 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
         if indexes:
             report.first_index, report.last_index = indexes[0], indexes[-1]
         report.detail = f"format version {scan.version}, {ops} ops"
-    elif scan.records:  # checkpoint or snapshot: a metadata record, then one per key
+    elif scan.records:  # checkpoint or snapshot: a metadata record, then keys (or blocks)
         report.records = len(scan.records) - 1
         if report.kind == "snapshot":
             try:
@@ -143,7 +143,10 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
                 scan.records[0], path, scan.offsets[0]
             )
             index = last.index
-            report.detail = f"{count} keys at ({last.term}, {index}), replay from WAL {wal_seq}"
+            report.detail = (
+                f"format version {scan.version}, {count} keys at ({last.term}, {index}), "
+                f"replay from WAL {wal_seq}"
+            )
         report.first_index = report.last_index = index
 
 

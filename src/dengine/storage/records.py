@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from crc32c import crc32c
@@ -46,8 +46,8 @@ MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotM
 FORMAT_VERSION = 1
 # The version each kind is written with, when not FORMAT_VERSION, and the older versions
 # this release still reads (docs/formats.md).
-WRITE_VERSIONS = {MAGIC_WAL: 2}
-READ_VERSIONS = {MAGIC_WAL: (1, 2)}
+WRITE_VERSIONS = {MAGIC_WAL: 2, MAGIC_CHECKPOINT: 2}
+READ_VERSIONS = {MAGIC_WAL: (1, 2), MAGIC_CHECKPOINT: (1, 2)}
 
 
 def write_version(magic: bytes) -> int:
@@ -210,6 +210,119 @@ def scan(data: bytes, path: str, magic: bytes) -> ScanResult:
                 path, pos, f"{reason}; a valid record follows at offset {later}"
             )
     return result
+
+
+STREAM_CHUNK_BYTES = 4 << 20
+
+
+@dataclass
+class Batch:
+    """Consecutive valid records of one file, read together: payload `n` is
+    `data[starts[n] : ends[n]]`, and its record (frame) begins at file offset
+    `base + starts[n] - FRAME_SIZE`."""
+
+    data: bytes
+    base: int
+    starts: list[int]
+    ends: list[int]
+
+
+def scan_stream(
+    io: FileIO, path: str, magic: bytes, result: ScanResult,
+    chunk_bytes: int = STREAM_CHUNK_BYTES,
+) -> Iterator[Batch]:
+    """`scan` that reads the file in chunks and yields its valid records batch by batch.
+
+    Once the generator is exhausted, `result` holds what `scan` would return except
+    `records` and `offsets` (left empty): version, valid_end, size, and the first bad
+    record classified as a free tail, a torn tail or corruption. The batches before a bad
+    record are yielded first: a caller must check `result` at the end before trusting
+    what it built from them. Memory: one chunk plus one record, never the whole file.
+    """
+    result.path = path
+    chunks = io.read_chunks(path, chunk_bytes)
+    pieces: list[bytes] = []
+    have = 0
+    for chunk in chunks:
+        pieces.append(chunk)
+        have += len(chunk)
+        if have >= HEADER_SIZE:
+            break
+    data = b"".join(pieces)
+    headers = [encode_header(magic, v) for v in READ_VERSIONS.get(magic, (FORMAT_VERSION,))]
+    if data[:HEADER_SIZE] not in headers:
+        # Not a header this release writes (torn, damaged, or odd reserved bytes): leave
+        # it to `scan` of the whole file, as rare as it is.
+        data += b"".join(chunks)
+        whole = scan(data, path, magic)
+        records, offsets = whole.records, whole.offsets
+        whole.records, whole.offsets = [], []
+        result.__dict__.update(vars(whole))
+        if records:
+            firsts = [offset + FRAME_SIZE for offset in offsets]
+            yield Batch(data, 0, firsts, [s + len(r) for s, r in zip(firsts, records, strict=True)])
+        return
+    result.version = check_header(data, magic, path)
+    unpack = FRAME.unpack_from
+    base = 0  # file offset of data[0]
+    pos = HEADER_SIZE
+    bad = False
+    while True:
+        size = len(data)
+        view = memoryview(data)
+        starts: list[int] = []
+        ends: list[int] = []
+        need = pos + FRAME_SIZE
+        while pos + FRAME_SIZE <= size:
+            length, crc = unpack(data, pos)
+            end = pos + FRAME_SIZE + length
+            if end > size:
+                need = end
+                break
+            body = view[pos + FRAME_SIZE : end]
+            if crc32c(body, crc32c(view[pos : pos + 4])) != crc:
+                bad = True
+                break
+            starts.append(pos + FRAME_SIZE)
+            ends.append(end)
+            pos = end
+        else:
+            need = pos + FRAME_SIZE
+        view.release()
+        if starts:
+            yield Batch(data, base, starts, ends)
+        if bad:
+            break
+        # Read on until the pending record (its length is known once its frame is) is whole.
+        pieces = [data[pos:]]
+        have = size - pos
+        for chunk in chunks:
+            pieces.append(chunk)
+            have += len(chunk)
+            if have >= need - pos and have >= chunk_bytes:
+                break
+        if have == size - pos:
+            break  # end of file
+        base += pos
+        data = b"".join(pieces)
+        pos = 0
+    rest = data[pos:] + b"".join(chunks)
+    result.valid_end = base + pos
+    result.size = result.valid_end + len(rest)
+    if not rest:
+        return
+    if _NONZERO.search(rest) is None:
+        result.free_tail = True
+        return
+    reason = _bad_record(rest, 0) or "bad record"
+    later = _valid_record_after(rest, 0)
+    if later is None:
+        result.torn_reason = reason
+    else:
+        result.corruption = CorruptionError(
+            path, result.valid_end,
+            f"{reason}; a valid record follows at offset {result.valid_end + later}",
+        )
 
 
 def truncate_torn(io: FileIO, scan: ScanResult, magic: bytes) -> None:
