@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from raft_network import Network, T, compact, log_terms, membership
+from raft_network import Network, T, compact, log_terms, make_log, membership
 
 from dengine.errors import InvalidRequest, NotLeader, Unavailable
+from dengine.proto import Entry
 from dengine.raft import ProgressState, RaftConfig, RaftCore, Role
 
 
@@ -26,6 +27,30 @@ def test_first_leader_writes_the_bootstrap_membership_to_the_log() -> None:
     # A restart without any bootstrap recovers the membership from the log.
     restarted = RaftCore(RaftConfig(id=2), net.logs[2], random.Random(0))
     assert restarted.voters == {1, 2, 3}
+
+
+def test_a_restart_reads_only_the_config_entries_of_its_log() -> None:
+    """Recovering the membership reads the config entries back to the last committed
+    one, not the whole log (a restart with 100,000+ uncompacted entries decoded them all)."""
+    log = make_log([1] * 3000, commit=2500)
+
+    def config_at(index: int, voters: list[int]) -> None:
+        log._entries[index - 1].payload.config.CopyFrom(membership(voters))
+
+    config_at(10, [1, 2, 3])
+    config_at(1000, [1, 2, 3, 4])
+    config_at(2800, [1, 2])
+    read: list[tuple[int, int]] = []
+    entries = log.entries
+
+    def counted(lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        read.append((lo, hi))
+        return entries(lo, hi, max_bytes)
+
+    log.entries = counted  # type: ignore[method-assign]
+    core = RaftCore(RaftConfig(id=1), log, random.Random(0))
+    assert core.voters == {1, 2}
+    assert read == [(2800, 2801), (1000, 1001)]
 
 
 def test_add_learner_then_promote_it_one_change_at_a_time() -> None:

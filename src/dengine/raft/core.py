@@ -1050,21 +1050,16 @@ class RaftCore:
     # ------------------------------------------------------------------ membership
 
     def _scan_configs(self) -> list[tuple[int, Membership]]:
-        """Config entries in the log, newest last, back to the latest committed one."""
+        """Config entries in the log, newest last, back to the latest committed one.
+
+        Only those entries are read: the log knows where they are, so a restart with a
+        long log does not decode every entry to find them."""
         storage = self.log.storage
         found: list[tuple[int, Membership]] = []
-        hi = storage.last_index()
-        first = storage.first_index()
-        chunk = 1024
-        while hi >= first:
-            lo = max(first, hi - chunk + 1)
-            for e in reversed(storage.entries(lo, hi + 1)):
-                if e.payload.HasField("config"):
-                    found.append((int(e.index), e.payload.config))
-                    if e.index <= self.log.committed:
-                        found.reverse()
-                        return found
-            hi = lo - 1
+        for index in reversed(storage.config_indexes()):
+            found.append((index, storage.entries(index, index + 1)[0].payload.config))
+            if index <= self.log.committed:
+                break
         found.reverse()
         return found
 

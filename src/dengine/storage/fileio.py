@@ -61,6 +61,13 @@ class FileIO(ABC):
         for start in range(0, len(data), chunk_bytes):
             yield data[start : start + chunk_bytes]
 
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        """`size` bytes of the file from `offset` (StorageError if the file is shorter)."""
+        data = self.read(path)[offset : offset + size]
+        if len(data) != size:
+            raise StorageError(f"{path}: {size} bytes at offset {offset} asked, {len(data)} there")
+        return data
+
     @abstractmethod
     def open_append(
         self, path: str, *, position: int | None = None, preallocate: int = 0
@@ -185,6 +192,21 @@ class RealDisk(FileIO):
         with open(path, "rb", buffering=0) as f:
             while chunk := f.read(chunk_bytes):
                 yield chunk
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            pieces = []
+            while size > 0:
+                piece = os.pread(fd, size, offset)
+                if not piece:
+                    raise StorageError(f"{path}: {size} bytes at offset {offset} are not there")
+                pieces.append(piece)
+                offset += len(piece)
+                size -= len(piece)
+        finally:
+            os.close(fd)
+        return b"".join(pieces)
 
     def open_append(
         self, path: str, *, position: int | None = None, preallocate: int = 0
@@ -438,6 +460,13 @@ class SimulatedDisk(FileIO):
     def read(self, path: str) -> bytes:
         with self._lock:
             return bytes(self._file(path).data)
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        with self._lock:
+            data = bytes(self._file(path).data[offset : offset + size])
+        if len(data) != size:
+            raise StorageError(f"{path}: {size} bytes at offset {offset} asked, {len(data)} there")
+        return data
 
     def open_append(
         self, path: str, *, position: int | None = None, preallocate: int = 0

@@ -1,7 +1,9 @@
 """The Raft log contract the consensus core reads through, and an in-memory implementation.
 
 `RaftLog` (file-backed) and `MemoryRaftLog` (tests, simulator) both satisfy `LogStorage`.
-Reads never touch the disk: the uncompacted suffix of the log is held in memory.
+`MemoryRaftLog` holds every entry; `RaftLog` holds the terms, the last few thousand
+entries appended, and reads older ones back from its segments (a lagging follower,
+restart recovery).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class LogStorage(Protocol):
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]: ...
     def hard_state(self) -> HardState: ...
     def snapshot_metadata(self) -> SnapshotMetadata | None: ...
+    def config_indexes(self) -> list[int]:
+        """Indexes of the config (membership) entries in the log, ascending."""
+        ...
 
     def append(self, entries: list[Entry]) -> None: ...
     def truncate_suffix(self, index: int) -> None: ...
@@ -80,6 +85,9 @@ class MemoryRaftLog:
             if size > max_bytes and n > 0:
                 return out[:n]
         return list(out)
+
+    def config_indexes(self) -> list[int]:
+        return [int(e.index) for e in self._entries if e.payload.HasField("config")]
 
     def hard_state(self) -> HardState:
         hs = HardState()

@@ -6,9 +6,16 @@ Directory layout (see docs/formats.md)::
     hardstate                         append-only HardState records; the last valid one wins
     meta                              generation, compaction point, snapshot metadata (atomic)
 
-Reads are served from memory (this class *is* a MemoryRaftLog, plus persistence), so the
-read semantics are exactly those of the reference model. Each write method makes its
-change durable before it changes memory.
+Reads have the semantics of the reference model (`MemoryRaftLog`). Each write method
+makes its change durable before it changes memory.
+
+In memory, each entry is its term and the file offset of its record (16 bytes); the most
+recent `recent_entries` to twice that many are also kept as the `Entry` objects given to
+`append`, and reads of those (replication to followers that keep up, apply) return them
+without decoding. An older entry (a lagging follower, restart recovery) is read back from
+its segment — one `pread` per run of entries, CRC-checked again, then decoded. Holding
+every uncompacted entry as an object (~1.2 KB each) cost hundreds of MB and seconds of
+decoding at a restart with 100,000+ uncompacted entries; as records, still ~300 bytes each.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import bisect
 import os
 import re
 import struct
+from array import array
 
 from crc32c import crc32c
 from google.protobuf.message import DecodeError
@@ -25,12 +33,14 @@ from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, HardState, SnapshotMetadata
 from dengine.storage import records
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
-from dengine.storage.log_api import LogUnavailable, MemoryRaftLog
+from dengine.storage.log_api import LogCompacted, LogUnavailable, MemoryRaftLog
 
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6})-(\d{20})$")
 _META = struct.Struct("<QQQB")  # generation, compacted index, compacted term, has snapshot
 HARD_STATE_REWRITE_BYTES = 64 * 1024
 PREALLOCATE_BYTES = 1024 * 1024
+RECENT_ENTRIES = 4096  # the last entries kept as objects (between this and twice this)
+_CONFIG_TAG = 0x1A  # EntryPayload.config: field 3, length-delimited
 
 
 def segment_name(generation: int, first_index: int) -> str:
@@ -65,6 +75,45 @@ def decode_meta(
     return generation, index, term, snapshot
 
 
+def _header(data: bytes, pos: int, end: int) -> tuple[int, int, bool] | None:
+    """(index, term, whether it is a config entry) of the encoded `Entry` in data[pos:end],
+    read from its first bytes (index, term and payload, which protobuf writes in field
+    order; the payload's first byte tells its kind) without decoding the rest. None if
+    the record does not start that way: then decode it whole."""
+    if end - pos < 4 or data[pos] != 0x08:
+        return None
+    byte = data[pos + 1]
+    index = byte & 0x7F
+    shift = 7
+    pos += 2
+    while byte & 0x80 and pos < end:
+        byte = data[pos]
+        pos += 1
+        index |= (byte & 0x7F) << shift
+        shift += 7
+    if pos + 1 >= end or data[pos] != 0x10:
+        return None
+    byte = data[pos + 1]
+    term = byte & 0x7F
+    shift = 7
+    pos += 2
+    while byte & 0x80 and pos < end:
+        byte = data[pos]
+        pos += 1
+        term |= (byte & 0x7F) << shift
+        shift += 7
+    if byte & 0x80 or pos + 2 >= end or data[pos] != 0x1A:
+        return None  # (an entry without a payload has no kind: decode it)
+    byte = data[pos + 1]  # the payload's length, then its first field's tag
+    pos += 2
+    while byte & 0x80 and pos < end:
+        byte = data[pos]
+        pos += 1
+    if pos >= end:
+        return None
+    return index, term, data[pos] == _CONFIG_TAG
+
+
 class RaftLog(MemoryRaftLog):
     """`LogStorage` on disk. `append` costs one write and one fdatasync per batch."""
 
@@ -75,20 +124,32 @@ class RaftLog(MemoryRaftLog):
         segment_bytes: int = 64 * 1024 * 1024,
         fileio: FileIO | None = None,
         preallocate: int = PREALLOCATE_BYTES,
+        recent_entries: int = RECENT_ENTRIES,
     ) -> None:
         super().__init__()
         self._io = fileio or RealDisk()
         self._dir = os.fspath(directory)
         self._segment_bytes = segment_bytes
         self._preallocate = preallocate
+        self._recent_max = max(1, recent_entries)
         self._generation = 0
-        # Segments on disk, ordered: first indexes and paths. The last one is appended to.
+        # Segments on disk, ordered: first indexes, paths, and where their records end (for
+        # the last one, the active one appended to, `_active_size`).
         self._seg_first: list[int] = []
         self._seg_path: list[str] = []
+        self._seg_end: list[int] = []
         self._active: AppendFile | None = None
         self._active_size = 0
-        # File offset of each in-memory entry's record (parallel to self._entries).
-        self._positions: list[int] = []
+        # Entries offset + 1 .. last index (entry k has index offset + 1 + k): the term and
+        # the record's file offset in its segment; `_recent`, the last len(_recent) entries
+        # as objects. (MemoryRaftLog's `_entries` stays empty.)
+        self._terms = array("Q")
+        self._positions = array("Q")
+        self._recent: list[Entry] = []
+        # Indexes of the config entries among the in-memory ones, ascending, known up to
+        # `_configs_known` (found at recovery; appended entries are examined when asked).
+        self._configs: list[int] = []
+        self._configs_known = 0
         self._hs_file: AppendFile | None = None
         self._hs_size = 0
         self._closed = False
@@ -115,43 +176,63 @@ class RaftLog(MemoryRaftLog):
         )
         stale = [self._path(name) for _, gen, name in found if gen != self._generation]
         segments = [(first, name) for first, gen, name in found if gen == self._generation]
-        loaded: list[tuple[int, str, list[Entry], list[int], int]] = []
         expected_next: int | None = None
         for n, (first, name) in enumerate(segments):
             path = self._path(name)
-            entries, positions, end = self._load_segment(path, first, last=n == len(segments) - 1)
             if expected_next is not None and first != expected_next:
                 raise CorruptionError(
                     path, 0, f"segment starts at index {first}, expected {expected_next}"
                 )
-            expected_next = first + len(entries)
-            loaded.append((first, path, entries, positions, end))
-
-        offset = self._offset
-        for first, path, entries, positions, end in loaded:
-            if first + len(entries) - 1 <= offset:
+            count, end = self._load_segment(path, first, last=n == len(segments) - 1)
+            expected_next = first + count
+            if first + count - 1 <= self._offset:
                 stale.append(path)  # fully compacted; its deletion was interrupted
                 continue
-            if first > offset + 1 and not self._seg_first:
+            if first > self._offset + 1 and not self._seg_first:
                 raise CorruptionError(
-                    path, 0, f"log starts at index {first}, but only {offset} is compacted"
+                    path, 0, f"log starts at index {first}, but only {self._offset} is compacted"
                 )
-            skip = max(0, offset + 1 - first)
-            self._entries.extend(entries[skip:])
-            self._positions.extend(positions[skip:])
             self._seg_first.append(first)
             self._seg_path.append(path)
+            self._seg_end.append(end)
             self._active_size = end
         io.remove_durably(stale)
+        self._configs_known = self.last_index()
         if self._seg_path:
             self._active = io.open_append(
                 self._seg_path[-1], position=self._active_size, preallocate=self._preallocate
             )
 
-    def _load_segment(
-        self, path: str, first: int, *, last: bool
-    ) -> tuple[list[Entry], list[int], int]:
-        scan = records.scan(self._io.read(path), path, records.MAGIC_SEGMENT)
+    def _load_segment(self, path: str, first: int, *, last: bool) -> tuple[int, int]:
+        """Check one segment's records; note the term and offset of those above the
+        compaction point (nothing is decoded beyond each entry's first bytes). Returns the
+        number of entries the segment holds and where its valid records end."""
+        scan = records.ScanResult(path)
+        index = first
+        offset = self._offset
+        terms = self._terms
+        positions = self._positions
+        for batch in records.scan_stream(self._io, path, records.MAGIC_SEGMENT, scan):
+            data = batch.data
+            starts = batch.starts
+            skip = max(0, min(len(starts), offset + 1 - index))  # compacted: not kept
+            for n in range(skip, len(starts)):
+                start = starts[n]
+                found = _header(data, start, batch.ends[n])
+                if found is None:
+                    found = self._decode_header(data, start, batch.ends[n], path, batch.base)
+                if found[0] != index + n:
+                    raise CorruptionError(
+                        path, batch.base + start - records.FRAME_SIZE,
+                        f"entry index {found[0]}, expected {index + n}",
+                    )
+                terms.append(found[1])
+                if found[2]:
+                    self._configs.append(found[0])
+            if skip < len(starts):
+                base = batch.base - records.FRAME_SIZE
+                positions.extend([base + start for start in starts[skip:]])
+            index += len(starts)
         scan.raise_if_corrupt()
         if scan.torn:
             if not last:
@@ -159,20 +240,20 @@ class RaftLog(MemoryRaftLog):
                     path, scan.valid_end, f"{scan.torn_reason} in a segment that is not the last"
                 )
             records.truncate_torn(self._io, scan, records.MAGIC_SEGMENT)
-        entries: list[Entry] = []
-        from_bytes = Entry.FromString
-        index = first
-        for payload, offset in zip(scan.records, scan.offsets, strict=True):
-            try:
-                entry = from_bytes(payload)
-            except DecodeError as e:
-                raise CorruptionError(path, offset, f"undecodable entry: {e}") from None
-            if entry.index != index:
-                raise CorruptionError(path, offset, f"entry index {entry.index}, expected {index}")
-            entries.append(entry)
-            index += 1
-        return entries, scan.offsets, max(scan.valid_end, records.HEADER_SIZE)
+        return index - first, max(scan.valid_end, records.HEADER_SIZE)
 
+    @staticmethod
+    def _decode_header(
+        data: bytes, start: int, end: int, path: str, base: int
+    ) -> tuple[int, int, bool]:
+        """`_header` of a record it could not read: decode the whole entry."""
+        try:
+            entry = Entry.FromString(data[start:end])
+        except DecodeError as e:
+            raise CorruptionError(
+                path, base + start - records.FRAME_SIZE, f"undecodable entry: {e}"
+            ) from None
+        return int(entry.index), int(entry.term), entry.payload.HasField("config")
 
     def _load_meta(self) -> None:
         path = self._path("meta")
@@ -206,6 +287,119 @@ class RaftLog(MemoryRaftLog):
         self._hs_size = max(scan.valid_end, records.HEADER_SIZE)
         self._hs_file = self._io.open_append(path, position=self._hs_size)
 
+    # -- reads
+
+    def last_index(self) -> int:
+        return self._offset + len(self._terms)
+
+    def term(self, index: int) -> int:
+        if index == self._offset:
+            return self._offset_term
+        if index < self._offset:
+            raise LogCompacted(f"index {index} is compacted (first index {self._offset + 1})")
+        if index > self.last_index():
+            raise LogUnavailable(f"index {index} is beyond the last index {self.last_index()}")
+        return self._terms[index - self._offset - 1]
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        if lo <= self._offset:
+            raise LogCompacted(f"index {lo} is compacted (first index {self._offset + 1})")
+        last = self.last_index()
+        if hi > last + 1:
+            raise LogUnavailable(f"index {hi - 1} is beyond the last index {last}")
+        if lo >= hi:
+            return []
+        recent = self._recent
+        first_recent = last + 1 - len(recent)
+        if lo >= first_recent:
+            out = recent[lo - first_recent : hi - first_recent]
+            if max_bytes is None or len(out) <= 1:
+                return out
+            size = 0
+            for n, entry in enumerate(out):
+                size += entry.ByteSize()
+                if size > max_bytes and n > 0:
+                    return out[:n]
+            return out
+        out = self._decode(lo, min(hi, first_recent), max_bytes)
+        if hi > first_recent and len(out) == first_recent - lo:
+            tail = recent[: hi - first_recent]
+            if max_bytes is None:
+                out += tail
+            else:
+                size = sum(entry.ByteSize() for entry in out)
+                for entry in tail:
+                    size += entry.ByteSize()
+                    if size > max_bytes:
+                        break
+                    out.append(entry)
+        return out
+
+    def config_indexes(self) -> list[int]:
+        last = self.last_index()
+        if self._configs_known < last:
+            lo = max(self._configs_known, self._offset) + 1
+            for entry in self.entries(lo, last + 1):
+                if entry.payload.HasField("config"):
+                    self._configs.append(int(entry.index))
+            self._configs_known = last
+        return list(self._configs)
+
+    def _decode(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        """Entries [lo, hi) read back from their segments and decoded (at least one, then
+        up to `max_bytes` of them): one read per segment, every record's CRC checked."""
+        out: list[Entry] = []
+        put = out.append
+        from_bytes = Entry.FromString
+        unpack = records.FRAME.unpack_from
+        crc = crc32c
+        positions = self._positions
+        offset = self._offset
+        seg_first = self._seg_first
+        size = 0
+        index = lo
+        while index < hi:
+            k = bisect.bisect_right(seg_first, index) - 1
+            stop = min(hi, seg_first[k + 1]) if k + 1 < len(seg_first) else hi
+            full = True
+            if max_bytes is not None:
+                # The sizes are known from the offsets: read only the entries that fit.
+                for n in range(index, stop):
+                    size += self._record_end(n, k) - positions[n - offset - 1]
+                    size -= records.FRAME_SIZE
+                    if size > max_bytes and (out or n > index):
+                        stop, full = n, False
+                        break
+            if stop > index:
+                start = positions[index - offset - 1]
+                path = self._seg_path[k]
+                data = self._io.read_range(path, start, self._record_end(stop - 1, k) - start)
+                view = memoryview(data)
+                pos = 0
+                for n in range(index, stop):
+                    length, expected = unpack(data, pos)
+                    body = pos + records.FRAME_SIZE
+                    if body + length > len(data) or crc(
+                        view[body : body + length], crc(view[pos : pos + 4])
+                    ) != expected:
+                        raise CorruptionError(
+                            path, start + pos, f"entry {n}: record changed on disk since written"
+                        )
+                    put(from_bytes(data[body : body + length]))
+                    pos = body + length
+                view.release()
+            if not full:
+                break
+            index = stop
+        return out
+
+    def _record_end(self, index: int, k: int) -> int:
+        """File offset where the record of entry `index` (in segment `k`) ends."""
+        if index < self.last_index() and (k + 1 == len(self._seg_first)
+                                           or index + 1 < self._seg_first[k + 1]):
+            return self._positions[index - self._offset]
+        return self._active_size if k + 1 == len(self._seg_first) else self._seg_end[k]
+
     # -- writes
 
     def append(self, entries: list[Entry]) -> None:
@@ -219,10 +413,11 @@ class RaftLog(MemoryRaftLog):
             raise StorageError(f"append of non-consecutive indexes {first}..{entries[-1].index}")
         new_segment = self._active is None or self._active_size >= self._segment_bytes
         pos = records.HEADER_SIZE if new_segment else self._active_size
-        positions = self._positions
+        positions: list[int] = []
+        mark = positions.append
         pack_len = records.LENGTH.pack
         crc = crc32c
-        out: list[bytes] = [records.encode_header(records.MAGIC_SEGMENT)] if new_segment else []
+        out: list[bytes] = []
         put = out.append
         for entry in entries:
             payload = entry.SerializeToString()
@@ -230,22 +425,26 @@ class RaftLog(MemoryRaftLog):
             put(length)
             put(pack_len(crc(payload, crc(length))))
             put(payload)
-            positions.append(pos)
+            mark(pos)
             pos += records.FRAME_SIZE + len(payload)
         data = b"".join(out)
         try:
             if new_segment:
-                self._open_segment(first, data)
+                self._open_segment(first, records.encode_header(records.MAGIC_SEGMENT) + data)
             else:
                 assert self._active is not None
                 self._active.write(data)
                 self._active.sync()
         except BaseException:
-            del positions[len(positions) - len(entries) :]
             self._fail()
             raise
         self._active_size = pos
-        self._entries.extend(entries)
+        self._positions.extend(positions)
+        self._terms.extend([entry.term for entry in entries])
+        recent = self._recent
+        recent += entries
+        if len(recent) > 2 * self._recent_max:
+            del recent[: len(recent) - self._recent_max]
 
     def _open_segment(self, first: int, data: bytes) -> None:
         if self._active is not None:
@@ -258,15 +457,19 @@ class RaftLog(MemoryRaftLog):
         f.write(data)
         f.sync()
         self._io.fsync_dir(self._dir)
+        if self._seg_end:
+            self._seg_end[-1] = self._active_size
         self._active = f
         self._seg_first.append(first)
         self._seg_path.append(path)
+        self._seg_end.append(len(data))
 
     def truncate_suffix(self, index: int) -> None:
         self._check_open()
         if index <= self._offset:
             raise StorageError(f"cannot truncate at {index}: compacted up to {self._offset}")
-        if index > self.last_index():
+        last = self.last_index()
+        if index > last:
             return
         k = bisect.bisect_right(self._seg_first, index) - 1
         position = self._positions[index - self._offset - 1]
@@ -280,6 +483,7 @@ class RaftLog(MemoryRaftLog):
                 self._io.remove_durably(later[::-1])
                 del self._seg_first[k + 1 :]
                 del self._seg_path[k + 1 :]
+                del self._seg_end[k + 1 :]
             self._io.truncate(self._seg_path[k], position)
             self._io.fsync(self._seg_path[k])
             self._active = self._io.open_append(
@@ -289,8 +493,14 @@ class RaftLog(MemoryRaftLog):
             self._fail()
             raise
         self._active_size = position
-        del self._positions[index - self._offset - 1 :]
-        super().truncate_suffix(index)
+        self._seg_end[k] = position
+        keep = index - self._offset - 1
+        del self._positions[keep:]
+        del self._terms[keep:]
+        first_recent = last + 1 - len(self._recent)
+        del self._recent[max(0, index - first_recent) :]
+        del self._configs[bisect.bisect_left(self._configs, index) :]
+        self._configs_known = min(self._configs_known, index - 1)
 
     def compact_prefix(self, index: int, snapshot: SnapshotMetadata | None = None) -> None:
         self._check_open()
@@ -312,8 +522,18 @@ class RaftLog(MemoryRaftLog):
             self._io.remove_durably(self._seg_path[:drop])
             del self._seg_first[:drop]
             del self._seg_path[:drop]
-        del self._positions[: index - self._offset]
-        super().compact_prefix(index, snapshot)
+            del self._seg_end[:drop]
+        first_recent = self.last_index() + 1 - len(self._recent)
+        del self._recent[: max(0, index + 1 - first_recent)]
+        gone = index - self._offset
+        del self._positions[:gone]
+        del self._terms[:gone]
+        del self._configs[: bisect.bisect_right(self._configs, index)]
+        self._configs_known = max(self._configs_known, index)
+        self._offset = index
+        self._offset_term = term
+        if snapshot is not None:
+            self._snapshot = snapshot
 
     def install_snapshot(self, metadata: SnapshotMetadata) -> None:
         self._check_open()
@@ -328,8 +548,13 @@ class RaftLog(MemoryRaftLog):
         self._io.remove_durably(self._seg_path)
         self._seg_first = []
         self._seg_path = []
-        self._positions = []
+        self._seg_end = []
         self._active_size = 0
+        self._terms = array("Q")
+        self._positions = array("Q")
+        self._recent = []
+        self._configs = []
+        self._configs_known = last.index
         super().install_snapshot(metadata)
 
     def set_hard_state(self, hs: HardState) -> None:
