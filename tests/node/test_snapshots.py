@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,43 @@ def test_threshold_snapshot_compacts_the_log_and_prunes_old_snapshots(tmp_path: 
             assert await all_present(engine, 500)
 
     run(main())
+
+
+def test_a_snapshot_being_written_at_stop_is_finished_and_compacts_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping in the middle of a snapshot's write used to drop its compaction: the next
+    start then held and read up to twice the threshold of log entries (and snapshotted
+    again at once). Now stop waits for the write (its thread ran to the end anyway) and
+    compacts the log to it."""
+    writing = threading.Event()
+    write = SnapshotStore.write
+
+    def slow_write(self: SnapshotStore, *args: Any) -> Any:
+        writing.set()
+        time.sleep(0.3)
+        return write(self, *args)
+
+    monkeypatch.setattr(SnapshotStore, "write", slow_write)
+
+    async def main() -> None:
+        settings = {**FAST, **SNAP, "listen_peer": f"127.0.0.1:{free_port()}"}
+        engine = await Engine.start(str(tmp_path), **settings)
+        await engine.wait_ready()
+        await put_many(engine, 0, 120)
+        await until(writing.is_set)
+        assert engine.status().snapshot_index == 0
+        await engine.stop()
+
+    run(main())
+    log = RaftLog(tmp_path / "raft")
+    snap = log.snapshot_metadata()
+    assert snap is not None and snap.last_included.index >= 50
+    tail = SNAP["snapshot_threshold_entries"] // 10
+    assert log.first_index() == snap.last_included.index - tail + 1
+    store = SnapshotStore(tmp_path / "snapshots", 2)
+    assert snapshot_dirs(tmp_path) == [store.directory(snap).name]
+    log.close()
 
 
 def test_stopped_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:

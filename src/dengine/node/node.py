@@ -323,11 +323,18 @@ class Node:
             return
         self._running = False
         self._wake.set()
-        for task in (self._ticker_task, self._loop_task, self._snapshot_task):
+        snapshot_task = self._snapshot_task
+        for task in (self._ticker_task, self._loop_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if snapshot_task is not None:
+            # A snapshot being written is finished (its thread would write it to the end
+            # anyway, and the store would wait for it): the log is then compacted to it at
+            # close, instead of a restart holding and reading what it covers.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await snapshot_task
         self._loop_task = self._ticker_task = self._snapshot_task = None
         if self._transport is not None:
             await self._transport.close()
@@ -401,6 +408,16 @@ class Node:
             hs = self._log.hard_state()
             if hs.commit < self._latest_hs.commit:
                 self._log.set_hard_state(self._latest_hs)
+        if self._compact_to is not None and self._sm is not None and self._failure is None:
+            # A snapshot finished after the last turn: compact to it now (the state machine
+            # synced first, as at a snapshot's capture), not at some later run.
+            snapshot, self._compact_to = self._compact_to, None
+            try:
+                self._sm.sync()
+                self._compact(snapshot)
+            except Exception as e:
+                log.warning("node %d: compaction at stop failed (the log is simply kept): %s",
+                            self.node_id, e)
         for closable in (self._sm, self._log):
             close = getattr(closable, "close", None) or getattr(closable, "stop", None)
             if close is not None:
@@ -926,6 +943,8 @@ class Node:
         try:
             # On the apply thread, between two chunks: state and index from one point.
             state, last, membership = await self._on_apply_thread(self._capture)
+            if not self._running:
+                return  # stopping: do not start a write that stop() would wait for
             core = self._core
             if membership is None and core is not None:
                 membership = core.membership_at(last.index)
