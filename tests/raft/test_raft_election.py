@@ -13,17 +13,31 @@ from dengine.raft import RaftConfig, RaftCore, Role
 from dengine.storage import MemoryRaftLog
 
 
-def test_single_node_elects_itself_after_the_election_timeout() -> None:
+def test_single_node_elects_itself_at_its_first_tick() -> None:
+    """The only voter has no one to wait for or disrupt: it campaigns at once, without an
+    election timeout, when started and when restarted (one-node clusters serve sooner)."""
     net = Network([1])
     core = net[1]
     assert core.role is Role.FOLLOWER
-    net.tick(n=2 * core.cfg.election_tick)
+    net.tick(n=1)
     assert core.role is Role.LEADER
     assert core.term == 1
     # The new leader's no-op (plus the bootstrap membership) is committed and applied.
     assert [e.term for e in net.applied[1]] == [1, 1]
     assert net.applied[1][0].payload.HasField("noop")
     assert net.applied[1][1].payload.HasField("config")
+    net.crash(1)
+    again = net.restart(1)
+    net.tick(n=1)
+    assert again.role is Role.LEADER and again.term == 2
+
+
+def test_one_of_several_voters_waits_for_the_election_timeout() -> None:
+    core = RaftCore(RaftConfig(id=1, election_tick=50), MemoryRaftLog(), random.Random(0),
+                    bootstrap=membership([1, 2, 3]))
+    for _ in range(49):
+        core.tick()
+    assert core.role is Role.FOLLOWER and not core.has_ready()
 
 
 def test_election_timeout_is_randomized_within_one_to_two_timeouts() -> None:

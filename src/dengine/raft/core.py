@@ -326,7 +326,12 @@ class RaftCore:
             self._tick_leader()
             return
         self.election_elapsed += 1
-        if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
+        if self._promotable() and (
+            self.election_elapsed >= self.randomized_election_timeout
+            # The only voter, knowing no leader: there is no one to wait for or to
+            # disrupt, so a one-node cluster (re)starts serving without an election timeout.
+            or (not self.lead and len(self.voters) == 1)
+        ):
             self.election_elapsed = 0
             self.campaign()
 
