@@ -212,7 +212,9 @@ def scan(data: bytes, path: str, magic: bytes) -> ScanResult:
     return result
 
 
-STREAM_CHUNK_BYTES = 4 << 20
+# Bigger chunks read no faster, and glibc keeps freed multi-MB buffers in the heap (4 MiB
+# chunks left ~10 MB more resident after a restart).
+STREAM_CHUNK_BYTES = 1 << 20
 
 
 @dataclass
