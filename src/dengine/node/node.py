@@ -63,13 +63,18 @@ _EXPIRY_SCAN_TICKS = 5
 # Applies queued on the apply thread before the loop waits for the oldest one: the apply
 # runs beside the next turns' persists, but never falls unboundedly behind the log.
 _MAX_APPLIES_QUEUED = 4
-# A Ready this small is written, or a committed chunk this small applied, on the loop
-# itself: a round trip through a worker thread (wake it, hand the GIL over and back, wake
-# the loop) costs 100-300 us here, more than the work (one fdatasync, or ~15 us of apply).
-# Bigger ones, which come with heavy load, go to the threads so that the loop keeps
-# receiving while the disk works. See docs/performance.md ("Latency at 1 in flight").
+# A committed chunk this small is applied on the loop itself: a round trip through a
+# worker thread (wake it, hand the GIL over and back, wake the loop) costs 100-300 us
+# here, more than the ~15 us of apply. Bigger chunks, which come with heavy load, go to
+# the apply thread so that the loop keeps receiving meanwhile.
 _INLINE_MAX_ENTRIES = 32
 _INLINE_MAX_BYTES = 64 * 1024
+# A Ready up to this size is persisted on the loop too: the fdatasync blocks the loop for
+# ~0.1-0.5 ms, but the hand-off to the log thread costs as much (and under load the thread
+# waits for the GIL the loop holds); measured 1.13x more embedded writes at 256 in flight.
+# Bigger ones (large values) go to the log thread. See docs/performance.md.
+_INLINE_PERSIST_MAX_ENTRIES = 1024
+_INLINE_PERSIST_MAX_BYTES = 1024 * 1024
 
 
 def _nothing() -> None:
@@ -791,8 +796,10 @@ class Node:
             # or a snapshot capture), then the log in _persist: see _finish_interrupted_install.
             await self._on_apply_thread(self._install_snapshot, rd.snapshot)
         persist = None
-        if rd.snapshot is None and (rd.entries or vote_changed) and _small(rd.entries):
-            self._persist(rd, vote_changed)  # see _INLINE_MAX_ENTRIES
+        if rd.snapshot is None and (rd.entries or vote_changed) and _small(
+            rd.entries, _INLINE_PERSIST_MAX_ENTRIES, _INLINE_PERSIST_MAX_BYTES
+        ):
+            self._persist(rd, vote_changed)  # see _INLINE_PERSIST_MAX_ENTRIES
             if vote_changed and hs is not None:
                 self._saved_vote = (hs.term, hs.voted_for)
         elif rd.snapshot is not None or rd.entries or vote_changed:
@@ -829,7 +836,7 @@ class Node:
         if (
             not self._apply_thread_jobs
             and sm is not None
-            and _small(entries)
+            and _small(entries, _INLINE_MAX_ENTRIES, _INLINE_MAX_BYTES)
             and sm.checkpoint_headroom() > 2 * _INLINE_MAX_BYTES
         ):
             self._finish_apply(entries, self._apply(entries))
@@ -1220,11 +1227,11 @@ class Node:
         return self._running
 
 
-def _small(entries: Sequence[Entry]) -> bool:
+def _small(entries: Sequence[Entry], max_entries: int, max_bytes: int) -> bool:
     """Whether `entries` are few and small enough to write or apply on the loop."""
-    if len(entries) > _INLINE_MAX_ENTRIES:
+    if len(entries) > max_entries:
         return False
-    return sum(len(e.payload.command) for e in entries) <= _INLINE_MAX_BYTES
+    return sum(len(e.payload.command) for e in entries) <= max_bytes
 
 
 def _expire_write(write: _Write, now: int) -> None:
