@@ -137,7 +137,8 @@ def test_a_small_chunk_never_overtakes_one_queued_on_the_apply_thread(tmp_path: 
 
         node._apply = apply  # type: ignore[method-assign]
         try:
-            big = engine.write([_insert(b"big%d" % i) for i in range(100)])
+            # more than _INLINE_MAX_ENTRIES: applied on the apply thread
+            big = engine.write([_insert(b"big%d" % i) for i in range(1100)])
             task = asyncio.ensure_future(big)
             await asyncio.sleep(0.01)  # committed, queued on the apply thread, sleeping
             await engine.put(b"small", b"1")

@@ -63,18 +63,15 @@ _EXPIRY_SCAN_TICKS = 5
 # Applies queued on the apply thread before the loop waits for the oldest one: the apply
 # runs beside the next turns' persists, but never falls unboundedly behind the log.
 _MAX_APPLIES_QUEUED = 4
-# A committed chunk this small is applied on the loop itself: a round trip through a
-# worker thread (wake it, hand the GIL over and back, wake the loop) costs 100-300 us
-# here, more than the ~15 us of apply. Bigger chunks, which come with heavy load, go to
-# the apply thread so that the loop keeps receiving meanwhile.
-_INLINE_MAX_ENTRIES = 32
-_INLINE_MAX_BYTES = 64 * 1024
-# A Ready up to this size is persisted on the loop too: the fdatasync blocks the loop for
-# ~0.1-0.5 ms, but the hand-off to the log thread costs as much (and under load the thread
-# waits for the GIL the loop holds); measured 1.13x more embedded writes at 256 in flight.
-# Bigger ones (large values) go to the log thread. See docs/performance.md.
-_INLINE_PERSIST_MAX_ENTRIES = 1024
-_INLINE_PERSIST_MAX_BYTES = 1024 * 1024
+# A Ready up to this size is persisted, and a committed chunk up to this size applied, on
+# the loop itself. A round trip through a worker thread (wake it, hand the GIL over and
+# back, wake the loop) costs 100-300 us here, more than one fdatasync or a small apply,
+# and under load the worker waits for the GIL the busy loop holds; the loop blocks for at
+# most a few ms. Measured: put p50 at 1 in flight 1.56 -> 0.8 ms, embedded puts at 256 in
+# flight ~1.2x (docs/performance.md). Bigger ones (large values) go to the log thread and
+# the apply thread, so that the loop keeps receiving while they work.
+_INLINE_MAX_ENTRIES = 1024
+_INLINE_MAX_BYTES = 1024 * 1024
 
 
 def _nothing() -> None:
@@ -796,10 +793,8 @@ class Node:
             # or a snapshot capture), then the log in _persist: see _finish_interrupted_install.
             await self._on_apply_thread(self._install_snapshot, rd.snapshot)
         persist = None
-        if rd.snapshot is None and (rd.entries or vote_changed) and _small(
-            rd.entries, _INLINE_PERSIST_MAX_ENTRIES, _INLINE_PERSIST_MAX_BYTES
-        ):
-            self._persist(rd, vote_changed)  # see _INLINE_PERSIST_MAX_ENTRIES
+        if rd.snapshot is None and (rd.entries or vote_changed) and _small(rd.entries):
+            self._persist(rd, vote_changed)  # see _INLINE_MAX_ENTRIES
             if vote_changed and hs is not None:
                 self._saved_vote = (hs.term, hs.voted_for)
         elif rd.snapshot is not None or rd.entries or vote_changed:
@@ -836,7 +831,7 @@ class Node:
         if (
             not self._apply_thread_jobs
             and sm is not None
-            and _small(entries, _INLINE_MAX_ENTRIES, _INLINE_MAX_BYTES)
+            and _small(entries)
             and sm.checkpoint_headroom() > 2 * _INLINE_MAX_BYTES
         ):
             self._finish_apply(entries, self._apply(entries))
@@ -1227,11 +1222,11 @@ class Node:
         return self._running
 
 
-def _small(entries: Sequence[Entry], max_entries: int, max_bytes: int) -> bool:
+def _small(entries: Sequence[Entry]) -> bool:
     """Whether `entries` are few and small enough to write or apply on the loop."""
-    if len(entries) > max_entries:
+    if len(entries) > _INLINE_MAX_ENTRIES:
         return False
-    return sum(len(e.payload.command) for e in entries) <= max_bytes
+    return sum(len(e.payload.command) for e in entries) <= _INLINE_MAX_BYTES
 
 
 def _expire_write(write: _Write, now: int) -> None:
