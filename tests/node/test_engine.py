@@ -217,3 +217,23 @@ def test_start_from_config_object_and_unknown_setting(tmp_path: Path) -> None:
             await Engine.start(str(tmp_path / "e"), node_id=0)
 
     run(main())
+
+
+def test_a_loop_of_eventual_reads_does_not_starve_the_node(tmp_path: Path) -> None:
+    """Eventual gets answer without a loop turn; a tight loop of them must still let the
+    node's loop run (ticks, heartbeats), or a leader would lose its lead."""
+
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST) as engine:
+            await engine.wait_ready(timeout=5)
+            await engine.put(b"k", b"v")
+            node = engine._node
+            loop = asyncio.get_running_loop()
+            ticks = node._ticks
+            deadline = loop.time() + 0.3  # 60 ticks of 5 ms
+            while loop.time() < deadline:
+                assert await engine.get(b"k", "eventual") == b"v"
+            assert node._ticks - ticks >= 20
+            assert engine.is_leader
+
+    run(main())

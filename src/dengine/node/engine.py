@@ -29,6 +29,7 @@ from dengine.raft import Role
 from dengine.storage import ApplyResult
 
 DEFAULT_TIMEOUT = 5.0
+_LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
 
 
 class Consistency(enum.StrEnum):
@@ -63,6 +64,7 @@ class Engine:
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        self._local_reads = 0
 
     @classmethod
     async def start(
@@ -236,7 +238,9 @@ class Engine:
         """The value of `key`, or None if absent."""
         key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
         if consistency == "eventual":  # this node's state, no loop turn (see read_local)
-            return self._node.read_local_one(key)
+            value = self._node.read_local_one(key)
+            await self._yield_now_and_then()
+            return value
         values = await self._node.read(
             (key,), _consistency(consistency), self._timeout(timeout)
         )
@@ -259,8 +263,18 @@ class Engine:
         if not encoded:
             return []
         if mode == "eventual":
-            return self._node.read_local(encoded)
+            values = self._node.read_local(encoded)
+            await self._yield_now_and_then()
+            return values
         return await self._node.read(encoded, mode, self._timeout(timeout))
+
+    async def _yield_now_and_then(self) -> None:
+        """An eventual read returns without suspending, so a loop of them would starve the
+        node sharing this event loop (no heartbeats: the leader would lose its lead). Every
+        `_LOCAL_READS_PER_YIELD`th one lets the loop run once."""
+        self._local_reads += 1
+        if self._local_reads % _LOCAL_READS_PER_YIELD == 0:
+            await asyncio.sleep(0)
 
     # -- membership ----------------------------------------------------------------------
 
