@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from dengine.proto import common_pb2 as dengine_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/client.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\"Q\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\"7\n\x0cWriteRequest\x12\'\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x15.dengine.WriteCommand\">\n\x0bWriteResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"U\n\rWriteResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.dengine.WriteResult\"J\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\"*\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"S\n\x0cReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.dengine.ReadResult\"\x0f\n\rStatusRequest\"\xed\x02\n\x0eStatusResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x11\n\tleader_id\x18\x06 \x01(\x04\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x08 \x01(\x04\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x17\n\x0f\x66irst_log_index\x18\n \x01(\x04\x12\x16\n\x0elast_log_index\x18\x0b \x01(\x04\x12\x1f\n\x06voters\x18\x0c \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\r \x03(\x0b\x32\x0f.dengine.Member\x12\x16\n\x0e\x63lient_address\x18\x0e \x01(\t\x12\x16\n\x0esnapshot_index\x18\x0f \x01(\x04\"\x12\n\x10GetLeaderRequest\"k\n\x11GetLeaderResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"y\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"(\n\x11MemberListRequest\x12\x13\n\x0bleader_only\x18\x01 \x01(\x08\"|\n\x12MemberListResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"T\n\x10\x41\x64\x64MemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x16promote_when_caught_up\x18\x03 \x01(\x08\"\'\n\x14PromoteMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"&\n\x13RemoveMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"]\n\x14MemberChangeResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus*o\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_LEASE\x10\x01\x12\x1d\n\x19READ_CONSISTENCY_EVENTUAL\x10\x02\x32\xa9\x04\n\x11RaftClientService\x12\x36\n\x05Write\x12\x15.dengine.WriteRequest\x1a\x16.dengine.WriteResponse\x12\x33\n\x04Read\x12\x14.dengine.ReadRequest\x1a\x15.dengine.ReadResponse\x12\x39\n\x06Status\x12\x16.dengine.StatusRequest\x1a\x17.dengine.StatusResponse\x12\x42\n\tGetLeader\x12\x19.dengine.GetLeaderRequest\x1a\x1a.dengine.GetLeaderResponse\x12\x45\n\nMemberList\x12\x1a.dengine.MemberListRequest\x1a\x1b.dengine.MemberListResponse\x12\x45\n\tAddMember\x12\x19.dengine.AddMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12M\n\rPromoteMember\x12\x1d.dengine.PromoteMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12K\n\x0cRemoveMember\x12\x1c.dengine.RemoveMemberRequest\x1a\x1d.dengine.MemberChangeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/client.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\"Q\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\"7\n\x0cWriteRequest\x12\'\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x15.dengine.WriteCommand\">\n\x0bWriteResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\"U\n\rWriteResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.dengine.WriteResult\"J\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\"*\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"S\n\x0cReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.dengine.ReadResult\"\x0f\n\rStatusRequest\"\x85\x03\n\x0eStatusResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x11\n\tleader_id\x18\x06 \x01(\x04\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x08 \x01(\x04\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x17\n\x0f\x66irst_log_index\x18\n \x01(\x04\x12\x16\n\x0elast_log_index\x18\x0b \x01(\x04\x12\x1f\n\x06voters\x18\x0c \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\r \x03(\x0b\x32\x0f.dengine.Member\x12\x16\n\x0e\x63lient_address\x18\x0e \x01(\t\x12\x16\n\x0esnapshot_index\x18\x0f \x01(\x04\x12\x16\n\x0enative_address\x18\x10 \x01(\t\"\x12\n\x10GetLeaderRequest\"k\n\x11GetLeaderResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"y\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"(\n\x11MemberListRequest\x12\x13\n\x0bleader_only\x18\x01 \x01(\x08\"|\n\x12MemberListResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"T\n\x10\x41\x64\x64MemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x16promote_when_caught_up\x18\x03 \x01(\x08\"\'\n\x14PromoteMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"&\n\x13RemoveMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"]\n\x14MemberChangeResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus*o\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_LEASE\x10\x01\x12\x1d\n\x19READ_CONSISTENCY_EVENTUAL\x10\x02\x32\xa9\x04\n\x11RaftClientService\x12\x36\n\x05Write\x12\x15.dengine.WriteRequest\x1a\x16.dengine.WriteResponse\x12\x33\n\x04Read\x12\x14.dengine.ReadRequest\x1a\x15.dengine.ReadResponse\x12\x39\n\x06Status\x12\x16.dengine.StatusRequest\x1a\x17.dengine.StatusResponse\x12\x42\n\tGetLeader\x12\x19.dengine.GetLeaderRequest\x1a\x1a.dengine.GetLeaderResponse\x12\x45\n\nMemberList\x12\x1a.dengine.MemberListRequest\x1a\x1b.dengine.MemberListResponse\x12\x45\n\tAddMember\x12\x19.dengine.AddMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12M\n\rPromoteMember\x12\x1d.dengine.PromoteMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12K\n\x0cRemoveMember\x12\x1c.dengine.RemoveMemberRequest\x1a\x1d.dengine.MemberChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dengine.proto.client_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READCONSISTENCY']._serialized_start=1630
-  _globals['_READCONSISTENCY']._serialized_end=1741
+  _globals['_READCONSISTENCY']._serialized_start=1654
+  _globals['_READCONSISTENCY']._serialized_end=1765
   _globals['_ERROR']._serialized_start=67
   _globals['_ERROR']._serialized_end=148
   _globals['_WRITEREQUEST']._serialized_start=150
@@ -51,25 +51,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=563
   _globals['_STATUSREQUEST']._serialized_end=578
   _globals['_STATUSRESPONSE']._serialized_start=581
-  _globals['_STATUSRESPONSE']._serialized_end=946
-  _globals['_GETLEADERREQUEST']._serialized_start=948
-  _globals['_GETLEADERREQUEST']._serialized_end=966
-  _globals['_GETLEADERRESPONSE']._serialized_start=968
-  _globals['_GETLEADERRESPONSE']._serialized_end=1075
-  _globals['_MEMBERSTATUS']._serialized_start=1077
-  _globals['_MEMBERSTATUS']._serialized_end=1198
-  _globals['_MEMBERLISTREQUEST']._serialized_start=1200
-  _globals['_MEMBERLISTREQUEST']._serialized_end=1240
-  _globals['_MEMBERLISTRESPONSE']._serialized_start=1242
-  _globals['_MEMBERLISTRESPONSE']._serialized_end=1366
-  _globals['_ADDMEMBERREQUEST']._serialized_start=1368
-  _globals['_ADDMEMBERREQUEST']._serialized_end=1452
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=1454
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=1493
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1495
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1533
-  _globals['_MEMBERCHANGERESPONSE']._serialized_start=1535
-  _globals['_MEMBERCHANGERESPONSE']._serialized_end=1628
-  _globals['_RAFTCLIENTSERVICE']._serialized_start=1744
-  _globals['_RAFTCLIENTSERVICE']._serialized_end=2297
+  _globals['_STATUSRESPONSE']._serialized_end=970
+  _globals['_GETLEADERREQUEST']._serialized_start=972
+  _globals['_GETLEADERREQUEST']._serialized_end=990
+  _globals['_GETLEADERRESPONSE']._serialized_start=992
+  _globals['_GETLEADERRESPONSE']._serialized_end=1099
+  _globals['_MEMBERSTATUS']._serialized_start=1101
+  _globals['_MEMBERSTATUS']._serialized_end=1222
+  _globals['_MEMBERLISTREQUEST']._serialized_start=1224
+  _globals['_MEMBERLISTREQUEST']._serialized_end=1264
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=1266
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=1390
+  _globals['_ADDMEMBERREQUEST']._serialized_start=1392
+  _globals['_ADDMEMBERREQUEST']._serialized_end=1476
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=1478
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=1517
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1519
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1557
+  _globals['_MEMBERCHANGERESPONSE']._serialized_start=1559
+  _globals['_MEMBERCHANGERESPONSE']._serialized_end=1652
+  _globals['_RAFTCLIENTSERVICE']._serialized_start=1768
+  _globals['_RAFTCLIENTSERVICE']._serialized_end=2321
 # @@protoc_insertion_point(module_scope)

@@ -82,7 +82,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("error", "node_id", "cluster_id", "role", "term", "leader_id", "leader_address", "commit_index", "applied_index", "first_log_index", "last_log_index", "voters", "learners", "client_address", "snapshot_index")
+    __slots__ = ("error", "node_id", "cluster_id", "role", "term", "leader_id", "leader_address", "commit_index", "applied_index", "first_log_index", "last_log_index", "voters", "learners", "client_address", "snapshot_index", "native_address")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class StatusResponse(_message.Message):
     LEARNERS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     error: Error
     node_id: int
     cluster_id: str
@@ -113,7 +114,8 @@ class StatusResponse(_message.Message):
     learners: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
     client_address: str
     snapshot_index: int
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., node_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., learners: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., client_address: _Optional[str] = ..., snapshot_index: _Optional[int] = ...) -> None: ...
+    native_address: str
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., node_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., role: _Optional[str] = ..., term: _Optional[int] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., commit_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., first_log_index: _Optional[int] = ..., last_log_index: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., learners: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., client_address: _Optional[str] = ..., snapshot_index: _Optional[int] = ..., native_address: _Optional[str] = ...) -> None: ...
 
 class GetLeaderRequest(_message.Message):
     __slots__ = ()
