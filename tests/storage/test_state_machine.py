@@ -18,6 +18,7 @@ from dengine.storage.state_machine import (
     OP_DELETE,
     OP_INSERT,
     decode_payload,
+    encode_insert,
     fast_decode_command,
 )
 
@@ -212,6 +213,13 @@ def test_fast_decode_matches_protobuf_on_commands(cmd):
                                             value)
     if len(value) < 16000 and len(encoded_cmd) < 16000:
         assert fast == protobuf_decode(encoded_cmd)
+
+
+@given(st.binary(max_size=300), st.one_of(st.binary(max_size=300), st.binary(min_size=16000,
+                                                                         max_size=20000)))
+def test_encode_insert_is_the_protobuf_encoding(key, value):
+    # Byte-equal, not just decodable: the apply path's shape cache keys on exact bytes.
+    assert encode_insert(key, value) == insert(key, value)
 
 
 @st.composite

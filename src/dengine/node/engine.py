@@ -27,6 +27,7 @@ from dengine.node.node import MemberInfo, Node, NodeStatus, promoted
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
 from dengine.storage import ApplyResult
+from dengine.storage.state_machine import encode_insert
 
 DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
@@ -159,11 +160,7 @@ class Engine:
             raise InvalidRequest(
                 f"value of {len(value)} bytes exceeds max_value_size {cfg.max_value_size}"
             )
-        cmd = WriteCommand()
-        insert = cmd.insert
-        insert.key = key
-        insert.value = value
-        data = cmd.SerializeToString()
+        data = encode_insert(key, value)
         if len(data) > cfg.max_request_size:
             raise InvalidRequest(
                 f"write of {len(data)} bytes exceeds max_request_size {cfg.max_request_size}"

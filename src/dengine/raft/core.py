@@ -115,6 +115,30 @@ class Ready:
     snapshot: SnapshotMetadata | None
 
 
+class _ProposedBatch:
+    """The entries of the leader's last `propose_batch`, held in one Message.
+
+    Copying N entries into each follower's append costs ~0.7 µs per entry and follower;
+    parsing their encoding (made once, shared by every follower) costs ~0.1. By the Log
+    Matching property, log entries at `first` .. `last` whose last one has `term` are these.
+    """
+
+    __slots__ = ("_encoded", "_holder", "first", "last", "term")
+
+    def __init__(self, first: int, last: int, term: int, holder: Message) -> None:
+        self.first = first
+        self.last = last
+        self.term = term
+        self._holder = holder
+        self._encoded: bytes | None = None
+
+    def encoded(self) -> bytes:
+        """The entries as the `entries` field of a Message, ready to merge into one."""
+        if self._encoded is None:
+            self._encoded = self._holder.SerializeToString()
+        return self._encoded
+
+
 @dataclass
 class RaftConfig:
     """Tuning of one core. Times are in ticks."""
@@ -227,6 +251,7 @@ class RaftCore:
         self.term_committed = False  # leader: an entry of the current term has committed
         self.lease_revoked = False  # leader: sent TimeoutNow in this term
         self._needs_bcast = False
+        self._batch: _ProposedBatch | None = None
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._applying = 0  # highest index handed out in committed_entries
@@ -357,15 +382,18 @@ class RaftCore:
             )
         first = index = self.log.last_index() + 1
         term = self.term
-        entries = []
+        if not commands:
+            return term, first
+        # The entries are built inside one Message so that the append messages for them
+        # can be made from its encoding (see _ProposedBatch) rather than by copying each.
+        holder = Message()
+        add = holder.entries.add
         for command in commands:
-            entry = Entry(index=index, term=term)
-            entry.payload.command = command
-            entries.append(entry)
+            add(index=index, term=term).payload.command = command
             index += 1
-        if entries:
-            self.log.append(entries)
-            self._needs_bcast = True
+        self.log.append(list(holder.entries))
+        self._batch = _ProposedBatch(first, index - 1, term, holder)
+        self._needs_bcast = True
         return term, first
 
     def propose_membership(self, membership: Membership) -> LogId:
@@ -628,6 +656,7 @@ class RaftCore:
         self.term_committed = False
         self.lease_revoked = False
         self._needs_bcast = False
+        self._batch = None
 
     def _become_follower(self, term: int, lead: int) -> None:
         self._reset(term)
@@ -861,16 +890,35 @@ class RaftCore:
                 return True
             if not entries and not allow_empty:
                 break
-            msg = Message(
-                type=MSG_APPEND,
-                to_id=to,
-                from_id=self.id,
-                term=self.term,
-                index=prev,
-                log_term=prev_term,
-                commit=log.committed,
-                entries=entries,
-            )
+            batch = self._batch
+            if (
+                batch is not None
+                and entries
+                and entries[0].index == batch.first
+                and entries[-1].index == batch.last
+                and entries[-1].term == batch.term
+            ):
+                msg = Message(
+                    type=MSG_APPEND,
+                    to_id=to,
+                    from_id=self.id,
+                    term=self.term,
+                    index=prev,
+                    log_term=prev_term,
+                    commit=log.committed,
+                )
+                msg.MergeFromString(batch.encoded())
+            else:
+                msg = Message(
+                    type=MSG_APPEND,
+                    to_id=to,
+                    from_id=self.id,
+                    term=self.term,
+                    index=prev,
+                    log_term=prev_term,
+                    commit=log.committed,
+                    entries=entries,
+                )
             if len(entries) > 1 and msg.ByteSize() > cfg.max_bytes_per_msg:
                 entries = _within_bytes(entries, cfg.max_bytes_per_msg)
                 del msg.entries[len(entries) :]

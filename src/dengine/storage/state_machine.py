@@ -133,13 +133,38 @@ def fast_decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
     return (op, key, value) if pos == n else None
 
 
+_SMALL_VARINTS = [bytes([n]) for n in range(0x80)]
+_TWO_BYTE_VARINTS: dict[int, bytes] = {}  # memo, at most 16,256 entries
+
+
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    if n < 0x4000:
+        encoded = _TWO_BYTE_VARINTS.get(n)
+        if encoded is None:
+            encoded = _TWO_BYTE_VARINTS[n] = bytes((n & 0x7F | 0x80, n >> 7))
+        return encoded
     out = bytearray()
     while n >= 0x80:
         out.append(n & 0x7F | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def encode_insert(key: bytes, value: bytes) -> bytes:
+    """The canonical protobuf encoding of WriteCommand(insert=Insert(key, value)), built
+    without a message object (the embedded `put` hot path; equal bytes, tested)."""
+    if not (key and value):
+        body = (b"\x0a" + _varint(len(key)) + key if key else b"") + (
+            b"\x12" + _varint(len(value)) + value if value else b""
+        )
+        return b"\x0a" + _varint(len(body)) + body
+    key_len = _varint(len(key))
+    value_len = _varint(len(value))
+    body_len = 2 + len(key_len) + len(key) + len(value_len) + len(value)
+    return b"".join((b"\x0a", _varint(body_len), b"\x0a", key_len, key, b"\x12", value_len, value))
 
 
 # Command shapes seen so far, by the bytes before the key (tag, length, key tag, key
