@@ -153,10 +153,44 @@ def test_a_small_chunk_never_overtakes_one_queued_on_the_apply_thread(tmp_path: 
     run(main())
 
 
-def _insert(key: bytes) -> Any:
+def _insert(key: bytes, value: bytes = b"x" * 100) -> Any:
     from dengine.proto import WriteCommand
 
     cmd = WriteCommand()
     cmd.insert.key = key
-    cmd.insert.value = b"x" * 100
+    cmd.insert.value = value
     return cmd
+
+
+def test_few_but_large_entries_are_persisted_and_applied_on_the_threads(tmp_path: Path) -> None:
+    """The inline bound counts bytes too (known from the proposal, not measured per entry)."""
+
+    async def main() -> None:
+        engine = await _lone_engine(tmp_path)
+        node = engine._node
+        loop_thread = threading.current_thread()
+        on_loop: dict[str, list[bool]] = {"persist": [], "apply": []}
+        real_persist, real_apply = node._persist, node._apply
+
+        def persist(rd: Any, save: bool) -> None:
+            if rd.entries:
+                on_loop["persist"].append(threading.current_thread() is loop_thread)
+            real_persist(rd, save)
+
+        def apply(entries: Any) -> Any:
+            on_loop["apply"].append(threading.current_thread() is loop_thread)
+            return real_apply(entries)
+
+        node._persist = persist  # type: ignore[method-assign]
+        node._apply = apply  # type: ignore[method-assign]
+        try:
+            big = b"v" * (400 * 1024)
+            await engine.write([_insert(b"big%d" % i, big) for i in range(3)])  # 1.2 MB
+            assert on_loop == {"persist": [False], "apply": [False]}
+            await engine.put(b"small", b"1")
+            assert on_loop == {"persist": [False, True], "apply": [False, True]}
+            assert await engine.get(b"big2") == big
+        finally:
+            await engine.stop()
+
+    run(main())

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 _APPLY_CHUNK = 4096  # entries per apply_chunk call during restart recovery
 _FRAME_MARGIN = 64 * 1024
 MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
+MSG_APPEND = MessageType.MSG_APPEND
 # Entries kept below a new snapshot, as a fraction of the snapshot threshold: a follower a
 # little behind at compaction time then catches up from the log, not with a snapshot.
 _COMPACTION_TAIL_DIVISOR = 10
@@ -72,6 +73,8 @@ _MAX_APPLIES_QUEUED = 4
 # the apply thread, so that the loop keeps receiving while they work.
 _INLINE_MAX_ENTRIES = 1024
 _INLINE_MAX_BYTES = 1024 * 1024
+# Bytes an entry adds to its command in a log record (index, term, tags, lengths).
+_ENTRY_OVERHEAD = 16
 
 
 def _nothing() -> None:
@@ -221,6 +224,9 @@ class Node:
         self._in_messages: list[Message] = []
         self._in_proposals: list[tuple[list[bytes], _Write]] = []
         self._in_reads: dict[str, list[_Read]] = {"linearizable": [], "lease": [], "eventual": []}
+        # bytes of the entries that this turn's proposals and appends bring (see _EntrySizes)
+        self._incoming_bytes = 0
+        self._entry_sizes = _EntrySizes()
         # waiting for apply / read states
         self._waiters: dict[int, tuple[int, _Write, int]] = {}
         self._applies: deque[asyncio.Future[list[ApplyResult]]] = deque()
@@ -696,6 +702,8 @@ class Node:
         if self._in_messages:
             messages, self._in_messages = self._in_messages, []
             for msg in messages:
+                if msg.type == MSG_APPEND and msg.entries:
+                    self._incoming_bytes += msg.ByteSize()
                 try:
                     core.step(msg)
                 except Exception as e:
@@ -717,6 +725,7 @@ class Node:
     def _propose(self, core: RaftCore) -> None:
         proposals, self._in_proposals = self._in_proposals, []
         commands = [c for cmds, _ in proposals for c in cmds]
+        self._incoming_bytes += sum(map(len, commands)) + _ENTRY_OVERHEAD * len(commands)
         try:
             term, index = core.propose_batch(commands)
         except NotLeader:
@@ -793,7 +802,11 @@ class Node:
             # or a snapshot capture), then the log in _persist: see _finish_interrupted_install.
             await self._on_apply_thread(self._install_snapshot, rd.snapshot)
         persist = None
-        if rd.snapshot is None and (rd.entries or vote_changed) and _small(rd.entries):
+        small = True
+        if rd.entries:
+            small = self._note_sizes(rd.entries)
+        self._incoming_bytes = 0
+        if rd.snapshot is None and (rd.entries or vote_changed) and small:
             self._persist(rd, vote_changed)  # see _INLINE_MAX_ENTRIES
             if vote_changed and hs is not None:
                 self._saved_vote = (hs.term, hs.voted_for)
@@ -814,6 +827,17 @@ class Node:
         if committed:
             self._start_apply(loop, committed)
 
+    def _note_sizes(self, entries: list[Entry]) -> bool:
+        """Record the size of a Ready's entries; whether they are small (see _INLINE_MAX_ENTRIES).
+
+        The bytes counted as they came in are exact for a leader's proposals and an upper
+        bound for a follower's appends; entries the count missed (a new leader's no-op, a
+        membership entry) are tiny, and a batch of them falls back to measuring.
+        """
+        size = self._incoming_bytes or _size(entries)
+        self._entry_sizes.add(entries[0].index, entries[-1].index, size)
+        return len(entries) <= _INLINE_MAX_ENTRIES and size <= _INLINE_MAX_BYTES
+
     def _on_apply_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         """Run `fn` on the apply thread (after every job queued before it)."""
         self._apply_thread_jobs += 1
@@ -828,10 +852,14 @@ class Node:
         """Apply `entries` after every chunk queued before them: on the loop when the apply
         thread is idle and the chunk small, else queued on the apply thread."""
         sm = self._sm
+        first, last = entries[0].index, entries[-1].index
+        size = self._entry_sizes.size(first, last)
+        self._entry_sizes.forget_to(last)
         if (
             not self._apply_thread_jobs
             and sm is not None
-            and _small(entries)
+            and len(entries) <= _INLINE_MAX_ENTRIES
+            and (size if size is not None else _size(entries)) <= _INLINE_MAX_BYTES
             and sm.checkpoint_headroom() > 2 * _INLINE_MAX_BYTES
         ):
             self._finish_apply(entries, self._apply(entries))
@@ -1222,11 +1250,53 @@ class Node:
         return self._running
 
 
-def _small(entries: Sequence[Entry]) -> bool:
-    """Whether `entries` are few and small enough to write or apply on the loop."""
-    if len(entries) > _INLINE_MAX_ENTRIES:
-        return False
-    return sum(len(e.payload.command) for e in entries) <= _INLINE_MAX_BYTES
+def _size(entries: Sequence[Entry]) -> int:
+    """The bytes of `entries`' commands, measured (~0.4 µs per entry)."""
+    return sum(len(e.payload.command) for e in entries) + _ENTRY_OVERHEAD * len(entries)
+
+
+class _EntrySizes:
+    """Upper bounds of the size of persisted, not yet applied entries, by index run.
+
+    The node decides per batch whether to persist and apply on the loop or on a thread
+    (see _INLINE_MAX_ENTRIES); measuring each entry for that cost ~0.4 µs per entry and
+    step, ~5% of a leader's time at 256 writes in flight. The sizes are known as the
+    entries come in (proposed commands, the append message), so they are kept here.
+    """
+
+    def __init__(self) -> None:
+        self._runs: deque[tuple[int, int, int]] = deque()  # (first, last, bytes), ascending
+
+    def add(self, first: int, last: int, size: int) -> None:
+        """Entries first..last were persisted; they replace any from `first` on."""
+        runs = self._runs
+        while runs and runs[-1][1] >= first:
+            run_first, _, run_size = runs.pop()
+            if run_first < first:  # partly replaced: its size still bounds the rest
+                runs.append((run_first, first - 1, run_size))
+                break
+        runs.append((first, last, size))
+
+    def size(self, first: int, last: int) -> int | None:
+        """An upper bound of the bytes of entries first..last; None if not all are known."""
+        total = 0
+        covered = first
+        for run_first, run_last, run_size in self._runs:
+            if run_last < first:
+                continue
+            if run_first > covered:
+                return None
+            total += run_size
+            covered = run_last + 1
+            if covered > last:
+                return total
+        return None
+
+    def forget_to(self, index: int) -> None:
+        """Entries up to `index` are applied."""
+        runs = self._runs
+        while runs and runs[0][1] <= index:
+            runs.popleft()
 
 
 def _expire_write(write: _Write, now: int) -> None:
