@@ -812,6 +812,11 @@ class Node:
                 self._saved_vote = (hs.term, hs.voted_for)
         elif rd.snapshot is not None or rd.entries or vote_changed:
             persist = loop.run_in_executor(self._io, self._persist, rd, vote_changed)
+        if persist is None and messages:
+            # Written already: a follower's acknowledgement leaves before its apply (it is
+            # on the leader's commit path; the apply is not).
+            self._send(messages)
+            messages = []
         if committed and (persist is None or (
             rd.snapshot is None and (not rd.entries or committed[-1].index < rd.entries[0].index)
         )):
