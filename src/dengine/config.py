@@ -23,6 +23,9 @@ class NodeConfig:
     cluster_id: str = "dengine"
     listen_peer: str = "127.0.0.1:9181"
     listen_client: str = "127.0.0.1:9081"
+    # The native (framed TCP) client listener of `dengine serve`: HOST:PORT (port 0: any
+    # free port), "auto" = listen_client's host and port 0, "" = none (gRPC only).
+    listen_client_native: str = "auto"
     # Other members at first start: {node_id: "host:port" of their peer listener}.
     peers: dict[int, str] = field(default_factory=dict)
     # Ask this cluster (a client endpoint) to add us as a learner instead of bootstrapping.
@@ -92,7 +95,17 @@ class NodeConfig:
             raise ConfigError("clock_drift_ms must be below election_timeout_ms")
         for addr in [self.listen_peer, self.listen_client, *self.peers.values()]:
             parse_address(addr)
+        if self.listen_client_native not in ("", "auto"):
+            parse_address(self.listen_client_native, allow_port_zero=True)
         return self
+
+    @property
+    def native_listen_address(self) -> str:
+        """Where the native client listener binds: HOST:PORT, or "" when it is off."""
+        if self.listen_client_native != "auto":
+            return self.listen_client_native
+        host, _ = parse_address(self.listen_client)
+        return f"[{host}]:0" if ":" in host else f"{host}:0"
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with `changes` applied (None values are ignored: unset flags)."""
@@ -132,10 +145,12 @@ class NodeConfig:
         return cls().replace(**raw)
 
 
-def parse_address(addr: str) -> tuple[str, int]:
-    """Split "host:port" (IPv6 as "[::1]:port"); ConfigError when malformed."""
+def parse_address(addr: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:port"); ConfigError when malformed. Port 0 (any
+    free port) only where the bound address is announced (`allow_port_zero`)."""
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    low = 0 if allow_port_zero else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
         raise ConfigError(f"invalid address {addr!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -34,6 +34,8 @@ SETTINGS_HELP = {
     "cluster_id": "Cluster name; data dirs and peers of another cluster are refused.",
     "listen_peer": "HOST:PORT for Raft traffic from the other nodes.",
     "listen_client": "HOST:PORT of the gRPC client API (announced to peers for redirects).",
+    "listen_client_native": "HOST:PORT of the native client protocol (port 0: any free "
+                            "port; auto: listen_client's host, port 0; empty: off).",
     "peers": "The other members at first start: ID=HOST:PORT of their peer listener.",
     "join": "Client address(es) of a running cluster to join as a learner (first start).",
     "auto_promote": "With --join: the leader promotes this learner to voter once caught up.",

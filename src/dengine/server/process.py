@@ -1,4 +1,5 @@
-"""The server process: an Engine plus the gRPC client service, until SIGTERM or SIGINT."""
+"""The server process: an Engine plus its client listeners (gRPC and native), until SIGTERM
+or SIGINT."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import grpc
 
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import ClusterMismatch, ConfigError, DengineError, InvalidRequest
+from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
 
 log = logging.getLogger("dengine.server")
@@ -156,10 +158,18 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ensure_port_free(config.listen_client, " (listen_client)")
+    native_addr = config.native_listen_address
+    if native_addr and parse_address(native_addr, allow_port_zero=True)[1] != 0:
+        ensure_port_free(native_addr, " (listen_client_native)")
     try:
         engine = await Engine.start(config=config)
+        native: NativeServer | None = None
         try:
             service = ClientService(engine, config, peer_client_address(engine))
+            if native_addr:
+                # Bound before gRPC serves, so that every Status announces it.
+                native = NativeServer(service, config.max_request_size)
+                service.native_address = await native.start(native_addr)
             server = await start_grpc_server(service, config)
             st = engine.status()
             joining = bool(config.join) and not in_configuration(engine)
@@ -169,8 +179,9 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                 peers = f"peers on {config.listen_peer}"
             else:
                 peers = "one-node cluster"
-            log.info("node %d of cluster %r: clients on %s, %s, data in %s", config.node_id,
-                     config.cluster_id, config.listen_client, peers, config.data_dir)
+            log.info("node %d of cluster %r: clients on %s (gRPC), %s (native), %s, data in %s",
+                     config.node_id, config.cluster_id, config.listen_client,
+                     service.native_address or "off", peers, config.data_dir)
             join = asyncio.create_task(join_cluster(engine, config)) if joining else None
             if join is not None:
                 # A join that cannot succeed ends the server, with its error.
@@ -185,8 +196,11 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                     with contextlib.suppress(asyncio.CancelledError):
                         await join
             log.info("stopping: no new requests, finishing in-flight ones")
-            await server.stop(SHUTDOWN_GRACE_S)
+            await asyncio.gather(server.stop(SHUTDOWN_GRACE_S), *(
+                [native.stop(SHUTDOWN_GRACE_S)] if native is not None else []))
         finally:
+            if native is not None and not native.stopping:
+                await native.stop(0)
             await engine.stop()
         log.info("node %d stopped", config.node_id)
         if join is not None and not join.cancelled() and join.exception() is not None:

@@ -95,6 +95,8 @@ class ClientService:
         self._config = config
         # Maps another node's id to its client address (the engine learns it from Hellos).
         self._peer_client_address = peer_client_address
+        # The native listener's bound HOST:PORT, announced by Status ("" = none).
+        self.native_address = ""
 
     def _leader_address(self, leader_id: int) -> str:
         if leader_id == self._config.node_id:
@@ -103,23 +105,27 @@ class ClientService:
             return self._peer_client_address(leader_id) or ""
         return ""
 
+    def handlers(self) -> dict[str, Callable[[bytes, Any], Awaitable[ProtoMessage]]]:
+        """Method name -> handler(request bytes, context with `time_remaining()`); shared
+        by the gRPC service and the native listener so that both behave the same."""
+        return {
+            "Write": self.write,
+            "Read": self.read,
+            "Status": self.status,
+            "GetLeader": self.get_leader,
+            "MemberList": self.member_list,
+            "AddMember": self.add_member,
+            "PromoteMember": self.promote_member,
+            "RemoveMember": self.remove_member,
+        }
+
     def generic_handler(self) -> grpc.GenericRpcHandler:
         """One handler per method; request bytes are parsed by the handler itself."""
-
-        def method(fn: Callable[[bytes, Any], Awaitable[ProtoMessage]]) -> Any:
-            return grpc.unary_unary_rpc_method_handler(
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            name: grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=None, response_serializer=_serialize
             )
-
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Write": method(self.write),
-            "Read": method(self.read),
-            "Status": method(self.status),
-            "GetLeader": method(self.get_leader),
-            "MemberList": method(self.member_list),
-            "AddMember": method(self.add_member),
-            "PromoteMember": method(self.promote_member),
-            "RemoveMember": method(self.remove_member),
+            for name, fn in self.handlers().items()
         })
 
     async def write(self, request: bytes, context: Any) -> WriteResponse:
@@ -176,6 +182,7 @@ class ClientService:
                 learners=_members(st.learners),
                 client_address=self._config.listen_client,
                 snapshot_index=st.snapshot_index,
+                native_address=self.native_address,
             )
         except Exception as exc:
             return StatusResponse(error=self._error(exc, "Status"))
