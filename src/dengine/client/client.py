@@ -1,4 +1,11 @@
-"""The asyncio client of a dengine cluster (gRPC).
+"""The asyncio client of a dengine cluster (native protocol, or gRPC).
+
+Endpoints are the nodes' gRPC addresses. With `transport="auto"` (the default) the first
+call to a node asks it (gRPC Status) for its native listener and then sends everything
+over one pipelined native connection (`dengine.client.native`): Python's gRPC costs
+~430 µs per round trip here, the native frames ~30 µs. A node without one, or whose
+native port cannot be reached, is served over gRPC; the native port is tried again when
+that node has to be reconnected. "native" insists on it, "grpc" never uses it.
 
 It finds the leader, follows NOT_LEADER redirects, retries within the deadline, and maps
 error codes to `dengine.errors` exceptions. Concurrent calls from one client are batched:
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
 from collections import deque
@@ -33,6 +41,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
+from dengine.client.native import Lost, NativeConnection, NotSent, Refused
 from dengine.config import parse_address
 from dengine.errors import (
     ERRORS_BY_CODE,
@@ -65,7 +74,11 @@ from dengine.proto.client_pb2 import (
     WriteResponse,
 )
 from dengine.proto.common_pb2 import WriteCommand
+from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN, STATUS_TOO_LARGE
 
+log = logging.getLogger("dengine.client")
+
+TRANSPORTS = ("auto", "native", "grpc")
 SERVICE = "/dengine.RaftClientService/"
 
 CONSISTENCY_LEVELS = {
@@ -134,6 +147,7 @@ class NodeStatus:
     voters: dict[int, str] = field(default_factory=dict)
     learners: dict[int, str] = field(default_factory=dict)
     snapshot_index: int = 0  # the log starts after this index (0: never compacted)
+    native_address: str = ""  # its native client listener ("" = none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -320,9 +334,10 @@ async def _each_alone(
 class Client:
     """Async client of a dengine cluster. Create it, use it, `await close()` (or `async with`).
 
-    `endpoints`: client addresses "host:port" of some or all nodes (a list or a
+    `endpoints`: client (gRPC) addresses "host:port" of some or all nodes (a list or a
     comma-separated string). `timeout`: default deadline of each call in seconds, retries
-    included.
+    included. `transport`: "auto" (native where the node offers it, else gRPC), "native"
+    or "grpc" (see the module docstring).
     """
 
     def __init__(
@@ -333,12 +348,20 @@ class Client:
         max_batch_commands: int = 1024,
         max_batch_bytes: int = 1024 * 1024,
         max_inflight: int = 4,
+        transport: str = "auto",
     ) -> None:
         if timeout <= 0:
             raise InvalidRequest(f"timeout must be positive, got {timeout}")
+        if transport not in TRANSPORTS:
+            raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
+                                 + ", ".join(TRANSPORTS) + ")")
         self._endpoints = parse_endpoints(endpoints)
         self._timeout = timeout
+        self._transport = transport
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # gRPC address -> the task that learns its native address and connects; its result
+        # is the connection, or None: that node is served over gRPC.
+        self._native: dict[str, asyncio.Task[NativeConnection | None]] = {}
         self._leader: str | None = None
         self._next = 0  # round-robin position over endpoints when no leader is known
         self._closed = False
@@ -371,6 +394,15 @@ class Client:
         await self._writes.close()
         for batcher in self._reads.values():
             await batcher.close()
+        natives, self._native = list(self._native.values()), {}
+        for task in natives:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None:
+                conn = task.result()
+                if conn is not None:
+                    conn.close()
+        await asyncio.gather(*natives, return_exceptions=True)
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close()
@@ -433,6 +465,7 @@ class Client:
             voters={m.id: m.address for m in resp.voters},
             learners={m.id: m.address for m in resp.learners},
             snapshot_index=resp.snapshot_index,
+            native_address=resp.native_address,
         )
 
     async def status_all(
@@ -661,6 +694,20 @@ class Client:
         deadline: float, *, write: bool,
     ) -> Any:
         """One RPC. Raises _Unsent when the request surely did not reach the server."""
+        if deadline - time.monotonic() <= 0:
+            raise Timeout(f"deadline passed before {method} could be sent"
+                          + (" (a write may still be applied)" if write else ""))
+        if self._transport != "grpc":
+            conn = await self._native_connection(addr, deadline)
+            if conn is not None:
+                body = await self._native_call(conn, addr, method, payload, deadline, write)
+                return response_cls.FromString(body)
+        return await self._grpc_call(addr, method, payload, response_cls, deadline, write=write)
+
+    async def _grpc_call(
+        self, addr: str, method: str, payload: bytes, response_cls: type[Any],
+        deadline: float, *, write: bool,
+    ) -> Any:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout(f"deadline passed before {method} could be sent"
@@ -672,7 +719,88 @@ class Client:
         try:
             return await call(payload, timeout=remaining)
         except grpc.aio.AioRpcError as e:
+            fallback = self._native.get(addr)
+            if fallback is not None and fallback.done() and not fallback.cancelled() \
+                    and fallback.exception() is None and fallback.result() is None:
+                del self._native[addr]  # reconnecting: look for its native listener again
             raise _rpc_error(e, addr, method, write) from None
+
+    async def _native_call(
+        self, conn: NativeConnection, addr: str, method: str, payload: bytes,
+        deadline: float, write: bool,
+    ) -> bytes:
+        """One request on a native connection, its failures mapped like gRPC's."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Unsent(Unavailable(f"deadline passed before {method} could be sent to "
+                                      f"{addr}"))
+        unknown = " (the write may still be applied)" if write else ""
+        try:
+            return await conn.call(METHOD_CODES[method], payload, remaining)
+        except NotSent as e:
+            raise _Unsent(Unavailable(f"{addr}: {e}")) from None
+        except Lost as e:
+            raise ConnectionLost(f"{addr}: {method}: {e}{unknown}") from None
+        except TimeoutError:
+            raise Timeout(f"{addr}: no answer to {method} before the deadline{unknown}"
+                          ) from None
+        except Refused as e:
+            if e.status == STATUS_SHUTTING_DOWN:
+                raise _Unsent(Unavailable(f"{addr}: {e}")) from None
+            if e.status == STATUS_TOO_LARGE:
+                raise InvalidRequest(f"{addr}: request exceeds the server's max_request_size: "
+                                     f"{e}") from None
+            raise InvalidRequest(f"{addr}: {method} refused: {e}") from None
+
+    async def _native_connection(self, addr: str, deadline: float) -> NativeConnection | None:
+        """The live native connection to `addr`, or None when `addr` is served over gRPC.
+
+        Raises _Unsent when the node cannot be asked (the request was not sent)."""
+        task = self._native.get(addr)
+        if task is not None and task.done():
+            if not task.cancelled() and task.exception() is None:
+                conn = task.result()
+                if conn is None or not conn.closed:
+                    return conn
+            # Failed, or its connection dropped: ask again (a restarted node listens on a
+            # new port when its native port is chosen at start).
+            task = None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._open_native(addr, deadline))
+            task.add_done_callback(_retrieve)
+            self._native[addr] = task
+        try:
+            return await asyncio.wait_for(asyncio.shield(task),
+                                          max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise _Unsent(Unavailable(f"{addr}: no native connection before the deadline")
+                          ) from None
+
+    async def _open_native(self, addr: str, deadline: float) -> NativeConnection | None:
+        """Ask `addr` for its native address (gRPC Status) and connect to it."""
+        try:
+            resp = await self._grpc_call(addr, "Status", b"", StatusResponse, deadline,
+                                         write=False)
+        except DengineError as e:  # nothing was sent yet of the request that needs this
+            raise _Unsent(Unavailable(f"{addr}: {e.message}")) from None
+        native = "" if resp.HasField("error") else resp.native_address
+        if not native:
+            if self._transport == "native":
+                raise _Unsent(Unavailable(f"{addr} has no native client listener "
+                                          "(transport='native')"))
+            log.debug("%s has no native client listener; using gRPC", addr)
+            return None
+        native = _dialable(native, addr)
+        try:
+            conn = await NativeConnection.open(native, max(0.001, deadline - time.monotonic()))
+        except (OSError, TimeoutError, DengineError) as e:
+            if self._transport == "native":
+                raise _Unsent(Unavailable(f"cannot connect to the native listener {native} "
+                                          f"of {addr}: {e}")) from None
+            log.debug("cannot connect to the native listener %s of %s (%s); using gRPC",
+                      native, addr, e)
+            return None
+        return conn
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         channel = self._channels.get(addr)
@@ -733,6 +861,22 @@ def _node_id(node_id: int) -> int:
     if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
         raise InvalidRequest(f"node id must be a positive integer, got {node_id!r}")
     return node_id
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a connect task's failure as seen (its waiters may all have given up)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _dialable(native: str, grpc_addr: str) -> str:
+    """`native` with a wildcard host (a listener on every interface) replaced by the host
+    the client already reaches the node at."""
+    host, port = parse_address(native)
+    if host not in ("0.0.0.0", "::", ""):
+        return native
+    host = parse_address(grpc_addr)[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _read_attempt_deadline(deadline: float) -> float:
