@@ -58,15 +58,23 @@ def remote_cluster() -> Iterator[LocalCluster]:
         asyncio.run(cluster.stop())
 
 
-@pytest.mark.parametrize("workload", [
-    ["put"], ["get", "--consistency", "eventual"], ["get", "--consistency", "lease"],
-    ["mixed", "--read-ratio", "0.9", "--sequential-keys"],
+@pytest.mark.parametrize(("workload", "transport"), [
+    (["put"], "auto"), (["put"], "grpc"), (["get", "--consistency", "eventual"], "native"),
+    (["get", "--consistency", "lease"], "auto"),
+    (["mixed", "--read-ratio", "0.9", "--sequential-keys"], "grpc"),
 ])
-def test_remote(remote_cluster: LocalCluster, workload: list[str]) -> None:
+def test_remote(remote_cluster: LocalCluster, workload: list[str], transport: str) -> None:
     endpoints = ",".join(remote_cluster.endpoints)
-    row = bench(*workload, "--endpoints", endpoints, *LOAD)
+    options = [] if transport == "auto" else ["--transport", transport]
+    row = bench(*workload, "--endpoints", endpoints, *options, *LOAD)
     check_run(row, 60)
-    assert row["target"] == f"remote {endpoints}"
+    assert row["target"] == f"remote {endpoints} ({transport})"
+
+
+def test_transport_is_for_remote_targets_only() -> None:
+    result = CliRunner().invoke(cli, ["bench", "put", "--embedded", "--transport", "grpc"])
+    assert result.exit_code != 0
+    assert "--transport applies to --endpoints" in str(result.exception or result.output)
 
 
 def test_table_output(remote_cluster: LocalCluster) -> None:

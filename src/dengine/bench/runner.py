@@ -99,19 +99,20 @@ async def bench_embedded(
 
 async def bench_remote(
     spec: LoadSpec, endpoints: Sequence[str] | str, *, timeout: float = 5.0,
-    warmup: float = 0.0, progress: Progress | None = None,
+    warmup: float = 0.0, progress: Progress | None = None, transport: str = "auto",
 ) -> BenchRun:
-    """Load a running cluster through one `dengine.Client` (it batches concurrent calls)."""
+    """Load a running cluster through one `dengine.Client` (it batches concurrent calls);
+    `transport` is the Client's ("auto", "native" or "grpc")."""
     from dengine.client import Client, parse_endpoints
 
     spec.validate()
     addresses = parse_endpoints(endpoints)
-    async with Client(addresses, timeout=timeout) as client:
+    async with Client(addresses, timeout=timeout, transport=transport) as client:
         progress = progress or NoProgress()
         progress.phase("finding the leader", None)
         await client.leader()
         result = await drive(client, spec, warmup=warmup, progress=progress)
-    return BenchRun(f"remote {','.join(addresses)}", None, loop_name(), result)
+    return BenchRun(f"remote {','.join(addresses)} ({transport})", None, loop_name(), result)
 
 
 def run_async(coro: Coroutine[Any, Any, T], use_uvloop: bool = True) -> T:

@@ -93,6 +93,10 @@ def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[...,
                               "`dengine serve` subprocesses)."),
             click.option("--endpoints", default=None, metavar="HOST:PORT,...",
                          help="Load a running cluster through dengine.Client instead."),
+            click.option("--transport", type=click.Choice(["auto", "native", "grpc"]),
+                         default=None, help="Client protocol with --endpoints: the native "
+                                            "one where offered (auto), or one of the two "
+                                            "[default: auto]."),
             click.option("--total", type=click.IntRange(min=1), default=None,
                          help="Requests to make [default: 10000 unless --duration is given]."),
             click.option("--duration", type=click.FloatRange(min=0, min_open=True),
@@ -137,9 +141,9 @@ def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[...,
 
 
 def _run_workload(workload: str, embedded: bool, nodes: int, endpoints: str | None,
-                  total: int | None, duration: float | None, warmup: float, timeout: float,
-                  use_uvloop: bool, as_json: bool, show_progress: bool,
-                  **spec_fields: Any) -> None:
+                  transport: str | None, total: int | None, duration: float | None,
+                  warmup: float, timeout: float, use_uvloop: bool, as_json: bool,
+                  show_progress: bool, **spec_fields: Any) -> None:
     import json
 
     from dengine.bench.load import LoadSpec
@@ -149,13 +153,17 @@ def _run_workload(workload: str, embedded: bool, nodes: int, endpoints: str | No
     if embedded == (endpoints is not None):
         raise InvalidRequest("give exactly one target: --embedded [--nodes N] or "
                              "--endpoints HOST:PORT,...")
+    if embedded and transport is not None:
+        raise InvalidRequest("--transport applies to --endpoints (the embedded engine is "
+                             "called in-process)")
     if total is None and duration is None:
         total = 10_000
     spec = LoadSpec(workload=workload, total=total, duration=duration, **spec_fields).validate()
     with RichProgress(enabled=show_progress and not as_json) as progress:
         if endpoints is not None:
             run = run_async(bench_remote(spec, endpoints, timeout=timeout, warmup=warmup,
-                                         progress=progress), use_uvloop)
+                                         progress=progress, transport=transport or "auto"),
+                            use_uvloop)
         else:
             run = run_async(bench_embedded(spec, nodes, warmup=warmup, progress=progress),
                             use_uvloop)

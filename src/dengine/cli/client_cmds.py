@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from dengine.client import Client, MemberInfo, NodeStatus
+from dengine.client.client import TRANSPORTS
 from dengine.errors import DengineError, InvalidRequest
 
 T = TypeVar("T")
@@ -24,8 +25,11 @@ DEFAULT_ENDPOINTS = "127.0.0.1:9081"
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--endpoints, --timeout and --json, shared by every client command."""
+    """--endpoints, --timeout, --transport and --json, shared by every client command."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option("--transport", type=click.Choice(list(TRANSPORTS)), default="auto",
+                      show_default=True,
+                      help="auto: the native protocol where a node offers it, else gRPC.")(fn)
     fn = click.option("--timeout", type=click.FloatRange(min=0.001), default=5.0,
                       show_default=True, help="Deadline in seconds, retries included.")(fn)
     fn = click.option("--endpoints", envvar="DENGINE_ENDPOINTS", default=DEFAULT_ENDPOINTS,
@@ -38,12 +42,12 @@ hex_option = click.option("--hex", "use_hex", is_flag=True,
                           help="KEY/VALUE are hexadecimal; print values as hexadecimal.")
 
 
-def run(endpoints: str, timeout: float, action: Callable[[Client], Coroutine[Any, Any, T]]
-        ) -> T:
+def run(endpoints: str, timeout: float, transport: str,
+        action: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
     """Run one client action on a fresh event loop, closing the client afterwards."""
 
     async def main() -> T:
-        async with Client(endpoints, timeout=timeout) as client:
+        async with Client(endpoints, timeout=timeout, transport=transport) as client:
             return await action(client)
 
     return asyncio.run(main())
@@ -67,11 +71,11 @@ def emit(data: dict[str, Any] | list[Any]) -> None:
 @click.argument("value")
 @hex_option
 @client_options
-def put(key: str, value: str, use_hex: bool, endpoints: str, timeout: float, as_json: bool
-        ) -> None:
+def put(key: str, value: str, use_hex: bool, endpoints: str, timeout: float, transport: str,
+        as_json: bool) -> None:
     """Set KEY to VALUE."""
     k, v = decode_arg(key, use_hex, "key"), decode_arg(value, use_hex, "value")
-    run(endpoints, timeout, lambda c: c.put(k, v))
+    run(endpoints, timeout, transport, lambda c: c.put(k, v))
     _ok(as_json)
 
 
@@ -82,10 +86,10 @@ def put(key: str, value: str, use_hex: bool, endpoints: str, timeout: float, as_
 @hex_option
 @client_options
 def get(key: str, consistency: str, use_hex: bool, endpoints: str, timeout: float,
-        as_json: bool) -> None:
+        transport: str, as_json: bool) -> None:
     """Print the value of KEY (exit code 1 when it is absent)."""
     k = decode_arg(key, use_hex, "key")
-    value = run(endpoints, timeout, lambda c: c.get(k, consistency))
+    value = run(endpoints, timeout, transport, lambda c: c.get(k, consistency))
     if as_json:
         out: dict[str, Any] = {"key": key, "found": value is not None}
         if value is not None:
@@ -105,18 +109,19 @@ def get(key: str, consistency: str, use_hex: bool, endpoints: str, timeout: floa
 @click.argument("key")
 @hex_option
 @client_options
-def delete(key: str, use_hex: bool, endpoints: str, timeout: float, as_json: bool) -> None:
+def delete(key: str, use_hex: bool, endpoints: str, timeout: float, transport: str,
+           as_json: bool) -> None:
     """Delete KEY (succeeds whether or not it existed)."""
     k = decode_arg(key, use_hex, "key")
-    run(endpoints, timeout, lambda c: c.delete(k))
+    run(endpoints, timeout, transport, lambda c: c.delete(k))
     _ok(as_json)
 
 
 @click.command()
 @client_options
-def status(endpoints: str, timeout: float, as_json: bool) -> None:
+def status(endpoints: str, timeout: float, transport: str, as_json: bool) -> None:
     """Show every endpoint's node: id, role, term, leader, commit/applied/last log index."""
-    results = run(endpoints, timeout, lambda c: c.status_all())
+    results = run(endpoints, timeout, transport, lambda c: c.status_all())
     if as_json:
         emit([
             {"endpoint": ep, "error": {"code": r.code, "message": r.message}}
@@ -159,9 +164,9 @@ def member() -> None:
 
 @member.command("list")
 @client_options
-def member_list(endpoints: str, timeout: float, as_json: bool) -> None:
+def member_list(endpoints: str, timeout: float, transport: str, as_json: bool) -> None:
     """List voters and learners as the leader sees them (with replication progress)."""
-    members = run(endpoints, timeout, lambda c: c.members())
+    members = run(endpoints, timeout, transport, lambda c: c.members())
     _print_members(members, as_json)
 
 
@@ -172,29 +177,32 @@ def member_list(endpoints: str, timeout: float, as_json: bool) -> None:
               help="Promote it to voter automatically once it has caught up.")
 @client_options
 def member_add(node_id: int, address: str, promote: bool, endpoints: str, timeout: float,
-               as_json: bool) -> None:
+               transport: str, as_json: bool) -> None:
     """Add node ID, whose peer listener is HOST:PORT, as a learner.
 
     Start the new node first (`dengine serve --join ...` does all of this by itself)."""
-    members = run(endpoints, timeout, lambda c: c.add_member(node_id, address, promote))
+    members = run(endpoints, timeout, transport,
+                  lambda c: c.add_member(node_id, address, promote))
     _print_members(members, as_json)
 
 
 @member.command("promote")
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
 @client_options
-def member_promote(node_id: int, endpoints: str, timeout: float, as_json: bool) -> None:
+def member_promote(node_id: int, endpoints: str, timeout: float, transport: str,
+                   as_json: bool) -> None:
     """Make learner ID a voter (refused until it has caught up with the leader)."""
-    members = run(endpoints, timeout, lambda c: c.promote_member(node_id))
+    members = run(endpoints, timeout, transport, lambda c: c.promote_member(node_id))
     _print_members(members, as_json)
 
 
 @member.command("remove")
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
 @client_options
-def member_remove(node_id: int, endpoints: str, timeout: float, as_json: bool) -> None:
+def member_remove(node_id: int, endpoints: str, timeout: float, transport: str,
+                  as_json: bool) -> None:
     """Remove member ID (a voter or a learner; the leader hands over first if it is ID)."""
-    members = run(endpoints, timeout, lambda c: c.remove_member(node_id))
+    members = run(endpoints, timeout, transport, lambda c: c.remove_member(node_id))
     _print_members(members, as_json)
 
 
