@@ -11,6 +11,7 @@ from node_helpers import free_port, run, until
 
 from dengine import Engine
 from dengine.errors import NotLeader, Timeout, Unavailable
+from dengine.proto import MessageType
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
         "clock_drift_ms": 20}
@@ -154,6 +155,51 @@ def test_write_without_quorum_times_out(tmp_path: Path) -> None:
                 await leader.get(b"k", "linearizable", timeout=0.5)
             # an eventual read needs no quorum
             assert await leader.get(b"k", "eventual") in (b"v", b"lost?")
+        finally:
+            await cluster.stop_all()
+
+    run(main())
+
+
+def test_commit_updates_ride_on_the_next_append_and_still_reach_idle_followers(
+    tmp_path: Path,
+) -> None:
+    """A put that follows a commit at once carries the new commit index to the followers:
+    no entry-less append per write. With no next write, the commit still goes out."""
+
+    async def main() -> None:
+        cluster = Cluster(tmp_path)
+        await cluster.start_all()
+        try:
+            leader = await cluster.leader()
+            for engine in cluster.engines.values():
+                await engine.wait_ready(timeout=10)
+            await leader.put(b"warm", b"up")
+            transport = leader._node._transport
+            assert transport is not None
+            sent: list[tuple[int, int]] = []  # (to, entries) of every MSG_APPEND
+            real_send = transport.send
+
+            def send(messages: Any) -> None:
+                messages = list(messages)
+                sent.extend((m.to_id, len(m.entries)) for m in messages
+                            if m.type == MessageType.MSG_APPEND)
+                real_send(messages)
+
+            transport.send = send  # type: ignore[method-assign]
+            for i in range(50):
+                await leader.put(b"k%d" % i, b"v")
+            empty = [m for m in sent if m[1] == 0]
+            # at most a few (a heartbeat tick can fall between a commit and the next put)
+            assert len(empty) <= 10, f"{len(empty)} commit-only appends for 50 puts"
+            # the last commit reaches the followers without another write, at once: by an
+            # entry-less append sent when no next write came (not by the next heartbeat)
+            last = leader.status().commit_index
+            for follower in cluster.followers():
+                await until(lambda f=follower: f.status().commit_index >= last, timeout=2)
+                assert await follower.get(b"k49", "eventual") == b"v"
+                to_it = [entries for to, entries in sent if to == follower.node_id]
+                assert to_it[-1] == 0, "the final commit index was never sent on its own"
         finally:
             await cluster.stop_all()
 

@@ -231,6 +231,7 @@ class Node:
         self._waiters: dict[int, tuple[int, _Write, int]] = {}
         self._applies: deque[asyncio.Future[list[ApplyResult]]] = deque()
         self._apply_thread_jobs = 0  # queued or running on the apply thread
+        self._held: dict[int, Message] = {}  # see _hold_commit_updates
         self._rounds: dict[bytes, _ReadRound] = {}
         self._ready_reads: list[tuple[int, _Read]] = []
         self._next_ctx = 0
@@ -645,6 +646,8 @@ class Node:
         try:
             while self._running:
                 if not self._has_input() and not core.has_ready():
+                    if self._held:
+                        self._send_held()
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -658,6 +661,8 @@ class Node:
                 await self._handle_ready(loop, core, rd)
                 self._after_ready(rd)
                 core.advance(rd)
+                if self._held:
+                    await asyncio.sleep(0)  # see _hold_commit_updates
                 if len(self._applies) > _MAX_APPLIES_QUEUED:
                     await asyncio.wait([self._applies[0]])
         except asyncio.CancelledError:
@@ -792,6 +797,8 @@ class Node:
             # A leader's appends and heartbeats promise nothing about its own disk (it
             # counts itself toward commit only after advance), so they may leave before
             # its fsync and the followers write in parallel (Raft thesis 10.2.1).
+            if rd.committed_entries:
+                messages = self._hold_commit_updates(messages)
             self._send(messages)
             messages = []
         committed = rd.committed_entries
@@ -926,7 +933,35 @@ class Node:
         log.info("node %d: installed the snapshot at index %d (term %d)", self.node_id,
                  metadata.last_included.index, metadata.last_included.term)
 
+    def _hold_commit_updates(self, messages: list[Message]) -> list[Message]:
+        """Keep back, for one loop turn, the entry-less appends that only carry the new
+        commit index; the rest go now.
+
+        The writes this commit completes usually propose again within that turn, and the
+        append carrying their entries carries the commit index too, so the update is
+        dropped (see _send): one message and one follower Ready fewer per write, and the
+        follower is not busy with it when the next entries arrive. Otherwise it leaves at
+        the end of the turn. Dropping one is a lost message to Raft: always safe.
+        """
+        rest = []
+        for msg in messages:
+            if msg.type == MSG_APPEND and not msg.entries:
+                self._held[msg.to_id] = msg
+            else:
+                rest.append(msg)
+        return rest
+
+    def _send_held(self) -> None:
+        held = list(self._held.values())
+        self._held.clear()
+        self._send(held)
+
     def _send(self, messages: list[Message]) -> None:
+        held = self._held
+        if held:
+            for msg in messages:
+                if msg.type == MSG_APPEND:
+                    held.pop(msg.to_id, None)  # this one carries the commit index too
         transport = self._transport
         if transport is None:
             return
