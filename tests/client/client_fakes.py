@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import dataclasses
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+
+import grpc
 
 from dengine.config import NodeConfig
 from dengine.errors import InvalidRequest, NotLeader, Unavailable
 from dengine.proto.common_pb2 import WriteCommand
-from dengine.server import ClientService, start_grpc_server
+from dengine.server import ClientService, NativeServer, start_grpc_server
 
 
 def free_port() -> int:
@@ -86,6 +88,8 @@ class FakeEngine:
         self.redirect_to: str | None = None
         self.unavailable = False
         self.hang = False
+        self.read_delay: Callable[[Sequence[bytes]], float] | None = None
+        self.timeouts: list[float | None] = []  # the `timeout` of each write/read call
 
     def _check(self) -> None:
         if self.hang:
@@ -97,6 +101,7 @@ class FakeEngine:
 
     async def write(self, commands: Sequence[WriteCommand], *, timeout: float | None = None
                     ) -> list[FakeResult]:
+        self.timeouts.append(timeout)
         if self.hang:
             await asyncio.sleep(3600)
         self._check()
@@ -113,8 +118,11 @@ class FakeEngine:
 
     async def get_many(self, keys: Sequence[bytes], consistency: str = "linearizable", *,
                        timeout: float | None = None) -> list[bytes | None]:
+        self.timeouts.append(timeout)
         if self.hang:
             await asyncio.sleep(3600)
+        if self.read_delay is not None:
+            await asyncio.sleep(self.read_delay(keys))
         self._check()
         self.read_calls.append((len(keys), consistency))
         return [self.store.get(k) for k in keys]
@@ -165,27 +173,37 @@ class FakeServer:
     engine: FakeEngine
     address: str
     config: NodeConfig
+    service: ClientService
+    grpc: grpc.aio.Server
+    native: NativeServer | None = None  # its bound address is service.native_address
 
 
 @contextlib.asynccontextmanager
-async def fake_servers() -> AsyncIterator[list[FakeServer]]:
-    """Two fake nodes sharing one store and configuration (node 1 leads); both stopped on
-    exit."""
+async def fake_servers(native: bool = False) -> AsyncIterator[list[FakeServer]]:
+    """Two fake nodes sharing one store and configuration (node 1 leads), with a native
+    listener each when `native`; every listener is stopped on exit."""
     store: dict[bytes, bytes] = {}
     membership = FakeMembership()
-    servers, grpc_servers = [], []
-    for node_id in (1, 2):
-        addr = f"127.0.0.1:{free_port()}"
-        membership.members[node_id] = FakeMember(node_id, f"127.0.0.1:{9180 + node_id}",
-                                                 client_address=addr)
-        config = NodeConfig(node_id=node_id, listen_client=addr,
-                            max_key_size=64, max_value_size=1024, max_request_size=64 * 1024)
-        engine = FakeEngine(node_id, store, membership)
-        service = ClientService(engine, config, lambda _id, e=engine: e.redirect_to or "")
-        grpc_servers.append(await start_grpc_server(service, config))
-        servers.append(FakeServer(engine, addr, config))
+    servers = []
     try:
+        for node_id in (1, 2):
+            addr = f"127.0.0.1:{free_port()}"
+            membership.members[node_id] = FakeMember(node_id, f"127.0.0.1:{9180 + node_id}",
+                                                     client_address=addr)
+            config = NodeConfig(node_id=node_id, listen_client=addr, max_key_size=64,
+                                max_value_size=1024, max_request_size=64 * 1024)
+            engine = FakeEngine(node_id, store, membership)
+            service = ClientService(engine, config, lambda _id, e=engine: e.redirect_to or "")
+            native_server = None
+            if native:
+                native_server = NativeServer(service, config.max_request_size)
+                service.native_address = await native_server.start(config.native_listen_address)
+            server = FakeServer(engine, addr, config, service,
+                                await start_grpc_server(service, config), native_server)
+            servers.append(server)
         yield servers
     finally:
-        for s in grpc_servers:
-            await s.stop(None)
+        for s in servers:
+            await s.grpc.stop(None)
+            if s.native is not None:
+                await s.native.stop(0)

@@ -74,7 +74,7 @@ from dengine.proto.client_pb2 import (
     WriteResponse,
 )
 from dengine.proto.common_pb2 import WriteCommand
-from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN, STATUS_TOO_LARGE
+from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN
 
 log = logging.getLogger("dengine.client")
 
@@ -747,9 +747,7 @@ class Client:
         except Refused as e:
             if e.status == STATUS_SHUTTING_DOWN:
                 raise _Unsent(Unavailable(f"{addr}: {e}")) from None
-            if e.status == STATUS_TOO_LARGE:
-                raise InvalidRequest(f"{addr}: request exceeds the server's max_request_size: "
-                                     f"{e}") from None
+            # Too large for the server, or a method it does not know: never processed.
             raise InvalidRequest(f"{addr}: {method} refused: {e}") from None
 
     async def _native_connection(self, addr: str, deadline: float) -> NativeConnection | None:
