@@ -73,7 +73,6 @@ class NativeServer:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self.address = ""
 
     async def start(self, addr: str) -> str:
         """Bind `addr` (ConfigError when it cannot be) and serve; the bound HOST:PORT."""
@@ -97,8 +96,7 @@ class NativeServer:
                               f"{e.strerror or e}") from None
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
         ip, bound = sock.getsockname()[:2]
-        self.address = f"[{ip}]:{bound}" if ":" in ip else f"{ip}:{bound}"
-        return self.address
+        return f"[{ip}]:{bound}" if ":" in ip else f"{ip}:{bound}"
 
     async def stop(self, grace: float) -> None:
         """Refuse new requests, let in-flight ones finish for up to `grace` s, then close."""
