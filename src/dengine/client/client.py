@@ -316,6 +316,11 @@ class _Batcher(Generic[P, T]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def _give_up(fut: asyncio.Future[Any], message: str) -> None:
+    if not fut.done():
+        fut.set_exception(Timeout(message))
+
+
 async def _each_alone(
     send: Callable[[list[_Item[P, T]]], Awaitable[None]], batch: list[_Item[P, T]]
 ) -> None:
@@ -559,16 +564,19 @@ class Client:
     ) -> T:
         deadline = self._deadline(timeout)
         fut = batcher.submit(payload, size, deadline)
+        # The batch's own deadline handling reports the more precise error (e.g. never
+        # sent); this outer bound only catches what it cannot (a paused server). A timer
+        # on the future rather than asyncio.wait_for, which wraps it in more futures and
+        # callbacks on every call (~20 µs of a 1 ms round trip).
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(
+            max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S, _give_up, fut,
+            f"no answer within {timeout or self._timeout:g} s (a write may still be applied)",
+        )
         try:
-            # The batch's own deadline handling reports the more precise error (e.g. never
-            # sent); this outer bound only catches what it cannot (a paused server).
-            return await asyncio.wait_for(
-                fut, max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S
-            )
-        except TimeoutError:
-            raise Timeout(
-                f"no answer within {timeout or self._timeout:g} s (a write may still be applied)"
-            ) from None
+            return await fut
+        finally:
+            timer.cancel()
 
     async def _send_writes(
         self, batch: list[_Item[list[WriteCommand], list[WriteResult]]]
