@@ -51,7 +51,8 @@ from dengine.bench.runner import run_async
 from dengine.errors import DengineError
 
 HERE = Path(__file__).resolve().parent
-SYSTEMS = ("dengine", "dengine-embedded", "etcd", "pysyncobj", "pysyncobj-nobatch")
+SYSTEMS = ("dengine", "dengine-grpc", "dengine-embedded", "etcd", "pysyncobj",
+           "pysyncobj-nobatch")
 DEFAULT_SYSTEMS = SYSTEMS
 WORKLOADS = {  # name -> (LoadSpec.workload, dengine consistency)
     "put": ("put", "linearizable"),
@@ -131,6 +132,7 @@ class AsyncTargetSystem(System):
 class Dengine(AsyncTargetSystem):
     name = "dengine"
     embedded = False
+    transport = "auto"  # dengine.Client's default: the native protocol
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
@@ -143,7 +145,10 @@ class Dengine(AsyncTargetSystem):
             "fsync": "every write fsynced (Raft log, fdatasync) on a quorum before it is "
                      "acknowledged; the state machine WAL is fsynced per applied batch",
             "settings": self.cluster.settings,
-            "client": "dengine.Client (gRPC; batches concurrent calls into one RPC)"
+            "client": f"dengine.Client, transport={self.transport} ("
+            + ("the native protocol: length-prefixed protobuf frames over TCP"
+               if self.transport == "auto" else "gRPC")
+            + "; batches concurrent calls into one request)"
             if not self.embedded else "Engine API in the leader's process",
         }
 
@@ -152,13 +157,18 @@ class Dengine(AsyncTargetSystem):
         if self.embedded:
             self.target = self.cluster.engine
         else:
-            self.client = self.cluster.client(timeout=10.0)
+            self.client = self.cluster.client(timeout=10.0, transport=self.transport)
             self.target = self.client
 
     async def stop(self) -> None:
         if self.client is not None:
             await self.client.close()
         await self.cluster.stop()
+
+
+class DengineGrpc(Dengine):
+    name = "dengine-grpc"
+    transport = "grpc"
 
 
 class DengineEmbedded(Dengine):
@@ -516,7 +526,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if name == "etcd":
             system = Etcd(workdir, etcd_binary, args.etcd_client)
         else:
-            system = {"dengine": Dengine, "dengine-embedded": DengineEmbedded,
+            system = {"dengine": Dengine, "dengine-grpc": DengineGrpc,
+                      "dengine-embedded": DengineEmbedded,
                       "pysyncobj": PySyncObj, "pysyncobj-nobatch": PySyncObjNoBatch}[name](
                 workdir)
         console.print(f"[bold]{name}[/]: starting a 3-node cluster")
@@ -547,6 +558,12 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "options": {k: v for k, v in vars(args).items() if k != "out"}}
 
 
+def ratio_columns(systems: list[str]) -> list[tuple[str, str]]:
+    """(ours, baseline) pairs to show; the gRPC client only against etcd (also gRPC)."""
+    return [(d, b) for d in systems if d.startswith("dengine") for b in systems
+            if b in BASELINES and (d != "dengine-grpc" or b == "etcd")]
+
+
 def cpu_note(row: dict[str, Any]) -> str:
     cpu = row.get("bench_process_cpu_us_per_op")
     return f"  (bench process CPU {cpu:.0f} us/op)" if cpu is not None else ""
@@ -556,8 +573,7 @@ def comparison_table(data: dict[str, Any]) -> Table:
     rows = data["rows"]
     systems = list(dict.fromkeys(r["system"] for r in rows))
     by_key = {(r["system"], r["workload"], r["concurrency"]): r for r in rows}
-    ours = [s for s in systems if s.startswith("dengine")]
-    ratios = [(d, b) for d in ours for b in systems if b in BASELINES]
+    ratios = ratio_columns(systems)
     table = Table(title="3-node clusters, ops/s (p50 / p99 ms)", show_lines=True)
     table.add_column("workload")
     table.add_column("in flight", justify="right")
@@ -592,8 +608,7 @@ def markdown_table(data: dict[str, Any]) -> str:
     rows = data["rows"]
     systems = list(dict.fromkeys(r["system"] for r in rows))
     by_key = {(r["system"], r["workload"], r["concurrency"]): r for r in rows}
-    ratios = [(d, b) for d in systems if d.startswith("dengine") for b in systems
-              if b in BASELINES]
+    ratios = ratio_columns(systems)
     head = ["workload", "in flight", *systems, *(f"{d} ÷ {b}" for d, b in ratios)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for workload in dict.fromkeys(r["workload"] for r in rows):
