@@ -232,6 +232,7 @@ class Node:
         self._applies: deque[asyncio.Future[list[ApplyResult]]] = deque()
         self._apply_thread_jobs = 0  # queued or running on the apply thread
         self._held: dict[int, Message] = {}  # see _hold_commit_updates
+        self._held_since = 0  # the tick of the oldest held message
         self._rounds: dict[bytes, _ReadRound] = {}
         self._ready_reads: list[tuple[int, _Read]] = []
         self._next_ctx = 0
@@ -646,7 +647,7 @@ class Node:
         try:
             while self._running:
                 if not self._has_input() and not core.has_ready():
-                    if self._held:
+                    if self._held and self._ticks > self._held_since:
                         self._send_held()
                     self._wake.clear()
                     await self._wake.wait()
@@ -661,8 +662,6 @@ class Node:
                 await self._handle_ready(loop, core, rd)
                 self._after_ready(rd)
                 core.advance(rd)
-                if self._held:
-                    await asyncio.sleep(0)  # see _hold_commit_updates
                 if len(self._applies) > _MAX_APPLIES_QUEUED:
                     await asyncio.wait([self._applies[0]])
         except asyncio.CancelledError:
@@ -934,18 +933,23 @@ class Node:
                  metadata.last_included.index, metadata.last_included.term)
 
     def _hold_commit_updates(self, messages: list[Message]) -> list[Message]:
-        """Keep back, for one loop turn, the entry-less appends that only carry the new
-        commit index; the rest go now.
+        """Keep back, until the next tick at most, the entry-less appends that only carry
+        the new commit index; the rest go now.
 
-        The writes this commit completes usually propose again within that turn, and the
-        append carrying their entries carries the commit index too, so the update is
-        dropped (see _send): one message and one follower Ready fewer per write, and the
-        follower is not busy with it when the next entries arrive. Otherwise it leaves at
-        the end of the turn. Dropping one is a lost message to Raft: always safe.
+        The writes this commit completes usually lead to new ones (at once for embedded
+        writers, a client round trip later for remote ones), and the append carrying
+        their entries carries the commit index too, so the update is dropped (see
+        _send): one message, one follower Ready and one acknowledgement fewer per write,
+        and the follower is not busy with it when the next entries arrive. Otherwise it
+        leaves when the loop is idle after the next tick, so an idle follower learns the
+        commit within a tick (10 ms by default; a ReadIndex round's heartbeats carry it
+        sooner). Dropping one is a lost message to Raft: always safe.
         """
         rest = []
         for msg in messages:
             if msg.type == MSG_APPEND and not msg.entries:
+                if not self._held:
+                    self._held_since = self._ticks
                 self._held[msg.to_id] = msg
             else:
                 rest.append(msg)
