@@ -285,10 +285,13 @@ class _Batcher(Generic[P, T]):
                 size += item.size
             if not batch:
                 break
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._start(batch)
+
+    def _start(self, batch: list[_Item[P, T]]) -> None:
+        self._inflight += 1
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Item[P, T]]) -> None:
         try:
@@ -779,8 +782,9 @@ class Client:
             return await asyncio.wait_for(asyncio.shield(task),
                                           max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            raise _Unsent(Unavailable(f"{addr}: no native connection before the deadline")
-                          ) from None
+            raise _Unsent(Unavailable(
+                f"cannot connect to {addr} before the deadline (no answer to the Status call "
+                "that finds its native listener)")) from None
 
     async def _open_native(self, addr: str, deadline: float) -> NativeConnection | None:
         """Ask `addr` for its native address (gRPC Status) and connect to it."""
