@@ -285,13 +285,10 @@ class _Batcher(Generic[P, T]):
                 size += item.size
             if not batch:
                 break
-            self._start(batch)
-
-    def _start(self, batch: list[_Item[P, T]]) -> None:
-        self._inflight += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Item[P, T]]) -> None:
         try:

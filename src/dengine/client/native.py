@@ -8,10 +8,7 @@ exceptions below to dengine errors: which one tells whether a write may have bee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import socket
-from typing import cast
 
 from dengine.config import parse_address
 from dengine.proto.native import (
@@ -22,6 +19,7 @@ from dengine.proto.native import (
     RESPONSE_OVERHEAD,
     STATUS_NAMES,
     STATUS_OK,
+    adopt_transport,
     request_frame,
 )
 
@@ -91,11 +89,7 @@ class NativeConnection(asyncio.Protocol):
     # ---- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = adopt_transport(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:

@@ -890,6 +890,15 @@ class RaftCore:
                 return True
             if not entries and not allow_empty:
                 break
+            msg = Message(
+                type=MSG_APPEND,
+                to_id=to,
+                from_id=self.id,
+                term=self.term,
+                index=prev,
+                log_term=prev_term,
+                commit=log.committed,
+            )
             batch = self._batch
             if (
                 batch is not None
@@ -898,27 +907,9 @@ class RaftCore:
                 and entries[-1].index == batch.last
                 and entries[-1].term == batch.term
             ):
-                msg = Message(
-                    type=MSG_APPEND,
-                    to_id=to,
-                    from_id=self.id,
-                    term=self.term,
-                    index=prev,
-                    log_term=prev_term,
-                    commit=log.committed,
-                )
                 msg.MergeFromString(batch.encoded())
             else:
-                msg = Message(
-                    type=MSG_APPEND,
-                    to_id=to,
-                    from_id=self.id,
-                    term=self.term,
-                    index=prev,
-                    log_term=prev_term,
-                    commit=log.committed,
-                    entries=entries,
-                )
+                msg.entries.extend(entries)
             if len(entries) > 1 and msg.ByteSize() > cfg.max_bytes_per_msg:
                 entries = _within_bytes(entries, cfg.max_bytes_per_msg)
                 del msg.entries[len(entries) :]

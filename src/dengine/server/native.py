@@ -16,12 +16,11 @@ other connections, and a closed connection cancels nothing already handed to the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from google.protobuf.message import Message as ProtoMessage
 
@@ -37,6 +36,7 @@ from dengine.proto.native import (
     STATUS_SHUTTING_DOWN,
     STATUS_TOO_LARGE,
     STATUS_UNKNOWN_METHOD,
+    adopt_transport,
     response_frame,
 )
 from dengine.server.service import ClientService
@@ -145,11 +145,7 @@ class _Connection(asyncio.Protocol):
         self._writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._transport = adopt_transport(transport)
         self._server.opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
