@@ -11,7 +11,7 @@ from storage_helpers import ChunksOnlyDisk, command_entry, insert, log_entries
 
 from dengine.errors import CorruptionError
 from dengine.proto import LogId
-from dengine.storage import FileStateMachine, records, snapshot
+from dengine.storage import FileStateMachine, kvfile, records
 from dengine.storage.file_state_machine import CHECKPOINT_FILE, encode_checkpoint_meta
 from dengine.storage.fileio import SimulatedDisk
 
@@ -79,7 +79,7 @@ def test_a_version_1_checkpoint_is_still_read():
     meta = encode_checkpoint_meta(LogId(index=7, term=2), 1, len(state), None, None)
     rewrite(disk, b"".join([
         records.encode_header(records.MAGIC_CHECKPOINT, 1), records.frame(meta),
-        *snapshot.encode_items(state.items()),
+        *kvfile.encode_items(state.items()),
     ]))
     sm = FileStateMachine(DIR, fileio=disk)
     assert sm.items() == state and sm.last_applied() == LogId(index=7, term=2)

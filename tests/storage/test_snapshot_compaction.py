@@ -13,7 +13,7 @@ from dengine.errors import StorageError
 from dengine.proto import LogId, Member, Membership, SnapshotMetadata
 from dengine.storage import MemoryRaftLog, RaftLog
 from dengine.storage.fileio import RealDisk
-from dengine.storage.snapshot import read_snapshot, sorted_keys, write_snapshot
+from dengine.storage.kvfile import read_snapshot, sorted_keys, write_snapshot
 
 
 def _meta(index: int, term: int = 1) -> SnapshotMetadata:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -38,7 +37,6 @@ class RichProgress:
         )
         self._task: TaskID | None = None
         self._unit = "ops"
-        self._began = 0.0
 
     def __enter__(self) -> RichProgress:
         self._progress.start()
@@ -52,7 +50,6 @@ class RichProgress:
     def phase(self, name: str, total: float | None, unit: str = "ops") -> None:
         self._finish()
         self._unit = unit
-        self._began = time.monotonic()
         self._task = self._progress.add_task(name, total=total, rate="")
 
     def update(self, done: int, elapsed: float) -> None:

@@ -1,7 +1,7 @@
-"""`dengine bench storage`: apply and log-append throughput, against the seed's naive design.
+"""`dengine bench storage`: apply and log-append throughput, against a naive design.
 
-The naive baseline is the seed's `apply_chunk`: update the map, then rewrite the whole
-map to disk (and fsync) on every chunk, so its cost grows with the store.
+The naive baseline's `apply_chunk` updates the map, then rewrites the whole map to disk
+(and fsyncs) on every chunk, so its cost grows with the store.
 
 Each case reports wall time and CPU time (user and kernel) per entry, and the run starts
 by timing bare fdatasyncs of one chunk's worth of WAL bytes: wall time minus CPU time is
@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dengine.proto import Entry, LogId, SnapshotMetadata, WriteCommand
-from dengine.storage import snapshot
+from dengine.storage import kvfile
 from dengine.storage.file_state_machine import FileStateMachine
 from dengine.storage.fileio import RealDisk
 from dengine.storage.raft_log import RaftLog
@@ -140,7 +140,7 @@ def preload(directory: str, store_keys: int, rng: random.Random) -> FileStateMac
     state = {make_key(k): value for k in range(store_keys)}
     last = LogId(index=store_keys, term=1)
     snap_dir = os.path.join(directory, "preload-snapshot")
-    checksum = snapshot.write_snapshot(io, snap_dir, state, last, None)
+    checksum = kvfile.write_snapshot(io, snap_dir, state, last, None)
     del state
     sm = FileStateMachine(os.path.join(directory, "sm"))
     sm.apply_snapshot_from_file(SnapshotMetadata(last_included=last, checksum=checksum), snap_dir)
@@ -149,7 +149,7 @@ def preload(directory: str, store_keys: int, rng: random.Random) -> FileStateMac
 
 
 class NaiveStateMachine:
-    """The seed's design: every chunk rewrites the whole map, then fsyncs."""
+    """Every chunk rewrites the whole map, then fsyncs (cost grows with the store)."""
 
     def __init__(self, directory: str, state: dict[bytes, bytes]) -> None:
         self._path = os.path.join(directory, "naive.bin")

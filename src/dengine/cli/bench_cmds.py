@@ -40,8 +40,8 @@ def storage(sizes: str, chunks: str, seconds: float, naive_seconds: float,
             directory: str | None) -> None:
     """apply_chunk and Raft log append throughput (one fsync per chunk/batch).
 
-    Compares FileStateMachine with a naive baseline that rewrites the whole map per
-    chunk, as the seed does. 16-byte keys, 256-byte values.
+    Compares FileStateMachine with a naive baseline that rewrites the whole map (and
+    fsyncs) per chunk. 16-byte keys, 256-byte values.
     """
     from rich.console import Console
     from rich.table import Table

@@ -24,7 +24,7 @@ import crc32c
 
 from dengine.proto import LogId, Membership, SnapshotAck, SnapshotChunk, SnapshotMetadata
 from dengine.storage.fileio import RealDisk
-from dengine.storage.snapshot import SNAPSHOT_FILE, write_snapshot
+from dengine.storage.kvfile import SNAPSHOT_FILE, write_snapshot
 
 log = logging.getLogger(__name__)
 

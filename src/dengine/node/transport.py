@@ -247,12 +247,6 @@ class Transport:
         self._server = await asyncio.start_server(self._accept, host, port)
         self.set_peers(self._peer_addresses)
 
-    @property
-    def bound_port(self) -> int:
-        """The listener's actual port (useful when `listen` asked for port 0)."""
-        assert self._server is not None, "transport not started"
-        return int(self._server.sockets[0].getsockname()[1])
-
     async def close(self) -> None:
         """Stop every connection and the listener; queued messages are discarded."""
         self._closed = True
@@ -371,13 +365,6 @@ class Transport:
     def snapshot_transfers(self) -> list[int]:
         """Peers a snapshot is being streamed to."""
         return [i for i, link in self._links.items() if link.transfer is not None]
-
-    def snapshot_progress(self, peer: int) -> tuple[int, int] | None:
-        """(bytes acknowledged, file size) of the transfer to `peer`, or None."""
-        link = self._links.get(peer)
-        if link is None or link.transfer is None:
-            return None
-        return link.transfer.acked, link.transfer.size
 
     def send_snapshot_ack(self, peer: int, ack: SnapshotAck) -> None:
         """Queue an acknowledgement for the sender `peer` (replaces an unsent older one)."""

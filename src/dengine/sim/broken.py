@@ -57,11 +57,3 @@ class EndlessLeaseCore(RaftCore):
 
     def _lease_valid(self) -> bool:
         return self.state is Role.LEADER and self.term_committed
-
-
-BROKEN_CORES = {
-    "commit-old-term": CommitOldTermCore,
-    "double-vote": DoubleVoteCore,
-    "endless-lease": EndlessLeaseCore,
-    "lease-without-check-quorum": LeaseWithoutCheckQuorumCore,
-}

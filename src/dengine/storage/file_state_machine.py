@@ -1,4 +1,4 @@
-"""The seed's file state machine, made crash-safe and O(chunk) per apply.
+"""The durable key-value state machine: a WAL per applied chunk plus periodic checkpoints.
 
 Directory layout (see docs/formats.md)::
 
@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
-from dengine.storage import records, snapshot
+from dengine.storage import kvfile, records
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.state_machine import (
     OP_CONFIG,
@@ -126,8 +126,8 @@ def encode_checkpoint_meta(
 ) -> bytes:
     return (
         _CHECKPOINT_META.pack(last_applied.index, last_applied.term, wal_seq, count)
-        + snapshot.pack_blob(membership.SerializeToString() if membership is not None else b"")
-        + snapshot.pack_blob(
+        + kvfile.pack_blob(membership.SerializeToString() if membership is not None else b"")
+        + kvfile.pack_blob(
             snapshot_meta.SerializeToString() if snapshot_meta is not None else b""
         )
         + bytes([(membership is not None) | (snapshot_meta is not None) << 1])
@@ -139,8 +139,8 @@ def decode_checkpoint_meta(
 ) -> tuple[LogId, int, int, Membership | None, SnapshotMetadata | None]:
     try:
         index, term, wal_seq, count = _CHECKPOINT_META.unpack_from(payload, 0)
-        m_blob, end = snapshot.unpack_blob(payload, _CHECKPOINT_META.size)
-        s_blob, end = snapshot.unpack_blob(payload, end)
+        m_blob, end = kvfile.unpack_blob(payload, _CHECKPOINT_META.size)
+        s_blob, end = kvfile.unpack_blob(payload, end)
         flags = payload[end]
         membership = Membership.FromString(m_blob) if flags & 1 else None
         snapshot_meta = SnapshotMetadata.FromString(s_blob) if flags & 2 else None
@@ -231,7 +231,7 @@ class FileStateMachine:
 
     def _load_checkpoint(self) -> int:
         path = self._path(CHECKPOINT_FILE)
-        loaded = snapshot.load_strict(self._io, path, records.MAGIC_CHECKPOINT)
+        loaded = kvfile.load_strict(self._io, path, records.MAGIC_CHECKPOINT)
         self._checkpoint_size = loaded.scan.valid_end
         last, wal_seq, count, membership, snapshot_meta = decode_checkpoint_meta(
             loaded.meta, path, loaded.meta_offset
@@ -577,7 +577,7 @@ class FileStateMachine:
             head = records.encode_header(records.MAGIC_CHECKPOINT) + records.frame(meta)
             written += len(head)
             yield head
-            for chunk in snapshot.encode_blocks(state.items()):
+            for chunk in kvfile.encode_blocks(state.items()):
                 written += len(chunk)
                 yield chunk
 
@@ -597,7 +597,7 @@ class FileStateMachine:
             check_snapshot_point(self._last_applied, last_included)
             state = dict(self._state)
             membership = self._membership
-        checksum = snapshot.write_snapshot(self._io, directory, state, last_included, membership)
+        checksum = kvfile.write_snapshot(self._io, directory, state, last_included, membership)
         with self._lock:
             self._snapshot = SnapshotMetadata(
                 last_included=copy_log_id(last_included), checksum=checksum, membership=membership
@@ -606,7 +606,7 @@ class FileStateMachine:
 
     def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
         """Verify the snapshot's SHA-256, then install it atomically (a new checkpoint)."""
-        data = snapshot.read_snapshot(self._io, directory, metadata)
+        data = kvfile.read_snapshot(self._io, directory, metadata)
         self._wait_checkpoint()
         with self._lock:
             seq = self._wal_seq + 1

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, HardState
-from dengine.storage import records, snapshot
+from dengine.storage import kvfile, records
 from dengine.storage.file_state_machine import (
     CHECKPOINT_FILE,
     decode_checkpoint_meta,
@@ -57,7 +57,7 @@ def _kind(name: str) -> tuple[str, bytes] | None:
         return "state machine WAL", records.MAGIC_WAL
     if name == CHECKPOINT_FILE:
         return "state machine checkpoint", records.MAGIC_CHECKPOINT
-    if name == snapshot.SNAPSHOT_FILE:
+    if name == kvfile.SNAPSHOT_FILE:
         return "snapshot", records.MAGIC_SNAPSHOT
     return None
 

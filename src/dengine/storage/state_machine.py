@@ -1,4 +1,5 @@
-"""The `StateMachine` contract (the seed's trait in Python form) and an in-memory implementation.
+"""The `StateMachine` contract (what the node calls to apply, read and snapshot) and an
+in-memory implementation.
 
 Methods are plain and synchronous; the node decides which thread calls them. Applying a
 committed entry is deterministic and never fails for input reasons: a command that does
@@ -16,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from dengine.errors import StorageError
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata, WriteCommand
-from dengine.storage import snapshot
+from dengine.storage import kvfile
 from dengine.storage.fileio import FileIO, RealDisk
 
 
@@ -61,16 +62,6 @@ OP_CONFIG = 3  # value = encoded Membership
 OP_REJECTED = 4  # a command that did not decode: applied as a failed no-op
 OP_LAST_APPLIED = 5  # persist_last_applied: (index, term) only
 OP_SNAPSHOT_META = 6  # persist_last_snapshot_metadata: value = encoded SnapshotMetadata
-
-OP_NAMES = {
-    OP_NOOP: "noop",
-    OP_INSERT: "insert",
-    OP_DELETE: "delete",
-    OP_CONFIG: "config",
-    OP_REJECTED: "rejected",
-    OP_LAST_APPLIED: "last_applied",
-    OP_SNAPSHOT_META: "snapshot_meta",
-}
 
 Op = tuple[int, int, int, bytes, bytes]  # index, term, op, key, value
 
@@ -384,7 +375,7 @@ class MemoryStateMachine:
 
     def generate_snapshot_data(self, directory: str, last_included: LogId) -> bytes:
         check_snapshot_point(self._last_applied, last_included)
-        checksum = snapshot.write_snapshot(
+        checksum = kvfile.write_snapshot(
             self._io, directory, self._state, last_included, self._membership
         )
         self._snapshot = SnapshotMetadata(
@@ -394,7 +385,7 @@ class MemoryStateMachine:
         return checksum
 
     def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
-        data = snapshot.read_snapshot(self._io, directory, metadata)
+        data = kvfile.read_snapshot(self._io, directory, metadata)
         self._state = data.state
         self._last_applied = data.last_included
         self._membership = data.membership

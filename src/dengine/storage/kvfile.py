@@ -218,17 +218,6 @@ def decode_items(scan: records.ScanResult, first: int) -> dict[bytes, bytes]:
     return state
 
 
-def read_strict(io: FileIO, path: str, magic: bytes) -> records.ScanResult:
-    """Scan a file that was written whole (atomically): any bad byte is corruption."""
-    scan = records.scan(io.read(path), path, magic)
-    scan.raise_if_corrupt()
-    if scan.torn:
-        raise CorruptionError(path, scan.valid_end, f"incomplete file: {scan.torn_reason}")
-    if not scan.records:
-        raise CorruptionError(path, records.HEADER_SIZE, "metadata record missing")
-    return scan
-
-
 def pack_blob(blob: bytes) -> bytes:
     return _KEY_LEN.pack(len(blob)) + blob
 
