@@ -32,14 +32,14 @@ def test_slow_apply_writes_resolve_only_once_applied_in_commit_order(tmp_path: P
         sm = node._sm
         assert sm is not None
         applied_chunks: list[list[int]] = []
-        real_apply = node._apply
+        real_apply = node._apply._apply
 
         def slow_apply(entries: Any) -> Any:
             time.sleep(0.005)  # the next turns persist meanwhile
             applied_chunks.append([e.index for e in entries])
             return real_apply(entries)
 
-        node._apply = slow_apply  # type: ignore[method-assign]
+        node._apply._apply = slow_apply  # type: ignore[method-assign]
         seen: list[bool] = []
 
         async def put_and_check(i: int) -> None:
@@ -75,7 +75,7 @@ def test_a_failing_apply_stops_the_node_and_fails_pending_writes(tmp_path: Path)
             calls.set()
             raise StorageError("disk gone")
 
-        node._apply = broken_apply  # type: ignore[method-assign]
+        node._apply._apply = broken_apply  # type: ignore[method-assign]
         try:
             with pytest.raises(DengineError):
                 await engine.put(b"b", b"2", timeout=5.0)
@@ -96,7 +96,7 @@ def test_small_writes_are_persisted_and_applied_on_the_loop(tmp_path: Path) -> N
         engine = await _lone_engine(tmp_path)
         node = engine._node
         threads: dict[str, set[str]] = {"persist": set(), "apply": set()}
-        real_persist, real_apply = node._persist, node._apply
+        real_persist, real_apply = node._persist, node._apply._apply
 
         def persist(rd: Any, save: bool) -> None:
             threads["persist"].add(threading.current_thread().name)
@@ -107,7 +107,7 @@ def test_small_writes_are_persisted_and_applied_on_the_loop(tmp_path: Path) -> N
             return real_apply(entries)
 
         node._persist = persist  # type: ignore[method-assign]
-        node._apply = apply  # type: ignore[method-assign]
+        node._apply._apply = apply  # type: ignore[method-assign]
         try:
             for i in range(20):
                 await engine.put(b"k%d" % i, b"v")
@@ -126,7 +126,7 @@ def test_a_small_chunk_never_overtakes_one_queued_on_the_apply_thread(tmp_path: 
         node = engine._node
         applied: list[tuple[int, bool]] = []  # (first index, on the loop thread)
         loop_thread = threading.current_thread()
-        real_apply = node._apply
+        real_apply = node._apply._apply
 
         def apply(entries: Any) -> Any:
             on_loop = threading.current_thread() is loop_thread
@@ -135,7 +135,7 @@ def test_a_small_chunk_never_overtakes_one_queued_on_the_apply_thread(tmp_path: 
             applied.append((entries[0].index, on_loop))
             return real_apply(entries)
 
-        node._apply = apply  # type: ignore[method-assign]
+        node._apply._apply = apply  # type: ignore[method-assign]
         try:
             # more than _INLINE_MAX_ENTRIES: applied on the apply thread
             big = engine.write([_insert(b"big%d" % i) for i in range(1100)])
@@ -170,7 +170,7 @@ def test_few_but_large_entries_are_persisted_and_applied_on_the_threads(tmp_path
         node = engine._node
         loop_thread = threading.current_thread()
         on_loop: dict[str, list[bool]] = {"persist": [], "apply": []}
-        real_persist, real_apply = node._persist, node._apply
+        real_persist, real_apply = node._persist, node._apply._apply
 
         def persist(rd: Any, save: bool) -> None:
             if rd.entries:
@@ -182,7 +182,7 @@ def test_few_but_large_entries_are_persisted_and_applied_on_the_threads(tmp_path
             return real_apply(entries)
 
         node._persist = persist  # type: ignore[method-assign]
-        node._apply = apply  # type: ignore[method-assign]
+        node._apply._apply = apply  # type: ignore[method-assign]
         try:
             big = b"v" * (400 * 1024)
             await engine.write([_insert(b"big%d" % i, big) for i in range(3)])  # 1.2 MB

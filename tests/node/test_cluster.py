@@ -7,61 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_helpers import free_port, run, until
+from node_helpers import Cluster, run, until
 
-from dengine import Engine
 from dengine.errors import NotLeader, Timeout, Unavailable
 from dengine.proto import MessageType
-
-FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
-        "clock_drift_ms": 20}
-
-
-class Cluster:
-    """Three engines on free ports; restartable by node id."""
-
-    def __init__(self, base: Path, size: int = 3) -> None:
-        self.base = base
-        self.peer_ports = {i: free_port() for i in range(1, size + 1)}
-        self.client_ports = {i: free_port() for i in range(1, size + 1)}
-        self.engines: dict[int, Engine] = {}
-
-    def settings(self, node_id: int) -> dict[str, Any]:
-        return {
-            **FAST,
-            "node_id": node_id,
-            "listen_peer": f"127.0.0.1:{self.peer_ports[node_id]}",
-            "listen_client": f"127.0.0.1:{self.client_ports[node_id]}",
-            "peers": {i: f"127.0.0.1:{p}" for i, p in self.peer_ports.items() if i != node_id},
-        }
-
-    async def start(self, node_id: int) -> Engine:
-        engine = await Engine.start(str(self.base / f"n{node_id}"), **self.settings(node_id))
-        self.engines[node_id] = engine
-        return engine
-
-    async def start_all(self) -> None:
-        await asyncio.gather(*(self.start(i) for i in self.peer_ports))
-
-    async def stop(self, node_id: int) -> None:
-        await self.engines.pop(node_id).stop()
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(e.stop() for e in self.engines.values()))
-        self.engines.clear()
-
-    async def leader(self, timeout: float = 10.0) -> Engine:
-        """The single leader all running nodes agree on."""
-        def agreed() -> bool:
-            leaders = {e.leader_id for e in self.engines.values()}
-            return len(leaders) == 1 and leaders != {0} and any(
-                e.is_leader for e in self.engines.values()
-            )
-        await until(agreed, timeout)
-        return next(e for e in self.engines.values() if e.is_leader)
-
-    def followers(self) -> list[Engine]:
-        return [e for e in self.engines.values() if not e.is_leader]
 
 
 def test_election_replication_and_reads(tmp_path: Path) -> None:

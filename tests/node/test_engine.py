@@ -194,10 +194,10 @@ def test_concurrent_writes_share_fsyncs_and_reads_share_read_index_rounds(
             assert sum(appends) == 500
             assert len(appends) <= 5, appends
             node = engine._node
-            rounds_before = node._next_ctx
+            rounds_before = node._reads.rounds_started
             values = await asyncio.gather(*(engine.get(b"k%d" % i) for i in range(500)))
             assert values == [b"v"] * 500
-            assert node._next_ctx - rounds_before <= 5
+            assert node._reads.rounds_started - rounds_before <= 5
 
     run(main())
 
@@ -229,11 +229,11 @@ def test_a_loop_of_eventual_reads_does_not_starve_the_node(tmp_path: Path) -> No
             await engine.put(b"k", b"v")
             node = engine._node
             loop = asyncio.get_running_loop()
-            ticks = node._ticks
+            ticks = node._pending.ticks
             deadline = loop.time() + 0.3  # 60 ticks of 5 ms
             while loop.time() < deadline:
                 assert await engine.get(b"k", "eventual") == b"v"
-            assert node._ticks - ticks >= 20
+            assert node._pending.ticks - ticks >= 20
             assert engine.is_leader
 
     run(main())

@@ -1,11 +1,11 @@
-"""_EntrySizes never under-states the bytes of entries it claims to know (hypothesis model)."""
+"""EntrySizes never under-states the bytes of entries it claims to know (hypothesis model)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dengine.node.node import _EntrySizes
+from dengine.node.apply import EntrySizes
 
 # ("add", first offset back from the end, count, size per entry) | ("apply", how many)
 _steps = st.lists(st.one_of(
@@ -16,7 +16,7 @@ _steps = st.lists(st.one_of(
 
 @given(_steps)
 def test_known_sizes_bound_the_real_ones(steps):
-    sizes = _EntrySizes()
+    sizes = EntrySizes()
     real: dict[int, int] = {}  # index -> bytes of the entry now in the log
     last = applied = 0
     for kind, back, count, each in steps:

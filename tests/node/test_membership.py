@@ -5,68 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
-from node_helpers import free_port, run, until
+from node_helpers import Cluster, run, until
 
 from dengine import Engine
-from dengine.errors import InvalidRequest, NotLeader, Timeout, Unavailable
-
-FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
-        "clock_drift_ms": 20}
-
-
-class Nodes:
-    """Engines that start alone (node 1) or join (the others), on free ports."""
-
-    def __init__(self, base: Path, **extra: Any) -> None:
-        self.base = base
-        self.ports: dict[int, int] = {}
-        self.engines: dict[int, Engine] = {}
-        self.extra = extra
-
-    def peer(self, node_id: int) -> str:
-        if node_id not in self.ports:
-            self.ports[node_id] = free_port()
-        return f"127.0.0.1:{self.ports[node_id]}"
-
-    async def start(self, node_id: int, join: bool = False, **extra: Any) -> Engine:
-        settings = {**FAST, **self.extra, **extra, "node_id": node_id,
-                    "listen_peer": self.peer(node_id),
-                    "listen_client": f"127.0.0.1:{free_port()}"}
-        if join:
-            settings["join"] = "127.0.0.1:1"  # any cluster endpoint: the test adds it itself
-        engine = await Engine.start(str(self.base / f"n{node_id}"), **settings)
-        self.engines[node_id] = engine
-        return engine
-
-    async def stop(self, node_id: int) -> None:
-        await self.engines.pop(node_id).stop()
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(e.stop() for e in self.engines.values()))
-        self.engines.clear()
-
-    async def leader(self, timeout: float = 10.0) -> Engine:
-        """The one engine that leads (joiners that know no leader yet do not count)."""
-        def one() -> bool:
-            leaders = [e for e in self.engines.values() if e.is_leader]
-            known = {e.leader_id for e in self.engines.values()} - {0}
-            return len(leaders) == 1 and known == {leaders[0].node_id}
-        await until(one, timeout)
-        return next(e for e in self.engines.values() if e.is_leader)
-
-    async def change(self, what: str, *args: Any, **kwargs: Any) -> Engine:
-        """Run a membership change on the leader, retrying while another one settles."""
-        for _ in range(100):
-            leader = await self.leader()
-            try:
-                await getattr(leader, what)(*args, **kwargs)
-                return leader
-            except (Unavailable, NotLeader, Timeout):
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"{what}{args} never succeeded")
+from dengine.errors import InvalidRequest, NotLeader, Unavailable
 
 
 def roles(engine: Engine) -> dict[int, str]:
@@ -84,7 +28,7 @@ async def has_keys(engine: Engine, hi: int) -> bool:
 
 def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
     async def main() -> None:
-        nodes = Nodes(tmp_path, snapshot_threshold_entries=100, snapshot_chunk_bytes=2048)
+        nodes = Cluster(tmp_path, 0, snapshot_threshold_entries=100, snapshot_chunk_bytes=2048)
         try:
             one = await nodes.start(1)
             await one.wait_ready()
@@ -96,7 +40,7 @@ def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
             assert two.status().role != "leader" and two.status().term == 0  # never campaigns
             await nodes.change("add_learner", 2, nodes.peer(2), promote_when_caught_up=True)
             await until(lambda: roles(one).get(2) == "voter", timeout=20)
-            assert two._node.snapshots_installed == 1  # caught up through a snapshot
+            assert two._node._snaps.installed == 1  # caught up through a snapshot
             assert await has_keys(two, 400)
             await until(lambda: two.status().voters == [1, 2])  # node 2 learns it too
             info = {m.id: m for m in one.members()}
@@ -111,11 +55,11 @@ def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
             assert three.status().role == "learner"
             await nodes.change("promote", 3)
             await until(lambda: sorted(three.status().voters) == [1, 2, 3])
-            leader = await nodes.leader()
+            leader = await nodes.leader(all_know=False)
             await write(leader, 400, 450)
             # the first node can now fail: the two others elect a leader and keep the data
             await nodes.stop(1)
-            leader = await nodes.leader()
+            leader = await nodes.leader(all_know=False)
             assert leader.node_id in (2, 3)
             await write(leader, 450, 460)
             assert await has_keys(leader, 460)
@@ -131,7 +75,7 @@ def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
     run(main(), timeout=90)
 
 
-async def three_voters(nodes: Nodes) -> Engine:
+async def three_voters(nodes: Cluster) -> Engine:
     one = await nodes.start(1)
     await one.wait_ready()
     for i in (2, 3):
@@ -143,10 +87,10 @@ async def three_voters(nodes: Nodes) -> Engine:
 
 def test_remove_a_follower_then_the_leader(tmp_path: Path) -> None:
     async def main() -> None:
-        nodes = Nodes(tmp_path)
+        nodes = Cluster(tmp_path, 0)
         try:
             await three_voters(nodes)
-            leader = await nodes.leader()
+            leader = await nodes.leader(all_know=False)
             await write(leader, 0, 50)
             follower = next(i for i in nodes.engines if i != leader.node_id)
             leader = await nodes.change("remove_member", follower)
@@ -173,7 +117,7 @@ def test_remove_a_follower_then_the_leader(tmp_path: Path) -> None:
 
 def test_refused_membership_changes(tmp_path: Path) -> None:
     async def main() -> None:
-        nodes = Nodes(tmp_path, promote_lag=5)
+        nodes = Cluster(tmp_path, 0, promote_lag=5)
         try:
             one = await nodes.start(1)
             await one.wait_ready()

@@ -12,7 +12,8 @@ from node_helpers import run
 
 from dengine.config import NodeConfig
 from dengine.errors import Timeout, Unavailable
-from dengine.node.node import Node, _Write
+from dengine.node.node import Node
+from dengine.node.pending import Pending, Write
 from dengine.proto import Entry
 from dengine.raft import Role
 from dengine.storage import ApplyResult
@@ -24,27 +25,27 @@ def _node(tmp_path: Path) -> Node:
 
 def test_same_term_resolves_with_results_in_order(tmp_path: Path) -> None:
     async def main() -> None:
-        node = _node(tmp_path)
+        pending = Pending(0.01)
         future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
-        write = _Write(future, 2, 5.0, 500)
-        node._waiters = {5: (3, write, 0), 6: (3, write, 1)}
+        write = Write(future, 2, 5.0, 500)
+        pending.waiters = {5: (3, write, 0), 6: (3, write, 1)}
         entries = [Entry(index=5, term=3), Entry(index=6, term=3)]
-        node._resolve_writes(entries, [ApplyResult(5), ApplyResult(6, succeeded=False)])
+        pending.resolve(entries, [ApplyResult(5), ApplyResult(6, succeeded=False)])
         assert future.result() == [ApplyResult(5), ApplyResult(6, succeeded=False)]
-        assert node._waiters == {}
+        assert pending.waiters == {}
 
     run(main())
 
 
 def test_index_taken_by_another_term_is_a_definite_failure(tmp_path: Path) -> None:
     async def main() -> None:
-        node = _node(tmp_path)
+        pending = Pending(0.01)
         future: asyncio.Future[list[ApplyResult]] = asyncio.get_running_loop().create_future()
-        write = _Write(future, 2, 5.0, 500)
-        node._waiters = {5: (3, write, 0), 6: (3, write, 1)}
+        write = Write(future, 2, 5.0, 500)
+        pending.waiters = {5: (3, write, 0), 6: (3, write, 1)}
         # a new leader (term 4) overwrote index 6 but our entry 5 survived
         entries = [Entry(index=5, term=3), Entry(index=6, term=4)]
-        node._resolve_writes(entries, [ApplyResult(5), ApplyResult(6)])
+        pending.resolve(entries, [ApplyResult(5), ApplyResult(6)])
         with pytest.raises(Unavailable, match="leadership changed; write not applied"):
             future.result()
 
@@ -56,15 +57,15 @@ def test_deadline_and_stop_give_timeout_for_unknown_outcomes(tmp_path: Path) -> 
         node = _node(tmp_path)
         loop = asyncio.get_running_loop()
         expiring: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        node._waiters = {3: (1, _Write(expiring, 1, 0.001, node._due(0.001)), 0)}
-        node._ticks += 5
+        node._pending.waiters = {3: (1, Write(expiring, 1, 0.001, node._due(0.001)), 0)}
+        node._pending.ticks += 5
         node._expire()
         with pytest.raises(Timeout, match="may still be applied"):
             expiring.result()
         in_flight: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        node._waiters = {9: (1, _Write(in_flight, 1, 5.0, node._due(5.0)), 0)}
+        node._pending.waiters = {9: (1, Write(in_flight, 1, 5.0, node._due(5.0)), 0)}
         queued: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        node._in_proposals = [([b"x"], _Write(queued, 1, 5.0, node._due(5.0)))]
+        node._in_proposals = [([b"x"], Write(queued, 1, 5.0, node._due(5.0)))]
         node._fail_pending(stopping=True)
         with pytest.raises(Timeout, match="outcome was known"):
             in_flight.result()
@@ -86,7 +87,7 @@ def test_every_pending_request_times_out_and_finished_ones_are_not_kept(tmp_path
         node.role = Role.LEADER
         queued = node.propose([b"x"], 0.05)
         proposed: asyncio.Future[list[ApplyResult]] = loop.create_future()
-        node._waiters = {4: (1, _Write(proposed, 1, 0.05, node._due(0.05)), 0)}
+        node._pending.waiters = {4: (1, Write(proposed, 1, 0.05, node._due(0.05)), 0)}
         reads = {mode: node.read([b"k"], mode, 0.05) for mode in ("linearizable", "eventual")}
         late = node.read([b"k"], "lease", 60.0)
         done = node.propose([b"y"], 0.05)
@@ -96,7 +97,7 @@ def test_every_pending_request_times_out_and_finished_ones_are_not_kept(tmp_path
         del done
         gc.collect()
         assert finished() is None
-        node._ticks += node._due(0.05)
+        node._pending.ticks += node._due(0.05)
         node._expire()
         for future in (queued, proposed, *reads.values()):
             with pytest.raises(Timeout):

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from node_helpers import free_port, run, until
+from node_helpers import FAST, Cluster, free_port, run, until
 
 from dengine import Engine
-from dengine.errors import NotLeader, Timeout, Unavailable
 from dengine.node.snapshots import SnapshotStore
 from dengine.proto import (
     Entry,
@@ -28,74 +27,8 @@ from dengine.proto import (
 )
 from dengine.storage import FileStateMachine, RaftLog
 
-FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
-        "clock_drift_ms": 20}
 SNAP = {"snapshot_threshold_entries": 50, "snapshot_chunk_bytes": 4096,
         "log_segment_bytes": 4096}
-
-
-class Cluster:
-    """Engines on free ports; restartable by node id."""
-
-    def __init__(self, base: Path, size: int = 3, **extra: Any) -> None:
-        self.base = base
-        self.peer_ports = {i: free_port() for i in range(1, size + 1)}
-        self.engines: dict[int, Engine] = {}
-        self.extra = extra
-
-    def settings(self, node_id: int) -> dict[str, Any]:
-        return {
-            **FAST, **self.extra,
-            "node_id": node_id,
-            "listen_peer": f"127.0.0.1:{self.peer_ports[node_id]}",
-            "listen_client": f"127.0.0.1:{free_port()}",
-            "peers": {i: f"127.0.0.1:{p}" for i, p in self.peer_ports.items() if i != node_id},
-        }
-
-    def data_dir(self, node_id: int) -> Path:
-        return self.base / f"n{node_id}"
-
-    async def start(self, node_id: int) -> Engine:
-        engine = await Engine.start(str(self.data_dir(node_id)), **self.settings(node_id))
-        self.engines[node_id] = engine
-        return engine
-
-    async def start_all(self) -> None:
-        await asyncio.gather(*(self.start(i) for i in self.peer_ports))
-
-    async def stop(self, node_id: int) -> None:
-        await self.engines.pop(node_id).stop()
-
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(e.stop() for e in self.engines.values()))
-        self.engines.clear()
-
-    async def leader(self, timeout: float = 10.0) -> Engine:
-        def agreed() -> bool:
-            leaders = {e.leader_id for e in self.engines.values()}
-            return len(leaders) == 1 and leaders != {0} and any(
-                e.is_leader for e in self.engines.values()
-            )
-        await until(agreed, timeout)
-        return next(e for e in self.engines.values() if e.is_leader)
-
-
-    async def put_many(self, start: int, count: int, size: int = 100) -> Engine:
-        """Write keys start..start+count in batches, following leader changes."""
-        leader = await self.leader()
-        for lo in range(start, start + count, 100):
-            for _ in range(20):
-                try:
-                    await asyncio.gather(*(
-                        leader.put(b"k%06d" % i, b"v%06d" % i + b"x" * size)
-                        for i in range(lo, min(lo + 100, start + count))))
-                    break
-                except (NotLeader, Unavailable, Timeout):
-                    await asyncio.sleep(0.05)
-                    leader = await self.leader()
-            else:
-                raise AssertionError("no stable leader to write to")
-        return leader
 
 
 async def put_many(engine: Engine, start: int, count: int, size: int = 100) -> None:
@@ -113,7 +46,7 @@ def settled(engine: Engine, threshold: int = 50) -> bool:
     """No snapshot is due, being written or waiting for its compaction."""
     node = engine._node
     st = engine.status()
-    return (node._snapshot_task is None and node._compact_to is None
+    return (node._snaps.task is None and node._snaps.compact_to is None
             and st.applied_index - st.snapshot_index < threshold)
 
 
@@ -199,7 +132,7 @@ def test_stopped_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:
             follower = await cluster.start(lagging)
             await until(lambda: follower.status().applied_index >= leader.status().commit_index,
                         timeout=20)
-            assert follower._node.snapshots_installed >= 1
+            assert follower._node._snaps.installed >= 1
             assert follower.status().snapshot_index > 50
             assert await all_present(follower, 500)
             # and it keeps replicating from the log after the install
@@ -292,7 +225,7 @@ def test_damaged_snapshot_is_refused_then_replaced(
             await until(lambda: follower.status().applied_index >= leader.status().commit_index,
                         timeout=20)
             assert await all_present(follower, 300)
-            assert follower._node.snapshots_installed >= 1
+            assert follower._node._snaps.installed >= 1
             assert "does not match the expected" in caplog.text  # it was refused first
         finally:
             await cluster.stop_all()

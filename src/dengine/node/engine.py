@@ -23,7 +23,9 @@ from typing import Any
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Timeout
 from dengine.keys import as_bytes
-from dengine.node.node import MemberInfo, Node, NodeStatus, promoted
+from dengine.node.membership import promoted
+from dengine.node.node import Node
+from dengine.node.status import MemberInfo, NodeStatus
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
 from dengine.storage import ApplyResult

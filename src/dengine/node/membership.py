@@ -1,0 +1,163 @@
+"""Membership: the configuration, changes to it, learners and their promotion, leadership
+transfer, and which peers the transport talks to.
+
+A change is one configuration entry (one voter changed at most) proposed by the leader
+and complete once applied (`propose`). A learner added with `promote` is made a voter
+by whichever node leads once it has caught up: replicating from the log (not a
+snapshot) and within `promote_lag` entries of the leader's log (`auto_promote`, checked
+every heartbeat interval). The peers the transport talks to follow the latest
+configuration appended (`sync_peers`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dengine.config import NodeConfig
+from dengine.errors import DengineError, InvalidRequest, Unavailable
+from dengine.node.ports import PeerTransport
+from dengine.node.status import MemberInfo
+from dengine.proto import LogId, Member, Membership
+from dengine.raft import RaftCore
+from dengine.raft.progress import ProgressState
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap_membership(config: NodeConfig) -> Membership:
+    """The first configuration of a new cluster: this node and its configured peers."""
+    voters = [Member(id=config.node_id, address=config.listen_peer)]
+    voters += [Member(id=i, address=a) for i, a in sorted(config.peers.items())]
+    return Membership(voters=voters)
+
+
+def promoted(membership: Membership, node_id: int) -> Membership:
+    """`membership` with learner `node_id` moved to the voters."""
+    out = Membership()
+    out.voters.extend(membership.voters)
+    for m in membership.learners:
+        if m.id == node_id:
+            out.voters.add(id=m.id, address=m.address)
+        else:
+            out.learners.append(m)
+    return out
+
+
+class Members:
+    """The membership as this node sees and changes it (a view of the core's)."""
+
+    def __init__(self, config: NodeConfig, core: RaftCore) -> None:
+        self.node_id = config.node_id
+        self._config = config
+        self._core = core
+        self.transport: PeerTransport | None = None  # set once the transport is started
+        self._seen: Membership | None = None  # the configuration the peers were set from
+
+    def members(self, leader_id: int) -> list[MemberInfo]:
+        """The latest configuration this node has appended, with the leader's match view."""
+        core = self._core
+        membership = core.membership
+        leading = core.is_leader()
+        out = []
+        for role, group in (("voter", membership.voters), ("learner", membership.learners)):
+            for m in group:
+                pr = core.prs.get(m.id) if leading else None
+                out.append(MemberInfo(
+                    id=m.id, address=m.address, client_address=self.peer_client_address(m.id),
+                    role=role, match_index=pr.match if pr is not None else 0,
+                    is_leader=m.id == leader_id and leader_id != 0,
+                ))
+        return out
+
+    def peer_client_address(self, node_id: int) -> str:
+        if node_id == self.node_id:
+            return self._config.listen_client
+        if self.transport is not None:
+            return self.transport.peer_client_address(node_id)
+        return ""
+
+    def copy(self) -> Membership:
+        """A copy of the latest configuration appended to this node's log."""
+        out = Membership()
+        out.CopyFrom(self._core.membership)
+        return out
+
+    def propose(self, membership: Membership) -> LogId:
+        """Propose a configuration (leader); the entry's id. NotLeader, Unavailable."""
+        try:
+            lid = self._core.propose_membership(membership)
+        except Unavailable as e:
+            raise Unavailable(f"cannot change the membership now: {e.message}") from None
+        self.sync_peers()
+        return lid
+
+    def check_learner_caught_up(self, node_id: int) -> None:
+        """InvalidRequest unless `node_id` is a learner within promote_lag of our log."""
+        core = self._core
+        pr = core.prs.get(node_id)
+        last = core.log.last_index()
+        lag = self._config.promote_lag
+        if pr is None or pr.match == 0 or last - pr.match > lag:
+            match = pr.match if pr is not None else 0
+            raise InvalidRequest(
+                f"node {node_id} has not caught up: it holds the log up to {match}, the "
+                f"leader up to {last} (promote_lag {lag}); retry once it has"
+            )
+
+    def auto_promote(self) -> None:
+        """Leader: make learners added with `promote` voters once they have caught up."""
+        core = self._core
+        last = core.log.last_index()
+        for m in core.membership.learners:
+            if not m.promote:
+                continue
+            pr = core.prs.get(m.id)
+            if (pr is None or pr.match == 0 or pr.state is not ProgressState.REPLICATE
+                    or last - pr.match > self._config.promote_lag):
+                continue
+            try:
+                core.propose_membership(promoted(core.membership, m.id))
+            except DengineError as e:
+                log.debug("node %d: auto-promotion of node %d postponed: %s",
+                          self.node_id, m.id, e)
+                return
+            log.info("node %d: promoting learner %d to voter (caught up at %d of %d)",
+                     self.node_id, m.id, pr.match, last)
+            self.sync_peers()
+            return
+
+    def transfer_leadership(self, to: int) -> None:
+        self._core.transfer_leadership(to)
+
+    def transfer_target(self) -> int:
+        """The node a leadership transfer under way goes to (0: none)."""
+        return self._core.lead_transferee
+
+    def is_outside(self) -> bool:
+        """True while this node is in no membership (joining): it accepts any peer."""
+        core = self._core
+        return not core.voters and not core.learners
+
+    def changed(self) -> bool:
+        """Whether a configuration was appended (or truncated) since the peers were set."""
+        return self._core.membership is not self._seen
+
+    def sync_peers(self) -> None:
+        """Talk to the members of the latest configuration."""
+        peers = self.peer_addresses()
+        if self.transport is not None:
+            self.transport.set_peers(peers)
+
+    def peer_addresses(self) -> dict[int, str]:
+        """Peers to talk to: the members of the current membership (addresses from the
+        membership, else from the config's peers); the config's peers while not a member."""
+        membership = self._seen = self._core.membership
+        members = [*membership.voters, *membership.learners]
+        if not members:
+            return dict(self._config.peers)
+        peers = {}
+        for m in members:
+            address = m.address or self._config.peers.get(m.id, "")
+            if m.id != self.node_id and address:
+                peers[m.id] = address
+        return peers

@@ -1,0 +1,147 @@
+"""Client requests the node holds until they complete, and their deadlines.
+
+A `Write` is a batch of commands proposed together; it resolves once every one is
+applied (`Pending.resolve`). A `Read` waits in the read path (`dengine.node.reads`).
+Deadlines are counted in loop ticks (`Pending.due`) and checked every
+`EXPIRY_SCAN_TICKS` ticks by a scan of what is still pending: a timer wheel would keep
+every finished request alive until its deadline (~timeout x throughput futures for the
+garbage collector to walk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from dengine.errors import Timeout, Unavailable
+from dengine.proto import Entry
+from dengine.storage import ApplyResult
+
+EXPIRY_SCAN_TICKS = 5
+
+
+class Write:
+    """A batch of commands proposed together; resolves once every one is applied."""
+
+    __slots__ = ("due", "future", "remaining", "results", "timeout")
+
+    def __init__(
+        self, future: asyncio.Future[list[ApplyResult]], size: int, timeout: float, due: int
+    ) -> None:
+        self.future = future
+        self.results: list[Any] = [None] * size
+        self.remaining = size
+        self.timeout = timeout
+        self.due = due  # the tick after which it fails with Timeout
+
+
+class Read:
+    """A read of `keys`, answered once the state machine reaches its read index."""
+
+    __slots__ = ("due", "future", "keys", "timeout")
+
+    def __init__(
+        self,
+        keys: Sequence[bytes],
+        future: asyncio.Future[list[bytes | None]],
+        timeout: float,
+        due: int,
+    ) -> None:
+        self.keys = keys
+        self.future = future
+        self.timeout = timeout
+        self.due = due
+
+
+def expire_write(write: Write, now: int) -> None:
+    if write.due <= now and not write.future.done():
+        write.future.set_exception(Timeout(
+            f"write did not complete within {write.timeout}s; it may still be applied"
+        ))
+
+
+def expire_read(r: Read, now: int) -> None:
+    if r.due <= now and not r.future.done():
+        r.future.set_exception(Timeout(f"read did not complete within {r.timeout}s"))
+
+
+class Pending:
+    """The tick clock of deadlines, and the proposed writes waiting for their apply.
+
+    `waiters` maps a log index to (term proposed at, write, slot in the write): when the
+    entry at that index is applied, the write's slot gets its result if the entry is the
+    one proposed (same term), else the write fails with Unavailable (a definite failure:
+    another leader's entry took the index).
+    """
+
+    def __init__(self, tick_s: float) -> None:
+        self.ticks = 0  # loop ticks since start
+        self.waiters: dict[int, tuple[int, Write, int]] = {}
+        self._tick_s = tick_s
+        self._timeout_ticks: dict[float, int] = {}
+        self._next_scan = 0
+
+    def due(self, timeout: float) -> int:
+        """The tick after which a request made now with `timeout` fails (no timer per call)."""
+        ticks = self._timeout_ticks.get(timeout)
+        if ticks is None:
+            if len(self._timeout_ticks) > 64:
+                self._timeout_ticks.clear()
+            ticks = self._timeout_ticks[timeout] = max(1, math.ceil(timeout / self._tick_s))
+        return self.ticks + ticks
+
+    def register(
+        self, proposals: list[tuple[list[bytes], Write]], term: int, index: int
+    ) -> None:
+        """`proposals` were appended from `index` on, in order, at `term`."""
+        waiters = self.waiters
+        for cmds, write in proposals:
+            for slot in range(len(cmds)):
+                waiters[index] = (term, write, slot)
+                index += 1
+
+    def resolve(self, entries: list[Entry], results: list[ApplyResult]) -> None:
+        """An applied chunk: fill the results of the writes it holds."""
+        waiters = self.waiters
+        if not waiters:
+            return
+        terms = {e.index: e.term for e in entries} if len(entries) != len(results) else None
+        for i, result in enumerate(results):
+            waiter = waiters.pop(result.index, None)
+            if waiter is None:
+                continue
+            term, write, slot = waiter
+            entry_term = entries[i].term if terms is None else terms[result.index]
+            if write.future.done():
+                continue
+            if entry_term != term:
+                write.future.set_exception(Unavailable("leadership changed; write not applied"))
+                continue
+            write.results[slot] = result
+            write.remaining -= 1
+            if write.remaining == 0:
+                write.future.set_result(write.results)
+
+    def scan_due(self) -> bool:
+        """Whether an expiry scan is due at this tick (one every EXPIRY_SCAN_TICKS)."""
+        if self.ticks < self._next_scan:
+            return False
+        self._next_scan = self.ticks + EXPIRY_SCAN_TICKS
+        return True
+
+    def expire(self, queued: Iterable[tuple[list[bytes], Write]]) -> None:
+        """Fail the writes (waiting for apply, or `queued`) whose deadline has passed."""
+        now = self.ticks
+        for _, write in queued:
+            expire_write(write, now)
+        for _, write, _ in self.waiters.values():
+            expire_write(write, now)
+
+    def fail(self, error: Exception) -> None:
+        """Fail every write waiting for its apply (its outcome is unknown)."""
+        for _, write, _ in self.waiters.values():
+            if not write.future.done():
+                write.future.set_exception(error)
+        self.waiters.clear()

@@ -1,0 +1,53 @@
+"""What the node calls on its log, snapshot store and peer transport (and, in
+`dengine.storage.state_machine.StateMachine`, on its state machine): exactly that.
+
+The node builds the file-backed implementations (`dengine.node.recovery`,
+`dengine.node.snapshots`, `dengine.node.transport`) and uses them through these types
+only, so that a reader sees what the runtime needs from each, and a test or another
+backend can stand in for one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from dengine.proto import LogId, Membership, Message, SnapshotAck, SnapshotMetadata
+from dengine.storage.log_api import LogStorage
+
+
+class NodeLog(LogStorage, Protocol):
+    """The Raft log: what the core reads and writes through (`LogStorage`: the node's
+    persist and recovery use the same calls), and closing it at stop."""
+
+    def close(self) -> None: ...
+
+
+class SnapshotFiles(Protocol):
+    """The snapshot files under DATA_DIR/snapshots (`dengine.node.snapshots.SnapshotStore`)."""
+
+    def directory(self, metadata: SnapshotMetadata) -> Path: ...
+    def file(self, metadata: SnapshotMetadata) -> Path: ...
+    def write(
+        self, state: dict[bytes, bytes], last: LogId, membership: Membership
+    ) -> SnapshotMetadata: ...
+    def prune(
+        self, current: SnapshotMetadata | None, *, leftovers: bool = False
+    ) -> list[Path]: ...
+
+
+class PeerTransport(Protocol):
+    """The peer transport (`dengine.node.transport.Transport`)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def set_peers(self, peers: dict[int, str]) -> None: ...
+    def send(self, messages: Iterable[Message]) -> None: ...
+    def peer_client_address(self, node_id: int) -> str: ...
+    def send_snapshot(
+        self, peer: int, metadata: SnapshotMetadata, term: int, path: Path
+    ) -> bool: ...
+    def cancel_snapshot(self, peer: int) -> bool: ...
+    def snapshot_transfers(self) -> list[int]: ...
+    def send_snapshot_ack(self, peer: int, ack: SnapshotAck) -> None: ...
