@@ -11,6 +11,7 @@ import asyncio
 import math
 
 from dengine.config import parse_address
+from dengine.netutil import adopt_transport
 from dengine.proto.native import (
     LENGTH,
     MAX_REQUEST_ID,
@@ -19,7 +20,6 @@ from dengine.proto.native import (
     RESPONSE_OVERHEAD,
     STATUS_NAMES,
     STATUS_OK,
-    adopt_transport,
     request_frame,
 )
 

@@ -13,11 +13,7 @@ connection as a whole (the server closes it after sending one).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
 import struct
-from typing import cast
 
 # Method numbers are forever, like protobuf field numbers: append, never renumber.
 METHODS: tuple[str, ...] = (
@@ -57,13 +53,3 @@ def request_frame(method: int, request_id: int, timeout_ms: int, body: bytes) ->
 def response_frame(request_id: int, status: int, body: bytes) -> bytes:
     return RESPONSE_HEADER.pack(len(body) + RESPONSE_OVERHEAD, request_id, status) + body
 
-
-def adopt_transport(transport: asyncio.BaseTransport) -> asyncio.Transport:
-    """The stream transport of a new native connection, with TCP_NODELAY set (a frame
-    must leave at once, not wait for the previous one's acknowledgement)."""
-    stream = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-    sock = stream.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return stream

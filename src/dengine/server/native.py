@@ -26,6 +26,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from dengine.config import parse_address
 from dengine.errors import ConfigError
+from dengine.netutil import adopt_transport
 from dengine.proto.native import (
     LENGTH,
     METHODS,
@@ -36,7 +37,6 @@ from dengine.proto.native import (
     STATUS_SHUTTING_DOWN,
     STATUS_TOO_LARGE,
     STATUS_UNKNOWN_METHOD,
-    adopt_transport,
     response_frame,
 )
 from dengine.server.service import ClientService

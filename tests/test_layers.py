@@ -1,0 +1,49 @@
+"""Some layering rules of docs/architecture.md, checked on the source files' imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dengine
+
+SRC = Path(dengine.__file__).parent
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Every module a file of `package` imports (top-level and function-level imports)."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((SRC / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        out[str(path.relative_to(SRC))] = names
+    return out
+
+
+def _offending(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    return {
+        path: sorted(n for n in names if n == "socket" or n.startswith(forbidden))
+        for path, names in _imports(package).items()
+        if any(n.startswith(forbidden) for n in names)
+    }
+
+
+def test_proto_holds_formats_only() -> None:
+    """No sockets, event loop or upper layers in dengine.proto."""
+    assert _offending("proto", ("asyncio", "socket", "dengine.client", "dengine.server",
+                                "dengine.node", "dengine.storage", "dengine.netutil")) == {}
+
+
+def test_client_imports_no_server_side_code() -> None:
+    """A remote client installs without the node; the server process may use the client
+    (a joining node asks the cluster through it), not the other way round."""
+    assert _offending("client", ("dengine.server", "dengine.node")) == {}
+
+
+def test_storage_knows_nothing_of_the_network() -> None:
+    assert _offending("storage", ("asyncio", "socket", "grpc", "dengine.node",
+                                  "dengine.server", "dengine.client", "dengine.netutil")) == {}
