@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dengine.bench.cluster import free_ports, toml_text
+from dengine.bench.cluster import free_ports
+from dengine.server.supervisor import config_toml
 from dengine.client import Client, NodeStatus, insert
 from dengine.errors import DengineError
 
@@ -80,7 +81,7 @@ class Node:
         settings = {**TEST_SETTINGS, **self.settings, "data_dir": str(self.data_dir),
                     "node_id": self.node_id, "listen_client": self.client,
                     "listen_peer": self.peer}
-        config.write_text(toml_text(settings, self.peers))
+        config.write_text(config_toml(settings, self.peers))
         self.starts += 1
         with open(self.log_file, "ab") as log:
             log.write(f"---- start {self.starts} ----\n".encode())

@@ -84,33 +84,48 @@ def free_listeners() -> list[str]:
     return ["--listen-client", f"127.0.0.1:{client}", "--listen-peer", f"127.0.0.1:{peer}"]
 
 
-def test_cluster_up_starts_and_sigint_stops_every_process(tmp_path: Path) -> None:
-    client_base, peer_base = free_port_run(3), free_port_run(3)
-    while abs(client_base - peer_base) < 3:
-        peer_base = free_port_run(3)
+def _cluster_up(tmp_path: Path, nodes: int) -> tuple[subprocess.Popen[str], str, list[int]]:
+    """`dengine cluster up` started and ready: the process, its output so far, the pids."""
+    client_base, peer_base = free_port_run(nodes), free_port_run(nodes)
+    while abs(client_base - peer_base) < nodes:
+        peer_base = free_port_run(nodes)
     proc = subprocess.Popen(
-        [*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(tmp_path / "c"),
+        [*CLI, "cluster", "up", "--nodes", str(nodes), "--base-dir", str(tmp_path / "c"),
          "--client-port", str(client_base), "--peer-port", str(peer_base)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    pids: list[int] = []
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("ready:"):
+            break
+    output = "".join(lines)
+    pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
+    endpoints = [f"127.0.0.1:{client_base + i}" for i in range(nodes)]
+    assert f"endpoints: {','.join(endpoints)}" in output, output
+    return proc, output, pids
+
+
+def _end(proc: subprocess.Popen[str], pids: list[int]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        if pid_alive(pid):
+            subprocess.run(["kill", "-9", str(pid)], check=False)
+
+
+def test_cluster_up_starts_and_sigint_stops_every_process(tmp_path: Path) -> None:
+    proc, output, pids = _cluster_up(tmp_path, 3)
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("ready:"):
-                break
-        output = "".join(lines)
         assert "ready: leader is node" in output, output
-        pids = [int(p) for p in re.findall(r"pid (\d+)", output)]
         assert len(pids) == 3
-        endpoints = [f"127.0.0.1:{client_base + i}" for i in range(3)]
-        assert f"endpoints: {','.join(endpoints)}" in output
+        endpoints = re.findall(r"endpoints: (\S+)", output)[0].split(",")
 
         async def use() -> None:
             async with Client(endpoints, timeout=10) as client:
@@ -127,9 +142,23 @@ def test_cluster_up_starts_and_sigint_stops_every_process(tmp_path: Path) -> Non
         assert "node 3 exited" in rest and "stopped" in rest, rest
         assert not [p for p in pids if pid_alive(p)]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                subprocess.run(["kill", "-9", str(pid)], check=False)
+        _end(proc, pids)
+
+
+def test_cluster_up_killed_with_sigkill_takes_its_nodes_along(tmp_path: Path) -> None:
+    """docs/operations.md: the nodes stop cleanly when `cluster up` dies, however it dies."""
+    proc, output, pids = _cluster_up(tmp_path, 2)
+    try:
+        assert "ready: leader is node" in output, output
+        assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.1)
+        assert not [p for p in pids if pid_alive(p)], output
+        for n in (1, 2):  # a clean stop (SIGTERM), logged by each node
+            log = (tmp_path / "c" / f"node{n}.log").read_text()
+            assert "stopped" in log.lower(), log[-2000:]
+    finally:
+        _end(proc, pids)

@@ -4,29 +4,25 @@
 runs node 1 in this process (an `Engine` the benchmark drives directly) and the others as
 subprocesses. The in-process node gets the shortest election timeout (the followers' is 6x
 longer) and starts first, so it is the one that wins the first election. `stop()` (also
-on Ctrl-C or SIGTERM, through `async with`) ends every process and removes the temp dir;
-children also get SIGKILL if this process dies.
+on Ctrl-C or SIGTERM, through `async with`) ends every process and removes the temp dir.
+The subprocesses are `dengine.server.supervisor.ServerProcess`es: they stop when this
+process dies, however it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from dengine.errors import DengineError, Unavailable
+from dengine.server.supervisor import ServerProcess, config_toml, stop_all
 
 if TYPE_CHECKING:
     from dengine.client import Client
@@ -46,21 +42,6 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 # longer one still, so that it is elected first and stays leader under load.
 EMBEDDED_LEADER_ELECTION_MS = 500
 FOLLOWER_ELECTION_FACTOR = 6
-STOP_GRACE_S = 10.0
-# The child asks Linux for SIGKILL when its parent dies (however it dies), then runs the
-# CLI. Done in the child's own code rather than a preexec_fn, so that Popen need not fork
-# a process that has gRPC threads.
-_BOOT = """
-import os, signal, sys
-if sys.platform == "linux":
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(sys.argv[1]):  # the parent died before prctl
-        os._exit(1)
-del sys.argv[1]
-from dengine.cli import main
-main()
-"""
 
 
 def free_ports(n: int) -> list[int]:
@@ -75,82 +56,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def toml_text(settings: dict[str, Any], peers: dict[int, str]) -> str:
-    """A `dengine serve --config` file (JSON scalars are valid TOML scalars)."""
-    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
-    lines.append("[peers]")
-    lines += [f'"{node_id}" = {json.dumps(addr)}' for node_id, addr in sorted(peers.items())]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class ServerProcess:
-    """One `dengine serve` subprocess; restartable on the same data dir and ports."""
-
-    node_id: int
-    client: str
-    peer: str
-    workdir: Path
-    peers: dict[int, str]
-    settings: dict[str, Any] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data_dir(self) -> Path:
-        return self.workdir / f"node{self.node_id}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.workdir / f"node{self.node_id}.log"
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self) -> None:
-        """Spawn it. Call from the main thread: the child dies with the thread that made it."""
-        config = self.workdir / f"node{self.node_id}.toml"
-        settings = {**self.settings, "data_dir": str(self.data_dir), "node_id": self.node_id,
-                    "listen_client": self.client, "listen_peer": self.peer}
-        config.write_text(toml_text(settings, self.peers))
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, str(os.getpid()), "serve", "--config",
-                 str(config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                # Own process group: a terminal's Ctrl-C reaches only the benchmark, which
-                # then stops the children in order (and reports instead of racing them).
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """kill -9 and reap."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """SIGTERM, then SIGKILL if it is still running after `grace` seconds."""
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGCONT)
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class LocalCluster:
@@ -217,10 +122,13 @@ class LocalCluster:
                     settings["election_timeout_ms"] = (
                         FOLLOWER_ELECTION_FACTOR * int(self.settings["election_timeout_ms"])
                     )
-                proc = ServerProcess(
-                    n, self.client_addresses[n], self.peer_addresses[n], self.workdir,
-                    {i: a for i, a in self.peer_addresses.items() if i != n}, settings,
-                )
+                settings.update(data_dir=str(self.workdir / f"node{n}"), node_id=n,
+                                listen_client=self.client_addresses[n],
+                                listen_peer=self.peer_addresses[n])
+                proc = ServerProcess(n, self.workdir / f"node{n}.toml",
+                                     self.workdir / f"node{n}.log")
+                proc.config_file.write_text(config_toml(
+                    settings, {i: a for i, a in self.peer_addresses.items() if i != n}))
                 proc.start()
                 self.processes[n] = proc
             await self.wait_ready(ready_timeout)
@@ -292,15 +200,13 @@ class LocalCluster:
         return ("\n" + "\n".join(tails)) if tails else ""
 
     async def stop(self) -> None:
-        """Stop every node (children in parallel threads) and remove the temp dir."""
+        """Stop every node and remove the temp dir."""
         try:
             if self.engine is not None:
                 engine, self.engine = self.engine, None
                 with contextlib.suppress(Exception):
                     await engine.stop()
-            procs = list(self.processes.values())
-            if procs:
-                await asyncio.gather(*(asyncio.to_thread(p.stop) for p in procs))
+            await asyncio.to_thread(stop_all, list(self.processes.values()))
         finally:
             for p in self.processes.values():
                 p.kill()  # only if still running (e.g. cancelled while stopping)

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dengine.config import NodeConfig, parse_peer
 from dengine.errors import DengineError
 
-# How long `cluster up` waits for a leader before saying so, and for children to stop.
+if TYPE_CHECKING:
+    from dengine.server.supervisor import ServerProcess
+
+# How long `cluster up` waits for a leader before saying so.
 READY_TIMEOUT_S = 30.0
-STOP_GRACE_S = 10.0
 
 
 # One line per NodeConfig field: the help of its `dengine serve` flag and of its row in
@@ -112,17 +109,6 @@ def cluster() -> None:
     """A local multi-process cluster for development and demos."""
 
 
-@dataclass
-class _Child:
-    node_id: int
-    client: str
-    peer: str
-    config_file: Path
-    log_file: Path
-    process: subprocess.Popen[bytes] | None = None
-    reported_exit: bool = False
-
-
 @cluster.command("up")
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--base-dir", default="./dengine-cluster", show_default=True,
@@ -137,85 +123,82 @@ class _Child:
               default="info", show_default=True)
 def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port: int,
                cluster_id: str, log_level: str) -> None:
-    """Start NODES local server processes in the foreground; Ctrl-C stops them all."""
-    base = Path(base_dir).resolve()
-    children = [
-        _Child(
-            node_id=n,
-            client=f"{host}:{client_port + n - 1}",
-            peer=f"{host}:{peer_port + n - 1}",
-            config_file=base / f"node{n}.toml",
-            log_file=base / f"node{n}.log",
-        )
-        for n in range(1, nodes + 1)
-    ]
-    from dengine.server.process import ensure_port_free
+    """Start NODES local server processes in the foreground; Ctrl-C stops them all.
 
-    for child in children:
-        for addr in (child.client, child.peer):
+    The processes stop too if this command dies, even by kill -9 (docs/operations.md).
+    """
+    from dengine.server.process import ensure_port_free
+    from dengine.server.supervisor import ServerProcess, config_toml
+
+    base = Path(base_dir).resolve()
+    clients = {n: f"{host}:{client_port + n - 1}" for n in range(1, nodes + 1)}
+    peers = {n: f"{host}:{peer_port + n - 1}" for n in range(1, nodes + 1)}
+    for n in clients:
+        for addr in (clients[n], peers[n]):
             ensure_port_free(addr, "; pick other ports with --client-port and --peer-port")
     base.mkdir(parents=True, exist_ok=True)
-    for child in children:
-        settings: dict[str, Any] = {
-            "data_dir": str(base / f"node{child.node_id}"),
-            "node_id": child.node_id,
-            "cluster_id": cluster_id,
-            "listen_client": child.client,
-            "listen_peer": child.peer,
-            "log_level": log_level,
-        }
-        peers = {c.node_id: c.peer for c in children if c is not child}
-        child.config_file.write_text(_to_toml(settings, peers))
-    sys.exit(asyncio.run(_supervise(children)))
+    children = []
+    for n in clients:
+        settings = {"data_dir": str(base / f"node{n}"), "node_id": n, "cluster_id": cluster_id,
+                    "listen_client": clients[n], "listen_peer": peers[n],
+                    "log_level": log_level}
+        child = ServerProcess(n, base / f"node{n}.toml", base / f"node{n}.log")
+        child.config_file.write_text(config_toml(
+            settings, {i: a for i, a in peers.items() if i != n},
+            ["Written by `dengine cluster up`; restart this node with",
+             "`dengine serve --config <this file>`."]))
+        children.append(child)
+    sys.exit(asyncio.run(_run_cluster(children, clients, peers)))
 
 
-async def _supervise(children: list[_Child]) -> int:
+async def _run_cluster(children: list[ServerProcess], clients: dict[int, str],
+                       peers: dict[int, str]) -> int:
     """Start the children, report readiness, and stop every one of them on the way out."""
+    from dengine.server.supervisor import stop_all, supervise
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
         for child in children:
-            child.process = _spawn(child)
-            click.echo(f"node {child.node_id}: pid {child.process.pid}, client {child.client}, "
-                       f"peer {child.peer}, log {child.log_file}")
-        endpoints = ",".join(c.client for c in children)
+            child.start()
+            n = child.node_id
+            click.echo(f"node {n}: pid {child.pid}, client {clients[n]}, peer {peers[n]}, "
+                       f"log {child.log_file}")
+        endpoints = ",".join(clients.values())
         click.echo(f"endpoints: {endpoints}")
         await _report_ready(children, endpoints, stop)
-        while not stop.is_set():
-            alive = 0
-            for child in children:
-                assert child.process is not None
-                code = child.process.poll()
-                if code is None:
-                    alive += 1
-                elif not child.reported_exit:
-                    child.reported_exit = True
-                    click.echo(f"node {child.node_id} exited with code {code} (see "
-                               f"{child.log_file}); restart it with: dengine serve --config "
-                               f"{child.config_file}", err=True)
-            if alive == 0:
-                click.echo("every node has exited", err=True)
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
-        return 0
+
+        def exited(child: ServerProcess) -> None:
+            code = child.process.returncode if child.process is not None else None
+            click.echo(f"node {child.node_id} exited with code {code} (see "
+                       f"{child.log_file}); restart it with: dengine serve --config "
+                       f"{child.config_file}", err=True)
+
+        if await supervise(children, stop, exited):
+            return 0
+        click.echo("every node has exited", err=True)
+        return 1
     finally:
         click.echo("stopping the cluster ...")
-        _stop_all(children)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        stop_all(children)
+        for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
         click.echo("stopped")
 
 
-async def _report_ready(children: list[_Child], endpoints: str, stop: asyncio.Event) -> None:
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def _report_ready(children: list[ServerProcess], endpoints: str,
+                        stop: asyncio.Event) -> None:
     from dengine.client import Client
 
     deadline = time.monotonic() + READY_TIMEOUT_S
     async with Client(endpoints, timeout=1.0) as client:
         while not stop.is_set() and time.monotonic() < deadline:
-            if all(c.process is not None and c.process.poll() is not None for c in children):
+            if not any(c.alive for c in children):
                 return
             try:
                 leader = await client.leader(timeout=1.0)
@@ -227,52 +210,3 @@ async def _report_ready(children: list[_Child], endpoints: str, stop: asyncio.Ev
             return
     if not stop.is_set():
         click.echo(f"no leader after {READY_TIMEOUT_S:g}s; check the node logs", err=True)
-
-
-def _spawn(child: _Child) -> subprocess.Popen[bytes]:
-    log = open(child.log_file, "ab")  # noqa: SIM115 - handed to the child process
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from dengine.cli import main; main()",
-             "serve", "--config", str(child.config_file)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-    finally:
-        log.close()
-
-
-def _die_with_parent() -> None:
-    """In the child (Linux): get SIGTERM if `cluster up` dies, even by SIGKILL."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() == 1:  # the parent already died before prctl
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _stop_all(children: list[_Child]) -> None:
-    """SIGTERM every live child, then SIGKILL those still running after the grace."""
-    running = [c.process for c in children if c.process is not None and c.process.poll() is None]
-    for proc in running:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for proc in running:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _to_toml(settings: dict[str, Any], peers: dict[int, str]) -> str:
-    lines = ["# Written by `dengine cluster up`; restart this node with",
-             "# `dengine serve --config <this file>`."]
-    for key, value in settings.items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    lines.append("")
-    lines.append("[peers]")
-    lines.extend(f'"{node_id}" = {json.dumps(addr)}' for node_id, addr in sorted(peers.items()))
-    return "\n".join(lines) + "\n"
