@@ -1,26 +1,10 @@
-"""Wire and disk formats (protobuf). Regenerate with `python tools/gen_proto.py`."""
+"""Wire and disk formats (protobuf). Regenerate with `python tools/gen_proto.py`.
 
-from dengine.proto.client_pb2 import (
-    AddMemberRequest,
-    Error,
-    GetLeaderRequest,
-    GetLeaderResponse,
-    MemberChangeResponse,
-    MemberListRequest,
-    MemberListResponse,
-    MemberStatus,
-    PromoteMemberRequest,
-    ReadConsistency,
-    ReadRequest,
-    ReadResponse,
-    ReadResult,
-    RemoveMemberRequest,
-    StatusRequest,
-    StatusResponse,
-    WriteRequest,
-    WriteResponse,
-    WriteResult,
-)
+The messages of the peer protocol and of the disk are re-exported here; the client API's
+are in `dengine.proto.client_pb2`, the native client protocol's frames in
+`dengine.proto.native`.
+"""
+
 from dengine.proto.common_pb2 import (
     Entry,
     EntryPayload,
@@ -36,39 +20,20 @@ from dengine.proto.raft_pb2 import Message, MessageType
 from dengine.proto.transport_pb2 import Hello, MessageBatch, PeerFrame, SnapshotAck, SnapshotChunk
 
 __all__ = [
-    "AddMemberRequest",
     "Entry",
     "EntryPayload",
-    "Error",
-    "GetLeaderRequest",
-    "GetLeaderResponse",
     "HardState",
     "Hello",
     "LogId",
     "Member",
-    "MemberChangeResponse",
-    "MemberListRequest",
-    "MemberListResponse",
-    "MemberStatus",
     "Membership",
     "Message",
     "MessageBatch",
     "MessageType",
     "Noop",
     "PeerFrame",
-    "PromoteMemberRequest",
-    "ReadConsistency",
-    "ReadRequest",
-    "ReadResponse",
-    "ReadResult",
-    "RemoveMemberRequest",
     "SnapshotAck",
     "SnapshotChunk",
     "SnapshotMetadata",
-    "StatusRequest",
-    "StatusResponse",
     "WriteCommand",
-    "WriteRequest",
-    "WriteResponse",
-    "WriteResult",
 ]
