@@ -1,13 +1,23 @@
 """dengine: a strongly consistent, Raft-replicated key-value engine for coordination data.
 
-Public API: `Engine` (embedded, asyncio), `Client` / `SyncClient` (remote, gRPC),
-`Consistency`, and the errors in `dengine.errors`.
+Public API: `Engine` (embedded, asyncio), `Client` / `SyncClient` (remote), `Consistency`,
+the errors in `dengine.errors`, and in `dengine.api` the API they share (`ClientApi`,
+`SyncClientApi`) and its result types (`WriteResult`, `NodeStatus`, `MemberInfo`,
+`Leader`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dengine.api import (
+    ClientApi,
+    Leader,
+    MemberInfo,
+    NodeStatus,
+    SyncClientApi,
+    WriteResult,
+)
 from dengine.errors import (
     ClusterMismatch,
     ConfigError,
@@ -34,6 +44,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from dengine.client import Client, SyncClient
     from dengine.node.engine import Consistency, Engine
 
+    # mypy checks that the three front doors offer the one API (dengine.api).
+    def _engine_conforms(engine: Engine) -> ClientApi:
+        return engine
+
+    def _client_conforms(client: Client) -> ClientApi:
+        return client
+
+    def _sync_client_conforms(client: SyncClient) -> SyncClientApi:
+        return client
+
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
@@ -46,6 +66,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Client",
+    "ClientApi",
     "ClusterMismatch",
     "ConfigError",
     "Consistency",
@@ -53,9 +74,14 @@ __all__ = [
     "DengineError",
     "Engine",
     "InvalidRequest",
+    "Leader",
+    "MemberInfo",
+    "NodeStatus",
     "NotLeader",
     "StorageError",
     "SyncClient",
+    "SyncClientApi",
     "Timeout",
     "Unavailable",
+    "WriteResult",
 ]

@@ -248,7 +248,7 @@ def test_sync_client_from_threads() -> None:
 def test_a_batch_that_never_completes_fails_its_callers_at_the_deadline() -> None:
     """The outer bound of every call: even a send that ignores its deadline (a paused
     server) ends the caller's wait with Timeout shortly after the deadline."""
-    from dengine.client.client import _Batcher
+    from dengine.client.batcher import Batcher
 
     async def main() -> None:
         client = Client("127.0.0.1:1")
@@ -256,7 +256,7 @@ def test_a_batch_that_never_completes_fails_its_callers_at_the_deadline() -> Non
         async def never(batch: object) -> None:
             await asyncio.sleep(3600)
 
-        batcher: _Batcher[str, str] = _Batcher(never, 16, 1 << 20, 1)
+        batcher: Batcher[str, str] = Batcher(never, 16, 1 << 20, 1)
         try:
             with pytest.raises(Timeout):
                 await asyncio.wait_for(client._submit(batcher, "x", 1, 0.05), 5)

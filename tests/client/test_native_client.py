@@ -16,7 +16,7 @@ from dengine.errors import InvalidRequest, Timeout, Unavailable
 def native_connections(client: Client) -> dict[str, object]:
     """gRPC address -> its live native connection (None: served over gRPC)."""
     out: dict[str, object] = {}
-    for addr, task in client._native.items():
+    for addr, task in client._router._native.items():
         if task.done() and task.exception() is None:
             conn = task.result()
             out[addr] = None if conn is None or conn.closed else conn
@@ -97,7 +97,7 @@ def test_grpc_transport_never_opens_a_native_connection() -> None:
             async with Client([leader.address], transport="grpc") as client:
                 await client.put(b"k", b"v")
                 assert await client.get(b"k") == b"v"
-                assert client._native == {}
+                assert client._router._native == {}
             assert leader.native is not None and leader.native._tasks == set()
             assert leader.engine.write_calls == [1]
 

@@ -26,7 +26,7 @@ def test_native_redirect_kill_restart_and_grpc_only_node(cluster_factory) -> Non
             assert await client.get("k") == b"v"
             st = await client.status(cluster.node(leader.node_id).client)
             assert st.native_address and st.native_address != st.endpoint
-            leader_conn = client._native[cluster.node(leader.node_id).client].result()
+            leader_conn = client._router._native[cluster.node(leader.node_id).client].result()
             assert leader_conn is not None and not leader_conn.closed
 
             # Followers paused: the leader cannot commit, so these writes stay outstanding

@@ -33,7 +33,7 @@ def test_election_replication_and_reads(tmp_path: Path) -> None:
                             >= leader.status().commit_index)
                 assert await engine.get(b"k150", "eventual") == b"v150"
             st = leader.status()
-            assert st.voters == [1, 2, 3] and st.role == "leader"
+            assert list(st.voters) == [1, 2, 3] and st.role == "leader"
             # writes on a follower name the leader and its client address
             with pytest.raises(NotLeader) as err:
                 await follower.put(b"x", b"y")

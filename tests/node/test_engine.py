@@ -45,7 +45,7 @@ def test_single_node_put_get_delete(tmp_path: Path) -> None:
             await engine.put("text", "é")  # str is accepted as UTF-8
             assert await engine.get("text") == "é".encode()
             st = engine.status()
-            assert st.role == "leader" and st.voters == [1] and st.learners == []
+            assert st.role == "leader" and list(st.voters) == [1] and list(st.learners) == []
             assert st.applied_index == st.commit_index == st.last_log_index
             assert st.to_dict()["node_id"] == 1
 

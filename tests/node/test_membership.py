@@ -35,14 +35,14 @@ def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
             await write(one, 0, 400)
             await until(lambda: one.status().first_log_index > 100)  # compacted
             two = await nodes.start(2, join=True)
-            assert two.status().voters == [] and two.status().learners == []
+            assert list(two.status().voters) == [] and list(two.status().learners) == []
             await asyncio.sleep(0.3)
             assert two.status().role != "leader" and two.status().term == 0  # never campaigns
             await nodes.change("add_learner", 2, nodes.peer(2), promote_when_caught_up=True)
             await until(lambda: roles(one).get(2) == "voter", timeout=20)
             assert two._node._snaps.installed == 1  # caught up through a snapshot
             assert await has_keys(two, 400)
-            await until(lambda: two.status().voters == [1, 2])  # node 2 learns it too
+            await until(lambda: list(two.status().voters) == [1, 2])  # node 2 learns it too
             info = {m.id: m for m in one.members()}
             assert info[1].is_leader and info[2].match_index > 0
             assert info[2].address == nodes.peer(2)
@@ -67,7 +67,7 @@ def test_grow_from_one_node_to_three_through_snapshots(tmp_path: Path) -> None:
             other = 5 - leader.node_id
             await nodes.stop(other)
             again = await nodes.start(other, join=True)
-            assert again.status().voters == [1, 2, 3]
+            assert list(again.status().voters) == [1, 2, 3]
             await until(lambda: again.status().applied_index >= leader.status().commit_index)
         finally:
             await nodes.stop_all()
@@ -144,7 +144,7 @@ def test_refused_membership_changes(tmp_path: Path) -> None:
             with pytest.raises(Unavailable, match="one change at a time"):
                 await one.remove_member(9)
             await first
-            await until(lambda: nodes.engines[2].status().learners == [2, 9])
+            await until(lambda: list(nodes.engines[2].status().learners) == [2, 9])
             with pytest.raises(NotLeader) as caught:
                 await nodes.engines[2].add_learner(3, nodes.peer(3))
             assert caught.value.leader_id == 1

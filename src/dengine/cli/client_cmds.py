@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from dengine.client import Client, MemberInfo, NodeStatus
-from dengine.client.client import TRANSPORTS
+from dengine.client.routing import TRANSPORTS
 from dengine.errors import DengineError, InvalidRequest
 
 T = TypeVar("T")

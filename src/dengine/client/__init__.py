@@ -1,16 +1,13 @@
-"""Remote access to a dengine cluster over gRPC: `Client` (asyncio) and `SyncClient`."""
+"""Remote access to a dengine cluster: `Client` (asyncio) and `SyncClient` (blocking).
 
-from dengine.client.client import (
-    Client,
-    ConnectionLost,
-    Leader,
-    MemberInfo,
-    NodeStatus,
-    WriteResult,
-    delete,
-    insert,
-    parse_endpoints,
-)
+`client.py` is the API, `routing.py` the connections and endpoint routing, `batcher.py`
+the batching of concurrent calls, `native.py` the native protocol's connection. The
+result types live in `dengine.api`, shared with the embedded `Engine`.
+"""
+
+from dengine.api import Leader, MemberInfo, NodeStatus, WriteResult
+from dengine.client.client import Client, delete, insert
+from dengine.client.routing import ConnectionLost, parse_endpoints
 from dengine.client.sync import SyncClient
 
 __all__ = [

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-from dengine.client.client import Client, Key, Leader, MemberInfo, NodeStatus, WriteResult
+from dengine.api import Key, Leader, MemberInfo, NodeStatus, WriteResult
+from dengine.client.client import Client
 from dengine.errors import DengineError, Unavailable
 from dengine.proto.common_pb2 import WriteCommand
 

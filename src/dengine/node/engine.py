@@ -20,15 +20,21 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from dengine.api import Key, Leader, MemberInfo, NodeStatus, WriteResult
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Timeout
+from dengine.errors import (
+    ConfigError,
+    DengineError,
+    InvalidRequest,
+    NotLeader,
+    Timeout,
+    Unavailable,
+)
 from dengine.keys import as_bytes
 from dengine.node.membership import promoted
 from dengine.node.node import Node
-from dengine.node.status import MemberInfo, NodeStatus
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
-from dengine.storage import ApplyResult
 from dengine.storage.state_machine import encode_insert
 
 DEFAULT_TIMEOUT = 5.0
@@ -152,7 +158,7 @@ class Engine:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
+    async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
         """Set `key` to `value`; returns once applied (on a quorum's logs, this node's SM)."""
         # The hot path of the engine: validate and encode without the generic batch code.
         key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
@@ -169,7 +175,7 @@ class Engine:
             )
         await self._node.propose([data], self._timeout(timeout))
 
-    async def delete(self, key: bytes, *, timeout: float | None = None) -> None:
+    async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""
         key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
         cmd = WriteCommand()
@@ -179,7 +185,7 @@ class Engine:
 
     async def write(
         self, commands: Sequence[WriteCommand], *, timeout: float | None = None
-    ) -> list[ApplyResult]:
+    ) -> list[WriteResult]:
         """Apply a batch of commands (atomically ordered, consecutive log entries)."""
         encoded = self._encode(commands)
         return await self._node.propose(encoded, self._timeout(timeout))
@@ -229,7 +235,7 @@ class Engine:
 
     async def get(
         self,
-        key: bytes,
+        key: Key,
         consistency: str | Consistency = Consistency.LINEARIZABLE,
         *,
         timeout: float | None = None,
@@ -247,7 +253,7 @@ class Engine:
 
     async def get_many(
         self,
-        keys: Sequence[bytes],
+        keys: Sequence[Key],
         consistency: str | Consistency = Consistency.LINEARIZABLE,
         *,
         timeout: float | None = None,
@@ -274,6 +280,21 @@ class Engine:
         self._local_reads += 1
         if self._local_reads % _LOCAL_READS_PER_YIELD == 0:
             await asyncio.sleep(0)
+
+    async def leader(self, *, timeout: float | None = None) -> Leader:
+        """The current leader as this node knows it (waits, within the deadline, until it
+        knows one; then `Unavailable`)."""
+        loop = asyncio.get_running_loop()
+        seconds = self._timeout(timeout)
+        deadline = loop.time() + seconds
+        while True:
+            self._node.check_running()
+            leader_id = self._node.leader_id
+            if leader_id:
+                return Leader(leader_id, self._node.leader_address(), self._node.status().term)
+            if loop.time() >= deadline:
+                raise Unavailable(f"no leader known to node {self.node_id} after {seconds:g} s")
+            await asyncio.sleep(min(self.config.tick_ms / 1000.0, deadline - loop.time()))
 
     # -- membership ----------------------------------------------------------------------
 

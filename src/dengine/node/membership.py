@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 
+from dengine.api import MemberInfo
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, Unavailable
 from dengine.node.ports import PeerTransport
-from dengine.node.status import MemberInfo
 from dengine.proto import LogId, Member, Membership
 from dengine.raft import RaftCore
 from dengine.raft.progress import ProgressState

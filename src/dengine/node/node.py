@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, NotLeader, Timeout, Unavailable
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
@@ -34,9 +35,8 @@ from dengine.node.reads import ReadPath
 from dengine.node.recovery import open_storage
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
-from dengine.node.status import MemberInfo, NodeStatus
 from dengine.node.transport import Transport
-from dengine.proto import Entry, HardState, Membership, Message, MessageType
+from dengine.proto import Entry, HardState, Member, Membership, Message, MessageType
 from dengine.raft import RaftConfig, RaftCore, Ready, Role
 from dengine.storage import ApplyResult
 from dengine.storage.state_machine import StateMachine
@@ -50,6 +50,10 @@ MSG_APPEND = MessageType.MSG_APPEND
 # The state machine's WAL is not fsynced per apply (the Raft log is the durable record of
 # what it has not synced); syncing it this often bounds what a restart re-applies.
 _SM_SYNC_INTERVAL_S = 1.0
+
+
+def _by_id(member: Member) -> int:
+    return member.id
 
 
 def _not_started(node_id: int) -> Unavailable:
@@ -672,9 +676,10 @@ class Node:
             applied_index=self.applied_index,
             first_log_index=raft_log.first_index(),
             last_log_index=raft_log.last_index(),
-            voters=sorted(m.id for m in membership.voters),
-            learners=sorted(m.id for m in membership.learners),
+            voters={m.id: m.address for m in sorted(membership.voters, key=_by_id)},
+            learners={m.id: m.address for m in sorted(membership.learners, key=_by_id)},
             snapshot_index=self._snaps.index,
+            leader_address=self.leader_address(),
         )
 
     @property

@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from google.protobuf.message import DecodeError
 
+from dengine.api import WriteResult
 from dengine.errors import StorageError
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata, WriteCommand
 from dengine.storage import kvfile
 from dengine.storage.fileio import FileIO, RealDisk
 
-
-@dataclass(frozen=True)
-class ApplyResult:
-    """The outcome of applying one entry. Later commands (compare-and-swap) fill `value`."""
-
-    index: int
-    succeeded: bool = True
-    value: bytes | None = None
+# The outcome of applying one entry: the API's `WriteResult` (one class from the state
+# machine to the caller). Later commands (compare-and-swap) fill `value`.
+ApplyResult = WriteResult
 
 
 class StateMachine(Protocol):

@@ -1,0 +1,417 @@
+"""Connections and endpoint routing of the client: which node a request goes to, over
+which transport, and what to do when it fails.
+
+Endpoints are the nodes' gRPC addresses. With `transport="auto"` (the default) the first
+call to a node asks it (gRPC Status) for its native listener and then sends everything
+over one pipelined native connection (`dengine.client.native`): Python's gRPC costs
+~430 µs per round trip here, the native frames ~30 µs. A node without one, or whose
+native port cannot be reached, is served over gRPC; the native port is tried again when
+that node has to be reconnected. "native" insists on it, "grpc" never uses it.
+
+`Router` finds the leader, follows NOT_LEADER redirects, retries within the deadline, and
+maps failures to `dengine.errors` exceptions. Outcome of a failed write — one rule:
+`Timeout` means unknown, the rest means no.
+
+* unknown (it may be applied, now or later): `Timeout`, and its subclass `ConnectionLost`
+  (the request was sent, then the connection broke or the server shut down before
+  answering); also the rare server-side `STORAGE`/`INTERNAL` errors.
+* definitely not applied: `NotLeader`, `InvalidRequest`, `Unavailable` (no node reachable,
+  no leader, or the leader changed and the entry was overwritten). The router retries
+  NotLeader and Unavailable itself, with backoff, until the deadline.
+
+A write is retried only when it is known not to have been applied, so an acknowledged
+write is applied exactly once; reads are retried on any transient failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+
+from dengine.api import MemberInfo
+from dengine.client.native import Lost, NativeConnection, NotSent, Refused
+from dengine.config import parse_address
+from dengine.errors import (
+    ERRORS_BY_CODE,
+    CorruptionError,
+    DengineError,
+    InvalidRequest,
+    NotLeader,
+    StorageError,
+    Timeout,
+    Unavailable,
+)
+from dengine.proto.client_pb2 import Error, MemberStatus, StatusResponse
+from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN
+
+log = logging.getLogger("dengine.client")
+
+TRANSPORTS = ("auto", "native", "grpc")
+SERVICE = "/dengine.RaftClientService/"
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    # Reconnect quickly to a restarted node (gRPC's default first backoff is 1 s).
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+_BACKOFF_FIRST_S = 0.02
+_BACKOFF_MAX_S = 0.2
+# A read or status attempt on an unresponsive (e.g. paused) node gives up after this share
+# of the remaining time, so that another node can still answer within the deadline.
+_READ_ATTEMPT_SHARE = 0.34
+_READ_ATTEMPT_MIN_S = 0.5
+
+
+class ConnectionLost(Timeout):
+    """The request was sent, then the connection broke: a write's outcome is unknown."""
+
+    code = "CONNECTION_LOST"
+
+
+def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
+    """ "h1:p1,h2:p2" or a list of "host:port" -> validated, de-duplicated list."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    out: list[str] = []
+    for item in items:
+        addr = item.strip()
+        if not addr:
+            continue
+        try:
+            parse_address(addr)
+        except DengineError as e:
+            raise InvalidRequest(f"bad endpoint: {e.message}") from None
+        if addr not in out:
+            out.append(addr)
+    if not out:
+        raise InvalidRequest("no endpoints given (expected HOST:PORT[,HOST:PORT...])")
+    return out
+
+
+def error_from_wire(err: Error) -> DengineError:
+    """The exception for an `Error` field of a response."""
+    if err.code == NotLeader.code:
+        return NotLeader(err.message, err.leader_id, err.leader_address)
+    cls = ERRORS_BY_CODE.get(err.code, DengineError)
+    if cls is CorruptionError:  # its constructor wants the path and offset
+        cls = StorageError
+    exc = cls(err.message or err.code)
+    exc.code = err.code or DengineError.code
+    return exc
+
+
+class Unsent(Exception):
+    """Internal: the attempt failed before the request left (safe to retry a write)."""
+
+    def __init__(self, error: DengineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def member_from_wire(m: MemberStatus) -> MemberInfo:
+    return MemberInfo(m.id, m.address, m.client_address, m.role, m.match_index, m.is_leader)
+
+
+class Router:
+    """The endpoints of one client, its guess of the leader and its connections."""
+
+    def __init__(self, endpoints: str | Iterable[str], transport: str) -> None:
+        if transport not in TRANSPORTS:
+            raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
+                                 + ", ".join(TRANSPORTS) + ")")
+        self.endpoints = parse_endpoints(endpoints)
+        self._transport = transport
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        # gRPC address -> the task that learns its native address and connects; its result
+        # is the connection, or None: that node is served over gRPC.
+        self._native: dict[str, asyncio.Task[NativeConnection | None]] = {}
+        self._leader: str | None = None
+        self._next = 0  # round-robin position over endpoints when no leader is known
+
+    async def close(self) -> None:
+        natives, self._native = list(self._native.values()), {}
+        for task in natives:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled() and task.exception() is None:
+                conn = task.result()
+                if conn is not None:
+                    conn.close()
+        await asyncio.gather(*natives, return_exceptions=True)
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+    async def call_leader(
+        self, method: str, request: ProtoMessage, response_cls: type[Any], deadline: float,
+        *, write: bool,
+    ) -> Any:
+        """Call the leader, following redirects and retrying what is safe until `deadline`."""
+        backoff = Backoff()
+        payload = request.SerializeToString()
+        while True:
+            addr = self._leader or self.endpoints[self._next % len(self.endpoints)]
+            attempt_deadline = deadline if write else _read_attempt_deadline(deadline)
+            try:
+                resp = await self._invoke(addr, method, payload, response_cls, attempt_deadline,
+                                          write=write)
+            except Unsent as unsent:
+                self._forget(addr)
+                await backoff.sleep(deadline, unsent.error)
+                continue
+            except Timeout:  # ConnectionLost included
+                if write or time.monotonic() >= deadline:
+                    raise
+                self._forget(addr)
+                continue
+            if not resp.HasField("error"):
+                return resp
+            err = error_from_wire(resp.error)
+            if isinstance(err, NotLeader):
+                if err.leader_address and err.leader_address != addr:
+                    self.remember_leader(err.leader_address)
+                    backoff.redirected()
+                    if backoff.redirects <= 3:
+                        continue
+                else:
+                    self._forget(addr)
+                await backoff.sleep(deadline, err)
+                continue
+            if isinstance(err, Unavailable):  # not applied (see the module docstring)
+                self._forget(addr)
+                await backoff.sleep(deadline, err)
+                continue
+            raise err
+
+    async def call_any(
+        self, method: str, request: ProtoMessage, response_cls: type[Any], deadline: float,
+        targets: list[str] | None = None,
+    ) -> tuple[Any, str]:
+        """Call the first node of `targets` (default: all endpoints) that answers."""
+        backoff = Backoff()
+        payload = request.SerializeToString()
+        candidates = targets or self.endpoints
+        turn = 0
+        while True:
+            addr = candidates[(self._next + turn) % len(candidates)]
+            turn += 1
+            try:
+                resp = await self._invoke(addr, method, payload, response_cls,
+                                          _read_attempt_deadline(deadline), write=False)
+            except (Unsent, Timeout) as e:
+                error = e.error if isinstance(e, Unsent) else e
+                if time.monotonic() >= deadline:
+                    raise error from None
+                if turn % len(candidates) == 0:
+                    await backoff.sleep(deadline, error)
+                continue
+            if resp.HasField("error"):
+                raise error_from_wire(resp.error)
+            return resp, addr
+
+    async def _invoke(
+        self, addr: str, method: str, payload: bytes, response_cls: type[Any],
+        deadline: float, *, write: bool,
+    ) -> Any:
+        """One RPC. Raises Unsent when the request surely did not reach the server."""
+        if deadline - time.monotonic() <= 0:
+            raise Timeout(f"deadline passed before {method} could be sent"
+                          + (" (a write may still be applied)" if write else ""))
+        if self._transport != "grpc":
+            conn = await self._native_connection(addr, deadline)
+            if conn is not None:
+                body = await self._native_call(conn, addr, method, payload, deadline, write)
+                return response_cls.FromString(body)
+        return await self._grpc_call(addr, method, payload, response_cls, deadline, write=write)
+
+    async def _grpc_call(
+        self, addr: str, method: str, payload: bytes, response_cls: type[Any],
+        deadline: float, *, write: bool,
+    ) -> Any:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout(f"deadline passed before {method} could be sent"
+                          + (" (a write may still be applied)" if write else ""))
+        call = self._channel(addr).unary_unary(
+            SERVICE + method, request_serializer=None,
+            response_deserializer=response_cls.FromString,
+        )
+        try:
+            return await call(payload, timeout=remaining)
+        except grpc.aio.AioRpcError as e:
+            fallback = self._native.get(addr)
+            if fallback is not None and fallback.done() and not fallback.cancelled() \
+                    and fallback.exception() is None and fallback.result() is None:
+                del self._native[addr]  # reconnecting: look for its native listener again
+            raise _rpc_error(e, addr, method, write) from None
+
+    async def _native_call(
+        self, conn: NativeConnection, addr: str, method: str, payload: bytes,
+        deadline: float, write: bool,
+    ) -> bytes:
+        """One request on a native connection, its failures mapped like gRPC's."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Unsent(Unavailable(f"deadline passed before {method} could be sent to "
+                                      f"{addr}"))
+        unknown = " (the write may still be applied)" if write else ""
+        try:
+            return await conn.call(METHOD_CODES[method], payload, remaining)
+        except NotSent as e:
+            raise Unsent(Unavailable(f"{addr}: {e}")) from None
+        except Lost as e:
+            raise ConnectionLost(f"{addr}: {method}: {e}{unknown}") from None
+        except TimeoutError:
+            raise Timeout(f"{addr}: no answer to {method} before the deadline{unknown}"
+                          ) from None
+        except Refused as e:
+            if e.status == STATUS_SHUTTING_DOWN:
+                raise Unsent(Unavailable(f"{addr}: {e}")) from None
+            # Too large for the server, or a method it does not know: never processed.
+            raise InvalidRequest(f"{addr}: {method} refused: {e}") from None
+
+    async def _native_connection(self, addr: str, deadline: float) -> NativeConnection | None:
+        """The live native connection to `addr`, or None when `addr` is served over gRPC.
+
+        Raises Unsent when the node cannot be asked (the request was not sent)."""
+        task = self._native.get(addr)
+        if task is not None and task.done():
+            if not task.cancelled() and task.exception() is None:
+                conn = task.result()
+                if conn is None or not conn.closed:
+                    return conn
+            # Failed, or its connection dropped: ask again (a restarted node listens on a
+            # new port when its native port is chosen at start).
+            task = None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._open_native(addr, deadline))
+            task.add_done_callback(_retrieve)
+            self._native[addr] = task
+        try:
+            return await asyncio.wait_for(asyncio.shield(task),
+                                          max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise Unsent(Unavailable(
+                f"cannot connect to {addr} before the deadline (no answer to the Status call "
+                "that finds its native listener)")) from None
+
+    async def _open_native(self, addr: str, deadline: float) -> NativeConnection | None:
+        """Ask `addr` for its native address (gRPC Status) and connect to it."""
+        try:
+            resp = await self._grpc_call(addr, "Status", b"", StatusResponse, deadline,
+                                         write=False)
+        except DengineError as e:  # nothing was sent yet of the request that needs this
+            raise Unsent(Unavailable(f"{addr}: {e.message}")) from None
+        native = "" if resp.HasField("error") else resp.native_address
+        if not native:
+            if self._transport == "native":
+                raise Unsent(Unavailable(f"{addr} has no native client listener "
+                                          "(transport='native')"))
+            log.debug("%s has no native client listener; using gRPC", addr)
+            return None
+        native = _dialable(native, addr)
+        try:
+            conn = await NativeConnection.open(native, max(0.001, deadline - time.monotonic()))
+        except (OSError, TimeoutError, DengineError) as e:
+            if self._transport == "native":
+                raise Unsent(Unavailable(f"cannot connect to the native listener {native} "
+                                          f"of {addr}: {e}")) from None
+            log.debug("cannot connect to the native listener %s of %s (%s); using gRPC",
+                      native, addr, e)
+            return None
+        return conn
+
+    def _channel(self, addr: str) -> grpc.aio.Channel:
+        channel = self._channels.get(addr)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            self._channels[addr] = channel
+        return channel
+
+    def remember_leader(self, addr: str) -> None:
+        self._leader = addr
+        if addr not in self.endpoints:
+            self.endpoints.append(addr)
+
+    def _forget(self, addr: str) -> None:
+        """`addr` failed or is not the leader: try the next endpoint."""
+        if self._leader == addr:
+            self._leader = None
+        self.rotate()
+
+    def rotate(self) -> None:
+        self._next = (self._next + 1) % len(self.endpoints)
+
+
+
+class Backoff:
+    """Exponential backoff with jitter that never sleeps past the deadline."""
+
+    def __init__(self) -> None:
+        self._delay = _BACKOFF_FIRST_S
+        self.redirects = 0
+
+    def redirected(self) -> None:
+        self.redirects += 1
+
+    async def sleep(self, deadline: float, error: DengineError) -> None:
+        """Sleep before the next attempt, or raise `error` when no time is left for one."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise error
+        await asyncio.sleep(min(remaining, self._delay * random.uniform(0.5, 1.0)))
+        self._delay = min(self._delay * 2, _BACKOFF_MAX_S)
+        self.redirects = 0
+        if time.monotonic() >= deadline:
+            raise error
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a connect task's failure as seen (its waiters may all have given up)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _dialable(native: str, grpc_addr: str) -> str:
+    """`native` with a wildcard host (a listener on every interface) replaced by the host
+    the client already reaches the node at."""
+    host, port = parse_address(native)
+    if host not in ("0.0.0.0", "::", ""):
+        return native
+    host = parse_address(grpc_addr)[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read_attempt_deadline(deadline: float) -> float:
+    now = time.monotonic()
+    share = max(_READ_ATTEMPT_MIN_S, (deadline - now) * _READ_ATTEMPT_SHARE)
+    return min(deadline, now + share)
+
+
+def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool) -> Exception:
+    """Map a gRPC status (a transport failure) to a dengine error (or Unsent)."""
+    code = e.code()
+    details = e.details() or ""
+    unknown = " (the write may still be applied)" if write else ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "failed to connect" in details.lower() or "connection refused" in details.lower():
+            reason = details.rsplit(": ", 1)[-1]
+            return Unsent(Unavailable(f"cannot connect to {addr}: {reason}"))
+        return ConnectionLost(f"{addr}: connection lost during {method}: {details}{unknown}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Timeout(f"{addr}: no answer to {method} before the deadline{unknown}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return InvalidRequest(f"{addr}: request exceeds the server's max_request_size: {details}")
+    if code == grpc.StatusCode.CANCELLED:
+        return ConnectionLost(f"{addr}: {method} cancelled: {details}{unknown}")
+    return DengineError(f"{addr}: {method} failed: {code.name}: {details}{unknown}")
