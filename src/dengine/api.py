@@ -51,7 +51,7 @@ class NodeStatus:
 
     node_id: int
     cluster_id: str
-    role: str  # "leader" | "follower" | "candidate" | "learner" ...
+    role: str  # "leader" | "follower" | "candidate" | "learner" | "removed" ...
     term: int
     leader_id: int  # 0: no leader known
     commit_index: int

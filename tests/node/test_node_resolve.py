@@ -66,7 +66,7 @@ def test_deadline_and_stop_give_timeout_for_unknown_outcomes(tmp_path: Path) -> 
         node._pending.waiters = {9: (1, Write(in_flight, 1, 5.0, node._due(5.0)), 0)}
         queued: asyncio.Future[list[ApplyResult]] = loop.create_future()
         node._in_proposals = [([b"x"], Write(queued, 1, 5.0, node._due(5.0)))]
-        node._fail_pending(stopping=True)
+        node._fail_pending("stopped")
         with pytest.raises(Timeout, match="outcome was known"):
             in_flight.result()
         with pytest.raises(Unavailable):  # never proposed: definitely not applied

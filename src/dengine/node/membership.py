@@ -12,11 +12,12 @@ configuration appended (`sync_peers`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from dengine.api import MemberInfo
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, Unavailable
-from dengine.node.ports import PeerTransport
+from dengine.node.ports import NodeLog, PeerTransport
 from dengine.proto import LogId, Member, Membership
 from dengine.raft import RaftCore
 from dengine.raft.progress import ProgressState
@@ -29,6 +30,10 @@ def bootstrap_membership(config: NodeConfig) -> Membership:
     voters = [Member(id=config.node_id, address=config.listen_peer)]
     voters += [Member(id=i, address=a) for i, a in sorted(config.peers.items())]
     return Membership(voters=voters)
+
+
+def _ids(membership: Membership) -> set[int]:
+    return {m.id for m in (*membership.voters, *membership.learners)}
 
 
 def promoted(membership: Membership, node_id: int) -> Membership:
@@ -46,12 +51,33 @@ def promoted(membership: Membership, node_id: int) -> Membership:
 class Members:
     """The membership as this node sees and changes it (a view of the core's)."""
 
-    def __init__(self, config: NodeConfig, core: RaftCore) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        core: RaftCore,
+        raft_log: NodeLog,
+        applied: int,
+        on_removed: Callable[[str], None],
+    ) -> None:
         self.node_id = config.node_id
         self._config = config
         self._core = core
+        self._log = raft_log
+        self._on_removed = on_removed
         self.transport: PeerTransport | None = None  # set once the transport is started
         self._seen: Membership | None = None  # the configuration the peers were set from
+        self._noted = core.membership  # the latest configuration noted in `unapplied`
+        # configurations appended and not applied yet: (index, membership), ascending
+        self.unapplied: list[tuple[int, Membership]] = []
+        current = core.membership_at(applied)
+        self._applied_ids = _ids(current)
+        # members that a configuration applied here removed (the transport tells them so)
+        self.removed_ids: set[int] = set()
+
+    def removed_at_start(self) -> bool:
+        """Whether the applied configuration leaves this node out (it was removed before
+        a restart); a node that never was a member (joining) has no configuration."""
+        return bool(self._applied_ids) and self.node_id not in self._applied_ids
 
     def members(self, leader_id: int) -> list[MemberInfo]:
         """The latest configuration this node has appended, with the leader's match view."""
@@ -138,9 +164,38 @@ class Members:
         core = self._core
         return not core.voters and not core.learners
 
-    def changed(self) -> bool:
-        """Whether a configuration was appended (or truncated) since the peers were set."""
-        return self._core.membership is not self._seen
+    def is_removed(self, node_id: int) -> bool:
+        """Whether a configuration applied here removed `node_id` (it is told so)."""
+        return node_id in self.removed_ids
+
+    def after_ready(self, applied: int) -> None:
+        """After each Ready: follow a configuration appended (or truncated), log the ones
+        now applied."""
+        membership = self._core.membership
+        if membership is not self._seen:
+            # A config entry was appended (or truncated): talk to the new member set.
+            self.sync_peers()
+        if membership is not self._noted:
+            self._noted = membership
+            indexes = self._log.config_indexes()
+            index = indexes[-1] if indexes else applied
+            self.unapplied = [(i, m) for i, m in self.unapplied if i < index]
+            self.unapplied.append((index, membership))
+        if self.unapplied and self.unapplied[0][0] <= applied:
+            self._applied(applied)
+
+    def _applied(self, applied: int) -> None:
+        while self.unapplied and self.unapplied[0][0] <= applied:
+            index, membership = self.unapplied.pop(0)
+            ids = _ids(membership)
+            log.info("node %d: membership change applied at index %d (term %d): voters %s, "
+                     "learners %s", self.node_id, index, self._core.term,
+                     sorted(m.id for m in membership.voters),
+                     sorted(m.id for m in membership.learners))
+            before, self._applied_ids = self._applied_ids, ids
+            self.removed_ids = (self.removed_ids | (before - ids)) - ids
+            if self.node_id in before and self.node_id not in ids:
+                self._on_removed(f"the configuration applied at index {index} leaves it out")
 
     def sync_peers(self) -> None:
         """Talk to the members of the latest configuration."""

@@ -27,6 +27,7 @@ from dengine.config import NodeConfig
 from dengine.errors import DengineError, NotLeader, Timeout, Unavailable
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.datadir import DataDir
+from dengine.node.events import RaftEvents
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write, expire_read
@@ -112,6 +113,8 @@ class Node:
         self._wake = asyncio.Event()
         self._running = False
         self._failure: BaseException | None = None
+        self._removed = ""  # why this node knows it was removed from the cluster
+        self._closing: asyncio.Task[None] | None = None  # the transport, once removed
         self._pending = Pending(config.tick_ms / 1000.0)
         self._due = self._pending.due
         # inbox, drained once per turn
@@ -136,6 +139,7 @@ class Node:
         self._reads: ReadPath
         self._snaps: Snapshotter
         self._members: Members
+        self._events: RaftEvents
         self._outbox: Outbox
         self._send: Callable[[list[Message]], None]
         self._start_apply: Callable[[list[Entry]], None]
@@ -162,6 +166,8 @@ class Node:
             await self._close_storage()
             raise
         self._running = True
+        if self._members.removed_at_start():
+            self._on_removed("its configuration left it out before this start")
         self._last_tick = time.monotonic()
         self._snaps.start_clock(self._last_tick)
         self._loop_task = asyncio.create_task(self._run(), name=f"dengine-node-{self.node_id}")
@@ -182,7 +188,9 @@ class Node:
         self._start_apply = self._apply.start
         self._note_sizes = self._apply.note_sizes
         self._reads = ReadPath(self.node_id, sm)
-        self._members = Members(self.config, core)
+        self._members = Members(self.config, core, raft_log, self.applied_index,
+                                on_removed=self._on_removed)
+        self._events = RaftEvents(self.node_id, core)
         self._snaps = Snapshotter(
             self.config, loop, self._store, self._receiver, raft_log, sm, core, self._apply,
             applied=lambda: self.applied_index, running=lambda: self._running,
@@ -208,6 +216,8 @@ class Node:
             on_snapshot_chunk=self._snaps.on_chunk,
             on_snapshot_done=self._snaps.on_sent,
             accept_unknown=self._members.is_outside,
+            is_removed=self._members.is_removed,
+            on_removed=self._on_removed_by,
             snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
         )
         try:
@@ -241,7 +251,7 @@ class Node:
         if self._transport is not None:
             await self._transport.close()
         self._receiver.close()
-        self._fail_pending(stopping=True)
+        self._fail_pending("stopped")
         await self._close_storage()
 
     async def _close_storage(self) -> None:
@@ -284,6 +294,12 @@ class Node:
     def check_running(self) -> None:
         """Raise Unavailable unless the node is running."""
         if not self._running:
+            if self._removed:
+                raise Unavailable(
+                    f"node {self.node_id} was removed from the cluster and no longer serves "
+                    f"requests ({self._removed}); stop it, or clear its data dir and add it "
+                    "again"
+                )
             if self._failure is not None:
                 raise Unavailable(f"node {self.node_id} failed: {self._failure}")
             raise Unavailable(f"node {self.node_id} is stopped")
@@ -398,6 +414,7 @@ class Node:
         if self._core is None:
             raise _not_started(self.node_id)
         self._members.transfer_leadership(to)
+        self._events.transfer_requested(to)
         self._wake.set()
 
     def transfer_target(self) -> int:
@@ -457,7 +474,28 @@ class Node:
         self._failure = e
         self._running = False
         self._wake.set()
-        self._fail_pending(stopping=False)
+        self._fail_pending("failed")
+
+    def _on_removed(self, why: str) -> None:
+        """This node is no longer a member: stop serving (the process stays up for its
+        status; every client request gets Unavailable saying so)."""
+        if self._removed:
+            return
+        self._removed = why
+        self.leader_id = 0
+        log.info("node %d: removed from the cluster at term %d (%s); it no longer serves "
+                 "client requests: stop it, or clear its data dir and add it again",
+                 self.node_id, self._core.term if self._core is not None else 0, why)
+        self._running = False
+        self._wake.set()
+        self._fail_pending("was removed from the cluster")
+        transport = self._transport
+        if transport is not None:  # nothing to say to the peers any more
+            self._closing = self._loop.create_task(transport.close())
+
+    def _on_removed_by(self, peer: int) -> None:
+        """The transport: `peer` refused us as a member its applied configuration removed."""
+        self._on_removed(f"node {peer} applied a configuration without it")
 
     def _take_inputs(self, core: RaftCore) -> None:
         now = time.monotonic()
@@ -483,6 +521,7 @@ class Node:
             self._snaps.on_tick(now)
         if self._in_messages:
             messages, self._in_messages = self._in_messages, []
+            term = core.term
             for msg in messages:
                 if msg.type == MSG_APPEND and msg.entries:
                     self._incoming_bytes += msg.ByteSize()
@@ -492,6 +531,8 @@ class Node:
                     # An unexpected message never stops the node: log it and go on.
                     log.warning("node %d: dropped %s from node %d: %s",
                                 self.node_id, msg.type, msg.from_id, e)
+            if core.term != term:
+                self._events.term_raised(messages, term)
         if self._in_proposals:
             self._propose(core)
         reads = self._in_reads
@@ -625,6 +666,7 @@ class Node:
             self.role = rd.soft_state.role
             if rd.soft_state.leader_id != self.leader_id:
                 self.leader_id = rd.soft_state.leader_id
+            self._events.on_change(self.role, self.leader_id)
         if rd.snapshot is not None:
             index = rd.snapshot.last_included.index
             self.applied_index = max(self.applied_index, index)
@@ -634,16 +676,12 @@ class Node:
             reads.on_read_states(rd.read_states)
         if reads.ready:
             reads.serve_ready(self.applied_index)
-        members = self._members
-        if members.changed():
-            # A config entry was appended (or truncated): talk to the new member set.
-            members.sync_peers()
+        self._members.after_ready(self.applied_index)
         threshold = self._snapshot_threshold
         if threshold and self.applied_index - self._snaps.index >= threshold:
             self._snaps.maybe()
 
-    def _fail_pending(self, stopping: bool) -> None:
-        why = "stopped" if stopping else "failed"
+    def _fail_pending(self, why: str) -> None:
         for _, write in self._in_proposals:
             if not write.future.done():
                 write.future.set_exception(Unavailable(f"node {self.node_id} {why}"))
@@ -669,7 +707,7 @@ class Node:
         return NodeStatus(
             node_id=self.node_id,
             cluster_id=self.config.cluster_id,
-            role=self.role.value,
+            role="removed" if self._removed else self.role.value,
             term=core.term,
             leader_id=self.leader_id,
             commit_index=core.commit_index,

@@ -138,8 +138,8 @@ class Snapshotter:
             self.taken += 1
             self.compact_to = metadata
             self._wake()
-            log.info("node %d: snapshot at index %d written in %.2fs", self.node_id,
-                     last.index, time.monotonic() - started)
+            log.info("node %d: snapshot at index %d written in %.2fs (term %d)", self.node_id,
+                     last.index, time.monotonic() - started, self._core.term)
             interval = self._config.snapshot_interval_s
             self._next_at = time.monotonic() + interval if interval else 0.0
         except asyncio.CancelledError:
@@ -247,8 +247,8 @@ class Snapshotter:
         if not self._running():
             return
         if ok:
-            log.info("node %d: node %d received the snapshot at index %d",
-                     self.node_id, peer, metadata.last_included.index)
+            log.info("node %d: node %d received the snapshot at index %d (term %d)",
+                     self.node_id, peer, metadata.last_included.index, self._core.term)
         else:
             log.warning("node %d: node %d refused the snapshot at index %d: %s",
                         self.node_id, peer, metadata.last_included.index, error)

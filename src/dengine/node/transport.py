@@ -168,6 +168,9 @@ class _Link:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
+        # the connection as last logged: "" (never tried), "unreachable" (never up yet),
+        # "up", "down" (lost): logged once per change, not per retry
+        self.state = ""
         # The connection's writer while the writer task waits with nothing to do: `send`
         # may then write directly.
         self.idle_writer: asyncio.StreamWriter | None = None
@@ -209,6 +212,8 @@ class Transport:
         on_snapshot_chunk: SnapshotChunkHandler | None = None,
         on_snapshot_done: SnapshotDoneHandler | None = None,
         accept_unknown: Callable[[], bool] | None = None,
+        is_removed: Callable[[int], bool] | None = None,
+        on_removed: PeerHandler | None = None,
         snapshot_chunk_bytes: int = 1024 * 1024,
         snapshot_window: int = 4,
         rng: random.Random | None = None,
@@ -227,6 +232,9 @@ class Transport:
         self._on_snapshot_chunk = on_snapshot_chunk
         self._on_snapshot_done = on_snapshot_done
         self._accept_unknown = accept_unknown
+        self._is_removed = is_removed  # node ids to tell, when they connect, they were removed
+        self._on_removed = on_removed  # a peer told us we were removed
+        self._inbound_from: dict[int, set[asyncio.StreamWriter]] = {}
         self.snapshot_chunk_bytes = max(1, min(snapshot_chunk_bytes,
                                                max_frame_bytes - 64 * 1024))
         self.snapshot_window = snapshot_window
@@ -274,6 +282,10 @@ class Transport:
             if self._peer_addresses.get(node_id) != link.address:
                 link.close()
                 del self._links[node_id]
+        for node_id, writers in self._inbound_from.items():
+            if node_id not in self._peer_addresses:
+                for writer in writers:  # it reconnects, and learns why it is refused
+                    writer.close()
         for node_id, address in self._peer_addresses.items():
             if node_id not in self._links:
                 link = _Link(node_id, address, self.queue_limit)
@@ -458,9 +470,18 @@ class Transport:
                 reply = await asyncio.wait_for(
                     read_frame(reader, self.max_frame_bytes), self.handshake_timeout
                 )
+                if reply.WhichOneof("frame") == "hello" and reply.hello.removed:
+                    if self._on_removed is not None:
+                        self._on_removed(link.node_id)
+                    raise PeerProtocolError("it says this node was removed from the cluster")
                 self._check_hello(reply, expected_id=link.node_id)
                 backoff = self.backoff_min
                 link.connected = True
+                if link.state != "up":
+                    log.info("node %d: %s node %d at %s", self.node_id,
+                             "reconnected to" if link.state == "down" else "connected to",
+                             link.node_id, link.address)
+                    link.state = "up"
                 t = link.transfer
                 if t is not None:
                     # Chunks in flight on the old connection may be lost: resume from the
@@ -480,6 +501,11 @@ class Transport:
                             self.node_id, link.node_id, link.address, e.message)
             except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as e:
                 log.debug("node %d: link to node %d down: %r", self.node_id, link.node_id, e)
+                if link.state in ("", "up") and not self._closed:
+                    log.info("node %d: %s node %d at %s (%s); retrying", self.node_id,
+                             "lost the connection to" if link.state else "cannot reach",
+                             link.node_id, link.address, e.__class__.__name__)
+                    link.state = "down" if link.state else "unreachable"
             finally:
                 link.connected = False
                 if writer is not None:
@@ -578,9 +604,18 @@ class Transport:
             )
             peername = writer.get_extra_info("peername")
             remote_host = str(peername[0]) if isinstance(peername, tuple) else ""
-            hello = self._check_hello(first, remote_host=remote_host)
+            try:
+                hello = self._check_hello(first, remote_host=remote_host)
+            except PeerProtocolError:
+                self._tell_if_removed(first, writer)
+                raise
             writer.write(self._hello(0))
-            await self._read_loop(hello.node_id, reader)
+            inbound = self._inbound_from.setdefault(hello.node_id, set())
+            inbound.add(writer)
+            try:
+                await self._read_loop(hello.node_id, reader)
+            finally:
+                inbound.discard(writer)
         except PeerProtocolError as e:
             self.refused_connections += 1
             log.warning("node %d: refused connection from %s: %s", self.node_id, peer, e.message)
@@ -592,6 +627,19 @@ class Transport:
         finally:
             self._inbound.discard(task)
             writer.close()
+
+    def _tell_if_removed(self, first: PeerFrame, writer: asyncio.StreamWriter) -> None:
+        """A refused Hello from a member our applied configuration removed: say so, so
+        that it stops (else it would retry and campaign forever)."""
+        hello = first.hello
+        if (
+            first.WhichOneof("frame") == "hello"
+            and hello.cluster_id == self.cluster_id
+            and self._is_removed is not None
+            and self._is_removed(hello.node_id)
+        ):
+            reply = Hello(cluster_id=self.cluster_id, node_id=self.node_id, removed=True)
+            writer.write(encode_frame(PeerFrame(hello=reply).SerializeToString()))
 
     async def _read_loop(self, from_id: int, reader: asyncio.StreamReader) -> None:
         while not self._closed:
