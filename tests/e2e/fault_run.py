@@ -70,7 +70,7 @@ LONG = "long"  # the long-lived client's name in the tables
 @dataclass
 class RunConfig:
     seed: int = 1
-    seconds: float = 150.0  # of faults (plus setup, a healed tail and the checks)
+    seconds: float = 150.0  # of faults, at least one of each kind (then a healed tail)
     clients: int = 8
     rate: float = 1000.0  # ops/s of the regular clients together
     write_share: float = 0.5
@@ -85,6 +85,7 @@ class RunConfig:
     kinds: tuple[str, ...] = tuple(FAULT_KINDS)
     tail_s: float = 3.0  # healed load after the last fault
     proxy: bool = True  # False: peers connect directly (a control run; no link faults)
+    dump_stalls: str = ""  # path of py-spy: dump a node's stacks when Status times out
     settings: dict[str, Any] = field(default_factory=dict)
 
 
@@ -190,6 +191,7 @@ class FaultRun:
         self.statuses: list[tuple[float, int, int, str, int, int]] = []
         self.stalls: list[tuple[float, float]] = []
         self.slow_status: list[tuple[float, int, float]] = []  # > 0.1 s, -1: no answer
+        self.dumps: list[asyncio.Task[None]] = []
         self.proxy_stats: dict[str, Any] = {}
         self.election_timeout_s = (
             {**TEST_SETTINGS, **settings}["election_timeout_ms"] / 1000.0)
@@ -328,15 +330,18 @@ class FaultRun:
         cfg = self.cfg
         end = self.now() + cfg.seconds
         order: list[str] = []
+        rounds = 0
         while True:
             if not order:
                 order = list(cfg.kinds)
                 self.rng.shuffle(order)
+                rounds += 1
             kind = order.pop()
             lo, hi = FAULT_KINDS[kind]
             duration = self.rng.uniform(lo, hi) * cfg.duration_scale
             quiet = self.rng.uniform(*cfg.quiet_s)
-            if self.now() + duration + quiet > end:
+            # Every kind runs at least once, even past `seconds`.
+            if self.now() + duration + quiet > end and rounds > 1:
                 break
             await self.inject(kind, duration)
             await asyncio.sleep(quiet)
@@ -352,6 +357,16 @@ class FaultRun:
             if late > 0.1:
                 self.stalls.append((round(before, 3), round(late, 3)))
 
+    async def dump_stack(self, node_id: int, pid: int, at: float) -> None:
+        """py-spy dump of a node that did not answer Status in time (--dump-stalls)."""
+        proc = await asyncio.create_subprocess_exec(
+            self.cfg.dump_stalls, "dump", "--pid", str(pid), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        with open(self.workdir / "stalls.txt", "a") as f:
+            f.write(f"==== node {node_id} (pid {pid}) no Status answer at {at:.2f}s; "
+                    f"dumped at {self.now():.2f}s\n{out.decode(errors='replace')}\n")
+
     async def monitor(self) -> None:
         """Every node's term, role and commit index every 100 ms (for attribution)."""
         async with Client(self.endpoints, timeout=1) as c:
@@ -365,6 +380,9 @@ class FaultRun:
                         st = await c.status(node.client, timeout=0.3)
                     except DengineError:
                         self.slow_status.append((round(asked, 2), i, -1.0))
+                        if self.cfg.dump_stalls and node.process is not None:
+                            self.dumps.append(asyncio.create_task(
+                                self.dump_stack(i, node.process.pid, asked)))
                         continue
                     took = self.now() - asked
                     if took > 0.1:
@@ -503,6 +521,7 @@ class FaultRun:
             await asyncio.sleep(cfg.tail_s)
             self.stop_load.set()
             await asyncio.gather(*load)
+            await asyncio.gather(*self.dumps, return_exceptions=True)
             load_end = self.now()
             if cfg.proxy:
                 self.proxy_stats = (await self.proxy.command(op="stats"))["stats"]
@@ -678,6 +697,9 @@ def main() -> None:
     p.add_argument("--kinds", default=",".join(FAULT_KINDS))
     p.add_argument("--no-proxy", action="store_true",
                    help="peers connect directly (control run: kill and pause faults only)")
+    p.add_argument("--dump-stalls", default="", metavar="PY_SPY",
+                   help="py-spy executable: dump a node's stacks (to WORKDIR/stalls.txt) "
+                   "whenever it does not answer Status within 0.3 s")
     p.add_argument("--workdir", default=None, help="default: a new temporary directory")
     p.add_argument("--json", default=None, help="also write the report here")
     a = p.parse_args()
@@ -689,7 +711,8 @@ def main() -> None:
         if a.no_proxy and not k.startswith(("kill", "pause")):
             p.error(f"{k} needs the proxy")
     cfg = RunConfig(seed=seed, seconds=a.seconds, clients=a.clients, rate=a.rate,
-                    long_rate=a.long_rate, kinds=kinds, proxy=not a.no_proxy)
+                    long_rate=a.long_rate, kinds=kinds, proxy=not a.no_proxy,
+                    dump_stalls=a.dump_stalls)
     workdir = Path(a.workdir or tempfile.mkdtemp(prefix=f"fault-run-{seed}-"))
     workdir.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(run_faults(workdir, cfg))

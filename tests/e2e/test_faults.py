@@ -7,7 +7,7 @@ acknowledged write is lost. The write-window targets of the issue (no client, th
 long-lived one included, goes longer than election timeout + 2 s without a successful
 write while a majority is up and connected; a follower's pause or isolation interrupts
 writes for no more than 1 s) do not hold yet: `test_write_windows` is xfail(strict=False)
-and the CI run only asserts a loose bound, `DENGINE_FAULT_MAX_WINDOW_S` (default 12 s:
+and the CI run only asserts a loose bound, `DENGINE_FAULT_MAX_WINDOW_S` (default 30 s:
 longer means a client is wedged, not slow). Tighten both once the fixes land.
 
 The CI run: ~40 s of faults, every kind once, at a modest rate. The long runs are under
@@ -33,7 +33,7 @@ CI_SECONDS = float(os.environ.get("DENGINE_FAULT_CI_SECONDS", "40"))
 SLOW_SEEDS = [int(s) for s in os.environ.get("DENGINE_FAULT_SEEDS", "1,2,3").split(",") if s]
 SLOW_SECONDS = float(os.environ.get("DENGINE_FAULT_SECONDS", "150"))
 # Loose bound asserted today (a wedged client), and the issue's targets (xfail for now).
-MAX_WINDOW_S = float(os.environ.get("DENGINE_FAULT_MAX_WINDOW_S", "12"))
+MAX_WINDOW_S = float(os.environ.get("DENGINE_FAULT_MAX_WINDOW_S", "30"))
 FOLLOWER_TARGET_S = 1.0
 
 
