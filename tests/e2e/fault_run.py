@@ -623,7 +623,7 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         "clients": clients,
         "windows": {k: dict(v) for k, v in windows.items()},
         "table": table,
-        "long_wait_for_timeouts": run.long_waits[:50],
+        "long_wait_for_timeouts": run.long_waits[:2000],
         "long_wait_for_timeout_count": len(run.long_waits),
     }
 
@@ -683,6 +683,28 @@ def window_violations(report: dict[str, Any], bound_s: float, follower_bound_s: 
     return out
 
 
+def combined_table(reports: list[dict[str, Any]]) -> str:
+    """fault kind -> longest window of any regular client and of the long-lived one,
+    per report (seed) and over all of them."""
+    seeds = [f"seed {r['seed']}" for r in reports]
+    head = f"{'period kind':28} " + " ".join(f"{s:>13}" for s in seeds) + f" {'all':>13}"
+    lines = [head, f"{'':28} " + " ".join(f"{'reg/long':>13}" for _ in [*seeds, 0]),
+             "-" * len(head)]
+    kinds = [k for k in ("none", *FAULT_KINDS, "healed")
+             if any(k in r["table"] for r in reports)]
+    for kind in kinds:
+        cells, reg_all, long_all = [], 0.0, 0.0
+        for r in reports:
+            row = r["table"].get(kind, {})
+            reg = max((v for c, v in row.items() if c != LONG), default=0.0)
+            lng = row.get(LONG, 0.0)
+            reg_all, long_all = max(reg_all, reg), max(long_all, lng)
+            cells.append(f"{reg:6.2f}/{lng:6.2f}")
+        cells.append(f"{reg_all:6.2f}/{long_all:6.2f}")
+        lines.append(f"{kind:28} " + " ".join(cells))
+    return "\n".join(lines)
+
+
 async def run_faults(workdir: Path, cfg: RunConfig) -> dict[str, Any]:
     return await FaultRun(workdir, cfg).run()
 
@@ -700,9 +722,14 @@ def main() -> None:
     p.add_argument("--dump-stalls", default="", metavar="PY_SPY",
                    help="py-spy executable: dump a node's stacks (to WORKDIR/stalls.txt) "
                    "whenever it does not answer Status within 0.3 s")
+    p.add_argument("--combine", nargs="+", metavar="REPORT_JSON",
+                   help="print the per-kind table of these reports (no run)")
     p.add_argument("--workdir", default=None, help="default: a new temporary directory")
     p.add_argument("--json", default=None, help="also write the report here")
     a = p.parse_args()
+    if a.combine:
+        print(combined_table([json.loads(Path(f).read_text()) for f in a.combine]))
+        return
     seed = a.seed if a.seed is not None else random.randrange(1, 1 << 31)
     kinds = tuple(k for k in a.kinds.split(",") if k)
     for k in kinds:
