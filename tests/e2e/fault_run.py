@@ -163,6 +163,17 @@ class ProxyProcess:
             await proc.wait()
 
 
+def client_state(client: Client) -> dict[str, Any]:
+    """What a Client is waiting on (private attributes, for diagnostics only; "?" when
+    the client's internals moved): the leader it talks to, its write batcher's RPCs in
+    flight and the writes queued behind them."""
+    router = getattr(client, "_router", client)
+    writes = getattr(client, "_writes", None)
+    return {"client_leader": getattr(router, "_leader", "?"),
+            "write_rpcs_in_flight": getattr(writes, "_inflight", "?"),
+            "writes_queued": len(getattr(writes, "_pending", ())) if writes else "?"}
+
+
 class FaultRun:
     def __init__(self, workdir: Path, cfg: RunConfig) -> None:
         self.workdir = workdir
@@ -456,7 +467,7 @@ class FaultRun:
                 if err == "wait_for":
                     self.long_waits.append({
                         "call": round(call, 3), "seq": seq,
-                        "client_leader": getattr(client, "_leader", "?"),
+                        **client_state(client),
                         "inflight": cfg.long_inflight - slots._value,
                     })
                 self.record(Call(LONG, "put", LONG, value, None, call, self.now(),
