@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any
 
+from dengine.proto import PeerFrame
+
 HEADER = struct.Struct("<II")
 MODES = ("pass", "drop", "blackhole")
 _HELLO_TIMEOUT_S = 10.0
@@ -208,8 +210,6 @@ class FaultProxy:
 
     async def _serve(self, dst: int, reader: asyncio.StreamReader,
                      down: asyncio.StreamWriter) -> None:
-        from dengine.proto import PeerFrame
-
         header = await asyncio.wait_for(reader.readexactly(HEADER.size), _HELLO_TIMEOUT_S)
         length, _ = HEADER.unpack(header)
         if length > 1 << 20:
