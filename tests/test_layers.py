@@ -47,3 +47,11 @@ def test_client_imports_no_server_side_code() -> None:
 def test_storage_knows_nothing_of_the_network() -> None:
     assert _offending("storage", ("asyncio", "socket", "grpc", "dengine.node",
                                   "dengine.server", "dengine.client", "dengine.netutil")) == {}
+
+
+def test_raft_is_sans_io() -> None:
+    """The consensus core owns its log contract (raft/storage.py) and touches no I/O."""
+    assert _offending("raft", ("asyncio", "socket", "os", "io", "threading", "time",
+                               "pathlib", "subprocess", "shutil", "tempfile", "grpc",
+                               "dengine.storage", "dengine.node", "dengine.server",
+                               "dengine.client", "dengine.netutil")) == {}

@@ -14,7 +14,7 @@ from dengine.config import NodeConfig
 from dengine.errors import ClusterMismatch, ConfigError, InvalidRequest, NotLeader, Unavailable
 from dengine.node.datadir import DataDir
 from dengine.proto import Entry, EntryPayload, HardState, Member, Membership, WriteCommand
-from dengine.storage import RaftLog
+from dengine.storage import FileRaftLog
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 50, "heartbeat_interval_ms": 15,
         "clock_drift_ms": 10}
@@ -87,7 +87,7 @@ def test_restart_keeps_data(tmp_path: Path) -> None:
 def test_committed_entries_missing_from_state_machine_are_reapplied(tmp_path: Path) -> None:
     """Entries committed in the log but never applied (crash before apply) come back."""
     DataDir(tmp_path).claim(1, "dengine")
-    raft_log = RaftLog(tmp_path / "raft")
+    raft_log = FileRaftLog(tmp_path / "raft")
     peer_port, own_port = free_port(), free_port()
     membership = Membership(voters=[Member(id=1, address=f"127.0.0.1:{own_port}"),
                                     Member(id=2, address=f"127.0.0.1:{peer_port}")])

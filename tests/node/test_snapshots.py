@@ -25,7 +25,7 @@ from dengine.proto import (
     SnapshotAck,
     SnapshotChunk,
 )
-from dengine.storage import FileStateMachine, RaftLog
+from dengine.storage import FileRaftLog, FileStateMachine
 
 SNAP = {"snapshot_threshold_entries": 50, "snapshot_chunk_bytes": 4096,
         "log_segment_bytes": 4096}
@@ -108,7 +108,7 @@ def test_a_snapshot_being_written_at_stop_is_finished_and_compacts_the_log(
         await engine.stop()
 
     run(main())
-    log = RaftLog(tmp_path / "raft")
+    log = FileRaftLog(tmp_path / "raft")
     snap = log.snapshot_metadata()
     assert snap is not None and snap.last_included.index >= 50
     tail = SNAP["snapshot_threshold_entries"] // 10
@@ -177,7 +177,7 @@ def test_follower_stopped_mid_transfer_keeps_its_old_state_and_resumes(tmp_path:
             assert all(sm.get(b"k%06d" % i) is not None for i in range(100))
             assert sm.get(b"k%06d" % 500) is None
             sm.close()
-            RaftLog(cluster.data_dir(lagging) / "raft").close()
+            FileRaftLog(cluster.data_dir(lagging) / "raft").close()
 
             follower = await cluster.start(lagging)
             offsets: list[int] = []  # offsets of the chunks the restarted follower gets
@@ -238,7 +238,7 @@ def test_install_interrupted_between_state_machine_and_log_is_finished(tmp_path:
     peer_port, own_port = free_port(), free_port()
     membership = Membership(voters=[Member(id=1, address=f"127.0.0.1:{own_port}"),
                                     Member(id=2, address=f"127.0.0.1:{peer_port}")])
-    raft_log = RaftLog(tmp_path / "raft")
+    raft_log = FileRaftLog(tmp_path / "raft")
     entry = Entry(index=1, term=1)
     entry.payload.config.CopyFrom(membership)
     raft_log.append([entry])

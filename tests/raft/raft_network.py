@@ -20,8 +20,7 @@ from dengine.proto import (
     MessageType,
     SnapshotMetadata,
 )
-from dengine.raft import RaftConfig, RaftCore, ReadState, Role
-from dengine.storage import MemoryRaftLog
+from dengine.raft import MemoryRaftLog, RaftConfig, RaftCore, ReadState, Role
 
 T = MessageType
 

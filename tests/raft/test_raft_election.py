@@ -9,8 +9,7 @@ from raft_network import Network, T, make_log, membership
 
 from dengine.errors import ConfigError, StorageError
 from dengine.proto import Message
-from dengine.raft import RaftConfig, RaftCore, Role
-from dengine.storage import MemoryRaftLog
+from dengine.raft import MemoryRaftLog, RaftConfig, RaftCore, Role
 
 
 def test_single_node_elects_itself_at_its_first_tick() -> None:

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dengine.proto import Entry
-from dengine.raft import RaftLog
-from dengine.storage import MemoryRaftLog
+from dengine.raft import LogView, MemoryRaftLog
 
 
 def _entries(first: int, terms: list[int]) -> list[Entry]:
@@ -39,7 +38,7 @@ ops = st.lists(
 @given(ops)
 def test_log_view_matches_model_under_any_interleaving(script: list[tuple]) -> None:
     storage = MemoryRaftLog()
-    view = RaftLog(storage)
+    view = LogView(storage)
     model: list[tuple[int, int]] = []  # (index, term) of the logical log
     term = 1
     handed: list[Entry] | None = None  # the Ready being persisted (at most one)

@@ -14,7 +14,7 @@ import random
 import sys
 
 from dengine.proto import Entry, HardState, WriteCommand
-from dengine.storage import FileStateMachine, RaftLog
+from dengine.storage import FileRaftLog, FileStateMachine
 
 KEYS = 50
 
@@ -31,7 +31,7 @@ def make_entry(index: int, term: int) -> Entry:
 def main() -> None:
     directory, seed = sys.argv[1], int(sys.argv[2])
     rng = random.Random(seed)
-    log = RaftLog(f"{directory}/raft", segment_bytes=8192)
+    log = FileRaftLog(f"{directory}/raft", segment_bytes=8192)
     sm = FileStateMachine(f"{directory}/sm", checkpoint_bytes=16384)
     out = sys.stdout
     term = log.hard_state().term + 1

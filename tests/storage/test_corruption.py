@@ -11,7 +11,7 @@ from storage_helpers import encoded, log_entries
 
 from dengine.errors import CorruptionError
 from dengine.proto import HardState, LogId, SnapshotMetadata
-from dengine.storage import FileStateMachine, RaftLog
+from dengine.storage import FileRaftLog, FileStateMachine
 from dengine.storage.records import MAGIC_HARD_STATE, MAGIC_SEGMENT, MAGIC_WAL, scan
 
 WAL_CHUNKS = [(11, 4), (15, 3), (18, 1), (19, 1), (20, 1)]  # (first index, entries)
@@ -19,7 +19,7 @@ WAL_CHUNKS = [(11, 4), (15, 3), (18, 1), (19, 1), (20, 1)]  # (first index, entr
 
 def build(root) -> dict[str, str]:
     """A data dir with every file kind; returns kind -> path."""
-    log = RaftLog(root / "raft", segment_bytes=1 << 20)
+    log = FileRaftLog(root / "raft", segment_bytes=1 << 20)
     log.append(log_entries(1, 20, term=1))
     log.set_hard_state(HardState(term=1, voted_for=1, commit=3))
     log.set_hard_state(HardState(term=1, voted_for=1, commit=9))
@@ -41,8 +41,8 @@ def build(root) -> dict[str, str]:
     }
 
 
-def open_all(root) -> tuple[RaftLog, FileStateMachine]:
-    return RaftLog(root / "raft"), FileStateMachine(root / "sm")
+def open_all(root) -> tuple[FileRaftLog, FileStateMachine]:
+    return FileRaftLog(root / "raft"), FileStateMachine(root / "sm")
 
 
 def flip(path: str, offset: int) -> None:

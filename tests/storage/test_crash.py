@@ -13,7 +13,8 @@ from pathlib import Path
 
 from crash_writer import KEYS, make_entry
 
-from dengine.storage import FileStateMachine, LogCompacted, RaftLog
+from dengine.raft import LogCompacted
+from dengine.storage import FileRaftLog, FileStateMachine
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 KILLS = 50
@@ -39,7 +40,7 @@ def run_and_kill(directory: Path, seed: int, delay: float) -> list[list[str]]:
 
 
 def verify(directory: Path, acks: list[list[str]], hard_term: int) -> int:
-    log = RaftLog(directory / "raft")
+    log = FileRaftLog(directory / "raft")
     sm = FileStateMachine(directory / "sm")
     try:
         hs = log.hard_state()

@@ -13,7 +13,7 @@ import pytest
 from storage_helpers import command_entry, encoded, insert, log_entries
 
 from dengine.proto import HardState, LogId, SnapshotMetadata
-from dengine.storage import FileStateMachine, RaftLog
+from dengine.storage import FileRaftLog, FileStateMachine
 from dengine.storage.fileio import SimulatedCrash, SimulatedDisk
 
 
@@ -50,7 +50,7 @@ def procedures():
         return sm
 
     def log_setup(disk):
-        log = RaftLog("/n/raft", segment_bytes=300, fileio=disk)
+        log = FileRaftLog("/n/raft", segment_bytes=300, fileio=disk)
         for first in range(1, 31, 5):  # several segments (a batch never spans two)
             log.append(log_entries(first, 5, term=1))
         log.set_hard_state(HardState(term=1, voted_for=1, commit=5))
@@ -75,7 +75,7 @@ def observe(disk: SimulatedDisk, name: str):
     if name.startswith("sm"):
         sm = open_sm(disk)
         return sm.items(), sm.last_applied().index
-    log = RaftLog("/n/raft", segment_bytes=300, fileio=disk)
+    log = FileRaftLog("/n/raft", segment_bytes=300, fileio=disk)
     return (
         log.first_index(), log.last_index(), log.term(log.first_index() - 1),
         encoded(log.entries(log.first_index(), log.last_index() + 1)), log.hard_state(),
@@ -129,10 +129,10 @@ def test_applies_during_a_background_checkpoint_survive(tmp_path):
 
 def test_fresh_directories_are_durable():
     disk = SimulatedDisk()
-    log = RaftLog("/fresh/data/raft", fileio=disk)
+    log = FileRaftLog("/fresh/data/raft", fileio=disk)
     log.append(log_entries(1, 1, term=1))
     sm = FileStateMachine("/fresh/data/sm", fileio=disk)
     sm.apply_chunk(log_entries(1, 1, term=1))
     disk.power_cut(random.Random(0), lose_all=True)
-    assert RaftLog("/fresh/data/raft", fileio=disk).last_index() == 1
+    assert FileRaftLog("/fresh/data/raft", fileio=disk).last_index() == 1
     assert FileStateMachine("/fresh/data/sm", fileio=disk).last_applied().index == 1

@@ -1,4 +1,4 @@
-"""RaftLog against its reference model MemoryRaftLog: scripted cases and a stateful test."""
+"""FileRaftLog against its reference model MemoryRaftLog: scripted cases and a stateful test."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from storage_helpers import ChunksOnlyDisk, config_entry, encoded, log_entries, 
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, HardState, LogId, SnapshotMetadata
-from dengine.storage import LogCompacted, LogUnavailable, MemoryRaftLog, RaftLog
+from dengine.raft import LogCompacted, LogUnavailable, MemoryRaftLog
+from dengine.storage import FileRaftLog
 from dengine.storage import raft_log as raft_log_module
 from dengine.storage.fileio import SimulatedDisk
 
 
-def same(log: RaftLog, model: MemoryRaftLog) -> None:
+def same(log: FileRaftLog, model: MemoryRaftLog) -> None:
     assert log.first_index() == model.first_index()
     assert log.last_index() == model.last_index()
     assert log.hard_state() == model.hard_state()
@@ -37,14 +38,14 @@ def same(log: RaftLog, model: MemoryRaftLog) -> None:
 
 
 def test_restart_recovers_appends_truncation_compaction_and_hard_state(tmp_path):
-    log = RaftLog(tmp_path, segment_bytes=600)
+    log = FileRaftLog(tmp_path, segment_bytes=600)
     log.append(log_entries(1, 30, term=1))
     log.truncate_suffix(25)
     log.append(log_entries(25, 10, term=2, tag=b"w"))
     log.compact_prefix(12)
     log.set_hard_state(HardState(term=2, voted_for=3, commit=20))
     log.close()
-    again = RaftLog(tmp_path, segment_bytes=600)
+    again = FileRaftLog(tmp_path, segment_bytes=600)
     assert (again.first_index(), again.last_index()) == (13, 34)
     assert again.term(12) == 1 and again.term(25) == 2
     assert encoded(again.entries(13, 35)) == encoded(log.entries(13, 35))
@@ -56,7 +57,7 @@ def test_restart_recovers_appends_truncation_compaction_and_hard_state(tmp_path)
 
 
 def test_compaction_deletes_whole_segments_only(tmp_path):
-    log = RaftLog(tmp_path, segment_bytes=500)
+    log = FileRaftLog(tmp_path, segment_bytes=500)
     for first in range(1, 101, 10):
         log.append(log_entries(first, 10, term=1))
     segments = [n for n in os.listdir(tmp_path) if n.startswith("seg-")]
@@ -64,23 +65,23 @@ def test_compaction_deletes_whole_segments_only(tmp_path):
     log.compact_prefix(95)
     left = [n for n in os.listdir(tmp_path) if n.startswith("seg-")]
     assert len(left) == 1
-    assert encoded(RaftLog(tmp_path).entries(96, 101)) == encoded(log.entries(96, 101))
+    assert encoded(FileRaftLog(tmp_path).entries(96, 101)) == encoded(log.entries(96, 101))
 
 
 def test_install_snapshot_discards_the_log_durably(tmp_path):
-    log = RaftLog(tmp_path)
+    log = FileRaftLog(tmp_path)
     log.append(log_entries(1, 20, term=1))
     meta = SnapshotMetadata(last_included=LogId(index=50, term=4), checksum=b"x" * 32)
     log.install_snapshot(meta)
     log.append(log_entries(51, 3, term=4))
     log.close()
-    again = RaftLog(tmp_path)
+    again = FileRaftLog(tmp_path)
     assert (again.first_index(), again.last_index(), again.term(50)) == (51, 53, 4)
     assert again.snapshot_metadata() == meta
 
 
 def test_bad_appends_are_refused(tmp_path):
-    log = RaftLog(tmp_path)
+    log = FileRaftLog(tmp_path)
     log.append(log_entries(1, 3, term=1))
     with pytest.raises(StorageError, match="expected 4"):
         log.append(log_entries(6, 1, term=1))
@@ -98,7 +99,7 @@ def test_entries_are_held_as_records_and_recent_ones_as_the_objects_appended(
     """Memory: an Entry object costs ~4x its record, so only the last `recent_entries`
     are kept as objects (read back as is: no decode on the replication path); older ones,
     and all of them after a restart, are decoded from their records when read."""
-    log = RaftLog(tmp_path, recent_entries=10)
+    log = FileRaftLog(tmp_path, recent_entries=10)
     batches = [log_entries(first, 10, term=1) for first in range(1, 51, 10)]
     for batch in batches:
         log.append(batch)
@@ -113,7 +114,7 @@ def test_entries_are_held_as_records_and_recent_ones_as_the_objects_appended(
     decoded = []
     real = Entry.FromString
     monkeypatch.setattr(Entry, "FromString", lambda data: decoded.append(1) or real(data))
-    again = RaftLog(tmp_path)
+    again = FileRaftLog(tmp_path)
     assert decoded == []  # recovery reads index and term from the records' first bytes
     assert [again.term(i) for i in (1, 50)] == [1, 1]
     assert encoded(again.entries(5, 51)) == expected
@@ -121,20 +122,20 @@ def test_entries_are_held_as_records_and_recent_ones_as_the_objects_appended(
 
 
 def test_recovery_finds_config_entries_without_decoding(tmp_path, monkeypatch):
-    log = RaftLog(tmp_path, segment_bytes=2000)
+    log = FileRaftLog(tmp_path, segment_bytes=2000)
     log.append(log_entries(1, 30, term=1))
     log.append([config_entry(31, 2, [1, 2, 3]), noop_entry(32, 2), *log_entries(33, 40, term=2)])
     log.append([config_entry(73, 3, [1, 2])])
     log.compact_prefix(10)
     log.close()
     monkeypatch.setattr(raft_log_module, "_header", lambda data, pos, end: None)
-    slow = RaftLog(tmp_path)  # every record decoded whole: the same findings
+    slow = FileRaftLog(tmp_path)  # every record decoded whole: the same findings
     assert slow.config_indexes() == [31, 73]
     monkeypatch.undo()
     decoded = []
     real = Entry.FromString
     monkeypatch.setattr(Entry, "FromString", lambda data: decoded.append(1) or real(data))
-    again = RaftLog(tmp_path)
+    again = FileRaftLog(tmp_path)
     assert again.config_indexes() == [31, 73] and decoded == []
     again.truncate_suffix(73)
     again.append([config_entry(73, 4, [1]), *log_entries(74, 3, term=4)])
@@ -147,13 +148,13 @@ def test_recovery_finds_config_entries_without_decoding(tmp_path, monkeypatch):
 def test_a_reopened_log_holds_terms_and_offsets_not_entries(tmp_path):
     """Memory: 16 bytes per uncompacted entry after a restart (it held each as a ~1.2 KB
     object); an entry is read back from its segment when asked for, its CRC checked."""
-    log = RaftLog(tmp_path, segment_bytes=200_000)
+    log = FileRaftLog(tmp_path, segment_bytes=200_000)
     for first in range(1, 3001, 500):
         log.append(log_entries(first, 500, term=1, tag=b"v" * 300))
     log.close()
     tracemalloc.start()
     try:
-        again = RaftLog(tmp_path)
+        again = FileRaftLog(tmp_path)
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -175,16 +176,16 @@ def test_a_reopened_log_holds_terms_and_offsets_not_entries(tmp_path):
 def test_segments_are_read_in_chunks():
     """Recovery never holds a whole segment (64 MiB by default) in memory at once."""
     disk = ChunksOnlyDisk()
-    log = RaftLog("/data/raft", fileio=disk)
+    log = FileRaftLog("/data/raft", fileio=disk)
     for first in range(1, 2001, 100):
         log.append(log_entries(first, 100, term=1, tag=b"v" * 200))
     log.close()
-    again = RaftLog("/data/raft", fileio=disk)
+    again = FileRaftLog("/data/raft", fileio=disk)
     assert encoded(again.entries(1, 2001)) == encoded(log.entries(1, 2001))
 
 
 class LogModel(RuleBasedStateMachine):
-    """Every operation on RaftLog and MemoryRaftLog alike; restart = reopen from disk."""
+    """Every operation on FileRaftLog and MemoryRaftLog alike; restart = reopen from disk."""
 
     @initialize(preallocate=st.sampled_from([0, 256, 4096]), recent=st.sampled_from([1, 5, 4096]))
     def setup(self, preallocate: int, recent: int) -> None:
@@ -196,8 +197,8 @@ class LogModel(RuleBasedStateMachine):
         self.term = 1
         self.tag = 0
 
-    def _open(self) -> RaftLog:
-        return RaftLog(
+    def _open(self) -> FileRaftLog:
+        return FileRaftLog(
             "/data/raft", segment_bytes=700, fileio=self.disk, preallocate=self.preallocate,
             recent_entries=self.recent,
         )

@@ -11,7 +11,8 @@ from storage_helpers import log_entries
 
 from dengine.errors import StorageError
 from dengine.proto import LogId, Member, Membership, SnapshotMetadata
-from dengine.storage import MemoryRaftLog, RaftLog
+from dengine.raft import MemoryRaftLog
+from dengine.storage import FileRaftLog
 from dengine.storage.fileio import RealDisk
 from dengine.storage.kvfile import read_snapshot, sorted_keys, write_snapshot
 
@@ -25,7 +26,7 @@ def _meta(index: int, term: int = 1) -> SnapshotMetadata:
 
 @pytest.mark.parametrize("make", [MemoryRaftLog, None])
 def test_compact_prefix_records_the_snapshot_atomically(tmp_path, make):
-    log = make() if make else RaftLog(tmp_path, segment_bytes=400)
+    log = make() if make else FileRaftLog(tmp_path, segment_bytes=400)
     log.append(log_entries(1, 40, term=1))
     log.compact_prefix(10, _meta(15))  # a margin of entries kept below the snapshot
     assert log.first_index() == 11 and log.snapshot_metadata() == _meta(15)
@@ -37,7 +38,7 @@ def test_compact_prefix_records_the_snapshot_atomically(tmp_path, make):
         log.compact_prefix(25, _meta(21).__class__(last_included=LogId(index=21, term=1)))
     if make is None:
         log.close()
-        again = RaftLog(tmp_path, segment_bytes=400)
+        again = FileRaftLog(tmp_path, segment_bytes=400)
         assert (again.first_index(), again.last_index()) == (21, 40)
         assert again.snapshot_metadata() == _meta(15)
 

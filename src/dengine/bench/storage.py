@@ -23,7 +23,7 @@ from dengine.proto import Entry, LogId, SnapshotMetadata, WriteCommand
 from dengine.storage import kvfile
 from dengine.storage.file_state_machine import FileStateMachine
 from dengine.storage.fileio import RealDisk
-from dengine.storage.raft_log import RaftLog
+from dengine.storage.raft_log import FileRaftLog
 
 KEY_BYTES = 16
 VALUE_BYTES = 256
@@ -237,13 +237,13 @@ def bench_log_append(
     results = []
     for batch_size in batches:
         path = os.path.join(directory, f"raft-{batch_size}")
-        log = RaftLog(path)
+        log = FileRaftLog(path)
         payload = WriteCommand()
         payload.insert.key = make_key(0)
         payload.insert.value = rng.randbytes(VALUE_BYTES)
         command = payload.SerializeToString()
 
-        def make_chunk(n: int, log: RaftLog = log, command: bytes = command) -> list[Entry]:
+        def make_chunk(n: int, log: FileRaftLog = log, command: bytes = command) -> list[Entry]:
             first = log.last_index() + 1
             out = []
             for i in range(n):

@@ -1,7 +1,7 @@
 """A node's data directory: layout, and the identity file that ties it to one node.
 
     DATA_DIR/node.json     {"format": 1, "node_id": N, "cluster_id": "..."}, written once
-    DATA_DIR/raft/         RaftLog (segments + hard state)
+    DATA_DIR/raft/         FileRaftLog (segments + hard state)
     DATA_DIR/sm/           FileStateMachine (checkpoint + WAL)
     DATA_DIR/snapshots/    snapshot files
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dengine.proto import LogId, Membership, Message, SnapshotAck, SnapshotMetadata
-from dengine.storage.log_api import LogStorage
+from dengine.raft import LogStorage
 
 
 class NodeLog(LogStorage, Protocol):

@@ -14,7 +14,7 @@ from dengine.config import NodeConfig
 from dengine.errors import StorageError
 from dengine.node.datadir import DataDir
 from dengine.node.ports import NodeLog, SnapshotFiles
-from dengine.storage import FileStateMachine, RaftLog
+from dengine.storage import FileRaftLog, FileStateMachine
 from dengine.storage.state_machine import StateMachine
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def open_storage(
 ) -> tuple[NodeLog, StateMachine, int]:
     """Open the log and state machine and re-apply committed entries the state machine has
     not seen; (log, state machine, applied index). Blocking: run it on the log thread."""
-    raft_log = RaftLog(data_dir.raft, segment_bytes=config.log_segment_bytes)
+    raft_log = FileRaftLog(data_dir.raft, segment_bytes=config.log_segment_bytes)
     # Applies are not fsynced: an entry's durable record is the Raft log until the
     # state machine syncs, so the log is compacted only below durable_index().
     sm = FileStateMachine(

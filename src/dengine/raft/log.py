@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dengine.errors import DengineError
 from dengine.proto import Entry, SnapshotMetadata
-from dengine.storage.log_api import LogCompacted, LogStorage, LogUnavailable
+from dengine.raft.storage import LogCompacted, LogStorage, LogUnavailable
 
 
-class RaftLog:
+class LogView:
     """Stable storage + unstable tail + an optional snapshot received but not yet installed."""
 
     def __init__(self, storage: LogStorage) -> None:

@@ -14,17 +14,20 @@ leader can exist before send tick + election timeout.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+
+from dengine.errors import Unavailable
+from dengine.proto import Message
+from dengine.raft.quorum import quorum_value
+from dengine.raft.state import CoreState
+from dengine.raft.types import (
+    MSG_HEARTBEAT,
+    MSG_READ_INDEX,
+    MSG_READ_INDEX_RESPONSE,
+    ReadState,
+    Role,
+)
 
 ROUND_BYTES = 8
-
-
-@dataclass(frozen=True, slots=True)
-class ReadState:
-    """A read request `ctx` may be served once the local applied index reaches `index`."""
-
-    ctx: bytes
-    index: int
 
 
 def encode_round(round_id: int) -> bytes:
@@ -85,3 +88,77 @@ class ReadOnly:
             if ticks[oldest] >= tick:
                 break
             del ticks[oldest]
+
+
+class ReadIndexMixin(CoreState):
+    """ReadIndex and lease reads of `RaftCore`."""
+
+    def read_index(self, ctx: bytes, lease: bool = False) -> None:
+        """Ask for a linearizable read point; the answer arrives as a ReadState(ctx, index).
+
+        With `lease=True` a leader holding a valid lease answers at once; otherwise (and on
+        followers, which ask the leader) a heartbeat round confirms leadership first.
+        Unavailable when no leader is known.
+        """
+        if self.state is Role.LEADER:
+            if lease and self._lease_valid():
+                self._read_states.append(ReadState(ctx, self.log.committed))
+                return
+            self._leader_read(ctx, self.id)
+            return
+        if not self.lead:
+            raise Unavailable(f"node {self.id} knows no leader to confirm a read")
+        self._send(MSG_READ_INDEX, self.lead, context=ctx)
+
+    def _lease_valid(self) -> bool:
+        """Whether a lease read may be served now (see the class docstring)."""
+        start = self.readonly.lease_start
+        return (
+            self.state is Role.LEADER
+            and self.cfg.check_quorum
+            and self.cfg.lease_read
+            and self.cfg.lease_ticks > 0
+            and self.term_committed
+            and not self.lease_revoked
+            and not self.lead_transferee
+            and start is not None
+            and self.now - start < self.cfg.lease_ticks
+        )
+
+    def _leader_read(self, ctx: bytes, requester: int) -> None:
+        if self.term_committed:
+            self.readonly.unsent.append((ctx, self.log.committed, requester))
+        else:
+            self.readonly.waiting_commit.append((ctx, requester))
+
+    def _start_read_round(self) -> None:
+        """Send a heartbeat round (carrying the round id) to every peer."""
+        ro = self.readonly
+        round_id = ro.start_round(self.now)
+        own = self.prs.get(self.id)
+        if own is not None:
+            own.acked_round = round_id
+        context = encode_round(round_id)
+        committed = self.log.committed
+        for peer, pr in self.prs.items():
+            if peer != self.id:
+                self._msgs.append(
+                    Message(
+                        type=MSG_HEARTBEAT,
+                        to_id=peer,
+                        from_id=self.id,
+                        term=self.term,
+                        commit=min(pr.match, committed),
+                        context=context,
+                    )
+                )
+        self._check_read_quorum()
+
+    def _check_read_quorum(self) -> None:
+        prs = self.prs
+        acked = quorum_value(self.voters, {v: prs[v].acked_round for v in self.voters if v in prs})
+        for ctx, index, requester in self.readonly.quorum_acked(acked):
+            if requester == self.id:
+                self._read_states.append(ReadState(ctx, index))
+            else:
+                self._send(MSG_READ_INDEX_RESPONSE, requester, index=index, context=ctx)

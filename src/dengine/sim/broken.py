@@ -11,9 +11,8 @@ import dataclasses
 import random
 
 from dengine.proto import Message
-from dengine.raft import RaftConfig, RaftCore, Role
+from dengine.raft import LogStorage, RaftConfig, RaftCore, Role
 from dengine.raft.quorum import quorum_value
-from dengine.storage import LogStorage
 
 
 class CommitOldTermCore(RaftCore):

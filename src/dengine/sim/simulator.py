@@ -30,10 +30,9 @@ from dengine.proto import (
     SnapshotMetadata,
     WriteCommand,
 )
-from dengine.raft import RaftConfig, RaftCore
+from dengine.raft import LogStorage, MemoryRaftLog, RaftConfig, RaftCore
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
 from dengine.sim.lincheck import Op, check
-from dengine.storage import LogStorage, MemoryRaftLog
 
 CoreFactory = Callable[[RaftConfig, LogStorage, random.Random], RaftCore]
 

@@ -31,9 +31,9 @@ from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, HardState, SnapshotMetadata
+from dengine.raft.storage import LogCompacted, LogUnavailable, MemoryRaftLog
 from dengine.storage import records
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
-from dengine.storage.log_api import LogCompacted, LogUnavailable, MemoryRaftLog
 
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6})-(\d{20})$")
 _META = struct.Struct("<QQQB")  # generation, compacted index, compacted term, has snapshot
@@ -114,7 +114,7 @@ def _header(data: bytes, pos: int, end: int) -> tuple[int, int, bool] | None:
     return index, term, data[pos] == _CONFIG_TAG
 
 
-class RaftLog(MemoryRaftLog):
+class FileRaftLog(MemoryRaftLog):
     """`LogStorage` on disk. `append` costs one write and one fdatasync per batch."""
 
     def __init__(

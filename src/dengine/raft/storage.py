@@ -1,9 +1,10 @@
 """The Raft log contract the consensus core reads through, and an in-memory implementation.
 
-`RaftLog` (file-backed) and `MemoryRaftLog` (tests, simulator) both satisfy `LogStorage`.
-`MemoryRaftLog` holds every entry; `RaftLog` holds the terms, the last few thousand
-entries appended, and reads older ones back from its segments (a lagging follower,
-restart recovery).
+The core owns this contract (as etcd's raft owns its `Storage` interface): storage
+implements it. `dengine.storage.FileRaftLog` (file-backed) and `MemoryRaftLog` (tests,
+simulator) both satisfy `LogStorage`. `MemoryRaftLog` holds every entry; `FileRaftLog`
+holds the terms, the last few thousand entries appended, and reads older ones back from
+its segments (a lagging follower, restart recovery).
 """
 
 from __future__ import annotations
