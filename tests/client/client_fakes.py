@@ -88,6 +88,7 @@ class FakeEngine:
         self.redirect_to: str | None = None
         self.unavailable = False
         self.hang = False
+        self.hang_keys: set[bytes] = set()  # a write touching one of these never returns
         self.read_delay: Callable[[Sequence[bytes]], float] | None = None
         self.timeouts: list[float | None] = []  # the `timeout` of each write/read call
 
@@ -102,7 +103,8 @@ class FakeEngine:
     async def write(self, commands: Sequence[WriteCommand], *, timeout: float | None = None
                     ) -> list[FakeResult]:
         self.timeouts.append(timeout)
-        if self.hang:
+        if self.hang or any(c.insert.key in self.hang_keys or c.delete.key in self.hang_keys
+                            for c in commands):
             await asyncio.sleep(3600)
         self._check()
         self.write_calls.append(len(commands))

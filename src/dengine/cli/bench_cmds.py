@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from dengine.cli.client_cmds import SECONDS
 from dengine.errors import InvalidRequest
 
 
@@ -114,7 +115,7 @@ def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[...,
                          help="Walk the key space in order instead of picking keys at random."),
             click.option("--warmup", type=click.FloatRange(min=0), default=0.0,
                          show_default=True, help="Seconds of unmeasured load first."),
-            click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+            click.option("--timeout", type=SECONDS,
                          default=5.0, show_default=True, help="Deadline of each request (s)."),
             click.option("--seed", type=int, default=1, show_default=True,
                          help="Seed of the key choice."),

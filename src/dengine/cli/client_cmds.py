@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import json
+import math
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -24,14 +25,33 @@ T = TypeVar("T")
 DEFAULT_ENDPOINTS = "127.0.0.1:9081"
 
 
+class Seconds(click.ParamType):
+    """A deadline: a finite number of seconds above 0 ("inf" and "nan" are refused)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 < seconds < math.inf:
+            self.fail(f"{value!r} is not a finite number of seconds above 0", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--endpoints, --timeout, --transport and --json, shared by every client command."""
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
     fn = click.option("--transport", type=click.Choice(list(TRANSPORTS)), default="auto",
                       show_default=True,
                       help="auto: the native protocol where a node offers it, else gRPC.")(fn)
-    fn = click.option("--timeout", type=click.FloatRange(min=0.001), default=5.0,
-                      show_default=True, help="Deadline in seconds, retries included.")(fn)
+    fn = click.option("--timeout", type=SECONDS, default=5.0, show_default=True,
+                      help="Deadline in seconds, retries included.")(fn)
     fn = click.option("--endpoints", envvar="DENGINE_ENDPOINTS", default=DEFAULT_ENDPOINTS,
                       show_default=True, metavar="HOST:PORT,...",
                       help="Client addresses of some or all nodes (env DENGINE_ENDPOINTS).")(fn)

@@ -3,7 +3,9 @@
 Everything submitted during one loop turn joins the same batch; at most `max_inflight`
 batches are outstanding, and while they are, new submissions wait and then leave together
 (bounded by `max_items` and `max_bytes`). A submission whose caller gave up before its
-batch left is dropped.
+batch left is dropped; a batch whose callers have all given up (`abandon`) is cancelled,
+which frees its slot at once instead of at its deadline (a write it carried may still be
+applied: its callers were told nothing else).
 """
 
 from __future__ import annotations
@@ -20,12 +22,23 @@ T = TypeVar("T")
 P = TypeVar("P")
 
 
+class _Batch:
+    """A batch in flight: its task, and how many of its callers still wait for it."""
+
+    __slots__ = ("task", "waiting")
+
+    def __init__(self, waiting: int) -> None:
+        self.waiting = waiting
+        self.task: asyncio.Task[None] | None = None
+
+
 @dataclass
 class Item(Generic[P, T]):
     payload: P
     size: int
     deadline: float
     future: asyncio.Future[T]
+    batch: _Batch | None = None  # set when it leaves
 
 
 class Batcher(Generic[P, T]):
@@ -47,15 +60,27 @@ class Batcher(Generic[P, T]):
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, payload: P, size: int, deadline: float) -> asyncio.Future[T]:
+    def submit(self, payload: P, size: int, deadline: float) -> Item[P, T]:
+        """Queue `payload`; its outcome arrives on the item's `future`."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._pending.append(Item(payload, size, deadline, fut))
+        item = Item(payload, size, deadline, loop.create_future())
+        self._pending.append(item)
         if not self._scheduled:
             # Everything submitted during this loop turn joins the same batch.
             self._scheduled = True
             loop.call_soon(self._flush)
-        return fut
+        return item
+
+    def abandon(self, item: Item[P, T]) -> None:
+        """`item`'s caller gave up (cancelled, or its own deadline). Not sent yet: it never
+        will be (its future is done). In flight: the batch is cancelled once none of its
+        callers waits any more."""
+        batch, item.batch = item.batch, None
+        if batch is None:
+            return
+        batch.waiting -= 1
+        if batch.waiting == 0 and batch.task is not None:
+            batch.task.cancel()
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -75,7 +100,11 @@ class Batcher(Generic[P, T]):
             if not batch:
                 break
             self._inflight += 1
+            sent = _Batch(len(batch))
+            for item in batch:
+                item.batch = sent
             task = asyncio.get_running_loop().create_task(self._run(batch))
+            sent.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

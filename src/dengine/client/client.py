@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -90,10 +91,8 @@ class Client:
         max_inflight: int = 4,
         transport: str = "auto",
     ) -> None:
-        if timeout <= 0:
-            raise InvalidRequest(f"timeout must be positive, got {timeout}")
         self._router = Router(endpoints, transport)
-        self._timeout = timeout
+        self._timeout = check_timeout(timeout)
         self._closed = False
         self._writes: Batcher[list[WriteCommand], list[WriteResult]] = Batcher(
             self._send_writes, max_batch_commands, max_batch_bytes, max_inflight
@@ -269,27 +268,32 @@ class Client:
     def _deadline(self, timeout: float | None) -> float:
         if self._closed:
             raise Unavailable("client closed")
-        t = self._timeout if timeout is None else timeout
-        if t <= 0:
-            raise InvalidRequest(f"timeout must be positive, got {t}")
-        return time.monotonic() + t
+        if timeout is None:
+            return time.monotonic() + self._timeout
+        return time.monotonic() + check_timeout(timeout)
 
     async def _submit(
         self, batcher: Batcher[P, T], payload: P, size: int, timeout: float | None
     ) -> T:
         deadline = self._deadline(timeout)
-        fut = batcher.submit(payload, size, deadline)
+        item = batcher.submit(payload, size, deadline)
+        fut = item.future
         # The batch's own deadline handling reports the more precise error (e.g. never
-        # sent); this outer bound only catches what it cannot (a paused server). A timer
-        # on the future rather than asyncio.wait_for, which wraps it in more futures and
-        # callbacks on every call (~20 µs of a 1 ms round trip).
+        # sent); this outer bound only catches what it cannot. A timer on the future rather
+        # than asyncio.wait_for, which wraps it in more futures and callbacks on every call
+        # (~20 µs of a 1 ms round trip).
         loop = asyncio.get_running_loop()
         timer = loop.call_later(
             max(0.0, deadline - time.monotonic()) + _DEADLINE_GRACE_S, _give_up, fut,
-            f"no answer within {timeout or self._timeout:g} s (a write may still be applied)",
+            timeout or self._timeout, batcher is self._writes,
         )
         try:
             return await fut
+        except BaseException:
+            # Cancelled by the caller (asyncio.wait_for...), or past the deadline: nothing
+            # of this call may keep delaying later ones (see Batcher.abandon).
+            batcher.abandon(item)
+            raise
         finally:
             timer.cancel()
 
@@ -356,6 +360,15 @@ def consistency_level(name: str) -> int:
     return int(level)
 
 
+def check_timeout(timeout: float) -> float:
+    """A deadline in seconds: a finite number above 0 (InvalidRequest otherwise)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not 0 < timeout < math.inf:
+        raise InvalidRequest(f"timeout must be a finite number of seconds above 0, "
+                             f"got {timeout!r}")
+    return float(timeout)
+
+
 def _node_id(node_id: int) -> int:
     if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
         raise InvalidRequest(f"node id must be a positive integer, got {node_id!r}")
@@ -364,6 +377,7 @@ def _node_id(node_id: int) -> int:
 
 
 
-def _give_up(fut: asyncio.Future[Any], message: str) -> None:
+def _give_up(fut: asyncio.Future[Any], timeout: float, write: bool) -> None:
     if not fut.done():
-        fut.set_exception(Timeout(message))
+        fut.set_exception(Timeout(f"no answer within {timeout:g} s"
+                                  + (" (the write may still be applied)" if write else "")))

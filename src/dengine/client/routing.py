@@ -16,16 +16,20 @@ maps failures to `dengine.errors` exceptions. Outcome of a failed write — one 
   (the request was sent, then the connection broke or the server shut down before
   answering); also the rare server-side `STORAGE`/`INTERNAL` errors.
 * definitely not applied: `NotLeader`, `InvalidRequest`, `Unavailable` (no node reachable,
-  no leader, or the leader changed and the entry was overwritten). The router retries
-  NotLeader and Unavailable itself, with backoff, until the deadline.
+  no leader, the leader changed and the entry was overwritten, or the deadline passed
+  before the write could be sent). The router retries NotLeader and Unavailable itself,
+  with backoff, until the deadline.
 
 A write is retried only when it is known not to have been applied, so an acknowledged
-write is applied exactly once; reads are retried on any transient failure.
+write is applied exactly once; reads are retried on any transient failure. A write whose
+deadline passes before it could be sent is `Unavailable` (every earlier attempt of it was
+known not to be applied, or it would not have been retried).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -36,7 +40,7 @@ import grpc
 from google.protobuf.message import Message as ProtoMessage
 
 from dengine.api import MemberInfo
-from dengine.client.native import Lost, NativeConnection, NotSent, Refused
+from dengine.client.native import PROBE_INTERVAL_S, Lost, NativeConnection, NotSent, Refused
 from dengine.config import parse_address
 from dengine.errors import (
     ERRORS_BY_CODE,
@@ -71,6 +75,15 @@ _BACKOFF_MAX_S = 0.2
 # of the remaining time, so that another node can still answer within the deadline.
 _READ_ATTEMPT_SHARE = 0.34
 _READ_ATTEMPT_MIN_S = 0.5
+# The gRPC Status and the TCP connect that find a node's native listener give up after
+# this long, whatever the deadline of the calls waiting for them (another node may answer).
+_CONNECT_TIMEOUT_S = 1.0
+# A node that stopped answering, or could not be connected to, is passed over this long
+# (new calls and leader redirects go to the others) unless no other node is left.
+_SUSPECT_S = 1.0
+# A node served over gRPC (no native listener, or it could not be connected to) is asked
+# for its native listener again after this long: a restarted node may have one now.
+_NATIVE_RETRY_S = 5.0
 
 
 class ConnectionLost(Timeout):
@@ -123,20 +136,33 @@ def member_from_wire(m: MemberStatus) -> MemberInfo:
 
 
 class Router:
-    """The endpoints of one client, its guess of the leader and its connections."""
+    """The endpoints of one client, its guess of the leader and its connections.
 
-    def __init__(self, endpoints: str | Iterable[str], transport: str) -> None:
+    Nothing a caller abandons stays in the way of later calls: a connection that stops
+    answering is closed by its liveness probe (`dengine.client.native`) and its node passed
+    over for `_SUSPECT_S` (as is one that cannot be connected to); every wire call, and
+    the Status + connect that finds a node's native listener, has a deadline; a timeout or
+    a lost connection drops the leader guess, which is then learnt again from any node
+    that answers.
+    """
+
+    def __init__(self, endpoints: str | Iterable[str], transport: str,
+                 probe_interval: float = PROBE_INTERVAL_S) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
                                  + ", ".join(TRANSPORTS) + ")")
         self.endpoints = parse_endpoints(endpoints)
         self._transport = transport
+        self._probe_interval = probe_interval
         self._channels: dict[str, grpc.aio.Channel] = {}
         # gRPC address -> the task that learns its native address and connects; its result
-        # is the connection, or None: that node is served over gRPC.
+        # is the connection, or None: that node is served over gRPC (until `_grpc_until`).
         self._native: dict[str, asyncio.Task[NativeConnection | None]] = {}
+        self._grpc_until: dict[str, float] = {}
         self._leader: str | None = None
         self._next = 0  # round-robin position over endpoints when no leader is known
+        # address -> until when it is passed over (it did not answer or could not be reached)
+        self._suspects: dict[str, float] = {}
 
     async def close(self) -> None:
         natives, self._native = list(self._native.values()), {}
@@ -160,7 +186,7 @@ class Router:
         backoff = Backoff()
         payload = request.SerializeToString()
         while True:
-            addr = self._leader or self.endpoints[self._next % len(self.endpoints)]
+            addr = self._leader or self._pick()
             attempt_deadline = deadline if write else _read_attempt_deadline(deadline)
             try:
                 resp = await self._invoke(addr, method, payload, response_cls, attempt_deadline,
@@ -169,21 +195,26 @@ class Router:
                 self._forget(addr)
                 await backoff.sleep(deadline, unsent.error)
                 continue
-            except Timeout:  # ConnectionLost included
+            except _Late as late:
+                raise late.error from None
+            except Timeout:  # ConnectionLost included: the node may be gone, ask another
+                self._forget(addr)
                 if write or time.monotonic() >= deadline:
                     raise
-                self._forget(addr)
                 continue
+            if self._suspects:
+                self._suspects.pop(addr, None)
             if not resp.HasField("error"):
                 return resp
             err = error_from_wire(resp.error)
             if isinstance(err, NotLeader):
-                if err.leader_address and err.leader_address != addr:
-                    self.remember_leader(err.leader_address)
+                leader = err.leader_address
+                if leader and leader != addr and not self._suspected(leader):
+                    self.remember_leader(leader)
                     backoff.redirected()
                     if backoff.redirects <= 3:
                         continue
-                else:
+                else:  # no leader known there, or one that does not answer (yet)
                     self._forget(addr)
                 await backoff.sleep(deadline, err)
                 continue
@@ -205,9 +236,13 @@ class Router:
         while True:
             addr = candidates[(self._next + turn) % len(candidates)]
             turn += 1
+            if len(candidates) > 1 and turn <= len(candidates) and self._suspected(addr):
+                continue  # first try the others
             try:
                 resp = await self._invoke(addr, method, payload, response_cls,
                                           _read_attempt_deadline(deadline), write=False)
+            except _Late as late:
+                raise late.error from None
             except (Unsent, Timeout) as e:
                 error = e.error if isinstance(e, Unsent) else e
                 if time.monotonic() >= deadline:
@@ -215,6 +250,8 @@ class Router:
                 if turn % len(candidates) == 0:
                     await backoff.sleep(deadline, error)
                 continue
+            if self._suspects:
+                self._suspects.pop(addr, None)
             if resp.HasField("error"):
                 raise error_from_wire(resp.error)
             return resp, addr
@@ -224,9 +261,6 @@ class Router:
         deadline: float, *, write: bool,
     ) -> Any:
         """One RPC. Raises Unsent when the request surely did not reach the server."""
-        if deadline - time.monotonic() <= 0:
-            raise Timeout(f"deadline passed before {method} could be sent"
-                          + (" (a write may still be applied)" if write else ""))
         if self._transport != "grpc":
             conn = await self._native_connection(addr, deadline)
             if conn is not None:
@@ -240,8 +274,7 @@ class Router:
     ) -> Any:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise Timeout(f"deadline passed before {method} could be sent"
-                          + (" (a write may still be applied)" if write else ""))
+            raise _too_late(method, addr, write)
         call = self._channel(addr).unary_unary(
             SERVICE + method, request_serializer=None,
             response_deserializer=response_cls.FromString,
@@ -249,11 +282,11 @@ class Router:
         try:
             return await call(payload, timeout=remaining)
         except grpc.aio.AioRpcError as e:
-            fallback = self._native.get(addr)
-            if fallback is not None and fallback.done() and not fallback.cancelled() \
-                    and fallback.exception() is None and fallback.result() is None:
-                del self._native[addr]  # reconnecting: look for its native listener again
-            raise _rpc_error(e, addr, method, write) from None
+            self._grpc_until.pop(addr, None)  # reconnecting: look for its native listener
+            error = _rpc_error(e, addr, method, write)
+            if isinstance(error, Unsent):
+                self._suspect(addr)
+            raise error from None
 
     async def _native_call(
         self, conn: NativeConnection, addr: str, method: str, payload: bytes,
@@ -262,8 +295,7 @@ class Router:
         """One request on a native connection, its failures mapped like gRPC's."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise Unsent(Unavailable(f"deadline passed before {method} could be sent to "
-                                      f"{addr}"))
+            raise _too_late(method, addr, write)
         unknown = " (the write may still be applied)" if write else ""
         try:
             return await conn.call(METHOD_CODES[method], payload, remaining)
@@ -288,48 +320,67 @@ class Router:
         if task is not None and task.done():
             if not task.cancelled() and task.exception() is None:
                 conn = task.result()
-                if conn is None or not conn.closed:
+                if conn is not None and not conn.closed:
                     return conn
-            # Failed, or its connection dropped: ask again (a restarted node listens on a
-            # new port when its native port is chosen at start).
+                if conn is None and time.monotonic() < self._grpc_until.get(addr, 0.0):
+                    return None
+            # Failed, its connection dropped, or served over gRPC for a while: ask again (a
+            # restarted node listens on a new port when its native port is chosen at start).
             task = None
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._open_native(addr, deadline))
+            task = asyncio.get_running_loop().create_task(self._open_native(addr))
             task.add_done_callback(_retrieve)
             self._native[addr] = task
+        remaining = deadline - time.monotonic()
         try:
-            return await asyncio.wait_for(asyncio.shield(task),
-                                          max(0.0, deadline - time.monotonic()))
+            return await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
         except TimeoutError:
             raise Unsent(Unavailable(
                 f"cannot connect to {addr} before the deadline (no answer to the Status call "
                 "that finds its native listener)")) from None
 
-    async def _open_native(self, addr: str, deadline: float) -> NativeConnection | None:
-        """Ask `addr` for its native address (gRPC Status) and connect to it."""
+    async def _open_native(self, addr: str) -> NativeConnection | None:
+        """Ask `addr` for its native address (gRPC Status) and connect to it, within
+        `_CONNECT_TIMEOUT_S` whatever the deadlines of the calls that wait for it."""
+        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
         try:
             resp = await self._grpc_call(addr, "Status", b"", StatusResponse, deadline,
                                          write=False)
-        except DengineError as e:  # nothing was sent yet of the request that needs this
-            raise Unsent(Unavailable(f"{addr}: {e.message}")) from None
+        except (DengineError, Unsent, _Late) as e:  # nothing was sent yet of the request
+            self._suspect(addr)
+            error = e if isinstance(e, DengineError) else e.error
+            raise Unsent(Unavailable(f"{addr}: {error.message}")) from None
         native = "" if resp.HasField("error") else resp.native_address
         if not native:
             if self._transport == "native":
                 raise Unsent(Unavailable(f"{addr} has no native client listener "
-                                          "(transport='native')"))
+                                         "(transport='native')"))
             log.debug("%s has no native client listener; using gRPC", addr)
+            self._grpc_until[addr] = time.monotonic() + _NATIVE_RETRY_S
             return None
         native = _dialable(native, addr)
         try:
-            conn = await NativeConnection.open(native, max(0.001, deadline - time.monotonic()))
+            conn = await NativeConnection.open(native, max(0.001, deadline - time.monotonic()),
+                                               self._probe_interval)
         except (OSError, TimeoutError, DengineError) as e:
             if self._transport == "native":
+                self._suspect(addr)
                 raise Unsent(Unavailable(f"cannot connect to the native listener {native} "
-                                          f"of {addr}: {e}")) from None
+                                         f"of {addr}: {e}")) from None
             log.debug("cannot connect to the native listener %s of %s (%s); using gRPC",
                       native, addr, e)
+            self._grpc_until[addr] = time.monotonic() + _NATIVE_RETRY_S
             return None
+        conn.on_lost = functools.partial(self._lost, addr)
         return conn
+
+    def _lost(self, addr: str, conn: NativeConnection) -> None:
+        """`conn` to `addr` broke: drop the leader guess if it is `addr`; pass over a node
+        that stopped answering."""
+        if self._leader == addr:
+            self._leader = None
+        if conn.silent:
+            self._suspect(addr)
 
     def _channel(self, addr: str) -> grpc.aio.Channel:
         channel = self._channels.get(addr)
@@ -352,6 +403,30 @@ class Router:
     def rotate(self) -> None:
         self._next = (self._next + 1) % len(self.endpoints)
 
+    def _pick(self) -> str:
+        """The next endpoint in turn, passing over suspects unless all are."""
+        endpoints = self.endpoints
+        n = len(endpoints)
+        for i in range(n):
+            addr = endpoints[(self._next + i) % n]
+            if not self._suspected(addr):
+                self._next = (self._next + i) % n
+                return addr
+        return endpoints[self._next % n]
+
+    def _suspect(self, addr: str) -> None:
+        self._suspects[addr] = time.monotonic() + _SUSPECT_S
+        if self._leader == addr:
+            self._leader = None
+
+    def _suspected(self, addr: str) -> bool:
+        until = self._suspects.get(addr)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._suspects[addr]
+        return False
 
 
 class Backoff:
@@ -374,6 +449,24 @@ class Backoff:
         self.redirects = 0
         if time.monotonic() >= deadline:
             raise error
+
+
+class _Late(Exception):
+    """Internal: the deadline passed before the request could be sent (nothing to learn
+    about the node); `error` is what the caller gets."""
+
+    def __init__(self, error: DengineError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def _too_late(method: str, addr: str, write: bool) -> _Late:
+    """The deadline passed before the request could be sent to `addr`. A write was then
+    not applied: it is retried only after attempts known not to have been applied."""
+    if write:
+        return _Late(Unavailable(f"deadline passed before {method} could be sent to {addr}; "
+                                 "it was not applied"))
+    return _Late(Timeout(f"deadline passed before {method} could be sent to {addr}"))
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
