@@ -41,7 +41,8 @@ def test_followers_ignore_vote_requests_while_they_hear_from_a_leader() -> None:
     net.elect(1)
     before = net[2].term
     for t in (T.MSG_VOTE, T.MSG_PRE_VOTE):
-        net[2].step(Message(type=t, from_id=3, to_id=2, term=before + 5, index=99, log_term=99))
+        net[2].step(Message(type=t, from_id=3, to_id=2, term=before + 5, index=99,
+                            log_term=before + 5))
     assert net[2].term == before
     assert not net[2].has_ready()  # not even a rejection: the request is ignored
 
@@ -51,7 +52,7 @@ def test_restarted_node_refuses_votes_for_one_election_timeout() -> None:
     net.elect(1)
     net.crash(2)
     net.restart(2)
-    vote = Message(type=T.MSG_PRE_VOTE, from_id=3, to_id=2, term=9, index=99, log_term=99)
+    vote = Message(type=T.MSG_PRE_VOTE, from_id=3, to_id=2, term=100, index=99, log_term=99)
     net[2].step(vote)
     assert not net[2].has_ready()  # it may have acknowledged a lease just before the crash
     for _ in range(net[2].cfg.election_tick):

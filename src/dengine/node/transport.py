@@ -7,7 +7,9 @@ inbound connection from each peer (used only to receive). A frame is
 
 Both sides open with a `Hello{cluster_id, node_id, client_address, peer_address}`; a
 Hello from an unknown node id or another cluster, a bad checksum, an undecodable or
-oversized frame is a protocol error: logged, connection closed. A node that is in no
+oversized frame is a protocol error: logged, connection closed. A Raft message outside the
+bounds of `dengine.raft.limits` (terms and indexes up to 2**62, ...), or a MSG_SNAPSHOT
+(snapshots travel as chunks), is dropped and counted (`rejected_messages`). A node that is in no
 membership yet (joining) accepts any node of its cluster and dials it back at the Hello's
 `peer_address`. The per-peer send queue is a bounded deque that drops its oldest messages
 when full (Raft tolerates loss), and each peer has its own writer task, so a slow or dead
@@ -42,7 +44,16 @@ from google.protobuf.message import DecodeError
 
 from dengine.config import parse_address
 from dengine.errors import DengineError
-from dengine.proto import Hello, Message, PeerFrame, SnapshotAck, SnapshotChunk, SnapshotMetadata
+from dengine.proto import (
+    Hello,
+    Message,
+    MessageType,
+    PeerFrame,
+    SnapshotAck,
+    SnapshotChunk,
+    SnapshotMetadata,
+)
+from dengine.raft.limits import MAX_INDEX, MAX_TERM, message_problem
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +77,8 @@ SnapshotChunkHandler = Callable[[int, SnapshotChunk], Awaitable[None]]
 SnapshotDoneHandler = Callable[[int, SnapshotMetadata, bool, str], None]
 
 SnapshotKey = tuple[int, int, bytes]
+
+_MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
 
 
 def snapshot_key(metadata: SnapshotMetadata) -> SnapshotKey:
@@ -246,6 +259,7 @@ class Transport:
         self._server: asyncio.Server | None = None
         self._closed = False
         self.refused_connections = 0
+        self.rejected_messages = 0  # out of bounds (dengine.raft.limits): dropped
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -651,9 +665,24 @@ class Transport:
                 if len(msgs) != len(frame.messages.messages):
                     log.warning("node %d: dropped misaddressed messages from node %d",
                                 self.node_id, from_id)
-                if msgs:
-                    self._on_messages(from_id, msgs)
+                valid = []
+                for m in msgs:
+                    problem = message_problem(m) or (
+                        "a MSG_SNAPSHOT outside a snapshot transfer"
+                        if m.type == _MSG_SNAPSHOT else "")
+                    if problem:
+                        self._rejected(from_id, problem)
+                    else:
+                        valid.append(m)
+                if valid:
+                    self._on_messages(from_id, valid)
             elif kind == "snapshot_chunk" and self._on_snapshot_chunk is not None:
+                chunk = frame.snapshot_chunk
+                last = chunk.metadata.last_included
+                if chunk.term > MAX_TERM or last.term > chunk.term or last.index > MAX_INDEX:
+                    self._rejected(from_id, f"a snapshot chunk of term {chunk.term} for "
+                                   f"index {last.index}, term {last.term}")
+                    continue
                 # Awaited: the next frame is read only once this chunk is stored, which
                 # pushes back on the sender through TCP instead of buffering here.
                 await self._on_snapshot_chunk(from_id, frame.snapshot_chunk)
@@ -661,6 +690,13 @@ class Transport:
                 self._on_ack(from_id, frame.snapshot_ack)
             else:
                 raise PeerProtocolError(f"unexpected {kind or 'empty'} frame after the Hello")
+
+    def _rejected(self, from_id: int, problem: str) -> None:
+        self.rejected_messages += 1
+        n = self.rejected_messages
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th ... are logged
+            log.warning("node %d: dropped a message from node %d: %s (%d dropped so far)",
+                        self.node_id, from_id, problem, n)
 
     def _discover(self, node_id: int, peer_address: str, remote_host: str) -> None:
         """A joining node learns a peer from its Hello and dials it back (for its answers)."""

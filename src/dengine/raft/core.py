@@ -41,6 +41,7 @@ from dengine.errors import ConfigError, InvalidRequest, StorageError
 from dengine.proto import Entry, HardState, Membership, Message
 from dengine.raft.confchange import ConfChangeMixin, validate_membership
 from dengine.raft.election import ElectionMixin
+from dengine.raft.limits import MAX_TERM, message_problem
 from dengine.raft.log import LogView
 from dengine.raft.progress import Progress
 from dengine.raft.quorum import has_quorum
@@ -108,6 +109,12 @@ class RaftCore(ElectionMixin, ReplicationMixin, ConfChangeMixin, ReadIndexMixin)
         self.rng = rng
         self.log = LogView(log)
         hs = log.hard_state()
+        if hs.term > MAX_TERM:
+            raise StorageError(
+                f"the persisted term {hs.term} is above the maximum {MAX_TERM} (adopted from a "
+                "forged peer message before terms were bounded): remove this node's data "
+                "directory and add it to the cluster again"
+            )
         self.term = int(hs.term)
         self.vote = int(hs.voted_for)
         self.lead = 0
@@ -119,6 +126,7 @@ class RaftCore(ElectionMixin, ReplicationMixin, ConfChangeMixin, ReadIndexMixin)
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
         self.now = 0  # ticks since this core started
+        self.rejected_messages = 0  # peer messages dropped as out of bounds or absurd
         # A restarted node may have acknowledged a leader's heartbeat just before it
         # crashed; it keeps refusing votes for one election timeout to honour that lease.
         self._restarted = self.term > 0 or log.last_index() > 0
@@ -206,6 +214,7 @@ class RaftCore(ElectionMixin, ReplicationMixin, ConfChangeMixin, ReadIndexMixin)
             "voters": sorted(self.voters),
             "learners": sorted(self.learners),
             "progress": {i: repr(p) for i, p in sorted(self.prs.items())},
+            "rejected_messages": self.rejected_messages,
         }
 
     # ------------------------------------------------------------------ inputs
@@ -227,8 +236,12 @@ class RaftCore(ElectionMixin, ReplicationMixin, ConfChangeMixin, ReadIndexMixin)
             self.campaign()
 
     def step(self, m: Message) -> None:
-        """Handle one message from a peer."""
+        """Handle one message from a peer. One outside what a correct peer can send
+        (dengine.raft.limits) is dropped and counted in `rejected_messages`."""
         if m.from_id == self.id or (m.to_id and m.to_id != self.id):
+            return
+        if message_problem(m):
+            self.rejected_messages += 1
             return
         t = m.type
         if m.term > self.term:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dengine.errors import InvalidRequest, Unavailable
 from dengine.proto import Entry, Message
+from dengine.raft.limits import MAX_TERM
 from dengine.raft.quorum import quorum_size
 from dengine.raft.readonly import ReadOnly
 from dengine.raft.state import CoreState
@@ -145,6 +146,8 @@ class ElectionMixin(CoreState):
         self.state = Role.FOLLOWER
 
     def _campaign(self, pre: bool, transfer: bool) -> None:
+        if self.term >= MAX_TERM:
+            return  # its term would be out of bounds: every peer would drop its requests
         if pre:
             self._reset(self.term)
             self.state = Role.PRE_CANDIDATE

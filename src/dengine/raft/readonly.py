@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from dengine.errors import Unavailable
+from dengine.errors import InvalidRequest, Unavailable
 from dengine.proto import Message
+from dengine.raft.limits import MAX_CONTEXT_BYTES
 from dengine.raft.quorum import quorum_value
 from dengine.raft.state import CoreState
 from dengine.raft.types import (
@@ -98,8 +99,13 @@ class ReadIndexMixin(CoreState):
 
         With `lease=True` a leader holding a valid lease answers at once; otherwise (and on
         followers, which ask the leader) a heartbeat round confirms leadership first.
-        Unavailable when no leader is known.
+        Unavailable when no leader is known; InvalidRequest when `ctx` is longer than
+        MAX_CONTEXT_BYTES (the leader would drop the request).
         """
+        if len(ctx) > MAX_CONTEXT_BYTES:
+            raise InvalidRequest(
+                f"read context of {len(ctx)} bytes (at most {MAX_CONTEXT_BYTES})"
+            )
         if self.state is Role.LEADER:
             if lease and self._lease_valid():
                 self._read_states.append(ReadState(ctx, self.log.committed))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from dengine.errors import DengineError, NotLeader, Unavailable
 from dengine.proto import Entry, LogId, Message
+from dengine.raft.limits import entries_in_order
 from dengine.raft.progress import Progress, ProgressState
 from dengine.raft.quorum import quorum_value
 from dengine.raft.readonly import decode_round
@@ -118,6 +119,11 @@ class ReplicationMixin(CoreState):
     def _handle_append_response(self, m: Message) -> None:
         pr = self.prs.get(m.from_id)
         if pr is None:
+            return
+        if m.index > self.log.last_index():
+            # Acknowledges (or rejects at) an index we never had in this term: the answer
+            # to no append of ours. Taken as a match it would make us read past our log.
+            self.rejected_messages += 1
             return
         pr.recent_active = True
         if m.reject:
@@ -291,9 +297,12 @@ class ReplicationMixin(CoreState):
                 hint_term=hint_term,
             )
             return
-        entries = m.entries
-        last_new = prev + len(entries)
-        if entries:
+        last_new = prev + len(m.entries)
+        if m.entries:
+            entries = list(m.entries)
+            if not entries_in_order(entries, prev + 1, int(m.log_term), int(m.term)):
+                self.rejected_messages += 1  # a hole or a term out of order inside
+                return
             conflict = self._find_conflict(entries)
             if conflict:
                 new = entries[conflict - prev - 1 :]

@@ -35,6 +35,7 @@ class CoreState(ABC):
     lead: int  # the leader we follow (our own id when leading), 0 when unknown
     state: Role  # never LEARNER; see RaftCore.role
     now: int  # ticks since this core started
+    rejected_messages: int  # peer messages dropped (out of bounds, or absurd for our state)
     # Elections.
     votes: dict[int, bool]
     election_elapsed: int
