@@ -6,6 +6,7 @@ watchdog on its own (a fake process) and in a real server whose parent closes th
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -14,7 +15,13 @@ import time
 from pathlib import Path
 
 from dengine.bench.cluster import free_ports
-from dengine.server.supervisor import ServerProcess, config_toml, stop_all, wait_for_eof
+from dengine.server.supervisor import (
+    ServerProcess,
+    config_toml,
+    stop_all,
+    supervise,
+    wait_for_eof,
+)
 
 
 def test_watchdog_sends_sigterm_at_eof_then_exits_after_the_grace() -> None:
@@ -72,3 +79,27 @@ def test_server_stops_cleanly_when_its_parents_end_of_the_pipe_closes(tmp_path: 
         assert child.process.wait(30) == 0, child.log_tail()  # a clean stop, not a kill
     finally:
         stop_all([child])
+
+
+class _FakeChild:
+    def __init__(self) -> None:
+        self.alive = True
+
+
+def test_supervise_reports_each_exit_once_and_ends_when_stopped_or_all_exited() -> None:
+    async def scenario() -> None:
+        a, b = _FakeChild(), _FakeChild()
+        exits: list[object] = []
+        stop = asyncio.Event()
+        task = asyncio.create_task(supervise([a, b], stop, exits.append, poll_s=0.01))  # type: ignore[list-item]
+        a.alive = False
+        await asyncio.sleep(0.1)
+        assert exits == [a] and not task.done()
+        stop.set()
+        assert await task is True
+        exits.clear()
+        b.alive = False
+        assert await supervise([a, b], asyncio.Event(), exits.append, poll_s=0.01) is False  # type: ignore[list-item]
+        assert exits == [a, b]
+
+    asyncio.run(scenario())

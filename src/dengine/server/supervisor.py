@@ -142,6 +142,7 @@ class ServerProcess:
 def stop_all(children: Iterable[ServerProcess], grace: float = STOP_GRACE_S) -> None:
     """SIGTERM every live child (SIGCONT first, in case it is paused), then SIGKILL
     those still running after `grace` seconds; every one is reaped."""
+    children = list(children)
     running = [c for c in children if c.alive]
     for child in running:
         assert child.process is not None
@@ -155,7 +156,9 @@ def stop_all(children: Iterable[ServerProcess], grace: float = STOP_GRACE_S) -> 
             child.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.process.kill()
-        child._reap()
+    for child in children:
+        if child.process is not None:
+            child._reap()
 
 
 async def supervise(children: Sequence[ServerProcess], stop: asyncio.Event,
