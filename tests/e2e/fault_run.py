@@ -198,6 +198,7 @@ class FaultRun:
         self.calls: list[Call] = []
         self.keys: set[str] = set()
         self.t0 = 0.0
+        self.t0_wall = 0.0  # for matching the nodes' log lines
         self.stop_load = asyncio.Event()
         self.long_waits: list[dict[str, Any]] = []  # long-lived puts cut by wait_for
         self.statuses: list[tuple[float, int, int, str, int, int]] = []
@@ -522,6 +523,7 @@ class FaultRun:
         try:
             await self.setup()
             self.t0 = time.monotonic()
+            self.t0_wall = time.time()
             load = [asyncio.create_task(self.regular(i)) for i in range(cfg.clients)]
             load.append(asyncio.create_task(self.long_lived()))
             load.append(asyncio.create_task(self.monitor()))
@@ -606,6 +608,27 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         before = [st[2] for st in run.statuses if st[0] < f.start]
         f.note += (f" terms {max(before, default=0)}->{max((st[2] for st in seen), default=0)}"
                    f" leaders {sorted({st[4] for st in seen if st[3] == 'leader'})}")
+    # Stretches when a running, not paused node answered no Status within 0.3 s: its loop
+    # was blocked (a restarted node gets 3 s to start first).
+    down = [(f.node, f.start, f.end + (3.0 if f.kind.startswith("kill") else 0.0))
+            for f in run.faults if f.kind.startswith(("kill", "pause"))]
+    unresponsive: list[dict[str, Any]] = []
+    open_: dict[int, list[float]] = {}
+    for t, node, took in sorted(run.slow_status, key=lambda x: (x[1], x[0])):
+        if took >= 0 or any(n == node and a <= t <= b for n, a, b in down):
+            continue
+        cur = open_.get(node)
+        if cur is not None and t - cur[1] < 0.7:
+            cur[1] = t
+        else:
+            if cur is not None:
+                unresponsive.append({"node": node, "from": cur[0], "to": cur[1]})
+            open_[node] = [t, t]
+    unresponsive += [{"node": n, "from": a, "to": b} for n, (a, b) in open_.items()]
+    unresponsive = [u for u in unresponsive if u["to"] > u["from"]]
+    for u in unresponsive:
+        u["s"] = round(u["to"] - u["from"] + 0.3, 2)
+        u["period"] = max(periods, key=lambda p: min(u["to"], p[2]) - max(u["from"], p[1]))[0]
     table = {kind: {name: w["s"] for name, w in sorted(per.items())}
              for kind, per in windows.items()}
     outcomes = Counter(f"{'long' if c.client == LONG else 'regular'}:{c.kind}:{c.outcome}"
@@ -619,6 +642,8 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         "faults": [asdict(f) for f in run.faults],
         "statuses": run.statuses,
         "runner_stalls": run.stalls,
+        "t0_wall": run.t0_wall,
+        "unresponsive_nodes": sorted(unresponsive, key=lambda u: u["from"]),
         "slow_status": run.slow_status,
         "proxy_stalls": [(round(t - run.t0, 3), s)
                          for t, s in run.proxy_stats.get("stalls", [])],
@@ -661,6 +686,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def summary(report: dict[str, Any]) -> str:
+    start = time.strftime("%H:%M:%S", time.gmtime(report["t0_wall"]))
     lines = [
         f"seed {report['seed']}: {report['ops']} ops ({report['ops_per_s']} ops/s), "
         f"linearizable={report['linearizable']} ({report['lincheck_ops']} ops checked in "
@@ -670,7 +696,10 @@ def summary(report: dict[str, Any]) -> str:
         f"outcomes: {report['outcomes']}",
         f"harness loop stalls > 0.1 s (at, s): runner {report['runner_stalls'][:10]}, "
         f"proxy {report['proxy_stalls'][:10]}",
-        "faults (s from the start of the load):",
+        "running nodes that answered no Status for >= 0.5 s (node, period, s from the start): "
+        + ", ".join(f"{u['node']} {u['period']} {u['from']:.1f}+{u['s']:.1f}s"
+                    for u in report["unresponsive_nodes"] if u["s"] >= 0.5),
+        f"faults (s from the start of the load, at {start} UTC in the nodes' logs):",
         *(f"  {f['start']:7.2f}-{f['end']:7.2f} {f['kind']:27} node {f['node']} {f['note']}"
           for f in report["faults"]),
         "longest window without a successful write (s), by the fault period it overlaps:",
