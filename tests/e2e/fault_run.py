@@ -547,24 +547,16 @@ class FaultRun:
 
 # ---- analysis --------------------------------------------------------------------------
 
-def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
-            ) -> dict[str, Any]:
-    calls = run.calls
-    for i, f in enumerate(run.faults):
-        f.until = run.faults[i + 1].start if i + 1 < len(run.faults) else heal_at
-    periods = [("none", 0.0, run.faults[0].start if run.faults else heal_at)]
-    periods += [(f.kind, f.start, f.until) for f in run.faults]
-    periods.append(("healed", heal_at, load_end))
+def history_ops(calls: list[Call]) -> list[Op]:
+    """The calls as lincheck ops: failed ones left out (not applied), unknown ones open."""
+    return [Op(hash(c.client), c.kind, c.key, c.value, c.output,  # type: ignore[arg-type]
+               c.call, c.ret if c.outcome == "ok" else None)
+            for c in calls if c.outcome != "failed"]
 
-    # Linearizability of everything, final reads included.
-    history = [Op(hash(c.client), c.kind, c.key, c.value, c.output, c.call,
-                  c.ret if c.outcome == "ok" else None)  # type: ignore[arg-type]
-               for c in [*calls, *finals] if c.outcome != "failed"]
-    started = time.monotonic()
-    result = check(history)
-    check_s = time.monotonic() - started
 
-    # Acknowledged puts that every other put on the key preceded: their key's final value.
+def lost_writes(calls: list[Call], finals: list[Call]) -> list[dict[str, Any]]:
+    """Acknowledged puts that every other (possibly applied) put on their key preceded,
+    yet are not the key's final value."""
     final = {c.key: c.output for c in finals}
     puts_by_key: dict[str, list[Call]] = defaultdict(list)
     for c in calls:
@@ -578,8 +570,26 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         last = max(acked, key=lambda p: p.call)
         if all(p is last or (p.outcome == "ok" and p.ret < last.call) for p in puts) and (
                 final.get(key) != last.value):
-            lost.append({"key": key, "acknowledged": last.value,
-                             "final": final.get(key)})
+            lost.append({"key": key, "acknowledged": last.value, "final": final.get(key)})
+    return lost
+
+
+def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
+            ) -> dict[str, Any]:
+    calls = run.calls
+    for i, f in enumerate(run.faults):
+        f.until = run.faults[i + 1].start if i + 1 < len(run.faults) else heal_at
+    periods = [("none", 0.0, run.faults[0].start if run.faults else heal_at)]
+    periods += [(f.kind, f.start, f.until) for f in run.faults]
+    periods.append(("healed", heal_at, load_end))
+
+    # Linearizability of everything, final reads included.
+    history = history_ops([*calls, *finals])
+    started = time.monotonic()
+    result = check(history)
+    check_s = time.monotonic() - started
+
+    lost = lost_writes(calls, finals)
 
     # Longest window without a successful write, per client, per period kind.
     clients = sorted({c.client for c in calls}, key=lambda n: (n == LONG, n))

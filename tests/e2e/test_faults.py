@@ -22,11 +22,26 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fault_run import RunConfig, run_faults, summary, window_violations
+from fault_proxy import FaultProxy
+from fault_run import (
+    Call,
+    RunConfig,
+    history_ops,
+    lost_writes,
+    run_faults,
+    summary,
+    window_violations,
+)
+
+from dengine.bench.cluster import free_ports
+from dengine.node.transport import encode_frame
+from dengine.proto import Hello, PeerFrame
+from dengine.sim.lincheck import check
 
 CI_SEED = int(os.environ.get("DENGINE_FAULT_SEED", "14"))
 CI_SECONDS = float(os.environ.get("DENGINE_FAULT_CI_SECONDS", "40"))
@@ -58,6 +73,114 @@ def assert_correct(report: dict[str, Any]) -> None:
     assert report["outcomes"].get("regular:put:ok", 0) > 0
     assert report["outcomes"].get("long:put:ok", 0) > 0
 
+
+# ---- the instrument itself (fast) ------------------------------------------------------
+
+def hello(node_id: int) -> bytes:
+    return encode_frame(PeerFrame(hello=Hello(cluster_id="c", node_id=node_id))
+                        .SerializeToString())
+
+
+async def proxy_case() -> None:
+    """Each directed link passes, black-holes (held open, nothing through, then the held
+    bytes), drops (connections reset, new ones too) and delays, independently."""
+    public_port, private_port = free_ports(2)
+    received: list[bytes] = []
+    got = asyncio.Event()
+
+    async def node2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(hello(2))
+        while data := await reader.read(65536):
+            received.append(data)
+            got.set()
+        writer.close()
+
+    server = await asyncio.start_server(node2, "127.0.0.1", private_port)
+    proxy = FaultProxy({1: f"127.0.0.1:{free_ports(1)[0]}", 2: f"127.0.0.1:{public_port}"},
+                       {1: "127.0.0.1:1", 2: f"127.0.0.1:{private_port}"})
+    await proxy.start()
+    try:
+        async def dial(src: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", public_port)
+            writer.write(hello(src))
+            return reader, writer
+
+        async def arrives(payload: bytes, timeout: float) -> bool:
+            try:
+                await asyncio.wait_for(wait_for_bytes(payload), timeout)
+                return True
+            except TimeoutError:
+                return False
+
+        async def wait_for_bytes(payload: bytes) -> None:
+            while payload not in b"".join(received):
+                got.clear()
+                await got.wait()
+
+        reader, writer = await dial(1)
+        assert (await reader.readexactly(len(hello(2)))) == hello(2)
+        writer.write(b"pass-1")
+        assert await arrives(b"pass-1", 5)
+        assert proxy.links[(1, 2)].conns
+
+        proxy.set([(1, 2)], "blackhole", 0.0)
+        writer.write(b"held-1")
+        assert not await arrives(b"held-1", 0.3)
+        proxy.set([(1, 2)], "pass", 0.0)
+        assert await arrives(b"held-1", 5)
+
+        proxy.set([(1, 2)], "pass", 0.2)
+        sent = time.monotonic()
+        writer.write(b"late-1")
+        assert await arrives(b"late-1", 5)
+        assert time.monotonic() - sent >= 0.2
+        proxy.set([(1, 2)], "pass", 0.0)
+
+        proxy.set([(1, 2)], "drop", 0.0)
+        assert await closed(reader)  # reset by the proxy
+        reader, writer = await dial(1)
+        assert await closed(reader)  # new connections too, before any Hello back
+        proxy.set([(1, 2)], "pass", 0.0)
+        reader, writer = await dial(1)
+        assert (await reader.readexactly(len(hello(2)))) == hello(2)
+        assert proxy.links[(1, 2)].resets >= 2
+        assert proxy.links[(2, 1)].accepted == 0  # the other direction is its own link
+    finally:
+        await proxy.close()
+        server.close()
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(100), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_proxy_link_modes() -> None:
+    asyncio.run(proxy_case())
+
+
+def test_checks_catch_a_lost_write_and_a_stale_read() -> None:
+    put = Call("c0", "put", "k", "v1", None, 0.0, 1.0, "ok")
+    later = Call("c1", "put", "k", "v2", None, 2.0, 3.0, "ok")
+    unknown = Call("c1", "put", "k", "v3", None, 2.0, 3.0, "unknown")
+    stale = Call("c2", "get", "k", None, "v1", 4.0, 5.0, "ok")
+    final = [Call("final", "get", "k", None, "v1", 6.0, 7.0, "ok")]
+    assert lost_writes([put, later], final) == [
+        {"key": "k", "acknowledged": "v2", "final": "v1"}]
+    assert not check(history_ops([put, later, *final])).ok
+    assert not check(history_ops([put, later, stale])).ok
+    # An unknown-outcome later put may not have happened: nothing is lost.
+    assert lost_writes([put, unknown], final) == []
+    assert check(history_ops([put, unknown, stale, *final])).ok
+    # A failed put (definitely not applied) must not be observed.
+    failed = Call("c1", "put", "k", "v4", None, 2.0, 3.0, "failed")
+    seen = Call("c2", "get", "k", None, "v4", 4.0, 5.0, "ok")
+    assert not check(history_ops([put, failed, seen])).ok
+
+
+# ---- the fault run -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ci_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
