@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from storage_helpers import command_entry, config_entry, delete, insert, noop_entry
@@ -14,13 +14,6 @@ from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, LogId, SnapshotMetadata
 from dengine.storage import ApplyResult, FileStateMachine, MemoryStateMachine
 from dengine.storage.fileio import SimulatedDisk
-from dengine.storage.state_machine import (
-    OP_DELETE,
-    OP_INSERT,
-    decode_payload,
-    encode_insert,
-    fast_decode_command,
-)
 
 KEYS = [b"a", b"b", b"c", b"key-d", b""]
 
@@ -194,51 +187,3 @@ class StateMachineModel(RuleBasedStateMachine):
 
 TestStateMachineModel = StateMachineModel.TestCase
 TestStateMachineModel.settings = settings(max_examples=150, stateful_step_count=25, deadline=None)
-
-
-def protobuf_decode(command: bytes):
-    entry = command_entry(1, 1, command)
-    return decode_payload(entry)
-
-
-@given(st.one_of(
-    st.tuples(st.just("insert"), st.binary(max_size=300), st.binary(max_size=20000)),
-    st.tuples(st.just("delete"), st.binary(max_size=300), st.just(b"")),
-))
-def test_fast_decode_matches_protobuf_on_commands(cmd):
-    kind, key, value = cmd
-    encoded_cmd = insert(key, value) if kind == "insert" else delete(key)
-    fast = fast_decode_command(encoded_cmd)
-    assert protobuf_decode(encoded_cmd) == (OP_INSERT if kind == "insert" else OP_DELETE, key,
-                                            value)
-    if len(value) < 16000 and len(encoded_cmd) < 16000:
-        assert fast == protobuf_decode(encoded_cmd)
-
-
-@given(st.binary(max_size=300), st.one_of(st.binary(max_size=300), st.binary(min_size=16000,
-                                                                         max_size=20000)))
-def test_encode_insert_is_the_protobuf_encoding(key, value):
-    # Byte-equal, not just decodable: the apply path's shape cache keys on exact bytes.
-    assert encode_insert(key, value) == insert(key, value)
-
-
-@st.composite
-def damaged_commands(draw):
-    """Valid command encodings with one byte changed, truncated or extended."""
-    key, value = draw(st.binary(max_size=200)), draw(st.binary(max_size=300))
-    data = bytearray(insert(key, value) if draw(st.booleans()) else delete(key))
-    how = draw(st.sampled_from(["flip", "cut", "extend"]))
-    if how == "flip" and data:
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    elif how == "cut":
-        del data[draw(st.integers(0, len(data))):]
-    else:
-        data += draw(st.binary(min_size=1, max_size=4))
-    return bytes(data)
-
-
-@given(st.one_of(st.binary(max_size=40), damaged_commands()))
-def test_fast_decode_never_disagrees_with_protobuf(data):
-    fast = fast_decode_command(data)
-    if fast is not None:
-        assert fast == protobuf_decode(data)

@@ -1,15 +1,12 @@
-"""WAL format 2 (one record per chunk), reading format 1, and the command shape cache."""
+"""WAL format 2 (one record per chunk) and reading format 1."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from storage_helpers import command_entry, delete, insert, noop_entry
 
 from dengine.errors import CorruptionError
 from dengine.storage import FileStateMachine
-from dengine.storage import state_machine as sm_module
 from dengine.storage.file_state_machine import (
     WAL_OP,
     WAL_RECORD,
@@ -26,68 +23,7 @@ from dengine.storage.records import (
     frame_all,
     scan,
 )
-from dengine.storage.state_machine import (
-    OP_INSERT,
-    OP_LAST_APPLIED,
-    OP_NOOP,
-    SHAPES,
-    decode_command,
-    decode_payload,
-)
-
-
-def protobuf_decode(command: bytes):
-    return decode_payload(command_entry(1, 1, command))
-
-
-@st.composite
-def canonical_commands(draw):
-    key = draw(st.binary(min_size=0, max_size=140))
-    if draw(st.booleans()):
-        return delete(key)
-    return insert(key, draw(st.binary(max_size=draw(st.sampled_from([100, 300, 20000])))))
-
-
-@st.composite
-def damaged(draw, command: bytes):
-    """`command` with one byte changed, cut short or extended."""
-    data = bytearray(command)
-    how = draw(st.sampled_from(["flip", "cut", "extend"]))
-    if how == "flip" and data:
-        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    elif how == "cut":
-        del data[draw(st.integers(0, len(data))):]
-    else:
-        data += draw(st.binary(min_size=1, max_size=4))
-    return bytes(data)
-
-
-@settings(max_examples=300)
-@given(st.data(), canonical_commands())
-def test_known_shapes_decode_like_protobuf_even_when_damaged(data, command):
-    """A shape learnt from a valid command never misreads a damaged one of the same head."""
-    first = decode_command(command)  # learns the shape
-    assert first is None or first == protobuf_decode(command)
-    again = decode_command(command)  # decoded through the learnt shape, if any
-    assert again == first
-    other = data.draw(damaged(command))
-    decoded = decode_command(other)
-    if decoded is not None:
-        assert decoded == protobuf_decode(other)
-
-
-def test_typical_commands_are_learnt_and_the_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(sm_module, "_SHAPES_MAX", 8)
-    SHAPES.clear()
-    for size in (0, 10, 200, 5000):
-        command = insert(b"k" * 16, b"v" * size)
-        assert decode_command(command) == (OP_INSERT, b"k" * 16, b"v" * size)
-    assert len(SHAPES) == 4
-    assert decode_command(insert(b"x" * 16, b"w" * 200)) == (OP_INSERT, b"x" * 16, b"w" * 200)
-    assert len(SHAPES) == 4  # the same shape as the 200-byte value above
-    for size in range(20, 30):
-        decode_command(insert(b"k", b"v" * size))
-    assert 0 < len(SHAPES) <= 8
+from dengine.storage.state_machine import OP_INSERT, OP_LAST_APPLIED, OP_NOOP
 
 
 def test_a_chunk_is_one_record(tmp_path):

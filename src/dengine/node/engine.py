@@ -31,11 +31,11 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.keys import as_bytes
+from dengine.kv.codec import encode_insert
 from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
-from dengine.storage.state_machine import encode_insert
 
 DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dengine.errors import DengineError, NotLeader, Unavailable
+from dengine.kv import Store, decode_entry, encode_delete, encode_insert
 from dengine.proto import (
     Entry,
     Membership,
     Message,
     MessageType,
     SnapshotMetadata,
-    WriteCommand,
 )
 from dengine.raft import LogStorage, MemoryRaftLog, RaftConfig, RaftCore
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
@@ -156,7 +156,7 @@ class _SimNode:
         self.id = node_id
         self.log = _SimLog()
         self.core: RaftCore | None = None
-        self.kv: dict[bytes, bytes] = {}
+        self.kv = Store()
         self.applied = 0
         self.period = TICK_MS
         self.reads: dict[bytes, _PendingRead] = {}
@@ -297,7 +297,7 @@ class Simulator:
         """Boot (or reboot after a crash) a node from its durable log."""
         node = self.nodes[node_id]
         node.incarnation += 1
-        node.kv = {}
+        node.kv = Store()
         node.applied = 0
         node.reads = {}
         snap = node.log.snapshot_metadata()
@@ -389,7 +389,7 @@ class Simulator:
         metadata.last_included.index = index
         metadata.last_included.term = node.log.term(index)
         metadata.membership.CopyFrom(node.core.membership_at(index))
-        data = tuple(sorted(node.kv.items()))
+        data = tuple(sorted(node.kv.data.items()))
         metadata.checksum = hashlib.sha256(repr(data).encode()).digest()
         key = (index, metadata.last_included.term)
         other = self._snapshots.setdefault(key, (metadata.checksum, data))
@@ -401,7 +401,7 @@ class Simulator:
         node.log.save_snapshot(metadata)
         self.stats["snapshots_taken"] += 1
 
-    def _snapshot_data(self, node_id: int, metadata: SnapshotMetadata) -> dict[bytes, bytes]:
+    def _snapshot_data(self, node_id: int, metadata: SnapshotMetadata) -> Store:
         """The state a snapshot describes (its transfer), verified against its checksum."""
         last = metadata.last_included
         checksum, data = self._snapshots[(last.index, last.term)]
@@ -409,17 +409,12 @@ class Simulator:
             raise InvariantViolation(
                 "snapshot integrity", node_id, f"snapshot at index {last.index}: checksum mismatch"
             )
-        return dict(data)
+        return Store(dict(data))
 
     def _apply(self, node: _SimNode, entry: Entry) -> None:
         self.checker.on_apply(node.id, entry, node.applied + 1)
         node.applied = entry.index
-        if entry.payload.WhichOneof("payload") == "command":
-            cmd = WriteCommand.FromString(entry.payload.command)
-            if cmd.WhichOneof("operation") == "insert":
-                node.kv[cmd.insert.key] = cmd.insert.value
-            else:
-                node.kv.pop(cmd.delete.key, None)
+        node.kv.apply(*decode_entry(entry))
         self._resolve_writes(node.id, entry.index, entry.term)
 
     def _resolve_writes(self, node_id: int, index: int, term: int) -> None:
@@ -661,11 +656,8 @@ class Simulator:
 
     def _barrier_write(self, node: _SimNode) -> None:
         assert node.core is not None
-        cmd = WriteCommand()
-        cmd.insert.key = BARRIER_KEY
-        cmd.insert.value = b"x"
         try:
-            node.core.propose([cmd.SerializeToString()])
+            node.core.propose([encode_insert(BARRIER_KEY, b"x")])
         except (NotLeader, Unavailable):
             return
         self._drive(node)
@@ -723,13 +715,8 @@ class Simulator:
         assert node.core is not None
         self._next_value += 1
         value = None if delete else f"v{self._next_value}".encode()
-        cmd = WriteCommand()
-        if value is None:
-            cmd.delete.key = key
-        else:
-            cmd.insert.key = key
-            cmd.insert.value = value
-        log_id = node.core.propose([cmd.SerializeToString()])[0]
+        command = encode_delete(key) if value is None else encode_insert(key, value)
+        log_id = node.core.propose([command])[0]
         self.stats["writes"] += 1
         self.history.append(
             Op(client, "delete" if value is None else "put", key, value, None, self.now, None)

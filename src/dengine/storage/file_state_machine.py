@@ -33,23 +33,16 @@ from collections.abc import Iterator, Sequence
 from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
+from dengine.kv.codec import OP_INSERT, OP_REJECTED, SHAPES, decode_entry
+from dengine.kv.store import ApplyResult, Op, Store
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile, records
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.state_machine import (
-    OP_CONFIG,
-    OP_DELETE,
-    OP_INSERT,
     OP_LAST_APPLIED,
-    OP_REJECTED,
     OP_SNAPSHOT_META,
-    SHAPES,
-    ApplyResult,
-    Op,
-    apply_ops,
     check_snapshot_point,
     copy_log_id,
-    decode_entry,
 )
 
 log = logging.getLogger("dengine.storage")
@@ -150,7 +143,7 @@ def decode_checkpoint_meta(
 
 
 class FileStateMachine:
-    """A durable `StateMachine`: in-memory map, CRC-framed WAL, atomic checkpoints."""
+    """A durable `StateMachine`: a `kv.Store` in memory, CRC-framed WAL, atomic checkpoints."""
 
     def __init__(
         self,
@@ -184,7 +177,7 @@ class FileStateMachine:
 
     def _load(self) -> None:
         io = self._io
-        self._state: dict[bytes, bytes] = {}
+        self._store = Store()
         self._last_applied = LogId()
         self._membership: Membership | None = None
         self._snapshot: SnapshotMetadata | None = None
@@ -240,7 +233,7 @@ class FileStateMachine:
             raise CorruptionError(
                 path, loaded.scan.valid_end, f"{loaded.keys} keys, expected {count}"
             )
-        self._state = loaded.state
+        self._store = Store(loaded.state)
         self._last_applied = last
         self._membership = membership
         self._snapshot = snapshot_meta
@@ -253,28 +246,34 @@ class FileStateMachine:
         be cut off then raises, and the state built so far is thrown away with this object.
         """
         scan = records.ScanResult(path)
-        state = self._state
+        apply_ops = self._store.apply_ops
         applied = self._last_applied.index
         last_index = last_term = None
         for batch in records.scan_stream(self._io, path, records.MAGIC_WAL, scan):
             data = batch.data
             for start, end in zip(batch.starts, batch.ends, strict=True):
                 offset = batch.base + start - records.FRAME_SIZE
-                for index, term, op, key, value in decode_wal_ops(
-                    data[start:end], path, offset, scan.version
-                ):
+                ops = decode_wal_ops(data[start:end], path, offset, scan.version)
+                index, term, op = ops[0][:3]
+                if index > applied and op < OP_LAST_APPLIED:
+                    # A chunk's record (kv ops only, increasing indexes), all of it new.
+                    membership = apply_ops(ops)
+                    if membership is not None:
+                        self._membership = membership
+                    applied = last_index = ops[-1][0]
+                    last_term = ops[-1][1]
+                    continue
+                for item in ops:
+                    index, term, op, _, value = item
                     if op == OP_SNAPSHOT_META:
                         self._snapshot = SnapshotMetadata.FromString(value)
                         continue
                     if op != OP_LAST_APPLIED:
                         if index <= applied:
                             continue  # already in the checkpoint: never apply twice
-                        if op == OP_INSERT:
-                            state[key] = value
-                        elif op == OP_DELETE:
-                            state.pop(key, None)
-                        elif op == OP_CONFIG:
-                            self._membership = Membership.FromString(value)
+                        membership = apply_ops((item,))
+                        if membership is not None:
+                            self._membership = membership
                     applied = last_index = index
                     last_term = term
         if scan.corruption is not None and not (last and self._replayable_from is not None):
@@ -340,18 +339,18 @@ class FileStateMachine:
     # -- reads
 
     def get(self, key: bytes) -> bytes | None:
-        return self._state.get(key)
+        return self._store.get(key)
 
     def __len__(self) -> int:
-        return len(self._state)
+        return len(self._store)
 
     def len(self) -> int:
-        return len(self._state)
+        return len(self._store)
 
     def items(self) -> dict[bytes, bytes]:
         """A copy of the whole map (tests and tools)."""
         with self._lock:
-            return dict(self._state)
+            return self._store.copy()
 
     def last_applied(self) -> LogId:
         return copy_log_id(self._last_applied)
@@ -421,10 +420,10 @@ class FileStateMachine:
             self._write_wal(records.frame(b"".join(out)), self._sync_apply)
             # out holds (op header, key, value) per entry.
             if only_inserts:
-                self._state.update(zip(out[1::3], out[2::3], strict=True))
+                self._store.insert_all(out[1::3], out[2::3])
             else:
                 ops = zip(out[::3], out[1::3], out[2::3], strict=True)
-                membership = apply_ops(self._state, [
+                membership = self._store.apply_ops([
                     (0, 0, header[_OP_BYTE], key, value) for header, key, value in ops
                 ])
                 if membership is not None:
@@ -542,7 +541,7 @@ class FileStateMachine:
     def _begin_checkpoint(self) -> tuple[dict[bytes, bytes], bytes, int]:
         """Freeze a consistent point: copy the map and start a new WAL (under the lock)."""
         with self._lock:
-            state = dict(self._state)
+            state = self._store.copy()
             seq = self._wal_seq + 1
             old = self._wal
             if old is not None and self._durable_index != self._last_applied.index:
@@ -595,7 +594,7 @@ class FileStateMachine:
         """Write a snapshot of the state at `last_included` (must equal last_applied)."""
         with self._lock:
             check_snapshot_point(self._last_applied, last_included)
-            state = dict(self._state)
+            state = self._store.copy()
             membership = self._membership
         checksum = kvfile.write_snapshot(self._io, directory, state, last_included, membership)
         with self._lock:
@@ -624,7 +623,7 @@ class FileStateMachine:
                 self._wal.close()
             self._wal = new_wal
             self._wal_seq = seq
-            self._state = data.state
+            self._store = Store(data.state)
             self._last_applied = data.last_included
             self._durable_index = data.last_included.index
             self._membership = data.membership

@@ -21,7 +21,7 @@ import hashlib
 import heapq
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import accumulate, islice
 
@@ -40,7 +40,7 @@ _BLOCK_BYTES = 64 * 1024  # keys and values per version 2 block record
 _SORT_RUN = 8192
 
 
-def sorted_keys(state: dict[bytes, bytes]) -> Iterator[bytes]:
+def sorted_keys(state: Mapping[bytes, bytes]) -> Iterator[bytes]:
     """The keys of `state` in order, sorted in short runs then merged.
 
     One `sorted()` of a million keys holds the GIL for seconds (it is a single C call),
@@ -240,7 +240,7 @@ class SnapshotData:
 def write_snapshot(
     io: FileIO,
     directory: str,
-    state: dict[bytes, bytes],
+    state: Mapping[bytes, bytes],
     last_included: LogId,
     membership: Membership | None,
 ) -> bytes:

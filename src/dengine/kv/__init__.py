@@ -1,0 +1,68 @@
+"""Pure key-value semantics: validation, the command codec, the store, consistency levels.
+
+No I/O, no asyncio, no threads: the file state machine wraps a `Store` for durability,
+the simulator drives one directly, the engine and the server validate and encode through
+this package.
+"""
+
+from dengine.kv.codec import (
+    OP_CONFIG,
+    OP_DELETE,
+    OP_INSERT,
+    OP_NOOP,
+    OP_REJECTED,
+    decode_any_command,
+    decode_command,
+    decode_entry,
+    encode_command,
+    encode_delete,
+    encode_insert,
+)
+from dengine.kv.consistency import (
+    LEVELS,
+    Consistency,
+    consistency_from_wire,
+    consistency_name,
+    consistency_to_wire,
+)
+from dengine.kv.store import ApplyResult, Op, Store
+from dengine.kv.validate import (
+    Limits,
+    as_bytes,
+    check_encoded_commands,
+    check_key,
+    check_keys,
+    check_node_id,
+    check_value,
+    encode_commands,
+)
+
+__all__ = [
+    "LEVELS",
+    "OP_CONFIG",
+    "OP_DELETE",
+    "OP_INSERT",
+    "OP_NOOP",
+    "OP_REJECTED",
+    "ApplyResult",
+    "Consistency",
+    "Limits",
+    "Op",
+    "Store",
+    "as_bytes",
+    "check_encoded_commands",
+    "check_key",
+    "check_keys",
+    "check_node_id",
+    "check_value",
+    "consistency_from_wire",
+    "consistency_name",
+    "consistency_to_wire",
+    "decode_any_command",
+    "decode_command",
+    "decode_entry",
+    "encode_command",
+    "encode_commands",
+    "encode_delete",
+    "encode_insert",
+]

@@ -1,0 +1,227 @@
+"""The command codec: `WriteCommand` bytes <-> (op, key, value), without protobuf when it can.
+
+A command is the encoded `WriteCommand` an entry carries (docs/formats.md). Decoding is
+on the apply path of every replica, so the canonical encodings of insert and delete are
+parsed by hand (and by learnt "shapes"); anything else goes through protobuf, so the
+result never differs from protobuf's. Encoding the two commands by hand gives bytes equal
+to protobuf's (tested), which the shape cache relies on.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from google.protobuf.message import DecodeError
+
+from dengine.proto import Entry, WriteCommand
+
+# What an entry does to the store (also the op byte of the state machine's WAL records,
+# docs/formats.md; storage adds its own bookkeeping ops from 5 up).
+OP_NOOP = 0
+OP_INSERT = 1
+OP_DELETE = 2
+OP_CONFIG = 3  # value = encoded Membership
+OP_REJECTED = 4  # a command that did not decode: applied as a failed no-op
+
+
+def fast_decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
+    """Decode the canonical encoding of an insert or delete WriteCommand without protobuf.
+
+    Per-entry protobuf decoding dominates apply cost, so the common shape (one `insert`
+    or `delete` field holding key then value, each length a 1- or 2-byte varint) is
+    parsed here. Any other byte string returns None and goes through protobuf, so the
+    result never differs from protobuf's.
+    """
+    n = len(cmd)
+    if n < 2:
+        return None
+    tag = cmd[0]
+    if tag == 0x0A:
+        op = OP_INSERT
+    elif tag == 0x12:
+        op = OP_DELETE
+    else:
+        return None
+    b = cmd[1]
+    if b < 0x80:
+        pos = 2
+    elif n > 2 and cmd[2] < 0x80:
+        b = (b & 0x7F) | cmd[2] << 7
+        pos = 3
+    else:
+        return None
+    if pos + b != n:
+        return None
+    key = value = b""
+    if pos < n and cmd[pos] == 0x0A:
+        if pos + 1 >= n:
+            return None
+        b = cmd[pos + 1]
+        if b < 0x80:
+            pos += 2
+        elif pos + 2 < n and cmd[pos + 2] < 0x80:
+            b = (b & 0x7F) | cmd[pos + 2] << 7
+            pos += 3
+        else:
+            return None
+        key = cmd[pos : pos + b]
+        pos += b
+    if op == OP_INSERT and pos < n and cmd[pos] == 0x12:
+        if pos + 1 >= n:
+            return None
+        b = cmd[pos + 1]
+        if b < 0x80:
+            pos += 2
+        elif pos + 2 < n and cmd[pos + 2] < 0x80:
+            b = (b & 0x7F) | cmd[pos + 2] << 7
+            pos += 3
+        else:
+            return None
+        value = cmd[pos : pos + b]
+        pos += b
+    return (op, key, value) if pos == n else None
+
+
+_SMALL_VARINTS = [bytes([n]) for n in range(0x80)]
+_TWO_BYTE_VARINTS: dict[int, bytes] = {}  # memo, at most 16,256 entries
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    if n < 0x4000:
+        encoded = _TWO_BYTE_VARINTS.get(n)
+        if encoded is None:
+            encoded = _TWO_BYTE_VARINTS[n] = bytes((n & 0x7F | 0x80, n >> 7))
+        return encoded
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_insert(key: bytes, value: bytes) -> bytes:
+    """The canonical protobuf encoding of WriteCommand(insert=Insert(key, value)), built
+    without a message object (the embedded `put` hot path; equal bytes, tested)."""
+    if not (key and value):
+        body = (b"\x0a" + _varint(len(key)) + key if key else b"") + (
+            b"\x12" + _varint(len(value)) + value if value else b""
+        )
+        return b"\x0a" + _varint(len(body)) + body
+    key_len = _varint(len(key))
+    value_len = _varint(len(value))
+    body_len = 2 + len(key_len) + len(key) + len(value_len) + len(value)
+    return b"".join((b"\x0a", _varint(body_len), b"\x0a", key_len, key, b"\x12", value_len, value))
+
+
+def encode_delete(key: bytes) -> bytes:
+    """The canonical protobuf encoding of WriteCommand(delete=Delete(key)) (equal bytes,
+    tested)."""
+    if not key:
+        return b"\x12\x00"
+    key_len = _varint(len(key))
+    return b"".join((b"\x12", _varint(1 + len(key_len) + len(key)), b"\x0a", key_len, key))
+
+
+def encode_command(op: int, key: bytes, value: bytes = b"") -> bytes:
+    """The canonical encoding of an insert (OP_INSERT) or delete (OP_DELETE) command."""
+    if op == OP_INSERT:
+        return encode_insert(key, value)
+    if op == OP_DELETE:
+        return encode_delete(key)
+    raise ValueError(f"no command encodes op {op}")
+
+
+# Command shapes seen so far, by the bytes before the key (tag, length, key tag, key
+# length). Commands of one workload share a few shapes (same key and value sizes), so a
+# known shape decodes with one dict lookup and one struct unpack instead of a byte walk.
+# Bounded: cleared when full.
+_Shape = tuple[int, Callable[[bytes], tuple[bytes, ...]], bytes, int]  # n, unpack, mid, op
+SHAPES: dict[bytes, _Shape] = {}
+_SHAPES_MAX = 4096
+
+
+def command_head(cmd: bytes) -> bytes:
+    """The shape key of a command: its bytes up to the key (a 1- or 2-byte outer length)."""
+    return cmd[:5] if len(cmd) > 129 else cmd[:4]
+
+
+def _learn_shape(cmd: bytes, op: int, key: bytes, value: bytes) -> None:
+    """Remember the shape of `cmd` if it is the canonical encoding of (op, key, value).
+
+    A command with the same head and length and the same bytes between key and value
+    (value tag and length) differs from `cmd` only inside the key and value bytes, so
+    protobuf decodes it to the key and value at the same positions.
+    """
+    k = len(key)
+    if not 0 < k < 0x80 or op not in (OP_INSERT, OP_DELETE):
+        return
+    mid = b"\x12" + _varint(len(value)) if value else b""
+    head = (b"\x0a" if op == OP_INSERT else b"\x12") + _varint(2 + k + len(mid) + len(value))
+    head += b"\x0a" + bytes([k])
+    if head != command_head(cmd) or head + key + mid + value != cmd:
+        return
+    if len(SHAPES) >= _SHAPES_MAX:
+        SHAPES.clear()
+    unpack = struct.Struct(f"<{len(head)}x{k}s{len(mid)}s{len(value)}s").unpack
+    SHAPES[head] = (len(cmd), unpack, mid, op)
+
+
+def decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
+    """(op, key, value) of an insert or delete command, without protobuf; None otherwise.
+
+    Hot loops inline the known-shape lookup and call this on a miss.
+    """
+    n = len(cmd)
+    shape = SHAPES.get(cmd[:5] if n > 129 else cmd[:4])
+    if shape is not None and shape[0] == n:
+        key, mid, value = shape[1](cmd)
+        if mid == shape[2]:
+            return shape[3], key, value
+    decoded = fast_decode_command(cmd)
+    if decoded is not None:
+        _learn_shape(cmd, *decoded)
+    return decoded
+
+
+def decode_any_command(cmd: bytes) -> tuple[int, bytes, bytes]:
+    """(op, key, value) of any command bytes: OP_REJECTED when protobuf cannot decode
+    them or they set no operation (what every replica applies for such an entry)."""
+    decoded = decode_command(cmd)
+    return decoded if decoded is not None else _decode_protobuf(cmd)
+
+
+def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
+    try:
+        command = WriteCommand.FromString(cmd)
+    except DecodeError:
+        return OP_REJECTED, b"", b""
+    which = command.WhichOneof("operation")
+    if which == "insert":
+        return OP_INSERT, command.insert.key, command.insert.value
+    if which == "delete":
+        return OP_DELETE, command.delete.key, b""
+    return OP_REJECTED, b"", b""
+
+
+def decode_entry(entry: Entry) -> tuple[int, bytes, bytes]:
+    """(op, key, value) of any entry: known shapes, the byte decoder, then protobuf."""
+    command = entry.payload.command
+    decoded = decode_command(command) if command else None
+    return decoded if decoded is not None else decode_payload(entry)
+
+
+def decode_payload(entry: Entry) -> tuple[int, bytes, bytes]:
+    """The slow, general path: any payload kind, any encoding, undecodable commands."""
+    payload = entry.payload
+    kind = payload.WhichOneof("payload")
+    if kind == "command":
+        return _decode_protobuf(payload.command)
+    if kind == "noop":
+        return OP_NOOP, b"", b""
+    if kind == "config":
+        return OP_CONFIG, b"", payload.config.SerializeToString()
+    return OP_REJECTED, b"", b""

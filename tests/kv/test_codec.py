@@ -1,0 +1,131 @@
+"""The command codec: hand encodings byte-equal to protobuf, decoding never disagreeing
+with protobuf (fast path, learnt shapes, damaged input), entry kinds."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kv_helpers import (
+    canonical_commands,
+    command_entry,
+    config_entry,
+    damaged,
+    delete,
+    insert,
+    protobuf_decode,
+)
+
+from dengine.kv import codec
+from dengine.kv.codec import (
+    OP_CONFIG,
+    OP_DELETE,
+    OP_INSERT,
+    OP_NOOP,
+    OP_REJECTED,
+    SHAPES,
+    decode_any_command,
+    decode_command,
+    decode_entry,
+    decode_payload,
+    encode_command,
+    encode_delete,
+    encode_insert,
+    fast_decode_command,
+)
+from dengine.proto import Entry, Membership
+
+VALUES = st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=20000))
+
+
+@given(st.binary(max_size=300), VALUES)
+def test_encode_insert_is_the_protobuf_encoding(key, value):
+    # Byte-equal, not just decodable: the apply path's shape cache keys on exact bytes.
+    assert encode_insert(key, value) == insert(key, value)
+
+
+@given(st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=17000)))
+def test_encode_delete_is_the_protobuf_encoding(key):
+    assert encode_delete(key) == delete(key)
+
+
+@given(st.binary(max_size=300), VALUES)
+def test_round_trip(key, value):
+    for op, data in ((OP_INSERT, encode_command(OP_INSERT, key, value)),
+                     (OP_DELETE, encode_command(OP_DELETE, key))):
+        expected = (op, key, value if op == OP_INSERT else b"")
+        assert decode_any_command(data) == expected
+        assert decode_entry(command_entry(1, data)) == expected
+        assert decode_any_command(data) == expected  # again, through a learnt shape if any
+
+
+def test_encode_command_refuses_other_ops():
+    with pytest.raises(ValueError, match="no command"):
+        encode_command(OP_CONFIG, b"k")
+
+
+@given(st.one_of(
+    st.tuples(st.just("insert"), st.binary(max_size=300), st.binary(max_size=20000)),
+    st.tuples(st.just("delete"), st.binary(max_size=300), st.just(b"")),
+))
+def test_fast_decode_matches_protobuf_on_commands(cmd):
+    kind, key, value = cmd
+    encoded = insert(key, value) if kind == "insert" else delete(key)
+    expected = (OP_INSERT if kind == "insert" else OP_DELETE, key, value)
+    assert protobuf_decode(encoded) == expected
+    if len(value) < 16000 and len(encoded) < 16000:  # 1- and 2-byte lengths only
+        assert fast_decode_command(encoded) == expected
+
+
+@given(st.one_of(st.binary(max_size=40), canonical_commands().flatmap(damaged)))
+def test_fast_decode_never_disagrees_with_protobuf(data):
+    fast = fast_decode_command(data)
+    if fast is not None:
+        assert fast == protobuf_decode(data)
+
+
+@given(st.binary(max_size=60))
+def test_any_bytes_decode_like_protobuf_or_as_rejected(data):
+    expected = protobuf_decode(data)
+    assert decode_any_command(data) == (expected or (OP_REJECTED, b"", b""))
+
+
+@settings(max_examples=300)
+@given(st.data(), canonical_commands())
+def test_known_shapes_decode_like_protobuf_even_when_damaged(data, command):
+    """A shape learnt from a valid command never misreads a damaged one of the same head."""
+    first = decode_command(command)  # learns the shape
+    assert first is None or first == protobuf_decode(command)
+    again = decode_command(command)  # decoded through the learnt shape, if any
+    assert again == first
+    other = data.draw(damaged(command))
+    decoded = decode_command(other)
+    if decoded is not None:
+        assert decoded == protobuf_decode(other)
+
+
+def test_typical_commands_are_learnt_and_the_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(codec, "_SHAPES_MAX", 8)
+    SHAPES.clear()
+    for size in (0, 10, 200, 5000):
+        command = insert(b"k" * 16, b"v" * size)
+        assert decode_command(command) == (OP_INSERT, b"k" * 16, b"v" * size)
+    assert len(SHAPES) == 4
+    assert decode_command(insert(b"x" * 16, b"w" * 200)) == (OP_INSERT, b"x" * 16, b"w" * 200)
+    assert len(SHAPES) == 4  # the same shape as the 200-byte value above
+    for size in range(20, 30):
+        decode_command(insert(b"k", b"v" * size))
+    assert 0 < len(SHAPES) <= 8
+
+
+def test_entry_kinds():
+    noop = Entry(index=1, term=1)
+    noop.payload.noop.SetInParent()
+    assert decode_entry(noop) == (OP_NOOP, b"", b"")
+    op, key, value = decode_entry(config_entry(2, [1, 2]))
+    assert (op, key) == (OP_CONFIG, b"")
+    assert [m.id for m in Membership.FromString(value).voters] == [1, 2]
+    assert decode_entry(Entry(index=3, term=1)) == (OP_REJECTED, b"", b"")  # no payload
+    assert decode_entry(command_entry(4, b"")) == (OP_REJECTED, b"", b"")  # no operation
+    assert decode_entry(command_entry(5, b"\xff\xff")) == (OP_REJECTED, b"", b"")
+    assert decode_payload(command_entry(6, insert(b"k", b"v"))) == (OP_INSERT, b"k", b"v")
