@@ -38,17 +38,20 @@ from dengine.proto import Entry, Membership
 VALUES = st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=20000))
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300), VALUES)
 def test_encode_insert_is_the_protobuf_encoding(key, value):
     # Byte-equal, not just decodable: the apply path's shape cache keys on exact bytes.
     assert encode_insert(key, value) == insert(key, value)
 
 
+@settings(deadline=None)
 @given(st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=17000)))
 def test_encode_delete_is_the_protobuf_encoding(key):
     assert encode_delete(key) == delete(key)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300), VALUES)
 def test_round_trip(key, value):
     for op, data in ((OP_INSERT, encode_command(OP_INSERT, key, value)),
@@ -64,6 +67,7 @@ def test_encode_command_refuses_other_ops():
         encode_command(OP_CONFIG, b"k")
 
 
+@settings(deadline=None)
 @given(st.one_of(
     st.tuples(st.just("insert"), st.binary(max_size=300), st.binary(max_size=20000)),
     st.tuples(st.just("delete"), st.binary(max_size=300), st.just(b"")),
@@ -77,6 +81,7 @@ def test_fast_decode_matches_protobuf_on_commands(cmd):
         assert fast_decode_command(encoded) == expected
 
 
+@settings(deadline=None)
 @given(st.one_of(st.binary(max_size=40), canonical_commands().flatmap(damaged)))
 def test_fast_decode_never_disagrees_with_protobuf(data):
     fast = fast_decode_command(data)
@@ -84,13 +89,14 @@ def test_fast_decode_never_disagrees_with_protobuf(data):
         assert fast == protobuf_decode(data)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=60))
 def test_any_bytes_decode_like_protobuf_or_as_rejected(data):
     expected = protobuf_decode(data)
     assert decode_any_command(data) == (expected or (OP_REJECTED, b"", b""))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.data(), canonical_commands())
 def test_known_shapes_decode_like_protobuf_even_when_damaged(data, command):
     """A shape learnt from a valid command never misreads a damaged one of the same head."""

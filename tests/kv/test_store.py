@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_helpers import command_entry, config_entry
 
@@ -27,6 +27,7 @@ def model_apply(model: dict[bytes, bytes], op: int, key: bytes, value: bytes) ->
     return op != OP_REJECTED
 
 
+@settings(deadline=None)
 @given(st.lists(OPS, max_size=40))
 def test_apply_matches_a_dict(ops):
     store, model = Store(), {}
@@ -37,6 +38,7 @@ def test_apply_matches_a_dict(ops):
         assert store.get(key) == model.get(key)
 
 
+@settings(deadline=None)
 @given(st.lists(OPS, max_size=40), st.integers(0, 40))
 def test_apply_ops_is_apply_op_by_op(ops, split):
     one, batch = Store(), Store()
@@ -48,6 +50,7 @@ def test_apply_ops_is_apply_op_by_op(ops, split):
     assert batch.copy() == one.copy()
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(KEYS, st.binary(max_size=8)), max_size=30))
 def test_insert_all_is_inserts_in_order(pairs):
     one, batch = Store(), Store()

@@ -4,7 +4,7 @@ agreeing with each other and with what the state machine will apply, messages.""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_helpers import canonical_commands, damaged, protobuf_decode
 
@@ -32,6 +32,7 @@ def command(op: int, key: bytes, value: bytes = b"") -> WriteCommand:
     return WriteCommand(delete=WriteCommand.Delete(key=key))
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=12), st.binary(max_size=20))
 def test_key_and_value_limits(key, value):
     key_ok = 0 < len(key) <= LIMITS.max_key_size
@@ -54,6 +55,7 @@ OPS = st.lists(st.tuples(st.sampled_from([OP_INSERT, OP_DELETE]), st.binary(max_
                          st.binary(max_size=18)), max_size=5)
 
 
+@settings(deadline=None)
 @given(OPS)
 def test_objects_and_bytes_are_validated_alike(ops):
     """encode_commands(objects) accepts exactly what check_encoded_commands accepts of
@@ -73,6 +75,7 @@ def test_objects_and_bytes_are_validated_alike(ops):
         assert decode_any_command(data) == (op, key, value if op == OP_INSERT else b"")
 
 
+@settings(deadline=None)
 @given(st.one_of(st.binary(max_size=30), canonical_commands().flatmap(damaged)))
 def test_accepted_bytes_are_what_the_state_machine_applies(data):
     """Bytes that pass validation decode (as the state machine will) to a valid insert or
