@@ -86,7 +86,7 @@ def test_results():
     ops = [(7, 1, OP_INSERT, b"k", b"v"), (8, 1, OP_REJECTED, b"", b""), (9, 2, OP_NOOP, b"", b"")]
     results = results_of(ops)
     assert results == [ApplyResult(7), ApplyResult(8, succeeded=False), ApplyResult(9)]
-    assert results[0].succeeded and results[0].value is None
+    assert results[0].succeeded and results[0].value == b""
 
 
 def test_data_is_the_live_map_and_copy_is_not():
