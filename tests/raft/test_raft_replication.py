@@ -7,7 +7,7 @@ from raft_network import Network, T, log_terms, make_log
 
 from dengine.errors import DengineError, NotLeader
 from dengine.proto import Entry, Message
-from dengine.raft import ProgressState, Role
+from dengine.raft import ProgressState, Role, replication
 
 # Figure 7 of the Raft paper: the leader's log for term 8, and six possible followers.
 LEADER = [1, 1, 1, 4, 4, 5, 5, 6, 6, 6]
@@ -168,18 +168,67 @@ def test_commit_needs_a_majority_of_durable_voters() -> None:
 def test_batching_limits_entries_and_bytes_per_message() -> None:
     net = Network([1, 2], max_entries_per_msg=3, max_bytes_per_msg=200, max_inflight_msgs=1000)
     net.elect(1)
+    since = len(net.sent)
     net[1].propose([b"v" * 60 for _ in range(10)])
-    net.process(1)
-    appends = [m for m in net.pending if m.type == T.MSG_APPEND]
+    net.settle()
+    assert net.commands(2) == [b"v" * 60] * 10
+    appends = [m for m in net.sent_of(T.MSG_APPEND, since) if m.entries]
     assert sum(len(m.entries) for m in appends) == 10
     assert all(1 <= len(m.entries) <= 3 for m in appends)
     assert all(m.ByteSize() <= 200 + 100 or len(m.entries) == 1 for m in appends)
     assert max(len(m.entries) for m in appends) < 3  # 3 x 60-byte entries exceed 200 bytes
-    net.settle()
-    assert net.commands(2) == [b"v" * 60] * 10
 
 
-def test_pipelining_is_bounded_by_the_inflight_window() -> None:
+def test_a_backlog_goes_out_a_few_messages_per_trigger() -> None:
+    """A follower far behind is not sent its whole backlog in one loop turn: each step of
+    the leader (an acknowledgement, a heartbeat response) sends a few messages at most."""
+    net = Network([1, 2, 3], max_entries_per_msg=2, max_inflight_msgs=1000)
+    net.elect(1)
+    net.isolate(3)
+    for i in range(40):
+        net[1].propose([b"x%d" % i])
+        net.settle()
+    net.heal()
+    net[1].report_unreachable(3)  # as the transport does when the connection drops
+    per_step: list[int] = []
+    process = net.process
+
+    def counting_process(i: int) -> None:
+        before = len(net.sent)
+        process(i)
+        if i == 1:
+            per_step.append(sum(1 for m in net.sent[before:]
+                                if m.type == T.MSG_APPEND and m.to_id == 3 and m.entries))
+
+    net.process = counting_process  # type: ignore[method-assign]
+    net.tick(ids=[1], n=net[1].cfg.heartbeat_tick)
+    assert net.commands(3) == net.commands(1)
+    assert sum(per_step) >= 40 // 2  # the backlog went out ...
+    assert max(per_step) <= replication.CATCH_UP_MSGS_PER_CALL  # ... a few messages a step
+
+
+def test_heartbeat_responses_resend_at_most_once_per_interval() -> None:
+    """Read rounds multiply heartbeat responses; a lagging follower must not be re-sent its
+    backlog once per response."""
+    net = Network([1, 2, 3], max_entries_per_msg=4)
+    net.elect(1)
+    net.isolate(3)
+    for i in range(10):
+        net[1].propose([b"x%d" % i])
+        net.settle()
+    net.heal()
+    net.tick(ids=[1], n=net[1].cfg.heartbeat_tick, settle=False)
+    net.deliver(keep=lambda m: m.type != T.MSG_APPEND)  # node 3's appends are lost
+    since = len(net.sent)
+    for i in range(20):  # many read rounds within one heartbeat interval, no tick
+        net[1].read_index(b"r%d" % i)
+        net.deliver(keep=lambda m: m.type != T.MSG_APPEND)
+    resent = [m for m in net.sent_of(T.MSG_APPEND, since) if m.to_id == 3 and m.entries]
+    assert len(resent) <= 1
+
+
+def test_pipelining_is_bounded_by_the_inflight_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replication, "CATCH_UP_MSGS_PER_CALL", 100)
     net = Network([1, 2, 3], max_entries_per_msg=1, max_inflight_msgs=4)
     net.elect(1)
     for n in range(10):

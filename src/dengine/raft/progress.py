@@ -30,6 +30,7 @@ class Progress:
         "pending_snapshot",
         "probe_sent",
         "recent_active",
+        "retry_tick",
         "stalled_rounds",
         "state",
     )
@@ -46,8 +47,10 @@ class Progress:
         self.inflight: deque[int] = deque()
         # Highest heartbeat round this peer acknowledged (ReadIndex / lease).
         self.acked_round = 0
-        # Heartbeat rounds answered while `match` stood still behind the leader's log.
+        # Heartbeat intervals answered while `match` stood still behind the leader's log.
         self.stalled_rounds = 0
+        # Tick before which a heartbeat response triggers no resend (one per interval).
+        self.retry_tick = 0
 
     def __repr__(self) -> str:
         return (

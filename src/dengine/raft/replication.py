@@ -18,6 +18,9 @@ from dengine.raft.types import MSG_APPEND, MSG_APPEND_RESPONSE, MSG_SNAPSHOT, Ro
 # Heartbeat rounds a follower in SNAPSHOT state may answer without progress before the
 # leader assumes the snapshot was lost and probes again, in election timeouts.
 SNAPSHOT_STALL_TIMEOUTS = 4
+# Appends sent to one follower per trigger (proposal, acknowledgement, heartbeat response)
+# while it is behind by more than that: a long backlog costs a few messages per loop turn.
+CATCH_UP_MSGS_PER_CALL = 2
 
 
 class _ProposedBatch:
@@ -175,9 +178,12 @@ class ReplicationMixin(CoreState):
         if pr is None:
             return
         pr.recent_active = True
-        pr.probe_sent = False
         last = self.log.last_index()
-        if pr.match < last:
+        # Read rounds make heartbeat responses as frequent as reads: retry at most once per
+        # heartbeat interval, or a lagging follower is sent its whole backlog per response.
+        if pr.match < last and self.now >= pr.retry_tick:
+            pr.retry_tick = self.now + self.cfg.heartbeat_tick
+            pr.probe_sent = False
             pr.stalled_rounds += 1
             if pr.state is ProgressState.REPLICATE:
                 if pr.stalled_rounds >= 2:
@@ -221,6 +227,7 @@ class ReplicationMixin(CoreState):
         log = self.log
         cfg = self.cfg
         sent = False
+        n_sent = 0
         while not pr.is_paused():
             prev = pr.next - 1
             last = log.last_index()
@@ -265,6 +272,9 @@ class ReplicationMixin(CoreState):
             allow_empty = False
             if not entries or pr.state is not ProgressState.REPLICATE:
                 break
+            n_sent += 1
+            if n_sent >= CATCH_UP_MSGS_PER_CALL and pr.next <= last:
+                break  # a backlog goes out a few messages per acknowledgement, not in one turn
         return sent
 
     def _send_snapshot(self, to: int, pr: Progress) -> None:
