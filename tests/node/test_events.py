@@ -114,3 +114,30 @@ def test_a_removed_node_says_so_and_refuses_client_requests(
             await cluster.stop_all()
 
     run(main())
+
+
+def test_peers_remember_a_removal_across_their_restart(tmp_path: Path) -> None:
+    """The removed node never receives the configuration that removes it (the leader stops
+    replicating to it at once): restarted, it is told again by its restarted peers."""
+
+    async def main() -> None:
+        cluster = Cluster(tmp_path)
+        await cluster.start_all()
+        try:
+            await cluster.leader()
+            removed = cluster.followers()[0].node_id
+            await cluster.change("remove_member", removed)
+            await until(lambda: cluster.engines[removed].status().role == "removed")
+            await cluster.stop_all()
+            for i in cluster.initial:
+                if i != removed:
+                    await cluster.start(i)
+            await cluster.leader()
+            engine = await cluster.start(removed)
+            await until(lambda: engine.status().role == "removed")
+            with pytest.raises(Unavailable, match="was removed from the cluster"):
+                await engine.put(b"k", b"v")
+        finally:
+            await cluster.stop_all()
+
+    run(main())

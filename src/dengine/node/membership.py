@@ -71,8 +71,14 @@ class Members:
         self.unapplied: list[tuple[int, Membership]] = []
         current = core.membership_at(applied)
         self._applied_ids = _ids(current)
-        # members that a configuration applied here removed (the transport tells them so)
+        # members that a configuration applied here removed (the transport tells them so);
+        # the log's older configurations count too, so that a restart remembers them
         self.removed_ids: set[int] = set()
+        for index in raft_log.config_indexes():
+            if raft_log.first_index() <= index <= applied:
+                entry = raft_log.entries(index, index + 1)[0]
+                self.removed_ids |= _ids(entry.payload.config)
+        self.removed_ids -= self._applied_ids
 
     def removed_at_start(self) -> bool:
         """Whether the applied configuration leaves this node out (it was removed before
