@@ -16,7 +16,8 @@ import sys
 import time
 
 from dengine.proto import Message
-from dengine.sim.simulator import SimConfig, SimResult, Simulator
+from dengine.sim.config import SimConfig, SimResult
+from dengine.sim.simulator import Simulator
 
 # (label, config without seed, seeds): 3 and 5 nodes, with snapshots and membership changes.
 CONFIGS: list[tuple[str, SimConfig, range]] = [

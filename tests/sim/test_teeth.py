@@ -15,7 +15,7 @@ from dengine.sim.broken import (
     DoubleVoteCore,
     LeaseWithoutCheckQuorumCore,
 )
-from dengine.sim.simulator import CoreFactory
+from dengine.sim.config import CoreFactory
 
 
 def _first_violation(

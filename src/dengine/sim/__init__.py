@@ -5,9 +5,10 @@
 `lincheck.check(history)` is the linearizability checker, usable on its own.
 """
 
+from dengine.sim.config import FAULT_KINDS, SimConfig, SimResult
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
 from dengine.sim.lincheck import CheckResult, Op, check
-from dengine.sim.simulator import FAULT_KINDS, SimConfig, SimResult, Simulator
+from dengine.sim.simulator import Simulator
 
 __all__ = [
     "FAULT_KINDS",

@@ -14,7 +14,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import click
 
-from dengine.sim.simulator import FAULT_KINDS, CoreFactory, SimConfig, SimResult, Simulator
+from dengine.sim.config import FAULT_KINDS, CoreFactory, SimConfig, SimResult
+from dengine.sim.simulator import Simulator
 
 
 def _parse_seeds(spec: str) -> range:
