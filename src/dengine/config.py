@@ -48,6 +48,17 @@ class NodeConfig:
     max_key_size: int = 4 * 1024
     max_value_size: int = 1024 * 1024
     max_request_size: int = 8 * 1024 * 1024
+    max_read_keys: int = 10_000  # keys in one Read request
+    max_response_bytes: int = 32 * 1024 * 1024  # values in one Read response
+
+    # Limits on client and peer connections (per listener) and on the load they bring.
+    max_client_connections: int = 1024  # each of the gRPC and the native listener
+    max_peer_connections: int = 64  # inbound connections of the peer listener
+    client_idle_timeout_s: float = 600.0  # close a client connection idle this long (0: never)
+    client_frame_timeout_s: float = 30.0  # a native request frame must arrive whole in this
+    max_client_buffer_bytes: int = 64 * 1024 * 1024  # partial native frames, all connections
+    max_pending_writes: int = 4096  # write requests being served; beyond: OVERLOADED
+    max_pending_write_bytes: int = 32 * 1024 * 1024  # their bytes; beyond: OVERLOADED
 
     # Storage and compaction.
     wal_checkpoint_bytes: int = 64 * 1024 * 1024
@@ -80,13 +91,24 @@ class NodeConfig:
             raise ConfigError(f"peers must not contain this node's own id {self.node_id}")
         for name in ("tick_ms", "election_timeout_ms", "heartbeat_interval_ms",
                      "max_key_size", "max_value_size", "max_request_size",
-                     "max_entries_per_msg", "max_bytes_per_msg", "max_inflight_msgs"):
+                     "max_entries_per_msg", "max_bytes_per_msg", "max_inflight_msgs",
+                     "max_read_keys", "max_response_bytes", "max_client_connections",
+                     "max_peer_connections", "client_frame_timeout_s",
+                     "max_client_buffer_bytes", "max_pending_writes",
+                     "max_pending_write_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("snapshots_to_keep", "snapshot_chunk_bytes", "log_segment_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("snapshot_threshold_entries", "snapshot_interval_s", "promote_lag"):
+        if self.max_response_bytes < self.max_value_size + 64:
+            raise ConfigError("max_response_bytes must leave room for one value "
+                              f"(max_value_size {self.max_value_size} + 64 bytes)")
+        if self.max_client_buffer_bytes < self.max_request_size + 64:
+            raise ConfigError("max_client_buffer_bytes must hold one request "
+                              f"(max_request_size {self.max_request_size} + 64 bytes)")
+        for name in ("snapshot_threshold_entries", "snapshot_interval_s", "promote_lag",
+                     "client_idle_timeout_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.heartbeat_interval_ms >= self.election_timeout_ms:

@@ -38,6 +38,13 @@ class Unavailable(DengineError):
     code = "UNAVAILABLE"
 
 
+class Overloaded(Unavailable):
+    """The node is over one of its load limits and refused the request without processing
+    it (nothing was proposed or applied): retry later, with backoff."""
+
+    code = "OVERLOADED"
+
+
 class Timeout(DengineError):
     """The deadline passed. For a write, the outcome is unknown: it may still be applied."""
 
@@ -81,6 +88,7 @@ ERRORS_BY_CODE: dict[str, type[DengineError]] = {
         InvalidRequest,
         NotLeader,
         Unavailable,
+        Overloaded,
         Timeout,
         StorageError,
         CorruptionError,

@@ -47,6 +47,22 @@ SETTINGS_HELP = {
     "max_key_size": "Largest key accepted, in bytes.",
     "max_value_size": "Largest value accepted, in bytes.",
     "max_request_size": "Largest client request (a batch of commands or keys), in bytes.",
+    "max_read_keys": "Most keys in one Read request.",
+    "max_response_bytes": "Largest Read response (the values it returns), in bytes; a larger "
+                          "one is refused with INVALID_REQUEST.",
+    "max_client_connections": "Most connections on each client listener (gRPC, native); "
+                              "more are closed as they arrive.",
+    "max_peer_connections": "Most inbound connections on the peer listener.",
+    "client_idle_timeout_s": "Close a client connection with no request for this long "
+                             "(clients reconnect by themselves; 0: never).",
+    "client_frame_timeout_s": "A native request frame must arrive whole within this many "
+                              "seconds of its first byte, or the connection is closed.",
+    "max_client_buffer_bytes": "Bytes of partial native request frames held for all "
+                               "connections together; beyond, reading pauses.",
+    "max_pending_writes": "Write requests being served at once; more get OVERLOADED "
+                          "(retryable, not applied).",
+    "max_pending_write_bytes": "Bytes of the write requests being served; more get "
+                               "OVERLOADED (retryable, not applied).",
     "wal_checkpoint_bytes": "State machine WAL size that triggers a checkpoint.",
     "snapshot_threshold_entries": "Applied entries since the last snapshot that trigger one "
                                   "(0: no entry-count trigger).",

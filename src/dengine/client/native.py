@@ -28,6 +28,7 @@ from dengine.proto.native import (
     METHOD_CODES,
     RESPONSE_HEADER,
     RESPONSE_OVERHEAD,
+    STATUS_CLOSING,
     STATUS_NAMES,
     STATUS_OK,
     request_frame,
@@ -153,8 +154,10 @@ class NativeConnection(asyncio.Protocol):
             body = data[pos + header:frame_end]
             pos = frame_end
             if request_id == 0:  # about the connection itself; the node closes it
+                # STATUS_CLOSING: nothing outstanding was processed; it is sent again.
                 self._broken(f"{self.address} closed the connection: "
-                             f"{body.decode('utf-8', 'replace')}")
+                             f"{body.decode('utf-8', 'replace')}",
+                             unsent=status == STATUS_CLOSING)
                 return
             fut = self._pending.pop(request_id, None)
             if fut is None or fut.done():  # its caller gave up
@@ -182,19 +185,19 @@ class NativeConnection(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_exception(TimeoutError())
 
-    def _broken(self, reason: str, silent: bool = False) -> None:
+    def _broken(self, reason: str, silent: bool = False, unsent: bool = False) -> None:
         self._why_closed = reason
-        self._fail_all(reason, silent)
+        self._fail_all(reason, silent, unsent)
         self.close()
 
-    def _fail_all(self, reason: str, silent: bool = False) -> None:
+    def _fail_all(self, reason: str, silent: bool = False, unsent: bool = False) -> None:
         self.closed = True
         self.silent = self.silent or silent
         self._stop_watch()
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
-                fut.set_exception(Lost(reason, silent))
+                fut.set_exception(NotSent(reason) if unsent else Lost(reason, silent))
         on_lost, self.on_lost = self.on_lost, None
         if on_lost is not None:
             on_lost(self)

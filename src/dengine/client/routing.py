@@ -48,6 +48,7 @@ from dengine.errors import (
     DengineError,
     InvalidRequest,
     NotLeader,
+    Overloaded,
     StorageError,
     Timeout,
     Unavailable,
@@ -219,7 +220,8 @@ class Router:
                 await backoff.sleep(deadline, err)
                 continue
             if isinstance(err, Unavailable):  # not applied (see the module docstring)
-                self._forget(addr)
+                if not isinstance(err, Overloaded):  # (an overloaded leader still leads)
+                    self._forget(addr)
                 await backoff.sleep(deadline, err)
                 continue
             raise err

@@ -219,6 +219,7 @@ class Node:
             is_removed=self._members.is_removed,
             on_removed=self._on_removed_by,
             snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
+            max_inbound=self.config.max_peer_connections,
         )
         try:
             await transport.start()

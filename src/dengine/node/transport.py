@@ -62,6 +62,9 @@ HEADER = struct.Struct("<II")
 _BATCH_TAG = b"\x12"
 _MESSAGE_TAG = b"\x0a"
 _FRAME_OVERHEAD = 64  # header + tags + varints, rounded up generously
+# The first frame of an inbound connection (a Hello) is read only up to this size: an
+# unidentified connection cannot make the node buffer a whole max_frame_bytes.
+HELLO_MAX_BYTES = 64 * 1024
 
 
 class PeerProtocolError(DengineError):
@@ -230,6 +233,7 @@ class Transport:
         snapshot_chunk_bytes: int = 1024 * 1024,
         snapshot_window: int = 4,
         rng: random.Random | None = None,
+        max_inbound: int = 64,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -256,6 +260,9 @@ class Transport:
         self._peer_addresses = dict(peers)
         self._client_addresses: dict[int, str] = {}
         self._inbound: set[asyncio.Task[None]] = set()
+        # Inbound connections beyond this many are closed at once (a peer needs one; the
+        # rest is room for reconnects while an old connection is not yet seen dead).
+        self.max_inbound = max_inbound
         self._server: asyncio.Server | None = None
         self._closed = False
         self.refused_connections = 0
@@ -610,11 +617,19 @@ class Transport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._inbound.add(task)
         peer = writer.get_extra_info("peername")
+        if len(self._inbound) >= self.max_inbound:
+            self.refused_connections += 1
+            if self.refused_connections % 1000 == 1:
+                log.warning("node %d: %d peer connections open (max_peer_connections); "
+                            "refusing more (%d refused so far)", self.node_id,
+                            len(self._inbound), self.refused_connections)
+            writer.close()
+            return
+        self._inbound.add(task)
         try:
             first = await asyncio.wait_for(
-                read_frame(reader, self.max_frame_bytes), self.handshake_timeout
+                read_frame(reader, HELLO_MAX_BYTES), self.handshake_timeout
             )
             peername = writer.get_extra_info("peername")
             remote_host = str(peername[0]) if isinstance(peername, tuple) else ""

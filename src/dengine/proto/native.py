@@ -37,11 +37,18 @@ STATUS_UNKNOWN_METHOD = 1   # not processed
 STATUS_TOO_LARGE = 2        # body above the server's max_request_size; not processed
 STATUS_SHUTTING_DOWN = 3    # the server is stopping; not processed (retry elsewhere)
 STATUS_MALFORMED = 4        # request id 0: the byte stream is not frames; connection closed
+# Request id 0 only; the server closes the connection after it:
+STATUS_CLOSING = 5          # idle, or too many connections: no request still outstanding
+                            # on it was processed (reconnect and send them again)
+STATUS_FRAME_TIMEOUT = 6    # a request frame did not arrive whole in client_frame_timeout_s
+# (STATUS_TOO_LARGE with request id 0: a frame far above max_request_size.)
 STATUS_NAMES = {
     STATUS_UNKNOWN_METHOD: "unknown method",
     STATUS_TOO_LARGE: "request too large",
     STATUS_SHUTTING_DOWN: "server shutting down",
     STATUS_MALFORMED: "malformed frame",
+    STATUS_CLOSING: "connection closed by the server",
+    STATUS_FRAME_TIMEOUT: "request frame too slow",
 }
 
 

@@ -8,9 +8,18 @@ calls the very same handlers, so validation and errors are identical.
 
 One connection carries many requests at once (pipelining): each frame has a request id
 and its answer is written when its handler finishes, in completion order. A frame above
-`max_request_size` is answered with an error and its body skipped; bytes that are not
-frames at all get a connection-level error and the connection is closed. Neither touches
-other connections, and a closed connection cancels nothing already handed to the engine.
+`max_request_size` is answered with an error and its body skipped (one more than twice
+the limit also closes the connection); bytes that are not frames at all get a
+connection-level error and the connection is closed. Neither touches other connections,
+and a closed connection cancels nothing already handed to the engine.
+
+Resources are bounded (docs/operations.md, "Limits"): at most `max_connections`
+connections (more are told so and closed); a frame is buffered only up to its announced
+length, which is checked before any body byte is kept, and the partial frames of all
+connections together hold at most about `max_buffer_bytes` (a connection that would pass it
+stops being read until others finish theirs); a frame must arrive whole within
+`frame_timeout` s of its first byte, and a connection with nothing outstanding is closed
+after `idle_timeout` s (STATUS_CLOSING: the client reconnects and resends).
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 
 from google.protobuf.message import Message as ProtoMessage
 
-from dengine.config import parse_address
+from dengine.config import NodeConfig, parse_address
 from dengine.errors import ConfigError
 from dengine.netutil import adopt_transport
 from dengine.proto.native import (
@@ -32,6 +41,8 @@ from dengine.proto.native import (
     METHODS,
     REQUEST_HEADER,
     REQUEST_OVERHEAD,
+    STATUS_CLOSING,
+    STATUS_FRAME_TIMEOUT,
     STATUS_MALFORMED,
     STATUS_OK,
     STATUS_SHUTTING_DOWN,
@@ -48,6 +59,10 @@ Handler = Callable[[bytes, Any], Awaitable[ProtoMessage]]
 # Requests being handled on one connection before it stops reading (back-pressure on a
 # client that sends faster than the node answers).
 MAX_INFLIGHT_PER_CONNECTION = 4096
+# A connection the server ends is half-closed after its last frame and read (discarding)
+# until the client closes or this many seconds pass: closing with unread bytes would reset
+# the connection and could destroy that last frame before the client reads it.
+LINGER_S = 1.0
 
 
 class _Deadline:
@@ -63,16 +78,42 @@ class _Deadline:
 
 
 class NativeServer:
-    """Listens on one address; `start` returns the bound HOST:PORT (port 0 picks one)."""
+    """Listens on one address; `start` returns the bound HOST:PORT (port 0 picks one).
 
-    def __init__(self, service: ClientService, max_request_size: int) -> None:
+    The limits default to NodeConfig's defaults (`from_config` takes them all from one).
+    """
+
+    def __init__(
+        self, service: ClientService, max_request_size: int, *,
+        max_connections: int = 1024, idle_timeout: float = 600.0,
+        frame_timeout: float = 30.0, max_buffer_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         table = service.handlers()
         self._handlers: list[Handler | None] = [table.get(name) for name in METHODS]
         self._max_request_size = max_request_size
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self.max_buffer_bytes = max(max_buffer_bytes, max_request_size + REQUEST_HEADER.size)
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.stopping = False
+        self.buffered = 0  # bytes of partial frames held, all connections
+        self._starved: set[_Connection] = set()  # not read until `buffered` falls
+        # Connections closed by a limit (counters for tests and operators).
+        self.refused_connections = 0
+        self.idle_closed = 0
+        self.slow_closed = 0
+
+    @classmethod
+    def from_config(cls, service: ClientService, config: NodeConfig) -> NativeServer:
+        return cls(service, config.max_request_size,
+                   max_connections=config.max_client_connections,
+                   idle_timeout=config.client_idle_timeout_s,
+                   frame_timeout=config.client_frame_timeout_s,
+                   max_buffer_bytes=config.max_client_buffer_bytes)
 
     async def start(self, addr: str) -> str:
         """Bind `addr` (ConfigError when it cannot be) and serve; the bound HOST:PORT."""
@@ -95,12 +136,15 @@ class NativeServer:
             raise ConfigError(f"cannot listen for native clients on {addr}: "
                               f"{e.strerror or e}") from None
         self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        self._sweeper = loop.create_task(self._sweep())
         ip, bound = sock.getsockname()[:2]
         return f"[{ip}]:{bound}" if ":" in ip else f"{ip}:{bound}"
 
     async def stop(self, grace: float) -> None:
         """Refuse new requests, let in-flight ones finish for up to `grace` s, then close."""
         self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         if self._tasks:
@@ -125,11 +169,45 @@ class NativeServer:
     def max_request_size(self) -> int:
         return self._max_request_size
 
-    def opened(self, conn: _Connection) -> None:
+    def opened(self, conn: _Connection) -> bool:
+        """Admit a new connection; False (and it is told why) beyond max_connections."""
+        if len(self._connections) >= self.max_connections:
+            self.refused_connections += 1
+            if self.refused_connections % 1000 == 1:
+                log.warning("native listener: %d connections open (max_client_connections); "
+                            "refusing more (%d refused so far)", len(self._connections),
+                            self.refused_connections)
+            return False
         self._connections.add(conn)
+        return True
 
     def closed(self, conn: _Connection) -> None:
         self._connections.discard(conn)
+        self._starved.discard(conn)
+
+    def hold(self, delta: int) -> bool:
+        """Account `delta` more bytes of partial frames; False when over the budget."""
+        self.buffered += delta
+        if delta < 0 and self._starved and self.buffered < self.max_buffer_bytes:
+            starved, self._starved = self._starved, set()
+            for conn in starved:
+                conn.fed()
+        return self.buffered <= self.max_buffer_bytes
+
+    def starve(self, conn: _Connection) -> None:
+        self._starved.add(conn)
+
+    async def _sweep(self) -> None:
+        """Close connections that are idle too long or send a frame too slowly."""
+        timeouts = [t for t in (self.idle_timeout, self.frame_timeout) if t > 0]
+        if not timeouts:
+            return
+        period = min(1.0, max(0.02, min(timeouts) / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in list(self._connections):
+                conn.check_timeouts(now)
 
 
 class _Connection(asyncio.Protocol):
@@ -139,19 +217,28 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
+        self._need = 0          # bytes _buf must hold before the next frame can be parsed
         self._skip = 0          # body bytes of a refused (too large) frame still to discard
         self._inflight = 0
         self._reading_paused = False
         self._writing_paused = False
+        self._starved = False   # waiting for the server's buffer budget
+        self._ending = False    # the last frame is sent: discard input until EOF (linger)
+        self._active_at = time.monotonic()   # the last byte received or answer sent
+        self._partial_since = 0.0   # the first byte of the frame still incomplete (0: none)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = adopt_transport(transport)
-        self._server.opened(self)
+        if not self._server.opened(self):
+            self._close_with(STATUS_CLOSING, f"too many connections (max_client_connections "
+                                             f"{self._server.max_connections}); retry later")
 
     def connection_lost(self, exc: Exception | None) -> None:
         # In-flight handlers keep running (a proposal is never withdrawn); their answers
         # have nowhere to go and are dropped.
         self._server.closed(self)
+        self._release_buffer()
+        self._skip = 0
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -167,18 +254,27 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._ending:
             return
+        now = self._active_at = time.monotonic()
         if self._skip:
             if len(data) <= self._skip:
                 self._skip -= len(data)
+                if not self._skip:
+                    self._partial_since = 0.0
                 return
             data = data[self._skip:]
             self._skip = 0
+            self._partial_since = 0.0
         if self._buf:
+            held = len(self._buf)
             self._buf += data
+            if len(self._buf) < self._need:  # the frame is still incomplete: keep it
+                self._hold(len(data))
+                return
             data = bytes(self._buf)
             self._buf.clear()
+            self._server.hold(-held)
         end, pos = len(data), 0
         header = REQUEST_HEADER.size
         max_body = self._server.max_request_size
@@ -196,11 +292,17 @@ class _Connection(asyncio.Protocol):
                 self._reply(request_id, STATUS_TOO_LARGE,
                             f"request of {body_len} bytes exceeds max_request_size "
                             f"({max_body} bytes)".encode())
+                if body_len > 2 * max_body:
+                    # Not a request that is a little too big: do not read it at all.
+                    self._close_with(STATUS_TOO_LARGE, f"frame of {body_len} bytes is far "
+                                     f"above max_request_size ({max_body} bytes)")
+                    return
                 available = end - pos - header
                 if available >= body_len:
                     pos += header + body_len
                     continue
                 self._skip = body_len - available
+                self._partial_since = now
                 return
             frame_end = pos + LENGTH.size + length
             if frame_end > end:
@@ -208,7 +310,48 @@ class _Connection(asyncio.Protocol):
             self._dispatch(method, request_id, timeout_ms, data[pos + header:frame_end])
             pos = frame_end
         if pos < end:
+            # The start of a frame: kept until it is whole (its length is known and below
+            # max_request_size once its header is here).
+            if pos or not self._partial_since:
+                self._partial_since = now
             self._buf += data[pos:]
+            self._need = (LENGTH.size + LENGTH.unpack_from(data, pos)[0]
+                          if end - pos >= header else header)
+            self._hold(end - pos)
+        else:
+            self._partial_since = 0.0
+
+    def _hold(self, added: int) -> None:
+        """Count `added` buffered bytes; over the server's budget, stop reading for now."""
+        if not self._server.hold(added) and not self._starved:
+            self._starved = True
+            self._server.starve(self)
+            self._update_reading()
+
+    def _release_buffer(self) -> None:
+        held = len(self._buf)
+        self._buf.clear()
+        if held:
+            self._server.hold(-held)
+
+    def fed(self) -> None:
+        """The server's buffer budget has room again."""
+        self._starved = False
+        self._update_reading()
+
+    def check_timeouts(self, now: float) -> None:
+        server = self._server
+        if self._partial_since and server.frame_timeout > 0 and not (
+            self._writing_paused or self._inflight >= MAX_INFLIGHT_PER_CONNECTION
+        ) and now - self._partial_since > server.frame_timeout:
+            server.slow_closed += 1
+            self._close_with(STATUS_FRAME_TIMEOUT, f"a request frame did not arrive whole "
+                             f"within client_frame_timeout_s ({server.frame_timeout:g} s)")
+        elif (server.idle_timeout > 0 and not self._inflight and not self._partial_since
+              and now - self._active_at > server.idle_timeout):
+            server.idle_closed += 1
+            self._close_with(STATUS_CLOSING, f"idle for more than client_idle_timeout_s "
+                             f"({server.idle_timeout:g} s)")
 
     def _dispatch(self, method: int, request_id: int, timeout_ms: int, body: bytes) -> None:
         handler = self._server.handler(method)
@@ -238,22 +381,43 @@ class _Connection(asyncio.Protocol):
 
     def _reply(self, request_id: int, status: int, body: bytes) -> None:
         transport = self._transport
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing() and not self._ending:
+            self._active_at = time.monotonic()
             transport.write(response_frame(request_id, status, body))
 
     def _fail(self, message: str) -> None:
         """The stream is not frames: say why (request id 0) and close the connection."""
         peer = self._transport.get_extra_info("peername") if self._transport else None
         log.warning("native client %s: %s; closing the connection", peer, message)
-        self._reply(0, STATUS_MALFORMED, message.encode())
-        self._buf.clear()
-        self.close()
+        self._close_with(STATUS_MALFORMED, message)
+
+    def _close_with(self, status: int, message: str) -> None:
+        """Tell the client why (request id 0) and close the connection (see LINGER_S)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._ending:
+            return
+        log.debug("native client connection closed: %s", message)
+        self._reply(0, status, message.encode())
+        self._ending = True
+        self._release_buffer()
+        self._skip = 0
+        self._partial_since = 0.0
+        try:
+            transport.write_eof()
+        except (NotImplementedError, RuntimeError, OSError):
+            self.close()
+            return
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(LINGER_S, self.close)
 
     def _update_reading(self) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._ending:
             return
-        pause = self._writing_paused or self._inflight >= MAX_INFLIGHT_PER_CONNECTION
+        pause = (self._writing_paused or self._starved
+                 or self._inflight >= MAX_INFLIGHT_PER_CONNECTION)
         if pause and not self._reading_paused:
             self._reading_paused = True
             transport.pause_reading()

@@ -33,13 +33,48 @@ JOIN_LOG_EVERY_S = 10.0
 
 def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
     """Options of the client-facing gRPC server."""
-    return [
+    options: list[tuple[str, Any]] = [
         # Larger requests are refused by gRPC itself (RESOURCE_EXHAUSTED) before parsing.
         ("grpc.max_receive_message_length", config.max_request_size),
+        # Read responses are bounded by max_response_bytes (answered with an error field).
         ("grpc.max_send_message_length", -1),
         # Without this, a second server on a busy port would bind it silently (Linux).
         ("grpc.so_reuseport", 0),
+        # Connections beyond this are closed by gRPC as they arrive.
+        ("grpc.max_allowed_incoming_connections", config.max_client_connections),
     ]
+    if config.client_idle_timeout_s > 0:
+        # A connection without calls for this long gets a GOAWAY; gRPC clients reconnect
+        # by themselves at their next call.
+        options.append(("grpc.max_connection_idle_ms",
+                        max(1, int(config.client_idle_timeout_s * 1000))))
+    return options
+
+
+# File descriptors kept for everything but connections (log segments, snapshots, ...).
+_FD_RESERVE = 256
+
+
+def raise_fd_limit(config: NodeConfig) -> None:
+    """Raise the soft limit of open files to the hard one (as Go programs do), and warn
+    when the connection limits could still exhaust it: a node out of descriptors cannot
+    open a log segment or accept its peers."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    needed = 2 * config.max_client_connections + config.max_peer_connections + _FD_RESERVE
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        log.warning("the open files limit (%d) is below what the connection limits may use "
+                    "(2 x max_client_connections + max_peer_connections + %d = %d): lower "
+                    "max_client_connections or raise the limit (ulimit -n)", soft,
+                    _FD_RESERVE, needed)
 
 
 async def start_grpc_server(service: ClientService, config: NodeConfig) -> grpc.aio.Server:
@@ -158,6 +193,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     ensure_port_free(config.listen_client, " (listen_client)")
+    raise_fd_limit(config)
     native_addr = config.native_listen_address
     if native_addr and parse_address(native_addr, allow_port_zero=True)[1] != 0:
         ensure_port_free(native_addr, " (listen_client_native)")
@@ -168,7 +204,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             service = ClientService(engine, config, peer_client_address(engine))
             if native_addr:
                 # Bound before gRPC serves, so that every Status announces it.
-                native = NativeServer(service, config.max_request_size)
+                native = NativeServer.from_config(service, config)
                 service.native_address = await native.start(native_addr)
             server = await start_grpc_server(service, config)
             st = engine.status()

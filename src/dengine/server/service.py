@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import DengineError, InvalidRequest, NotLeader
+from dengine.errors import DengineError, InvalidRequest, NotLeader, Overloaded
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     Error,
@@ -53,6 +53,8 @@ CONSISTENCY_NAMES = {
 
 # Leave the engine this much of the gRPC deadline to send its own TIMEOUT error back.
 _DEADLINE_MARGIN = 0.05
+# Bytes a ReadResult adds to its value in a ReadResponse (tags, lengths, found flag).
+_READ_RESULT_OVERHEAD = 16
 
 Req = TypeVar("Req", bound=ProtoMessage)
 Resp = TypeVar("Resp", bound=ProtoMessage)
@@ -97,6 +99,12 @@ class ClientService:
         self._peer_client_address = peer_client_address
         # The native listener's bound HOST:PORT, announced by Status ("" = none).
         self.native_address = ""
+        # Write requests being served (admitted, not yet answered) and their bytes: beyond
+        # max_pending_writes / max_pending_write_bytes a write is refused with OVERLOADED
+        # before it reaches the node (memory and the leader's loop stay bounded).
+        self.pending_writes = 0
+        self.pending_write_bytes = 0
+        self.overloaded = 0  # writes refused so far
 
     def _leader_address(self, leader_id: int) -> str:
         if leader_id == self._config.node_id:
@@ -129,12 +137,22 @@ class ClientService:
         })
 
     async def write(self, request: bytes, context: Any) -> WriteResponse:
+        size = len(request)
+        try:
+            self._admit_write(size)
+        except Overloaded as exc:
+            return WriteResponse(error=error_message(exc))
+        self.pending_writes += 1
+        self.pending_write_bytes += size
         try:
             req = self._parse(request, WriteRequest)
             self._check_commands(req.commands)
             results = await self._engine.write(req.commands, timeout=_timeout(context))
         except Exception as exc:  # the service keeps serving whatever happens
             return WriteResponse(error=self._error(exc, "Write"))
+        finally:
+            self.pending_writes -= 1
+            self.pending_write_bytes -= size
         return WriteResponse(results=[
             WriteResult(index=r.index, succeeded=r.succeeded, value=r.value or b"")
             for r in results
@@ -149,6 +167,11 @@ class ClientService:
                 raise InvalidRequest(
                     f"unknown consistency level {req.consistency} (expected {known})"
                 )
+            if len(req.keys) > self._config.max_read_keys:
+                raise InvalidRequest(
+                    f"read of {len(req.keys)} keys exceeds max_read_keys "
+                    f"({self._config.max_read_keys}); read fewer keys at a time"
+                )
             for n, key in enumerate(req.keys):
                 self._check_key(key, f"key {n}")
             values: list[bytes | None] = []
@@ -156,6 +179,7 @@ class ClientService:
                 values = await self._engine.get_many(
                     list(req.keys), consistency, timeout=_timeout(context)
                 )
+                self._check_response_size(values)
         except Exception as exc:
             return ReadResponse(error=self._error(exc, "Read"))
         return ReadResponse(results=[
@@ -245,6 +269,36 @@ class ClientService:
             return MemberChangeResponse(members=self._member_statuses())
         except Exception as exc:
             return MemberChangeResponse(error=self._error(exc, "RemoveMember"))
+
+    def _admit_write(self, size: int) -> None:
+        """Overloaded when one more write of `size` bytes would pass the pending limits
+        (a lone write is always admitted: max_request_size bounds it)."""
+        cfg = self._config
+        if self.pending_writes and (
+            self.pending_writes >= cfg.max_pending_writes
+            or self.pending_write_bytes + size > cfg.max_pending_write_bytes
+        ):
+            self.overloaded += 1
+            raise Overloaded(
+                f"node {cfg.node_id} is overloaded: {self.pending_writes} writes "
+                f"({self.pending_write_bytes} bytes) pending (max_pending_writes "
+                f"{cfg.max_pending_writes}, max_pending_write_bytes "
+                f"{cfg.max_pending_write_bytes}); not applied, retry later"
+            )
+
+    def _check_response_size(self, values: Sequence[bytes | None]) -> None:
+        """InvalidRequest when the answer would pass max_response_bytes (the values are
+        the state machine's own objects: nothing was copied yet)."""
+        limit = self._config.max_response_bytes
+        size = _READ_RESULT_OVERHEAD * len(values)
+        for v in values:
+            if v is not None:
+                size += len(v)
+        if size > limit:
+            raise InvalidRequest(
+                f"response of {size} bytes for {len(values)} keys exceeds "
+                f"max_response_bytes ({limit} bytes); read fewer keys at a time"
+            )
 
     def _member_statuses(self) -> list[MemberStatus]:
         out = []
