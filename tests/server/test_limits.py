@@ -247,36 +247,48 @@ def open_fds() -> int:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
-def test_connections_over_the_cap_are_refused_and_idle_ones_closed(tmp_path: Path) -> None:
+def test_connections_over_the_cap_are_refused_or_evict_idle_ones_and_idle_ones_close(
+    tmp_path: Path,
+) -> None:
     async def main() -> None:
         async with serving(tmp_path, max_client_connections=50,
-                           client_idle_timeout_s=2.0) as s:
+                           client_idle_timeout_s=3.0) as s:
             async with Client(s.address, timeout=5) as client:
                 await client.put(b"k", b"v1")  # its native connection is one of the 50
                 fds = open_fds()
                 streams = [await connect(s.service.native_address) for _ in range(60)]
 
-
-                async def refused(reader: asyncio.StreamReader) -> bool:
+                async def ends(reader: asyncio.StreamReader, wait: float) -> str:
                     try:
-                        status, why = await asyncio.wait_for(closed_with(reader), 0.5)
+                        status, why = await asyncio.wait_for(closed_with(reader), wait)
                     except TimeoutError:
-                        return False
-                    assert status == STATUS_CLOSING and "max_client_connections" in why
-                    return True
+                        return ""
+                    assert status == STATUS_CLOSING
+                    return why
 
-                outcomes = await asyncio.gather(*(refused(r) for r, _ in streams))
-                assert sum(outcomes) == 11 and s.native.refused_connections == 11
-                # The 49 others are closed once idle; the client, quiet as long, reconnects
-                # by itself (its request is resent, not lost).
+                # Nobody is idle yet: the newcomers past the cap are refused.
+                whys = await asyncio.gather(*(ends(r, 0.5) for r, _ in streams))
+                refused = [w for w in whys if w]
+                assert all("max_client_connections" in w for w in refused)
+                assert len(refused) == s.native.refused_connections
+                assert s.native.refused_connections + s.native.evicted == 11
+                # Once connections are idle, newcomers make room by closing the oldest.
+                await asyncio.sleep(1.2)
+                evicted = s.native.evicted
+                streams += [await connect(s.service.native_address) for _ in range(5)]
+                await asyncio.sleep(0.3)
+                assert s.native.evicted == evicted + 5
+                # The rest are closed once idle; the client, quiet as long (or evicted),
+                # reconnects by itself (its request is resent, not lost).
                 for reader, writer in streams:
                     if not reader.at_eof():
-                        status, why = await closed_with(reader)
-                        assert status == STATUS_CLOSING and "idle" in why
+                        why = await ends(reader, 10)
+                        assert "idle" in why, why
                     writer.close()
-                assert s.native.idle_closed >= 49
+                assert s.native.idle_closed >= 40
                 await client.put(b"k", b"v2")
                 assert await client.get(b"k") == b"v2"
+                await asyncio.sleep(1.5)  # (closed connections linger up to a second)
                 assert open_fds() <= fds + 2
             # gRPC: connections past the cap are closed as they arrive.
             host, port = parse_address(s.address)
@@ -321,10 +333,11 @@ def test_a_burst_of_writes_past_the_admission_bound_gets_overloaded_and_the_lead
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        # (Default timings: three nodes share this process's one event loop.)
+        # (Slow timings: three nodes share this process's one event loop, and CI machines
+        # are shared: a leader change here should come from the burst, not the machine.)
         async with serving(tmp_path, nodes=3, max_pending_writes=16,
                            max_pending_write_bytes=4 * MiB, tick_ms=10,
-                           election_timeout_ms=300, heartbeat_interval_ms=50,
+                           election_timeout_ms=1500, heartbeat_interval_ms=50,
                            clock_drift_ms=30) as s:
             value = b"v" * (64 * 1024)
             bursts = [b"".join(
@@ -356,14 +369,14 @@ def test_a_burst_of_writes_past_the_admission_bound_gets_overloaded_and_the_lead
             # clients at once all succeed.
             assert isinstance(error_from_wire(Error(code="OVERLOADED")), Overloaded)
             assert issubclass(Overloaded, Unavailable)
-            clients = [Client(s.address, timeout=20, max_inflight=16, max_batch_commands=1)
+            clients = [Client(s.address, timeout=60, max_inflight=8, max_batch_commands=1)
                        for _ in range(4)]
             try:
                 before = s.service.overloaded
                 await asyncio.gather(*(c.put(b"c%d-%d" % (i, j), value)
-                                       for i, c in enumerate(clients) for j in range(40)))
+                                       for i, c in enumerate(clients) for j in range(16)))
                 assert s.service.overloaded > before
-                assert await clients[0].get(b"c3-39") == value
+                assert await clients[0].get(b"c3-15") == value
             finally:
                 await asyncio.gather(*(c.close() for c in clients))
 

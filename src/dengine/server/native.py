@@ -14,12 +14,13 @@ connection-level error and the connection is closed. Neither touches other conne
 and a closed connection cancels nothing already handed to the engine.
 
 Resources are bounded (docs/operations.md, "Limits"): at most `max_connections`
-connections (more are told so and closed); a frame is buffered only up to its announced
-length, which is checked before any body byte is kept, and the partial frames of all
-connections together hold at most about `max_buffer_bytes` (a connection that would pass it
-stops being read until others finish theirs); a frame must arrive whole within
-`frame_timeout` s of its first byte, and a connection with nothing outstanding is closed
-after `idle_timeout` s (STATUS_CLOSING: the client reconnects and resends).
+connections (at the limit the oldest one idle for a second makes room, else the newcomer is
+told so and closed); a frame is buffered only up to its announced length, which is checked
+before any body byte is kept, and the partial frames of all connections together hold at
+most about `max_buffer_bytes` (a connection that would pass it stops being read until
+others finish theirs); a frame must arrive whole within `frame_timeout` s of its first
+byte, and a connection with nothing outstanding is closed after `idle_timeout` s
+(STATUS_CLOSING: the client reconnects and resends).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ MAX_INFLIGHT_PER_CONNECTION = 4096
 # until the client closes or this many seconds pass: closing with unread bytes would reset
 # the connection and could destroy that last frame before the client reads it.
 LINGER_S = 1.0
+# At max_connections, a connection idle this long is closed to admit a new one.
+EVICT_IDLE_S = 1.0
 
 
 class _Deadline:
@@ -96,7 +99,10 @@ class NativeServer:
         self.frame_timeout = frame_timeout
         self.max_buffer_bytes = max(max_buffer_bytes, max_request_size + REQUEST_HEADER.size)
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[_Connection] = set()
+        # Open connections, oldest first (a dict keeps insertion order); those being closed
+        # (their last frame sent, see LINGER_S) are in _ending instead.
+        self._connections: dict[_Connection, None] = {}
+        self._ending: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.stopping = False
@@ -104,6 +110,7 @@ class NativeServer:
         self._starved: set[_Connection] = set()  # not read until `buffered` falls
         # Connections closed by a limit (counters for tests and operators).
         self.refused_connections = 0
+        self.evicted = 0
         self.idle_closed = 0
         self.slow_closed = 0
 
@@ -153,7 +160,7 @@ class NativeServer:
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
-        for conn in list(self._connections):
+        for conn in [*self._connections, *self._ending]:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
@@ -170,19 +177,38 @@ class NativeServer:
         return self._max_request_size
 
     def opened(self, conn: _Connection) -> bool:
-        """Admit a new connection; False (and it is told why) beyond max_connections."""
+        """Admit a new connection. At max_connections the oldest connection idle for
+        EVICT_IDLE_S makes room (it is told so: its client reconnects when it needs to);
+        without one the newcomer is refused (False)."""
         if len(self._connections) >= self.max_connections:
-            self.refused_connections += 1
-            if self.refused_connections % 1000 == 1:
-                log.warning("native listener: %d connections open (max_client_connections); "
-                            "refusing more (%d refused so far)", len(self._connections),
-                            self.refused_connections)
-            return False
-        self._connections.add(conn)
+            now = time.monotonic()
+            victim = next((c for c in self._connections if c.idle_for(now) >= EVICT_IDLE_S),
+                          None)
+            if victim is None:
+                self.refused_connections += 1
+                if self.refused_connections % 1000 == 1:
+                    log.warning("native listener: %d connections open and busy "
+                                "(max_client_connections); refusing more (%d so far)",
+                                len(self._connections), self.refused_connections)
+                return False
+            self.evicted += 1
+            victim.end(STATUS_CLOSING, f"idle connection closed to make room for a new one "
+                                       f"(max_client_connections {self.max_connections})")
+        self._connections[conn] = None
+        return True
+
+    def ending(self, conn: _Connection) -> bool:
+        """`conn` sent its last frame; True when it may linger (see LINGER_S)."""
+        self._connections.pop(conn, None)
+        self._starved.discard(conn)
+        if len(self._ending) >= self.max_connections:
+            return False  # under a flood of connections: no descriptors held for lingering
+        self._ending.add(conn)
         return True
 
     def closed(self, conn: _Connection) -> None:
-        self._connections.discard(conn)
+        self._connections.pop(conn, None)
+        self._ending.discard(conn)
         self._starved.discard(conn)
 
     def hold(self, delta: int) -> bool:
@@ -230,7 +256,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = adopt_transport(transport)
         if not self._server.opened(self):
-            self._close_with(STATUS_CLOSING, f"too many connections (max_client_connections "
+            self.end(STATUS_CLOSING, f"too many connections (max_client_connections "
                                              f"{self._server.max_connections}); retry later")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -294,7 +320,7 @@ class _Connection(asyncio.Protocol):
                             f"({max_body} bytes)".encode())
                 if body_len > 2 * max_body:
                     # Not a request that is a little too big: do not read it at all.
-                    self._close_with(STATUS_TOO_LARGE, f"frame of {body_len} bytes is far "
+                    self.end(STATUS_TOO_LARGE, f"frame of {body_len} bytes is far "
                                      f"above max_request_size ({max_body} bytes)")
                     return
                 available = end - pos - header
@@ -345,12 +371,11 @@ class _Connection(asyncio.Protocol):
             self._writing_paused or self._inflight >= MAX_INFLIGHT_PER_CONNECTION
         ) and now - self._partial_since > server.frame_timeout:
             server.slow_closed += 1
-            self._close_with(STATUS_FRAME_TIMEOUT, f"a request frame did not arrive whole "
+            self.end(STATUS_FRAME_TIMEOUT, f"a request frame did not arrive whole "
                              f"within client_frame_timeout_s ({server.frame_timeout:g} s)")
-        elif (server.idle_timeout > 0 and not self._inflight and not self._partial_since
-              and now - self._active_at > server.idle_timeout):
+        elif server.idle_timeout > 0 and self.idle_for(now) > server.idle_timeout:
             server.idle_closed += 1
-            self._close_with(STATUS_CLOSING, f"idle for more than client_idle_timeout_s "
+            self.end(STATUS_CLOSING, f"idle for more than client_idle_timeout_s "
                              f"({server.idle_timeout:g} s)")
 
     def _dispatch(self, method: int, request_id: int, timeout_ms: int, body: bytes) -> None:
@@ -389,9 +414,15 @@ class _Connection(asyncio.Protocol):
         """The stream is not frames: say why (request id 0) and close the connection."""
         peer = self._transport.get_extra_info("peername") if self._transport else None
         log.warning("native client %s: %s; closing the connection", peer, message)
-        self._close_with(STATUS_MALFORMED, message)
+        self.end(STATUS_MALFORMED, message)
 
-    def _close_with(self, status: int, message: str) -> None:
+    def idle_for(self, now: float) -> float:
+        """Seconds without input or answers, with nothing outstanding (0: not idle)."""
+        if self._inflight or self._partial_since or self._ending:
+            return 0.0
+        return now - self._active_at
+
+    def end(self, status: int, message: str) -> None:
         """Tell the client why (request id 0) and close the connection (see LINGER_S)."""
         transport = self._transport
         if transport is None or transport.is_closing() or self._ending:
@@ -402,6 +433,9 @@ class _Connection(asyncio.Protocol):
         self._release_buffer()
         self._skip = 0
         self._partial_since = 0.0
+        if not self._server.ending(self):
+            self.close()
+            return
         try:
             transport.write_eof()
         except (NotImplementedError, RuntimeError, OSError):
