@@ -27,6 +27,55 @@ class LogUnavailable(StorageError):
     code = "LOG_UNAVAILABLE"
 
 
+def position(index: int, offset: int, last: int) -> int:
+    """Where entry `index` is in a log holding (offset, last] after a snapshot at `offset`:
+    0 for offset + 1, ..., -1 for the snapshot index itself (whose term the log keeps);
+    LogCompacted below `offset`, LogUnavailable above `last`."""
+    if index < offset:
+        raise LogCompacted(f"index {index} is compacted (first index {offset + 1})")
+    if index > last:
+        raise LogUnavailable(f"index {index} is beyond the last index {last}")
+    return index - offset - 1
+
+
+def check_range(lo: int, hi: int, offset: int, last: int) -> None:
+    """The entries [lo, hi) are in a log holding (offset, last]: LogCompacted if `lo` is
+    at or below the snapshot index `offset`, LogUnavailable if `hi - 1` is above `last`."""
+    if lo <= offset:
+        raise LogCompacted(f"index {lo} is compacted (first index {offset + 1})")
+    if hi > last + 1:
+        raise LogUnavailable(f"index {hi - 1} is beyond the last index {last}")
+
+
+def compaction_needed(index: int, snapshot: SnapshotMetadata | None, offset: int,
+                      last: int) -> bool:
+    """Whether `compact_prefix(index, snapshot)` of a log holding (offset, last] has work
+    to do: not at or below `offset`; LogUnavailable above `last`, StorageError when
+    `snapshot` does not cover `index`."""
+    if index <= offset:
+        return False
+    if index > last:
+        raise LogUnavailable(f"cannot compact to {index}: last index {last}")
+    if snapshot is not None and snapshot.last_included.index < index:
+        raise StorageError(
+            f"cannot compact to {index} with a snapshot at {snapshot.last_included.index}"
+        )
+    return True
+
+
+def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
+    """The longest prefix of `entries` within `max_bytes` (encoded sizes), but at least
+    one entry: the contract of `LogStorage.entries`."""
+    if max_bytes is None or len(entries) <= 1:
+        return entries
+    size = 0
+    for n, entry in enumerate(entries):
+        size += entry.ByteSize()
+        if size > max_bytes and n > 0:
+            return entries[:n]
+    return entries
+
+
 class LogStorage(Protocol):
     """What the consensus core reads (all in memory) and the driver writes (durably)."""
 
@@ -64,28 +113,12 @@ class MemoryRaftLog:
         return self._offset + len(self._entries)
 
     def term(self, index: int) -> int:
-        if index == self._offset:
-            return self._offset_term
-        if index < self._offset:
-            raise LogCompacted(f"index {index} is compacted (first index {self._offset + 1})")
-        if index > self.last_index():
-            raise LogUnavailable(f"index {index} is beyond the last index {self.last_index()}")
-        return int(self._entries[index - self._offset - 1].term)
+        n = position(index, self._offset, self.last_index())
+        return int(self._entries[n].term) if n >= 0 else self._offset_term
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        if lo <= self._offset:
-            raise LogCompacted(f"index {lo} is compacted (first index {self._offset + 1})")
-        if hi > self.last_index() + 1:
-            raise LogUnavailable(f"index {hi - 1} is beyond the last index {self.last_index()}")
-        out = self._entries[lo - self._offset - 1 : hi - self._offset - 1]
-        if max_bytes is None or len(out) <= 1:
-            return list(out)
-        size = 0
-        for n, entry in enumerate(out):
-            size += entry.ByteSize()
-            if size > max_bytes and n > 0:
-                return out[:n]
-        return list(out)
+        check_range(lo, hi, self._offset, self.last_index())
+        return limit_size(self._entries[lo - self._offset - 1 : hi - self._offset - 1], max_bytes)
 
     def config_indexes(self) -> list[int]:
         return [int(e.index) for e in self._entries if e.payload.HasField("config")]
@@ -115,14 +148,8 @@ class MemoryRaftLog:
     def compact_prefix(self, index: int, snapshot: SnapshotMetadata | None = None) -> None:
         """Drop entries <= index; `snapshot` (covering at least `index`) becomes the
         snapshot the log starts from, the one sent to followers that need compacted entries."""
-        if index <= self._offset:
+        if not compaction_needed(index, snapshot, self._offset, self.last_index()):
             return
-        if index > self.last_index():
-            raise LogUnavailable(f"cannot compact to {index}: last index {self.last_index()}")
-        if snapshot is not None and snapshot.last_included.index < index:
-            raise StorageError(
-                f"cannot compact to {index} with a snapshot at {snapshot.last_included.index}"
-            )
         self._offset_term = self.term(index)
         del self._entries[: index - self._offset]
         self._offset = index

@@ -31,7 +31,13 @@ from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, HardState, SnapshotMetadata
-from dengine.raft.storage import LogCompacted, LogUnavailable, MemoryRaftLog
+from dengine.raft.storage import (
+    MemoryRaftLog,
+    check_range,
+    compaction_needed,
+    limit_size,
+    position,
+)
 from dengine.storage import records
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 
@@ -293,34 +299,18 @@ class FileRaftLog(MemoryRaftLog):
         return self._offset + len(self._terms)
 
     def term(self, index: int) -> int:
-        if index == self._offset:
-            return self._offset_term
-        if index < self._offset:
-            raise LogCompacted(f"index {index} is compacted (first index {self._offset + 1})")
-        if index > self.last_index():
-            raise LogUnavailable(f"index {index} is beyond the last index {self.last_index()}")
-        return self._terms[index - self._offset - 1]
+        n = position(index, self._offset, self.last_index())
+        return self._terms[n] if n >= 0 else self._offset_term
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        if lo <= self._offset:
-            raise LogCompacted(f"index {lo} is compacted (first index {self._offset + 1})")
         last = self.last_index()
-        if hi > last + 1:
-            raise LogUnavailable(f"index {hi - 1} is beyond the last index {last}")
+        check_range(lo, hi, self._offset, last)
         if lo >= hi:
             return []
         recent = self._recent
         first_recent = last + 1 - len(recent)
         if lo >= first_recent:
-            out = recent[lo - first_recent : hi - first_recent]
-            if max_bytes is None or len(out) <= 1:
-                return out
-            size = 0
-            for n, entry in enumerate(out):
-                size += entry.ByteSize()
-                if size > max_bytes and n > 0:
-                    return out[:n]
-            return out
+            return limit_size(recent[lo - first_recent : hi - first_recent], max_bytes)
         out = self._decode(lo, min(hi, first_recent), max_bytes)
         if hi > first_recent and len(out) == first_recent - lo:
             tail = recent[: hi - first_recent]
@@ -504,14 +494,8 @@ class FileRaftLog(MemoryRaftLog):
 
     def compact_prefix(self, index: int, snapshot: SnapshotMetadata | None = None) -> None:
         self._check_open()
-        if index <= self._offset:
+        if not compaction_needed(index, snapshot, self._offset, self.last_index()):
             return
-        if index > self.last_index():
-            raise LogUnavailable(f"cannot compact to {index}: last index {self.last_index()}")
-        if snapshot is not None and snapshot.last_included.index < index:
-            raise StorageError(
-                f"cannot compact to {index} with a snapshot at {snapshot.last_included.index}"
-            )
         term = self.term(index)
         # The compaction point and the snapshot it relies on change in one atomic write.
         self._write_meta(self._generation, index, term, snapshot or self._snapshot)
