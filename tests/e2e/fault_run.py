@@ -452,6 +452,8 @@ class FaultRun:
             return "failed", type(e).__name__, None
         except DengineError as e:
             return "unknown", type(e).__name__, None
+        except Exception as e:  # the client let something else through: a finding
+            return "unknown", f"unexpected {type(e).__name__}: {e}", None
 
     async def long_lived(self) -> None:
         cfg = self.cfg
@@ -641,6 +643,7 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         u["period"] = max(periods, key=lambda p: min(u["to"], p[2]) - max(u["from"], p[1]))[0]
     table = {kind: {name: w["s"] for name, w in sorted(per.items())}
              for kind, per in windows.items()}
+    unexpected = Counter(c.error for c in calls if c.error.startswith("unexpected"))
     outcomes = Counter(f"{'long' if c.client == LONG else 'regular'}:{c.kind}:{c.outcome}"
                        for c in calls)
     return {
@@ -661,6 +664,7 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         "ops": len(calls),
         "ops_per_s": round(len(calls) / load_end, 1) if load_end else 0.0,
         "outcomes": dict(sorted(outcomes.items())),
+        "unexpected_errors": dict(unexpected),
         "linearizable": result.ok,
         "lincheck": result.explanation,
         "lincheck_ops": result.ops_checked,
@@ -715,6 +719,8 @@ def summary(report: dict[str, Any]) -> str:
         "longest window without a successful write (s), by the fault period it overlaps:",
         format_table(report),
     ]
+    if report["unexpected_errors"]:
+        lines.append(f"UNEXPECTED ERRORS from the client: {report['unexpected_errors']}")
     if not report["linearizable"]:
         lines.append(f"NOT LINEARIZABLE: {report['lincheck']}")
     return "\n".join(lines)

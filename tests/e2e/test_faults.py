@@ -69,6 +69,8 @@ def assert_correct(report: dict[str, Any]) -> None:
     assert report["linearizable"], report["lincheck"]
     assert not report["lost_acknowledged_writes"], report["lost_acknowledged_writes"]
     assert report["final_keys"] > 0
+    assert not report["unexpected_errors"], (
+        f"errors the client should have mapped: {report['unexpected_errors']}")
     # The run did what it says: every fault kind happened and writes succeeded.
     assert report["outcomes"].get("regular:put:ok", 0) > 0
     assert report["outcomes"].get("long:put:ok", 0) > 0
