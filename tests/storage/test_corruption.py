@@ -12,7 +12,14 @@ from storage_helpers import encoded, log_entries
 from dengine.errors import CorruptionError
 from dengine.proto import HardState, LogId, SnapshotMetadata
 from dengine.storage import FileRaftLog, FileStateMachine
-from dengine.storage.records import MAGIC_HARD_STATE, MAGIC_SEGMENT, MAGIC_WAL, scan
+from dengine.storage.records import (
+    MAGIC_HARD_STATE,
+    MAGIC_SEGMENT,
+    MAGIC_WAL,
+    encode_header,
+    frame_all,
+    scan,
+)
 
 WAL_CHUNKS = [(11, 4), (15, 3), (18, 1), (19, 1), (20, 1)]  # (first index, entries)
 
@@ -53,7 +60,7 @@ def flip(path: str, offset: int) -> None:
         f.write(bytes([byte[0] ^ 0x40]))
 
 
-MAGIC = {"segment": MAGIC_SEGMENT, "wal": MAGIC_WAL, "hardstate": MAGIC_HARD_STATE}
+MAGIC = {"segment": MAGIC_SEGMENT, "wal": MAGIC_WAL}
 
 
 @pytest.mark.parametrize("kind", ["segment", "hardstate", "meta", "wal", "checkpoint"])
@@ -68,7 +75,7 @@ def test_damage_before_valid_data_refuses_to_start(tmp_path, kind, where):
     assert info.value.offset == (0 if where == "header" else 8)
 
 
-@pytest.mark.parametrize("kind", ["segment", "hardstate", "wal"])
+@pytest.mark.parametrize("kind", ["segment", "wal"])
 def test_damaged_last_record_is_a_torn_tail(tmp_path, kind, caplog):
     paths = build(tmp_path)
     log, sm = open_all(tmp_path)
@@ -86,12 +93,49 @@ def test_damaged_last_record_is_a_torn_tail(tmp_path, kind, caplog):
     assert os.path.getsize(paths[kind]) == last
     if kind == "segment":
         assert encoded(log.entries(3, 20)) == expected_log[:-1] and log.last_index() == 19
-    elif kind == "wal":
+    else:
         assert sm.last_applied().index == 19 and sm.get(b"k20") is None
         assert {k: v for k, v in sm.items().items() if k != b"k20"} == {
             k: v for k, v in expected_sm.items() if k != b"k20"}
+
+
+@pytest.mark.parametrize("where", ["last byte", "cut in half", "zeros appended"])
+def test_damaged_hard_state_refuses_to_start(tmp_path, where):
+    """hardstate is replaced atomically: it is never torn, so any damage is corruption
+    (truncating it as a torn tail forgot the term and vote: a second vote in one term)."""
+    paths = build(tmp_path)
+    size = os.path.getsize(paths["hardstate"])
+    if where == "last byte":
+        flip(paths["hardstate"], size - 1)
+    elif where == "cut in half":
+        os.truncate(paths["hardstate"], size // 2)
     else:
-        assert log.hard_state() == HardState(term=1, voted_for=1, commit=3)
+        with open(paths["hardstate"], "ab") as f:
+            f.write(bytes(64))
+    with open(paths["hardstate"], "rb") as f:
+        damaged = f.read()
+    with pytest.raises(CorruptionError, match="not a torn write"):
+        FileRaftLog(tmp_path / "raft")
+    with open(paths["hardstate"], "rb") as f:
+        assert f.read() == damaged  # nothing cut
+
+
+def test_hard_state_of_format_1_is_read_and_replaced(tmp_path, caplog):
+    """Earlier releases appended records (the last valid one wins, a torn one is cut):
+    still read, and the next save writes format 2 (one record)."""
+    path = tmp_path / "raft" / "hardstate"
+    path.parent.mkdir()
+    records = [HardState(term=t, voted_for=2, commit=t).SerializeToString() for t in (1, 2)]
+    path.write_bytes(encode_header(MAGIC_HARD_STATE, 1) + frame_all(records) + b"\x09\x00torn")
+    with caplog.at_level(logging.WARNING, logger="dengine.storage"):
+        log = FileRaftLog(tmp_path / "raft")
+    assert "torn tail" in caplog.text
+    assert log.hard_state() == HardState(term=2, voted_for=2, commit=2)
+    log.set_hard_state(HardState(term=3, voted_for=1, commit=2))
+    log.close()
+    found = scan(path.read_bytes(), str(path), MAGIC_HARD_STATE)
+    assert found.version == 2 and len(found.records) == 1
+    assert FileRaftLog(tmp_path / "raft").hard_state() == HardState(term=3, voted_for=1, commit=2)
 
 
 @pytest.mark.parametrize("kind", ["segment", "wal"])

@@ -3,7 +3,7 @@
 Directory layout (see docs/formats.md)::
 
     seg-GGGGGG-IIIIIIIIIIIIIIIIIIII   segments of generation G whose first entry is index I
-    hardstate                         append-only HardState records; the last valid one wins
+    hardstate                         the HardState, one record, replaced atomically
     meta                              generation, compaction point, snapshot metadata (atomic)
 
 Reads have the semantics of the reference model (`MemoryRaftLog`). Each write method
@@ -43,7 +43,6 @@ from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 
 _SEGMENT_NAME = re.compile(r"^seg-(\d{6})-(\d{20})$")
 _META = struct.Struct("<QQQB")  # generation, compacted index, compacted term, has snapshot
-HARD_STATE_REWRITE_BYTES = 64 * 1024
 PREALLOCATE_BYTES = 1024 * 1024
 RECENT_ENTRIES = 4096  # the last entries kept as objects (between this and twice this)
 _CONFIG_TAG = 0x1A  # EntryPayload.config: field 3, length-delimited
@@ -156,8 +155,6 @@ class FileRaftLog(MemoryRaftLog):
         # `_configs_known` (found at recovery; appended entries are examined when asked).
         self._configs: list[int] = []
         self._configs_known = 0
-        self._hs_file: AppendFile | None = None
-        self._hs_size = 0
         self._closed = False
         self._recover()
 
@@ -276,10 +273,28 @@ class FileRaftLog(MemoryRaftLog):
         self._snapshot = snapshot
 
     def _load_hard_state(self) -> None:
+        """The term and vote must never be forgotten: `hardstate` is replaced atomically
+        (format version 2), so it is never torn and any damage is corruption. A version 1
+        file (append-only records, the last valid one wins, written by earlier releases)
+        may end in a torn append, cut as before; the next save replaces it by version 2."""
         path = self._path("hardstate")
         if not self._io.exists(path):
             return
         scan = records.scan(self._io.read(path), path, records.MAGIC_HARD_STATE)
+        if scan.version >= 2 and (scan.torn or scan.free_tail or len(scan.records) != 1):
+            reason = scan.torn_reason or (
+                "bytes after the record" if scan.free_tail else f"{len(scan.records)} records"
+            )
+            scan.corruption = scan.corruption or CorruptionError(
+                path, scan.valid_end, f"{reason}; the hard state is replaced atomically, so "
+                "this is damage, not a torn write (refusing to start rather than forget the "
+                "term and vote)"
+            )
+        elif scan.torn and scan.version == 0:
+            scan.corruption = CorruptionError(
+                path, 0, f"{scan.torn_reason}; the hard state is replaced atomically, so "
+                "this is damage, not a torn write"
+            )
         scan.raise_if_corrupt()
         if scan.torn:
             records.truncate_torn(self._io, scan, records.MAGIC_HARD_STATE)
@@ -290,8 +305,6 @@ class FileRaftLog(MemoryRaftLog):
                 raise CorruptionError(
                     path, scan.offsets[-1], f"undecodable hard state: {e}"
                 ) from None
-        self._hs_size = max(scan.valid_end, records.HEADER_SIZE)
-        self._hs_file = self._io.open_append(path, position=self._hs_size)
 
     # -- reads
 
@@ -542,24 +555,18 @@ class FileRaftLog(MemoryRaftLog):
         super().install_snapshot(metadata)
 
     def set_hard_state(self, hs: HardState) -> None:
+        """Replace `hardstate` atomically (write-temp, fdatasync, rename, fsync the dir):
+        the file is the old state or the new one, never torn, so recovery can treat any
+        damage as corruption. It changes only with the term or the vote (and at stop)."""
         self._check_open()
         if hs == self._hard_state:
             return
-        path = self._path("hardstate")
-        record = records.frame(hs.SerializeToString())
         try:
-            if self._hs_file is None or self._hs_size + len(record) > HARD_STATE_REWRITE_BYTES:
-                if self._hs_file is not None:
-                    self._hs_file.close()
-                    self._hs_file = None
-                header = records.encode_header(records.MAGIC_HARD_STATE)
-                self._io.atomic_write(path, [header, record])
-                self._hs_file = self._io.open_append(path)
-                self._hs_size = len(header) + len(record)
-            else:
-                self._hs_file.write(record)
-                self._hs_file.sync()
-                self._hs_size += len(record)
+            self._io.atomic_write(
+                self._path("hardstate"),
+                [records.encode_header(records.MAGIC_HARD_STATE),
+                 records.frame(hs.SerializeToString())],
+            )
         except BaseException:
             self._fail()
             raise
@@ -579,11 +586,9 @@ class FileRaftLog(MemoryRaftLog):
 
     def close(self) -> None:
         """Release file handles. Everything is already durable; nothing is written here."""
-        for f in (self._active, self._hs_file):
-            if f is not None:
-                f.close()
+        if self._active is not None:
+            self._active.close()
         self._active = None
-        self._hs_file = None
         self._closed = True
 
     def _fail(self) -> None:

@@ -38,7 +38,7 @@ _NONZERO = re.compile(rb"[^\x00]")
 # Magic numbers of every file kind (docs/formats.md).
 MAGIC_SEGMENT = b"DLOG"  # Raft log segment: records are encoded `Entry` messages
 MAGIC_LOG_META = b"DLMT"  # Raft log metadata: compaction point, snapshot metadata
-MAGIC_HARD_STATE = b"DLHS"  # Raft hard state: append-only `HardState` records, last wins
+MAGIC_HARD_STATE = b"DLHS"  # Raft hard state: one `HardState` record, replaced atomically
 MAGIC_WAL = b"DSMW"  # state machine write-ahead log
 MAGIC_CHECKPOINT = b"DSMC"  # state machine checkpoint (the full map)
 MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotMetadata)
@@ -46,8 +46,8 @@ MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotM
 FORMAT_VERSION = 1
 # The version each kind is written with, when not FORMAT_VERSION, and the older versions
 # this release still reads (docs/formats.md).
-WRITE_VERSIONS = {MAGIC_WAL: 2, MAGIC_CHECKPOINT: 2}
-READ_VERSIONS = {MAGIC_WAL: (1, 2), MAGIC_CHECKPOINT: (1, 2)}
+WRITE_VERSIONS = {MAGIC_WAL: 2, MAGIC_CHECKPOINT: 2, MAGIC_HARD_STATE: 2}
+READ_VERSIONS = {MAGIC_WAL: (1, 2), MAGIC_CHECKPOINT: (1, 2), MAGIC_HARD_STATE: (1, 2)}
 
 
 def write_version(magic: bytes) -> int:
