@@ -11,35 +11,48 @@ import click
 @click.command()
 @click.argument("data_dir", type=click.Path())
 def check(data_dir: str) -> None:
-    """Scan every storage file under DATA_DIR without changing it.
+    """Scan every storage file under DATA_DIR and tell what start-up would do, changing
+    nothing.
 
     Prints, per file, its kind, record count, index range and status: ok, a torn tail
-    (a write cut by a crash; truncated at the next start) or CORRUPT (with the offset).
-    Exits with status 1 if any file is corrupt.
+    (a write cut by a crash; truncated at the next start), CORRUPT (with the offset) or
+    damaged (a snapshot file, which start-up does not read). The verdict is start-up's own
+    (the same code opens the log and the state machine): exits with status 1 exactly when
+    a node would refuse to start on DATA_DIR.
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from dengine.storage.inspect import CORRUPT, TORN, inspect_data_dir
+    from dengine.storage.inspect import CORRUPT, DAMAGED, TORN, check_data_dir
+    from dengine.storage.recovery import NOTHING
 
     if not os.path.isdir(data_dir):
         raise click.ClickException(f"data directory not found: {data_dir}")
-    reports = inspect_data_dir(data_dir)
+    result = check_data_dir(data_dir)
     table = Table(title=f"dengine check {data_dir}")
     for column in ("file", "kind", "records", "indexes", "status", "detail"):
         table.add_column(column, justify="right" if column == "records" else "left")
-    for r in reports:
-        style = {CORRUPT: "bold red", TORN: "yellow"}.get(r.status, "")
+    for r in result.reports:
+        style = {CORRUPT: "bold red", TORN: "yellow", DAMAGED: "yellow"}.get(r.status, "")
         table.add_row(
             os.path.relpath(r.path, data_dir), r.kind, str(r.records), r.index_range,
-            f"[{style}]{r.status}[/]" if style else r.status, r.detail,
+            f"[{style}]{r.status}[/]" if style else r.status, escape(r.detail),
         )
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
     console.print(table)
-    corrupt = [r for r in reports if r.status == CORRUPT]
-    torn = [r for r in reports if r.status == TORN]
-    console.print(f"{len(reports)} files, {len(torn)} torn tails, {len(corrupt)} corrupt")
-    if corrupt:
+    count = {s: sum(r.status == s for r in result.reports) for s in (TORN, CORRUPT, DAMAGED)}
+    console.print(f"{len(result.reports)} files, {count[TORN]} torn tails, "
+                  f"{count[CORRUPT]} corrupt, {count[DAMAGED]} damaged snapshots")
+    for op, path, detail in result.actions:
+        console.print(escape(f"at start-up: {op} {os.path.relpath(path, data_dir)} {detail}"
+                             .rstrip()), soft_wrap=True)
+    if result.plan is not None and result.plan.action != NOTHING:
+        console.print(escape(f"at start-up: {result.plan.describe()}"), soft_wrap=True)
+    if result.error is not None:
+        console.print(escape(f"start-up refuses: {result.error}"), style="bold red",
+                      soft_wrap=True)
         sys.exit(1)
+    console.print("start-up proceeds")

@@ -532,3 +532,94 @@ class SimulatedDisk(FileIO):
                 raise FileNotFoundError(f"no such directory: {path}")
             node.synced = dict(node.entries)
             node.pending = []
+
+
+# --- dry run ------------------------------------------------------------------------------
+
+
+class _NullAppendFile(AppendFile):
+    def write(self, data: bytes) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DryRunDisk(FileIO):
+    """Reads from `base`; changes nothing, but records in `actions` what would change.
+
+    `dengine check` opens a data dir's storage through it with the very code start-up
+    runs, so it reaches the same verdict (the same error, or the same torn tails cut and
+    leftovers deleted) without touching a file. Directories it would create read as empty
+    and files it would delete as absent, which is all recovery reads back.
+    """
+
+    def __init__(self, base: FileIO | None = None) -> None:
+        self._base = base or RealDisk()
+        self.actions: list[tuple[str, str, str]] = []  # (operation, path, detail)
+        self._made: set[str] = set()
+        self._gone: set[str] = set()
+
+    def _note(self, op: str, path: str, detail: str = "") -> None:
+        if op not in ("fsync", "fsync_dir"):
+            self.actions.append((op, path, detail))
+
+    def exists(self, path: str) -> bool:
+        path = os.path.normpath(path)
+        return path in self._made or (path not in self._gone and self._base.exists(path))
+
+    def isdir(self, path: str) -> bool:
+        path = os.path.normpath(path)
+        return path in self._made or (path not in self._gone and self._base.isdir(path))
+
+    def listdir(self, path: str) -> list[str]:
+        path = os.path.normpath(path)
+        if path in self._made:
+            return []
+        return [n for n in self._base.listdir(path) if os.path.join(path, n) not in self._gone]
+
+    def mkdir(self, path: str) -> None:
+        self._note("mkdir", path)
+        self._made.add(os.path.normpath(path))
+
+    def read(self, path: str) -> bytes:
+        return self._base.read(path)
+
+    def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
+        return self._base.read_chunks(path, chunk_bytes)
+
+    def read_range(self, path: str, offset: int, size: int) -> bytes:
+        return self._base.read_range(path, offset, size)
+
+    def open_append(
+        self, path: str, *, position: int | None = None, preallocate: int = 0
+    ) -> AppendFile:
+        if not self.exists(path):
+            self._note("create", path)
+        return _NullAppendFile()
+
+    def truncate(self, path: str, size: int) -> None:
+        self._note("truncate", path, f"to {size} bytes")
+
+    def fsync(self, path: str) -> None:
+        pass
+
+    def rename(self, src: str, dst: str) -> None:
+        self._note("replace", dst)
+
+    def unlink(self, path: str) -> None:
+        self._note("delete", path)
+        self._gone.add(os.path.normpath(path))
+
+    def rmtree(self, path: str) -> None:
+        self._note("delete", path)
+        self._gone.add(os.path.normpath(path))
+
+    def fsync_dir(self, path: str) -> None:
+        pass
+
+    def atomic_write(self, path: str, chunks: Iterable[bytes]) -> None:
+        self._note("replace", path)

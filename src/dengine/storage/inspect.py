@@ -1,12 +1,15 @@
 """Offline integrity check of a data directory (behind `dengine check`).
 
 Every file is recognised by its name, scanned with the same record codec recovery uses,
-and reported without changing anything on disk.
+and reported without changing anything on disk. The verdict is start-up's own: the log
+and state machine are opened by `recovery.open_storage`, the code a node starts with,
+through a `DryRunDisk` that records what start-up would change instead of changing it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from dengine.errors import CorruptionError, StorageError
-from dengine.proto import Entry, HardState
+from dengine.proto import Entry, HardState, LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile, records
 from dengine.storage.file_state_machine import (
     CHECKPOINT_FILE,
@@ -22,11 +25,12 @@ from dengine.storage.file_state_machine import (
     decode_wal_ops,
     parse_wal_name,
 )
-from dengine.storage.fileio import FileIO, RealDisk
+from dengine.storage.fileio import DryRunDisk, FileIO, RealDisk
 from dengine.storage.raft_log import decode_meta, parse_segment_name
+from dengine.storage.recovery import Plan, open_storage
 from dengine.storage.state_machine import OP_SNAPSHOT_META
 
-OK, TORN, CORRUPT, OTHER = "ok", "torn tail", "CORRUPT", "-"
+OK, TORN, CORRUPT, DAMAGED, OTHER = "ok", "torn tail", "CORRUPT", "damaged", "-"
 
 
 @dataclass
@@ -166,3 +170,63 @@ def inspect_data_dir(data_dir: str, fileio: FileIO | None = None) -> list[FileRe
             else:
                 reports.append(inspect_file(io, path))
     return sorted(reports, key=lambda r: r.path)
+
+
+@dataclass
+class CheckResult:
+    """`dengine check`: the files, and what start-up would do with them."""
+
+    reports: list[FileReport]
+    error: str | None  # why start-up would refuse (None: it would start)
+    plan: Plan | None  # how start-up would bring the log and state machine in step
+    actions: list[tuple[str, str, str]]  # (operation, path, detail) start-up would do
+
+    @property
+    def starts(self) -> bool:
+        return self.error is None
+
+
+def check_data_dir(data_dir: str, fileio: FileIO | None = None) -> CheckResult:
+    """Report every file, and open the storage the way start-up does, changing nothing."""
+    io = fileio or RealDisk()
+    reports = inspect_data_dir(data_dir, io)
+    dry = DryRunDisk(io)
+    error: str | None = None
+    plan: Plan | None = None
+    failed_path = ""
+
+    def pretend_snapshot(_sm: object, point: LogId, membership: Membership) -> SnapshotMetadata:
+        dry.actions.append(("write snapshot", os.path.join(data_dir, "snapshots"),
+                            f"at ({point.term}, {point.index})"))
+        return SnapshotMetadata(last_included=point, membership=membership)
+
+    quiet = logging.getLogger("dengine.storage")
+    was_disabled, quiet.disabled = quiet.disabled, True  # the repairs are reported below
+    try:
+        storage = open_storage(os.path.join(data_dir, "raft"), os.path.join(data_dir, "sm"),
+                               fileio=dry, write_snapshot=pretend_snapshot)
+        storage.sm.close()
+        storage.raft_log.close()
+        plan = storage.plan
+    except CorruptionError as e:
+        error, failed_path = e.message, e.path
+    except StorageError as e:
+        error = e.message
+    finally:
+        quiet.disabled = was_disabled
+    truncated = {os.path.normpath(p) for op, p, _ in dry.actions if op == "truncate"}
+    for r in reports:
+        path = os.path.normpath(r.path)
+        if failed_path and path == os.path.normpath(failed_path):
+            r.status, r.detail = CORRUPT, error or r.detail
+        elif r.status == CORRUPT and path in truncated:
+            # Damage in the unsynced tail of the last state machine WAL, which the Raft
+            # log re-applies: recovery drops it like a torn tail.
+            r.status = TORN
+            r.detail = f"{r.detail}; an unsynced tail the Raft log re-applies: truncated"
+        elif r.status in (CORRUPT, TORN) and r.kind == "snapshot":
+            r.status = DAMAGED
+            r.detail = (f"{r.detail}; not read at start-up: replaced by a new snapshot when "
+                        "a follower refuses it")
+    actions = [a for a in dry.actions if a[0] not in ("create", "mkdir")]
+    return CheckResult(reports, error, plan, actions)
