@@ -18,9 +18,9 @@ from dengine.errors import CorruptionError, StorageError
 from dengine.proto import HardState, LogId, Membership, SnapshotMetadata
 from dengine.storage import FileStateMachine, RaftLog
 from dengine.storage.fileio import RealDisk
+from dengine.storage.kvfile import write_snapshot
 from dengine.storage.records import MAGIC_SEGMENT, scan
 from dengine.storage.recovery import FINISH_INSTALL, NOTHING, RESTART_LOG, open_storage
-from dengine.storage.kvfile import write_snapshot
 
 SEGMENT = "seg-000000-00000000000000000001"
 
