@@ -54,6 +54,7 @@ def test_user_errors_are_messages_not_tracebacks(cluster_factory, tmp_path) -> N
     cluster: Cluster = cluster_factory(1)
     asyncio.run(cluster.wait_leader())
     ep = ["--endpoints", cluster.node(1).client]
+    (tmp_path / "file").write_bytes(b"not a directory")
     for args, needle in [
         (["put", "", "v", *ep], "empty key"),
         (["get", "k", "--consistency", "strong", *ep], "strong"),
@@ -68,6 +69,8 @@ def test_user_errors_are_messages_not_tracebacks(cluster_factory, tmp_path) -> N
         (["serve", "--config", "/nonexistent.toml"], "not found"),
         (["serve", "--data-dir", str(tmp_path / "d"), "--listen-client", cluster.node(1).client],
          "cannot listen on"),
+        (["serve", "--data-dir", str(tmp_path / "file" / "d"), *free_listeners()],
+         "cannot create data dir"),
         (["serve", "--data-dir", str(tmp_path / "j1"), "--id", "7", "--cluster-id", "other",
           *free_listeners(), "--join", cluster.node(1).client], "reaches cluster 'dengine'"),
         (["serve", "--data-dir", str(tmp_path / "j2"), "--id", "1",

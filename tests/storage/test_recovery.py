@@ -16,7 +16,7 @@ from storage_helpers import config_entry, log_entries
 from dengine.cli import cli
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import HardState, LogId, Membership, SnapshotMetadata
-from dengine.storage import FileStateMachine, RaftLog
+from dengine.storage import FileRaftLog, FileStateMachine
 from dengine.storage.fileio import RealDisk
 from dengine.storage.kvfile import write_snapshot
 from dengine.storage.records import MAGIC_SEGMENT, scan
@@ -29,7 +29,7 @@ def build(root, *, compact: bool = True) -> None:
     """Entries 1..20 (a config entry, then inserts in term 2), all committed and applied;
     the state machine checkpointed at 10."""
     entries = [config_entry(1, 1, [1, 2, 3]), *log_entries(2, 19, term=2)]
-    log = RaftLog(root / "raft", segment_bytes=1 << 20)
+    log = FileRaftLog(root / "raft", segment_bytes=1 << 20)
     log.append(entries)
     log.set_hard_state(HardState(term=2, voted_for=1, commit=20))
     if compact:
@@ -159,7 +159,7 @@ def test_state_machine_ahead_of_a_foreign_log_refuses(tmp_path):
     """A log whose last term is above the state machine's point is not the one it was
     applied from: refused, by start-up and check alike."""
     build(tmp_path, compact=False)
-    log = RaftLog(tmp_path / "raft")
+    log = FileRaftLog(tmp_path / "raft")
     log.truncate_suffix(5)
     log.append(log_entries(5, 2, term=3))
     log.close()

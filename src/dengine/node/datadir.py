@@ -40,14 +40,13 @@ class DataDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"cannot create data dir {self.path}: {e}") from None
+            raise StorageError(f"cannot create data dir {self.path}: {e.strerror}") from None
         if not self.path.is_dir():
             raise StorageError(f"data dir {self.path} is not a directory")
         existing = self.read_identity()
         if existing is None:
             self._write_identity(node_id, cluster_id)
-            for sub in (self.raft, self.sm, self.snapshots):
-                sub.mkdir(exist_ok=True)
+            self._make_subdirs()
             return True
         have_id, have_cluster = existing
         if have_id != node_id or have_cluster != cluster_id:
@@ -56,9 +55,15 @@ class DataDir:
                 f"not node {node_id} of cluster {cluster_id!r}; use that node id and cluster "
                 f"id, or another data dir"
             )
-        for sub in (self.raft, self.sm, self.snapshots):
-            sub.mkdir(exist_ok=True)
+        self._make_subdirs()
         return False
+
+    def _make_subdirs(self) -> None:
+        try:
+            for sub in (self.raft, self.sm, self.snapshots):
+                sub.mkdir(exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot use data dir {self.path}: {e.strerror}") from None
 
     def read_identity(self) -> tuple[int, str] | None:
         """(node_id, cluster_id) recorded in this dir, or None if it has none yet."""
@@ -67,7 +72,7 @@ class DataDir:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StorageError(f"cannot read {self.identity}: {e}") from None
+            raise StorageError(f"cannot read {self.identity}: {e.strerror}") from None
         try:
             doc = json.loads(raw)
             if doc.get("format") != IDENTITY_FORMAT:
@@ -83,15 +88,18 @@ class DataDir:
         """Write-temp, fsync, rename, fsync the directory: the file is whole or absent."""
         doc = {"format": IDENTITY_FORMAT, "node_id": node_id, "cluster_id": cluster_id}
         tmp = self.identity.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, json.dumps(doc).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.identity)
-        dir_fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, json.dumps(doc).encode() + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.identity)
+            dir_fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            raise StorageError(f"cannot write {self.identity}: {e.strerror}") from None

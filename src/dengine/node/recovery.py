@@ -1,9 +1,11 @@
 """Recovery at start: open the log and the state machine and bring them back in step.
 
-The state machine's applies are not fsynced one by one (the Raft log is the durable
-record of what it has not synced), so at start it re-applies the committed entries
-above its durable point. A snapshot from the leader is installed in the state machine,
-then in the log; a crash in between is finished here.
+`dengine.storage.recovery.open_storage` opens both and decides how their points relate
+(the same code `dengine check` runs on a dry-run disk): a snapshot install cut by a crash
+is finished, and a state machine ahead of a log whose tail was cut restarts the log after
+its point, with a snapshot written here. The state machine's applies are not fsynced one
+by one (the Raft log is the durable record of what it has not synced), so then it
+re-applies the committed entries above its durable point.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from dengine.config import NodeConfig
 from dengine.errors import StorageError
 from dengine.node.datadir import DataDir
 from dengine.node.ports import NodeLog, SnapshotFiles
-from dengine.storage import FileRaftLog, FileStateMachine
+from dengine.proto import LogId, Membership, SnapshotMetadata
+from dengine.storage import recovery
 from dengine.storage.state_machine import StateMachine
 
 log = logging.getLogger(__name__)
@@ -27,14 +30,16 @@ def open_storage(
 ) -> tuple[NodeLog, StateMachine, int]:
     """Open the log and state machine and re-apply committed entries the state machine has
     not seen; (log, state machine, applied index). Blocking: run it on the log thread."""
-    raft_log = FileRaftLog(data_dir.raft, segment_bytes=config.log_segment_bytes)
-    # Applies are not fsynced: an entry's durable record is the Raft log until the
-    # state machine syncs, so the log is compacted only below durable_index().
-    sm = FileStateMachine(
-        data_dir.sm, checkpoint_bytes=config.wal_checkpoint_bytes,
-        sync_apply=False, replayable_from=raft_log.first_index(),
+
+    def write_snapshot(sm: StateMachine, point: LogId, membership: Membership
+                       ) -> SnapshotMetadata:
+        return store.write(sm.items(), point, membership)
+
+    opened = recovery.open_storage(
+        data_dir.raft, data_dir.sm, write_snapshot=write_snapshot,
+        segment_bytes=config.log_segment_bytes, checkpoint_bytes=config.wal_checkpoint_bytes,
     )
-    finish_interrupted_install(config.node_id, raft_log, sm)
+    raft_log, sm = opened.raft_log, opened.sm
     store.prune(raft_log.snapshot_metadata(), leftovers=True)
     return raft_log, sm, reapply(config.node_id, raft_log, sm)
 
@@ -56,26 +61,3 @@ def reapply(node_id: int, raft_log: NodeLog, sm: StateMachine) -> int:
     if commit > applied:
         log.info("node %d: re-applied log entries %d..%d", node_id, applied + 1, commit)
     return max(applied, commit)
-
-
-def finish_interrupted_install(node_id: int, raft_log: NodeLog, sm: StateMachine) -> None:
-    """A snapshot from the leader is installed in the state machine, then in the log;
-    after a crash in between, the state machine is at a point the log does not hold:
-    finish the install (the log restarts after the snapshot)."""
-    applied = sm.last_applied()
-    if applied.index < raft_log.first_index():
-        return  # in the compacted prefix, or nothing applied
-    if applied.index <= raft_log.last_index() and raft_log.term(applied.index) == applied.term:
-        return
-    snap = sm.snapshot_metadata()
-    if snap is None or (snap.last_included.index, snap.last_included.term) != (
-        applied.index, applied.term
-    ):
-        raise StorageError(
-            f"the state machine is at ({applied.term}, {applied.index}), which the Raft "
-            f"log (entries {raft_log.first_index()}..{raft_log.last_index()}) does not "
-            "hold, and no snapshot explains it: the log is not the one it was applied from"
-        )
-    log.warning("node %d: finishing the install of the snapshot at index %d that a "
-                "crash interrupted", node_id, applied.index)
-    raft_log.install_snapshot(snap)

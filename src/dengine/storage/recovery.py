@@ -37,7 +37,7 @@ from dengine.errors import StorageError
 from dengine.proto import HardState, LogId, Membership, SnapshotMetadata
 from dengine.storage.file_state_machine import FileStateMachine
 from dengine.storage.fileio import FileIO
-from dengine.storage.raft_log import RaftLog
+from dengine.storage.raft_log import FileRaftLog
 
 log = logging.getLogger("dengine.storage")
 
@@ -74,7 +74,7 @@ class Plan:
 class Storage:
     """An opened, recovered log and state machine, and what recovery did."""
 
-    raft_log: RaftLog
+    raft_log: FileRaftLog
     sm: FileStateMachine
     plan: Plan
 
@@ -94,7 +94,7 @@ def open_storage(
     file system (a read-only or vanished directory, a full disk) becomes a one-line
     StorageError naming the file."""
     try:
-        raft_log = RaftLog(raft_dir, segment_bytes=segment_bytes, fileio=fileio)
+        raft_log = FileRaftLog(raft_dir, segment_bytes=segment_bytes, fileio=fileio)
         try:
             # Applies are not fsynced: an entry's durable record is the Raft log until the
             # state machine syncs, so the log is compacted only below durable_index().
@@ -123,7 +123,7 @@ def os_error(e: OSError, what: str) -> StorageError:
     return StorageError(f"{what}:{where}: {e.strerror or e}")
 
 
-def plan_recovery(raft_log: RaftLog, sm: FileStateMachine) -> Plan:
+def plan_recovery(raft_log: FileRaftLog, sm: FileStateMachine) -> Plan:
     """Decide how to bring them in step (see the module doc); StorageError to refuse."""
     applied = sm.last_applied()
     point = LogId(index=applied.index, term=applied.term)
@@ -164,7 +164,7 @@ def plan_recovery(raft_log: RaftLog, sm: FileStateMachine) -> Plan:
     return Plan(RESTART_LOG, point, membership=membership, lost=(last + 1, applied.index))
 
 
-def _log_membership(raft_log: RaftLog) -> Membership | None:
+def _log_membership(raft_log: FileRaftLog) -> Membership | None:
     """The latest membership the log holds (a config entry, else its snapshot's)."""
     configs = raft_log.config_indexes()
     if configs:
@@ -176,7 +176,7 @@ def _log_membership(raft_log: RaftLog) -> Membership | None:
 
 
 def carry_out(
-    plan: Plan, raft_log: RaftLog, sm: FileStateMachine, write_snapshot: SnapshotWriter
+    plan: Plan, raft_log: FileRaftLog, sm: FileStateMachine, write_snapshot: SnapshotWriter
 ) -> None:
     """Make the plan durable: install the log's new starting point, and lower a saved
     commit index that the log no longer reaches (commit is not durable Raft state: the
