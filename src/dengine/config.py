@@ -7,6 +7,7 @@ Flags win over the file; the file wins over the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,10 @@ class NodeConfig:
 
     data_dir: str = "./dengine-data"
     node_id: int = 1
-    cluster_id: str = "dengine"
+    # The cluster's id: "" = derived from initial_cluster_token and the initial members
+    # (this node and `peers`) at the first start, then read from the data dir.
+    cluster_id: str = ""
+    initial_cluster_token: str = ""
     listen_peer: str = "127.0.0.1:9181"
     listen_client: str = "127.0.0.1:9081"
     # The native (framed TCP) client listener of `dengine serve`: HOST:PORT (port 0: any
@@ -70,6 +74,20 @@ class NodeConfig:
     promote_lag: int = 1000  # a learner within this many entries of the leader is caught up
 
     log_level: str = "info"
+
+    def initial_cluster_id(self) -> str:
+        """The cluster id a first start derives (etcd's way): 16 hex digits of the SHA-256
+        of the initial cluster token and the initial members (this node at listen_peer
+        and `peers`), so that every initial member, configured alike, derives the same id
+        and two clusters differ (give each its own token: members alone may repeat)."""
+        text = "\n".join(["dengine-cluster", self.initial_cluster_token,
+                          *self.initial_members().split(",")])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def initial_members(self) -> str:
+        """The initial members, "ID=HOST:PORT,..." in id order (this node and `peers`)."""
+        members = {self.node_id: self.listen_peer, **self.peers}
+        return ",".join(f"{i}={a}" for i, a in sorted(members.items()))
 
     @property
     def election_ticks(self) -> int:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dengine.errors import ClusterMismatch, StorageError
+from dengine.config import NodeConfig
+from dengine.errors import ClusterMismatch, ConfigError, StorageError
 from dengine.node.datadir import DataDir
 
 
@@ -41,3 +42,71 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(StorageError):
         DataDir(tmp_path / "f").claim(1, "c")
+
+
+# -- cluster identity: derived from the initial cluster token and members (etcd's way)
+
+MEMBERS = {1: "10.0.0.1:9181", 2: "10.0.0.2:9181", 3: "10.0.0.3:9181"}
+
+
+def member_config(node_id: int, token: str = "prod", data_dir: str = "", **kw: object
+                  ) -> NodeConfig:
+    peers = {i: a for i, a in MEMBERS.items() if i != node_id}
+    return NodeConfig(node_id=node_id, listen_peer=MEMBERS[node_id], peers=peers,
+                      initial_cluster_token=token, data_dir=data_dir, **kw)  # type: ignore[arg-type]
+
+
+def test_initial_members_derive_one_id_and_other_clusters_another() -> None:
+    ids = {member_config(n).initial_cluster_id() for n in MEMBERS}
+    assert len(ids) == 1
+    [cluster] = ids
+    assert len(cluster) == 16 and int(cluster, 16) >= 0
+    assert member_config(1, token="staging").initial_cluster_id() != cluster
+    fewer = NodeConfig(node_id=1, listen_peer=MEMBERS[1], peers={2: MEMBERS[2]},
+                       initial_cluster_token="prod")
+    assert fewer.initial_cluster_id() != cluster
+
+
+def test_first_start_records_the_derived_id_and_restarts_check_it(tmp_path: Path) -> None:
+    config = member_config(3)
+    assert DataDir(tmp_path).claim_for(config) == config.initial_cluster_id()
+    assert DataDir(tmp_path).read_identity() == (3, config.initial_cluster_id())
+    assert DataDir(tmp_path).claim_for(config) == config.initial_cluster_id()
+
+
+def test_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
+    """Every cluster used to default to the id 'dengine': node 3's data dir from another
+    cluster was accepted and served its data."""
+    other = member_config(3, token="cluster-b")
+    DataDir(tmp_path).claim_for(other)
+    with pytest.raises(ClusterMismatch, match="another cluster's data dir"):
+        DataDir(tmp_path).claim_for(member_config(3, token="cluster-a"))
+    assert DataDir(tmp_path).read_identity() == (3, other.initial_cluster_id())
+
+
+def test_explicit_cluster_id_is_used_and_must_match(tmp_path: Path) -> None:
+    stored = DataDir(tmp_path).claim_for(member_config(3))
+    # Initial members changed since (another --peer list): the stored id, set explicitly.
+    moved = member_config(3, token="prod").replace(peers={1: "10.9.9.9:9181"})
+    with pytest.raises(ClusterMismatch, match=f"set cluster_id = '{stored}'"):
+        DataDir(tmp_path).claim_for(moved)
+    assert DataDir(tmp_path).claim_for(moved.replace(cluster_id=stored)) == stored
+    with pytest.raises(ClusterMismatch):
+        DataDir(tmp_path).claim_for(moved.replace(cluster_id="else"))
+
+
+def test_old_data_dirs_keep_the_old_default_id(tmp_path: Path) -> None:
+    (tmp_path / "node.json").write_text('{"format": 1, "node_id": 3, "cluster_id": "dengine"}')
+    assert DataDir(tmp_path).claim_for(member_config(3)) == "dengine"
+
+
+def test_joining_node_takes_the_clusters_id_and_keeps_it(tmp_path: Path) -> None:
+    joiner = NodeConfig(node_id=4, listen_peer="10.0.0.4:9181", join="10.0.0.1:9081")
+    with pytest.raises(ConfigError, match="needs the cluster's id"):
+        DataDir(tmp_path).claim_for(joiner)
+    assert DataDir(tmp_path).claim_for(joiner.replace(cluster_id="abc")) == "abc"
+    # Later starts, with or without --join in the configuration, keep the learnt id.
+    assert DataDir(tmp_path).claim_for(joiner) == "abc"
+    assert DataDir(tmp_path).claim_for(joiner.replace(join="")) == "abc"
+    with pytest.raises(ClusterMismatch):
+        DataDir(tmp_path).claim_for(joiner.replace(cluster_id="xyz"))

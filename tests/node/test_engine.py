@@ -123,8 +123,30 @@ def test_foreign_data_dir_is_refused(tmp_path: Path) -> None:
             await engine.wait_ready()
         with pytest.raises(ClusterMismatch, match="belongs to node 1"):
             await Engine.start(str(tmp_path), node_id=2, **FAST)
-        with pytest.raises(ClusterMismatch, match="cluster 'dengine'"):
+        with pytest.raises(ClusterMismatch, match=r"of cluster '[0-9a-f]{16}'"):
             await Engine.start(str(tmp_path), cluster_id="other", **FAST)
+
+    run(main())
+
+
+def test_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
+    """Two clusters whose node 3 has the same id and addresses but another token: the
+    data dir of one does not start as a node of the other (both defaulted to the cluster
+    id 'dengine' before, and node 3 served the other cluster's data)."""
+    peers = {1: f"127.0.0.1:{free_port()}", 2: f"127.0.0.1:{free_port()}"}
+    settings = {**FAST, "node_id": 3, "listen_peer": f"127.0.0.1:{free_port()}",
+                "peers": peers}
+
+    async def main() -> None:
+        engine = await Engine.start(str(tmp_path), initial_cluster_token="a", **settings)
+        cluster_a = engine.status().cluster_id
+        await engine.stop()
+        assert cluster_a == engine.config.initial_cluster_id()
+        with pytest.raises(ClusterMismatch, match=f"belongs to node 3 of cluster '{cluster_a}'"):
+            await Engine.start(str(tmp_path), initial_cluster_token="b", **settings)
+        engine = await Engine.start(str(tmp_path), initial_cluster_token="a", **settings)
+        assert engine.status().cluster_id == cluster_a
+        await engine.stop()
 
     run(main())
 

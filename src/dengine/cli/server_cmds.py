@@ -28,7 +28,11 @@ READY_TIMEOUT_S = 30.0
 SETTINGS_HELP = {
     "data_dir": "Directory of this node's log, state machine and snapshots.",
     "node_id": "This node's id (a positive integer, unique in the cluster).",
-    "cluster_id": "Cluster name; data dirs and peers of another cluster are refused.",
+    "cluster_id": "The cluster's id (default: derived from the initial cluster token and "
+                  "members at the first start, then kept in the data dir); data dirs and "
+                  "peers of another cluster are refused.",
+    "initial_cluster_token": "A token unique to this cluster, from which (with the initial "
+                             "members) its id is derived at the first start (etcd's flag).",
     "listen_peer": "HOST:PORT for Raft traffic from the other nodes.",
     "listen_client": "HOST:PORT of the gRPC client API (announced to peers for redirects).",
     "listen_client_native": "HOST:PORT of the native client protocol (port 0: any free "
@@ -134,11 +138,14 @@ def cluster() -> None:
               help="Client port of node 1; node N uses client-port + N - 1.")
 @click.option("--peer-port", type=click.IntRange(1, 65535), default=9181, show_default=True,
               help="Peer port of node 1; node N uses peer-port + N - 1.")
-@click.option("--cluster-id", default="dengine", show_default=True)
+@click.option("--cluster-id", default="",
+              help="The cluster's id  [default: derived from the token and the members]")
+@click.option("--initial-cluster-token", default="",
+              help="Token the cluster's id is derived from  [default: the base dir's path]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
 def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port: int,
-               cluster_id: str, log_level: str) -> None:
+               cluster_id: str, initial_cluster_token: str, log_level: str) -> None:
     """Start NODES local server processes in the foreground; Ctrl-C stops them all.
 
     The processes stop too if this command dies, even by kill -9 (docs/operations.md).
@@ -155,9 +162,12 @@ def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port
     base.mkdir(parents=True, exist_ok=True)
     children = []
     for n in clients:
-        settings = {"data_dir": str(base / f"node{n}"), "node_id": n, "cluster_id": cluster_id,
-                    "listen_client": clients[n], "listen_peer": peers[n],
-                    "log_level": log_level}
+        settings: dict[str, Any] = {
+            "data_dir": str(base / f"node{n}"), "node_id": n,
+            "initial_cluster_token": initial_cluster_token or str(base),
+            "listen_client": clients[n], "listen_peer": peers[n], "log_level": log_level}
+        if cluster_id:
+            settings["cluster_id"] = cluster_id
         child = ServerProcess(n, base / f"node{n}.toml", base / f"node{n}.log")
         child.config_file.write_text(config_toml(
             settings, {i: a for i, a in peers.items() if i != n},

@@ -150,7 +150,10 @@ class Node:
     async def start(self) -> None:
         """Open storage, recover, start the transport and the loop."""
         loop = self._loop = asyncio.get_running_loop()
-        self.data_dir.claim(self.config.node_id, self.config.cluster_id)
+        # The cluster id: set, derived at the first start, or read from the data dir.
+        cluster_id = self.data_dir.claim_for(self.config)
+        if cluster_id != self.config.cluster_id:
+            self.config = self.config.replace(cluster_id=cluster_id)
         try:
             raft_log, sm, self.applied_index = await loop.run_in_executor(
                 self._io, open_storage, self.config, self.data_dir, self._store

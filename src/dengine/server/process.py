@@ -156,6 +156,28 @@ async def join_cluster(engine: EngineLike, config: NodeConfig) -> None:
     log.info("node %d is in the cluster's configuration", config.node_id)
 
 
+async def learn_cluster_id(config: NodeConfig) -> str:
+    """The id of the cluster at `config.join` (its Status), retried until it answers: a
+    joining node's first start takes the cluster's id instead of deriving one."""
+    from dengine.client import Client
+
+    delay = JOIN_RETRY_FIRST_S
+    last_log = 0.0
+    async with Client(config.join, timeout=JOIN_ATTEMPT_S) as client:
+        while True:
+            try:
+                st = await client.status()
+                if st.cluster_id:
+                    return str(st.cluster_id)
+            except DengineError as e:
+                if time.monotonic() - last_log >= JOIN_LOG_EVERY_S:
+                    last_log = time.monotonic()
+                    log.warning("asking the cluster at %s for its id: %s [%s]; retrying",
+                                config.join, e.message, e.code)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, JOIN_RETRY_MAX_S)
+
+
 async def _ask_to_join(client: Any, config: NodeConfig) -> bool:
     """One attempt; True once the cluster's configuration holds this node."""
     st = await client.status()
@@ -185,6 +207,7 @@ async def _ask_to_join(client: Any, config: NodeConfig) -> bool:
 
 async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     """Run a node and its client service until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    from dengine.node.datadir import DataDir
     from dengine.node.engine import Engine
 
     config.validate()
@@ -198,7 +221,21 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     if native_addr and parse_address(native_addr, allow_port_zero=True)[1] != 0:
         ensure_port_free(native_addr, " (listen_client_native)")
     try:
+        if config.join and not config.cluster_id and (
+            DataDir(config.data_dir).read_identity() is None
+        ):
+            learning = asyncio.ensure_future(learn_cluster_id(config))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({learning, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not learning.done():
+                learning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await learning
+                return
+            config = config.replace(cluster_id=learning.result())
         engine = await Engine.start(config=config)
+        config = engine.config  # its cluster id: set, derived, or read from the data dir
         native: NativeServer | None = None
         try:
             service = ClientService(engine, config, peer_client_address(engine))
