@@ -188,3 +188,13 @@ def test_interrupted_snapshot_install_is_finished(tmp_path):
     assert storage.plan.action == FINISH_INSTALL and storage.raft_log.first_index() == 31
     storage.sm.close()
     storage.raft_log.close()
+
+
+def test_check_names_the_node_and_refuses_an_unreadable_identity(tmp_path):
+    build(tmp_path)
+    (tmp_path / "node.json").write_text('{"format": 1, "node_id": 3, "cluster_id": "c0ffee"}')
+    code, out = run_check(tmp_path)
+    assert code == 0 and "node 3 of cluster 'c0ffee'" in out
+    (tmp_path / "node.json").write_text("{not json")
+    code, out = run_check(tmp_path)
+    assert code == 1 and "node.json is unreadable" in out

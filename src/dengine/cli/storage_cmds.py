@@ -29,7 +29,15 @@ def check(data_dir: str) -> None:
 
     if not os.path.isdir(data_dir):
         raise click.ClickException(f"data directory not found: {data_dir}")
+    from dengine.errors import StorageError
+    from dengine.node.datadir import DataDir
+
     result = check_data_dir(data_dir)
+    try:  # what start-up reads first (DataDir.claim_for)
+        identity = DataDir(data_dir).read_identity()
+    except StorageError as e:
+        identity = None
+        result.error = result.error or e.message
     table = Table(title=f"dengine check {data_dir}")
     for column in ("file", "kind", "records", "indexes", "status", "detail"):
         table.add_column(column, justify="right" if column == "records" else "left")
@@ -46,6 +54,8 @@ def check(data_dir: str) -> None:
     count = {s: sum(r.status == s for r in result.reports) for s in (TORN, CORRUPT, DAMAGED)}
     console.print(f"{len(result.reports)} files, {count[TORN]} torn tails, "
                   f"{count[CORRUPT]} corrupt, {count[DAMAGED]} damaged snapshots")
+    if identity is not None:
+        console.print(f"node {identity[0]} of cluster {identity[1]!r}")
     for op, path, detail in result.actions:
         console.print(escape(f"at start-up: {op} {os.path.relpath(path, data_dir)} {detail}"
                              .rstrip()), soft_wrap=True)

@@ -71,6 +71,8 @@ def inspect_file(io: FileIO, path: str) -> FileReport:
     name = os.path.basename(path)
     if name.endswith(".tmp"):
         return FileReport(path, "temporary file", status=OTHER, detail="removed at next start")
+    if name == "node.json":
+        return FileReport(path, "node identity", status=OTHER)
     found = _kind(name)
     if found is None:
         return FileReport(path, "unknown file", status=OTHER)
