@@ -78,9 +78,15 @@ class Cluster:
                     "listen_peer": self.peer(node_id), "listen_client": self.client(node_id)}
         if join:
             settings["join"] = "127.0.0.1:1"  # any cluster endpoint: the test adds it itself
+            # `dengine serve --join` asks the cluster for its id; embedded, it is given.
+            settings.setdefault("cluster_id", self.cluster_id())
         elif node_id in self.initial:
             settings["peers"] = {i: self.peer(i) for i in self.initial if i != node_id}
         return settings
+
+    def cluster_id(self) -> str:
+        """The id of the running nodes (what `dengine serve --join` would ask for)."""
+        return next(iter(self.engines.values())).status().cluster_id
 
     async def start(self, node_id: int, join: bool = False, **extra: Any) -> Engine:
         settings = self.settings(node_id, join, **extra)
