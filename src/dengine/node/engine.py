@@ -97,6 +97,13 @@ class Engine:
         await node.start()
         return cls(node)
 
+    async def wait_failure(self) -> BaseException:
+        """Wait until the node stops on a fatal storage failure (a full disk, an I/O error);
+        returns the error. Such a node has given up leadership and closed its peer
+        connections; its calls raise StorageError. Restart it (`Engine.start`) once the
+        disk is fixed: nothing acknowledged is lost."""
+        return await self._node.wait_failure()
+
     async def stop(self) -> None:
         """Stop the node cleanly: pending writes get Timeout, storage is flushed and closed."""
         await self._node.stop()

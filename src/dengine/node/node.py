@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, NotLeader, Timeout, Unavailable
+from dengine.errors import DengineError, NotLeader, StorageError, Timeout, Unavailable
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
@@ -114,7 +114,8 @@ class Node:
         self._running = False
         self._failure: BaseException | None = None
         self._removed = ""  # why this node knows it was removed from the cluster
-        self._closing: asyncio.Task[None] | None = None  # the transport, once removed
+        self._closing: asyncio.Task[None] | None = None  # the transport, once removed/failed
+        self._failed = asyncio.Event()
         self._pending = Pending(config.tick_ms / 1000.0)
         self._due = self._pending.due
         # inbox, drained once per turn
@@ -271,11 +272,10 @@ class Node:
 
     def _flush_and_close(self) -> None:
         raft_log = self._log
-        if raft_log is not None and self._core is not None:
+        if raft_log is not None and self._core is not None and self._failure is None:
             if raft_log.hard_state().commit < self._latest_hs.commit:
                 raft_log.set_hard_state(self._latest_hs)
-            if self._failure is None:
-                self._snaps.compact_at_stop()
+            self._snaps.compact_at_stop()
         for closable in (self._sm, raft_log):
             if closable is not None:
                 closable.close()
@@ -296,7 +296,8 @@ class Node:
     # -- inputs (called by the engine and the transport on the loop thread) -------------
 
     def check_running(self) -> None:
-        """Raise Unavailable unless the node is running."""
+        """Raise Unavailable unless the node is running (StorageError once it stopped on
+        a fatal storage failure)."""
         if not self._running:
             if self._removed:
                 raise Unavailable(
@@ -305,7 +306,11 @@ class Node:
                     "again"
                 )
             if self._failure is not None:
-                raise Unavailable(f"node {self.node_id} failed: {self._failure}")
+                raise StorageError(
+                    f"node {self.node_id} stopped after a storage failure "
+                    f"({failure_reason(self._failure)}); nothing acknowledged is lost: "
+                    "restart it once the disk is fixed or has room"
+                )
             raise Unavailable(f"node {self.node_id} is stopped")
 
     def propose(
@@ -477,8 +482,22 @@ class Node:
                      exc_info=e)
         self._failure = e
         self._running = False
+        # Never a zombie: give up the leader role at once and drop the peer connections, so
+        # that the others elect a leader (and nothing here claims to lead); the process
+        # running the node decides whether to exit (`dengine serve` does: wait_failure).
+        self.role = Role.FOLLOWER
+        self.leader_id = 0
+        if self._transport is not None and self._closing is None:
+            self._closing = self._loop.create_task(self._transport.close())
+        self._failed.set()
         self._wake.set()
-        self._fail_pending("failed")
+        self._fail_pending(f"failed ({failure_reason(e)})")
+
+    async def wait_failure(self) -> BaseException:
+        """The error once the node stopped on a fatal (storage) failure."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
 
     def _on_removed(self, why: str) -> None:
         """This node is no longer a member: stop serving (the process stays up for its
@@ -727,3 +746,13 @@ class Node:
     @property
     def running(self) -> bool:
         return self._running
+
+
+def failure_reason(e: BaseException | None) -> str:
+    """One line for a fatal error: an OSError's text and file (ENOSPC: "No space left on
+    device: PATH"), a DengineError's message."""
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    if isinstance(e, DengineError):
+        return e.message
+    return repr(e)

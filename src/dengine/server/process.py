@@ -16,7 +16,13 @@ from typing import Any, cast
 import grpc
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ClusterMismatch, ConfigError, DengineError, InvalidRequest
+from dengine.errors import (
+    ClusterMismatch,
+    ConfigError,
+    DengineError,
+    InvalidRequest,
+    StorageError,
+)
 from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
 
@@ -209,6 +215,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     """Run a node and its client service until `stop` is set (or SIGTERM/SIGINT arrives)."""
     from dengine.node.datadir import DataDir
     from dengine.node.engine import Engine
+    from dengine.node.node import failure_reason
 
     config.validate()
     stop = stop or asyncio.Event()
@@ -255,6 +262,10 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             log.info("node %d of cluster %r: clients on %s (gRPC), %s (native), %s, data in %s",
                      config.node_id, config.cluster_id, config.listen_client,
                      service.native_address or "off", peers, config.data_dir)
+            # A fatal storage failure (a full disk, an I/O error) ends the server with its
+            # error (exit status 1): restarted once the disk is fixed, it loses nothing.
+            failure = asyncio.create_task(engine.wait_failure())
+            failure.add_done_callback(lambda t: None if t.cancelled() else stop.set())
             join = asyncio.create_task(join_cluster(engine, config)) if joining else None
             if join is not None:
                 # A join that cannot succeed ends the server, with its error.
@@ -264,6 +275,8 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             try:
                 await stop.wait()
             finally:
+                if not failure.done():
+                    failure.cancel()
                 if join is not None and not join.done():
                     join.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -276,6 +289,12 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                 await native.stop(0)
             await engine.stop()
         log.info("node %d stopped", config.node_id)
+        if failure.done() and not failure.cancelled():
+            raise StorageError(
+                f"node {config.node_id} stopped after a storage failure "
+                f"({failure_reason(failure.result())}); nothing acknowledged is lost: start "
+                "it again once the disk is fixed or has room"
+            )
         if join is not None and not join.cancelled() and join.exception() is not None:
             raise cast(BaseException, join.exception())
     finally:
