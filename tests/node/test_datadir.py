@@ -79,19 +79,18 @@ def test_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
     cluster was accepted and served its data."""
     other = member_config(3, token="cluster-b")
     DataDir(tmp_path).claim_for(other)
-    with pytest.raises(ClusterMismatch, match="another cluster's data dir"):
+    with pytest.raises(ClusterMismatch, match=r"initial cluster token 'cluster-b'.*another"):
         DataDir(tmp_path).claim_for(member_config(3, token="cluster-a"))
     assert DataDir(tmp_path).read_identity() == (3, other.initial_cluster_id())
 
 
-def test_explicit_cluster_id_is_used_and_must_match(tmp_path: Path) -> None:
+def test_initial_members_may_change_and_an_explicit_id_must_match(tmp_path: Path) -> None:
+    """A restart keeps the stored id: the members (addresses) may have moved since."""
     stored = DataDir(tmp_path).claim_for(member_config(3))
-    # Initial members changed since (another --peer list): the stored id, set explicitly.
-    moved = member_config(3, token="prod").replace(peers={1: "10.9.9.9:9181"})
-    with pytest.raises(ClusterMismatch, match=f"set cluster_id = '{stored}'"):
-        DataDir(tmp_path).claim_for(moved)
+    moved = member_config(3).replace(peers={1: "10.9.9.9:9181"}, listen_peer="10.9.9.3:1")
+    assert DataDir(tmp_path).claim_for(moved) == stored
     assert DataDir(tmp_path).claim_for(moved.replace(cluster_id=stored)) == stored
-    with pytest.raises(ClusterMismatch):
+    with pytest.raises(ClusterMismatch, match=r"not of cluster 'else' \(cluster_id\)"):
         DataDir(tmp_path).claim_for(moved.replace(cluster_id="else"))
 
 

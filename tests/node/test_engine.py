@@ -142,7 +142,7 @@ def test_data_dir_of_another_cluster_is_refused(tmp_path: Path) -> None:
         cluster_a = engine.status().cluster_id
         await engine.stop()
         assert cluster_a == engine.config.initial_cluster_id()
-        with pytest.raises(ClusterMismatch, match=f"belongs to node 3 of cluster '{cluster_a}'"):
+        with pytest.raises(ClusterMismatch, match=f"node 3 of cluster '{cluster_a}'"):
             await Engine.start(str(tmp_path), initial_cluster_token="b", **settings)
         engine = await Engine.start(str(tmp_path), initial_cluster_token="a", **settings)
         assert engine.status().cluster_id == cluster_a

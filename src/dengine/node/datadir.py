@@ -1,7 +1,7 @@
 """A node's data directory: layout, and the identity file that ties it to one node.
 
-    DATA_DIR/node.json     {"format": 1, "node_id": N, "cluster_id": "...", "joined": bool},
-                           written once
+    DATA_DIR/node.json     {"format": 1, "node_id": N, "cluster_id": "...", "joined": bool,
+                            "initial_cluster_token": "..."}, written once
     DATA_DIR/raft/         FileRaftLog (segments + hard state)
     DATA_DIR/sm/           FileStateMachine (checkpoint + WAL)
     DATA_DIR/snapshots/    snapshot files
@@ -12,9 +12,11 @@ logs: refuse it with ClusterMismatch before opening any storage.
 The cluster id (`claim_for`): an explicit `cluster_id` setting, else at the first start the
 id derived from the initial cluster token and members (`NodeConfig.initial_cluster_id`),
 or for a node joining with `--join` the id learnt from the cluster (`dengine serve` asks
-it). Later starts check the stored id against the same: a data dir of another cluster is
-refused. Data dirs of earlier releases hold the old default id `dengine`: kept as is
-(their peers hold it too), with the derived id not checked.
+it). Later starts run with the stored id, and refuse a data dir whose recorded initial
+cluster token differs from the configured one (another cluster's), or whose id differs
+from an explicit `cluster_id`; the initial members may change (addresses move). Data dirs
+of earlier releases hold the old default id `dengine` and no token: kept as is (their
+peers hold the same id).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from dengine.config import NodeConfig
@@ -32,6 +35,16 @@ log = logging.getLogger(__name__)
 IDENTITY_FILE = "node.json"
 IDENTITY_FORMAT = 1
 LEGACY_CLUSTER_ID = "dengine"  # every cluster's id before ids were derived
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """node.json: whose data dir this is."""
+
+    node_id: int
+    cluster_id: str
+    joined: bool  # the cluster id was learnt from the cluster (--join)
+    token: str | None  # the initial cluster token of the first start (None: not recorded)
 
 
 class DataDir:
@@ -50,6 +63,7 @@ class DataDir:
         another cluster's dir, StorageError when the dir cannot be used."""
         existing = self._open()
         explicit = config.cluster_id
+        token = config.initial_cluster_token
         if existing is None:
             if explicit:
                 cluster_id = explicit
@@ -60,35 +74,36 @@ class DataDir:
                 )
             else:
                 cluster_id = config.initial_cluster_id()
-            self._write_identity(config.node_id, cluster_id, joined=bool(config.join))
+                if not token:
+                    log.warning("no initial_cluster_token: cluster id %s is derived from the "
+                                "initial members alone; give every cluster its own token",
+                                cluster_id)
+            self._write_identity(_Identity(config.node_id, cluster_id, bool(config.join), token))
             self._make_subdirs()
             return cluster_id
-        have_id, have_cluster, joined = existing
-        if have_id != config.node_id:
+        have = existing
+        if have.node_id != config.node_id:
             raise ClusterMismatch(
-                f"data dir {self.path} belongs to node {have_id} of cluster {have_cluster!r}, "
-                f"not node {config.node_id}; use that node id, or another data dir"
+                f"data dir {self.path} belongs to node {have.node_id} of cluster "
+                f"{have.cluster_id!r}, not node {config.node_id}; use that node id, or "
+                "another data dir"
             )
-        if explicit:
-            expected, why = explicit, "cluster_id"
-        elif joined or config.join or have_cluster == LEGACY_CLUSTER_ID:
-            # Learnt from the cluster when it joined (the peers' Hello and --join check it);
-            # or written by an earlier release, whose peers hold the same old default.
-            expected, why = have_cluster, ""
-        else:
-            expected = config.initial_cluster_id()
-            why = (f"the initial cluster token {config.initial_cluster_token!r} and members "
-                   f"{config.initial_members()}")
-        if expected != have_cluster:
+        if explicit and explicit != have.cluster_id:
             raise ClusterMismatch(
-                f"data dir {self.path} belongs to node {have_id} of cluster {have_cluster!r}, "
-                f"not of cluster {expected!r} (from {why}): it is another cluster's data "
-                "dir; use an empty "
-                f"data dir (or this cluster's), or, if the initial members changed since "
-                f"this node's first start, set cluster_id = {have_cluster!r}"
+                f"data dir {self.path} belongs to node {have.node_id} of cluster "
+                f"{have.cluster_id!r}, not of cluster {explicit!r} (cluster_id); use an "
+                "empty data dir, or this cluster's"
+            )
+        if not (explicit or have.joined or config.join or have.token is None
+                or have.cluster_id == LEGACY_CLUSTER_ID) and have.token != token:
+            raise ClusterMismatch(
+                f"data dir {self.path} belongs to node {have.node_id} of cluster "
+                f"{have.cluster_id!r} (initial cluster token {have.token!r}), not of this "
+                f"node's cluster (initial cluster token {token!r}): it is another cluster's "
+                "data dir; use an empty data dir, or this cluster's"
             )
         self._make_subdirs()
-        return have_cluster
+        return have.cluster_id
 
     def claim(self, node_id: int, cluster_id: str) -> bool:
         """Check or record that this dir belongs to (node_id, cluster_id): True on first
@@ -97,7 +112,7 @@ class DataDir:
         self.claim_for(NodeConfig(node_id=node_id, cluster_id=cluster_id))
         return first
 
-    def _open(self) -> tuple[int, str, bool] | None:
+    def _open(self) -> _Identity | None:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -116,9 +131,9 @@ class DataDir:
     def read_identity(self) -> tuple[int, str] | None:
         """(node_id, cluster_id) recorded in this dir, or None if it has none yet."""
         found = self._read()
-        return None if found is None else found[:2]
+        return None if found is None else (found.node_id, found.cluster_id)
 
-    def _read(self) -> tuple[int, str, bool] | None:
+    def _read(self) -> _Identity | None:
         try:
             raw = self.identity.read_bytes()
         except FileNotFoundError:
@@ -131,16 +146,20 @@ class DataDir:
                 raise ValueError(f"unsupported format {doc.get('format')!r}")
             node_id, cluster_id = doc["node_id"], doc["cluster_id"]
             joined = doc.get("joined", False)
+            token = doc.get("initial_cluster_token")
             if not isinstance(node_id, int) or not isinstance(cluster_id, str):
                 raise ValueError("node_id must be an integer and cluster_id a string")
+            if not isinstance(token, str | None):
+                raise ValueError("initial_cluster_token must be a string")
         except (ValueError, KeyError, AttributeError) as e:
             raise StorageError(f"{self.identity} is unreadable: {e}") from None
-        return node_id, cluster_id, joined is True
+        return _Identity(node_id, cluster_id, joined is True, token)
 
-    def _write_identity(self, node_id: int, cluster_id: str, *, joined: bool) -> None:
+    def _write_identity(self, identity: _Identity) -> None:
         """Write-temp, fsync, rename, fsync the directory: the file is whole or absent."""
-        doc = {"format": IDENTITY_FORMAT, "node_id": node_id, "cluster_id": cluster_id,
-               "joined": joined}
+        doc = {"format": IDENTITY_FORMAT, "node_id": identity.node_id,
+               "cluster_id": identity.cluster_id, "joined": identity.joined,
+               "initial_cluster_token": identity.token}
         tmp = self.identity.with_suffix(".json.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
