@@ -74,7 +74,7 @@ class DataDir:
                 )
             else:
                 cluster_id = config.initial_cluster_id()
-                if not token:
+                if not token and config.peers:
                     log.warning("no initial_cluster_token: cluster id %s is derived from the "
                                 "initial members alone; give every cluster its own token",
                                 cluster_id)
