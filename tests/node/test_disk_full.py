@@ -17,7 +17,7 @@ from dengine.client import Client
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, StorageError, Timeout, Unavailable
 from dengine.server.process import serve
-from dengine.storage import RaftLog
+from dengine.storage import FileRaftLog
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
         "clock_drift_ms": 20}
@@ -82,7 +82,7 @@ def test_serve_exits_with_the_storage_error(tmp_path: Path, monkeypatch) -> None
                     break
                 except DengineError:
                     await asyncio.sleep(0.05)
-            monkeypatch.setattr(RaftLog, "append", disk_full)
+            monkeypatch.setattr(FileRaftLog, "append", disk_full)
             with pytest.raises(DengineError):
                 await client.put(b"b", b"2", timeout=2)
         with pytest.raises(StorageError, match="No space left on device"):
