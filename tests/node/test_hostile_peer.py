@@ -34,13 +34,14 @@ T = MessageType
 
 
 async def _forge(
-    port: int, as_node: int, to_node: int, messages: list[Message], chunk: bool = False
+    port: int, as_node: int, to_node: int, messages: list[Message], chunk: bool = False,
+    *, cluster_id: str,
 ) -> None:
     """Connect to a node's peer port as `as_node` (a member) and send `messages` (and,
     with `chunk`, a whole one-chunk snapshot of term 2**64 - 1)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        hello = Hello(cluster_id="dengine", node_id=as_node, to_id=to_node)
+        hello = Hello(cluster_id=cluster_id, node_id=as_node, to_id=to_node)
         writer.write(encode_frame(PeerFrame(hello=hello).SerializeToString()))
         length, _ = HEADER.unpack(await reader.readexactly(HEADER.size))
         assert PeerFrame.FromString(await reader.readexactly(length)).hello.node_id == to_node
@@ -90,7 +91,7 @@ def test_forged_terms_and_indexes_neither_stop_nor_poison_the_cluster(tmp_path: 
                     Message(type=T.MSG_SNAPSHOT, from_id=sender, to_id=target, term=term,
                             snapshot=SnapshotMetadata(last_included=LogId(index=10**6,
                                                                           term=term))),
-                ], chunk=True)
+                ], chunk=True, cluster_id=cluster.cluster_id())
             await asyncio.sleep(0.5)  # five election timeouts: time to campaign (and crash)
             await _put(cluster, b"k", b"v2")
             for engine in cluster.engines.values():
