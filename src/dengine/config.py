@@ -62,7 +62,7 @@ class NodeConfig:
     client_frame_timeout_s: float = 30.0  # a native request frame must arrive whole in this
     max_client_buffer_bytes: int = 64 * 1024 * 1024  # partial native frames, all connections
     max_pending_writes: int = 4096  # write requests being served; beyond: OVERLOADED
-    max_pending_write_bytes: int = 8 * 1024 * 1024  # their bytes; beyond: OVERLOADED
+    max_pending_write_bytes: int = 1024 * 1024  # their bytes; beyond: OVERLOADED
 
     # Storage and compaction.
     wal_checkpoint_bytes: int = 64 * 1024 * 1024
