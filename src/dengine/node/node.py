@@ -1,15 +1,9 @@
 """The node runtime: one asyncio task drives the Raft core with real storage and peers.
 
-`Node` owns the drive loop and wires its collaborators, each in a module of its own:
-
-- `dengine.node.pending`: requests waiting for their outcome, and their deadlines;
-- `dengine.node.apply`: the apply pipeline (inline or on the apply thread, in order);
-- `dengine.node.reads`: ReadIndex rounds, lease reads, reads waiting for their apply;
-- `dengine.node.snapshotter`: snapshots, compaction, snapshot transfers and installs;
-- `dengine.node.membership`: configuration changes, learners, promotion, transfer;
-- `dengine.node.outbox`: messages to the transport, commit-only appends held back;
-- `dengine.node.recovery`: opening storage and bringing it back in step at start;
-- `dengine.node.ports`: what the node calls on its log, snapshot store and transport.
+`Node` owns the drive loop and wires its collaborators, each a module owning its state:
+pending (requests, deadlines), apply, reads, snapshotter, membership, outbox, events,
+recovery; ports lists what the node calls on its log, snapshot store and transport
+(docs/architecture.md, "Node and transport", says what each owns).
 """
 
 from __future__ import annotations
@@ -24,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, NotLeader, StorageError, Timeout, Unavailable
+from dengine.errors import DengineError, NotLeader, StorageError, Unavailable
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
-from dengine.node.pending import Pending, Read, Write, expire_read
+from dengine.node.pending import Pending, Read, Write
 from dengine.node.ports import NodeLog, PeerTransport, SnapshotFiles
 from dengine.node.reads import ReadPath
 from dengine.node.recovery import open_storage
@@ -221,7 +215,8 @@ class Node:
             on_snapshot_done=self._snaps.on_sent,
             accept_unknown=self._members.is_outside,
             is_removed=self._members.is_removed,
-            on_removed=self._on_removed_by,
+            on_removed=lambda peer: self._on_removed(
+                f"node {peer} applied a configuration without it"),
             snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
             max_inbound=self.config.max_peer_connections,
         )
@@ -300,11 +295,7 @@ class Node:
         a fatal storage failure)."""
         if not self._running:
             if self._removed:
-                raise Unavailable(
-                    f"node {self.node_id} was removed from the cluster and no longer serves "
-                    f"requests ({self._removed}); stop it, or clear its data dir and add it "
-                    "again"
-                )
+                raise Unavailable(self._removed)
             if self._failure is not None:
                 raise StorageError(
                     f"node {self.node_id} stopped after a storage failure "
@@ -500,11 +491,11 @@ class Node:
         return self._failure
 
     def _on_removed(self, why: str) -> None:
-        """This node is no longer a member: stop serving (the process stays up for its
-        status; every client request gets Unavailable saying so)."""
+        """No longer a member: stop serving (the process stays up; requests get Unavailable)."""
         if self._removed:
             return
-        self._removed = why
+        self._removed = (f"node {self.node_id} was removed from the cluster and no longer serves "
+                         f"requests ({why}); stop it, or clear its data dir and add it again")
         self.leader_id = 0
         log.info("node %d: removed from the cluster at term %d (%s); it no longer serves "
                  "client requests: stop it, or clear its data dir and add it again",
@@ -512,13 +503,8 @@ class Node:
         self._running = False
         self._wake.set()
         self._fail_pending("was removed from the cluster")
-        transport = self._transport
-        if transport is not None:  # nothing to say to the peers any more
-            self._closing = self._loop.create_task(transport.close())
-
-    def _on_removed_by(self, peer: int) -> None:
-        """The transport: `peer` refused us as a member its applied configuration removed."""
-        self._on_removed(f"node {peer} applied a configuration without it")
+        if self._transport is not None:  # nothing to say to the peers any more
+            self._closing = self._loop.create_task(self._transport.close())
 
     def _take_inputs(self, core: RaftCore) -> None:
         now = time.monotonic()
@@ -592,13 +578,9 @@ class Node:
         pending = self._pending
         if not pending.scan_due():
             return
-        pending.expire(self._in_proposals)
-        now = pending.ticks
-        for batch in self._in_reads.values():
-            for r in batch:
-                expire_read(r, now)
+        pending.expire(self._in_proposals, self._in_reads.values())
         if self._core is not None:
-            self._reads.expire(now)
+            self._reads.expire(pending.ticks)
 
     async def _handle_ready(
         self, loop: asyncio.AbstractEventLoop, core: RaftCore, rd: Ready
@@ -705,20 +687,12 @@ class Node:
             self._snaps.maybe()
 
     def _fail_pending(self, why: str) -> None:
-        for _, write in self._in_proposals:
-            if not write.future.done():
-                write.future.set_exception(Unavailable(f"node {self.node_id} {why}"))
+        why = f"node {self.node_id} {why}"
+        self._pending.fail_all(self._in_proposals, self._in_reads.values(), why)
         self._in_proposals = []
-        self._pending.fail(
-            Timeout(f"node {self.node_id} {why} before the write's outcome was known")
-        )
-        for batch in self._in_reads.values():
-            for r in batch:
-                if not r.future.done():
-                    r.future.set_exception(Unavailable(f"node {self.node_id} {why}"))
         self._in_reads = {"linearizable": [], "lease": [], "eventual": []}
         if self._core is not None:
-            self._reads.fail(f"node {self.node_id} {why}")
+            self._reads.fail(why)
 
     # -- status --------------------------------------------------------------------------
 

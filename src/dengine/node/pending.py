@@ -131,13 +131,34 @@ class Pending:
         self._next_scan = self.ticks + EXPIRY_SCAN_TICKS
         return True
 
-    def expire(self, queued: Iterable[tuple[list[bytes], Write]]) -> None:
-        """Fail the writes (waiting for apply, or `queued`) whose deadline has passed."""
+    def expire(
+        self, queued: Iterable[tuple[list[bytes], Write]], reads: Iterable[list[Read]]
+    ) -> None:
+        """Fail the writes (waiting for apply, or `queued`) and the `reads` not started
+        yet whose deadline has passed."""
         now = self.ticks
         for _, write in queued:
             expire_write(write, now)
         for _, write, _ in self.waiters.values():
             expire_write(write, now)
+        for batch in reads:
+            for r in batch:
+                expire_read(r, now)
+
+    def fail_all(
+        self, queued: Iterable[tuple[list[bytes], Write]], reads: Iterable[list[Read]],
+        why: str,
+    ) -> None:
+        """Fail `queued` writes and `reads` (never proposed or asked: Unavailable(why)) and
+        the writes waiting for their apply (Timeout: their outcome is unknown)."""
+        for _, write in queued:
+            if not write.future.done():
+                write.future.set_exception(Unavailable(why))
+        for batch in reads:
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(Unavailable(why))
+        self.fail(Timeout(f"{why} before the write's outcome was known"))
 
     def fail(self, error: Exception) -> None:
         """Fail every write waiting for its apply (its outcome is unknown)."""
