@@ -307,11 +307,11 @@ class Engine:
 
     def members(self) -> list[MemberInfo]:
         """The latest configuration this node has appended (match indexes: leader only)."""
-        return self._node.members()
+        return self._node.members.member_list(self._node.leader_id)
 
     def peer_client_address(self, node_id: int) -> str:
         """The client address `node_id` announced to this node ("" if not known yet)."""
-        return self._node.peer_client_address(node_id)
+        return self._node.members.peer_client_address(node_id)
 
     async def add_learner(
         self,
@@ -338,7 +338,7 @@ class Engine:
         new = Membership()
         new.CopyFrom(membership)
         new.learners.add(id=node_id, address=address, promote=promote_when_caught_up)
-        await self._node.change_membership(new, self._timeout(timeout))
+        await self._node.members.change(new, self._timeout(timeout))
 
     async def promote(self, node_id: int, *, timeout: float | None = None) -> None:
         """Make learner `node_id` a voter; InvalidRequest unless it has caught up."""
@@ -348,8 +348,8 @@ class Engine:
             what = "a voter already" if any(m.id == node_id for m in membership.voters) else (
                 "not a member")
             raise InvalidRequest(f"node {node_id} is not a learner ({what})")
-        self._node.check_learner_caught_up(node_id)
-        await self._node.change_membership(promoted(membership, node_id), self._timeout(timeout))
+        self._node.members.check_learner_caught_up(node_id)
+        await self._node.members.change(promoted(membership, node_id), self._timeout(timeout))
 
     async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
         """Remove a voter or learner; returns once the change is committed.
@@ -371,13 +371,13 @@ class Engine:
         new.learners.extend(m for m in membership.learners if m.id != node_id)
         if not new.voters:
             raise InvalidRequest(f"cannot remove node {node_id}: it is the only voter")
-        await self._node.change_membership(new, seconds)
+        await self._node.members.change(new, seconds)
 
     async def _hand_over(self, membership: Membership, timeout: float) -> None:
         others = [m.id for m in membership.voters if m.id != self.node_id]
         if not others:
             raise InvalidRequest(f"cannot remove node {self.node_id}: it is the only voter")
-        matches = {m.id: m.match_index for m in self._node.members()}
+        matches = {m.id: m.match_index for m in self.members()}
         target = max(others, key=lambda i: (matches.get(i, 0), -i))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -389,7 +389,7 @@ class Engine:
                     f"leadership transfer to node {target} did not complete within "
                     f"{timeout}s; node {self.node_id} was not removed"
                 )
-            if self.is_leader and (not asked or self._node.transfer_target() != target):
+            if self.is_leader and (not asked or self._node.members.transfer_target() != target):
                 # (again when abandoned after an election timeout)
                 with contextlib.suppress(DengineError):  # leadership lost meanwhile
                     self._node.transfer_leadership(target)
@@ -406,7 +406,7 @@ class Engine:
         self._node.check_running()
         if not self.is_leader:
             raise self._node.not_leader()
-        return self._node.membership()
+        return self._node.members.copy()
 
     @staticmethod
     def _check_node_id(node_id: int) -> None:

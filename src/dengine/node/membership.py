@@ -11,16 +11,19 @@ configuration appended (`sync_peers`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from dengine.api import MemberInfo
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, InvalidRequest, Unavailable
+from dengine.errors import DengineError, InvalidRequest, NotLeader, Unavailable
+from dengine.node.pending import Pending, Write
 from dengine.node.ports import NodeLog, PeerTransport
 from dengine.proto import LogId, Member, Membership
 from dengine.raft import RaftCore
 from dengine.raft.progress import ProgressState
+from dengine.storage import ApplyResult
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,24 @@ class Members:
         core: RaftCore,
         raft_log: NodeLog,
         applied: int,
+        pending: Pending,
+        loop: asyncio.AbstractEventLoop,
+        *,
         on_removed: Callable[[str], None],
+        wake: Callable[[], None],
+        check_running: Callable[[], None],
+        not_leader: Callable[[], NotLeader],
     ) -> None:
         self.node_id = config.node_id
         self._config = config
         self._core = core
         self._log = raft_log
+        self._pending = pending
+        self._loop = loop
         self._on_removed = on_removed
+        self._wake = wake
+        self._check_running = check_running
+        self._not_leader = not_leader
         self.transport: PeerTransport | None = None  # set once the transport is started
         self._seen: Membership | None = None  # the configuration the peers were set from
         self._noted = core.membership  # the latest configuration noted in `unapplied`
@@ -85,7 +99,7 @@ class Members:
         a restart); a node that never was a member (joining) has no configuration."""
         return bool(self._applied_ids) and self.node_id not in self._applied_ids
 
-    def members(self, leader_id: int) -> list[MemberInfo]:
+    def member_list(self, leader_id: int) -> list[MemberInfo]:
         """The latest configuration this node has appended, with the leader's match view."""
         core = self._core
         membership = core.membership
@@ -113,6 +127,21 @@ class Members:
         out = Membership()
         out.CopyFrom(self._core.membership)
         return out
+
+    def change(
+        self, membership: Membership, timeout: float
+    ) -> asyncio.Future[list[ApplyResult]]:
+        """Propose a configuration (one voter changed at most); resolves once it is applied."""
+        self._check_running()
+        try:
+            lid = self.propose(membership)
+        except NotLeader:
+            raise self._not_leader() from None
+        future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
+        pending = self._pending
+        pending.waiters[lid.index] = (lid.term, Write(future, 1, timeout, pending.due(timeout)), 0)
+        self._wake()
+        return future
 
     def propose(self, membership: Membership) -> LogId:
         """Propose a configuration (leader); the entry's id. NotLeader, Unavailable."""

@@ -31,7 +31,7 @@ from dengine.node.recovery import open_storage
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
 from dengine.node.transport import Transport
-from dengine.proto import Entry, HardState, Member, Membership, Message, MessageType
+from dengine.proto import Entry, HardState, Member, Message, MessageType
 from dengine.raft import RaftConfig, RaftCore, Ready, Role
 from dengine.storage import ApplyResult
 from dengine.storage.state_machine import StateMachine
@@ -133,7 +133,7 @@ class Node:
         self._apply: ApplyPipeline
         self._reads: ReadPath
         self._snaps: Snapshotter
-        self._members: Members
+        self.members: Members  # the engine's membership calls go there
         self._events: RaftEvents
         self._outbox: Outbox
         self._send: Callable[[list[Message]], None]
@@ -164,7 +164,7 @@ class Node:
             await self._close_storage()
             raise
         self._running = True
-        if self._members.removed_at_start():
+        if self.members.removed_at_start():
             self._on_removed("its configuration left it out before this start")
         self._last_tick = time.monotonic()
         self._snaps.start_clock(self._last_tick)
@@ -186,8 +186,11 @@ class Node:
         self._start_apply = self._apply.start
         self._note_sizes = self._apply.note_sizes
         self._reads = ReadPath(self.node_id, sm)
-        self._members = Members(self.config, core, raft_log, self.applied_index,
-                                on_removed=self._on_removed)
+        self.members = Members(
+            self.config, core, raft_log, self.applied_index, self._pending, loop,
+            on_removed=self._on_removed, wake=self._wake.set,
+            check_running=self.check_running, not_leader=self.not_leader,
+        )
         self._events = RaftEvents(self.node_id, core)
         self._snaps = Snapshotter(
             self.config, loop, self._store, self._receiver, raft_log, sm, core, self._apply,
@@ -199,7 +202,7 @@ class Node:
         self._core = core
 
     async def _start_transport(self) -> None:
-        peers = self._members.peer_addresses()
+        peers = self.members.peer_addresses()
         transport = Transport(
             node_id=self.node_id,
             cluster_id=self.config.cluster_id,
@@ -213,8 +216,8 @@ class Node:
             on_unreachable=self._on_unreachable,
             on_snapshot_chunk=self._snaps.on_chunk,
             on_snapshot_done=self._snaps.on_sent,
-            accept_unknown=self._members.is_outside,
-            is_removed=self._members.is_removed,
+            accept_unknown=self.members.is_outside,
+            is_removed=self.members.is_removed,
             on_removed=lambda peer: self._on_removed(
                 f"node {peer} applied a configuration without it"),
             snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
@@ -232,7 +235,7 @@ class Node:
                         "new members cannot be added until a restart",
                         self.node_id, self.config.listen_peer, e)
             return
-        self._transport = self._snaps.transport = self._members.transport = transport
+        self._transport = self._snaps.transport = self.members.transport = transport
         self._outbox.transport = transport
 
     async def stop(self) -> None:
@@ -370,56 +373,13 @@ class Node:
             self._core.report_unreachable(peer_id)
             self._wake.set()
 
-    # -- membership (the engine's calls; see dengine.node.membership) ---------------------
-
-    def members(self) -> list[MemberInfo]:
-        """The latest configuration this node has appended, with the leader's match view."""
-        if self._core is None:
-            raise _not_started(self.node_id)
-        return self._members.members(self.leader_id)
-
-    def peer_client_address(self, node_id: int) -> str:
-        if self._core is None:
-            return self.config.listen_client if node_id == self.node_id else ""
-        return self._members.peer_client_address(node_id)
-
-    def membership(self) -> Membership:
-        """A copy of the latest configuration appended to this node's log."""
-        if self._core is None:
-            raise _not_started(self.node_id)
-        return self._members.copy()
-
-    def change_membership(
-        self, membership: Membership, timeout: float
-    ) -> asyncio.Future[list[ApplyResult]]:
-        """Propose a configuration (one voter changed at most); resolves once it is applied."""
-        self.check_running()
-        try:
-            lid = self._members.propose(membership)
-        except NotLeader:
-            raise self.not_leader() from None
-        future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
-        write = Write(future, 1, timeout, self._due(timeout))
-        self._pending.waiters[lid.index] = (lid.term, write, 0)
-        self._wake.set()
-        return future
-
-    def check_learner_caught_up(self, node_id: int) -> None:
-        """InvalidRequest unless `node_id` is a learner within promote_lag of our log."""
-        if self._core is None:
-            raise _not_started(self.node_id)
-        self._members.check_learner_caught_up(node_id)
-
     def transfer_leadership(self, to: int) -> None:
+        """Hand leadership to `to` (the membership itself: `members`, see membership.py)."""
         if self._core is None:
             raise _not_started(self.node_id)
-        self._members.transfer_leadership(to)
+        self.members.transfer_leadership(to)
         self._events.transfer_requested(to)
         self._wake.set()
-
-    def transfer_target(self) -> int:
-        """The node a leadership transfer under way goes to (0: none)."""
-        return self._members.transfer_target() if self._core is not None else 0
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -522,7 +482,7 @@ class Node:
             hb = self.config.heartbeat_ticks
             if before // hb != pending.ticks // hb:
                 if self.role is Role.LEADER:
-                    self._members.auto_promote()
+                    self.members.auto_promote()
                 self._snaps.drop_unneeded_transfers()
             if now >= self._next_sm_sync:
                 self._next_sm_sync = now + _SM_SYNC_INTERVAL_S
@@ -681,7 +641,7 @@ class Node:
             reads.on_read_states(rd.read_states)
         if reads.ready:
             reads.serve_ready(self.applied_index)
-        self._members.after_ready(self.applied_index)
+        self.members.after_ready(self.applied_index)
         threshold = self._snapshot_threshold
         if threshold and self.applied_index - self._snaps.index >= threshold:
             self._snaps.maybe()
