@@ -35,14 +35,15 @@ __version__ = "0.1.0"
 # Engine and clients pull in asyncio/gRPC machinery; load them on first use.
 _LAZY = {
     "Engine": "dengine.node.engine",
-    "Consistency": "dengine.node.engine",
+    "Consistency": "dengine.kv",
     "Client": "dengine.client",
     "SyncClient": "dengine.client",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from dengine.client import Client, SyncClient
-    from dengine.node.engine import Consistency, Engine
+    from dengine.kv import Consistency
+    from dengine.node.engine import Engine
 
     # mypy checks that the three front doors offer the one API (dengine.api).
     def _engine_conforms(engine: Engine) -> ClientApi:

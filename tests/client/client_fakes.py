@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from dengine.config import NodeConfig
-from dengine.errors import InvalidRequest, NotLeader, Unavailable
+from dengine.config import NodeConfig, parse_address
+from dengine.errors import ConfigError, InvalidRequest, NotLeader, Unavailable
+from dengine.kv import Limits, check_encoded_commands, check_keys, check_node_id
 from dengine.proto.common_pb2 import WriteCommand
 from dengine.server import ClientService, NativeServer, start_grpc_server
 
@@ -75,7 +76,10 @@ class FakeMembership:
 
 
 class FakeEngine:
-    """A single store; `redirect_to` makes it answer NOT_LEADER with that client address."""
+    """A single store; `redirect_to` makes it answer NOT_LEADER with that client address.
+    Validates like the Engine (dengine.kv), with the limits of `fake_servers`' config."""
+
+    limits = Limits(max_key_size=64, max_value_size=1024, max_request_size=64 * 1024)
 
     def __init__(self, node_id: int = 1, store: dict[bytes, bytes] | None = None,
                  membership: FakeMembership | None = None) -> None:
@@ -118,8 +122,14 @@ class FakeEngine:
             out.append(FakeResult(self.index, True))
         return out
 
+    async def write_encoded(self, commands: Sequence[bytes], *, timeout: float | None = None
+                            ) -> list[FakeResult]:
+        check_encoded_commands(commands, self.limits)
+        return await self.write([WriteCommand.FromString(c) for c in commands], timeout=timeout)
+
     async def get_many(self, keys: Sequence[bytes], consistency: str = "linearizable", *,
                        timeout: float | None = None) -> list[bytes | None]:
+        keys = check_keys(keys, self.limits)
         self.timeouts.append(timeout)
         if self.hang:
             await asyncio.sleep(3600)
@@ -146,6 +156,11 @@ class FakeEngine:
     async def add_learner(self, node_id: int, address: str, *,
                           promote_when_caught_up: bool = False, timeout: float | None = None
                           ) -> None:
+        check_node_id(node_id)
+        try:
+            parse_address(address)
+        except ConfigError as e:
+            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
         self._check()
         self.membership.change("add", node_id)
         if node_id in self.membership.members:
@@ -154,6 +169,7 @@ class FakeEngine:
         self.membership.members[node_id] = FakeMember(node_id, address, role=role)
 
     async def promote(self, node_id: int, *, timeout: float | None = None) -> None:
+        check_node_id(node_id)
         self._check()
         self.membership.change("promote", node_id)
         m = self.membership.members.get(node_id)
@@ -164,6 +180,7 @@ class FakeEngine:
         m.role = "voter"
 
     async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
+        check_node_id(node_id)
         self._check()
         self.membership.change("remove", node_id)
         if self.membership.members.pop(node_id, None) is None:
@@ -195,6 +212,7 @@ async def fake_servers(native: bool = False) -> AsyncIterator[list[FakeServer]]:
             config = NodeConfig(node_id=node_id, listen_client=addr, max_key_size=64,
                                 max_value_size=1024, max_request_size=64 * 1024)
             engine = FakeEngine(node_id, store, membership)
+            engine.limits = Limits.of(config)
             service = ClientService(engine, config, lambda _id, e=engine: e.redirect_to or "")
             native_server = None
             if native:

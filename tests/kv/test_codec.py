@@ -4,6 +4,7 @@ with protobuf (fast path, learnt shapes, damaged input), entry kinds."""
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_helpers import (
@@ -32,8 +33,10 @@ from dengine.kv.codec import (
     encode_delete,
     encode_insert,
     fast_decode_command,
+    split_write_request,
 )
-from dengine.proto import Entry, Membership
+from dengine.proto import Entry, Membership, WriteCommand
+from dengine.proto.client_pb2 import WriteRequest
 
 VALUES = st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=20000))
 
@@ -135,3 +138,59 @@ def test_entry_kinds():
     assert decode_entry(command_entry(4, b"")) == (OP_REJECTED, b"", b"")  # no operation
     assert decode_entry(command_entry(5, b"\xff\xff")) == (OP_REJECTED, b"", b"")
     assert decode_payload(command_entry(6, insert(b"k", b"v"))) == (OP_INSERT, b"k", b"v")
+
+
+COMMANDS = st.lists(st.one_of(
+    st.builds(encode_insert, st.binary(max_size=200), st.binary(max_size=300)),
+    st.builds(encode_delete, st.binary(max_size=200)),
+    st.binary(max_size=20),  # anything, even not a command
+), max_size=8)
+
+
+@settings(deadline=None)
+@given(COMMANDS)
+def test_split_write_request_gives_each_command_as_sent(commands):
+    data = b"".join(b"\x0a" + codec._varint(len(c)) + c for c in commands)
+    assert split_write_request(data) == commands
+
+
+@settings(deadline=None)
+@given(COMMANDS.map(lambda cs: WriteRequest(commands=[
+    WriteCommand.FromString(c) for c in cs if protobuf_decode(c) is not None]
+)))
+def test_split_write_request_agrees_with_protobuf(request):
+    data = request.SerializeToString()
+    assert split_write_request(data) == [c.SerializeToString() for c in request.commands]
+
+
+@settings(deadline=None)
+@given(st.one_of(st.binary(max_size=60), COMMANDS.map(
+    lambda cs: b"".join(b"\x0a" + codec._varint(len(c)) + c for c in cs)).flatmap(damaged)))
+def test_split_write_request_never_disagrees_with_protobuf(data):
+    """Whatever it splits, protobuf parses to the same commands (or refuses a command
+    that is no WriteCommand, which validation refuses too)."""
+    parts = split_write_request(data)
+    if parts is None:
+        return
+    try:
+        request = WriteRequest.FromString(data)
+    except DecodeError:
+        assert any(decode_any_command(p)[0] == OP_REJECTED for p in parts)
+        return
+    assert len(parts) == len(request.commands)
+    for part, command in zip(parts, request.commands, strict=True):
+        expected = protobuf_decode(command.SerializeToString())
+        assert decode_any_command(part) == (expected or (OP_REJECTED, b"", b""))
+
+
+def test_split_write_request_leaves_the_unusual_to_protobuf():
+    command = encode_insert(b"k", b"v")
+    framed = b"\x0a" + bytes([len(command)]) + command
+    assert split_write_request(b"") == []
+    assert split_write_request(framed + b"\x10\x01") is None  # an unknown field
+    assert split_write_request(framed[:-1]) is None  # truncated
+    assert split_write_request(b"\x0a") is None
+    assert split_write_request(b"\x0a\x80") is None  # varint cut short
+    long_form = b"\x0a" + bytes([len(command) | 0x80, 0x00]) + command  # overlong varint
+    assert split_write_request(long_form) == [command] == [
+        c.SerializeToString() for c in WriteRequest.FromString(long_form).commands]

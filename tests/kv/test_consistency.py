@@ -6,18 +6,18 @@ import pytest
 
 from dengine.errors import InvalidRequest
 from dengine.kv import LEVELS, Consistency, consistency_from_wire, consistency_name
-from dengine.kv.consistency import NAMES, WIRE, consistency_to_wire
+from dengine.kv.consistency import WIRE_LEVELS, WIRE_NAMES, consistency_to_wire
 from dengine.proto.client_pb2 import ReadConsistency
 
 
 def test_names_and_wire_values():
     assert LEVELS == ("linearizable", "lease", "eventual")
     assert [c.value for c in Consistency] == list(LEVELS)
-    assert set(WIRE) == set(LEVELS)
-    assert sorted(WIRE.values()) == sorted(ReadConsistency.values())
+    assert set(WIRE_LEVELS) == set(LEVELS)
+    assert sorted(WIRE_LEVELS.values()) == sorted(ReadConsistency.values())
     for name in LEVELS:
         assert consistency_from_wire(consistency_to_wire(name)) == name
-        assert NAMES[WIRE[name]] == name
+        assert WIRE_NAMES[WIRE_LEVELS[name]] == name
 
 
 def test_names_are_accepted_as_str_enum_or_any_case():

@@ -94,7 +94,7 @@ def test_accepted_bytes_are_what_the_state_machine_applies(data):
 
 @pytest.mark.parametrize(("commands", "message"), [
     ([], "a write needs at least one command"),
-    ([WriteCommand()], "command 0: a WriteCommand must set insert or delete"),
+    ([WriteCommand()], "command 0: no operation set (a WriteCommand must set insert or delete)"),
     ([command(OP_INSERT, b"k", b"v"), command(OP_DELETE, b"")], "command 1: empty key"),
     ([command(OP_INSERT, b"k" * 9, b"v")],
      "command 0: key of 9 bytes exceeds max_key_size (8 bytes)"),
@@ -113,7 +113,7 @@ def test_command_messages(commands, message):
 
 def test_bytes_that_are_not_a_command():
     for data in (b"", b"\xff\xff", b"\x1a\x00"):  # no operation, undecodable, unknown field
-        with pytest.raises(InvalidRequest, match="command 0: a WriteCommand must set"):
+        with pytest.raises(InvalidRequest, match="command 0: no operation set"):
             check_encoded_commands([data], LIMITS)
     with pytest.raises(InvalidRequest, match="at least one command"):
         check_encoded_commands([], LIMITS)

@@ -157,18 +157,24 @@ def test_bad_inputs_get_clear_errors_and_keep_serving(tmp_path: Path) -> None:
         async with await Engine.start(str(tmp_path), **settings) as engine:
             await engine.wait_ready()
             cases = [
-                (engine.put(b"", b"v"), "key must not be empty"),
-                (engine.put(b"k" * 9, b"v"), "exceeds max_key_size 8"),
-                (engine.put(b"k", b"v" * 17), "exceeds max_value_size 16"),
+                (engine.put(b"", b"v"), "^empty key$"),
+                (engine.put(b"k" * 9, b"v"), r"exceeds max_key_size \(8 bytes\)"),
+                (engine.put(b"k", b"v" * 17), r"exceeds max_value_size \(16 bytes\)"),
                 (engine.put(123, b"v"), "key must be bytes or str"),  # type: ignore[arg-type]
                 (engine.write([insert(b"k", b"v" * 16)] * 4), "exceeds max_request_size"),
                 (engine.write([]), "at least one command"),
-                (engine.write([WriteCommand()]), "must set insert or delete"),
-                (engine.get(b"k", consistency="strong"), "unknown consistency 'strong'"),
-                (engine.get(b""), "key must not be empty"),
-                (engine.delete(b"k" * 9), "exceeds max_key_size 8"),
+                (engine.write([WriteCommand()]), "command 0: no operation set"),
+                (engine.get(b"k", consistency="strong"), "unknown consistency level 'strong'"),
+                (engine.get(b""), "^empty key$"),
+                (engine.get_many([b"k", b""]), "^key 1: empty key$"),
+                (engine.delete(b"k" * 9), r"exceeds max_key_size \(8 bytes\)"),
                 (engine.put(b"k", b"v", timeout=0), "timeout must be a positive"),
                 (engine.get_many(b"k"), "sequence"),  # type: ignore[arg-type]
+                (engine.write_encoded([b"\xff"]), "^command 0: no operation set"),
+                (engine.write_encoded([insert(b"k", b"v" * 17).SerializeToString()]),
+                 r"^command 0: value of 17 bytes exceeds max_value_size \(16 bytes\)$"),
+                (engine.add_learner(0, "127.0.0.1:1"), "node id must be a positive integer"),
+                (engine.remove_member(True), "node id must be a positive integer"),  # type: ignore[arg-type]
             ]
             for coro, message in cases:
                 with pytest.raises(InvalidRequest, match=message):

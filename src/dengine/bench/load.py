@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dengine.errors import InvalidRequest
+from dengine.kv import LINEARIZABLE, consistency_name
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 QUANTILE_NAMES = ("p50", "p90", "p99", "p999")
 WORKLOADS = ("put", "get", "mixed")
-CONSISTENCY_LEVELS = ("linearizable", "lease", "eventual")
 ERROR_BACKOFF_S = 0.01
 
 
@@ -40,7 +40,7 @@ class LoadSpec:
     key_space: int = 10_000
     sequential_keys: bool = False
     read_ratio: float = 0.5  # for mixed
-    consistency: str = "linearizable"
+    consistency: str = LINEARIZABLE
     seed: int = 1
 
     def validate(self) -> LoadSpec:
@@ -65,9 +65,7 @@ class LoadSpec:
                                  f"{self.key_space} (distinct keys need {needed} bytes)")
         if not 0.0 <= self.read_ratio <= 1.0:
             raise InvalidRequest(f"read ratio must be in [0, 1], got {self.read_ratio}")
-        if self.consistency not in CONSISTENCY_LEVELS:
-            raise InvalidRequest(f"unknown consistency {self.consistency!r}; expected one of "
-                                 f"{', '.join(CONSISTENCY_LEVELS)}")
+        self.consistency = consistency_name(self.consistency)
         return self
 
     def describe(self) -> str:

@@ -9,6 +9,7 @@ import click
 
 from dengine.cli.client_cmds import SECONDS
 from dengine.errors import InvalidRequest
+from dengine.kv import LEVELS, LINEARIZABLE
 
 
 @click.group()
@@ -128,8 +129,8 @@ def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[...,
         ]
         if workload != "put":
             options.append(click.option(
-                "--consistency", type=click.Choice(["linearizable", "lease", "eventual"]),
-                default="linearizable", show_default=True, help="Read consistency."))
+                "--consistency", type=click.Choice(LEVELS), default=LINEARIZABLE,
+                show_default=True, help="Read consistency."))
         if workload == "mixed":
             options.append(click.option(
                 "--read-ratio", type=click.FloatRange(0.0, 1.0), default=0.5,

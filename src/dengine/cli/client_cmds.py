@@ -19,6 +19,7 @@ import click
 from dengine.client import Client, MemberInfo, NodeStatus
 from dengine.client.routing import TRANSPORTS
 from dengine.errors import DengineError, InvalidRequest
+from dengine.kv import LEVELS, LINEARIZABLE
 
 T = TypeVar("T")
 
@@ -101,8 +102,8 @@ def put(key: str, value: str, use_hex: bool, endpoints: str, timeout: float, tra
 
 @click.command()
 @click.argument("key")
-@click.option("--consistency", type=click.Choice(["linearizable", "lease", "eventual"]),
-              default="linearizable", show_default=True, help="Read consistency level.")
+@click.option("--consistency", type=click.Choice(LEVELS), default=LINEARIZABLE,
+              show_default=True, help="Read consistency level.")
 @hex_option
 @client_options
 def get(key: str, consistency: str, use_hex: bool, endpoints: str, timeout: float,

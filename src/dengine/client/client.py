@@ -28,7 +28,7 @@ from dengine.client.batcher import Batcher, Item, each_alone
 from dengine.client.routing import Backoff, Router, member_from_wire, parse_endpoints
 from dengine.config import parse_address
 from dengine.errors import DengineError, InvalidRequest, Timeout, Unavailable
-from dengine.keys import as_bytes
+from dengine.kv import WIRE_LEVELS, as_bytes, consistency_to_wire
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     GetLeaderRequest,
@@ -37,7 +37,6 @@ from dengine.proto.client_pb2 import (
     MemberListRequest,
     MemberListResponse,
     PromoteMemberRequest,
-    ReadConsistency,
     ReadRequest,
     ReadResponse,
     RemoveMemberRequest,
@@ -47,12 +46,6 @@ from dengine.proto.client_pb2 import (
     WriteResponse,
 )
 from dengine.proto.common_pb2 import WriteCommand
-
-CONSISTENCY_LEVELS = {
-    "linearizable": ReadConsistency.READ_CONSISTENCY_LINEARIZABLE,
-    "lease": ReadConsistency.READ_CONSISTENCY_LEASE,
-    "eventual": ReadConsistency.READ_CONSISTENCY_EVENTUAL,
-}
 
 _DEADLINE_GRACE_S = 0.1
 
@@ -102,7 +95,7 @@ class Client:
                 functools.partial(self._send_reads, level=level),
                 max_batch_commands, max_batch_bytes, max_inflight,
             )
-            for level in CONSISTENCY_LEVELS.values()
+            for level in WIRE_LEVELS.values()
         }
 
     @property
@@ -152,7 +145,7 @@ class Client:
         timeout: float | None = None,
     ) -> list[bytes | None]:
         """Values of `keys` in order (None = absent), all read at one consistency level."""
-        level = consistency_level(consistency)
+        level = consistency_to_wire(consistency)
         raw = [as_bytes(k) for k in keys]
         if not raw:
             return []
@@ -348,17 +341,6 @@ class Client:
             if not item.future.done():
                 item.future.set_result(values[pos:pos + n])
             pos += n
-
-def consistency_level(name: str) -> int:
-    """ "linearizable" | "lease" | "eventual" -> the wire enum; InvalidRequest otherwise."""
-    level = CONSISTENCY_LEVELS.get(str(getattr(name, "value", name)).lower())
-    if level is None:
-        raise InvalidRequest(
-            f"unknown consistency level {name!r} (expected one of: "
-            + ", ".join(CONSISTENCY_LEVELS) + ")"
-        )
-    return int(level)
-
 
 def check_timeout(timeout: float) -> float:
     """A deadline in seconds: a finite number above 0 (InvalidRequest otherwise)."""

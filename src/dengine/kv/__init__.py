@@ -19,7 +19,12 @@ from dengine.kv.codec import (
     encode_insert,
 )
 from dengine.kv.consistency import (
+    EVENTUAL,
+    LEASE,
     LEVELS,
+    LINEARIZABLE,
+    WIRE_LEVELS,
+    WIRE_NAMES,
     Consistency,
     consistency_from_wire,
     consistency_name,
@@ -34,16 +39,22 @@ from dengine.kv.validate import (
     check_keys,
     check_node_id,
     check_value,
+    check_write_size,
     encode_commands,
 )
 
 __all__ = [
+    "EVENTUAL",
+    "LEASE",
     "LEVELS",
+    "LINEARIZABLE",
     "OP_CONFIG",
     "OP_DELETE",
     "OP_INSERT",
     "OP_NOOP",
     "OP_REJECTED",
+    "WIRE_LEVELS",
+    "WIRE_NAMES",
     "ApplyResult",
     "Consistency",
     "Limits",
@@ -55,6 +66,7 @@ __all__ = [
     "check_keys",
     "check_node_id",
     "check_value",
+    "check_write_size",
     "consistency_from_wire",
     "consistency_name",
     "consistency_to_wire",

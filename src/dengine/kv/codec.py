@@ -225,3 +225,41 @@ def decode_payload(entry: Entry) -> tuple[int, bytes, bytes]:
     if kind == "config":
         return OP_CONFIG, b"", payload.config.SerializeToString()
     return OP_REJECTED, b"", b""
+
+
+def split_write_request(data: bytes) -> list[bytes] | None:
+    """The encoded commands of an encoded `WriteRequest` (`repeated WriteCommand commands
+    = 1`, client.proto), each the bytes the client sent, without decoding them.
+
+    The server proposes these bytes as they are (validated with the codec, which decodes
+    them as the state machine will), so no command is decoded into a message and encoded
+    again. None when `data` holds anything but field 1 (unknown fields) or is truncated:
+    the caller then parses it with protobuf.
+    """
+    out: list[bytes] = []
+    put = out.append
+    n = len(data)
+    pos = 0
+    while pos < n:
+        if data[pos] != 0x0A or pos + 1 >= n:
+            return None
+        size = data[pos + 1]
+        pos += 2
+        if size >= 0x80:  # a longer varint
+            size &= 0x7F
+            shift = 7
+            while True:
+                if pos >= n or shift > 63:
+                    return None
+                b = data[pos]
+                pos += 1
+                size |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+        end = pos + size
+        if end > n:
+            return None
+        put(data[pos:end])
+        pos = end
+    return out

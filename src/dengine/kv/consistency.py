@@ -33,12 +33,12 @@ EVENTUAL = Consistency.EVENTUAL.value
 LEVELS: tuple[str, ...] = tuple(c.value for c in Consistency)  # strongest first
 
 # name <-> client.proto's ReadConsistency
-WIRE: dict[str, int] = {
+WIRE_LEVELS: dict[str, int] = {
     LINEARIZABLE: ReadConsistency.READ_CONSISTENCY_LINEARIZABLE,
     LEASE: ReadConsistency.READ_CONSISTENCY_LEASE,
     EVENTUAL: ReadConsistency.READ_CONSISTENCY_EVENTUAL,
 }
-NAMES: dict[int, str] = {wire: name for name, wire in WIRE.items()}
+WIRE_NAMES: dict[int, str] = {wire: name for name, wire in WIRE_LEVELS.items()}
 
 _BY_NAME = {name: name for name in LEVELS}  # a StrEnum member hashes as its value
 
@@ -58,13 +58,13 @@ def consistency_name(value: Any) -> str:
 
 def consistency_from_wire(value: int) -> str:
     """The level's name for a ReadConsistency wire value; InvalidRequest otherwise."""
-    name = NAMES.get(value)
+    name = WIRE_NAMES.get(value)
     if name is None:
-        known = ", ".join(f"{wire}={name}" for wire, name in NAMES.items())
+        known = ", ".join(f"{wire}={name}" for wire, name in WIRE_NAMES.items())
         raise InvalidRequest(f"unknown consistency level {value} (expected {known})")
     return name
 
 
 def consistency_to_wire(value: Any) -> int:
     """The ReadConsistency wire value of a level name; InvalidRequest otherwise."""
-    return WIRE[consistency_name(value)]
+    return WIRE_LEVELS[consistency_name(value)]

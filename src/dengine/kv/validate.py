@@ -87,7 +87,7 @@ def check_keys(keys: Any, limits: Limits) -> list[bytes]:
     return out
 
 
-_NO_OPERATION = "a WriteCommand must set insert or delete"
+_NO_OPERATION = "no operation set (a WriteCommand must set insert or delete)"
 
 
 def check_command(op: int, key: bytes, value: bytes, limits: Limits, where: str = "") -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -30,8 +29,22 @@ from dengine.errors import (
     Timeout,
     Unavailable,
 )
-from dengine.keys import as_bytes
-from dengine.kv.codec import encode_insert
+from dengine.kv import (
+    EVENTUAL,
+    Consistency,
+    Limits,
+    as_bytes,
+    check_encoded_commands,
+    check_key,
+    check_keys,
+    check_node_id,
+    check_value,
+    check_write_size,
+    consistency_name,
+    encode_commands,
+    encode_delete,
+    encode_insert,
+)
 from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.proto import Membership, WriteCommand
@@ -41,38 +54,12 @@ DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
 
 
-class Consistency(enum.StrEnum):
-    """How fresh a read must be.
-
-    LINEARIZABLE: confirmed with a quorum (ReadIndex) — sees every write acknowledged
-    before the read started. LEASE: the leader answers from its lease without a quorum
-    round (relies on bounded clock drift; a follower falls back to ReadIndex). EVENTUAL:
-    this node's state machine as it is, possibly stale.
-    """
-
-    LINEARIZABLE = "linearizable"
-    LEASE = "lease"
-    EVENTUAL = "eventual"
-
-
-
-
-_LEVELS = {c.value: c.value for c in Consistency}  # a StrEnum member hashes as its value
-
-
-def _consistency(value: str | Consistency) -> str:
-    level = _LEVELS.get(value) if isinstance(value, str) else None
-    if level is None:
-        levels = ", ".join(_LEVELS)
-        raise InvalidRequest(f"unknown consistency {value!r}; expected one of {levels}")
-    return level
-
-
 class Engine:
     """One dengine node running in this process. Create it with `await Engine.start(...)`."""
 
     def __init__(self, node: Node) -> None:
         self._node = node
+        self._limits = Limits.of(node.config)
         self._local_reads = 0
 
     @classmethod
@@ -168,75 +155,33 @@ class Engine:
     async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
         """Set `key` to `value`; returns once applied (on a quorum's logs, this node's SM)."""
         # The hot path of the engine: validate and encode without the generic batch code.
-        key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
-        value = value if type(value) is bytes else as_bytes(value, "value")
-        cfg = self._node.config
-        if len(value) > cfg.max_value_size:
-            raise InvalidRequest(
-                f"value of {len(value)} bytes exceeds max_value_size {cfg.max_value_size}"
-            )
+        limits = self._limits
+        key = check_key(key if type(key) is bytes else as_bytes(key, "key"), limits)
+        value = check_value(value if type(value) is bytes else as_bytes(value, "value"), limits)
         data = encode_insert(key, value)
-        if len(data) > cfg.max_request_size:
-            raise InvalidRequest(
-                f"write of {len(data)} bytes exceeds max_request_size {cfg.max_request_size}"
-            )
+        if len(data) > limits.max_request_size:
+            check_write_size(len(data), limits)
         await self._node.propose([data], self._timeout(timeout))
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""
-        key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
-        cmd = WriteCommand()
-        cmd.delete.key = key
-        data = cmd.SerializeToString()
-        await self._node.propose([data], self._timeout(timeout))
+        key = check_key(key if type(key) is bytes else as_bytes(key, "key"), self._limits)
+        await self._node.propose([encode_delete(key)], self._timeout(timeout))
 
     async def write(
         self, commands: Sequence[WriteCommand], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Apply a batch of commands (atomically ordered, consecutive log entries)."""
-        encoded = self._encode(commands)
+        encoded = encode_commands(commands, self._limits)
         return await self._node.propose(encoded, self._timeout(timeout))
 
-    def _encode(self, commands: Sequence[WriteCommand]) -> list[bytes]:
-        if isinstance(commands, WriteCommand) or not isinstance(commands, Sequence):
-            raise InvalidRequest("commands must be a sequence of WriteCommand")
-        if not commands:
-            raise InvalidRequest("a write needs at least one command")
-        cfg = self._node.config
-        out: list[bytes] = []
-        total = 0
-        for cmd in commands:
-            if not isinstance(cmd, WriteCommand):
-                raise InvalidRequest(f"commands must be WriteCommand, got {type(cmd).__name__}")
-            op = cmd.WhichOneof("operation")
-            if op == "insert":
-                key = cmd.insert.key
-                if len(cmd.insert.value) > cfg.max_value_size:
-                    raise InvalidRequest(
-                        f"value of {len(cmd.insert.value)} bytes exceeds max_value_size "
-                        f"{cfg.max_value_size}"
-                    )
-            elif op == "delete":
-                key = cmd.delete.key
-            else:
-                raise InvalidRequest("a WriteCommand must set insert or delete")
-            self._check_key(key)
-            data = cmd.SerializeToString()
-            total += len(data)
-            out.append(data)
-        if total > cfg.max_request_size:
-            raise InvalidRequest(
-                f"write of {total} bytes exceeds max_request_size {cfg.max_request_size}"
-            )
-        return out
-
-    def _check_key(self, key: bytes) -> bytes:
-        if not key:
-            raise InvalidRequest("key must not be empty")
-        limit = self._node.config.max_key_size
-        if len(key) > limit:
-            raise InvalidRequest(f"key of {len(key)} bytes exceeds max_key_size {limit}")
-        return key
+    async def write_encoded(
+        self, commands: Sequence[bytes], *, timeout: float | None = None
+    ) -> list[WriteResult]:
+        """`write` of commands already encoded (`WriteCommand` bytes, as a client sent them):
+        validated as the state machine will decode them, proposed as they are."""
+        check_encoded_commands(commands, self._limits)
+        return await self._node.propose(list(commands), self._timeout(timeout))
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -248,13 +193,13 @@ class Engine:
         timeout: float | None = None,
     ) -> bytes | None:
         """The value of `key`, or None if absent."""
-        key = self._check_key(key if type(key) is bytes else as_bytes(key, "key"))
-        if consistency == "eventual":  # this node's state, no loop turn (see read_local)
+        key = check_key(key if type(key) is bytes else as_bytes(key, "key"), self._limits)
+        if consistency == EVENTUAL:  # this node's state, no loop turn (see read_local)
             value = self._node.read_local_one(key)
             await self._yield_now_and_then()
             return value
         values = await self._node.read(
-            (key,), _consistency(consistency), self._timeout(timeout)
+            (key,), consistency_name(consistency), self._timeout(timeout)
         )
         return values[0]
 
@@ -266,15 +211,11 @@ class Engine:
         timeout: float | None = None,
     ) -> list[bytes | None]:
         """Values of `keys` (None for absent ones), all read at one point of the log."""
-        if isinstance(keys, bytes | str) or not isinstance(keys, Sequence):
-            raise InvalidRequest("keys must be a sequence of bytes")
-        encoded = [as_bytes(k, "key") for k in keys]
-        for k in encoded:
-            self._check_key(k)
-        mode = _consistency(consistency)
+        encoded = check_keys(keys, self._limits)
+        mode = consistency_name(consistency)
         if not encoded:
             return []
-        if mode == "eventual":
+        if mode == EVENTUAL:
             values = self._node.read_local(encoded)
             await self._yield_now_and_then()
             return values
@@ -326,7 +267,7 @@ class Engine:
         Leader only. With `promote_when_caught_up` the leader (this one or a later one)
         makes it a voter once it is within `promote_lag` entries.
         """
-        self._check_node_id(node_id)
+        check_node_id(node_id)
         try:
             parse_address(address)
         except ConfigError as e:
@@ -342,7 +283,7 @@ class Engine:
 
     async def promote(self, node_id: int, *, timeout: float | None = None) -> None:
         """Make learner `node_id` a voter; InvalidRequest unless it has caught up."""
-        self._check_node_id(node_id)
+        check_node_id(node_id)
         membership = self._leader_membership()
         if not any(m.id == node_id for m in membership.learners):
             what = "a voter already" if any(m.id == node_id for m in membership.voters) else (
@@ -358,7 +299,7 @@ class Engine:
         and then raises NotLeader naming it: the removal is retried there (the client does
         that by itself).
         """
-        self._check_node_id(node_id)
+        check_node_id(node_id)
         membership = self._leader_membership()
         ids = {m.id for m in (*membership.voters, *membership.learners)}
         if node_id not in ids:
@@ -407,11 +348,6 @@ class Engine:
         if not self.is_leader:
             raise self._node.not_leader()
         return self._node.members.copy()
-
-    @staticmethod
-    def _check_node_id(node_id: int) -> None:
-        if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 0:
-            raise InvalidRequest(f"node id must be a positive integer, got {node_id!r}")
 
     @staticmethod
     def _timeout(timeout: float | None) -> float:

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, NotLeader, StorageError, Unavailable
+from dengine.kv import EVENTUAL, LEASE, LEVELS, LINEARIZABLE
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
@@ -115,7 +116,7 @@ class Node:
         # inbox, drained once per turn
         self._in_messages: list[Message] = []
         self._in_proposals: list[tuple[list[bytes], Write]] = []
-        self._in_reads: dict[str, list[Read]] = {"linearizable": [], "lease": [], "eventual": []}
+        self._in_reads: dict[str, list[Read]] = {level: [] for level in LEVELS}
         # bytes of the entries that this turn's proposals and appends bring (see EntrySizes)
         self._incoming_bytes = 0
         # state mirrored for status() and the engine
@@ -326,7 +327,7 @@ class Node:
     def read(
         self, keys: Sequence[bytes], consistency: str, timeout: float
     ) -> asyncio.Future[list[bytes | None]]:
-        """Queue a read of `keys` at `consistency` ("linearizable", "lease", "eventual")."""
+        """Queue a read of `keys` at `consistency` (a name of `kv.LEVELS`)."""
         self.check_running()
         future: asyncio.Future[list[bytes | None]] = self._loop.create_future()
         self._in_reads[consistency].append(Read(keys, future, timeout, self._due(timeout)))
@@ -505,15 +506,15 @@ class Node:
         if self._in_proposals:
             self._propose(core)
         reads = self._in_reads
-        if reads["eventual"]:
-            eventual, reads["eventual"] = reads["eventual"], []
+        if reads[EVENTUAL]:
+            eventual, reads[EVENTUAL] = reads[EVENTUAL], []
             serve = self._reads.serve
             for r in eventual:
                 serve(r)
-        for mode in ("linearizable", "lease"):
+        for mode in (LINEARIZABLE, LEASE):
             if reads[mode]:
                 batch, reads[mode] = reads[mode], []
-                self._reads.start_round(core, batch, mode == "lease",
+                self._reads.start_round(core, batch, mode == LEASE,
                                         self.role is Role.LEADER, self._pending.ticks)
 
     def _propose(self, core: RaftCore) -> None:
@@ -650,7 +651,7 @@ class Node:
         why = f"node {self.node_id} {why}"
         self._pending.fail_all(self._in_proposals, self._in_reads.values(), why)
         self._in_proposals = []
-        self._in_reads = {"linearizable": [], "lease": [], "eventual": []}
+        self._in_reads = {level: [] for level in LEVELS}
         if self._core is not None:
             self._reads.fail(why)
 

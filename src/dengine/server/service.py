@@ -1,7 +1,10 @@
-"""The gRPC client service: validates requests, calls the Engine, answers with error fields.
+"""The gRPC client service: parses requests, calls the Engine, answers with error fields.
 
 Requests arrive as raw bytes (no gRPC-side deserializer) so that a malformed message is
 answered with INVALID_REQUEST and a clear message instead of a gRPC INTERNAL status.
+Keys, values, commands and node ids are validated by the Engine (`dengine.kv`), the same
+checks and messages as for embedded calls; a write's commands go to it as the bytes the
+client sent (`kv.codec.split_write_request`), never decoded and encoded again.
 Application errors are response fields (with the leader hint); the servicer never lets an
 exception escape, so one bad request cannot disturb the others.
 """
@@ -16,8 +19,10 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from dengine.config import NodeConfig, parse_address
+from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, NotLeader, Overloaded
+from dengine.kv import consistency_from_wire
+from dengine.kv.codec import split_write_request
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     Error,
@@ -28,7 +33,6 @@ from dengine.proto.client_pb2 import (
     MemberListResponse,
     MemberStatus,
     PromoteMemberRequest,
-    ReadConsistency,
     ReadRequest,
     ReadResponse,
     ReadResult,
@@ -39,17 +43,11 @@ from dengine.proto.client_pb2 import (
     WriteResponse,
     WriteResult,
 )
-from dengine.proto.common_pb2 import Member, WriteCommand
+from dengine.proto.common_pb2 import Member
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "dengine.RaftClientService"
-
-CONSISTENCY_NAMES = {
-    ReadConsistency.READ_CONSISTENCY_LINEARIZABLE: "linearizable",
-    ReadConsistency.READ_CONSISTENCY_LEASE: "lease",
-    ReadConsistency.READ_CONSISTENCY_EVENTUAL: "eventual",
-}
 
 # Leave the engine this much of the gRPC deadline to send its own TIMEOUT error back.
 _DEADLINE_MARGIN = 0.05
@@ -63,8 +61,8 @@ Resp = TypeVar("Resp", bound=ProtoMessage)
 class EngineLike(Protocol):
     """The part of `dengine.node.engine.Engine` the service uses."""
 
-    async def write(self, commands: Sequence[WriteCommand], *, timeout: float | None = ...
-                    ) -> list[Any]: ...
+    async def write_encoded(self, commands: Sequence[bytes], *, timeout: float | None = ...
+                            ) -> list[Any]: ...
     async def get_many(self, keys: Sequence[bytes], consistency: str = ..., *,
                        timeout: float | None = ...) -> list[bytes | None]: ...
     def status(self) -> Any: ...
@@ -145,9 +143,12 @@ class ClientService:
         self.pending_writes += 1
         self.pending_write_bytes += size
         try:
-            req = self._parse(request, WriteRequest)
-            self._check_commands(req.commands)
-            results = await self._engine.write(req.commands, timeout=_timeout(context))
+            self._check_size(request)
+            commands = split_write_request(request)
+            if commands is None:  # unknown fields, or malformed: protobuf tells which
+                req = self._parse(request, WriteRequest)
+                commands = [cmd.SerializeToString() for cmd in req.commands]
+            results = await self._engine.write_encoded(commands, timeout=_timeout(context))
         except Exception as exc:  # the service keeps serving whatever happens
             return WriteResponse(error=self._error(exc, "Write"))
         finally:
@@ -161,19 +162,12 @@ class ClientService:
     async def read(self, request: bytes, context: Any) -> ReadResponse:
         try:
             req = self._parse(request, ReadRequest)
-            consistency = CONSISTENCY_NAMES.get(req.consistency)
-            if consistency is None:
-                known = ", ".join(f"{int(k)}={v}" for k, v in CONSISTENCY_NAMES.items())
-                raise InvalidRequest(
-                    f"unknown consistency level {req.consistency} (expected {known})"
-                )
+            consistency = consistency_from_wire(req.consistency)
             if len(req.keys) > self._config.max_read_keys:
                 raise InvalidRequest(
                     f"read of {len(req.keys)} keys exceeds max_read_keys "
                     f"({self._config.max_read_keys}); read fewer keys at a time"
                 )
-            for n, key in enumerate(req.keys):
-                self._check_key(key, f"key {n}")
             values: list[bytes | None] = []
             if req.keys:
                 values = await self._engine.get_many(
@@ -240,13 +234,8 @@ class ClientService:
     async def add_member(self, request: bytes, context: Any) -> MemberChangeResponse:
         try:
             req = self._parse(request, AddMemberRequest)
-            node_id = _check_node_id(req.node_id)
-            try:
-                parse_address(req.address)
-            except DengineError as e:
-                raise InvalidRequest(f"member address: {e.message}") from None
             await self._engine.add_learner(
-                node_id, req.address, promote_when_caught_up=req.promote_when_caught_up,
+                req.node_id, req.address, promote_when_caught_up=req.promote_when_caught_up,
                 timeout=_timeout(context),
             )
             return MemberChangeResponse(members=self._member_statuses())
@@ -256,7 +245,7 @@ class ClientService:
     async def promote_member(self, request: bytes, context: Any) -> MemberChangeResponse:
         try:
             req = self._parse(request, PromoteMemberRequest)
-            await self._engine.promote(_check_node_id(req.node_id), timeout=_timeout(context))
+            await self._engine.promote(req.node_id, timeout=_timeout(context))
             return MemberChangeResponse(members=self._member_statuses())
         except Exception as exc:
             return MemberChangeResponse(error=self._error(exc, "PromoteMember"))
@@ -264,8 +253,7 @@ class ClientService:
     async def remove_member(self, request: bytes, context: Any) -> MemberChangeResponse:
         try:
             req = self._parse(request, RemoveMemberRequest)
-            await self._engine.remove_member(_check_node_id(req.node_id),
-                                             timeout=_timeout(context))
+            await self._engine.remove_member(req.node_id, timeout=_timeout(context))
             return MemberChangeResponse(members=self._member_statuses())
         except Exception as exc:
             return MemberChangeResponse(error=self._error(exc, "RemoveMember"))
@@ -312,44 +300,19 @@ class ClientService:
             ))
         return out
 
-    def _parse(self, data: bytes, cls: type[Req]) -> Req:
+    def _check_size(self, data: bytes) -> None:
         if len(data) > self._config.max_request_size:
             raise InvalidRequest(
                 f"request of {len(data)} bytes exceeds max_request_size "
                 f"({self._config.max_request_size} bytes)"
             )
+
+    def _parse(self, data: bytes, cls: type[Req]) -> Req:
+        self._check_size(data)
         try:
             return cls.FromString(data)
         except DecodeError as e:
             raise InvalidRequest(f"malformed {cls.__name__}: {e}") from None
-
-    def _check_commands(self, commands: Sequence[WriteCommand]) -> None:
-        if not commands:
-            raise InvalidRequest("a write needs at least one command")
-        for n, cmd in enumerate(commands):
-            op = cmd.WhichOneof("operation")
-            if op == "insert":
-                self._check_key(cmd.insert.key, f"command {n}")
-                if len(cmd.insert.value) > self._config.max_value_size:
-                    raise InvalidRequest(
-                        f"command {n}: value of {len(cmd.insert.value)} bytes exceeds "
-                        f"max_value_size ({self._config.max_value_size} bytes)"
-                    )
-            elif op == "delete":
-                self._check_key(cmd.delete.key, f"command {n}")
-            else:
-                raise InvalidRequest(
-                    f"command {n} has no operation this server knows (insert or delete)"
-                )
-
-    def _check_key(self, key: bytes, where: str) -> None:
-        if not key:
-            raise InvalidRequest(f"{where}: empty key")
-        if len(key) > self._config.max_key_size:
-            raise InvalidRequest(
-                f"{where}: key of {len(key)} bytes exceeds max_key_size "
-                f"({self._config.max_key_size} bytes)"
-            )
 
     @staticmethod
     def _error(exc: Exception, method: str) -> Error:
@@ -380,12 +343,6 @@ def _members(members: Any) -> list[Member]:
         else:
             out.append(Member(id=int(m.id), address=str(getattr(m, "address", "") or "")))
     return out
-
-
-def _check_node_id(node_id: int) -> int:
-    if node_id <= 0:
-        raise InvalidRequest("node_id must be a positive integer")
-    return int(node_id)
 
 
 def _timeout(context: Any) -> float | None:
