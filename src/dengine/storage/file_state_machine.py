@@ -164,7 +164,6 @@ class FileStateMachine:
         self._background = background_checkpoint
         self._preallocate = preallocate
         self._lock = threading.RLock()
-        self._running = False
         self._checkpointer: threading.Thread | None = None
         self._failed: str | None = None
         self._checkpoint_size = 0  # bytes of the last checkpoint written or loaded
@@ -314,19 +313,11 @@ class FileStateMachine:
 
     # -- lifecycle
 
-    def start(self) -> None:
-        self._running = True
-        log.info("file state machine started at %s", self._dir)
-
     def stop(self) -> None:
         """Wait for a running checkpoint, then make every applied entry durable."""
-        self._running = False
         self._wait_checkpoint()
         if self._wal is not None and self._failed is None:
             self.sync()
-
-    def is_running(self) -> bool:
-        return self._running
 
     def close(self) -> None:
         """Stop and release the WAL file handle."""
@@ -342,9 +333,6 @@ class FileStateMachine:
         return self._store.get(key)
 
     def __len__(self) -> int:
-        return len(self._store)
-
-    def len(self) -> int:
         return len(self._store)
 
     def items(self) -> dict[bytes, bytes]:
@@ -454,36 +442,17 @@ class FileStateMachine:
             raise
         self._wal_size += len(data)
 
-    def update_last_applied(self, log_id: LogId) -> None:
-        with self._lock:
-            self._last_applied = copy_log_id(log_id)
-
     def persist_last_applied(self, log_id: LogId) -> None:
         with self._lock:
             self._append_wal([(log_id.index, log_id.term, OP_LAST_APPLIED, b"", b"")])
             self._last_applied = copy_log_id(log_id)
             self._durable_index = log_id.index
 
-    def update_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
-        with self._lock:
-            self._snapshot = metadata
-
     def persist_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
         with self._lock:
             self._append_wal([(0, 0, OP_SNAPSHOT_META, b"", metadata.SerializeToString())])
             self._snapshot = metadata
             self._durable_index = self._last_applied.index
-
-    def save_hard_state(self) -> None:
-        """Persist last_applied and snapshot metadata set by the update_* methods."""
-        with self._lock:
-            self.persist_last_applied(self._last_applied)
-            if self._snapshot is not None:
-                self.persist_last_snapshot_metadata(self._snapshot)
-
-    def flush(self) -> None:
-        """Make every applied entry durable (see `sync`)."""
-        self.sync()
 
     def sync(self) -> None:
         """fdatasync what `apply_chunk` wrote without syncing; then durable_index() is

@@ -116,24 +116,11 @@ class MemoryStateMachine:
         self._last_applied = LogId()
         self._membership: Membership | None = None
         self._snapshot: SnapshotMetadata | None = None
-        self._running = False
-
-    def start(self) -> None:
-        self._running = True
-
-    def stop(self) -> None:
-        self._running = False
-
-    def is_running(self) -> bool:
-        return self._running
 
     def get(self, key: bytes) -> bytes | None:
         return self._store.get(key)
 
     def __len__(self) -> int:
-        return len(self._store)
-
-    def len(self) -> int:
         return len(self._store)
 
     def items(self) -> dict[bytes, bytes]:
@@ -153,20 +140,14 @@ class MemoryStateMachine:
     def last_applied(self) -> LogId:
         return copy_log_id(self._last_applied)
 
-    def update_last_applied(self, log_id: LogId) -> None:
-        self._last_applied = copy_log_id(log_id)
-
     def persist_last_applied(self, log_id: LogId) -> None:
-        self.update_last_applied(log_id)
+        self._last_applied = copy_log_id(log_id)
 
     def membership(self) -> Membership | None:
         return self._membership
 
     def snapshot_metadata(self) -> SnapshotMetadata | None:
         return self._snapshot
-
-    def update_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
-        self._snapshot = metadata
 
     def persist_last_snapshot_metadata(self, metadata: SnapshotMetadata) -> None:
         self._snapshot = metadata
@@ -201,13 +182,7 @@ class MemoryStateMachine:
         return 1 << 62
 
     def close(self) -> None:
-        self._running = False
-
-    def save_hard_state(self) -> None:
-        """Nothing to persist in memory."""
-
-    def flush(self) -> None:
-        """Nothing to persist in memory."""
+        """Nothing to release in memory."""
 
     def reset(self) -> None:
         self._store = Store()
