@@ -51,6 +51,14 @@ class Timeout(DengineError):
     code = "TIMEOUT"
 
 
+class LeadershipLost(Timeout):
+    """The leader lost its leadership and no leader committed or overwrote the write
+    within an election timeout: its outcome is unknown (it may still be committed, or
+    overwritten). Not retried."""
+
+    code = "LEADERSHIP_LOST"
+
+
 class StorageError(DengineError):
     """A storage operation failed (I/O error, unexpected state)."""
 
@@ -90,6 +98,7 @@ ERRORS_BY_CODE: dict[str, type[DengineError]] = {
         Unavailable,
         Overloaded,
         Timeout,
+        LeadershipLost,
         StorageError,
         CorruptionError,
         ClusterMismatch,

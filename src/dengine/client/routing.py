@@ -12,9 +12,10 @@ that node has to be reconnected. "native" insists on it, "grpc" never uses it.
 maps failures to `dengine.errors` exceptions. Outcome of a failed write — one rule:
 `Timeout` means unknown, the rest means no.
 
-* unknown (it may be applied, now or later): `Timeout`, and its subclass `ConnectionLost`
+* unknown (it may be applied, now or later): `Timeout`, and its subclasses `ConnectionLost`
   (the request was sent, then the connection broke or the server shut down before
-  answering); also the rare server-side `STORAGE`/`INTERNAL` errors.
+  answering) and `LeadershipLost` (the leader was deposed and no leader settled the write);
+  also the rare server-side `STORAGE`/`INTERNAL` errors.
 * definitely not applied: `NotLeader`, `InvalidRequest`, `Unavailable` (no node reachable,
   no leader, the leader changed and the entry was overwritten, or the deadline passed
   before the write could be sent). The router retries NotLeader and Unavailable itself,
@@ -47,6 +48,7 @@ from dengine.errors import (
     CorruptionError,
     DengineError,
     InvalidRequest,
+    LeadershipLost,
     NotLeader,
     Overloaded,
     StorageError,
@@ -224,6 +226,8 @@ class Router:
                     self._forget(addr)
                 await backoff.sleep(deadline, err)
                 continue
+            if isinstance(err, LeadershipLost):  # outcome unknown: not retried; that node
+                self._forget(addr)  # no longer leads
             raise err
 
     async def call_any(

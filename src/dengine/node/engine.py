@@ -7,8 +7,9 @@
 
 Keys and values are bytes; a `str` is accepted and encoded as UTF-8. Every error is a
 `dengine.errors` exception: `NotLeader` (writes on a follower; carries the leader's id
-and client address), `InvalidRequest` (bad input), `Timeout` (deadline passed; a write's
-outcome is then unknown), `Unavailable` (stopped, no leader known for a read).
+and client address), `InvalidRequest` (bad input), `Timeout` (deadline passed, or its
+subclass `LeadershipLost`: the leader was deposed and no leader settled the write; a
+write's outcome is then unknown), `Unavailable` (stopped, no leader known for a read).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, NotLeader, StorageError, Unavailable
+from dengine.errors import DengineError, LeadershipLost, NotLeader, StorageError, Unavailable
 from dengine.kv import EVENTUAL, LEASE, LEVELS, LINEARIZABLE
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.datadir import DataDir
@@ -123,6 +123,7 @@ class Node:
         self.applied_index = 0
         self.role = Role.FOLLOWER
         self.leader_id = 0
+        self._led_term = 0  # the term this node last became leader at
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any input is accepted
         self._tick_s = config.tick_ms / 1000.0
         self._last_tick = 0.0
@@ -479,6 +480,8 @@ class Node:
             pending.ticks += owed
             self._reads.retry_stale(core, self.role is Role.LEADER, pending.ticks,
                                     self.config.election_ticks)
+            if pending.lost:
+                pending.check_lost(core.commit_index)
             self._expire()
             hb = self.config.heartbeat_ticks
             if before // hb != pending.ticks // hb:
@@ -629,10 +632,21 @@ class Node:
 
     def _after_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
+            was_leader = self.role is Role.LEADER
             self.role = rd.soft_state.role
-            if rd.soft_state.leader_id != self.leader_id:
+            leader_changed = rd.soft_state.leader_id != self.leader_id
+            if leader_changed:
                 self.leader_id = rd.soft_state.leader_id
             self._events.on_change(self.role, self.leader_id)
+            if self.role is Role.LEADER and not was_leader and self._core is not None:
+                self._led_term = self._core.term
+                self._pending.leading()
+            elif was_leader and self.role is not Role.LEADER:
+                self._on_deposed()
+            elif leader_changed and self._reads.rounds and self._core is not None:
+                # Rounds asked of the old leader will not be answered: ask the new one now.
+                self._reads.retry_stale(self._core, self.role is Role.LEADER,
+                                        self._pending.ticks, None)
         if rd.snapshot is not None:
             index = rd.snapshot.last_included.index
             self.applied_index = max(self.applied_index, index)
@@ -646,6 +660,28 @@ class Node:
         threshold = self._snapshot_threshold
         if threshold and self.applied_index - self._snaps.index >= threshold:
             self._snaps.maybe()
+
+    def _on_deposed(self) -> None:
+        """No longer the leader: answer what waits on its leadership without waiting for
+        each request's deadline (issue 14).
+
+        A write past the commit index may be committed by the next leader, or
+        overwritten. The next leader usually settles it within a few heartbeats -- its
+        commit reaching this node gives the write its result, its overwrite a definite
+        Unavailable (retried) -- and so does this node leading again; a write unsettled
+        after a grace (a share of its timeout, at least an election timeout: see
+        `Pending.leadership_lost`) gets LeadershipLost (a Timeout: outcome unknown, not
+        retried). A read whose round was not confirmed was never served: NotLeader at
+        once (retried by clients, with the new leader when known).
+        """
+        core = self._core
+        assert core is not None
+        self._pending.leadership_lost(core.commit_index, LeadershipLost(
+            f"node {self.node_id} lost its leadership (term {self._led_term}, now "
+            f"{core.term}) and no leader settled the write since; it may still be applied"
+        ), self.config.election_ticks)
+        if self._reads.rounds:
+            self._reads.fail_unconfirmed(self.not_leader())
 
     def _fail_pending(self, why: str) -> None:
         why = f"node {self.node_id} {why}"

@@ -20,6 +20,13 @@ from dengine.proto import Entry
 from dengine.storage import ApplyResult
 
 EXPIRY_SCAN_TICKS = 5
+# A deposed leader's uncommitted write waits this share of its timeout (at least an
+# election timeout) for a leader to settle it before it fails with LeadershipLost.
+LOST_GRACE_SHARE = 0.25
+
+
+def _first(item: tuple[int, int, Write]) -> int:
+    return item[0]
 
 
 class Write:
@@ -82,6 +89,9 @@ class Pending:
         self._tick_s = tick_s
         self._timeout_ticks: dict[float, int] = {}
         self._next_scan = 0
+        # a lost leadership's uncommitted writes: (tick their grace ends, index, write)
+        self.lost: list[tuple[int, int, Write]] = []
+        self._lost_error: Exception = Exception()
 
     def due(self, timeout: float) -> int:
         """The tick after which a request made now with `timeout` fails (no timer per call)."""
@@ -159,6 +169,42 @@ class Pending:
                 if not r.future.done():
                     r.future.set_exception(Unavailable(why))
         self.fail(Timeout(f"{why} before the write's outcome was known"))
+
+    def leadership_lost(self, commit: int, error: Exception, min_grace_ticks: int) -> None:
+        """This node stopped leading: its writes past `commit` fail with `error` unless a
+        leader settles them first -- its commit reaching this node gives them their
+        result, its overwrite a definite Unavailable (`resolve`) -- within a grace of
+        LOST_GRACE_SHARE of each write's timeout, at least `min_grace_ticks`. A caller
+        that gave a long timeout would rather wait for a definite outcome (e.g. after a
+        spurious check-quorum step-down this node is often elected again); a short one
+        would rather learn of the unknown outcome early."""
+        now, tick_s = self.ticks, self._tick_s
+        lost = []
+        for index, (_, write, _) in self.waiters.items():
+            if index > commit:
+                grace = max(min_grace_ticks, math.ceil(write.timeout * LOST_GRACE_SHARE / tick_s))
+                lost.append((now + grace, index, write))
+        lost.sort(key=_first)
+        self.lost = lost
+        self._lost_error = error
+
+    def leading(self) -> None:
+        """Leading again: our old entries commit with the new term's first one."""
+        self.lost = []
+
+    def check_lost(self, commit: int) -> None:
+        """Fail the unsettled writes of a lost leadership whose grace has run out."""
+        lost, now, waiters = self.lost, self.ticks, self.waiters
+        n = 0
+        while n < len(lost) and lost[n][0] <= now:
+            _, index, write = lost[n]
+            n += 1
+            if index > commit and not write.future.done():
+                write.future.set_exception(self._lost_error)
+            waiter = waiters.get(index)
+            if waiter is not None and waiter[1] is write and write.future.done():
+                del waiters[index]
+        del lost[:n]
 
     def fail(self, error: Exception) -> None:
         """Fail every write waiting for its apply (its outcome is unknown)."""

@@ -58,10 +58,17 @@ class ReadPath:
             return
         self.rounds[ctx] = ReadRound(reads, lease, tick)
 
-    def retry_stale(self, core: RaftCore, leader: bool, tick: int, election_ticks: int) -> None:
-        """Re-ask for rounds unanswered after an election timeout (lost message, new leader)."""
-        limit = tick - election_ticks
-        stale = [ctx for ctx, rnd in self.rounds.items() if rnd.issued_tick < limit]
+    def retry_stale(
+        self, core: RaftCore, leader: bool, tick: int, election_ticks: int | None
+    ) -> None:
+        """Re-ask for rounds unanswered after an election timeout (lost message, new
+        leader), or for every unanswered round when `election_ticks` is None (the leader
+        changed: the old one will not answer)."""
+        if election_ticks is None:
+            stale = list(self.rounds)
+        else:
+            limit = tick - election_ticks
+            stale = [ctx for ctx, rnd in self.rounds.items() if rnd.issued_tick < limit]
         for ctx in stale:
             rnd = self.rounds.pop(ctx)
             alive = [r for r in rnd.reads if not r.future.done()]
@@ -101,6 +108,16 @@ class ReadPath:
                 expire_read(r, now)
         for _, r in self.ready:
             expire_read(r, now)
+
+    def fail_unconfirmed(self, error: DengineError) -> None:
+        """Leadership lost: fail the reads whose round this node had not confirmed yet
+        (never served, so retryable elsewhere). Reads given a read index while it led wait
+        for their apply as before: that index was confirmed."""
+        for rnd in self.rounds.values():
+            for r in rnd.reads:
+                if not r.future.done():
+                    r.future.set_exception(error)
+        self.rounds.clear()
 
     def fail(self, why: str) -> None:
         """Fail every read in progress with Unavailable(why) (the node stops)."""
