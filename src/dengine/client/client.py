@@ -28,7 +28,7 @@ from dengine.client.batcher import Batcher, Item, each_alone
 from dengine.client.routing import Backoff, Router, member_from_wire, parse_endpoints
 from dengine.config import parse_address
 from dengine.errors import DengineError, InvalidRequest, Timeout, Unavailable
-from dengine.kv import WIRE_LEVELS, as_bytes, consistency_to_wire
+from dengine.kv import WIRE_LEVELS, as_bytes, check_node_id, consistency_to_wire
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     GetLeaderRequest,
@@ -233,22 +233,22 @@ class Client:
             parse_address(address)
         except DengineError as e:
             raise InvalidRequest(f"member address: {e.message}") from None
-        request = AddMemberRequest(node_id=_node_id(node_id), address=address,
+        request = AddMemberRequest(node_id=check_node_id(node_id), address=address,
                                    promote_when_caught_up=promote)
         return await self._change("AddMember", request, timeout)
 
     async def promote_member(self, node_id: int, *, timeout: float | None = None
                              ) -> list[MemberInfo]:
         """Make the caught-up learner `node_id` a voter. Returns the new configuration."""
-        return await self._change("PromoteMember", PromoteMemberRequest(node_id=_node_id(node_id)),
-                                  timeout)
+        request = PromoteMemberRequest(node_id=check_node_id(node_id))
+        return await self._change("PromoteMember", request, timeout)
 
     async def remove_member(self, node_id: int, *, timeout: float | None = None
                             ) -> list[MemberInfo]:
         """Remove member `node_id` (the leader hands leadership over first if it is the one
         removed). Returns the new configuration."""
-        return await self._change("RemoveMember", RemoveMemberRequest(node_id=_node_id(node_id)),
-                                  timeout)
+        request = RemoveMemberRequest(node_id=check_node_id(node_id))
+        return await self._change("RemoveMember", request, timeout)
 
     async def _change(self, method: str, request: ProtoMessage, timeout: float | None
                       ) -> list[MemberInfo]:
@@ -349,12 +349,6 @@ def check_timeout(timeout: float) -> float:
         raise InvalidRequest(f"timeout must be a finite number of seconds above 0, "
                              f"got {timeout!r}")
     return float(timeout)
-
-
-def _node_id(node_id: int) -> int:
-    if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id <= 0:
-        raise InvalidRequest(f"node id must be a positive integer, got {node_id!r}")
-    return node_id
 
 
 
