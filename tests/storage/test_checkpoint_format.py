@@ -12,7 +12,7 @@ from storage_helpers import ChunksOnlyDisk, command_entry, insert, log_entries
 from dengine.errors import CorruptionError
 from dengine.proto import LogId
 from dengine.storage import FileStateMachine, kvfile, records
-from dengine.storage.file_state_machine import CHECKPOINT_FILE, encode_checkpoint_meta
+from dengine.storage.checkpoints import CHECKPOINT_FILE, encode_checkpoint_meta
 from dengine.storage.fileio import SimulatedDisk
 
 DIR = "/data/sm"

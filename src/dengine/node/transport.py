@@ -19,12 +19,8 @@ without waiting for the task's turn of the loop); otherwise everything queued fo
 while its previous write drained goes out as one frame.
 
 Snapshots travel beside the Raft messages, never through the lossy queue: the writer task
-of a peer sends the snapshot file in chunks whenever its message queue is empty, with at
-most `snapshot_window` unacknowledged chunks, so heartbeats keep flowing and other peers
-are untouched. The receiver acknowledges cumulative offsets (`SnapshotAck`, sent on its
-own connection to the sender); after a reconnect the sender resumes from the last
-acknowledged offset, and a receiver that holds a different amount answers `mismatch` with
-its own offset, where the sender resumes instead.
+of a peer sends a snapshot's chunks whenever its message queue is empty
+(`dengine.node.snapshot_send`).
 """
 
 from __future__ import annotations
@@ -32,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import struct
 from collections import deque
@@ -44,6 +39,7 @@ from google.protobuf.message import DecodeError
 
 from dengine.config import parse_address
 from dengine.errors import DengineError
+from dengine.node.snapshot_send import SnapshotDoneHandler, SnapshotKey, SnapshotSender, ack_key
 from dengine.proto import (
     Hello,
     Message,
@@ -76,18 +72,8 @@ class PeerProtocolError(DengineError):
 MessageHandler = Callable[[int, Sequence[Message]], None]
 PeerHandler = Callable[[int], None]
 SnapshotChunkHandler = Callable[[int, SnapshotChunk], Awaitable[None]]
-# (peer, metadata, ok, error): a snapshot transfer ended (acknowledged whole, or refused).
-SnapshotDoneHandler = Callable[[int, SnapshotMetadata, bool, str], None]
-
-SnapshotKey = tuple[int, int, bytes]
 
 _MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
-
-
-def snapshot_key(metadata: SnapshotMetadata) -> SnapshotKey:
-    """What identifies one snapshot file: (index, term, SHA-256)."""
-    last = metadata.last_included
-    return int(last.index), int(last.term), bytes(metadata.checksum)
 
 
 def _varint(n: int) -> bytes:
@@ -150,30 +136,6 @@ async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int) -> Peer
         raise PeerProtocolError(f"undecodable frame: {e}") from None
 
 
-class _Transfer:
-    """One snapshot file being streamed to one peer (the file stays open until it ends)."""
-
-    def __init__(self, metadata: SnapshotMetadata, term: int, path: Path) -> None:
-        self.metadata = metadata
-        self.key = snapshot_key(metadata)
-        self.term = term
-        self.fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
-        self.acked = 0  # the receiver holds this many bytes
-        self.sent = 0  # next offset to send
-        self.attempt = 1  # bumped at each rewind, so stale mismatch answers are ignored
-        self.reading = False  # a worker thread is reading the file
-        self.closed = False
-
-    def close(self) -> None:
-        """Release the file, or have the read in progress do it (the fd is not reused
-        while a thread may still read it)."""
-        self.closed = True
-        if not self.reading and self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
 class _Link:
     """The outbound side of one peer: bounded queue + one writer task."""
 
@@ -192,15 +154,11 @@ class _Link:
         self.idle_writer: asyncio.StreamWriter | None = None
         self.dropped = 0
         self.sent_frames = 0
-        self.transfer: _Transfer | None = None
         self.acks: dict[SnapshotKey, SnapshotAck] = {}  # latest ack per snapshot, unsent
 
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        if self.transfer is not None:
-            self.transfer.close()
-            self.transfer = None
 
 
 class Transport:
@@ -247,14 +205,13 @@ class Transport:
         self._on_messages = on_messages
         self._on_unreachable = on_unreachable
         self._on_snapshot_chunk = on_snapshot_chunk
-        self._on_snapshot_done = on_snapshot_done
         self._accept_unknown = accept_unknown
         self._is_removed = is_removed  # node ids to tell, when they connect, they were removed
         self._on_removed = on_removed  # a peer told us we were removed
         self._inbound_from: dict[int, set[asyncio.StreamWriter]] = {}
-        self.snapshot_chunk_bytes = max(1, min(snapshot_chunk_bytes,
-                                               max_frame_bytes - 64 * 1024))
-        self.snapshot_window = snapshot_window
+        self._snapshots = SnapshotSender(
+            node_id, max(1, min(snapshot_chunk_bytes, max_frame_bytes - 64 * 1024)),
+            snapshot_window, on_snapshot_done)
         self._rng = rng or random.Random()
         self._links: dict[int, _Link] = {}
         self._peer_addresses = dict(peers)
@@ -285,6 +242,7 @@ class Transport:
             task.cancel()
         for link in self._links.values():
             link.close()
+        self._snapshots.close()
         if self._server is not None:
             self._server.close()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -302,6 +260,7 @@ class Transport:
             link = self._links[node_id]
             if self._peer_addresses.get(node_id) != link.address:
                 link.close()
+                self._snapshots.cancel(node_id)
                 del self._links[node_id]
         for node_id, writers in self._inbound_from.items():
             if node_id not in self._peer_addresses:
@@ -367,37 +326,18 @@ class Transport:
         reported through `on_snapshot_done`.
         """
         link = self._links.get(peer)
-        if link is None:
+        if link is None or not self._snapshots.start(peer, metadata, term, path):
             return False
-        current = link.transfer
-        if current is not None and current.key == snapshot_key(metadata):
-            current.term = max(current.term, term)
-            link.wakeup.set()
-            return True
-        try:
-            transfer = _Transfer(metadata, term, path)
-        except OSError as e:
-            log.warning("node %d: cannot open snapshot %s for node %d: %s",
-                        self.node_id, path, peer, e)
-            return False
-        if current is not None:
-            current.close()
-        link.transfer = transfer
         link.wakeup.set()
         return True
 
     def cancel_snapshot(self, peer: int) -> bool:
         """Stop streaming a snapshot to `peer` (it is not needed any more)."""
-        link = self._links.get(peer)
-        if link is None or link.transfer is None:
-            return False
-        link.transfer.close()
-        link.transfer = None
-        return True
+        return self._snapshots.cancel(peer)
 
     def snapshot_transfers(self) -> list[int]:
         """Peers a snapshot is being streamed to."""
-        return [i for i, link in self._links.items() if link.transfer is not None]
+        return self._snapshots.peers()
 
     def send_snapshot_ack(self, peer: int, ack: SnapshotAck) -> None:
         """Queue an acknowledgement for the sender `peer` (replaces an unsent older one)."""
@@ -405,70 +345,20 @@ class Transport:
         if link is None:
             log.debug("node %d: no link to node %d for a snapshot ack", self.node_id, peer)
             return
-        link.acks[snapshot_key(SnapshotMetadata(last_included=ack.last_included,
-                                                checksum=ack.checksum))] = ack
+        link.acks[ack_key(ack)] = ack
         link.wakeup.set()
 
     def _on_ack(self, from_id: int, ack: SnapshotAck) -> None:
         link = self._links.get(from_id)
-        transfer = link.transfer if link is not None else None
-        if link is None or transfer is None:
-            return
-        if snapshot_key(SnapshotMetadata(last_included=ack.last_included,
-                                         checksum=ack.checksum)) != transfer.key:
-            return
-        if ack.done or ack.error:
-            link.transfer = None
-            transfer.close()
-            if self._on_snapshot_done is not None:
-                self._on_snapshot_done(from_id, transfer.metadata, ack.done, ack.error)
-            return
-        if ack.mismatch:
-            if ack.attempt != transfer.attempt:
-                return  # answers a chunk sent before the last rewind
-            transfer.attempt += 1
-            transfer.acked = transfer.sent = min(int(ack.offset), transfer.size)
-        else:
-            transfer.acked = max(transfer.acked, min(int(ack.offset), transfer.size))
-            transfer.sent = max(transfer.sent, transfer.acked)
-        link.wakeup.set()
-
-    def _next_chunk_due(self, link: _Link) -> bool:
-        t = link.transfer
-        return t is not None and t.sent < t.size and (
-            t.sent - t.acked < self.snapshot_window * self.snapshot_chunk_bytes
-        )
+        if link is not None and self._snapshots.on_ack(from_id, ack):
+            link.wakeup.set()
 
     async def _send_chunk(self, link: _Link, writer: asyncio.StreamWriter) -> None:
-        t = link.transfer
-        assert t is not None
-        offset = t.sent
-        n = min(self.snapshot_chunk_bytes, t.size - offset)
-        t.reading = True
-        try:
-            data = await asyncio.to_thread(os.pread, t.fd, n, offset)
-        finally:
-            t.reading = False
-            if t.closed:
-                t.close()
-        if link.transfer is not t or t.sent != offset:
-            return  # replaced, cancelled or rewound while reading
-        if len(data) != n:
-            log.error("node %d: snapshot file for node %d shrank while being sent",
-                      self.node_id, link.node_id)
-            link.transfer = None
-            t.close()
-            if self._on_snapshot_done is not None:
-                self._on_snapshot_done(link.node_id, t.metadata, False, "snapshot file shrank")
-            return
-        chunk = SnapshotChunk(
-            metadata=t.metadata, offset=offset, data=data, done=offset + n == t.size,
-            term=t.term, crc32c=crc32c.crc32c(data), total_size=t.size, attempt=t.attempt,
-        )
-        t.sent = offset + n
-        writer.write(encode_frame(PeerFrame(snapshot_chunk=chunk).SerializeToString()))
-        link.sent_frames += 1
-        await writer.drain()
+        chunk = await self._snapshots.next_chunk(link.node_id)
+        if chunk is not None:
+            writer.write(encode_frame(PeerFrame(snapshot_chunk=chunk).SerializeToString()))
+            link.sent_frames += 1
+            await writer.drain()
 
     def _hello(self, to_id: int) -> bytes:
         hello = Hello(cluster_id=self.cluster_id, node_id=self.node_id,
@@ -503,15 +393,7 @@ class Transport:
                              "reconnected to" if link.state == "down" else "connected to",
                              link.node_id, link.address)
                     link.state = "up"
-                t = link.transfer
-                if t is not None:
-                    # Chunks in flight on the old connection may be lost: resume from the
-                    # last acknowledged offset (resend the last chunk if all were acked,
-                    # so that the receiver answers whether it finished).
-                    t.attempt += 1
-                    t.sent = t.acked if t.acked < t.size else max(
-                        0, t.size - self.snapshot_chunk_bytes
-                    )
+                self._snapshots.reconnected(link.node_id)
                 log.debug("node %d: connected to node %d at %s",
                           self.node_id, link.node_id, link.address)
                 await self._write_loop(link, reader, stream)
@@ -551,9 +433,10 @@ class Transport:
             link.wakeup.set()
 
         watcher = asyncio.create_task(watch())
+        chunk_due, peer = self._snapshots.due, link.node_id
         try:
             while True:
-                if not link.queue and not link.acks and not self._next_chunk_due(link):
+                if not link.queue and not link.acks and not chunk_due(peer):
                     link.wakeup.clear()
                     link.idle_writer = writer
                     try:
@@ -577,7 +460,7 @@ class Transport:
                     writer.write(b"".join(frames))
                     link.sent_frames += len(frames)
                     await writer.drain()
-                elif self._next_chunk_due(link):
+                elif chunk_due(peer):
                     await self._send_chunk(link, writer)
         finally:
             watcher.cancel()

@@ -25,18 +25,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import struct
 import threading
-from collections.abc import Iterator, Sequence
-
-from google.protobuf.message import DecodeError
+from collections.abc import Sequence
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.kv.codec import OP_INSERT, OP_REJECTED, SHAPES, decode_entry
 from dengine.kv.store import ApplyResult, Op, Store
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile, records
+from dengine.storage.checkpoints import (
+    CHECKPOINT_FILE,
+    Checkpointer,
+    encode_checkpoint_meta,
+    parse_wal_name,
+    wal_name,
+)
 from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.state_machine import (
     OP_LAST_APPLIED,
@@ -47,22 +51,10 @@ from dengine.storage.state_machine import (
 
 log = logging.getLogger("dengine.storage")
 
-CHECKPOINT_FILE = "checkpoint"
-_WAL_NAME = re.compile(r"^wal-(\d{10})$")
 WAL_RECORD = struct.Struct("<QQBI")  # version 1: a record per op, then key, value
 WAL_OP = struct.Struct("<QQBII")  # version 2: index, term, op, key length, value length
 _OP_BYTE = 16  # offset of `op` in WAL_OP
 PREALLOCATE_BYTES = 1024 * 1024
-_CHECKPOINT_META = struct.Struct("<QQQQ")  # last applied index, term, first WAL seq, key count
-
-
-def wal_name(seq: int) -> str:
-    return f"wal-{seq:010d}"
-
-
-def parse_wal_name(name: str) -> int | None:
-    m = _WAL_NAME.match(name)
-    return int(m.group(1)) if m else None
 
 
 def encode_wal_ops(ops: list[Op]) -> bytes:
@@ -110,38 +102,6 @@ def decode_wal_record(payload: bytes, path: str, offset: int) -> Op:
     return index, term, op, payload[start : start + klen], payload[start + klen :]
 
 
-def encode_checkpoint_meta(
-    last_applied: LogId,
-    wal_seq: int,
-    count: int,
-    membership: Membership | None,
-    snapshot_meta: SnapshotMetadata | None,
-) -> bytes:
-    return (
-        _CHECKPOINT_META.pack(last_applied.index, last_applied.term, wal_seq, count)
-        + kvfile.pack_blob(membership.SerializeToString() if membership is not None else b"")
-        + kvfile.pack_blob(
-            snapshot_meta.SerializeToString() if snapshot_meta is not None else b""
-        )
-        + bytes([(membership is not None) | (snapshot_meta is not None) << 1])
-    )
-
-
-def decode_checkpoint_meta(
-    payload: bytes, path: str, offset: int
-) -> tuple[LogId, int, int, Membership | None, SnapshotMetadata | None]:
-    try:
-        index, term, wal_seq, count = _CHECKPOINT_META.unpack_from(payload, 0)
-        m_blob, end = kvfile.unpack_blob(payload, _CHECKPOINT_META.size)
-        s_blob, end = kvfile.unpack_blob(payload, end)
-        flags = payload[end]
-        membership = Membership.FromString(m_blob) if flags & 1 else None
-        snapshot_meta = SnapshotMetadata.FromString(s_blob) if flags & 2 else None
-    except (struct.error, IndexError, DecodeError) as e:
-        raise CorruptionError(path, offset, f"undecodable checkpoint metadata: {e}") from None
-    return LogId(index=index, term=term), wal_seq, count, membership, snapshot_meta
-
-
 class FileStateMachine:
     """A durable `StateMachine`: a `kv.Store` in memory, CRC-framed WAL, atomic checkpoints."""
 
@@ -160,13 +120,12 @@ class FileStateMachine:
         self._sync_apply = sync_apply
         self._replayable_from = replayable_from
         self._dir = os.fspath(data_dir)
-        self._checkpoint_bytes = checkpoint_bytes
-        self._background = background_checkpoint
+        self._checkpoints = Checkpointer(
+            self._io, self._dir, checkpoint_bytes, background_checkpoint
+        )
         self._preallocate = preallocate
         self._lock = threading.RLock()
-        self._checkpointer: threading.Thread | None = None
         self._failed: str | None = None
-        self._checkpoint_size = 0  # bytes of the last checkpoint written or loaded
         self._load()
 
     # -- recovery
@@ -190,7 +149,10 @@ class FileStateMachine:
         first_seq = 0
         has_checkpoint = CHECKPOINT_FILE in names
         if has_checkpoint:
-            first_seq = self._load_checkpoint()
+            state, self._last_applied, first_seq, self._membership, self._snapshot = (
+                self._checkpoints.load()
+            )
+            self._store = Store(state)
         seqs = sorted(s for n in names if (s := parse_wal_name(n)) is not None)
         io.remove_durably([self._path(wal_name(s)) for s in seqs if s < first_seq])
         seqs = [s for s in seqs if s >= first_seq]
@@ -220,23 +182,6 @@ class FileStateMachine:
         if not self._sync_apply:
             self._wal.sync()  # a truncated torn tail stays truncated: appends are not synced
         self._durable_index = self._last_applied.index
-
-    def _load_checkpoint(self) -> int:
-        path = self._path(CHECKPOINT_FILE)
-        loaded = kvfile.load_strict(self._io, path, records.MAGIC_CHECKPOINT)
-        self._checkpoint_size = loaded.scan.valid_end
-        last, wal_seq, count, membership, snapshot_meta = decode_checkpoint_meta(
-            loaded.meta, path, loaded.meta_offset
-        )
-        if count != loaded.keys:
-            raise CorruptionError(
-                path, loaded.scan.valid_end, f"{loaded.keys} keys, expected {count}"
-            )
-        self._store = Store(loaded.state)
-        self._last_applied = last
-        self._membership = membership
-        self._snapshot = snapshot_meta
-        return int(wal_seq)
 
     def _replay(self, path: str, *, last: bool) -> int:
         """Apply one WAL's records, read in chunks; return its format version.
@@ -315,7 +260,7 @@ class FileStateMachine:
 
     def stop(self) -> None:
         """Wait for a running checkpoint, then make every applied entry durable."""
-        self._wait_checkpoint()
+        self._checkpoints.wait()
         if self._wal is not None and self._failed is None:
             self.sync()
 
@@ -419,7 +364,7 @@ class FileStateMachine:
             self._last_applied = LogId(index=prev, term=term)
             if self._sync_apply:
                 self._durable_index = prev
-        if self._wal_size >= self._checkpoint_threshold():
+        if self._wal_size >= self._checkpoints.threshold:
             self.maybe_checkpoint()
         return results
 
@@ -473,39 +418,26 @@ class FileStateMachine:
 
     # -- checkpoints
 
-    def _checkpoint_threshold(self) -> int:
-        """WAL bytes that trigger a checkpoint: `checkpoint_bytes`, or the size of the last
-        checkpoint if larger, so a big store is rewritten at most once per its own size of
-        WAL (amortized O(1) per applied entry, write amplification <= 2x)."""
-        return max(self._checkpoint_bytes, self._checkpoint_size)
-
     def checkpoint_headroom(self) -> int:
         """WAL bytes an apply may still write before it starts a checkpoint (which copies
         the whole map: a caller that must not stall, such as an event loop, checks this)."""
-        return self._checkpoint_threshold() - self._wal_size
+        return self._checkpoints.threshold - self._wal_size
 
     def maybe_checkpoint(self) -> bool:
         """Checkpoint if the WAL passed the threshold and none is running. True if started."""
         with self._lock:
-            if self._wal_size < self._checkpoint_threshold():
+            if self._wal_size < self._checkpoints.threshold or self._checkpoints.running():
                 return False
-            if self._checkpointer is not None and self._checkpointer.is_alive():
-                return False
-            if not self._background:
+            if not self._checkpoints.background:
                 self.checkpoint()
                 return True
-            job = self._begin_checkpoint()
-            self._checkpointer = threading.Thread(
-                target=self._finish_checkpoint_logged, args=job, name="dengine-checkpoint",
-                daemon=True,
-            )
-            self._checkpointer.start()
+            self._checkpoints.start(*self._begin_checkpoint())
             return True
 
     def checkpoint(self) -> None:
         """Write a checkpoint now, synchronously, and drop the WALs it covers."""
-        self._wait_checkpoint()
-        self._finish_checkpoint(*self._begin_checkpoint())
+        self._checkpoints.wait()
+        self._checkpoints.finish(*self._begin_checkpoint())
 
     def _begin_checkpoint(self) -> tuple[dict[bytes, bytes], bytes, int]:
         """Freeze a consistent point: copy the map and start a new WAL (under the lock)."""
@@ -523,39 +455,6 @@ class FileStateMachine:
                 self._last_applied, seq, len(state), self._membership, self._snapshot
             )
             return state, meta, seq
-
-    def _finish_checkpoint(self, state: dict[bytes, bytes], meta: bytes, seq: int) -> None:
-        self._write_checkpoint(state, meta)
-        names = self._io.listdir(self._dir)
-        old = [n for n in names if (s := parse_wal_name(n)) is not None and s < seq]
-        self._io.remove_durably([self._path(n) for n in old])
-
-    def _finish_checkpoint_logged(self, state: dict[bytes, bytes], meta: bytes, seq: int) -> None:
-        try:
-            self._finish_checkpoint(state, meta, seq)
-        except Exception:
-            # The WALs are intact, so nothing is lost; the next checkpoint retries.
-            log.exception("%s: background checkpoint failed", self._dir)
-
-    def _write_checkpoint(self, state: dict[bytes, bytes], meta: bytes) -> None:
-        written = 0
-
-        def chunks() -> Iterator[bytes]:
-            nonlocal written
-            head = records.encode_header(records.MAGIC_CHECKPOINT) + records.frame(meta)
-            written += len(head)
-            yield head
-            for chunk in kvfile.encode_blocks(state.items()):
-                written += len(chunk)
-                yield chunk
-
-        self._io.atomic_write(self._path(CHECKPOINT_FILE), chunks())
-        self._checkpoint_size = written
-
-    def _wait_checkpoint(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.join()
-            self._checkpointer = None
 
     # -- snapshots
 
@@ -575,7 +474,7 @@ class FileStateMachine:
     def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
         """Verify the snapshot's SHA-256, then install it atomically (a new checkpoint)."""
         data = kvfile.read_snapshot(self._io, directory, metadata)
-        self._wait_checkpoint()
+        self._checkpoints.wait()
         with self._lock:
             seq = self._wal_seq + 1
             new_wal = self._create_wal(seq)
@@ -583,7 +482,7 @@ class FileStateMachine:
                 data.last_included, seq, len(data.state), data.membership, metadata
             )
             try:
-                self._write_checkpoint(data.state, meta)
+                self._checkpoints.write(data.state, meta)
             except BaseException:
                 new_wal.close()
                 self._failed = "snapshot install failed"
@@ -597,13 +496,11 @@ class FileStateMachine:
             self._durable_index = data.last_included.index
             self._membership = data.membership
             self._snapshot = metadata
-            names = self._io.listdir(self._dir)
-            old = [n for n in names if (s := parse_wal_name(n)) is not None and s < seq]
-            self._io.remove_durably([self._path(n) for n in old])
+            self._checkpoints.drop_wals_before(seq)
 
     def reset(self) -> None:
         """Remove every file and start empty."""
-        self._wait_checkpoint()
+        self._checkpoints.wait()
         with self._lock:
             if self._wal is not None:
                 self._wal.close()

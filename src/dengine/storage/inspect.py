@@ -19,12 +19,8 @@ from google.protobuf.message import DecodeError
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import Entry, HardState, LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile, records
-from dengine.storage.file_state_machine import (
-    CHECKPOINT_FILE,
-    decode_checkpoint_meta,
-    decode_wal_ops,
-    parse_wal_name,
-)
+from dengine.storage.checkpoints import CHECKPOINT_FILE, decode_checkpoint_meta, parse_wal_name
+from dengine.storage.file_state_machine import decode_wal_ops
 from dengine.storage.fileio import DryRunDisk, FileIO, RealDisk
 from dengine.storage.raft_log import decode_meta, parse_segment_name
 from dengine.storage.recovery import Plan, open_storage
