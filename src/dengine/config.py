@@ -10,9 +10,12 @@ import dataclasses
 import hashlib
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dengine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dengine.raft import RaftConfig
 
 
 @dataclass
@@ -100,6 +103,21 @@ class NodeConfig:
     @property
     def lease_ticks(self) -> int:
         return max(0, (self.election_timeout_ms - self.clock_drift_ms) // self.tick_ms)
+
+    def raft_config(self, applied: int) -> RaftConfig:
+        """The Raft core's settings, for a node whose state machine applied `applied`."""
+        from dengine.raft import RaftConfig  # not at import: clients read this module too
+
+        return RaftConfig(
+            id=self.node_id,
+            election_tick=self.election_ticks,
+            heartbeat_tick=self.heartbeat_ticks,
+            max_entries_per_msg=self.max_entries_per_msg,
+            max_bytes_per_msg=self.max_bytes_per_msg,
+            max_inflight_msgs=self.max_inflight_msgs,
+            lease_ticks=self.lease_ticks if self.lease_read else 0,
+            applied=applied,
+        )
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError on a setting that cannot work; return self."""

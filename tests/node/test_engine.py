@@ -202,17 +202,17 @@ def test_concurrent_writes_share_fsyncs_and_reads_share_read_index_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Group commit and read batching: 500 concurrent calls, a handful of rounds."""
-    from dengine.node.node import Node
+    from dengine.node.logthread import LogThread
 
     appends: list[int] = []
-    persist = Node._persist
+    persist = LogThread.persist
 
-    def counting_persist(self: Node, rd: Any, save_hard_state: bool) -> None:
+    def counting_persist(self: LogThread, rd: Any, save_hard_state: bool) -> None:
         if rd.entries:
             appends.append(len(rd.entries))
         persist(self, rd, save_hard_state)
 
-    monkeypatch.setattr(Node, "_persist", counting_persist)
+    monkeypatch.setattr(LogThread, "persist", counting_persist)
 
     async def main() -> None:
         async with await Engine.start(str(tmp_path), **FAST) as engine:

@@ -6,7 +6,8 @@ and complete once applied (`propose`). A learner added with `promote` is made a 
 by whichever node leads once it has caught up: replicating from the log (not a
 snapshot) and within `promote_lag` entries of the leader's log (`auto_promote`, checked
 every heartbeat interval). The peers the transport talks to follow the latest
-configuration appended (`sync_peers`).
+configuration appended (`sync_peers`); `start_transport` makes the transport with the
+members' addresses and tells it who is outside the cluster or was removed from it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, NotLeader, Unavailable
 from dengine.node.pending import Pending, Write
 from dengine.node.ports import NodeLog, PeerTransport
+from dengine.node.snapshot_send import SnapshotDoneHandler
+from dengine.node.transport import MessageHandler, PeerHandler, SnapshotChunkHandler, Transport
 from dengine.proto import LogId, Member, Membership
 from dengine.raft import RaftCore
 from dengine.raft.progress import ProgressState
 from dengine.storage import ApplyResult
 
 log = logging.getLogger(__name__)
+
+_FRAME_MARGIN = 64 * 1024
 
 
 def bootstrap_membership(config: NodeConfig) -> Membership:
@@ -93,6 +98,50 @@ class Members:
                 entry = raft_log.entries(index, index + 1)[0]
                 self.removed_ids |= _ids(entry.payload.config)
         self.removed_ids -= self._applied_ids
+
+    async def start_transport(
+        self,
+        on_messages: MessageHandler,
+        on_unreachable: PeerHandler,
+        on_snapshot_chunk: SnapshotChunkHandler,
+        on_snapshot_done: SnapshotDoneHandler,
+    ) -> Transport | None:
+        """Start the peer transport (`self.transport`); None if a lone node cannot listen
+        for peers (it works alone, it just cannot grow)."""
+        config = self._config
+        peers = self.peer_addresses()
+        transport = Transport(
+            node_id=self.node_id,
+            cluster_id=config.cluster_id,
+            listen=config.listen_peer,
+            peers=peers,
+            on_messages=on_messages,
+            client_address=config.listen_client,
+            max_frame_bytes=config.max_bytes_per_msg + config.max_request_size + _FRAME_MARGIN,
+            on_unreachable=on_unreachable,
+            on_snapshot_chunk=on_snapshot_chunk,
+            on_snapshot_done=on_snapshot_done,
+            accept_unknown=self.is_outside,
+            is_removed=self.is_removed,
+            on_removed=self._removed_by,
+            snapshot_chunk_bytes=config.snapshot_chunk_bytes,
+            max_inbound=config.max_peer_connections,
+        )
+        try:
+            await transport.start()
+        except OSError as e:
+            if peers or config.join:
+                raise Unavailable(f"cannot listen for peers on {config.listen_peer}: {e}") from None
+            log.warning("node %d: cannot listen for peers on %s (%s); running alone, "
+                        "new members cannot be added until a restart",
+                        self.node_id, config.listen_peer, e)
+            return None
+        self.transport = transport
+        return transport
+
+    def _removed_by(self, peer: int) -> None:
+        """The transport: `peer` refused us as a member its applied configuration removed."""
+        self._on_removed(f"node {peer} applied a configuration without it")
 
     def removed_at_start(self) -> bool:
         """Whether the applied configuration leaves this node out (it was removed before

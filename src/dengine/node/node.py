@@ -2,8 +2,9 @@
 
 `Node` owns the drive loop and wires its collaborators, each a module owning its state:
 pending (requests, deadlines), apply, reads, snapshotter, membership, outbox, events,
-recovery; ports lists what the node calls on its log, snapshot store and transport
-(docs/architecture.md, "Node and transport", says what each owns).
+recovery, logthread (the Raft log's thread), standing (why it stopped serving); ports
+lists what the node calls on its log, snapshot store and transport (docs/architecture.md,
+"Node and transport", says what each owns).
 """
 
 from __future__ import annotations
@@ -14,26 +15,25 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, LeadershipLost, NotLeader, StorageError, Unavailable
+from dengine.errors import DengineError, LeadershipLost, NotLeader, Unavailable
 from dengine.kv import EVENTUAL, LEASE, LEVELS, LINEARIZABLE
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
+from dengine.node.logthread import LogThread
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
 from dengine.node.ports import NodeLog, PeerTransport, SnapshotFiles
 from dengine.node.reads import ReadPath
-from dengine.node.recovery import open_storage
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
-from dengine.node.transport import Transport
+from dengine.node.standing import Standing, failure_reason
 from dengine.proto import Entry, HardState, Member, Message, MessageType
-from dengine.raft import RaftConfig, RaftCore, Ready, Role
+from dengine.raft import RaftCore, Ready, Role
 from dengine.storage import ApplyResult
 from dengine.storage.state_machine import StateMachine
 
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MemberInfo", "Node", "NodeStatus"]
 
-_FRAME_MARGIN = 64 * 1024
 MSG_APPEND = MessageType.MSG_APPEND
 # The state machine's WAL is not fsynced per apply (the Raft log is the durable record of
 # what it has not synced); syncing it this often bounds what a restart re-applies.
@@ -91,11 +90,8 @@ class Node:
         self.config = config.validate()
         self.node_id = config.node_id
         self.data_dir = DataDir(config.data_dir)
-        # One thread owns the Raft log (the apply pipeline and the snapshotter have theirs):
-        # an append of new entries and the apply of older, durable ones fsync in parallel.
-        self._io = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"dengine-log-{self.node_id}"
-        )
+        self._logs = LogThread(self.node_id)
+        self._io, self._persist = self._logs.executor, self._logs.persist
         self._log: NodeLog | None = None
         self._sm: StateMachine | None = None
         self._core: RaftCore | None = None
@@ -107,10 +103,8 @@ class Node:
         self._ticker_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._running = False
-        self._failure: BaseException | None = None
-        self._removed = ""  # why this node knows it was removed from the cluster
+        self._standing = Standing(self.node_id)  # why it stopped serving: failed, removed
         self._closing: asyncio.Task[None] | None = None  # the transport, once removed/failed
-        self._failed = asyncio.Event()
         self._pending = Pending(config.tick_ms / 1000.0)
         self._due = self._pending.due
         # inbox, drained once per turn
@@ -151,17 +145,18 @@ class Node:
         cluster_id = self.data_dir.claim_for(self.config)
         if cluster_id != self.config.cluster_id:
             self.config = self.config.replace(cluster_id=cluster_id)
-        try:
-            raft_log, sm, self.applied_index = await loop.run_in_executor(
-                self._io, open_storage, self.config, self.data_dir, self._store
-            )
-        except BaseException:
-            self._io.shutdown(wait=False)
-            raise
+        raft_log, sm, self.applied_index = await self._logs.open(
+            self.config, self.data_dir, self._store
+        )
         self._log, self._sm = raft_log, sm
         try:
             self._wire(loop, raft_log, sm)
-            await self._start_transport()
+            transport = await self.members.start_transport(
+                self._on_peer_messages, self._on_unreachable, self._snaps.on_chunk,
+                self._snaps.on_sent,
+            )
+            if transport is not None:
+                self._transport = self._snaps.transport = self._outbox.transport = transport
         except BaseException:
             await self._close_storage()
             raise
@@ -180,7 +175,8 @@ class Node:
         # to be added instead.
         fresh = raft_log.last_index() == 0 and raft_log.snapshot_metadata() is None
         bootstrap = bootstrap_membership(self.config) if fresh and not self.config.join else None
-        core = RaftCore(self._raft_config(), raft_log, random.Random(), bootstrap=bootstrap)
+        core = RaftCore(self.config.raft_config(self.applied_index), raft_log, random.Random(),
+                        bootstrap=bootstrap)
         hs = raft_log.hard_state()
         self._saved_vote = (hs.term, hs.voted_for)
         self._latest_hs.CopyFrom(hs)
@@ -203,43 +199,6 @@ class Node:
         self._send = self._outbox.send
         self._core = core
 
-    async def _start_transport(self) -> None:
-        peers = self.members.peer_addresses()
-        transport = Transport(
-            node_id=self.node_id,
-            cluster_id=self.config.cluster_id,
-            listen=self.config.listen_peer,
-            peers=peers,
-            on_messages=self._on_peer_messages,
-            client_address=self.config.listen_client,
-            max_frame_bytes=self.config.max_bytes_per_msg
-            + self.config.max_request_size
-            + _FRAME_MARGIN,
-            on_unreachable=self._on_unreachable,
-            on_snapshot_chunk=self._snaps.on_chunk,
-            on_snapshot_done=self._snaps.on_sent,
-            accept_unknown=self.members.is_outside,
-            is_removed=self.members.is_removed,
-            on_removed=lambda peer: self._on_removed(
-                f"node {peer} applied a configuration without it"),
-            snapshot_chunk_bytes=self.config.snapshot_chunk_bytes,
-            max_inbound=self.config.max_peer_connections,
-        )
-        try:
-            await transport.start()
-        except OSError as e:
-            if peers or self.config.join:
-                raise Unavailable(
-                    f"cannot listen for peers on {self.config.listen_peer}: {e}"
-                ) from None
-            # A lone node works without its peer listener; it just cannot grow.
-            log.warning("node %d: cannot listen for peers on %s (%s); running alone, "
-                        "new members cannot be added until a restart",
-                        self.node_id, self.config.listen_peer, e)
-            return
-        self._transport = self._snaps.transport = self.members.transport = transport
-        self._outbox.transport = transport
-
     async def stop(self) -> None:
         """Stop the loop, close the transport, flush and close storage. Idempotent."""
         if not self._running and self._loop_task is None:
@@ -260,38 +219,18 @@ class Node:
         await self._close_storage()
 
     async def _close_storage(self) -> None:
-        loop = asyncio.get_running_loop()
+        latest = compact = None
         try:
             if self._core is not None:
                 # Let a running apply and a snapshot write finish before storage closes.
                 await self._apply.close()
                 await self._snaps.close()
-            await loop.run_in_executor(self._io, self._flush_and_close)
-        finally:
+                if self._standing.failure is None:
+                    latest, compact = self._latest_hs, self._snaps.compact_at_stop
+        except BaseException:
             self._io.shutdown(wait=True)
-
-    def _flush_and_close(self) -> None:
-        raft_log = self._log
-        if raft_log is not None and self._core is not None and self._failure is None:
-            if raft_log.hard_state().commit < self._latest_hs.commit:
-                raft_log.set_hard_state(self._latest_hs)
-            self._snaps.compact_at_stop()
-        for closable in (self._sm, raft_log):
-            if closable is not None:
-                closable.close()
-
-    def _raft_config(self) -> RaftConfig:
-        c = self.config
-        return RaftConfig(
-            id=c.node_id,
-            election_tick=c.election_ticks,
-            heartbeat_tick=c.heartbeat_ticks,
-            max_entries_per_msg=c.max_entries_per_msg,
-            max_bytes_per_msg=c.max_bytes_per_msg,
-            max_inflight_msgs=c.max_inflight_msgs,
-            lease_ticks=c.lease_ticks if c.lease_read else 0,
-            applied=self.applied_index,
-        )
+            raise
+        await self._logs.close(self._sm, latest, compact)
 
     # -- inputs (called by the engine and the transport on the loop thread) -------------
 
@@ -299,15 +238,7 @@ class Node:
         """Raise Unavailable unless the node is running (StorageError once it stopped on
         a fatal storage failure)."""
         if not self._running:
-            if self._removed:
-                raise Unavailable(self._removed)
-            if self._failure is not None:
-                raise StorageError(
-                    f"node {self.node_id} stopped after a storage failure "
-                    f"({failure_reason(self._failure)}); nothing acknowledged is lost: "
-                    "restart it once the disk is fixed or has room"
-                )
-            raise Unavailable(f"node {self.node_id} is stopped")
+            raise self._standing.unavailable()
 
     def propose(
         self, commands: list[bytes], timeout: float
@@ -429,11 +360,8 @@ class Node:
 
     def _die(self, e: BaseException) -> None:
         """A storage failure: stop the node and fail what is pending (nothing is lost)."""
-        if self._failure is not None:
+        if not self._standing.fail(e):
             return
-        log.critical("node %d: stopping after a fatal error: %s", self.node_id, e,
-                     exc_info=e)
-        self._failure = e
         self._running = False
         # Never a zombie: give up the leader role at once and drop the peer connections, so
         # that the others elect a leader (and nothing here claims to lead); the process
@@ -442,26 +370,18 @@ class Node:
         self.leader_id = 0
         if self._transport is not None and self._closing is None:
             self._closing = self._loop.create_task(self._transport.close())
-        self._failed.set()
         self._wake.set()
         self._fail_pending(f"failed ({failure_reason(e)})")
 
     async def wait_failure(self) -> BaseException:
         """The error once the node stopped on a fatal (storage) failure."""
-        await self._failed.wait()
-        assert self._failure is not None
-        return self._failure
+        return await self._standing.wait_failure()
 
     def _on_removed(self, why: str) -> None:
         """No longer a member: stop serving (the process stays up; requests get Unavailable)."""
-        if self._removed:
+        if not self._standing.remove(why, self._core.term if self._core is not None else 0):
             return
-        self._removed = (f"node {self.node_id} was removed from the cluster and no longer serves "
-                         f"requests ({why}); stop it, or clear its data dir and add it again")
         self.leader_id = 0
-        log.info("node %d: removed from the cluster at term %d (%s); it no longer serves "
-                 "client requests: stop it, or clear its data dir and add it again",
-                 self.node_id, self._core.term if self._core is not None else 0, why)
         self._running = False
         self._wake.set()
         self._fail_pending("was removed from the cluster")
@@ -603,21 +523,6 @@ class Node:
         if committed:
             self._start_apply(committed)
 
-    def _persist(self, rd: Ready, save_hard_state: bool) -> None:
-        """Log thread (or the loop, when small): make the Ready's snapshot, entries and hard
-        state durable."""
-        raft_log = self._log
-        assert raft_log is not None
-        if rd.snapshot is not None:
-            raft_log.install_snapshot(rd.snapshot)
-        if rd.entries:
-            first = rd.entries[0].index
-            if first <= raft_log.last_index():
-                raft_log.truncate_suffix(first)
-            raft_log.append(rd.entries)
-        if save_hard_state and rd.hard_state is not None:
-            raft_log.set_hard_state(rd.hard_state)
-
     def _on_applied(self, entries: list[Entry], results: list[ApplyResult]) -> None:
         """Loop: a chunk is applied: resolve its writes, serve the reads it unblocks."""
         applied = self.applied_index = max(self.applied_index, entries[-1].index)
@@ -701,7 +606,7 @@ class Node:
         return NodeStatus(
             node_id=self.node_id,
             cluster_id=self.config.cluster_id,
-            role="removed" if self._removed else self.role.value,
+            role="removed" if self._standing.removed else self.role.value,
             term=core.term,
             leader_id=self.leader_id,
             commit_index=core.commit_index,
@@ -718,12 +623,3 @@ class Node:
     def running(self) -> bool:
         return self._running
 
-
-def failure_reason(e: BaseException | None) -> str:
-    """One line for a fatal error: an OSError's text and file (ENOSPC: "No space left on
-    device: PATH"), a DengineError's message."""
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    if isinstance(e, DengineError):
-        return e.message
-    return repr(e)

@@ -23,7 +23,7 @@ import crc32c
 
 from dengine.proto import SnapshotAck, SnapshotChunk, SnapshotMetadata
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("dengine.node.transport")  # the transport's lines, as before
 
 SnapshotKey = tuple[int, int, bytes]
 # (peer, metadata, ok, error): a snapshot transfer ended (acknowledged whole, or refused).

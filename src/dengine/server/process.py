@@ -215,7 +215,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     """Run a node and its client service until `stop` is set (or SIGTERM/SIGINT arrives)."""
     from dengine.node.datadir import DataDir
     from dengine.node.engine import Engine
-    from dengine.node.node import failure_reason
+    from dengine.node.standing import failure_reason
 
     config.validate()
     stop = stop or asyncio.Event()

@@ -1,0 +1,94 @@
+"""The node's Raft log and the one thread that writes it.
+
+Storage is opened and recovered on this thread at start (`dengine.node.recovery`), each
+Ready's snapshot, entries and hard state are made durable by `persist` (on the loop when
+the Ready is small, else on the thread), compaction runs on it, and at stop the latest
+commit index is saved and the log and state machine are closed on it. The apply pipeline
+and the snapshotter have threads of their own: an append of new entries and the apply of
+older, durable ones fsync in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from dengine.config import NodeConfig
+from dengine.node.datadir import DataDir
+from dengine.node.ports import NodeLog, SnapshotFiles
+from dengine.node.recovery import open_storage
+from dengine.proto import HardState
+from dengine.raft import Ready
+from dengine.storage.state_machine import StateMachine
+
+
+class LogThread:
+    """The Raft log (once opened) and its thread (`executor`)."""
+
+    def __init__(self, node_id: int) -> None:
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"dengine-log-{node_id}"
+        )
+        self.log: NodeLog | None = None
+
+    async def open(
+        self, config: NodeConfig, data_dir: DataDir, store: SnapshotFiles
+    ) -> tuple[NodeLog, StateMachine, int]:
+        """Open and recover the log and the state machine: (log, state machine, applied)."""
+        loop = asyncio.get_running_loop()
+        try:
+            raft_log, sm, applied = await loop.run_in_executor(
+                self.executor, open_storage, config, data_dir, store
+            )
+        except BaseException:
+            self.executor.shutdown(wait=False)
+            raise
+        self.log = raft_log
+        return raft_log, sm, applied
+
+    def persist(self, rd: Ready, save_hard_state: bool) -> None:
+        """Log thread (or the loop, when small): make the Ready's snapshot, entries and hard
+        state durable."""
+        raft_log = self.log
+        assert raft_log is not None
+        if rd.snapshot is not None:
+            raft_log.install_snapshot(rd.snapshot)
+        if rd.entries:
+            first = rd.entries[0].index
+            if first <= raft_log.last_index():
+                raft_log.truncate_suffix(first)
+            raft_log.append(rd.entries)
+        if save_hard_state and rd.hard_state is not None:
+            raft_log.set_hard_state(rd.hard_state)
+
+    async def close(
+        self,
+        sm: StateMachine | None,
+        latest: HardState | None,
+        compact: Callable[[], None] | None,
+    ) -> None:
+        """On the thread: save the `latest` hard state's commit if the log's is behind,
+        run `compact`, close the state machine and the log; then end the thread."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._flush_and_close, sm, latest, compact
+            )
+        finally:
+            self.executor.shutdown(wait=True)
+
+    def _flush_and_close(
+        self,
+        sm: StateMachine | None,
+        latest: HardState | None,
+        compact: Callable[[], None] | None,
+    ) -> None:
+        raft_log = self.log
+        if raft_log is not None and latest is not None:
+            if raft_log.hard_state().commit < latest.commit:
+                raft_log.set_hard_state(latest)
+            if compact is not None:
+                compact()
+        for closable in (sm, raft_log):
+            if closable is not None:
+                closable.close()
