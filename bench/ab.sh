@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of two checkouts (each with its own .venv): BASE and NEW, alternated, ROUNDS rounds.
-# ROUNDS rounds. Embedded put 3 nodes 256 in flight; remote put/get (linearizable) at 1 and 256.
+# Embedded put 3 nodes 256 in flight; remote put/get (linearizable) at 1 and 256.
 set -u
 BASE=${BASE:?a checkout with .venv, e.g. a git worktree of the baseline commit}
 NEW=${NEW:-.}
