@@ -399,7 +399,7 @@ class Node:
             before = pending.ticks
             pending.ticks += owed
             self._reads.retry_stale(core, self.role is Role.LEADER, pending.ticks,
-                                    self.config.election_ticks)
+                                    self.config.election_ticks, self.not_leader)
             if pending.lost:
                 pending.check_lost(core.commit_index)
             self._expire()

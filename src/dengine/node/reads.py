@@ -5,13 +5,16 @@ Linearizable and lease reads queued in one loop turn share one round per mode: o
 its lease for lease reads; a follower asks the leader). When the core reports the
 round's `ReadState`, its reads wait in `ready` until the state machine has applied the
 read index (`serve_ready`, called after each apply and each Ready), then are answered
-from the state machine. Rounds unanswered after an election timeout are asked again
-(a lost message, a new leader).
+from the state machine. A leader asks again for rounds unanswered after an election
+timeout (lost heartbeats; check-quorum deposes it if no quorum answers); a follower fails
+their reads with a retryable NotLeader naming the leader (it may be unable to reach it:
+asking again would hold every read until its deadline). A new leader is asked again for
+every unanswered round at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from dengine.errors import DengineError, NotLeader, Unavailable
 from dengine.node.pending import Read, expire_read
@@ -59,20 +62,32 @@ class ReadPath:
         self.rounds[ctx] = ReadRound(reads, lease, tick)
 
     def retry_stale(
-        self, core: RaftCore, leader: bool, tick: int, election_ticks: int | None
+        self, core: RaftCore, leader: bool, tick: int, election_ticks: int | None,
+        unanswered: Callable[[], DengineError] | None = None,
     ) -> None:
-        """Re-ask for rounds unanswered after an election timeout (lost message, new
-        leader), or for every unanswered round when `election_ticks` is None (the leader
-        changed: the old one will not answer)."""
+        """Rounds unanswered after an election timeout: a leader asks again (lost
+        heartbeats); a follower fails their reads with `unanswered()` when given (its
+        leader did not answer: the follower's links to it may be cut, so the client had
+        better ask another node; issue 14), else asks again. Every unanswered round is
+        asked again when `election_ticks` is None (the leader changed: the old one will
+        not answer)."""
         if election_ticks is None:
             stale = list(self.rounds)
         else:
             limit = tick - election_ticks
             stale = [ctx for ctx, rnd in self.rounds.items() if rnd.issued_tick < limit]
+        if not stale:
+            return
+        error = None
+        if unanswered is not None and election_ticks is not None and not leader:
+            error = unanswered()
         for ctx in stale:
             rnd = self.rounds.pop(ctx)
             alive = [r for r in rnd.reads if not r.future.done()]
-            if alive:
+            if error is not None:
+                for r in alive:
+                    r.future.set_exception(error)
+            elif alive:
                 self.start_round(core, alive, rnd.lease, leader, tick)
 
     def on_read_states(self, read_states: Iterable[ReadState]) -> None:
