@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ConfigError, InvalidRequest, NotLeader, Unavailable
+from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Unavailable
 from dengine.kv import Limits, check_encoded_commands, check_keys, check_node_id
 from dengine.proto.common_pb2 import WriteCommand
 from dengine.server import ClientService, NativeServer, start_grpc_server
@@ -94,11 +94,14 @@ class FakeEngine:
         self.hang = False
         self.hang_keys: set[bytes] = set()  # a write touching one of these never returns
         self.read_delay: Callable[[Sequence[bytes]], float] | None = None
+        self.error: DengineError | None = None  # what every read and write raises
         self.timeouts: list[float | None] = []  # the `timeout` of each write/read call
 
     def _check(self) -> None:
         if self.hang:
             raise AssertionError("unreachable")
+        if self.error is not None:
+            raise self.error
         if self.unavailable:
             raise Unavailable("no quorum")
         if self.redirect_to is not None:

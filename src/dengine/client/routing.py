@@ -22,7 +22,8 @@ maps failures to `dengine.errors` exceptions. Outcome of a failed write — one 
   with backoff, until the deadline.
 
 A write is retried only when it is known not to have been applied, so an acknowledged
-write is applied exactly once; reads are retried on any transient failure. A write whose
+write is applied exactly once; reads are retried on any transient failure (a node's
+`Timeout` answer included: the next attempt goes to another node). A write whose
 deadline passes before it could be sent is `Unavailable` (every earlier attempt of it was
 known not to be applied, or it would not have been retried).
 """
@@ -228,6 +229,10 @@ class Router:
                 continue
             if isinstance(err, LeadershipLost):  # outcome unknown: not retried; that node
                 self._forget(addr)  # no longer leads
+            elif isinstance(err, Timeout) and not write:  # e.g. no read index in time
+                self._forget(addr)  # there: another node may answer
+                await backoff.sleep(deadline, err)
+                continue
             raise err
 
     async def call_any(
