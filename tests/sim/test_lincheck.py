@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -22,6 +23,11 @@ def get(c: int, k: str, out: str | None, call: float, ret: float | None) -> Op:
 
 def delete(c: int, k: str, call: float, ret: float | None) -> Op:
     return Op(c, "delete", k, call=call, ret=ret)
+
+
+def cas(c: int, k: str, expected: str | None, new: str, swapped: bool | None, call: float,
+        ret: float | None) -> Op:
+    return Op(c, "cas", k, value=new, output=swapped, call=call, ret=ret, expected=expected)
 
 
 def test_empty_history_is_linearizable() -> None:
@@ -164,26 +170,107 @@ def test_initial_state() -> None:
 
 def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(InvalidRequest, match="kind"):
-        check([Op(1, "cas", "a", call=0, ret=1)])  # type: ignore[arg-type]
+        check([Op(1, "swap", "a", call=0, ret=1)])  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="True or False"):
+        check([cas(1, "a", None, "x", None, 0, 1)])
     with pytest.raises(InvalidRequest, match="returns before"):
         check([put(1, "a", "x", 5, 1)])
 
 
-def _atomic_history(rng: random.Random, n_ops: int, n_keys: int, n_clients: int) -> list[Op]:
+def test_sequential_cas() -> None:
+    h = [
+        cas(1, "a", None, "x", True, 0, 1),
+        cas(2, "a", None, "y", False, 2, 3),
+        cas(2, "a", "x", "y", True, 4, 5),
+        get(1, "a", "y", 6, 7),
+        delete(1, "a", 8, 9),
+        cas(1, "a", "y", "z", False, 10, 11),
+        cas(1, "a", None, "z", True, 12, 13),
+    ]
+    assert check(h).ok
+
+
+def test_cas_that_swaps_a_different_value_is_caught() -> None:
+    h = [put(1, "a", "x", 0, 1), cas(2, "a", "w", "y", True, 2, 3)]
+    r = check(h)
+    assert not r.ok and "cas('a', 'w' -> 'y') -> True" in r.explanation
+
+
+def test_cas_that_fails_on_its_expected_value_is_caught() -> None:
+    h = [put(1, "a", "x", 0, 1), cas(2, "a", "x", "y", False, 2, 3)]
+    assert not check(h).ok
+
+
+def test_two_cas_from_one_value_both_succeeding_is_caught() -> None:
+    # The lost update a compare-and-swap exists to prevent, even when they overlap.
+    h = [
+        put(1, "a", "x", 0, 1),
+        cas(2, "a", "x", "y", True, 2, 10),
+        cas(3, "a", "x", "z", True, 3, 9),
+    ]
+    assert not check(h).ok
+    assert check([*h[:2], cas(3, "a", "x", "z", False, 3, 9)]).ok
+
+
+def test_cas_after_a_stale_read_is_caught() -> None:
+    h = [
+        put(1, "a", "x", 0, 1),
+        cas(1, "a", "x", "y", True, 2, 3),
+        get(2, "a", "x", 4, 5),  # stale: y was swapped in before this read was called
+    ]
+    assert not check(h).ok
+
+
+def test_concurrent_cas_may_take_either_order() -> None:
+    h = [
+        cas(1, "a", None, "x", True, 0, 10),
+        cas(2, "a", "x", "y", True, 1, 9),
+        get(3, "a", "y", 11, 12),
+    ]
+    assert check(h).ok
+
+
+def test_unknown_cas_may_or_may_not_happen() -> None:
+    base = [put(1, "a", "x", 0, 1), cas(2, "a", "x", "y", None, 2, None)]
+    assert check([*base, get(3, "a", "y", 5, 6)]).ok
+    assert check([*base, get(3, "a", "x", 5, 6)]).ok
+    assert not check([*base, get(3, "a", "y", 5, 6), get(3, "a", "x", 7, 8)]).ok
+    # Its compare holds only if it is placed where the value is its expected one.
+    assert not check([put(1, "a", "w", 0, 1), cas(2, "a", "x", "y", None, 2, None),
+                      get(3, "a", "y", 5, 6)]).ok
+
+
+def test_failed_cas_can_prove_an_unobserved_unknown_put() -> None:
+    # Nobody read "x", but the cas failing on an absent-expected key shows it happened.
+    h = [put(1, "a", "x", 0, None), cas(2, "a", None, "y", False, 5, 6)]
+    assert check(h).ok
+    assert not check([put(1, "a", "x", 10, None), cas(2, "a", None, "y", False, 5, 6)]).ok
+
+
+def _atomic_history(rng: random.Random, n_ops: int, n_keys: int, n_clients: int,
+                    cas_share: float = 0.0, spread: float = 3.0,
+                    unknown_share: float = 0.05) -> list[Op]:
     """Run a sequential map; give every op a real-time interval around its atomic point."""
     store: dict[str, str | None] = {}
     history = []
     t = 0.0
     for i in range(n_ops):
-        t += rng.random()
+        t += rng.random() + (1 if not spread else 0)
         key = f"k{rng.randrange(n_keys)}"
         client = rng.randrange(n_clients)
-        call = t - rng.random() * 3
-        ret: float | None = t + rng.random() * 3
-        if rng.random() < 0.05:
+        call = t - rng.random() * spread
+        ret: float | None = t + rng.random() * spread
+        if rng.random() < unknown_share:
             ret = None
         r = rng.random()
-        if r < 0.4:
+        if r < cas_share:
+            expected = store.get(key) if rng.random() < 0.6 else rng.choice((None, "v0"))
+            swapped = store.get(key) == expected
+            if swapped:
+                store[key] = f"v{i}"
+            history.append(cas(client, key, expected, f"v{i}", swapped if ret else None,
+                               call, ret))
+        elif r < 0.4:
             store[key] = f"v{i}"
             history.append(put(client, key, f"v{i}", call, ret))
         elif r < 0.5:
@@ -207,6 +294,36 @@ def test_atomic_register_histories_are_linearizable(
     history = _atomic_history(random.Random(seed), n_ops, n_keys, n_clients)
     result = check(history)
     assert result.ok, result.explanation
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    n_ops=st.integers(0, 150),
+    n_keys=st.integers(1, 3),
+    n_clients=st.integers(1, 6),
+)
+def test_atomic_histories_with_cas_are_linearizable(
+    seed: int, n_ops: int, n_keys: int, n_clients: int
+) -> None:
+    history = _atomic_history(random.Random(seed), n_ops, n_keys, n_clients, cas_share=0.3)
+    result = check(history)
+    assert result.ok, result.explanation
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), n_ops=st.integers(5, 150))
+def test_a_flipped_cas_outcome_is_always_caught(seed: int, n_ops: int) -> None:
+    rng = random.Random(seed)
+    # One at a time and every outcome known: one order only, so a flip always shows.
+    history = _atomic_history(rng, n_ops, 2, 4, cas_share=0.4, spread=0.0, unknown_share=0)
+    known = [i for i, op in enumerate(history) if op.kind == "cas" and op.ret is not None]
+    if not known:
+        return
+    i = rng.choice(known)
+    op = history[i]
+    history[i] = dataclasses.replace(op, output=not op.output)
+    assert not check(history).ok
 
 
 @settings(max_examples=60, deadline=None)

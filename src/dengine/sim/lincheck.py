@@ -4,7 +4,9 @@ A history is a list of `Op`s observed by clients. `check(history)` decides wheth
 total order of the operations (1) respects real time: an op that returned before another
 was called comes first; (2) is legal for a map where `put` sets a key, `delete` clears it,
 and `get` returns the current value. Keys are independent registers, so each key is
-checked alone (per-key partitioning keeps the search small).
+checked alone (per-key partitioning keeps the search small). A `cas` (compare-and-swap)
+sets the key to `value` if its value is `expected` (None: absent) and says whether it did:
+`output` True or False, like an etcd txn guarded by a value (or version 0) compare.
 
 The search is Wing & Gong's, with Lowe's memoisation as in Porcupine: a depth-first walk
 over call/return events that linearizes a pending op when the model allows it, caches
@@ -17,6 +19,8 @@ Outcomes that are unknown (`ret=None`: a timeout, a crash) are handled as follow
   never. It is modelled as returning at +infinity: it can be linearized anywhere after
   its call, and placing it after every other op is the same as "never happened".
 * a read with unknown outcome observed nothing and is dropped.
+* a cas with unknown outcome is a write that may have happened: wherever it is placed,
+  it does what the register's value then says (swap or not), and it constrains nothing.
 
 Use it from tests as::
 
@@ -38,16 +42,18 @@ from typing import Any, Literal
 
 from dengine.errors import InvalidRequest
 
-OpKind = Literal["put", "get", "delete"]
-_KINDS = ("put", "get", "delete")
+OpKind = Literal["put", "get", "delete", "cas"]
+_KINDS = ("put", "get", "delete", "cas")
 
 
 @dataclass(frozen=True)
 class Op:
     """One client operation as a client saw it.
 
-    `value` is the written value of a put; `output` is what a get returned (None = absent).
-    `call` and `ret` are times on one clock; `ret=None` means the outcome is unknown.
+    `value` is the written value of a put or cas; `output` is what a get returned (None =
+    absent) or whether a cas swapped (True / False); `expected` is the value a cas compares
+    with (None = absent). `call` and `ret` are times on one clock; `ret=None` means the
+    outcome is unknown.
     Leave out ops that definitely failed (they did not take effect).
     """
 
@@ -58,6 +64,7 @@ class Op:
     output: Any = None
     call: float = 0.0
     ret: float | None = None
+    expected: Any = None
 
     def describe(self) -> str:
         ret = "?" if self.ret is None else f"{self.ret:g}"
@@ -65,6 +72,9 @@ class Op:
             what = f"put({self.key!r}, {self.value!r})"
         elif self.kind == "delete":
             what = f"delete({self.key!r})"
+        elif self.kind == "cas":
+            outcome = "?" if self.ret is None else self.output
+            what = f"cas({self.key!r}, {self.expected!r} -> {self.value!r}) -> {outcome}"
         else:
             what = f"get({self.key!r}) -> {self.output!r}"
         return f"client {self.client_id}: {what} [{self.call:g}, {ret}]"
@@ -114,15 +124,22 @@ def _validate(op: Op) -> None:
         raise InvalidRequest(f"op call time must be a number: {op!r}")
     if op.ret is not None and op.ret < op.call:
         raise InvalidRequest(f"op returns before it is called: {op.describe()}")
+    if op.kind == "cas" and op.ret is not None and not isinstance(op.output, bool):
+        raise InvalidRequest(f"a cas that returned says True or False: {op!r}")
 
 
 def _drop_unobserved_writes(ops: list[Op]) -> list[Op]:
     """Unknown-outcome puts whose value no get returned cannot matter: drop them.
 
     If such a put took effect, no read saw it before it was overwritten, which a search
-    can always explain by placing it right before the overwrite or at the end.
+    can always explain by placing it right before the overwrite or at the end. A cas
+    observes the value it expects when it swaps, and a failed cas observes that the value
+    was anything but its `expected`: with one of those on the key nothing is dropped.
     """
+    if any(op.kind == "cas" and op.ret is not None and not op.output for op in ops):
+        return ops
     observed = {op.output for op in ops if op.kind == "get" and op.output is not None}
+    observed |= {op.expected for op in ops if op.kind == "cas" and op.ret is not None}
     return [
         op for op in ops
         if not (op.kind == "put" and op.ret is None and op.value not in observed)
@@ -198,6 +215,10 @@ def _check_key(key: Hashable, raw_ops: list[Op], start: Any) -> str | None:
             op = ops[entry.op_id]
             if op.kind == "get":
                 legal, new_state = op.output == state, state
+            elif op.kind == "cas":
+                swaps = op.expected == state
+                legal = op.ret is None or op.output == swaps
+                new_state = op.value if swaps else state
             else:
                 legal, new_state = True, (op.value if op.kind == "put" else _ABSENT)
             if legal:
