@@ -3,6 +3,12 @@
 The naive baseline's `apply_chunk` updates the map, then rewrites the whole map to disk
 (and fsyncs) on every chunk, so its cost grows with the store.
 
+The checkpoint case applies chunks of plain inserts in the node's mode for as long as it
+takes the state machine to start and finish `windows` checkpoints of itself, and reports
+the apply rate over 1-second windows that include a checkpoint (the worst one, and all of
+them together) against the windows that do not. The memory case opens the state machine
+again in a fresh interpreter and reports its resident memory against the raw bytes.
+
 Each case reports wall time and CPU time (user and kernel) per entry, and the run starts
 by timing bare fdatasyncs of one chunk's worth of WAL bytes: wall time minus CPU time is
 mostly waiting for the disk, so a reader can tell a disk-bound result from a CPU-bound one.
@@ -10,10 +16,13 @@ mostly waiting for the disk, so a reader can tell a disk-bound result from a CPU
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +38,9 @@ KEY_BYTES = 16
 VALUE_BYTES = 256
 WAL_BYTES_PER_ENTRY = 25 + KEY_BYTES + VALUE_BYTES  # op header, key, value (docs/formats.md)
 FSYNC_PROBES = 200
+CASES = ("fdatasync", "log", "apply", "checkpoint", "memory")
+WINDOW_SECONDS = 1.0  # the checkpoint case's measuring window
+_POOL_CHUNKS = 16  # chunks of entries the checkpoint case cycles through (indexes renumbered)
 
 
 @dataclass
@@ -231,6 +243,103 @@ def settle() -> None:
     time.sleep(0.5)
 
 
+def bench_checkpoint_windows(
+    directory: str, store_keys: int, chunk: int, windows: int, rng: random.Random,
+    max_seconds: float = 300.0,
+) -> list[BenchResult]:
+    """Apply chunks of inserts (node mode) until `windows` checkpoints ran start to end.
+
+    The state machine in `directory/sm` checkpoints itself when its WAL passes the
+    threshold, as in a node. The entries come from a pool whose indexes are renumbered, so
+    that the time between applies is negligible: a window's wall time is apply time, plus
+    whatever the checkpoint takes from it. Rows: every 1-second window that overlapped a
+    checkpoint, together and the worst one; the windows that did not.
+    """
+    sm = FileStateMachine(os.path.join(directory, "sm"), sync_apply=False)
+    pool = [insert_entries(0, [rng.randrange(store_keys) for _ in range(chunk)], rng)
+            for _ in range(_POOL_CHUNKS)]
+    next_index = sm.last_applied().index + 1
+    apply = _syncing_every_second(sm)
+    with_ckpt = BenchResult("checkpoint windows", store_keys, chunk, 0, 0.0, [])
+    worst = BenchResult("checkpoint worst window", store_keys, chunk, 0, 0.0, [])
+    without = BenchResult("checkpoint-free windows", store_keys, chunk, 0, 0.0, [])
+    settle()
+    finished = 0
+    n = 0
+    state = sm.checkpoint_running()
+    began = time.perf_counter()
+    while finished < windows and time.perf_counter() - began < max_seconds:
+        window = BenchResult("", store_keys, chunk, 0, 0.0, [])
+        overlapped = False
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        while window.seconds < WINDOW_SECONDS:
+            batch = pool[n % _POOL_CHUNKS]
+            n += 1
+            for entry in batch:
+                entry.index = next_index
+                next_index += 1
+            running = sm.checkpoint_running()
+            finished += state and not running  # ended between two chunks
+            t0 = time.perf_counter()
+            apply(batch)
+            now = time.perf_counter()
+            window.chunk_latencies.append(now - t0)
+            window.entries += len(batch)
+            window.seconds = now - start
+            state = sm.checkpoint_running()
+            overlapped = overlapped or running or state
+            finished += running and not state
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        window.cpu_seconds = after.ru_utime - usage.ru_utime
+        window.sys_seconds = after.ru_stime - usage.ru_stime
+        total = with_ckpt if overlapped else without
+        total.entries += window.entries
+        total.seconds += window.seconds
+        total.cpu_seconds += window.cpu_seconds
+        total.sys_seconds += window.sys_seconds
+        total.chunk_latencies += window.chunk_latencies
+        if overlapped and (not worst.entries or window.entries_per_s < worst.entries_per_s):
+            window.name = worst.name
+            worst = window
+    sm.close()
+    return [r for r in (without, with_ckpt, worst) if r.entries]
+
+
+# Runs in a fresh interpreter: open the state machine, report its resident memory.
+_MEMORY_PROBE = """
+import gc, json, sys
+from dengine.storage.file_state_machine import FileStateMachine
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+
+before = rss()
+sm = FileStateMachine(sys.argv[1])
+gc.collect()
+print(json.dumps({"rss_bytes": rss() - before, "keys": len(sm.items())}))
+"""
+
+
+@dataclass
+class MemoryResult:
+    keys: int
+    raw_bytes: int  # keys x (key size + value size)
+    rss_bytes: int  # resident memory of the opened state machine (interpreter excluded)
+
+
+def bench_memory(directory: str) -> MemoryResult:
+    """Resident memory of the state machine in `directory/sm`, opened in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, os.path.join(directory, "sm")],
+        check=True, capture_output=True, text=True,
+    )
+    probe = json.loads(out.stdout)
+    return MemoryResult(probe["keys"], probe["keys"] * (KEY_BYTES + VALUE_BYTES),
+                        probe["rss_bytes"])
+
+
 def bench_log_append(
     directory: str, batches: Sequence[int], min_seconds: float, rng: random.Random
 ) -> list[BenchResult]:
@@ -268,17 +377,34 @@ def run_storage_bench(
     naive_max_seconds: float = 3.0,
     directory: str | None = None,
     seed: int = 1,
+    cases: Sequence[str] = CASES,
+    checkpoint_chunk: int = 1000,
+    checkpoint_windows: int = 2,
+    memory: list[MemoryResult] | None = None,
 ) -> list[BenchResult]:
-    """Run every storage benchmark in a scratch directory (removed afterwards)."""
+    """Run the storage benchmarks of `cases` in a scratch directory (removed afterwards);
+    the memory case's results go to `memory`."""
     rng = random.Random(seed)
     root = tempfile.mkdtemp(prefix="dengine-bench-", dir=directory)
     try:
-        results = bench_fdatasync(root, chunks)
-        results += bench_log_append(root, chunks, min_seconds, rng)
+        results = bench_fdatasync(root, chunks) if "fdatasync" in cases else []
+        if "log" in cases:
+            results += bench_log_append(root, chunks, min_seconds, rng)
         for store_keys in sizes:
             sub = os.path.join(root, f"store-{store_keys}")
             os.makedirs(sub)
-            results += bench_apply(sub, store_keys, chunks, min_seconds, naive_max_seconds, rng)
+            if "apply" in cases:
+                results += bench_apply(
+                    sub, store_keys, chunks, min_seconds, naive_max_seconds, rng
+                )
+            else:
+                preload(sub, store_keys, rng).close()
+            if "checkpoint" in cases:
+                results += bench_checkpoint_windows(
+                    sub, store_keys, checkpoint_chunk, checkpoint_windows, rng
+                )
+            if "memory" in cases and memory is not None:
+                memory.append(bench_memory(sub))
             shutil.rmtree(sub)
         return results
     finally:

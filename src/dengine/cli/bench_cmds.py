@@ -38,8 +38,15 @@ def _int_list(text: str, what: str) -> list[int]:
               help="Time budget per case of the naive (rewrite-everything) baseline.")
 @click.option("--dir", "directory", default=None, type=click.Path(file_okay=False),
               help="Scratch directory (default: the system temp dir).")
+@click.option("--cases", default="fdatasync,log,apply,checkpoint,memory", show_default=True,
+              help="Which benchmarks to run, comma-separated.")
+@click.option("--checkpoint-chunk", default=1000, show_default=True,
+              type=click.IntRange(min=1), help="Chunk size of the checkpoint case.")
+@click.option("--checkpoints", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Checkpoints the checkpoint case waits for, per store size.")
 def storage(sizes: str, chunks: str, seconds: float, naive_seconds: float,
-            directory: str | None) -> None:
+            directory: str | None, cases: str, checkpoint_chunk: int,
+            checkpoints: int) -> None:
     """apply_chunk and Raft log append throughput (one fsync per chunk/batch).
 
     Compares FileStateMachine with a naive baseline that rewrites the whole map (and
@@ -48,11 +55,20 @@ def storage(sizes: str, chunks: str, seconds: float, naive_seconds: float,
     from rich.console import Console
     from rich.table import Table
 
-    from dengine.bench.storage import run_storage_bench
+    from dengine.bench.storage import CASES, KEY_BYTES, VALUE_BYTES, MemoryResult, run_storage_bench
 
+    selected = [c.strip() for c in cases.split(",") if c.strip()]
+    unknown = sorted(set(selected) - set(CASES))
+    if unknown or not selected:
+        raise InvalidRequest(
+            f"--cases takes some of {', '.join(CASES)}, got {cases!r}"
+        )
+    memory: list[MemoryResult] = []
     results = run_storage_bench(
         sizes=_int_list(sizes, "--sizes"), chunks=_int_list(chunks, "--chunks"),
         min_seconds=seconds, naive_max_seconds=naive_seconds, directory=directory,
+        cases=selected, checkpoint_chunk=checkpoint_chunk, checkpoint_windows=checkpoints,
+        memory=memory,
     )
     table = Table(title="dengine storage benchmark (one fsync per chunk)",
                   caption="user us, sys us: CPU per entry in Python and in the kernel. "
@@ -72,6 +88,10 @@ def storage(sizes: str, chunks: str, seconds: float, naive_seconds: float,
     if not console.is_terminal:
         console = Console(width=132)  # a pipe or file: do not squeeze the table to 80 columns
     console.print(table)
+    for m in memory:
+        console.print(f"memory of {m.keys:,} keys ({KEY_BYTES} + {VALUE_BYTES} bytes), state "
+                      f"machine reopened: {m.rss_bytes / 1e6:,.0f} MB = "
+                      f"{m.rss_bytes / max(m.raw_bytes, 1):.2f}x the raw bytes")
     apply = {(r.store_keys, r.chunk): r for r in results if r.name == "apply_chunk"}
     size_list = sorted({k for k, _ in apply})
     if len(size_list) >= 2:

@@ -423,6 +423,10 @@ class FileStateMachine:
         the whole map: a caller that must not stall, such as an event loop, checks this)."""
         return self._checkpoints.threshold - self._wal_size
 
+    def checkpoint_running(self) -> bool:
+        """True while a background checkpoint is being written."""
+        return self._checkpoints.running()
+
     def maybe_checkpoint(self) -> bool:
         """Checkpoint if the WAL passed the threshold and none is running. True if started."""
         with self._lock:
