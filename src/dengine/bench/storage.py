@@ -245,7 +245,8 @@ def settle() -> None:
 
 def bench_checkpoint_windows(
     directory: str, store_keys: int, chunk: int, windows: int, rng: random.Random,
-    max_seconds: float = 300.0,
+    max_seconds: float = 300.0, window_seconds: float = WINDOW_SECONDS,
+    checkpoint_bytes: int = 64 * 1024 * 1024,
 ) -> list[BenchResult]:
     """Apply chunks of inserts (node mode) until `windows` checkpoints ran start to end.
 
@@ -255,7 +256,9 @@ def bench_checkpoint_windows(
     whatever the checkpoint takes from it. Rows: every 1-second window that overlapped a
     checkpoint, together and the worst one; the windows that did not.
     """
-    sm = FileStateMachine(os.path.join(directory, "sm"), sync_apply=False)
+    sm = FileStateMachine(
+        os.path.join(directory, "sm"), sync_apply=False, checkpoint_bytes=checkpoint_bytes
+    )
     pool = [insert_entries(0, [rng.randrange(store_keys) for _ in range(chunk)], rng)
             for _ in range(_POOL_CHUNKS)]
     next_index = sm.last_applied().index + 1
@@ -264,32 +267,32 @@ def bench_checkpoint_windows(
     worst = BenchResult("checkpoint worst window", store_keys, chunk, 0, 0.0, [])
     without = BenchResult("checkpoint-free windows", store_keys, chunk, 0, 0.0, [])
     settle()
-    finished = 0
+    first, _ = sm.checkpoint_progress()
     n = 0
-    state = sm.checkpoint_running()
     began = time.perf_counter()
-    while finished < windows and time.perf_counter() - began < max_seconds:
+    while (
+        sm.checkpoint_progress()[0] - first < windows
+        and time.perf_counter() - began < max_seconds
+    ):
         window = BenchResult("", store_keys, chunk, 0, 0.0, [])
         overlapped = False
         usage = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
-        while window.seconds < WINDOW_SECONDS:
+        while window.seconds < window_seconds:
             batch = pool[n % _POOL_CHUNKS]
             n += 1
             for entry in batch:
                 entry.index = next_index
                 next_index += 1
-            running = sm.checkpoint_running()
-            finished += state and not running  # ended between two chunks
+            done, running = sm.checkpoint_progress()
             t0 = time.perf_counter()
             apply(batch)
             now = time.perf_counter()
             window.chunk_latencies.append(now - t0)
             window.entries += len(batch)
             window.seconds = now - start
-            state = sm.checkpoint_running()
-            overlapped = overlapped or running or state
-            finished += running and not state
+            progress = sm.checkpoint_progress()
+            overlapped = overlapped or running or progress != (done, False)
         after = resource.getrusage(resource.RUSAGE_SELF)
         window.cpu_seconds = after.ru_utime - usage.ru_utime
         window.sys_seconds = after.ru_stime - usage.ru_stime
@@ -381,6 +384,8 @@ def run_storage_bench(
     checkpoint_chunk: int = 1000,
     checkpoint_windows: int = 2,
     memory: list[MemoryResult] | None = None,
+    window_seconds: float = WINDOW_SECONDS,
+    checkpoint_bytes: int = 64 * 1024 * 1024,
 ) -> list[BenchResult]:
     """Run the storage benchmarks of `cases` in a scratch directory (removed afterwards);
     the memory case's results go to `memory`."""
@@ -401,7 +406,8 @@ def run_storage_bench(
                 preload(sub, store_keys, rng).close()
             if "checkpoint" in cases:
                 results += bench_checkpoint_windows(
-                    sub, store_keys, checkpoint_chunk, checkpoint_windows, rng
+                    sub, store_keys, checkpoint_chunk, checkpoint_windows, rng,
+                    window_seconds=window_seconds, checkpoint_bytes=checkpoint_bytes,
                 )
             if "memory" in cases and memory is not None:
                 memory.append(bench_memory(sub))

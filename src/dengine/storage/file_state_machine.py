@@ -27,7 +27,7 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.kv.codec import OP_INSERT, OP_REJECTED, SHAPES, decode_entry
@@ -37,6 +37,7 @@ from dengine.storage import kvfile, records
 from dengine.storage.checkpoints import (
     CHECKPOINT_FILE,
     Checkpointer,
+    checkpoint_chunks,
     encode_checkpoint_meta,
     parse_wal_name,
     wal_name,
@@ -423,9 +424,10 @@ class FileStateMachine:
         the whole map: a caller that must not stall, such as an event loop, checks this)."""
         return self._checkpoints.threshold - self._wal_size
 
-    def checkpoint_running(self) -> bool:
-        """True while a background checkpoint is being written."""
-        return self._checkpoints.running()
+    def checkpoint_progress(self) -> tuple[int, bool]:
+        """Checkpoints written since this state machine was opened, and whether one is
+        being written in the background now (benchmarks, tests)."""
+        return self._checkpoints.written, self._checkpoints.running()
 
     def maybe_checkpoint(self) -> bool:
         """Checkpoint if the WAL passed the threshold and none is running. True if started."""
@@ -434,8 +436,15 @@ class FileStateMachine:
                 return False
             if not self._checkpoints.background:
                 self.checkpoint()
-                return True
-            self._checkpoints.start(*self._begin_checkpoint())
+            elif self._checkpoints.fork:
+                # The child writes the live map as of the fork: no copy, no GIL shared.
+                meta, seq = self._rotate_wal()
+                state = self._store.data
+                self._checkpoints.start_forked(
+                    lambda: checkpoint_chunks(meta, state.items()), seq
+                )
+            else:
+                self._checkpoints.start(*self._begin_checkpoint())
             return True
 
     def checkpoint(self) -> None:
@@ -443,22 +452,28 @@ class FileStateMachine:
         self._checkpoints.wait()
         self._checkpoints.finish(*self._begin_checkpoint())
 
-    def _begin_checkpoint(self) -> tuple[dict[bytes, bytes], bytes, int]:
+    def _begin_checkpoint(self) -> tuple[Iterator[bytes], int]:
         """Freeze a consistent point: copy the map and start a new WAL (under the lock)."""
         with self._lock:
             state = self._store.copy()
-            seq = self._wal_seq + 1
-            old = self._wal
-            if old is not None and self._durable_index != self._last_applied.index:
-                self._sync_wal(old)  # only the last WAL may end in an unsynced tail
-            self._wal = self._create_wal(seq)
-            self._wal_seq = seq
-            if old is not None:
-                old.close()
-            meta = encode_checkpoint_meta(
-                self._last_applied, seq, len(state), self._membership, self._snapshot
-            )
-            return state, meta, seq
+            meta, seq = self._rotate_wal()
+            return checkpoint_chunks(meta, state.items()), seq
+
+    def _rotate_wal(self) -> tuple[bytes, int]:
+        """Under the lock: start the next WAL; return the checkpoint metadata of the state
+        as of now (replay starts at the new WAL) and the new WAL's sequence."""
+        seq = self._wal_seq + 1
+        old = self._wal
+        if old is not None and self._durable_index != self._last_applied.index:
+            self._sync_wal(old)  # only the last WAL may end in an unsynced tail
+        self._wal = self._create_wal(seq)
+        self._wal_seq = seq
+        if old is not None:
+            old.close()
+        meta = encode_checkpoint_meta(
+            self._last_applied, seq, len(self._store), self._membership, self._snapshot
+        )
+        return meta, seq
 
     # -- snapshots
 
@@ -486,7 +501,7 @@ class FileStateMachine:
                 data.last_included, seq, len(data.state), data.membership, metadata
             )
             try:
-                self._checkpoints.write(data.state, meta)
+                self._checkpoints.write(checkpoint_chunks(meta, data.state.items()))
             except BaseException:
                 new_wal.close()
                 self._failed = "snapshot install failed"
