@@ -27,6 +27,7 @@ import re
 import signal
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 from google.protobuf.message import DecodeError
@@ -137,6 +138,7 @@ class Checkpointer:
             self._io.unlink(tmp)
         parent = os.getpid()
         read_end, write_end = os.pipe()
+        began = time.perf_counter()
         try:
             pid = os.fork()
         except BaseException:
@@ -146,6 +148,8 @@ class Checkpointer:
         if pid == 0:  # the child: never returns
             _write_in_child(tmp, chunks, write_end, parent)
         os.close(write_end)
+        log.debug("%s: checkpoint writer process %d forked in %.1f ms", self._dir, pid,
+                  (time.perf_counter() - began) * 1e3)
         self._start_thread(self._reap_logged, pid, read_end, seq)
 
     def _start_thread(self, target: Callable[..., None], *args: object) -> None:
