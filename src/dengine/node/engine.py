@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from dengine.api import Key, Leader, MemberInfo, NodeStatus, WriteResult
 from dengine.config import NodeConfig, parse_address
@@ -54,6 +55,39 @@ from dengine.raft import Role
 DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
 
+# The WriteCommand fields that carry an etcd request's bytes (common.proto).
+KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION = 3, 4, 5, 6
+KV_FIELDS = (KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION)
+
+
+def wrap_kv_request(field: int, request: bytes) -> bytes:
+    """The WriteCommand whose `field` (3-6) holds `request` (an encoded etcd request), made
+    without decoding it: tag byte, varint length, the bytes."""
+    if field not in KV_FIELDS:
+        raise InvalidRequest(f"not a request field of WriteCommand: {field}")
+    n = len(request)
+    head = bytearray((field << 3 | 2,))
+    while n >= 0x80:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + request
+
+
+def etcd_cluster_id(cluster_id: str) -> int:
+    """The cluster id of etcd's response headers (a uint64): the first 8 bytes, big-endian,
+    of the SHA-256 of dengine's cluster id string."""
+    return int.from_bytes(hashlib.sha256(cluster_id.encode()).digest()[:8], "big")
+
+
+class HeaderIds(NamedTuple):
+    """What an etcd response header says of the member that answers (its `revision` is
+    the store's)."""
+
+    cluster_id: int
+    member_id: int
+    raft_term: int
+
 
 class Engine:
     """One dengine node running in this process. Create it with `await Engine.start(...)`."""
@@ -62,6 +96,8 @@ class Engine:
         self._node = node
         self._limits = Limits.of(node.config)
         self._local_reads = 0
+        # (the node is started: its cluster id is set, derived or read from the data dir)
+        self._etcd_cluster_id = etcd_cluster_id(node.config.cluster_id)
 
     @classmethod
     async def start(
@@ -184,7 +220,47 @@ class Engine:
         check_encoded_commands(commands, self._limits)
         return await self._node.propose(list(commands), self._timeout(timeout))
 
+    async def kv_request(
+        self, field: int, request: bytes, *, timeout: float | None = None
+    ) -> WriteResult:
+        """Propose an encoded etcd request (`field`: KV_PUT, KV_DELETE_RANGE, KV_TXN or
+        KV_COMPACTION) as it is, checked beforehand by the caller (`kv.etcd_check`); its
+        result once applied here (NotLeader on a follower: nothing was proposed)."""
+        command = wrap_kv_request(field, request)
+        if len(command) > self._limits.max_request_size:
+            check_write_size(len(command), self._limits)
+        results = await self._node.propose([command], self._timeout(timeout))
+        return results[0]
+
+    def header_ids(self) -> HeaderIds:
+        """The cluster id, member id and Raft term of an etcd response header from here."""
+        return HeaderIds(self._etcd_cluster_id, self._node.node_id, self._node.term)
+
     # -- reads ---------------------------------------------------------------------------
+
+    async def read_query(
+        self,
+        fn: Callable[[Any], Any],
+        consistency: str | Consistency = Consistency.LINEARIZABLE,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """What `fn(store)` returns, on the state machine's applied state (the MVCC store):
+        linearizable and lease reads once this node applied the read index of their
+        round (a ReadIndex round asked by this node, leader or follower); eventual
+        ("serializable") reads on this node's applied state at once. An exception of `fn`
+        (an etcd error such as a compacted revision) is raised as it is."""
+        mode = consistency_name(consistency)
+        if mode == EVENTUAL:
+            result = self._node.query_local(fn)
+            await self._yield_now_and_then()
+            return result
+        return await self._node.read_query(fn, mode, self._timeout(timeout))
+
+    async def wait_applied(self, index: int, *, timeout: float | None = None) -> None:
+        """Return once this node applied log index `index` (Timeout after `timeout`): a
+        write the leader applied is then visible here too."""
+        await self._node.wait_applied(index, self._timeout(timeout))
 
     async def get(
         self,

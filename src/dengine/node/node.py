@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dengine.api import MemberInfo, NodeStatus
 from dengine.config import NodeConfig
@@ -28,7 +29,7 @@ from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
 from dengine.node.ports import NodeLog, PeerTransport, SnapshotFiles
-from dengine.node.reads import ReadPath
+from dengine.node.reads import ReadPath, query_state
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
 from dengine.node.standing import Standing, failure_reason
@@ -49,6 +50,10 @@ _SM_SYNC_INTERVAL_S = 1.0
 
 def _by_id(member: Member) -> int:
     return member.id
+
+
+def _nothing(store: Any) -> None:
+    return None
 
 
 def _not_started(node_id: int) -> Unavailable:
@@ -265,6 +270,41 @@ class Node:
         self._in_reads[consistency].append(Read(keys, future, timeout, self._due(timeout)))
         self._wake.set()
         return future
+
+    def read_query(
+        self, fn: Callable[[Any], Any], consistency: str, timeout: float
+    ) -> asyncio.Future[Any]:
+        """Queue a read that answers `fn(store)` (`StateMachine.read`) at `consistency`:
+        linearizable and lease reads once their read index is applied, eventual ones at
+        the next turn. An exception of `fn` is the future's."""
+        self.check_running()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._in_reads[consistency].append(
+            Read((), future, timeout, self._due(timeout), query=fn))
+        self._wake.set()
+        return future
+
+    def query_local(self, fn: Callable[[Any], Any]) -> Any:
+        """`fn(store)` on this node's applied state, now (an eventual `read_query`)."""
+        self.check_running()
+        assert self._sm is not None
+        return query_state(self._sm, fn)
+
+    def wait_applied(self, index: int, timeout: float) -> asyncio.Future[Any]:
+        """A future done once this node applied `index` (Timeout after `timeout`)."""
+        self.check_running()
+        future: asyncio.Future[Any] = self._loop.create_future()
+        if self.applied_index >= index:
+            future.set_result(None)
+        else:
+            self._reads.ready.append(
+                (index, Read((), future, timeout, self._due(timeout), query=_nothing)))
+        return future
+
+    @property
+    def term(self) -> int:
+        """The current Raft term (0 before start)."""
+        return self._core.term if self._core is not None else 0
 
     def read_local(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """An eventual read: this node's state machine as it is now, without a loop turn.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from dengine.errors import Timeout, Unavailable
@@ -45,21 +45,24 @@ class Write:
 
 
 class Read:
-    """A read of `keys`, answered once the state machine reaches its read index."""
+    """A read answered once the state machine reaches its read index: the values of
+    `keys`, or (with a `query`) what `query(store)` returns (`StateMachine.read`)."""
 
-    __slots__ = ("due", "future", "keys", "timeout")
+    __slots__ = ("due", "future", "keys", "query", "timeout")
 
     def __init__(
         self,
         keys: Sequence[bytes],
-        future: asyncio.Future[list[bytes | None]],
+        future: asyncio.Future[Any],
         timeout: float,
         due: int,
+        query: Callable[[Any], Any] | None = None,
     ) -> None:
         self.keys = keys
         self.future = future
         self.timeout = timeout
         self.due = due
+        self.query = query
 
 
 def expire_write(write: Write, now: int) -> None:
