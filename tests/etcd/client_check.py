@@ -1,0 +1,195 @@
+"""One etcd Python client library against one cluster, in a process of its own.
+
+    python client_check.py etcd3|aetcd HOST:PORT PREFIX
+
+Imports every dengine module first (its generated etcd protos included), then the client
+library, in this one process: they must coexist (a library and dengine registering the
+same .proto file or message names fail with "duplicate symbol"/"duplicate file name"). Then
+put/get/get_prefix/delete/replace/transaction/status/members under PREFIX, and prints one
+JSON report with revisions relative to the store revision when it started. A run against
+real etcd is the expected report; test_clients.py compares.
+
+The two libraries cannot share a process with each other (both register etcd's `kv.proto`
+and `auth.proto` under the same file names in protobuf's default pool), hence one process
+per library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import pkgutil
+import sys
+from typing import Any
+
+
+def import_dengine() -> list[str]:
+    import dengine
+
+    names = []
+    for mod in pkgutil.walk_packages(dengine.__path__, "dengine."):
+        if mod.name.endswith("__main__"):
+            continue
+        importlib.import_module(mod.name)
+        names.append(mod.name)
+    return names
+
+
+def kv(value: bytes | None, meta: Any, base: int) -> Any:
+    if value is None:
+        return None
+    return {"key": meta.key.decode().removeprefix(PREFIX), "value": value.decode(),
+            "create": meta.create_revision - base, "mod": meta.mod_revision - base,
+            "version": meta.version,
+            "lease": getattr(meta, "lease", getattr(meta, "lease_id", 0))}
+
+
+def check_etcd3(endpoint: str, p: str) -> dict[str, Any]:
+    import etcd3
+
+    host, port = endpoint.rsplit(":", 1)
+    c = etcd3.client(host, int(port), timeout=10)
+    r: dict[str, Any] = {}
+    base = c.get_response(p.encode()).header.revision
+    r["put"] = c.put(f"{p}a", "1").header.revision - base
+    c.put(f"{p}a", "2")
+    c.put(f"{p}b", "3")
+    prev = c.put(f"{p}b", "4", prev_kv=True).prev_kv
+    r["put_prev_kv"] = kv(prev.value, prev, base)
+    r["get"] = kv(*c.get(f"{p}a"), base)
+    r["get_missing"] = kv(*c.get(f"{p}missing"), base)
+    r["get_prefix"] = [kv(v, m, base) for v, m in c.get_prefix(p)]
+    r["get_prefix_desc"] = [m.key.decode().removeprefix(p) for _, m in
+                            c.get_prefix(p, sort_order="descend", sort_target="mod")]
+    r["get_range"] = [m.key.decode().removeprefix(p) for _, m in c.get_range(f"{p}a", f"{p}b")]
+    r["replace_ok"] = c.replace(f"{p}a", "2", "5")
+    r["replace_stale"] = c.replace(f"{p}a", "2", "6")
+    r["put_if_not_exists"] = [c.put_if_not_exists(f"{p}n", "1"),
+                              c.put_if_not_exists(f"{p}n", "2")]
+    t = c.transactions
+    ok, resps = c.transaction(
+        compare=[t.value(f"{p}a") == "5", t.version(f"{p}b") == 2,
+                 t.create(f"{p}missing") == 0, t.mod(f"{p}a") > 0],
+        success=[t.put(f"{p}c", "7"), t.get(f"{p}a"), t.delete(f"{p}n")],
+        failure=[t.put(f"{p}failed", "1")])
+    r["txn_success"] = [ok, _etcd3_responses(resps, base)]
+    ok, resps = c.transaction(compare=[t.value(f"{p}a") == "nope"],
+                              success=[t.put(f"{p}x", "1")], failure=[t.get(f"{p}c")])
+    r["txn_failure"] = [ok, _etcd3_responses(resps, base)]
+    r["delete"] = [c.delete(f"{p}c"), c.delete(f"{p}c")]
+    deleted = c.delete(f"{p}b", prev_kv=True, return_response=True)
+    r["delete_prev_kv"] = [deleted.deleted, [kv(x.value, x, base) for x in deleted.prev_kvs]]
+    r["after"] = [kv(v, m, base) for v, m in c.get_prefix(p)]
+    r["revision"] = c.get_response(p.encode()).header.revision - base
+    st = c.status()
+    members = list(c.members)
+    r["status"] = {"version": bool(st.version), "raft_term": st.raft_term > 0,
+                   "raft_index": st.raft_index > 0,
+                   "leader_is_member": st.leader is not None
+                   and st.leader.id in {m.id for m in members}}
+    r["members"] = sorted(u for m in members for u in m.client_urls)
+    r["member_ids"] = len({m.id for m in members if m.id})
+    c.close()
+    return r
+
+
+def _etcd3_responses(resps: list[Any], base: int) -> list[Any]:
+    out = []
+    for resp in resps:
+        if isinstance(resp, list):  # a range: [(value, metadata)]
+            out.append(["range", [kv(v, m, base) for v, m in resp]])
+        else:
+            out.append([resp.WhichOneof("response")])
+    return out
+
+
+async def check_aetcd(endpoint: str, p: str) -> dict[str, Any]:
+    import aetcd
+
+    host, port = endpoint.rsplit(":", 1)
+    r: dict[str, Any] = {}
+    pb = p.encode()
+
+    def b(s: str) -> bytes:
+        return (p + s).encode()
+
+    async with aetcd.Client(host, int(port), timeout=10) as c:
+        base = (await c.get_prefix(pb)).header.revision
+        r["put"] = (await c.put(b("a"), b"1")).header.revision - base
+        await c.put(b("a"), b"2")
+        await c.put(b("b"), b"3")
+        prev = (await c.put(b("b"), b"4", prev_kv=True)).prev_kv
+        r["put_prev_kv"] = kv(prev.value, prev, base)
+        got = await c.get(b("a"))
+        r["get"] = kv(got.value, got, base)
+        r["get_missing"] = await c.get(b("missing"))
+        r["get_prefix"] = [kv(x.value, x, base) for x in await c.get_prefix(pb)]
+        r["get_prefix_desc"] = [x.key.decode().removeprefix(p) for x in await c.get_prefix(
+            pb, sort_order="descend", sort_target="mod")]
+        r["get_range"] = [x.key.decode().removeprefix(p)
+                          for x in await c.get_range(b("a"), b("b"))]
+        r["replace_ok"] = await c.replace(b("a"), b"2", b"5")
+        r["replace_stale"] = await c.replace(b("a"), b"2", b"6")
+        t = c.transactions
+        created = []
+        for value in (b"1", b"2"):
+            ok, _ = await c.transaction(compare=[t.create(b("n")) == 0],
+                                        success=[t.put(b("n"), value)], failure=[])
+            created.append(ok)
+        r["put_if_not_exists"] = created
+        ok, resps = await c.transaction(
+            compare=[t.value(b("a")) == b"5", t.version(b("b")) == 2,
+                     t.create(b("missing")) == 0, t.mod(b("a")) > 0],
+            success=[t.put(b("c"), b"7"), t.get(b("a")), t.delete(b("n"))],
+            failure=[t.put(b("failed"), b"1")])
+        r["txn_success"] = [ok, _aetcd_responses(resps, base)]
+        ok, resps = await c.transaction(compare=[t.value(b("a")) == b"nope"],
+                                        success=[t.put(b("x"), b"1")],
+                                        failure=[t.get(b("c"))])
+        r["txn_failure"] = [ok, _aetcd_responses(resps, base)]
+        r["delete"] = [bool(await c.delete(b("c"))), bool(await c.delete(b("c")))]
+        deleted = await c.delete_range(b("b"), b("b") + b"\0", prev_kv=True)
+        r["delete_prev_kv"] = [deleted.deleted, [kv(x.value, x, base) for x in deleted]]
+        r["after"] = [kv(x.value, x, base) for x in await c.get_prefix(pb)]
+        r["revision"] = (await c.get_prefix(pb)).header.revision - base
+        st = await c.status()
+        members = [m async for m in c.members()]
+        r["status"] = {"version": bool(st.version), "raft_term": st.raft_term > 0,
+                       "raft_index": st.raft_index > 0,
+                       "leader_is_member": st.leader is not None
+                       and st.leader.id in {m.id for m in members}}
+        r["members"] = sorted(u for m in members for u in m.client_urls)
+        r["member_ids"] = len({m.id for m in members if m.id})
+    return r
+
+
+def _aetcd_responses(resps: list[Any], base: int) -> list[Any]:
+    out = []
+    for resp in resps:
+        if isinstance(resp, list):  # a range: [(value, Get)]
+            out.append(["range", [kv(v, m, base) for v, m in resp]])
+        else:
+            out.append([resp.WhichOneof("response")])
+    return out
+
+
+PREFIX = ""
+
+
+def main() -> None:
+    global PREFIX
+    library, endpoint, prefix = sys.argv[1:4]
+    PREFIX = prefix
+    imported = import_dengine()
+    if library == "etcd3":
+        report = check_etcd3(endpoint, prefix)
+    else:
+        report = asyncio.run(check_aetcd(endpoint, prefix))
+    report["dengine_modules"] = len(imported)
+    report["dengine_etcd_modules"] = [m for m in imported if "etcd" in m]
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The differential harness: the same etcdctl script against two clusters, outputs compared.
+
+A script is a list of steps; a step is an etcdctl command line (shlex syntax) and, for
+`txn`, its stdin. Templates in both: `{p}` is the script's key prefix (fresh for every
+script run, so scripts share a cluster), `{r}`, `{r+N}`, `{r-N}` are revisions relative to
+the store revision when the script started (`--rev {r+2}`, `compaction {r+3}`).
+
+Normalization sets aside only what legitimately differs between two clusters:
+
+* `cluster_id`, `member_id`, `raft_term` of response headers (`-w json`; `ClusterID`,
+  `MemberID`, `RaftTerm` of `-w fields`);
+* the member addresses (each becomes EP0, EP1, ... by its position in `--endpoints`),
+  `took = ...` timings of `endpoint health`, and the order of its lines (it asks the
+  members concurrently and prints them as they answer);
+* in etcdctl's client-side log lines on stderr (JSON, "retrying of unary invoker
+  failed"): the timestamp `ts` and the `target` (a random client id and the member the
+  balancer picked); level, caller, message, attempt and the gRPC error stay;
+* for scripts run on a shared cluster, revisions (header `revision`, `create_revision`,
+  `mod_revision`, `compact_revision`, `compacted revision N`) are shown relative to the
+  revision at the script's start (`r+3`); fresh-cluster scripts compare them as they are.
+
+Everything else (exit status, every other byte of stdout and stderr) must be equal.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from etcd_cluster import Run, _Cluster
+
+REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_revision"})
+HEADER_IDS = frozenset({"cluster_id", "member_id", "raft_term"})
+FIELDS_IDS = frozenset({"ClusterID", "MemberID", "RaftTerm"})
+FIELDS_REVS = frozenset({"Revision", "CreateRevision", "ModRevision", "CompactRevision"})
+_TEMPLATE = re.compile(r"\{r([+-]\d+)?\}")
+_FIELDS_LINE = re.compile(r'^"(\w+)" : (\d+)$')
+_COMPACTED = re.compile(r"^compacted revision (\d+)$")
+_TOOK = re.compile(r"took = \S+")
+
+
+@dataclass(frozen=True)
+class Step:
+    cmd: str
+    stdin: str | None = None
+
+    def render(self, prefix: str, base: int) -> tuple[list[str], str | None]:
+        def fill(text: str) -> str:
+            text = _TEMPLATE.sub(lambda m: str(base + int(m.group(1) or 0)), text)
+            return text.replace("{p}", prefix)
+
+        return shlex.split(fill(self.cmd)), (fill(self.stdin) if self.stdin is not None
+                                             else None)
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    steps: tuple[Step, ...]
+    # Compares absolute revisions: run it only on clusters that nothing else touched.
+    fresh: bool = False
+
+
+def script(name: str, *steps: str | tuple[str, str], fresh: bool = False) -> Script:
+    """A Script from command lines and (command line, stdin) pairs."""
+    return Script(name, tuple(Step(s) if isinstance(s, str) else Step(*s) for s in steps),
+                  fresh)
+
+
+def both(cmd: str) -> list[str]:
+    """A read in etcdctl's default (simple) output and in JSON."""
+    return [cmd, cmd + " -w json"]
+
+
+@dataclass
+class ScriptRun:
+    """What a script did on one cluster: the base revision and each step's raw Run."""
+
+    cluster: str
+    endpoints: list[str]
+    prefix: str
+    base: int
+    runs: list[tuple[Step, Run]] = field(default_factory=list)
+    rebase: bool = True
+
+    def normalized(self) -> list[dict[str, Any]]:
+        return [normalize_step(step, run, self) for step, run in self.runs]
+
+
+def base_revision(cluster: _Cluster, prefix: str) -> int:
+    """The store revision now (0 if the cluster does not answer a Range)."""
+    run = cluster.etcdctl(["get", prefix, "-w", "json"])
+    try:
+        return int(json.loads(run.stdout)["header"]["revision"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
+def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
+    base = base_revision(cluster, prefix)
+    out = ScriptRun(cluster.kind, list(cluster.endpoints), prefix, base, rebase=not s.fresh)
+    for step in s.steps:
+        args, stdin = step.render(prefix, base)
+        out.runs.append((step, cluster.etcdctl(args, stdin)))
+    return out
+
+
+# ---- normalization ----
+
+def normalize_step(step: Step, run: Run, ctx: ScriptRun) -> dict[str, Any]:
+    return {
+        "cmd": step.cmd + (f"  <<< {step.stdin!r}" if step.stdin is not None else ""),
+        "rc": run.rc,
+        "stdout": normalize_stdout(run.stdout, ctx),
+        "stderr": normalize_stderr(run.stderr, ctx),
+    }
+
+
+def _endpoints(text: str, ctx: ScriptRun) -> str:
+    for i, ep in enumerate(ctx.endpoints):
+        text = text.replace(ep, f"EP{i}")
+    return text
+
+
+def _rev(value: int, ctx: ScriptRun) -> int | str:
+    if not ctx.rebase or value <= 0:
+        return value
+    return f"r{value - ctx.base:+d}"
+
+
+def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if in_header and k in HEADER_IDS:
+                out[k] = "*"
+            elif k in REV_KEYS and isinstance(v, int):
+                out[k] = _rev(v, ctx)
+            elif k == "took" and isinstance(v, str):
+                out[k] = "*"
+            elif k == "endpoint" and isinstance(v, str):
+                out[k] = _endpoints(v, ctx)
+            else:
+                out[k] = normalize_json(v, ctx, in_header=(k == "header"))
+        return out
+    if isinstance(value, list):
+        items = [normalize_json(v, ctx) for v in value]
+        if items and all(isinstance(i, dict) and "endpoint" in i for i in items):
+            items.sort(key=lambda i: str(i["endpoint"]))  # endpoint health/status order
+        return items
+    return value
+
+
+def normalize_stdout(text: str, ctx: ScriptRun) -> list[Any]:
+    """Line by line: etcdctl prints a JSON document on one line (after `txn -i`'s
+    prompts), simple and fields output as lines."""
+    lines: list[Any] = []
+    for line in text.split("\n"):
+        if line[:1] in ("{", "["):
+            try:
+                lines.append(normalize_json(json.loads(line), ctx))
+                continue
+            except ValueError:
+                pass
+        line = _endpoints(line, ctx)
+        m = _FIELDS_LINE.match(line)
+        if m and m.group(1) in FIELDS_IDS:
+            line = f'"{m.group(1)}" : *'
+        elif m and m.group(1) in FIELDS_REVS:
+            line = f'"{m.group(1)}" : {_rev(int(m.group(2)), ctx)}'
+        elif (m := _COMPACTED.match(line)) is not None:
+            line = f"compacted revision {_rev(int(m.group(1)), ctx)}"
+        lines.append(_TOOK.sub("took = *", line))
+    return lines
+
+
+def normalize_stderr(text: str, ctx: ScriptRun) -> list[Any]:
+    out: list[Any] = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                log = json.loads(line)
+            except ValueError:
+                log = None
+            if isinstance(log, dict):
+                log.pop("ts", None)
+                if "target" in log:
+                    log["target"] = "*"
+                out.append(log)
+                continue
+        out.append(_TOOK.sub("took = *", _endpoints(line, ctx)))
+    if any(isinstance(x, str) and (" is healthy" in x or " is unhealthy" in x) for x in out):
+        # `endpoint health` prints each member's line as it answers.
+        out.sort(key=lambda x: json.dumps(x, sort_keys=True))
+    return out
+
+
+# ---- comparison ----
+
+def differences(expected: ScriptRun, actual: ScriptRun) -> str:
+    """'' when the normalized runs are equal, else a readable diff of the first steps that
+    differ (expected = the reference etcd cluster)."""
+    a, b = expected.normalized(), actual.normalized()
+    if a == b:
+        return ""
+    report = [f"{actual.cluster} differs from {expected.cluster} (prefix {actual.prefix!r}, "
+              f"base revision {expected.base} vs {actual.base}):"]
+    shown = 0
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if x == y:
+            continue
+        left = json.dumps(x, indent=1, sort_keys=True).splitlines()
+        right = json.dumps(y, indent=1, sort_keys=True).splitlines()
+        report.append(f"step {i}: {x['cmd']}")
+        report.extend(difflib.unified_diff(left, right, expected.cluster, actual.cluster,
+                                           lineterm="", n=2))
+        shown += 1
+        if shown == 3:
+            report.append("... (later steps not shown)")
+            break
+    return "\n".join(report)

@@ -1,0 +1,565 @@
+"""Differential test: the same etcdctl 3.4 scripts against real etcd 3.4 and dengine.
+
+Every script runs against a reference etcd cluster (A); the harness proof runs it again
+against a second, independent etcd cluster (B) and requires equal normalized outputs
+(so normalization sets aside exactly what differs between two healthy etcd clusters);
+then against a dengine cluster (D), which must print the same. Normalization: see
+etcd_diff.py. Scripts share one trio of clusters per module (each under its own key
+prefix, revisions compared relative to the script's start); the `fresh` scripts compare
+absolute revisions from a new store, on their own trio. Generated scripts (seeded) add
+command sequences nobody wrote by hand; `ETCD_DIFF_CASES=N` runs N of them (default 12),
+`-m slow` runs 150 more.
+
+Run: `.venv/bin/python -m pytest tests/etcd/test_differential.py` (needs Debian's
+etcd-server and etcd-client; .ci/run installs them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from etcd_cluster import (
+    DENGINE_PENDING,
+    DengineCluster,
+    EtcdCluster,
+    Run,
+    _Cluster,
+    etcd_available,
+    start_all,
+    stop_all_clusters,
+)
+from etcd_diff import (
+    Script,
+    ScriptRun,
+    both,
+    differences,
+    normalize_step,
+    run_script,
+    script,
+)
+
+pytestmark = pytest.mark.skipif(
+    not etcd_available(),
+    reason="etcd/etcdctl not installed (apt-get install etcd-server etcd-client; .ci/run does)")
+
+# ---------------------------------------------------------------- hand-written scripts
+
+TXN_SETUP = ("put {p}a 1", "put {p}b 2", "put {p}b 22", "put {p}c 3")
+
+SCRIPTS: list[Script] = [
+    script(
+        "put_get_del",
+        "put {p}a 1", "put {p}b 2", "put {p}c 3",
+        *both("get {p}a"), *both("get {p}b --prefix"), *both("get {p}missing"),
+        "del {p}b", *both("get {p}b"), *both("get {p} --prefix"),
+        "del {p}b", "put {p}a 11", *both("get {p}a"),
+        "del {p} --prefix", *both("get {p} --prefix"),
+        "put {p}a 1 -w json", "del {p}a -w json",
+    ),
+    script(
+        "ranges",
+        "put {p}a 1", "put {p}a/1 2", "put {p}a/2 3", "put {p}b 4", "put {p}c 5", "put {p}d 6",
+        *both("get {p}a --prefix"), *both("get {p}a/ --prefix"),
+        *both("get {p}b {p}d"),            # RANGE_END: [b, d)
+        *both("get {p}a/ {p}c"),
+        *both("get {p}b --from-key"),
+        *both("get {p}d {p}b"),            # range_end before key
+        *both("get {p}b {p}b"),            # empty range
+        *both("get {p}a --prefix --keys-only"),
+        "get {p}a --prefix --print-value-only",
+        "get {p}b {p}d --keys-only --print-value-only",
+        "get {p}a --prefix -w fields",
+        "del {p}a/ {p}c",                  # RANGE_END delete
+        *both("get {p} --prefix"),
+        "del {p}c --from-key", *both("get {p} --prefix --keys-only"),
+    ),
+    script(
+        "limit_more_count",
+        *(f"put {{p}}k{i} v{i}" for i in range(5)),
+        *both("get {p}k --prefix --limit 2"),
+        *both("get {p}k --prefix --limit 5"),
+        *both("get {p}k --prefix --limit 6"),
+        *both("get {p}k --prefix --limit 0"),
+        *both("get {p}k --prefix --limit -1"),
+        *both("get {p}k1 --from-key --limit 1"),
+        *both("get {p}k --prefix --limit 2 --keys-only"),
+        *both("get {p}k --prefix --limit 2 --sort-by=KEY --order=DESCEND"),
+        *both("get {p}k --prefix --limit 3 --sort-by=VALUE --order=DESCEND"),
+        *both("get {p}k1 {p}k4 --limit 2"),
+        *both("get {p}k --prefix --limit 2 --rev {r+3}"),
+    ),
+    script(
+        "sort",
+        # versions, create and mod revisions that order the keys differently
+        "put {p}c x", "put {p}a z", "put {p}b y", "put {p}a w", "put {p}d x",
+        "put {p}c v", "put {p}c u", "put {p}e a",
+        *[f"get {{p}} --prefix --sort-by={t} --order={o}"
+          for t in ("KEY", "VERSION", "CREATE", "MODIFY", "VALUE")
+          for o in ("ASCEND", "DESCEND")],
+        *[f"get {{p}} --prefix --sort-by={t} -w json"
+          for t in ("KEY", "VERSION", "CREATE", "MODIFY", "VALUE")],
+        "get {p} --prefix --order=DESCEND",
+        "get {p} --prefix --order=DESCEND --keys-only -w json",
+        "get {p}b --from-key --sort-by=MODIFY --order=DESCEND --limit 2 -w json",
+        "get {p} --prefix --sort-by=VERSION --order=DESCEND --limit 1 --rev {r+6}",
+        "get {p} --prefix --sort-by=bogus",
+        "get {p} --prefix --order=sideways",
+    ),
+    script(
+        "revisions_and_versions",
+        "put {p}k v1", "put {p}k v2", "put {p}k v3", "del {p}k", "put {p}k v4",
+        *both("get {p}k"),
+        *[f"get {{p}}k --rev {{r+{i}}} -w json" for i in range(0, 6)],
+        *both("get {p}k --rev {r+2}"),
+        "get {p} --prefix --rev {r+4} -w json",
+        *both("get {p}k --rev {r+50}"),    # a future revision
+        "del {p}k -w json", "put {p}k v5 -w json", "put {p}k v6 -w fields",
+        *both("get {p}k"), "get {p}k -w fields",
+    ),
+    script(
+        "prev_kv",
+        "put {p}a 1 --prev-kv", "put {p}a 2 --prev-kv", "put {p}a 3 --prev-kv -w json",
+        "del {p}a --prev-kv", "del {p}a --prev-kv", "del {p}a --prev-kv -w json",
+        "put {p}b 1", "put {p}c 2", "put {p}c 3",
+        "del {p} --prefix --prev-kv -w json",
+        "put {p}b 1", "put {p}c 2",
+        "del {p} --prefix --prev-kv",
+        "put {p}d 4 --prev-kv -w json",
+        "del {p}d {p}e --prev-kv -w json",
+    ),
+    script(
+        "deletes_that_match_nothing",
+        "put {p}a 1",
+        "del {p}nothing", "del {p}x {p}y", "del {p}q --prefix", "del {p}zz --from-key",
+        "del {p}nothing -w json", "del {p}nothing --prev-kv -w json",
+        *both("get {p} --prefix"),       # header revision: still r+1
+        "put {p}b 2 -w json",            # r+2
+    ),
+    script(
+        "txn_compares",
+        *TXN_SETUP,
+        *[("txn", f'{c}\n\nput {{p}}ok yes\n\nput {{p}}ok no\n\n') for c in (
+            'value("{p}a") = "1"', 'value("{p}a") != "1"', 'value("{p}a") > "0"',
+            'value("{p}a") < "0"', 'value("{p}b") = "22"',
+            'version("{p}b") = "2"', 'version("{p}b") > "1"', 'version("{p}b") < "2"',
+            'version("{p}b") != "2"', 'version("{p}missing") = "0"',
+            'create("{p}a") = "{r+1}"', 'create("{p}b") > "{r+1}"',
+            'create("{p}missing") = "0"', 'mod("{p}b") = "{r+3}"', 'mod("{p}b") < "{r+3}"',
+            'mod("{p}missing") = "0"', 'mod("{p}c") != "{r+4}"',
+            'value("{p}missing") = "x"', 'value("{p}missing") != "x"',
+            'c("{p}a") = "{r+1}"', 'm("{p}a") > "0"', 'val("{p}a") = "1"',
+            'ver("{p}a") = "1"',
+            'value("{p}a") = "1"\nversion("{p}b") = "2"',
+            'value("{p}a") = "1"\nversion("{p}b") = "3"',
+        )],
+        "get {p}ok -w json",
+        ("txn -w json", 'value("{p}a") = "1"\n\nput {p}x 1\n\nput {p}y 2\n\n'),
+        ("txn -w json", 'value("{p}a") = "2"\n\nput {p}x 1\n\nput {p}y 2\n\n'),
+        ("txn", 'bogus("{p}a") = "1"\n\n\n\n'),
+        ("txn", 'value("{p}a") = "1"\n\nput {p}x 1\n\n'),   # no final blank line
+    ),
+    script(
+        "txn_ops",
+        *TXN_SETUP,
+        # each op kind in both branches, simple and JSON output
+        ("txn", 'value("{p}a") = "1"\n\nput {p}n 1 --prev-kv\nput {p}a 10 --prev-kv\n'
+                'get {p}a\nget {p} --prefix --keys-only\ndel {p}c --prev-kv\n\n'
+                'put {p}f 1\n\n'),
+        ("txn -w json", 'value("{p}a") = "1"\n\nput {p}s 1\n\nput {p}f 1 --prev-kv\n'
+                        'get {p} --prefix --limit 2 --sort-by=MODIFY --order=DESCEND\n'
+                        'del {p}n --prev-kv\n\n'),
+        # reads inside see the txn's earlier writes; one revision for the whole txn
+        ("txn -w json", '\nput {p}r 1\nget {p}r\nput {p}s 2\nget {p}r {p}t\n'
+                        'del {p}r\nget {p}r\n\n\n'),
+        # a read-only txn, an empty txn and one with only failing compares: no new revision
+        ("txn -w json", 'value("{p}a") = "10"\n\nget {p}a\nget {p}zz\n\n\n'),
+        ("txn -w json", '\n\n\n'),
+        ("txn", 'value("{p}a") = "nope"\n\nput {p}q 1\n\n\n'),
+        "get {p} --prefix -w json",
+        # etcd refuses duplicate keys among a txn's writes
+        ("txn", '\nput {p}d 1\nput {p}d 2\n\n\n'),
+        ("txn", '\nput {p}d 1\ndel {p}d\n\n\n'),
+        ("txn", '\ndel {p} --prefix\nput {p}d 1\n\n\n'),
+        ("txn", '\nget {p}d\nput {p}d 1\nget {p}d\n\n\n'),
+        # ops with ranges and revisions
+        ("txn -w json", '\nget {p}a --rev {r+1}\nget {p} --prefix --rev {r+2} --keys-only\n'
+                        'get {p}a {p}c\nget {p}b --from-key --limit 1\n\n\n'),
+        ("txn", '\nget {p}a --rev {r+100}\n\n\n'),
+        ("txn -w json", '\ndel {p} --prefix --prev-kv\n\n\n'),
+        "get {p} --prefix -w json",
+    ),
+    script(
+        "txn_interactive",
+        *TXN_SETUP,
+        ("txn -i", 'value("{p}a") = "1"\n\nput {p}i 1\n\nput {p}i 2\n\n'),
+        ("txn -i -w json", 'mod("{p}a") > "{r+5}"\n\nput {p}i 3\n\nget {p}i\n\n'),
+        ("txn --interactive", '\n\nget {p}i\n\n'),
+        ("txn -i", 'value("{p}a") = "1"\n\nput {p}x 1\n\n'),
+    ),
+    script(
+        "compaction",
+        "put {p}k 1", "put {p}k 2", "put {p}k 3", "put {p}j 1",
+        "compaction {r+2}",
+        *both("get {p}k --rev {r+1}"),    # below the compacted revision
+        *both("get {p}k --rev {r+2}"),    # at it
+        *both("get {p}k --rev {r+3}"),
+        "get {p} --prefix --rev {r+4} -w json",
+        *both("get {p}k --rev {r+40}"),   # future
+        "compaction {r+2}", "compaction {r+1}", "compaction {r+40}",
+        "compaction {r+3} --physical",
+        "compaction {r+3}",
+        ("txn", '\nget {p}k --rev {r+1}\n\n\n'),
+        *both("get {p}k"), "del {p}k --prev-kv -w json",
+    ),
+    script(
+        "keys_values_and_bad_input",
+        "put '' v", "get ''", "del ''", "put {p}'key with spaces' 'value with spaces'",
+        "put {p}ü ✓", "put -- {p}dash -1", "put {p}empty ''",
+        *both("get {p} --prefix"), "get {p} --prefix --hex",
+        "get {p}ü -w json", "get {p}empty -w fields",
+        "put {p}x", "get", "get {p}a --prefix --from-key", "del {p}a --prefix --from-key",
+        "get {p}a --rev -1", "compaction 0", "compaction -1", "compaction abc",
+        "get {p} {p}z {p}zz",
+    ),
+    script(
+        "endpoint_health",
+        "endpoint health", "endpoint health -w json", "endpoint health --cluster",
+    ),
+]
+
+# Absolute revisions from a new store (revision 1, the first write makes 2), the whole
+# key space, compaction by absolute revision.
+FRESH_SCRIPTS: list[Script] = [
+    script(
+        "fresh_store",
+        *both("get '' --from-key"), "get '' --prefix -w json",
+        "put a 1 -w json", "put b 2", "put c 3", "del nothing -w json",
+        *both("get '' --from-key"), "get a -w fields",
+        ("txn -w json", '\nget a\n\n\n'),
+        ("txn -w json", 'create("a") = "2"\n\nput a 2\ndel b --prev-kv\n\n\n'),
+        "compaction 3",
+        *both("get a --rev 2"), *both("get a --rev 3"), *both("get a --rev 5"),
+        *both("get a --rev 6"), "get '' --from-key --rev 4 -w json",
+        "del '' --from-key --prev-kv -w json",
+        *both("get '' --from-key"), "put z 26 -w json",
+        "get '' --prefix --keys-only -w json",
+        fresh=True,
+    ),
+]
+
+# ---------------------------------------------------------------- generated scripts
+
+GEN_CASES = int(os.environ.get("ETCD_DIFF_CASES", "12"))
+GEN_SLOW_CASES = 150
+GEN_STEPS = 14
+SORT_TARGETS = ("KEY", "VERSION", "CREATE", "MODIFY", "VALUE")
+
+
+def generated(seed: int, steps: int = GEN_STEPS) -> Script:
+    """A seeded command sequence over five keys of the script's prefix."""
+    rnd = random.Random(seed)
+    keys = [f"{{p}}k{i}" for i in range(5)]
+    writes = 0  # revisions this script made at most (for --rev and compaction)
+
+    def key() -> str:
+        return rnd.choice(keys)
+
+    def value() -> str:
+        return rnd.choice(["v0", "v1", "v2", "v3", "10", "9", "x"])
+
+    def span(flags: bool = True) -> str:
+        form = rnd.randrange(6)
+        if form == 0:
+            a, b = sorted(rnd.sample(keys, 2))
+            return f"{a} {b}" if rnd.random() < 0.8 else f"{b} {a}"
+        if form == 1 and flags:
+            return "{p}k --prefix"
+        if form == 2 and flags:
+            return f"{key()} --from-key"
+        if form == 3 and flags:
+            return f"{key()} --prefix"
+        return key()
+
+    def get(in_txn: bool = False) -> str:
+        cmd = "get " + span()
+        if rnd.random() < 0.3:
+            cmd += f" --limit {rnd.randrange(4)}"
+        if rnd.random() < 0.35:
+            cmd += f" --sort-by={rnd.choice(SORT_TARGETS)}"
+            if rnd.random() < 0.6:
+                cmd += f" --order={rnd.choice(('ASCEND', 'DESCEND'))}"
+        if rnd.random() < 0.2:
+            cmd += " --keys-only"
+        if rnd.random() < 0.25:
+            cmd += f" --rev {{r+{rnd.randrange(writes + 3)}}}"
+        if not in_txn:
+            if rnd.random() < 0.1:
+                cmd += " --print-value-only"
+            if rnd.random() < 0.5:
+                cmd += " -w json"
+        return cmd
+
+    def put(in_txn: bool = False) -> str:
+        cmd = f"put {key()} {value()}"
+        if rnd.random() < 0.4:
+            cmd += " --prev-kv"
+        if not in_txn and rnd.random() < 0.4:
+            cmd += " -w json"
+        return cmd
+
+    def delete(in_txn: bool = False) -> str:
+        cmd = "del " + span()
+        if rnd.random() < 0.4:
+            cmd += " --prev-kv"
+        if not in_txn and rnd.random() < 0.4:
+            cmd += " -w json"
+        return cmd
+
+    def compare() -> str:
+        target = rnd.choice(("value", "version", "create", "mod"))
+        op = rnd.choice(("=", "!=", "<", ">"))
+        if target == "value":
+            operand = value()
+        elif target == "version":
+            operand = str(rnd.randrange(4))
+        else:
+            operand = f"{{r+{rnd.randrange(writes + 2)}}}" if rnd.random() < 0.8 else "0"
+        return f'{target}("{key()}") {op} "{operand}"'
+
+    def txn() -> tuple[str, str]:
+        ops = [get, put, put, delete]
+        lines = [compare() for _ in range(rnd.randrange(3))]
+        success = [rnd.choice(ops)(True) for _ in range(rnd.randrange(4))]
+        failure = [rnd.choice(ops)(True) for _ in range(rnd.randrange(3))]
+        body = "\n".join(lines) + "\n\n" + "".join(s + "\n" for s in success) + "\n"
+        body += "".join(f + "\n" for f in failure) + "\n"
+        cmd = "txn" + (" -i" if rnd.random() < 0.2 else "")
+        return cmd + (" -w json" if rnd.random() < 0.5 else ""), body
+
+    out: list[str | tuple[str, str]] = []
+    for _ in range(steps):
+        roll = rnd.random()
+        if roll < 0.3:
+            out.append(put())
+            writes += 1
+        elif roll < 0.55:
+            out.append(get())
+        elif roll < 0.7:
+            out.append(delete())
+            writes += 1
+        elif roll < 0.95:
+            out.append(txn())
+            writes += 1
+        else:
+            out.append(f"compaction {{r+{rnd.randrange(writes + 2)}}}")
+    out.append("get {p} --prefix -w json")
+    return script(f"gen{seed}", *out)
+
+
+GENERATED = [generated(seed) for seed in range(GEN_CASES)]
+GENERATED_SLOW = [generated(seed) for seed in range(1000, 1000 + GEN_SLOW_CASES)]
+
+# ---------------------------------------------------------------- fixtures
+
+
+class Trio:
+    """The reference etcd (A), a second etcd (B) and dengine (D); every script runs on A
+    once (cached), under a prefix allocated in run order so that `--from-key` reads of a
+    script never see another script's keys (later prefixes are not written yet)."""
+
+    def __init__(self, base: Path) -> None:
+        self.a = EtcdCluster(base / "etcd-a", token="etcd-a")
+        self.b = EtcdCluster(base / "etcd-b", token="etcd-b")
+        self.d = DengineCluster(base / "dengine")
+        self.reference: dict[str, ScriptRun] = {}
+        self.prefixes: dict[str, str] = {}
+
+    @property
+    def clusters(self) -> list[_Cluster]:
+        return [self.a, self.b, self.d]
+
+    def prefix(self, s: Script) -> str:
+        if s.name not in self.prefixes:
+            self.prefixes[s.name] = f"t{len(self.prefixes):03d}/"
+        return self.prefixes[s.name]
+
+    def on_reference(self, s: Script) -> ScriptRun:
+        if s.name not in self.reference:
+            self.reference[s.name] = run_script(self.a, s, self.prefix(s))
+        return self.reference[s.name]
+
+    def compare(self, s: Script, other: _Cluster) -> str:
+        """The script on `other` and (unless cached) on the reference, side by side."""
+        prefix = self.prefix(s)
+        with ThreadPoolExecutor(2) as pool:
+            theirs = pool.submit(run_script, other, s, prefix)
+            ref = self.on_reference(s)
+            return differences(ref, theirs.result())
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+    t = Trio(tmp_path_factory.mktemp("etcd-diff"))
+    start_all(t.clusters)
+    try:
+        yield t
+    finally:
+        stop_all_clusters(t.clusters)
+
+
+@pytest.fixture(scope="module")
+def fresh_trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+    """New clusters for the absolute-revision scripts (one script per trio)."""
+    assert len(FRESH_SCRIPTS) == 1, "one fresh trio per fresh script"
+    t = Trio(tmp_path_factory.mktemp("etcd-diff-fresh"))
+    start_all(t.clusters)
+    try:
+        yield t
+    finally:
+        stop_all_clusters(t.clusters)
+
+
+def ids(scripts: list[Script]) -> list[str]:
+    return [s.name for s in scripts]
+
+
+# ---------------------------------------------------------------- the harness is proven
+
+
+@pytest.mark.parametrize("s", SCRIPTS + GENERATED, ids=ids(SCRIPTS + GENERATED))
+def test_two_etcd_clusters_agree(trio: Trio, s: Script) -> None:
+    """Normalization is right: two independent etcd clusters print the same."""
+    diff = trio.compare(s, trio.b)
+    assert not diff, diff
+
+
+@pytest.mark.parametrize("s", FRESH_SCRIPTS, ids=ids(FRESH_SCRIPTS))
+def test_two_fresh_etcd_clusters_agree(fresh_trio: Trio, s: Script) -> None:
+    diff = fresh_trio.compare(s, fresh_trio.b)
+    assert not diff, diff
+
+
+def test_scripts_reach_the_server(trio: Trio) -> None:
+    """The reference runs are real: most steps succeed, and the expected etcd errors show
+    up (a harness whose etcdctl never reached etcd would compare error == error)."""
+    runs = [trio.on_reference(s) for s in SCRIPTS]
+    steps = [run for r in runs for _, run in r.runs]
+    assert sum(run.rc == 0 for run in steps) > 0.7 * len(steps)
+    errors = "\n".join(run.stderr for run in steps)
+    for text in ("required revision has been compacted",
+                 "required revision is a future revision", "key is not provided",
+                 "duplicate key given in txn request"):
+        assert text in errors, text
+    assert all(r.base > 0 for r in runs)
+
+
+def _mutations(run: Run) -> list[tuple[str, Run]]:
+    """Wrong variants of an etcd answer that a differential test must notice."""
+    out = []
+    if '"revision":' in run.stdout:
+        bumped = run.stdout.replace('"revision":', '"revision":1', 1)
+        out.append(("header revision", replace(run, stdout=bumped)))
+    for field in ("create_revision", "mod_revision", "version", "count"):
+        if f'"{field}":' in run.stdout:
+            out.append((field, replace(run, stdout=run.stdout.replace(
+                f'"{field}":', f'"{field}":9', 1))))
+    if '"more":true' in run.stdout:
+        out.append(("more", replace(run, stdout=run.stdout.replace(',"more":true', ""))))
+    if run.stdout.startswith("SUCCESS"):
+        out.append(("txn outcome", replace(run, stdout="FAILURE" + run.stdout[7:])))
+    if run.stdout and not run.stdout.startswith("{"):
+        lines = run.stdout.splitlines()
+        if len(lines) > 2:
+            swapped = [lines[2], lines[3] if len(lines) > 3 else "", lines[0], lines[1]]
+            out.append(("order", replace(run, stdout="\n".join(swapped + lines[4:]))))
+        out.append(("value", replace(run, stdout=run.stdout + "x")))
+    if run.rc:
+        out.append(("exit status", replace(run, rc=0)))
+        out.append(("error text", replace(run, stderr=run.stderr.replace("etcdserver: ",
+                                                                          "etcdserver:"))))
+    return [(what, wrong) for what, wrong in out if wrong != run]
+
+
+def test_harness_has_teeth(trio: Trio) -> None:
+    """Every single wrong detail in an otherwise identical run is reported; what
+    normalization sets aside (ids, terms, timestamps, addresses) is not."""
+    checked = set()
+    for s in SCRIPTS:
+        ref = trio.on_reference(s)
+        for i, (step, run) in enumerate(ref.runs):
+            right = normalize_step(step, run, ref)
+            for what, wrong in _mutations(run):
+                assert normalize_step(step, wrong, ref) != right, (
+                    f"{s.name} step {i}: {what} not noticed")
+                if what not in checked:  # the whole report, once per kind of mistake
+                    other = ScriptRun("mutant", ref.endpoints, ref.prefix, ref.base,
+                                      [*ref.runs[:i], (step, wrong), *ref.runs[i + 1:]],
+                                      ref.rebase)
+                    assert f"step {i}: " in differences(ref, other)
+                checked.add(what)
+    assert checked >= {"header revision", "create_revision", "mod_revision", "version",
+                       "count", "more", "txn outcome", "order", "value", "exit status",
+                       "error text"}, checked
+
+    # Another cluster's ids, terms, addresses, timings and log timestamps compare equal.
+    ref = trio.on_reference(SCRIPTS[0])
+    disguised = []
+    for step, run in ref.runs:
+        out = run.stdout.replace('"cluster_id":', '"cluster_id":7').replace(
+            '"member_id":', '"member_id":7').replace('"raft_term":', '"raft_term":7')
+        disguised.append((step, replace(run, stdout=out)))
+    other = ScriptRun("renamed", ["10.0.0.1:1", "10.0.0.2:2", "10.0.0.3:3"], ref.prefix,
+                      ref.base, disguised, ref.rebase)
+    assert not differences(ref, other)
+    # ... and so does the same history at another base revision.
+    shifted = ScriptRun("shifted", ref.endpoints, ref.prefix, ref.base + 100,
+                        [(step, replace(run, stdout=_shift_revisions(run.stdout, 100)))
+                         for step, run in ref.runs], ref.rebase)
+    assert not differences(ref, shifted)
+    shifted.base += 1
+    assert differences(ref, shifted)
+
+
+def _shift_revisions(text: str, by: int) -> str:
+    import re
+
+    return re.sub(r'"(revision|create_revision|mod_revision)":(\d+)',
+                  lambda m: f'"{m.group(1)}":{int(m.group(2)) + by}', text)
+
+
+# ---------------------------------------------------------------- dengine against etcd
+
+
+@DENGINE_PENDING
+@pytest.mark.parametrize("s", SCRIPTS + GENERATED, ids=ids(SCRIPTS + GENERATED))
+def test_dengine_agrees_with_etcd(trio: Trio, s: Script) -> None:
+    diff = trio.compare(s, trio.d)
+    assert not diff, diff
+
+
+@DENGINE_PENDING
+@pytest.mark.parametrize("s", FRESH_SCRIPTS, ids=ids(FRESH_SCRIPTS))
+def test_fresh_dengine_agrees_with_etcd(fresh_trio: Trio, s: Script) -> None:
+    diff = fresh_trio.compare(s, fresh_trio.d)
+    assert not diff, diff
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("s", GENERATED_SLOW, ids=ids(GENERATED_SLOW))
+def test_generated_slow_etcd(trio: Trio, s: Script) -> None:
+    diff = trio.compare(s, trio.b)
+    assert not diff, diff
+
+
+@pytest.mark.slow
+@DENGINE_PENDING
+@pytest.mark.parametrize("s", GENERATED_SLOW, ids=ids(GENERATED_SLOW))
+def test_generated_slow_dengine(trio: Trio, s: Script) -> None:
+    diff = trio.compare(s, trio.d)
+    assert not diff, diff
