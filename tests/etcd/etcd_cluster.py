@@ -26,8 +26,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pytest
-
 from dengine.bench.cluster import free_ports
 from dengine.errors import DengineError
 from dengine.server.supervisor import ServerProcess, config_toml, stop_all
@@ -58,11 +56,6 @@ if sys.platform == "linux":
         os._exit(1)
 os.execvp(sys.argv[2], sys.argv[2:])
 """
-
-
-# The dengine side of the comparisons: dengine's etcd API (issue 16) is being built; remove
-# this mark from the tests that pass once it has landed.
-DENGINE_PENDING = pytest.mark.xfail(reason="issue 16: etcd API not landed yet", strict=False)
 
 
 def etcd_available() -> bool:

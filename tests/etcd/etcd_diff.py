@@ -31,7 +31,12 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from etcd_cluster import Run, _Cluster
+
+# The dengine side of the comparisons: dengine's etcd API (issue 16) is being built; remove
+# this mark from the tests that pass once it has landed.
+DENGINE_PENDING = pytest.mark.xfail(reason="issue 16: etcd API not landed yet", strict=False)
 
 REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_revision"})
 HEADER_IDS = frozenset({"cluster_id", "member_id", "raft_term"})

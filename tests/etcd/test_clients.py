@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from etcd_cluster import (
-    DENGINE_PENDING,
     DengineCluster,
     EtcdCluster,
     _Cluster,
@@ -25,6 +24,7 @@ from etcd_cluster import (
     start_all,
     stop_all_clusters,
 )
+from etcd_diff import DENGINE_PENDING
 
 CHECK = Path(__file__).with_name("client_check.py")
 LIBRARIES = ["etcd3", "aetcd"]

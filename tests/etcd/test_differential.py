@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from etcd_cluster import (
-    DENGINE_PENDING,
     DengineCluster,
     EtcdCluster,
     Run,
@@ -35,6 +34,7 @@ from etcd_cluster import (
     stop_all_clusters,
 )
 from etcd_diff import (
+    DENGINE_PENDING,
     Script,
     ScriptRun,
     both,

@@ -1,0 +1,199 @@
+"""etcd's own load check, `etcdctl check perf --load s|m|l`, against etcd and dengine.
+
+    .venv/bin/python bench/etcd_perf.py                       # s, m, l on both (~6 min)
+    .venv/bin/python bench/etcd_perf.py --loads l --systems dengine --json out.json
+
+For every (system, load) a fresh 3-node cluster on free 127.0.0.1 ports in a temp dir:
+Debian's etcd 3.4 (defaults, fsync on), or `dengine cluster up --nodes 3` (defaults).
+etcdctl 3.4's Go load generator (50/200/500 clients writing 1 KiB values for 60 s, for
+s/m/l; pass needs at least 90% of 150/1000/8000 writes/s, slowest request under 0.5 s and
+stddev under 0.1 s) is pointed at all three members. Prints the throughput, slowest request,
+stddev and PASS/FAIL etcdctl reported for each. Not part of CI (each load runs 60 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "etcd"))
+from etcd_cluster import ETCDCTL, EtcdCluster, etcd_available, etcdctl
+
+LOADS = ("s", "m", "l", "xl")
+SYSTEMS = ("etcd", "dengine")
+READY_TIMEOUT_S = 60.0
+
+
+def parse_check_perf(output: str, rc: int) -> dict[str, Any]:
+    """etcdctl 3.4's verdict lines ("PASS: Throughput is 147 writes/s", "FAIL: Throughput
+    too low: 12 writes/s", "Slowest request took too long: 0.9s", "PASS"/"FAIL")."""
+    text = output.replace("\r", "\n")
+    result: dict[str, Any] = {"rc": rc, "throughput": None, "slowest_s": None,
+                              "stddev_s": None, "verdict": None, "error": None}
+    m = re.search(r"(PASS|FAIL): Throughput (?:is|too low:) (\d+) writes/s", text)
+    if m:
+        result["throughput"] = int(m.group(2))
+        result["throughput_ok"] = m.group(1) == "PASS"
+    m = re.search(r"Slowest request took(?: too long:)? ([\d.]+)s", text)
+    if m:
+        result["slowest_s"] = float(m.group(1))
+    m = re.search(r"Stddev (?:is|too high:) ([\d.]+)s", text)
+    if m:
+        result["stddev_s"] = float(m.group(1))
+    verdicts = re.findall(r"^(PASS|FAIL)\s*$", text, re.M)
+    if verdicts:
+        result["verdict"] = verdicts[-1]
+    errors = [line for line in text.splitlines() if line.startswith("Error:")]
+    if errors:
+        result["error"] = errors[-1]
+    if result["verdict"] is None:
+        result["verdict"] = "ERROR"
+        if result["error"] is None:
+            result["error"] = text.strip().splitlines()[-1] if text.strip() else f"rc {rc}"
+    return result
+
+
+def free_port_run(n: int) -> int:
+    """A base port such that base .. base+n-1 are free (for `cluster up`)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + n >= 65536:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no run of free ports found")
+
+
+@contextlib.contextmanager
+def etcd_cluster(workdir: Path) -> Iterator[list[str]]:
+    with EtcdCluster(workdir) as c:
+        yield c.endpoints
+
+
+@contextlib.contextmanager
+def dengine_cluster(workdir: Path) -> Iterator[list[str]]:
+    """`dengine cluster up --nodes 3` in the foreground of a child; SIGINT stops it all."""
+    base = free_port_run(6)
+    log = open(workdir / "cluster-up.log", "w+b")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from dengine.cli import main; main()", "cluster", "up",
+         "--nodes", "3", "--base-dir", str(workdir / "cluster"), "--client-port", str(base),
+         "--peer-port", str(base + 3), "--log-level", "warning"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    endpoints = [f"127.0.0.1:{base + i}" for i in range(3)]
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while b"ready: leader is" not in (workdir / "cluster-up.log").read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("dengine cluster up did not get ready:\n"
+                                   + (workdir / "cluster-up.log").read_text(errors="replace"))
+            time.sleep(0.1)
+        yield endpoints
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def run_check(system: str, load: str, workdir: Path) -> dict[str, Any]:
+    start = etcd_cluster if system == "etcd" else dengine_cluster
+    workdir.mkdir(parents=True)
+    t0 = time.monotonic()
+    try:
+        with start(workdir) as endpoints:
+            health = etcdctl(endpoints, ["endpoint", "health"], timeout=30)
+            if health.rc != 0:
+                result = {"verdict": "ERROR", "rc": health.rc, "throughput": None,
+                          "error": (health.stderr.strip().splitlines() or ["?"])[-1]}
+            else:
+                done = subprocess.run(
+                    [ETCDCTL, "--endpoints=" + ",".join(endpoints), "check", "perf",
+                     "--load", load],
+                    env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True,
+                    timeout=300, check=False)
+                (workdir / "check-perf.out").write_text(done.stdout + done.stderr)
+                result = parse_check_perf(done.stdout + "\n" + done.stderr, done.returncode)
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        result = {"verdict": "ERROR", "rc": None, "throughput": None, "error": str(e)[:500]}
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--loads", default="s,m,l", help="comma-separated of " + ",".join(LOADS))
+    ap.add_argument("--systems", default="etcd,dengine", help="etcd,dengine")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = ap.parse_args()
+    loads = [x for x in args.loads.split(",") if x]
+    systems = [x for x in args.systems.split(",") if x]
+    if bad := [x for x in loads if x not in LOADS] + [x for x in systems if x not in SYSTEMS]:
+        ap.error(f"unknown load or system: {', '.join(bad)}")
+    if not etcd_available():
+        print("etcd/etcdctl not found: apt-get install etcd-server etcd-client",
+              file=sys.stderr)
+        return 2
+    version = subprocess.run([ETCDCTL, "version"], capture_output=True, text=True,
+                             check=False).stdout.splitlines()[0]
+    workdir = Path(tempfile.mkdtemp(prefix="etcd-perf-"))
+    print(f"{version}; work dir {workdir}; {os.cpu_count()} cores")
+    results: list[dict[str, Any]] = []
+    try:
+        for load in loads:
+            for system in systems:
+                print(f"{system:8} --load {load} ...", end="", flush=True)
+                r = run_check(system, load, workdir / f"{system}-{load}")
+                r.update(system=system, load=load)
+                results.append(r)
+                print(f" {r['verdict']}" + (f" ({r['error']})" if r.get("error") else ""))
+    except KeyboardInterrupt:
+        print(" interrupted")
+    print()
+    print(f"{'system':8} {'load':4} {'writes/s':>9} {'slowest s':>10} {'stddev s':>9}  result")
+    for r in results:
+        def num(v: Any, width: int, fmt: str) -> str:
+            return format(v, fmt).rjust(width) if v is not None else "-".rjust(width)
+        print(f"{r['system']:8} {r['load']:4} {num(r['throughput'], 9, 'd')} "
+              f"{num(r.get('slowest_s'), 10, '.3f')} {num(r.get('stddev_s'), 9, '.3f')}  "
+              f"{r['verdict']}")
+    if args.json:
+        args.json.write_text(json.dumps({"etcdctl": version, "results": results}, indent=2))
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
