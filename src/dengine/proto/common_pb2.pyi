@@ -15,7 +15,7 @@ class LogId(_message.Message):
     def __init__(self, term: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class WriteCommand(_message.Message):
-    __slots__ = ("insert", "delete")
+    __slots__ = ("insert", "delete", "put", "delete_range", "txn", "compaction")
     class Insert(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,9 +30,17 @@ class WriteCommand(_message.Message):
         def __init__(self, key: _Optional[bytes] = ...) -> None: ...
     INSERT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_RANGE_FIELD_NUMBER: _ClassVar[int]
+    TXN_FIELD_NUMBER: _ClassVar[int]
+    COMPACTION_FIELD_NUMBER: _ClassVar[int]
     insert: WriteCommand.Insert
     delete: WriteCommand.Delete
-    def __init__(self, insert: _Optional[_Union[WriteCommand.Insert, _Mapping]] = ..., delete: _Optional[_Union[WriteCommand.Delete, _Mapping]] = ...) -> None: ...
+    put: bytes
+    delete_range: bytes
+    txn: bytes
+    compaction: bytes
+    def __init__(self, insert: _Optional[_Union[WriteCommand.Insert, _Mapping]] = ..., delete: _Optional[_Union[WriteCommand.Delete, _Mapping]] = ..., put: _Optional[bytes] = ..., delete_range: _Optional[bytes] = ..., txn: _Optional[bytes] = ..., compaction: _Optional[bytes] = ...) -> None: ...
 
 class Noop(_message.Message):
     __slots__ = ()

@@ -1,0 +1,5 @@
+"""etcd v3's API messages (etcd 3.4's names and numbers, dengine's proto packages).
+
+`kv_pb2` (mvccpb), `auth_pb2` (authpb), `rpc_pb2` (etcdserverpb); regenerate with
+`python tools/gen_proto.py`. See docs/etcd-model.md.
+"""
