@@ -33,10 +33,11 @@ def config_entry(index: int, voters: list[int], term: int = 1) -> Entry:
 
 
 def protobuf_decode(command: bytes) -> tuple[int, bytes, bytes] | None:
-    """(op, key, value) as protobuf reads `command`; None if it is not an insert/delete."""
+    """(op, key, value) as protobuf reads `command`; None if it sets no operation."""
     from google.protobuf.message import DecodeError
 
     from dengine.kv import OP_DELETE, OP_INSERT
+    from dengine.kv.codec import OP_COMPACTION, OP_DELETE_RANGE, OP_PUT, OP_TXN
 
     try:
         cmd = WriteCommand.FromString(command)
@@ -47,6 +48,10 @@ def protobuf_decode(command: bytes) -> tuple[int, bytes, bytes] | None:
         return OP_INSERT, cmd.insert.key, cmd.insert.value
     if which == "delete":
         return OP_DELETE, cmd.delete.key, b""
+    requests = {"put": OP_PUT, "delete_range": OP_DELETE_RANGE, "txn": OP_TXN,
+                "compaction": OP_COMPACTION}
+    if which in requests:
+        return requests[which], b"", getattr(cmd, which)
     return None
 
 

@@ -32,6 +32,7 @@ from dengine.kv.codec import (
     encode_command,
     encode_delete,
     encode_insert,
+    encode_request,
     fast_decode_command,
     split_write_request,
 )
@@ -194,3 +195,28 @@ def test_split_write_request_leaves_the_unusual_to_protobuf():
     long_form = b"\x0a" + bytes([len(command) | 0x80, 0x00]) + command  # overlong varint
     assert split_write_request(long_form) == [command] == [
         c.SerializeToString() for c in WriteRequest.FromString(long_form).commands]
+
+
+REQUEST_OPS = [(codec.OP_PUT, "put"), (codec.OP_DELETE_RANGE, "delete_range"),
+               (codec.OP_TXN, "txn"), (codec.OP_COMPACTION, "compaction")]
+
+
+@given(st.sampled_from(REQUEST_OPS), st.binary(max_size=300))
+def test_etcd_requests_are_wrapped_as_sent_and_decode_to_their_bytes(op_field, request):
+    op, field = op_field
+    cmd = encode_request(op, request)
+    assert cmd == WriteCommand(**{field: request}).SerializeToString()
+    assert decode_any_command(cmd) == (op, b"", request)
+    assert decode_command(cmd) is None  # never taken for an insert or delete
+
+
+@settings(deadline=None)
+@given(st.sampled_from([0x1A, 0x22, 0x2A, 0x32]), st.binary(max_size=40))
+def test_request_fields_decode_like_protobuf(tag, tail):
+    data = bytes([tag]) + tail
+    assert decode_any_command(data) == (protobuf_decode(data) or (OP_REJECTED, b"", b""))
+
+
+def test_encode_request_refuses_other_ops():
+    with pytest.raises(ValueError):
+        encode_request(OP_INSERT, b"")

@@ -17,12 +17,20 @@ from google.protobuf.message import DecodeError
 from dengine.proto import Entry, WriteCommand
 
 # What an entry does to the store (also the op byte of the state machine's WAL records,
-# docs/formats.md; storage adds its own bookkeeping ops from 5 up).
+# docs/formats.md; storage adds its own bookkeeping ops 5 and 6).
 OP_NOOP = 0
 OP_INSERT = 1
 OP_DELETE = 2
 OP_CONFIG = 3  # value = encoded Membership
 OP_REJECTED = 4  # a command that did not decode: applied as a failed no-op
+# etcd requests (value = the encoded etcdserverpb request as the client sent it, key b"").
+OP_PUT = 7
+OP_DELETE_RANGE = 8
+OP_TXN = 9
+OP_COMPACTION = 10
+
+# WriteCommand's request fields: tag byte (field << 3 | 2) -> op
+_REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION}
 
 
 def fast_decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
@@ -189,12 +197,38 @@ def decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
 
 def decode_any_command(cmd: bytes) -> tuple[int, bytes, bytes]:
     """(op, key, value) of any command bytes: OP_REJECTED when protobuf cannot decode
-    them or they set no operation (what every replica applies for such an entry)."""
+    them or they set no operation (what every replica applies for such an entry). An
+    etcd request decodes to (OP_PUT..OP_COMPACTION, b"", the request's bytes)."""
     decoded = decode_command(cmd)
     return decoded if decoded is not None else _decode_protobuf(cmd)
 
 
+def decode_request(cmd: bytes) -> tuple[int, bytes, bytes] | None:
+    """(op, b"", request bytes) of a command that is one etcd request field and nothing
+    else (how servers wrap a request: tag, varint length, the bytes); None otherwise."""
+    op = _REQUEST_TAGS.get(cmd[0]) if cmd else None
+    if op is None:
+        return None
+    n = len(cmd)
+    size = 0
+    shift = 0
+    pos = 1
+    while True:
+        if pos >= n or shift > 28:
+            return None
+        b = cmd[pos]
+        pos += 1
+        size |= (b & 0x7F) << shift
+        if b < 0x80:
+            break
+        shift += 7
+    return (op, b"", cmd[pos:]) if pos + size == n else None
+
+
 def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
+    request = decode_request(cmd)
+    if request is not None:
+        return request
     try:
         command = WriteCommand.FromString(cmd)
     except DecodeError:
@@ -204,7 +238,22 @@ def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
         return OP_INSERT, command.insert.key, command.insert.value
     if which == "delete":
         return OP_DELETE, command.delete.key, b""
+    if which in _REQUEST_FIELDS:
+        return _REQUEST_FIELDS[which], b"", getattr(command, which)
     return OP_REJECTED, b"", b""
+
+
+_REQUEST_FIELDS = {"put": OP_PUT, "delete_range": OP_DELETE_RANGE, "txn": OP_TXN,
+                   "compaction": OP_COMPACTION}
+
+
+def encode_request(op: int, request: bytes) -> bytes:
+    """The WriteCommand carrying an encoded etcd request (op OP_PUT..OP_COMPACTION) as it
+    came, without decoding it (equal to protobuf's encoding, tested)."""
+    for tag, tag_op in _REQUEST_TAGS.items():
+        if tag_op == op:
+            return bytes([tag]) + _varint(len(request)) + request
+    raise ValueError(f"no etcd request has op {op}")
 
 
 def decode_entry(entry: Entry) -> tuple[int, bytes, bytes]:

@@ -1,0 +1,602 @@
+"""etcd v3's data model: the MVCC store (revisions, history, ranges, transactions, compaction).
+
+Pure and deterministic: every replica that applies the same commands holds the same
+store, revision and history (docs/etcd-model.md). The rules are etcd 3.4's (its
+`etcdserver/apply.go` and `mvcc/`), including its quirks; the comments name them.
+
+State: the live keys (`key -> packed`, packed = `<qqqq>` create_revision, mod_revision,
+version, lease, then the value), a sorted index of the live keys, and the changelog: one
+`(revision, key, new, prev)` per key change, oldest first, `new`/`prev` packed or None.
+A read at a past revision starts from the live keys and undoes the changes above it;
+compaction drops the changes at or below its revision.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any, NamedTuple, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+from sortedcontainers import SortedList
+
+from dengine.kv.codec import (
+    OP_COMPACTION,
+    OP_CONFIG,
+    OP_DELETE,
+    OP_DELETE_RANGE,
+    OP_INSERT,
+    OP_PUT,
+    OP_REJECTED,
+    OP_TXN,
+)
+from dengine.kv.etcd_check import (
+    KvError,
+    compacted,
+    future_revision,
+    is_txn_readonly,
+    key_not_found,
+    lease_not_found,
+)
+from dengine.proto import Membership
+from dengine.proto.etcd import rpc_pb2 as pb
+from dengine.proto.etcd.kv_pb2 import KeyValue
+
+_META = struct.Struct("<qqqq")  # create_revision, mod_revision, version, lease
+META_SIZE = _META.size
+pack_meta = _META.pack
+unpack_meta = _META.unpack_from
+
+_Req = TypeVar("_Req", bound=Message)
+
+Op = tuple[int, int, int, bytes, bytes]  # index, term, op, key, value (kv.store.Op)
+
+
+def undecodable(what: str) -> KvError:
+    return KvError("INVALID_ARGUMENT", f"dengine: the command holds no valid {what}")
+
+
+class Change(NamedTuple):
+    """One key change: `new`/`prev` are packed versions, None = deleted / absent."""
+
+    revision: int
+    key: bytes
+    new: bytes | None
+    prev: bytes | None
+
+
+class Applied(NamedTuple):
+    """The outcome of one command: the store revision after it, and the etcd response
+    (header.revision set), a KvError (the command changed nothing), or None (plain
+    insert/delete, config, no-op: no etcd response)."""
+
+    revision: int
+    response: Message | KvError | None
+
+
+def make_kv(key: bytes, packed: bytes, keys_only: bool = False) -> KeyValue:
+    """The etcd KeyValue of a packed version."""
+    c, m, v, lease = unpack_meta(packed)
+    return KeyValue(key=key, create_revision=c, mod_revision=m, version=v, lease=lease,
+                    value=b"" if keys_only else packed[META_SIZE:])
+
+
+_NONE = pb.RangeRequest.NONE
+_ASCEND = pb.RangeRequest.ASCEND
+_DESCEND = pb.RangeRequest.DESCEND
+_KEY = pb.RangeRequest.KEY
+
+# RangeRequest.SortTarget -> sort key of a (key, packed) item
+_SORT_KEYS: dict[int, Callable[[tuple[bytes, bytes]], Any]] = {
+    pb.RangeRequest.VERSION: lambda item: unpack_meta(item[1])[2],
+    pb.RangeRequest.CREATE: lambda item: unpack_meta(item[1])[0],
+    pb.RangeRequest.MOD: lambda item: unpack_meta(item[1])[1],
+    pb.RangeRequest.VALUE: lambda item: item[1][META_SIZE:],
+}
+
+
+def _range_end(range_end: bytes) -> bytes | None:
+    """etcd's mkGteRange: "\\0" means every key >= key (None here)."""
+    return None if range_end == b"\x00" else range_end
+
+
+class MvccStore:
+    """etcd's MVCC key-value store. `get` and `insert_all` are the hot paths."""
+
+    __slots__ = ("_changes", "_data", "_index", "compact_revision", "revision")
+
+    def __init__(self) -> None:
+        self.revision = 1
+        self.compact_revision = 0
+        self._data: dict[bytes, bytes] = {}
+        self._index = SortedList()
+        self._changes: deque[tuple[int, bytes, bytes | None, bytes | None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: bytes) -> bytes | None:
+        """The current value of `key`, None if absent."""
+        packed = self._data.get(key)
+        return None if packed is None else packed[META_SIZE:]
+
+    def get_packed(self, key: bytes) -> bytes | None:
+        """The current packed version of `key`, None if absent."""
+        return self._data.get(key)
+
+    def get_kv(self, key: bytes, revision: int = 0) -> KeyValue | None:
+        """`key` as of `revision` (<= 0: the current one); raises KvError as a range does."""
+        rev = self._read_revision(revision, self.revision)
+        packed = self._packed_at(key, rev)
+        return None if packed is None else make_kv(key, packed)
+
+    def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+        """etcd's Range (applierV3backend.Range + rangeKeys) at the current revision;
+        raises KvError (compacted, future revision)."""
+        return self._range(req, self.revision)
+
+    def read_txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        """A read-only txn (etcd_check.is_txn_readonly) served as a read, as etcd serves
+        them (no log entry); raises KvError. Any other txn must go through `apply`."""
+        if not is_txn_readonly(req):
+            raise ValueError("read_txn: this txn writes (apply it through the log)")
+        return self._txn(req)
+
+    def _read_revision(self, revision: int, current: int) -> int:
+        if revision > current:
+            raise future_revision()
+        if revision <= 0:
+            revision = current
+        if revision < self.compact_revision:
+            raise compacted()
+        return revision
+
+    def _live_at(self, rev: int) -> bool:
+        """Whether the live keys are the state at `rev` (no change above it). In a txn,
+        the live keys already hold its writes, at the revision after `self.revision`."""
+        return not self._changes or self._changes[-1][0] <= rev
+
+    def _packed_at(self, key: bytes, rev: int) -> bytes | None:
+        found: bytes | None = self._data.get(key)
+        for change in reversed(self._changes):
+            if change[0] <= rev:
+                break
+            if change[1] == key:
+                found = change[3]
+        return found
+
+    def _items_at(self, key: bytes, end: bytes | None, rev: int) -> list[tuple[bytes, bytes]]:
+        """Every (key, packed) of [key, end) at `rev` (end None: no upper bound), by key."""
+        data = self._data
+        keys = self._index.irange(key, end, (True, False)) if end is not None else (
+            self._index.irange(key))
+        if self._live_at(rev):
+            return [(k, data[k]) for k in keys]
+        overlay: dict[bytes, bytes | None] = {}
+        for change in reversed(self._changes):
+            if change[0] <= rev:
+                break
+            k = change[1]
+            if key <= k and (end is None or k < end):
+                overlay[k] = change[3]
+        items = [(k, data[k]) for k in keys if k not in overlay]
+        items.extend((k, p) for k, p in overlay.items() if p is not None)
+        items.sort()
+        return items
+
+    def _range(self, req: pb.RangeRequest, current: int) -> pb.RangeResponse:
+        rev = self._read_revision(req.revision, current)
+        resp = pb.RangeResponse()
+        resp.header.revision = current
+        key = req.key
+        limit = req.limit
+        sort_order = req.sort_order
+        sort_target = req.sort_target
+        filtered = bool(req.min_mod_revision or req.max_mod_revision
+                        or req.min_create_revision or req.max_create_revision)
+        if not req.range_end:
+            packed = self._packed_at(key, rev)
+            items = [] if packed is None else [(key, packed)]
+            total = len(items)
+        else:
+            end = _range_end(req.range_end)
+            if not filtered and sort_target == _KEY and self._live_at(rev):
+                # The current revision in key order: no need to look at every key.
+                index = self._index
+                lo = index.bisect_left(key)
+                hi = len(index) if end is None else max(lo, index.bisect_left(end))
+                resp.count = total = hi - lo
+                if req.count_only:
+                    return resp
+                reverse = sort_order == _DESCEND
+                take = limit if limit > 0 else total
+                data = self._data
+                keys_only = req.keys_only
+                add = resp.kvs.append
+                for k in islice(index.islice(lo, hi, reverse=reverse), take):
+                    add(make_kv(k, data[k], keys_only))
+                resp.more = limit > 0 and total > limit
+                return resp
+            items = self._items_at(key, end, rev)
+            total = len(items)
+        resp.count = total
+        if req.count_only:
+            return resp
+        if limit > 0 and sort_order == _NONE and not filtered:
+            # etcd fetches limit + 1 keys (by key) for `more`, and sorts only those: with
+            # a sort target but no order, the first limit + 1 keys sorted by the target.
+            items = items[: limit + 1]
+        if filtered:
+            items = self._filter(req, items)
+        if sort_target != _KEY and sort_order == _NONE:
+            sort_order = _ASCEND
+        if sort_order in (_ASCEND, _DESCEND):
+            reverse = sort_order == _DESCEND
+            if sort_target == _KEY:
+                if reverse:
+                    items.reverse()
+            elif sort_target in _SORT_KEYS:
+                # Stable, like Go's sort.Sort on etcd's <= 12-item ranges (insertion sort);
+                # on longer ones Go's order among equal targets is not specified.
+                items.sort(key=_SORT_KEYS[sort_target], reverse=reverse)
+        if limit > 0 and len(items) > limit:
+            items = items[:limit]
+            resp.more = True
+        keys_only = req.keys_only
+        resp.kvs.extend([make_kv(k, p, keys_only) for k, p in items])
+        return resp
+
+    @staticmethod
+    def _filter(req: pb.RangeRequest, items: list[tuple[bytes, bytes]]
+                ) -> list[tuple[bytes, bytes]]:
+        lo_mod, hi_mod = req.min_mod_revision, req.max_mod_revision
+        lo_create, hi_create = req.min_create_revision, req.max_create_revision
+        out = []
+        for item in items:
+            c, m, _, _ = unpack_meta(item[1])
+            if hi_mod and m > hi_mod:
+                continue
+            if lo_mod and m < lo_mod:
+                continue
+            if hi_create and c > hi_create:
+                continue
+            if lo_create and c < lo_create:
+                continue
+            out.append(item)
+        return out
+
+    # ------------------------------------------------------------------ writes
+
+    def insert_all(self, keys: Iterable[bytes], values: Iterable[bytes]) -> None:
+        """Put key[i] = value[i] (lease 0) in order, one revision each (a chunk of plain
+        inserts: the apply path's hot loop)."""
+        data = self._data
+        get = data.get
+        add_key = self._index.add
+        log = self._changes.append
+        rev = self.revision
+        for key, value in zip(keys, values, strict=True):
+            rev += 1
+            old = get(key)
+            if old is None:
+                packed = pack_meta(rev, rev, 1, 0) + value
+                add_key(key)
+            else:
+                c, _, v, _ = unpack_meta(old)
+                packed = pack_meta(c, rev, v + 1, 0) + value
+            data[key] = packed
+            log((rev, key, packed, old))
+        self.revision = rev
+
+    def apply(self, op: int, key: bytes, value: bytes) -> Applied:
+        """Apply one decoded command (any codec op). A command that fails (etcd's
+        state-dependent checks, an undecodable request) changes nothing and carries its
+        KvError; nothing in the input makes this raise."""
+        if op == OP_INSERT:
+            self.insert_all((key,), (value,))
+            return Applied(self.revision, None)
+        if op == OP_DELETE:
+            if key in self._data:
+                self.revision += 1
+                self._delete_keys([key], self.revision)
+            return Applied(self.revision, None)
+        if op == OP_PUT:
+            return self._apply_request(pb.PutRequest, value, self._put_request)
+        if op == OP_DELETE_RANGE:
+            return self._apply_request(pb.DeleteRangeRequest, value, self._delete_request)
+        if op == OP_TXN:
+            return self._apply_request(pb.TxnRequest, value, self._txn)
+        if op == OP_COMPACTION:
+            return self._apply_request(pb.CompactionRequest, value, self._compact)
+        if op == OP_REJECTED:
+            return Applied(self.revision, undecodable("command"))
+        return Applied(self.revision, None)  # no-op, config, storage bookkeeping
+
+    def apply_ops(self, ops: Iterable[Op]) -> Membership | None:
+        """Apply decoded ops in order (replay, chunks); return the last membership among
+        them, if any. Results are dropped: use `apply` for them."""
+        membership = None
+        for _, _, op, key, value in ops:
+            if op == OP_INSERT:
+                self.insert_all((key,), (value,))
+            elif op == OP_CONFIG:
+                membership = Membership.FromString(value)
+            else:
+                self.apply(op, key, value)
+        return membership
+
+    def _apply_request(self, cls: type[_Req], data: bytes,
+                       run: Callable[[_Req], Message]) -> Applied:
+        try:
+            req = cls.FromString(data)
+        except DecodeError:
+            return Applied(self.revision, undecodable(cls.__name__))
+        try:
+            resp = run(req)
+        except KvError as e:
+            return Applied(self.revision, e)
+        return Applied(self.revision, resp)
+
+    def _write(self, key: bytes, value: bytes, lease: int, rev: int) -> None:
+        old = self._data.get(key)
+        if old is None:
+            packed = pack_meta(rev, rev, 1, lease) + value
+            self._index.add(key)
+        else:
+            c, _, v, _ = unpack_meta(old)
+            packed = pack_meta(c, rev, v + 1, lease) + value
+        self._data[key] = packed
+        self._changes.append((rev, key, packed, old))
+
+    def _delete_keys(self, keys: list[bytes], rev: int) -> None:
+        """Delete `keys` (all live) at revision `rev`."""
+        data = self._data
+        remove = self._index.remove
+        log = self._changes.append
+        for k in keys:
+            log((rev, k, None, data.pop(k)))
+            remove(k)
+
+    def _live_keys(self, key: bytes, range_end: bytes) -> list[bytes]:
+        if not range_end:
+            return [key] if key in self._data else []
+        end = _range_end(range_end)
+        index = self._index
+        return list(index.irange(key, end, (True, False)) if end is not None
+                    else index.irange(key))
+
+    def _lease_exists(self, lease: int) -> bool:
+        """No leases yet (the next issue): every lease other than 0 is unknown."""
+        return lease == 0
+
+    # Top-level requests: the store revision moves by one if the request changed a key.
+
+    def _put_request(self, req: pb.PutRequest) -> pb.PutResponse:
+        if not self._lease_exists(req.lease):
+            raise lease_not_found()
+        if (req.ignore_value or req.ignore_lease) and req.key not in self._data:
+            raise key_not_found()
+        resp = self._put(req, self.revision + 1)
+        self.revision += 1
+        return resp
+
+    def _delete_request(self, req: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        resp = self._delete_range(req, self.revision, False)
+        if resp.deleted:
+            self.revision += 1
+        return resp
+
+    def _put(self, req: pb.PutRequest, rev: int) -> pb.PutResponse:
+        """etcd's Put inside a write at revision `rev` (checks done by the caller)."""
+        key = req.key
+        resp = pb.PutResponse()
+        resp.header.revision = rev
+        old = self._data.get(key)
+        value = req.value
+        lease = req.lease
+        if old is not None:
+            if req.ignore_value:
+                value = old[META_SIZE:]
+            if req.ignore_lease:
+                lease = unpack_meta(old)[3]
+            if req.prev_kv:
+                resp.prev_kv.CopyFrom(make_kv(key, old))
+        self._write(key, value, lease, rev)
+        return resp
+
+    def _delete_range(self, req: pb.DeleteRangeRequest, begin: int, changed: bool
+                      ) -> pb.DeleteRangeResponse:
+        """etcd's DeleteRange in a write that began at `begin` (`changed`: earlier ops of
+        the same txn changed keys)."""
+        keys = self._live_keys(req.key, req.range_end)
+        resp = pb.DeleteRangeResponse(deleted=len(keys))
+        if req.prev_kv:
+            data = self._data
+            resp.prev_kvs.extend([make_kv(k, data[k]) for k in keys])
+        self._delete_keys(keys, begin + 1)
+        resp.header.revision = begin + 1 if keys or changed else begin
+        return resp
+
+    def _compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
+        rev = req.revision
+        # etcd starts at compact revision -1, so its first Compact(0) succeeds; 0 here
+        # means "never compacted", and Compact(0) then is a no-op that succeeds.
+        if rev < self.compact_revision or (rev == self.compact_revision and rev != 0):
+            raise compacted()
+        if rev > self.revision:
+            raise future_revision()
+        changes = self._changes
+        while changes and changes[0][0] <= rev:
+            changes.popleft()
+        self.compact_revision = rev
+        resp = pb.CompactionResponse()
+        resp.header.revision = self.revision
+        return resp
+
+    # ------------------------------------------------------------------ transactions
+
+    def _txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+        """etcd's Txn: compares (this and nested txns') on the state before the txn, the
+        checks of the taken path, then its ops in order; one revision for all."""
+        path = self._compare_path(req)
+        first_rev = self.compact_revision if self.compact_revision else -1
+        begin = self.revision
+        self._check_path(req, path, begin, first_rev, "request_put")
+        self._check_path(req, path, begin, first_rev, "request_range")
+        resp = pb.TxnResponse()
+        changed = self._run_txn(req, path, begin, resp, False)[1]
+        self.revision = begin + 1 if changed else begin
+        resp.header.revision = self.revision
+        return resp
+
+    def _compare_path(self, req: pb.TxnRequest) -> list[bool]:
+        """etcd's compareToPath: the branch taken by this txn, then by each nested txn of
+        that branch (depth first), all compared on the current state."""
+        ok = all(self._compare(c) for c in req.compare)
+        path = [ok]
+        for op in req.success if ok else req.failure:
+            if op.WhichOneof("request") == "request_txn":
+                path.extend(self._compare_path(op.request_txn))
+        return path
+
+    def _compare(self, c: pb.Compare) -> bool:
+        if c.range_end:
+            items = self._items_at(c.key, _range_end(c.range_end), self.revision)
+        else:
+            packed = self._data.get(c.key)
+            items = [] if packed is None else [(c.key, packed)]
+        target = c.target
+        if not items:
+            if target == pb.Compare.VALUE:
+                return False  # a missing value compares with nothing
+            return _compare_kv(c, None)
+        return all(_compare_kv(c, packed) for _, packed in items)
+
+    def _check_path(self, req: pb.TxnRequest, path: list[bool], begin: int,
+                    first_rev: int, kind: str) -> int:
+        """etcd's checkRequests with checkRequestPut (kind "request_put") or
+        checkRequestRange ("request_range") on the taken path, on the state before the
+        txn. Returns the nested txns walked."""
+        walked = 0
+        for op in req.success if path[0] else req.failure:
+            which = op.WhichOneof("request")
+            if which == "request_txn":
+                n = self._check_path(op.request_txn, path[1:], begin, first_rev, kind)
+                walked += n + 1
+                path = path[n + 1:]
+            elif which != kind:
+                continue
+            elif which == "request_put":
+                put = op.request_put
+                if (put.ignore_value or put.ignore_lease) and put.key not in self._data:
+                    raise key_not_found()
+                if not self._lease_exists(put.lease):
+                    raise lease_not_found()
+            elif which == "request_range":
+                rev = op.request_range.revision
+                if rev > begin:
+                    raise future_revision()
+                if rev != 0 and rev < first_rev:
+                    raise compacted()
+        return walked
+
+    def _run_txn(self, req: pb.TxnRequest, path: list[bool], begin: int,
+                 resp: pb.TxnResponse, changed: bool) -> tuple[int, bool]:
+        """etcd's applyTxn: run the taken branch into `resp`; returns (nested txns
+        walked, whether any key changed so far)."""
+        succeeded = path[0]
+        resp.succeeded = succeeded
+        walked = 0
+        responses = resp.responses
+        for op in req.success if succeeded else req.failure:
+            which = op.WhichOneof("request")
+            out = responses.add()
+            if which == "request_range":
+                out.response_range.CopyFrom(
+                    self._range(op.request_range, begin + 1 if changed else begin))
+            elif which == "request_put":
+                out.response_put.CopyFrom(self._put(op.request_put, begin + 1))
+                changed = True
+            elif which == "request_delete_range":
+                sub = self._delete_range(op.request_delete_range, begin, changed)
+                out.response_delete_range.CopyFrom(sub)
+                changed = changed or sub.deleted > 0
+            elif which == "request_txn":
+                nested = out.response_txn
+                nested.header.SetInParent()  # etcd leaves a nested txn's header empty
+                n, changed = self._run_txn(op.request_txn, path[1:], begin, nested, changed)
+                walked += n + 1
+                path = path[n + 1:]
+        return walked, changed
+
+    # ------------------------------------------------------------------ persistence
+
+    def items_packed(self) -> Iterator[tuple[bytes, bytes]]:
+        """The live (key, packed) pairs, in no particular order (hold the state machine's
+        lock while iterating)."""
+        return iter(self._data.items())
+
+    def changes(self) -> Iterator[Change]:
+        """The changelog, oldest first."""
+        return map(Change._make, self._changes)
+
+    def changes_since(self, revision: int) -> Iterator[Change]:
+        """The changes above `revision`, oldest first (watch catch-up)."""
+        tail: list[tuple[int, bytes, bytes | None, bytes | None]] = []
+        for change in reversed(self._changes):
+            if change[0] <= revision:
+                break
+            tail.append(change)
+        return map(Change._make, reversed(tail))
+
+    @classmethod
+    def restore(cls, revision: int, compact_revision: int,
+                items_packed: Iterable[tuple[bytes, bytes]],
+                changes: Iterable[tuple[int, bytes, bytes | None, bytes | None]],
+                ) -> MvccStore:
+        """A store from its persisted image (`items_packed`, `changes`)."""
+        store = cls()
+        store.revision = revision
+        store.compact_revision = compact_revision
+        store._data = dict(items_packed)
+        store._index = SortedList(store._data)
+        store._changes = deque(tuple(c) for c in changes)  # type: ignore[misc]
+        return store
+
+
+def _compare_kv(c: pb.Compare, packed: bytes | None) -> bool:
+    """etcd's compareKV; `packed` None is etcd's zero KeyValue (a missing key)."""
+    target = c.target
+    union = c.WhichOneof("target_union")
+    result: int
+    if target == pb.Compare.VALUE:
+        mine = b"" if packed is None else packed[META_SIZE:]
+        theirs = c.value if union == "value" else b""
+        result = (mine > theirs) - (mine < theirs)
+    else:
+        meta = (0, 0, 0, 0) if packed is None else unpack_meta(packed)
+        if target == pb.Compare.CREATE:
+            mine_i, theirs_i = meta[0], c.create_revision if union == "create_revision" else 0
+        elif target == pb.Compare.MOD:
+            mine_i, theirs_i = meta[1], c.mod_revision if union == "mod_revision" else 0
+        elif target == pb.Compare.VERSION:
+            mine_i, theirs_i = meta[2], c.version if union == "version" else 0
+        elif target == pb.Compare.LEASE:
+            mine_i, theirs_i = meta[3], c.lease if union == "lease" else 0
+        else:
+            mine_i = theirs_i = 0  # an unknown target compares equal (etcd)
+        result = (mine_i > theirs_i) - (mine_i < theirs_i)
+    cmp = c.result
+    if cmp == pb.Compare.EQUAL:
+        return result == 0
+    if cmp == pb.Compare.NOT_EQUAL:
+        return result != 0
+    if cmp == pb.Compare.GREATER:
+        return result > 0
+    if cmp == pb.Compare.LESS:
+        return result < 0
+    return True  # an unknown result holds (etcd)
