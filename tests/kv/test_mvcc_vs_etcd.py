@@ -228,3 +228,22 @@ def test_same_answers_as_etcd(etcd: grpc.Channel, seed: int) -> None:
     for rev in range(store.compact_revision, store.revision + 1):
         req = pb.RangeRequest(key=b"\x00", range_end=b"\x00", revision=rev)
         assert store.range(req) == _etcd_answer(etcd, "Range", req, pb.RangeResponse)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sorted_ranges_order_ties_as_etcd(etcd: grpc.Channel, seed: int) -> None:
+    """More than 12 keys with equal sort targets: etcd's (Go's unstable) order."""
+    rnd = random.Random(seed)
+    store = MvccStore()
+    names = [b"k%02d" % i for i in range(rnd.randint(13, 70))]
+    for _ in range(len(names) * 2):
+        req = pb.PutRequest(key=rnd.choice(names), value=rnd.choice([b"x", b"y", b"z"]))
+        assert _store_answer(store, None, OP_PUT, req) == _etcd_answer(
+            etcd, "Put", req, pb.PutResponse)
+    for target in (1, 2, 3, 4):
+        for order in (0, 1, 2):
+            for limit in (0, 5):
+                req = pb.RangeRequest(key=b"k", range_end=b"l", sort_target=target,
+                                      sort_order=order, limit=limit)
+                assert store.range(req) == _etcd_answer(etcd, "Range", req,
+                                                         pb.RangeResponse), req

@@ -40,6 +40,7 @@ from dengine.kv.etcd_check import (
     key_not_found,
     lease_not_found,
 )
+from dengine.kv.gosort import go_sort
 from dengine.proto import Membership
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.proto.etcd.kv_pb2 import KeyValue
@@ -240,9 +241,11 @@ class MvccStore:
                 if reverse:
                     items.reverse()
             elif sort_target in _SORT_KEYS:
-                # Stable, like Go's sort.Sort on etcd's <= 12-item ranges (insertion sort);
-                # on longer ones Go's order among equal targets is not specified.
-                items.sort(key=_SORT_KEYS[sort_target], reverse=reverse)
+                # Go's sort.Sort, as etcd: equal targets end up where it leaves them
+                target = _SORT_KEYS[sort_target]
+                pairs = [(target(item), item) for item in items]
+                go_sort(pairs, reverse)
+                items = [item for _, item in pairs]
         if limit > 0 and len(items) > limit:
             items = items[:limit]
             resp.more = True
