@@ -89,6 +89,28 @@ class ConfigError(DengineError):
     code = "CONFIG"
 
 
+class KvError(DengineError):
+    """An error of etcd's key-value API: `grpc_code` is the grpc.StatusCode name etcd
+    answers it with (`OUT_OF_RANGE`, ...), `message` etcd's own text (clients match on
+    both). The request changed nothing."""
+
+    code = "KV_ERROR"
+
+    def __init__(self, grpc_code: str, message: str) -> None:
+        super().__init__(message)
+        self.grpc_code = grpc_code
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KvError) and (self.grpc_code, self.message) == (
+            other.grpc_code, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.grpc_code, self.message))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.grpc_code!r}, {self.message!r})"
+
+
 ERRORS_BY_CODE: dict[str, type[DengineError]] = {
     cls.code: cls
     for cls in (

@@ -1,9 +1,10 @@
 """etcd's errors, and the checks etcd makes on a request before proposing it.
 
 Servers (gRPC, native, the embedded engine) call these before a request goes to the log;
-they raise KvError with etcd's gRPC code and message (etcd 3.4's v3rpc/key.go and
-rpctypes). Checks that depend on the state (compacted or future revisions, a missing key
-for ignore_value, an unknown lease) are the store's, at apply (kv/mvcc.py).
+they raise KvError (dengine.errors, re-exported here) with etcd's gRPC code and message
+(etcd 3.4's v3rpc/key.go and rpctypes). Checks that depend on the state (compacted or
+future revisions, a missing key for ignore_value, an unknown lease) are the store's, at
+apply (kv/mvcc.py).
 
 Where etcd accepts a request that makes no sense and then crashes or answers nonsense
 (a sort target or order, a compare target or result outside its enums), dengine refuses
@@ -16,32 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from dengine.errors import DengineError
+from dengine.errors import KvError as KvError  # re-exported: the one etcd error class
 from dengine.proto.etcd import rpc_pb2 as pb
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # etcd's --max-request-bytes (1.5 MiB)
-
-
-class KvError(DengineError):
-    """An etcd error: `grpc_code` is the grpc.StatusCode name (`OUT_OF_RANGE`, ...),
-    `message` etcd's text (clients match on both)."""
-
-    code = "KV_ERROR"
-
-    def __init__(self, grpc_code: str, message: str) -> None:
-        super().__init__(message)
-        self.grpc_code = grpc_code
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, KvError) and (self.grpc_code, self.message) == (
-            other.grpc_code, other.message)
-
-    def __hash__(self) -> int:
-        return hash((self.grpc_code, self.message))
-
-    def __repr__(self) -> str:
-        return f"KvError({self.grpc_code!r}, {self.message!r})"
 
 
 # etcd's messages (rpctypes), the ones the KV API can give.
