@@ -93,7 +93,8 @@ async def measure(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
 
         async def one_range(_: int) -> None:
             start = rng.randrange(0, args.keys - RANGE_KEYS)
-            resp = await kv.Range(rpc.RangeRequest(key=key(start), range_end=key(start + RANGE_KEYS)))
+            req = rpc.RangeRequest(key=key(start), range_end=key(start + RANGE_KEYS))
+            resp = await kv.Range(req)
             if len(resp.kvs) != RANGE_KEYS:
                 raise RuntimeError(f"range returned {len(resp.kvs)} keys, not {RANGE_KEYS}")
 
@@ -109,13 +110,16 @@ async def measure(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
                     last[k] = resp.header.revision
             turn = [0] * c
 
-            async def one_cas(w: int, last: dict[bytes, int] = last, turn: list[int] = turn) -> None:
+            async def one_cas(
+                w: int, c: int = c, last: dict[bytes, int] = last, turn: list[int] = turn
+            ) -> None:
                 k = b"cas/%d/%d/%d" % (c, w, turn[w] % CAS_KEYS_PER_WORKER)
                 turn[w] += 1
                 resp = await kv.Txn(rpc.TxnRequest(
                     compare=[rpc.Compare(key=k, target=rpc.Compare.MOD,
                                          result=rpc.Compare.EQUAL, mod_revision=last[k])],
-                    success=[rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=b"%d" % turn[w]))],
+                    success=[rpc.RequestOp(
+                        request_put=rpc.PutRequest(key=k, value=b"%d" % turn[w]))],
                 ))
                 if not resp.succeeded:
                     raise RuntimeError(f"CAS on {k!r} failed: mod_revision was not {last[k]}")
@@ -126,7 +130,8 @@ async def measure(endpoint: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default="etcd,dengine")
     p.add_argument("--keys", type=int, default=1_000_000)
     p.add_argument("--value-size", type=int, default=256)
@@ -146,10 +151,12 @@ def main() -> int:
     print(f"\n{'workload':<12}" + "".join(f"{s:>28}" for s in results))
     print(f"{'load (s)':<12}" + "".join(f"{r['load_s']:>28}" for r in results.values()))
     for name in names:
-        cells = [f"{r[name]['ops_s']:>10} ops/s p50 {r[name]['p50_ms']:>7} ms" for r in results.values()]
+        cells = [f"{r[name]['ops_s']:>10} ops/s p50 {r[name]['p50_ms']:>7} ms"
+                 for r in results.values()]
         print(f"{name:<12}" + "".join(f"{c:>28}" for c in cells))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2))
+        meta = vars(args) | {"json": str(args.json)}
+        args.json.write_text(json.dumps({"args": meta, "results": results}, indent=2))
     return 0
 
 
