@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("aetcd")
 
-from bank_run import PROCESS_KINDS, BankConfig, run_bank, summary  # noqa: E402
+from bank_run import PROCESS_KINDS, BankConfig, run_bank, summary
 
 CI_SEED = int(os.environ.get("DENGINE_BANK_SEED", "16"))
 CI_SECONDS = float(os.environ.get("DENGINE_BANK_CI_SECONDS", "20"))

@@ -1,4 +1,4 @@
-"""`python -m dengine.sim --nodes 3 --seeds 1000:2000 [--steps N] [--faults ...]`.
+"""`python -m dengine.sim --nodes 3 --seeds 1000:2000 [--steps N] [--faults ...] [--workload W]`.
 
 Runs every seed, prints each failing seed with the command that replays it, then one
 summary line. Exits 0 only if every seed held every invariant and stayed linearizable.
@@ -14,8 +14,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import click
 
+from dengine.kv.mvcc import MvccStore
 from dengine.sim.config import FAULT_KINDS, CoreFactory, SimConfig, SimResult
 from dengine.sim.simulator import Simulator
+from dengine.sim.workloads import WORKLOADS
 
 
 def _parse_seeds(spec: str) -> range:
@@ -59,9 +61,24 @@ def load_core(spec: str) -> CoreFactory:
     return factory
 
 
+def load_store(spec: str) -> type[MvccStore]:
+    """Import `module:Class` (an MvccStore subclass)."""
+    module, sep, name = spec.partition(":")
+    if not sep:
+        raise click.BadParameter(f"expected MODULE:CLASS, got {spec!r}")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise click.BadParameter(f"cannot load store {spec!r}: {e}") from None
+    if not (isinstance(cls, type) and issubclass(cls, MvccStore)):
+        raise click.BadParameter(f"{spec!r} is not an MvccStore subclass")
+    return cls
+
+
 def _run(config: SimConfig) -> SimResult:
     factory = load_core(config.core) if config.core else None
-    return Simulator(config, factory).run()
+    store = load_store(config.store) if config.store else None
+    return Simulator(config, factory, store).run()
 
 
 @click.command()
@@ -80,20 +97,29 @@ def _run(config: SimConfig) -> SimResult:
               help="snapshot + compact the log every N applied entries (0: never)")
 @click.option("--membership/--no-membership", default=False, show_default=True,
               help="add membership changes (remove / demote / re-add a voter) to the faults")
+@click.option("--workload", type=click.Choice(WORKLOADS), default="kv", show_default=True,
+              help="kv: get/put/delete; cas: + compare-and-swap txns; bank: transfers as "
+              "txns guarded by mod_revision (the total is checked on every read)")
+@click.option("--accounts", type=click.IntRange(2, 100), default=5, show_default=True,
+              help="accounts of the bank workload")
 @click.option("--core", default="", help="MODULE:CLASS of a RaftCore variant to test")
+@click.option("--store", default="", help="MODULE:CLASS of an MvccStore variant to test")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="worker processes")
 def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
          max_entries_per_msg: int, max_inflight: int, snapshot_every: int, membership: bool,
-         core: str, jobs: int) -> None:
+         workload: str, accounts: int, core: str, store: str, jobs: int) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
     base = SimConfig(nodes=nodes, steps=steps, faults=_parse_faults(faults),
                      lease_reads=lease_reads, max_entries_per_msg=max_entries_per_msg,
                      max_inflight=max_inflight, snapshot_every=snapshot_every,
-                     membership=membership, core=core)
+                     membership=membership, workload=workload, accounts=accounts,
+                     core=core, store=store)
     if core:
         load_core(core)  # fail fast on a bad spec
+    if store:
+        load_store(store)
     configs = [dataclasses.replace(base, seed=s) for s in seed_range]
     started = time.perf_counter()
     failures = 0
@@ -115,7 +141,8 @@ def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
                 click.echo(result.describe())
     elapsed = time.perf_counter() - started
     click.echo(
-        f"dengine.sim: nodes={nodes} seeds={seed_range.start}:{seed_range.stop} "
+        f"dengine.sim: nodes={nodes} workload={workload} "
+        f"seeds={seed_range.start}:{seed_range.stop} "
         f"runs={len(configs)} steps={steps} total_steps={total_steps} violations={failures} "
         f"elapsed={elapsed:.1f}s"
     )

@@ -1,7 +1,8 @@
-"""Deliberately broken Raft cores: the simulator must catch each of them ("teeth").
+"""Deliberately broken Raft cores and stores: the simulator must catch each of them ("teeth").
 
-Each overrides exactly one rule of `RaftCore` with a bug real Raft implementations have
-shipped. Replay one with `python -m dengine.sim --core dengine.sim.broken:DoubleVoteCore`.
+Each overrides exactly one rule of `RaftCore` (or of the MVCC store) with a bug real
+implementations have shipped. Replay one with
+`python -m dengine.sim --core dengine.sim.broken:DoubleVoteCore` (or `--store ...`).
 Never use these outside tests.
 """
 
@@ -9,8 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from dengine.kv.codec import OP_TXN
+from dengine.kv.mvcc import Applied, MvccStore
 from dengine.proto import Message
+from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.raft import LogStorage, RaftConfig, RaftCore, Role
 from dengine.raft.quorum import quorum_value
 
@@ -56,3 +63,52 @@ class EndlessLeaseCore(RaftCore):
 
     def _lease_valid(self) -> bool:
         return self.state is Role.LEADER and self.term_committed
+
+
+class StaleCompareStore(MvccStore):
+    """Evaluates a txn's compares on the store one revision back, not on the state the
+    txn applies to (like a server that checks compares at the read it proposed from).
+
+    Two transfers read at one revision; the first commits; the second's mod_revision
+    compares still hold one revision back, so it overwrites the first's balances.
+    """
+
+    def apply(self, op: int, key: bytes, value: bytes) -> Applied:
+        if op != OP_TXN:
+            return super().apply(op, key, value)
+        try:
+            req = pb.TxnRequest.FromString(value)
+        except DecodeError:
+            return super().apply(op, key, value)
+        taken = all(self._stale_compare(c) for c in req.compare)
+        # The same txn with its branch decided: no compare (success) or one that never
+        # holds (a version below 0: failure).
+        fixed = pb.TxnRequest(success=req.success) if taken else pb.TxnRequest(
+            compare=[pb.Compare(key=b"\0", target=pb.Compare.VERSION,
+                                result=pb.Compare.LESS, version=0)],
+            failure=req.failure)
+        return super().apply(op, key, fixed.SerializeToString())
+
+    def _stale_compare(self, c: pb.Compare) -> bool:
+        kv = self.get_kv(c.key, max(self.revision - 1, 1))
+        target = c.target
+        have: Any  # bytes (value) or int
+        want: Any
+        if target == pb.Compare.VALUE:
+            if kv is None:
+                return False
+            have, want = kv.value, c.value
+        elif target == pb.Compare.VERSION:
+            have, want = (kv.version if kv else 0), c.version
+        elif target == pb.Compare.MOD:
+            have, want = (kv.mod_revision if kv else 0), c.mod_revision
+        else:
+            have, want = (kv.create_revision if kv else 0), c.create_revision
+        result = c.result
+        if result == pb.Compare.EQUAL:
+            return have == want
+        if result == pb.Compare.NOT_EQUAL:
+            return have != want
+        if result == pb.Compare.GREATER:
+            return bool(have > want)
+        return bool(have < want)

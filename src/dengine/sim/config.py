@@ -53,7 +53,12 @@ class SimConfig:
     # Add membership changes to the faults: a voter is removed (or demoted to learner)
     # and later added back, one single-server change at a time.
     membership: bool = False
+    # What the clients do (sim/workloads.py): kv (get/put/delete), cas (+ compare-and-swap
+    # txns), bank (transfers between `accounts` accounts as txns guarded by mod_revision).
+    workload: str = "kv"
+    accounts: int = 5
     core: str = ""  # "module:Class" of a RaftCore subclass, for the replay command only
+    store: str = ""  # "module:Class" of an MvccStore subclass, for the replay command only
 
     def replay_command(self) -> str:
         cmd = (
@@ -72,8 +77,14 @@ class SimConfig:
             cmd += f" --snapshot-every {self.snapshot_every}"
         if self.membership:
             cmd += " --membership"
+        if self.workload != "kv":
+            cmd += f" --workload {self.workload}"
+        if self.workload == "bank" and self.accounts != 5:
+            cmd += f" --accounts {self.accounts}"
         if self.core:
             cmd += f" --core {self.core}"
+        if self.store:
+            cmd += f" --store {self.store}"
         return cmd
 
 

@@ -17,11 +17,12 @@ import hashlib
 import heapq
 import random
 import traceback
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from dengine.errors import DengineError, NotLeader, Unavailable
-from dengine.kv import Store, decode_entry, encode_delete, encode_insert
+from dengine.kv import decode_entry, encode_insert
+from dengine.kv.mvcc import Applied, MvccStore
 from dengine.proto import (
     Entry,
     Membership,
@@ -29,7 +30,7 @@ from dengine.proto import (
     MessageType,
     SnapshotMetadata,
 )
-from dengine.raft import MemoryRaftLog, RaftConfig, RaftCore
+from dengine.raft import RaftConfig, RaftCore
 from dengine.sim.config import (
     BARRIER_KEY,
     CLIENT_TIMEOUT_MS,
@@ -37,7 +38,6 @@ from dengine.sim.config import (
     ELECTION_TICK,
     FAULT_KINDS,
     HEARTBEAT_TICK,
-    KEYS,
     LEADER_BOUND_MS,
     MAX_SKEW_MS,
     SETTLE_BOUND_MS,
@@ -50,58 +50,16 @@ from dengine.sim.config import (
     SimResult,
 )
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
-from dengine.sim.lincheck import Op, check
-
-
-@dataclass
-class _PendingWrite:
-    client: int
-    term: int  # the term it was proposed in: applied with another term = failed
-    op_slot: int  # position in the history
-
-
-@dataclass
-class _PendingRead:
-    client: int
-    key: bytes
-    call: int
-    ctx: bytes
-    index: int = -1  # read index, once the core answered
-
-
-class _SimLog(MemoryRaftLog):
-    """MemoryRaftLog that can also record a snapshot the node took itself."""
-
-    def save_snapshot(self, metadata: SnapshotMetadata) -> None:
-        """Compact up to `metadata.last_included`, which now describes the log's start."""
-        self.compact_prefix(metadata.last_included.index)
-        self._snapshot = metadata
-
-
-class _SimNode:
-    """One node: its durable log (survives crash) and its volatile core and state machine."""
-
-    def __init__(self, node_id: int) -> None:
-        self.id = node_id
-        self.log = _SimLog()
-        self.core: RaftCore | None = None
-        self.kv = Store()
-        self.applied = 0
-        self.period = TICK_MS
-        self.reads: dict[bytes, _PendingRead] = {}
-        self.incarnation = 0
-        self.lead_term = 0  # last term this node was seen leading
-        self.lead_commit = -1  # its commit index when elected, until its first commit
-
-    @property
-    def up(self) -> bool:
-        return self.core is not None
+from dengine.sim.lincheck import Op
+from dengine.sim.nodes import Image, PendingRead, PendingWrite, SimNode
+from dengine.sim.workloads import Done, make_workload, resolve_op
 
 
 class Simulator:
     """Runs one seeded simulation. `core_factory` builds each node's core (default RaftCore)."""
 
-    def __init__(self, config: SimConfig, core_factory: CoreFactory | None = None) -> None:
+    def __init__(self, config: SimConfig, core_factory: CoreFactory | None = None,
+                 store_cls: type[MvccStore] | None = None) -> None:
         if config.nodes < 1:
             raise DengineError(f"nodes must be at least 1, got {config.nodes}")
         unknown = set(config.faults) - set(FAULT_KINDS)
@@ -109,16 +67,17 @@ class Simulator:
             raise DengineError(f"unknown fault kinds {sorted(unknown)}; known: {FAULT_KINDS}")
         self.cfg = config
         self.factory: CoreFactory = core_factory or RaftCore
+        self.store_cls: type[MvccStore] = store_cls or MvccStore
         self.rng = random.Random(config.seed)
         self.now = 0
         self.step = 0
         self._seq = 0
         self._events: list[tuple[int, int, str, Any]] = []
         self.ids = list(range(1, config.nodes + 1))
-        self.nodes = {i: _SimNode(i) for i in self.ids}
+        self.nodes = {i: SimNode(i) for i in self.ids}
         self.checker = InvariantChecker()
         self.history: list[Op] = []
-        self._writes: dict[tuple[int, int], list[_PendingWrite]] = {}  # (node, index)
+        self._writes: dict[tuple[int, int], list[PendingWrite]] = {}  # (node, index)
         self._client_busy: dict[int, Any] = {}
         self._client_target = dict.fromkeys(range(config.clients), 0)
         self._next_value = 0
@@ -130,7 +89,7 @@ class Simulator:
         self.churn_until = 0  # leader churn: until then, nearly every new leader is struck
         self._barrier_reads_done: set[int] = set()
         # Snapshot contents by (index, term): what a real transfer would ship.
-        self._snapshots: dict[tuple[int, int], tuple[bytes, tuple[tuple[bytes, bytes], ...]]] = {}
+        self._snapshots: dict[tuple[int, int], tuple[bytes, Image]] = {}
         self.max_entries_per_msg = config.max_entries_per_msg or self.rng.choice((1, 3, 64))
         self.max_inflight = config.max_inflight or self.rng.choice((1, 4, 64))
         self.stats = dict.fromkeys(
@@ -138,6 +97,7 @@ class Simulator:
              "lease_reads", "failed_writes", "unknown_writes", "snapshots_taken",
              "snapshots_installed", "membership_changes"), 0
         )
+        self.workload = make_workload(self)
 
     # ----------------------------------------------------------------------------- run
 
@@ -216,7 +176,7 @@ class Simulator:
                 self._client_target[client] = 0  # try another node next time
                 self._client_done(client)  # gives up; a write stays possibly-applied
 
-    def _tick_delay(self, node: _SimNode) -> int:
+    def _tick_delay(self, node: SimNode) -> int:
         jitter = self.rng.randint(-MAX_SKEW_MS, MAX_SKEW_MS)
         return max(TICK_MS - MAX_SKEW_MS, min(TICK_MS + MAX_SKEW_MS, node.period + jitter))
 
@@ -226,7 +186,7 @@ class Simulator:
         """Boot (or reboot after a crash) a node from its durable log."""
         node = self.nodes[node_id]
         node.incarnation += 1
-        node.kv = Store()
+        node.kv = self.store_cls()
         node.applied = 0
         node.reads = {}
         snap = node.log.snapshot_metadata()
@@ -259,7 +219,7 @@ class Simulator:
         node.reads = {}  # clients of lost reads time out; their reads observed nothing
         self.stats["crashes"] += 1
 
-    def _drive(self, node: _SimNode) -> None:
+    def _drive(self, node: SimNode) -> None:
         """Honour the driver contract for every Ready the core has, then check invariants."""
         core = node.core
         assert core is not None
@@ -310,7 +270,7 @@ class Simulator:
         if every and node.applied - node.log.first_index() + 1 >= every:
             self._take_snapshot(node)
 
-    def _take_snapshot(self, node: _SimNode) -> None:
+    def _take_snapshot(self, node: SimNode) -> None:
         """Snapshot the state machine at the applied index and compact the log behind it."""
         assert node.core is not None
         index = node.applied
@@ -318,7 +278,9 @@ class Simulator:
         metadata.last_included.index = index
         metadata.last_included.term = node.log.term(index)
         metadata.membership.CopyFrom(node.core.membership_at(index))
-        data = tuple(sorted(node.kv.data.items()))
+        kv = node.kv
+        data = (kv.revision, kv.compact_revision, tuple(sorted(kv.items_packed())),
+                tuple(kv.changes()))
         metadata.checksum = hashlib.sha256(repr(data).encode()).digest()
         key = (index, metadata.last_included.term)
         other = self._snapshots.setdefault(key, (metadata.checksum, data))
@@ -330,7 +292,7 @@ class Simulator:
         node.log.save_snapshot(metadata)
         self.stats["snapshots_taken"] += 1
 
-    def _snapshot_data(self, node_id: int, metadata: SnapshotMetadata) -> Store:
+    def _snapshot_data(self, node_id: int, metadata: SnapshotMetadata) -> MvccStore:
         """The state a snapshot describes (its transfer), verified against its checksum."""
         last = metadata.last_included
         checksum, data = self._snapshots[(last.index, last.term)]
@@ -338,24 +300,28 @@ class Simulator:
             raise InvariantViolation(
                 "snapshot integrity", node_id, f"snapshot at index {last.index}: checksum mismatch"
             )
-        return Store(dict(data))
+        return self.store_cls.restore(*data)
 
-    def _apply(self, node: _SimNode, entry: Entry) -> None:
+    def _apply(self, node: SimNode, entry: Entry) -> None:
         self.checker.on_apply(node.id, entry, node.applied + 1)
         node.applied = entry.index
-        node.kv.apply(*decode_entry(entry))
-        self._resolve_writes(node.id, entry.index, entry.term)
+        applied = node.kv.apply(*decode_entry(entry))
+        self._resolve_writes(node.id, entry.index, entry.term, applied)
 
-    def _resolve_writes(self, node_id: int, index: int, term: int) -> None:
-        """The entry at `index` on `node_id` is applied with `term`: decide writes there."""
+    def _resolve_writes(self, node_id: int, index: int, term: int,
+                        applied: Applied | None) -> None:
+        """The entry at `index` on `node_id` is applied with `term`: decide writes there.
+        `applied` is its outcome (None: unknown, a snapshot covered it)."""
         for write in self._writes.pop((node_id, index), []):
-            op = self.history[write.op_slot]
-            if term == write.term:
-                self.history[write.op_slot] = Op(op.client_id, op.kind, op.key, op.value,
-                                                 None, op.call, self.now)
-            else:
-                self.history[write.op_slot] = _FAILED
+            if term != write.term:
                 self.stats["failed_writes"] += 1
+                if write.op_slot >= 0:
+                    self.history[write.op_slot] = _FAILED
+            else:
+                if write.done is not None:
+                    write.done(applied)
+                if write.op_slot >= 0:
+                    self._resolve_op(write.op_slot, applied)
             if self._client_busy.get(write.client) is write:
                 self._client_done(write.client)
 
@@ -365,19 +331,28 @@ class Simulator:
         The snapshot holds applied entries only, so the checker knows their terms.
         """
         for node, index in [k for k in self._writes if k[0] == node_id and k[1] <= upto]:
-            self._resolve_writes(node, index, self.checker.applied_entries[index][0])
+            self._resolve_writes(node, index, self.checker.applied_entries[index][0], None)
 
-    def _serve_reads(self, node: _SimNode) -> None:
+    def _resolve_op(self, slot: int, applied: Applied | None) -> None:
+        """A history op's write took effect: it returns now (a cas with what it did)."""
+        op = resolve_op(self.history[slot], applied, self.now)
+        if op is not None:
+            self.history[slot] = op
+            self.workload.observed(op)
+
+    def _serve_reads(self, node: SimNode) -> None:
         for ctx, read in list(node.reads.items()):
             if 0 <= read.index <= node.applied:
                 del node.reads[ctx]
                 if read.key == BARRIER_KEY:
                     self._barrier_reads_done.add(node.id)
+                elif read.serve is not None:
+                    read.serve(node.kv)
                 else:
-                    self.history.append(
-                        Op(read.client, "get", read.key, None, node.kv.get(read.key),
-                           read.call, self.now)
-                    )
+                    op = Op(read.client, "get", read.key, None, node.kv.get(read.key),
+                            read.call, self.now)
+                    self.history.append(op)
+                    self.workload.observed(op)
                 if self._client_busy.get(read.client) is read:
                     self._client_done(read.client)
 
@@ -583,7 +558,7 @@ class Simulator:
                 self._barrier_read(node)
             self._run_one()
 
-    def _barrier_write(self, node: _SimNode) -> None:
+    def _barrier_write(self, node: SimNode) -> None:
         assert node.core is not None
         try:
             node.core.propose([encode_insert(BARRIER_KEY, b"x")])
@@ -591,11 +566,11 @@ class Simulator:
             return
         self._drive(node)
 
-    def _barrier_read(self, node: _SimNode) -> None:
+    def _barrier_read(self, node: SimNode) -> None:
         assert node.core is not None
         self._seq += 1
         ctx = f"b{self._seq}".encode()
-        node.reads[ctx] = _PendingRead(-node.id, BARRIER_KEY, self.now, ctx)
+        node.reads[ctx] = PendingRead(-node.id, BARRIER_KEY, self.now, ctx)
         try:
             node.core.read_index(ctx, lease=False)
         except (NotLeader, Unavailable):
@@ -606,17 +581,14 @@ class Simulator:
     def _check_history(self) -> None:
         history = [op for op in self.history if op is not _FAILED]
         self.stats["unknown_writes"] = sum(1 for op in history if op.ret is None)
-        result = check(history)
-        if not result.ok:
-            raise InvariantViolation("linearizability", 0, result.explanation)
+        self.workload.check(history)
 
     # --------------------------------------------------------------------------- clients
 
     def _client_act(self, client: int) -> None:
         if self.healing or client in self._client_busy:
             return
-        r = self.rng.random()
-        key = self.rng.choice(KEYS)
+        choice = self.workload.choose(client)
         target = self._client_target[client]
         if not target or self.rng.random() < 0.3:
             target = self.rng.choice(self.ids)  # clients are spread over the nodes
@@ -627,38 +599,41 @@ class Simulator:
             return
         assert node.core is not None
         try:
-            if r < 0.45:
-                self._client_write(client, node, key, delete=r < 0.05)
-            else:
-                lease = self.cfg.lease_reads and r > 0.6
-                self._client_read(client, node, key, lease)
+            self.workload.act(client, node, choice)  # type: ignore[arg-type]
         except (NotLeader, Unavailable) as e:
             self._client_target[client] = getattr(e, "leader_id", 0)
             self._schedule(self.rng.randint(1, 20), "client", client)
             return
         op = self._client_busy.get(client)
+        if op is None:  # served at once (a serializable read) or nothing to do
+            self._schedule(self.rng.randint(1, 40), "client", client)
+            return
         self._drive(node)
         self._schedule(CLIENT_TIMEOUT_MS, "client_timeout", (client, op))
 
-    def _client_write(self, client: int, node: _SimNode, key: bytes, delete: bool) -> None:
+    def client_propose(self, client: int, node: SimNode, command: bytes,
+                       op: Op | None = None, done: Done | None = None) -> None:
+        """Propose `command` for `client` on `node`; `op` goes to the history (returning
+        when applied), `done` is told the outcome. Raises NotLeader / Unavailable."""
         assert node.core is not None
-        self._next_value += 1
-        value = None if delete else f"v{self._next_value}".encode()
-        command = encode_delete(key) if value is None else encode_insert(key, value)
         log_id = node.core.propose([command])[0]
         self.stats["writes"] += 1
-        self.history.append(
-            Op(client, "delete" if value is None else "put", key, value, None, self.now, None)
-        )
-        write = _PendingWrite(client, log_id.term, len(self.history) - 1)
+        slot = -1
+        if op is not None:
+            self.history.append(op)
+            slot = len(self.history) - 1
+        write = PendingWrite(client, log_id.term, slot, done)
         self._writes.setdefault((node.id, log_id.index), []).append(write)
         self._client_busy[client] = write
 
-    def _client_read(self, client: int, node: _SimNode, key: bytes, lease: bool) -> None:
+    def client_read(self, client: int, node: SimNode, lease: bool, key: bytes = b"",
+                    serve: Callable[[MvccStore], None] | None = None) -> None:
+        """A read index round on `node`, then a get of `key` (to the history) or
+        `serve(store)` once applied. Raises NotLeader / Unavailable."""
         assert node.core is not None
         self._seq += 1
         ctx = f"r{self._seq}".encode()
-        read = _PendingRead(client, key, self.now, ctx)
+        read = PendingRead(client, key, self.now, ctx, serve=serve)
         node.reads[ctx] = read
         self._client_busy[client] = read
         try:
