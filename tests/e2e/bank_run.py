@@ -226,7 +226,8 @@ class BankRun:
         self.cfg = cfg
         kinds = cfg.kinds or (PROCESS_KINDS if cfg.target == "etcd" else tuple(FAULT_KINDS))
         run_cfg = RunConfig(seed=cfg.seed, seconds=cfg.seconds, kinds=kinds,
-                            quiet_s=cfg.quiet_s, proxy=cfg.target != "etcd",
+                            quiet_s=cfg.quiet_s,
+                            proxy=any(k not in PROCESS_KINDS for k in kinds),
                             settings=cfg.settings)
         self.cluster = (EtcdCluster if cfg.target == "etcd" else FaultRun)(workdir, run_cfg)
         self.spec = BankSpec(accounts=cfg.accounts)

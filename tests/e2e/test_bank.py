@@ -63,7 +63,8 @@ def test_bank_and_cas_under_leader_faults(tmp_path: Path) -> None:
 
 
 @needs_etcd
-@pytest.mark.parametrize("target", [pytest.param("dengine", marks=needs_etcd_api), "etcd"])
+@pytest.mark.parametrize("target", [
+    pytest.param("dengine", marks=[needs_etcd_api, pytest.mark.slow]), "etcd"])
 def test_unguarded_transfers_are_caught(tmp_path: Path, target: str) -> None:
     """Teeth, on real processes: transfers and swaps without their compares lose updates,
     and the checks say so."""
