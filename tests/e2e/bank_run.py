@@ -313,6 +313,7 @@ class BankRun:
             resp = await self.call("bank:txn", c.kvstub.Txn(req, timeout=self.cfg.rpc_timeout))
             if resp is None:
                 i = (i + 1) % len(eps.clients)
+                await asyncio.sleep(0.05)
             else:
                 self.outcomes[f"bank:txn:{'succeeded' if resp.succeeded else 'failed'}"] += 1
                 if resp.succeeded:
@@ -353,6 +354,7 @@ class BankRun:
                     seen[key] = await self.get(c, key, name)
                 except LookupError:
                     i = (i + 1) % len(eps.clients)
+                    await asyncio.sleep(0.05)
                 continue
             if r < 0.6:
                 resp = await self.call("cas:put", c.kvstub.Put(
@@ -379,6 +381,7 @@ class BankRun:
             if resp is None:
                 i = (i + 1) % len(eps.clients)
                 seen.pop(key, None)
+                await asyncio.sleep(0.05)
 
     async def finals(self, eps: Endpoints) -> BankRead:
         """Once healed: a linearizable read of the accounts and of every cas key."""
