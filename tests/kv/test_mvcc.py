@@ -206,6 +206,25 @@ def test_apply_never_raises(op: int, data: bytes) -> None:
     assert applied.revision == s.revision
 
 
+_ops = st.one_of(
+    st.tuples(st.just(OP_INSERT), st.sampled_from([b"a", b"b", b"c"]), st.binary(max_size=2)),
+    st.tuples(st.just(OP_DELETE), st.sampled_from([b"a", b"b", b"c"]), st.just(b"")),
+    st.tuples(st.just(OP_CONFIG), st.just(b""), st.just(b"")),
+    st.tuples(st.just(OP_DELETE_RANGE), st.just(b""),
+              st.just(pb.DeleteRangeRequest(key=b"a", range_end=b"c").SerializeToString())),
+)
+
+
+@given(st.lists(_ops, max_size=30))
+def test_apply_ops_is_apply_op_by_op(ops: list[tuple[int, bytes, bytes]]) -> None:
+    one, chunk = MvccStore(), MvccStore()
+    for op, key, value in ops:
+        one.apply(op, key, value)
+    chunk.apply_ops([(i, 1, op, key, value) for i, (op, key, value) in enumerate(ops)])
+    assert sorted(one.items_packed()) == sorted(chunk.items_packed())
+    assert list(one.changes()) == list(chunk.changes()) and one.revision == chunk.revision
+
+
 def test_persistence_image() -> None:
     s = MvccStore()
     for i in range(6):

@@ -126,7 +126,7 @@ class MvccMachine(RuleBasedStateMachine):
     @rule(key=keys, value=values)
     def insert(self, key: bytes, value: bytes) -> None:
         applied = self.store.apply(OP_INSERT, key, value)
-        self.twin.insert_all([key], [value])
+        self.twin.apply_ops([(0, 0, OP_INSERT, key, value)])
         self.model.put(pb.PutRequest(key=key, value=value))
         self._check(applied.revision, applied.response, None)
 

@@ -323,13 +323,22 @@ class MvccStore:
         """Apply decoded ops in order (replay, chunks); return the last membership among
         them, if any. Results are dropped: use `apply` for them."""
         membership = None
+        keys: list[bytes] = []
+        values: list[bytes] = []
         for _, _, op, key, value in ops:
-            if op == OP_INSERT:
-                self.insert_all((key,), (value,))
-            elif op == OP_CONFIG:
+            if op == OP_INSERT:  # runs of inserts go through insert_all
+                keys.append(key)
+                values.append(value)
+                continue
+            if keys:
+                self.insert_all(keys, values)
+                keys, values = [], []
+            if op == OP_CONFIG:
                 membership = Membership.FromString(value)
             else:
                 self.apply(op, key, value)
+        if keys:
+            self.insert_all(keys, values)
         return membership
 
     def _apply_request(self, cls: type[_Req], data: bytes,
