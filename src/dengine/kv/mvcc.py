@@ -84,6 +84,15 @@ def make_kv(key: bytes, packed: bytes, keys_only: bool = False) -> KeyValue:
                     value=b"" if keys_only else packed[META_SIZE:])
 
 
+def add_kvs(kvs: Any, items: Iterable[tuple[bytes, bytes]], keys_only: bool = False) -> None:
+    """Append the KeyValues of (key, packed) items to a repeated field, built in place."""
+    add = kvs.add
+    for key, packed in items:
+        c, m, v, lease = unpack_meta(packed)
+        add(key=key, create_revision=c, mod_revision=m, version=v, lease=lease,
+            value=b"" if keys_only else packed[META_SIZE:])
+
+
 _NONE = pb.RangeRequest.NONE
 _ASCEND = pb.RangeRequest.ASCEND
 _DESCEND = pb.RangeRequest.DESCEND
@@ -216,10 +225,9 @@ class MvccStore:
                 reverse = sort_order == _DESCEND
                 take = limit if limit > 0 else total
                 data = self._data
-                keys_only = req.keys_only
-                add = resp.kvs.append
-                for k in islice(index.islice(lo, hi, reverse=reverse), take):
-                    add(make_kv(k, data[k], keys_only))
+                add_kvs(resp.kvs, ((k, data[k]) for k in
+                                   islice(index.islice(lo, hi, reverse=reverse), take)),
+                        req.keys_only)
                 resp.more = limit > 0 and total > limit
                 return resp
             items = self._items_at(key, end, rev)
@@ -249,8 +257,7 @@ class MvccStore:
         if limit > 0 and len(items) > limit:
             items = items[:limit]
             resp.more = True
-        keys_only = req.keys_only
-        resp.kvs.extend([make_kv(k, p, keys_only) for k, p in items])
+        add_kvs(resp.kvs, items, req.keys_only)
         return resp
 
     @staticmethod
@@ -428,7 +435,7 @@ class MvccStore:
         resp = pb.DeleteRangeResponse(deleted=len(keys))
         if req.prev_kv:
             data = self._data
-            resp.prev_kvs.extend([make_kv(k, data[k]) for k in keys])
+            add_kvs(resp.prev_kvs, [(k, data[k]) for k in keys])
         self._delete_keys(keys, begin + 1)
         resp.header.revision = begin + 1 if keys or changed else begin
         return resp
