@@ -235,6 +235,7 @@ TestMvccModel = MvccMachine.TestCase
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_mvcc_model_long() -> None:
     run_state_machine_as_test(MvccMachine, settings=settings(
-        max_examples=500, stateful_step_count=60, deadline=None, suppress_health_check=_QUIET))
+        max_examples=300, stateful_step_count=50, deadline=None, suppress_health_check=_QUIET))
