@@ -1,9 +1,10 @@
 """dengine: a strongly consistent, Raft-replicated key-value engine for coordination data.
 
 Public API: `Engine` (embedded, asyncio), `Client` / `SyncClient` (remote), `Consistency`,
-the errors in `dengine.errors`, and in `dengine.api` the API they share (`ClientApi`,
-`SyncClientApi`) and its result types (`WriteResult`, `NodeStatus`, `MemberInfo`,
-`Leader`).
+the errors in `dengine.errors`, the transaction builders `Compare` and `Op`, and in
+`dengine.api` the API they share (`ClientApi`, `SyncClientApi`) and its result types
+(`KeyValue`, `RangeResult`, `PutResult`, `DeleteResult`, `TxnResult`, `WriteResult`,
+`NodeStatus`, `MemberInfo`, `Leader`).
 """
 
 from __future__ import annotations
@@ -12,18 +13,27 @@ from typing import TYPE_CHECKING, Any
 
 from dengine.api import (
     ClientApi,
+    DeleteResult,
+    KeyValue,
     Leader,
     MemberInfo,
     NodeStatus,
+    PutResult,
+    RangeResult,
+    ResponseHeader,
     SyncClientApi,
+    TxnResult,
     WriteResult,
 )
 from dengine.errors import (
     ClusterMismatch,
+    Compacted,
     ConfigError,
     CorruptionError,
     DengineError,
+    FutureRevision,
     InvalidRequest,
+    KvError,
     LeadershipLost,
     NotLeader,
     StorageError,
@@ -37,6 +47,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Engine": "dengine.node.engine",
     "Consistency": "dengine.kv",
+    "Compare": "dengine.kv.ops",
+    "Op": "dengine.kv.ops",
     "Client": "dengine.client",
     "SyncClient": "dengine.client",
 }
@@ -44,6 +56,7 @@ _LAZY = {
 if TYPE_CHECKING:  # pragma: no cover
     from dengine.client import Client, SyncClient
     from dengine.kv import Consistency
+    from dengine.kv.ops import Compare, Op
     from dengine.node.engine import Engine
 
     # mypy checks that the three front doors offer the one API (dengine.api).
@@ -70,21 +83,32 @@ __all__ = [
     "Client",
     "ClientApi",
     "ClusterMismatch",
+    "Compacted",
+    "Compare",
     "ConfigError",
     "Consistency",
     "CorruptionError",
+    "DeleteResult",
     "DengineError",
     "Engine",
+    "FutureRevision",
     "InvalidRequest",
+    "KeyValue",
+    "KvError",
     "Leader",
     "LeadershipLost",
     "MemberInfo",
     "NodeStatus",
     "NotLeader",
+    "Op",
+    "PutResult",
+    "RangeResult",
+    "ResponseHeader",
     "StorageError",
     "SyncClient",
     "SyncClientApi",
     "Timeout",
+    "TxnResult",
     "Unavailable",
     "WriteResult",
 ]

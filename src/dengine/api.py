@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 if TYPE_CHECKING:  # pragma: no cover
     from dengine.proto.common_pb2 import WriteCommand
@@ -82,6 +82,90 @@ class MemberInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ---- etcd's data model (docs/etcd-model.md) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResponseHeader:
+    """What every etcd answer carries: the answering member, its Raft term and the store
+    revision as of the answer (the current one, also for a read at an older revision).
+    Inside a txn's responses only `revision` is set, as etcd does."""
+
+    cluster_id: int = 0
+    member_id: int = 0
+    revision: int = 0
+    raft_term: int = 0
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as stored at some revision: `create_revision` (the revision that created
+    it since its last delete), `mod_revision` (its last change), `version` (1 on create,
+    +1 per put) and `lease` (0: none). With `keys_only`, `value` is b""."""
+
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class RangeResult:
+    """A range read: the keys found (in the order asked), whether more keys are in the
+    range than `limit` let through, how many keys the range holds (at that revision), and
+    the store's current revision."""
+
+    kvs: list[KeyValue]
+    more: bool
+    count: int
+    revision: int
+    header: ResponseHeader = field(default_factory=ResponseHeader, compare=False)
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """A put: the revision it made, and the key before it (with `prev_kv=True`; None when
+    the key was absent or not asked for)."""
+
+    revision: int
+    prev_kv: KeyValue | None = None
+    header: ResponseHeader = field(default_factory=ResponseHeader, compare=False)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """A delete_range: how many keys it deleted, those keys as they were (with
+    `prev_kv=True`), and the store revision after it (unchanged when nothing was deleted)."""
+
+    deleted: int
+    prev_kvs: list[KeyValue]
+    revision: int
+    header: ResponseHeader = field(default_factory=ResponseHeader, compare=False)
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """A transaction: whether its compares held (the success branch ran), the responses
+    of the branch that ran (one per op, in order: RangeResult, PutResult, DeleteResult or
+    a nested TxnResult) and the store revision after it (one for the whole txn)."""
+
+    succeeded: bool
+    responses: list[OpResult]
+    revision: int
+    header: ResponseHeader = field(default_factory=ResponseHeader, compare=False)
+
+
+OpResult = Union[RangeResult, PutResult, DeleteResult, TxnResult]  # noqa: UP007
+"""The response of one op of a transaction."""
+
+SortTarget = str
+"""A range's sort target: "key", "version", "create", "mod" or "value"."""
+SortOrder = str | None
+"""A range's sort order: None (etcd's NONE: by key), "ascend" or "descend"."""
 
 
 class ClientApi(Protocol):

@@ -111,6 +111,39 @@ class KvError(DengineError):
         return f"{type(self).__name__}({self.grpc_code!r}, {self.message!r})"
 
 
+COMPACTED_MESSAGE = "etcdserver: mvcc: required revision has been compacted"
+FUTURE_REVISION_MESSAGE = "etcdserver: mvcc: required revision is a future revision"
+
+
+class Compacted(KvError):
+    """A read (or a compaction) at a revision the history no longer holds."""
+
+    code = "COMPACTED"
+
+    def __init__(self, grpc_code: str = "OUT_OF_RANGE",
+                 message: str = COMPACTED_MESSAGE) -> None:
+        super().__init__(grpc_code, message)
+
+
+class FutureRevision(KvError):
+    """A read (or a compaction) at a revision above the store's current one."""
+
+    code = "FUTURE_REVISION"
+
+    def __init__(self, grpc_code: str = "OUT_OF_RANGE",
+                 message: str = FUTURE_REVISION_MESSAGE) -> None:
+        super().__init__(grpc_code, message)
+
+
+def kv_error(grpc_code: str, message: str) -> KvError:
+    """The KvError for etcd's `message` (its subclass when it has one)."""
+    if message == COMPACTED_MESSAGE:
+        return Compacted(grpc_code, message)
+    if message == FUTURE_REVISION_MESSAGE:
+        return FutureRevision(grpc_code, message)
+    return KvError(grpc_code, message)
+
+
 ERRORS_BY_CODE: dict[str, type[DengineError]] = {
     cls.code: cls
     for cls in (

@@ -16,8 +16,13 @@ empty range.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+from google.protobuf.message import DecodeError
+
+from dengine.errors import Compacted, FutureRevision
 from dengine.errors import KvError as KvError  # re-exported: the one etcd error class
+from dengine.kv.codec import OP_COMPACTION, OP_DELETE_RANGE, OP_PUT, OP_TXN
 from dengine.proto.etcd import rpc_pb2 as pb
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops
@@ -42,11 +47,11 @@ def invalid(message: str) -> KvError:
 
 
 def compacted() -> KvError:
-    return KvError("OUT_OF_RANGE", COMPACTED)
+    return Compacted("OUT_OF_RANGE", COMPACTED)
 
 
 def future_revision() -> KvError:
-    return KvError("OUT_OF_RANGE", FUTURE_REV)
+    return FutureRevision("OUT_OF_RANGE", FUTURE_REV)
 
 
 def key_not_found() -> KvError:
@@ -178,6 +183,30 @@ def _check_intervals(ops: Iterable[pb.RequestOp]) -> tuple[set[bytes], _Dels]:
             raise invalid(DUPLICATE_KEY)
         puts.add(k)
     return puts, dels
+
+
+_ENCODED: dict[int, Any] = {
+    OP_PUT: pb.PutRequest, OP_DELETE_RANGE: pb.DeleteRangeRequest, OP_TXN: pb.TxnRequest,
+    OP_COMPACTION: pb.CompactionRequest,
+}
+
+
+def check_encoded(op: int, data: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
+                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+    """An etcd request as a WriteCommand carries it (codec ops OP_PUT..OP_COMPACTION, its
+    bytes as the client sent them): decodable, and passing etcd's checks."""
+    check_request_size(len(data), max_request_bytes)
+    cls = _ENCODED[op]
+    try:
+        req = cls.FromString(data)
+    except DecodeError as e:
+        raise invalid(f"dengine: malformed {cls.__name__}: {e}") from None
+    if op == OP_PUT:
+        check_put(req)
+    elif op == OP_DELETE_RANGE:
+        check_delete_range(req)
+    elif op == OP_TXN:
+        check_txn(req, max_txn_ops)
 
 
 def is_txn_readonly(req: pb.TxnRequest) -> bool:
