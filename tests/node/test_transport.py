@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from node_helpers import free_port, run, until
 
+from dengine.node.peer_frames import _varint
 from dengine.node.transport import (
     HEADER,
     Transport,
-    _varint,
     encode_frame,
     encode_message_frames,
 )

@@ -126,6 +126,7 @@ class Members:
             on_removed=self._removed_by,
             snapshot_chunk_bytes=config.snapshot_chunk_bytes,
             max_inbound=config.max_peer_connections,
+            stall_timeout=config.election_timeout_ms / 1000,
         )
         try:
             await transport.start()

@@ -2,6 +2,7 @@
 
 Each node keeps one outbound connection per peer (used only to send) and accepts one
 inbound connection from each peer (used only to receive). A frame is
+(`dengine.node.peer_frames`)
 
     u32 length | u32 crc32c(payload) | payload      (little-endian; payload = PeerFrame)
 
@@ -21,6 +22,13 @@ while its previous write drained goes out as one frame.
 Snapshots travel beside the Raft messages, never through the lossy queue: the writer task
 of a peer sends a snapshot's chunks whenever its message queue is empty
 (`dengine.node.snapshot_send`).
+
+A watchdog checks every link a few times per `stall_timeout` (the election timeout): a
+connection that has had bytes or messages waiting but sent nothing for that long (a peer
+that stopped reading, a half-open connection, a writer that missed its wake-up) is torn
+down and dialed again, logged at INFO; a link task that ended on an unexpected error is
+logged and restarted. Peer sockets also use TCP keep-alive and TCP_USER_TIMEOUT
+(`dengine.netutil.set_keepalive`), so the kernel ends a connection whose peer vanished.
 """
 
 from __future__ import annotations
@@ -29,16 +37,22 @@ import asyncio
 import contextlib
 import logging
 import random
-import struct
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
-import crc32c
-from google.protobuf.message import DecodeError
-
 from dengine.config import parse_address
 from dengine.errors import DengineError
+from dengine.netutil import set_keepalive
+from dengine.node.peer_frames import HEADER as HEADER  # the frame header, for callers
+from dengine.node.peer_frames import (
+    PeerProtocolError,
+    encode_frame,
+    encode_message_frames,
+    read_frame,
+    write,
+)
 from dengine.node.snapshot_send import SnapshotDoneHandler, SnapshotKey, SnapshotSender, ack_key
 from dengine.proto import (
     Hello,
@@ -53,87 +67,15 @@ from dengine.raft.limits import MAX_INDEX, MAX_TERM, message_problem
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<II")
-# PeerFrame field 2 (MessageBatch) and MessageBatch field 1 (Message), both length-delimited.
-_BATCH_TAG = b"\x12"
-_MESSAGE_TAG = b"\x0a"
-_FRAME_OVERHEAD = 64  # header + tags + varints, rounded up generously
 # The first frame of an inbound connection (a Hello) is read only up to this size: an
 # unidentified connection cannot make the node buffer a whole max_frame_bytes.
 HELLO_MAX_BYTES = 64 * 1024
-
-
-class PeerProtocolError(DengineError):
-    """A peer broke the transport protocol (bad frame, wrong cluster, unknown node id)."""
-
-    code = "PEER_PROTOCOL"
-
 
 MessageHandler = Callable[[int, Sequence[Message]], None]
 PeerHandler = Callable[[int], None]
 SnapshotChunkHandler = Callable[[int, SnapshotChunk], Awaitable[None]]
 
 _MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def encode_frame(payload: bytes) -> bytes:
-    """Prefix an encoded PeerFrame with its length and CRC32C."""
-    return HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
-
-
-def encode_message_frames(messages: Iterable[Message], max_frame_bytes: int) -> list[bytes]:
-    """Encode messages as few MessageBatch frames as the size limit allows.
-
-    The batch is written by hand so each message is serialized exactly once, without
-    copying it into a MessageBatch first. A single message too big for any frame is
-    dropped with an error log: the receiver would refuse it anyway.
-    """
-    frames: list[bytes] = []
-    parts: list[bytes] = []
-    size = 0
-    budget = max_frame_bytes - _FRAME_OVERHEAD
-    for msg in messages:
-        data = msg.SerializeToString()
-        item = _MESSAGE_TAG + _varint(len(data)) + data
-        if len(item) > budget:
-            log.error("dropping a %d-byte %s to node %d: over the frame limit %d",
-                      len(item), msg.type, msg.to_id, max_frame_bytes)
-            continue
-        if size + len(item) > budget and parts:
-            frames.append(_batch_frame(parts, size))
-            parts, size = [], 0
-        parts.append(item)
-        size += len(item)
-    if parts:
-        frames.append(_batch_frame(parts, size))
-    return frames
-
-
-def _batch_frame(parts: list[bytes], size: int) -> bytes:
-    return encode_frame(_BATCH_TAG + _varint(size) + b"".join(parts))
-
-
-async def read_frame(reader: asyncio.StreamReader, max_frame_bytes: int) -> PeerFrame:
-    """Read and check one frame; PeerProtocolError on a bad one, IncompleteReadError at EOF."""
-    length, crc = HEADER.unpack(await reader.readexactly(HEADER.size))
-    if length > max_frame_bytes:
-        raise PeerProtocolError(f"frame of {length} bytes exceeds the limit {max_frame_bytes}")
-    payload = await reader.readexactly(length)
-    if crc32c.crc32c(payload) != crc:
-        raise PeerProtocolError("frame checksum mismatch")
-    try:
-        return PeerFrame.FromString(payload)
-    except DecodeError as e:
-        raise PeerProtocolError(f"undecodable frame: {e}") from None
 
 
 class _Link:
@@ -155,6 +97,22 @@ class _Link:
         self.dropped = 0
         self.sent_frames = 0
         self.acks: dict[SnapshotKey, SnapshotAck] = {}  # latest ack per snapshot, unsent
+        # The live connection (None while dialing) and its end: set by the watcher (the
+        # peer closed it) or the watchdog (no progress), checked by the writer task.
+        self.writer: asyncio.StreamWriter | None = None
+        self.lost: asyncio.Event | None = None
+        self.drains = 0  # writes the writer task has seen drained: its progress
+        # watchdog state: what it saw last, and since when nothing moved
+        self.seen: tuple[int, int] = (0, 0)
+        self.stalled_since = 0.0
+        self.torn_down: asyncio.StreamWriter | None = None  # the connection it tore down
+        self.stalls = 0  # connections torn down by the watchdog
+
+    def pending(self) -> int:
+        """Bytes (in the connection's buffer) or messages waiting to go; 0 if none."""
+        writer = self.writer
+        buffered = writer.transport.get_write_buffer_size() if writer is not None else 0
+        return buffered + len(self.queue) + len(self.acks)
 
     def close(self) -> None:
         if self.task is not None:
@@ -192,6 +150,7 @@ class Transport:
         snapshot_window: int = 4,
         rng: random.Random | None = None,
         max_inbound: int = 64,
+        stall_timeout: float = 1.0,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -220,6 +179,10 @@ class Transport:
         # Inbound connections beyond this many are closed at once (a peer needs one; the
         # rest is room for reconnects while an old connection is not yet seen dead).
         self.max_inbound = max_inbound
+        # A connection with something to send that sends nothing for this long is torn
+        # down and dialed again (the node passes its election timeout).
+        self.stall_timeout = stall_timeout
+        self._watchdog: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._closed = False
         self.refused_connections = 0
@@ -232,12 +195,16 @@ class Transport:
         host, port = parse_address(self.listen)
         self._server = await asyncio.start_server(self._accept, host, port)
         self.set_peers(self._peer_addresses)
+        self._watchdog = asyncio.create_task(
+            self._watch_links(), name=f"dengine-peer-watchdog-{self.node_id}")
 
     async def close(self) -> None:
         """Stop every connection and the listener; queued messages are discarded."""
         self._closed = True
         tasks = [link.task for link in self._links.values() if link.task is not None]
         tasks += list(self._inbound)
+        if self._watchdog is not None:
+            tasks.append(self._watchdog)
         for task in tasks:
             task.cancel()
         for link in self._links.values():
@@ -269,10 +236,13 @@ class Transport:
         for node_id, address in self._peer_addresses.items():
             if node_id not in self._links:
                 link = _Link(node_id, address, self.queue_limit)
-                link.task = asyncio.create_task(
-                    self._run_link(link), name=f"dengine-peer-{self.node_id}->{node_id}"
-                )
+                self._start_link(link)
                 self._links[node_id] = link
+
+    def _start_link(self, link: _Link) -> None:
+        link.task = asyncio.create_task(
+            self._run_link(link), name=f"dengine-peer-{self.node_id}->{link.node_id}"
+        )
 
     # -- sending -----------------------------------------------------------------------
 
@@ -356,7 +326,7 @@ class Transport:
     async def _send_chunk(self, link: _Link, writer: asyncio.StreamWriter) -> None:
         chunk = await self._snapshots.next_chunk(link.node_id)
         if chunk is not None:
-            writer.write(encode_frame(PeerFrame(snapshot_chunk=chunk).SerializeToString()))
+            write(writer, encode_frame(PeerFrame(snapshot_chunk=chunk).SerializeToString()))
             link.sent_frames += 1
             await writer.drain()
 
@@ -373,14 +343,15 @@ class Transport:
             writer: asyncio.StreamWriter | None = None
             try:
                 host, port = parse_address(link.address)
-                reader, stream = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), self.handshake_timeout
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancellation that comes as the awaited call completes (close() hung)
+                async with asyncio.timeout(self.handshake_timeout):
+                    reader, stream = await asyncio.open_connection(host, port)
                 writer = stream
-                stream.write(self._hello(link.node_id))
-                reply = await asyncio.wait_for(
-                    read_frame(reader, self.max_frame_bytes), self.handshake_timeout
-                )
+                set_keepalive(stream.get_extra_info("socket"))
+                write(stream, self._hello(link.node_id))
+                async with asyncio.timeout(self.handshake_timeout):
+                    reply = await read_frame(reader, self.max_frame_bytes)
                 if reply.WhichOneof("frame") == "hello" and reply.hello.removed:
                     if self._on_removed is not None:
                         self._on_removed(link.node_id)
@@ -409,8 +380,15 @@ class Transport:
                              "lost the connection to" if link.state else "cannot reach",
                              link.node_id, link.address, e.__class__.__name__)
                     link.state = "down" if link.state else "unreachable"
+            except Exception:
+                # A bug, not the network: say so, and keep the link alive.
+                log.exception("node %d: the link to node %d failed; reconnecting",
+                              self.node_id, link.node_id)
+                link.state = "down" if link.state else "unreachable"
             finally:
-                link.connected = False
+                if link.writer is None or link.writer is writer:  # else a newer task's
+                    link.connected = False
+                    link.writer = link.lost = None
                 if writer is not None:
                     writer.close()
             if self._closed:
@@ -433,9 +411,15 @@ class Transport:
             link.wakeup.set()
 
         watcher = asyncio.create_task(watch())
+        link.writer, link.lost = writer, lost
+        link.stalled_since = 0.0
         chunk_due, peer = self._snapshots.due, link.node_id
         try:
             while True:
+                # Checked before the idle wait too: the watcher may have set `lost` (and
+                # the wake-up this loop then cleared) while a drain was awaited.
+                if lost.is_set() or self._closed:
+                    raise EOFError("connection closed by peer")
                 if not link.queue and not link.acks and not chunk_due(peer):
                     link.wakeup.clear()
                     link.idle_writer = writer
@@ -443,8 +427,7 @@ class Transport:
                         await link.wakeup.wait()
                     finally:
                         link.idle_writer = None
-                if lost.is_set():
-                    raise EOFError("connection closed by peer")
+                    continue
                 frames: list[bytes] = []
                 if link.acks:
                     acks = list(link.acks.values())
@@ -457,13 +440,75 @@ class Transport:
                     frames += encode_message_frames(batch, self.max_frame_bytes)
                 if frames:
                     # Raft messages and acks first; a snapshot chunk only when none wait.
-                    writer.write(b"".join(frames))
+                    write(writer, b"".join(frames))
                     link.sent_frames += len(frames)
                     await writer.drain()
                 elif chunk_due(peer):
                     await self._send_chunk(link, writer)
+                link.drains += 1
         finally:
             watcher.cancel()
+
+    # -- watchdog ----------------------------------------------------------------------
+
+    async def _watch_links(self) -> None:
+        """Tear down connections that stopped moving; restart link tasks that ended."""
+        period = max(0.01, self.stall_timeout / 4)
+        while not self._closed:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for link in list(self._links.values()):
+                try:
+                    self._check_link(link, now)
+                except Exception:
+                    log.exception("node %d: checking the link to node %d failed",
+                                  self.node_id, link.node_id)
+
+    def _check_link(self, link: _Link, now: float) -> None:
+        task = link.task
+        if task is not None and task.done() and not self._closed:
+            error = None if task.cancelled() else task.exception()
+            log.error("node %d: the link task to node %d ended (%r); restarting it",
+                      self.node_id, link.node_id, error)
+            link.connected = False
+            link.writer = link.lost = link.idle_writer = None
+            self._start_link(link)
+            return
+        writer = link.writer
+        if writer is None or not link.connected:
+            link.stalled_since = 0.0
+            return
+        pending = link.pending()
+        seen = (link.drains, pending)
+        moved = seen[0] != link.seen[0] or pending < link.seen[1]
+        link.seen = seen
+        if not pending or moved or not link.stalled_since:
+            link.stalled_since = now if pending else 0.0
+            return
+        idle = now - link.stalled_since
+        if idle < self.stall_timeout:
+            return
+        if link.torn_down is writer:
+            # Torn down an election timeout ago and still in use: the task is stuck
+            # somewhere the teardown did not reach; start it afresh.
+            if idle >= 2 * self.stall_timeout and task is not None:
+                log.warning("node %d: the link task to node %d did not let go of a dead "
+                            "connection; restarting it", self.node_id, link.node_id)
+                task.cancel()
+                link.connected = False
+                link.writer = link.lost = link.idle_writer = None
+                self._start_link(link)
+            return
+        link.stalls += 1
+        link.torn_down = writer
+        log.info("node %d: the connection to node %d at %s sent nothing for %.2f s with "
+                 "%d messages and %d bytes waiting; reconnecting", self.node_id, link.node_id,
+                 link.address, idle, len(link.queue) + len(link.acks),
+                 writer.transport.get_write_buffer_size())
+        if link.lost is not None:
+            link.lost.set()
+        link.wakeup.set()
+        writer.transport.abort()
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -510,10 +555,10 @@ class Transport:
             writer.close()
             return
         self._inbound.add(task)
+        set_keepalive(writer.get_extra_info("socket"))
         try:
-            first = await asyncio.wait_for(
-                read_frame(reader, HELLO_MAX_BYTES), self.handshake_timeout
-            )
+            async with asyncio.timeout(self.handshake_timeout):
+                first = await read_frame(reader, HELLO_MAX_BYTES)
             peername = writer.get_extra_info("peername")
             remote_host = str(peername[0]) if isinstance(peername, tuple) else ""
             try:
@@ -521,7 +566,7 @@ class Transport:
             except PeerProtocolError:
                 self._tell_if_removed(first, writer)
                 raise
-            writer.write(self._hello(0))
+            write(writer, self._hello(0))
             inbound = self._inbound_from.setdefault(hello.node_id, set())
             inbound.add(writer)
             try:
@@ -551,7 +596,8 @@ class Transport:
             and self._is_removed(hello.node_id)
         ):
             reply = Hello(cluster_id=self.cluster_id, node_id=self.node_id, removed=True)
-            writer.write(encode_frame(PeerFrame(hello=reply).SerializeToString()))
+            with contextlib.suppress(ConnectionResetError):
+                write(writer, encode_frame(PeerFrame(hello=reply).SerializeToString()))
 
     async def _read_loop(self, from_id: int, reader: asyncio.StreamReader) -> None:
         while not self._closed:
