@@ -202,7 +202,54 @@ async def attack_idle(native: str, grpc_addr: str, n: int, pid: int) -> str:
             f"holding {held} fds 3 s later; a write: {ok}")
 
 
+class Probe:
+    """Round trips of a Status request to the leader every 10 ms on a connection of its
+    own, during an attack: how long the leader's event loop went without a turn."""
+
+    def __init__(self, native: str) -> None:
+        self.native = native
+        self.rtts: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        reader, writer = await connect(self.native)
+        rid = 0
+        try:
+            while True:
+                rid += 1
+                t0 = time.monotonic()
+                writer.write(request_frame(METHOD_CODES["Status"], rid, 5000, b""))
+                await read_response(reader)
+                self.rtts.append(time.monotonic() - t0)
+                await asyncio.sleep(0.01)
+        finally:
+            writer.close()
+
+    def __enter__(self) -> Probe:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def summary(self) -> str:
+        if not self.rtts:
+            return "probe: no answer"
+        rtts = sorted(self.rtts)
+        return (f"leader's Status round trip every 10 ms: max {rtts[-1] * 1000:.0f} ms, "
+                f"p99 {rtts[int(len(rtts) * 0.99)] * 1000:.0f} ms, "
+                f"{sum(r > 0.15 for r in rtts)} of {len(rtts)} above 150 ms")
+
+
 async def attack_burst(native: str) -> str:
+    with Probe(native) as probe:
+        what = await _burst(native)
+        await asyncio.sleep(0.5)
+    return f"{what}\n  {probe.summary()}"
+
+
+async def _burst(native: str) -> str:
     value = b"v" * (64 * 1024)
     conns = 20
     streams = [await connect(native) for _ in range(conns)]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from dengine.node.logthread import PERSIST_INLINE_MAX_BYTES
 from dengine.proto import Entry
 from dengine.storage import ApplyResult
 from dengine.storage.state_machine import StateMachine
@@ -27,13 +28,14 @@ from dengine.storage.state_machine import StateMachine
 # Applies queued on the apply thread before the loop waits for the oldest one: the apply
 # runs beside the next turns' persists, but never falls unboundedly behind the log.
 MAX_APPLIES_QUEUED = 4
-# A Ready up to this size is persisted, and a committed chunk up to this size applied, on
-# the loop itself. A round trip through a worker thread (wake it, hand the GIL over and
-# back, wake the loop) costs 100-300 us here, more than one fdatasync or a small apply,
-# and under load the worker waits for the GIL the busy loop holds; the loop blocks for at
-# most a few ms. Measured: put p50 at 1 in flight 1.56 -> 0.8 ms, embedded puts at 256 in
-# flight ~1.2x (docs/performance.md). Bigger ones (large values) go to the log thread and
-# the apply thread, so that the loop keeps receiving while they work.
+# A committed chunk up to this size is applied on the loop itself (a Ready is persisted
+# there up to logthread.PERSIST_INLINE_MAX_BYTES). A round trip through a worker thread
+# (wake it, hand the GIL over and back, wake the loop) costs 100-300 us here, more than
+# one fdatasync or a small apply, and under load the worker waits for the GIL the busy
+# loop holds; the loop blocks for at most a few ms. Measured: put p50 at 1 in flight
+# 1.56 -> 0.8 ms, embedded puts at 256 in flight ~1.2x (docs/performance.md). Bigger ones
+# (large values) go to the log thread and the apply thread, so that the loop keeps
+# receiving while they work.
 INLINE_MAX_ENTRIES = 1024
 INLINE_MAX_BYTES = 1024 * 1024
 # Bytes an entry adds to its command in a log record (index, term, tags, lengths).
@@ -126,7 +128,7 @@ class ApplyPipeline:
         """
         size = incoming_bytes or measure(entries)
         self.sizes.add(entries[0].index, entries[-1].index, size)
-        return len(entries) <= INLINE_MAX_ENTRIES and size <= INLINE_MAX_BYTES
+        return len(entries) <= INLINE_MAX_ENTRIES and size <= PERSIST_INLINE_MAX_BYTES
 
     def run(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         """Run `fn` on the apply thread (after every job queued before it)."""

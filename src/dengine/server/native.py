@@ -60,6 +60,10 @@ Handler = Callable[[bytes, Any], Awaitable[ProtoMessage]]
 # Requests being handled on one connection before it stops reading (back-pressure on a
 # client that sends faster than the node answers).
 MAX_INFLIGHT_PER_CONNECTION = 4096
+# Bytes the native connections together read in one turn of the event loop; past it, a
+# connection that reads pauses until the next turn (other tasks, Raft's ticks and peer
+# messages among them, run in between). Small requests never reach it.
+TURN_READ_BYTES = 1024 * 1024
 # A connection the server ends is half-closed after its last frame and read (discarding)
 # until the client closes or this many seconds pass: closing with unread bytes would reset
 # the connection and could destroy that last frame before the client reads it.
@@ -108,6 +112,7 @@ class NativeServer:
         self.stopping = False
         self.buffered = 0  # bytes of partial frames held, all connections
         self._starved: set[_Connection] = set()  # not read until `buffered` falls
+        self._turn_bytes = 0  # read by all connections in this loop turn (`took`)
         # Connections closed by a limit (counters for tests and operators).
         self.refused_connections = 0
         self.evicted = 0
@@ -223,6 +228,21 @@ class NativeServer:
     def starve(self, conn: _Connection) -> None:
         self._starved.add(conn)
 
+    def took(self, n: int) -> bool:
+        """Count `n` bytes read in this loop turn; True when the turn's share
+        (TURN_READ_BYTES, over all connections) is used up: the connection that read them
+        pauses until the next turn."""
+        if not self._turn_bytes:
+            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._turn_bytes += n
+        return self._turn_bytes >= TURN_READ_BYTES
+
+    def _next_turn(self) -> None:
+        self._turn_bytes = 0
+        for conn in list(self._connections):
+            if conn._turn_paused:
+                conn.next_turn()
+
     async def _sweep(self) -> None:
         """Close connections that are idle too long or send a frame too slowly."""
         timeouts = [t for t in (self.idle_timeout, self.frame_timeout) if t > 0]
@@ -249,6 +269,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._starved = False   # waiting for the server's buffer budget
+        self._turn_paused = False   # read its share of this loop turn (NativeServer.took)
         self._ending = False    # the last frame is sent: discard input until EOF (linger)
         self._active_at = time.monotonic()   # the last byte received or answer sent
         self._partial_since = 0.0   # the first byte of the frame still incomplete (0: none)
@@ -283,6 +304,12 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing() or self._ending:
             return
         now = self._active_at = time.monotonic()
+        if self._server.took(len(data)):
+            # This loop turn has read its share: the rest waits for the next turn, so
+            # that a burst of big requests cannot hold the loop (and Raft's ticks) for
+            # hundreds of ms in one turn.
+            self._turn_paused = True
+            self._update_reading()
         if self._skip:
             if len(data) <= self._skip:
                 self._skip -= len(data)
@@ -292,15 +319,38 @@ class _Connection(asyncio.Protocol):
             data = data[self._skip:]
             self._skip = 0
             self._partial_since = 0.0
+        chunk: bytes | bytearray = data
         if self._buf:
             held = len(self._buf)
             self._buf += data
             if len(self._buf) < self._need:  # the frame is still incomplete: keep it
                 self._hold(len(data))
                 return
-            data = bytes(self._buf)
-            self._buf.clear()
+            # Parsed in place, detached (no copy of the whole buffer): each body is
+            # copied once, the unfinished rest goes to a fresh buffer.
+            chunk, self._buf = self._buf, bytearray()
             self._server.hold(-held)
+        pos = self._parse(chunk, now)
+        if pos < 0:
+            return
+        end = len(chunk)
+        if pos < end:
+            # The start of a frame: kept until it is whole (its length is known and below
+            # max_request_size once its header is here).
+            if pos or not self._partial_since:
+                self._partial_since = now
+            with memoryview(chunk) as view:
+                self._buf += view[pos:]
+            self._need = (LENGTH.size + LENGTH.unpack_from(chunk, pos)[0]
+                          if end - pos >= REQUEST_HEADER.size else REQUEST_HEADER.size)
+            self._hold(end - pos)
+        else:
+            self._partial_since = 0.0
+
+    def _parse(self, data: bytes | bytearray, now: float) -> int:
+        """Dispatch the whole frames at the start of `data`: the offset of the first byte
+        not used, or -1 when nothing is left to keep (the connection is ending, or the
+        rest of a refused body is to be skipped)."""
         end, pos = len(data), 0
         header = REQUEST_HEADER.size
         max_body = self._server.max_request_size
@@ -309,7 +359,7 @@ class _Connection(asyncio.Protocol):
             if length < REQUEST_OVERHEAD:
                 self._fail(f"frame length {length} is below the {REQUEST_OVERHEAD}-byte "
                            f"request header")
-                return
+                return -1
             if end - pos < header:
                 break
             _, method, request_id, timeout_ms = REQUEST_HEADER.unpack_from(data, pos)
@@ -322,30 +372,25 @@ class _Connection(asyncio.Protocol):
                     # Not a request that is a little too big: do not read it at all.
                     self.end(STATUS_TOO_LARGE, f"frame of {body_len} bytes is far "
                                      f"above max_request_size ({max_body} bytes)")
-                    return
+                    return -1
                 available = end - pos - header
                 if available >= body_len:
                     pos += header + body_len
                     continue
                 self._skip = body_len - available
                 self._partial_since = now
-                return
+                return -1
             frame_end = pos + LENGTH.size + length
             if frame_end > end:
                 break
-            self._dispatch(method, request_id, timeout_ms, data[pos + header:frame_end])
+            if isinstance(data, bytes):
+                body = data[pos + header:frame_end]
+            else:
+                with memoryview(data) as view:
+                    body = bytes(view[pos + header:frame_end])
+            self._dispatch(method, request_id, timeout_ms, body)
             pos = frame_end
-        if pos < end:
-            # The start of a frame: kept until it is whole (its length is known and below
-            # max_request_size once its header is here).
-            if pos or not self._partial_since:
-                self._partial_since = now
-            self._buf += data[pos:]
-            self._need = (LENGTH.size + LENGTH.unpack_from(data, pos)[0]
-                          if end - pos >= header else header)
-            self._hold(end - pos)
-        else:
-            self._partial_since = 0.0
+        return pos
 
     def _hold(self, added: int) -> None:
         """Count `added` buffered bytes; over the server's budget, stop reading for now."""
@@ -363,6 +408,11 @@ class _Connection(asyncio.Protocol):
     def fed(self) -> None:
         """The server's buffer budget has room again."""
         self._starved = False
+        self._update_reading()
+
+    def next_turn(self) -> None:
+        """A new loop turn: read again."""
+        self._turn_paused = False
         self._update_reading()
 
     def check_timeouts(self, now: float) -> None:
@@ -450,7 +500,7 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing() or self._ending:
             return
-        pause = (self._writing_paused or self._starved
+        pause = (self._writing_paused or self._starved or self._turn_paused
                  or self._inflight >= MAX_INFLIGHT_PER_CONNECTION)
         if pause and not self._reading_paused:
             self._reading_paused = True
