@@ -113,6 +113,7 @@ class NativeServer:
         self.buffered = 0  # bytes of partial frames held, all connections
         self._starved: set[_Connection] = set()  # not read until `buffered` falls
         self._turn_bytes = 0  # read by all connections in this loop turn (`took`)
+        self._turn_waiting: set[_Connection] = set()  # paused until the next turn
         # Connections closed by a limit (counters for tests and operators).
         self.refused_connections = 0
         self.evicted = 0
@@ -215,6 +216,7 @@ class NativeServer:
         self._connections.pop(conn, None)
         self._ending.discard(conn)
         self._starved.discard(conn)
+        self._turn_waiting.discard(conn)
 
     def hold(self, delta: int) -> bool:
         """Account `delta` more bytes of partial frames; False when over the budget."""
@@ -228,20 +230,23 @@ class NativeServer:
     def starve(self, conn: _Connection) -> None:
         self._starved.add(conn)
 
-    def took(self, n: int) -> bool:
-        """Count `n` bytes read in this loop turn; True when the turn's share
-        (TURN_READ_BYTES, over all connections) is used up: the connection that read them
-        pauses until the next turn."""
+    def took(self, n: int, conn: _Connection) -> bool:
+        """Count `n` bytes `conn` read in this loop turn; True when the turn's share
+        (TURN_READ_BYTES, over all connections) is used up: `conn` then pauses until the
+        next turn."""
         if not self._turn_bytes:
             asyncio.get_running_loop().call_soon(self._next_turn)
         self._turn_bytes += n
-        return self._turn_bytes >= TURN_READ_BYTES
+        if self._turn_bytes < TURN_READ_BYTES:
+            return False
+        self._turn_waiting.add(conn)
+        return True
 
     def _next_turn(self) -> None:
         self._turn_bytes = 0
-        for conn in list(self._connections):
-            if conn._turn_paused:
-                conn.next_turn()
+        waiting, self._turn_waiting = self._turn_waiting, set()
+        for conn in waiting:
+            conn.next_turn()
 
     async def _sweep(self) -> None:
         """Close connections that are idle too long or send a frame too slowly."""
@@ -304,7 +309,7 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing() or self._ending:
             return
         now = self._active_at = time.monotonic()
-        if self._server.took(len(data)):
+        if self._server.took(len(data), self):
             # This loop turn has read its share: the rest waits for the next turn, so
             # that a burst of big requests cannot hold the loop (and Raft's ticks) for
             # hundreds of ms in one turn.
