@@ -126,7 +126,9 @@ class Members:
             on_removed=self._removed_by,
             snapshot_chunk_bytes=config.snapshot_chunk_bytes,
             max_inbound=config.max_peer_connections,
-            stall_timeout=config.election_timeout_ms / 1000,
+            # at least 1 s: a peer that is only slow (catching up, a loaded host) is not
+            # worth its buffered messages and a new connection
+            stall_timeout=max(1.0, config.election_timeout_ms / 1000),
         )
         try:
             await transport.start()

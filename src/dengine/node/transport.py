@@ -23,7 +23,8 @@ Snapshots travel beside the Raft messages, never through the lossy queue: the wr
 of a peer sends a snapshot's chunks whenever its message queue is empty
 (`dengine.node.snapshot_send`).
 
-A watchdog checks every link a few times per `stall_timeout` (the election timeout): a
+A watchdog checks every link a few times per `stall_timeout` (the node passes its election
+timeout, at least 1 s): a
 connection that has had bytes or messages waiting but sent nothing for that long (a peer
 that stopped reading, a half-open connection, a writer that missed its wake-up) is torn
 down and dialed again, logged at INFO; a link task that ended on an unexpected error is
