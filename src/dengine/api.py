@@ -27,12 +27,16 @@ Key = bytes | str
 
 @dataclass(frozen=True)
 class WriteResult:
-    """The outcome of one applied command: its log index, whether it succeeded, and the
-    value some commands return (b"" for put and delete)."""
+    """The outcome of one applied command: its log index, whether it succeeded, the
+    value some commands return (b"" for put and delete), the store revision after it, and
+    for an etcd request (put, delete_range, txn, compaction) etcd's response message, or
+    the `KvError` it failed with (`succeeded` False)."""
 
     index: int
     succeeded: bool = True
     value: bytes = b""
+    revision: int = 0
+    response: Any = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def test_foreign_dir_is_refused(tmp_path: Path, node_id: int, cluster: str) -> N
 
 @pytest.mark.parametrize(
     "content", [b"", b"{not json", b'{"format": 9, "node_id": 1, "cluster_id": "c"}',
-                b'{"format": 1, "node_id": "1", "cluster_id": "c"}', b"[1, 2]"]
+                b'{"format": 2, "node_id": "1", "cluster_id": "c"}', b"[1, 2]"]
 )
 def test_unreadable_identity_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "node.json").write_bytes(content)
@@ -95,8 +95,16 @@ def test_initial_members_may_change_and_an_explicit_id_must_match(tmp_path: Path
 
 
 def test_old_data_dirs_keep_the_old_default_id(tmp_path: Path) -> None:
-    (tmp_path / "node.json").write_text('{"format": 1, "node_id": 3, "cluster_id": "dengine"}')
+    (tmp_path / "node.json").write_text('{"format": 2, "node_id": 3, "cluster_id": "dengine"}')
     assert DataDir(tmp_path).claim_for(member_config(3)) == "dengine"
+
+
+def test_a_data_dir_before_revisions_is_refused_naming_both_formats(tmp_path: Path) -> None:
+    (tmp_path / "node.json").write_text('{"format": 1, "node_id": 3, "cluster_id": "c"}')
+    with pytest.raises(StorageError, match=r"has format 1 .*reads format 2 only") as raised:
+        DataDir(tmp_path).claim_for(member_config(3))
+    assert "empty data dir" in raised.value.message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.json"]  # nothing touched
 
 
 def test_joining_node_takes_the_clusters_id_and_keeps_it(tmp_path: Path) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from dengine.kv.codec import OP_COMPACTION, OP_DELETE_RANGE, OP_PUT, OP_TXN, encode_request
+from dengine.kv.mvcc import MvccStore
 from dengine.proto import Entry, Member, Membership, WriteCommand
+from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.storage.fileio import SimulatedDisk
 
 
@@ -19,6 +22,41 @@ def delete(key: bytes) -> bytes:
     cmd = WriteCommand()
     cmd.delete.key = key
     return cmd.SerializeToString()
+
+
+def put_request(key: bytes, value: bytes, *, prev_kv: bool = False,
+                ignore_value: bool = False) -> bytes:
+    """The command of an etcd Put request, wrapped as a server wraps it."""
+    req = pb.PutRequest(key=key, value=value, prev_kv=prev_kv, ignore_value=ignore_value)
+    return encode_request(OP_PUT, req.SerializeToString())
+
+
+def delete_range_request(key: bytes, range_end: bytes = b"", *, prev_kv: bool = False) -> bytes:
+    req = pb.DeleteRangeRequest(key=key, range_end=range_end, prev_kv=prev_kv)
+    return encode_request(OP_DELETE_RANGE, req.SerializeToString())
+
+
+def cas_request(key: bytes, version: int, value: bytes) -> bytes:
+    """A txn: if `key`'s version is `version`, put `value`, else read the key."""
+    req = pb.TxnRequest(
+        compare=[pb.Compare(key=key, target=pb.Compare.VERSION, result=pb.Compare.EQUAL,
+                            version=version)],
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value))],
+        failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
+    )
+    return encode_request(OP_TXN, req.SerializeToString())
+
+
+def compaction_request(revision: int) -> bytes:
+    request = pb.CompactionRequest(revision=revision).SerializeToString()
+    return encode_request(OP_COMPACTION, request)
+
+
+def store_state(store: MvccStore) -> tuple[int, int, list[tuple[bytes, bytes]], list[tuple]]:
+    """Everything of an MvccStore that must survive: revision, compaction point, the live
+    (key, packed) and the changelog."""
+    return (store.revision, store.compact_revision, sorted(store.items_packed()),
+            [tuple(c) for c in store.changes()])
 
 
 def command_entry(index: int, term: int, command: bytes) -> Entry:

@@ -1,4 +1,5 @@
-"""Checkpoint format 2 (keys in blocks), reading format 1, and recovery in chunks."""
+"""Checkpoint format 3 (the store image: keys and changes in blocks), older formats
+refused, and recovery in chunks."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_helpers import ChunksOnlyDisk, command_entry, insert, log_entries
+from storage_helpers import (
+    ChunksOnlyDisk,
+    cas_request,
+    command_entry,
+    delete,
+    insert,
+    log_entries,
+    store_state,
+)
 
 from dengine.errors import CorruptionError
 from dengine.proto import LogId
-from dengine.storage import FileStateMachine, kvfile, records
-from dengine.storage.checkpoints import CHECKPOINT_FILE, encode_checkpoint_meta
+from dengine.storage import FileStateMachine, records
+from dengine.storage.checkpoints import CHECKPOINT_FILE, CheckpointMeta, encode_checkpoint_meta
 from dengine.storage.fileio import SimulatedDisk
 
 DIR = "/data/sm"
@@ -29,6 +38,23 @@ def checkpointed(state: dict[bytes, bytes], disk: SimulatedDisk | None = None) -
     sm.checkpoint()
     sm.close()
     return disk
+
+
+def test_the_checkpoint_holds_the_whole_store_image():
+    """Revision, compaction point, live keys and the changelog (deletes, txns) come back."""
+    disk = SimulatedDisk()
+    sm = FileStateMachine(DIR, fileio=disk, background_checkpoint=False)
+    sm.apply_chunk([
+        command_entry(1, 1, insert(b"a", b"1")), command_entry(2, 1, insert(b"b", b"2")),
+        command_entry(3, 1, delete(b"a")), command_entry(4, 1, cas_request(b"b", 1, b"3")),
+        command_entry(5, 1, cas_request(b"c", 1, b"never")),
+    ])
+    sm.checkpoint()
+    expected = sm.read(store_state)
+    sm.close()
+    assert expected[0] == 5 and len(expected[3]) == 4
+    again = FileStateMachine(DIR, fileio=disk)
+    assert again.read(store_state) == expected and again.items() == {b"b": b"3"}
 
 
 def rewrite(disk: SimulatedDisk, data: bytes) -> None:
@@ -55,9 +81,10 @@ states = st.dictionaries(st.binary(max_size=20), st.binary(max_size=3000), max_s
 def test_checkpoint_round_trip_in_blocks(state):
     disk = checkpointed(state)
     data = disk.read(PATH)
-    assert records.check_header(data, records.MAGIC_CHECKPOINT, PATH) == 2
+    assert records.check_header(data, records.MAGIC_CHECKPOINT, PATH) == 3
     scan = records.scan(data, PATH, records.MAGIC_CHECKPOINT)
-    assert len(scan.records) - 1 <= max(1, len(state))  # blocks, not a record per key
+    # blocks of keys, then of changes (one per put): not a record per key
+    assert len(scan.records) - 1 <= 2 * max(1, len(state))
     again = FileStateMachine(DIR, fileio=disk)
     assert again.items() == state
     assert again.last_applied().index == len(state)
@@ -72,21 +99,20 @@ def test_keys_span_many_blocks_and_are_read_in_chunks():
     assert FileStateMachine(DIR, fileio=disk).items() == state
 
 
-def test_a_version_1_checkpoint_is_still_read():
-    """Older releases wrote one record per key under format version 1."""
-    state = {b"a": b"1", b"": b"empty key", b"c" * 300: b""}
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_checkpoint_written_before_revisions_is_refused(version):
     disk = checkpointed({b"x": b"y"})
-    meta = encode_checkpoint_meta(LogId(index=7, term=2), 1, len(state), None, None)
-    rewrite(disk, b"".join([
-        records.encode_header(records.MAGIC_CHECKPOINT, 1), records.frame(meta),
-        *kvfile.encode_items(state.items()),
-    ]))
-    sm = FileStateMachine(DIR, fileio=disk)
-    assert sm.items() == state and sm.last_applied() == LogId(index=7, term=2)
+    data = SimulatedDisk.read(disk, PATH)
+    rewrite(disk, records.encode_header(records.MAGIC_CHECKPOINT, version) + data[8:])
+    with pytest.raises(CorruptionError, match=f"unsupported format version {version} "
+                                              r"\(this release reads 3\): written before"):
+        FileStateMachine(DIR, fileio=disk)
 
 
-def _v2_file(*payloads: bytes, count: int) -> bytes:
-    meta = encode_checkpoint_meta(LogId(index=1, term=1), 1, count, None, None)
+def _v3_file(*payloads: bytes, count: int, changes: int = 0) -> bytes:
+    meta = encode_checkpoint_meta(
+        CheckpointMeta(LogId(index=1, term=1), 1, count, None, None, 2, 0, changes)
+    )
     return records.encode_header(records.MAGIC_CHECKPOINT) + records.frame_all([meta, *payloads])
 
 
@@ -99,7 +125,29 @@ def _v2_file(*payloads: bytes, count: int) -> bytes:
 ])
 def test_a_bad_block_with_a_valid_crc_is_a_clear_error(payload, count, message):
     disk = checkpointed({b"x": b"y"})
-    rewrite(disk, _v2_file(block([(b"a", b"b")]), payload, count=count + 1))
+    rewrite(disk, _v3_file(block([(b"a", b"b")]), payload, count=count + 1))
+    with pytest.raises(CorruptionError, match=message) as raised:
+        FileStateMachine(DIR, fileio=disk)
+    assert raised.value.path == PATH
+
+
+def change_block(heads: list[tuple[int, int, int, int]], data: bytes) -> bytes:
+    return (struct.pack("<I", len(heads)) + b"".join(struct.pack("<QIII", *h) for h in heads)
+            + data)
+
+
+ABSENT = 0xFFFFFFFF
+
+
+@pytest.mark.parametrize(("changes", "count", "message"), [
+    ([change_block([(2, 1, 1, ABSENT)], b"kvx")], 1, "add up to 26 bytes, the block holds 27"),
+    ([change_block([(2, 1, 5, ABSENT)], b"kv")], 1, "add up to 30 bytes, the block holds 26"),
+    ([struct.pack("<I", 9) + b"xx"], 9, "9 changes do not fit"),
+    ([change_block([(2, 1, 1, ABSENT)], b"kv")], 2, "1 changes, expected 2"),
+])
+def test_a_bad_change_block_with_a_valid_crc_is_a_clear_error(changes, count, message):
+    disk = checkpointed({b"x": b"y"})
+    rewrite(disk, _v3_file(block([(b"a", b"b")]), *changes, count=1, changes=count))
     with pytest.raises(CorruptionError, match=message) as raised:
         FileStateMachine(DIR, fileio=disk)
     assert raised.value.path == PATH

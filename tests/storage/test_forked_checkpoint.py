@@ -9,13 +9,14 @@ import signal
 import socket
 
 import pytest
-from storage_helpers import command_entry, insert
+from storage_helpers import command_entry, insert, store_state
 
 from dengine.storage import FileStateMachine
 from dengine.storage import checkpoints as checkpoints_module
 from dengine.storage import file_state_machine as fsm_module
 from dengine.storage.checkpoints import Checkpointer
 from dengine.storage.fileio import RealDisk, SimulatedDisk
+from dengine.storage.state_machine import store_of
 
 
 @pytest.fixture
@@ -52,15 +53,15 @@ def test_fork_only_on_a_real_disk(tmp_path):
 def test_the_child_writes_the_state_as_of_the_fork(tmp_path, forks):
     sm = FileStateMachine(tmp_path, checkpoint_bytes=3000)
     index = fill_until_checkpoint(sm, forks)
-    at_fork = sm.items()
+    at_fork = sm.read(store_state)
     for i in range(index, index + 5):  # while the child writes: only in the new WAL
         sm.apply_chunk([command_entry(i, 1, insert(b"k%d" % (i % 40), b"late"))])
     sm.stop()
     assert len(forks) == 1 and sm.checkpoint_progress() == (1, False)
     with pytest.raises(ChildProcessError):
         os.waitpid(forks[0], os.WNOHANG)  # reaped
-    state, last, *_ = Checkpointer(RealDisk(), str(tmp_path), 3000, background=False).load()
-    assert state == at_fork and last.index == index - 1
+    head, image = Checkpointer(RealDisk(), str(tmp_path), 3000, background=False).load()
+    assert store_state(store_of(image)) == at_fork and head.last_applied.index == index - 1
     assert not (tmp_path / "checkpoint.tmp").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("wal-")) == [
         "wal-0000000001"
@@ -72,7 +73,7 @@ def test_the_child_writes_the_state_as_of_the_fork(tmp_path, forks):
 
 @pytest.mark.parametrize("how", ["exception", "signal"])
 def test_a_failed_child_is_logged_and_loses_nothing(tmp_path, monkeypatch, caplog, how, forks):
-    def chunks(meta, items):
+    def chunks(head, items, changes):
         yield b"\0" * 100
         if how == "signal":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -102,7 +103,7 @@ def test_the_child_holds_none_of_the_parents_descriptors(
     listener = socket.create_server(("127.0.0.1", 0))
     inherited = listener.fileno()
 
-    def chunks(meta, items):
+    def chunks(head, items, changes):
         raise RuntimeError(f"fds {','.join(os.listdir('/proc/self/fd'))}")
         yield b""
 

@@ -21,6 +21,7 @@ from dengine.storage.fileio import RealDisk
 from dengine.storage.kvfile import write_snapshot
 from dengine.storage.records import MAGIC_SEGMENT, scan
 from dengine.storage.recovery import FINISH_INSTALL, NOTHING, RESTART_LOG, open_storage
+from dengine.storage.state_machine import image_of, store_of
 
 SEGMENT = "seg-000000-00000000000000000001"
 
@@ -45,7 +46,7 @@ def build(root, *, compact: bool = True) -> None:
 def writer(root):
     def write(sm, point: LogId, membership: Membership) -> SnapshotMetadata:
         directory = str(root / "snapshots" / f"snap-{point.index}")
-        checksum = write_snapshot(RealDisk(), directory, sm.items(), point, membership)
+        checksum = write_snapshot(RealDisk(), directory, sm.image(), point, membership)
         return SnapshotMetadata(last_included=point, checksum=checksum, membership=membership)
     return write
 
@@ -173,11 +174,12 @@ def test_interrupted_snapshot_install_is_finished(tmp_path):
     build(tmp_path)
     sm = FileStateMachine(tmp_path / "sm")
     membership = sm.membership()
-    items = {**sm.items(), b"k30": b"v30"}
+    store = store_of(sm.image())
+    store.insert_all([b"k30"], [b"v30"])
     sm.close()
     point = LogId(index=30, term=3)
     directory = str(tmp_path / "incoming")
-    checksum = write_snapshot(RealDisk(), directory, items, point, membership)
+    checksum = write_snapshot(RealDisk(), directory, image_of(store), point, membership)
     metadata = SnapshotMetadata(last_included=point, checksum=checksum, membership=membership)
     sm = FileStateMachine(tmp_path / "sm")
     sm.apply_snapshot_from_file(metadata, directory)  # ... then a crash before the log's
@@ -192,9 +194,12 @@ def test_interrupted_snapshot_install_is_finished(tmp_path):
 
 def test_check_names_the_node_and_refuses_an_unreadable_identity(tmp_path):
     build(tmp_path)
-    (tmp_path / "node.json").write_text('{"format": 1, "node_id": 3, "cluster_id": "c0ffee"}')
+    (tmp_path / "node.json").write_text('{"format": 2, "node_id": 3, "cluster_id": "c0ffee"}')
     code, out = run_check(tmp_path)
     assert code == 0 and "node 3 of cluster 'c0ffee'" in out
     (tmp_path / "node.json").write_text("{not json")
     code, out = run_check(tmp_path)
     assert code == 1 and "node.json is unreadable" in out
+    (tmp_path / "node.json").write_text('{"format": 1, "node_id": 3, "cluster_id": "c0ffee"}')
+    code, out = run_check(tmp_path)
+    assert code == 1 and "start-up refuses" in out and "has format 1" in out

@@ -14,7 +14,7 @@ from dengine.proto import LogId, Member, Membership, SnapshotMetadata
 from dengine.raft import MemoryRaftLog
 from dengine.storage import FileRaftLog
 from dengine.storage.fileio import RealDisk
-from dengine.storage.kvfile import read_snapshot, sorted_keys, write_snapshot
+from dengine.storage.kvfile import StoreImage, read_snapshot, sorted_keys, write_snapshot
 
 
 def _meta(index: int, term: int = 1) -> SnapshotMetadata:
@@ -54,9 +54,12 @@ def test_snapshot_file_is_the_same_whatever_the_insertion_order(tmp_path):
     shuffled = items[:]
     random.Random(7).shuffle(shuffled)
     last = LogId(index=9, term=2)
-    a = write_snapshot(RealDisk(), str(tmp_path / "a"), dict(items), last, None)
-    b = write_snapshot(RealDisk(), str(tmp_path / "b"), dict(shuffled), last, None)
+    changes = [(3, b"k000001", b"new", None), (4, b"k000002", None, b"old")]
+    a = write_snapshot(RealDisk(), str(tmp_path / "a"), StoreImage(5, 2, dict(items), changes),
+                       last, None)
+    b = write_snapshot(RealDisk(), str(tmp_path / "b"),
+                       StoreImage(5, 2, dict(shuffled), changes), last, None)
     assert a == b
     data = read_snapshot(RealDisk(), str(tmp_path / "b"), SnapshotMetadata(last_included=last,
                                                                           checksum=b))
-    assert data.state == dict(items)
+    assert data.image == StoreImage(5, 2, dict(items), changes)

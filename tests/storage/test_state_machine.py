@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from storage_helpers import command_entry, config_entry, delete, insert, noop_entry
+from storage_helpers import (
+    cas_request,
+    command_entry,
+    compaction_request,
+    config_entry,
+    delete,
+    delete_range_request,
+    insert,
+    noop_entry,
+    put_request,
+    store_state,
+)
 
-from dengine.errors import CorruptionError, StorageError
+from dengine.errors import CorruptionError, KvError, StorageError
+from dengine.kv.codec import decode_entry
+from dengine.kv.mvcc import MvccStore
 from dengine.proto import Entry, LogId, SnapshotMetadata
 from dengine.storage import ApplyResult, FileStateMachine, MemoryStateMachine
 from dengine.storage.fileio import SimulatedDisk
+from dengine.storage.state_machine import current_values
 
 KEYS = [b"a", b"b", b"c", b"key-d", b""]
 
@@ -35,10 +50,12 @@ def test_apply_kinds_and_results(sm):
         command_entry(6, 2, insert(b"y", b"2")),
         Entry(index=7, term=2),
     ])
-    assert results == [
-        ApplyResult(1), ApplyResult(2), ApplyResult(3), ApplyResult(4, succeeded=False),
-        ApplyResult(5), ApplyResult(6), ApplyResult(7, succeeded=False),
+    assert [(r.index, r.succeeded, r.revision) for r in results] == [
+        (1, True, 2), (2, True, 2), (3, True, 2), (4, False, 2), (5, True, 3), (6, True, 4),
+        (7, False, 4),
     ]
+    assert [type(r.response) for r in results] == [type(None)] * 3 + [KvError] + [
+        type(None)] * 2 + [KvError]
     assert sm.get(b"x") is None and sm.get(b"y") == b"2" and len(sm) == 1
     assert sm.last_applied() == LogId(index=7, term=2)
     assert [m.id for m in sm.membership().voters] == [1, 2, 3]
@@ -105,6 +122,39 @@ def test_reset_removes_everything(tmp_path):
     assert len(FileStateMachine(tmp_path / "sm")) == 0
 
 
+COMMANDS = ["put", "del", "noop", "junk", "put_request", "delete_range", "cas", "compact"]
+
+
+def make_entry(index: int, op: str, key: bytes, value: bytes, n: int,
+               store: MvccStore) -> Entry:
+    """An entry of command kind `op` (`n` picks its options)."""
+    if op == "noop":
+        return noop_entry(index, 1)
+    if op == "put":
+        command = insert(key, value)
+    elif op == "del":
+        command = delete(key)
+    elif op == "junk":
+        command = b"\x0a\xff"
+    elif op == "put_request":
+        command = put_request(key, value, prev_kv=n % 2 == 1, ignore_value=n == 3)
+    elif op == "delete_range":
+        command = delete_range_request(key, key + b"\xff" if n >= 2 else b"", prev_kv=n % 2 == 1)
+    elif op == "cas":
+        command = cas_request(key, n, value)
+    else:  # compact: below, at and above the compaction point and the revision
+        command = compaction_request(max(0, store.revision - 2 + n))
+    return command_entry(index, 1, command)
+
+
+def expected_result(store: MvccStore, entry: Entry) -> ApplyResult:
+    """What applying `entry` to `store` gives (and applies it)."""
+    revision, response = store.apply(*decode_entry(entry))
+    return ApplyResult(entry.index, succeeded=not isinstance(response, KvError),
+                       revision=revision, response=response)
+
+
+
 class StateMachineModel(RuleBasedStateMachine):
     """FileStateMachine on a simulated disk vs a dict; restart reopens from disk."""
 
@@ -115,9 +165,9 @@ class StateMachineModel(RuleBasedStateMachine):
         self.threshold = threshold
         self.preallocate = preallocate
         self.sm = self._open()
-        self.model: dict[bytes, bytes] = {}
+        self.model = MvccStore()  # the twin: applies every command the state machine does
         self.index = 0
-        self.snapshots: list[tuple[SnapshotMetadata, str, dict[bytes, bytes]]] = []
+        self.snapshots: list[tuple[SnapshotMetadata, str, MvccStore]] = []
 
     def _open(self) -> FileStateMachine:
         return FileStateMachine(
@@ -126,25 +176,18 @@ class StateMachineModel(RuleBasedStateMachine):
         )
 
     @rule(ops=st.lists(
-        st.tuples(st.sampled_from(["put", "del", "noop", "junk"]), st.sampled_from(KEYS),
-                  st.binary(max_size=20)),
+        st.tuples(st.sampled_from(COMMANDS), st.sampled_from(KEYS), st.binary(max_size=20),
+                  st.integers(0, 3)),
         min_size=1, max_size=8,
     ), gap=st.integers(1, 3))
     def apply(self, ops, gap: int) -> None:
+        """A chunk of plain and etcd commands; the results are the twin store's."""
         entries, expected = [], []
-        for op, key, value in ops:
+        for op, key, value, n in ops:
             self.index += gap
-            if op == "put":
-                entries.append(command_entry(self.index, 1, insert(key, value)))
-                self.model[key] = value
-            elif op == "del":
-                entries.append(command_entry(self.index, 1, delete(key)))
-                self.model.pop(key, None)
-            elif op == "noop":
-                entries.append(noop_entry(self.index, 1))
-            else:
-                entries.append(command_entry(self.index, 1, b"\x0a\xff"))
-            expected.append(ApplyResult(self.index, op != "junk"))
+            entry = make_entry(self.index, op, key, value, n, self.model)
+            entries.append(entry)
+            expected.append(expected_result(self.model, entry))
         assert self.sm.apply_chunk(entries) == expected
 
     @rule()
@@ -168,7 +211,7 @@ class StateMachineModel(RuleBasedStateMachine):
         last = self.sm.last_applied()
         checksum = self.sm.generate_snapshot_data(path, last)
         meta = SnapshotMetadata(last_included=last, checksum=checksum)
-        self.snapshots.append((meta, path, dict(self.model)))
+        self.snapshots.append((meta, path, copy.deepcopy(self.model)))
 
     @rule(data=st.data())
     def install(self, data: st.DataObject) -> None:
@@ -176,12 +219,13 @@ class StateMachineModel(RuleBasedStateMachine):
             return
         meta, path, state = data.draw(st.sampled_from(self.snapshots))
         self.sm.apply_snapshot_from_file(meta, path)
-        self.model = dict(state)
+        self.model = copy.deepcopy(state)
         self.index = meta.last_included.index
 
     @invariant()
     def matches_model(self) -> None:
-        assert self.sm.items() == self.model
+        assert self.sm.read(store_state) == store_state(self.model)
+        assert self.sm.items() == current_values(self.model)
         assert self.sm.last_applied().index == self.index
 
 

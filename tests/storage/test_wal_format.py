@@ -1,29 +1,34 @@
-"""WAL format 2 (one record per chunk) and reading format 1."""
+"""WAL format 3: one record per chunk, etcd requests recorded as sent; older formats refused."""
 
 from __future__ import annotations
 
 import pytest
-from storage_helpers import command_entry, delete, insert, noop_entry
+from storage_helpers import (
+    cas_request,
+    command_entry,
+    compaction_request,
+    delete,
+    delete_range_request,
+    insert,
+    noop_entry,
+    put_request,
+    store_state,
+)
 
 from dengine.errors import CorruptionError
+from dengine.kv.codec import OP_COMPACTION, OP_DELETE_RANGE, OP_PUT, OP_TXN, decode_entry
 from dengine.storage import FileStateMachine
-from dengine.storage.file_state_machine import (
-    WAL_OP,
-    WAL_RECORD,
-    decode_wal_ops,
-    encode_wal_ops,
-    wal_name,
-)
-from dengine.storage.records import (
-    HEADER,
-    MAGIC_WAL,
-    check_header,
-    encode_header,
-    frame,
-    frame_all,
-    scan,
-)
+from dengine.storage.file_state_machine import WAL_OP, decode_wal_ops, encode_wal_ops, wal_name
+from dengine.storage.records import HEADER, MAGIC_WAL, frame, scan
 from dengine.storage.state_machine import OP_INSERT, OP_LAST_APPLIED, OP_NOOP
+
+
+def wal_ops(path: str) -> tuple[int, list[list[tuple]]]:
+    with open(path, "rb") as f:
+        found = scan(f.read(), path, MAGIC_WAL)
+    return found.version, [
+        decode_wal_ops(r, path, o) for r, o in zip(found.records, found.offsets, strict=True)
+    ]
 
 
 def test_a_chunk_is_one_record(tmp_path):
@@ -31,11 +36,8 @@ def test_a_chunk_is_one_record(tmp_path):
     sm.apply_chunk([command_entry(i, 2, insert(b"k%d" % i, b"v")) for i in range(1, 51)])
     sm.apply_chunk([noop_entry(51, 2), command_entry(52, 2, delete(b"k1"))])
     sm.close()
-    path = str(tmp_path / "sm" / wal_name(0))
-    with open(path, "rb") as f:
-        found = scan(f.read(), path, MAGIC_WAL)
-    assert found.version == 2 and len(found.records) == 2
-    ops = [decode_wal_ops(r, path, o, 2) for r, o in zip(found.records, found.offsets, strict=True)]
+    version, ops = wal_ops(str(tmp_path / "sm" / wal_name(0)))
+    assert version == 3 and len(ops) == 2
     assert [op[0] for op in ops[0]] == list(range(1, 51))
     assert [(op[0], op[2]) for op in ops[1]] == [(51, OP_NOOP), (52, 2)]
 
@@ -43,45 +45,61 @@ def test_a_chunk_is_one_record(tmp_path):
 def test_wal_ops_round_trip_and_bad_lengths_are_corruption():
     ops = [(7, 1, OP_INSERT, b"key", b"value"), (8, 1, OP_LAST_APPLIED, b"", b"")]
     payload = encode_wal_ops(ops)
-    assert decode_wal_ops(payload, "wal", 8, 2) == ops
+    assert decode_wal_ops(payload, "wal", 8) == ops
     for bad in (payload[:-1], payload + b"x", b""):
         with pytest.raises(CorruptionError):
-            decode_wal_ops(bad, "wal", 8, 2)
+            decode_wal_ops(bad, "wal", 8)
     assert WAL_OP.size == 25
 
 
-def write_v1_wal(path, ops) -> None:
-    """A WAL as release 1 wrote it: format version 1, one record per op."""
-    payloads = [WAL_RECORD.pack(i, t, op, len(k)) + k + v for i, t, op, k, v in ops]
+def test_etcd_requests_are_recorded_as_sent_and_executed_again_on_replay(tmp_path):
+    commands = [
+        insert(b"a", b"1"), put_request(b"a", b"2", prev_kv=True), cas_request(b"a", 2, b"3"),
+        cas_request(b"a", 9, b"lost"), delete_range_request(b"a", b"b", prev_kv=True),
+        put_request(b"b", b"", ignore_value=True),  # fails: key not found, changes nothing
+        put_request(b"b", b"4"), compaction_request(4), compaction_request(2),
+    ]
+    entries = [command_entry(i, 1, c) for i, c in enumerate(commands, start=1)]
+    sm = FileStateMachine(tmp_path / "sm")
+    results = sm.apply_chunk(entries[:4]) + sm.apply_chunk(entries[4:])
+    assert [(r.succeeded, r.revision) for r in results] == [
+        (True, 2), (True, 3), (True, 4), (True, 4), (True, 5), (False, 5), (True, 6), (True, 6),
+        (False, 6),
+    ]
+    assert results[2].response.succeeded and not results[3].response.succeeded
+    assert results[4].response.deleted == 1 and results[4].response.prev_kvs[0].value == b"3"
+    before = sm.read(store_state)
+    sm.close()
+    _, ops = wal_ops(str(tmp_path / "sm" / wal_name(0)))
+    recorded = [(op, key, value) for chunk in ops for _, _, op, key, value in chunk]
+    assert recorded == [decode_entry(e) for e in entries]
+    assert [op for op, _, _ in recorded[1:]] == [
+        OP_PUT, OP_TXN, OP_TXN, OP_DELETE_RANGE, OP_PUT, OP_PUT, OP_COMPACTION, OP_COMPACTION
+    ]
+    again = FileStateMachine(tmp_path / "sm")
+    assert again.read(store_state) == before and before[:2] == (6, 4)
+    assert again.items() == {b"b": b"4"}
+
+
+def write_wal(path, version: int) -> None:
     with open(path, "wb") as f:
-        f.write(encode_header(MAGIC_WAL, 1) + frame_all(payloads) + bytes(100))
+        f.write(HEADER.pack(MAGIC_WAL, version, 0)
+                + frame(encode_wal_ops([(1, 1, OP_NOOP, b"", b"")])))
 
 
-def test_format_1_wal_is_read_and_continued_in_a_new_format_2_wal(tmp_path):
+def test_a_wal_written_before_revisions_is_refused_naming_both_formats(tmp_path):
     directory = tmp_path / "sm"
     directory.mkdir()
-    write_v1_wal(directory / wal_name(0), [
-        (1, 1, OP_INSERT, b"a", b"1"), (2, 1, OP_INSERT, b"b", b"2"), (3, 1, 2, b"a", b""),
-    ])
-    sm = FileStateMachine(directory)
-    assert sm.items() == {b"b": b"2"} and sm.last_applied().index == 3
-    sm.apply_chunk([command_entry(4, 1, insert(b"c", b"3"))])
-    sm.close()
-    with open(directory / wal_name(0), "rb") as f:
-        assert HEADER.unpack_from(f.read(), 0)[1] == 1  # never appended to in format 2
-    with open(directory / wal_name(1), "rb") as f:
-        assert check_header(f.read(), MAGIC_WAL, "wal") == 2
-    sm = FileStateMachine(directory)
-    assert sm.items() == {b"b": b"2", b"c": b"3"} and sm.last_applied().index == 4
-    sm.close()
+    write_wal(directory / wal_name(0), 2)
+    with pytest.raises(CorruptionError, match=r"unsupported format version 2 \(this release "
+                                              r"reads 3\): written before revisions"):
+        FileStateMachine(directory)
 
 
 def test_unknown_wal_version_is_refused(tmp_path):
     directory = tmp_path / "sm"
     directory.mkdir()
-    (directory / wal_name(0)).write_bytes(
-        HEADER.pack(MAGIC_WAL, 3, 0) + frame(encode_wal_ops([(1, 1, OP_NOOP, b"", b"")]))
-    )
-    with pytest.raises(CorruptionError, match="unsupported format version 3"):
+    write_wal(directory / wal_name(0), 4)
+    with pytest.raises(CorruptionError, match="unsupported format version 4") as raised:
         FileStateMachine(directory)
-
+    assert "before revisions" not in str(raised.value)

@@ -28,7 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dengine.kv.codec import OP_COMPACTION, encode_request
+from dengine.kv.mvcc import pack_meta
 from dengine.proto import Entry, LogId, SnapshotMetadata, WriteCommand
+from dengine.proto.etcd.rpc_pb2 import CompactionRequest
 from dengine.storage import kvfile
 from dengine.storage.file_state_machine import FileStateMachine
 from dengine.storage.fileio import RealDisk
@@ -38,6 +41,7 @@ KEY_BYTES = 16
 VALUE_BYTES = 256
 WAL_BYTES_PER_ENTRY = 25 + KEY_BYTES + VALUE_BYTES  # op header, key, value (docs/formats.md)
 FSYNC_PROBES = 200
+HISTORY_REVISIONS = 10_000  # kept by the default automatic compaction (docs/etcd-model.md)
 CASES = ("fdatasync", "log", "apply", "checkpoint", "memory")
 WINDOW_SECONDS = 1.0  # the checkpoint case's measuring window
 _POOL_CHUNKS = 16  # chunks of entries the checkpoint case cycles through (indexes renumbered)
@@ -146,14 +150,16 @@ def bench_fdatasync(directory: str, chunks: Sequence[int]) -> list[BenchResult]:
 
 
 def preload(directory: str, store_keys: int, rng: random.Random) -> FileStateMachine:
-    """A FileStateMachine holding `store_keys` keys, installed from a snapshot (fast)."""
+    """A FileStateMachine holding `store_keys` keys, installed from a snapshot (fast): as
+    if each was put once, by entry k at revision k + 1, and the history compacted."""
     io = RealDisk()
     value = rng.randbytes(VALUE_BYTES)
-    state = {make_key(k): value for k in range(store_keys)}
+    state = {make_key(k): pack_meta(k + 2, k + 2, 1, 0) + value for k in range(store_keys)}
+    image = kvfile.StoreImage(store_keys + 1, store_keys + 1, state)
     last = LogId(index=store_keys, term=1)
     snap_dir = os.path.join(directory, "preload-snapshot")
-    checksum = kvfile.write_snapshot(io, snap_dir, state, last, None)
-    del state
+    checksum = kvfile.write_snapshot(io, snap_dir, image, last, None)
+    del state, image
     sm = FileStateMachine(os.path.join(directory, "sm"))
     sm.apply_snapshot_from_file(SnapshotMetadata(last_included=last, checksum=checksum), snap_dir)
     shutil.rmtree(snap_dir)
@@ -186,17 +192,16 @@ def bench_apply(
 ) -> list[BenchResult]:
     """apply_chunk at each chunk size, then the naive baseline on the same store."""
     sm = preload(directory, store_keys, rng)
-    next_index = sm.last_applied().index + 1
+    indexes = Indexes(sm.last_applied().index + 1)
 
     def make_chunk(n: int) -> list[Entry]:
-        nonlocal next_index
-        batch = insert_entries(next_index, [rng.randrange(store_keys) for _ in range(n)], rng)
-        next_index += n
-        return batch
+        keys = [rng.randrange(store_keys) for _ in range(n)]
+        return insert_entries(indexes.take(n), keys, rng)
 
     settle()
+    apply = _like_the_node(sm, indexes, sync=False)
     results = [
-        _run("apply_chunk", store_keys, c, sm.apply_chunk, make_chunk, min_seconds, 1_000_000)
+        _run("apply_chunk", store_keys, c, apply, make_chunk, min_seconds, 1_000_000)
         for c in chunks
     ]
     # The node's mode: the Raft log is the durable record, so the state machine WAL is
@@ -204,7 +209,7 @@ def bench_apply(
     sm.close()
     lazy = FileStateMachine(os.path.join(directory, "sm"), sync_apply=False)
     settle()
-    apply_lazily = _syncing_every_second(lazy)
+    apply_lazily = _like_the_node(lazy, indexes)
     results += [
         _run("apply_chunk (node mode: WAL fsync 1/s)", store_keys, c, apply_lazily, make_chunk,
              min_seconds, 1_000_000)
@@ -223,16 +228,45 @@ def bench_apply(
     return results
 
 
-def _syncing_every_second(sm: FileStateMachine) -> Callable[[list[Entry]], None]:
-    """apply_chunk without a per-chunk fsync, plus `sync()` once a second, as the node does."""
-    last_sync = [time.monotonic()]
+class Indexes:
+    """The log indexes of a benchmark's entries, handed out in order."""
+
+    def __init__(self, first: int) -> None:
+        self.next = first
+
+    def take(self, n: int) -> int:
+        """The first of `n` consecutive new indexes."""
+        first = self.next
+        self.next += n
+        return first
+
+
+def compaction_entry(index: int, revision: int) -> Entry:
+    """An entry compacting the store's history to `revision` (etcd's Compact)."""
+    entry = Entry(index=index, term=1)
+    request = CompactionRequest(revision=revision).SerializeToString()
+    entry.payload.command = encode_request(OP_COMPACTION, request)
+    return entry
+
+
+def _like_the_node(
+    sm: FileStateMachine, indexes: Indexes, sync: bool = True
+) -> Callable[[list[Entry]], None]:
+    """apply_chunk, plus once a second what the node does besides: `sync()` (the state
+    machine's WAL is not fsynced per chunk in the node's mode) and a compaction of the
+    history to the last HISTORY_REVISIONS revisions (the default automatic compaction)."""
+    last = [time.monotonic()]
 
     def apply(entries: list[Entry]) -> None:
         sm.apply_chunk(entries)
         now = time.monotonic()
-        if now - last_sync[0] >= 1.0:
-            sm.sync()
-            last_sync[0] = now
+        if now - last[0] >= 1.0:
+            last[0] = now
+            revision = sm.read(lambda store: store.revision) - HISTORY_REVISIONS
+            if revision > sm.read(lambda store: store.compact_revision):
+                sm.apply_chunk([compaction_entry(indexes.take(1), revision)])
+            if sync:
+                sm.sync()
 
     return apply
 
@@ -261,8 +295,8 @@ def bench_checkpoint_windows(
     )
     pool = [insert_entries(0, [rng.randrange(store_keys) for _ in range(chunk)], rng)
             for _ in range(_POOL_CHUNKS)]
-    next_index = sm.last_applied().index + 1
-    apply = _syncing_every_second(sm)
+    indexes = Indexes(sm.last_applied().index + 1)
+    apply = _like_the_node(sm, indexes)
     with_ckpt = BenchResult("checkpoint windows", store_keys, chunk, 0, 0.0, [])
     worst = BenchResult("checkpoint worst window", store_keys, chunk, 0, 0.0, [])
     without = BenchResult("checkpoint-free windows", store_keys, chunk, 0, 0.0, [])
@@ -281,9 +315,10 @@ def bench_checkpoint_windows(
         while window.seconds < window_seconds:
             batch = pool[n % _POOL_CHUNKS]
             n += 1
+            index = indexes.take(len(batch))
             for entry in batch:
-                entry.index = next_index
-                next_index += 1
+                entry.index = index
+                index += 1
             done, running = sm.checkpoint_progress()
             t0 = time.perf_counter()
             apply(batch)

@@ -37,7 +37,7 @@ def check(data_dir: str) -> None:
         identity = DataDir(data_dir).read_identity()
     except StorageError as e:
         identity = None
-        result.error = result.error or e.message
+        result.error = e.message  # start-up refuses it first
     table = Table(title=f"dengine check {data_dir}")
     for column in ("file", "kind", "records", "indexes", "status", "detail"):
         table.add_column(column, justify="right" if column == "records" else "left")

@@ -1,13 +1,14 @@
 """A node's data directory: layout, and the identity file that ties it to one node.
 
-    DATA_DIR/node.json     {"format": 1, "node_id": N, "cluster_id": "...", "joined": bool,
+    DATA_DIR/node.json     {"format": 2, "node_id": N, "cluster_id": "...", "joined": bool,
                             "initial_cluster_token": "..."}, written once
     DATA_DIR/raft/         FileRaftLog (segments + hard state)
     DATA_DIR/sm/           FileStateMachine (checkpoint + WAL)
     DATA_DIR/snapshots/    snapshot files
 
 Starting a node on a data dir that belongs to another node id or cluster would mix two
-logs: refuse it with ClusterMismatch before opening any storage.
+logs: refuse it with ClusterMismatch before opening any storage. A data dir of format 1
+(before revisions: etcd's data model) is refused too, naming both formats.
 
 The cluster id (`claim_for`): an explicit `cluster_id` setting, else at the first start the
 id derived from the initial cluster token and members (`NodeConfig.initial_cluster_id`),
@@ -33,7 +34,7 @@ from dengine.errors import ClusterMismatch, ConfigError, StorageError
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "node.json"
-IDENTITY_FORMAT = 1
+IDENTITY_FORMAT = 2  # the data dir of etcd's data model: keys with revisions (docs/formats.md)
 LEGACY_CLUSTER_ID = "dengine"  # every cluster's id before ids were derived
 
 
@@ -142,6 +143,15 @@ class DataDir:
             raise StorageError(f"cannot read {self.identity}: {e.strerror}") from None
         try:
             doc = json.loads(raw)
+            if doc.get("format") == 1:
+                raise StorageError(
+                    f"data dir {self.path} has format 1 (written before revisions: its keys "
+                    f"have no create/mod revision or version); this release reads format "
+                    f"{IDENTITY_FORMAT} only and does not make revisions up (replicas that "
+                    "did so on their own would disagree). Start this node on an empty data "
+                    "dir (a member then catches up from its cluster), or copy the keys over "
+                    "with the release that wrote it (docs/formats.md, 'Data directory')"
+                )
             if doc.get("format") != IDENTITY_FORMAT:
                 raise ValueError(f"unsupported format {doc.get('format')!r}")
             node_id, cluster_id = doc["node_id"], doc["cluster_id"]

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from dengine.proto import LogId, Membership, Message, SnapshotAck, SnapshotMetadata
 from dengine.raft import LogStorage
+from dengine.storage.kvfile import StoreImage
 
 
 class NodeLog(LogStorage, Protocol):
@@ -30,7 +31,7 @@ class SnapshotFiles(Protocol):
     def directory(self, metadata: SnapshotMetadata) -> Path: ...
     def file(self, metadata: SnapshotMetadata) -> Path: ...
     def write(
-        self, state: dict[bytes, bytes], last: LogId, membership: Membership
+        self, image: StoreImage, last: LogId, membership: Membership
     ) -> SnapshotMetadata: ...
     def prune(
         self, current: SnapshotMetadata | None, *, leftovers: bool = False

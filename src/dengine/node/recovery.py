@@ -33,7 +33,7 @@ def open_storage(
 
     def write_snapshot(sm: StateMachine, point: LogId, membership: Membership
                        ) -> SnapshotMetadata:
-        return store.write(sm.items(), point, membership)
+        return store.write(sm.image(), point, membership)
 
     opened = recovery.open_storage(
         data_dir.raft, data_dir.sm, write_snapshot=write_snapshot,

@@ -24,7 +24,7 @@ import crc32c
 
 from dengine.proto import LogId, Membership, SnapshotAck, SnapshotChunk, SnapshotMetadata
 from dengine.storage.fileio import RealDisk
-from dengine.storage.kvfile import SNAPSHOT_FILE, write_snapshot
+from dengine.storage.kvfile import SNAPSHOT_FILE, StoreImage, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,12 @@ class SnapshotStore:
         return self.file(metadata).is_file()
 
     def write(
-        self, state: dict[bytes, bytes], last: LogId, membership: Membership
+        self, image: StoreImage, last: LogId, membership: Membership
     ) -> SnapshotMetadata:
         """Write the state at `last` as a complete snapshot directory (atomic rename)."""
         tmp = self.root / f"tmp-{last.index:020d}-{last.term:020d}"
         shutil.rmtree(tmp, ignore_errors=True)
-        checksum = write_snapshot(RealDisk(), str(tmp), state, last, membership)
+        checksum = write_snapshot(RealDisk(), str(tmp), image, last, membership)
         metadata = SnapshotMetadata(last_included=last, checksum=checksum, membership=membership)
         final = self.directory(metadata)
         if final.exists():

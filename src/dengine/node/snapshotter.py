@@ -32,6 +32,7 @@ from dengine.node.snapshots import SnapshotReceiver, file_sha256
 from dengine.proto import LogId, Membership, Message, MessageType, SnapshotChunk, SnapshotMetadata
 from dengine.raft import RaftCore
 from dengine.raft.progress import ProgressState
+from dengine.storage.kvfile import StoreImage
 from dengine.storage.state_machine import StateMachine
 
 log = logging.getLogger(__name__)
@@ -151,10 +152,10 @@ class Snapshotter:
         finally:
             self.task = None
 
-    def _capture(self) -> tuple[dict[bytes, bytes], LogId, Membership | None]:
+    def _capture(self) -> tuple[StoreImage, LogId, Membership | None]:
         sm = self._sm
         sm.sync()  # the log is compacted behind this point: the state must be on disk
-        return sm.items(), sm.last_applied(), sm.membership()
+        return sm.image(), sm.last_applied(), sm.membership()
 
     # -- compaction (log thread) ---------------------------------------------------------
 

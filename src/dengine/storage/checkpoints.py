@@ -28,7 +28,8 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
@@ -53,26 +54,32 @@ def parse_wal_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def encode_checkpoint_meta(
-    last_applied: LogId,
-    wal_seq: int,
-    count: int,
-    membership: Membership | None,
-    snapshot_meta: SnapshotMetadata | None,
-) -> bytes:
+@dataclass
+class CheckpointMeta:
+    """Record 0 of a checkpoint (format 3): where the state is, what to replay after it,
+    and the counts of the store image that follows."""
+
+    last_applied: LogId
+    wal_seq: int  # the first WAL to replay
+    key_count: int
+    membership: Membership | None
+    snapshot: SnapshotMetadata | None
+    revision: int = 1
+    compact_revision: int = 0
+    change_count: int = 0
+
+
+def encode_checkpoint_meta(m: CheckpointMeta) -> bytes:
     return (
-        _CHECKPOINT_META.pack(last_applied.index, last_applied.term, wal_seq, count)
-        + kvfile.pack_blob(membership.SerializeToString() if membership is not None else b"")
-        + kvfile.pack_blob(
-            snapshot_meta.SerializeToString() if snapshot_meta is not None else b""
-        )
-        + bytes([(membership is not None) | (snapshot_meta is not None) << 1])
+        _CHECKPOINT_META.pack(m.last_applied.index, m.last_applied.term, m.wal_seq, m.key_count)
+        + kvfile.pack_blob(m.membership.SerializeToString() if m.membership is not None else b"")
+        + kvfile.pack_blob(m.snapshot.SerializeToString() if m.snapshot is not None else b"")
+        + bytes([(m.membership is not None) | (m.snapshot is not None) << 1])
+        + kvfile.encode_counts(m.revision, m.compact_revision, m.change_count)
     )
 
 
-def decode_checkpoint_meta(
-    payload: bytes, path: str, offset: int
-) -> tuple[LogId, int, int, Membership | None, SnapshotMetadata | None]:
+def decode_checkpoint_meta(payload: bytes, path: str, offset: int) -> CheckpointMeta:
     try:
         index, term, wal_seq, count = _CHECKPOINT_META.unpack_from(payload, 0)
         m_blob, end = kvfile.unpack_blob(payload, _CHECKPOINT_META.size)
@@ -80,9 +87,23 @@ def decode_checkpoint_meta(
         flags = payload[end]
         membership = Membership.FromString(m_blob) if flags & 1 else None
         snapshot_meta = SnapshotMetadata.FromString(s_blob) if flags & 2 else None
+        revision, compact, changes = kvfile.decode_counts(payload, end + 1)
     except (struct.error, IndexError, DecodeError) as e:
         raise CorruptionError(path, offset, f"undecodable checkpoint metadata: {e}") from None
-    return LogId(index=index, term=term), wal_seq, count, membership, snapshot_meta
+    return CheckpointMeta(LogId(index=index, term=term), wal_seq, count, membership,
+                          snapshot_meta, revision, compact, changes)
+
+
+def checkpoint_chunks(
+    head: CheckpointMeta, items: Iterable[tuple[bytes, bytes]],
+    changes: Sequence[kvfile.ChangeTuple],
+) -> Iterator[bytes]:
+    """A checkpoint's bytes after the file header: record 0 (`head`, its change count
+    taken from `changes`), the live keys' `(key, packed)` blocks, then the change blocks."""
+    head.change_count = len(changes)
+    yield records.frame(encode_checkpoint_meta(head))
+    yield from kvfile.encode_blocks(items)
+    yield from kvfile.encode_change_blocks(changes)
 
 
 class Checkpointer:
@@ -105,20 +126,25 @@ class Checkpointer:
         self.threshold = checkpoint_bytes
         self.written = 0  # checkpoints written (installed) since this object was made
 
-    def load(
-        self,
-    ) -> tuple[dict[bytes, bytes], LogId, int, Membership | None, SnapshotMetadata | None]:
-        """The checkpoint's map, last applied, first WAL seq, membership, snapshot metadata."""
-        loaded = kvfile.load_strict(self._io, self._path, records.MAGIC_CHECKPOINT)
+    def load(self) -> tuple[CheckpointMeta, kvfile.StoreImage]:
+        """The checkpoint's record 0 and the store image it holds."""
+        heads: list[CheckpointMeta] = []
+
+        def key_count(meta: bytes, offset: int) -> int:
+            heads.append(decode_checkpoint_meta(meta, self._path, offset))
+            return heads[0].key_count
+
+        loaded = kvfile.load_strict(self._io, self._path, records.MAGIC_CHECKPOINT, key_count)
         self.threshold = max(self._checkpoint_bytes, loaded.scan.valid_end)
-        last, wal_seq, count, membership, snapshot_meta = decode_checkpoint_meta(
-            loaded.meta, self._path, loaded.meta_offset
-        )
-        if count != loaded.keys:
+        head = heads[0]
+        if len(loaded.changes) != head.change_count:
             raise CorruptionError(
-                self._path, loaded.scan.valid_end, f"{loaded.keys} keys, expected {count}"
+                self._path, loaded.scan.valid_end,
+                f"{len(loaded.changes)} changes, expected {head.change_count}",
             )
-        return loaded.state, last, int(wal_seq), membership, snapshot_meta
+        image = kvfile.StoreImage(head.revision, head.compact_revision, loaded.state,
+                                  loaded.changes)
+        return head, image
 
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -227,12 +253,6 @@ def can_fork(io: FileIO) -> bool:
     """Whether checkpoints on `io` can be written by a forked child: a real disk (a
     simulated one lives in this process's memory) and an OS with `fork`."""
     return type(io) is RealDisk and hasattr(os, "fork")
-
-
-def checkpoint_chunks(meta: bytes, items: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
-    """A checkpoint's bytes after the file header: the metadata record, then key blocks."""
-    yield records.frame(meta)
-    yield from kvfile.encode_blocks(items)
 
 
 def _with_header(chunks: Iterable[bytes]) -> Iterator[bytes]:

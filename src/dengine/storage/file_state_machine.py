@@ -27,18 +27,20 @@ import logging
 import os
 import struct
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 from dengine.errors import CorruptionError, StorageError
-from dengine.kv.codec import OP_INSERT, OP_REJECTED, SHAPES, decode_entry
-from dengine.kv.store import ApplyResult, Op, Store
+from dengine.kv.codec import OP_INSERT, SHAPES, decode_entry
+from dengine.kv.mvcc import MvccStore
+from dengine.kv.store import ApplyResult, Op
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile, records
 from dengine.storage.checkpoints import (
     CHECKPOINT_FILE,
     Checkpointer,
+    CheckpointMeta,
     checkpoint_chunks,
-    encode_checkpoint_meta,
     parse_wal_name,
     wal_name,
 )
@@ -46,20 +48,25 @@ from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.state_machine import (
     OP_LAST_APPLIED,
     OP_SNAPSHOT_META,
+    apply_to_store,
     check_snapshot_point,
     copy_log_id,
+    current_values,
+    image_of,
+    inserts_applied,
+    store_of,
 )
 
 log = logging.getLogger("dengine.storage")
 
-WAL_RECORD = struct.Struct("<QQBI")  # version 1: a record per op, then key, value
-WAL_OP = struct.Struct("<QQBII")  # version 2: index, term, op, key length, value length
+T = TypeVar("T")
+WAL_OP = struct.Struct("<QQBII")  # index, term, op, key length, value length
 _OP_BYTE = 16  # offset of `op` in WAL_OP
 PREALLOCATE_BYTES = 1024 * 1024
 
 
 def encode_wal_ops(ops: list[Op]) -> bytes:
-    """The payload of one WAL record (version 2): each op's header, key and value."""
+    """The payload of one WAL record: each op's header, key and value."""
     pack = WAL_OP.pack
     return b"".join(
         pack(index, term, op, len(key), len(value)) + key + value
@@ -67,10 +74,8 @@ def encode_wal_ops(ops: list[Op]) -> bytes:
     )
 
 
-def decode_wal_ops(payload: bytes, path: str, offset: int, version: int) -> list[Op]:
-    """The ops of one WAL record. Version 1 WALs (one op per record) are still read."""
-    if version == 1:
-        return [decode_wal_record(payload, path, offset)]
+def decode_wal_ops(payload: bytes, path: str, offset: int) -> list[Op]:
+    """The ops of one WAL record."""
     ops: list[Op] = []
     put = ops.append
     unpack = WAL_OP.unpack_from
@@ -92,19 +97,8 @@ def decode_wal_ops(payload: bytes, path: str, offset: int, version: int) -> list
     return ops
 
 
-def decode_wal_record(payload: bytes, path: str, offset: int) -> Op:
-    """One op of a version 1 WAL record."""
-    if len(payload) < WAL_RECORD.size:
-        raise CorruptionError(path, offset, "WAL record too short")
-    index, term, op, klen = WAL_RECORD.unpack_from(payload, 0)
-    start = WAL_RECORD.size
-    if start + klen > len(payload):
-        raise CorruptionError(path, offset, "WAL key length runs past the record")
-    return index, term, op, payload[start : start + klen], payload[start + klen :]
-
-
 class FileStateMachine:
-    """A durable `StateMachine`: a `kv.Store` in memory, CRC-framed WAL, atomic checkpoints."""
+    """A durable `StateMachine`: an `MvccStore` in memory, CRC-framed WAL, atomic checkpoints."""
 
     def __init__(
         self,
@@ -136,7 +130,7 @@ class FileStateMachine:
 
     def _load(self) -> None:
         io = self._io
-        self._store = Store()
+        self._store = MvccStore()
         self._last_applied = LogId()
         self._membership: Membership | None = None
         self._snapshot: SnapshotMetadata | None = None
@@ -150,10 +144,10 @@ class FileStateMachine:
         first_seq = 0
         has_checkpoint = CHECKPOINT_FILE in names
         if has_checkpoint:
-            state, self._last_applied, first_seq, self._membership, self._snapshot = (
-                self._checkpoints.load()
-            )
-            self._store = Store(state)
+            head, image = self._checkpoints.load()
+            self._store = store_of(image)
+            self._last_applied, first_seq = head.last_applied, head.wal_seq
+            self._membership, self._snapshot = head.membership, head.snapshot
         seqs = sorted(s for n in names if (s := parse_wal_name(n)) is not None)
         io.remove_durably([self._path(wal_name(s)) for s in seqs if s < first_seq])
         seqs = [s for s in seqs if s >= first_seq]
@@ -161,17 +155,12 @@ class FileStateMachine:
             raise CorruptionError(
                 self._path(wal_name(first_seq)), 0, "WAL named by the checkpoint is missing"
             )
-        version = 0
         for n, seq in enumerate(seqs):
             path = self._path(wal_name(seq))
             if seq != first_seq + n:
                 raise CorruptionError(path, 0, f"WAL sequence gap: expected {first_seq + n}")
-            version = self._replay(path, last=n == len(seqs) - 1)
-        if seqs and version != records.write_version(records.MAGIC_WAL):
-            # Never append records of one format version to a file of another.
-            self._wal_seq = seqs[-1] + 1
-            self._wal = self._create_wal(self._wal_seq)
-        elif seqs:
+            self._replay(path, last=n == len(seqs) - 1)
+        if seqs:
             self._wal_seq = seqs[-1]
             self._wal = io.open_append(
                 self._path(wal_name(self._wal_seq)),
@@ -184,8 +173,8 @@ class FileStateMachine:
             self._wal.sync()  # a truncated torn tail stays truncated: appends are not synced
         self._durable_index = self._last_applied.index
 
-    def _replay(self, path: str, *, last: bool) -> int:
-        """Apply one WAL's records, read in chunks; return its format version.
+    def _replay(self, path: str, *, last: bool) -> None:
+        """Apply one WAL's records, read in chunks.
 
         The records before a bad one are applied as they are read; a bad one that may not
         be cut off then raises, and the state built so far is thrown away with this object.
@@ -198,9 +187,9 @@ class FileStateMachine:
             data = batch.data
             for start, end in zip(batch.starts, batch.ends, strict=True):
                 offset = batch.base + start - records.FRAME_SIZE
-                ops = decode_wal_ops(data[start:end], path, offset, scan.version)
+                ops = decode_wal_ops(data[start:end], path, offset)
                 index, term, op = ops[0][:3]
-                if index > applied and op < OP_LAST_APPLIED:
+                if index > applied and op != OP_LAST_APPLIED and op != OP_SNAPSHOT_META:
                     # A chunk's record (kv ops only, increasing indexes), all of it new.
                     membership = apply_ops(ops)
                     if membership is not None:
@@ -234,7 +223,6 @@ class FileStateMachine:
         if scan.corruption is not None:
             self._drop_unsynced_tail(scan, applied)
         self._wal_size = max(scan.valid_end, records.HEADER_SIZE)
-        return scan.version
 
     def _drop_unsynced_tail(self, scan: records.ScanResult, applied: int) -> None:
         """Last WAL damaged before a valid record: a tear of unsynced writes if the Raft
@@ -278,13 +266,23 @@ class FileStateMachine:
     def get(self, key: bytes) -> bytes | None:
         return self._store.get(key)
 
+    def read(self, fn: Callable[[MvccStore], T]) -> T:
+        """`fn(store)` under the lock (applies wait)."""
+        with self._lock:
+            return fn(self._store)
+
     def __len__(self) -> int:
         return len(self._store)
 
     def items(self) -> dict[bytes, bytes]:
-        """A copy of the whole map (tests and tools)."""
+        """key -> current value, a copy (tests and tools)."""
         with self._lock:
-            return self._store.copy()
+            return current_values(self._store)
+
+    def image(self) -> kvfile.StoreImage:
+        """A copy of the store's image (snapshots)."""
+        with self._lock:
+            return image_of(self._store)
 
     def last_applied(self) -> LogId:
         return copy_log_id(self._last_applied)
@@ -303,10 +301,13 @@ class FileStateMachine:
 
     def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
         """Apply committed entries: one WAL record, one write (+ one fdatasync unless
-        `sync_apply` is off), then the map.
+        `sync_apply` is off), then the store.
 
-        One pass decodes each entry and encodes its op; the map changes only after the WAL
-        record is written (from the encoded ops), so a failed write changes nothing.
+        One pass decodes each entry and encodes its op; the store changes only after the
+        WAL record is written (from the encoded ops), so a failed write changes nothing.
+        An etcd request is recorded as it came (its bytes) and executed by the store, on
+        replay too: the store is deterministic. A chunk of plain inserts is the hot path:
+        one `insert_all`, and results that set two fields each.
         """
         with self._lock:
             applied = self._last_applied.index
@@ -342,10 +343,7 @@ class FileStateMachine:
                 put((pack(index, term, op, len(key), len(value)), key, value))
                 if op != OP_INSERT:
                     only_inserts = False
-                    if op == OP_REJECTED:
-                        result(ApplyResult(index, succeeded=False))
-                        continue
-                # See results_of(): the frozen dataclass __init__ is slow.
+                # The frozen dataclass __init__ is slow (state_machine._result).
                 ok = new_result(ApplyResult)
                 ok.__dict__["index"] = index
                 result(ok)
@@ -354,11 +352,11 @@ class FileStateMachine:
             self._write_wal(records.frame(b"".join(out)), self._sync_apply)
             # out holds (op header, key, value) per entry.
             if only_inserts:
-                self._store.insert_all(out[1::3], out[2::3])
+                inserts_applied(self._store, out[1::3], out[2::3], results)
             else:
-                ops = zip(out[::3], out[1::3], out[2::3], strict=True)
-                membership = self._store.apply_ops([
-                    (0, 0, header[_OP_BYTE], key, value) for header, key, value in ops
+                ops = zip(results, out[::3], out[1::3], out[2::3], strict=True)
+                results, membership = apply_to_store(self._store, [
+                    (r.index, 0, header[_OP_BYTE], key, value) for r, header, key, value in ops
                 ])
                 if membership is not None:
                     self._membership = membership
@@ -437,11 +435,12 @@ class FileStateMachine:
             if not self._checkpoints.background:
                 self.checkpoint()
             elif self._checkpoints.fork:
-                # The child writes the live map as of the fork: no copy, no GIL shared.
-                meta, seq = self._rotate_wal()
-                state = self._store.data
+                # The child writes the live store as of the fork: no copy, no GIL shared.
+                head, seq = self._rotate_wal()
+                store = self._store
                 self._checkpoints.start_forked(
-                    lambda: checkpoint_chunks(meta, state.items()), seq
+                    lambda: checkpoint_chunks(head, store.items_packed(), list(store.changes())),
+                    seq,
                 )
             else:
                 self._checkpoints.start(*self._begin_checkpoint())
@@ -453,13 +452,13 @@ class FileStateMachine:
         self._checkpoints.finish(*self._begin_checkpoint())
 
     def _begin_checkpoint(self) -> tuple[Iterator[bytes], int]:
-        """Freeze a consistent point: copy the map and start a new WAL (under the lock)."""
+        """Freeze a consistent point: copy the store and start a new WAL (under the lock)."""
         with self._lock:
-            state = self._store.copy()
-            meta, seq = self._rotate_wal()
-            return checkpoint_chunks(meta, state.items()), seq
+            image = image_of(self._store)
+            head, seq = self._rotate_wal()
+            return checkpoint_chunks(head, image.items.items(), image.changes), seq
 
-    def _rotate_wal(self) -> tuple[bytes, int]:
+    def _rotate_wal(self) -> tuple[CheckpointMeta, int]:
         """Under the lock: start the next WAL; return the checkpoint metadata of the state
         as of now (replay starts at the new WAL) and the new WAL's sequence."""
         seq = self._wal_seq + 1
@@ -470,10 +469,11 @@ class FileStateMachine:
         self._wal_seq = seq
         if old is not None:
             old.close()
-        meta = encode_checkpoint_meta(
-            self._last_applied, seq, len(self._store), self._membership, self._snapshot
-        )
-        return meta, seq
+        store = self._store
+        head = CheckpointMeta(copy_log_id(self._last_applied), seq, len(store),
+                              self._membership, self._snapshot, store.revision,
+                              store.compact_revision)
+        return head, seq
 
     # -- snapshots
 
@@ -481,9 +481,9 @@ class FileStateMachine:
         """Write a snapshot of the state at `last_included` (must equal last_applied)."""
         with self._lock:
             check_snapshot_point(self._last_applied, last_included)
-            state = self._store.copy()
+            image = image_of(self._store)
             membership = self._membership
-        checksum = kvfile.write_snapshot(self._io, directory, state, last_included, membership)
+        checksum = kvfile.write_snapshot(self._io, directory, image, last_included, membership)
         with self._lock:
             self._snapshot = SnapshotMetadata(
                 last_included=copy_log_id(last_included), checksum=checksum, membership=membership
@@ -493,15 +493,18 @@ class FileStateMachine:
     def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
         """Verify the snapshot's SHA-256, then install it atomically (a new checkpoint)."""
         data = kvfile.read_snapshot(self._io, directory, metadata)
+        image = data.image
+        store = store_of(image)
         self._checkpoints.wait()
         with self._lock:
             seq = self._wal_seq + 1
             new_wal = self._create_wal(seq)
-            meta = encode_checkpoint_meta(
-                data.last_included, seq, len(data.state), data.membership, metadata
-            )
+            head = CheckpointMeta(data.last_included, seq, len(image.items), data.membership,
+                                  metadata, image.revision, image.compact_revision)
             try:
-                self._checkpoints.write(checkpoint_chunks(meta, data.state.items()))
+                self._checkpoints.write(
+                    checkpoint_chunks(head, image.items.items(), image.changes)
+                )
             except BaseException:
                 new_wal.close()
                 self._failed = "snapshot install failed"
@@ -510,7 +513,7 @@ class FileStateMachine:
                 self._wal.close()
             self._wal = new_wal
             self._wal_seq = seq
-            self._store = Store(data.state)
+            self._store = store
             self._last_applied = data.last_included
             self._durable_index = data.last_included.index
             self._membership = data.membership

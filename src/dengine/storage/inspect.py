@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import struct
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
@@ -124,7 +123,7 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
         indexes = []
         ops = 0
         for payload, offset in zip(scan.records, scan.offsets, strict=True):
-            for index, _, op, _, _ in decode_wal_ops(payload, path, offset, scan.version):
+            for index, _, op, _, _ in decode_wal_ops(payload, path, offset):
                 ops += 1
                 if op != OP_SNAPSHOT_META:
                     indexes.append(index)
@@ -134,22 +133,25 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
     elif scan.records:  # checkpoint or snapshot: a metadata record, then keys (or blocks)
         report.records = len(scan.records) - 1
         if report.kind == "snapshot":
-            try:
-                index, term, _ = struct.unpack_from("<QQQ", scan.records[0], 0)
-            except struct.error as e:
-                raise CorruptionError(path, scan.offsets[0], f"bad metadata: {e}") from None
-            sha = hashlib.sha256(data).hexdigest()
-            report.detail = f"{report.records} keys at ({term}, {index}), sha256 {sha[:16]}..."
-        else:
-            last, wal_seq, count, _, _ = decode_checkpoint_meta(
+            last, count, _, (revision, compact, changes) = kvfile.decode_snapshot_meta(
                 scan.records[0], path, scan.offsets[0]
             )
-            index = last.index
+            sha = hashlib.sha256(data).hexdigest()
             report.detail = (
-                f"format version {scan.version}, {count} keys at ({last.term}, {index}), "
-                f"replay from WAL {wal_seq}"
+                f"format version {scan.version}, {count} keys at ({last.term}, {last.index}), "
+                f"revision {revision}, compacted at {compact}, {changes} changes, "
+                f"sha256 {sha[:16]}..."
             )
-        report.first_index = report.last_index = index
+        else:
+            head = decode_checkpoint_meta(scan.records[0], path, scan.offsets[0])
+            last = head.last_applied
+            report.detail = (
+                f"format version {scan.version}, {head.key_count} keys at ({last.term}, "
+                f"{last.index}), revision {head.revision}, compacted at "
+                f"{head.compact_revision}, {head.change_count} changes, replay from WAL "
+                f"{head.wal_seq}"
+            )
+        report.first_index = report.last_index = last.index
 
 
 def inspect_data_dir(data_dir: str, fileio: FileIO | None = None) -> list[FileReport]:

@@ -1,14 +1,16 @@
 """Key-value files: the snapshot file and the state machine checkpoint share this codec.
 
-A key-value file is a header, one metadata record, then the keys, in one of two layouts
-(docs/formats.md):
+Both hold an image of the MVCC store (docs/etcd-model.md): its revision and compaction
+point (in the file's metadata record, with the key and change counts), then the live keys
+as `(key, packed)` in blocks of up to ~64 KiB, one record each, then the changelog in
+blocks likewise (docs/formats.md):
 
-* version 1 (snapshots; checkpoints written by older releases): one record per key,
-  `u32 key length | key | value`;
-* version 2 (checkpoints): blocks of up to ~64 KiB of keys, one record each,
-  `u32 n | n x (u32 key length, u32 value length) | key 1 | value 1 | ... | key n | value n`.
-  A block is one CRC and a handful of C-level calls to decode (`decode_blocks`), instead of
-  a CRC and a Python loop turn per key: a million keys load several times faster.
+    key block    = u32 n | n x (u32 key length, u32 packed length) | key 1 | packed 1 | ...
+    change block = u32 n | n x (u64 revision, u32 key length, u32 new length,
+                   u32 prev length) | key 1 | new 1 | prev 1 | ...   (length 2^32-1: None)
+
+A block is one CRC and a handful of C-level calls to decode (`decode_blocks`), instead of
+a CRC and a Python loop turn per key: a million keys load several times faster.
 
 A snapshot file is self-describing: its metadata record holds `last_included` and the
 membership, and its SHA-256 is the checksum stored in `SnapshotMetadata.checksum`,
@@ -21,11 +23,9 @@ import hashlib
 import heapq
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import accumulate, islice
-
-from crc32c import crc32c
 
 from dengine.errors import CorruptionError, StorageError
 from dengine.proto import LogId, Membership, SnapshotMetadata
@@ -34,13 +34,47 @@ from dengine.storage.fileio import FileIO
 
 SNAPSHOT_FILE = "snapshot.bin"
 _KEY_LEN = struct.Struct("<I")
+_COUNTS = struct.Struct("<QQQ")  # revision, compact revision, change count
 _SNAPSHOT_META = struct.Struct("<QQQ")  # last included index, term, key count
+_CHANGE_HEAD = "QIII"  # revision, key length, new length, prev length
+_CHANGE_HEAD_SIZE = struct.calcsize("<" + _CHANGE_HEAD)
+_ABSENT = 0xFFFFFFFF  # the length of a None `new` / `prev`
+_BLOCK_BYTES = 64 * 1024  # keys and values per block record
 _CHUNK_BYTES = 1 << 20
-_BLOCK_BYTES = 64 * 1024  # keys and values per version 2 block record
 _SORT_RUN = 8192
 
+# One changelog entry: (revision, key, new packed version or None, prev or None).
+ChangeTuple = tuple[int, bytes, bytes | None, bytes | None]
 
-def sorted_keys(state: Mapping[bytes, bytes]) -> Iterator[bytes]:
+
+@dataclass
+class StoreImage:
+    """What a checkpoint or snapshot holds of the MVCC store (`MvccStore.restore` takes it
+    back): its revision, compaction point, live `key -> packed`, and the changelog."""
+
+    revision: int = 1
+    compact_revision: int = 0
+    items: Mapping[bytes, bytes] = field(default_factory=dict)
+    changes: Sequence[ChangeTuple] = ()
+
+    def encode_counts(self) -> bytes:
+        return encode_counts(self.revision, self.compact_revision, len(self.changes))
+
+
+def encode_counts(revision: int, compact_revision: int, changes: int) -> bytes:
+    """The revision, compaction point and change count, as the metadata records end."""
+    return _COUNTS.pack(revision, compact_revision, changes)
+
+
+def decode_counts(data: bytes, offset: int) -> tuple[int, int, int]:
+    """(revision, compact revision, change count) at `offset`; struct.error if short."""
+    revision, compact, changes = _COUNTS.unpack_from(data, offset)
+    if len(data) != offset + _COUNTS.size:
+        raise struct.error(f"{len(data) - offset - _COUNTS.size} unexpected bytes at the end")
+    return revision, compact, changes
+
+
+def sorted_keys(state: Iterable[bytes]) -> Iterator[bytes]:
     """The keys of `state` in order, sorted in short runs then merged.
 
     One `sorted()` of a million keys holds the GIL for seconds (it is a single C call),
@@ -54,29 +88,8 @@ def sorted_keys(state: Mapping[bytes, bytes]) -> Iterator[bytes]:
     return heapq.merge(*runs)
 
 
-def encode_items(items: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
-    """Framed key-value records, yielded in chunks of about 1 MiB."""
-    pack = records.LENGTH.pack
-    out: list[bytes] = []
-    put = out.append
-    size = 0
-    for key, value in items:
-        payload = pack(len(key)) + key + value
-        length = pack(len(payload))
-        put(length)
-        put(pack(crc32c(payload, crc32c(length))))
-        put(payload)
-        size += len(payload) + records.FRAME_SIZE
-        if size >= _CHUNK_BYTES:
-            yield b"".join(out)
-            out.clear()
-            size = 0
-    if out:
-        yield b"".join(out)
-
-
 def encode_blocks(items: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
-    """Version 2 key-value records (blocks of ~64 KiB), yielded in chunks of about 1 MiB."""
+    """Key blocks (~64 KiB each, framed), yielded in chunks of about 1 MiB."""
     frame = records.frame
     pack_count = _KEY_LEN.pack
     out: list[bytes] = []
@@ -107,15 +120,68 @@ def encode_blocks(items: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
         yield b"".join(out)
 
 
+def encode_change_blocks(changes: Iterable[ChangeTuple]) -> Iterator[bytes]:
+    """Change blocks (~64 KiB each, framed), yielded in chunks of about 1 MiB."""
+    frame = records.frame
+    pack_count = _KEY_LEN.pack
+    out: list[bytes] = []
+    heads: list[int] = []
+    parts: list[bytes] = []
+    block = out_size = 0
+
+    def flush() -> None:
+        n = len(heads) // 4
+        out.append(frame(b"".join(
+            (pack_count(n), struct.pack("<" + _CHANGE_HEAD * n, *heads), *parts)
+        )))
+        heads.clear()
+        parts.clear()
+
+    for revision, key, new, prev in changes:
+        heads += (revision, len(key), _ABSENT if new is None else len(new),
+                  _ABSENT if prev is None else len(prev))
+        parts.append(key)
+        block += _CHANGE_HEAD_SIZE + len(key)
+        if new is not None:
+            parts.append(new)
+            block += len(new)
+        if prev is not None:
+            parts.append(prev)
+            block += len(prev)
+        if block >= _BLOCK_BYTES:
+            flush()
+            out_size += block
+            block = 0
+            if out_size >= _CHUNK_BYTES:
+                yield b"".join(out)
+                out.clear()
+                out_size = 0
+    if heads:
+        flush()
+    if out:
+        yield b"".join(out)
+
+
+def image_chunks(image: StoreImage, items: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
+    """The records after a file's metadata record: `items` (the image's, in the order to
+    write) in key blocks, then the image's changes in change blocks."""
+    yield from encode_blocks(items)
+    yield from encode_change_blocks(image.changes)
+
+
+def _bad_block(batch: records.Batch, start: int, reason: str, path: str) -> CorruptionError:
+    return CorruptionError(path, batch.base + start - records.FRAME_SIZE, reason)
+
+
 def decode_blocks(
-    batch: records.Batch, first: int, state: dict[bytes, bytes], path: str
+    batch: records.Batch, first: int, last: int, state: dict[bytes, bytes], path: str
 ) -> int:
-    """Add the keys of the version 2 block records of `batch` from record `first` on to
-    `state`; return how many keys they held."""
+    """Add the keys of the key block records `first`..`last - 1` of `batch` to `state`;
+    return how many keys they held."""
     data = batch.data
     unpack_count = _KEY_LEN.unpack_from
     keys = 0
-    for n in range(first, len(batch.starts)):
+    for n in range(first, last):
         start = batch.starts[n]
         end = batch.ends[n]
         try:
@@ -126,14 +192,11 @@ def decode_blocks(
             bounds = list(accumulate(struct.unpack_from(f"<{2 * count}I", data, start + 4),
                                      initial=top))
         except struct.error as e:
-            raise CorruptionError(
-                path, batch.base + start - records.FRAME_SIZE, f"bad key-value block: {e}"
-            ) from None
+            raise _bad_block(batch, start, f"bad key-value block: {e}", path) from None
         if bounds[-1] != end:
-            raise CorruptionError(
-                path, batch.base + start - records.FRAME_SIZE,
-                f"key and value lengths add up to {bounds[-1] - top} bytes, the block "
-                f"holds {end - top}",
+            raise _bad_block(
+                batch, start, f"key and value lengths add up to {bounds[-1] - top} bytes, "
+                f"the block holds {end - top}", path,
             )
         # Consecutive bounds delimit key 1, value 1, key 2, ...: slice them all in C.
         pieces = map(data.__getitem__, map(slice, bounds, islice(bounds, 1, None)))
@@ -142,80 +205,90 @@ def decode_blocks(
     return keys
 
 
-def decode_records(
-    batch: records.Batch, first: int, state: dict[bytes, bytes], path: str
-) -> int:
-    """Version 1: add the one-key records of `batch` from record `first` on to `state`."""
+def decode_change_blocks(
+    batch: records.Batch, first: int, changes: list[ChangeTuple], path: str
+) -> None:
+    """Append the changes of the change block records of `batch` from `first` on."""
     data = batch.data
-    unpack = _KEY_LEN.unpack_from
-    starts = batch.starts
-    ends = batch.ends
-    for n in range(first, len(starts)):
-        start = starts[n]
-        end = ends[n]
-        if end - start < 4:
-            raise CorruptionError(
-                path, batch.base + start - records.FRAME_SIZE, "key-value record too short"
+    unpack_count = _KEY_LEN.unpack_from
+    for n in range(first, len(batch.starts)):
+        start = batch.starts[n]
+        end = batch.ends[n]
+        try:
+            (count,) = unpack_count(data, start)
+            pos = start + 4 + _CHANGE_HEAD_SIZE * count
+            if pos > end:
+                raise struct.error(f"{count} changes do not fit in a {end - start}-byte block")
+            heads = struct.unpack_from("<" + _CHANGE_HEAD * count, data, start + 4)
+        except struct.error as e:
+            raise _bad_block(batch, start, f"bad change block: {e}", path) from None
+        for i in range(0, 4 * count, 4):
+            revision, klen, nlen, plen = heads[i : i + 4]
+            key = data[pos : pos + klen]
+            pos += klen
+            new = prev = None
+            if nlen != _ABSENT:
+                new = data[pos : pos + nlen]
+                pos += nlen
+            if plen != _ABSENT:
+                prev = data[pos : pos + plen]
+                pos += plen
+            changes.append((revision, key, new, prev))
+        if pos != end:
+            raise _bad_block(
+                batch, start, f"change lengths add up to {pos - start} bytes, the block "
+                f"holds {end - start}", path,
             )
-        split = start + 4 + unpack(data, start)[0]
-        if split > end:
-            raise CorruptionError(
-                path, batch.base + start - records.FRAME_SIZE, "key length runs past the record"
-            )
-        state[data[start + 4 : split]] = data[split:end]
-    return len(starts) - first
 
 
 @dataclass
 class KeyValueFile:
-    """A key-value file read whole: its metadata record, its keys, the scan result."""
+    """A key-value file read whole: its metadata record, keys, changes, the scan result."""
 
     meta: bytes
     meta_offset: int
     state: dict[bytes, bytes]
-    keys: int  # key records (version 1) or keys in blocks (version 2) read
+    keys: int  # keys in the key blocks read
+    changes: list[ChangeTuple]
     scan: records.ScanResult
 
 
-def load_strict(io: FileIO, path: str, magic: bytes) -> KeyValueFile:
+def load_strict(
+    io: FileIO, path: str, magic: bytes, key_count: Callable[[bytes, int], int]
+) -> KeyValueFile:
     """Read a key-value file that was written whole (atomically), in chunks: any bad byte
-    is corruption, every record's CRC is checked. Version 1 and 2 layouts."""
+    is corruption, every record's CRC is checked. `key_count(meta, meta_offset)` says how
+    many keys the metadata record announces: the key blocks holding them come first, the
+    change blocks after."""
     scan = records.ScanResult(path)
     state: dict[bytes, bytes] = {}
+    changes: list[ChangeTuple] = []
     meta: bytes | None = None
     meta_offset = 0
-    keys = 0
+    expected = keys = 0
     for batch in records.scan_stream(io, path, magic, scan):
         first = 0
         if meta is None:
             meta = batch.data[batch.starts[0] : batch.ends[0]]
             meta_offset = batch.base + batch.starts[0] - records.FRAME_SIZE
+            expected = key_count(meta, meta_offset)
             first = 1
-        if scan.version >= 2:
-            keys += decode_blocks(batch, first, state, path)
-        else:
-            keys += decode_records(batch, first, state, path)
+        last = first
+        while keys < expected and last < len(batch.starts):
+            keys += decode_blocks(batch, last, last + 1, state, path)
+            last += 1
+        if keys > expected:
+            raise CorruptionError(path, batch.base + batch.ends[last - 1],
+                                  f"{keys} keys, expected {expected}")
+        decode_change_blocks(batch, last, changes, path)
     scan.raise_if_corrupt()
     if scan.torn:
         raise CorruptionError(path, scan.valid_end, f"incomplete file: {scan.torn_reason}")
     if meta is None:
         raise CorruptionError(path, records.HEADER_SIZE, "metadata record missing")
-    return KeyValueFile(meta, meta_offset, state, keys, scan)
-
-
-def decode_items(scan: records.ScanResult, first: int) -> dict[bytes, bytes]:
-    """The key-value records of `scan` from record number `first` on."""
-    state: dict[bytes, bytes] = {}
-    unpack = _KEY_LEN.unpack_from
-    for n in range(first, len(scan.records)):
-        payload = scan.records[n]
-        if len(payload) < 4:
-            raise CorruptionError(scan.path, scan.offsets[n], "key-value record too short")
-        (klen,) = unpack(payload, 0)
-        if 4 + klen > len(payload):
-            raise CorruptionError(scan.path, scan.offsets[n], "key length runs past the record")
-        state[payload[4 : 4 + klen]] = payload[4 + klen :]
-    return state
+    if keys != expected:
+        raise CorruptionError(path, scan.valid_end, f"{keys} keys, expected {expected}")
+    return KeyValueFile(meta, meta_offset, state, keys, changes, scan)
 
 
 def pack_blob(blob: bytes) -> bytes:
@@ -232,29 +305,55 @@ def unpack_blob(data: bytes, offset: int) -> tuple[bytes, int]:
 
 @dataclass
 class SnapshotData:
-    state: dict[bytes, bytes]
+    image: StoreImage
     last_included: LogId
     membership: Membership | None
+
+
+def encode_snapshot_meta(
+    image: StoreImage, last_included: LogId, membership: Membership | None
+) -> bytes:
+    return (
+        _SNAPSHOT_META.pack(last_included.index, last_included.term, len(image.items))
+        + pack_blob(membership.SerializeToString() if membership is not None else b"")
+        + bytes([membership is not None])
+        + image.encode_counts()
+    )
+
+
+def decode_snapshot_meta(
+    payload: bytes, path: str, offset: int
+) -> tuple[LogId, int, Membership | None, tuple[int, int, int]]:
+    """(last included, key count, membership, (revision, compact revision, changes))."""
+    try:
+        index, term, count = _SNAPSHOT_META.unpack_from(payload, 0)
+        blob, end = unpack_blob(payload, _SNAPSHOT_META.size)
+        has_membership = payload[end]
+        membership = Membership.FromString(blob) if has_membership == 1 else None
+        counts = decode_counts(payload, end + 1)
+    except Exception as e:
+        raise CorruptionError(path, offset, f"undecodable snapshot metadata: {e}") from None
+    return LogId(index=index, term=term), count, membership, counts
 
 
 def write_snapshot(
     io: FileIO,
     directory: str,
-    state: Mapping[bytes, bytes],
+    image: StoreImage,
     last_included: LogId,
     membership: Membership | None,
 ) -> bytes:
-    """Write `directory/snapshot.bin` atomically (sorted keys) and return its SHA-256."""
+    """Write `directory/snapshot.bin` atomically (keys in order: the same state gives the
+    same bytes on every node) and return its SHA-256."""
     io.makedirs(directory)
-    meta = _SNAPSHOT_META.pack(last_included.index, last_included.term, len(state))
-    meta += pack_blob(membership.SerializeToString() if membership is not None else b"")
-    meta += bytes([membership is not None])
+    meta = encode_snapshot_meta(image, last_included, membership)
     digest = hashlib.sha256()
+    items = image.items
 
     def chunks() -> Iterator[bytes]:
         for chunk in (
             records.encode_header(records.MAGIC_SNAPSHOT) + records.frame(meta),
-            *encode_items((k, state[k]) for k in sorted_keys(state)),
+            *image_chunks(image, ((k, items[k]) for k in sorted_keys(items))),
         ):
             digest.update(chunk)
             yield chunk
@@ -264,36 +363,36 @@ def write_snapshot(
 
 
 def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> SnapshotData:
-    """Verify the SHA-256 against `metadata.checksum`, then decode. Raises before any change."""
+    """Verify the SHA-256 against `metadata.checksum`, then decode. Raises before any change.
+    The file is read in chunks twice (hash, then decode), never held whole."""
     path = os.path.join(directory, SNAPSHOT_FILE)
     if not io.exists(path):
         raise StorageError(f"{path}: snapshot file missing")
-    data = io.read(path)
-    digest = hashlib.sha256(data).digest()
-    if digest != metadata.checksum:
+    digest = hashlib.sha256()
+    for chunk in io.read_chunks(path, _CHUNK_BYTES):
+        digest.update(chunk)
+    if digest.digest() != metadata.checksum:
         expected = metadata.checksum.hex() or "(none)"
         raise CorruptionError(
-            path, 0, f"SHA-256 {digest.hex()} does not match the expected {expected}"
+            path, 0, f"SHA-256 {digest.hexdigest()} does not match the expected {expected}"
         )
-    scan = records.scan(data, path, records.MAGIC_SNAPSHOT)
-    scan.raise_if_corrupt()
-    if scan.torn or not scan.records:
-        raise CorruptionError(path, scan.valid_end, "incomplete snapshot file")
-    try:
-        index, term, count = _SNAPSHOT_META.unpack_from(scan.records[0], 0)
-        blob, end = unpack_blob(scan.records[0], _SNAPSHOT_META.size)
-        membership = Membership.FromString(blob) if scan.records[0][end:] == b"\x01" else None
-    except Exception as e:
-        raise CorruptionError(
-            path, scan.offsets[0], f"undecodable snapshot metadata: {e}"
-        ) from None
-    if (index, term) != (metadata.last_included.index, metadata.last_included.term):
+    decoded: list[tuple[LogId, Membership | None, tuple[int, int, int]]] = []
+
+    def key_count(meta: bytes, offset: int) -> int:
+        last, count, membership, counts = decode_snapshot_meta(meta, path, offset)
+        decoded.append((last, membership, counts))
+        return count
+
+    loaded = load_strict(io, path, records.MAGIC_SNAPSHOT, key_count)
+    last, membership, (revision, compact, change_count) = decoded[0]
+    if (last.index, last.term) != (metadata.last_included.index, metadata.last_included.term):
         raise StorageError(
-            f"{path}: snapshot is at ({term}, {index}), metadata says "
+            f"{path}: snapshot is at ({last.term}, {last.index}), metadata says "
             f"({metadata.last_included.term}, {metadata.last_included.index})"
         )
-    if count != len(scan.records) - 1:
+    if len(loaded.changes) != change_count:
         raise CorruptionError(
-            path, scan.valid_end, f"{len(scan.records) - 1} keys, expected {count}"
+            path, loaded.scan.valid_end, f"{len(loaded.changes)} changes, expected {change_count}"
         )
-    return SnapshotData(decode_items(scan, 1), LogId(index=index, term=term), membership)
+    image = StoreImage(revision, compact, loaded.state, loaded.changes)
+    return SnapshotData(image, last, membership)

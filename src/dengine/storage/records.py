@@ -46,8 +46,12 @@ MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotM
 FORMAT_VERSION = 1
 # The version each kind is written with, when not FORMAT_VERSION, and the older versions
 # this release still reads (docs/formats.md).
-WRITE_VERSIONS = {MAGIC_WAL: 2, MAGIC_CHECKPOINT: 2, MAGIC_HARD_STATE: 2}
-READ_VERSIONS = {MAGIC_WAL: (1, 2), MAGIC_CHECKPOINT: (1, 2), MAGIC_HARD_STATE: (1, 2)}
+WRITE_VERSIONS = {MAGIC_WAL: 3, MAGIC_CHECKPOINT: 3, MAGIC_SNAPSHOT: 2, MAGIC_HARD_STATE: 2}
+READ_VERSIONS = {
+    MAGIC_WAL: (3,), MAGIC_CHECKPOINT: (3,), MAGIC_SNAPSHOT: (2,), MAGIC_HARD_STATE: (1, 2)
+}
+# Files of the state machine before etcd's data model (keys without revisions): refused.
+_BEFORE_MVCC = {MAGIC_WAL: 3, MAGIC_CHECKPOINT: 3, MAGIC_SNAPSHOT: 2}
 
 
 def write_version(magic: bytes) -> int:
@@ -67,9 +71,13 @@ def check_header(data: bytes, magic: bytes, path: str) -> int:
         raise CorruptionError(path, 0, f"bad magic {found!r}, expected {magic!r}")
     readable = READ_VERSIONS.get(magic, (FORMAT_VERSION,))
     if version not in readable:
+        why = ""
+        if version < _BEFORE_MVCC.get(magic, 0):
+            why = (": written before revisions (etcd's data model), which this release "
+                   "cannot make up; see docs/formats.md, 'Data directory'")
         raise CorruptionError(
             path, 0, f"unsupported format version {version} (this release reads "
-            f"{', '.join(map(str, readable))})"
+            f"{', '.join(map(str, readable))}){why}"
         )
     return int(version)
 

@@ -8,10 +8,11 @@ not decode is recorded as a failed `ApplyResult`, the same on every replica.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import threading
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
-from dengine.errors import StorageError
+from dengine.errors import KvError, StorageError
 from dengine.kv.codec import (
     OP_CONFIG,
     OP_DELETE,
@@ -21,7 +22,8 @@ from dengine.kv.codec import (
     SHAPES,
     decode_entry,
 )
-from dengine.kv.store import ApplyResult, Op, Store, results_of
+from dengine.kv.mvcc import META_SIZE, MvccStore
+from dengine.kv.store import ApplyResult, Op
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile
 from dengine.storage.fileio import FileIO, RealDisk
@@ -38,10 +40,16 @@ __all__ = [
     "MemoryStateMachine",
     "Op",
     "StateMachine",
+    "apply_to_store",
     "check_snapshot_point",
     "copy_log_id",
+    "current_values",
+    "image_of",
     "plan_chunk",
+    "store_of",
 ]
+
+T = TypeVar("T")
 
 
 class StateMachine(Protocol):
@@ -52,7 +60,9 @@ class StateMachine(Protocol):
     """
 
     def get(self, key: bytes) -> bytes | None: ...
+    def read(self, fn: Callable[[MvccStore], T]) -> T: ...
     def items(self) -> dict[bytes, bytes]: ...
+    def image(self) -> kvfile.StoreImage: ...
     def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]: ...
     def last_applied(self) -> LogId: ...
     def durable_index(self) -> int: ...
@@ -65,9 +75,74 @@ class StateMachine(Protocol):
 
 
 # What applying an entry did, as recorded in the file state machine's WAL: the kv ops
-# (OP_NOOP..OP_REJECTED, dengine.kv.codec) and the state machine's own bookkeeping.
+# (OP_NOOP..OP_REJECTED and the etcd requests 7-10, dengine.kv.codec) and the state
+# machine's own bookkeeping.
 OP_LAST_APPLIED = 5  # persist_last_applied: (index, term) only
 OP_SNAPSHOT_META = 6  # persist_last_snapshot_metadata: value = encoded SnapshotMetadata
+
+_new = object.__new__
+
+
+def _result(index: int, revision: int) -> ApplyResult:
+    """A succeeded result without a response. A frozen dataclass's __init__ costs ~1 us
+    per entry: set the two fields only, the others keep the class defaults."""
+    result = _new(ApplyResult)
+    fields = result.__dict__
+    fields["index"] = index
+    fields["revision"] = revision
+    return result
+
+
+def apply_to_store(
+    store: MvccStore, ops: Sequence[Op]
+) -> tuple[list[ApplyResult], Membership | None]:
+    """Apply decoded ops in order: one result per op, and the last membership among them.
+    Deterministic, never raises for input: what `MvccStore.apply_ops` does on replay."""
+    results: list[ApplyResult] = []
+    put = results.append
+    membership = None
+    apply = store.apply
+    for index, _, op, key, value in ops:
+        if op == OP_INSERT:
+            store.insert_all((key,), (value,))
+            put(_result(index, store.revision))
+            continue
+        if op == OP_CONFIG:
+            membership = Membership.FromString(value)
+        revision, response = apply(op, key, value)
+        if response is None:
+            put(_result(index, revision))
+        else:
+            put(ApplyResult(index, succeeded=not isinstance(response, KvError),
+                            revision=revision, response=response))
+    return results, membership
+
+
+def inserts_applied(store: MvccStore, keys: list[bytes], values: list[bytes],
+                    results: list[ApplyResult]) -> None:
+    """A chunk of plain inserts (results built, revisions not yet set): insert them all,
+    then give result i the revision of insert i."""
+    revision = store.revision
+    store.insert_all(keys, values)
+    for result in results:
+        revision += 1
+        result.__dict__["revision"] = revision
+
+
+def image_of(store: MvccStore) -> kvfile.StoreImage:
+    """A copy of the store's persistent image (under the lock that keeps it still)."""
+    return kvfile.StoreImage(store.revision, store.compact_revision,
+                             dict(store.items_packed()), list(store.changes()))
+
+
+def store_of(image: kvfile.StoreImage) -> MvccStore:
+    return MvccStore.restore(image.revision, image.compact_revision, image.items.items(),
+                             image.changes)
+
+
+def current_values(store: MvccStore) -> dict[bytes, bytes]:
+    """key -> current value of every live key (tests and tools)."""
+    return {key: packed[META_SIZE:] for key, packed in store.items_packed()}
 
 
 def plan_chunk(entries: Sequence[Entry], last_applied: int) -> list[Op]:
@@ -112,7 +187,8 @@ class MemoryStateMachine:
 
     def __init__(self, *, fileio: FileIO | None = None) -> None:
         self._io = fileio or RealDisk()
-        self._store = Store()
+        self._lock = threading.RLock()
+        self._store = MvccStore()
         self._last_applied = LogId()
         self._membership: Membership | None = None
         self._snapshot: SnapshotMetadata | None = None
@@ -120,22 +196,34 @@ class MemoryStateMachine:
     def get(self, key: bytes) -> bytes | None:
         return self._store.get(key)
 
+    def read(self, fn: Callable[[MvccStore], T]) -> T:
+        """`fn(store)` under the lock (applies wait)."""
+        with self._lock:
+            return fn(self._store)
+
     def __len__(self) -> int:
         return len(self._store)
 
     def items(self) -> dict[bytes, bytes]:
-        """A copy of the whole map (tests and tools)."""
-        return self._store.copy()
+        """key -> current value, a copy (tests and tools)."""
+        with self._lock:
+            return current_values(self._store)
+
+    def image(self) -> kvfile.StoreImage:
+        """A copy of the store's image (snapshots)."""
+        with self._lock:
+            return image_of(self._store)
 
     def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
-        ops = plan_chunk(entries, self._last_applied.index)
-        if not ops:
-            return []
-        membership = self._store.apply_ops(ops)
-        if membership is not None:
-            self._membership = membership
-        self._last_applied = LogId(index=ops[-1][0], term=ops[-1][1])
-        return results_of(ops)
+        with self._lock:
+            ops = plan_chunk(entries, self._last_applied.index)
+            if not ops:
+                return []
+            results, membership = apply_to_store(self._store, ops)
+            if membership is not None:
+                self._membership = membership
+            self._last_applied = LogId(index=ops[-1][0], term=ops[-1][1])
+            return results
 
     def last_applied(self) -> LogId:
         return copy_log_id(self._last_applied)
@@ -153,9 +241,11 @@ class MemoryStateMachine:
         self._snapshot = metadata
 
     def generate_snapshot_data(self, directory: str, last_included: LogId) -> bytes:
-        check_snapshot_point(self._last_applied, last_included)
+        with self._lock:
+            check_snapshot_point(self._last_applied, last_included)
+            image = image_of(self._store)
         checksum = kvfile.write_snapshot(
-            self._io, directory, self._store.data, last_included, self._membership
+            self._io, directory, image, last_included, self._membership
         )
         self._snapshot = SnapshotMetadata(
             last_included=copy_log_id(last_included), checksum=checksum,
@@ -165,10 +255,12 @@ class MemoryStateMachine:
 
     def apply_snapshot_from_file(self, metadata: SnapshotMetadata, directory: str) -> None:
         data = kvfile.read_snapshot(self._io, directory, metadata)
-        self._store = Store(data.state)
-        self._last_applied = data.last_included
-        self._membership = data.membership
-        self._snapshot = metadata
+        store = store_of(data.image)
+        with self._lock:
+            self._store = store
+            self._last_applied = data.last_included
+            self._membership = data.membership
+            self._snapshot = metadata
 
     def durable_index(self) -> int:
         """In memory, what is applied is as durable as it will get."""
@@ -185,7 +277,8 @@ class MemoryStateMachine:
         """Nothing to release in memory."""
 
     def reset(self) -> None:
-        self._store = Store()
-        self._last_applied = LogId()
-        self._membership = None
-        self._snapshot = None
+        with self._lock:
+            self._store = MvccStore()
+            self._last_applied = LogId()
+            self._membership = None
+            self._snapshot = None
