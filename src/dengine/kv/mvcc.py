@@ -559,6 +559,11 @@ class MvccStore:
         lock while iterating)."""
         return iter(self._data.items())
 
+    def copy_packed(self) -> dict[bytes, bytes]:
+        """A copy of the live `key -> packed` (a dict's own copy: ~10x faster than
+        `dict(items_packed())` at a million keys; checkpoints take it under a lock)."""
+        return self._data.copy()
+
     def changes(self) -> Iterator[Change]:
         """The changelog, oldest first."""
         return map(Change._make, self._changes)

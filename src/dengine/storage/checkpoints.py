@@ -1,4 +1,4 @@
-"""Checkpoints of the file state machine: the full map at some last_applied, plus the
+"""Checkpoints of the file state machine: the store's image at some last_applied, plus the
 first WAL to replay (format in docs/formats.md).
 
 `Checkpointer` owns the checkpoint file of one state machine directory: loading it at
@@ -7,24 +7,22 @@ it makes obsolete, and the WAL size at which the next one is due. The state mach
 freezes the point to write (a new WAL, and the state as of then) under its own lock and
 hands it over.
 
-In the background on a real disk, the checkpoint is written by a forked child process
-(as Redis' BGSAVE): the fork, under the state machine's lock, gives the child a
-copy-on-write image of the state at that point for free, and the child's encoding runs
-on its own interpreter, so it neither copies the map first nor competes with the apply
-path for the GIL. The child writes and syncs `checkpoint.tmp` and exits with
-`os._exit`; a thread of the parent waits for it (blocked in the kernel, without the GIL),
-then renames the file, syncs the directory and drops the WALs it covers. Elsewhere (no
-`fork`, or a simulated disk in tests) a thread writes a copy of the map.
+In the background, a thread writes a copy of the store taken under the state machine's
+lock (a dict's own copy: ~60-180 ms at a million keys), and paces itself: after each
+~1 MiB it encodes, it sleeps three times the CPU time that took, so that it holds the GIL
+at most a quarter of the time and the apply path keeps the rest (BACKGROUND_DUTY).
+Encoding a million keys takes ~1.5 s of CPU; paced, the checkpoint takes ~6 s, during
+which the WAL simply grows. A forked child (copy-on-write, as Redis' BGSAVE) was measured
+and dropped: on this VM each copy-on-write fault costs 10-30 us and the parent takes 2-3
+per applied insert after the fork, so its apply rate fell to 15-60k entries/s for the
+first second of every checkpoint (docs/performance.md, "Checkpoint cost").
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
 import re
-import signal
 import struct
 import threading
 import time
@@ -33,14 +31,15 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from dengine.errors import CorruptionError, StorageError
+from dengine.errors import CorruptionError
 from dengine.proto import LogId, Membership, SnapshotMetadata
 from dengine.storage import kvfile, records
-from dengine.storage.fileio import FileIO, RealDisk
+from dengine.storage.fileio import FileIO
 
 log = logging.getLogger("dengine.storage")
 
 CHECKPOINT_FILE = "checkpoint"
+BACKGROUND_DUTY = 0.25  # the share of its time a background checkpoint may hold the GIL
 _WAL_NAME = re.compile(r"^wal-(\d{10})$")
 _CHECKPOINT_META = struct.Struct("<QQQQ")  # last applied index, term, first WAL seq, key count
 
@@ -117,7 +116,6 @@ class Checkpointer:
         self._path = os.path.join(directory, CHECKPOINT_FILE)
         self._checkpoint_bytes = checkpoint_bytes
         self.background = background
-        self.fork = background and can_fork(io)  # background checkpoints by a child process
         self._thread: threading.Thread | None = None
         # WAL bytes that trigger a checkpoint: `checkpoint_bytes`, or the size of the last
         # checkpoint written or loaded if larger, so a big store is rewritten at most once
@@ -150,37 +148,11 @@ class Checkpointer:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self, chunks: Iterable[bytes], seq: int) -> None:
-        """Write the checkpoint (`chunks`: the file's bytes after the header) and drop the
-        WALs before `seq` on a background thread."""
-        self._start_thread(self._finish_logged, chunks, seq)
-
-    def start_forked(self, chunks: Callable[[], Iterable[bytes]], seq: int) -> None:
-        """Fork a child that writes `chunks()` to `checkpoint.tmp`; a thread waits for it,
-        then installs the file and drops the WALs before `seq`. Call it at the point to
-        write, under the lock that stops the state from changing: the child sees the
-        state as of the fork."""
-        tmp = self._path + ".tmp"
-        if self._io.exists(tmp):
-            self._io.unlink(tmp)
-        parent = os.getpid()
-        read_end, write_end = os.pipe()
-        began = time.perf_counter()
-        try:
-            pid = os.fork()
-        except BaseException:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        if pid == 0:  # the child: never returns
-            _write_in_child(tmp, chunks, write_end, parent)
-        os.close(write_end)
-        log.debug("%s: checkpoint writer process %d forked in %.1f ms", self._dir, pid,
-                  (time.perf_counter() - began) * 1e3)
-        self._start_thread(self._reap_logged, pid, read_end, seq)
-
-    def _start_thread(self, target: Callable[..., None], *args: object) -> None:
+        """Write the checkpoint (`chunks`: the file's bytes after the header, from a copy
+        of the state) and drop the WALs before `seq` on a background thread, paced."""
         self._thread = threading.Thread(
-            target=target, args=args, name="dengine-checkpoint", daemon=True
+            target=self._finish_logged, args=(paced(chunks), seq), name="dengine-checkpoint",
+            daemon=True,
         )
         self._thread.start()
 
@@ -202,33 +174,6 @@ class Checkpointer:
             # The WALs are intact, so nothing is lost; the next checkpoint retries.
             log.exception("%s: background checkpoint failed", self._dir)
 
-    def _reap_logged(self, pid: int, read_end: int, seq: int) -> None:
-        try:
-            self._reap(pid, read_end, seq)
-        except Exception:
-            log.exception("%s: background checkpoint failed", self._dir)
-
-    def _reap(self, pid: int, read_end: int, seq: int) -> None:
-        """Wait for the child's report and exit, then install its file and drop the WALs."""
-        try:
-            report = b"".join(iter(lambda: os.read(read_end, 4096), b""))
-        finally:
-            os.close(read_end)
-        _, status = os.waitpid(pid, 0)
-        tmp = self._path + ".tmp"
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0 or not report.startswith(b"ok "):
-            if self._io.exists(tmp):
-                self._io.unlink(tmp)
-            how = f"exit status {code}" if code >= 0 else f"signal {-code}"
-            detail = report.decode("utf-8", "replace").strip() or "no report"
-            raise StorageError(f"checkpoint writer process {pid} failed ({how}): {detail}")
-        self._io.rename(tmp, self._path)
-        self._io.fsync_dir(self._dir)
-        self.threshold = max(self._checkpoint_bytes, int(report[3:]))
-        self.written += 1
-        self.drop_wals_before(seq)
-
     def write(self, chunks: Iterable[bytes]) -> None:
         """Replace the checkpoint file atomically (write temp, fsync, rename, fsync dir)."""
         written = 0
@@ -249,52 +194,25 @@ class Checkpointer:
         self._io.remove_durably([os.path.join(self._dir, n) for n in old])
 
 
-def can_fork(io: FileIO) -> bool:
-    """Whether checkpoints on `io` can be written by a forked child: a real disk (a
-    simulated one lives in this process's memory) and an OS with `fork`."""
-    return type(io) is RealDisk and hasattr(os, "fork")
+def paced(
+    chunks: Iterable[bytes], duty: float = BACKGROUND_DUTY,
+    clock: Callable[[], float] = time.thread_time, sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[bytes]:
+    """`chunks`, producing each with at most `duty` of this thread's time: after a chunk
+    that took t seconds of CPU to make, sleep t * (1 - duty) / duty (the GIL is free
+    meanwhile)."""
+    rest = (1 - duty) / duty
+    it = iter(chunks)
+    while True:
+        began = clock()
+        chunk = next(it, None)
+        if chunk is None:
+            return
+        spent = clock() - began
+        yield chunk
+        sleep(spent * rest)
 
 
 def _with_header(chunks: Iterable[bytes]) -> Iterator[bytes]:
     yield records.encode_header(records.MAGIC_CHECKPOINT)
     yield from chunks
-
-
-def _write_in_child(
-    path: str, chunks: Callable[[], Iterable[bytes]], report: int, parent: int
-) -> None:
-    """In the forked child: write and sync `path`, report on `report`, and `os._exit`.
-
-    Only this thread exists in the child; the parent's other threads may have held locks
-    when it forked (the event loop's, logging's), so the child touches nothing but its
-    arguments, the pure-Python codec and plain system calls. It closes every inherited
-    file descriptor first (so it holds no socket or file of the parent's), takes the
-    default action for SIGINT and SIGTERM, and stops if the parent dies.
-    """
-    code = 1
-    try:
-        gc.disable()  # a collection would touch (copy) every tracked object's page
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.closerange(3, report)
-        os.closerange(report + 1, 1 << 20)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        written = 0
-        for chunk in _with_header(chunks()):
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            written += len(chunk)
-            if os.getppid() != parent:
-                os._exit(3)  # the parent died: nobody will install this file
-        os.fsync(fd)
-        os.close(fd)
-        os.write(report, b"ok %d" % written)
-        code = 0
-    except BaseException as e:
-        with contextlib.suppress(BaseException):
-            os.write(report, repr(e).encode("utf-8", "replace")[:4000])
-    finally:
-        os._exit(code)

@@ -434,14 +434,6 @@ class FileStateMachine:
                 return False
             if not self._checkpoints.background:
                 self.checkpoint()
-            elif self._checkpoints.fork:
-                # The child writes the live store as of the fork: no copy, no GIL shared.
-                head, seq = self._rotate_wal()
-                store = self._store
-                self._checkpoints.start_forked(
-                    lambda: checkpoint_chunks(head, store.items_packed(), list(store.changes())),
-                    seq,
-                )
             else:
                 self._checkpoints.start(*self._begin_checkpoint())
             return True
