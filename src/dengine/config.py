@@ -66,6 +66,15 @@ class NodeConfig:
     max_client_buffer_bytes: int = 64 * 1024 * 1024  # partial native frames, all connections
     max_pending_writes: int = 4096  # write requests being served; beyond: OVERLOADED
     max_pending_write_bytes: int = 1024 * 1024  # their bytes; beyond: OVERLOADED
+    # etcd's API: etcd's flags and defaults.
+    max_request_bytes: int = 1536 * 1024  # an etcd request; beyond: "request is too large"
+    max_txn_ops: int = 128  # compares, and ops of each branch, in one etcd Txn
+    # Automatic compaction of the MVCC history: "revision" keeps the last
+    # `auto_compaction_retention` revisions (an integer), "periodic" keeps that long a
+    # history (a duration: 1h, 30m, 90s; a bare number is hours, as etcd's); retention
+    # "0" turns it off.
+    auto_compaction_mode: str = "revision"
+    auto_compaction_retention: str = "10000"
 
     # Storage and compaction.
     wal_checkpoint_bytes: int = 64 * 1024 * 1024
@@ -131,7 +140,7 @@ class NodeConfig:
                      "max_read_keys", "max_response_bytes", "max_client_connections",
                      "max_peer_connections", "client_frame_timeout_s",
                      "max_client_buffer_bytes", "max_pending_writes",
-                     "max_pending_write_bytes"):
+                     "max_pending_write_bytes", "max_request_bytes", "max_txn_ops"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("snapshots_to_keep", "snapshot_chunk_bytes", "log_segment_bytes"):
@@ -153,9 +162,24 @@ class NodeConfig:
             raise ConfigError("clock_drift_ms must be below election_timeout_ms")
         for addr in [self.listen_peer, self.listen_client, *self.peers.values()]:
             parse_address(addr)
+        self.auto_compaction()
         if self.listen_client_native not in ("", "auto"):
             parse_address(self.listen_client_native, allow_port_zero=True)
         return self
+
+    def auto_compaction(self) -> tuple[str, float]:
+        """(mode, retention): revisions to keep ("revision") or seconds of history
+        ("periodic"); retention 0 = no automatic compaction. ConfigError when invalid."""
+        mode, text = self.auto_compaction_mode, str(self.auto_compaction_retention).strip()
+        if mode == "revision":
+            if not text.isdigit():
+                raise ConfigError("auto_compaction_retention must be a number of revisions "
+                                  f"in revision mode, got {text!r}")
+            return mode, float(int(text))
+        if mode == "periodic":
+            return mode, parse_duration(text, "auto_compaction_retention")
+        raise ConfigError(
+            f"auto_compaction_mode must be 'revision' or 'periodic', got {mode!r}")
 
     @property
     def native_listen_address(self) -> str:
@@ -211,6 +235,38 @@ def parse_address(addr: str, *, allow_port_zero: bool = False) -> tuple[str, int
     if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
         raise ConfigError(f"invalid address {addr!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(text: str, name: str) -> float:
+    """Seconds of a duration as etcd's flags take it ("1h", "30m", "1h30m", "90s",
+    "500ms"; a bare number is hours); ConfigError when malformed or negative."""
+    text = text.strip()
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return float(text) * 3600.0
+        total, number = 0.0, ""
+        i = 0
+        while i < len(text):
+            c = text[i]
+            if c.isdigit() or c == ".":
+                number += c
+                i += 1
+                continue
+            unit = "ms" if text.startswith("ms", i) else c
+            if unit not in _UNITS or not number:
+                raise ValueError(text)
+            total += float(number) * _UNITS[unit]
+            number = ""
+            i += len(unit)
+        if number or not text:
+            raise ValueError(text)
+        return total
+    except ValueError:
+        raise ConfigError(f"{name} must be a duration such as 1h, 30m or 90s (a bare "
+                          f"number is hours), got {text!r}") from None
 
 
 def parse_peer(spec: str) -> tuple[int, str]:

@@ -67,6 +67,15 @@ SETTINGS_HELP = {
                           "(retryable, not applied).",
     "max_pending_write_bytes": "Bytes of the write requests being served; more get "
                                "OVERLOADED (retryable, not applied).",
+    "max_request_bytes": "Largest etcd API request, in bytes (etcd's --max-request-bytes); "
+                         "larger: 'etcdserver: request is too large'.",
+    "max_txn_ops": "Most compares, and most ops of each branch, in one etcd Txn (etcd's "
+                   "--max-txn-ops).",
+    "auto_compaction_mode": "Automatic compaction of the MVCC history (etcd's flag): "
+                            "revision (keep the last N revisions) or periodic (keep a "
+                            "duration of history).",
+    "auto_compaction_retention": "Revisions to keep (revision mode), or a duration such as "
+                                 "1h, 30m (periodic; a bare number is hours); 0: off.",
     "wal_checkpoint_bytes": "State machine WAL size that triggers a checkpoint.",
     "snapshot_threshold_entries": "Applied entries since the last snapshot that trigger one "
                                   "(0: no entry-count trigger).",

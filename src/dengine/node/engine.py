@@ -47,6 +47,7 @@ from dengine.kv import (
     encode_delete,
     encode_insert,
 )
+from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.proto import Membership, WriteCommand
@@ -56,7 +57,7 @@ DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
 
 # The WriteCommand fields that carry an etcd request's bytes (common.proto).
-KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION = 3, 4, 5, 6
+KV_PUT, KV_DELETE_RANGE, KV_TXN = 3, 4, 5
 KV_FIELDS = (KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION)
 
 
@@ -98,6 +99,11 @@ class Engine:
         self._local_reads = 0
         # (the node is started: its cluster id is set, derived or read from the data dir)
         self._etcd_cluster_id = etcd_cluster_id(node.config.cluster_id)
+        mode, retention = node.config.auto_compaction()
+        self.compactor = AutoCompactor(
+            mode, retention, is_leader=lambda: self.is_leader, read=self.read_query,
+            propose=self.kv_request,
+        )
 
     @classmethod
     async def start(
@@ -119,7 +125,9 @@ class Engine:
             settings.setdefault("data_dir", data_dir)
         node = Node(base.replace(**settings))
         await node.start()
-        return cls(node)
+        engine = cls(node)
+        engine.compactor.start()
+        return engine
 
     async def wait_failure(self) -> BaseException:
         """Wait until the node stops on a fatal storage failure (a full disk, an I/O error);
@@ -130,6 +138,7 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop the node cleanly: pending writes get Timeout, storage is flushed and closed."""
+        await self.compactor.stop()
         await self._node.stop()
 
     async def __aenter__(self) -> Engine:
@@ -161,6 +170,15 @@ class Engine:
     @property
     def is_leader(self) -> bool:
         return self._node.role == Role.LEADER
+
+    @property
+    def running(self) -> bool:
+        """Whether the node serves (not stopped, failed or removed)."""
+        return self._node.running
+
+    def leader_address(self) -> str:
+        """The client address of the leader this node knows ("" if none or not known)."""
+        return self._node.leader_address()
 
     def status(self) -> NodeStatus:
         return self._node.status()
