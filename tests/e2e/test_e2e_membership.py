@@ -315,10 +315,16 @@ async def overwrite_fixed_set(cluster: Cluster, writes: int, key_count: int,
     # (a tenth of it) plus the segments being filled; with 50% slack.
     log_bound = int(1.5 * (1.1 * COMPACTION["snapshot_threshold_entries"] * entry_bytes
                            + 2 * COMPACTION["log_segment_bytes"]))
-    # The whole dir adds two WAL checkpoints' worth, a checkpoint and the kept snapshots of
-    # the fixed key set.
-    bound = log_bound + int(1.5 * (2 * COMPACTION["wal_checkpoint_bytes"]
-                                   + 4 * key_count * entry_bytes))
+    # A checkpoint or snapshot holds the fixed key set and the store's history: what the
+    # automatic compaction keeps (10,000 revisions) plus up to a check interval's writes
+    # (1 s) before the next one; a change holds the new and the previous version
+    # (docs/formats.md).
+    change_bytes = 2 * (32 + len(VALUE) + 6) + 20
+    image = key_count * entry_bytes + (10_000 + writes / elapsed) * change_bytes
+    # The whole dir adds two WAL checkpoints' worth (the WAL threshold is at least the
+    # checkpoint's size), a checkpoint and the kept snapshots.
+    bound = log_bound + int(1.5 * (2 * max(COMPACTION["wal_checkpoint_bytes"], image)
+                                   + 4 * image))
     final = max(dir_size(n.data_dir) for n in cluster.nodes)
     measurements[label] = {
         "writes": writes, "keys": key_count, "seconds": round(elapsed, 1),

@@ -10,7 +10,17 @@ from __future__ import annotations
 import random
 
 import pytest
-from storage_helpers import command_entry, encoded, insert, log_entries
+from storage_helpers import (
+    cas_request,
+    command_entry,
+    compaction_request,
+    delete_range_request,
+    encoded,
+    insert,
+    log_entries,
+    put_request,
+    store_state,
+)
 
 from dengine.proto import HardState, LogId, SnapshotMetadata
 from dengine.storage import FileRaftLog, FileStateMachine
@@ -56,8 +66,17 @@ def procedures():
         log.set_hard_state(HardState(term=1, voted_for=1, commit=5))
         return log
 
+    def sm_txn_chunk(sm):
+        """A chunk of etcd requests: recorded as sent, executed again on replay."""
+        sm.apply_chunk([command_entry(21 + i, 1, c) for i, c in enumerate([
+            cas_request(b"k1", 3, b"swapped"), cas_request(b"k2", 99, b"not taken"),
+            put_request(b"k3", b"p", prev_kv=True), delete_range_request(b"k4", b"k6"),
+            compaction_request(10), insert(b"new", b"1"),
+        ])])
+
     return [
         ("sm checkpoint", sm_checkpoint_setup, lambda sm: sm.checkpoint()),
+        ("sm apply etcd requests", sm_checkpoint_setup, sm_txn_chunk),
         ("sm install snapshot", sm_install_setup,
          lambda sm: sm.apply_snapshot_from_file(sm.meta, "/n/snapshots/1")),
         ("sm reset", sm_checkpoint_setup, lambda sm: sm.reset()),
@@ -74,7 +93,7 @@ def observe(disk: SimulatedDisk, name: str):
     """The recovered, comparable state after a restart."""
     if name.startswith("sm"):
         sm = open_sm(disk)
-        return sm.items(), sm.last_applied().index
+        return sm.read(store_state), sm.last_applied().index
     log = FileRaftLog("/n/raft", segment_bytes=300, fileio=disk)
     return (
         log.first_index(), log.last_index(), log.term(log.first_index() - 1),
