@@ -15,6 +15,7 @@ import pytest
 from node_helpers import FAST, Cluster, free_port, run, until
 
 from dengine import Engine
+from dengine.kv.mvcc import MvccStore
 from dengine.node.snapshots import SnapshotStore
 from dengine.proto import (
     Entry,
@@ -26,6 +27,7 @@ from dengine.proto import (
     SnapshotChunk,
 )
 from dengine.storage import FileRaftLog, FileStateMachine
+from dengine.storage.state_machine import image_of
 
 SNAP = {"snapshot_threshold_entries": 50, "snapshot_chunk_bytes": 4096,
         "log_segment_bytes": 4096}
@@ -246,8 +248,9 @@ def test_install_interrupted_between_state_machine_and_log_is_finished(tmp_path:
     raft_log.close()
     (tmp_path / "snapshots").mkdir()
     store = SnapshotStore(tmp_path / "snapshots", keep=2)
-    state = {b"k%d" % i: b"v%d" % i for i in range(30)}
-    meta = store.write(state, LogId(index=40, term=2), membership)
+    values = MvccStore()
+    values.insert_all([b"k%d" % i for i in range(30)], [b"v%d" % i for i in range(30)])
+    meta = store.write(image_of(values), LogId(index=40, term=2), membership)
     sm = FileStateMachine(tmp_path / "sm")
     sm.apply_snapshot_from_file(meta, str(store.directory(meta)))
     sm.close()
