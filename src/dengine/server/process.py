@@ -23,6 +23,7 @@ from dengine.errors import (
     InvalidRequest,
     StorageError,
 )
+from dengine.server.etcd import EtcdApi
 from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
 
@@ -35,19 +36,29 @@ JOIN_ATTEMPT_S = 10.0
 JOIN_RETRY_FIRST_S = 0.1
 JOIN_RETRY_MAX_S = 2.0
 JOIN_LOG_EVERY_S = 10.0
+# etcd's gRPC server takes requests up to its max request bytes plus this much.
+ETCD_GRPC_OVERHEAD = 512 * 1024
 
 
 def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
     """Options of the client-facing gRPC server."""
     options: list[tuple[str, Any]] = [
-        # Larger requests are refused by gRPC itself (RESOURCE_EXHAUSTED) before parsing.
-        ("grpc.max_receive_message_length", config.max_request_size),
+        # Larger requests are refused by gRPC itself (RESOURCE_EXHAUSTED) before parsing;
+        # an etcd request up to etcd's overhead above max_request_bytes gets etcd's
+        # "request is too large" (as etcd's server).
+        ("grpc.max_receive_message_length",
+         max(config.max_request_size, config.max_request_bytes + ETCD_GRPC_OVERHEAD)),
         # Read responses are bounded by max_response_bytes (answered with an error field).
         ("grpc.max_send_message_length", -1),
         # Without this, a second server on a busy port would bind it silently (Linux).
         ("grpc.so_reuseport", 0),
         # Connections beyond this are closed by gRPC as they arrive.
         ("grpc.max_allowed_incoming_connections", config.max_client_connections),
+        # Go clients (etcdctl, Kubernetes) ping idle long-lived connections: with gRPC's
+        # defaults the server answers them with GOAWAY "too_many_pings" after ~30 s.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
     ]
     if config.client_idle_timeout_s > 0:
         # A connection without calls for this long gets a GOAWAY; gRPC clients reconnect
@@ -55,6 +66,14 @@ def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
         options.append(("grpc.max_connection_idle_ms",
                         max(1, int(config.client_idle_timeout_s * 1000))))
     return options
+
+
+def forward_channel_options(config: NodeConfig) -> list[tuple[str, Any]]:
+    """Options of a follower's channel to the leader's client port (forwarded writes)."""
+    return [
+        ("grpc.max_send_message_length", config.max_request_bytes + ETCD_GRPC_OVERHEAD),
+        ("grpc.max_receive_message_length", -1),
+    ]
 
 
 # File descriptors kept for everything but connections (log segments, snapshots, ...).
@@ -83,11 +102,16 @@ def raise_fd_limit(config: NodeConfig) -> None:
                     _FD_RESERVE, needed)
 
 
-async def start_grpc_server(service: ClientService, config: NodeConfig) -> grpc.aio.Server:
-    """Bind `config.listen_client` and start serving; ConfigError when the port is taken."""
+async def start_grpc_server(
+    service: ClientService, config: NodeConfig, etcd: EtcdApi | None = None
+) -> grpc.aio.Server:
+    """Bind `config.listen_client` and start serving (dengine's service, and etcd's with
+    `etcd`); ConfigError when the port is taken."""
     parse_address(config.listen_client)
     server = grpc.aio.server(options=grpc_server_options(config))
     server.add_generic_rpc_handlers((service.generic_handler(),))
+    if etcd is not None:
+        etcd.register(server)
     try:
         port = server.add_insecure_port(config.listen_client)
     except RuntimeError as e:
@@ -244,13 +268,15 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         engine = await Engine.start(config=config)
         config = engine.config  # its cluster id: set, derived, or read from the data dir
         native: NativeServer | None = None
+        etcd = EtcdApi(engine, config, forward_channel_options(config))
         try:
             service = ClientService(engine, config, peer_client_address(engine))
             if native_addr:
                 # Bound before gRPC serves, so that every Status announces it.
                 native = NativeServer.from_config(service, config)
                 service.native_address = await native.start(native_addr)
-            server = await start_grpc_server(service, config)
+            server = await start_grpc_server(service, config, etcd)
+            await etcd.start()
             st = engine.status()
             joining = bool(config.join) and not in_configuration(engine)
             if joining:
@@ -287,6 +313,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         finally:
             if native is not None and not native.stopping:
                 await native.stop(0)
+            await etcd.stop()
             await engine.stop()
         log.info("node %d stopped", config.node_id)
         if failure.done() and not failure.cancelled():

@@ -1,0 +1,42 @@
+"""etcd v3's gRPC API on a node's client port (docs/etcd-model.md): `etcdserverpb.KV`,
+`etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList` and
+`grpc.health.v1.Health`, registered by hand under etcd's service names (the method paths
+on the wire are etcd's, our generated messages keep their own proto packages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from dengine.config import NodeConfig
+from dengine.node.engine import Engine
+from dengine.server.etcd.forward import Forwarder
+from dengine.server.etcd.kv import KvService
+from dengine.server.etcd.maintenance import Health, MaintenanceService
+
+__all__ = ["EtcdApi"]
+
+
+class EtcdApi:
+    """The etcd services of one node: `register` them on its gRPC server, then `start`;
+    `stop` before the engine stops."""
+
+    def __init__(self, engine: Engine, config: NodeConfig,
+                 channel_options: list[tuple[str, Any]]) -> None:
+        self.forwarder = Forwarder(channel_options)
+        self.kv = KvService(engine, config, self.forwarder)
+        self.maintenance = MaintenanceService(engine, config)
+        self.health = Health(engine)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(
+            (self.kv.generic_handler(), *self.maintenance.generic_handlers()))
+        self.health.register(server)
+
+    async def start(self) -> None:
+        await self.health.start()
+
+    async def stop(self) -> None:
+        await self.health.stop()
+        await self.forwarder.close()

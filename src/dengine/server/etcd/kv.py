@@ -1,0 +1,180 @@
+"""etcd's `etcdserverpb.KV` service on a node: Range, Put, DeleteRange, Txn, Compact.
+
+Writes are proposed as the request bytes the client sent (checked by `kv.etcd_check`,
+which decodes them once, with etcd's errors), wrapped in a log command without being
+encoded again (`Engine.kv_request`); a follower forwards them to the leader
+(`forward.py`). Ranges are served by this member: after a ReadIndex round of its own
+(linearizable), or from its applied state (`serializable`). Every answer carries the
+response header: cluster id, this member's id, the Raft term and the store revision.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+
+from dengine.config import NodeConfig
+from dengine.errors import NotLeader, Overloaded
+from dengine.kv import EVENTUAL, LINEARIZABLE, etcd_check
+from dengine.node.engine import KV_COMPACTION, KV_DELETE_RANGE, KV_PUT, KV_TXN, Engine
+from dengine.proto.etcd import rpc_pb2
+from dengine.server.etcd import checks
+from dengine.server.etcd.errors import etcd_status
+from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, forwarded
+
+log = logging.getLogger("dengine.server.etcd")
+
+SERVICE = "etcdserverpb.KV"
+# Leave the engine this much of the gRPC deadline to answer with its own timeout.
+_DEADLINE_MARGIN = 0.05
+
+# method -> (WriteCommand field, response message)
+_WRITES: dict[str, tuple[int, type[ProtoMessage]]] = {
+    "Put": (KV_PUT, rpc_pb2.PutResponse),
+    "DeleteRange": (KV_DELETE_RANGE, rpc_pb2.DeleteRangeResponse),
+    "Txn": (KV_TXN, rpc_pb2.TxnResponse),
+    "Compact": (KV_COMPACTION, rpc_pb2.CompactionResponse),
+}
+
+
+def timeout_of(context: Any) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(0.001, remaining - _DEADLINE_MARGIN)
+
+
+class EtcdBase:
+    """What the etcd services share: the engine, the header, errors as etcd's statuses."""
+
+    def __init__(self, engine: Engine, config: NodeConfig) -> None:
+        self._engine = engine
+        self._config = config
+
+    def stamp(self, header: Any, revision: int | None = None) -> None:
+        """Fill a response header with this member's ids and term (and `revision`)."""
+        ids = self._engine.header_ids()
+        header.cluster_id = ids.cluster_id
+        header.member_id = ids.member_id
+        header.raft_term = ids.raft_term
+        if revision is not None:
+            header.revision = revision
+
+    async def fail(self, context: Any, exc: BaseException) -> NoReturn:
+        """Answer with the etcd status of `exc` (grpc.aio's abort raises)."""
+        engine = self._engine
+        code, message = etcd_status(exc, leader_known=bool(engine.leader_id),
+                                    running=engine.running)
+        await context.abort(code, message)
+        raise AssertionError("context.abort returned")
+
+
+class KvService(EtcdBase):
+    """Handlers of `etcdserverpb.KV` over an Engine."""
+
+    def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder) -> None:
+        super().__init__(engine, config)
+        self._forwarder = forwarder
+        self.pending_writes = 0
+        self.pending_write_bytes = 0
+
+    def handlers(self) -> dict[str, Callable[[bytes, Any], Awaitable[bytes]]]:
+        out: dict[str, Callable[[bytes, Any], Awaitable[bytes]]] = {"Range": self.range}
+        for method, (field, response) in _WRITES.items():
+            out[method] = self._writer(method, field, response)
+        return out
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE, {
+            name: grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=None)
+            for name, fn in self.handlers().items()
+        })
+
+    async def range(self, request: bytes, context: Any) -> bytes:
+        try:
+            req = checks.range_request(request, self._config)
+            mode = EVENTUAL if req.serializable else LINEARIZABLE
+            resp = await self._engine.read_query(
+                lambda store: store.range(req), mode, timeout=timeout_of(context))
+            self.stamp(resp.header)
+            return bytes(resp.SerializeToString())
+        except Exception as exc:
+            await self.fail(context, exc)
+
+    async def _read_txn(self, req: rpc_pb2.TxnRequest, context: Any) -> bytes:
+        """A txn of ranges only is a read, as etcd serves it: no log entry, linearizable
+        unless every range is serializable."""
+        mode = EVENTUAL if etcd_check.is_txn_serializable(req) else LINEARIZABLE
+        resp = await self._engine.read_query(
+            lambda store: store.read_txn(req), mode, timeout=timeout_of(context))
+        self.stamp(resp.header)
+        return bytes(resp.SerializeToString())
+
+    def _writer(
+        self, method: str, field: int, response: type[ProtoMessage]
+    ) -> Callable[[bytes, Any], Awaitable[bytes]]:
+        path = f"/{SERVICE}/{method}"
+
+        async def write(request: bytes, context: Any) -> bytes:
+            size = len(request)
+            try:
+                self._admit(size)
+                req = checks.check_write(field, request, self._config)
+                if field == KV_TXN and etcd_check.is_txn_readonly(req):
+                    return await self._read_txn(req, context)
+            except Exception as exc:
+                await self.fail(context, exc)
+            self.pending_writes += 1
+            self.pending_write_bytes += size
+            try:
+                return await self._write(path, field, request, response, context)
+            except Exception as exc:
+                await self.fail(context, exc)
+            finally:
+                self.pending_writes -= 1
+                self.pending_write_bytes -= size
+
+        write.__name__ = method
+        return write
+
+    async def _write(
+        self, path: str, field: int, request: bytes, response: type[ProtoMessage], context: Any
+    ) -> bytes:
+        engine = self._engine
+        sent_on = forwarded(context)
+        try:
+            result = await engine.kv_request(field, request, timeout=timeout_of(context))
+        except NotLeader as e:
+            # Not proposed here. A follower forwards it (as etcd's followers do) to the
+            # leader, once; a request forwarded already is not sent on.
+            address = e.leader_address or engine.leader_address()
+            if not e.leader_id or not address or sent_on:
+                raise
+            answer, index = await self._forwarder.call(
+                address, path, request, timeout_of(context))
+            if index:
+                await engine.wait_applied(index, timeout=timeout_of(context))
+            resp = response.FromString(answer)
+            self.stamp(resp.header)  # type: ignore[attr-defined]
+            return bytes(resp.SerializeToString())
+        out = result.response  # type: ignore[attr-defined]
+        if isinstance(out, BaseException):
+            raise out
+        self.stamp(out.header)
+        if sent_on:
+            context.set_trailing_metadata(((APPLIED_INDEX, str(result.index)),))
+        return bytes(out.SerializeToString())
+
+    def _admit(self, size: int) -> None:
+        """Overloaded when one more write of `size` bytes would pass the pending limits."""
+        cfg = self._config
+        if self.pending_writes and (
+            self.pending_writes >= cfg.max_pending_writes
+            or self.pending_write_bytes + size > cfg.max_pending_write_bytes
+        ):
+            raise Overloaded(f"node {cfg.node_id} is overloaded")

@@ -1,0 +1,179 @@
+"""etcdctl 3.4 against a `dengine cluster up` of 3 nodes (issue 16): put/get/del, txn,
+compaction and a read below it, endpoint status/health (also `--cluster`, which goes
+through MemberList's client URLs), member list, and writes sent to a follower."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dengine.bench.cluster import free_ports
+
+ETCDCTL = shutil.which("etcdctl")
+pytestmark = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (etcd-client)")
+CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
+
+
+def _port_run(n: int) -> int:
+    import socket
+
+    for _ in range(200):
+        base = free_ports(1)[0]
+        if base + n >= 65536:
+            continue
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
+@pytest.fixture(scope="module")
+def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """A 3-node `dengine cluster up`, ready: its client endpoints (node 1 first)."""
+    base = tmp_path_factory.mktemp("etcdctl")
+    client_base = _port_run(3)
+    peer_base = _port_run(3)
+    while abs(client_base - peer_base) < 3:
+        peer_base = _port_run(3)
+    proc = subprocess.Popen(
+        [*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(base / "c"),
+         "--client-port", str(client_base), "--peer-port", str(peer_base)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("ready:"):
+                break
+        assert any(line.startswith("ready:") for line in lines), "".join(lines)
+        yield [f"127.0.0.1:{client_base + i}" for i in range(3)]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def etcdctl(endpoint: str | list[str], *args: str, stdin: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    eps = endpoint if isinstance(endpoint, list) else [endpoint]
+    out = subprocess.run(
+        [ETCDCTL or "etcdctl", "--endpoints", ",".join(f"http://{e}" for e in eps),
+         "--command-timeout", "10s", *args],
+        input=stdin, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
+    if check:
+        assert out.returncode == 0, (args, out.stdout, out.stderr)
+    return out
+
+
+def as_json(endpoint: str | list[str], *args: str) -> Any:
+    return json.loads(etcdctl(endpoint, *args, "-w", "json").stdout)
+
+
+def leader_and_followers(endpoints: list[str]) -> tuple[str, list[str]]:
+    status = as_json(endpoints, "endpoint", "status")
+    leader_id = status[0]["Status"]["leader"]
+    by_id = {s["Status"]["header"]["member_id"]: s["Endpoint"].removeprefix("http://")
+             for s in status}
+    leader = by_id[leader_id]
+    return leader, [e for e in endpoints if e != leader]
+
+
+def test_put_get_del_txn_on_every_member(endpoints: list[str]) -> None:
+    leader, followers = leader_and_followers(endpoints)
+    for i, ep in enumerate([leader, *followers]):
+        assert etcdctl(ep, "put", f"/t/k{i}", f"v{i}").stdout == "OK\n"
+    for ep in endpoints:
+        got = etcdctl(ep, "get", "/t/", "--prefix").stdout
+        assert got == "/t/k0\nv0\n/t/k1\nv1\n/t/k2\nv2\n"
+        assert etcdctl(ep, "get", "/t/k1", "--consistency", "s").stdout == "/t/k1\nv1\n"
+    follower = followers[0]
+    prev = etcdctl(follower, "put", "/t/k0", "new", "--prev-kv").stdout
+    assert prev == "OK\n/t/k0\nv0\n"
+    kv = as_json(follower, "get", "/t/k0")["kvs"][0]
+    assert kv["version"] == 2 and kv["mod_revision"] > kv["create_revision"]
+    keys = etcdctl(follower, "get", "/t/", "--prefix", "--keys-only", "--limit", "2",
+                   "--sort-by", "KEY", "--order", "DESCEND").stdout.split()
+    assert keys == ["/t/k2", "/t/k1"]
+    txn = "value(\"/t/k0\") = \"new\"\n\nput /t/won yes\nget /t/k1\n\nput /t/lost yes\n\n"
+    out = etcdctl(follower, "txn", stdin=txn).stdout
+    assert out == "SUCCESS\n\nOK\n\n/t/k1\nv1\n"
+    txn = "value(\"/t/k0\") = \"old\"\n\nput /t/won again\n\nput /t/lost yes\n\n"
+    assert etcdctl(follower, "txn", stdin=txn).stdout == "FAILURE\n\nOK\n"
+    assert etcdctl(follower, "del", "/t/", "--prefix").stdout == "5\n"  # k0-k2 won lost
+    assert etcdctl(leader, "get", "/t/", "--prefix", "--count-only", "-w", "json",
+                   check=False).returncode in (0, 1)  # no --count-only in etcdctl 3.4
+    assert etcdctl(leader, "get", "/t/", "--prefix").stdout == ""
+
+
+def test_compaction_and_reads_below_it(endpoints: list[str]) -> None:
+    _, followers = leader_and_followers(endpoints)
+    follower = followers[0]
+    revs = [as_json(follower, "put", "/c/k", f"v{i}")["header"]["revision"] for i in range(4)]
+    old = etcdctl(follower, "get", "/c/k", "--rev", str(revs[1])).stdout
+    assert old == "/c/k\nv1\n"
+    assert etcdctl(follower, "compaction", str(revs[2])).stdout == (
+        f"compacted revision {revs[2]}\n")
+    for ep in endpoints:
+        for level in ("l", "s"):
+            out = etcdctl(ep, "get", "/c/k", "--rev", str(revs[1]), "--consistency", level,
+                          check=False)
+            assert out.returncode != 0
+            assert "etcdserver: mvcc: required revision has been compacted" in out.stderr
+    again = etcdctl(follower, "compaction", str(revs[1]), check=False)
+    assert "etcdserver: mvcc: required revision has been compacted" in again.stderr
+    future = etcdctl(follower, "get", "/c/k", "--rev", str(revs[-1] + 100), check=False)
+    assert "etcdserver: mvcc: required revision is a future revision" in future.stderr
+    assert etcdctl(follower, "get", "/c/k", "--rev", str(revs[2])).stdout == "/c/k\nv2\n"
+
+
+def test_endpoint_status_health_and_member_list(endpoints: list[str]) -> None:
+    status = as_json(endpoints, "endpoint", "status")
+    assert len(status) == 3
+    leaders = {s["Status"]["leader"] for s in status}
+    assert len(leaders) == 1
+    for s in status:
+        assert s["Status"]["version"] == "3.4.0"
+        assert s["Status"]["raftTerm"] >= 1 and s["Status"]["dbSize"] > 0
+    table = etcdctl(endpoints[0], "endpoint", "status", "--cluster").stdout
+    for ep in endpoints:  # MemberList's client URLs are real: each member answered
+        assert f"http://{ep}" in table
+    health = etcdctl(endpoints, "endpoint", "health").stderr + etcdctl(
+        endpoints, "endpoint", "health").stdout
+    assert health.count("is healthy: successfully committed proposal") == 3
+    members = as_json(endpoints[1], "member", "list")["members"]
+    assert sorted(m["ID"] for m in members) == [1, 2, 3]
+    assert sorted(m["clientURLs"][0] for m in members) == sorted(
+        f"http://{ep}" for ep in endpoints)
+    listed = etcdctl(endpoints[2], "member", "list").stdout
+    assert re.search(r"started, node1, http://127\.0\.0\.1:\d+, http://", listed), listed
