@@ -10,6 +10,11 @@ Keys and values are bytes; a `str` is accepted and encoded as UTF-8. Every error
 and client address), `InvalidRequest` (bad input), `Timeout` (deadline passed, or its
 subclass `LeadershipLost`: the leader was deposed and no leader settled the write; a
 write's outcome is then unknown), `Unavailable` (stopped, no leader known for a read).
+
+The servers' glue for etcd's API: `kv_request` proposes an encoded etcd request as it is,
+`read_query(fn, consistency)` answers `fn(store)` on the MVCC store at a consistency
+level, `header_ids()` gives an etcd response header's ids; `compactor` is the automatic
+compaction of the history (on the leader; `auto_compaction_*` settings).
 """
 
 from __future__ import annotations
