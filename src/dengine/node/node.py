@@ -29,7 +29,7 @@ from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
 from dengine.node.ports import NodeLog, PeerTransport, SnapshotFiles
-from dengine.node.reads import ReadPath, query_state
+from dengine.node.reads import ReadPath
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
 from dengine.node.standing import Standing, failure_reason
@@ -288,7 +288,7 @@ class Node:
         """`fn(store)` on this node's applied state, now (an eventual `read_query`)."""
         self.check_running()
         assert self._sm is not None
-        return query_state(self._sm, fn)
+        return self._sm.read(fn)
 
     def wait_applied(self, index: int, timeout: float) -> asyncio.Future[Any]:
         """A future done once this node applied `index` (Timeout after `timeout`)."""

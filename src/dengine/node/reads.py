@@ -15,20 +15,11 @@ every unanswered round at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from dengine.errors import DengineError, NotLeader, Unavailable
 from dengine.node.pending import Read, expire_read
 from dengine.raft import RaftCore, ReadState
 from dengine.storage.state_machine import StateMachine
-
-
-def query_state(sm: StateMachine, fn: Callable[[Any], Any]) -> Any:
-    """`fn(store)` on the state machine's applied state (`StateMachine.read`)."""
-    read = getattr(sm, "read", None)
-    if read is not None:
-        return read(fn)
-    return fn(sm._store)  # type: ignore[attr-defined]  # until StateMachine.read lands
 
 
 class ReadRound:
@@ -125,7 +116,7 @@ class ReadPath:
             return
         if r.query is not None:
             try:
-                result = query_state(self._sm, r.query)
+                result = self._sm.read(r.query)
             except Exception as e:  # the query's own error (e.g. a compacted revision)
                 r.future.set_exception(e)
             else:

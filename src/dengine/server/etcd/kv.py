@@ -162,9 +162,10 @@ class KvService(EtcdBase):
             resp = response.FromString(answer)
             self.stamp(resp.header)  # type: ignore[attr-defined]
             return bytes(resp.SerializeToString())
-        out = result.response  # type: ignore[attr-defined]
+        out = result.response
         if isinstance(out, BaseException):
             raise out
+        assert out is not None  # an etcd request's result carries its response
         self.stamp(out.header)
         if sent_on:
             context.set_trailing_metadata(((APPLIED_INDEX, str(result.index)),))
