@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 if TYPE_CHECKING:  # pragma: no cover
+    from dengine.kv.ops import Compare, Op
     from dengine.proto.common_pb2 import WriteCommand
 
 Key = bytes | str
@@ -180,9 +181,19 @@ class ClientApi(Protocol):
     seconds (None: the default of the engine or client). Errors are `dengine.errors`
     exceptions; a write that raises `Timeout` may still be applied, any other error means
     it was not.
+
+    The data model is etcd v3's (docs/etcd-model.md): `put` returns the revision it made,
+    `get_kv` and `range` read keys with their revisions (at the current revision or an
+    older one, until compacted), `delete_range` deletes a range, `txn` runs compares then
+    one branch of ops (`dengine.Compare`, `dengine.Op`) as one revision, `compact` drops
+    the history below a revision. etcd's own errors are `dengine.errors.KvError`s
+    (`Compacted`, `FutureRevision`, ...) with etcd's message.
     """
 
-    async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None: ...
+    async def put(
+        self, key: Key, value: Key, *, prev_kv: bool = False, lease: int = 0,
+        timeout: float | None = None,
+    ) -> PutResult: ...
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None: ...
 
@@ -201,11 +212,45 @@ class ClientApi(Protocol):
 
     async def leader(self, *, timeout: float | None = None) -> Leader: ...
 
+    async def get_kv(
+        self, key: Key, *, revision: int = 0, consistency: str = "linearizable",
+        timeout: float | None = None,
+    ) -> KeyValue | None: ...
+
+    async def range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, limit: int = 0, revision: int = 0,
+        sort_target: SortTarget = "key", sort_order: SortOrder = None,
+        keys_only: bool = False, count_only: bool = False,
+        consistency: str = "linearizable", timeout: float | None = None,
+    ) -> RangeResult: ...
+
+    async def delete_range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, prev_kv: bool = False, timeout: float | None = None,
+    ) -> DeleteResult: ...
+
+    async def txn(
+        self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
+        failure: Sequence[Op] = (), *, timeout: float | None = None,
+    ) -> TxnResult: ...
+
+    async def compare_and_swap(
+        self, key: Key, expected: Key | None, new: Key, *, timeout: float | None = None
+    ) -> bool: ...
+
+    async def compact(
+        self, revision: int, *, physical: bool = False, timeout: float | None = None
+    ) -> None: ...
+
 
 class SyncClientApi(Protocol):
     """`ClientApi`, blocking (`SyncClient`)."""
 
-    def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None: ...
+    def put(
+        self, key: Key, value: Key, *, prev_kv: bool = False, lease: int = 0,
+        timeout: float | None = None,
+    ) -> PutResult: ...
 
     def delete(self, key: Key, *, timeout: float | None = None) -> None: ...
 
@@ -223,3 +268,34 @@ class SyncClientApi(Protocol):
     ) -> list[bytes | None]: ...
 
     def leader(self, *, timeout: float | None = None) -> Leader: ...
+
+    def get_kv(
+        self, key: Key, *, revision: int = 0, consistency: str = "linearizable",
+        timeout: float | None = None,
+    ) -> KeyValue | None: ...
+
+    def range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, limit: int = 0, revision: int = 0,
+        sort_target: SortTarget = "key", sort_order: SortOrder = None,
+        keys_only: bool = False, count_only: bool = False,
+        consistency: str = "linearizable", timeout: float | None = None,
+    ) -> RangeResult: ...
+
+    def delete_range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, prev_kv: bool = False, timeout: float | None = None,
+    ) -> DeleteResult: ...
+
+    def txn(
+        self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
+        failure: Sequence[Op] = (), *, timeout: float | None = None,
+    ) -> TxnResult: ...
+
+    def compare_and_swap(
+        self, key: Key, expected: Key | None, new: Key, *, timeout: float | None = None
+    ) -> bool: ...
+
+    def compact(
+        self, revision: int, *, physical: bool = False, timeout: float | None = None
+    ) -> None: ...

@@ -29,6 +29,8 @@ class FakeResult:
     index: int
     succeeded: bool
     value: bytes = b""
+    revision: int = 0
+    response: object = None
 
 
 @dataclass

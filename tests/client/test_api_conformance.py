@@ -19,7 +19,8 @@ from dengine import api
 from dengine.client import Client, SyncClient
 from dengine.node import Engine
 
-API_METHODS = ["put", "delete", "write", "get", "get_many", "leader"]
+API_METHODS = ["put", "delete", "write", "get", "get_many", "leader", "get_kv", "range",
+               "delete_range", "txn", "compare_and_swap", "compact"]
 
 
 def _params(fn: object) -> list[tuple[str, object, object]]:

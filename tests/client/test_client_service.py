@@ -11,6 +11,7 @@ from client_fakes import fake_servers, free_port
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dengine.api import PutResult
 from dengine.client import Client, SyncClient, delete, insert
 from dengine.errors import InvalidRequest, Timeout, Unavailable
 from dengine.proto.client_pb2 import ReadRequest, ReadResponse, WriteRequest, WriteResponse
@@ -92,7 +93,7 @@ def test_one_bad_command_does_not_fail_its_batch() -> None:
                 client.put(b"good1", b"x"), client.put(b"", b"x"), client.put(b"good2", b"y"),
                 return_exceptions=True,
             )
-            assert outcomes[0] is None and outcomes[2] is None
+            assert isinstance(outcomes[0], PutResult) and isinstance(outcomes[2], PutResult)
             assert isinstance(outcomes[1], InvalidRequest)
             assert "empty key" in outcomes[1].message
             assert await client.get_many([b"good1", b"good2"]) == [b"x", b"y"]

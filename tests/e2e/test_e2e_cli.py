@@ -1,8 +1,9 @@
-"""The `dengine` command line against real servers: put/get/delete/status, cluster up."""
+"""The `dengine` command line against real servers: put/get/del/txn/status, cluster up."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import signal
@@ -26,14 +27,19 @@ def test_put_get_delete_status_json(cluster_factory) -> None:  # type: ignore[no
 
     put = dengine("put", "greeting", "héllo wörld", *ep)
     assert (put.returncode, put.stdout.strip()) == (0, "OK"), put.stderr
-    got = dengine("get", "greeting", *ep)
-    assert (got.returncode, got.stdout) == (0, "héllo wörld\n"), got.stderr
-    got_json = dengine("get", "greeting", "--consistency", "lease", "--json", *ep)
-    assert json.loads(got_json.stdout) == {"key": "greeting", "found": True,
-                                           "value": "héllo wörld"}
+    got = dengine("get", "greeting", *ep)  # etcdctl's output: the key, then its value
+    assert (got.returncode, got.stdout) == (0, "greeting\nhéllo wörld\n"), got.stderr
+    value_only = dengine("get", "greeting", "--print-value-only", *ep)
+    assert value_only.stdout == "héllo wörld\n"
+    got_json = json.loads(dengine("get", "greeting", "--consistency", "lease", "--json",
+                                  *ep).stdout)
+    [kv] = got_json["kvs"]
+    assert base64.b64decode(kv["value"]).decode() == "héllo wörld"
+    assert (kv["version"], got_json["count"]) == (1, 1)
+    assert got_json["header"]["revision"] == kv["mod_revision"] == kv["create_revision"]
     hexed = dengine("put", "--hex", "00ff", "0102", *ep)
     assert hexed.returncode == 0, hexed.stderr
-    assert dengine("get", "--hex", "00ff", *ep).stdout == "0102\n"
+    assert dengine("get", "--hex", "00ff", "--print-value-only", *ep).stdout == "0102\n"
 
     status = dengine("status", "--json", *ep)
     assert status.returncode == 0, status.stderr
@@ -43,11 +49,13 @@ def test_put_get_delete_status_json(cluster_factory) -> None:  # type: ignore[no
     table = dengine("status", *ep)
     assert table.returncode == 0 and "leader" in table.stdout
 
-    assert dengine("delete", "greeting", *ep).returncode == 0
-    missing = dengine("get", "greeting", *ep)
-    assert missing.returncode == 1 and "not found" in missing.stderr
-    missing_json = dengine("get", "greeting", "--json", *ep)
-    assert json.loads(missing_json.stdout) == {"key": "greeting", "found": False}
+    deleted = dengine("delete", "greeting", *ep)
+    assert (deleted.returncode, deleted.stdout) == (0, "1\n"), deleted.stderr
+    assert dengine("del", "greeting", *ep).stdout == "0\n"
+    missing = dengine("get", "greeting", *ep)  # as etcdctl: nothing printed, status 0
+    assert (missing.returncode, missing.stdout) == (0, ""), missing.stderr
+    missing_json = json.loads(dengine("get", "greeting", "-w", "json", *ep).stdout)
+    assert list(missing_json) == ["header"]
 
 
 def test_user_errors_are_messages_not_tracebacks(cluster_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kv_helpers import canonical_commands, damaged, protobuf_decode
 
-from dengine.errors import InvalidRequest
+from dengine.errors import InvalidRequest, KvError
 from dengine.kv import (
     Limits,
     as_bytes,
@@ -20,7 +20,14 @@ from dengine.kv import (
     decode_any_command,
     encode_commands,
 )
-from dengine.kv.codec import OP_DELETE, OP_INSERT
+from dengine.kv.codec import (
+    OP_COMPACTION,
+    OP_DELETE,
+    OP_DELETE_RANGE,
+    OP_INSERT,
+    OP_PUT,
+    OP_TXN,
+)
 from dengine.proto import WriteCommand
 
 LIMITS = Limits(max_key_size=8, max_value_size=16, max_request_size=64)
@@ -81,6 +88,12 @@ def test_accepted_bytes_are_what_the_state_machine_applies(data):
     """Bytes that pass validation decode (as the state machine will) to a valid insert or
     delete; bytes protobuf cannot read as one are refused."""
     limits = Limits(max_key_size=200, max_value_size=30000, max_request_size=1 << 20)
+    if decode_any_command(data)[0] in (OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_COMPACTION):
+        try:  # an etcd request: etcd's checks (KvError), then applied as the request
+            check_encoded_commands([data], limits)
+        except KvError:
+            pass
+        return
     try:
         check_encoded_commands([data], limits)
     except InvalidRequest:
@@ -112,9 +125,14 @@ def test_command_messages(commands, message):
 
 
 def test_bytes_that_are_not_a_command():
-    for data in (b"", b"\xff\xff", b"\x1a\x00"):  # no operation, undecodable, unknown field
+    for data in (b"", b"\xff\xff", b"\x3a\x00"):  # no operation, undecodable, unknown field
         with pytest.raises(InvalidRequest, match="command 0: no operation set"):
             check_encoded_commands([data], LIMITS)
+    # an etcd request (WriteCommand fields 3-6) is checked as etcd checks it
+    with pytest.raises(KvError, match="etcdserver: key is not provided"):
+        check_encoded_commands([b"\x1a\x00"], LIMITS)
+    with pytest.raises(KvError, match="malformed TxnRequest"):
+        check_encoded_commands([b"\x2a\x02\xff\xff"], LIMITS)
     with pytest.raises(InvalidRequest, match="at least one command"):
         check_encoded_commands([], LIMITS)
 

@@ -1,7 +1,8 @@
-"""`dengine put | get | delete | status | member`: thin commands over `dengine.Client`.
+"""`dengine status | member` and what every client command shares: thin over `dengine.Client`.
 
 Keys and values on the command line are UTF-8 strings (bytes that are not UTF-8 pass
-through unchanged), or hexadecimal with `--hex`. A missing key makes `get` exit with 1.
+through unchanged), or hexadecimal with `--hex`. The key-value commands (get, put, del,
+txn, compaction) are in `dengine.cli.kv_cmds`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import click
 from dengine.client import Client, MemberInfo, NodeStatus
 from dengine.client.routing import TRANSPORTS
 from dengine.errors import DengineError, InvalidRequest
-from dengine.kv import LEVELS, LINEARIZABLE
 
 T = TypeVar("T")
 
@@ -85,57 +85,6 @@ def decode_arg(text: str, use_hex: bool, what: str) -> bytes:
 
 def emit(data: dict[str, Any] | list[Any]) -> None:
     click.echo(json.dumps(data, indent=None if isinstance(data, dict) else 2))
-
-
-@click.command()
-@click.argument("key")
-@click.argument("value")
-@hex_option
-@client_options
-def put(key: str, value: str, use_hex: bool, endpoints: str, timeout: float, transport: str,
-        as_json: bool) -> None:
-    """Set KEY to VALUE."""
-    k, v = decode_arg(key, use_hex, "key"), decode_arg(value, use_hex, "value")
-    run(endpoints, timeout, transport, lambda c: c.put(k, v))
-    _ok(as_json)
-
-
-@click.command()
-@click.argument("key")
-@click.option("--consistency", type=click.Choice(LEVELS), default=LINEARIZABLE,
-              show_default=True, help="Read consistency level.")
-@hex_option
-@client_options
-def get(key: str, consistency: str, use_hex: bool, endpoints: str, timeout: float,
-        transport: str, as_json: bool) -> None:
-    """Print the value of KEY (exit code 1 when it is absent)."""
-    k = decode_arg(key, use_hex, "key")
-    value = run(endpoints, timeout, transport, lambda c: c.get(k, consistency))
-    if as_json:
-        out: dict[str, Any] = {"key": key, "found": value is not None}
-        if value is not None:
-            out.update(_json_value(value, use_hex))
-        emit(out)
-    elif value is not None:
-        out_bytes = binascii.hexlify(value) if use_hex else value
-        sys.stdout.buffer.write(out_bytes + b"\n")
-        sys.stdout.flush()
-    if value is None:
-        if not as_json:
-            click.echo(f"key not found: {key}", err=True)
-        sys.exit(1)
-
-
-@click.command()
-@click.argument("key")
-@hex_option
-@client_options
-def delete(key: str, use_hex: bool, endpoints: str, timeout: float, transport: str,
-           as_json: bool) -> None:
-    """Delete KEY (succeeds whether or not it existed)."""
-    k = decode_arg(key, use_hex, "key")
-    run(endpoints, timeout, transport, lambda c: c.delete(k))
-    _ok(as_json)
 
 
 @click.command()
@@ -241,19 +190,3 @@ def _print_members(members: list[MemberInfo], as_json: bool) -> None:
         role = f"[bold]{m.role} (leader)[/bold]" if m.is_leader else m.role
         table.add_row(str(m.id), role, m.address, m.client_address or "-", str(m.match_index))
     Console().print(table)
-
-
-def _ok(as_json: bool) -> None:
-    if as_json:
-        emit({"ok": True})
-    else:
-        click.echo("OK")
-
-
-def _json_value(value: bytes, use_hex: bool) -> dict[str, Any]:
-    if use_hex:
-        return {"value_hex": value.hex()}
-    try:
-        return {"value": value.decode()}
-    except UnicodeDecodeError:
-        return {"value": None, "value_hex": value.hex()}

@@ -23,16 +23,40 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
-from dengine.api import Key, Leader, MemberInfo, NodeStatus, WriteResult
+from dengine.api import (
+    DeleteResult,
+    Key,
+    KeyValue,
+    Leader,
+    MemberInfo,
+    NodeStatus,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    WriteResult,
+)
 from dengine.client.batcher import Batcher, Item, each_alone
-from dengine.client.routing import Backoff, Router, member_from_wire, parse_endpoints
+from dengine.client.routing import (
+    Backoff,
+    Router,
+    error_from_wire,
+    member_from_wire,
+    parse_endpoints,
+)
 from dengine.config import parse_address
-from dengine.errors import DengineError, InvalidRequest, Timeout, Unavailable
-from dengine.kv import WIRE_LEVELS, as_bytes, check_node_id, consistency_to_wire
+from dengine.errors import DengineError, InvalidRequest, KvError, Timeout, Unavailable
+from dengine.kv import EVENTUAL, WIRE_LEVELS, as_bytes, check_node_id, consistency_to_wire
+from dengine.kv import ops as kvops
+from dengine.kv.ops import Compare, Op
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     GetLeaderRequest,
     GetLeaderResponse,
+    KvReadRequest,
+    KvReadResponse,
+    KvResult,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -45,7 +69,9 @@ from dengine.proto.client_pb2 import (
     WriteRequest,
     WriteResponse,
 )
+from dengine.proto.client_pb2 import WriteResult as WireResult
 from dengine.proto.common_pb2 import WriteCommand
+from dengine.proto.etcd import rpc_pb2
 
 _DEADLINE_GRACE_S = 0.1
 
@@ -87,12 +113,19 @@ class Client:
         self._router = Router(endpoints, transport)
         self._timeout = check_timeout(timeout)
         self._closed = False
-        self._writes: Batcher[list[WriteCommand], list[WriteResult]] = Batcher(
+        self._writes: Batcher[list[WriteCommand], list[WireResult]] = Batcher(
             self._send_writes, max_batch_commands, max_batch_bytes, max_inflight
         )
         self._reads: dict[int, Batcher[list[bytes], list[bytes | None]]] = {
             level: Batcher(
                 functools.partial(self._send_reads, level=level),
+                max_batch_commands, max_batch_bytes, max_inflight,
+            )
+            for level in WIRE_LEVELS.values()
+        }
+        self._ranges: dict[int, Batcher[list[bytes], list[KvResult]]] = {
+            level: Batcher(
+                functools.partial(self._send_ranges, level=level),
                 max_batch_commands, max_batch_bytes, max_inflight,
             )
             for level in WIRE_LEVELS.values()
@@ -116,12 +149,26 @@ class Client:
         await self._writes.close()
         for batcher in self._reads.values():
             await batcher.close()
+        for ranges in self._ranges.values():
+            await ranges.close()
         await self._router.close()
 
     # ---- key-value API ------------------------------------------------------------------
 
-    async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
-        await self.write([insert(key, value)], timeout=timeout)
+    async def put(
+        self, key: Key, value: Key, *, prev_kv: bool = False, lease: int = 0,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Set `key` to `value`; the revision it made (and the key before, with prev_kv)."""
+        if prev_kv or lease:
+            request = kvops.put_request(key, value, prev_kv=prev_kv, lease=lease)
+            command = WriteCommand(put=request.SerializeToString())
+        else:
+            command = insert(key, value)
+        result = await self._kv_write(command, timeout)
+        if result.response:
+            return kvops.put_result(rpc_pb2.PutResponse.FromString(result.response))
+        return PutResult(result.revision)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         await self.write([delete(key)], timeout=timeout)
@@ -133,7 +180,8 @@ class Client:
         if not commands:
             raise InvalidRequest("a write needs at least one command")
         size = sum(c.ByteSize() for c in commands)
-        return await self._submit(self._writes, list(commands), size, timeout)
+        results = await self._submit(self._writes, list(commands), size, timeout)
+        return [WriteResult(r.index, r.succeeded, r.value) for r in results]
 
     async def get(
         self, key: Key, consistency: str = "linearizable", *, timeout: float | None = None
@@ -150,6 +198,79 @@ class Client:
         if not raw:
             return []
         return await self._submit(self._reads[level], raw, sum(len(k) for k in raw), timeout)
+
+    # ---- etcd's data model (dengine.api.ClientApi) -------------------------------------
+
+    async def get_kv(
+        self, key: Key, *, revision: int = 0, consistency: str = "linearizable",
+        timeout: float | None = None,
+    ) -> KeyValue | None:
+        """`key` with its revisions (at `revision`, 0: the current one), None if absent."""
+        result = await self.range(key, revision=revision, consistency=consistency,
+                                  timeout=timeout)
+        return result.kvs[0] if result.kvs else None
+
+    async def range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, limit: int = 0, revision: int = 0,
+        sort_target: SortTarget = "key", sort_order: SortOrder = None,
+        keys_only: bool = False, count_only: bool = False,
+        consistency: str = "linearizable", timeout: float | None = None,
+    ) -> RangeResult:
+        """The keys of [key, range_end) (`prefix`: starting with `key`; `from_key`: every
+        key >= `key`; neither: `key` alone), as etcd's Range."""
+        level = consistency_to_wire(consistency)
+        request = kvops.range_request(
+            key, range_end, prefix=prefix, from_key=from_key, limit=limit,
+            revision=revision, sort_target_name=sort_target, sort_order_name=sort_order,
+            keys_only=keys_only, count_only=count_only,
+            serializable=consistency == EVENTUAL,
+        ).SerializeToString()
+        [result] = await self._submit(self._ranges[level], [request], len(request), timeout)
+        if result.HasField("error"):
+            raise error_from_wire(result.error)
+        return kvops.range_result(rpc_pb2.RangeResponse.FromString(result.response))
+
+    async def delete_range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, prev_kv: bool = False, timeout: float | None = None,
+    ) -> DeleteResult:
+        """Delete the keys of a range (as `range` selects them)."""
+        request = kvops.delete_request(key, range_end, prefix=prefix, from_key=from_key,
+                                       prev_kv=prev_kv)
+        result = await self._kv_write(
+            WriteCommand(delete_range=request.SerializeToString()), timeout)
+        return kvops.delete_result(rpc_pb2.DeleteRangeResponse.FromString(result.response))
+
+    async def txn(
+        self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
+        failure: Sequence[Op] = (), *, timeout: float | None = None,
+    ) -> TxnResult:
+        """If every compare holds, run `success`, else `failure`: one revision, atomic."""
+        request = kvops.txn_request(compare, success, failure)
+        result = await self._kv_write(WriteCommand(txn=request.SerializeToString()), timeout)
+        return kvops.txn_result(rpc_pb2.TxnResponse.FromString(result.response))
+
+    async def compare_and_swap(
+        self, key: Key, expected: Key | None, new: Key, *, timeout: float | None = None
+    ) -> bool:
+        """Set `key` to `new` if it holds `expected` (None: if it is absent); whether it did."""
+        request = kvops.cas_request(key, expected, new)
+        result = await self._kv_write(WriteCommand(txn=request.SerializeToString()), timeout)
+        return rpc_pb2.TxnResponse.FromString(result.response).succeeded
+
+    async def compact(
+        self, revision: int, *, physical: bool = False, timeout: float | None = None
+    ) -> None:
+        """Drop the history below `revision` (reads there then fail with Compacted)."""
+        request = kvops.compaction_request(revision, physical=physical)
+        await self._kv_write(WriteCommand(compaction=request.SerializeToString()), timeout)
+
+    async def _kv_write(self, command: WriteCommand, timeout: float | None) -> WireResult:
+        [result] = await self._submit(self._writes, [command], command.ByteSize(), timeout)
+        if result.HasField("error"):
+            raise error_from_wire(result.error)
+        return result
 
     # ---- cluster information ------------------------------------------------------------
 
@@ -291,7 +412,7 @@ class Client:
             timer.cancel()
 
     async def _send_writes(
-        self, batch: list[Item[list[WriteCommand], list[WriteResult]]]
+        self, batch: list[Item[list[WriteCommand], list[WireResult]]]
     ) -> None:
         commands = [c for item in batch for c in item.payload]
         deadline = max(item.deadline for item in batch)
@@ -299,13 +420,13 @@ class Client:
             resp = await self._router.call_leader(
                 "Write", WriteRequest(commands=commands), WriteResponse, deadline, write=True
             )
-        except InvalidRequest:
+        except (InvalidRequest, KvError):
             if len(batch) == 1:
                 raise
             # One caller's bad command must not fail the others: send each alone.
             await each_alone(self._send_writes, batch)
             return
-        results = [WriteResult(r.index, r.succeeded, r.value) for r in resp.results]
+        results = list(resp.results)
         if len(results) != len(commands):
             raise DengineError(
                 f"server answered {len(results)} results for {len(commands)} commands"
@@ -327,7 +448,7 @@ class Client:
                 "Read", ReadRequest(keys=keys, consistency=level),  # type: ignore[arg-type]
                 ReadResponse, deadline, write=False,
             )
-        except InvalidRequest:
+        except (InvalidRequest, KvError):
             if len(batch) == 1:
                 raise
             await each_alone(functools.partial(self._send_reads, level=level), batch)
@@ -341,6 +462,32 @@ class Client:
             if not item.future.done():
                 item.future.set_result(values[pos:pos + n])
             pos += n
+
+    async def _send_ranges(
+        self, batch: list[Item[list[bytes], list[KvResult]]], *, level: int
+    ) -> None:
+        ranges = [r for item in batch for r in item.payload]
+        deadline = max(item.deadline for item in batch)
+        try:
+            resp = await self._router.call_leader(
+                "KvRead", KvReadRequest(ranges=ranges, consistency=level),  # type: ignore[arg-type]
+                KvReadResponse, deadline, write=False,
+            )
+        except (InvalidRequest, KvError):
+            if len(batch) == 1:
+                raise
+            await each_alone(functools.partial(self._send_ranges, level=level), batch)
+            return
+        if len(resp.results) != len(ranges):
+            raise DengineError(f"server answered {len(resp.results)} results for "
+                               f"{len(ranges)} ranges")
+        pos = 0
+        for item in batch:
+            n = len(item.payload)
+            if not item.future.done():
+                item.future.set_result(list(resp.results[pos:pos + n]))
+            pos += n
+
 
 def check_timeout(timeout: float) -> float:
     """A deadline in seconds: a finite number above 0 (InvalidRequest otherwise)."""

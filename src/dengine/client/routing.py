@@ -55,6 +55,7 @@ from dengine.errors import (
     StorageError,
     Timeout,
     Unavailable,
+    kv_error,
 )
 from dengine.proto.client_pb2 import Error, MemberStatus, StatusResponse
 from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN
@@ -119,6 +120,8 @@ def error_from_wire(err: Error) -> DengineError:
     """The exception for an `Error` field of a response."""
     if err.code == NotLeader.code:
         return NotLeader(err.message, err.leader_id, err.leader_address)
+    if err.grpc_code:  # etcd's errors (KvError): by etcd's message
+        return kv_error(err.grpc_code, err.message)
     cls = ERRORS_BY_CODE.get(err.code, DengineError)
     if cls is CorruptionError:  # its constructor wants the path and offset
         cls = StorageError

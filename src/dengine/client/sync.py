@@ -7,9 +7,23 @@ import threading
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-from dengine.api import Key, Leader, MemberInfo, NodeStatus, WriteResult
+from dengine.api import (
+    DeleteResult,
+    Key,
+    KeyValue,
+    Leader,
+    MemberInfo,
+    NodeStatus,
+    PutResult,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnResult,
+    WriteResult,
+)
 from dengine.client.client import Client
 from dengine.errors import DengineError, Unavailable
+from dengine.kv.ops import Compare, Op
 from dengine.proto.common_pb2 import WriteCommand
 
 T = TypeVar("T")
@@ -47,8 +61,12 @@ class SyncClient:
     def endpoints(self) -> list[str]:
         return self._client.endpoints
 
-    def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
-        self._run(self._client.put(key, value, timeout=timeout))
+    def put(
+        self, key: Key, value: Key, *, prev_kv: bool = False, lease: int = 0,
+        timeout: float | None = None,
+    ) -> PutResult:
+        return self._run(self._client.put(key, value, prev_kv=prev_kv, lease=lease,
+                                          timeout=timeout))
 
     def delete(self, key: Key, *, timeout: float | None = None) -> None:
         self._run(self._client.delete(key, timeout=timeout))
@@ -64,6 +82,49 @@ class SyncClient:
     def get_many(self, keys: Sequence[Key], consistency: str = "linearizable", *,
                  timeout: float | None = None) -> list[bytes | None]:
         return self._run(self._client.get_many(keys, consistency, timeout=timeout))
+
+    def get_kv(
+        self, key: Key, *, revision: int = 0, consistency: str = "linearizable",
+        timeout: float | None = None,
+    ) -> KeyValue | None:
+        return self._run(self._client.get_kv(key, revision=revision, consistency=consistency,
+                                             timeout=timeout))
+
+    def range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, limit: int = 0, revision: int = 0,
+        sort_target: SortTarget = "key", sort_order: SortOrder = None,
+        keys_only: bool = False, count_only: bool = False,
+        consistency: str = "linearizable", timeout: float | None = None,
+    ) -> RangeResult:
+        return self._run(self._client.range(
+            key, range_end, prefix=prefix, from_key=from_key, limit=limit, revision=revision,
+            sort_target=sort_target, sort_order=sort_order, keys_only=keys_only,
+            count_only=count_only, consistency=consistency, timeout=timeout))
+
+    def delete_range(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        from_key: bool = False, prev_kv: bool = False, timeout: float | None = None,
+    ) -> DeleteResult:
+        return self._run(self._client.delete_range(
+            key, range_end, prefix=prefix, from_key=from_key, prev_kv=prev_kv,
+            timeout=timeout))
+
+    def txn(
+        self, compare: Sequence[Compare] = (), success: Sequence[Op] = (),
+        failure: Sequence[Op] = (), *, timeout: float | None = None,
+    ) -> TxnResult:
+        return self._run(self._client.txn(compare, success, failure, timeout=timeout))
+
+    def compare_and_swap(
+        self, key: Key, expected: Key | None, new: Key, *, timeout: float | None = None
+    ) -> bool:
+        return self._run(self._client.compare_and_swap(key, expected, new, timeout=timeout))
+
+    def compact(
+        self, revision: int, *, physical: bool = False, timeout: float | None = None
+    ) -> None:
+        self._run(self._client.compact(revision, physical=physical, timeout=timeout))
 
     def status(self, endpoint: str | None = None, *, timeout: float | None = None
                ) -> NodeStatus:

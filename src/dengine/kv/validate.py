@@ -13,23 +13,38 @@ from dataclasses import dataclass
 from typing import Any
 
 from dengine.errors import InvalidRequest
-from dengine.kv.codec import OP_DELETE, OP_INSERT, decode_any_command, encode_command
+from dengine.kv import etcd_check
+from dengine.kv.codec import (
+    OP_COMPACTION,
+    OP_DELETE,
+    OP_DELETE_RANGE,
+    OP_INSERT,
+    OP_PUT,
+    OP_TXN,
+    decode_any_command,
+    encode_command,
+)
 from dengine.proto import WriteCommand
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The size limits a node enforces (NodeConfig's max_key_size, max_value_size,
-    max_request_size)."""
+    max_request_size; for etcd requests, max_txn_ops and max_request_bytes)."""
 
     max_key_size: int
     max_value_size: int
     max_request_size: int
+    max_txn_ops: int = etcd_check.DEFAULT_MAX_TXN_OPS
+    max_request_bytes: int = etcd_check.DEFAULT_MAX_REQUEST_BYTES
 
     @classmethod
     def of(cls, config: Any) -> Limits:
-        """The limits of a config object (anything with the three attributes)."""
-        return cls(config.max_key_size, config.max_value_size, config.max_request_size)
+        """The limits of a config object (anything with the three size attributes; the
+        etcd ones default to etcd's)."""
+        return cls(config.max_key_size, config.max_value_size, config.max_request_size,
+                   getattr(config, "max_txn_ops", etcd_check.DEFAULT_MAX_TXN_OPS),
+                   getattr(config, "max_request_bytes", etcd_check.DEFAULT_MAX_REQUEST_BYTES))
 
 
 def as_bytes(data: Any, what: str = "key") -> bytes:
@@ -91,12 +106,15 @@ _NO_OPERATION = "no operation set (a WriteCommand must set insert or delete)"
 
 
 def check_command(op: int, key: bytes, value: bytes, limits: Limits, where: str = "") -> None:
-    """A decoded command (kv.codec) is an insert or delete of a valid key and value."""
+    """A decoded command (kv.codec) is an insert or delete of a valid key and value, or
+    an etcd request passing etcd's checks (KvError otherwise)."""
     if op == OP_INSERT:
         check_key(key, limits, where)
         check_value(value, limits, where)
     elif op == OP_DELETE:
         check_key(key, limits, where)
+    elif op in (OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_COMPACTION):  # an etcd request
+        etcd_check.check_encoded(op, value, limits.max_txn_ops, limits.max_request_bytes)
     else:
         raise InvalidRequest(f"{_at(where)}{_NO_OPERATION}")
 

@@ -26,7 +26,14 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from dengine.api import Key, Leader, MemberInfo, NodeStatus, WriteResult
+from dengine.api import (
+    Key,
+    Leader,
+    MemberInfo,
+    NodeStatus,
+    PutResult,
+    WriteResult,
+)
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import (
     ConfigError,
@@ -52,7 +59,9 @@ from dengine.kv import (
     encode_delete,
     encode_insert,
 )
+from dengine.kv import ops as kvops
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
+from dengine.node.kv_api import EtcdKv
 from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.proto import Membership, WriteCommand
@@ -95,7 +104,7 @@ class HeaderIds(NamedTuple):
     raft_term: int
 
 
-class Engine:
+class Engine(EtcdKv):
     """One dengine node running in this process. Create it with `await Engine.start(...)`."""
 
     def __init__(self, node: Node) -> None:
@@ -212,8 +221,15 @@ class Engine:
 
     # -- writes --------------------------------------------------------------------------
 
-    async def put(self, key: Key, value: Key, *, timeout: float | None = None) -> None:
-        """Set `key` to `value`; returns once applied (on a quorum's logs, this node's SM)."""
+    async def put(
+        self, key: Key, value: Key, *, prev_kv: bool = False, lease: int = 0,
+        timeout: float | None = None,
+    ) -> PutResult:
+        """Set `key` to `value`; returns once applied (on a quorum's logs, this node's SM)
+        with the revision it made (and, with `prev_kv`, the key as it was before)."""
+        if prev_kv or lease:
+            request = kvops.put_request(key, value, prev_kv=prev_kv, lease=lease)
+            return kvops.put_result(await self._kv(KV_PUT, request, timeout))
         # The hot path of the engine: validate and encode without the generic batch code.
         limits = self._limits
         key = check_key(key if type(key) is bytes else as_bytes(key, "key"), limits)
@@ -221,7 +237,8 @@ class Engine:
         data = encode_insert(key, value)
         if len(data) > limits.max_request_size:
             check_write_size(len(data), limits)
-        await self._node.propose([data], self._timeout(timeout))
+        [result] = await self._node.propose([data], self._timeout(timeout))
+        return PutResult(result.revision)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""

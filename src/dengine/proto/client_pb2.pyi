@@ -18,16 +18,18 @@ READ_CONSISTENCY_LEASE: ReadConsistency
 READ_CONSISTENCY_EVENTUAL: ReadConsistency
 
 class Error(_message.Message):
-    __slots__ = ("code", "message", "leader_id", "leader_address")
+    __slots__ = ("code", "message", "leader_id", "leader_address", "grpc_code")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    GRPC_CODE_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
     leader_id: int
     leader_address: str
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ...) -> None: ...
+    grpc_code: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., grpc_code: _Optional[str] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
     __slots__ = ("commands",)
@@ -36,14 +38,20 @@ class WriteRequest(_message.Message):
     def __init__(self, commands: _Optional[_Iterable[_Union[_common_pb2.WriteCommand, _Mapping]]] = ...) -> None: ...
 
 class WriteResult(_message.Message):
-    __slots__ = ("index", "succeeded", "value")
+    __slots__ = ("index", "succeeded", "value", "revision", "response", "error")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     index: int
     succeeded: bool
     value: bytes
-    def __init__(self, index: _Optional[int] = ..., succeeded: _Optional[bool] = ..., value: _Optional[bytes] = ...) -> None: ...
+    revision: int
+    response: bytes
+    error: Error
+    def __init__(self, index: _Optional[int] = ..., succeeded: _Optional[bool] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., response: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("error", "results")
@@ -76,6 +84,30 @@ class ReadResponse(_message.Message):
     error: Error
     results: _containers.RepeatedCompositeFieldContainer[ReadResult]
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ReadResult, _Mapping]]] = ...) -> None: ...
+
+class KvReadRequest(_message.Message):
+    __slots__ = ("ranges", "consistency")
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    ranges: _containers.RepeatedScalarFieldContainer[bytes]
+    consistency: ReadConsistency
+    def __init__(self, ranges: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[ReadConsistency, str]] = ...) -> None: ...
+
+class KvResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: bytes
+    error: Error
+    def __init__(self, response: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class KvReadResponse(_message.Message):
+    __slots__ = ("error", "results")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    results: _containers.RepeatedCompositeFieldContainer[KvResult]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[KvResult, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

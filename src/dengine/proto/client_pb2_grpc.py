@@ -74,6 +74,11 @@ class RaftClientServiceStub:
                 request_serializer=dengine_dot_proto_dot_client__pb2.RemoveMemberRequest.SerializeToString,
                 response_deserializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
                 _registered_method=True)
+        self.KvRead = channel.unary_unary(
+                '/dengine.RaftClientService/KvRead',
+                request_serializer=dengine_dot_proto_dot_client__pb2.KvReadRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.KvReadResponse.FromString,
+                _registered_method=True)
 
 
 class RaftClientServiceServicer:
@@ -127,6 +132,12 @@ class RaftClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def KvRead(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_RaftClientServiceServicer_to_server(servicer, server):
                     servicer.RemoveMember,
                     request_deserializer=dengine_dot_proto_dot_client__pb2.RemoveMemberRequest.FromString,
                     response_serializer=dengine_dot_proto_dot_client__pb2.MemberChangeResponse.SerializeToString,
+            ),
+            'KvRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.KvRead,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.KvReadRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.KvReadResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class RaftClientService:
             '/dengine.RaftClientService/RemoveMember',
             dengine_dot_proto_dot_client__pb2.RemoveMemberRequest.SerializeToString,
             dengine_dot_proto_dot_client__pb2.MemberChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KvRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/KvRead',
+            dengine_dot_proto_dot_client__pb2.KvReadRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.KvReadResponse.FromString,
             options,
             channel_credentials,
             insecure,

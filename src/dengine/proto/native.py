@@ -19,7 +19,7 @@ import struct
 METHODS: tuple[str, ...] = (
     "",  # 0: not a method
     "Write", "Read", "Status", "GetLeader", "MemberList", "AddMember", "PromoteMember",
-    "RemoveMember",
+    "RemoveMember", "KvRead",
 )
 METHOD_CODES = {name: code for code, name in enumerate(METHODS) if name}
 

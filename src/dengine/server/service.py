@@ -11,6 +11,7 @@ exception escape, so one bad request cannot disturb the others.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -20,14 +21,17 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, InvalidRequest, NotLeader, Overloaded
-from dengine.kv import consistency_from_wire
+from dengine.errors import DengineError, InvalidRequest, KvError, NotLeader, Overloaded
+from dengine.kv import Limits, consistency_from_wire, etcd_check
 from dengine.kv.codec import split_write_request
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     Error,
     GetLeaderRequest,
     GetLeaderResponse,
+    KvReadRequest,
+    KvReadResponse,
+    KvResult,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -44,6 +48,7 @@ from dengine.proto.client_pb2 import (
     WriteResult,
 )
 from dengine.proto.common_pb2 import Member
+from dengine.proto.etcd.rpc_pb2 import RangeRequest
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,9 @@ class EngineLike(Protocol):
                             ) -> list[Any]: ...
     async def get_many(self, keys: Sequence[bytes], consistency: str = ..., *,
                        timeout: float | None = ...) -> list[bytes | None]: ...
+    async def read_query(self, fn: Callable[[Any], Any], consistency: str = ..., *,
+                         timeout: float | None = ...) -> Any: ...
+    def header_ids(self) -> tuple[int, int, int]: ...
     def status(self) -> Any: ...
     def members(self) -> Sequence[Any]: ...
     async def add_learner(self, node_id: int, address: str, *,
@@ -81,6 +89,7 @@ def error_message(exc: DengineError) -> Error:
         message=exc.message,
         leader_id=getattr(exc, "leader_id", 0) or 0,
         leader_address=getattr(exc, "leader_address", "") or "",
+        grpc_code=exc.grpc_code if isinstance(exc, KvError) else "",
     )
 
 
@@ -93,6 +102,7 @@ class ClientService:
     ) -> None:
         self._engine = engine
         self._config = config
+        self._limits = Limits.of(config)
         # Maps another node's id to its client address (the engine learns it from Hellos).
         self._peer_client_address = peer_client_address
         # The native listener's bound HOST:PORT, announced by Status ("" = none).
@@ -123,6 +133,7 @@ class ClientService:
             "AddMember": self.add_member,
             "PromoteMember": self.promote_member,
             "RemoveMember": self.remove_member,
+            "KvRead": self.kv_read,
         }
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
@@ -154,10 +165,54 @@ class ClientService:
         finally:
             self.pending_writes -= 1
             self.pending_write_bytes -= size
-        return WriteResponse(results=[
-            WriteResult(index=r.index, succeeded=r.succeeded, value=r.value or b"")
-            for r in results
-        ])
+        out = []
+        ids = None
+        for r in results:
+            if r.response is None:  # a plain insert or delete: its revision
+                out.append(WriteResult(index=r.index, succeeded=r.succeeded,
+                                       value=r.value or b"", revision=r.revision))
+                continue
+            if ids is None:
+                ids = self._engine.header_ids()
+            out.append(_etcd_result(r, ids))
+        return WriteResponse(results=out)
+
+    async def kv_read(self, request: bytes, context: Any) -> KvReadResponse:
+        """etcd Range requests, all read at one point of the log; each answered with its
+        RangeResponse or etcd's error."""
+        try:
+            req = self._parse(request, KvReadRequest)
+            consistency = consistency_from_wire(req.consistency)
+            if len(req.ranges) > self._config.max_read_keys:
+                raise InvalidRequest(
+                    f"read of {len(req.ranges)} ranges exceeds max_read_keys "
+                    f"({self._config.max_read_keys}); read fewer at a time"
+                )
+            ranges = [self._range_request(r) for r in req.ranges]
+            answers = await self._engine.read_query(
+                functools.partial(_ranges, ranges), consistency, timeout=_timeout(context)
+            ) if ranges else []
+            results = []
+            size = 0
+            ids = self._engine.header_ids()
+            for answer in answers:
+                if isinstance(answer, KvError):
+                    results.append(KvResult(error=error_message(answer)))
+                    continue
+                header = answer.header
+                header.cluster_id, header.member_id, header.raft_term = ids
+                data = answer.SerializeToString()
+                size += len(data)
+                results.append(KvResult(response=data))
+            if size > self._config.max_response_bytes:
+                raise InvalidRequest(
+                    f"response of {size} bytes for {len(ranges)} ranges exceeds "
+                    f"max_response_bytes ({self._config.max_response_bytes} bytes); read "
+                    "fewer keys at a time (limit)"
+                )
+        except Exception as exc:
+            return KvReadResponse(error=self._error(exc, "KvRead"))
+        return KvReadResponse(results=results)
 
     async def read(self, request: bytes, context: Any) -> ReadResponse:
         try:
@@ -274,6 +329,16 @@ class ClientService:
                 f"{cfg.max_pending_write_bytes}); not applied, retry later"
             )
 
+    def _range_request(self, data: bytes) -> RangeRequest:
+        """An encoded RangeRequest, decoded and checked as etcd does (KvError)."""
+        etcd_check.check_request_size(len(data), self._limits.max_request_bytes)
+        try:
+            request = RangeRequest.FromString(data)
+        except DecodeError as e:
+            raise etcd_check.invalid(f"dengine: malformed RangeRequest: {e}") from None
+        etcd_check.check_range(request)
+        return request
+
     def _check_response_size(self, values: Sequence[bytes | None]) -> None:
         """InvalidRequest when the answer would pass max_response_bytes (the values are
         the state machine's own objects: nothing was copied yet)."""
@@ -342,6 +407,32 @@ def _members(members: Any) -> list[Member]:
             out.append(Member(id=m))
         else:
             out.append(Member(id=int(m.id), address=str(getattr(m, "address", "") or "")))
+    return out
+
+
+def _etcd_result(r: Any, ids: tuple[int, int, int]) -> WriteResult:
+    """The wire form of an applied etcd request's result: its revision, and the etcd
+    response (header filled in with `ids`: cluster id, member id, raft term) or etcd's
+    error."""
+    out = WriteResult(index=r.index, succeeded=r.succeeded, revision=r.revision)
+    response = r.response
+    if isinstance(response, KvError):
+        out.error.CopyFrom(error_message(response))
+    else:
+        header = response.header
+        header.cluster_id, header.member_id, header.raft_term = ids
+        out.response = response.SerializeToString()
+    return out
+
+
+def _ranges(requests: Sequence[RangeRequest], store: Any) -> list[Any]:
+    """Each range's RangeResponse, or its etcd error, on one state of the store."""
+    out: list[Any] = []
+    for request in requests:
+        try:
+            out.append(store.range(request))
+        except KvError as e:
+            out.append(e)
     return out
 
 
