@@ -256,20 +256,39 @@ class DengineCluster(_Cluster):
         self.children.clear()
 
 
-def start_all(clusters: list[_Cluster]) -> None:
-    """Start the clusters side by side (their elections overlap); if one fails to start,
-    every one is stopped and the error raised."""
+def start_all(clusters: list[_Cluster], optional: tuple[_Cluster, ...] = ()
+              ) -> dict[str, str]:
+    """Start the clusters side by side (their elections overlap). If a required one fails
+    to start, every one is stopped and the error raised; an `optional` one that fails is
+    stopped and its error returned ({workdir name: error}), the others keep running (so
+    that dengine failing to start fails dengine's tests, not the harness's own)."""
+    failed: dict[str, str] = {}
     try:
         for c in clusters:
             c.spawn()
         with ThreadPoolExecutor(len(clusters)) as pool:
-            for f in [pool.submit(c.wait_ready) for c in clusters]:
-                f.result()
+            futures = [(c, pool.submit(c.wait_ready)) for c in clusters]
+            for c, f in futures:
+                try:
+                    f.result()
+                except Exception as e:
+                    if c not in optional:
+                        raise
+                    c.stop()
+                    failed[c.workdir.name] = f"{c.kind} did not start: {e}"
     except BaseException:
         stop_all_clusters(clusters)
         raise
+    return failed
 
 
 def stop_all_clusters(clusters: list[_Cluster]) -> None:
+    """Stop every one, even if stopping one of them fails."""
+    errors = []
     for c in clusters:
-        c.stop()
+        try:
+            c.stop()
+        except Exception as e:  # the others still get stopped
+            errors.append(e)
+    if errors:
+        raise errors[0]
