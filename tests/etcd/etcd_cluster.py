@@ -36,11 +36,13 @@ START_TIMEOUT_S = 30.0
 # Per etcdctl call (etcdctl's own --command-timeout is 5 s); a hung client fails the test.
 ETCDCTL_TIMEOUT_S = 20.0
 
-# Raft timing of the dengine clusters: fast elections with room for two busy cores.
+# Raft timing of the dengine clusters: etcd's defaults (heartbeat 100 ms, election 1 s), as
+# the etcd clusters they are compared with run; a shorter timeout let a loaded CI machine
+# depose a leader mid-script ("etcdserver: no leader" where etcd answered).
 DENGINE_SETTINGS: dict[str, Any] = {
     "tick_ms": 10,
-    "election_timeout_ms": 300,
-    "heartbeat_interval_ms": 50,
+    "election_timeout_ms": 1000,
+    "heartbeat_interval_ms": 100,
     "log_level": "warning",
 }
 
@@ -229,6 +231,20 @@ class DengineCluster(_Cluster):
 
     def wait_ready(self) -> None:
         asyncio.run(self.wait_leader())
+        self.wait_etcd_health()
+
+    def wait_etcd_health(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Until every member passes `etcdctl endpoint health`, as the etcd clusters do
+        (a follower may not know the leader yet); at once if the etcd API is not served."""
+        deadline = time.monotonic() + timeout
+        last = Run(0, "", "")
+        while time.monotonic() < deadline:
+            last = etcdctl(self.endpoints, ["endpoint", "health", "--command-timeout=2s"],
+                           timeout=10)
+            if last.rc == 0 or "Unimplemented" in last.stderr:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"dengine not healthy within {timeout}s: {last}\n{self.logs()}")
 
     async def wait_leader(self, timeout: float = START_TIMEOUT_S) -> None:
         """Until the nodes agree on a leader (dengine's own API: it answers before the
