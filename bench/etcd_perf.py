@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "etcd"))
 from etcd_cluster import ETCDCTL, EtcdCluster, etcd_available, etcdctl
+
+from dengine.bench.cluster import free_port_run
 
 LOADS = ("s", "m", "l", "xl")
 SYSTEMS = ("etcd", "dengine")
@@ -64,29 +65,6 @@ def parse_check_perf(output: str, rc: int) -> dict[str, Any]:
         if result["error"] is None:
             result["error"] = text.strip().splitlines()[-1] if text.strip() else f"rc {rc}"
     return result
-
-
-def free_port_run(n: int) -> int:
-    """A base port such that base .. base+n-1 are free (for `cluster up`)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n >= 65536:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no run of free ports found")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,27 +31,6 @@ TEST_SETTINGS: dict[str, Any] = {
     "log_level": "info",
 }
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
-
-
-def free_port_run(n: int) -> int:
-    """A base port such that base .. base+n-1 are free (for `cluster up`)."""
-    for _ in range(200):
-        base = free_ports(1)[0]
-        if base + n >= 65536:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports found")
 
 
 @dataclass

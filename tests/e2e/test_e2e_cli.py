@@ -11,8 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e_support import CLI, Cluster, free_port_run, free_ports, pid_alive
+from e2e_support import CLI, Cluster, free_ports, pid_alive
 
+from dengine.bench.cluster import free_port_run
 from dengine.client import Client
 
 

@@ -17,43 +17,21 @@ from typing import Any
 
 import pytest
 
-from dengine.bench.cluster import free_ports
+from dengine.bench.cluster import free_port_run
 
 ETCDCTL = shutil.which("etcdctl")
 pytestmark = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (etcd-client)")
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 
 
-def _port_run(n: int) -> int:
-    import socket
-
-    for _ in range(200):
-        base = free_ports(1)[0]
-        if base + n >= 65536:
-            continue
-        socks = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports found")
-
-
 @pytest.fixture(scope="module")
 def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """A 3-node `dengine cluster up`, ready: its client endpoints (node 1 first)."""
     base = tmp_path_factory.mktemp("etcdctl")
-    client_base = _port_run(3)
-    peer_base = _port_run(3)
+    client_base = free_port_run(3)
+    peer_base = free_port_run(3)
     while abs(client_base - peer_base) < 3:
-        peer_base = _port_run(3)
+        peer_base = free_port_run(3)
     proc = subprocess.Popen(
         [*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(base / "c"),
          "--client-port", str(client_base), "--peer-port", str(peer_base)],

@@ -58,6 +58,28 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def free_port_run(n: int) -> int:
+    """A base port such that base .. base+n-1 are free right now (`cluster up` takes
+    consecutive ports)."""
+    for _ in range(200):
+        base = free_ports(1)[0]
+        if base + n >= 65536:
+            continue
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports found")
+
+
 class LocalCluster:
     """`nodes` dengine nodes on 127.0.0.1 (see the module docstring).
 
