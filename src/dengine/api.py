@@ -14,7 +14,8 @@ dengine: every layer may use it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import enum
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
@@ -167,6 +168,66 @@ class TxnResult:
 OpResult = Union[RangeResult, PutResult, DeleteResult, TxnResult]  # noqa: UP007
 """The response of one op of a transaction."""
 
+
+class EventType(enum.IntEnum):
+    """The kind of a watch event (etcd's mvccpb.Event.EventType)."""
+
+    PUT = 0
+    DELETE = 1
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change a watch delivers: a PUT (`kv`: the key's new version) or a DELETE
+    (`kv`: the key, `mod_revision` the delete's revision, the rest zero), with the version
+    before the change in `prev_kv` when the watch asked for it (None when the key did not
+    exist or that version was compacted away)."""
+
+    type: EventType
+    kv: KeyValue
+    prev_kv: KeyValue | None = None
+
+    @property
+    def revision(self) -> int:
+        """The revision of the change (`kv.mod_revision`)."""
+        return self.kv.mod_revision
+
+
+WatchFilter = str
+"""A watch filter: "noput" (no PUT events) or "nodelete" (no DELETE events)."""
+
+
+class WatchStream(AsyncIterator[WatchEvent]):
+    """What `watch` returns: an async iterator of `WatchEvent`s in revision order, exactly
+    once each. `revision`: the revision it is current to (every change up to it has been
+    delivered or did not match). `close()` (or `async with`) ends it."""
+
+    revision: int
+
+    async def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    async def __aenter__(self) -> WatchStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SyncWatchStream(Iterator[WatchEvent]):
+    """`WatchStream`, blocking (`SyncClient.watch`)."""
+
+    revision: int
+
+    def close(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __enter__(self) -> SyncWatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 SortTarget = str
 """A range's sort target: "key", "version", "create", "mod" or "value"."""
 SortOrder = str | None
@@ -187,7 +248,10 @@ class ClientApi(Protocol):
     older one, until compacted), `delete_range` deletes a range, `txn` runs compares then
     one branch of ops (`dengine.Compare`, `dengine.Op`) as one revision, `compact` drops
     the history below a revision. etcd's own errors are `dengine.errors.KvError`s
-    (`Compacted`, `FutureRevision`, ...) with etcd's message.
+    (`Compacted`, `FutureRevision`, ...) with etcd's message. `watch` streams the
+    changes of a key or range from a revision (0: from now) in revision order, exactly
+    once each (a client's watch resumes by itself across failures); a start below the
+    history raises `Compacted` (its `compact_revision`) when iterated.
     """
 
     async def put(

@@ -116,13 +116,16 @@ FUTURE_REVISION_MESSAGE = "etcdserver: mvcc: required revision is a future revis
 
 
 class Compacted(KvError):
-    """A read (or a compaction) at a revision the history no longer holds."""
+    """A read (or a compaction, or a watch) at a revision the history no longer holds.
+    `compact_revision`: the store's compaction point when known (a watch's: etcd's
+    WatchResponse.compact_revision; a watch may start there again, not below), else 0."""
 
     code = "COMPACTED"
 
     def __init__(self, grpc_code: str = "OUT_OF_RANGE",
-                 message: str = COMPACTED_MESSAGE) -> None:
+                 message: str = COMPACTED_MESSAGE, compact_revision: int = 0) -> None:
         super().__init__(grpc_code, message)
+        self.compact_revision = compact_revision
 
 
 class FutureRevision(KvError):

@@ -32,6 +32,8 @@ from dengine.api import (
     MemberInfo,
     NodeStatus,
     PutResult,
+    WatchFilter,
+    WatchStream,
     WriteResult,
 )
 from dengine.config import NodeConfig, parse_address
@@ -60,10 +62,12 @@ from dengine.kv import (
     encode_insert,
 )
 from dengine.kv import ops as kvops
+from dengine.kv import watch as kvwatch
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.kv_api import EtcdKv
 from dengine.node.membership import promoted
 from dengine.node.node import Node
+from dengine.node.watch import LocalWatch, WatchHub
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
 
@@ -296,6 +300,28 @@ class Engine(EtcdKv):
             await self._yield_now_and_then()
             return result
         return await self._node.read_query(fn, mode, self._timeout(timeout))
+
+    def watch(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        start_revision: int = 0, prev_kv: bool = False, filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> WatchStream:
+        """The changes of `key` (or of [key, range_end), or with `prefix` of every key
+        starting with `key`) on this node's applied state, from `start_revision` (0: from
+        now; in the past: the history replayed), in revision order, exactly once each:
+        `async for event in engine.watch(b"/config/", prefix=True): ...`. `filters`:
+        "noput", "nodelete". A start below the history raises Compacted when iterated
+        (so does a consumer that falls behind compaction); a stopped node, Unavailable.
+        `progress_notify` has no effect here (`WatchStream.revision` always tells how far
+        the watch is current)."""
+        return LocalWatch(self._node.watches, kvwatch.spec(
+            key, range_end, prefix=prefix, start_revision=start_revision, prev_kv=prev_kv,
+            filters=filters, progress_notify=progress_notify))
+
+    @property
+    def watches(self) -> WatchHub:
+        """The watch hub of this node (the servers' watches pull from it)."""
+        return self._node.watches
 
     async def wait_applied(self, index: int, *, timeout: float | None = None) -> None:
         """Return once this node applied log index `index` (Timeout after `timeout`): a

@@ -33,6 +33,7 @@ from dengine.node.reads import ReadPath
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
 from dengine.node.standing import Standing, failure_reason
+from dengine.node.watch import WatchHub
 from dengine.proto import Entry, HardState, Member, Message, MessageType
 from dengine.raft import RaftCore, Ready, Role
 from dengine.storage import ApplyResult
@@ -130,6 +131,7 @@ class Node:
         self._latest_hs = HardState()  # the core's latest, commit included; saved at stop
         self._next_sm_sync = 0.0  # monotonic time of the next background state machine sync
         self._snapshot_threshold = config.snapshot_threshold_entries
+        self.watches = WatchHub(self.query_local)  # woken after each apply (node/watch.py)
         # The collaborators, made by _wire() once storage is open (they exist iff _core).
         self._apply: ApplyPipeline
         self._reads: ReadPath
@@ -568,6 +570,7 @@ class Node:
         applied = self.applied_index = max(self.applied_index, entries[-1].index)
         if results:
             self._pending.resolve(entries, results)
+        self.watches.applied()
         reads = self._reads
         if reads.ready:
             reads.serve_ready(applied)
@@ -596,6 +599,7 @@ class Node:
             index = rd.snapshot.last_included.index
             self.applied_index = max(self.applied_index, index)
             self._snaps.on_installed(index)
+            self.watches.applied()
         reads = self._reads
         if rd.read_states:
             reads.on_read_states(rd.read_states)
@@ -635,6 +639,7 @@ class Node:
         self._in_reads = {level: [] for level in LEVELS}
         if self._core is not None:
             self._reads.fail(why)
+        self.watches.close(Unavailable(why))
 
     # -- status --------------------------------------------------------------------------
 
