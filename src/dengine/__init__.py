@@ -4,7 +4,7 @@ Public API: `Engine` (embedded, asyncio), `Client` / `SyncClient` (remote), `Con
 the errors in `dengine.errors`, the transaction builders `Compare` and `Op`, and in
 `dengine.api` the API they share (`ClientApi`, `SyncClientApi`) and its result types
 (`KeyValue`, `RangeResult`, `PutResult`, `DeleteResult`, `TxnResult`, `WriteResult`,
-`NodeStatus`, `MemberInfo`, `Leader`).
+`NodeStatus`, `MemberInfo`, `MemberSet`, `Leader`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dengine.api import (
     KeyValue,
     Leader,
     MemberInfo,
+    MemberSet,
     NodeStatus,
     PutResult,
     RangeResult,
@@ -98,6 +99,7 @@ __all__ = [
     "Leader",
     "LeadershipLost",
     "MemberInfo",
+    "MemberSet",
     "NodeStatus",
     "NotLeader",
     "Op",

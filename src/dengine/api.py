@@ -52,6 +52,15 @@ class Leader:
 
 
 @dataclass(frozen=True)
+class MemberSet:
+    """The cluster configuration a node has applied: voters and learners, each id -> peer
+    address (`engine.membership_changes()`, `client.membership_changes()`)."""
+
+    voters: dict[int, str]
+    learners: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """One node's view of itself and the cluster (`Engine.status()`, the Status RPC)."""
 
@@ -307,6 +316,11 @@ class ClientApi(Protocol):
         self, revision: int, *, physical: bool = False, timeout: float | None = None
     ) -> None: ...
 
+    # The Raft group's own events: the current value, then each change.
+    def leader_changes(self) -> AsyncIterator[Leader]: ...
+
+    def membership_changes(self) -> AsyncIterator[MemberSet]: ...
+
 
 class SyncClientApi(Protocol):
     """`ClientApi`, blocking (`SyncClient`)."""
@@ -363,3 +377,7 @@ class SyncClientApi(Protocol):
     def compact(
         self, revision: int, *, physical: bool = False, timeout: float | None = None
     ) -> None: ...
+
+    def leader_changes(self) -> Iterator[Leader]: ...
+
+    def membership_changes(self) -> Iterator[MemberSet]: ...

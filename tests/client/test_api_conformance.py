@@ -21,6 +21,8 @@ from dengine.node import Engine
 
 API_METHODS = ["put", "delete", "write", "get", "get_many", "leader", "get_kv", "range",
                "delete_range", "txn", "compare_and_swap", "compact"]
+# Calls that return an async iterator (SyncClient: a blocking one), not a coroutine.
+ITERATOR_METHODS = ["leader_changes", "membership_changes"]
 
 
 def _params(fn: object) -> list[tuple[str, object, object]]:
@@ -30,8 +32,17 @@ def _params(fn: object) -> list[tuple[str, object, object]]:
 
 def test_the_protocols_list_the_api_methods() -> None:
     protocol_methods = {n for n in vars(api.ClientApi) if not n.startswith("_")}
-    assert protocol_methods == set(API_METHODS)
-    assert {n for n in vars(api.SyncClientApi) if not n.startswith("_")} == set(API_METHODS)
+    assert protocol_methods == set(API_METHODS + ITERATOR_METHODS)
+    assert {n for n in vars(api.SyncClientApi) if not n.startswith("_")} == set(
+        API_METHODS + ITERATOR_METHODS)
+
+
+@pytest.mark.parametrize("cls", [Engine, Client, SyncClient])
+@pytest.mark.parametrize("name", ITERATOR_METHODS)
+def test_front_doors_have_the_iterator_calls(cls: type, name: str) -> None:
+    method = getattr(cls, name)
+    assert not inspect.iscoroutinefunction(method)
+    assert _params(method) == _params(getattr(api.ClientApi, name))
 
 
 @pytest.mark.parametrize("cls", [Engine, Client])

@@ -18,7 +18,7 @@ import asyncio
 import functools
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
@@ -29,6 +29,7 @@ from dengine.api import (
     KeyValue,
     Leader,
     MemberInfo,
+    MemberSet,
     NodeStatus,
     PutResult,
     RangeResult,
@@ -52,6 +53,8 @@ from dengine.kv import ops as kvops
 from dengine.kv.ops import Compare, Op
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
+    EventsRequest,
+    EventsResponse,
     GetLeaderRequest,
     GetLeaderResponse,
     KvReadRequest,
@@ -70,10 +73,12 @@ from dengine.proto.client_pb2 import (
     WriteResponse,
 )
 from dengine.proto.client_pb2 import WriteResult as WireResult
-from dengine.proto.common_pb2 import WriteCommand
+from dengine.proto.common_pb2 import Member, WriteCommand
 from dengine.proto.etcd import rpc_pb2
 
 _DEADLINE_GRACE_S = 0.1
+# How long one Events long-poll waits on the node for a change.
+EVENTS_POLL_S = 10.0
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -376,6 +381,68 @@ class Client:
         resp = await self._router.call_leader(method, request, MemberChangeResponse,
                                               self._deadline(timeout), write=True)
         return [member_from_wire(m) for m in resp.members]
+
+    # ---- the Raft group's own events -----------------------------------------------------
+
+    def leader_changes(self) -> AsyncIterator[Leader]:
+        """`async for leader in client.leader_changes():` the leader as a node of the
+        cluster knows it, then each change (a new leader id or term; `Leader(0, "", term)`
+        while the node answering knows none), by long-polls on any node (another node when
+        one fails). Changes closer together than one round trip may be seen as the last
+        one only. Ends when the client is closed."""
+        def request(known: Leader | None) -> EventsRequest:
+            if known is None:
+                return EventsRequest(kind=EventsRequest.LEADER)
+            return EventsRequest(kind=EventsRequest.LEADER, known=True,
+                                 leader_id=known.id, term=known.term)
+
+        def parse(resp: EventsResponse) -> Leader:
+            return Leader(resp.leader_id, resp.leader_address, resp.term)
+
+        return self._follow(request, parse, lambda a, b: (a.id, a.term) == (b.id, b.term))
+
+    def membership_changes(self) -> AsyncIterator[MemberSet]:
+        """`async for members in client.membership_changes():` the configuration a node
+        has applied (voters and learners, id -> peer address), then each change, like
+        `leader_changes`."""
+        def request(known: MemberSet | None) -> EventsRequest:
+            if known is None:
+                return EventsRequest(kind=EventsRequest.MEMBERS)
+            return EventsRequest(
+                kind=EventsRequest.MEMBERS, known=True,
+                voters=[Member(id=i, address=a) for i, a in known.voters.items()],
+                learners=[Member(id=i, address=a) for i, a in known.learners.items()])
+
+        def parse(resp: EventsResponse) -> MemberSet:
+            return MemberSet({m.id: m.address for m in resp.voters},
+                             {m.id: m.address for m in resp.learners})
+
+        return self._follow(request, parse, lambda a, b: a == b)
+
+    async def _follow(
+        self, request: Callable[[T | None], EventsRequest],
+        parse: Callable[[EventsResponse], T], same: Callable[[T, T], bool],
+    ) -> AsyncIterator[T]:
+        known: T | None = None
+        backoff = Backoff()
+        while not self._closed:
+            req = request(known)
+            req.wait_ms = int(EVENTS_POLL_S * 1000) if known is not None else 0
+            attempt = EVENTS_POLL_S + self._timeout
+            try:
+                resp, _ = await self._router.call_any(
+                    "Events", req, EventsResponse, self._deadline(attempt),
+                    attempt_timeout=attempt)
+            except (Unavailable, Timeout):
+                if self._closed:
+                    return
+                await backoff.sleep(math.inf, Unavailable("unreachable"))
+                continue
+            backoff = Backoff()
+            value = parse(resp)
+            if known is None or not same(value, known):
+                known = value
+                yield value
 
     # ---- internals ----------------------------------------------------------------------
 

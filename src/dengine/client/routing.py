@@ -240,9 +240,10 @@ class Router:
 
     async def call_any(
         self, method: str, request: ProtoMessage, response_cls: type[Any], deadline: float,
-        targets: list[str] | None = None,
+        targets: list[str] | None = None, attempt_timeout: float | None = None,
     ) -> tuple[Any, str]:
-        """Call the first node of `targets` (default: all endpoints) that answers."""
+        """Call the first node of `targets` (default: all endpoints) that answers (each
+        attempt within `attempt_timeout` s: default, a share of the time left)."""
         backoff = Backoff()
         payload = request.SerializeToString()
         candidates = targets or self.endpoints
@@ -253,8 +254,10 @@ class Router:
             if len(candidates) > 1 and turn <= len(candidates) and self._suspected(addr):
                 continue  # first try the others
             try:
-                resp = await self._invoke(addr, method, payload, response_cls,
-                                          _read_attempt_deadline(deadline), write=False)
+                attempt = (_read_attempt_deadline(deadline) if attempt_timeout is None
+                           else min(deadline, time.monotonic() + attempt_timeout))
+                resp = await self._invoke(addr, method, payload, response_cls, attempt,
+                                          write=False)
             except _Late as late:
                 raise late.error from None
             except (Unsent, Timeout) as e:

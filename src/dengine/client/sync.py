@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from dengine.api import (
@@ -13,6 +13,7 @@ from dengine.api import (
     KeyValue,
     Leader,
     MemberInfo,
+    MemberSet,
     NodeStatus,
     PutResult,
     RangeResult,
@@ -151,6 +152,31 @@ class SyncClient:
     def remove_member(self, node_id: int, *, timeout: float | None = None
                       ) -> list[MemberInfo]:
         return self._run(self._client.remove_member(node_id, timeout=timeout))
+
+    def leader_changes(self) -> Iterator[Leader]:
+        """`Client.leader_changes`, blocking: `for leader in client.leader_changes():`."""
+        return self.iterate(self._client.leader_changes())
+
+    def membership_changes(self) -> Iterator[MemberSet]:
+        """`Client.membership_changes`, blocking."""
+        return self.iterate(self._client.membership_changes())
+
+    def iterate(self, items: AsyncIterator[T]) -> Iterator[T]:
+        """An async iterator of the client's, driven from this thread (closed, on the
+        client's loop, when the blocking iterator is)."""
+        async def next_item() -> T:
+            return await items.__anext__()
+
+        try:
+            while True:
+                try:
+                    yield self._run(next_item())
+                except StopAsyncIteration:
+                    return
+        finally:
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None and not self._closed:
+                asyncio.run_coroutine_threadsafe(aclose(), self._loop).result()
 
     def close(self) -> None:
         """Close connections and stop the private loop thread."""

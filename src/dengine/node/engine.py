@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from dengine.api import (
     Key,
     Leader,
     MemberInfo,
+    MemberSet,
     NodeStatus,
     PutResult,
     WatchFilter,
@@ -386,6 +387,38 @@ class Engine(EtcdKv):
             if loop.time() >= deadline:
                 raise Unavailable(f"no leader known to node {self.node_id} after {seconds:g} s")
             await asyncio.sleep(min(self.config.tick_ms / 1000.0, deadline - loop.time()))
+
+    # -- the Raft group's own events ------------------------------------------------------
+
+    def leader_changes(self) -> AsyncIterator[Leader]:
+        """`async for leader in engine.leader_changes():` the leader as this node knows it
+        now, then each change (a new leader, the same one elected again at a higher term,
+        `Leader(0, "", term)` while none is known), as the node learns it: no polling.
+        Run leader-only work while `leader.id == engine.node_id`. Ends when the engine
+        stops (raises Unavailable/StorageError if it failed or was removed)."""
+        return self._node.group_events.leader.follow()
+
+    def membership_changes(self) -> AsyncIterator[MemberSet]:
+        """`async for members in engine.membership_changes():` the configuration this node
+        has applied (voters and learners, id -> peer address), then each one it applies.
+        Ends like `leader_changes`."""
+        return self._node.group_events.membership.follow()
+
+    async def wait_leader_change(self, known: Leader | None, timeout: float) -> Leader:
+        """The leader as this node knows it, once it differs from `known` (at once when it
+        does, or `known` is None), else after `timeout` s (the servers' long-poll)."""
+        self._node.check_running()
+        changes = self._node.group_events.leader
+        current = changes.value
+        if known is not None and (known.id, known.term) == (current.id, current.term):
+            known = current  # (the address a client knows may be another node's view)
+        return await changes.wait_change(known, timeout)
+
+    async def wait_membership_change(self, known: MemberSet | None, timeout: float
+                                     ) -> MemberSet:
+        """`wait_leader_change` of the applied configuration."""
+        self._node.check_running()
+        return await self._node.group_events.membership.wait_change(known, timeout)
 
     # -- membership ----------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class Members:
         wake: Callable[[], None],
         check_running: Callable[[], None],
         not_leader: Callable[[], NotLeader],
+        on_config: Callable[[Membership], None] | None = None,
     ) -> None:
         self.node_id = config.node_id
         self._config = config
@@ -83,12 +84,13 @@ class Members:
         self._wake = wake
         self._check_running = check_running
         self._not_leader = not_leader
+        self._on_config = on_config  # a configuration was applied (the membership events)
         self.transport: PeerTransport | None = None  # set once the transport is started
         self._seen: Membership | None = None  # the configuration the peers were set from
         self._noted = core.membership  # the latest configuration noted in `unapplied`
         # configurations appended and not applied yet: (index, membership), ascending
         self.unapplied: list[tuple[int, Membership]] = []
-        current = core.membership_at(applied)
+        current = self.applied = core.membership_at(applied)
         self._applied_ids = _ids(current)
         # members that a configuration applied here removed (the transport tells them so);
         # the log's older configurations count too, so that a restart remembers them
@@ -280,6 +282,9 @@ class Members:
                      sorted(m.id for m in membership.voters),
                      sorted(m.id for m in membership.learners))
             before, self._applied_ids = self._applied_ids, ids
+            self.applied = membership
+            if self._on_config is not None:
+                self._on_config(membership)
             self.removed_ids = (self.removed_ids | (before - ids)) - ids
             if self.node_id in before and self.node_id not in ids:
                 self._on_removed(f"the configuration applied at index {index} leaves it out")

@@ -22,6 +22,7 @@ from dengine.config import NodeConfig
 from dengine.errors import DengineError, LeadershipLost, NotLeader, Unavailable
 from dengine.kv import EVENTUAL, LEASE, LEVELS, LINEARIZABLE
 from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
+from dengine.node.changes import GroupEvents
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
 from dengine.node.logthread import LogThread
@@ -124,6 +125,8 @@ class Node:
         self.role = Role.FOLLOWER
         self.leader_id = 0
         self._led_term = 0  # the term this node last became leader at
+        # The Raft group's own events (Engine.leader_changes, membership_changes)
+        self.group_events = GroupEvents()
         self._loop: asyncio.AbstractEventLoop  # set by start(), before any input is accepted
         self._tick_s = config.tick_ms / 1000.0
         self._last_tick = 0.0
@@ -195,7 +198,9 @@ class Node:
             self.config, core, raft_log, self.applied_index, self._pending, loop,
             on_removed=self._on_removed, wake=self._wake.set,
             check_running=self.check_running, not_leader=self.not_leader,
+            on_config=self.group_events.config_applied,
         )
+        self.group_events.config_applied(self.members.applied)
         self._events = RaftEvents(self.node_id, core)
         self._snaps = Snapshotter(
             self.config, loop, self._store, self._receiver, raft_log, sm, core, self._apply,
@@ -223,6 +228,7 @@ class Node:
             await self._transport.close()
         self._receiver.close()
         self._fail_pending("stopped")
+        self.group_events.close(None)
         await self._close_storage()
 
     async def _close_storage(self) -> None:
@@ -414,6 +420,7 @@ class Node:
             self._closing = self._loop.create_task(self._transport.close())
         self._wake.set()
         self._fail_pending(f"failed ({failure_reason(e)})")
+        self.group_events.close(self._standing.unavailable())
 
     async def wait_failure(self) -> BaseException:
         """The error once the node stopped on a fatal (storage) failure."""
@@ -427,6 +434,8 @@ class Node:
         self._running = False
         self._wake.set()
         self._fail_pending("was removed from the cluster")
+        self.group_events.leader_seen(0, self.term, self.leader_address)
+        self.group_events.close(self._standing.unavailable())
         if self._transport is not None:  # nothing to say to the peers any more
             self._closing = self._loop.create_task(self._transport.close())
 
@@ -595,6 +604,8 @@ class Node:
                 # Rounds asked of the old leader will not be answered: ask the new one now.
                 self._reads.retry_stale(self._core, self.role is Role.LEADER,
                                         self._pending.ticks, None)
+        if self._core is not None:
+            self.group_events.leader_seen(self.leader_id, self._core.term, self.leader_address)
         if rd.snapshot is not None:
             index = rd.snapshot.last_included.index
             self.applied_index = max(self.applied_index, index)

@@ -228,3 +228,43 @@ class MemberChangeResponse(_message.Message):
     error: Error
     members: _containers.RepeatedCompositeFieldContainer[MemberStatus]
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., members: _Optional[_Iterable[_Union[MemberStatus, _Mapping]]] = ...) -> None: ...
+
+class EventsRequest(_message.Message):
+    __slots__ = ("kind", "known", "leader_id", "term", "voters", "learners", "wait_ms")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        LEADER: _ClassVar[EventsRequest.Kind]
+        MEMBERS: _ClassVar[EventsRequest.Kind]
+    LEADER: EventsRequest.Kind
+    MEMBERS: EventsRequest.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    kind: EventsRequest.Kind
+    known: bool
+    leader_id: int
+    term: int
+    voters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    learners: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    wait_ms: int
+    def __init__(self, kind: _Optional[_Union[EventsRequest.Kind, str]] = ..., known: _Optional[bool] = ..., leader_id: _Optional[int] = ..., term: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., learners: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class EventsResponse(_message.Message):
+    __slots__ = ("error", "leader_id", "leader_address", "term", "voters", "learners")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    VOTERS_FIELD_NUMBER: _ClassVar[int]
+    LEARNERS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    leader_id: int
+    leader_address: str
+    term: int
+    voters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    learners: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., learners: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ...) -> None: ...

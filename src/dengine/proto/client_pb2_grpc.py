@@ -79,6 +79,11 @@ class RaftClientServiceStub:
                 request_serializer=dengine_dot_proto_dot_client__pb2.KvReadRequest.SerializeToString,
                 response_deserializer=dengine_dot_proto_dot_client__pb2.KvReadResponse.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_unary(
+                '/dengine.RaftClientService/Events',
+                request_serializer=dengine_dot_proto_dot_client__pb2.EventsRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.EventsResponse.FromString,
+                _registered_method=True)
 
 
 class RaftClientServiceServicer:
@@ -138,6 +143,12 @@ class RaftClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Events(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +196,11 @@ def add_RaftClientServiceServicer_to_server(servicer, server):
                     servicer.KvRead,
                     request_deserializer=dengine_dot_proto_dot_client__pb2.KvReadRequest.FromString,
                     response_serializer=dengine_dot_proto_dot_client__pb2.KvReadResponse.SerializeToString,
+            ),
+            'Events': grpc.unary_unary_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.EventsRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.EventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +446,33 @@ class RaftClientService:
             '/dengine.RaftClientService/KvRead',
             dengine_dot_proto_dot_client__pb2.KvReadRequest.SerializeToString,
             dengine_dot_proto_dot_client__pb2.KvReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/Events',
+            dengine_dot_proto_dot_client__pb2.EventsRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,8 @@ METHODS: tuple[str, ...] = (
     "",  # 0: not a method
     "Write", "Read", "Status", "GetLeader", "MemberList", "AddMember", "PromoteMember",
     "RemoveMember", "KvRead",
+    "", "", "", "",  # 10-13: reserved for leases and watch (docs/formats.md)
+    "Events",  # 14
 )
 METHOD_CODES = {name: code for code, name in enumerate(METHODS) if name}
 

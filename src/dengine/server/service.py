@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
+from dengine.api import Leader, MemberSet
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, KvError, NotLeader, Overloaded
 from dengine.kv import Limits, consistency_from_wire, etcd_check
@@ -27,6 +28,8 @@ from dengine.kv.codec import split_write_request
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
     Error,
+    EventsRequest,
+    EventsResponse,
     GetLeaderRequest,
     GetLeaderResponse,
     KvReadRequest,
@@ -56,6 +59,8 @@ SERVICE_NAME = "dengine.RaftClientService"
 
 # Leave the engine this much of the gRPC deadline to send its own TIMEOUT error back.
 _DEADLINE_MARGIN = 0.05
+# The longest an Events long-poll waits for a change (a client asking more gets this).
+MAX_EVENTS_WAIT_S = 30.0
 # Bytes a ReadResult adds to its value in a ReadResponse (tags, lengths, found flag).
 _READ_RESULT_OVERHEAD = 16
 
@@ -80,6 +85,9 @@ class EngineLike(Protocol):
                           ) -> None: ...
     async def promote(self, node_id: int, *, timeout: float | None = ...) -> None: ...
     async def remove_member(self, node_id: int, *, timeout: float | None = ...) -> None: ...
+    async def wait_leader_change(self, known: Leader | None, timeout: float) -> Leader: ...
+    async def wait_membership_change(self, known: MemberSet | None, timeout: float
+                                     ) -> MemberSet: ...
 
 
 def error_message(exc: DengineError) -> Error:
@@ -134,6 +142,7 @@ class ClientService:
             "PromoteMember": self.promote_member,
             "RemoveMember": self.remove_member,
             "KvRead": self.kv_read,
+            "Events": self.events,
         }
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
@@ -312,6 +321,33 @@ class ClientService:
             return MemberChangeResponse(members=self._member_statuses())
         except Exception as exc:
             return MemberChangeResponse(error=self._error(exc, "RemoveMember"))
+
+    async def events(self, request: bytes, context: Any) -> EventsResponse:
+        """The leader or the configuration this node knows, once it differs from the one
+        the client knows (a long-poll: at most `wait_ms`, MAX_EVENTS_WAIT_S and the
+        call's deadline)."""
+        try:
+            req = self._parse(request, EventsRequest)
+            wait = min(req.wait_ms / 1000, MAX_EVENTS_WAIT_S)
+            remaining = context.time_remaining()
+            if remaining is not None:
+                wait = min(wait, max(0.0, remaining - 2 * _DEADLINE_MARGIN))
+            if req.kind == EventsRequest.LEADER:
+                known = Leader(req.leader_id, "", req.term) if req.known else None
+                leader = await self._engine.wait_leader_change(known, wait)
+                return EventsResponse(leader_id=leader.id, term=leader.term,
+                                      leader_address=leader.address
+                                      or self._leader_address(leader.id))
+            if req.kind == EventsRequest.MEMBERS:
+                members = MemberSet({m.id: m.address for m in req.voters},
+                                    {m.id: m.address for m in req.learners})
+                current = await self._engine.wait_membership_change(
+                    members if req.known else None, wait)
+                return EventsResponse(voters=_members(current.voters),
+                                      learners=_members(current.learners))
+            raise InvalidRequest(f"unknown kind of events: {req.kind}")
+        except Exception as exc:
+            return EventsResponse(error=self._error(exc, "Events"))
 
     def _admit_write(self, size: int) -> None:
         """Overloaded when one more write of `size` bytes would pass the pending limits
