@@ -148,3 +148,26 @@ def test_same_bytes_as_aetcd() -> None:
     members.members.add(ID=1, name="n1", peerURLs=["http://a"], clientURLs=["http://b"])
     theirs_members = aetcd_rpc.MemberListResponse.FromString(members.SerializeToString())
     assert theirs_members.members[0].clientURLs == ["http://b"]
+
+
+def test_lock_and_election_messages_have_etcds_numbers() -> None:
+    from dengine.proto.etcd import v3election_pb2, v3lock_pb2
+
+    # v3lockpb.LockRequest{name: "l", lease: 0x694d}: 1 name, 2 lease
+    assert v3lock_pb2.LockRequest(name=b"l", lease=0x694D).SerializeToString() == bytes.fromhex(
+        "0a016c" "10cdd201")
+    assert v3lock_pb2.LockResponse.FromString(bytes.fromhex("1203" "6b6579")).key == b"key"
+    assert v3lock_pb2.UnlockRequest(key=b"k").SerializeToString() == bytes.fromhex("0a016b")
+    # v3electionpb.CampaignRequest: 1 name, 2 lease, 3 value
+    assert v3election_pb2.CampaignRequest(name=b"e", lease=1, value=b"v").SerializeToString() \
+        == bytes.fromhex("0a0165" "1001" "1a0176")
+    # LeaderKey: 1 name, 2 key, 3 rev, 4 lease; ProclaimRequest: 1 leader, 2 value
+    key = v3election_pb2.LeaderKey(name=b"e", key=b"e/1", rev=7, lease=1)
+    assert key.SerializeToString() == bytes.fromhex("0a0165" "1203652f31" "1807" "2001")
+    proclaim = v3election_pb2.ProclaimRequest(leader=key, value=b"x")
+    assert proclaim.SerializeToString() == b"\x0a\x0c" + key.SerializeToString() + b"\x12\x01x"
+    # CampaignResponse: 1 header, 2 leader; LeaderResponse: 1 header, 2 kv (mvccpb.KeyValue)
+    resp = v3election_pb2.CampaignResponse.FromString(b"\x12\x0c" + key.SerializeToString())
+    assert resp.leader == key
+    leader = v3election_pb2.LeaderResponse(kv=kv_pb2.KeyValue(key=b"e/1", create_revision=7))
+    assert leader.SerializeToString() == bytes.fromhex("1207" "0a03652f31" "1007")
