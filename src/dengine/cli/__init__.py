@@ -29,6 +29,8 @@ _COMMANDS = {
     "compaction": ("dengine.cli.kv_cmds", "compaction"),
     "status": ("dengine.cli.client_cmds", "status"),
     "member": ("dengine.cli.client_cmds", "member"),
+    "lock": ("dengine.cli.recipe_cmds", "lock"),
+    "elect": ("dengine.cli.recipe_cmds", "elect"),
 }
 
 

@@ -75,6 +75,7 @@ from dengine.proto.client_pb2 import (
 from dengine.proto.client_pb2 import WriteResult as WireResult
 from dengine.proto.common_pb2 import Member, WriteCommand
 from dengine.proto.etcd import rpc_pb2
+from dengine.recipes import Election, Lock
 
 _DEADLINE_GRACE_S = 0.1
 # How long one Events long-poll waits on the node for a change.
@@ -381,6 +382,21 @@ class Client:
         resp = await self._router.call_leader(method, request, MemberChangeResponse,
                                               self._deadline(timeout), write=True)
         return [member_from_wire(m) for m in resp.members]
+
+    # -- coordination recipes (dengine.recipes) -----------------------------------------
+
+    def lock(self, name: Key, ttl: int = 10, *, timeout: float | None = None,
+             on_lost: Callable[[], Any] | None = None) -> Lock:
+        """`async with x.lock(b"name", ttl=10) as lock:` etcd's lock recipe (FIFO; a
+        waiter that times out or is cancelled leaves the queue); `lock.fencing_token`
+        strictly increases from holder to holder; `lock.lost` is set if its lease ends
+        while held. See `dengine.recipes.lock`."""
+        return Lock(self, name, ttl, timeout=timeout, on_lost=on_lost)
+
+    def election(self, name: Key) -> Election:
+        """An election: `campaign(value, ttl=10)` (async context manager), `leader()`,
+        `observe()`, `proclaim(value)`, `resign()`. See `dengine.recipes.election`."""
+        return Election(self, name)
 
     # ---- the Raft group's own events -----------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from dengine.api import (
@@ -23,6 +23,7 @@ from dengine.api import (
     WriteResult,
 )
 from dengine.client.client import Client
+from dengine.client.sync_recipes import SyncElection, SyncLock
 from dengine.errors import DengineError, Unavailable
 from dengine.kv.ops import Compare, Op
 from dengine.proto.common_pb2 import WriteCommand
@@ -152,6 +153,25 @@ class SyncClient:
     def remove_member(self, node_id: int, *, timeout: float | None = None
                       ) -> list[MemberInfo]:
         return self._run(self._client.remove_member(node_id, timeout=timeout))
+
+    def lock(self, name: Key, ttl: int = 10, *, timeout: float | None = None,
+             on_lost: Callable[[], Any] | None = None) -> SyncLock:
+        """`with client.lock(b"name", ttl=10) as lock:` (see `Client.lock`); `on_lost` is
+        called on the client's loop thread."""
+        return SyncLock(self, self._client.lock(name, ttl, timeout=timeout, on_lost=on_lost))
+
+    def election(self, name: Key) -> SyncElection:
+        """`client.election(name)`, blocking (see `Client.election`)."""
+        return SyncElection(self, self._client.election(name))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of the client's (`async_client`) on its loop; its result."""
+        return self._run(coro)
+
+    @property
+    def async_client(self) -> Client:
+        """The async Client this one drives (use it only through `run`)."""
+        return self._client
 
     def leader_changes(self) -> Iterator[Leader]:
         """`Client.leader_changes`, blocking: `for leader in client.leader_changes():`."""

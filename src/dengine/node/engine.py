@@ -71,6 +71,7 @@ from dengine.node.node import Node
 from dengine.node.watch import LocalWatch, WatchHub
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
+from dengine.recipes import Election, Lock
 
 DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
@@ -387,6 +388,21 @@ class Engine(EtcdKv):
             if loop.time() >= deadline:
                 raise Unavailable(f"no leader known to node {self.node_id} after {seconds:g} s")
             await asyncio.sleep(min(self.config.tick_ms / 1000.0, deadline - loop.time()))
+
+    # -- coordination recipes (dengine.recipes) -----------------------------------------
+
+    def lock(self, name: Key, ttl: int = 10, *, timeout: float | None = None,
+             on_lost: Callable[[], Any] | None = None) -> Lock:
+        """`async with x.lock(b"name", ttl=10) as lock:` etcd's lock recipe (FIFO; a
+        waiter that times out or is cancelled leaves the queue); `lock.fencing_token`
+        strictly increases from holder to holder; `lock.lost` is set if its lease ends
+        while held. See `dengine.recipes.lock`."""
+        return Lock(self, name, ttl, timeout=timeout, on_lost=on_lost)
+
+    def election(self, name: Key) -> Election:
+        """An election: `campaign(value, ttl=10)` (async context manager), `leader()`,
+        `observe()`, `proclaim(value)`, `resign()`. See `dengine.recipes.election`."""
+        return Election(self, name)
 
     # -- the Raft group's own events ------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """etcd v3's gRPC API on a node's client port (docs/etcd-model.md): `etcdserverpb.KV`,
-`etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList` and
-`grpc.health.v1.Health`, registered by hand under etcd's service names (the method paths
-on the wire are etcd's, our generated messages keep their own proto packages)."""
+`etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList`,
+`grpc.health.v1.Health`, `v3lockpb.Lock` and `v3electionpb.Election`, registered by hand
+under etcd's service names (the method paths on the wire are etcd's, our generated
+messages keep their own proto packages)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dengine.node.engine import Engine
 from dengine.server.etcd.forward import Forwarder
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.maintenance import Health, MaintenanceService
+from dengine.server.etcd.recipes import RecipeServices
 
 __all__ = ["EtcdApi"]
 
@@ -28,10 +30,12 @@ class EtcdApi:
         self.kv = KvService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config)
         self.health = Health(engine)
+        self.recipes = RecipeServices(engine, config)
 
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers(
-            (self.kv.generic_handler(), *self.maintenance.generic_handlers()))
+            (self.kv.generic_handler(), *self.maintenance.generic_handlers(),
+             *self.recipes.generic_handlers()))
         self.health.register(server)
 
     async def start(self) -> None:
@@ -39,4 +43,5 @@ class EtcdApi:
 
     async def stop(self) -> None:
         await self.health.stop()
+        await self.recipes.close()
         await self.forwarder.close()
