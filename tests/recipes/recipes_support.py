@@ -24,6 +24,10 @@ T = TypeVar("T")
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
         "clock_drift_ms": 20}
+# For tests that need one leader throughout (three engines share one loop on two busy
+# cores: a 100 ms election timeout can lose the leader under load).
+STEADY = {"tick_ms": 10, "election_timeout_ms": 1000, "heartbeat_interval_ms": 100,
+          "clock_drift_ms": 100}
 
 
 def free_port() -> int:

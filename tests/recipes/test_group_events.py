@@ -7,14 +7,27 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from recipes_support import cluster, free_port, run, until
+from recipes_support import STEADY, cluster, free_port, run, until
 
 from dengine import Client, Engine, Leader, SyncClient
 from dengine.api import MemberSet
 from dengine.errors import Unavailable
 from dengine.node.changes import Changes
+
+
+async def change(call: Any, *args: Any) -> None:
+    """A membership change, retried while the leader cannot take one yet (it has not
+    committed an entry of its term)."""
+    for _ in range(100):
+        try:
+            await call(*args)
+            return
+        except Unavailable:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{call.__name__}{args} never succeeded")
 
 
 def test_changes_follow_current_then_each_change_and_wait_change() -> None:
@@ -56,7 +69,7 @@ def test_changes_follow_current_then_each_change_and_wait_change() -> None:
 
 def test_engine_leader_changes_follow_a_failover(tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path) as c:
+        async with cluster(tmp_path, **STEADY) as c:
             old = c.leader()
             survivor = c.followers()[0]
             seen: list[Leader] = []
@@ -91,7 +104,7 @@ def test_engine_leader_changes_follow_a_failover(tmp_path: Path) -> None:
 
 def test_engine_membership_changes(tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path) as c:
+        async with cluster(tmp_path, **STEADY) as c:
             leader = c.leader().engine
             seen: list[MemberSet] = []
 
@@ -103,10 +116,10 @@ def test_engine_membership_changes(tmp_path: Path) -> None:
             await until(lambda: len(seen) == 1)
             assert set(seen[0].voters) == {1, 2, 3} and seen[0].learners == {}
             port = free_port()
-            await leader.add_learner(4, f"127.0.0.1:{port}")
+            await change(leader.add_learner, 4, f"127.0.0.1:{port}")
             await until(lambda: 4 in seen[-1].learners)
             assert seen[-1].learners[4] == f"127.0.0.1:{port}"
-            await leader.remove_member(4)
+            await change(leader.remove_member, 4)
             await until(lambda: 4 not in seen[-1].learners)
             assert [set(s.learners) for s in seen] == [set(), {4}, set()]
             task.cancel()
@@ -116,7 +129,7 @@ def test_engine_membership_changes(tmp_path: Path) -> None:
 
 def test_client_follows_leader_and_membership_from_any_node(tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path) as c:
+        async with cluster(tmp_path, **STEADY) as c:
             old = c.leader()
             follower = c.followers()[0]
             # Through one follower first, then whatever node answers.
@@ -134,7 +147,7 @@ def test_client_follows_leader_and_membership_from_any_node(tmp_path: Path) -> N
                         break
                 assert leader.term > first.term
                 await leaders.aclose()
-                await c.leader().engine.remove_member(old.engine.node_id)
+                await change(c.leader().engine.remove_member, old.engine.node_id)
                 changed = await asyncio.wait_for(members.__anext__(), 10)
                 assert set(changed.voters) == {1, 2, 3} - {old.engine.node_id}
                 await members.aclose()
@@ -144,7 +157,7 @@ def test_client_follows_leader_and_membership_from_any_node(tmp_path: Path) -> N
 
 def test_sync_client_iterates_blocking(tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path) as c:
+        async with cluster(tmp_path, **STEADY) as c:
             out: list[Leader] = []
 
             def blocking() -> None:
