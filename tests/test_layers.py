@@ -44,6 +44,12 @@ def test_client_imports_no_server_side_code() -> None:
     assert _offending("client", ("dengine.server", "dengine.node")) == {}
 
 
+def test_recipes_use_the_api_only() -> None:
+    """The recipes are written against dengine's API (Engine, Client, SyncClient alike)."""
+    assert _offending("recipes", ("socket", "grpc", "dengine.node", "dengine.server",
+                                  "dengine.client", "dengine.storage")) == {}
+
+
 def test_storage_knows_nothing_of_the_network() -> None:
     assert _offending("storage", ("asyncio", "socket", "grpc", "dengine.node",
                                   "dengine.server", "dengine.client", "dengine.netutil")) == {}

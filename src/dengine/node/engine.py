@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -30,7 +30,6 @@ from dengine.api import (
     Key,
     Leader,
     MemberInfo,
-    MemberSet,
     NodeStatus,
     PutResult,
     WatchFilter,
@@ -65,13 +64,13 @@ from dengine.kv import (
 from dengine.kv import ops as kvops
 from dengine.kv import watch as kvwatch
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
+from dengine.node.coordination import Coordination
 from dengine.node.kv_api import EtcdKv
 from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.node.watch import LocalWatch, WatchHub
 from dengine.proto import Membership, WriteCommand
 from dengine.raft import Role
-from dengine.recipes import Election, Lock
 
 DEFAULT_TIMEOUT = 5.0
 _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event loop
@@ -110,7 +109,7 @@ class HeaderIds(NamedTuple):
     raft_term: int
 
 
-class Engine(EtcdKv):
+class Engine(EtcdKv, Coordination):
     """One dengine node running in this process. Create it with `await Engine.start(...)`."""
 
     def __init__(self, node: Node) -> None:
@@ -388,53 +387,6 @@ class Engine(EtcdKv):
             if loop.time() >= deadline:
                 raise Unavailable(f"no leader known to node {self.node_id} after {seconds:g} s")
             await asyncio.sleep(min(self.config.tick_ms / 1000.0, deadline - loop.time()))
-
-    # -- coordination recipes (dengine.recipes) -----------------------------------------
-
-    def lock(self, name: Key, ttl: int = 10, *, timeout: float | None = None,
-             on_lost: Callable[[], Any] | None = None) -> Lock:
-        """`async with x.lock(b"name", ttl=10) as lock:` etcd's lock recipe (FIFO; a
-        waiter that times out or is cancelled leaves the queue); `lock.fencing_token`
-        strictly increases from holder to holder; `lock.lost` is set if its lease ends
-        while held. See `dengine.recipes.lock`."""
-        return Lock(self, name, ttl, timeout=timeout, on_lost=on_lost)
-
-    def election(self, name: Key) -> Election:
-        """An election: `campaign(value, ttl=10)` (async context manager), `leader()`,
-        `observe()`, `proclaim(value)`, `resign()`. See `dengine.recipes.election`."""
-        return Election(self, name)
-
-    # -- the Raft group's own events ------------------------------------------------------
-
-    def leader_changes(self) -> AsyncIterator[Leader]:
-        """`async for leader in engine.leader_changes():` the leader as this node knows it
-        now, then each change (a new leader, the same one elected again at a higher term,
-        `Leader(0, "", term)` while none is known), as the node learns it: no polling.
-        Run leader-only work while `leader.id == engine.node_id`. Ends when the engine
-        stops (raises Unavailable/StorageError if it failed or was removed)."""
-        return self._node.group_events.leader.follow()
-
-    def membership_changes(self) -> AsyncIterator[MemberSet]:
-        """`async for members in engine.membership_changes():` the configuration this node
-        has applied (voters and learners, id -> peer address), then each one it applies.
-        Ends like `leader_changes`."""
-        return self._node.group_events.membership.follow()
-
-    async def wait_leader_change(self, known: Leader | None, timeout: float) -> Leader:
-        """The leader as this node knows it, once it differs from `known` (at once when it
-        does, or `known` is None), else after `timeout` s (the servers' long-poll)."""
-        self._node.check_running()
-        changes = self._node.group_events.leader
-        current = changes.value
-        if known is not None and (known.id, known.term) == (current.id, current.term):
-            known = current  # (the address a client knows may be another node's view)
-        return await changes.wait_change(known, timeout)
-
-    async def wait_membership_change(self, known: MemberSet | None, timeout: float
-                                     ) -> MemberSet:
-        """`wait_leader_change` of the applied configuration."""
-        self._node.check_running()
-        return await self._node.group_events.membership.wait_change(known, timeout)
 
     # -- membership ----------------------------------------------------------------------
 
