@@ -235,7 +235,7 @@ def test_the_check_has_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
     check on some seed."""
     import dengine.recipes.lock as lock_module
 
-    async def no_wait(api: object, prefix: bytes, max_create_revision: int) -> None:
+    async def no_wait(api: object, prefix: bytes, key: bytes, revision: int) -> None:
         return None
 
     monkeypatch.setattr(lock_module, "wait_deletes", no_wait)

@@ -81,17 +81,23 @@ async def claim(api: Any, prefix: bytes, lease_id: int, value: bytes = b""
     return key, kvs[0].create_revision, result
 
 
-async def wait_deletes(api: Any, prefix: bytes, max_create_revision: int) -> None:
-    """Return once no key of `prefix` created at or below `max_create_revision` is left:
-    wait for the deletion of the one created last among them, then look again (etcd's
-    waitDeletes: each waiter watches only the key just before its own)."""
+async def wait_deletes(api: Any, prefix: bytes, key: bytes, revision: int) -> None:
+    """Return once no key of `prefix` created before `revision` (the create revision of
+    this holder's `key`) is left: wait for the deletion of the one created last among
+    them, then look again (etcd's waitDeletes: each waiter watches only the key just
+    before its own). Each look also reads `key`, in the same txn: SessionExpired once it
+    is gone (its lease ended while waiting), as etcd checks after waiting."""
     end = prefix_range_end(prefix)
+    before = rpc_pb2.RangeRequest(
+        key=prefix, range_end=end, limit=1, sort_order=rpc_pb2.RangeRequest.DESCEND,
+        sort_target=rpc_pb2.RangeRequest.CREATE, max_create_revision=revision - 1)
     while True:
-        request = rpc_pb2.RangeRequest(
-            key=prefix, range_end=end, limit=1, sort_order=rpc_pb2.RangeRequest.DESCEND,
-            sort_target=rpc_pb2.RangeRequest.CREATE, max_create_revision=max_create_revision)
-        result: TxnResult = await api.txn((), [Op("request_range", request)])
-        kvs = result.responses[0].kvs  # type: ignore[union-attr]
+        result: TxnResult = await api.txn((), [Op("request_range", before), Op.get(key)])
+        kvs, mine = (result.responses[0].kvs,  # type: ignore[union-attr]
+                     result.responses[1].kvs)  # type: ignore[union-attr]
+        if not mine or mine[0].create_revision != revision:
+            raise SessionExpired(f"{prefix[:-1]!r}: the key {key!r} is gone (its lease "
+                                 "ended) while waiting for its turn")
         if not kvs:
             return
         await wait_delete(api, kvs[0].key, result.revision)

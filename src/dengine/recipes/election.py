@@ -49,11 +49,7 @@ async def campaign_with_lease(api: Any, name: Key, lease_id: int, value: Key
         kv = result.responses[0].kvs[0]  # type: ignore[union-attr]
         if kv.value != value:
             await proclaim(api, key, revision, lease_id, value)
-    await wait_deletes(api, prefix, revision - 1)
-    kv = await api.get_kv(key)
-    if kv is None or kv.create_revision != revision:
-        raise SessionExpired(f"election {prefix[:-1]!r}: the key {key!r} of lease "
-                             f"{lease_id:x} is gone (the lease ended) while campaigning")
+    await wait_deletes(api, prefix, key, revision)
     return key, revision
 
 

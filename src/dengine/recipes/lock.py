@@ -53,11 +53,7 @@ async def lock_with_lease(api: Any, name: Key, lease_id: int) -> tuple[bytes, in
     key, revision, result = await claim(api, prefix, lease_id)
     if acquire_fencing(result, revision):
         return key, revision
-    await wait_deletes(api, prefix, revision - 1)
-    kv = await api.get_kv(key)
-    if kv is None or kv.create_revision != revision:
-        raise SessionExpired(f"lock {prefix[:-1]!r}: the key {key!r} of lease {lease_id:x} "
-                             "is gone (the lease ended) while waiting for the lock")
+    await wait_deletes(api, prefix, key, revision)
     return key, revision
 
 
