@@ -142,8 +142,9 @@ class Holding:
         return int(self._lease.id) if self._lease is not None else 0
 
     async def open(self) -> None:
-        self._context = self._api.lease(self._ttl)
-        self._lease = await self._context.__aenter__()
+        context = self._api.lease(self._ttl)
+        self._lease = await context.__aenter__()
+        self._context = context  # (only a lease granted is revoked by close)
         if self._on_lost is not None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_lost())
 
