@@ -20,6 +20,7 @@ from dengine.node.ports import NodeLog, SnapshotFiles
 from dengine.node.recovery import open_storage
 from dengine.proto import HardState
 from dengine.raft import Ready
+from dengine.storage.fileio import FileIO
 from dengine.storage.state_machine import StateMachine
 
 # A Ready whose entries hold up to this many bytes is persisted (written and fsynced) on
@@ -32,7 +33,11 @@ PERSIST_INLINE_MAX_BYTES = 256 * 1024
 class LogThread:
     """The Raft log (once opened) and its thread (`executor`)."""
 
-    def __init__(self, node_id: int) -> None:
+    def __init__(
+        self, node_id: int, fileio: FileIO | None = None, background_checkpoints: bool = True
+    ) -> None:
+        self._fileio = fileio
+        self._background = background_checkpoints
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"dengine-log-{node_id}"
         )
@@ -45,7 +50,8 @@ class LogThread:
         loop = asyncio.get_running_loop()
         try:
             raft_log, sm, applied = await loop.run_in_executor(
-                self.executor, open_storage, config, data_dir, store
+                self.executor, open_storage, config, data_dir, store, self._fileio,
+                self._background,
             )
         except BaseException:
             self.executor.shutdown(wait=False)

@@ -20,7 +20,7 @@ from dengine.api import MemberInfo
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, NotLeader, Unavailable
 from dengine.node.pending import Pending, Write
-from dengine.node.ports import NodeLog, PeerTransport
+from dengine.node.ports import NodeLog, PeerTransport, TransportFactory
 from dengine.node.snapshot_send import SnapshotDoneHandler
 from dengine.node.transport import MessageHandler, PeerHandler, SnapshotChunkHandler, Transport
 from dengine.proto import LogId, Member, Membership
@@ -73,6 +73,7 @@ class Members:
         check_running: Callable[[], None],
         not_leader: Callable[[], NotLeader],
         on_config: Callable[[Membership], None] | None = None,
+        transport_factory: TransportFactory | None = None,
     ) -> None:
         self.node_id = config.node_id
         self._config = config
@@ -85,6 +86,7 @@ class Members:
         self._check_running = check_running
         self._not_leader = not_leader
         self._on_config = on_config  # a configuration was applied (the membership events)
+        self._make_transport: TransportFactory = transport_factory or Transport
         self.transport: PeerTransport | None = None  # set once the transport is started
         self._seen: Membership | None = None  # the configuration the peers were set from
         self._noted = core.membership  # the latest configuration noted in `unapplied`
@@ -107,12 +109,12 @@ class Members:
         on_unreachable: PeerHandler,
         on_snapshot_chunk: SnapshotChunkHandler,
         on_snapshot_done: SnapshotDoneHandler,
-    ) -> Transport | None:
+    ) -> PeerTransport | None:
         """Start the peer transport (`self.transport`); None if a lone node cannot listen
         for peers (it works alone, it just cannot grow)."""
         config = self._config
         peers = self.peer_addresses()
-        transport = Transport(
+        transport = self._make_transport(
             node_id=self.node_id,
             cluster_id=config.cluster_id,
             listen=config.listen_peer,
@@ -150,8 +152,11 @@ class Members:
 
     def removed_at_start(self) -> bool:
         """Whether the applied configuration leaves this node out (it was removed before
-        a restart); a node that never was a member (joining) has no configuration."""
-        return bool(self._applied_ids) and self.node_id not in self._applied_ids
+        a restart); a node that never was a member (joining) has no configuration. A node
+        whose log holds a later configuration with it (a learner added, restarted before
+        it applied its own addition) is not removed: it applies that one next."""
+        return (bool(self._applied_ids) and self.node_id not in self._applied_ids
+                and self.node_id not in _ids(self._core.membership))
 
     def member_list(self, leader_id: int) -> list[MemberInfo]:
         """The latest configuration this node has appended, with the leader's match view."""

@@ -29,7 +29,7 @@ from dengine.node.logthread import LogThread
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
-from dengine.node.ports import NodeLog, PeerTransport, SnapshotFiles
+from dengine.node.ports import NodeEnv, NodeLog, PeerTransport, SnapshotFiles
 from dengine.node.reads import ReadPath
 from dengine.node.snapshots import SnapshotReceiver, SnapshotStore
 from dengine.node.snapshotter import Snapshotter
@@ -93,11 +93,13 @@ class Node:
     blocks on a full queue; the transport's per-peer queues bound memory.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, env: NodeEnv | None = None) -> None:
         self.config = config.validate()
         self.node_id = config.node_id
         self.data_dir = DataDir(config.data_dir)
-        self._logs = LogThread(self.node_id)
+        self._env = env = env or NodeEnv()
+        self._clock = env.clock or time.monotonic
+        self._logs = LogThread(self.node_id, env.fileio, env.background_checkpoints)
         self._io, self._persist = self._logs.executor, self._logs.persist
         self._log: NodeLog | None = None
         self._sm: StateMachine | None = None
@@ -173,7 +175,7 @@ class Node:
         self._running = True
         if self.members.removed_at_start():
             self._on_removed("its configuration left it out before this start")
-        self._last_tick = time.monotonic()
+        self._last_tick = self._clock()
         self._snaps.start_clock(self._last_tick)
         self._loop_task = asyncio.create_task(self._run(), name=f"dengine-node-{self.node_id}")
         self._ticker_task = asyncio.create_task(self._ticker(), name=f"dengine-tick-{self.node_id}")
@@ -185,8 +187,10 @@ class Node:
         # to be added instead.
         fresh = raft_log.last_index() == 0 and raft_log.snapshot_metadata() is None
         bootstrap = bootstrap_membership(self.config) if fresh and not self.config.join else None
-        core = RaftCore(self.config.raft_config(self.applied_index), raft_log, random.Random(),
-                        bootstrap=bootstrap)
+        env = self._env
+        make_core = env.core or RaftCore
+        core = make_core(self.config.raft_config(self.applied_index), raft_log,
+                         env.rng or random.Random(), bootstrap=bootstrap)
         hs = raft_log.hard_state()
         self._saved_vote = (hs.term, hs.voted_for)
         self._latest_hs.CopyFrom(hs)
@@ -199,13 +203,14 @@ class Node:
             on_removed=self._on_removed, wake=self._wake.set,
             check_running=self.check_running, not_leader=self.not_leader,
             on_config=self.group_events.config_applied,
+            transport_factory=env.transport,
         )
         self.group_events.config_applied(self.members.applied)
         self._events = RaftEvents(self.node_id, core)
         self._snaps = Snapshotter(
             self.config, loop, self._store, self._receiver, raft_log, sm, core, self._apply,
             applied=lambda: self.applied_index, running=lambda: self._running,
-            wake=self._wake.set, deliver=self._on_peer_messages,
+            wake=self._wake.set, deliver=self._on_peer_messages, clock=self._clock,
         )
         self._outbox = Outbox(self._snaps)
         self._send = self._outbox.send
@@ -382,7 +387,7 @@ class Node:
                     self._in_messages
                     or self._in_proposals
                     or any(self._in_reads.values())
-                    or time.monotonic() - self._last_tick >= self._tick_s
+                    or self._clock() - self._last_tick >= self._tick_s
                 ) and not core.has_ready():
                     if outbox.held and self._pending.ticks > outbox.held_since:
                         outbox.send_held()
@@ -401,8 +406,8 @@ class Node:
                 core.advance(rd)
                 if len(applies) > MAX_APPLIES_QUEUED:
                     await asyncio.wait([applies[0]])
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # GeneratorExit: the coroutine is closed (its loop is gone), not a failure
         except BaseException as e:
             self._die(e)
 
@@ -440,7 +445,7 @@ class Node:
             self._closing = self._loop.create_task(self._transport.close())
 
     def _take_inputs(self, core: RaftCore) -> None:
-        now = time.monotonic()
+        now = self._clock()
         owed = int((now - self._last_tick) / self._tick_s)
         if owed > 0:
             self._last_tick += owed * self._tick_s

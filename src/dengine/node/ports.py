@@ -9,12 +9,15 @@ backend can stand in for one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from dengine.proto import LogId, Membership, Message, SnapshotAck, SnapshotMetadata
-from dengine.raft import LogStorage
+from dengine.raft import LogStorage, RaftCore
+from dengine.storage.fileio import FileIO
 from dengine.storage.kvfile import StoreImage
 
 
@@ -52,3 +55,28 @@ class PeerTransport(Protocol):
     def cancel_snapshot(self, peer: int) -> bool: ...
     def snapshot_transfers(self) -> list[int]: ...
     def send_snapshot_ack(self, peer: int, ack: SnapshotAck) -> None: ...
+
+
+# Makes the peer transport; called with `dengine.node.transport.Transport`'s keyword
+# arguments (node_id, cluster_id, listen, peers, on_messages, ...).
+TransportFactory = Callable[..., PeerTransport]
+# Makes the core: (config, log, rng, *, bootstrap) like RaftCore.
+CoreFactory = Callable[..., RaftCore]
+
+
+@dataclass(frozen=True)
+class NodeEnv:
+    """What a node takes from its surroundings; the defaults are the real ones.
+
+    The deterministic simulator (`dengine.sim.nodesim`) runs real `Node`s on a virtual
+    clock (its event loop's), a simulated disk and network, with a seeded RNG; broken
+    cores for its teeth come through `core`. Nothing here is looked up per entry.
+    """
+
+    clock: Callable[[], float] | None = None  # monotonic seconds (None: time.monotonic)
+    fileio: FileIO | None = None  # the Raft log's and state machine's files (None: RealDisk)
+    rng: random.Random | None = None  # the core's randomness (None: an unseeded Random)
+    transport: TransportFactory | None = None  # None: dengine.node.transport.Transport
+    core: CoreFactory | None = None  # None: RaftCore
+    # The state machine's checkpoints on a thread of their own (False: written inline).
+    background_checkpoints: bool = True

@@ -18,6 +18,7 @@ from dengine.node.datadir import DataDir
 from dengine.node.ports import NodeLog, SnapshotFiles
 from dengine.proto import LogId, Membership, SnapshotMetadata
 from dengine.storage import recovery
+from dengine.storage.fileio import FileIO
 from dengine.storage.state_machine import StateMachine
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,12 @@ _APPLY_CHUNK = 4096  # entries per apply_chunk call while re-applying
 
 
 def open_storage(
-    config: NodeConfig, data_dir: DataDir, store: SnapshotFiles
+    config: NodeConfig, data_dir: DataDir, store: SnapshotFiles,
+    fileio: FileIO | None = None, background_checkpoints: bool = True,
 ) -> tuple[NodeLog, StateMachine, int]:
-    """Open the log and state machine and re-apply committed entries the state machine has
-    not seen; (log, state machine, applied index). Blocking: run it on the log thread."""
+    """Open the log and state machine (on `fileio`, default the real disk) and re-apply
+    committed entries the state machine has not seen; (log, state machine, applied index).
+    Blocking: run it on the log thread."""
 
     def write_snapshot(sm: StateMachine, point: LogId, membership: Membership
                        ) -> SnapshotMetadata:
@@ -38,6 +41,7 @@ def open_storage(
     opened = recovery.open_storage(
         data_dir.raft, data_dir.sm, write_snapshot=write_snapshot,
         segment_bytes=config.log_segment_bytes, checkpoint_bytes=config.wal_checkpoint_bytes,
+        fileio=fileio, background_checkpoints=background_checkpoints,
     )
     raft_log, sm = opened.raft_log, opened.sm
     store.prune(raft_log.snapshot_metadata(), leftovers=True)

@@ -66,6 +66,7 @@ class Snapshotter:
         running: Callable[[], bool],
         wake: Callable[[], None],
         deliver: Callable[[int, Sequence[Message]], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = config.node_id
         self._config = config
@@ -80,6 +81,7 @@ class Snapshotter:
         self._running = running
         self._wake = wake
         self._deliver = deliver
+        self._clock = clock
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"dengine-snap-{self.node_id}"
         )
@@ -115,14 +117,14 @@ class Snapshotter:
             return
         if not (force or (threshold and behind >= threshold)):
             return
-        if time.monotonic() < self._next_at and not self._config.snapshot_interval_s:
+        if self._clock() < self._next_at and not self._config.snapshot_interval_s:
             return  # backing off after a failure
         self.task = self._loop.create_task(
             self._take(), name=f"dengine-snapshot-{self.node_id}"
         )
 
     async def _take(self) -> None:
-        started = time.monotonic()
+        started = self._clock()
         try:
             # On the apply thread, between two chunks: state and index from one point.
             state, last, membership = await self._apply.run(self._capture)
@@ -140,15 +142,15 @@ class Snapshotter:
             self.compact_to = metadata
             self._wake()
             log.info("node %d: snapshot at index %d written in %.2fs (term %d)", self.node_id,
-                     last.index, time.monotonic() - started, self._core.term)
+                     last.index, self._clock() - started, self._core.term)
             interval = self._config.snapshot_interval_s
-            self._next_at = time.monotonic() + interval if interval else 0.0
+            self._next_at = self._clock() + interval if interval else 0.0
         except asyncio.CancelledError:
             raise
         except Exception as e:
             # The log is simply not compacted yet; nothing is lost. Retry later.
             log.error("node %d: snapshot failed: %s", self.node_id, e, exc_info=True)
-            self._next_at = time.monotonic() + _SNAPSHOT_RETRY_S
+            self._next_at = self._clock() + _SNAPSHOT_RETRY_S
         finally:
             self.task = None
 

@@ -87,6 +87,7 @@ def open_storage(
     fileio: FileIO | None = None,
     segment_bytes: int = 64 * 1024 * 1024,
     checkpoint_bytes: int = 64 * 1024 * 1024,
+    background_checkpoints: bool = True,
 ) -> Storage:
     """Open and recover both, then bring the state machine and log in step (`Plan`).
 
@@ -101,6 +102,7 @@ def open_storage(
             sm = FileStateMachine(
                 sm_dir, checkpoint_bytes=checkpoint_bytes, fileio=fileio,
                 sync_apply=False, replayable_from=raft_log.first_index(),
+                background_checkpoint=background_checkpoints,
             )
         except BaseException:
             raft_log.close()
