@@ -2,12 +2,16 @@
 
 Runs every seed, prints each failing seed with the command that replays it, then one
 summary line. Exits 0 only if every seed held every invariant and stayed linearizable.
+`--whole-node` runs real `Node`s instead of bare cores (`dengine.sim.nodesim`);
+`--soak` keeps going from the first seed until `--hours` have passed or a seed fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
+import logging
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -16,6 +20,8 @@ import click
 
 from dengine.kv.mvcc import MvccStore
 from dengine.sim.config import FAULT_KINDS, CoreFactory, SimConfig, SimResult
+from dengine.sim.nodesim import NODE_FAULT_KINDS, NodeSimConfig, NodeSimResult
+from dengine.sim.nodesim import run as run_nodes
 from dengine.sim.simulator import Simulator
 from dengine.sim.workloads import WORKLOADS
 
@@ -32,16 +38,16 @@ def _parse_seeds(spec: str) -> range:
     return range(start, stop)
 
 
-def _parse_faults(spec: str) -> frozenset[str]:
+def _parse_faults(spec: str, known: tuple[str, ...] = FAULT_KINDS) -> frozenset[str]:
     if spec == "all":
-        return frozenset(FAULT_KINDS)
+        return frozenset(known)
     if spec == "none":
         return frozenset()
     kinds = frozenset(k.strip() for k in spec.split(",") if k.strip())
-    unknown = kinds - set(FAULT_KINDS)
+    unknown = kinds - set(known)
     if unknown:
         raise click.BadParameter(
-            f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}, "
+            f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(known)}, "
             "or all / none"
         )
     return kinds
@@ -81,6 +87,66 @@ def _run(config: SimConfig) -> SimResult:
     return Simulator(config, factory, store).run()
 
 
+def _run_nodes(config: NodeSimConfig) -> NodeSimResult:
+    logging.getLogger("dengine").setLevel(logging.CRITICAL + 1)  # crashes are the point
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    return run_nodes(config)
+
+
+def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
+                hours: float) -> None:
+    """Run real nodes for each seed (or, with `soak`, from the first seed on for `hours`)."""
+    try:
+        base.node_class()
+        base.core_factory()
+    except (ImportError, AttributeError, ValueError) as e:
+        raise click.BadParameter(str(e)) from None
+    seeds = itertools.count(seed_range.start) if soak else iter(seed_range)
+    deadline = time.monotonic() + hours * 3600
+    started = time.perf_counter()
+    failures = runs = 0
+    totals: dict[str, int] = {}
+    last_report = started
+    pool = ProcessPoolExecutor(jobs) if jobs > 1 else None
+    try:
+        while True:
+            batch = [dataclasses.replace(base, seed=s)
+                     for s in itertools.islice(seeds, max(1, jobs * 4))]
+            if not batch or (soak and time.monotonic() > deadline):
+                break
+            results = pool.map(_run_nodes, batch) if pool else map(_run_nodes, batch)
+            for result in results:
+                runs += 1
+                for k, v in result.stats.items():
+                    totals[k] = totals.get(k, 0) + v
+                if not result.ok:
+                    failures += 1
+                    click.echo(result.describe())
+            now = time.perf_counter()
+            if soak and (failures or now - last_report > 60):
+                last_report = now
+                click.echo(f"dengine.sim --soak: {runs} seeds from {seed_range.start}, "
+                           f"{runs / (now - started):.2f} seeds/s, {failures} failing")
+            if soak and failures:
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    elapsed = time.perf_counter() - started
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(totals.items())
+                       if k.startswith(("fault_", "strike_", "power_cuts", "kills")))
+    click.echo(
+        f"dengine.sim --whole-node: nodes={base.nodes} learners={base.learners} "
+        f"seeds={seed_range.start}:{seed_range.start + runs} runs={runs} "
+        f"seconds={base.seconds:g} violations={failures} elapsed={elapsed:.1f}s "
+        f"({runs / elapsed if elapsed else 0:.2f} seeds/s)\n  faults: {faults}\n"
+        f"  clients: writes acknowledged {totals.get('writes_ok', 0)}, unknown "
+        f"{totals.get('writes_unknown', 0)}, reads {totals.get('reads_ok', 0)} (lease "
+        f"{totals.get('lease_reads', 0)}), eventual {totals.get('eventual_reads', 0)}"
+    )
+    sys.exit(1 if failures else 0)
+
+
 @click.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--seeds", default="0:100", show_default=True, help="START:STOP (exclusive) or SEED")
@@ -106,11 +172,31 @@ def _run(config: SimConfig) -> SimResult:
 @click.option("--store", default="", help="MODULE:CLASS of an MvccStore variant to test")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="worker processes")
+@click.option("--whole-node", is_flag=True,
+              help="run real Nodes (file log, file state machine, asyncio driver) on a "
+              "simulated clock, disk and network; faults: " + ", ".join(NODE_FAULT_KINDS))
+@click.option("--seconds", type=click.FloatRange(0.1), default=2.0, show_default=True,
+              help="--whole-node: virtual seconds under faults per seed")
+@click.option("--learners", type=click.IntRange(0, 4), default=0, show_default=True,
+              help="--whole-node: learners added to the voters once a leader exists")
+@click.option("--node", "node_class", default="",
+              help="--whole-node: MODULE:CLASS of a Node variant (dengine.sim.nodesim.broken)")
+@click.option("--soak", is_flag=True,
+              help="--whole-node: run seeds from START on until --hours pass or one fails")
+@click.option("--hours", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="--soak: how long")
 def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
          max_entries_per_msg: int, max_inflight: int, snapshot_every: int, membership: bool,
-         workload: str, accounts: int, core: str, store: str, jobs: int) -> None:
+         workload: str, accounts: int, core: str, store: str, jobs: int, whole_node: bool,
+         seconds: float, learners: int, node_class: str, soak: bool, hours: float) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
+    if whole_node or soak:
+        _whole_node(NodeSimConfig(
+            nodes=nodes, learners=learners, seconds=seconds,
+            faults=_parse_faults(faults, NODE_FAULT_KINDS), node=node_class, core=core,
+        ), seed_range, jobs, soak, hours)
+        return
     base = SimConfig(nodes=nodes, steps=steps, faults=_parse_faults(faults),
                      lease_reads=lease_reads, max_entries_per_msg=max_entries_per_msg,
                      max_inflight=max_inflight, snapshot_every=snapshot_every,

@@ -1,0 +1,215 @@
+"""The clients of a whole-node run: closed-loop writers and readers, and their history.
+
+Each client does one operation at a time on a node: a put or a delete (unique values)
+through `Node.propose`, or a read of one key through `Node.read` at linearizable, lease
+or eventual consistency. It asks the node it believes leads (`NotLeader` tells it which),
+or another one at random. Outcomes, as a real client sees them:
+
+* a write whose future resolves is acknowledged (call and return times recorded);
+* a write refused at once (`NotLeader`, not running) was never proposed: left out;
+* a write that fails later (timeout, leadership lost, the node died) has an unknown
+  outcome: recorded with `ret=None` (it may or may not have been applied);
+* a read is recorded only when it returned a value; eventual reads go to their own check.
+
+After healing, `final_reads` reads every key at linearizable consistency: a write
+acknowledged and then lost (a power cut ate it) shows up as a stale final read.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import TYPE_CHECKING, Any
+
+from dengine.errors import DengineError, NotLeader
+from dengine.kv import EVENTUAL, LEASE, LINEARIZABLE
+from dengine.kv.codec import encode_delete, encode_insert
+from dengine.sim.lincheck import Op
+
+if TYPE_CHECKING:
+    from dengine.sim.nodesim.world import Member, World
+
+KEYS = (b"k0", b"k1", b"k2")
+TIMEOUT_S = 1.0  # what the node is given
+GIVE_UP_S = 1.5  # a client waits this long for an answer (a paused or dead node)
+
+
+class _Client:
+    __slots__ = ("busy_on", "id", "leader", "seq", "token")
+
+    def __init__(self, client_id: int) -> None:
+        self.id = client_id
+        self.leader = 1
+        self.seq = 0
+        self.token = 0  # the operation in flight (0: none)
+        self.busy_on = 0  # the node it waits for
+
+
+class Clients:
+    def __init__(self, world: World, rng: random.Random) -> None:
+        self.world = world
+        self.rng = rng
+        self.clients = [_Client(i) for i in range(world.config.clients)]
+        self.history: list[Op] = []
+        self.lines: list[str] = []
+        self.eventual: list[tuple[int, bytes, bytes | None, float]] = []
+        self.values_written: set[bytes] = set()
+        self.stats = {"writes_ok": 0, "writes_unknown": 0, "reads_ok": 0, "refused": 0,
+                      "eventual_reads": 0, "lease_reads": 0}
+        self._tokens = 0
+        self._running = False
+        # token -> (client, kind, key, value, call ms, consistency)
+        self._inflight: dict[int, tuple[_Client, str, bytes, bytes | None, float, str]] = {}
+
+    def start(self) -> None:
+        self._running = True
+        for c in self.clients:
+            self.world.after(self.rng.uniform(0.0, 0.05), functools.partial(self._next, c))
+
+    def stop(self) -> None:
+        self._running = False
+
+    def history_lines(self) -> list[str]:
+        return self.lines
+
+    # -- one operation
+
+    def _pick(self, c: _Client) -> Member:
+        members = self.world.members
+        if self.rng.random() < 0.3 or c.leader not in members:
+            return members[self.rng.choice(sorted(members))]
+        return members[c.leader]
+
+    def _next(self, c: _Client) -> None:
+        if not self._running or c.token:
+            return
+        m = self._pick(c)
+        r = self.rng.random()
+        key = self.rng.choice(KEYS)
+        c.seq += 1
+        if r < 0.35:
+            kind, value, level = "put", f"c{c.id}-{c.seq}".encode(), ""
+            self.values_written.add(value)
+        elif r < 0.45:
+            kind, value, level = "delete", None, ""
+        else:
+            kind, value = "get", None
+            level = (LINEARIZABLE, LEASE, EVENTUAL)[self.rng.choice((0, 0, 1, 1, 2))]
+        self._tokens += 1
+        token = c.token = self._tokens
+        c.busy_on = m.node_id
+        self._inflight[token] = (c, kind, key, value, self.world.now_ms, level)
+        if not self.world.call_on(m, self._submit, m, token):
+            self._finish(token, "refused")
+            return
+        self.world.after(GIVE_UP_S, lambda: self._finish(token, "unknown"))
+
+    def _submit(self, m: Member, token: int) -> None:
+        """On the node's loop: hand the operation to the node."""
+        op = self._inflight.get(token)
+        node = m.node
+        if op is None or node is None:
+            return
+        c, kind, key, value, _, level = op
+        try:
+            if kind == "put":
+                assert value is not None
+                future: Any = node.propose([encode_insert(key, value)], TIMEOUT_S)
+            elif kind == "delete":
+                future = node.propose([encode_delete(key)], TIMEOUT_S)
+            else:
+                future = node.read([key], level, TIMEOUT_S)
+        except NotLeader as e:
+            if e.leader_id:
+                c.leader = e.leader_id
+            self._finish(token, "refused")
+            return
+        except DengineError:
+            self._finish(token, "refused")
+            return
+        future.add_done_callback(lambda f: self._done(token, f))
+
+    def _done(self, token: int, future: Any) -> None:
+        if future.cancelled():
+            self._finish(token, "unknown")
+            return
+        error = future.exception()
+        if error is not None:
+            if isinstance(error, NotLeader) and error.leader_id:
+                op = self._inflight.get(token)
+                if op is not None:
+                    op[0].leader = error.leader_id
+            self._finish(token, "unknown")
+            return
+        result = future.result()
+        self._finish(token, "ok", result[0] if result else None)
+
+    def _finish(self, token: int, outcome: str, result: Any = None) -> None:
+        op = self._inflight.pop(token, None)
+        if op is None:
+            return  # already finished (given up, or the node died)
+        c, kind, key, value, call, level = op
+        now = self.world.now_ms
+        c.token = 0
+        stats = self.stats
+        if kind in ("put", "delete"):
+            if outcome == "ok":
+                stats["writes_ok"] += 1
+                self._record(Op(c.id, kind, key, value=value, call=call, ret=now))  # type: ignore[arg-type]
+            elif outcome == "unknown":
+                stats["writes_unknown"] += 1
+                self._record(Op(c.id, kind, key, value=value, call=call, ret=None))  # type: ignore[arg-type]
+            else:
+                stats["refused"] += 1
+        elif outcome == "ok":
+            if level == EVENTUAL:
+                stats["eventual_reads"] += 1
+                self.eventual.append((c.busy_on, key, result, now))
+                self.lines.append(f"{call:.3f}-{now:.3f} c{c.id} n{c.busy_on} eventual "
+                                  f"get {key!r} -> {result!r}")
+            else:
+                stats["reads_ok"] += 1
+                if level == LEASE:
+                    stats["lease_reads"] += 1
+                self._record(Op(c.id, "get", key, output=result, call=call, ret=now))
+        if self._running:
+            self.world.after(self.rng.uniform(0.0, 0.02), lambda: self._next(c))
+
+    def _record(self, op: Op) -> None:
+        self.history.append(op)
+        self.lines.append(op.describe())
+
+    def node_gone(self, node_id: int) -> None:
+        """A node died: what its clients waited for has an unknown outcome."""
+        for token, op in list(self._inflight.items()):
+            if op[0].busy_on == node_id:
+                self._finish(token, "unknown")
+
+    # -- after healing
+
+    def final_reads(self) -> None:
+        """Read every key at linearizable consistency through the leader (history)."""
+        world = self.world
+        reader = _Client(len(self.clients))
+        self.clients.append(reader)
+        for key in KEYS:
+            for _attempt in range(20):
+                lead = world.leader()
+                if lead is None:
+                    world.step_until(world.clock.now + 0.1)
+                    continue
+                self._tokens += 1
+                token = reader.token = self._tokens
+                reader.busy_on = lead.node_id
+                self._inflight[token] = (reader, "get", key, None, world.now_ms, LINEARIZABLE)
+                done = len(self.history)
+                world.call_on(lead, self._submit, lead, token)
+                world.step_until(world.clock.now + GIVE_UP_S,
+                                 lambda t=token: t not in self._inflight)  # type: ignore[misc]
+                self._inflight.pop(token, None)
+                if len(self.history) > done:
+                    break
+            else:
+                from dengine.sim.nodesim.checks import Violation
+
+                raise Violation("liveness", 0, f"no linearizable read of {key!r} after healing")

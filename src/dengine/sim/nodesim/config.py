@@ -1,0 +1,92 @@
+"""What one whole-node run is (NodeSimConfig) and what it found (NodeSimResult)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dengine.node.ports import CoreFactory
+
+if TYPE_CHECKING:
+    from dengine.node.node import Node
+    from dengine.sim.nodesim.checks import Violation
+
+# Fault kinds of the whole-node simulator (`--faults`).
+NODE_FAULT_KINDS = ("net", "partition", "oneway", "kill", "power", "power_all", "pause",
+                    "strike")
+
+
+def _load(spec: str) -> Any:
+    module, sep, name = spec.partition(":")
+    if not sep:
+        raise ValueError(f"expected MODULE:NAME, got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class NodeSimConfig:
+    """One run of real nodes on the simulated clock, disk and network."""
+
+    nodes: int = 3  # voters
+    learners: int = 0  # added as learners once a leader exists
+    seed: int = 0
+    seconds: float = 3.0  # virtual seconds of client load under faults, before healing
+    faults: frozenset[str] = frozenset(NODE_FAULT_KINDS)
+    clients: int = 4
+    disk_latency_ms: float = 2.0  # each job of a node's threads takes up to this long
+    checkpoint_bytes: int = 8 * 1024  # the state machine's WAL checkpoints often
+    segment_bytes: int = 16 * 1024  # and the Raft log rolls segments often
+    node: str = ""  # "module:Class" of a Node subclass (a broken variant)
+    core: str = ""  # "module:Class" of a RaftCore subclass (a broken variant)
+
+    def node_class(self) -> type[Node]:
+        from dengine.sim.nodesim.broken import SimNode
+
+        cls = _load(self.node) if self.node else SimNode
+        if not (isinstance(cls, type) and issubclass(cls, SimNode)):
+            raise ValueError(f"{self.node!r} is not a dengine.sim.nodesim.broken.SimNode")
+        return cls
+
+    def core_factory(self) -> CoreFactory | None:
+        return _load(self.core) if self.core else None
+
+    def replay_command(self) -> str:
+        cmd = (f"python -m dengine.sim --whole-node --nodes {self.nodes} "
+               f"--seeds {self.seed}:{self.seed + 1} --seconds {self.seconds:g}")
+        if self.learners:
+            cmd += f" --learners {self.learners}"
+        if self.faults != frozenset(NODE_FAULT_KINDS):
+            cmd += f" --faults {','.join(sorted(self.faults)) or 'none'}"
+        if self.node:
+            cmd += f" --node {self.node}"
+        if self.core:
+            cmd += f" --core {self.core}"
+        return cmd
+
+
+@dataclass
+class NodeSimResult:
+    """Outcome of one run. `violation` is None when every check held."""
+
+    config: NodeSimConfig
+    violation: Violation | None
+    history: list[str]  # one line per client operation, in completion order
+    stats: dict[str, int]
+    virtual_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None
+
+    @property
+    def steps_run(self) -> int:
+        return self.stats.get("steps", 0)
+
+    def describe(self) -> str:
+        if self.violation is None:
+            return f"seed {self.config.seed}: ok ({self.steps_run} steps)"
+        v = self.violation
+        return (f"seed {self.config.seed}: {v.invariant} violated on node {v.node} at "
+                f"{self.virtual_seconds * 1000:.1f} ms: {v.detail}\n"
+                f"  replay: {self.config.replay_command()}")

@@ -1,0 +1,235 @@
+"""The fault schedule of a whole-node run, drawn from the seed.
+
+Every 20-250 ms of the run one fault of the enabled kinds starts (and undoes itself
+later):
+
+* `net`: new network settings: loss 0-20 %, duplication 0-10 %, delays up to 1-30 ms,
+  stragglers (20-200 ms: reordering) 0-5 %;
+* `partition`: a node (the leader half the time) cut off both ways for 50-600 ms;
+* `oneway`: one direction of one or two links blocked for 50-600 ms;
+* `kill`: a node's process dies (kill -9: its disk keeps everything written, synced or
+  not), restarted 10-300 ms later;
+* `power`: a node loses power at its n-th next disk operation (n = 1-6: inside an append,
+  between a write and its fsync...) or within 50 ms, whichever first; unsynced data and
+  directory entries are lost or torn; restarted 10-300 ms later;
+* `power_all`: every node loses power within 0-15 ms of the first (a rack), the first one
+  during a disk operation; all restart 20-300 ms later;
+* `pause`: a node stops running (SIGSTOP) for 20-400 ms; what reaches it waits;
+* a *strike*: after a power cut, half the time the leader is killed, cut off or loses
+  power within 0-20 ms (correlated failures: what makes a lost acknowledgement matter).
+
+`heal` ends them all: links unblocked, network clean, paused nodes resumed, dead ones
+restarted. Counters (`World.stats`) show what each seed exercised.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from dengine.sim.nodesim.net import NetFaults
+
+if TYPE_CHECKING:
+    from dengine.sim.nodesim.world import Member, World
+
+
+class Faults:
+    def __init__(self, world: World, rng: random.Random) -> None:
+        self.world = world
+        self.rng = rng
+        self.kinds = sorted(world.config.faults)
+        self._until = 0.0
+        self._healed = False
+        self._after_cut: dict[int, Callable[[], None]] = {}
+
+    def start(self, seconds: float) -> None:
+        self._until = seconds
+        if self.kinds:
+            self._later(self.rng.uniform(0.1, 0.3), self._tick)
+
+    def _tick(self) -> None:
+        world = self.world
+        if self._healed or world.clock.now >= self._until:
+            return
+        kind = self.rng.choice(self.kinds)
+        getattr(self, "_" + kind)()
+        world.count("fault_" + kind)
+        self._later(self.rng.uniform(0.02, 0.25), self._tick)
+
+    # -- helpers
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        """`fn` after `delay`, unless everything was healed meanwhile."""
+        def run() -> None:
+            if not self._healed:
+                fn()
+        self.world.after(delay, run)
+
+    def _victim(self, leader_bias: float = 0.5) -> Member | None:
+        world = self.world
+        up = [m for m in world.members.values() if m.node is not None]
+        if not up:
+            return None
+        lead = world.leader()
+        if lead is not None and self.rng.random() < leader_bias:
+            return lead
+        return self.rng.choice(up)
+
+    def _restart_later(self, m: Member, lo: float, hi: float) -> None:
+        def restart() -> None:
+            if m.node is None and not self._healed:
+                self.world.start(m)
+        self._later(self.rng.uniform(lo, hi), restart)
+
+    def _heal_links(self, pairs: set[tuple[int, int]], lo: float, hi: float) -> None:
+        def heal() -> None:
+            self.world.net.faults.blocked -= pairs
+        self._later(self.rng.uniform(lo, hi), heal)
+
+    # -- the kinds
+
+    def _net(self) -> None:
+        rng = self.rng
+        self.world.net.faults = NetFaults(
+            loss=rng.choice((0.0, 0.0, 0.02, 0.1, 0.2)), dup=rng.choice((0.0, 0.02, 0.1)),
+            max_delay_ms=rng.choice((1.0, 5.0, 10.0, 30.0)),
+            straggler=rng.choice((0.0, 0.0, 0.01, 0.05)),
+            blocked=self.world.net.faults.blocked,
+        )
+
+    def _partition(self) -> None:
+        m = self._victim()
+        if m is None:
+            return
+        others = [i for i in self.world.members if i != m.node_id]
+        pairs = {(m.node_id, o) for o in others} | {(o, m.node_id) for o in others}
+        self.world.net.faults.blocked |= pairs
+        self._heal_links(pairs, 0.05, 0.6)
+
+    def _oneway(self) -> None:
+        ids = sorted(self.world.members)
+        if len(ids) < 2:
+            return
+        pairs = set()
+        for _ in range(self.rng.randint(1, 2)):
+            a, b = self.rng.sample(ids, 2)
+            pairs.add((a, b))
+        self.world.net.faults.blocked |= pairs
+        self._heal_links(pairs, 0.05, 0.6)
+
+    def _kill(self) -> None:
+        m = self._victim()
+        if m is None:
+            return
+        self.world.stop(m, "kills")
+        self._restart_later(m, 0.01, 0.3)
+
+    def _power(self) -> None:
+        m = self._victim(0.3)
+        if m is None:
+            return
+        self._arm(m)
+        self._restart_later(m, 0.06, 0.35)
+
+    def _arm(self, m: Member, ops: int = 0) -> None:
+        fence = m.fence
+        if fence is None:
+            return
+        fence.arm(ops or self.rng.randint(1, 6))
+
+        def fallback() -> None:
+            if m.fence is fence and fence.alive:
+                self.world.power_cut(m)
+        self._later(self.rng.uniform(0.0, 0.05), fallback)
+
+    def _power_all(self) -> None:
+        world = self.world
+        up = [m for m in world.members.values() if m.node is not None]
+        if not up:
+            return
+        first = self.rng.choice(up)
+        self._arm(first)
+        for m in up:
+            if m is not first:
+                def cut(m: Member = m) -> None:
+                    if m.node is not None:
+                        world.power_cut(m)
+                self._later(self.rng.uniform(0.0, 0.015), cut)
+        lo = self.rng.uniform(0.02, 0.3)
+        for m in world.members.values():
+            self._restart_later(m, lo + 0.05, lo + 0.1)
+
+    def _pause(self) -> None:
+        m = self._victim()
+        if m is None or m.paused:
+            return
+        m.paused = True
+        world = self.world
+
+        def resume(node: object = m.node) -> None:
+            if m.node is node:
+                world.resume(m)
+        self._later(self.rng.uniform(0.02, 0.4), resume)
+
+    def _strike(self) -> None:
+        """Correlated failures around the leader (module docstring)."""
+        world = self.world
+        lead = world.leader()
+        if lead is None:
+            return
+        rng = self.rng
+        voters = sorted(m.node_id for m in world.members.values()
+                        if not m.learner and m is not lead)
+        if not voters:
+            return
+        delay = world.net.faults.max_delay_ms / 1000.0
+        if rng.random() < 0.6:
+            # One follower acknowledges the next append and loses power while it writes
+            # it; the followers that would make a majority without it do not get it.
+            world.count("strike_ack")
+            acker = rng.choice(voters)
+            keep = rng.sample([v for v in voters if v != acker], world.config.nodes // 2 - 1)
+            starved = {(lead.node_id, v) for v in voters if v != acker and v not in keep}
+            target = world.members[acker]
+            self._after_cut[acker] = lambda: self._later(
+                rng.uniform(1.2 * delay, 2.5 * delay + 0.004), lambda: self._down(lead))
+            self._arm(target, rng.randint(1, 3))
+            self._restart_later(target, 0.03, 0.2)
+        else:
+            # The leader reaches no other voter (learners, if any, still get its appends).
+            world.count("strike_isolate")
+            starved = {(lead.node_id, v) for v in voters}
+            self._later(rng.uniform(2.5 * delay, 6 * delay + 0.01), lambda: self._down(lead))
+        world.net.faults.blocked |= starved
+        self._heal_links(starved, 0.1, 0.3)
+
+    def _down(self, m: Member) -> None:
+        """Kill `m` or cut its power, and restart it later."""
+        if m.node is None:
+            return
+        if self.rng.random() < 0.5:
+            self.world.stop(m, "kills")
+        else:
+            self.world.power_cut(m)
+        self._restart_later(m, 0.1, 0.3)
+
+    def cut_happened(self, m: Member) -> None:
+        """The world: `m` just lost power."""
+        then = self._after_cut.pop(m.node_id, None)
+        if then is not None:
+            then()
+
+    # -- the end
+
+    def heal(self) -> None:
+        world = self.world
+        self._healed = True
+        world.net.faults = NetFaults()
+        for m in world.members.values():
+            if m.fence is not None:
+                m.fence.arm(None)
+            if m.paused:
+                world.resume(m)
+            if m.node is None:
+                world.start(m)

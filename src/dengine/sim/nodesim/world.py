@@ -1,0 +1,363 @@
+"""The simulated world of whole nodes: N real `Node`s, their disks, the network, the clock.
+
+`World(config).run()` starts every node (each on its own `SimLoop`, `SimulatedDisk` and
+`SimTransport`), runs clients and a fault schedule for `config.seconds` of virtual time,
+heals everything, waits for the cluster to settle, reads every key once more and checks
+the run (`dengine.sim.nodesim.checks`). One `random.Random(seed)` decides everything, so
+a run is a function of its config: the same seed gives the same history, byte for byte.
+
+Stepping: while some running (not paused, not dead) loop has a ready callback, one of them
+(chosen by the seed) runs that callback; otherwise the clock moves to the next event: a
+world event (a delivery, a client action, a fault) or a node's timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from dengine.config import NodeConfig
+from dengine.node.node import Node
+from dengine.node.ports import NodeEnv
+from dengine.proto import Membership
+from dengine.raft import Role
+from dengine.sim.nodesim.checks import Checks, Violation
+from dengine.sim.nodesim.clients import Clients
+from dengine.sim.nodesim.config import NodeSimConfig, NodeSimResult
+from dengine.sim.nodesim.disk import FencedDisk, ProcessGone
+from dengine.sim.nodesim.faults import Faults
+from dengine.sim.nodesim.loop import Clock, SimLoop
+from dengine.sim.nodesim.net import SimNetwork, SimTransport
+from dengine.storage.fileio import SimulatedCrash, SimulatedDisk
+
+# A world event: (virtual time, sequence number, callback).
+_Event = tuple[float, int, Callable[[], None]]
+
+
+class Member:
+    """One simulated machine: its disk (kept across incarnations) and its current process."""
+
+    def __init__(self, node_id: int, learner: bool) -> None:
+        self.node_id = node_id
+        self.learner = learner
+        self.disk = SimulatedDisk()
+        self.incarnation = 0
+        self.loop: SimLoop | None = None
+        self.node: Node | None = None
+        self.fence: FencedDisk | None = None
+        self.transport: SimTransport | None = None
+        self.paused = False
+        self.held: list[tuple[int, bytes]] = []  # deliveries waiting while paused
+        self.start_task: Any = None
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None
+
+    @property
+    def running(self) -> bool:
+        return self.node is not None and not self.paused
+
+
+class World:
+    """See the module docstring."""
+
+    def __init__(self, config: NodeSimConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.clock = Clock()
+        self._events: list[_Event] = []
+        self._seq = itertools.count()
+        self.steps = 0
+        self.stats: dict[str, int] = {}
+        voters = range(1, config.nodes + 1)
+        learners = range(config.nodes + 1, config.nodes + config.learners + 1)
+        self.members = {i: Member(i, False) for i in voters}
+        self.members.update({i: Member(i, True) for i in learners})
+        self.net = SimNetwork(random.Random(self.rng.random()), self.after, self._deliver)
+        self.checks = Checks(self)
+        self.clients = Clients(self, random.Random(self.rng.random()))
+        self.faults = Faults(self, random.Random(self.rng.random()))
+        self._node_class = config.node_class()
+        self._core = config.core_factory()
+        self._tmp = tempfile.mkdtemp(prefix="dengine-nodesim-")
+        self._loop_rng = random.Random(self.rng.random())
+        self._failure: Violation | None = None
+        self._dead_loops: list[SimLoop] = []
+
+    # -- the clock and world events -----------------------------------------------------
+
+    @property
+    def now_ms(self) -> float:
+        return self.clock.now * 1000.0
+
+    def after(self, delay_s: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (self.clock.now + delay_s, next(self._seq), callback))
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.stats[what] = self.stats.get(what, 0) + n
+
+    # -- nodes ----------------------------------------------------------------------------
+
+    def node_config(self, m: Member) -> NodeConfig:
+        voters = range(1, self.config.nodes + 1)
+        peers = {i: f"sim-peer-{i}:1" for i in voters if i != m.node_id}
+        return NodeConfig(
+            data_dir=f"{self._tmp}/n{m.node_id}", node_id=m.node_id, cluster_id="sim",
+            listen_peer=f"sim-peer-{m.node_id}:1", listen_client=f"sim-client-{m.node_id}:1",
+            peers=peers, join="sim-peer-1:1" if m.learner else "", auto_promote=False,
+            tick_ms=10, election_timeout_ms=100, heartbeat_interval_ms=20, clock_drift_ms=20,
+            snapshot_threshold_entries=0, wal_checkpoint_bytes=self.config.checkpoint_bytes,
+            log_segment_bytes=self.config.segment_bytes,
+        )
+
+    def start(self, m: Member) -> None:
+        """Start a new incarnation of `m`'s node process on its disk."""
+        assert m.node is None
+        m.incarnation += 1
+        rng = random.Random(self.rng.random())
+        fast = self.config.disk_latency_ms
+
+        def latency() -> float:
+            return rng.uniform(0.01, fast) / 1000.0
+
+        loop = SimLoop(self.clock, latency)
+        loop.set_exception_handler(lambda _, context: self._loop_error(m, loop, context))
+        fence = FencedDisk(m.disk, lambda: self.power_cut(m))
+        holder: dict[str, SimTransport] = {}
+
+        def make_transport(**kwargs: Any) -> SimTransport:
+            transport = SimTransport(self.net, **kwargs)
+            holder["t"] = transport
+            return transport
+
+        env = NodeEnv(clock=loop.time, fileio=fence, rng=random.Random(rng.random()),
+                      transport=make_transport, core=self._core, background_checkpoints=False)
+        node = self._node_class(self.node_config(m), env)
+        node.world = self  # type: ignore[attr-defined]
+        m.loop, m.node, m.fence, m.paused, m.held = loop, node, fence, False, []
+        self.count("starts")
+
+        async def start() -> None:
+            await node.start()
+            m.transport = holder.get("t")
+
+        m.start_task = loop.create_task(start())
+        m.start_task.add_done_callback(lambda t: self._started(m, node, t))
+
+    def _loop_error(self, m: Member, loop: SimLoop, context: dict[str, Any]) -> None:
+        """An exception no one handled in a node's loop: a check that failed, or a bug."""
+        error = context.get("exception")
+        if isinstance(error, Violation):
+            self._failure = self._failure or error
+        elif m.loop is loop and not isinstance(error, ProcessGone | SimulatedCrash):
+            self._failure = self._failure or Violation(
+                "exception", m.node_id, f"{context.get('message')}: {error!r}")
+
+    def _started(self, m: Member, node: Node, task: Any) -> None:
+        if m.node is not node or task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        if m.fence is not None and not m.fence.alive:
+            return  # power cut or killed while starting
+        raise Violation("recovery", m.node_id,
+                        f"node {m.node_id} could not restart: {type(error).__name__}: {error}")
+
+    def stop(self, m: Member, why: str) -> None:
+        """The process dies at once (kill -9, or the power goes): nothing of it runs again."""
+        if m.node is None:
+            return
+        assert m.fence is not None and m.loop is not None
+        m.fence.alive = False
+        if m.transport is not None:
+            m.transport.closed = True
+        loop = m.loop
+        m.node = m.loop = m.fence = m.transport = None
+        m.paused, m.held = False, []
+        # Closed after the callback running now (it may be this node's own, which the
+        # power cut interrupted); its tasks are then dropped without running again.
+        self._dead_loops.append(loop)
+        self.clients.node_gone(m.node_id)
+        self.count(why)
+
+    def power_cut(self, m: Member) -> None:
+        """Power loss: the process dies and the disk loses or tears what was not synced."""
+        self.stop(m, "power_cuts")
+        m.disk.power_cut(random.Random(self.rng.random()))
+        self.faults.cut_happened(m)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _deliver(self, src: int, dst: int, data: bytes) -> None:
+        m = self.members.get(dst)
+        if m is None or m.node is None:
+            self.net.stats["down"] = self.net.stats.get("down", 0) + 1
+            return
+        if m.paused:
+            m.held.append((src, data))
+            return
+        transport = m.transport
+        if transport is None or m.loop is None:
+            return  # still starting: like a connection not accepted yet
+        m.loop.call_soon(transport.receive, src, data)
+
+    def resume(self, m: Member) -> None:
+        if not m.paused:
+            return
+        m.paused = False
+        held, m.held = m.held, []
+        for src, data in held:
+            self._deliver(src, m.node_id, data)
+
+    def call_on(self, m: Member, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run `fn(*args)` as a callback of `m`'s loop; False if the node is down."""
+        if m.loop is None:
+            return False
+        m.loop.call_soon(fn, *args)
+        return True
+
+    # -- running -----------------------------------------------------------------------------
+
+    def step_until(self, t_end: float, done: Callable[[], bool] | None = None) -> bool:
+        """Run until virtual time `t_end` (or until `done()`); whether `done` held."""
+        members = list(self.members.values())
+        check_leaders = self.checks.leaders
+        choose = self._loop_rng.choice
+        while True:
+            ready = [m for m in members if m.running and m.loop is not None and m.loop.has_ready()]
+            if ready:
+                m = ready[0] if len(ready) == 1 else choose(ready)
+                loop = m.loop
+                assert loop is not None
+                loop.run_one()
+                self.steps += 1
+                if self._dead_loops:
+                    self._bury()
+                if self._failure is not None:
+                    raise self._failure
+                node = m.node
+                if node is not None and node.role is Role.LEADER:
+                    check_leaders(node)
+                continue
+            if done is not None and done():
+                return True
+            # Nothing ready: move the clock to the next event.
+            nxt = self._events[0][0] if self._events else None
+            timer_member = None
+            for m in members:
+                if m.running and m.loop is not None:
+                    t = m.loop.next_timer()
+                    if t is not None and (nxt is None or t < nxt):
+                        nxt, timer_member = t, m
+            if nxt is None or nxt > t_end:
+                self.clock.now = max(self.clock.now, t_end)
+                return done() if done is not None else False
+            self.clock.now = max(self.clock.now, nxt)
+            if timer_member is not None:
+                for m in members:
+                    if m.running and m.loop is not None:
+                        m.loop.release_due()
+            else:
+                _, _, callback = heapq.heappop(self._events)
+                callback()
+                self.steps += 1
+                if self._dead_loops:
+                    self._bury()
+                if self._failure is not None:
+                    raise self._failure
+
+    def _bury(self) -> None:
+        dead, self._dead_loops = self._dead_loops, []
+        for loop in dead:
+            # Its tasks never run again: close their coroutines now, quietly (a dead
+            # process's code does nothing more: a `finally` that touches the disk meets
+            # the fence).
+            for task in asyncio.all_tasks(loop):
+                task._log_destroy_pending = False  # type: ignore[attr-defined]
+                with contextlib.suppress(BaseException):
+                    task.get_coro().close()
+            loop.close()
+
+    def leader(self) -> Member | None:
+        """The running node that leads at the highest term, if any."""
+        best: tuple[int, Member] | None = None
+        for m in self.members.values():
+            node = m.node
+            if m.running and node is not None and node.role is Role.LEADER and node.running:
+                term = node.status().term
+                if best is None or term > best[0]:
+                    best = (term, m)
+        return best[1] if best is not None else None
+
+    def add_learners(self) -> None:
+        """Admin: add the configured learners, one configuration change at a time."""
+        want = [m for m in self.members.values() if m.learner]
+        if not want:
+            return
+        lead = self.leader()
+        if lead is not None and lead.node is not None and lead.node.running:
+            node = lead.node
+            have = {x.id for x in (*node.members.copy().voters, *node.members.copy().learners)}
+            missing = [m for m in want if m.node_id not in have]
+            if missing:
+                target = missing[0]
+
+                def propose() -> None:
+                    if not node.running or node.role is not Role.LEADER:
+                        return
+                    membership = Membership()
+                    membership.CopyFrom(node.members.copy())
+                    membership.learners.add(id=target.node_id,
+                                            address=f"sim-peer-{target.node_id}:1")
+                    try:
+                        done = node.members.change(membership, 1.0)
+                    except Exception:
+                        return
+                    done.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    self.count("learners_proposed")
+
+                self.call_on(lead, propose)
+        self.after(0.1, self.add_learners)
+
+    def run(self) -> NodeSimResult:
+        try:
+            return self._run()
+        finally:
+            for m in self.members.values():
+                if m.node is not None:
+                    self.stop(m, "end")
+            self._bury()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _run(self) -> NodeSimResult:
+        config = self.config
+        violation: Violation | None = None
+        try:
+            for m in self.members.values():
+                self.start(m)
+            self.after(0.05, self.add_learners)
+            self.clients.start()
+            self.faults.start(config.seconds)
+            self.step_until(config.seconds)
+            self.faults.heal()
+            self.clients.stop()
+            self.checks.settle()
+            self.clients.final_reads()
+            self.checks.at_end()
+        except Violation as v:
+            violation = v
+        stats = dict(self.stats)
+        stats.update({f"net_{k}": v for k, v in self.net.stats.items()})
+        stats.update(self.clients.stats)
+        stats["steps"] = self.steps
+        return NodeSimResult(config, violation, self.clients.history_lines(), stats,
+                             self.clock.now)
