@@ -1,6 +1,6 @@
 """The whole-node simulator: real Nodes on a simulated clock, disk and network (issue 19).
 
-CI budget: 16 seeds x 3 voters and 6 seeds x 3 voters + 2 learners (2 virtual seconds of
+CI budget: 16 seeds x 3 voters and 6 seeds x 3 voters + 2 learners (3 virtual seconds of
 faults each, every fault kind counted over the range), the determinism test, and the teeth
 (each stops at its first caught seed). `-m slow` runs 200 more seeds of each.
 """
@@ -42,7 +42,8 @@ def test_real_nodes_pass_and_every_fault_kind_is_exercised() -> None:
     totals = _run_range(range(0, 16))
     for kind in NODE_FAULT_KINDS:
         assert totals.get(f"fault_{kind}", 0) > 0, f"no {kind} fault in 16 seeds: {totals}"
-    for what in ("power_cuts", "kills", "strike_ack", "strike_isolate", "net_lost", "net_dup",
+    for what in ("power_cuts", "kills", "storage_failures", "strike_ack", "strike_isolate",
+                 "net_lost", "net_dup",
                  "net_straggler", "net_blocked", "writes_ok", "writes_unknown", "reads_ok",
                  "lease_reads", "eventual_reads"):
         assert totals.get(what, 0) > 0, f"nothing counted for {what}: {totals}"
@@ -88,6 +89,17 @@ def test_teeth_acknowledging_before_durable() -> None:
 def test_teeth_learners_counted_toward_commit() -> None:
     """The commit index over voters and learners: first caught at seed 7 (5 of 0-19)."""
     assert _first_caught(range(0, 40), learners=2, core=f"{BROKEN}:LearnerCommitCore") <= 39
+
+
+def test_teeth_follower_applies_before_commit() -> None:
+    """A follower takes what it holds as committed: first caught at seed FOLLOW."""
+    assert _first_caught(range(0, 40), core=f"{BROKEN}:CommitWhatIHoldCore") <= 39
+
+
+def test_teeth_hard_state_without_fsync() -> None:
+    """Term and vote written without fsync (before the vote leaves): first caught at seed
+    HARD."""
+    assert _first_caught(range(0, 40), disk=f"{BROKEN}:HardStateNoSyncDisk") <= 39
 
 
 def test_replay_command_reproduces_a_failure() -> None:

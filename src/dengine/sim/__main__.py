@@ -99,6 +99,7 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
     try:
         base.node_class()
         base.core_factory()
+        base.disk_class()
     except (ImportError, AttributeError, ValueError) as e:
         raise click.BadParameter(str(e)) from None
     seeds = itertools.count(seed_range.start) if soak else iter(seed_range)
@@ -175,12 +176,14 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
 @click.option("--whole-node", is_flag=True,
               help="run real Nodes (file log, file state machine, asyncio driver) on a "
               "simulated clock, disk and network; faults: " + ", ".join(NODE_FAULT_KINDS))
-@click.option("--seconds", type=click.FloatRange(0.1), default=2.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(0.1), default=3.0, show_default=True,
               help="--whole-node: virtual seconds under faults per seed")
 @click.option("--learners", type=click.IntRange(0, 4), default=0, show_default=True,
               help="--whole-node: learners added to the voters once a leader exists")
 @click.option("--node", "node_class", default="",
               help="--whole-node: MODULE:CLASS of a Node variant (dengine.sim.nodesim.broken)")
+@click.option("--disk", "disk_class", default="",
+              help="--whole-node: MODULE:CLASS of a FencedDisk variant (nodesim.broken)")
 @click.option("--soak", is_flag=True,
               help="--whole-node: run seeds from START on until --hours pass or one fails")
 @click.option("--hours", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -188,13 +191,15 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
 def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
          max_entries_per_msg: int, max_inflight: int, snapshot_every: int, membership: bool,
          workload: str, accounts: int, core: str, store: str, jobs: int, whole_node: bool,
-         seconds: float, learners: int, node_class: str, soak: bool, hours: float) -> None:
+         seconds: float, learners: int, node_class: str, disk_class: str, soak: bool,
+         hours: float) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
     if whole_node or soak:
         _whole_node(NodeSimConfig(
             nodes=nodes, learners=learners, seconds=seconds,
             faults=_parse_faults(faults, NODE_FAULT_KINDS), node=node_class, core=core,
+            disk=disk_class,
         ), seed_range, jobs, soak, hours)
         return
     base = SimConfig(nodes=nodes, steps=steps, faults=_parse_faults(faults),

@@ -47,8 +47,9 @@ class LeaseWithoutCheckQuorumCore(RaftCore):
     a new one: it serves stale reads for as long as the partition lasts.
     """
 
-    def __init__(self, config: RaftConfig, log: LogStorage, rng: random.Random) -> None:
-        super().__init__(dataclasses.replace(config, check_quorum=False), log, rng)
+    def __init__(self, config: RaftConfig, log: LogStorage, rng: random.Random,
+                 **kwargs: Any) -> None:
+        super().__init__(dataclasses.replace(config, check_quorum=False), log, rng, **kwargs)
 
     def _lease_valid(self) -> bool:
         return self.state is Role.LEADER and self.term_committed

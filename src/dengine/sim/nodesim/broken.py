@@ -5,17 +5,21 @@ world's state machine safety check. The broken variants ("teeth") each change on
 of the real code the way real systems have shipped it; the whole-node simulator must
 catch every one of them within its CI seed budget (`tests/sim/test_nodesim.py`).
 Replay one with `python -m dengine.sim --whole-node --node dengine.sim.nodesim.broken:NAME`
-(nodes) or `--core dengine.sim.nodesim.broken:NAME` (cores). Never use these outside tests.
+(nodes), `--core dengine.sim.nodesim.broken:NAME` (cores) or `--disk ...:NAME` (disks).
+Never use these outside tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterable, Sequence
 
 from dengine.node.node import Node
-from dengine.proto import Entry
+from dengine.proto import Entry, Message
 from dengine.raft import RaftCore, Ready
 from dengine.raft.quorum import quorum_value
+from dengine.sim.nodesim.disk import FencedDisk
 from dengine.storage import ApplyResult
 
 
@@ -53,3 +57,42 @@ class LearnerCommitCore(RaftCore):
         if index > self.log.committed and self.log.term(index) == self.term:
             return self.log.commit_to(index)
         return False
+
+
+class CommitWhatIHoldCore(RaftCore):
+    """A follower takes every entry it holds after an append as committed, not only those
+    up to the leader's commit index: it applies before commit."""
+
+    def _handle_append(self, m: Message) -> None:
+        super()._handle_append(m)
+        if m.entries:
+            last = m.entries[-1]
+            if self.log.last_index() >= last.index and self.log.term(last.index) == last.term:
+                self.log.commit_to(int(last.index))
+
+
+class TruncateMatchingCore(RaftCore):
+    """A follower replaces its log from the first entry of every append, even where its
+    entries match (d-engine's bug 6): a late, shorter append cuts entries it acknowledged."""
+
+    def _find_conflict(self, entries: Sequence[Entry]) -> int:
+        first = int(entries[0].index)
+        return first if first > self.log.committed else super()._find_conflict(entries)
+
+
+class HardStateNoSyncDisk(FencedDisk):
+    """Writes the Raft hard state (term, vote) without fsync: the file, then the rename,
+    may be lost by a power cut after the vote left (`--disk`)."""
+
+    def atomic_write(self, path: str, chunks: Iterable[bytes]) -> None:
+        if os.path.basename(path) != "hardstate":
+            super().atomic_write(path, chunks)
+            return
+        tmp = path + ".tmp"
+        if self.exists(tmp):
+            self.unlink(tmp)
+        f = self.open_append(tmp)
+        for chunk in chunks:
+            f.write(chunk)
+        f.close()
+        self.rename(tmp, path)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dengine.node.ports import CoreFactory
+from dengine.sim.nodesim.disk import FencedDisk
 
 if TYPE_CHECKING:
     from dengine.node.node import Node
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 # Fault kinds of the whole-node simulator (`--faults`).
 NODE_FAULT_KINDS = ("net", "partition", "oneway", "kill", "power", "power_all", "pause",
-                    "strike")
+                    "strike", "diskerr", "slow", "skew")
 
 
 def _load(spec: str) -> Any:
@@ -39,6 +40,7 @@ class NodeSimConfig:
     segment_bytes: int = 16 * 1024  # and the Raft log rolls segments often
     node: str = ""  # "module:Class" of a Node subclass (a broken variant)
     core: str = ""  # "module:Class" of a RaftCore subclass (a broken variant)
+    disk: str = ""  # "module:Class" of a FencedDisk subclass (a broken variant)
 
     def node_class(self) -> type[Node]:
         from dengine.sim.nodesim.broken import SimNode
@@ -51,6 +53,12 @@ class NodeSimConfig:
     def core_factory(self) -> CoreFactory | None:
         return _load(self.core) if self.core else None
 
+    def disk_class(self) -> type[FencedDisk]:
+        cls = _load(self.disk) if self.disk else FencedDisk
+        if not (isinstance(cls, type) and issubclass(cls, FencedDisk)):
+            raise ValueError(f"{self.disk!r} is not a dengine.sim.nodesim.disk.FencedDisk")
+        return cls
+
     def replay_command(self) -> str:
         cmd = (f"python -m dengine.sim --whole-node --nodes {self.nodes} "
                f"--seeds {self.seed}:{self.seed + 1} --seconds {self.seconds:g}")
@@ -62,6 +70,8 @@ class NodeSimConfig:
             cmd += f" --node {self.node}"
         if self.core:
             cmd += f" --core {self.core}"
+        if self.disk:
+            cmd += f" --disk {self.disk}"
         return cmd
 
 

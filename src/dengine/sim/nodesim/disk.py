@@ -11,10 +11,13 @@ own `FencedDisk`:
   operation raises, the world is told (`on_cut`, which cuts the power of the disk and
   stops the node's loop), so cuts land inside an append, between a write and its fsync,
   between a rename and the directory's fsync...
+* an I/O error (EIO, or ENOSPC: disk full) can be armed the same way (`arm_error`): the
+  operation fails without effect, as a write or fsync that returned an error.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 
 from dengine.errors import StorageError
@@ -33,11 +36,18 @@ class FencedDisk(FileIO):
         self.alive = True
         self._on_cut = on_cut
         self._countdown: int | None = None
+        self._error: tuple[int, int] | None = None  # (operations left, errno)
         self.mutations = 0
 
     def arm(self, n: int | None) -> None:
-        """Cut the power at the n-th next mutating operation (None: disarm)."""
+        """Cut the power at the n-th next mutating operation (None: disarm, errors too)."""
         self._countdown = n
+        if n is None:
+            self._error = None
+
+    def arm_error(self, n: int, errno_: int) -> None:
+        """Fail the n-th next mutating operation with OSError(errno_)."""
+        self._error = (n, errno_)
 
     def _live(self) -> None:
         if not self.alive:
@@ -52,6 +62,11 @@ class FencedDisk(FileIO):
                 self._countdown = None
                 self._on_cut()  # marks this incarnation dead and cuts the disk's power
                 raise SimulatedCrash(f"power cut during {what}")
+        if self._error is not None:
+            left, errno_ = self._error
+            self._error = (left - 1, errno_) if left > 1 else None
+            if left <= 1:
+                raise OSError(errno_, os.strerror(errno_), what.rpartition(" ")[2])
 
     # -- reads
 

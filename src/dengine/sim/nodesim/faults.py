@@ -15,8 +15,18 @@ later):
 * `power_all`: every node loses power within 0-15 ms of the first (a rack), the first one
   during a disk operation; all restart 20-300 ms later;
 * `pause`: a node stops running (SIGSTOP) for 20-400 ms; what reaches it waits;
-* a *strike*: after a power cut, half the time the leader is killed, cut off or loses
-  power within 0-20 ms (correlated failures: what makes a lost acknowledgement matter).
+* `strike`: correlated failures around the leader: either a follower loses power while
+  it writes an append it may have acknowledged, the followers that would make a majority
+  without it starved of appends, and the leader killed or cut 1-2.5 network delays later;
+  or the leader reaches no other voter (learners excepted) and goes down a few delays
+  later (what makes a lost acknowledgement or a wrong commit count matter);
+* `diskerr`: one of a node's next 1-20 disk writes, fsyncs, renames... fails with EIO or
+  ENOSPC: the node stops (fatal storage failure), its process exits and is restarted
+  50-300 ms later;
+* `slow`: a node's disk (its log, apply and snapshot threads' jobs) 5-50x slower for
+  100-500 ms;
+* `skew`: a node's clock runs 0-10 % fast or slow from now on (within the drift bound the
+  lease allows for; the clock stays monotonic).
 
 `heal` ends them all: links unblocked, network clean, paused nodes resumed, dead ones
 restarted. Counters (`World.stats`) show what each seed exercised.
@@ -24,6 +34,7 @@ restarted. Counters (`World.stats`) show what each seed exercised.
 
 from __future__ import annotations
 
+import errno
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -172,6 +183,30 @@ class Faults:
                 world.resume(m)
         self._later(self.rng.uniform(0.02, 0.4), resume)
 
+    def _diskerr(self) -> None:
+        m = self._victim(0.3)
+        if m is None or m.fence is None:
+            return
+        m.fence.arm_error(self.rng.randint(1, 20),
+                          errno.EIO if self.rng.random() < 0.5 else errno.ENOSPC)
+
+    def _slow(self) -> None:
+        m = self._victim(0.3)
+        if m is None:
+            return
+        m.slow = self.rng.uniform(5.0, 50.0)
+
+        def fast() -> None:
+            m.slow = 1.0
+        self._later(self.rng.uniform(0.1, 0.5), fast)
+
+    def _skew(self) -> None:
+        """A node's clock runs 0-10 % fast or slow (within the lease's drift bound)."""
+        m = self._victim(0.5)
+        if m is None:
+            return
+        self.world.set_clock_rate(m, self.rng.uniform(0.9, 1.1))
+
     def _strike(self) -> None:
         """Correlated failures around the leader (module docstring)."""
         world = self.world
@@ -227,6 +262,8 @@ class Faults:
         self._healed = True
         world.net.faults = NetFaults()
         for m in world.members.values():
+            m.slow = 1.0
+            world.set_clock_rate(m, 1.0)
             if m.fence is not None:
                 m.fence.arm(None)
             if m.paused:

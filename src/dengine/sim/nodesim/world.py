@@ -55,6 +55,11 @@ class Member:
         self.transport: SimTransport | None = None
         self.paused = False
         self.held: list[tuple[int, bytes]] = []  # deliveries waiting while paused
+        self.slow = 1.0  # disk latency factor (the `slow` fault)
+        # The node's monotonic clock: offset + rate * (world time - base) (`skew`).
+        self.clock_offset = 0.0
+        self.clock_rate = 1.0
+        self.clock_base = 0.0
         self.start_task: Any = None
 
     @property
@@ -87,6 +92,7 @@ class World:
         self.faults = Faults(self, random.Random(self.rng.random()))
         self._node_class = config.node_class()
         self._core = config.core_factory()
+        self._disk_class = config.disk_class()
         self._tmp = tempfile.mkdtemp(prefix="dengine-nodesim-")
         self._loop_rng = random.Random(self.rng.random())
         self._failure: Violation | None = None
@@ -126,11 +132,16 @@ class World:
         fast = self.config.disk_latency_ms
 
         def latency() -> float:
-            return rng.uniform(0.01, fast) / 1000.0
+            return rng.uniform(0.01, fast) * m.slow / 1000.0
+
+        world_clock = self.clock
+
+        def node_clock() -> float:
+            return m.clock_offset + m.clock_rate * (world_clock.now - m.clock_base)
 
         loop = SimLoop(self.clock, latency)
         loop.set_exception_handler(lambda _, context: self._loop_error(m, loop, context))
-        fence = FencedDisk(m.disk, lambda: self.power_cut(m))
+        fence = self._disk_class(m.disk, lambda: self.power_cut(m))
         holder: dict[str, SimTransport] = {}
 
         def make_transport(**kwargs: Any) -> SimTransport:
@@ -138,7 +149,7 @@ class World:
             holder["t"] = transport
             return transport
 
-        env = NodeEnv(clock=loop.time, fileio=fence, rng=random.Random(rng.random()),
+        env = NodeEnv(clock=node_clock, fileio=fence, rng=random.Random(rng.random()),
                       transport=make_transport, core=self._core, background_checkpoints=False)
         node = self._node_class(self.node_config(m), env)
         node.world = self  # type: ignore[attr-defined]
@@ -148,9 +159,25 @@ class World:
         async def start() -> None:
             await node.start()
             m.transport = holder.get("t")
+            await node.wait_failure()
+            # A storage failure (EIO, disk full) stops the node; `dengine serve` then
+            # exits, and the machine's supervisor starts it again.
+            self.after(0.0, lambda: self._exited(m, node))
 
         m.start_task = loop.create_task(start())
         m.start_task.add_done_callback(lambda t: self._started(m, node, t))
+
+    def _exited(self, m: Member, node: Node) -> None:
+        if m.node is node:
+            self.stop(m, "storage_failures")
+            self.after(self.rng.uniform(0.05, 0.3),
+                       lambda: self.start(m) if m.node is None else None)
+
+    def set_clock_rate(self, m: Member, rate: float) -> None:
+        """Change how fast `m`'s clock runs from now on (it stays monotonic)."""
+        now = self.clock.now
+        m.clock_offset += m.clock_rate * (now - m.clock_base)
+        m.clock_base, m.clock_rate = now, rate
 
     def _loop_error(self, m: Member, loop: SimLoop, context: dict[str, Any]) -> None:
         """An exception no one handled in a node's loop: a check that failed, or a bug."""
