@@ -37,6 +37,9 @@ from dengine.sim.nodesim.loop import Clock, SimLoop
 from dengine.sim.nodesim.net import SimNetwork, SimTransport
 from dengine.storage.fileio import SimulatedCrash, SimulatedDisk
 
+# A run that takes more callbacks than this is stuck in a busy loop (a run of 3 virtual
+# seconds takes ~10,000).
+MAX_STEPS = 1_000_000
 # A world event: (virtual time, sequence number, callback).
 _Event = tuple[float, int, Callable[[], None]]
 
@@ -267,6 +270,9 @@ class World:
                 assert loop is not None
                 loop.run_one()
                 self.steps += 1
+                if self.steps > MAX_STEPS:
+                    raise Violation("runaway", m.node_id,
+                                    f"{MAX_STEPS} callbacks by {self.clock.now:.3f} s")
                 if self._dead_loops:
                     self._bury()
                 if self._failure is not None:
