@@ -16,6 +16,7 @@ from dengine.errors import ConfigError
 
 if TYPE_CHECKING:
     from dengine.raft import RaftConfig
+    from dengine.tls import ClientTls, PeerTls, ServerTls
 
 
 @dataclass
@@ -84,6 +85,18 @@ class NodeConfig:
     snapshot_chunk_bytes: int = 1024 * 1024  # InstallSnapshot streaming chunk size
     log_segment_bytes: int = 64 * 1024 * 1024  # compaction frees whole segments
     promote_lag: int = 1000  # a learner within this many entries of the leader is caught up
+
+    # TLS (etcd's flags; docs/operations.md "TLS"). Client listeners (gRPC with etcd's
+    # API, native): a certificate and key turn TLS on; client_cert_auth also requires a
+    # client certificate signed by trusted_ca_file. Peers: all three peer files turn on
+    # mutual TLS (both sides present a certificate of the cluster's CA).
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    peer_cert_file: str = ""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
 
     log_level: str = "info"
 
@@ -163,6 +176,8 @@ class NodeConfig:
         for addr in [self.listen_peer, self.listen_client, *self.peers.values()]:
             parse_address(addr)
         self.auto_compaction()
+        self.client_tls()
+        self.peer_tls()
         if self.listen_client_native not in ("", "auto"):
             parse_address(self.listen_client_native, allow_port_zero=True)
         return self
@@ -180,6 +195,41 @@ class NodeConfig:
             return mode, parse_duration(text, "auto_compaction_retention")
         raise ConfigError(
             f"auto_compaction_mode must be 'revision' or 'periodic', got {mode!r}")
+
+    def client_tls(self) -> ServerTls | None:
+        """The client listeners' TLS, None for plaintext; ConfigError when incomplete or
+        the files cannot be read."""
+        if not (self.cert_file or self.key_file or self.trusted_ca_file
+                or self.client_cert_auth):
+            return None
+        from dengine.tls import ServerFiles, ServerTls
+
+        if not (self.cert_file and self.key_file):
+            raise ConfigError("client TLS needs both cert_file and key_file "
+                              "(--cert-file, --key-file)")
+        return ServerTls(ServerFiles(self.cert_file, self.key_file, self.trusted_ca_file),
+                         client_cert_auth=self.client_cert_auth, what="client TLS")
+
+    def peer_tls(self) -> PeerTls | None:
+        """The peer links' mutual TLS, None for plaintext; ConfigError when incomplete."""
+        if not (self.peer_cert_file or self.peer_key_file or self.peer_trusted_ca_file):
+            return None
+        from dengine.tls import PeerTls, ServerFiles
+
+        return PeerTls(ServerFiles(self.peer_cert_file, self.peer_key_file,
+                                   self.peer_trusted_ca_file))
+
+    def forward_tls(self) -> ClientTls | None:
+        """How this node reaches other nodes' client ports (a follower forwarding a write
+        to the leader, a joining node asking the cluster): TLS when its own client port
+        has it, with its certificate as the client certificate, trusting trusted_ca_file
+        (else peer_trusted_ca_file, else the system's CAs)."""
+        if not self.cert_file:
+            return None
+        from dengine.tls import ClientTls
+
+        return ClientTls(self.trusted_ca_file or self.peer_trusted_ca_file or None,
+                         self.cert_file, self.key_file)
 
     @property
     def native_listen_address(self) -> str:

@@ -119,6 +119,7 @@ class Cluster:
             for i in range(n)
         ]
         self.workdir = workdir
+        self.client_options: dict[str, Any] = {}  # e.g. TLS: cacert, cert, key
 
     @property
     def endpoints(self) -> list[str]:
@@ -148,7 +149,7 @@ class Cluster:
             node.stop()
 
     def client(self, timeout: float = 10.0, endpoints: list[str] | None = None) -> Client:
-        return Client(endpoints or self.endpoints, timeout=timeout)
+        return Client(endpoints or self.endpoints, timeout=timeout, **self.client_options)
 
     async def wait_leader(self, timeout: float = 20.0,
                           exclude: set[int] | None = None) -> NodeStatus:

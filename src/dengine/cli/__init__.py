@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
@@ -31,6 +32,7 @@ _COMMANDS = {
     "member": ("dengine.cli.client_cmds", "member"),
     "lock": ("dengine.cli.recipe_cmds", "lock"),
     "elect": ("dengine.cli.recipe_cmds", "elect"),
+    "certs": ("dengine.cli.certs_cmds", "certs"),
 }
 
 
@@ -56,8 +58,17 @@ def cli() -> None:
     """dengine: a Raft-replicated key-value engine for coordination data."""
 
 
+# Commands that run servers: gRPC's core logs there as it does by default (a failed TLS
+# handshake on the client port is one of its lines).
+_SERVER_COMMANDS = {"serve", "cluster", "bench"}
+
+
 def main() -> None:
     """Entry point: turn dengine errors into a clear message and exit code 1, never a traceback."""
+    if not _SERVER_COMMANDS.intersection(sys.argv[1:2]):
+        # A client command says itself what failed; gRPC's core would print its own lines
+        # (a failed TLS handshake, ...) at its INFO level.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -20,6 +20,7 @@ import click
 from dengine.client import Client, MemberInfo, NodeStatus
 from dengine.client.routing import TRANSPORTS
 from dengine.errors import DengineError, InvalidRequest
+from dengine.tls import ClientTls, client_tls
 
 T = TypeVar("T")
 
@@ -45,8 +46,38 @@ class Seconds(click.ParamType):
 SECONDS = Seconds()
 
 
+def _tls_option(name: str, help_text: str) -> Callable[..., Any]:
+    """A TLS flag (etcdctl's name), kept in the click context for `run` (so that the
+    commands do not take it as an argument)."""
+
+    def keep(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.meta.setdefault(_TLS_META, {})[name] = value
+
+    return click.option(f"--{name}", f"tls_{name}", envvar=f"DENGINE_{name.upper()}",
+                        metavar="FILE",
+                        expose_value=False, callback=keep, type=click.Path(dir_okay=False),
+                        help=help_text)
+
+
+_TLS_META = "dengine.client_tls"
+
+
+def tls_settings() -> ClientTls | None:
+    """The client TLS of the running command's flags (None: plaintext)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get(_TLS_META, {}) if ctx is not None else {}
+    return client_tls(None, given.get("cacert"), given.get("cert"), given.get("key"))
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--endpoints, --timeout, --transport and --json, shared by every client command."""
+    """--endpoints, --timeout, --transport, --json and TLS (--cacert, --cert, --key),
+    shared by every client command."""
+    fn = _tls_option("key", "TLS: the client certificate's key (env DENGINE_KEY).")(fn)
+    fn = _tls_option("cert", "TLS: a client certificate, for nodes that require one "
+                             "(env DENGINE_CERT).")(fn)
+    fn = _tls_option("cacert", "TLS: the CA that signed the nodes' certificates; turns TLS "
+                               "on (env DENGINE_CACERT).")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
     fn = click.option("--transport", type=click.Choice(list(TRANSPORTS)), default="auto",
                       show_default=True,
@@ -68,7 +99,8 @@ def run(endpoints: str, timeout: float, transport: str,
     """Run one client action on a fresh event loop, closing the client afterwards."""
 
     async def main() -> T:
-        async with Client(endpoints, timeout=timeout, transport=transport) as client:
+        async with Client(endpoints, timeout=timeout, transport=transport,
+                          tls=tls_settings()) as client:
             return await action(client)
 
     return asyncio.run(main())

@@ -84,6 +84,19 @@ SETTINGS_HELP = {
     "snapshot_chunk_bytes": "Chunk size when a snapshot is streamed to a follower.",
     "log_segment_bytes": "Raft log segment size; compaction frees whole segments.",
     "promote_lag": "A learner within this many entries of the leader counts as caught up.",
+    "cert_file": "TLS on the client ports (gRPC with etcd's API, native): this node's "
+                 "certificate, PEM (etcd's --cert-file).",
+    "key_file": "The key of cert_file, PEM (etcd's --key-file).",
+    "trusted_ca_file": "CA whose client certificates client_cert_auth accepts; also "
+                       "trusted when forwarding to other nodes' client ports (etcd's "
+                       "--trusted-ca-file).",
+    "client_cert_auth": "Require a client certificate signed by trusted_ca_file on the "
+                        "client ports (etcd's --client-cert-auth).",
+    "peer_cert_file": "Mutual TLS on the peer links: this node's peer certificate, used as "
+                      "server and as client (etcd's --peer-cert-file).",
+    "peer_key_file": "The key of peer_cert_file (etcd's --peer-key-file).",
+    "peer_trusted_ca_file": "The cluster's CA: peers must present a certificate it signed, "
+                            "both ways (etcd's --peer-trusted-ca-file).",
     "log_level": "debug, info, warning or error.",
 }
 

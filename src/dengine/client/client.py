@@ -76,6 +76,7 @@ from dengine.proto.client_pb2 import WriteResult as WireResult
 from dengine.proto.common_pb2 import Member, WriteCommand
 from dengine.proto.etcd import rpc_pb2
 from dengine.recipes import Election, Lock
+from dengine.tls import ClientTls, client_tls
 
 _DEADLINE_GRACE_S = 0.1
 # How long one Events long-poll waits on the node for a change.
@@ -103,7 +104,11 @@ class Client:
     `endpoints`: client (gRPC) addresses "host:port" of some or all nodes (a list or a
     comma-separated string). `timeout`: default deadline of each call in seconds, retries
     included. `transport`: "auto" (native where the node offers it, else gRPC), "native"
-    or "grpc" (see `dengine.client.routing`).
+    or "grpc" (see `dengine.client.routing`). TLS (etcdctl's flags): `cacert`, the CA
+    file that signed the nodes' certificates (without it, the system's trusted CAs),
+    `cert` and `key`, a client certificate for nodes that require one; any of them, or
+    `tls=True`, turns TLS on (`tls` also takes a `dengine.tls.ClientTls`). The host names
+    of `endpoints` are checked against the nodes' certificates.
     """
 
     def __init__(
@@ -115,8 +120,12 @@ class Client:
         max_batch_bytes: int = 1024 * 1024,
         max_inflight: int = 4,
         transport: str = "auto",
+        tls: ClientTls | bool | None = None,
+        cacert: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
-        self._router = Router(endpoints, transport)
+        self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key))
         self._timeout = check_timeout(timeout)
         self._closed = False
         self._writes: Batcher[list[WriteCommand], list[WireResult]] = Batcher(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl as ssl_module
 from collections.abc import Callable
 
 from dengine.config import parse_address
@@ -80,12 +81,17 @@ class NativeConnection(asyncio.Protocol):
 
     @classmethod
     async def open(cls, address: str, timeout: float,
-                   probe_interval: float = PROBE_INTERVAL_S) -> NativeConnection:
-        """Connect (OSError or TimeoutError when the node cannot be reached)."""
+                   probe_interval: float = PROBE_INTERVAL_S, *,
+                   ssl: ssl_module.SSLContext | None = None,
+                   server_hostname: str | None = None) -> NativeConnection:
+        """Connect (OSError or TimeoutError when the node cannot be reached; with `ssl`,
+        ssl.SSLError when the TLS handshake fails), over TLS with `ssl` (the certificate
+        checked for `server_hostname`, default the address's host)."""
         host, port = parse_address(address)
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(address, probe_interval), host, port), timeout)
+        _, conn = await asyncio.wait_for(loop.create_connection(
+            lambda: cls(address, probe_interval), host, port, ssl=ssl,
+            server_hostname=(server_hostname or host) if ssl is not None else None), timeout)
         return conn
 
     async def call(self, method: int, body: bytes, timeout: float) -> bytes:

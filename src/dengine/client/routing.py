@@ -34,6 +34,7 @@ import asyncio
 import functools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -59,6 +60,7 @@ from dengine.errors import (
 )
 from dengine.proto.client_pb2 import Error, MemberStatus, StatusResponse
 from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN
+from dengine.tls import ClientTls, TlsError, grpc_tls_problem, handshake_problem
 
 log = logging.getLogger("dengine.client")
 
@@ -154,13 +156,17 @@ class Router:
     """
 
     def __init__(self, endpoints: str | Iterable[str], transport: str,
-                 probe_interval: float = PROBE_INTERVAL_S) -> None:
+                 probe_interval: float = PROBE_INTERVAL_S, tls: ClientTls | None = None
+                 ) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
                                  + ", ".join(TRANSPORTS) + ")")
         self.endpoints = parse_endpoints(endpoints)
         self._transport = transport
         self._probe_interval = probe_interval
+        self._tls = tls
+        self._credentials = tls.grpc_credentials() if tls is not None else None
+        self._tls_failures: dict[str, TlsError] = {}  # endpoint -> its last TLS failure
         self._channels: dict[str, grpc.aio.Channel] = {}
         # gRPC address -> the task that learns its native address and connects; its result
         # is the connection, or None: that node is served over gRPC (until `_grpc_until`).
@@ -200,6 +206,7 @@ class Router:
                                           write=write)
             except Unsent as unsent:
                 self._forget(addr)
+                self._tls_failed(addr, unsent.error)
                 await backoff.sleep(deadline, unsent.error)
                 continue
             except _Late as late:
@@ -211,6 +218,8 @@ class Router:
                 continue
             if self._suspects:
                 self._suspects.pop(addr, None)
+            if self._tls_failures:
+                self._tls_failures.pop(addr, None)
             if not resp.HasField("error"):
                 return resp
             err = error_from_wire(resp.error)
@@ -262,6 +271,7 @@ class Router:
                 raise late.error from None
             except (Unsent, Timeout) as e:
                 error = e.error if isinstance(e, Unsent) else e
+                self._tls_failed(addr, error, candidates)
                 if time.monotonic() >= deadline:
                     raise error from None
                 if turn % len(candidates) == 0:
@@ -300,7 +310,7 @@ class Router:
             return await call(payload, timeout=remaining)
         except grpc.aio.AioRpcError as e:
             self._grpc_until.pop(addr, None)  # reconnecting: look for its native listener
-            error = _rpc_error(e, addr, method, write)
+            error = _rpc_error(e, addr, method, write, tls=self._tls is not None)
             if isinstance(error, Unsent):
                 self._suspect(addr)
             raise error from None
@@ -366,6 +376,8 @@ class Router:
         except (DengineError, Unsent, _Late) as e:  # nothing was sent yet of the request
             self._suspect(addr)
             error = e if isinstance(e, DengineError) else e.error
+            if isinstance(error, TlsError):
+                raise Unsent(error) from None
             raise Unsent(Unavailable(f"{addr}: {error.message}")) from None
         native = "" if resp.HasField("error") else resp.native_address
         if not native:
@@ -377,9 +389,17 @@ class Router:
             return None
         native = _dialable(native, addr)
         try:
-            conn = await NativeConnection.open(native, max(0.001, deadline - time.monotonic()),
-                                               self._probe_interval)
+            # TLS: the node's certificate is checked against the host name the client
+            # was given for it (the same node as its gRPC address)
+            conn = await NativeConnection.open(
+                native, max(0.001, deadline - time.monotonic()), self._probe_interval,
+                ssl=self._tls.context() if self._tls is not None else None,
+                server_hostname=parse_address(addr)[0])
         except (OSError, TimeoutError, DengineError) as e:
+            if self._transport == "native" and isinstance(e, ssl.SSLError):
+                self._suspect(addr)
+                raise Unsent(TlsError(f"cannot connect to the native listener {native} of "
+                                      f"{addr}: TLS: {handshake_problem(e)}")) from None
             if self._transport == "native":
                 self._suspect(addr)
                 raise Unsent(Unavailable(f"cannot connect to the native listener {native} "
@@ -390,6 +410,17 @@ class Router:
             return None
         conn.on_lost = functools.partial(self._lost, addr)
         return conn
+
+    def _tls_failed(self, addr: str, error: DengineError,
+                    endpoints: list[str] | None = None) -> None:
+        """Raise `error` at once when it is a TLS failure and every endpoint failed so
+        (retrying cannot help until the certificates or flags change)."""
+        if not isinstance(error, TlsError):
+            self._tls_failures.pop(addr, None)
+            return
+        self._tls_failures[addr] = error
+        if all(a in self._tls_failures for a in endpoints or self.endpoints):
+            raise error
 
     def _lost(self, addr: str, conn: NativeConnection) -> None:
         """`conn` to `addr` broke: drop the leader guess if it is `addr`; pass over a node
@@ -402,7 +433,10 @@ class Router:
     def _channel(self, addr: str) -> grpc.aio.Channel:
         channel = self._channels.get(addr)
         if channel is None:
-            channel = grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+            channel = (
+                grpc.aio.secure_channel(addr, self._credentials, options=_CHANNEL_OPTIONS)
+                if self._credentials is not None
+                else grpc.aio.insecure_channel(addr, options=_CHANNEL_OPTIONS))
             self._channels[addr] = channel
         return channel
 
@@ -508,11 +542,15 @@ def _read_attempt_deadline(deadline: float) -> float:
     return min(deadline, now + share)
 
 
-def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool) -> Exception:
+def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool,
+               tls: bool = False) -> Exception:
     """Map a gRPC status (a transport failure) to a dengine error (or Unsent)."""
     code = e.code()
     details = e.details() or ""
     unknown = " (the write may still be applied)" if write else ""
+    problem = grpc_tls_problem(details, tls) if code == grpc.StatusCode.UNAVAILABLE else ""
+    if problem:
+        return Unsent(TlsError(f"cannot connect to {addr}: {problem}"))
     if code == grpc.StatusCode.UNAVAILABLE:
         if "failed to connect" in details.lower() or "connection refused" in details.lower():
             reason = details.rsplit(": ", 1)[-1]

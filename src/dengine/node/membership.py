@@ -133,6 +133,7 @@ class Members:
             # at least 1 s: a peer that is only slow (catching up, a loaded host) is not
             # worth its buffered messages and a new connection
             stall_timeout=max(1.0, config.election_timeout_ms / 1000),
+            tls=config.peer_tls(),
         )
         try:
             await transport.start()

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -65,6 +66,7 @@ from dengine.proto import (
     SnapshotMetadata,
 )
 from dengine.raft.limits import MAX_INDEX, MAX_TERM, message_problem
+from dengine.tls import PeerTls, accepting, handshake_problem
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,7 @@ class Transport:
         rng: random.Random | None = None,
         max_inbound: int = 64,
         stall_timeout: float = 1.0,
+        tls: PeerTls | None = None,
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
@@ -186,6 +189,7 @@ class Transport:
         self._watchdog: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._closed = False
+        self.tls = tls  # mutual TLS with the cluster's CA (None: plaintext)
         self.refused_connections = 0
         self.rejected_messages = 0  # out of bounds (dengine.raft.limits): dropped
 
@@ -194,7 +198,16 @@ class Transport:
     async def start(self) -> None:
         """Bind the peer listener and start connecting to every peer."""
         host, port = parse_address(self.listen)
-        self._server = await asyncio.start_server(self._accept, host, port)
+        if self.tls is None:
+            self._server = await asyncio.start_server(self._accept, host, port)
+        else:  # asyncio.start_server's streams, behind TLS that reports its failures
+            loop = asyncio.get_running_loop()
+
+            def streams() -> asyncio.BaseProtocol:
+                return asyncio.StreamReaderProtocol(asyncio.StreamReader(), self._accept)
+
+            self._server = await loop.create_server(accepting(
+                streams, self.tls.server_context, self._tls_refused), host, port)
         self.set_peers(self._peer_addresses)
         self._watchdog = asyncio.create_task(
             self._watch_links(), name=f"dengine-peer-watchdog-{self.node_id}")
@@ -346,8 +359,10 @@ class Transport:
                 host, port = parse_address(link.address)
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                 # cancellation that comes as the awaited call completes (close() hung)
+                tls = self.tls.client_context() if self.tls is not None else None
                 async with asyncio.timeout(self.handshake_timeout):
-                    reader, stream = await asyncio.open_connection(host, port)
+                    reader, stream = await asyncio.open_connection(
+                        host, port, ssl=tls, server_hostname=host if tls else None)
                 writer = stream
                 set_keepalive(stream.get_extra_info("socket"))
                 write(stream, self._hello(link.node_id))
@@ -374,6 +389,12 @@ class Transport:
             except PeerProtocolError as e:
                 log.warning("node %d: peer %d at %s refused: %s",
                             self.node_id, link.node_id, link.address, e.message)
+            except ssl.SSLError as e:
+                if link.state != "tls" and not self._closed:
+                    log.warning("node %d: TLS handshake with node %d at %s failed: %s; "
+                                "retrying", self.node_id, link.node_id, link.address,
+                                handshake_problem(e))
+                    link.state = "tls"
             except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError) as e:
                 log.debug("node %d: link to node %d down: %r", self.node_id, link.node_id, e)
                 if link.state in ("", "up") and not self._closed:
@@ -585,6 +606,11 @@ class Transport:
         finally:
             self._inbound.discard(task)
             writer.close()
+
+    def _tls_refused(self, peer: object, problem: str) -> None:
+        self.refused_connections += 1
+        log.warning("node %d: refused connection from %s: TLS handshake failed: %s",
+                    self.node_id, peer, problem)
 
     def _tell_if_removed(self, first: PeerFrame, writer: asyncio.StreamWriter) -> None:
         """A refused Hello from a member our applied configuration removed: say so, so

@@ -52,6 +52,7 @@ from dengine.proto.native import (
     response_frame,
 )
 from dengine.server.service import ClientService
+from dengine.tls import ServerTls, accepting
 
 log = logging.getLogger("dengine.server.native")
 
@@ -94,6 +95,7 @@ class NativeServer:
         self, service: ClientService, max_request_size: int, *,
         max_connections: int = 1024, idle_timeout: float = 600.0,
         frame_timeout: float = 30.0, max_buffer_bytes: int = 64 * 1024 * 1024,
+        tls: ServerTls | None = None,
     ) -> None:
         table = service.handlers()
         self._handlers: list[Handler | None] = [table.get(name) for name in METHODS]
@@ -109,6 +111,7 @@ class NativeServer:
         self._ending: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.tls = tls  # TLS on every connection (None: plaintext)
         self.stopping = False
         self.buffered = 0  # bytes of partial frames held, all connections
         self._starved: set[_Connection] = set()  # not read until `buffered` falls
@@ -119,6 +122,7 @@ class NativeServer:
         self.evicted = 0
         self.idle_closed = 0
         self.slow_closed = 0
+        self.tls_refused = 0  # TLS handshakes that failed
 
     @classmethod
     def from_config(cls, service: ClientService, config: NodeConfig) -> NativeServer:
@@ -126,7 +130,8 @@ class NativeServer:
                    max_connections=config.max_client_connections,
                    idle_timeout=config.client_idle_timeout_s,
                    frame_timeout=config.client_frame_timeout_s,
-                   max_buffer_bytes=config.max_client_buffer_bytes)
+                   max_buffer_bytes=config.max_client_buffer_bytes,
+                   tls=config.client_tls())
 
     async def start(self, addr: str) -> str:
         """Bind `addr` (ConfigError when it cannot be) and serve; the bound HOST:PORT."""
@@ -148,7 +153,12 @@ class NativeServer:
         except OSError as e:
             raise ConfigError(f"cannot listen for native clients on {addr}: "
                               f"{e.strerror or e}") from None
-        self._server = await loop.create_server(lambda: _Connection(self), sock=sock)
+        def connection() -> asyncio.BaseProtocol:
+            return _Connection(self)
+
+        factory = connection if self.tls is None else accepting(
+            connection, self.tls.context, self._tls_refused)
+        self._server = await loop.create_server(factory, sock=sock)
         self._sweeper = loop.create_task(self._sweep())
         ip, bound = sock.getsockname()[:2]
         return f"[{ip}]:{bound}" if ":" in ip else f"{ip}:{bound}"
@@ -173,6 +183,10 @@ class NativeServer:
 
     def handler(self, method: int) -> Handler | None:
         return self._handlers[method] if method < len(self._handlers) else None
+
+    def _tls_refused(self, peer: Any, problem: str) -> None:
+        self.tls_refused += 1
+        log.warning("native client %s: TLS handshake failed: %s", peer, problem)
 
     def track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)

@@ -26,6 +26,7 @@ from dengine.errors import (
 from dengine.server.etcd import EtcdApi
 from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
+from dengine.tls import request_reload
 
 log = logging.getLogger("dengine.server")
 
@@ -112,8 +113,12 @@ async def start_grpc_server(
     server.add_generic_rpc_handlers((service.generic_handler(),))
     if etcd is not None:
         etcd.register(server)
+    tls = config.client_tls()
     try:
-        port = server.add_insecure_port(config.listen_client)
+        if tls is not None:
+            port = server.add_secure_port(config.listen_client, tls.grpc_credentials())
+        else:
+            port = server.add_insecure_port(config.listen_client)
     except RuntimeError as e:
         raise ConfigError(f"cannot listen for clients on {config.listen_client}: {e}") from None
     if port == 0:
@@ -169,7 +174,7 @@ async def join_cluster(engine: EngineLike, config: NodeConfig) -> None:
 
     delay = JOIN_RETRY_FIRST_S
     last_log = 0.0
-    async with Client(config.join, timeout=JOIN_ATTEMPT_S) as client:
+    async with Client(config.join, timeout=JOIN_ATTEMPT_S, tls=config.forward_tls()) as client:
         while not in_configuration(engine):
             try:
                 if await _ask_to_join(client, config):
@@ -193,7 +198,7 @@ async def learn_cluster_id(config: NodeConfig) -> str:
 
     delay = JOIN_RETRY_FIRST_S
     last_log = 0.0
-    async with Client(config.join, timeout=JOIN_ATTEMPT_S) as client:
+    async with Client(config.join, timeout=JOIN_ATTEMPT_S, tls=config.forward_tls()) as client:
         while True:
             try:
                 st = await client.status()
@@ -246,6 +251,8 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: read the certificate files again (they are also read when they change).
+    loop.add_signal_handler(signal.SIGHUP, _reload_certificates)
     ensure_port_free(config.listen_client, " (listen_client)")
     raise_fd_limit(config)
     native_addr = config.native_listen_address
@@ -268,7 +275,9 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         engine = await Engine.start(config=config)
         config = engine.config  # its cluster id: set, derived, or read from the data dir
         native: NativeServer | None = None
-        etcd = EtcdApi(engine, config, forward_channel_options(config))
+        forward_tls = config.forward_tls()
+        etcd = EtcdApi(engine, config, forward_channel_options(config),
+                       forward_tls.grpc_credentials() if forward_tls is not None else None)
         try:
             service = ClientService(engine, config, peer_client_address(engine))
             if native_addr:
@@ -285,9 +294,10 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                 peers = f"peers on {config.listen_peer}"
             else:
                 peers = "one-node cluster"
-            log.info("node %d of cluster %r: clients on %s (gRPC), %s (native), %s, data in %s",
-                     config.node_id, config.cluster_id, config.listen_client,
-                     service.native_address or "off", peers, config.data_dir)
+            log.info("node %d of cluster %r: clients on %s (gRPC), %s (native)%s, %s%s, "
+                     "data in %s", config.node_id, config.cluster_id, config.listen_client,
+                     service.native_address or "off", _tls_note(config), peers,
+                     " (mutual TLS)" if config.peer_cert_file else "", config.data_dir)
             # A fatal storage failure (a full disk, an I/O error) ends the server with its
             # error (exit status 1): restarted once the disk is fixed, it loses nothing.
             failure = asyncio.create_task(engine.wait_failure())
@@ -325,8 +335,20 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         if join is not None and not join.cancelled() and join.exception() is not None:
             raise cast(BaseException, join.exception())
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def _reload_certificates() -> None:
+    log.info("SIGHUP: reading the certificate files again at the next connection")
+    request_reload()
+
+
+def _tls_note(config: NodeConfig) -> str:
+    if not config.cert_file:
+        return ""
+    return " with TLS, client certificates required" if config.client_cert_auth else \
+        " with TLS"
 
 
 def run_server(config: NodeConfig) -> int:

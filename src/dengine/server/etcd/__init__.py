@@ -25,8 +25,9 @@ class EtcdApi:
     `stop` before the engine stops."""
 
     def __init__(self, engine: Engine, config: NodeConfig,
-                 channel_options: list[tuple[str, Any]]) -> None:
-        self.forwarder = Forwarder(channel_options)
+                 channel_options: list[tuple[str, Any]],
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self.forwarder = Forwarder(channel_options, credentials)
         self.kv = KvService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config)
         self.health = Health(engine)

@@ -35,8 +35,10 @@ def forwarded(context: Any) -> bool:
 class Forwarder:
     """Channels to the leaders' client ports, by address; `call` sends one request."""
 
-    def __init__(self, options: list[tuple[str, Any]]) -> None:
+    def __init__(self, options: list[tuple[str, Any]],
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self._options = options
+        self._credentials = credentials  # TLS to the leaders' client ports (None: plaintext)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -52,8 +54,10 @@ class Forwarder:
                 old = self._channels.pop(next(iter(self._channels)))
                 self._closing.add(task := asyncio.ensure_future(old.close()))
                 task.add_done_callback(self._closing.discard)
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=self._options)
+            channel = self._channels[address] = (
+                grpc.aio.secure_channel(address, self._credentials, options=self._options)
+                if self._credentials is not None
+                else grpc.aio.insecure_channel(address, options=self._options))
         call = channel.unary_unary(method)
         try:
             invocation = call(request, timeout=timeout, metadata=((FORWARDED, "1"),))

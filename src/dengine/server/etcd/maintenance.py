@@ -3,7 +3,7 @@
 
 Status answers from this member alone (etcdctl's `endpoint status` asks every member);
 MemberList gives every member's real client URL (`http://HOST:PORT` of its gRPC client
-port: `endpoint status --cluster` then asks each of them).
+port, https with TLS: `endpoint status --cluster` then asks each of them).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ ETCD_VERSION = "3.4.0"
 HEALTH_CHECK_S = 1.0  # how often the health service's status is brought up to date
 
 
-def url(address: str) -> str:
-    """etcd's URL form of a HOST:PORT."""
-    return f"http://{address}" if address else ""
+def url(address: str, tls: bool = False) -> str:
+    """etcd's URL form of a HOST:PORT (https with TLS: the cluster's members are
+    configured alike, so this member's settings tell)."""
+    return f"{'https' if tls else 'http'}://{address}" if address else ""
 
 
 def dir_size(path: str) -> int:
@@ -83,12 +84,13 @@ class MaintenanceService(EtcdBase):
         try:
             decode(rpc_pb2.MemberListRequest, request)
             own = self._config.node_id
+            peer_tls, client_tls = bool(self._config.peer_cert_file), bool(self._config.cert_file)
             resp = rpc_pb2.MemberListResponse()
             for m in self._engine.members():
                 client = m.client_address or (self._config.listen_client if m.id == own else "")
                 resp.members.add(
-                    ID=m.id, name=f"node{m.id}", peerURLs=[url(m.address)],
-                    clientURLs=[url(client)] if client else [],
+                    ID=m.id, name=f"node{m.id}", peerURLs=[url(m.address, peer_tls)],
+                    clientURLs=[url(client, client_tls)] if client else [],
                     isLearner=m.role == "learner",
                 )
             self.stamp(resp.header, await self._revision())
