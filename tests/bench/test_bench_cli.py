@@ -74,7 +74,8 @@ def test_remote(remote_cluster: LocalCluster, workload: list[str], transport: st
 def test_transport_is_for_remote_targets_only() -> None:
     result = CliRunner().invoke(cli, ["bench", "put", "--embedded", "--transport", "grpc"])
     assert result.exit_code != 0
-    assert "--transport applies to --endpoints" in str(result.exception or result.output)
+    assert "--transport applies to --endpoints and --local" in str(
+        result.exception or result.output)
 
 
 def test_table_output(remote_cluster: LocalCluster) -> None:
@@ -87,8 +88,22 @@ def test_table_output(remote_cluster: LocalCluster) -> None:
         assert heading in result.output
 
 
+def test_tls_compare_runs_plaintext_then_tls_in_one_run() -> None:
+    """`--local --tls compare`: two fresh clusters, plaintext then TLS everywhere (the
+    client's requests over TLS with a client certificate, mutual TLS between peers)."""
+    report = bench("put", "--local", "--nodes", "1", "--tls", "compare", *LOAD)
+    plain, tls = report["runs"]
+    check_run(plain, 60)
+    check_run(tls, 60)
+    assert plain["target"] == "local, 1 node (auto)"
+    assert tls["target"] == "local, 1 node (auto, TLS)"
+    assert set(report["tls_cost"]) == {"throughput_change_pct", "p50_change_ms"}
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["put", "--total", "5"], "exactly one target"),
+    (["put", "--local", "--endpoints", "127.0.0.1:1"], "exactly one target"),
+    (["put", "--endpoints", "127.0.0.1:1", "--tls", "on"], "--tls applies"),
     (["put", "--embedded", "--endpoints", "127.0.0.1:1"], "exactly one target"),
     (["get", "--embedded", "--key-size", "2", "--key-space", "1000"], "too small"),
     (["put", "--endpoints", "nonsense"], "bad endpoint"),

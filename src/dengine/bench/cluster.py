@@ -95,6 +95,7 @@ class LocalCluster:
         settings: dict[str, Any] | None = None,
         base_dir: str | None = None,
         cluster_id: str = "dengine-bench",
+        tls: bool = False,
     ) -> None:
         if nodes < 1:
             raise DengineError(f"a cluster needs at least one node, got {nodes}")
@@ -110,6 +111,10 @@ class LocalCluster:
         self.processes: dict[int, ServerProcess] = {}
         self.client_addresses: dict[int, str] = {}
         self.peer_addresses: dict[int, str] = {}
+        # TLS everywhere: client ports with client certificates required, mutual TLS on
+        # the peer links, certificates made for the run (`dengine certs make`)
+        self.tls = tls
+        self.client_tls: dict[str, str] = {}  # the client's cacert, cert, key
 
     @property
     def endpoints(self) -> list[str]:
@@ -134,6 +139,8 @@ class LocalCluster:
             for n in range(1, self.nodes + 1):
                 self.client_addresses[n] = f"127.0.0.1:{ports[2 * n - 2]}"
                 self.peer_addresses[n] = f"127.0.0.1:{ports[2 * n - 1]}"
+            if self.tls:
+                self._make_certificates()
             first_subprocess = 1
             if self.embedded:
                 await self._start_engine()
@@ -146,7 +153,7 @@ class LocalCluster:
                     )
                 settings.update(data_dir=str(self.workdir / f"node{n}"), node_id=n,
                                 listen_client=self.client_addresses[n],
-                                listen_peer=self.peer_addresses[n])
+                                listen_peer=self.peer_addresses[n], **self._tls_settings(n))
                 proc = ServerProcess(n, self.workdir / f"node{n}.toml",
                                      self.workdir / f"node{n}.log")
                 proc.config_file.write_text(config_toml(
@@ -167,8 +174,27 @@ class LocalCluster:
         self.engine = await Engine.start(
             str(self.workdir / "node1"), node_id=1, peers=peers,
             listen_peer=self.peer_addresses[1], listen_client=self.client_addresses[1],
-            **settings,
+            **settings, **self._tls_settings(1),
         )
+
+    def _make_certificates(self) -> None:
+        from dengine.certs import make
+
+        assert self.workdir is not None
+        certs = self.workdir / "certs"
+        make(certs, nodes=[f"node{n}" for n in range(1, self.nodes + 1)], clients=["client"],
+             hosts=["127.0.0.1", "localhost"])
+        self.client_tls = {"cacert": str(certs / "ca.crt"),
+                           "cert": str(certs / "client.crt"), "key": str(certs / "client.key")}
+
+    def _tls_settings(self, n: int) -> dict[str, Any]:
+        if not self.tls:
+            return {}
+        assert self.workdir is not None
+        certs = self.workdir / "certs"
+        node = {"cert_file": str(certs / f"node{n}.crt"), "key_file": str(certs / f"node{n}.key"),
+                "trusted_ca_file": str(certs / "ca.crt")}
+        return {**node, "client_cert_auth": True, **{f"peer_{k}": v for k, v in node.items()}}
 
     async def wait_ready(self, timeout: float) -> None:
         """Until one write goes through the leader (the embedded node, if any)."""
@@ -202,7 +228,7 @@ class LocalCluster:
         """A `dengine.Client` on every subprocess node."""
         from dengine.client import Client
 
-        return Client(self.endpoints, **options)
+        return Client(self.endpoints, **{**self.client_tls, **options})
 
     async def leader_id(self, timeout: float = 5.0) -> int:
         async with self.client(timeout=timeout) as client:

@@ -75,13 +75,14 @@ async def drive(
 
 async def bench_embedded(
     spec: LoadSpec, nodes: int, *, warmup: float = 0.0, settings: dict[str, Any] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, tls: bool = False,
 ) -> BenchRun:
-    """Start a `nodes`-node cluster whose leader runs in this process; load its Engine."""
+    """Start a `nodes`-node cluster whose leader runs in this process; load its Engine.
+    `tls`: the peer links run mutual TLS (what replication pays for it)."""
     spec.validate()
     progress = progress or NoProgress()
     progress.phase(f"starting a {nodes}-node cluster", None)
-    async with LocalCluster(nodes, embedded=True, settings=settings) as cluster:
+    async with LocalCluster(nodes, embedded=True, settings=settings, tls=tls) as cluster:
         engine = cluster.engine
         assert engine is not None
         term = engine.status().term
@@ -93,8 +94,27 @@ async def bench_embedded(
                 f"in-process node {'still' if engine.is_leader else 'no longer'} leader): "
                 "its event loop stalled past the election timeout"
             )
-    return BenchRun(f"embedded, {nodes} node{'s' if nodes > 1 else ''}", nodes, loop_name(),
-                    result, notes)
+    return BenchRun(f"embedded, {nodes} node{'s' if nodes > 1 else ''}"
+                    f"{', peer TLS' if tls else ''}", nodes, loop_name(), result, notes)
+
+
+async def bench_local(
+    spec: LoadSpec, nodes: int, *, warmup: float = 0.0, timeout: float = 5.0,
+    progress: Progress | None = None, transport: str = "auto", tls: bool = False,
+) -> BenchRun:
+    """Start `nodes` `dengine serve` processes and load them through one `dengine.Client`
+    (what a remote client pays); `tls`: TLS everywhere (client ports with client
+    certificates, mutual TLS between peers)."""
+    spec.validate()
+    progress = progress or NoProgress()
+    progress.phase(f"starting a {nodes}-node cluster", None)
+    async with LocalCluster(nodes, tls=tls) as cluster, cluster.client(
+            timeout=timeout, transport=transport) as client:
+        progress.phase("finding the leader", None)
+        await client.leader()
+        result = await drive(client, spec, warmup=warmup, progress=progress)
+    return BenchRun(f"local, {nodes} node{'s' if nodes > 1 else ''} ({transport}"
+                    f"{', TLS' if tls else ''})", nodes, loop_name(), result)
 
 
 async def bench_remote(

@@ -110,13 +110,22 @@ def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[...,
             click.option("--embedded", is_flag=True,
                          help="Start a local cluster and drive its leader's embedded Engine "
                               "in this process."),
+            click.option("--local", is_flag=True,
+                         help="Start a local cluster of `dengine serve` processes and load "
+                              "it through dengine.Client (what a remote client pays)."),
             click.option("--nodes", type=click.IntRange(1, 5), default=1, show_default=True,
                          help="Nodes of the --embedded cluster (the others run as "
-                              "`dengine serve` subprocesses)."),
+                              "`dengine serve` subprocesses) or of the --local one."),
+            click.option("--tls", type=click.Choice(["off", "on", "compare"]), default="off",
+                         show_default=True,
+                         help="With --embedded or --local: TLS everywhere (certificates "
+                              "made for the run; embedded: the peer links), or compare: "
+                              "plaintext, then TLS, in this run."),
             click.option("--endpoints", default=None, metavar="HOST:PORT,...",
                          help="Load a running cluster through dengine.Client instead."),
             click.option("--transport", type=click.Choice(["auto", "native", "grpc"]),
-                         default=None, help="Client protocol with --endpoints: the native "
+                         default=None, help="Client protocol with --endpoints or --local: "
+                                            "the native "
                                             "one where offered (auto), or one of the two "
                                             "[default: auto]."),
             click.option("--total", type=click.IntRange(min=1), default=None,
@@ -162,42 +171,70 @@ def _load_options(workload: str) -> Callable[[Callable[..., Any]], Callable[...,
     return decorate
 
 
-def _run_workload(workload: str, embedded: bool, nodes: int, endpoints: str | None,
-                  transport: str | None, total: int | None, duration: float | None,
-                  warmup: float, timeout: float, use_uvloop: bool, as_json: bool,
-                  show_progress: bool, **spec_fields: Any) -> None:
+def _run_workload(workload: str, embedded: bool, local: bool, nodes: int,
+                  endpoints: str | None, transport: str | None, tls: str,
+                  total: int | None, duration: float | None, warmup: float, timeout: float,
+                  use_uvloop: bool, as_json: bool, show_progress: bool,
+                  **spec_fields: Any) -> None:
     import json
 
     from dengine.bench.load import LoadSpec
     from dengine.bench.report import RichProgress, console, results_table
-    from dengine.bench.runner import bench_embedded, bench_remote, run_async
+    from dengine.bench.runner import BenchRun, bench_embedded, bench_local, bench_remote, run_async
 
-    if embedded == (endpoints is not None):
-        raise InvalidRequest("give exactly one target: --embedded [--nodes N] or "
-                             "--endpoints HOST:PORT,...")
+    if embedded + local + (endpoints is not None) != 1:
+        raise InvalidRequest("give exactly one target: --embedded [--nodes N], --local "
+                             "[--nodes N] or --endpoints HOST:PORT,...")
     if embedded and transport is not None:
-        raise InvalidRequest("--transport applies to --endpoints (the embedded engine is "
-                             "called in-process)")
+        raise InvalidRequest("--transport applies to --endpoints and --local (the embedded "
+                             "engine is called in-process)")
+    if endpoints is not None and tls != "off":
+        raise InvalidRequest("--tls applies to the clusters of --embedded and --local")
     if total is None and duration is None:
         total = 10_000
     spec = LoadSpec(workload=workload, total=total, duration=duration, **spec_fields).validate()
+    modes = {"off": [False], "on": [True], "compare": [False, True]}[tls]
+    runs: list[BenchRun] = []
     with RichProgress(enabled=show_progress and not as_json) as progress:
-        if endpoints is not None:
-            run = run_async(bench_remote(spec, endpoints, timeout=timeout, warmup=warmup,
-                                         progress=progress, transport=transport or "auto"),
-                            use_uvloop)
-        else:
-            run = run_async(bench_embedded(spec, nodes, warmup=warmup, progress=progress),
-                            use_uvloop)
-    row = run.to_dict()
+        for with_tls in modes:
+            if endpoints is not None:
+                runs.append(run_async(bench_remote(
+                    spec, endpoints, timeout=timeout, warmup=warmup, progress=progress,
+                    transport=transport or "auto"), use_uvloop))
+            elif local:
+                runs.append(run_async(bench_local(
+                    spec, nodes, timeout=timeout, warmup=warmup, progress=progress,
+                    transport=transport or "auto", tls=with_tls), use_uvloop))
+            else:
+                runs.append(run_async(bench_embedded(
+                    spec, nodes, warmup=warmup, progress=progress, tls=with_tls), use_uvloop))
+    rows = [run.to_dict() for run in runs]
+    cost = _tls_cost(rows) if len(rows) == 2 else None
     if as_json:
-        click.echo(json.dumps(row, indent=2))
+        click.echo(json.dumps(rows[0] if len(rows) == 1 else {"runs": rows, "tls_cost": cost},
+                              indent=2))
         return
     out = console()
-    out.print(results_table([row], f"dengine bench {workload} ({run.loop})"))
+    out.print(results_table(rows, f"dengine bench {workload} ({runs[0].loop})"))
     out.print(spec.describe())
-    for note in run.notes:
-        out.print(f"[yellow]note:[/] {note}")
+    if cost is not None:
+        out.print(f"TLS: {cost['throughput_change_pct']:+.1f}% throughput, "
+                  f"p50 latency {cost['p50_change_ms']:+.2f} ms (same run, fresh clusters)")
+    for run in runs:
+        for note in run.notes:
+            out.print(f"[yellow]note:[/] {note}")
+
+
+def _tls_cost(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """What TLS changed between a plaintext row and a TLS row."""
+    plain, tls = rows
+    base = max(float(plain["throughput_ops_s"]), 1e-9)
+    return {
+        "throughput_change_pct": round(
+            100.0 * (float(tls["throughput_ops_s"]) - base) / base, 1),
+        "p50_change_ms": round(float(tls["latency_ms"]["p50"])
+                               - float(plain["latency_ms"]["p50"]), 3),
+    }
 
 
 @bench.command("put")
