@@ -25,7 +25,7 @@ import sys
 import click
 
 from dengine.api import KeyValue
-from dengine.cli.client_cmds import client_options, decode_arg, hex_option
+from dengine.cli.client_cmds import client_options, decode_arg, hex_option, tls_settings
 from dengine.client import Client
 from dengine.errors import DengineError, InvalidRequest
 from dengine.recipes import SessionExpired
@@ -82,7 +82,8 @@ def lock(name: str, command: tuple[str, ...], ttl: int, wait_s: float | None, us
 
     async def main() -> int:
         stop = _interrupted()
-        async with Client(endpoints, timeout=timeout, transport=transport) as client:
+        async with Client(endpoints, timeout=timeout, transport=transport,
+                          tls=tls_settings()) as client:
             acquiring = asyncio.ensure_future(
                 client.lock(lock_name, ttl, timeout=wait_s).acquire())
             interrupted = asyncio.ensure_future(stop.wait())
@@ -176,7 +177,8 @@ def elect(name: str, value: str | None, listen: bool, ttl: int, use_hex: bool,
 
     async def main() -> int:
         stop = _interrupted()
-        async with Client(endpoints, timeout=timeout, transport=transport) as client:
+        async with Client(endpoints, timeout=timeout, transport=transport,
+                          tls=tls_settings()) as client:
             if listen:
                 return await observe(client, stop)
             return await campaign(client, stop)

@@ -68,7 +68,9 @@ class RecipeServices(EtcdBase):
         if self._client is None:
             from dengine.client import Client  # the server may use the client (not back)
 
-            self._client = Client([self._config.listen_client], timeout=10.0)
+            # over TLS when the client port has it (this node's certificate as client's)
+            self._client = Client([self._config.listen_client], timeout=10.0,
+                                  tls=self._config.forward_tls())
         return self._client
 
     async def close(self) -> None:
