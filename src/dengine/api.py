@@ -321,6 +321,12 @@ class ClientApi(Protocol):
 
     def membership_changes(self) -> AsyncIterator[MemberSet]: ...
 
+    def watch(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        start_revision: int = 0, prev_kv: bool = False, filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> WatchStream: ...
+
 
 class SyncClientApi(Protocol):
     """`ClientApi`, blocking (`SyncClient`)."""
@@ -381,3 +387,9 @@ class SyncClientApi(Protocol):
     def leader_changes(self) -> Iterator[Leader]: ...
 
     def membership_changes(self) -> Iterator[MemberSet]: ...
+
+    def watch(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        start_revision: int = 0, prev_kv: bool = False, filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> SyncWatchStream: ...

@@ -22,7 +22,7 @@ from dengine.node import Engine
 API_METHODS = ["put", "delete", "write", "get", "get_many", "leader", "get_kv", "range",
                "delete_range", "txn", "compare_and_swap", "compact"]
 # Calls that return an async iterator (SyncClient: a blocking one), not a coroutine.
-ITERATOR_METHODS = ["leader_changes", "membership_changes"]
+ITERATOR_METHODS = ["leader_changes", "membership_changes", "watch"]
 
 
 def _params(fn: object) -> list[tuple[str, object, object]]:

@@ -36,6 +36,8 @@ from dengine.api import (
     SortOrder,
     SortTarget,
     TxnResult,
+    WatchFilter,
+    WatchStream,
     WriteResult,
 )
 from dengine.client.batcher import Batcher, Item, each_alone
@@ -46,10 +48,12 @@ from dengine.client.routing import (
     member_from_wire,
     parse_endpoints,
 )
+from dengine.client.watch import RemoteWatch
 from dengine.config import parse_address
 from dengine.errors import DengineError, InvalidRequest, KvError, Timeout, Unavailable
 from dengine.kv import EVENTUAL, WIRE_LEVELS, as_bytes, check_node_id, consistency_to_wire
 from dengine.kv import ops as kvops
+from dengine.kv import watch as kvwatch
 from dengine.kv.ops import Compare, Op
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
@@ -128,6 +132,7 @@ class Client:
         self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key))
         self._timeout = check_timeout(timeout)
         self._closed = False
+        self._closed_event = asyncio.Event()  # ends the watches
         self._writes: Batcher[list[WriteCommand], list[WireResult]] = Batcher(
             self._send_writes, max_batch_commands, max_batch_bytes, max_inflight
         )
@@ -161,6 +166,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        self._closed_event.set()
         await self._writes.close()
         for batcher in self._reads.values():
             await batcher.close()
@@ -280,6 +286,29 @@ class Client:
         """Drop the history below `revision` (reads there then fail with Compacted)."""
         request = kvops.compaction_request(revision, physical=physical)
         await self._kv_write(WriteCommand(compaction=request.SerializeToString()), timeout)
+
+    def watch(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        start_revision: int = 0, prev_kv: bool = False, filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> WatchStream:
+        """The changes of `key` (or of [key, range_end), or with `prefix` of every key
+        starting with `key`) from `start_revision` (0: from now; in the past: the history
+        replayed), in revision order, exactly once each:
+
+            async for event in client.watch(b"/config/", prefix=True, start_revision=r):
+                ...  # event.type (PUT/DELETE), event.kv, event.prev_kv, event.revision
+
+        Served by any node; resumes by itself from the last delivered revision across
+        connection loss, node failure and leader change (dengine/client/watch.py).
+        Raises Compacted (with `compact_revision`) when the history it needs is gone;
+        ends when the client closes. `filters`: "noput", "nodelete". `progress_notify`
+        has no effect: `.revision` always tells the revision the watch is current to."""
+        if self._closed:
+            raise Unavailable("client closed")
+        spec = kvwatch.spec(key, range_end, prefix=prefix, start_revision=start_revision,
+                            prev_kv=prev_kv, filters=filters, progress_notify=progress_notify)
+        return RemoteWatch(self._router, spec, closed=self._closed_event)
 
     async def _kv_write(self, command: WriteCommand, timeout: float | None) -> WireResult:
         [result] = await self._submit(self._writes, [command], command.ByteSize(), timeout)

@@ -283,6 +283,43 @@ class Router:
                 raise error_from_wire(resp.error)
             return resp, addr
 
+    async def call_node(
+        self, addr: str, method: str, request: ProtoMessage, response_cls: type[Any],
+        deadline: float,
+    ) -> Any:
+        """One read-like call to `addr`, no retry: its response, error field included (a
+        watch poll). Raises a DengineError when `addr` could not be asked or did not
+        answer (that node is passed over for a while)."""
+        try:
+            resp = await self._invoke(addr, method, request.SerializeToString(),
+                                      response_cls, deadline, write=False)
+        except (Unsent, _Late) as e:
+            self._forget(addr)
+            raise e.error from None
+        except Timeout:
+            self._forget(addr)
+            raise
+        if self._suspects:
+            self._suspects.pop(addr, None)
+        return resp
+
+    def pick(self) -> str:
+        """The endpoint a call without a preferred node goes to (the leader if known,
+        else the next in turn, passing over those that did not answer lately)."""
+        return self._leader or self._pick()
+
+    def next_endpoint(self, addr: str) -> str:
+        """The endpoint after `addr` in turn, passing over suspects (a watch leaving a
+        node that failed it)."""
+        endpoints = self.endpoints
+        n = len(endpoints)
+        start = endpoints.index(addr) + 1 if addr in endpoints else self._next
+        for i in range(n):
+            candidate = endpoints[(start + i) % n]
+            if candidate != addr and not self._suspected(candidate):
+                return candidate
+        return endpoints[start % n]
+
     async def _invoke(
         self, addr: str, method: str, payload: bytes, response_cls: type[Any],
         deadline: float, *, write: bool,

@@ -19,7 +19,10 @@ from dengine.api import (
     RangeResult,
     SortOrder,
     SortTarget,
+    SyncWatchStream,
     TxnResult,
+    WatchEvent,
+    WatchFilter,
     WriteResult,
 )
 from dengine.client.client import Client
@@ -128,6 +131,21 @@ class SyncClient:
     ) -> None:
         self._run(self._client.compact(revision, physical=physical, timeout=timeout))
 
+    def watch(
+        self, key: Key, range_end: Key | None = None, *, prefix: bool = False,
+        start_revision: int = 0, prev_kv: bool = False, filters: Sequence[WatchFilter] = (),
+        progress_notify: bool = False,
+    ) -> SyncWatchStream:
+        """`Client.watch`, as a blocking iterator (`for event in client.watch(...)`);
+        close it (or use `with`) to stop it."""
+
+        async def make() -> Any:
+            return self._client.watch(
+                key, range_end, prefix=prefix, start_revision=start_revision,
+                prev_kv=prev_kv, filters=filters, progress_notify=progress_notify)
+
+        return _SyncWatch(self, self._run(make()))
+
     def status(self, endpoint: str | None = None, *, timeout: float | None = None
                ) -> NodeStatus:
         return self._run(self._client.status(endpoint, timeout=timeout))
@@ -218,3 +236,32 @@ class SyncClient:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+
+class _SyncWatch(SyncWatchStream):
+    """A `Client.watch` driven by the SyncClient's loop thread."""
+
+    def __init__(self, client: SyncClient, watch: Any) -> None:
+        self._client = client
+        self._watch = watch
+        self.revision = watch.revision
+
+    def __iter__(self) -> _SyncWatch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        watch: AsyncIterator[WatchEvent] = self._watch
+        try:
+            return self._client._run(_next(watch))
+        except StopAsyncIteration:
+            raise StopIteration from None
+        finally:
+            self.revision = self._watch.revision
+
+    def close(self) -> None:
+        if not self._client._closed:
+            asyncio.run_coroutine_threadsafe(self._watch.close(), self._client._loop).result()
+
+
+async def _next(watch: AsyncIterator[WatchEvent]) -> WatchEvent:
+    return await watch.__anext__()

@@ -1,4 +1,5 @@
 from dengine.proto import common_pb2 as _common_pb2
+from dengine.proto.etcd import kv_pb2 as _kv_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -268,3 +269,41 @@ class EventsResponse(_message.Message):
     voters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
     learners: _containers.RepeatedCompositeFieldContainer[_common_pb2.Member]
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., leader_id: _Optional[int] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., voters: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ..., learners: _Optional[_Iterable[_Union[_common_pb2.Member, _Mapping]]] = ...) -> None: ...
+
+class WatchPollRequest(_message.Message):
+    __slots__ = ("key", "range_end", "after_revision", "prev_kv", "noput", "nodelete", "wait_ms", "max_events", "require_leader")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    RANGE_END_FIELD_NUMBER: _ClassVar[int]
+    AFTER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    PREV_KV_FIELD_NUMBER: _ClassVar[int]
+    NOPUT_FIELD_NUMBER: _ClassVar[int]
+    NODELETE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_LEADER_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    range_end: bytes
+    after_revision: int
+    prev_kv: bool
+    noput: bool
+    nodelete: bool
+    wait_ms: int
+    max_events: int
+    require_leader: bool
+    def __init__(self, key: _Optional[bytes] = ..., range_end: _Optional[bytes] = ..., after_revision: _Optional[int] = ..., prev_kv: _Optional[bool] = ..., noput: _Optional[bool] = ..., nodelete: _Optional[bool] = ..., wait_ms: _Optional[int] = ..., max_events: _Optional[int] = ..., require_leader: _Optional[bool] = ...) -> None: ...
+
+class WatchPollResponse(_message.Message):
+    __slots__ = ("error", "events", "revision", "compact_revision", "header_revision", "member_id")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    HEADER_REVISION_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    events: _containers.RepeatedCompositeFieldContainer[_kv_pb2.Event]
+    revision: int
+    compact_revision: int
+    header_revision: int
+    member_id: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_kv_pb2.Event, _Mapping]]] = ..., revision: _Optional[int] = ..., compact_revision: _Optional[int] = ..., header_revision: _Optional[int] = ..., member_id: _Optional[int] = ...) -> None: ...

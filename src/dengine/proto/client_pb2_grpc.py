@@ -5,7 +5,7 @@ import warnings
 
 from dengine.proto import client_pb2 as dengine_dot_proto_dot_client__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -84,6 +84,11 @@ class RaftClientServiceStub:
                 request_serializer=dengine_dot_proto_dot_client__pb2.EventsRequest.SerializeToString,
                 response_deserializer=dengine_dot_proto_dot_client__pb2.EventsResponse.FromString,
                 _registered_method=True)
+        self.WatchPoll = channel.unary_unary(
+                '/dengine.RaftClientService/WatchPoll',
+                request_serializer=dengine_dot_proto_dot_client__pb2.WatchPollRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.WatchPollResponse.FromString,
+                _registered_method=True)
 
 
 class RaftClientServiceServicer:
@@ -149,6 +154,12 @@ class RaftClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPoll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftClientServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +212,11 @@ def add_RaftClientServiceServicer_to_server(servicer, server):
                     servicer.Events,
                     request_deserializer=dengine_dot_proto_dot_client__pb2.EventsRequest.FromString,
                     response_serializer=dengine_dot_proto_dot_client__pb2.EventsResponse.SerializeToString,
+            ),
+            'WatchPoll': grpc.unary_unary_rpc_method_handler(
+                    servicer.WatchPoll,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.WatchPollRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.WatchPollResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +489,33 @@ class RaftClientService:
             '/dengine.RaftClientService/Events',
             dengine_dot_proto_dot_client__pb2.EventsRequest.SerializeToString,
             dengine_dot_proto_dot_client__pb2.EventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPoll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/WatchPoll',
+            dengine_dot_proto_dot_client__pb2.WatchPollRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.WatchPollResponse.FromString,
             options,
             channel_credentials,
             insecure,

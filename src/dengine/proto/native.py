@@ -20,7 +20,9 @@ METHODS: tuple[str, ...] = (
     "",  # 0: not a method
     "Write", "Read", "Status", "GetLeader", "MemberList", "AddMember", "PromoteMember",
     "RemoveMember", "KvRead",
-    "", "", "", "",  # 10-13: reserved for leases and watch (docs/formats.md)
+    "", "",  # 10, 11: reserved for leases (docs/formats.md)
+    "WatchPoll",  # 12
+    "",  # 13: reserved for watch
     "Events",  # 14
 )
 METHOD_CODES = {name: code for code, name in enumerate(METHODS) if name}

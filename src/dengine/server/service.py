@@ -11,6 +11,7 @@ exception escape, so one bad request cannot disturb the others.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,8 +23,17 @@ from google.protobuf.message import Message as ProtoMessage
 
 from dengine.api import Leader, MemberSet
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, InvalidRequest, KvError, NotLeader, Overloaded
+from dengine.errors import (
+    Compacted,
+    DengineError,
+    InvalidRequest,
+    KvError,
+    NotLeader,
+    Overloaded,
+    Unavailable,
+)
 from dengine.kv import Limits, consistency_from_wire, etcd_check
+from dengine.kv import watch as kvwatch
 from dengine.kv.codec import split_write_request
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
@@ -46,6 +56,8 @@ from dengine.proto.client_pb2 import (
     RemoveMemberRequest,
     StatusRequest,
     StatusResponse,
+    WatchPollRequest,
+    WatchPollResponse,
     WriteRequest,
     WriteResponse,
     WriteResult,
@@ -61,6 +73,10 @@ SERVICE_NAME = "dengine.RaftClientService"
 _DEADLINE_MARGIN = 0.05
 # The longest an Events long-poll waits for a change (a client asking more gets this).
 MAX_EVENTS_WAIT_S = 30.0
+# A watch poll answers this long before its deadline, and checks its node's leader this
+# often while it waits.
+_POLL_MARGIN = 0.5
+_POLL_SLICE_S = 0.5
 # Bytes a ReadResult adds to its value in a ReadResponse (tags, lengths, found flag).
 _READ_RESULT_OVERHEAD = 16
 
@@ -78,6 +94,10 @@ class EngineLike(Protocol):
     async def read_query(self, fn: Callable[[Any], Any], consistency: str = ..., *,
                          timeout: float | None = ...) -> Any: ...
     def header_ids(self) -> tuple[int, int, int]: ...
+    @property
+    def watches(self) -> Any: ...
+    @property
+    def leader_id(self) -> int: ...
     def status(self) -> Any: ...
     def members(self) -> Sequence[Any]: ...
     async def add_learner(self, node_id: int, address: str, *,
@@ -143,6 +163,7 @@ class ClientService:
             "RemoveMember": self.remove_member,
             "KvRead": self.kv_read,
             "Events": self.events,
+            "WatchPoll": self.watch_poll,
         }
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
@@ -222,6 +243,47 @@ class ClientService:
         except Exception as exc:
             return KvReadResponse(error=self._error(exc, "KvRead"))
         return KvReadResponse(results=results)
+
+    async def watch_poll(self, request: bytes, context: Any) -> WatchPollResponse:
+        """The changes of a range above a revision, waiting up to `wait_ms` for one
+        (docs/etcd-model.md, "Watch"); served from this node's applied state."""
+        engine = self._engine
+        resp = WatchPollResponse(member_id=self._config.node_id)
+        try:
+            req = self._parse(request, WatchPollRequest)
+            rng = kvwatch.watch_range(req.key, req.range_end)
+            if rng.empty:
+                raise InvalidRequest("watch range is empty (range_end must be above key)")
+            spec = kvwatch.WatchSpec(rng, 0, req.prev_kv, req.noput, req.nodelete, False)
+            hub = engine.watches
+            require_leader = req.require_leader
+            if require_leader and not engine.leader_id:
+                raise Unavailable(f"node {self._config.node_id} knows no leader")
+            after = req.after_revision if req.after_revision >= 0 else hub.revision()
+            remaining = _timeout(context)
+            wait = req.wait_ms / 1000.0
+            if remaining is not None:
+                wait = min(wait, max(0.0, remaining - _POLL_MARGIN))
+            max_events = req.max_events or kvwatch.MAX_EVENTS
+            loop = asyncio.get_running_loop()
+            until = loop.time() + wait
+            while True:  # in slices: a node that loses its leader says so
+                batch = await hub.poll(after, spec, min(_POLL_SLICE_S, until - loop.time()),
+                                       max_events=max_events)
+                after = batch.revision
+                if batch.changes or loop.time() >= until:
+                    break
+                if require_leader and not engine.leader_id:
+                    raise Unavailable(f"node {self._config.node_id} lost its leader")
+            resp.revision = batch.revision
+            kvwatch.add_events(resp.events, batch.changes, req.prev_kv)
+            resp.header_revision = hub.revision()
+        except Compacted as e:
+            resp.error.CopyFrom(error_message(e))
+            resp.compact_revision = e.compact_revision
+        except Exception as e:
+            resp.error.CopyFrom(self._error(e, "WatchPoll"))
+        return resp
 
     async def read(self, request: bytes, context: Any) -> ReadResponse:
         try:
