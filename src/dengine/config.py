@@ -76,6 +76,9 @@ class NodeConfig:
     # "0" turns it off.
     auto_compaction_mode: str = "revision"
     auto_compaction_retention: str = "10000"
+    # etcd's --experimental-watch-progress-notify-interval: an etcd watch that asked for
+    # progress_notify gets an empty response after this long without one (0: never).
+    watch_progress_notify_interval_s: float = 600.0
 
     # Storage and compaction.
     wal_checkpoint_bytes: int = 64 * 1024 * 1024
@@ -166,7 +169,7 @@ class NodeConfig:
             raise ConfigError("max_client_buffer_bytes must hold one request "
                               f"(max_request_size {self.max_request_size} + 64 bytes)")
         for name in ("snapshot_threshold_entries", "snapshot_interval_s", "promote_lag",
-                     "client_idle_timeout_s"):
+                     "client_idle_timeout_s", "watch_progress_notify_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.heartbeat_interval_ms >= self.election_timeout_ms:

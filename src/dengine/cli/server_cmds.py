@@ -76,6 +76,10 @@ SETTINGS_HELP = {
                             "duration of history).",
     "auto_compaction_retention": "Revisions to keep (revision mode), or a duration such as "
                                  "1h, 30m (periodic; a bare number is hours); 0: off.",
+    "watch_progress_notify_interval_s": "An etcd watch that asked for progress_notify gets "
+                                        "an empty response after this long without one "
+                                        "(etcd's --experimental-watch-progress-notify-"
+                                        "interval; 0: never).",
     "wal_checkpoint_bytes": "State machine WAL size that triggers a checkpoint.",
     "snapshot_threshold_entries": "Applied entries since the last snapshot that trigger one "
                                   "(0: no entry-count trigger).",

@@ -1,5 +1,5 @@
 """etcd v3's gRPC API on a node's client port (docs/etcd-model.md): `etcdserverpb.KV`,
-`etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList`,
+`etcdserverpb.Watch`, `etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList`,
 `grpc.health.v1.Health`, `v3lockpb.Lock` and `v3electionpb.Election`, registered by hand
 under etcd's service names (the method paths on the wire are etcd's, our generated
 messages keep their own proto packages)."""
@@ -16,6 +16,7 @@ from dengine.server.etcd.forward import Forwarder
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.maintenance import Health, MaintenanceService
 from dengine.server.etcd.recipes import RecipeServices
+from dengine.server.etcd.watch import WatchService
 
 __all__ = ["EtcdApi"]
 
@@ -30,13 +31,14 @@ class EtcdApi:
         self.forwarder = Forwarder(channel_options, credentials)
         self.kv = KvService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config)
+        self.watch = WatchService(engine, config)
         self.health = Health(engine)
         self.recipes = RecipeServices(engine, config)
 
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers(
-            (self.kv.generic_handler(), *self.maintenance.generic_handlers(),
-             *self.recipes.generic_handlers()))
+            (self.kv.generic_handler(), self.watch.generic_handler(),
+             *self.maintenance.generic_handlers(), *self.recipes.generic_handlers()))
         self.health.register(server)
 
     async def start(self) -> None:
