@@ -89,6 +89,28 @@ def etcdctl(endpoints: list[str], args: list[str], stdin: str | None = None,
     return Run(done.returncode, done.stdout, done.stderr)
 
 
+class BackgroundEtcdctl:
+    """`etcdctl ARGS` running until `stop()` (SIGTERM; SIGKILL if it lingers), which
+    returns what it did (a live `etcdctl watch`)."""
+
+    def __init__(self, endpoints: list[str], args: list[str]) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        env["ETCDCTL_API"] = "3"
+        self._proc = subprocess.Popen(
+            [ETCDCTL, "--endpoints=" + ",".join(endpoints), *args], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+    def stop(self) -> Run:
+        proc = self._proc
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return Run(proc.returncode, out, err)
+
+
 def _text(b: bytes | str | None) -> str:
     if b is None:
         return ""
@@ -106,8 +128,8 @@ class _Cluster:
         self.peer_addrs = [f"127.0.0.1:{p}" for p in ports[n:]]
 
     def etcdctl(self, args: list[str], stdin: str | None = None,
-                endpoints: list[str] | None = None) -> Run:
-        return etcdctl(endpoints or self.endpoints, args, stdin)
+                endpoints: list[str] | None = None, timeout: float = ETCDCTL_TIMEOUT_S) -> Run:
+        return etcdctl(endpoints or self.endpoints, args, stdin, timeout)
 
     def start(self) -> None:
         self.spawn()

@@ -29,11 +29,12 @@ import importlib.util
 import json
 import re
 import shlex
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from etcd_cluster import Run, _Cluster
+from etcd_cluster import ETCDCTL_TIMEOUT_S, BackgroundEtcdctl, Run, _Cluster
 
 # The dengine side of the comparisons is expected to fail only while dengine does not
 # serve etcd's API (issue 16: dengine.server.etcd); once that has landed they must pass.
@@ -41,7 +42,14 @@ ETCD_API_LANDED = importlib.util.find_spec("dengine.server.etcd") is not None
 DENGINE_PENDING = pytest.mark.xfail(not ETCD_API_LANDED,
                                     reason="issue 16: etcd API not landed yet", strict=False)
 
-REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_revision"})
+REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_revision",
+                      "CompactRevision"})
+# `etcdctl watch` runs until stopped: a watch step is stopped after WATCH_S (rc -1 and
+# "[timed out ...]" on both sides); a step written "&watch ..." runs in the background
+# beside the next steps (WATCH_START_S to set up its watch first) and is stopped (SIGTERM)
+# WATCH_S after the script's last step.
+WATCH_S = 2.0
+WATCH_START_S = 1.0
 HEADER_IDS = frozenset({"cluster_id", "member_id", "raft_term"})
 FIELDS_IDS = frozenset({"ClusterID", "MemberID", "RaftTerm"})
 FIELDS_REVS = frozenset({"Revision", "CreateRevision", "ModRevision", "CompactRevision"})
@@ -111,9 +119,23 @@ def base_revision(cluster: _Cluster, prefix: str) -> int:
 def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
     base = base_revision(cluster, prefix)
     out = ScriptRun(cluster.kind, list(cluster.endpoints), prefix, base, rebase=not s.fresh)
-    for step in s.steps:
-        args, stdin = step.render(prefix, base)
-        out.runs.append((step, cluster.etcdctl(args, stdin)))
+    background: list[tuple[int, BackgroundEtcdctl]] = []
+    try:
+        for step in s.steps:
+            args, stdin = step.render(prefix, base)
+            if args and args[0].startswith("&"):
+                args[0] = args[0][1:]
+                background.append((len(out.runs), BackgroundEtcdctl(cluster.endpoints, args)))
+                out.runs.append((step, Run(0, "", "")))
+                time.sleep(WATCH_START_S)
+                continue
+            timeout = WATCH_S if args[:1] == ["watch"] else ETCDCTL_TIMEOUT_S
+            out.runs.append((step, cluster.etcdctl(args, stdin, timeout=timeout)))
+        if background:
+            time.sleep(WATCH_S)
+    finally:
+        for i, proc in background:
+            out.runs[i] = (out.runs[i][0], proc.stop())
     return out
 
 
@@ -153,7 +175,7 @@ def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
             elif k == "endpoint" and isinstance(v, str):
                 out[k] = _endpoints(v, ctx)
             else:
-                out[k] = normalize_json(v, ctx, in_header=(k == "header"))
+                out[k] = normalize_json(v, ctx, in_header=(k in ("header", "Header")))
         return out
     if isinstance(value, list):
         items = [normalize_json(v, ctx) for v in value]

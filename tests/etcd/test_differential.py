@@ -252,6 +252,31 @@ SCRIPTS: list[Script] = [
         "endpoint_health",
         "endpoint health", "endpoint health -w json", "endpoint health --cluster",
     ),
+    # watch (issue 17): history replayed from a past revision, ranges, prev_kv, output
+    # formats, an empty range, compaction (below it: canceled; at it: served).
+    script(
+        "watch_history",
+        "put {p}a 1", "put {p}b 2", "put {p}a 3", "del {p}b", "put {p}c 4",
+        ("txn", '\nput {p}d 5\nput {p}e 6\ndel {p}a\n\n\n'),
+        "watch {p} --prefix --rev {r+1}",
+        "watch {p} --prefix --rev {r+1} --prev-kv -w json",
+        "watch {p}a --rev {r+2} -w fields",
+        "watch {p}b {p}d --rev {r+1} --prev-kv",
+        "watch {p}z {p}a",
+        "compaction {r+3}",
+        "watch {p} --prefix --rev {r+2}",
+        "watch {p} --prefix --rev {r+3} -w json",
+    ),
+    # a live watch (from now) while the script writes
+    script(
+        "watch_live",
+        "put {p}a 0",
+        "&watch {p} --prefix",
+        "&watch {p}a --prev-kv -w json",
+        "put {p}a 1", "put {p}b 2",
+        ("txn", '\nput {p}c 3\ndel {p}b\n\n\n'),
+        "del {p} --prefix",
+    ),
 ]
 
 # Absolute revisions from a new store (revision 1, the first write makes 2), the whole
