@@ -90,7 +90,43 @@ def check_etcd3(endpoint: str, p: str) -> dict[str, Any]:
                    and st.leader.id in {m.id for m in members}}
     r["members"] = sorted(u for m in members for u in m.client_urls)
     r["member_ids"] = len({m.id for m in members if m.id})
+    r.update(_watch_etcd3(c, p, base))
     c.close()
+    return r
+
+
+def _watch_etcd3(c: Any, p: str, base: int) -> dict[str, Any]:
+    """Watches: the history from the first write (prev_kv), a live one, a compacted one."""
+    import threading
+
+    import etcd3
+
+    r: dict[str, Any] = {}
+
+    def event(e: Any) -> list[Any]:
+        prev = e.prev_value.decode() if e._event.HasField("prev_kv") else None
+        kind = {"PutEvent": "PUT", "DeleteEvent": "DELETE"}[type(e).__name__]
+        return [kind, e.key.decode().removeprefix(p), e.value.decode(),
+                e.mod_revision - base, prev]
+
+    events, cancel = c.watch_prefix(p, start_revision=base + 1, prev_kv=True)
+    r["watch_history"] = [event(next(events)) for _ in range(4)]
+    cancel()
+    events, cancel = c.watch(f"{p}live")
+    timer = threading.Timer(0.5, lambda: c.put(f"{p}live", "now"))
+    timer.start()
+    r["watch_live"] = event(next(events))
+    cancel()
+    timer.join()
+    rev = c.get_response(p.encode()).header.revision
+    c.compact(rev)
+    events, cancel = c.watch_prefix(p, start_revision=base + 1)
+    try:
+        next(events)
+        r["watch_compacted"] = "no error"
+    except etcd3.exceptions.RevisionCompactedError as e:
+        r["watch_compacted"] = ["RevisionCompactedError", e.compacted_revision - base]
+    cancel()
     return r
 
 
@@ -161,6 +197,48 @@ async def check_aetcd(endpoint: str, p: str) -> dict[str, Any]:
                        and st.leader.id in {m.id for m in members}}
         r["members"] = sorted(u for m in members for u in m.client_urls)
         r["member_ids"] = len({m.id for m in members if m.id})
+        r.update(await _watch_aetcd(c, p, base))
+    return r
+
+
+async def _watch_aetcd(c: Any, p: str, base: int) -> dict[str, Any]:
+    """Watches: the history from the first write (prev_kv), a live one, a compacted one."""
+    import aetcd
+
+    r: dict[str, Any] = {}
+    pb = p.encode()
+
+    def event(e: Any) -> list[Any]:
+        prev = e.prev_kv.value.decode() if e.prev_kv is not None and e.prev_kv.key else None
+        return [str(getattr(e.kind, "name", e.kind)).upper(),
+                e.kv.key.decode().removeprefix(p), e.kv.value.decode(),
+                e.kv.mod_revision - base, prev]
+
+    async def take(watch: Any, n: int) -> list[Any]:
+        out: list[Any] = []
+        async for e in watch:
+            out.append(event(e))
+            if len(out) == n:
+                break
+        return out
+
+    watch = await c.watch_prefix(pb, start_revision=base + 1, prev_kv=True)
+    r["watch_history"] = await asyncio.wait_for(take(watch, 4), 10)
+    await watch.cancel()
+    watch = await c.watch(pb + b"live")
+    later = asyncio.get_running_loop().call_later(
+        0.5, lambda: asyncio.ensure_future(c.put(pb + b"live", b"now")))
+    r["watch_live"] = (await asyncio.wait_for(take(watch, 1), 10))[0]
+    later.cancel()
+    await watch.cancel()
+    rev = (await c.get_prefix(pb)).header.revision
+    await c.compact(rev)
+    watch = await c.watch_prefix(pb, start_revision=base + 1)
+    try:
+        await asyncio.wait_for(take(watch, 1), 10)
+        r["watch_compacted"] = "no error"
+    except aetcd.exceptions.RevisionCompactedError as e:
+        r["watch_compacted"] = ["RevisionCompactedError", e.compacted_revision - base]
     return r
 
 

@@ -1,9 +1,9 @@
 """etcd's Python client libraries, unchanged, against etcd 3.4 and against dengine.
 
 `python3-etcd3` (imports as `etcd3`) and `aetcd` run put/get/get_prefix/get_range/delete/
-replace/transaction/status/members (client_check.py) in a process that has imported every
-dengine module too (they must coexist: see client_check.py). The run against real etcd
-proves the expectations; dengine must give the same report.
+replace/transaction/status/members and watches (client_check.py) in a process that has
+imported every dengine module too (they must coexist: see client_check.py). The run
+against real etcd proves the expectations; dengine must give the same report.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ def expected(cluster: _Cluster) -> dict[str, Any]:
                    "leader_is_member": True},
         "members": sorted(f"http://{e}" for e in cluster.endpoints),
         "member_ids": 3,
+        # watches (issue 17): history with prev_kv, live, compacted start
+        "watch_history": [["PUT", "a", "1", 1, None], ["PUT", "a", "2", 2, "1"],
+                          ["PUT", "b", "3", 3, None], ["PUT", "b", "4", 4, "3"]],
+        "watch_live": ["PUT", "live", "now", 10, None],
+        "watch_compacted": ["RevisionCompactedError", 10],
     }
 
 
