@@ -28,6 +28,7 @@ _COMMANDS = {
     "delete": ("dengine.cli.kv_cmds", "delete"),
     "txn": ("dengine.cli.kv_cmds", "txn"),
     "compaction": ("dengine.cli.kv_cmds", "compaction"),
+    "watch": ("dengine.cli.watch_cmds", "watch"),
     "status": ("dengine.cli.client_cmds", "status"),
     "member": ("dengine.cli.client_cmds", "member"),
     "lock": ("dengine.cli.recipe_cmds", "lock"),
