@@ -28,6 +28,9 @@ from dengine.kv.watch import MAX_EVENTS, Batch, WatchSpec, collect, watch_event
 # A local watch with nothing to deliver re-checks the node this often (a stopped node
 # wakes it at once; this only bounds the wait of one poll).
 _IDLE_POLL_S = 60.0
+# Batches kept between two applies for watches at the same cursor with the same range
+# and filters (1,000 watchers of one prefix pull once per apply, not 1,000 times).
+_CACHE_ENTRIES = 1024
 
 
 class WatchHub:
@@ -37,9 +40,16 @@ class WatchHub:
         self._read = read  # fn(store) on the applied state, under the state machine's lock
         self._waiters: list[asyncio.Future[None]] = []
         self._closed: BaseException | None = None
+        # (after, range, noput, nodelete, max_events) -> its batch, until the next apply.
+        # A batch computed before an apply that ran on the apply thread (its applied()
+        # still to come) is a true prefix of the history: still right to hand out.
+        self._cache: dict[tuple[Any, ...], Batch] = {}
+        self.pulls = 0  # batches read from the store (tests, benchmarks)
 
     def applied(self) -> None:
         """Loop: the store changed (an applied chunk, an installed snapshot)."""
+        if self._cache:
+            self._cache.clear()
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for fut in waiters:
@@ -62,8 +72,17 @@ class WatchHub:
     def pull(self, after: int, spec: WatchSpec, max_events: int = MAX_EVENTS) -> Batch:
         """The next batch above `after` (`kv.watch.collect`); Compacted, Unavailable."""
         rng, noput, nodelete = spec.range, spec.noput, spec.nodelete
-        return self._read(lambda store: collect(store, after, rng, noput=noput,
-                                                nodelete=nodelete, max_events=max_events))
+        key = (after, rng, noput, nodelete, max_events)
+        batch = self._cache.get(key)
+        if batch is None:
+            self.pulls += 1
+            batch = self._read(lambda store: collect(store, after, rng, noput=noput,
+                                                     nodelete=nodelete,
+                                                     max_events=max_events))
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = batch
+        return batch
 
     def changed(self) -> asyncio.Future[None]:
         """A future done at the next `applied()` (failed when the node stops)."""

@@ -49,6 +49,7 @@ SERVICE = "etcdserverpb.Watch"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 EMPTY_RANGE = "mvcc: watcher range is empty"
 _QUEUE = 64  # responses waiting for the stream's writer
+_ENCODED_ENTRIES = 256  # batches whose events are kept encoded (watches sharing a batch)
 
 
 class WatchService(EtcdBase):
@@ -58,6 +59,22 @@ class WatchService(EtcdBase):
         super().__init__(engine, config)
         self.progress_interval = config.watch_progress_notify_interval_s
         self.streams = 0  # open streams (tests, operators)
+        # (id of a batch's change list, prev_kv) -> (the list, its events encoded as
+        # WatchResponse fields): the watches that share a hub batch encode it once.
+        self._encoded: dict[tuple[int, bool], tuple[list[Any], bytes]] = {}
+
+    def encoded_events(self, changes: list[Any], prev_kv: bool) -> bytes:
+        key = (id(changes), prev_kv)
+        hit = self._encoded.get(key)
+        if hit is not None and hit[0] is changes:
+            return hit[1]
+        resp = rpc_pb2.WatchResponse()
+        kvwatch.add_events(resp.events, changes, prev_kv)
+        data = resp.SerializeToString()
+        if len(self._encoded) >= _ENCODED_ENTRIES:
+            self._encoded.clear()
+        self._encoded[key] = (changes, data)
+        return data
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE, {
@@ -115,8 +132,10 @@ class _Stream:
         self._service.stamp(resp.header, revision)
         return resp
 
-    async def send(self, resp: rpc_pb2.WatchResponse) -> None:
-        await self._queue.put(resp.SerializeToString())
+    async def send(self, resp: rpc_pb2.WatchResponse, tail: bytes = b"") -> None:
+        """Queue `resp` (and `tail`: more of its fields, encoded; protobuf merges
+        concatenated messages)."""
+        await self._queue.put(resp.SerializeToString() + tail)
 
     async def write_loop(self) -> None:
         context = self._context
@@ -255,8 +274,7 @@ class _Stream:
                 await self.send(resp)
             return
         resp = self.response(batch.revision, watch_id=watcher.id)
-        kvwatch.add_events(resp.events, changes, prev_kv)
-        await self.send(resp)
+        await self.send(resp, self._service.encoded_events(changes, prev_kv))
 
     async def monitor_leader(self) -> None:
         """etcd's monitorLeader: a stream that requires a leader ends when this member
