@@ -52,6 +52,7 @@ from dengine.sim.config import (
 from dengine.sim.invariants import InvariantChecker, InvariantViolation
 from dengine.sim.lincheck import Op
 from dengine.sim.nodes import Image, PendingRead, PendingWrite, SimNode
+from dengine.sim.watcher import SimWatcher
 from dengine.sim.workloads import Done, make_workload, resolve_op
 
 
@@ -98,6 +99,7 @@ class Simulator:
              "snapshots_installed", "membership_changes"), 0
         )
         self.workload = make_workload(self)
+        self.watcher = SimWatcher(config.seed)  # a watch resumed across nodes (watcher.py)
 
     # ----------------------------------------------------------------------------- run
 
@@ -582,12 +584,14 @@ class Simulator:
         history = [op for op in self.history if op is not _FAILED]
         self.stats["unknown_writes"] = sum(1 for op in history if op.ret is None)
         self.workload.check(history)
+        self.watcher.check(list(self.nodes.values()), self.stats)
 
     # --------------------------------------------------------------------------- clients
 
     def _client_act(self, client: int) -> None:
         if self.healing or client in self._client_busy:
             return
+        self.watcher.maybe_pull(list(self.nodes.values()))
         choice = self.workload.choose(client)
         target = self._client_target[client]
         if not target or self.rng.random() < 0.3:
