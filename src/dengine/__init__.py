@@ -4,7 +4,7 @@ Public API: `Engine` (embedded, asyncio), `Client` / `SyncClient` (remote), `Con
 the errors in `dengine.errors`, the transaction builders `Compare` and `Op`, and in
 `dengine.api` the API they share (`ClientApi`, `SyncClientApi`) and its result types
 (`KeyValue`, `RangeResult`, `PutResult`, `DeleteResult`, `TxnResult`, `WriteResult`,
-`NodeStatus`, `MemberInfo`, `MemberSet`, `Leader`).
+`NodeStatus`, `MemberInfo`, `MemberSet`, `Leader`, `WatchEvent` and its `EventType`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from dengine.api import (
     ClientApi,
     DeleteResult,
+    EventType,
     KeyValue,
     Leader,
     MemberInfo,
@@ -24,6 +25,7 @@ from dengine.api import (
     ResponseHeader,
     SyncClientApi,
     TxnResult,
+    WatchEvent,
     WriteResult,
 )
 from dengine.errors import (
@@ -92,6 +94,7 @@ __all__ = [
     "DeleteResult",
     "DengineError",
     "Engine",
+    "EventType",
     "FutureRevision",
     "InvalidRequest",
     "KeyValue",
@@ -112,5 +115,6 @@ __all__ = [
     "Timeout",
     "TxnResult",
     "Unavailable",
+    "WatchEvent",
     "WriteResult",
 ]
