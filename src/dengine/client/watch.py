@@ -65,6 +65,10 @@ class RemoteWatch(WatchStream):
                 if self._closed:  # close() while waiting
                     raise StopAsyncIteration from None
                 raise
+            except Unavailable:
+                if self._client_closed.is_set():  # the client closed while waiting
+                    raise StopAsyncIteration from None
+                raise
             finally:
                 self._poll = None
             self._after = self._batch_revision = resp.revision
