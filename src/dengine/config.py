@@ -101,6 +101,9 @@ class NodeConfig:
     peer_key_file: str = ""
     peer_trusted_ca_file: str = ""
 
+    # Prometheus metrics and /health over HTTP: HOST:PORT ("" = off; port 0: any free port).
+    listen_metrics: str = ""
+
     log_level: str = "info"
 
     def initial_cluster_id(self) -> str:
@@ -181,6 +184,8 @@ class NodeConfig:
         self.auto_compaction()
         self.client_tls()
         self.peer_tls()
+        if self.listen_metrics:
+            parse_address(self.listen_metrics, allow_port_zero=True)
         if self.listen_client_native not in ("", "auto"):
             parse_address(self.listen_client_native, allow_port_zero=True)
         return self

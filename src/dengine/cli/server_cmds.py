@@ -101,6 +101,8 @@ SETTINGS_HELP = {
     "peer_key_file": "The key of peer_cert_file (etcd's --peer-key-file).",
     "peer_trusted_ca_file": "The cluster's CA: peers must present a certificate it signed, "
                             "both ways (etcd's --peer-trusted-ca-file).",
+    "listen_metrics": "HOST:PORT of the HTTP endpoint serving /metrics (Prometheus) and "
+                      "/health (empty: off).",
     "log_level": "debug, info, warning or error.",
 }
 

@@ -112,6 +112,8 @@ class NativeServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.tls = tls  # TLS on every connection (None: plaintext)
+        # (protocol, method, seconds) of each answered request (metrics), when set
+        self.observe: Callable[[str, str, float], None] | None = None
         self.stopping = False
         self.buffered = 0  # bytes of partial frames held, all connections
         self._starved: set[_Connection] = set()  # not read until `buffered` falls
@@ -460,11 +462,13 @@ class _Connection(asyncio.Protocol):
         self._inflight += 1
         self._update_reading()
         task = asyncio.get_running_loop().create_task(
-            self._serve(handler, request_id, body, _Deadline(timeout_ms)))
+            self._serve(handler, request_id, body, _Deadline(timeout_ms), method))
         self._server.track(task)
 
     async def _serve(self, handler: Handler, request_id: int, body: bytes,
-                     context: _Deadline) -> None:
+                     context: _Deadline, method: int) -> None:
+        observe = self._server.observe
+        started = time.perf_counter() if observe is not None else 0.0
         try:
             # ClientService handlers answer every failure with an error field; they do not raise.
             response = await handler(body, context)
@@ -472,6 +476,8 @@ class _Connection(asyncio.Protocol):
             self._inflight -= 1
             self._update_reading()
         self._reply(request_id, STATUS_OK, response.SerializeToString())
+        if observe is not None:
+            observe("native", METHODS[method], time.perf_counter() - started)
 
     def _reply(self, request_id: int, status: int, body: bytes) -> None:
         transport = self._transport

@@ -24,6 +24,7 @@ from dengine.errors import (
     StorageError,
 )
 from dengine.server.etcd import EtcdApi
+from dengine.server.metrics import Metrics, MetricsServer
 from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
 from dengine.tls import request_reload
@@ -104,12 +105,14 @@ def raise_fd_limit(config: NodeConfig) -> None:
 
 
 async def start_grpc_server(
-    service: ClientService, config: NodeConfig, etcd: EtcdApi | None = None
+    service: ClientService, config: NodeConfig, etcd: EtcdApi | None = None,
+    interceptors: list[grpc.aio.ServerInterceptor] | None = None,
 ) -> grpc.aio.Server:
     """Bind `config.listen_client` and start serving (dengine's service, and etcd's with
     `etcd`); ConfigError when the port is taken."""
     parse_address(config.listen_client)
-    server = grpc.aio.server(options=grpc_server_options(config))
+    server = grpc.aio.server(options=grpc_server_options(config),
+                             interceptors=interceptors or None)
     server.add_generic_rpc_handlers((service.generic_handler(),))
     if etcd is not None:
         etcd.register(server)
@@ -275,16 +278,26 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         engine = await Engine.start(config=config)
         config = engine.config  # its cluster id: set, derived, or read from the data dir
         native: NativeServer | None = None
+        metrics: MetricsServer | None = None
         forward_tls = config.forward_tls()
         etcd = EtcdApi(engine, config, forward_channel_options(config),
                        forward_tls.grpc_credentials() if forward_tls is not None else None)
         try:
             service = ClientService(engine, config, peer_client_address(engine))
+            interceptors = []
+            if config.listen_metrics:
+                metrics = MetricsServer(Metrics(engine, config))
+                interceptors.append(metrics.metrics.interceptor())
+                where = await metrics.start(config.listen_metrics)
+                log.info("metrics on http://%s/metrics, health on http://%s/health",
+                         where, where)
             if native_addr:
                 # Bound before gRPC serves, so that every Status announces it.
                 native = NativeServer.from_config(service, config)
+                if metrics is not None:
+                    native.observe = metrics.metrics.observe
                 service.native_address = await native.start(native_addr)
-            server = await start_grpc_server(service, config, etcd)
+            server = await start_grpc_server(service, config, etcd, interceptors)
             await etcd.start()
             st = engine.status()
             joining = bool(config.join) and not in_configuration(engine)
@@ -323,6 +336,8 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         finally:
             if native is not None and not native.stopping:
                 await native.stop(0)
+            if metrics is not None:
+                await metrics.stop()
             await etcd.stop()
             await engine.stop()
         log.info("node %d stopped", config.node_id)
