@@ -318,6 +318,29 @@ class _Accepting(sslproto.SSLProtocol):
             report(self._peer, handshake_problem(e))
 
 
+def node_certificate_problem(der: bytes | None) -> str:
+    """Why a peer's certificate (DER) is not a node's: "" when it is. A node certificate
+    may serve (the serverAuth extended key usage, or no usage restriction): a client
+    certificate of the same CA (clientAuth only) cannot act as a member."""
+    if not der:
+        return "no certificate"
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return ""
+    except ValueError as e:
+        return f"unreadable certificate ({e})"
+    if ExtendedKeyUsageOID.SERVER_AUTH in usage:
+        return ""
+    subject = cert.subject.rfc4514_string() or "no subject"
+    return (f"a client certificate ({subject}, without the serverAuth usage) cannot act "
+            "as a member")
+
+
 def handshake_problem(e: BaseException) -> str:
     """A short reason for a failed TLS handshake (for logs and errors)."""
     if isinstance(e, ssl.SSLCertVerificationError):

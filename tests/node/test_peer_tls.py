@@ -117,8 +117,17 @@ def test_forged_appends_without_the_clusters_certificate_are_refused_and_logged(
             assert any("not TLS" in m for m in refused), refused
             assert all(r.levelno == logging.WARNING for r in caplog.records
                        if "TLS handshake failed" in r.getMessage())
+            # a client certificate of the cluster's own CA (clientAuth only) is no member's
+            client = ssl.create_default_context(cafile=certs.client()["cacert"])
+            client.load_cert_chain(certs.client()["cert"], certs.client()["key"])
+            for target in (1, 2, 3):
+                assert await _forge_append(
+                    cluster.peer_ports[target], cid, as_node=2 if target == 1 else 1,
+                    to_node=target, term=term, ctx=client) != "sent"
+            await until(lambda: sum("without the serverAuth usage" in r.getMessage()
+                                    for r in caplog.records) >= 3)
             for engine in cluster.engines.values():
-                assert engine._node._transport.refused_connections >= 2
+                assert engine._node._transport.refused_connections >= 3
                 assert engine.status().term < 10**5
             leader = await cluster.leader()
             await leader.put(b"k", b"v2")

@@ -66,7 +66,7 @@ from dengine.proto import (
     SnapshotMetadata,
 )
 from dengine.raft.limits import MAX_INDEX, MAX_TERM, message_problem
-from dengine.tls import PeerTls, accepting, handshake_problem
+from dengine.tls import PeerTls, accepting, handshake_problem, node_certificate_problem
 
 log = logging.getLogger(__name__)
 
@@ -579,6 +579,11 @@ class Transport:
         self._inbound.add(task)
         set_keepalive(writer.get_extra_info("socket"))
         try:
+            if self.tls is not None:
+                tls = writer.get_extra_info("ssl_object")
+                problem = node_certificate_problem(tls.getpeercert(True) if tls else None)
+                if problem:
+                    raise PeerProtocolError(problem)
             async with asyncio.timeout(self.handshake_timeout):
                 first = await read_frame(reader, HELLO_MAX_BYTES)
             peername = writer.get_extra_info("peername")
