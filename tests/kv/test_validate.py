@@ -125,7 +125,7 @@ def test_command_messages(commands, message):
 
 
 def test_bytes_that_are_not_a_command():
-    for data in (b"", b"\xff\xff", b"\x3a\x00"):  # no operation, undecodable, unknown field
+    for data in (b"", b"\xff\xff", b"\xfa\x07\x00"):  # no operation, undecodable, unknown field
         with pytest.raises(InvalidRequest, match="command 0: no operation set"):
             check_encoded_commands([data], LIMITS)
     # an etcd request (WriteCommand fields 3-6) is checked as etcd checks it

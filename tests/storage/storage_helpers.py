@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dengine.kv.codec import OP_COMPACTION, OP_DELETE_RANGE, OP_PUT, OP_TXN, encode_request
+from dengine.kv.codec import (
+    OP_COMPACTION,
+    OP_DELETE_RANGE,
+    OP_LEASE_GRANT,
+    OP_LEASE_REVOKE,
+    OP_PUT,
+    OP_TXN,
+    encode_request,
+)
 from dengine.kv.mvcc import MvccStore
 from dengine.proto import Entry, Member, Membership, WriteCommand
 from dengine.proto.etcd import rpc_pb2 as pb
@@ -25,10 +33,20 @@ def delete(key: bytes) -> bytes:
 
 
 def put_request(key: bytes, value: bytes, *, prev_kv: bool = False,
-                ignore_value: bool = False) -> bytes:
+                ignore_value: bool = False, lease: int = 0) -> bytes:
     """The command of an etcd Put request, wrapped as a server wraps it."""
-    req = pb.PutRequest(key=key, value=value, prev_kv=prev_kv, ignore_value=ignore_value)
+    req = pb.PutRequest(key=key, value=value, prev_kv=prev_kv, ignore_value=ignore_value,
+                        lease=lease)
     return encode_request(OP_PUT, req.SerializeToString())
+
+
+def lease_grant_request(lease_id: int, ttl: int) -> bytes:
+    request = pb.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString()
+    return encode_request(OP_LEASE_GRANT, request)
+
+
+def lease_revoke_request(lease_id: int) -> bytes:
+    return encode_request(OP_LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id).SerializeToString())
 
 
 def delete_range_request(key: bytes, range_end: bytes = b"", *, prev_kv: bool = False) -> bytes:
@@ -52,11 +70,13 @@ def compaction_request(revision: int) -> bytes:
     return encode_request(OP_COMPACTION, request)
 
 
-def store_state(store: MvccStore) -> tuple[int, int, list[tuple[bytes, bytes]], list[tuple]]:
+def store_state(store: MvccStore) -> tuple[int, int, list[tuple[bytes, bytes]], list[tuple],
+                                           list[tuple]]:
     """Everything of an MvccStore that must survive: revision, compaction point, the live
-    (key, packed) and the changelog."""
+    (key, packed), the changelog and the leases (with their keys)."""
     return (store.revision, store.compact_revision, sorted(store.items_packed()),
-            [tuple(c) for c in store.changes()])
+            [tuple(c) for c in store.changes()],
+            [(i, store.lease_info(i, keys=True)) for i, _ in store.leases_packed()])
 
 
 def command_entry(index: int, term: int, command: bytes) -> Entry:

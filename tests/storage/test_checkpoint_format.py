@@ -81,7 +81,7 @@ states = st.dictionaries(st.binary(max_size=20), st.binary(max_size=3000), max_s
 def test_checkpoint_round_trip_in_blocks(state):
     disk = checkpointed(state)
     data = disk.read(PATH)
-    assert records.check_header(data, records.MAGIC_CHECKPOINT, PATH) == 3
+    assert records.check_header(data, records.MAGIC_CHECKPOINT, PATH) == 4
     scan = records.scan(data, PATH, records.MAGIC_CHECKPOINT)
     # blocks of keys, then of changes (one per put): not a record per key
     assert len(scan.records) - 1 <= 2 * max(1, len(state))
@@ -105,7 +105,7 @@ def test_a_checkpoint_written_before_revisions_is_refused(version):
     data = SimulatedDisk.read(disk, PATH)
     rewrite(disk, records.encode_header(records.MAGIC_CHECKPOINT, version) + data[8:])
     with pytest.raises(CorruptionError, match=f"unsupported format version {version} "
-                                              r"\(this release reads 3\): written before"):
+                                              r"\(this release reads 3, 4\): written before"):
         FileStateMachine(DIR, fileio=disk)
 
 

@@ -17,6 +17,8 @@ from storage_helpers import (
     delete,
     delete_range_request,
     insert,
+    lease_grant_request,
+    lease_revoke_request,
     noop_entry,
     put_request,
     store_state,
@@ -122,7 +124,8 @@ def test_reset_removes_everything(tmp_path):
     assert len(FileStateMachine(tmp_path / "sm")) == 0
 
 
-COMMANDS = ["put", "del", "noop", "junk", "put_request", "delete_range", "cas", "compact"]
+COMMANDS = ["put", "del", "noop", "junk", "put_request", "delete_range", "cas", "compact",
+            "grant", "revoke", "put_lease"]
 
 
 def make_entry(index: int, op: str, key: bytes, value: bytes, n: int,
@@ -142,6 +145,12 @@ def make_entry(index: int, op: str, key: bytes, value: bytes, n: int,
         command = delete_range_request(key, key + b"\xff" if n >= 2 else b"", prev_kv=n % 2 == 1)
     elif op == "cas":
         command = cas_request(key, n, value)
+    elif op == "grant":
+        command = lease_grant_request(n + 1, 10 + n)
+    elif op == "revoke":
+        command = lease_revoke_request(n + 1)
+    elif op == "put_lease":
+        command = put_request(key, value, lease=n + 1)
     else:  # compact: below, at and above the compaction point and the revision
         command = compaction_request(max(0, store.revision - 2 + n))
     return command_entry(index, 1, command)

@@ -28,9 +28,12 @@ OP_PUT = 7
 OP_DELETE_RANGE = 8
 OP_TXN = 9
 OP_COMPACTION = 10
+OP_LEASE_GRANT = 11
+OP_LEASE_REVOKE = 12
 
 # WriteCommand's request fields: tag byte (field << 3 | 2) -> op
-_REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION}
+_REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION,
+                 0x3A: OP_LEASE_GRANT, 0x42: OP_LEASE_REVOKE}
 
 
 def fast_decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
@@ -198,7 +201,7 @@ def decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
 def decode_any_command(cmd: bytes) -> tuple[int, bytes, bytes]:
     """(op, key, value) of any command bytes: OP_REJECTED when protobuf cannot decode
     them or they set no operation (what every replica applies for such an entry). An
-    etcd request decodes to (OP_PUT..OP_COMPACTION, b"", the request's bytes)."""
+    etcd request decodes to (OP_PUT..OP_LEASE_REVOKE, b"", the request's bytes)."""
     decoded = decode_command(cmd)
     return decoded if decoded is not None else _decode_protobuf(cmd)
 
@@ -244,11 +247,12 @@ def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
 
 
 _REQUEST_FIELDS = {"put": OP_PUT, "delete_range": OP_DELETE_RANGE, "txn": OP_TXN,
-                   "compaction": OP_COMPACTION}
+                   "compaction": OP_COMPACTION, "lease_grant": OP_LEASE_GRANT,
+                   "lease_revoke": OP_LEASE_REVOKE}
 
 
 def encode_request(op: int, request: bytes) -> bytes:
-    """The WriteCommand carrying an encoded etcd request (op OP_PUT..OP_COMPACTION) as it
+    """The WriteCommand carrying an encoded etcd request (op OP_PUT..OP_LEASE_REVOKE) as it
     came, without decoding it (equal to protobuf's encoding, tested)."""
     for tag, tag_op in _REQUEST_TAGS.items():
         if tag_op == op:

@@ -22,7 +22,14 @@ from google.protobuf.message import DecodeError
 
 from dengine.errors import Compacted, FutureRevision
 from dengine.errors import KvError as KvError  # re-exported: the one etcd error class
-from dengine.kv.codec import OP_COMPACTION, OP_DELETE_RANGE, OP_PUT, OP_TXN
+from dengine.kv.codec import (
+    OP_COMPACTION,
+    OP_DELETE_RANGE,
+    OP_LEASE_GRANT,
+    OP_LEASE_REVOKE,
+    OP_PUT,
+    OP_TXN,
+)
 from dengine.proto.etcd import rpc_pb2 as pb
 
 DEFAULT_MAX_TXN_OPS = 128  # etcd's --max-txn-ops
@@ -40,6 +47,9 @@ COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
 LEASE_NOT_FOUND = "etcdserver: requested lease not found"
 REQUEST_TOO_LARGE = "etcdserver: request is too large"
+LEASE_EXIST = "etcdserver: lease already exists"
+LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
+MAX_LEASE_TTL = 9_000_000_000  # etcd's lease.MaxLeaseTTL (seconds)
 
 
 def invalid(message: str) -> KvError:
@@ -60,6 +70,16 @@ def key_not_found() -> KvError:
 
 def lease_not_found() -> KvError:
     return KvError("NOT_FOUND", LEASE_NOT_FOUND)
+
+
+def lease_exists() -> KvError:
+    return KvError("FAILED_PRECONDITION", LEASE_EXIST)
+
+
+def check_lease_grant(req: pb.LeaseGrantRequest) -> None:
+    """etcd's lessor.Grant check that does not depend on the state."""
+    if req.TTL > MAX_LEASE_TTL:
+        raise KvError("OUT_OF_RANGE", LEASE_TTL_TOO_LARGE)
 
 
 def check_request_size(size: int, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
@@ -187,14 +207,15 @@ def _check_intervals(ops: Iterable[pb.RequestOp]) -> tuple[set[bytes], _Dels]:
 
 _ENCODED: dict[int, Any] = {
     OP_PUT: pb.PutRequest, OP_DELETE_RANGE: pb.DeleteRangeRequest, OP_TXN: pb.TxnRequest,
-    OP_COMPACTION: pb.CompactionRequest,
+    OP_COMPACTION: pb.CompactionRequest, OP_LEASE_GRANT: pb.LeaseGrantRequest,
+    OP_LEASE_REVOKE: pb.LeaseRevokeRequest,
 }
 
 
 def check_encoded(op: int, data: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
                   max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
-    """An etcd request as a WriteCommand carries it (codec ops OP_PUT..OP_COMPACTION, its
-    bytes as the client sent them): decodable, and passing etcd's checks."""
+    """An etcd request as a WriteCommand carries it (codec ops OP_PUT..OP_LEASE_REVOKE,
+    its bytes as the client sent them): decodable, and passing etcd's checks."""
     check_request_size(len(data), max_request_bytes)
     cls = _ENCODED[op]
     try:
@@ -207,6 +228,8 @@ def check_encoded(op: int, data: bytes, max_txn_ops: int = DEFAULT_MAX_TXN_OPS,
         check_delete_range(req)
     elif op == OP_TXN:
         check_txn(req, max_txn_ops)
+    elif op == OP_LEASE_GRANT:
+        check_lease_grant(req)
 
 
 def is_txn_readonly(req: pb.TxnRequest) -> bool:

@@ -9,6 +9,14 @@ version, lease, then the value), a sorted index of the live keys, and the change
 `(revision, key, new, prev)` per key change, oldest first, `new`/`prev` packed or None.
 A read at a past revision starts from the live keys and undoes the changes above it;
 compaction drops the changes at or below its revision.
+
+Leases (etcd's lessor, its replicated part): `lease id -> granted TTL` and the keys
+attached to each (a key's lease is in its packed metadata; the key sets are derived from
+it). A put with a lease attaches the key, a put with another lease (or none) or a delete
+detaches it; a revoke deletes every key of the lease in one revision. When a lease
+expires is not the store's business: the leader's lessor (dengine.node.lessor) decides it
+by its own clock and proposes a revoke; the store applies grants and revokes as they come
+in the log, identically everywhere.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from dengine.kv.codec import (
     OP_DELETE,
     OP_DELETE_RANGE,
     OP_INSERT,
+    OP_LEASE_GRANT,
+    OP_LEASE_REVOKE,
     OP_PUT,
     OP_REJECTED,
     OP_TXN,
@@ -38,6 +48,7 @@ from dengine.kv.etcd_check import (
     future_revision,
     is_txn_readonly,
     key_not_found,
+    lease_exists,
     lease_not_found,
 )
 from dengine.kv.gosort import go_sort
@@ -115,7 +126,8 @@ def _range_end(range_end: bytes) -> bytes | None:
 class MvccStore:
     """etcd's MVCC key-value store. `get` and `insert_all` are the hot paths."""
 
-    __slots__ = ("_changes", "_data", "_index", "compact_revision", "revision")
+    __slots__ = ("_changes", "_data", "_index", "_leases", "compact_revision",
+                 "lease_version", "revision")
 
     def __init__(self) -> None:
         self.revision = 1
@@ -123,6 +135,8 @@ class MvccStore:
         self._data: dict[bytes, bytes] = {}
         self._index = SortedList()
         self._changes: deque[tuple[int, bytes, bytes | None, bytes | None]] = deque()
+        self._leases: dict[int, Lease] = {}
+        self.lease_version = 0  # +1 per grant or revoke applied (the lessor's resync cue)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -296,8 +310,10 @@ class MvccStore:
                 packed = pack_meta(rev, rev, 1, 0) + value
                 add_key(key)
             else:
-                c, _, v, _ = unpack_meta(old)
+                c, _, v, old_lease = unpack_meta(old)
                 packed = pack_meta(c, rev, v + 1, 0) + value
+                if old_lease:
+                    self._detach(key, old_lease)
             data[key] = packed
             log((rev, key, packed, old))
         self.revision = rev
@@ -322,6 +338,10 @@ class MvccStore:
             return self._apply_request(pb.TxnRequest, value, self._txn)
         if op == OP_COMPACTION:
             return self._apply_request(pb.CompactionRequest, value, self._compact)
+        if op == OP_LEASE_GRANT:
+            return self._apply_request(pb.LeaseGrantRequest, value, self._lease_grant)
+        if op == OP_LEASE_REVOKE:
+            return self._apply_request(pb.LeaseRevokeRequest, value, self._lease_revoke)
         if op == OP_REJECTED:
             return Applied(self.revision, undecodable("command"))
         return Applied(self.revision, None)  # no-op, config, storage bookkeeping
@@ -365,20 +385,37 @@ class MvccStore:
         if old is None:
             packed = pack_meta(rev, rev, 1, lease) + value
             self._index.add(key)
+            old_lease = 0
         else:
-            c, _, v, _ = unpack_meta(old)
+            c, _, v, old_lease = unpack_meta(old)
             packed = pack_meta(c, rev, v + 1, lease) + value
         self._data[key] = packed
         self._changes.append((rev, key, packed, old))
+        if old_lease != lease:
+            if old_lease:
+                self._detach(key, old_lease)
+            if lease and (attached := self._leases.get(lease)) is not None:
+                attached.keys.add(key)  # (checked before: the lease exists)
 
     def _delete_keys(self, keys: list[bytes], rev: int) -> None:
         """Delete `keys` (all live) at revision `rev`."""
         data = self._data
         remove = self._index.remove
         log = self._changes.append
+        leases = self._leases
         for k in keys:
-            log((rev, k, None, data.pop(k)))
+            old = data.pop(k)
+            log((rev, k, None, old))
             remove(k)
+            if leases:
+                lease = unpack_meta(old)[3]
+                if lease:
+                    self._detach(k, lease)
+
+    def _detach(self, key: bytes, lease: int) -> None:
+        attached = self._leases.get(lease)
+        if attached is not None:
+            attached.keys.discard(key)
 
     def _live_keys(self, key: bytes, range_end: bytes) -> list[bytes]:
         if not range_end:
@@ -389,8 +426,53 @@ class MvccStore:
                     else index.irange(key))
 
     def _lease_exists(self, lease: int) -> bool:
-        """No leases yet (the next issue): every lease other than 0 is unknown."""
-        return lease == 0
+        return lease == 0 or lease in self._leases
+
+    # Leases: the replicated table (etcd's lessor without its clock).
+
+    def _lease_grant(self, req: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        """etcd's Grant as applied: the ID and TTL were chosen at proposal (the leader's
+        minimum TTL applied there), so applying needs nothing but the request."""
+        lease_id = req.ID
+        if lease_id <= 0:
+            raise undecodable("lease ID (chosen at proposal, positive)")
+        if lease_id in self._leases:
+            raise lease_exists()
+        self._leases[lease_id] = Lease(req.TTL)
+        self.lease_version += 1
+        return pb.LeaseGrantResponse(
+            header=pb.ResponseHeader(revision=self.revision), ID=lease_id, TTL=req.TTL)
+
+    def _lease_revoke(self, req: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        """etcd's Revoke: the lease goes, its keys are deleted in one revision (none: the
+        revision stays)."""
+        lease = self._leases.pop(req.ID, None)
+        if lease is None:
+            raise lease_not_found()
+        self.lease_version += 1
+        if lease.keys:
+            self.revision += 1
+            self._delete_keys(sorted(lease.keys), self.revision)
+        return pb.LeaseRevokeResponse(header=pb.ResponseHeader(revision=self.revision))
+
+    def lease_ttls(self) -> dict[int, int]:
+        """A copy of `lease id -> granted TTL` (seconds)."""
+        return {lease_id: lease.ttl for lease_id, lease in self._leases.items()}
+
+    def lease_ids(self) -> list[int]:
+        return list(self._leases)
+
+    def lease_info(self, lease_id: int, keys: bool = False
+                   ) -> tuple[int, list[bytes]] | None:
+        """(granted TTL, the attached keys in order if `keys`) of a lease; None if absent."""
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return None
+        return lease.ttl, sorted(lease.keys) if keys else []
+
+    def leases_packed(self) -> list[tuple[int, int]]:
+        """(id, granted TTL) of every lease, by id (persistence)."""
+        return sorted((lease_id, lease.ttl) for lease_id, lease in self._leases.items())
 
     # Top-level requests: the store revision moves by one if the request changed a key.
 
@@ -581,15 +663,35 @@ class MvccStore:
     def restore(cls, revision: int, compact_revision: int,
                 items_packed: Iterable[tuple[bytes, bytes]],
                 changes: Iterable[tuple[int, bytes, bytes | None, bytes | None]],
+                leases: Iterable[tuple[int, int]] = (),
                 ) -> MvccStore:
-        """A store from its persisted image (`items_packed`, `changes`)."""
+        """A store from its persisted image (`items_packed`, `changes`, `leases` as
+        `leases_packed` gives them: the keys attached are found in the keys' metadata)."""
         store = cls()
         store.revision = revision
         store.compact_revision = compact_revision
         store._data = dict(items_packed)
         store._index = SortedList(store._data)
         store._changes = deque(tuple(c) for c in changes)  # type: ignore[misc]
+        table = store._leases = {lease_id: Lease(ttl) for lease_id, ttl in leases}
+        if table:
+            for key, packed in store._data.items():
+                lease_id = unpack_meta(packed)[3]
+                if lease_id:
+                    attached = table.get(lease_id)
+                    if attached is not None:
+                        attached.keys.add(key)
         return store
+
+
+class Lease:
+    """One lease of the store: its granted TTL (seconds) and the keys attached to it."""
+
+    __slots__ = ("keys", "ttl")
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+        self.keys: set[bytes] = set()
 
 
 def _compare_kv(c: pb.Compare, packed: bytes | None) -> bool:

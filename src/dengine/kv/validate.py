@@ -19,6 +19,8 @@ from dengine.kv.codec import (
     OP_DELETE,
     OP_DELETE_RANGE,
     OP_INSERT,
+    OP_LEASE_GRANT,
+    OP_LEASE_REVOKE,
     OP_PUT,
     OP_TXN,
     decode_any_command,
@@ -115,6 +117,10 @@ def check_command(op: int, key: bytes, value: bytes, limits: Limits, where: str 
         check_key(key, limits, where)
     elif op in (OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_COMPACTION):  # an etcd request
         etcd_check.check_encoded(op, value, limits.max_txn_ops, limits.max_request_bytes)
+    elif op in (OP_LEASE_GRANT, OP_LEASE_REVOKE):
+        # The lease ID and minimum TTL are chosen at proposal by the lease calls.
+        raise InvalidRequest(f"{_at(where)}lease commands go through the lease calls "
+                             "(lease_grant, lease_revoke), not a raw write")
     else:
         raise InvalidRequest(f"{_at(where)}{_NO_OPERATION}")
 

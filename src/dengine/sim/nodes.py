@@ -31,8 +31,10 @@ class PendingRead:
     serve: Callable[[MvccStore], None] | None = None  # instead of a get of `key`
 
 
-# A store's image in a snapshot: revision, compact revision, live (key, packed), changelog.
-Image = tuple[int, int, tuple[tuple[bytes, bytes], ...], tuple[Any, ...]]
+# A store's image in a snapshot: revision, compact revision, live (key, packed), changelog,
+# leases (id, granted TTL).
+Image = tuple[int, int, tuple[tuple[bytes, bytes], ...], tuple[Any, ...],
+              tuple[tuple[int, int], ...]]
 
 
 class SimLog(MemoryRaftLog):

@@ -55,8 +55,8 @@ def parse_wal_name(name: str) -> int | None:
 
 @dataclass
 class CheckpointMeta:
-    """Record 0 of a checkpoint (format 3): where the state is, what to replay after it,
-    and the counts of the store image that follows."""
+    """Record 0 of a checkpoint (format 4): where the state is, what to replay after it,
+    the counts of the store image that follows, and the lease table."""
 
     last_applied: LogId
     wal_seq: int  # the first WAL to replay
@@ -66,6 +66,7 @@ class CheckpointMeta:
     revision: int = 1
     compact_revision: int = 0
     change_count: int = 0
+    leases: Sequence[kvfile.LeaseTuple] = ()
 
 
 def encode_checkpoint_meta(m: CheckpointMeta) -> bytes:
@@ -74,7 +75,7 @@ def encode_checkpoint_meta(m: CheckpointMeta) -> bytes:
         + kvfile.pack_blob(m.membership.SerializeToString() if m.membership is not None else b"")
         + kvfile.pack_blob(m.snapshot.SerializeToString() if m.snapshot is not None else b"")
         + bytes([(m.membership is not None) | (m.snapshot is not None) << 1])
-        + kvfile.encode_counts(m.revision, m.compact_revision, m.change_count)
+        + kvfile.encode_counts(m.revision, m.compact_revision, m.change_count, m.leases)
     )
 
 
@@ -86,11 +87,11 @@ def decode_checkpoint_meta(payload: bytes, path: str, offset: int) -> Checkpoint
         flags = payload[end]
         membership = Membership.FromString(m_blob) if flags & 1 else None
         snapshot_meta = SnapshotMetadata.FromString(s_blob) if flags & 2 else None
-        revision, compact, changes = kvfile.decode_counts(payload, end + 1)
+        revision, compact, changes, leases = kvfile.decode_counts(payload, end + 1)
     except (struct.error, IndexError, DecodeError) as e:
         raise CorruptionError(path, offset, f"undecodable checkpoint metadata: {e}") from None
     return CheckpointMeta(LogId(index=index, term=term), wal_seq, count, membership,
-                          snapshot_meta, revision, compact, changes)
+                          snapshot_meta, revision, compact, changes, leases)
 
 
 def checkpoint_chunks(
@@ -141,7 +142,7 @@ class Checkpointer:
                 f"{len(loaded.changes)} changes, expected {head.change_count}",
             )
         image = kvfile.StoreImage(head.revision, head.compact_revision, loaded.state,
-                                  loaded.changes)
+                                  loaded.changes, head.leases)
         return head, image
 
     def running(self) -> bool:

@@ -464,7 +464,7 @@ class FileStateMachine:
         store = self._store
         head = CheckpointMeta(copy_log_id(self._last_applied), seq, len(store),
                               self._membership, self._snapshot, store.revision,
-                              store.compact_revision)
+                              store.compact_revision, leases=store.leases_packed())
         return head, seq
 
     # -- snapshots
@@ -492,7 +492,8 @@ class FileStateMachine:
             seq = self._wal_seq + 1
             new_wal = self._create_wal(seq)
             head = CheckpointMeta(data.last_included, seq, len(image.items), data.membership,
-                                  metadata, image.revision, image.compact_revision)
+                                  metadata, image.revision, image.compact_revision,
+                                  leases=image.leases)
             try:
                 self._checkpoints.write(
                     checkpoint_chunks(head, image.items.items(), image.changes)

@@ -133,14 +133,14 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
     elif scan.records:  # checkpoint or snapshot: a metadata record, then keys (or blocks)
         report.records = len(scan.records) - 1
         if report.kind == "snapshot":
-            last, count, _, (revision, compact, changes) = kvfile.decode_snapshot_meta(
+            last, count, _, (revision, compact, changes, leases) = kvfile.decode_snapshot_meta(
                 scan.records[0], path, scan.offsets[0]
             )
             sha = hashlib.sha256(data).hexdigest()
             report.detail = (
                 f"format version {scan.version}, {count} keys at ({last.term}, {last.index}), "
                 f"revision {revision}, compacted at {compact}, {changes} changes, "
-                f"sha256 {sha[:16]}..."
+                f"{len(leases)} leases, sha256 {sha[:16]}..."
             )
         else:
             head = decode_checkpoint_meta(scan.records[0], path, scan.offsets[0])
@@ -148,7 +148,8 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
             report.detail = (
                 f"format version {scan.version}, {head.key_count} keys at ({last.term}, "
                 f"{last.index}), revision {head.revision}, compacted at "
-                f"{head.compact_revision}, {head.change_count} changes, replay from WAL "
+                f"{head.compact_revision}, {head.change_count} changes, "
+                f"{len(head.leases)} leases, replay from WAL "
                 f"{head.wal_seq}"
             )
         report.first_index = report.last_index = last.index

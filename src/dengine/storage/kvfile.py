@@ -1,7 +1,8 @@
 """Key-value files: the snapshot file and the state machine checkpoint share this codec.
 
-Both hold an image of the MVCC store (docs/etcd-model.md): its revision and compaction
-point (in the file's metadata record, with the key and change counts), then the live keys
+Both hold an image of the MVCC store (docs/etcd-model.md): its revision, compaction
+point and lease table (in the file's metadata record, with the key and change counts:
+`u32 n | n x (i64 lease id, i64 granted TTL)` after the counts), then the live keys
 as `(key, packed)` in blocks of up to ~64 KiB, one record each, then the changelog in
 blocks likewise (docs/formats.md):
 
@@ -35,6 +36,7 @@ from dengine.storage.fileio import FileIO
 SNAPSHOT_FILE = "snapshot.bin"
 _KEY_LEN = struct.Struct("<I")
 _COUNTS = struct.Struct("<QQQ")  # revision, compact revision, change count
+_LEASE = struct.Struct("<qq")  # lease id, granted TTL
 _SNAPSHOT_META = struct.Struct("<QQQ")  # last included index, term, key count
 _CHANGE_HEAD = "QIII"  # revision, key length, new length, prev length
 _CHANGE_HEAD_SIZE = struct.calcsize("<" + _CHANGE_HEAD)
@@ -45,6 +47,7 @@ _SORT_RUN = 8192
 
 # One changelog entry: (revision, key, new packed version or None, prev or None).
 ChangeTuple = tuple[int, bytes, bytes | None, bytes | None]
+LeaseTuple = tuple[int, int]  # lease id, granted TTL
 
 
 @dataclass
@@ -56,22 +59,38 @@ class StoreImage:
     compact_revision: int = 0
     items: Mapping[bytes, bytes] = field(default_factory=dict)
     changes: Sequence[ChangeTuple] = ()
+    leases: Sequence[LeaseTuple] = field(default_factory=list)
 
     def encode_counts(self) -> bytes:
-        return encode_counts(self.revision, self.compact_revision, len(self.changes))
+        return encode_counts(self.revision, self.compact_revision, len(self.changes),
+                             self.leases)
 
 
-def encode_counts(revision: int, compact_revision: int, changes: int) -> bytes:
-    """The revision, compaction point and change count, as the metadata records end."""
-    return _COUNTS.pack(revision, compact_revision, changes)
+def encode_counts(revision: int, compact_revision: int, changes: int,
+                  leases: Sequence[LeaseTuple] = field(default_factory=list)) -> bytes:
+    """The revision, compaction point, change count and lease table, as the metadata
+    records end."""
+    return (_COUNTS.pack(revision, compact_revision, changes)
+            + _KEY_LEN.pack(len(leases))
+            + struct.pack(f"<{2 * len(leases)}q", *(x for lease in leases for x in lease)))
 
 
-def decode_counts(data: bytes, offset: int) -> tuple[int, int, int]:
-    """(revision, compact revision, change count) at `offset`; struct.error if short."""
+def decode_counts(data: bytes, offset: int) -> tuple[int, int, int, list[LeaseTuple]]:
+    """(revision, compact revision, change count, leases) at `offset`; struct.error if
+    short. The formats before leases (checkpoint 3, snapshot 2) end after the counts:
+    no lease table."""
     revision, compact, changes = _COUNTS.unpack_from(data, offset)
-    if len(data) != offset + _COUNTS.size:
-        raise struct.error(f"{len(data) - offset - _COUNTS.size} unexpected bytes at the end")
-    return revision, compact, changes
+    end = offset + _COUNTS.size
+    leases: list[LeaseTuple] = []
+    if len(data) > end:
+        (n,) = _KEY_LEN.unpack_from(data, end)
+        end += 4
+        flat = struct.unpack_from(f"<{2 * n}q", data, end)
+        end += _LEASE.size * n
+        leases = list(zip(flat[::2], flat[1::2], strict=True))
+    if len(data) != end:
+        raise struct.error(f"{len(data) - end} unexpected bytes at the end")
+    return revision, compact, changes, leases
 
 
 def sorted_keys(state: Iterable[bytes]) -> Iterator[bytes]:
@@ -323,8 +342,9 @@ def encode_snapshot_meta(
 
 def decode_snapshot_meta(
     payload: bytes, path: str, offset: int
-) -> tuple[LogId, int, Membership | None, tuple[int, int, int]]:
-    """(last included, key count, membership, (revision, compact revision, changes))."""
+) -> tuple[LogId, int, Membership | None, tuple[int, int, int, list[LeaseTuple]]]:
+    """(last included, key count, membership, (revision, compact revision, changes,
+    leases))."""
     try:
         index, term, count = _SNAPSHOT_META.unpack_from(payload, 0)
         blob, end = unpack_blob(payload, _SNAPSHOT_META.size)
@@ -376,7 +396,7 @@ def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> Sna
         raise CorruptionError(
             path, 0, f"SHA-256 {digest.hexdigest()} does not match the expected {expected}"
         )
-    decoded: list[tuple[LogId, Membership | None, tuple[int, int, int]]] = []
+    decoded: list[tuple[LogId, Membership | None, tuple[int, int, int, list[LeaseTuple]]]] = []
 
     def key_count(meta: bytes, offset: int) -> int:
         last, count, membership, counts = decode_snapshot_meta(meta, path, offset)
@@ -384,7 +404,7 @@ def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> Sna
         return count
 
     loaded = load_strict(io, path, records.MAGIC_SNAPSHOT, key_count)
-    last, membership, (revision, compact, change_count) = decoded[0]
+    last, membership, (revision, compact, change_count, leases) = decoded[0]
     if (last.index, last.term) != (metadata.last_included.index, metadata.last_included.term):
         raise StorageError(
             f"{path}: snapshot is at ({last.term}, {last.index}), metadata says "
@@ -394,5 +414,5 @@ def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> Sna
         raise CorruptionError(
             path, loaded.scan.valid_end, f"{len(loaded.changes)} changes, expected {change_count}"
         )
-    image = StoreImage(revision, compact, loaded.state, loaded.changes)
+    image = StoreImage(revision, compact, loaded.state, loaded.changes, leases)
     return SnapshotData(image, last, membership)

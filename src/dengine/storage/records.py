@@ -46,9 +46,12 @@ MAGIC_SNAPSHOT = b"DSNP"  # snapshot file (self-describing, SHA-256 in SnapshotM
 FORMAT_VERSION = 1
 # The version each kind is written with, when not FORMAT_VERSION, and the older versions
 # this release still reads (docs/formats.md).
-WRITE_VERSIONS = {MAGIC_WAL: 3, MAGIC_CHECKPOINT: 3, MAGIC_SNAPSHOT: 2, MAGIC_HARD_STATE: 2}
+# WAL 4, checkpoint 4 and snapshot 3 hold leases (lease ops 11-12, the lease table); the
+# versions before them are read as they are (they cannot hold a lease).
+WRITE_VERSIONS = {MAGIC_WAL: 4, MAGIC_CHECKPOINT: 4, MAGIC_SNAPSHOT: 3, MAGIC_HARD_STATE: 2}
 READ_VERSIONS = {
-    MAGIC_WAL: (3,), MAGIC_CHECKPOINT: (3,), MAGIC_SNAPSHOT: (2,), MAGIC_HARD_STATE: (1, 2)
+    MAGIC_WAL: (3, 4), MAGIC_CHECKPOINT: (3, 4), MAGIC_SNAPSHOT: (2, 3),
+    MAGIC_HARD_STATE: (1, 2),
 }
 # Files of the state machine before etcd's data model (keys without revisions): refused.
 _BEFORE_MVCC = {MAGIC_WAL: 3, MAGIC_CHECKPOINT: 3, MAGIC_SNAPSHOT: 2}

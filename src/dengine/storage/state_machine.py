@@ -75,7 +75,7 @@ class StateMachine(Protocol):
 
 
 # What applying an entry did, as recorded in the file state machine's WAL: the kv ops
-# (OP_NOOP..OP_REJECTED and the etcd requests 7-10, dengine.kv.codec) and the state
+# (OP_NOOP..OP_REJECTED and the etcd requests 7-12, dengine.kv.codec) and the state
 # machine's own bookkeeping.
 OP_LAST_APPLIED = 5  # persist_last_applied: (index, term) only
 OP_SNAPSHOT_META = 6  # persist_last_snapshot_metadata: value = encoded SnapshotMetadata
@@ -132,12 +132,12 @@ def inserts_applied(store: MvccStore, keys: list[bytes], values: list[bytes],
 def image_of(store: MvccStore) -> kvfile.StoreImage:
     """A copy of the store's persistent image (under the lock that keeps it still)."""
     return kvfile.StoreImage(store.revision, store.compact_revision, store.copy_packed(),
-                             list(store.changes()))
+                             list(store.changes()), store.leases_packed())
 
 
 def store_of(image: kvfile.StoreImage) -> MvccStore:
     return MvccStore.restore(image.revision, image.compact_revision, image.items.items(),
-                             image.changes)
+                             image.changes, image.leases)
 
 
 def current_values(store: MvccStore) -> dict[bytes, bytes]:
