@@ -174,6 +174,27 @@ class TxnResult:
     header: ResponseHeader = field(default_factory=ResponseHeader, compare=False)
 
 
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A granted lease: its id and the TTL granted (seconds; at least the cluster's
+    minimum TTL, which may be above the one asked)."""
+
+    id: int
+    ttl: int
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A lease as the leader sees it: `ttl` the seconds left (-1: unknown lease, expired
+    or revoked), `granted_ttl` the TTL it was granted with, `keys` the keys attached to it
+    (asked with keys=True)."""
+
+    id: int
+    ttl: int
+    granted_ttl: int = 0
+    keys: list[bytes] = field(default_factory=list)
+
+
 OpResult = Union[RangeResult, PutResult, DeleteResult, TxnResult]  # noqa: UP007
 """The response of one op of a transaction."""
 

@@ -138,12 +138,27 @@ class FutureRevision(KvError):
         super().__init__(grpc_code, message)
 
 
+LEASE_NOT_FOUND_MESSAGE = "etcdserver: requested lease not found"
+
+
+class LeaseNotFound(KvError):
+    """The lease is unknown: never granted, revoked, or expired."""
+
+    code = "LEASE_NOT_FOUND"
+
+    def __init__(self, grpc_code: str = "NOT_FOUND",
+                 message: str = LEASE_NOT_FOUND_MESSAGE) -> None:
+        super().__init__(grpc_code, message)
+
+
 def kv_error(grpc_code: str, message: str) -> KvError:
     """The KvError for etcd's `message` (its subclass when it has one)."""
     if message == COMPACTED_MESSAGE:
         return Compacted(grpc_code, message)
     if message == FUTURE_REVISION_MESSAGE:
         return FutureRevision(grpc_code, message)
+    if message == LEASE_NOT_FOUND_MESSAGE:
+        return LeaseNotFound(grpc_code, message)
     return KvError(grpc_code, message)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from dengine.errors import Compacted, FutureRevision
+from dengine.errors import Compacted, FutureRevision, LeaseNotFound
 from dengine.errors import KvError as KvError  # re-exported: the one etcd error class
 from dengine.kv.codec import (
     OP_COMPACTION,
@@ -69,7 +69,7 @@ def key_not_found() -> KvError:
 
 
 def lease_not_found() -> KvError:
-    return KvError("NOT_FOUND", LEASE_NOT_FOUND)
+    return LeaseNotFound("NOT_FOUND", LEASE_NOT_FOUND)
 
 
 def lease_exists() -> KvError:

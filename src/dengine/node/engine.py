@@ -66,6 +66,8 @@ from dengine.kv import watch as kvwatch
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.coordination import Coordination
 from dengine.node.kv_api import EtcdKv
+from dengine.node.lease_api import KV_LEASE_GRANT, KV_LEASE_REVOKE, EtcdLeases
+from dengine.node.lessor import Lessor, min_ttl
 from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.node.watch import LocalWatch, WatchHub
@@ -77,11 +79,11 @@ _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event lo
 
 # The WriteCommand fields that carry an etcd request's bytes (common.proto).
 KV_PUT, KV_DELETE_RANGE, KV_TXN = 3, 4, 5
-KV_FIELDS = (KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION)
+KV_FIELDS = (KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION, KV_LEASE_GRANT, KV_LEASE_REVOKE)
 
 
 def wrap_kv_request(field: int, request: bytes) -> bytes:
-    """The WriteCommand whose `field` (3-6) holds `request` (an encoded etcd request), made
+    """The WriteCommand whose `field` (3-8) holds `request` (an encoded etcd request), made
     without decoding it: tag byte, varint length, the bytes."""
     if field not in KV_FIELDS:
         raise InvalidRequest(f"not a request field of WriteCommand: {field}")
@@ -109,7 +111,7 @@ class HeaderIds(NamedTuple):
     raft_term: int
 
 
-class Engine(EtcdKv, Coordination):
+class Engine(EtcdKv, EtcdLeases, Coordination):
     """One dengine node running in this process. Create it with `await Engine.start(...)`."""
 
     def __init__(self, node: Node) -> None:
@@ -122,6 +124,16 @@ class Engine(EtcdKv, Coordination):
         self.compactor = AutoCompactor(
             mode, retention, is_leader=lambda: self.is_leader, read=self.read_query,
             propose=self.kv_request,
+        )
+        config = node.config
+        self.min_lease_ttl = min_ttl(config.election_timeout_ms)
+        self.lessor = Lessor(
+            election_timeout_s=config.election_timeout_ms / 1000.0,
+            is_leader=lambda: self.is_leader, term=lambda: node.term,
+            applied_index=lambda: node.applied_index,
+            last_index=lambda: node.status().last_log_index,
+            read_local=node.query_local, propose=self.kv_request,
+            not_leader=node.not_leader,
         )
 
     @classmethod
@@ -146,6 +158,7 @@ class Engine(EtcdKv, Coordination):
         await node.start()
         engine = cls(node)
         engine.compactor.start()
+        engine.lessor.start()
         return engine
 
     async def wait_failure(self) -> BaseException:
@@ -158,6 +171,7 @@ class Engine(EtcdKv, Coordination):
     async def stop(self) -> None:
         """Stop the node cleanly: pending writes get Timeout, storage is flushed and closed."""
         await self.compactor.stop()
+        await self.lessor.stop()
         await self._node.stop()
 
     async def __aenter__(self) -> Engine:

@@ -1,5 +1,6 @@
 """etcd v3's gRPC API on a node's client port (docs/etcd-model.md): `etcdserverpb.KV`,
-`etcdserverpb.Watch`, `etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList`,
+`etcdserverpb.Watch`, `etcdserverpb.Lease`, `etcdserverpb.Maintenance/Status`,
+`etcdserverpb.Cluster/MemberList`,
 `grpc.health.v1.Health`, `v3lockpb.Lock` and `v3electionpb.Election`, registered by hand
 under etcd's service names (the method paths on the wire are etcd's, our generated
 messages keep their own proto packages)."""
@@ -14,6 +15,7 @@ from dengine.config import NodeConfig
 from dengine.node.engine import Engine
 from dengine.server.etcd.forward import Forwarder
 from dengine.server.etcd.kv import KvService
+from dengine.server.etcd.lease import LeaseService
 from dengine.server.etcd.maintenance import Health, MaintenanceService
 from dengine.server.etcd.recipes import RecipeServices
 from dengine.server.etcd.watch import WatchService
@@ -30,6 +32,7 @@ class EtcdApi:
                  credentials: grpc.ChannelCredentials | None = None) -> None:
         self.forwarder = Forwarder(channel_options, credentials)
         self.kv = KvService(engine, config, self.forwarder)
+        self.lease = LeaseService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config)
         self.watch = WatchService(engine, config)
         self.health = Health(engine)
@@ -38,6 +41,7 @@ class EtcdApi:
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers(
             (self.kv.generic_handler(), self.watch.generic_handler(),
+             *self.lease.generic_handlers(),
              *self.maintenance.generic_handlers(), *self.recipes.generic_handlers()))
         self.health.register(server)
 

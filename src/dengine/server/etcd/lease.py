@@ -1,0 +1,146 @@
+"""etcd's `etcdserverpb.Lease` service on a node: LeaseGrant, LeaseRevoke, LeaseKeepAlive
+(a bidirectional stream), LeaseTimeToLive, LeaseLeases (docs/etcd-model.md, "Leases").
+
+Grants and revokes are log entries proposed by the leader; keep-alives and remaining
+TTLs are the leader's lessor's. A follower forwards them to the leader's client port,
+once (etcd's clients do not follow redirects): grants, revokes and TimeToLive as the
+same etcd method, each keep-alive of a stream as one unary call of
+`/dengine.LeaseForward/KeepAlive` (the follower keeps the client's stream). LeaseLeases
+is answered by any member after a ReadIndex round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from dengine.config import NodeConfig
+from dengine.errors import NotLeader
+from dengine.node.engine import Engine
+from dengine.proto.etcd import rpc_pb2
+from dengine.server.etcd.checks import decode
+from dengine.server.etcd.forward import Forwarder, forwarded
+from dengine.server.etcd.kv import EtcdBase, timeout_of
+
+SERVICE = "etcdserverpb.Lease"
+FORWARD_SERVICE = "dengine.LeaseForward"
+KEEPALIVE_FORWARD = f"/{FORWARD_SERVICE}/KeepAlive"
+KEEPALIVE_TIMEOUT_S = 5.0  # one forwarded or waiting keep-alive (a stream has no deadline)
+
+
+class LeaseService(EtcdBase):
+    """Handlers of `etcdserverpb.Lease` over an Engine."""
+
+    def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder) -> None:
+        super().__init__(engine, config)
+        self._forwarder = forwarder
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        def unary(fn: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=None)
+
+        return [
+            grpc.method_handlers_generic_handler(SERVICE, {
+                "LeaseGrant": unary(self.grant),
+                "LeaseRevoke": unary(self.revoke),
+                "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(
+                    self.keep_alive, request_deserializer=None, response_serializer=None),
+                "LeaseTimeToLive": unary(self.time_to_live),
+                "LeaseLeases": unary(self.leases),
+            }),
+            grpc.method_handlers_generic_handler(FORWARD_SERVICE, {
+                "KeepAlive": unary(self.keep_alive_once),
+            }),
+        ]
+
+    async def _forward(self, e: NotLeader, method: str, request: bytes, context: Any,
+                       timeout: float | None) -> bytes:
+        """The leader's answer to a request this follower could not serve (once)."""
+        address = e.leader_address or self._engine.leader_address()
+        if not e.leader_id or not address or forwarded(context):
+            raise e
+        answer, _ = await self._forwarder.call(address, method, request, timeout)
+        return answer
+
+    async def _serve(self, method: str, request: bytes, context: Any,
+                     run: Callable[[float | None], Awaitable[Any]],
+                     response: Any) -> bytes:
+        timeout = timeout_of(context)
+        try:
+            try:
+                resp = await run(timeout)
+            except NotLeader as e:
+                resp = response.FromString(await self._forward(
+                    e, f"/{SERVICE}/{method}", request, context, timeout))
+            self.stamp(resp.header)
+            return bytes(resp.SerializeToString())
+        except Exception as exc:
+            await self.fail(context, exc)
+
+    async def grant(self, request: bytes, context: Any) -> bytes:
+        engine = self._engine
+
+        async def run(timeout: float | None) -> Any:
+            req = decode(rpc_pb2.LeaseGrantRequest, request)
+            return await engine.etcd_lease_grant(req, timeout=timeout)
+        return await self._serve("LeaseGrant", request, context, run,
+                                 rpc_pb2.LeaseGrantResponse)
+
+    async def revoke(self, request: bytes, context: Any) -> bytes:
+        engine = self._engine
+
+        async def run(timeout: float | None) -> Any:
+            req = decode(rpc_pb2.LeaseRevokeRequest, request)
+            return await engine.etcd_lease_revoke(req, timeout=timeout)
+        return await self._serve("LeaseRevoke", request, context, run,
+                                 rpc_pb2.LeaseRevokeResponse)
+
+    async def time_to_live(self, request: bytes, context: Any) -> bytes:
+        engine = self._engine
+
+        async def run(timeout: float | None) -> Any:
+            req = decode(rpc_pb2.LeaseTimeToLiveRequest, request)
+            return await engine.etcd_lease_time_to_live(req, timeout=timeout)
+        return await self._serve("LeaseTimeToLive", request, context, run,
+                                 rpc_pb2.LeaseTimeToLiveResponse)
+
+    async def leases(self, request: bytes, context: Any) -> bytes:
+        try:
+            decode(rpc_pb2.LeaseLeasesRequest, request)
+            resp = await self._engine.etcd_lease_leases(timeout=timeout_of(context))
+            self.stamp(resp.header)
+            return bytes(resp.SerializeToString())
+        except Exception as exc:
+            await self.fail(context, exc)
+
+    async def _renew(self, request: bytes, context: Any) -> bytes:
+        """One keep-alive: at the leader, or forwarded to it by a follower."""
+        req = decode(rpc_pb2.LeaseKeepAliveRequest, request)
+        try:
+            resp = await self._engine.etcd_lease_keepalive(req, timeout=KEEPALIVE_TIMEOUT_S)
+        except NotLeader as e:
+            resp = rpc_pb2.LeaseKeepAliveResponse.FromString(await self._forward(
+                e, KEEPALIVE_FORWARD, request, context, KEEPALIVE_TIMEOUT_S))
+        self.stamp(resp.header)
+        return bytes(resp.SerializeToString())
+
+    async def keep_alive_once(self, request: bytes, context: Any) -> bytes:
+        """`/dengine.LeaseForward/KeepAlive`: a follower's forwarded keep-alive."""
+        try:
+            return await self._renew(request, context)
+        except Exception as exc:
+            await self.fail(context, exc)
+
+    async def keep_alive(self, requests: AsyncIterator[bytes], context: Any
+                         ) -> AsyncIterator[bytes]:
+        """etcd's LeaseKeepAlive stream: one answer per request, in order (TTL 0: the
+        lease is unknown). An error ends the stream with etcd's status (clients open a
+        new one)."""
+        try:
+            async for request in requests:
+                yield await self._renew(request, context)
+        except Exception as exc:
+            await self.fail(context, exc)
