@@ -4,7 +4,8 @@ Public API: `Engine` (embedded, asyncio), `Client` / `SyncClient` (remote), `Con
 the errors in `dengine.errors`, the transaction builders `Compare` and `Op`, and in
 `dengine.api` the API they share (`ClientApi`, `SyncClientApi`) and its result types
 (`KeyValue`, `RangeResult`, `PutResult`, `DeleteResult`, `TxnResult`, `WriteResult`,
-`NodeStatus`, `MemberInfo`, `MemberSet`, `Leader`, `WatchEvent` and its `EventType`).
+`NodeStatus`, `MemberInfo`, `MemberSet`, `Leader`, `LeaseGrant`, `LeaseInfo`, `WatchEvent` and
+its `EventType`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dengine.api import (
     EventType,
     KeyValue,
     Leader,
+    LeaseGrant,
+    LeaseInfo,
     MemberInfo,
     MemberSet,
     NodeStatus,
@@ -38,6 +41,7 @@ from dengine.errors import (
     InvalidRequest,
     KvError,
     LeadershipLost,
+    LeaseNotFound,
     NotLeader,
     StorageError,
     Timeout,
@@ -101,6 +105,9 @@ __all__ = [
     "KvError",
     "Leader",
     "LeadershipLost",
+    "LeaseGrant",
+    "LeaseInfo",
+    "LeaseNotFound",
     "MemberInfo",
     "MemberSet",
     "NodeStatus",
