@@ -21,11 +21,25 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from dengine.api import LeaseGrant
-from dengine.errors import DengineError, LeaseNotFound
+from dengine.errors import DengineError, InvalidRequest, LeaseNotFound
 
 log = logging.getLogger("dengine.lease")
 
 RETRY_S = 0.5  # between failed renewals (at most ttl/6)
+
+
+def check_ttl(ttl: Any) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise InvalidRequest(f"lease TTL must be an integer number of seconds, got {ttl!r}")
+    return ttl
+
+
+def check_lease_id(lease_id: Any) -> int:
+    if isinstance(lease_id, bool) or not isinstance(lease_id, int):
+        raise InvalidRequest(f"lease id must be an integer, got {lease_id!r}")
+    if not -(1 << 63) <= lease_id < 1 << 63:
+        raise InvalidRequest(f"lease id must fit in 64 bits, got {lease_id}")
+    return lease_id
 
 
 class LeaseApi(Protocol):

@@ -20,7 +20,8 @@ from dengine.client import Client, SyncClient
 from dengine.node import Engine
 
 API_METHODS = ["put", "delete", "write", "get", "get_many", "leader", "get_kv", "range",
-               "delete_range", "txn", "compare_and_swap", "compact"]
+               "delete_range", "txn", "compare_and_swap", "compact", "lease_grant",
+               "lease_revoke", "lease_keepalive_once", "lease_time_to_live", "leases"]
 # Calls that return an async iterator (SyncClient: a blocking one), not a coroutine.
 ITERATOR_METHODS = ["leader_changes", "membership_changes", "watch"]
 

@@ -17,7 +17,7 @@ from client_fakes import free_port
 import dengine
 from dengine import Client, Compare, Engine, Op, SyncClient
 from dengine.api import DeleteResult, KeyValue, PutResult, RangeResult, TxnResult
-from dengine.errors import Compacted, FutureRevision, InvalidRequest, KvError
+from dengine.errors import Compacted, FutureRevision, InvalidRequest, KvError, LeaseNotFound
 from dengine.server import ClientService, NativeServer, start_grpc_server
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
@@ -201,6 +201,59 @@ def test_engine_client_and_sync_client_give_the_same_answers(tmp_path: Path) -> 
             await compaction(engine, b"/c1/")
             async with Client(address) as native:
                 await compaction(native, b"/c2/")
+
+    asyncio.run(main())
+
+
+async def leases(api: Any, p: bytes) -> None:
+    """The lease calls: the same answers whichever front door `api` is."""
+    grant = await api.lease_grant(30)
+    assert grant.ttl == 30 and grant.id > 0
+    small = await api.lease_grant(0)
+    assert small.ttl == 1  # the cluster's minimum (1.5 x a 100 ms election timeout, rounded up)
+    await api.put(p + b"a", b"1", lease=grant.id)
+    await api.txn([], [Op.put(p + b"b", b"2", lease=grant.id)])
+    await api.put(p + b"c", b"3", lease=grant.id)
+    await api.put(p + b"c", b"3")  # re-put without the lease: detached
+    info = await api.lease_time_to_live(grant.id, keys=True)
+    assert (info.id, info.granted_ttl, info.keys) == (grant.id, 30, [p + b"a", p + b"b"])
+    assert 28 <= info.ttl <= 30
+    assert {grant.id, small.id} <= set(await api.leases())
+    assert await api.lease_keepalive_once(grant.id) == 30
+    before = (await api.range(p, prefix=True)).revision
+    await api.lease_revoke(grant.id)
+    after = await api.range(p, prefix=True)
+    assert [kv.key for kv in after.kvs] == [p + b"c"] and after.revision == before + 1
+    with pytest.raises(LeaseNotFound, match="etcdserver: requested lease not found"):
+        await api.lease_keepalive_once(grant.id)
+    with pytest.raises(LeaseNotFound):
+        await api.lease_revoke(grant.id)
+    assert (await api.lease_time_to_live(grant.id)).ttl == -1
+    await api.lease_revoke(small.id)
+
+
+def test_leases_through_every_front_door(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serving(tmp_path) as (engine, address):
+            await leases(engine, b"/engine/")
+            async with Client(address) as native:
+                await leases(native, b"/native/")
+                async with native.lease(1) as kept:  # kept alive past 2 x its TTL
+                    await native.put(b"/kept", b"x", lease=kept.id)
+                    await asyncio.sleep(2.5)
+                    assert await native.get(b"/kept") == b"x" and not kept.lost.is_set()
+                assert await native.get(b"/kept") is None  # revoked on exit
+            async with Client(address, transport="grpc") as over_grpc:
+                await leases(over_grpc, b"/grpc/")
+            with SyncClient(address) as sync:
+                await leases(Blocking(sync), b"/sync/")
+
+                def hold() -> bool:
+                    with sync.lease(5) as kept:
+                        sync.put(b"/sync-kept", b"x", lease=kept.id)
+                        return sync.get(b"/sync-kept") == b"x" and not kept.lost.is_set()
+                assert await asyncio.to_thread(hold)
+                assert await asyncio.to_thread(sync.get, b"/sync-kept") is None
 
     asyncio.run(main())
 

@@ -91,6 +91,28 @@ def check_etcd3(endpoint: str, p: str) -> dict[str, Any]:
     r["members"] = sorted(u for m in members for u in m.client_urls)
     r["member_ids"] = len({m.id for m in members if m.id})
     r.update(_watch_etcd3(c, p, base))
+    # leases: grant, attach, TimeToLive with keys, the keep-alive stream, revoke
+    lease = c.lease(60)
+    c.put(f"{p}la", "1", lease=lease)
+    c.put(f"{p}lb", "2", lease=lease.id)
+    info = c.get_lease_info(lease.id)
+    r["lease"] = {"id": lease.id > 0, "ttl": lease.ttl, "granted": info.grantedTTL,
+                  "remaining": 55 <= info.TTL <= 60,
+                  "keys": sorted(k.decode().removeprefix(p) for k in info.keys),
+                  "attached": [kv(v, m, base)["lease"] == lease.id
+                               for v, m in c.get_prefix(f"{p}l")],
+                  "refresh": [x.TTL for x in lease.refresh()]}
+    revision = c.get_response(p.encode()).header.revision
+    lease.revoke()
+    r["lease_revoked"] = {"keys": list(c.get_prefix(f"{p}l")),
+                          "revision": c.get_response(p.encode()).header.revision - revision,
+                          "ttl": lease.remaining_ttl,
+                          "refresh": [x.TTL for x in lease.refresh()]}
+    try:
+        c.put(f"{p}lc", "3", lease=lease.id)
+        r["lease_put_unknown"] = "ok"
+    except Exception as e:
+        r["lease_put_unknown"] = "lease not found" in f"{e} {e!r}"
     c.close()
     return r
 
@@ -198,6 +220,26 @@ async def check_aetcd(endpoint: str, p: str) -> dict[str, Any]:
         r["members"] = sorted(u for m in members for u in m.client_urls)
         r["member_ids"] = len({m.id for m in members if m.id})
         r.update(await _watch_aetcd(c, p, base))
+        lease = await c.lease(60)
+        await c.put(b("la"), b"1", lease=lease)
+        await c.put(b("lb"), b"2", lease=lease.id)
+        info = await c.get_lease_info(lease.id)
+        r["lease"] = {"id": lease.id > 0, "ttl": lease.ttl, "granted": info.grantedTTL,
+                      "remaining": 55 <= info.TTL <= 60,
+                      "keys": sorted(k.decode().removeprefix(p) for k in info.keys),
+                      "attached": [x.lease == lease.id for x in await c.get_prefix(b("l"))],
+                      "refresh": [(await lease.refresh()).TTL]}
+        revision = (await c.get_prefix(pb)).header.revision
+        await lease.revoke()
+        r["lease_revoked"] = {"keys": list(await c.get_prefix(b("l"))),
+                              "revision": (await c.get_prefix(pb)).header.revision - revision,
+                              "ttl": await lease.remaining_ttl(),
+                              "refresh": [(await lease.refresh()).TTL]}
+        try:
+            await c.put(b("lc"), b"3", lease=lease.id)
+            r["lease_put_unknown"] = "ok"
+        except Exception as e:
+            r["lease_put_unknown"] = "lease not found" in f"{e} {e!r}"
     return r
 
 

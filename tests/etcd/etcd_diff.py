@@ -3,7 +3,8 @@
 A script is a list of steps; a step is an etcdctl command line (shlex syntax) and, for
 `txn`, its stdin. Templates in both: `{p}` is the script's key prefix (fresh for every
 script run, so scripts share a cluster), `{r}`, `{r+N}`, `{r-N}` are revisions relative to
-the store revision when the script started (`--rev {r+2}`, `compaction {r+3}`).
+the store revision when the script started (`--rev {r+2}`, `compaction {r+3}`), `{l0}`,
+`{l1}`, ... the leases the script's `lease grant` steps granted, in order (hexadecimal).
 
 Normalization sets aside only what legitimately differs between two clusters:
 
@@ -15,6 +16,10 @@ Normalization sets aside only what legitimately differs between two clusters:
 * in etcdctl's client-side log lines on stderr (JSON, "retrying of unary invoker
   failed"): the timestamp `ts` and the `target` (a random client id and the member the
   balancer picked); level, caller, message, attempt and the gRPC error stay;
+* lease ids (each cluster picks its own): the ids the script's grants got become L0, L1,
+  ... (in hexadecimal lines, and as `ID`/`id`/`lease` numbers in JSON); the `remaining(Ns)`
+  and `"ttl"` of `lease timetolive` (seconds left depend on timing), and the order of the
+  ids `lease list` prints (etcd lists them by expiry on its leader, unordered elsewhere);
 * for scripts run on a shared cluster, revisions (header `revision`, `create_revision`,
   `mod_revision`, `compact_revision`, `compacted revision N`) are shown relative to the
   revision at the script's start (`r+3`); fresh-cluster scripts compare them as they are.
@@ -57,6 +62,10 @@ _TEMPLATE = re.compile(r"\{r([+-]\d+)?\}")
 _FIELDS_LINE = re.compile(r'^"(\w+)" : (\d+)$')
 _COMPACTED = re.compile(r"^compacted revision (\d+)$")
 _TOOK = re.compile(r"took = \S+")
+_GRANTED = re.compile(r"^lease ([0-9a-f]{16}) granted with TTL")
+_LEASE_TEMPLATE = re.compile(r"\{l(\d+)\}")
+_REMAINING = re.compile(r"remaining\(-?\d+s\)")
+LEASE_KEYS = frozenset({"ID", "id", "lease"})
 
 
 @dataclass(frozen=True)
@@ -64,9 +73,15 @@ class Step:
     cmd: str
     stdin: str | None = None
 
-    def render(self, prefix: str, base: int) -> tuple[list[str], str | None]:
+    def render(self, prefix: str, base: int, leases: list[str] | None = None
+               ) -> tuple[list[str], str | None]:
+        granted = leases or []
+
         def fill(text: str) -> str:
             text = _TEMPLATE.sub(lambda m: str(base + int(m.group(1) or 0)), text)
+            text = _LEASE_TEMPLATE.sub(
+                lambda m: granted[int(m.group(1))] if int(m.group(1)) < len(granted)
+                else "ffffffffffffff", text)
             return text.replace("{p}", prefix)
 
         return shlex.split(fill(self.cmd)), (fill(self.stdin) if self.stdin is not None
@@ -102,6 +117,11 @@ class ScriptRun:
     base: int
     runs: list[tuple[Step, Run]] = field(default_factory=list)
     rebase: bool = True
+    leases: list[str] = field(default_factory=list)  # granted ids, hexadecimal, in order
+
+    def lease_name(self, lease_id: int) -> str | None:
+        text = format(lease_id & 0xFFFFFFFFFFFFFFFF, "016x")
+        return f"L{self.leases.index(text)}" if text in self.leases else None
 
     def normalized(self) -> list[dict[str, Any]]:
         return [normalize_step(step, run, self) for step, run in self.runs]
@@ -122,7 +142,7 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
     background: list[tuple[int, BackgroundEtcdctl]] = []
     try:
         for step in s.steps:
-            args, stdin = step.render(prefix, base)
+            args, stdin = step.render(prefix, base, out.leases)
             if args and args[0].startswith("&"):
                 args[0] = args[0][1:]
                 background.append((len(out.runs), BackgroundEtcdctl(cluster.endpoints, args)))
@@ -130,13 +150,29 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
                 time.sleep(WATCH_START_S)
                 continue
             timeout = WATCH_S if args[:1] == ["watch"] else ETCDCTL_TIMEOUT_S
-            out.runs.append((step, cluster.etcdctl(args, stdin, timeout=timeout)))
+            run = cluster.etcdctl(args, stdin, timeout=timeout)
+            out.runs.append((step, run))
+            _note_leases(out, args, run)
         if background:
             time.sleep(WATCH_S)
     finally:
         for i, proc in background:
             out.runs[i] = (out.runs[i][0], proc.stop())
     return out
+
+
+def _note_leases(out: ScriptRun, args: list[str], run: Run) -> None:
+    """The lease ids a `lease grant` step printed (simple or JSON), in order."""
+    for line in run.stdout.splitlines():
+        if (m := _GRANTED.match(line)) is not None:
+            out.leases.append(m.group(1))
+        elif args[:2] == ["lease", "grant"] and line.startswith("{"):
+            try:
+                granted = json.loads(line).get("ID")
+            except ValueError:
+                granted = None
+            if isinstance(granted, int) and granted:
+                out.leases.append(format(granted & 0xFFFFFFFFFFFFFFFF, "016x"))
 
 
 # ---- normalization ----
@@ -164,14 +200,20 @@ def _rev(value: int, ctx: ScriptRun) -> int | str:
 
 def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
     if isinstance(value, dict):
+        # etcdctl prints a lease answer's header fields at the top level
+        in_header = in_header or ("raft_term" in value and not {"ID", "id", "leases"}
+                                  .isdisjoint(value))
         out: dict[str, Any] = {}
         for k, v in value.items():
             if in_header and k in HEADER_IDS:
                 out[k] = "*"
             elif k in REV_KEYS and isinstance(v, int):
                 out[k] = _rev(v, ctx)
-            elif k == "took" and isinstance(v, str):
-                out[k] = "*"
+            elif k in LEASE_KEYS and isinstance(v, int) and ctx.lease_name(v) is not None:
+                out[k] = ctx.lease_name(v)
+            elif (k == "took" and isinstance(v, str)) or (
+                    k == "ttl" and isinstance(v, int) and v > 0 and "granted-ttl" in value):
+                out[k] = "*"  # timings; a lease's seconds left
             elif k == "endpoint" and isinstance(v, str):
                 out[k] = _endpoints(v, ctx)
             else:
@@ -181,6 +223,8 @@ def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
         items = [normalize_json(v, ctx) for v in value]
         if items and all(isinstance(i, dict) and "endpoint" in i for i in items):
             items.sort(key=lambda i: str(i["endpoint"]))  # endpoint health/status order
+        elif items and all(isinstance(i, dict) and set(i) == {"id"} for i in items):
+            items.sort(key=lambda i: str(i["id"]))  # lease list order
         return items
     return value
 
@@ -197,6 +241,9 @@ def normalize_stdout(text: str, ctx: ScriptRun) -> list[Any]:
             except ValueError:
                 pass
         line = _endpoints(line, ctx)
+        for i, lease in enumerate(ctx.leases):
+            line = line.replace(lease, f"L{i}")
+        line = _REMAINING.sub("remaining(*)", line)
         m = _FIELDS_LINE.match(line)
         if m and m.group(1) in FIELDS_IDS:
             line = f'"{m.group(1)}" : *'
@@ -205,6 +252,9 @@ def normalize_stdout(text: str, ctx: ScriptRun) -> list[Any]:
         elif (m := _COMPACTED.match(line)) is not None:
             line = f"compacted revision {_rev(int(m.group(1)), ctx)}"
         lines.append(_TOOK.sub("took = *", line))
+    if lines and isinstance(lines[0], str) and lines[0].startswith("found ") and \
+            lines[0].endswith(" leases"):
+        lines[1:] = sorted(lines[1:], key=str)  # `lease list`: the order is etcd's whim
     return lines
 
 

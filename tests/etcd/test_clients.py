@@ -1,8 +1,8 @@
 """etcd's Python client libraries, unchanged, against etcd 3.4 and against dengine.
 
 `python3-etcd3` (imports as `etcd3`) and `aetcd` run put/get/get_prefix/get_range/delete/
-replace/transaction/status/members and watches (client_check.py) in a process that has
-imported every dengine module too (they must coexist: see client_check.py). The run
+replace/transaction/status/members, watches and leases (client_check.py) in a process that
+has imported every dengine module too (they must coexist: see client_check.py). The run
 against real etcd proves the expectations; dengine must give the same report.
 """
 
@@ -69,6 +69,10 @@ def expected(cluster: _Cluster) -> dict[str, Any]:
                           ["PUT", "b", "3", 3, None], ["PUT", "b", "4", 4, "3"]],
         "watch_live": ["PUT", "live", "now", 10, None],
         "watch_compacted": ["RevisionCompactedError", 10],
+        "lease": {"id": True, "ttl": 60, "granted": 60, "remaining": True,
+                  "keys": ["la", "lb"], "attached": [True, True], "refresh": [60]},
+        "lease_revoked": {"keys": [], "revision": 1, "ttl": -1, "refresh": [0]},
+        "lease_put_unknown": True,
     }
 
 

@@ -279,6 +279,34 @@ SCRIPTS: list[Script] = [
     ),
 ]
 
+# Leases (issue 17): ids set aside (L0, L1, ... by grant order, see etcd_diff.py).
+LEASE_SCRIPTS: list[Script] = [
+    script(
+        "leases",
+        "lease grant 60", "lease grant 1",   # TTL 1: raised to the minimum (2 s here)
+        "lease timetolive {l1}", "lease revoke {l1}",
+        "lease grant 100 -w json",
+        "put {p}a 1 --lease={l0}", "put {p}b 2 --lease={l0}", "put {p}c 3 --lease={l2}",
+        "put {p}a 11",                       # re-put without the lease: detached
+        *both("get {p} --prefix"),
+        "lease timetolive {l0} --keys", "lease timetolive {l2} --keys -w json",
+        "lease timetolive {l0}", "lease timetolive {l0} -w json",
+        "lease keep-alive --once {l0}",
+        "lease list", "lease list -w json",
+        "lease revoke {l0}",                 # deletes {p}b: one revision
+        *both("get {p} --prefix"),
+        "lease revoke {l0}", "lease timetolive {l0}", "lease timetolive {l0} -w json",
+        "lease keep-alive --once {l0}",
+        "put {p}x 1 --lease={l0}",
+        ("txn", '\nput {p}y 1 --lease={l2}\n\n\n'),
+        "lease timetolive {l2} --keys",
+        "lease revoke {l2} -w json",
+        *both("get {p} --prefix"),
+        "lease timetolive 1234", "lease revoke 1234", "lease keep-alive --once 1234",
+        "lease grant -5", "lease revoke zz",
+    ),
+]
+
 # Absolute revisions from a new store (revision 1, the first write makes 2), the whole
 # key space, compaction by absolute revision.
 FRESH_SCRIPTS: list[Script] = [
@@ -484,7 +512,8 @@ def ids(scripts: list[Script]) -> list[str]:
 # ---------------------------------------------------------------- the harness is proven
 
 
-@pytest.mark.parametrize("s", SCRIPTS + GENERATED, ids=ids(SCRIPTS + GENERATED))
+@pytest.mark.parametrize("s", SCRIPTS + LEASE_SCRIPTS + GENERATED,
+                         ids=ids(SCRIPTS + LEASE_SCRIPTS + GENERATED))
 def test_two_etcd_clusters_agree(trio: Trio, s: Script) -> None:
     """Normalization is right: two independent etcd clusters print the same."""
     diff = trio.compare(s, trio.b)
@@ -589,7 +618,8 @@ def _shift_revisions(text: str, by: int) -> str:
 
 
 @DENGINE_PENDING
-@pytest.mark.parametrize("s", SCRIPTS + GENERATED, ids=ids(SCRIPTS + GENERATED))
+@pytest.mark.parametrize("s", SCRIPTS + LEASE_SCRIPTS + GENERATED,
+                         ids=ids(SCRIPTS + LEASE_SCRIPTS + GENERATED))
 def test_dengine_agrees_with_etcd(trio: Trio, s: Script) -> None:
     diff = trio.compare(s, trio.d)
     assert not diff, diff

@@ -28,6 +28,7 @@ _COMMANDS = {
     "delete": ("dengine.cli.kv_cmds", "delete"),
     "txn": ("dengine.cli.kv_cmds", "txn"),
     "compaction": ("dengine.cli.kv_cmds", "compaction"),
+    "lease": ("dengine.cli.lease_cmds", "lease"),
     "watch": ("dengine.cli.watch_cmds", "watch"),
     "status": ("dengine.cli.client_cmds", "status"),
     "member": ("dengine.cli.client_cmds", "member"),

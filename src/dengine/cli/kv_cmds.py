@@ -20,8 +20,8 @@ import click
 
 from dengine.api import DeleteResult, KeyValue, PutResult, RangeResult, ResponseHeader, TxnResult
 from dengine.cli.client_cmds import client_options, decode_arg, hex_option, run
+from dengine.cli.lease_cmds import lease_id_arg
 from dengine.cli.txn_grammar import order_name, parse_txn, sort_target_name
-from dengine.errors import InvalidRequest
 from dengine.kv import EVENTUAL, LEASE, LINEARIZABLE
 
 _CONSISTENCY = {"l": LINEARIZABLE, "s": EVENTUAL, LINEARIZABLE: LINEARIZABLE, LEASE: LEASE,
@@ -186,10 +186,7 @@ def put(key: str, value: str | None, prev_kv: bool, lease: str, write_out: str,
             if use_hex else raw
     else:
         v = decode_arg(value, use_hex, "value")
-    try:
-        lease_id = int(lease, 16)
-    except ValueError:
-        raise InvalidRequest(f"bad lease ID {lease!r} (hexadecimal expected)") from None
+    lease_id = lease_id_arg(lease)
     result = run(endpoints, timeout, transport,
                  lambda c: c.put(k, v, prev_kv=prev_kv, lease=lease_id))
     Output(write_out, as_json, use_hex).any(result)

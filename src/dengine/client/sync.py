@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
+from types import TracebackType
 from typing import Any, TypeVar
 
 from dengine.api import (
@@ -12,6 +13,8 @@ from dengine.api import (
     Key,
     KeyValue,
     Leader,
+    LeaseGrant,
+    LeaseInfo,
     MemberInfo,
     MemberSet,
     NodeStatus,
@@ -29,6 +32,7 @@ from dengine.client.client import Client
 from dengine.client.sync_recipes import SyncElection, SyncLock
 from dengine.errors import DengineError, Unavailable
 from dengine.kv.ops import Compare, Op
+from dengine.leases import KeptLease
 from dengine.proto.common_pb2 import WriteCommand
 
 T = TypeVar("T")
@@ -145,6 +149,32 @@ class SyncClient:
                 prev_kv=prev_kv, filters=filters, progress_notify=progress_notify)
 
         return _SyncWatch(self, self._run(make()))
+
+
+    def lease_grant(self, ttl: int, *, lease_id: int = 0,
+                    timeout: float | None = None) -> LeaseGrant:
+        return self._run(self._client.lease_grant(ttl, lease_id=lease_id, timeout=timeout))
+
+    def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
+        self._run(self._client.lease_revoke(lease_id, timeout=timeout))
+
+    def lease_keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
+        return self._run(self._client.lease_keepalive_once(lease_id, timeout=timeout))
+
+    def lease_time_to_live(self, lease_id: int, *, keys: bool = False,
+                           timeout: float | None = None) -> LeaseInfo:
+        return self._run(self._client.lease_time_to_live(lease_id, keys=keys,
+                                                         timeout=timeout))
+
+    def leases(self, *, timeout: float | None = None) -> list[int]:
+        return self._run(self._client.leases(timeout=timeout))
+
+    def lease(self, ttl: int, *, on_lost: Callable[[], Any] | None = None
+              ) -> SyncKeptLease:
+        """`with client.lease(ttl) as lease:` a lease kept alive in the background (on the
+        client's loop thread), revoked on exit; `lease.lost` (a threading.Event) is set,
+        and `on_lost` called from that thread, if it could not be kept alive."""
+        return SyncKeptLease(self, ttl, on_lost)
 
     def status(self, endpoint: str | None = None, *, timeout: float | None = None
                ) -> NodeStatus:
@@ -265,3 +295,43 @@ class _SyncWatch(SyncWatchStream):
 
 async def _next(watch: AsyncIterator[WatchEvent]) -> WatchEvent:
     return await watch.__anext__()
+
+
+class SyncKeptLease:
+    """The blocking form of `dengine.leases.KeptLease` (`SyncClient.lease`)."""
+
+    def __init__(self, client: SyncClient, ttl: int,
+                 on_lost: Callable[[], Any] | None) -> None:
+        self._client = client
+        self.lost = threading.Event()
+        self._on_lost = on_lost
+
+        def lost() -> None:
+            self.lost.set()
+            if on_lost is not None:
+                on_lost()
+
+        async def make() -> KeptLease:
+            return client._client.lease(ttl, on_lost=lost)
+
+        self._kept = client._run(make())
+
+    @property
+    def id(self) -> int:
+        return self._kept.id
+
+    @property
+    def ttl(self) -> int:
+        return self._kept.ttl
+
+    @property
+    def lost_reason(self) -> str:
+        return self._kept.lost_reason
+
+    def __enter__(self) -> SyncKeptLease:
+        self._client._run(self._kept.__aenter__())
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._client._run(self._kept.close())

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dengine.api import LeaseGrant, LeaseInfo
-from dengine.errors import InvalidRequest, KvError, LeaseNotFound
+from dengine.errors import KvError, LeaseNotFound
 from dengine.kv import etcd_check
 from dengine.kv.etcd_check import LEASE_EXIST
-from dengine.leases import KeptLease
+from dengine.leases import KeptLease, check_lease_id, check_ttl
 from dengine.node.lessor import Lessor
 from dengine.proto import WriteCommand
 from dengine.proto.etcd import rpc_pb2 as pb
@@ -29,14 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 KV_LEASE_GRANT = WriteCommand.LEASE_GRANT_FIELD_NUMBER
 KV_LEASE_REVOKE = WriteCommand.LEASE_REVOKE_FIELD_NUMBER
 _ID_ATTEMPTS = 3  # fresh random ids tried when a chosen one exists already
-
-
-def check_lease_id(lease_id: Any) -> int:
-    if isinstance(lease_id, bool) or not isinstance(lease_id, int):
-        raise InvalidRequest(f"lease id must be an integer, got {lease_id!r}")
-    if not -(1 << 63) <= lease_id < 1 << 63:
-        raise InvalidRequest(f"lease id must fit in 64 bits, got {lease_id}")
-    return lease_id
 
 
 class EtcdLeases:
@@ -132,10 +124,9 @@ class EtcdLeases:
                           timeout: float | None = None) -> LeaseGrant:
         """Grant a lease of `ttl` seconds (raised to the cluster's minimum; the result says
         the TTL granted), id `lease_id` or (0) one chosen by the leader."""
-        if isinstance(ttl, bool) or not isinstance(ttl, int):
-            raise InvalidRequest(f"lease TTL must be an integer number of seconds, got {ttl!r}")
         resp = await self.etcd_lease_grant(
-            pb.LeaseGrantRequest(TTL=ttl, ID=check_lease_id(lease_id)), timeout=timeout)
+            pb.LeaseGrantRequest(TTL=check_ttl(ttl), ID=check_lease_id(lease_id)),
+            timeout=timeout)
         return LeaseGrant(resp.ID, resp.TTL)
 
     async def lease_revoke(self, lease_id: int, *, timeout: float | None = None) -> None:
@@ -170,4 +161,4 @@ class EtcdLeases:
         """`async with engine.lease(ttl) as lease:` a lease granted on entry, kept alive
         in the background every ttl/3, revoked on exit; `lease.lost` is set (and `on_lost`
         called) if it could not be kept alive."""
-        return KeptLease(self, ttl, on_lost=on_lost)
+        return KeptLease(self, check_ttl(ttl), on_lost=on_lost)

@@ -26,15 +26,15 @@ from dengine.proto import common_pb2 as dengine_dot_proto_dot_common__pb2
 from dengine.proto.etcd import kv_pb2 as dengine_dot_proto_dot_etcd_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/client.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\x1a\x1b\x64\x65ngine/proto/etcd/kv.proto\"d\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x11\n\tgrpc_code\x18\x05 \x01(\t\"7\n\x0cWriteRequest\x12\'\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x15.dengine.WriteCommand\"\x81\x01\n\x0bWriteResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x0e.dengine.Error\"U\n\rWriteResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.dengine.WriteResult\"J\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\"*\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"S\n\x0cReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.dengine.ReadResult\"N\n\rKvReadRequest\x12\x0e\n\x06ranges\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\";\n\x08KvResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0e.dengine.Error\"S\n\x0eKvReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\"\n\x07results\x18\x02 \x03(\x0b\x32\x11.dengine.KvResult\"\x0f\n\rStatusRequest\"\x85\x03\n\x0eStatusResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x11\n\tleader_id\x18\x06 \x01(\x04\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x08 \x01(\x04\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x17\n\x0f\x66irst_log_index\x18\n \x01(\x04\x12\x16\n\x0elast_log_index\x18\x0b \x01(\x04\x12\x1f\n\x06voters\x18\x0c \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\r \x03(\x0b\x32\x0f.dengine.Member\x12\x16\n\x0e\x63lient_address\x18\x0e \x01(\t\x12\x16\n\x0esnapshot_index\x18\x0f \x01(\x04\x12\x16\n\x0enative_address\x18\x10 \x01(\t\"\x12\n\x10GetLeaderRequest\"k\n\x11GetLeaderResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"y\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"(\n\x11MemberListRequest\x12\x13\n\x0bleader_only\x18\x01 \x01(\x08\"|\n\x12MemberListResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"T\n\x10\x41\x64\x64MemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x16promote_when_caught_up\x18\x03 \x01(\x08\"\'\n\x14PromoteMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"&\n\x13RemoveMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"]\n\x14MemberChangeResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\"\xe0\x01\n\rEventsRequest\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.dengine.EventsRequest.Kind\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\"\x1f\n\x04Kind\x12\n\n\x06LEADER\x10\x00\x12\x0b\n\x07MEMBERS\x10\x01\"\xac\x01\n\x0e\x45ventsResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\"\xb9\x01\n\x10WatchPollRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\trange_end\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61\x66ter_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\r\n\x05noput\x18\x05 \x01(\x08\x12\x10\n\x08nodelete\x18\x06 \x01(\x08\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\x12\x12\n\nmax_events\x18\x08 \x01(\r\x12\x16\n\x0erequire_leader\x18\t \x01(\x08\"\xb6\x01\n\x11WatchPollResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.dengine.etcd.mvccpb.Event\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\x12\x17\n\x0fheader_revision\x18\x05 \x01(\x03\x12\x11\n\tmember_id\x18\x06 \x01(\x04*o\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_LEASE\x10\x01\x12\x1d\n\x19READ_CONSISTENCY_EVENTUAL\x10\x02\x32\xe3\x05\n\x11RaftClientService\x12\x36\n\x05Write\x12\x15.dengine.WriteRequest\x1a\x16.dengine.WriteResponse\x12\x33\n\x04Read\x12\x14.dengine.ReadRequest\x1a\x15.dengine.ReadResponse\x12\x39\n\x06Status\x12\x16.dengine.StatusRequest\x1a\x17.dengine.StatusResponse\x12\x42\n\tGetLeader\x12\x19.dengine.GetLeaderRequest\x1a\x1a.dengine.GetLeaderResponse\x12\x45\n\nMemberList\x12\x1a.dengine.MemberListRequest\x1a\x1b.dengine.MemberListResponse\x12\x45\n\tAddMember\x12\x19.dengine.AddMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12M\n\rPromoteMember\x12\x1d.dengine.PromoteMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12K\n\x0cRemoveMember\x12\x1c.dengine.RemoveMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12\x39\n\x06KvRead\x12\x16.dengine.KvReadRequest\x1a\x17.dengine.KvReadResponse\x12\x39\n\x06\x45vents\x12\x16.dengine.EventsRequest\x1a\x17.dengine.EventsResponse\x12\x42\n\tWatchPoll\x12\x19.dengine.WatchPollRequest\x1a\x1a.dengine.WatchPollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/client.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\x1a\x1b\x64\x65ngine/proto/etcd/kv.proto\"d\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x11\n\tgrpc_code\x18\x05 \x01(\t\"7\n\x0cWriteRequest\x12\'\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x15.dengine.WriteCommand\"\x81\x01\n\x0bWriteResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x0e.dengine.Error\"U\n\rWriteResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.dengine.WriteResult\"J\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\"*\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"S\n\x0cReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.dengine.ReadResult\"N\n\rKvReadRequest\x12\x0e\n\x06ranges\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\";\n\x08KvResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0e.dengine.Error\"S\n\x0eKvReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\"\n\x07results\x18\x02 \x03(\x0b\x32\x11.dengine.KvResult\"f\n\x0cLeaseRequest\x12\x0f\n\x05grant\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06revoke\x18\x02 \x01(\x0cH\x00\x12\x16\n\x0ctime_to_live\x18\x03 \x01(\x0cH\x00\x12\x10\n\x06leases\x18\x04 \x01(\x0cH\x00\x42\t\n\x07request\"@\n\rLeaseResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x10\n\x08response\x18\x02 \x01(\x0c\")\n\x1aLeaseKeepAliveBatchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"J\n\x1bLeaseKeepAliveBatchResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0c\n\x04ttls\x18\x02 \x03(\x03\"\x0f\n\rStatusRequest\"\x85\x03\n\x0eStatusResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x11\n\tleader_id\x18\x06 \x01(\x04\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x08 \x01(\x04\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x17\n\x0f\x66irst_log_index\x18\n \x01(\x04\x12\x16\n\x0elast_log_index\x18\x0b \x01(\x04\x12\x1f\n\x06voters\x18\x0c \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\r \x03(\x0b\x32\x0f.dengine.Member\x12\x16\n\x0e\x63lient_address\x18\x0e \x01(\t\x12\x16\n\x0esnapshot_index\x18\x0f \x01(\x04\x12\x16\n\x0enative_address\x18\x10 \x01(\t\"\x12\n\x10GetLeaderRequest\"k\n\x11GetLeaderResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"y\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"(\n\x11MemberListRequest\x12\x13\n\x0bleader_only\x18\x01 \x01(\x08\"|\n\x12MemberListResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"T\n\x10\x41\x64\x64MemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x16promote_when_caught_up\x18\x03 \x01(\x08\"\'\n\x14PromoteMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"&\n\x13RemoveMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"]\n\x14MemberChangeResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\"\xe0\x01\n\rEventsRequest\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.dengine.EventsRequest.Kind\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\"\x1f\n\x04Kind\x12\n\n\x06LEADER\x10\x00\x12\x0b\n\x07MEMBERS\x10\x01\"\xac\x01\n\x0e\x45ventsResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\"\xb9\x01\n\x10WatchPollRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\trange_end\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61\x66ter_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\r\n\x05noput\x18\x05 \x01(\x08\x12\x10\n\x08nodelete\x18\x06 \x01(\x08\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\x12\x12\n\nmax_events\x18\x08 \x01(\r\x12\x16\n\x0erequire_leader\x18\t \x01(\x08\"\xb6\x01\n\x11WatchPollResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.dengine.etcd.mvccpb.Event\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\x12\x17\n\x0fheader_revision\x18\x05 \x01(\x03\x12\x11\n\tmember_id\x18\x06 \x01(\x04*o\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_LEASE\x10\x01\x12\x1d\n\x19READ_CONSISTENCY_EVENTUAL\x10\x02\x32\xf8\x06\n\x11RaftClientService\x12\x36\n\x05Write\x12\x15.dengine.WriteRequest\x1a\x16.dengine.WriteResponse\x12\x33\n\x04Read\x12\x14.dengine.ReadRequest\x1a\x15.dengine.ReadResponse\x12\x39\n\x06Status\x12\x16.dengine.StatusRequest\x1a\x17.dengine.StatusResponse\x12\x42\n\tGetLeader\x12\x19.dengine.GetLeaderRequest\x1a\x1a.dengine.GetLeaderResponse\x12\x45\n\nMemberList\x12\x1a.dengine.MemberListRequest\x1a\x1b.dengine.MemberListResponse\x12\x45\n\tAddMember\x12\x19.dengine.AddMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12M\n\rPromoteMember\x12\x1d.dengine.PromoteMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12K\n\x0cRemoveMember\x12\x1c.dengine.RemoveMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12\x39\n\x06KvRead\x12\x16.dengine.KvReadRequest\x1a\x17.dengine.KvReadResponse\x12\x36\n\x05Lease\x12\x15.dengine.LeaseRequest\x1a\x16.dengine.LeaseResponse\x12[\n\x0eLeaseKeepAlive\x12#.dengine.LeaseKeepAliveBatchRequest\x1a$.dengine.LeaseKeepAliveBatchResponse\x12\x39\n\x06\x45vents\x12\x16.dengine.EventsRequest\x1a\x17.dengine.EventsResponse\x12\x42\n\tWatchPoll\x12\x19.dengine.WatchPollRequest\x1a\x1a.dengine.WatchPollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dengine.proto.client_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READCONSISTENCY']._serialized_start=2771
-  _globals['_READCONSISTENCY']._serialized_end=2882
+  _globals['_READCONSISTENCY']._serialized_start=3060
+  _globals['_READCONSISTENCY']._serialized_end=3171
   _globals['_ERROR']._serialized_start=96
   _globals['_ERROR']._serialized_end=196
   _globals['_WRITEREQUEST']._serialized_start=198
@@ -55,38 +55,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KVRESULT']._serialized_end=818
   _globals['_KVREADRESPONSE']._serialized_start=820
   _globals['_KVREADRESPONSE']._serialized_end=903
-  _globals['_STATUSREQUEST']._serialized_start=905
-  _globals['_STATUSREQUEST']._serialized_end=920
-  _globals['_STATUSRESPONSE']._serialized_start=923
-  _globals['_STATUSRESPONSE']._serialized_end=1312
-  _globals['_GETLEADERREQUEST']._serialized_start=1314
-  _globals['_GETLEADERREQUEST']._serialized_end=1332
-  _globals['_GETLEADERRESPONSE']._serialized_start=1334
-  _globals['_GETLEADERRESPONSE']._serialized_end=1441
-  _globals['_MEMBERSTATUS']._serialized_start=1443
-  _globals['_MEMBERSTATUS']._serialized_end=1564
-  _globals['_MEMBERLISTREQUEST']._serialized_start=1566
-  _globals['_MEMBERLISTREQUEST']._serialized_end=1606
-  _globals['_MEMBERLISTRESPONSE']._serialized_start=1608
-  _globals['_MEMBERLISTRESPONSE']._serialized_end=1732
-  _globals['_ADDMEMBERREQUEST']._serialized_start=1734
-  _globals['_ADDMEMBERREQUEST']._serialized_end=1818
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=1820
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=1859
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=1861
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=1899
-  _globals['_MEMBERCHANGERESPONSE']._serialized_start=1901
-  _globals['_MEMBERCHANGERESPONSE']._serialized_end=1994
-  _globals['_EVENTSREQUEST']._serialized_start=1997
-  _globals['_EVENTSREQUEST']._serialized_end=2221
-  _globals['_EVENTSREQUEST_KIND']._serialized_start=2190
-  _globals['_EVENTSREQUEST_KIND']._serialized_end=2221
-  _globals['_EVENTSRESPONSE']._serialized_start=2224
-  _globals['_EVENTSRESPONSE']._serialized_end=2396
-  _globals['_WATCHPOLLREQUEST']._serialized_start=2399
-  _globals['_WATCHPOLLREQUEST']._serialized_end=2584
-  _globals['_WATCHPOLLRESPONSE']._serialized_start=2587
-  _globals['_WATCHPOLLRESPONSE']._serialized_end=2769
-  _globals['_RAFTCLIENTSERVICE']._serialized_start=2885
-  _globals['_RAFTCLIENTSERVICE']._serialized_end=3624
+  _globals['_LEASEREQUEST']._serialized_start=905
+  _globals['_LEASEREQUEST']._serialized_end=1007
+  _globals['_LEASERESPONSE']._serialized_start=1009
+  _globals['_LEASERESPONSE']._serialized_end=1073
+  _globals['_LEASEKEEPALIVEBATCHREQUEST']._serialized_start=1075
+  _globals['_LEASEKEEPALIVEBATCHREQUEST']._serialized_end=1116
+  _globals['_LEASEKEEPALIVEBATCHRESPONSE']._serialized_start=1118
+  _globals['_LEASEKEEPALIVEBATCHRESPONSE']._serialized_end=1192
+  _globals['_STATUSREQUEST']._serialized_start=1194
+  _globals['_STATUSREQUEST']._serialized_end=1209
+  _globals['_STATUSRESPONSE']._serialized_start=1212
+  _globals['_STATUSRESPONSE']._serialized_end=1601
+  _globals['_GETLEADERREQUEST']._serialized_start=1603
+  _globals['_GETLEADERREQUEST']._serialized_end=1621
+  _globals['_GETLEADERRESPONSE']._serialized_start=1623
+  _globals['_GETLEADERRESPONSE']._serialized_end=1730
+  _globals['_MEMBERSTATUS']._serialized_start=1732
+  _globals['_MEMBERSTATUS']._serialized_end=1853
+  _globals['_MEMBERLISTREQUEST']._serialized_start=1855
+  _globals['_MEMBERLISTREQUEST']._serialized_end=1895
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=1897
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=2021
+  _globals['_ADDMEMBERREQUEST']._serialized_start=2023
+  _globals['_ADDMEMBERREQUEST']._serialized_end=2107
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=2109
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=2148
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=2150
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=2188
+  _globals['_MEMBERCHANGERESPONSE']._serialized_start=2190
+  _globals['_MEMBERCHANGERESPONSE']._serialized_end=2283
+  _globals['_EVENTSREQUEST']._serialized_start=2286
+  _globals['_EVENTSREQUEST']._serialized_end=2510
+  _globals['_EVENTSREQUEST_KIND']._serialized_start=2479
+  _globals['_EVENTSREQUEST_KIND']._serialized_end=2510
+  _globals['_EVENTSRESPONSE']._serialized_start=2513
+  _globals['_EVENTSRESPONSE']._serialized_end=2685
+  _globals['_WATCHPOLLREQUEST']._serialized_start=2688
+  _globals['_WATCHPOLLREQUEST']._serialized_end=2873
+  _globals['_WATCHPOLLRESPONSE']._serialized_start=2876
+  _globals['_WATCHPOLLRESPONSE']._serialized_end=3058
+  _globals['_RAFTCLIENTSERVICE']._serialized_start=3174
+  _globals['_RAFTCLIENTSERVICE']._serialized_end=4062
 # @@protoc_insertion_point(module_scope)

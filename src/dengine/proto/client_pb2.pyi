@@ -110,6 +110,40 @@ class KvReadResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[KvResult]
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[KvResult, _Mapping]]] = ...) -> None: ...
 
+class LeaseRequest(_message.Message):
+    __slots__ = ("grant", "revoke", "time_to_live", "leases")
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    REVOKE_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_LIVE_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    grant: bytes
+    revoke: bytes
+    time_to_live: bytes
+    leases: bytes
+    def __init__(self, grant: _Optional[bytes] = ..., revoke: _Optional[bytes] = ..., time_to_live: _Optional[bytes] = ..., leases: _Optional[bytes] = ...) -> None: ...
+
+class LeaseResponse(_message.Message):
+    __slots__ = ("error", "response")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    response: bytes
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., response: _Optional[bytes] = ...) -> None: ...
+
+class LeaseKeepAliveBatchRequest(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LeaseKeepAliveBatchResponse(_message.Message):
+    __slots__ = ("error", "ttls")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    TTLS_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    ttls: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., ttls: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

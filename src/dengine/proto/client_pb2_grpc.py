@@ -5,7 +5,7 @@ import warnings
 
 from dengine.proto import client_pb2 as dengine_dot_proto_dot_client__pb2
 
-GRPC_GENERATED_VERSION = '1.85.4'
+GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -79,6 +79,16 @@ class RaftClientServiceStub:
                 request_serializer=dengine_dot_proto_dot_client__pb2.KvReadRequest.SerializeToString,
                 response_deserializer=dengine_dot_proto_dot_client__pb2.KvReadResponse.FromString,
                 _registered_method=True)
+        self.Lease = channel.unary_unary(
+                '/dengine.RaftClientService/Lease',
+                request_serializer=dengine_dot_proto_dot_client__pb2.LeaseRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.LeaseResponse.FromString,
+                _registered_method=True)
+        self.LeaseKeepAlive = channel.unary_unary(
+                '/dengine.RaftClientService/LeaseKeepAlive',
+                request_serializer=dengine_dot_proto_dot_client__pb2.LeaseKeepAliveBatchRequest.SerializeToString,
+                response_deserializer=dengine_dot_proto_dot_client__pb2.LeaseKeepAliveBatchResponse.FromString,
+                _registered_method=True)
         self.Events = channel.unary_unary(
                 '/dengine.RaftClientService/Events',
                 request_serializer=dengine_dot_proto_dot_client__pb2.EventsRequest.SerializeToString,
@@ -148,6 +158,18 @@ class RaftClientServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseKeepAlive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Events(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -207,6 +229,16 @@ def add_RaftClientServiceServicer_to_server(servicer, server):
                     servicer.KvRead,
                     request_deserializer=dengine_dot_proto_dot_client__pb2.KvReadRequest.FromString,
                     response_serializer=dengine_dot_proto_dot_client__pb2.KvReadResponse.SerializeToString,
+            ),
+            'Lease': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lease,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.LeaseRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.LeaseResponse.SerializeToString,
+            ),
+            'LeaseKeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseKeepAlive,
+                    request_deserializer=dengine_dot_proto_dot_client__pb2.LeaseKeepAliveBatchRequest.FromString,
+                    response_serializer=dengine_dot_proto_dot_client__pb2.LeaseKeepAliveBatchResponse.SerializeToString,
             ),
             'Events': grpc.unary_unary_rpc_method_handler(
                     servicer.Events,
@@ -462,6 +494,60 @@ class RaftClientService:
             '/dengine.RaftClientService/KvRead',
             dengine_dot_proto_dot_client__pb2.KvReadRequest.SerializeToString,
             dengine_dot_proto_dot_client__pb2.KvReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/Lease',
+            dengine_dot_proto_dot_client__pb2.LeaseRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.LeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseKeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dengine.RaftClientService/LeaseKeepAlive',
+            dengine_dot_proto_dot_client__pb2.LeaseKeepAliveBatchRequest.SerializeToString,
+            dengine_dot_proto_dot_client__pb2.LeaseKeepAliveBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,7 +20,7 @@ METHODS: tuple[str, ...] = (
     "",  # 0: not a method
     "Write", "Read", "Status", "GetLeader", "MemberList", "AddMember", "PromoteMember",
     "RemoveMember", "KvRead",
-    "", "",  # 10, 11: reserved for leases (docs/formats.md)
+    "Lease", "LeaseKeepAlive",  # 10, 11
     "WatchPoll",  # 12
     "",  # 13: reserved for watch
     "Events",  # 14

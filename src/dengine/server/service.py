@@ -45,6 +45,10 @@ from dengine.proto.client_pb2 import (
     KvReadRequest,
     KvReadResponse,
     KvResult,
+    LeaseKeepAliveBatchRequest,
+    LeaseKeepAliveBatchResponse,
+    LeaseRequest,
+    LeaseResponse,
     MemberChangeResponse,
     MemberListRequest,
     MemberListResponse,
@@ -63,6 +67,7 @@ from dengine.proto.client_pb2 import (
     WriteResult,
 )
 from dengine.proto.common_pb2 import Member
+from dengine.proto.etcd import rpc_pb2
 from dengine.proto.etcd.rpc_pb2 import RangeRequest
 
 log = logging.getLogger(__name__)
@@ -108,6 +113,13 @@ class EngineLike(Protocol):
     async def wait_leader_change(self, known: Leader | None, timeout: float) -> Leader: ...
     async def wait_membership_change(self, known: MemberSet | None, timeout: float
                                      ) -> MemberSet: ...
+    async def etcd_lease_grant(self, req: Any, *, timeout: float | None = ...) -> Any: ...
+    async def etcd_lease_revoke(self, req: Any, *, timeout: float | None = ...) -> Any: ...
+    async def etcd_lease_time_to_live(self, req: Any, *, timeout: float | None = ...
+                                      ) -> Any: ...
+    async def etcd_lease_leases(self, req: Any = ..., *, timeout: float | None = ...
+                                ) -> Any: ...
+    async def etcd_lease_keepalive(self, req: Any, *, timeout: float | None = ...) -> Any: ...
 
 
 def error_message(exc: DengineError) -> Error:
@@ -163,6 +175,8 @@ class ClientService:
             "RemoveMember": self.remove_member,
             "KvRead": self.kv_read,
             "Events": self.events,
+            "Lease": self.lease,
+            "LeaseKeepAlive": self.lease_keepalive,
             "WatchPoll": self.watch_poll,
         }
 
@@ -284,6 +298,47 @@ class ClientService:
         except Exception as e:
             resp.error.CopyFrom(self._error(e, "WatchPoll"))
         return resp
+
+    async def lease(self, request: bytes, context: Any) -> LeaseResponse:
+        """One of etcd's lease calls (LeaseRequest), answered with etcd's response."""
+        engine = self._engine
+        try:
+            req = self._parse(request, LeaseRequest)
+            which = req.WhichOneof("request")
+            timeout = _timeout(context)
+            if which == "grant":
+                resp = await engine.etcd_lease_grant(
+                    self._parse(req.grant, rpc_pb2.LeaseGrantRequest), timeout=timeout)
+            elif which == "revoke":
+                resp = await engine.etcd_lease_revoke(
+                    self._parse(req.revoke, rpc_pb2.LeaseRevokeRequest), timeout=timeout)
+            elif which == "time_to_live":
+                resp = await engine.etcd_lease_time_to_live(
+                    self._parse(req.time_to_live, rpc_pb2.LeaseTimeToLiveRequest),
+                    timeout=timeout)
+            elif which == "leases":
+                resp = await engine.etcd_lease_leases(
+                    self._parse(req.leases, rpc_pb2.LeaseLeasesRequest), timeout=timeout)
+            else:
+                raise InvalidRequest("LeaseRequest: no request set")
+        except Exception as exc:
+            return LeaseResponse(error=self._error(exc, "Lease"))
+        return LeaseResponse(response=resp.SerializeToString())
+
+    async def lease_keepalive(self, request: bytes, context: Any
+                              ) -> LeaseKeepAliveBatchResponse:
+        """Keep-alives of many leases at the leader: one TTL each (0: unknown)."""
+        try:
+            req = self._parse(request, LeaseKeepAliveBatchRequest)
+            timeout = _timeout(context)
+            ttls = []
+            for lease_id in req.ids:
+                resp = await self._engine.etcd_lease_keepalive(
+                    rpc_pb2.LeaseKeepAliveRequest(ID=lease_id), timeout=timeout)
+                ttls.append(resp.TTL)
+        except Exception as exc:
+            return LeaseKeepAliveBatchResponse(error=self._error(exc, "LeaseKeepAlive"))
+        return LeaseKeepAliveBatchResponse(ttls=ttls)
 
     async def read(self, request: bytes, context: Any) -> ReadResponse:
         try:
