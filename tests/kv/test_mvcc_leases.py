@@ -48,9 +48,9 @@ def test_grant_answers_id_and_ttl_without_a_revision():
     store = MvccStore()
     revision, resp = grant(store, 7, 30)
     assert (revision, resp.ID, resp.TTL, resp.header.revision) == (1, 7, 30, 1)
-    assert store.lease_ttls() == {7: 30}
-    assert store.lease_info(7) == (30, [])
-    assert store.lease_info(8) is None
+    assert store.leases.ttls() == {7: 30}
+    assert store.leases.info(7) == (30, [])
+    assert store.leases.info(8) is None
 
 
 def test_grant_of_an_existing_id_fails_as_etcd():
@@ -59,7 +59,7 @@ def test_grant_of_an_existing_id_fails_as_etcd():
     _, err = grant(store, 7, 99)
     assert isinstance(err, KvError) and err.message == LEASE_EXIST
     assert err.grpc_code == "FAILED_PRECONDITION"
-    assert store.lease_ttls() == {7: 10}
+    assert store.leases.ttls() == {7: 10}
 
 
 def test_grant_without_an_id_fails_deterministically():
@@ -81,13 +81,13 @@ def test_revoke_deletes_every_key_in_one_revision_seen_as_changes():
         put(store, key, lease=7)
     put(store, b"other")
     assert store.revision == 5
-    assert store.lease_info(7, keys=True) == (10, [b"a", b"b", b"c"])
+    assert store.leases.info(7, keys=True) == (10, [b"a", b"b", b"c"])
     revision, resp = revoke(store, 7)
     assert revision == 6 and resp.header.revision == 6
     assert [(c.revision, c.key, c.new) for c in store.changes_since(5)] == [
         (6, b"a", None), (6, b"b", None), (6, b"c", None)]
     assert store.get(b"other") == b"v" and store.get(b"a") is None
-    assert store.lease_ttls() == {}
+    assert store.leases.ttls() == {}
 
 
 def test_revoke_without_keys_keeps_the_revision_and_unknown_fails():
@@ -111,8 +111,8 @@ def test_reput_delete_and_plain_insert_detach():
     put(store, b"b", lease=2)  # moved to another lease
     store.apply(OP_DELETE, b"c", b"")  # deleted
     store.apply(OP_INSERT, b"d", b"plain")  # the plain-insert fast path
-    assert store.lease_info(1, keys=True) == (10, [])
-    assert store.lease_info(2, keys=True) == (10, [b"b"])
+    assert store.leases.info(1, keys=True) == (10, [])
+    assert store.leases.info(2, keys=True) == (10, [b"b"])
     revoke(store, 1)
     assert store.get(b"a") == b"v" and store.get(b"d") == b"plain"
     revoke(store, 2)
@@ -127,7 +127,7 @@ def test_ignore_lease_keeps_the_lease_and_delete_range_detaches():
     assert lease_of(store, b"a") == 1
     store.apply(OP_DELETE_RANGE, b"", pb.DeleteRangeRequest(
         key=b"a", range_end=b"b").SerializeToString())
-    assert store.lease_info(1, keys=True) == (10, [])
+    assert store.leases.info(1, keys=True) == (10, [])
 
 
 def test_txn_put_with_lease_attaches_and_unknown_lease_fails_whole_txn():
@@ -138,7 +138,7 @@ def test_txn_put_with_lease_attaches_and_unknown_lease_fails_whole_txn():
         pb.RequestOp(request_put=pb.PutRequest(key=b"y", value=b"2")),
     ])
     store.apply(OP_TXN, b"", txn.SerializeToString())
-    assert store.lease_info(3, keys=True) == (10, [b"x"])
+    assert store.leases.info(3, keys=True) == (10, [b"x"])
     bad = pb.TxnRequest(success=[
         pb.RequestOp(request_put=pb.PutRequest(key=b"z", value=b"1", lease=4))])
     _, err = store.apply(OP_TXN, b"", bad.SerializeToString())
@@ -157,7 +157,7 @@ def test_lease_commands_round_trip_the_codec():
 
 def restored(store: MvccStore) -> MvccStore:
     return MvccStore.restore(store.revision, store.compact_revision,
-                             store.items_packed(), store.changes(), store.leases_packed())
+                             store.items_packed(), store.changes(), store.leases.packed())
 
 
 def test_restore_rebuilds_the_attached_keys():
@@ -168,8 +168,8 @@ def test_restore_rebuilds_the_attached_keys():
     put(store, b"b", lease=2)
     put(store, b"c")
     copy = restored(store)
-    assert copy.lease_ttls() == {1: 5, 2: 6}
-    assert copy.lease_info(1, keys=True) == (5, [b"a"])
+    assert copy.leases.ttls() == {1: 5, 2: 6}
+    assert copy.leases.info(1, keys=True) == (5, [b"a"])
     revoke(copy, 2)
     assert copy.get(b"b") is None and copy.revision == store.revision + 1
 
@@ -230,10 +230,10 @@ def test_leases_match_a_model(ops):
         else:
             store = restored(store)
         assert store.revision == revision
-        assert set(store.lease_ttls()) == leases
+        assert set(store.leases.ttls()) == leases
         assert {k: lease_of(store, k) for k in live} == live
         assert len(store) == len(live)
         for lease_id in leases:
-            info = store.lease_info(lease_id, keys=True)
+            info = store.leases.info(lease_id, keys=True)
             assert info is not None
             assert info[1] == sorted(k for k, lease in live.items() if lease == lease_id)

@@ -80,7 +80,7 @@ def test_leader_expires_by_its_clock_and_revokes_through_the_log():
         assert h.proposed == [2]
         await h.step(0.2)
         assert h.proposed == [2, 1]
-        assert h.store.get(b"k") is None and h.store.lease_ttls() == {}
+        assert h.store.get(b"k") is None and h.store.leases.ttls() == {}
         assert h.lessor.renew(1) == 0 and h.lessor.remaining(1) == -1
     run(main())
 
@@ -121,9 +121,9 @@ def test_a_failed_revoke_is_tried_again():
             return await propose(field, data)
         h.lessor._propose = flaky
         await h.step(2.1)
-        assert h.store.lease_ttls() == {1: 1}
+        assert h.store.leases.ttls() == {1: 1}
         await h.step(0.1)
-        assert h.store.lease_ttls() == {}
+        assert h.store.leases.ttls() == {}
     run(main())
 
 
@@ -207,32 +207,43 @@ def test_kept_lease_learns_it_was_revoked(tmp_path):
     run(main())
 
 
+async def at_leader(nodes: Cluster, call: Any) -> Any:
+    """`call(leader)` on the current leader, again if leadership moved meanwhile (the
+    FAST timings elect again under load)."""
+    for _ in range(50):
+        leader = await nodes.leader()
+        try:
+            return await call(leader)
+        except NotLeader:
+            await asyncio.sleep(0.05)
+    raise AssertionError("no stable leader")
+
+
 def test_leases_survive_restart_and_failover(tmp_path):
     async def main() -> None:
         nodes = Cluster(tmp_path, 3, snapshot_threshold_entries=20)
         await nodes.start_all()
         try:
-            leader = await nodes.leader()
-            grant = await leader.lease_grant(2)
-            await leader.put(b"k", b"v", lease=grant.id)
+            grant = await at_leader(nodes, lambda e: e.lease_grant(2))
+            await at_leader(nodes, lambda e: e.put(b"k", b"v", lease=grant.id))
             for i in range(30):  # past the snapshot threshold: leases in a snapshot
-                await leader.put(b"x%d" % i, b"v")
-            await leader.lease_keepalive_once(grant.id)
-            old = leader.node_id
+                await at_leader(nodes, lambda e, i=i: e.put(b"x%d" % i, b"v"))
+            await at_leader(nodes, lambda e: e.lease_keepalive_once(grant.id))
+            old = (await nodes.leader()).node_id
             await nodes.stop(old)
-            leader = await nodes.leader()
             # The new leader gives the lease its full TTL again.
-            await until(lambda: leader.lessor.primary_term > 0, timeout=5)
-            assert await leader.lease_keepalive_once(grant.id) == 2
+            assert await at_leader(nodes, lambda e: e.lease_keepalive_once(grant.id)) == 2
+            leader = await nodes.leader()
+            assert leader.lessor.primary_term > 0
             for follower in nodes.followers():
                 with pytest.raises(NotLeader):
                     await follower.lease_keepalive_once(grant.id)
             await nodes.start(old)
-            await nodes.leader()
+            leader = await nodes.leader()
             await until(lambda: nodes.engines[old].status().applied_index
                         >= leader.status().commit_index, timeout=5)
             assert nodes.engines[old]._node.query_local(
-                lambda s: s.lease_info(grant.id, True)) == (2, [b"k"])
+                lambda s: s.leases.info(grant.id, True)) == (2, [b"k"])
         finally:
             await nodes.stop_all()
     run(main(), 60)

@@ -76,7 +76,7 @@ def store_state(store: MvccStore) -> tuple[int, int, list[tuple[bytes, bytes]], 
     (key, packed), the changelog and the leases (with their keys)."""
     return (store.revision, store.compact_revision, sorted(store.items_packed()),
             [tuple(c) for c in store.changes()],
-            [(i, store.lease_info(i, keys=True)) for i, _ in store.leases_packed()])
+            [(i, store.leases.info(i, keys=True)) for i, _ in store.leases.packed()])
 
 
 def command_entry(index: int, term: int, command: bytes) -> Entry:

@@ -52,6 +52,7 @@ from dengine.kv.etcd_check import (
     lease_not_found,
 )
 from dengine.kv.gosort import go_sort
+from dengine.kv.leases import LeaseTable
 from dengine.proto import Membership
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.proto.etcd.kv_pb2 import KeyValue
@@ -126,8 +127,7 @@ def _range_end(range_end: bytes) -> bytes | None:
 class MvccStore:
     """etcd's MVCC key-value store. `get` and `insert_all` are the hot paths."""
 
-    __slots__ = ("_changes", "_data", "_index", "_leases", "compact_revision",
-                 "lease_version", "revision")
+    __slots__ = ("_changes", "_data", "_index", "compact_revision", "leases", "revision")
 
     def __init__(self) -> None:
         self.revision = 1
@@ -135,8 +135,7 @@ class MvccStore:
         self._data: dict[bytes, bytes] = {}
         self._index = SortedList()
         self._changes: deque[tuple[int, bytes, bytes | None, bytes | None]] = deque()
-        self._leases: dict[int, Lease] = {}
-        self.lease_version = 0  # +1 per grant or revoke applied (the lessor's resync cue)
+        self.leases = LeaseTable()  # (kv/leases.py)
 
     def __len__(self) -> int:
         return len(self._data)
@@ -313,7 +312,7 @@ class MvccStore:
                 c, _, v, old_lease = unpack_meta(old)
                 packed = pack_meta(c, rev, v + 1, 0) + value
                 if old_lease:
-                    self._detach(key, old_lease)
+                    self.leases.detach(key, old_lease)
             data[key] = packed
             log((rev, key, packed, old))
         self.revision = rev
@@ -393,16 +392,16 @@ class MvccStore:
         self._changes.append((rev, key, packed, old))
         if old_lease != lease:
             if old_lease:
-                self._detach(key, old_lease)
-            if lease and (attached := self._leases.get(lease)) is not None:
-                attached.keys.add(key)  # (checked before: the lease exists)
+                self.leases.detach(key, old_lease)
+            if lease:
+                self.leases.attach(key, lease)  # (checked before: the lease exists)
 
     def _delete_keys(self, keys: list[bytes], rev: int) -> None:
         """Delete `keys` (all live) at revision `rev`."""
         data = self._data
         remove = self._index.remove
         log = self._changes.append
-        leases = self._leases
+        leases = self.leases
         for k in keys:
             old = data.pop(k)
             log((rev, k, None, old))
@@ -410,12 +409,7 @@ class MvccStore:
             if leases:
                 lease = unpack_meta(old)[3]
                 if lease:
-                    self._detach(k, lease)
-
-    def _detach(self, key: bytes, lease: int) -> None:
-        attached = self._leases.get(lease)
-        if attached is not None:
-            attached.keys.discard(key)
+                    leases.detach(k, lease)
 
     def _live_keys(self, key: bytes, range_end: bytes) -> list[bytes]:
         if not range_end:
@@ -426,7 +420,7 @@ class MvccStore:
                     else index.irange(key))
 
     def _lease_exists(self, lease: int) -> bool:
-        return lease == 0 or lease in self._leases
+        return lease == 0 or lease in self.leases
 
     # Leases: the replicated table (etcd's lessor without its clock).
 
@@ -436,43 +430,22 @@ class MvccStore:
         lease_id = req.ID
         if lease_id <= 0:
             raise undecodable("lease ID (chosen at proposal, positive)")
-        if lease_id in self._leases:
+        if lease_id in self.leases:
             raise lease_exists()
-        self._leases[lease_id] = Lease(req.TTL)
-        self.lease_version += 1
+        self.leases.grant(lease_id, req.TTL)
         return pb.LeaseGrantResponse(
             header=pb.ResponseHeader(revision=self.revision), ID=lease_id, TTL=req.TTL)
 
     def _lease_revoke(self, req: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
         """etcd's Revoke: the lease goes, its keys are deleted in one revision (none: the
         revision stays)."""
-        lease = self._leases.pop(req.ID, None)
+        lease = self.leases.revoke(req.ID)
         if lease is None:
             raise lease_not_found()
-        self.lease_version += 1
         if lease.keys:
             self.revision += 1
             self._delete_keys(sorted(lease.keys), self.revision)
         return pb.LeaseRevokeResponse(header=pb.ResponseHeader(revision=self.revision))
-
-    def lease_ttls(self) -> dict[int, int]:
-        """A copy of `lease id -> granted TTL` (seconds)."""
-        return {lease_id: lease.ttl for lease_id, lease in self._leases.items()}
-
-    def lease_ids(self) -> list[int]:
-        return list(self._leases)
-
-    def lease_info(self, lease_id: int, keys: bool = False
-                   ) -> tuple[int, list[bytes]] | None:
-        """(granted TTL, the attached keys in order if `keys`) of a lease; None if absent."""
-        lease = self._leases.get(lease_id)
-        if lease is None:
-            return None
-        return lease.ttl, sorted(lease.keys) if keys else []
-
-    def leases_packed(self) -> list[tuple[int, int]]:
-        """(id, granted TTL) of every lease, by id (persistence)."""
-        return sorted((lease_id, lease.ttl) for lease_id, lease in self._leases.items())
 
     # Top-level requests: the store revision moves by one if the request changed a key.
 
@@ -666,32 +639,21 @@ class MvccStore:
                 leases: Iterable[tuple[int, int]] = (),
                 ) -> MvccStore:
         """A store from its persisted image (`items_packed`, `changes`, `leases` as
-        `leases_packed` gives them: the keys attached are found in the keys' metadata)."""
+        `leases.packed()` gives them: the keys attached are found in the keys' metadata)."""
         store = cls()
         store.revision = revision
         store.compact_revision = compact_revision
         store._data = dict(items_packed)
         store._index = SortedList(store._data)
         store._changes = deque(tuple(c) for c in changes)  # type: ignore[misc]
-        table = store._leases = {lease_id: Lease(ttl) for lease_id, ttl in leases}
+        table = store.leases = LeaseTable(leases)
         if table:
+            attach = table.attach
             for key, packed in store._data.items():
                 lease_id = unpack_meta(packed)[3]
                 if lease_id:
-                    attached = table.get(lease_id)
-                    if attached is not None:
-                        attached.keys.add(key)
+                    attach(key, lease_id)
         return store
-
-
-class Lease:
-    """One lease of the store: its granted TTL (seconds) and the keys attached to it."""
-
-    __slots__ = ("keys", "ttl")
-
-    def __init__(self, ttl: int) -> None:
-        self.ttl = ttl
-        self.keys: set[bytes] = set()
 
 
 def _compare_kv(c: pb.Compare, packed: bytes | None) -> bool:

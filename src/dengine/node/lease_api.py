@@ -98,7 +98,7 @@ class EtcdLeases:
         seconds = self._timeout(timeout)
         await self.lessor.wait_primary(seconds)
         info, revision = await self.read_query(
-            lambda store: (store.lease_info(req.ID, req.keys), store.revision), timeout=seconds)
+            lambda store: (store.leases.info(req.ID, req.keys), store.revision), timeout=seconds)
         resp = pb.LeaseTimeToLiveResponse(ID=req.ID, TTL=-1)
         resp.header.revision = revision
         if info is not None:
@@ -113,7 +113,7 @@ class EtcdLeases:
                                 timeout: float | None = None) -> pb.LeaseLeasesResponse:
         """etcd's LeaseLeases: every lease of the store, by id (a linearizable read)."""
         ids, revision = await self.read_query(
-            lambda store: (sorted(store.lease_ids()), store.revision), timeout=timeout)
+            lambda store: (sorted(store.leases.ids()), store.revision), timeout=timeout)
         resp = pb.LeaseLeasesResponse(leases=[pb.LeaseStatus(ID=i) for i in ids])
         resp.header.revision = revision
         return self._with_header(resp)

@@ -79,7 +79,7 @@ class Lessor:
         self._deadlines: dict[int, float] = {}
         self._ttls: dict[int, int] = {}
         self._heap: list[tuple[float, int]] = []
-        self._version = -1  # the store's lease_version last synced
+        self._version = -1  # the lease table version last synced
         self._revoking: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
@@ -259,11 +259,11 @@ class Lessor:
 
 
 def _lease_table(store: Any) -> tuple[int, dict[int, int]]:
-    return int(store.lease_version), store.lease_ttls()
+    return int(store.leases.version), store.leases.ttls()
 
 
 def _lease_table_if_changed(version: int) -> Callable[[Any], tuple[int, dict[int, int] | None]]:
     def read(store: Any) -> tuple[int, dict[int, int] | None]:
-        current = int(store.lease_version)
-        return current, None if current == version else store.lease_ttls()
+        current = int(store.leases.version)
+        return current, None if current == version else store.leases.ttls()
     return read

@@ -282,7 +282,7 @@ class Simulator:
         metadata.membership.CopyFrom(node.core.membership_at(index))
         kv = node.kv
         data = (kv.revision, kv.compact_revision, tuple(sorted(kv.items_packed())),
-                tuple(kv.changes()), tuple(kv.leases_packed()))
+                tuple(kv.changes()), tuple(kv.leases.packed()))
         metadata.checksum = hashlib.sha256(repr(data).encode()).digest()
         key = (index, metadata.last_included.term)
         other = self._snapshots.setdefault(key, (metadata.checksum, data))

@@ -464,7 +464,7 @@ class FileStateMachine:
         store = self._store
         head = CheckpointMeta(copy_log_id(self._last_applied), seq, len(store),
                               self._membership, self._snapshot, store.revision,
-                              store.compact_revision, leases=store.leases_packed())
+                              store.compact_revision, leases=store.leases.packed())
         return head, seq
 
     # -- snapshots

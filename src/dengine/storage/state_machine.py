@@ -132,7 +132,7 @@ def inserts_applied(store: MvccStore, keys: list[bytes], values: list[bytes],
 def image_of(store: MvccStore) -> kvfile.StoreImage:
     """A copy of the store's persistent image (under the lock that keeps it still)."""
     return kvfile.StoreImage(store.revision, store.compact_revision, store.copy_packed(),
-                             list(store.changes()), store.leases_packed())
+                             list(store.changes()), store.leases.packed())
 
 
 def store_of(image: kvfile.StoreImage) -> MvccStore:
