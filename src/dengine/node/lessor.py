@@ -17,13 +17,14 @@ A node that stops leading forgets the deadlines (etcd's Demote).
 
 Keep-alives (`renew`) and remaining TTLs (`remaining`) are answered by the primary only.
 Expired leases are revoked at most `REVOKES_PER_S` per second (etcd's leaseRevokeRate).
+The deadlines themselves are `dengine.kv.lease_clock.LeaseClock` (pure: the simulator
+drives the same code with its virtual clocks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import math
 import time
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dengine.errors import DengineError, KvError, NotLeader
+from dengine.kv.lease_clock import LeaseClock
 from dengine.proto.etcd.rpc_pb2 import LeaseRevokeRequest
 
 log = logging.getLogger("dengine.node")
@@ -74,17 +76,17 @@ class Lessor:
             lambda: NotLeader("not the leader: leases are kept by the leader"))
         self.clock = clock
         self.check_s = check_s
-        self.primary_term = 0  # the term this lessor is primary at (0: not primary)
+        self.leases = LeaseClock(grace=election_timeout_s)
         self._candidate: tuple[int, int] | None = None  # (term, index to apply first)
-        self._deadlines: dict[int, float] = {}
-        self._ttls: dict[int, int] = {}
-        self._heap: list[tuple[float, int]] = []
-        self._version = -1  # the lease table version last synced
-        self._revoking: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._primary = asyncio.Event()
         self.revoked = 0  # expiry revokes applied (tests, status)
+
+    @property
+    def primary_term(self) -> int:
+        """The term this lessor is primary at (0: not primary)."""
+        return self.leases.primary_term
 
     # -- lifecycle
 
@@ -122,7 +124,7 @@ class Lessor:
             self._demote()
             return
         term = self._term()
-        if self.primary_term != term:
+        if self.leases.primary_term != term:
             self._demote()
             if self._candidate is None or self._candidate[0] != term:
                 # Primary once the entries of the terms before ours are applied.
@@ -134,34 +136,23 @@ class Lessor:
         self._expire()
 
     def _promote(self, term: int) -> None:
-        now = self.clock()
-        ttls = self._read_local(_lease_table)
-        extra = self.election_timeout_s
-        self._ttls = ttls[1]
-        self._version = ttls[0]
-        self._deadlines = {lease_id: now + ttl + extra for lease_id, ttl in self._ttls.items()}
-        self._heap = [(deadline, lease_id) for lease_id, deadline in self._deadlines.items()]
-        heapq.heapify(self._heap)
-        self.primary_term = term
+        version, ttls = self._read_local(_lease_table)
+        self.leases.promote(term, version, ttls, self.clock())
         self._candidate = None
         self._primary.set()
-        if self._deadlines:
+        if ttls:
             log.info("lessor: primary at term %d; %d leases get their full TTL again", term,
-                     len(self._deadlines))
+                     len(ttls))
 
     def _demote(self) -> None:
-        if self.primary_term or self._deadlines:
-            self.primary_term = 0
-            self._deadlines = {}
-            self._ttls = {}
-            self._heap = []
-            self._revoking.clear()
+        if self.leases.primary_term or len(self.leases):
+            self.leases.demote()
         self._primary.clear()
 
     async def wait_primary(self, timeout: float) -> None:
         """Return once this node is the primary lessor; NotLeader if it is not the leader
         (at once or within `timeout`)."""
-        if self.primary_term and self._is_leader():
+        if self.leases.primary_term and self._is_leader():
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -169,7 +160,7 @@ class Lessor:
             if not self._is_leader():
                 raise self._not_leader()
             self.check()
-            if self.primary_term:
+            if self.leases.primary_term:
                 return
             left = deadline - loop.time()
             if left <= 0:
@@ -183,75 +174,44 @@ class Lessor:
     def _sync(self) -> None:
         """Take in the grants and revokes applied since the last look (new leases start
         their TTL now)."""
-        version, ttls = self._read_local(_lease_table_if_changed(self._version))
-        if ttls is None:
-            return
-        now = self.clock()
-        deadlines = self._deadlines
-        for lease_id in [i for i in deadlines if i not in ttls]:
-            del deadlines[lease_id]
-            self._revoking.discard(lease_id)
-        for lease_id, ttl in ttls.items():
-            if lease_id not in deadlines:
-                deadline = deadlines[lease_id] = now + ttl
-                heapq.heappush(self._heap, (deadline, lease_id))
-        self._ttls = ttls
-        self._version = version
+        version, ttls = self._read_local(_lease_table_if_changed(self.leases.version))
+        self.leases.sync(version, ttls, self.clock())
+
+    def _check_primary(self) -> None:
+        if not self.leases.primary_term or not self._is_leader():
+            raise self._not_leader()
+        self._sync()
 
     def renew(self, lease_id: int) -> int:
         """A keep-alive: the lease's granted TTL, its deadline reset; 0 if unknown or
         expired (etcd's answer). NotLeader unless primary."""
-        if not self.primary_term or not self._is_leader():
-            raise self._not_leader()
-        self._sync()
-        now = self.clock()
-        deadline = self._deadlines.get(lease_id)
-        if deadline is None or deadline <= now or lease_id in self._revoking:
-            return 0
-        ttl = self._ttls[lease_id]
-        deadline = self._deadlines[lease_id] = now + ttl
-        heapq.heappush(self._heap, (deadline, lease_id))
-        return ttl
+        self._check_primary()
+        return self.leases.renew(lease_id, self.clock())
 
     def remaining(self, lease_id: int) -> int:
         """Whole seconds left before the lease expires; -1 if unknown. NotLeader unless
         primary."""
-        if not self.primary_term or not self._is_leader():
-            raise self._not_leader()
-        self._sync()
-        deadline = self._deadlines.get(lease_id)
-        if deadline is None:
-            return -1
-        return max(0, int(deadline - self.clock()))
+        self._check_primary()
+        return self.leases.remaining(lease_id, self.clock())
 
     # -- expiry
 
     def _expire(self) -> None:
-        now = self.clock()
-        heap = self._heap
-        deadlines = self._deadlines
-        budget = max(1, int(REVOKES_PER_S * self.check_s)) - len(self._revoking)
-        while heap and heap[0][0] <= now and budget > 0:
-            deadline, lease_id = heapq.heappop(heap)
-            if deadlines.get(lease_id) != deadline or lease_id in self._revoking:
-                continue  # renewed since (a later entry holds it), or gone
-            self._revoking.add(lease_id)
-            budget -= 1
-            task = asyncio.create_task(self._revoke(lease_id, deadline))
+        budget = max(1, int(REVOKES_PER_S * self.check_s)) - len(self.leases.revoking)
+        for lease_id in self.leases.expired(self.clock(), budget):
+            task = asyncio.create_task(self._revoke(lease_id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _revoke(self, lease_id: int, deadline: float) -> None:
+    async def _revoke(self, lease_id: int) -> None:
         request = LeaseRevokeRequest(ID=lease_id).SerializeToString()
         try:
             result = await self._propose(KV_LEASE_REVOKE, request)
         except DengineError as e:
-            # Not proposed or outcome unknown (leadership lost, timeout): try again at the
-            # next check while still primary; a new leader starts the TTL over.
+            # Not proposed or outcome unknown (leadership lost, timeout): try again at a
+            # later check while still primary; a new leader starts the TTL over.
             log.debug("lessor: revoke of expired lease %x failed: %s", lease_id, e.message)
-            self._revoking.discard(lease_id)
-            if self._deadlines.get(lease_id) == deadline:
-                heapq.heappush(self._heap, (deadline, lease_id))
+            self.leases.revoke_failed(lease_id)
             return
         if not isinstance(result.response, KvError):
             self.revoked += 1

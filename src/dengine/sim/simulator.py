@@ -100,6 +100,7 @@ class Simulator:
         )
         self.workload = make_workload(self)
         self.watcher = SimWatcher(config.seed)  # a watch resumed across nodes (watcher.py)
+        self._on_tick = getattr(self.workload, "on_tick", None)
 
     # ----------------------------------------------------------------------------- run
 
@@ -141,6 +142,8 @@ class Simulator:
             if node.up and node.incarnation == incarnation:
                 assert node.core is not None
                 node.core.tick()
+                if self._on_tick is not None:
+                    self._on_tick(node)  # the lease workload's clocks
                 self._drive(node)
                 self._schedule(self._tick_delay(node), "tick", payload)
         elif kind == "deliver":

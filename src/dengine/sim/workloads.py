@@ -5,6 +5,8 @@
 * `cas`: the same plus compare-and-swaps (an etcd txn "value(k) == expected, or
   version(k) == 0 for absent, then put k") and puts sent as etcd PutRequests; checked with
   lincheck's cas model.
+* `lease`: dengine.sim.leases: grants, keep-alives and expiry by the leader's (skewed)
+  clock; no lease expires before its last keep-alive + TTL.
 * `bank`: dengine.sim.bank's transfers: ranges over every account (read index, lease or
   serializable), then a txn guarded by both accounts' mod_revision; checked with
   check_bank on every read, and on every node's final state.
@@ -31,10 +33,11 @@ from dengine.sim.invariants import InvariantViolation
 from dengine.sim.lincheck import Op, check
 
 if TYPE_CHECKING:
+    from dengine.sim.leases import LeaseWorkload
     from dengine.sim.nodes import SimNode
     from dengine.sim.simulator import Simulator
 
-WORKLOADS = ("kv", "cas", "bank")
+WORKLOADS = ("kv", "cas", "bank", "lease")
 
 Done = Callable[[Applied | None], None]  # a write's apply outcome; None: unknown
 
@@ -211,10 +214,13 @@ class BankWorkload:
             raise InvariantViolation("bank total", 0, problem)
 
 
-def make_workload(sim: Simulator) -> RegisterWorkload | BankWorkload:
+def make_workload(sim: Simulator) -> RegisterWorkload | BankWorkload | LeaseWorkload:
     name = sim.cfg.workload
     if name not in WORKLOADS:
         raise DengineError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    if name == "lease":
+        from dengine.sim.leases import LeaseWorkload
+        return LeaseWorkload(sim)
     if name == "bank":
         return BankWorkload(sim, BankSpec(accounts=sim.cfg.accounts))
     return RegisterWorkload(sim, cas=name == "cas")
