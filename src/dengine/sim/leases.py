@@ -10,7 +10,8 @@ gives every lease its TTL + one election timeout; on each tick it proposes a rev
 every lease past its deadline.
 
 Checked: no lease is revoked by expiry before its last successful keep-alive (or its
-grant) + TTL, less the clocks' 10 % ("lease expiry"), whichever node renewed it and
+grant) + TTL, less the clocks' 10 % and one tick (a node's clock reads the time of its
+last tick) ("lease expiry"), whichever node renewed it and
 whichever leader expires it; the replicas' lease tables are part of the snapshots the
 simulator compares ("state machine safety"). Stats: grants, renewals, expiry revokes.
 """
@@ -35,6 +36,9 @@ UNIT_MS = 100  # one TTL "second" of the simulated world
 TTL_UNITS = 3
 GRACE_UNITS = ELECTION_TICK * TICK_MS / UNIT_MS  # an election timeout
 SLOWEST = (TICK_MS - MAX_SKEW_MS) / TICK_MS  # real time per local time, at the fastest clock
+# A node's clock reads the time of its last tick: a keep-alive between two ticks is dated
+# up to one (real) tick period early.
+RESOLUTION_MS = TICK_MS + MAX_SKEW_MS
 
 
 def _grant(lease_id: int) -> bytes:
@@ -108,7 +112,7 @@ class LeaseWorkload:
         if last is None or ttl is None:
             return
         alive = self.sim.now - last
-        if alive < ttl[0] * UNIT_MS * SLOWEST - 1:
+        if alive < ttl[0] * UNIT_MS * SLOWEST - RESOLUTION_MS:
             raise InvariantViolation(
                 "lease expiry", node.id,
                 f"lease {lease_id} expired by node {node.id} at {self.sim.now} ms, "
