@@ -25,8 +25,8 @@ def test_expiry_and_keep_alive(cluster_factory) -> None:  # type: ignore[no-unty
     cluster: Cluster = cluster_factory(3)
 
     async def main() -> None:
-        await cluster.wait_leader()
-        async with cluster.client() as client:
+        await cluster.wait_leader(timeout=60)  # (a loaded machine starts slowly)
+        async with cluster.client(timeout=30) as client:
             # Unrefreshed: TTL 2 s (300 ms election timeout: minimum 1 s).
             grant = await client.lease_grant(2)
             assert grant.ttl == 2
@@ -55,12 +55,12 @@ def test_leader_kill_loses_no_kept_alive_key(cluster_factory) -> None:  # type: 
     cluster: Cluster = cluster_factory(3)
 
     async def main() -> None:
-        leader = await cluster.wait_leader()
-        async with cluster.client() as client:
+        leader = await cluster.wait_leader(timeout=60)
+        async with cluster.client(timeout=30) as client:
             async with client.lease(3) as kept:
                 await client.put("svc/1", "addr", lease=kept.id)
                 cluster.node(leader.node_id).kill()
-                await cluster.wait_leader(exclude={leader.node_id})
+                await cluster.wait_leader(timeout=60, exclude={leader.node_id})
                 # Three TTLs after the kill: every keep-alive found the new leader.
                 for _ in range(18):
                     await asyncio.sleep(0.5)

@@ -31,10 +31,10 @@ PUT, DELETE = 0, 1
 class LeaseStore(MvccStore):
     def __init__(self) -> None:
         super().__init__()
-        self.leases: set[int] = set()
+        self.granted: set[int] = set()  # (not MvccStore.leases: this fake keeps its own)
 
     def _lease_exists(self, lease: int) -> bool:
-        return lease == 0 or lease in self.leases
+        return lease == 0 or lease in self.granted
 
 
 class Event:
@@ -84,23 +84,23 @@ class FakeCluster:
 
     def grant(self) -> int:
         self.next_lease += self.rng.randrange(1, 100)
-        self.store.leases.add(self.next_lease)
+        self.store.granted.add(self.next_lease)
         return self.next_lease
 
     def expire(self, lease: int) -> None:
         """End `lease`: its keys deleted in one revision, its holder told."""
-        if lease not in self.store.leases:
+        if lease not in self.store.granted:
             return
         keys = [k for k, packed in self.store.items_packed() if unpack_meta(packed)[3] == lease]
         if keys:
             self.txn(kvops.txn_request((), [Op.delete(k) for k in keys], ()))
-        self.store.leases.discard(lease)
+        self.store.granted.discard(lease)
         kept = self.kept.pop(lease, None)
         if kept is not None:
             kept.lost.set()
 
     def holder_leases(self) -> list[int]:
-        return sorted(self.store.leases)
+        return sorted(self.store.granted)
 
 
 class FakeKeptLease:
@@ -119,7 +119,7 @@ class FakeKeptLease:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._cluster.step(self._name)
-        if self.id not in self._cluster.store.leases:
+        if self.id not in self._cluster.store.granted:
             raise KvError("NOT_FOUND", "etcdserver: requested lease not found")
         self._cluster.kept.pop(self.id, None)
         self._cluster.expire(self.id)
