@@ -10,7 +10,8 @@ import sys
 import dengine.kv
 
 KV_DIR = pathlib.Path(dengine.kv.__file__).parent
-ALLOWED = {"__future__", "collections", "dataclasses", "enum", "itertools", "struct", "typing",
+ALLOWED = {"__future__", "collections", "dataclasses", "enum", "heapq", "itertools", "struct",
+           "typing",
            "sortedcontainers",
            "google", "dengine"}
 ALLOWED_DENGINE = ("dengine.api", "dengine.errors", "dengine.kv", "dengine.proto")
