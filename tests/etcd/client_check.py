@@ -93,23 +93,23 @@ def check_etcd3(endpoint: str, p: str) -> dict[str, Any]:
     r.update(_watch_etcd3(c, p, base))
     # leases: grant, attach, TimeToLive with keys, the keep-alive stream, revoke
     lease = c.lease(60)
-    c.put(f"{p}la", "1", lease=lease)
-    c.put(f"{p}lb", "2", lease=lease.id)
+    c.put(f"{p}lease-a", "1", lease=lease)
+    c.put(f"{p}lease-b", "2", lease=lease.id)
     info = c.get_lease_info(lease.id)
     r["lease"] = {"id": lease.id > 0, "ttl": lease.ttl, "granted": info.grantedTTL,
                   "remaining": 55 <= info.TTL <= 60,
                   "keys": sorted(k.decode().removeprefix(p) for k in info.keys),
                   "attached": [kv(v, m, base)["lease"] == lease.id
-                               for v, m in c.get_prefix(f"{p}l")],
+                               for v, m in c.get_prefix(f"{p}lease-")],
                   "refresh": [x.TTL for x in lease.refresh()]}
     revision = c.get_response(p.encode()).header.revision
     lease.revoke()
-    r["lease_revoked"] = {"keys": list(c.get_prefix(f"{p}l")),
+    r["lease_revoked"] = {"keys": list(c.get_prefix(f"{p}lease-")),
                           "revision": c.get_response(p.encode()).header.revision - revision,
                           "ttl": lease.remaining_ttl,
                           "refresh": [x.TTL for x in lease.refresh()]}
     try:
-        c.put(f"{p}lc", "3", lease=lease.id)
+        c.put(f"{p}lease-c", "3", lease=lease.id)
         r["lease_put_unknown"] = "ok"
     except Exception as e:
         r["lease_put_unknown"] = "lease not found" in f"{e} {e!r}"
@@ -221,22 +221,22 @@ async def check_aetcd(endpoint: str, p: str) -> dict[str, Any]:
         r["member_ids"] = len({m.id for m in members if m.id})
         r.update(await _watch_aetcd(c, p, base))
         lease = await c.lease(60)
-        await c.put(b("la"), b"1", lease=lease)
-        await c.put(b("lb"), b"2", lease=lease.id)
+        await c.put(b("lease-a"), b"1", lease=lease)
+        await c.put(b("lease-b"), b"2", lease=lease.id)
         info = await c.get_lease_info(lease.id)
         r["lease"] = {"id": lease.id > 0, "ttl": lease.ttl, "granted": info.grantedTTL,
                       "remaining": 55 <= info.TTL <= 60,
                       "keys": sorted(k.decode().removeprefix(p) for k in info.keys),
-                      "attached": [x.lease == lease.id for x in await c.get_prefix(b("l"))],
+                      "attached": [x.lease == lease.id for x in await c.get_prefix(b("lease-"))],
                       "refresh": [(await lease.refresh()).TTL]}
         revision = (await c.get_prefix(pb)).header.revision
         await lease.revoke()
-        r["lease_revoked"] = {"keys": list(await c.get_prefix(b("l"))),
+        r["lease_revoked"] = {"keys": list(await c.get_prefix(b("lease-"))),
                               "revision": (await c.get_prefix(pb)).header.revision - revision,
                               "ttl": await lease.remaining_ttl(),
                               "refresh": [(await lease.refresh()).TTL]}
         try:
-            await c.put(b("lc"), b"3", lease=lease.id)
+            await c.put(b("lease-c"), b"3", lease=lease.id)
             r["lease_put_unknown"] = "ok"
         except Exception as e:
             r["lease_put_unknown"] = "lease not found" in f"{e} {e!r}"

@@ -70,7 +70,7 @@ def expected(cluster: _Cluster) -> dict[str, Any]:
         "watch_live": ["PUT", "live", "now", 10, None],
         "watch_compacted": ["RevisionCompactedError", 10],
         "lease": {"id": True, "ttl": 60, "granted": 60, "remaining": True,
-                  "keys": ["la", "lb"], "attached": [True, True], "refresh": [60]},
+                  "keys": ["lease-a", "lease-b"], "attached": [True, True], "refresh": [60]},
         "lease_revoked": {"keys": [], "revision": 1, "ttl": -1, "refresh": [0]},
         "lease_put_unknown": True,
     }
