@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
+from collections import Counter
 
 from storage_helpers import command_entry, insert, store_state
 
@@ -82,3 +84,57 @@ def test_the_writer_holds_the_gil_a_quarter_of_the_time_at_most():
     out = list(paced(make(), clock=lambda: now[0], sleep=slept.append))
     assert out == [b"x"] * 3
     assert [round(s, 6) for s in slept] == [0.012, 0.030, 0.0]
+
+
+class _WatchedLock:
+    """A state machine's lock that records the Python functions called while it is held."""
+
+    def __init__(self, lock) -> None:
+        self._lock = lock
+        self._depth = 0
+        self.calls: Counter[str] = Counter()
+
+    def __enter__(self):
+        self._lock.__enter__()
+        self._depth += 1
+        if self._depth == 1:
+            sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0:
+            sys.setprofile(None)
+        return self._lock.__exit__(*exc)
+
+    def _profile(self, frame, event, arg) -> None:
+        if event == "call":
+            self.calls[frame.f_code.co_name] += 1
+
+
+def _calls_under_the_lock_at_checkpoint_start(directory, changes: int) -> Counter[str]:
+    sm = FileStateMachine(directory, checkpoint_bytes=1 << 30, sync_apply=False)
+    index = 0
+    for start in range(0, changes, 1000):
+        chunk = [command_entry(index + 1 + i, 1, insert(b"k%d" % ((start + i) % 500), b"v"))
+                 for i in range(min(1000, changes - start))]
+        sm.apply_chunk(chunk)
+        index += len(chunk)
+    watched = sm._lock = _WatchedLock(sm._lock)
+    sm._checkpoints.threshold = 0  # due now
+    assert sm.maybe_checkpoint()
+    sm.stop()
+    sm.close()
+    return watched.calls
+
+
+def test_a_checkpoint_start_holds_the_lock_for_work_independent_of_the_store(tmp_path):
+    """Readers take the state machine's lock, the node's event loop among them: the start
+    of a checkpoint holds it only to switch WALs and copy the store at C speed, with no
+    Python work per change and no fsync (at 1,000,000 keys and 1,280,000 changes, copying
+    the changelog as namedtuples held it ~2 s and the leader's loop, waiting on a read,
+    lost the lead)."""
+    small = _calls_under_the_lock_at_checkpoint_start(tmp_path / "small", 100)
+    big = _calls_under_the_lock_at_checkpoint_start(tmp_path / "big", 20_000)
+    assert big == small
+    assert not {"sync", "fsync_dir", "_create_wal"} & set(big)

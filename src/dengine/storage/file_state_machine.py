@@ -169,6 +169,7 @@ class FileStateMachine:
         else:
             self._wal_seq = first_seq
             self._wal = self._create_wal(first_seq)
+            self._wal_size = records.HEADER_SIZE
         if not self._sync_apply:
             self._wal.sync()  # a truncated torn tail stays truncated: appends are not synced
         self._durable_index = self._last_applied.index
@@ -242,7 +243,6 @@ class FileStateMachine:
         f.write(records.encode_header(records.MAGIC_WAL))
         f.sync()
         self._io.fsync_dir(self._dir)
-        self._wal_size = records.HEADER_SIZE
         return f
 
     # -- lifecycle
@@ -428,15 +428,15 @@ class FileStateMachine:
         return self._checkpoints.written, self._checkpoints.running()
 
     def maybe_checkpoint(self) -> bool:
-        """Checkpoint if the WAL passed the threshold and none is running. True if started."""
-        with self._lock:
-            if self._wal_size < self._checkpoints.threshold or self._checkpoints.running():
-                return False
-            if not self._checkpoints.background:
-                self.checkpoint()
-            else:
-                self._checkpoints.start(*self._begin_checkpoint())
-            return True
+        """Checkpoint if the WAL passed the threshold and none is running. True if started.
+        Call it from the thread that applies (as `apply_chunk` does)."""
+        if self._wal_size < self._checkpoints.threshold or self._checkpoints.running():
+            return False
+        if not self._checkpoints.background:
+            self.checkpoint()
+        else:
+            self._checkpoints.start(*self._begin_checkpoint())
+        return True
 
     def checkpoint(self) -> None:
         """Write a checkpoint now, synchronously, and drop the WALs it covers."""
@@ -444,28 +444,29 @@ class FileStateMachine:
         self._checkpoints.finish(*self._begin_checkpoint())
 
     def _begin_checkpoint(self) -> tuple[Iterator[bytes], int]:
-        """Freeze a consistent point: copy the store and start a new WAL (under the lock)."""
-        with self._lock:
-            image = image_of(self._store)
-            head, seq = self._rotate_wal()
-            return checkpoint_chunks(head, image.items.items(), image.changes), seq
+        """Freeze a consistent point: start a new WAL and copy the store as of then.
 
-    def _rotate_wal(self) -> tuple[CheckpointMeta, int]:
-        """Under the lock: start the next WAL; return the checkpoint metadata of the state
-        as of now (replay starts at the new WAL) and the new WAL's sequence."""
-        seq = self._wal_seq + 1
+        Run by the thread that applies, so nothing is applied meanwhile. Readers take the
+        lock too, the node's event loop among them, so it covers only the switch to the
+        new WAL and the copies, done at C speed (a dict's and a deque's own copy: ~40 and
+        ~20 ms at 1,000,000 keys and 1,280,000 changes); the old WAL's fdatasync and the
+        new one's creation happen before it. Copying the changelog as namedtuples under
+        the lock took ~2 s there: the loop, waiting on a read, lost the lead.
+        """
         old = self._wal
         if old is not None and self._durable_index != self._last_applied.index:
             self._sync_wal(old)  # only the last WAL may end in an unsynced tail
-        self._wal = self._create_wal(seq)
-        self._wal_seq = seq
+        seq = self._wal_seq + 1
+        new = self._create_wal(seq)
+        with self._lock:
+            self._wal, self._wal_seq, self._wal_size = new, seq, records.HEADER_SIZE
+            image = image_of(self._store)
+            head = CheckpointMeta(copy_log_id(self._last_applied), seq, len(image.items),
+                                  self._membership, self._snapshot, image.revision,
+                                  image.compact_revision, leases=image.leases)
         if old is not None:
             old.close()
-        store = self._store
-        head = CheckpointMeta(copy_log_id(self._last_applied), seq, len(store),
-                              self._membership, self._snapshot, store.revision,
-                              store.compact_revision, leases=store.leases.packed())
-        return head, seq
+        return checkpoint_chunks(head, image.items.items(), image.changes), seq
 
     # -- snapshots
 
@@ -506,6 +507,7 @@ class FileStateMachine:
                 self._wal.close()
             self._wal = new_wal
             self._wal_seq = seq
+            self._wal_size = records.HEADER_SIZE
             self._store = store
             self._last_applied = data.last_included
             self._durable_index = data.last_included.index

@@ -130,9 +130,10 @@ def inserts_applied(store: MvccStore, keys: list[bytes], values: list[bytes],
 
 
 def image_of(store: MvccStore) -> kvfile.StoreImage:
-    """A copy of the store's persistent image (under the lock that keeps it still)."""
+    """A copy of the store's persistent image (under the lock that keeps it still: C-level
+    copies only, no Python work per key or change)."""
     return kvfile.StoreImage(store.revision, store.compact_revision, store.copy_packed(),
-                             list(store.changes()), store.leases.packed())
+                             store.copy_changes(), store.leases.packed())
 
 
 def store_of(image: kvfile.StoreImage) -> MvccStore:
