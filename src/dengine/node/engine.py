@@ -280,15 +280,19 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         return await self._node.propose(list(commands), self._timeout(timeout))
 
     async def kv_request(
-        self, field: int, request: bytes, *, timeout: float | None = None
+        self, field: int, request: bytes, *, timeout: float | None = None,
+        forwarded: bool = False,
     ) -> WriteResult:
         """Propose an encoded etcd request (`field`: KV_PUT, KV_DELETE_RANGE, KV_TXN or
         KV_COMPACTION) as it is, checked beforehand by the caller (`kv.etcd_check`); its
-        result once applied here (NotLeader on a follower: nothing was proposed)."""
+        result once applied here (NotLeader on a follower: nothing was proposed).
+        `forwarded`: a follower sent it and waits for its own apply of it (the followers
+        are told its commit at once)."""
         command = wrap_kv_request(field, request)
         if len(command) > self._limits.max_request_size:
             check_write_size(len(command), self._limits)
-        results = await self._node.propose([command], self._timeout(timeout))
+        results = await self._node.propose([command], self._timeout(timeout),
+                                           forwarded=forwarded)
         return results[0]
 
     def header_ids(self) -> HeaderIds:

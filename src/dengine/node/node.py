@@ -119,6 +119,10 @@ class Node:
         # inbox, drained once per turn
         self._in_messages: list[Message] = []
         self._in_proposals: list[tuple[list[bytes], Write]] = []
+        # Writes a follower waits for (forwarded to this leader): the commit that covers
+        # them leaves at once instead of waiting for the next append (Outbox.hold_commit_updates).
+        self._urgent_in_turn = False
+        self._urgent_through = 0  # the last log index of such a write
         self._in_reads: dict[str, list[Read]] = {level: [] for level in LEVELS}
         # bytes of the entries that this turn's proposals and appends bring (see EntrySizes)
         self._incoming_bytes = 0
@@ -259,11 +263,13 @@ class Node:
             raise self._standing.unavailable()
 
     def propose(
-        self, commands: list[bytes], timeout: float
+        self, commands: list[bytes], timeout: float, *, forwarded: bool = False
     ) -> asyncio.Future[list[ApplyResult]]:
         """Queue encoded commands as one write; the future gets one ApplyResult each.
 
         After `timeout` seconds the future fails with Timeout (the outcome is unknown).
+        `forwarded`: a follower sent them and waits for its own apply, so the followers
+        learn their commit at once (not with the next append, up to a tick later).
         """
         self.check_running()
         if self.role is not Role.LEADER:
@@ -271,6 +277,8 @@ class Node:
         future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()
         write = Write(future, len(commands), timeout, self._due(timeout))
         self._in_proposals.append((commands, write))
+        if forwarded:
+            self._urgent_in_turn = True
         self._wake.set()
         return future
 
@@ -508,7 +516,11 @@ class Node:
             error = e
         else:
             self._pending.register(proposals, term, index)
+            if self._urgent_in_turn:
+                self._urgent_in_turn = False
+                self._urgent_through = index + len(commands) - 1
             return
+        self._urgent_in_turn = False
         for _, write in proposals:
             if not write.future.done():
                 write.future.set_exception(error)
@@ -537,7 +549,8 @@ class Node:
             # A leader's appends and heartbeats promise nothing about its own disk (it
             # counts itself toward commit only after advance), so they may leave before
             # its fsync and the followers write in parallel (Raft thesis 10.2.1).
-            if rd.committed_entries:
+            committed = rd.committed_entries
+            if committed and committed[0].index > self._urgent_through:
                 messages = self._outbox.hold_commit_updates(messages, self._pending.ticks)
             self._send(messages)
             messages = []

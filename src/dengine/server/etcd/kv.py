@@ -148,7 +148,8 @@ class KvService(EtcdBase):
         engine = self._engine
         sent_on = forwarded(context)
         try:
-            result = await engine.kv_request(field, request, timeout=timeout_of(context))
+            result = await engine.kv_request(field, request, timeout=timeout_of(context),
+                                             forwarded=sent_on)
         except NotLeader as e:
             # Not proposed here. A follower forwards it (as etcd's followers do) to the
             # leader, once; a request forwarded already is not sent on.
