@@ -199,7 +199,7 @@ class Client(ClientLeases):
         result = await self._kv_write(command, timeout)
         if result.response:
             return kvops.put_result(rpc_pb2.PutResponse.FromString(result.response))
-        return PutResult(result.revision)
+        return PutResult.of_revision(result.revision)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         await self.write([delete(key)], timeout=timeout)

@@ -296,26 +296,30 @@ class MvccStore:
 
     def insert_all(self, keys: Iterable[bytes], values: Iterable[bytes]) -> None:
         """Put key[i] = value[i] (lease 0) in order, one revision each (a chunk of plain
-        inserts: the apply path's hot loop)."""
+        inserts: the apply path's hot loop; new keys join the index once, at the end)."""
         data = self._data
         get = data.get
-        add_key = self._index.add
         log = self._changes.append
         rev = self.revision
+        new: list[bytes] | None = None
         for key, value in zip(keys, values, strict=True):
             rev += 1
             old = get(key)
             if old is None:
-                packed = pack_meta(rev, rev, 1, 0) + value
-                add_key(key)
+                data[key] = packed = pack_meta(rev, rev, 1, 0) + value
+                if new is None:
+                    new = [key]
+                else:
+                    new.append(key)
             else:
                 c, _, v, old_lease = unpack_meta(old)
-                packed = pack_meta(c, rev, v + 1, 0) + value
+                data[key] = packed = pack_meta(c, rev, v + 1, 0) + value
                 if old_lease:
                     self.leases.detach(key, old_lease)
-            data[key] = packed
             log((rev, key, packed, old))
         self.revision = rev
+        if new is not None:
+            self._index.update(new)
 
     def apply(self, op: int, key: bytes, value: bytes) -> Applied:
         """Apply one decoded command (any codec op). A command that fails (etcd's

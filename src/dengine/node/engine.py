@@ -257,7 +257,7 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         if len(data) > limits.max_request_size:
             check_write_size(len(data), limits)
         [result] = await self._node.propose([data], self._timeout(timeout))
-        return PutResult(result.revision)
+        return PutResult.of_revision(result.revision)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""

@@ -53,7 +53,6 @@ from dengine.storage.state_machine import (
     copy_log_id,
     current_values,
     image_of,
-    inserts_applied,
     store_of,
 )
 
@@ -321,6 +320,7 @@ class FileStateMachine:
             result = results.append
             only_inserts = True
             term = 0
+            revision = self._store.revision  # each plain insert makes one
             for entry in entries:
                 index = entry.index
                 if index <= prev:
@@ -343,16 +343,20 @@ class FileStateMachine:
                 put((pack(index, term, op, len(key), len(value)), key, value))
                 if op != OP_INSERT:
                     only_inserts = False
-                # The frozen dataclass __init__ is slow (state_machine._result).
+                # The frozen dataclass __init__ is slow (state_machine._result). The revision
+                # is right if the chunk holds plain inserts only (else results are redone).
                 ok = new_result(ApplyResult)
-                ok.__dict__["index"] = index
+                fields = ok.__dict__
+                fields["index"] = index
+                revision += 1
+                fields["revision"] = revision
                 result(ok)
             if not results:
                 return []
             self._write_wal(records.frame(b"".join(out)), self._sync_apply)
             # out holds (op header, key, value) per entry.
             if only_inserts:
-                inserts_applied(self._store, out[1::3], out[2::3], results)
+                self._store.insert_all(out[1::3], out[2::3])
             else:
                 ops = zip(results, out[::3], out[1::3], out[2::3], strict=True)
                 results, membership = apply_to_store(self._store, [

@@ -118,17 +118,6 @@ def apply_to_store(
     return results, membership
 
 
-def inserts_applied(store: MvccStore, keys: list[bytes], values: list[bytes],
-                    results: list[ApplyResult]) -> None:
-    """A chunk of plain inserts (results built, revisions not yet set): insert them all,
-    then give result i the revision of insert i."""
-    revision = store.revision
-    store.insert_all(keys, values)
-    for result in results:
-        revision += 1
-        result.__dict__["revision"] = revision
-
-
 def image_of(store: MvccStore) -> kvfile.StoreImage:
     """A copy of the store's persistent image (under the lock that keeps it still: C-level
     copies only, no Python work per key or change)."""
