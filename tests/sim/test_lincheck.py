@@ -247,6 +247,16 @@ def test_failed_cas_can_prove_an_unobserved_unknown_put() -> None:
     assert not check([put(1, "a", "x", 10, None), cas(2, "a", None, "y", False, 5, 6)]).ok
 
 
+def test_an_unknown_put_seen_only_through_an_unknown_cas_is_kept() -> None:
+    # put "b" and the cas expecting it both timed out; a get saw the cas's value, so the
+    # put took effect (the checker once dropped it as unobserved: seed 47 of the test below).
+    h = [put(1, "a", "x", 0, 1), put(1, "a", "b", 2, None),
+         cas(1, "a", "b", "c", None, 3, None), get(2, "a", "c", 5, 6)]
+    assert check(h).ok
+    assert not check([put(1, "a", "x", 0, 1), cas(1, "a", "b", "c", None, 3, None),
+                      get(2, "a", "c", 5, 6)]).ok
+
+
 def _atomic_history(rng: random.Random, n_ops: int, n_keys: int, n_clients: int,
                     cas_share: float = 0.0, spread: float = 3.0,
                     unknown_share: float = 0.05) -> list[Op]:

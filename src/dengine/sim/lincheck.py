@@ -135,11 +135,13 @@ def _drop_unobserved_writes(ops: list[Op]) -> list[Op]:
     can always explain by placing it right before the overwrite or at the end. A cas
     observes the value it expects when it swaps, and a failed cas observes that the value
     was anything but its `expected`: with one of those on the key nothing is dropped.
+    A cas of unknown outcome counts as observing its `expected` too: if it swapped and a
+    get saw its value, the put it expected had to take effect before it.
     """
     if any(op.kind == "cas" and op.ret is not None and not op.output for op in ops):
         return ops
     observed = {op.output for op in ops if op.kind == "get" and op.output is not None}
-    observed |= {op.expected for op in ops if op.kind == "cas" and op.ret is not None}
+    observed |= {op.expected for op in ops if op.kind == "cas"}
     return [
         op for op in ops
         if not (op.kind == "put" and op.ret is None and op.value not in observed)
