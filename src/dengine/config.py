@@ -29,6 +29,7 @@ class NodeConfig:
     # (this node and `peers`) at the first start, then read from the data dir.
     cluster_id: str = ""
     initial_cluster_token: str = ""
+    # "" = no peer listener: a lone node that cannot grow (the embedded Engine's default).
     listen_peer: str = "127.0.0.1:9181"
     listen_client: str = "127.0.0.1:9081"
     # The native (framed TCP) client listener of `dengine serve`: HOST:PORT (port 0: any
@@ -105,6 +106,8 @@ class NodeConfig:
     listen_metrics: str = ""
 
     log_level: str = "info"
+    # `dengine serve` writes its pid here while it runs ("" = nowhere).
+    pid_file: str = ""
 
     def initial_cluster_id(self) -> str:
         """The cluster id a first start derives (etcd's way): 16 hex digits of the SHA-256
@@ -179,7 +182,10 @@ class NodeConfig:
             raise ConfigError("heartbeat_interval_ms must be below election_timeout_ms")
         if self.lease_read and self.clock_drift_ms >= self.election_timeout_ms:
             raise ConfigError("clock_drift_ms must be below election_timeout_ms")
-        for addr in [self.listen_peer, self.listen_client, *self.peers.values()]:
+        if not self.listen_peer and (self.peers or self.join):
+            raise ConfigError("listen_peer is needed with peers or join (\"\" = no peer "
+                              "listener, for a node that stays alone)")
+        for addr in [self.listen_peer or "0:1", self.listen_client, *self.peers.values()]:
             parse_address(addr)
         self.auto_compaction()
         self.client_tls()

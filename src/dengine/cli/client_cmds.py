@@ -96,11 +96,13 @@ hex_option = click.option("--hex", "use_hex", is_flag=True,
 
 def run(endpoints: str, timeout: float, transport: str,
         action: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
-    """Run one client action on a fresh event loop, closing the client afterwards."""
+    """Run one client action on a fresh event loop, closing the client afterwards. A
+    command gives up at once when no endpoint can be connected to (refused, unknown host)
+    rather than retrying until --timeout: a one-shot command has no restart to wait for."""
 
     async def main() -> T:
         async with Client(endpoints, timeout=timeout, transport=transport,
-                          tls=tls_settings()) as client:
+                          tls=tls_settings(), dial_timeout=0.0) as client:
             return await action(client)
 
     return asyncio.run(main())
@@ -144,15 +146,20 @@ def _print_status_table(results: dict[str, NodeStatus | DengineError]) -> None:
     for column in ("endpoint", "id", "role", "term", "leader", "commit", "applied",
                    "last index"):
         table.add_column(column, justify="left" if column in ("endpoint", "role") else "right")
+    errors = []
     for endpoint, r in results.items():
         if isinstance(r, DengineError):
             table.add_row(endpoint, "-", "[red]unreachable[/red]", *["-"] * 5)
+            where = "" if endpoint in r.message else f"{endpoint}: "
+            errors.append(f"{where}error [{r.code}]: {r.message}")
         else:
             leader = str(r.leader_id) if r.leader_id else "none"
             role = f"[bold]{r.role}[/bold]" if r.role == "leader" else r.role
             table.add_row(endpoint, str(r.node_id), role, str(r.term), leader,
                           str(r.commit_index), str(r.applied_index), str(r.last_log_index))
     Console().print(table)
+    for line in errors:  # why each one is unreachable
+        click.echo(line, err=True)
 
 
 @click.group()

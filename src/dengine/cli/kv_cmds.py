@@ -172,20 +172,35 @@ def get(key: str, range_end: str | None, prefix: bool, from_key: bool, limit: in
 @click.argument("value", required=False)
 @click.option("--prev-kv", is_flag=True, help="Print the key as it was before.")
 @click.option("--lease", default="0", metavar="ID", help="Lease ID (hexadecimal).")
+@click.option("--value-file", type=click.File("rb"), metavar="FILE",
+              help="Read the value from FILE ('-': stdin), byte for byte.")
 @write_out_option
 @hex_option
 @client_options
-def put(key: str, value: str | None, prev_kv: bool, lease: str, write_out: str,
-        use_hex: bool, endpoints: str, timeout: float, transport: str,
+def put(key: str, value: str | None, prev_kv: bool, lease: str, value_file: Any,
+        write_out: str, use_hex: bool, endpoints: str, timeout: float, transport: str,
         as_json: bool) -> None:
-    """Set KEY to VALUE (read from stdin when VALUE is not given)."""
+    """Set KEY to VALUE.
+
+    As etcdctl's put: without VALUE, the value is read from stdin (`cat file | dengine
+    put KEY`); a VALUE starting with '-' is taken for a flag unless it follows '--'
+    (`dengine put KEY -- -1`), and a lone '-' is stored as is. --value-file FILE reads it
+    from a file (no size limit of the command line)."""
     k = decode_arg(key, use_hex, "key")
+    if value is not None and value_file is not None:
+        raise click.UsageError("give VALUE or --value-file, not both")
     if value is None:
-        raw = sys.stdin.buffer.read()
+        source = value_file or sys.stdin.buffer
+        if value_file is None and sys.stdin.isatty():
+            click.echo("reading the value from stdin (end it with Ctrl-D) ...", err=True)
+        raw = source.read()
         v = decode_arg(raw.decode("utf-8", "surrogateescape").strip(), True, "value") \
             if use_hex else raw
     else:
         v = decode_arg(value, use_hex, "value")
+        if value == "-":
+            click.echo("note: stored the value '-' (as etcdctl does); to read the value from "
+                       "stdin leave VALUE out, from a file use --value-file FILE", err=True)
     lease_id = lease_id_arg(lease)
     result = run(endpoints, timeout, transport,
                  lambda c: c.put(k, v, prev_kv=prev_kv, lease=lease_id))

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import os
+import shlex
+import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from dengine.config import NodeConfig, parse_peer
-from dengine.errors import DengineError
+from dengine.errors import ConfigError, DengineError
 
 if TYPE_CHECKING:
     from dengine.server.supervisor import ServerProcess
@@ -104,6 +109,7 @@ SETTINGS_HELP = {
     "listen_metrics": "HOST:PORT of the HTTP endpoint serving /metrics (Prometheus) and "
                       "/health (empty: off).",
     "log_level": "debug, info, warning or error.",
+    "pid_file": "Write the server's pid to this file while it runs (removed at exit).",
 }
 
 
@@ -140,7 +146,31 @@ def serve(config_file: str | None, peers: tuple[str, ...], **settings: Any) -> N
     """Run one node with its client API until SIGTERM or Ctrl-C."""
     from dengine.server import run_server
 
-    sys.exit(run_server(serve_config(config_file, peers, settings)))
+    config = serve_config(config_file, peers, settings)
+    with pid_file(config.pid_file):
+        code = run_server(config)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def pid_file(path: str) -> Iterator[None]:
+    """Write this process's pid to `path` ("" = nothing) for as long as it runs."""
+    if not path:
+        yield
+        return
+    target = Path(path)
+    try:
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, target)
+    except OSError as e:
+        raise ConfigError(f"cannot write the pid file {path}: {e.strerror}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if int(target.read_text().strip()) == os.getpid():
+                target.unlink()
 
 
 def serve_config(config_file: str | None, peers: Sequence[str], settings: dict[str, Any]
@@ -155,6 +185,31 @@ def serve_config(config_file: str | None, peers: Sequence[str], settings: dict[s
 @click.group()
 def cluster() -> None:
     """A local multi-process cluster for development and demos."""
+
+
+def dengine_command() -> str:
+    """How to run this same `dengine` from a shell: `dengine` when that is what is on
+    PATH, else the script's full path, else `python -m dengine` of this interpreter."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if script is not None and script.name == "dengine" and script.is_file():
+        on_path = shutil.which("dengine")
+        if on_path is not None and Path(on_path).resolve() == script.resolve():
+            return "dengine"
+        return shlex.quote(str(script.resolve()))
+    return shlex.join([sys.executable, "-m", "dengine"])
+
+
+class _Report:
+    """What `cluster up` tells: lines of text, or one JSON object per line (--json)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.json = as_json
+
+    def __call__(self, event: str, text: str, *, err: bool = False, **fields: Any) -> None:
+        if self.json:
+            click.echo(json.dumps({"event": event, **fields}))
+        else:
+            click.echo(text, err=err)
 
 
 @cluster.command("up")
@@ -172,11 +227,17 @@ def cluster() -> None:
               help="Token the cluster's id is derived from  [default: the base dir's path]")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per line (events: node, endpoints, ready, exited, "
+                   "stopping, stopped).")
 def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port: int,
-               cluster_id: str, initial_cluster_token: str, log_level: str) -> None:
+               cluster_id: str, initial_cluster_token: str, log_level: str,
+               as_json: bool) -> None:
     """Start NODES local server processes in the foreground; Ctrl-C stops them all.
 
     The processes stop too if this command dies, even by kill -9 (docs/operations.md).
+    A node restarted by hand with the command this prints is stopped by Ctrl-C too (it
+    writes DIR/node<N>.pid).
     """
     from dengine.server.process import ensure_port_free
     from dengine.server.supervisor import ServerProcess, config_toml
@@ -188,26 +249,29 @@ def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port
         for addr in (clients[n], peers[n]):
             ensure_port_free(addr, "; pick other ports with --client-port and --peer-port")
     base.mkdir(parents=True, exist_ok=True)
+    command = dengine_command()
     children = []
     for n in clients:
         settings: dict[str, Any] = {
             "data_dir": str(base / f"node{n}"), "node_id": n,
             "initial_cluster_token": initial_cluster_token or str(base),
-            "listen_client": clients[n], "listen_peer": peers[n], "log_level": log_level}
+            "listen_client": clients[n], "listen_peer": peers[n], "log_level": log_level,
+            "pid_file": str(base / f"node{n}.pid")}
         if cluster_id:
             settings["cluster_id"] = cluster_id
         child = ServerProcess(n, base / f"node{n}.toml", base / f"node{n}.log")
         child.config_file.write_text(config_toml(
             settings, {i: a for i, a in peers.items() if i != n},
             ["Written by `dengine cluster up`; restart this node with",
-             "`dengine serve --config <this file>`."]))
+             f"{command} serve --config {shlex.quote(str(child.config_file))}"]))
         children.append(child)
-    sys.exit(asyncio.run(_run_cluster(children, clients, peers)))
+    sys.exit(asyncio.run(_run_cluster(children, clients, peers, command, _Report(as_json))))
 
 
 async def _run_cluster(children: list[ServerProcess], clients: dict[int, str],
-                       peers: dict[int, str]) -> int:
-    """Start the children, report readiness, and stop every one of them on the way out."""
+                       peers: dict[int, str], command: str, report: _Report) -> int:
+    """Start the children, report readiness, and stop every one of them on the way out
+    (and the nodes restarted by hand meanwhile)."""
     from dengine.server.supervisor import stop_all, supervise
 
     stop = asyncio.Event()
@@ -218,35 +282,102 @@ async def _run_cluster(children: list[ServerProcess], clients: dict[int, str],
         for child in children:
             child.start()
             n = child.node_id
-            click.echo(f"node {n}: pid {child.pid}, client {clients[n]}, peer {peers[n]}, "
-                       f"log {child.log_file}")
+            report("node", f"node {n}: pid {child.pid}, client {clients[n]}, peer {peers[n]}, "
+                   f"log {child.log_file}", node_id=n, pid=child.pid, client=clients[n],
+                   peer=peers[n], log=str(child.log_file), config=str(child.config_file))
         endpoints = ",".join(clients.values())
-        click.echo(f"endpoints: {endpoints}")
-        await _report_ready(children, endpoints, stop)
+        report("endpoints", f"endpoints: {endpoints}", endpoints=list(clients.values()))
+        await _report_ready(children, endpoints, stop, report)
 
         def exited(child: ServerProcess) -> None:
             code = child.process.returncode if child.process is not None else None
-            click.echo(f"node {child.node_id} exited with code {code} (see "
-                       f"{child.log_file}); restart it with: dengine serve --config "
-                       f"{child.config_file}", err=True)
+            restart = f"{command} serve --config {shlex.quote(str(child.config_file))}"
+            report("exited", f"node {child.node_id} exited with code {code} (see "
+                   f"{child.log_file}); restart it with: {restart}", err=True,
+                   node_id=child.node_id, code=code, log=str(child.log_file), restart=restart)
 
         if await supervise(children, stop, exited):
             return 0
-        click.echo("every node has exited", err=True)
+        report("exited", "every node has exited", err=True, node_id=None)
         return 1
     finally:
-        click.echo("stopping the cluster ...")
+        report("stopping", "stopping the cluster ...")
+        by_hand = _restarted_by_hand(children)
         stop_all(children)
+        for node_id, pid in by_hand:
+            report("stopping", f"stopping node {node_id} (pid {pid}, restarted by hand)",
+                   node_id=node_id, pid=pid)
+        _stop_pids([pid for _, pid in by_hand])
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
-        click.echo("stopped")
+        report("stopped", "stopped")
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _restarted_by_hand(children: list[ServerProcess]) -> list[tuple[int, int]]:
+    """(node id, pid) of the nodes of this cluster that run outside `cluster up` (its own
+    child exited, and the pid file of its config names a live `dengine serve` of it)."""
+    from dengine.config import NodeConfig
+
+    out = []
+    for child in children:
+        if child.alive:
+            continue
+        try:
+            path = NodeConfig.from_toml(str(child.config_file)).pid_file
+            pid = int(Path(path).read_text().strip()) if path else 0
+        except (DengineError, OSError, ValueError):
+            continue
+        if pid > 0 and _serves(pid, child.config_file):
+            out.append((child.node_id, pid))
+    return out
+
+
+def _serves(pid: int, config_file: Path) -> bool:
+    """Whether `pid` is a live process running `serve --config config_file` (where /proc
+    tells; elsewhere whether it is alive)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return b"serve" in argv and any(
+        Path(os.fsdecode(a)).name == config_file.name for a in argv if a)
+
+
+def _stop_pids(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM each, SIGKILL those still alive after `grace` seconds (not our children:
+    polled)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 async def _report_ready(children: list[ServerProcess], endpoints: str,
-                        stop: asyncio.Event) -> None:
+                        stop: asyncio.Event, report: _Report) -> None:
     from dengine.client import Client
 
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -259,8 +390,10 @@ async def _report_ready(children: list[ServerProcess], endpoints: str,
             except DengineError:
                 await asyncio.sleep(0.1)
                 continue
-            click.echo(f"ready: leader is node {leader.id} at {leader.address or '?'} "
-                       f"(term {leader.term}); press Ctrl-C to stop")
+            report("ready", f"ready: leader is node {leader.id} at {leader.address or '?'} "
+                   f"(term {leader.term}); press Ctrl-C to stop", leader_id=leader.id,
+                   leader_address=leader.address, term=leader.term)
             return
     if not stop.is_set():
-        click.echo(f"no leader after {READY_TIMEOUT_S:g}s; check the node logs", err=True)
+        report("no_leader", f"no leader after {READY_TIMEOUT_S:g}s; check the node logs",
+               err=True)

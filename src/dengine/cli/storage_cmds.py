@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -10,7 +11,9 @@ import click
 
 @click.command()
 @click.argument("data_dir", type=click.Path())
-def check(data_dir: str) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as one JSON object (same exit status).")
+def check(data_dir: str, as_json: bool) -> None:
     """Scan every storage file under DATA_DIR and tell what start-up would do, changing
     nothing.
 
@@ -38,6 +41,24 @@ def check(data_dir: str) -> None:
     except StorageError as e:
         identity = None
         result.error = e.message  # start-up refuses it first
+    if as_json:
+        click.echo(json.dumps({
+            "data_dir": data_dir,
+            "files": [{"file": os.path.relpath(r.path, data_dir), "kind": r.kind,
+                       "records": r.records, "first_index": r.first_index,
+                       "last_index": r.last_index, "status": r.status, "detail": r.detail}
+                      for r in result.reports],
+            "node_id": identity[0] if identity is not None else None,
+            "cluster_id": identity[1] if identity is not None else None,
+            "at_start_up": [
+                f"{op} {os.path.relpath(path, data_dir)} {detail}".rstrip()
+                for op, path, detail in result.actions
+            ] + ([result.plan.describe()]
+                 if result.plan is not None and result.plan.action != NOTHING else []),
+            "start_up": "refuses" if result.error is not None else "proceeds",
+            "error": result.error,
+        }, indent=2))
+        sys.exit(1 if result.error is not None else 0)
     table = Table(title=f"dengine check {data_dir}")
     for column in ("file", "kind", "records", "indexes", "status", "detail"):
         table.add_column(column, justify="right" if column == "records" else "left")

@@ -119,7 +119,10 @@ class Client(ClientLeases):
     file that signed the nodes' certificates (without it, the system's trusted CAs),
     `cert` and `key`, a client certificate for nodes that require one; any of them, or
     `tls=True`, turns TLS on (`tls` also takes a `dengine.tls.ClientTls`). The host names
-    of `endpoints` are checked against the nodes' certificates.
+    of `endpoints` are checked against the nodes' certificates. `dial_timeout`: a call
+    gives up once every endpoint it may use has refused connections (or named an unknown
+    host) for this many seconds (0: after one try of each; None, the default: retried
+    until the deadline, as across a restart).
     """
 
     def __init__(
@@ -135,8 +138,10 @@ class Client(ClientLeases):
         cacert: str | None = None,
         cert: str | None = None,
         key: str | None = None,
+        dial_timeout: float | None = None,
     ) -> None:
-        self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key))
+        self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key),
+                              dial_timeout=dial_timeout)
         self._timeout = check_timeout(timeout)
         self._closed = False
         self._closed_event = asyncio.Event()  # ends the watches

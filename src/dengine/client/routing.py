@@ -133,11 +133,13 @@ def error_from_wire(err: Error) -> DengineError:
 
 
 class Unsent(Exception):
-    """Internal: the attempt failed before the request left (safe to retry a write)."""
+    """Internal: the attempt failed before the request left (safe to retry a write);
+    `dial`: because the node could not be connected to (refused, unknown host)."""
 
-    def __init__(self, error: DengineError) -> None:
+    def __init__(self, error: DengineError, *, dial: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
+        self.dial = dial
 
 
 def member_from_wire(m: MemberStatus) -> MemberInfo:
@@ -156,8 +158,8 @@ class Router:
     """
 
     def __init__(self, endpoints: str | Iterable[str], transport: str,
-                 probe_interval: float = PROBE_INTERVAL_S, tls: ClientTls | None = None
-                 ) -> None:
+                 probe_interval: float = PROBE_INTERVAL_S, tls: ClientTls | None = None,
+                 dial_timeout: float | None = None) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
                                  + ", ".join(TRANSPORTS) + ")")
@@ -176,6 +178,12 @@ class Router:
         self._next = 0  # round-robin position over endpoints when no leader is known
         # address -> until when it is passed over (it did not answer or could not be reached)
         self._suspects: dict[str, float] = {}
+        # Give up a call once every endpoint it may use has refused connections (or has a
+        # host that does not resolve) for this long, instead of retrying until the
+        # deadline (None: until the deadline, e.g. across a restart).
+        self._dial_timeout = dial_timeout
+        # address -> (since when, why) it cannot be connected to; cleared when it answers
+        self._unreachable: dict[str, tuple[float, str]] = {}
 
     async def close(self) -> None:
         natives, self._native = list(self._native.values()), {}
@@ -207,6 +215,7 @@ class Router:
             except Unsent as unsent:
                 self._forget(addr)
                 self._tls_failed(addr, unsent.error)
+                self._dial_failed(addr, unsent, self.endpoints)
                 await backoff.sleep(deadline, unsent.error)
                 continue
             except _Late as late:
@@ -216,10 +225,7 @@ class Router:
                 if write or time.monotonic() >= deadline:
                     raise
                 continue
-            if self._suspects:
-                self._suspects.pop(addr, None)
-            if self._tls_failures:
-                self._tls_failures.pop(addr, None)
+            self._answered(addr)
             if not resp.HasField("error"):
                 return resp
             err = error_from_wire(resp.error)
@@ -272,13 +278,14 @@ class Router:
             except (Unsent, Timeout) as e:
                 error = e.error if isinstance(e, Unsent) else e
                 self._tls_failed(addr, error, candidates)
+                if isinstance(e, Unsent):
+                    self._dial_failed(addr, e, candidates)
                 if time.monotonic() >= deadline:
                     raise error from None
                 if turn % len(candidates) == 0:
                     await backoff.sleep(deadline, error)
                 continue
-            if self._suspects:
-                self._suspects.pop(addr, None)
+            self._answered(addr)
             if resp.HasField("error"):
                 raise error_from_wire(resp.error)
             return resp, addr
@@ -415,7 +422,9 @@ class Router:
             error = e if isinstance(e, DengineError) else e.error
             if isinstance(error, TlsError):
                 raise Unsent(error) from None
-            raise Unsent(Unavailable(f"{addr}: {error.message}")) from None
+            message = error.message if addr in error.message else f"{addr}: {error.message}"
+            raise Unsent(Unavailable(message), dial=isinstance(e, Unsent) and e.dial
+                         ) from None
         native = "" if resp.HasField("error") else resp.native_address
         if not native:
             if self._transport == "native":
@@ -501,6 +510,28 @@ class Router:
                 self._next = (self._next + i) % n
                 return addr
         return endpoints[self._next % n]
+
+    def _answered(self, addr: str) -> None:
+        if self._suspects:
+            self._suspects.pop(addr, None)
+        if self._tls_failures:
+            self._tls_failures.pop(addr, None)
+        if self._unreachable:
+            self._unreachable.pop(addr, None)
+
+    def _dial_failed(self, addr: str, unsent: Unsent, candidates: list[str]) -> None:
+        """`addr` could not be connected to: with a dial timeout, give up the call (raise
+        Unavailable, naming each endpoint's reason) once every candidate has been
+        unreachable for that long."""
+        if not unsent.dial or self._dial_timeout is None:
+            return
+        now = time.monotonic()
+        self._unreachable[addr] = (self._unreachable.get(addr, (now, ""))[0],
+                                   unsent.error.message)
+        since = [self._unreachable.get(a) for a in candidates]
+        if all(s is not None and now - s[0] >= self._dial_timeout for s in since):
+            reasons = "; ".join(s[1] for s in since if s is not None)
+            raise Unavailable(reasons)
 
     def _suspect(self, addr: str) -> None:
         self._suspects[addr] = time.monotonic() + _SUSPECT_S
@@ -589,9 +620,15 @@ def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool,
     if problem:
         return Unsent(TlsError(f"cannot connect to {addr}: {problem}"))
     if code == grpc.StatusCode.UNAVAILABLE:
-        if "failed to connect" in details.lower() or "connection refused" in details.lower():
+        lowered = details.lower()
+        if "failed to connect" in lowered or "connection refused" in lowered:
             reason = details.rsplit(": ", 1)[-1]
-            return Unsent(Unavailable(f"cannot connect to {addr}: {reason}"))
+            return Unsent(Unavailable(f"cannot connect to {addr}: {reason}"), dial=True)
+        if "resolv" in lowered or "dns" in lowered:  # an unknown host: not a lost connection
+            reason = details.rsplit(": ", 1)[-1].rstrip("]")
+            host = addr.rpartition(":")[0]
+            return Unsent(Unavailable(f"cannot connect to {addr}: unknown host {host!r} "
+                                      f"({reason})"), dial=True)
         return ConnectionLost(f"{addr}: connection lost during {method}: {details}{unknown}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return Timeout(f"{addr}: no answer to {method} before the deadline{unknown}")

@@ -148,12 +148,15 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
 
         `settings` are NodeConfig field names (node_id=, cluster_id=, listen_peer=,
         peers={id: "host:port"}, listen_client=, tick_ms=, ...) and win over `config`.
-        Every node listens for peers on `listen_peer`, a lone one too (so that it can grow);
-        if that address is taken, a lone node runs anyway and logs a warning.
+        Without `config`, a node given no peers, no join and no listen_peer binds no port
+        at all (it runs alone); with a listen_peer it listens for peers there (so that it
+        can grow); if that address is taken, a lone node runs anyway and logs a warning.
         """
         base = config or NodeConfig()
         if config is None or data_dir != "./dengine-data":
             settings.setdefault("data_dir", data_dir)
+        if config is None and not settings.get("peers") and not settings.get("join"):
+            settings.setdefault("listen_peer", "")
         node = Node(base.replace(**settings))
         await node.start()
         engine = cls(node)

@@ -110,10 +110,12 @@ class Members:
         on_snapshot_chunk: SnapshotChunkHandler,
         on_snapshot_done: SnapshotDoneHandler,
     ) -> PeerTransport | None:
-        """Start the peer transport (`self.transport`); None if a lone node cannot listen
-        for peers (it works alone, it just cannot grow)."""
+        """Start the peer transport (`self.transport`); None if a lone node has no
+        `listen_peer` or cannot listen for peers (it works alone, it just cannot grow)."""
         config = self._config
         peers = self.peer_addresses()
+        if not config.listen_peer:  # a lone embedded node: no peer listener asked for
+            return None
         transport = self._make_transport(
             node_id=self.node_id,
             cluster_id=config.cluster_id,

@@ -9,6 +9,7 @@ through a `DryRunDisk` that records what start-up would change instead of changi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -66,8 +67,14 @@ def inspect_file(io: FileIO, path: str) -> FileReport:
     name = os.path.basename(path)
     if name.endswith(".tmp"):
         return FileReport(path, "temporary file", status=OTHER, detail="removed at next start")
-    if name == "node.json":
-        return FileReport(path, "node identity", status=OTHER)
+    if name == "node.json":  # dengine.node.datadir's; start-up reads it first
+        try:
+            ident = json.loads(io.read(path))
+            detail = (f"node {ident['node_id']} of cluster {ident['cluster_id']!r}, "
+                      f"format {ident.get('format', 1)}")
+        except (ValueError, KeyError, TypeError, OSError):
+            return FileReport(path, "node identity", status=OTHER, detail="unreadable")
+        return FileReport(path, "node identity", status=OK, detail=detail)
     found = _kind(name)
     if found is None:
         return FileReport(path, "unknown file", status=OTHER)

@@ -1,0 +1,77 @@
+"""`dengine cluster up` after a node was restarted by hand as the README says (issue 18
+item 7): the restart command it prints works as printed, and Ctrl-C stops that node too."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from e2e_support import CLI, pid_alive
+
+from dengine.bench.cluster import free_port_run
+
+
+def test_ctrl_c_stops_a_node_restarted_by_hand(tmp_path: Path) -> None:
+    client_base, peer_base = free_port_run(2), free_port_run(2)
+    while abs(client_base - peer_base) < 2:
+        peer_base = free_port_run(2)
+    proc = subprocess.Popen(
+        [*CLI, "cluster", "up", "--nodes", "2", "--base-dir", str(tmp_path / "c"),
+         "--client-port", str(client_base), "--peer-port", str(peer_base), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    events: list[dict] = []
+    by_hand: subprocess.Popen[bytes] | None = None
+
+    def next_event(kind: str) -> dict:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, events
+            events.append(json.loads(line))  # every line is JSON
+            if events[-1]["event"] == kind:
+                return events[-1]
+        raise AssertionError(events)
+
+    try:
+        next_event("ready")
+        nodes = {e["node_id"]: e for e in events if e["event"] == "node"}
+        assert set(nodes) == {1, 2}
+        subprocess.run(["kill", "-9", str(nodes[2]["pid"])], check=True)
+        exited = next_event("exited")
+        restart = exited["restart"]
+        assert exited["node_id"] == 2 and restart.endswith(f"serve --config {nodes[2]['config']}")
+        # the printed command runs as printed (no `dengine` on PATH needed)
+        with open(tmp_path / "by-hand.log", "wb") as log:
+            by_hand = subprocess.Popen(shlex.split(restart), stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        pid_file = tmp_path / "c" / "node2.pid"
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text().strip() == str(by_hand.pid)):
+            assert time.monotonic() < deadline and by_hand.poll() is None, (
+                (tmp_path / "by-hand.log").read_text())
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        lines = [json.loads(line) for line in rest.splitlines()]
+        assert {"event": "stopping", "node_id": 2, "pid": by_hand.pid} in lines, lines
+        assert lines[-1] == {"event": "stopped"}
+        assert by_hand.wait(15) == 0  # a clean stop (SIGTERM)
+        assert not pid_file.exists()
+        assert not pid_alive(nodes[1]["pid"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if by_hand is not None and by_hand.poll() is None:
+            by_hand.kill()
+            by_hand.wait()
+        for e in events:
+            if e["event"] == "node" and pid_alive(e["pid"]):
+                subprocess.run(["kill", "-9", str(e["pid"])], check=False)
