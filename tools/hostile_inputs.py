@@ -98,7 +98,8 @@ class ClusterProcs:
             args = [sys.executable, "-c", "from dengine.cli import main; main()", "serve",
                     "--id", str(i),
                     "--data-dir", str(base / f"n{i}"), "--listen-peer", peers[i],
-                    "--listen-client", self.clients[i - 1], "--log-level", "warning", *extra]
+                    "--listen-client", self.clients[i - 1], "--listen-client-native",
+                    "127.0.0.1:0", "--log-level", "warning", *extra]
             for j, a in peers.items():
                 if j != i:
                     args += ["--peer", f"{j}={a}"]

@@ -29,11 +29,20 @@ class NodeConfig:
     # (this node and `peers`) at the first start, then read from the data dir.
     cluster_id: str = ""
     initial_cluster_token: str = ""
-    # "" = no peer listener: a lone node that cannot grow (the embedded Engine's default).
+    # What this node binds (etcd's --listen-peer-urls / --listen-client-urls; HOST:PORT or
+    # http://HOST:PORT). listen_peer "" = no peer listener: a lone node that cannot grow
+    # (the embedded Engine's default).
     listen_peer: str = "127.0.0.1:9181"
     listen_client: str = "127.0.0.1:9081"
+    # What the others are told (etcd's flags): the address the members reach this node's
+    # peer listener at (in the membership), and the one clients reach its client port at
+    # (redirects, Status, MemberList); "" = the listen address. Behind NAT or in a
+    # container, where the bound address is not the reachable one.
+    initial_advertise_peer_urls: str = ""
+    advertise_client_urls: str = ""
     # The native (framed TCP) client listener of `dengine serve`: HOST:PORT (port 0: any
-    # free port), "auto" = listen_client's host and port 0, "" = none (gRPC only).
+    # free port, new at every start), "auto" = listen_client's host and its port +
+    # NATIVE_PORT_OFFSET (9281 by default), "" = none (gRPC only).
     listen_client_native: str = "auto"
     # Other members at first start: {node_id: "host:port" of their peer listener}.
     peers: dict[int, str] = field(default_factory=dict)
@@ -106,6 +115,7 @@ class NodeConfig:
     listen_metrics: str = ""
 
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object per line, with node id and term
     # `dengine serve` writes its pid here while it runs ("" = nowhere).
     pid_file: str = ""
 
@@ -118,9 +128,26 @@ class NodeConfig:
                           *self.initial_members().split(",")])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def __post_init__(self) -> None:
+        # etcd's URL form (http://HOST:PORT) is accepted wherever an address is
+        for name in _ADDRESS_SETTINGS:
+            value = getattr(self, name)
+            if isinstance(value, str) and "://" in value:
+                setattr(self, name, url_address(value))
+
+    @property
+    def peer_address(self) -> str:
+        """Where the other members reach this node's peer listener (advertised)."""
+        return self.initial_advertise_peer_urls or self.listen_peer
+
+    @property
+    def client_address(self) -> str:
+        """Where clients reach this node's gRPC client port (advertised)."""
+        return self.advertise_client_urls or self.listen_client
+
     def initial_members(self) -> str:
         """The initial members, "ID=HOST:PORT,..." in id order (this node and `peers`)."""
-        members = {self.node_id: self.listen_peer, **self.peers}
+        members = {self.node_id: self.peer_address, **self.peers}
         return ",".join(f"{i}={a}" for i, a in sorted(members.items()))
 
     @property
@@ -187,6 +214,15 @@ class NodeConfig:
                               "listener, for a node that stays alone)")
         for addr in [self.listen_peer or "0:1", self.listen_client, *self.peers.values()]:
             parse_address(addr)
+        for name in ("initial_advertise_peer_urls", "advertise_client_urls"):
+            value = getattr(self, name)
+            if value:
+                host, _ = parse_address(value)
+                if host in ("0.0.0.0", "::"):
+                    raise ConfigError(f"{name} must be an address others can reach, not the "
+                                      f"wildcard {value!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be 'text' or 'json', got {self.log_format!r}")
         self.auto_compaction()
         self.client_tls()
         self.peer_tls()
@@ -250,8 +286,22 @@ class NodeConfig:
         """Where the native client listener binds: HOST:PORT, or "" when it is off."""
         if self.listen_client_native != "auto":
             return self.listen_client_native
-        host, _ = parse_address(self.listen_client)
-        return f"[{host}]:0" if ":" in host else f"{host}:0"
+        host, port = parse_address(self.listen_client)
+        native = port + NATIVE_PORT_OFFSET
+        if native > 65535:
+            raise ConfigError(f"listen_client_native auto: port {port} + "
+                              f"{NATIVE_PORT_OFFSET} is not a port; set listen_client_native")
+        return f"[{host}]:{native}" if ":" in host else f"{host}:{native}"
+
+    def advertised_native(self, bound: str) -> str:
+        """The native listener's address announced in Status: the bound one, on the
+        advertised client host when advertise_client_urls is set (publish the native port
+        under the same number)."""
+        if not self.advertise_client_urls or not bound:
+            return bound
+        host, _ = parse_address(self.advertise_client_urls)
+        port = parse_address(bound, allow_port_zero=True)[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def replace(self, **changes: Any) -> NodeConfig:
         """A copy with `changes` applied (None values are ignored: unset flags)."""
@@ -271,6 +321,11 @@ class NodeConfig:
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML: {e}") from None
+        for alias, name in _TOML_ALIASES.items():  # etcd's names
+            if alias in raw:
+                if name in raw:
+                    raise ConfigError(f"{path}: {alias} and {name} are the same setting")
+                raw[name] = raw.pop(alias)
         if "peers" in raw:
             peers = raw["peers"]
             if not isinstance(peers, dict):
@@ -289,6 +344,26 @@ class NodeConfig:
             ):
                 raise ConfigError(f"{path}: {key} must be {expected.__name__}, got {value!r}")
         return cls().replace(**raw)
+
+
+# The native client port when listen_client_native is "auto": the client port + this
+# (9081 -> 9281; peers are on 9181), the same at every start.
+NATIVE_PORT_OFFSET = 200
+_ADDRESS_SETTINGS = ("listen_peer", "listen_client", "listen_client_native",
+                     "initial_advertise_peer_urls", "advertise_client_urls")
+# etcd's names of two settings, accepted in a TOML file (and as flags).
+_TOML_ALIASES = {"listen_peer_urls": "listen_peer", "listen_client_urls": "listen_client"}
+
+
+def url_address(url: str) -> str:
+    """HOST:PORT of etcd's URL form "http://HOST:PORT" (or "https://"); one URL only."""
+    text = url.strip()
+    if "," in text:
+        raise ConfigError(f"{text!r}: one address only (dengine binds and advertises one)")
+    scheme, _, rest = text.partition("://")
+    if scheme not in ("http", "https") or not rest or "/" in rest.rstrip("/"):
+        raise ConfigError(f"invalid URL {text!r}: expected http://HOST:PORT")
+    return rest.rstrip("/")
 
 
 def parse_address(addr: str, *, allow_port_zero: bool = False) -> tuple[str, int]:

@@ -32,7 +32,7 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = open(work / "node.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [*CLI, "serve", "--data-dir", str(work / "d"), "--listen-client", client,
-         "--listen-peer", f"127.0.0.1:{_free_port()}"],
+         "--listen-peer", f"127.0.0.1:{_free_port()}", "--listen-client-native", "127.0.0.1:0"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

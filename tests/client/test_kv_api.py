@@ -50,7 +50,7 @@ async def serving(tmp_path: Path, nodes: int = 3) -> AsyncIterator[tuple[Engine,
         config = leader.config
         service = ClientService(leader, config)
         native = NativeServer.from_config(service, config)
-        service.native_address = await native.start(config.native_listen_address)
+        service.native_address = await native.start("127.0.0.1:0")
         stops.append(functools.partial(native.stop, 0))
         server = await start_grpc_server(service, config)
         stops.append(functools.partial(server.stop, None))

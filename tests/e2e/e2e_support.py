@@ -29,6 +29,7 @@ TEST_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_ms": 50,
     "clock_drift_ms": 100,
     "log_level": "info",
+    "listen_client_native": "127.0.0.1:0",  # a free port (the default is client port + 200)
 }
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 

@@ -14,6 +14,16 @@ from pathlib import Path
 from e2e_support import CLI, Cluster, free_ports, pid_alive
 
 from dengine.bench.cluster import free_port_run
+
+
+def distinct_port_runs(runs: int, n: int) -> list[int]:
+    """`runs` bases of n consecutive free ports each, the runs not overlapping."""
+    bases: list[int] = []
+    while len(bases) < runs:
+        base = free_port_run(n)
+        if all(abs(base - b) >= n for b in bases):
+            bases.append(base)
+    return bases
 from dengine.client import Client
 
 
@@ -93,17 +103,17 @@ def test_user_errors_are_messages_not_tracebacks(cluster_factory, tmp_path) -> N
 
 def free_listeners() -> list[str]:
     client, peer = free_ports(2)
-    return ["--listen-client", f"127.0.0.1:{client}", "--listen-peer", f"127.0.0.1:{peer}"]
+    return ["--listen-client", f"127.0.0.1:{client}", "--listen-peer", f"127.0.0.1:{peer}",
+            "--listen-client-native", "127.0.0.1:0"]
 
 
 def _cluster_up(tmp_path: Path, nodes: int) -> tuple[subprocess.Popen[str], str, list[int]]:
     """`dengine cluster up` started and ready: the process, its output so far, the pids."""
-    client_base, peer_base = free_port_run(nodes), free_port_run(nodes)
-    while abs(client_base - peer_base) < nodes:
-        peer_base = free_port_run(nodes)
+    client_base, peer_base, native_base = distinct_port_runs(3, nodes)
     proc = subprocess.Popen(
         [*CLI, "cluster", "up", "--nodes", str(nodes), "--base-dir", str(tmp_path / "c"),
-         "--client-port", str(client_base), "--peer-port", str(peer_base)],
+         "--client-port", str(client_base), "--peer-port", str(peer_base),
+         "--native-port", str(native_base)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     lines: list[str] = []

@@ -11,17 +11,15 @@ import time
 from pathlib import Path
 
 from e2e_support import CLI, pid_alive
-
-from dengine.bench.cluster import free_port_run
+from test_e2e_cli import distinct_port_runs
 
 
 def test_ctrl_c_stops_a_node_restarted_by_hand(tmp_path: Path) -> None:
-    client_base, peer_base = free_port_run(2), free_port_run(2)
-    while abs(client_base - peer_base) < 2:
-        peer_base = free_port_run(2)
+    client_base, peer_base, native_base = distinct_port_runs(3, 2)
     proc = subprocess.Popen(
         [*CLI, "cluster", "up", "--nodes", "2", "--base-dir", str(tmp_path / "c"),
-         "--client-port", str(client_base), "--peer-port", str(peer_base), "--json"],
+         "--client-port", str(client_base), "--peer-port", str(peer_base),
+         "--native-port", str(native_base), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     events: list[dict] = []

@@ -91,7 +91,8 @@ def test_data_dir_of_another_node_is_refused(cluster_factory, tmp_path) -> None:
     assert node.stop() == 0
     result = subprocess.run(
         [*CLI, "serve", "--data-dir", str(node.data_dir), "--id", "2",
-         "--listen-client", node.client, "--listen-peer", node.peer],
+         "--listen-client", node.client, "--listen-peer", node.peer,
+         "--listen-client-native", "127.0.0.1:0"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0

@@ -244,7 +244,7 @@ class DengineCluster(_Cluster):
                                   self.workdir / f"node{node_id}.log")
             settings = {**self.settings, "data_dir": str(self.workdir / f"node{node_id}"),
                         "node_id": node_id, "listen_client": self.endpoints[i],
-                        "listen_peer": self.peer_addrs[i],
+                        "listen_peer": self.peer_addrs[i], "listen_client_native": "127.0.0.1:0",
                         "initial_cluster_token": str(self.workdir)}
             child.config_file.write_text(config_toml(
                 settings, {j: a for j, a in peers.items() if j != node_id}))

@@ -28,13 +28,16 @@ CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """A 3-node `dengine cluster up`, ready: its client endpoints (node 1 first)."""
     base = tmp_path_factory.mktemp("etcdctl")
-    client_base = free_port_run(3)
-    peer_base = free_port_run(3)
-    while abs(client_base - peer_base) < 3:
-        peer_base = free_port_run(3)
+    bases: list[int] = []
+    while len(bases) < 3:  # client, peer and native ports: three runs of 3, apart
+        base_port = free_port_run(3)
+        if all(abs(base_port - b) >= 3 for b in bases):
+            bases.append(base_port)
+    client_base, peer_base, native_base = bases
     proc = subprocess.Popen(
         [*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(base / "c"),
-         "--client-port", str(client_base), "--peer-port", str(peer_base)],
+         "--client-port", str(client_base), "--peer-port", str(peer_base),
+         "--native-port", str(native_base)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:

@@ -98,7 +98,7 @@ async def serving(tmp_path: Path, nodes: int = 1, **settings: Any) -> AsyncItera
         config = leader.config
         service = ClientService(leader, config)
         native = NativeServer.from_config(service, config)
-        service.native_address = await native.start(config.native_listen_address)
+        service.native_address = await native.start("127.0.0.1:0")
         server = await start_grpc_server(service, config)
         yield Served(engines, leader, config, service, native, server)
     finally:

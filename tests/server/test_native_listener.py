@@ -13,9 +13,15 @@ from dengine.errors import ConfigError
 from dengine.server import ClientService, NativeServer
 
 
-def test_default_is_listen_clients_host_on_a_free_port() -> None:
-    assert NodeConfig().native_listen_address == "127.0.0.1:0"
-    assert NodeConfig(listen_client="[::1]:9081").native_listen_address == "[::1]:0"
+def test_default_is_listen_clients_host_on_a_fixed_port() -> None:
+    """The same port at every start (it was a free one chosen at start: a restarted node
+    announced a new one): the client port + 200."""
+    assert NodeConfig().native_listen_address == "127.0.0.1:9281"
+    assert NodeConfig(listen_client="[::1]:7000").native_listen_address == "[::1]:7200"
+    assert NodeConfig(listen_client_native="127.0.0.1:0").native_listen_address == (
+        "127.0.0.1:0")
+    with pytest.raises(ConfigError, match="65535|not a port"):
+        _ = NodeConfig(listen_client="127.0.0.1:65500").native_listen_address
     assert NodeConfig(listen_client_native="").native_listen_address == ""
     config = serve_config(None, [], {"listen_client_native": "10.0.0.1:7000"})
     assert config.native_listen_address == "10.0.0.1:7000"

@@ -70,7 +70,8 @@ def test_server_stops_cleanly_when_its_parents_end_of_the_pipe_closes(tmp_path: 
     child = ServerProcess(1, tmp_path / "node1.toml", tmp_path / "node1.log")
     child.config_file.write_text(config_toml(
         {"data_dir": str(tmp_path / "node1"), "node_id": 1,
-         "listen_client": f"127.0.0.1:{client}", "listen_peer": f"127.0.0.1:{peer}"}, {}))
+         "listen_client": f"127.0.0.1:{client}", "listen_peer": f"127.0.0.1:{peer}",
+         "listen_client_native": "127.0.0.1:0"}, {}))
     child.start()
     try:
         _wait_listening(client, child)

@@ -58,6 +58,11 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _any_port(address: str) -> str:
+    """`address`'s host, port 0 (a free port, chosen at each start)."""
+    return address.rpartition(":")[0] + ":0"
+
+
 def free_port_run(n: int) -> int:
     """A base port such that base .. base+n-1 are free right now (`cluster up` takes
     consecutive ports)."""
@@ -153,7 +158,9 @@ class LocalCluster:
                     )
                 settings.update(data_dir=str(self.workdir / f"node{n}"), node_id=n,
                                 listen_client=self.client_addresses[n],
-                                listen_peer=self.peer_addresses[n], **self._tls_settings(n))
+                                listen_peer=self.peer_addresses[n],
+                                listen_client_native=_any_port(self.client_addresses[n]),
+                                **self._tls_settings(n))
                 proc = ServerProcess(n, self.workdir / f"node{n}.toml",
                                      self.workdir / f"node{n}.log")
                 proc.config_file.write_text(config_toml(

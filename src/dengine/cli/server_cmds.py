@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from dengine.config import NodeConfig, parse_peer
+from dengine.config import NATIVE_PORT_OFFSET, NodeConfig, parse_peer
 from dengine.errors import ConfigError, DengineError
 
 if TYPE_CHECKING:
@@ -38,10 +38,16 @@ SETTINGS_HELP = {
                   "peers of another cluster are refused.",
     "initial_cluster_token": "A token unique to this cluster, from which (with the initial "
                              "members) its id is derived at the first start (etcd's flag).",
-    "listen_peer": "HOST:PORT for Raft traffic from the other nodes.",
-    "listen_client": "HOST:PORT of the gRPC client API (announced to peers for redirects).",
+    "listen_peer": "HOST:PORT (or http://HOST:PORT) to bind for Raft traffic from the other "
+                   "nodes (etcd: --listen-peer-urls).",
+    "listen_client": "HOST:PORT (or http://HOST:PORT) to bind for the gRPC client API "
+                     "(etcd: --listen-client-urls).",
+    "initial_advertise_peer_urls": "The peer address the other members reach this node at "
+                                   "(its address in the membership; default: listen_peer).",
+    "advertise_client_urls": "The client address clients reach this node at (redirects, "
+                             "Status, MemberList; default: listen_client).",
     "listen_client_native": "HOST:PORT of the native client protocol (port 0: any free "
-                            "port; auto: listen_client's host, port 0; empty: off).",
+                            "port; auto: listen_client's host and port + 200; empty: off).",
     "peers": "The other members at first start: ID=HOST:PORT of their peer listener.",
     "join": "Client address(es) of a running cluster to join as a learner (first start).",
     "auto_promote": "With --join: the leader promotes this learner to voter once caught up.",
@@ -109,12 +115,18 @@ SETTINGS_HELP = {
     "listen_metrics": "HOST:PORT of the HTTP endpoint serving /metrics (Prometheus) and "
                       "/health (empty: off).",
     "log_level": "debug, info, warning or error.",
+    "log_format": "text, or json: one JSON object per line with the node id and term.",
     "pid_file": "Write the server's pid to this file while it runs (removed at exit).",
 }
 
 
 def _setting_flag(name: str) -> str:
     return {"node_id": "--id", "peers": "--peer"}.get(name, "--" + name.replace("_", "-"))
+
+
+# etcd's names of the same flags
+_FLAG_ALIASES = {"listen_peer": ("--listen-peer-urls",),
+                 "listen_client": ("--listen-client-urls",)}
 
 
 def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,7 +143,8 @@ def _setting_options(command: Callable[..., Any]) -> Callable[..., Any]:
             option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None,
                                   help=f"{text}  [default: {shown}]")
         else:
-            option = click.option(flag, f.name, type=type(default), default=None,
+            option = click.option(flag, *_FLAG_ALIASES.get(f.name, ()), f.name,
+                                  type=type(default), default=None,
                                   help=f"{text}  [default: {shown}]")
         command = option(command)
     return command
@@ -221,6 +234,9 @@ class _Report:
               help="Client port of node 1; node N uses client-port + N - 1.")
 @click.option("--peer-port", type=click.IntRange(1, 65535), default=9181, show_default=True,
               help="Peer port of node 1; node N uses peer-port + N - 1.")
+@click.option("--native-port", type=click.IntRange(1, 65535), default=None,
+              help="Native client port of node 1; node N uses native-port + N - 1  "
+                   "[default: client-port + 200]")
 @click.option("--cluster-id", default="",
               help="The cluster's id  [default: derived from the token and the members]")
 @click.option("--initial-cluster-token", default="",
@@ -231,8 +247,8 @@ class _Report:
               help="Print one JSON object per line (events: node, endpoints, ready, exited, "
                    "stopping, stopped).")
 def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port: int,
-               cluster_id: str, initial_cluster_token: str, log_level: str,
-               as_json: bool) -> None:
+               native_port: int | None, cluster_id: str, initial_cluster_token: str,
+               log_level: str, as_json: bool) -> None:
     """Start NODES local server processes in the foreground; Ctrl-C stops them all.
 
     The processes stop too if this command dies, even by kill -9 (docs/operations.md).
@@ -245,9 +261,12 @@ def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port
     base = Path(base_dir).resolve()
     clients = {n: f"{host}:{client_port + n - 1}" for n in range(1, nodes + 1)}
     peers = {n: f"{host}:{peer_port + n - 1}" for n in range(1, nodes + 1)}
+    native_base = client_port + NATIVE_PORT_OFFSET if native_port is None else native_port
+    natives = {n: f"{host}:{native_base + n - 1}" for n in clients}
     for n in clients:
-        for addr in (clients[n], peers[n]):
-            ensure_port_free(addr, "; pick other ports with --client-port and --peer-port")
+        for addr in (clients[n], peers[n], natives[n]):
+            ensure_port_free(addr, "; pick other ports with --client-port, --peer-port and "
+                                   "--native-port")
     base.mkdir(parents=True, exist_ok=True)
     command = dengine_command()
     children = []
@@ -255,7 +274,8 @@ def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port
         settings: dict[str, Any] = {
             "data_dir": str(base / f"node{n}"), "node_id": n,
             "initial_cluster_token": initial_cluster_token or str(base),
-            "listen_client": clients[n], "listen_peer": peers[n], "log_level": log_level,
+            "listen_client": clients[n], "listen_peer": peers[n],
+            "listen_client_native": natives[n], "log_level": log_level,
             "pid_file": str(base / f"node{n}.pid")}
         if cluster_id:
             settings["cluster_id"] = cluster_id
@@ -265,11 +285,13 @@ def cluster_up(nodes: int, base_dir: str, host: str, client_port: int, peer_port
             ["Written by `dengine cluster up`; restart this node with",
              f"{command} serve --config {shlex.quote(str(child.config_file))}"]))
         children.append(child)
-    sys.exit(asyncio.run(_run_cluster(children, clients, peers, command, _Report(as_json))))
+    sys.exit(asyncio.run(_run_cluster(children, clients, peers, natives, command,
+                                      _Report(as_json))))
 
 
 async def _run_cluster(children: list[ServerProcess], clients: dict[int, str],
-                       peers: dict[int, str], command: str, report: _Report) -> int:
+                       peers: dict[int, str], natives: dict[int, str], command: str,
+                       report: _Report) -> int:
     """Start the children, report readiness, and stop every one of them on the way out
     (and the nodes restarted by hand meanwhile)."""
     from dengine.server.supervisor import stop_all, supervise
@@ -282,9 +304,10 @@ async def _run_cluster(children: list[ServerProcess], clients: dict[int, str],
         for child in children:
             child.start()
             n = child.node_id
-            report("node", f"node {n}: pid {child.pid}, client {clients[n]}, peer {peers[n]}, "
-                   f"log {child.log_file}", node_id=n, pid=child.pid, client=clients[n],
-                   peer=peers[n], log=str(child.log_file), config=str(child.config_file))
+            report("node", f"node {n}: pid {child.pid}, client {clients[n]} (native "
+                   f"{natives[n]}), peer {peers[n]}, log {child.log_file}", node_id=n,
+                   pid=child.pid, client=clients[n], native=natives[n], peer=peers[n],
+                   log=str(child.log_file), config=str(child.config_file))
         endpoints = ",".join(clients.values())
         report("endpoints", f"endpoints: {endpoints}", endpoints=list(clients.values()))
         await _report_ready(children, endpoints, stop, report)

@@ -204,6 +204,11 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         return self._node.leader_id
 
     @property
+    def term(self) -> int:
+        """This node's current Raft term."""
+        return self._node.term
+
+    @property
     def is_leader(self) -> bool:
         return self._node.role == Role.LEADER
 

@@ -35,7 +35,7 @@ _FRAME_MARGIN = 64 * 1024
 
 def bootstrap_membership(config: NodeConfig) -> Membership:
     """The first configuration of a new cluster: this node and its configured peers."""
-    voters = [Member(id=config.node_id, address=config.listen_peer)]
+    voters = [Member(id=config.node_id, address=config.peer_address)]
     voters += [Member(id=i, address=a) for i, a in sorted(config.peers.items())]
     return Membership(voters=voters)
 
@@ -122,7 +122,7 @@ class Members:
             listen=config.listen_peer,
             peers=peers,
             on_messages=on_messages,
-            client_address=config.listen_client,
+            client_address=config.client_address,
             max_frame_bytes=config.max_bytes_per_msg + config.max_request_size + _FRAME_MARGIN,
             on_unreachable=on_unreachable,
             on_snapshot_chunk=on_snapshot_chunk,
@@ -179,7 +179,7 @@ class Members:
 
     def peer_client_address(self, node_id: int) -> str:
         if node_id == self.node_id:
-            return self._config.listen_client
+            return self._config.client_address
         if self.transport is not None:
             return self.transport.peer_client_address(node_id)
         return ""

@@ -353,7 +353,7 @@ class Node:
 
     def leader_address(self) -> str:
         if self.leader_id == self.node_id:
-            return self.config.listen_client
+            return self.config.client_address
         if self.leader_id and self._transport is not None:
             return self._transport.peer_client_address(self.leader_id)
         return ""

@@ -24,6 +24,8 @@ from dengine.errors import (
     StorageError,
 )
 from dengine.server.etcd import EtcdApi
+from dengine.server.logs import configure as configure_logs
+from dengine.server.logs import json_formatter
 from dengine.server.metrics import Metrics, MetricsServer
 from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
@@ -225,17 +227,17 @@ async def _ask_to_join(client: Any, config: NodeConfig) -> bool:
             f"configured for cluster {config.cluster_id!r}"
         )
     try:
-        await client.add_member(config.node_id, config.listen_peer, config.auto_promote)
+        await client.add_member(config.node_id, config.peer_address, config.auto_promote)
     except InvalidRequest as e:
         members = await client.members()
         mine = next((m for m in members if m.id == config.node_id), None)
         if mine is None:
             raise ConfigError(f"the cluster at {config.join} refused to add node "
                               f"{config.node_id}: {e.message}") from None
-        if mine.address != config.listen_peer:
+        if mine.address != config.peer_address:
             raise ConfigError(
                 f"node id {config.node_id} is already a member of the cluster at "
-                f"{config.join} with peer address {mine.address}, not {config.listen_peer}; "
+                f"{config.join} with peer address {mine.address}, not {config.peer_address}; "
                 f"pick an unused node id (or remove the old member first)"
             ) from None
     log.info("node %d added to the cluster at %s as a learner%s", config.node_id,
@@ -277,6 +279,9 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             config = config.replace(cluster_id=learning.result())
         engine = await Engine.start(config=config)
         config = engine.config  # its cluster id: set, derived, or read from the data dir
+        formatter = json_formatter()
+        if formatter is not None:  # JSON log lines carry the term from now on
+            formatter.term = lambda: engine.term
         native: NativeServer | None = None
         metrics: MetricsServer | None = None
         forward_tls = config.forward_tls()
@@ -296,7 +301,8 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                 native = NativeServer.from_config(service, config)
                 if metrics is not None:
                     native.observe = metrics.metrics.observe
-                service.native_address = await native.start(native_addr)
+                service.native_address = config.advertised_native(
+                    await native.start(native_addr))
             server = await start_grpc_server(service, config, etcd, interceptors)
             await etcd.start()
             st = engine.status()
@@ -307,9 +313,13 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
                 peers = f"peers on {config.listen_peer}"
             else:
                 peers = "one-node cluster"
-            log.info("node %d of cluster %r: clients on %s (gRPC), %s (native)%s, %s%s, "
+            advertised = "" if config.client_address == config.listen_client else (
+                f" (advertised as {config.client_address})")
+            if config.peer_address != config.listen_peer:
+                peers += f" (advertised as {config.peer_address})"
+            log.info("node %d of cluster %r: clients on %s%s (gRPC), %s (native)%s, %s%s, "
                      "data in %s", config.node_id, config.cluster_id, config.listen_client,
-                     service.native_address or "off", _tls_note(config), peers,
+                     advertised, service.native_address or "off", _tls_note(config), peers,
                      " (mutual TLS)" if config.peer_cert_file else "", config.data_dir)
             # A fatal storage failure (a full disk, an I/O error) ends the server with its
             # error (exit status 1): restarted once the disk is fixed, it loses nothing.
@@ -373,10 +383,7 @@ def run_server(config: NodeConfig) -> int:
         raise ConfigError(
             f"log_level must be one of debug, info, warning, error; got {config.log_level!r}"
         )
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs(level, config.log_format, config.node_id)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(serve(config))
     return 0

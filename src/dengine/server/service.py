@@ -156,7 +156,7 @@ class ClientService:
 
     def _leader_address(self, leader_id: int) -> str:
         if leader_id == self._config.node_id:
-            return self._config.listen_client
+            return self._config.client_address
         if leader_id and self._peer_client_address is not None:
             return self._peer_client_address(leader_id) or ""
         return ""
@@ -379,7 +379,7 @@ class ClientService:
                 last_log_index=st.last_log_index,
                 voters=_members(st.voters),
                 learners=_members(st.learners),
-                client_address=self._config.listen_client,
+                client_address=self._config.client_address,
                 snapshot_index=st.snapshot_index,
                 native_address=self.native_address,
             )
@@ -510,7 +510,7 @@ class ClientService:
         out = []
         for m in self._engine.members():
             client_address = m.client_address or (
-                self._config.listen_client if m.id == self._config.node_id else ""
+                self._config.client_address if m.id == self._config.node_id else ""
             )
             out.append(MemberStatus(
                 id=m.id, address=m.address, client_address=client_address, role=m.role,

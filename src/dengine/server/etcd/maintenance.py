@@ -87,7 +87,8 @@ class MaintenanceService(EtcdBase):
             peer_tls, client_tls = bool(self._config.peer_cert_file), bool(self._config.cert_file)
             resp = rpc_pb2.MemberListResponse()
             for m in self._engine.members():
-                client = m.client_address or (self._config.listen_client if m.id == own else "")
+                client = m.client_address or (self._config.client_address if m.id == own
+                                              else "")
                 resp.members.add(
                     ID=m.id, name=f"node{m.id}", peerURLs=[url(m.address, peer_tls)],
                     clientURLs=[url(client, client_tls)] if client else [],
