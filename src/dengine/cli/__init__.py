@@ -35,6 +35,7 @@ _COMMANDS = {
     "lock": ("dengine.cli.recipe_cmds", "lock"),
     "elect": ("dengine.cli.recipe_cmds", "elect"),
     "certs": ("dengine.cli.certs_cmds", "certs"),
+    "snapshot": ("dengine.cli.snapshot_cmds", "snapshot"),
 }
 
 

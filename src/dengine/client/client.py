@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import grpc
 from google.protobuf.message import Message as ProtoMessage
 
 from dengine.api import (
@@ -174,6 +175,11 @@ class Client(ClientLeases):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def grpc_channel(self, endpoint: str) -> grpc.aio.Channel:
+        """This client's gRPC channel to `endpoint` (etcd's services beside dengine's, e.g.
+        `dengine.client.backup`); closed with the client."""
+        return self._router._channel(parse_endpoints([endpoint])[0])
 
     async def close(self) -> None:
         """Fail pending calls with Unavailable and close every connection."""

@@ -13,6 +13,7 @@ import grpc
 
 from dengine.config import NodeConfig
 from dengine.node.engine import Engine
+from dengine.server.etcd.backup import BackupService
 from dengine.server.etcd.forward import Forwarder
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.lease import LeaseService
@@ -35,6 +36,7 @@ class EtcdApi:
         self.lease = LeaseService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config)
         self.watch = WatchService(engine, config)
+        self.backup = BackupService(engine, config)
         self.health = Health(engine)
         self.recipes = RecipeServices(engine, config)
 
@@ -42,7 +44,8 @@ class EtcdApi:
         server.add_generic_rpc_handlers(
             (self.kv.generic_handler(), self.watch.generic_handler(),
              *self.lease.generic_handlers(),
-             *self.maintenance.generic_handlers(), *self.recipes.generic_handlers()))
+             *self.maintenance.generic_handlers(), *self.recipes.generic_handlers(),
+             self.backup.generic_handler()))
         self.health.register(server)
 
     async def start(self) -> None:
