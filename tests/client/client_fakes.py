@@ -222,7 +222,7 @@ async def fake_servers(native: bool = False) -> AsyncIterator[list[FakeServer]]:
             native_server = None
             if native:
                 native_server = NativeServer(service, config.max_request_size)
-                service.native_address = await native_server.start(config.native_listen_address)
+                service.native_address = await native_server.start("127.0.0.1:0")
             server = FakeServer(engine, addr, config, service,
                                 await start_grpc_server(service, config), native_server)
             servers.append(server)
