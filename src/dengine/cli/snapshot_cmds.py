@@ -51,7 +51,9 @@ def save(file: str, endpoints: str, timeout: float, transport: str, as_json: boo
 
         saved = run(endpoints, timeout, transport,
                     lambda client: save_snapshot(client, file, on_progress))
-    info = saved.info
+    from dengine.storage.backup import backup_info
+
+    info = backup_info(file)
     if as_json:
         click.echo(json.dumps({"path": file, "endpoint": saved.endpoint, **_info_json(info)}))
     else:
