@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -84,7 +85,14 @@ def test_members_reach_each_other_and_clients_at_the_advertised_addresses(
         leader = await cluster.wait_leader()
         public = [f"127.0.0.1:{public_client[n]}" for n in (1, 2, 3)]
         async with Client(public, timeout=10) as client:
-            members = {m.id: m for m in await client.members()}
+            # the leader learns each member's client address from its peer handshake
+            deadline = time.monotonic() + 20
+            while True:
+                members = {m.id: m for m in await client.members()}
+                if all(m.client_address for m in members.values()) or (
+                        time.monotonic() > deadline):
+                    break
+                await asyncio.sleep(0.1)
             assert {i: m.address for i, m in members.items()} == {
                 n: f"127.0.0.1:{public_peer[n]}" for n in (1, 2, 3)}
             assert {i: m.client_address for i, m in members.items()} == {
