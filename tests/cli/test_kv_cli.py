@@ -70,7 +70,10 @@ def test_txn_from_stdin_and_interactive(endpoint: str) -> None:
 
 def test_compaction(endpoint: str) -> None:
     run(endpoint, "put", "/c/k", "1")
-    rev = json.loads(run(endpoint, "put", "/c/k", "2", "-w", "json"))["header"]["revision"]
+    header = json.loads(run(endpoint, "put", "/c/k", "2", "-w", "json"))["header"]
+    # etcdctl's keys, in its order (a plain put's header too, not its revision alone)
+    assert list(header) == ["cluster_id", "member_id", "revision", "raft_term"]
+    rev = header["revision"]
     assert run(endpoint, "compaction", str(rev)) == f"compacted revision {rev}\n"
     assert run(endpoint, "get", "/c/k", "--rev", str(rev), "--print-value-only") == "2\n"
 

@@ -284,3 +284,63 @@ def test_concurrent_etcd_calls_are_batched_and_each_gets_its_answer(tmp_path: Pa
 def test_public_names() -> None:
     assert dengine.Compare is Compare and dengine.Op is Op
     assert dengine.KeyValue is KeyValue and dengine.Compacted is Compacted
+
+
+def test_plain_put_results_carry_the_whole_header(tmp_path: Path) -> None:
+    """etcdctl's `put -w json` shows cluster_id, member_id, revision and raft_term: a plain
+    put (the insert fast path, no etcd response) carries them too, on every front door."""
+    async def main() -> None:
+        async with serving(tmp_path) as (engine, address):
+            ids = engine.header_ids()
+            assert ids.cluster_id and ids.member_id and ids.raft_term
+            async with Client(address) as native, \
+                    Client(address, transport="grpc") as over_grpc:
+                for api in (engine, native, over_grpc):
+                    r = await api.put(b"/h/k", b"v")
+                    assert (r.header.cluster_id, r.header.member_id, r.header.revision,
+                            r.header.raft_term) == (*ids[:2], r.revision, ids.raft_term)
+
+    asyncio.run(main())
+
+
+def test_a_read_only_txn_is_served_as_a_read_by_the_client(tmp_path: Path,
+                                                            monkeypatch: Any) -> None:
+    """A remote txn of ranges only appends nothing to the log (KvRead's txns, as etcd
+    serves it); its errors are etcd's; a server before KvRead's txns still answers it
+    (through the log)."""
+    async def main() -> None:
+        async with serving(tmp_path) as (engine, address), Client(address) as client, \
+                Client(address, transport="grpc") as over_grpc:
+            await client.put(b"/r/a", b"1")
+            for api in (client, over_grpc):
+                last = engine.status().last_log_index
+                t = await api.txn([Compare.version(b"/r/a") > 0],
+                                  [Op.get(b"/r/", prefix=True)], [Op.get(b"/r/b")])
+                assert t.succeeded and t.responses[0].kvs[0].key == b"/r/a"
+                assert t.header.member_id == engine.node_id
+                assert engine.status().last_log_index == last  # nothing proposed
+                with pytest.raises(KvError, match="too many operations in txn request"):
+                    await api.txn([], [Op.get(b"/r/%d" % i) for i in range(129)])
+                with pytest.raises(Compacted):
+                    await api.compact((await api.put(b"/r/a", b"2")).revision)
+                    await api.txn([], [Op.get(b"/r/a", revision=1)])
+
+            # A server that ignores KvRead's txns (before them): the txn goes through the log
+            from dengine.proto.client_pb2 import KvReadRequest
+            from dengine.server import service
+
+            class OldKvReadRequest:
+                @staticmethod
+                def FromString(data: bytes) -> KvReadRequest:  # noqa: N802
+                    req = KvReadRequest.FromString(data)
+                    del req.txns[:]
+                    return req
+
+            monkeypatch.setattr(service, "KvReadRequest", OldKvReadRequest)
+            async with Client(address) as old:
+                last = engine.status().last_log_index
+                t = await old.txn([], [Op.get(b"/r/a")])
+                assert t.responses[0].kvs[0].value == b"2"
+                assert engine.status().last_log_index == last + 1
+
+    asyncio.run(main())

@@ -34,6 +34,7 @@ from dengine.api import (
     NodeStatus,
     PutResult,
     RangeResult,
+    ResponseHeader,
     SortOrder,
     SortTarget,
     TxnResult,
@@ -59,7 +60,15 @@ from dengine.errors import (
     Timeout,
     Unavailable,
 )
-from dengine.kv import EVENTUAL, WIRE_LEVELS, as_bytes, check_node_id, consistency_to_wire
+from dengine.kv import (
+    EVENTUAL,
+    LINEARIZABLE,
+    WIRE_LEVELS,
+    as_bytes,
+    check_node_id,
+    consistency_to_wire,
+    etcd_check,
+)
 from dengine.kv import ops as kvops
 from dengine.kv import watch as kvwatch
 from dengine.kv.ops import Compare, Op
@@ -165,6 +174,14 @@ class Client(ClientLeases):
         }
         self._keepalives: Batcher[list[int], list[int]] = Batcher(
             self._send_keepalives, max_batch_commands, max_batch_bytes, max_inflight)
+        # Read-only txns: KvRead's `txns`, served as reads (no log entry), as etcd does.
+        self._read_txns: dict[int, Batcher[list[bytes], list[KvResult]]] = {
+            level: Batcher(
+                functools.partial(self._send_ranges, level=level, kind="txns"),
+                max_batch_commands, max_batch_bytes, max_inflight,
+            )
+            for level in (WIRE_LEVELS[LINEARIZABLE], WIRE_LEVELS[EVENTUAL])
+        }
 
     @property
     def endpoints(self) -> list[str]:
@@ -190,7 +207,7 @@ class Client(ClientLeases):
         await self._writes.close()
         for batcher in self._reads.values():
             await batcher.close()
-        for ranges in self._ranges.values():
+        for ranges in (*self._ranges.values(), *self._read_txns.values()):
             await ranges.close()
         await self._keepalives.close()
         await self._router.close()
@@ -207,10 +224,13 @@ class Client(ClientLeases):
             command = WriteCommand(put=request.SerializeToString())
         else:
             command = insert(key, value)
-        result = await self._kv_write(command, timeout)
+        result, ids = await self._kv_write_ids(command, timeout)
         if result.response:
             return kvops.put_result(rpc_pb2.PutResponse.FromString(result.response))
-        return PutResult.of_revision(result.revision)
+        # A plain insert's result holds no etcd response: the header of its Write.
+        cluster_id, member_id, raft_term = ids
+        return PutResult(result.revision, header=ResponseHeader(
+            cluster_id, member_id, result.revision, raft_term))
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         await self.write([delete(key)], timeout=timeout)
@@ -290,7 +310,18 @@ class Client(ClientLeases):
     ) -> TxnResult:
         """If every compare holds, run `success`, else `failure`: one revision, atomic."""
         request = kvops.txn_request(compare, success, failure)
-        result = await self._kv_write(WriteCommand(txn=request.SerializeToString()), timeout)
+        data = request.SerializeToString()
+        if etcd_check.is_txn_readonly(request):
+            # A read, as etcd serves it: linearizable unless every range is serializable.
+            level = WIRE_LEVELS[EVENTUAL if etcd_check.is_txn_serializable(request)
+                                else LINEARIZABLE]
+            answers = await self._submit(self._read_txns[level], [data], len(data), timeout)
+            if answers:  # else a server before KvRead's txns: through the log
+                [answer] = answers
+                if answer.HasField("error"):
+                    raise error_from_wire(answer.error)
+                return kvops.txn_result(rpc_pb2.TxnResponse.FromString(answer.response))
+        result = await self._kv_write(WriteCommand(txn=data), timeout)
         return kvops.txn_result(rpc_pb2.TxnResponse.FromString(result.response))
 
     async def compare_and_swap(
@@ -332,10 +363,17 @@ class Client(ClientLeases):
         return RemoteWatch(self._router, spec, closed=self._closed_event)
 
     async def _kv_write(self, command: WriteCommand, timeout: float | None) -> WireResult:
-        [result] = await self._submit(self._writes, [command], command.ByteSize(), timeout)
+        return (await self._kv_write_ids(command, timeout))[0]
+
+    async def _kv_write_ids(self, command: WriteCommand, timeout: float | None
+                            ) -> tuple[WireResult, tuple[int, int, int]]:
+        """The command's wire result, and the header ids (cluster id, member id, Raft
+        term) of the member that answered (zeros from a server that does not send them)."""
+        results = await self._submit(self._writes, [command], command.ByteSize(), timeout)
+        [result] = results
         if result.HasField("error"):
             raise error_from_wire(result.error)
-        return result
+        return result, getattr(results, "header_ids", (0, 0, 0))
 
     # ---- cluster information ------------------------------------------------------------
 
@@ -573,11 +611,14 @@ class Client(ClientLeases):
             raise DengineError(
                 f"server answered {len(results)} results for {len(commands)} commands"
             )
+        ids = (resp.cluster_id, resp.member_id, resp.raft_term)
         pos = 0
         for item in batch:
             n = len(item.payload)
             if not item.future.done():
-                item.future.set_result(results[pos:pos + n])
+                mine = _Results(results[pos:pos + n])
+                mine.header_ids = ids
+                item.future.set_result(mine)
             pos += n
 
     async def _send_reads(
@@ -606,19 +647,30 @@ class Client(ClientLeases):
             pos += n
 
     async def _send_ranges(
-        self, batch: list[Item[list[bytes], list[KvResult]]], *, level: int
+        self, batch: list[Item[list[bytes], list[KvResult]]], *, level: int,
+        kind: str = "ranges",
     ) -> None:
+        """A KvRead of the batch's encoded RangeRequests (`kind` "ranges") or read-only
+        TxnRequests ("txns")."""
         ranges = [r for item in batch for r in item.payload]
         deadline = max(item.deadline for item in batch)
+        request = KvReadRequest(consistency=level)  # type: ignore[arg-type]
+        getattr(request, kind).extend(ranges)
         try:
             resp = await self._router.call_leader(
-                "KvRead", KvReadRequest(ranges=ranges, consistency=level),  # type: ignore[arg-type]
-                KvReadResponse, deadline, write=False,
+                "KvRead", request, KvReadResponse, deadline, write=False,
             )
         except (InvalidRequest, KvError):
             if len(batch) == 1:
                 raise
-            await each_alone(functools.partial(self._send_ranges, level=level), batch)
+            await each_alone(functools.partial(self._send_ranges, level=level, kind=kind),
+                             batch)
+            return
+        if kind == "txns" and not resp.results:
+            # A server before KvRead's txns ignores them: the callers go through the log.
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_result([])
             return
         if len(resp.results) != len(ranges):
             raise DengineError(f"server answered {len(resp.results)} results for "
@@ -629,6 +681,12 @@ class Client(ClientLeases):
             if not item.future.done():
                 item.future.set_result(list(resp.results[pos:pos + n]))
             pos += n
+
+
+class _Results(list[WireResult]):
+    """One caller's wire results of a Write, with the header ids of the answering member."""
+
+    header_ids: tuple[int, int, int] = (0, 0, 0)
 
 
 def check_timeout(timeout: float) -> float:

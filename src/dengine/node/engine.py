@@ -32,6 +32,7 @@ from dengine.api import (
     MemberInfo,
     NodeStatus,
     PutResult,
+    ResponseHeader,
     WatchFilter,
     WatchStream,
     WriteResult,
@@ -265,7 +266,9 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         if len(data) > limits.max_request_size:
             check_write_size(len(data), limits)
         [result] = await self._node.propose([data], self._timeout(timeout))
-        return PutResult.of_revision(result.revision)
+        ids = self.header_ids()
+        return PutResult(result.revision, header=ResponseHeader(
+            ids.cluster_id, ids.member_id, result.revision, ids.raft_term))
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""

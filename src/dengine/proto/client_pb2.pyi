@@ -55,12 +55,18 @@ class WriteResult(_message.Message):
     def __init__(self, index: _Optional[int] = ..., succeeded: _Optional[bool] = ..., value: _Optional[bytes] = ..., revision: _Optional[int] = ..., response: _Optional[bytes] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
-    __slots__ = ("error", "results")
+    __slots__ = ("error", "results", "cluster_id", "member_id", "raft_term")
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    RAFT_TERM_FIELD_NUMBER: _ClassVar[int]
     error: Error
     results: _containers.RepeatedCompositeFieldContainer[WriteResult]
-    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ...) -> None: ...
+    cluster_id: int
+    member_id: int
+    raft_term: int
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ..., cluster_id: _Optional[int] = ..., member_id: _Optional[int] = ..., raft_term: _Optional[int] = ...) -> None: ...
 
 class ReadRequest(_message.Message):
     __slots__ = ("keys", "consistency")
@@ -87,12 +93,14 @@ class ReadResponse(_message.Message):
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ReadResult, _Mapping]]] = ...) -> None: ...
 
 class KvReadRequest(_message.Message):
-    __slots__ = ("ranges", "consistency")
+    __slots__ = ("ranges", "consistency", "txns")
     RANGES_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    TXNS_FIELD_NUMBER: _ClassVar[int]
     ranges: _containers.RepeatedScalarFieldContainer[bytes]
     consistency: ReadConsistency
-    def __init__(self, ranges: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[ReadConsistency, str]] = ...) -> None: ...
+    txns: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, ranges: _Optional[_Iterable[bytes]] = ..., consistency: _Optional[_Union[ReadConsistency, str]] = ..., txns: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class KvResult(_message.Message):
     __slots__ = ("response", "error")

@@ -68,7 +68,7 @@ from dengine.proto.client_pb2 import (
 )
 from dengine.proto.common_pb2 import Member
 from dengine.proto.etcd import rpc_pb2
-from dengine.proto.etcd.rpc_pb2 import RangeRequest
+from dengine.proto.etcd.rpc_pb2 import RangeRequest, TxnRequest
 
 log = logging.getLogger(__name__)
 
@@ -210,29 +210,31 @@ class ClientService:
             self.pending_writes -= 1
             self.pending_write_bytes -= size
         out = []
-        ids = None
+        ids = self._engine.header_ids()
         for r in results:
             if r.response is None:  # a plain insert or delete: its revision
                 out.append(WriteResult(index=r.index, succeeded=r.succeeded,
                                        value=r.value or b"", revision=r.revision))
                 continue
-            if ids is None:
-                ids = self._engine.header_ids()
             out.append(_etcd_result(r, ids))
-        return WriteResponse(results=out)
+        cluster_id, member_id, raft_term = ids
+        return WriteResponse(results=out, cluster_id=cluster_id, member_id=member_id,
+                             raft_term=raft_term)
 
     async def kv_read(self, request: bytes, context: Any) -> KvReadResponse:
-        """etcd Range requests, all read at one point of the log; each answered with its
-        RangeResponse or etcd's error."""
+        """etcd Range requests and read-only txns, all read at one point of the log; each
+        answered with its response or etcd's error."""
         try:
             req = self._parse(request, KvReadRequest)
             consistency = consistency_from_wire(req.consistency)
-            if len(req.ranges) > self._config.max_read_keys:
+            count = len(req.ranges) + len(req.txns)
+            if count > self._config.max_read_keys:
                 raise InvalidRequest(
-                    f"read of {len(req.ranges)} ranges exceeds max_read_keys "
+                    f"read of {count} ranges and txns exceeds max_read_keys "
                     f"({self._config.max_read_keys}); read fewer at a time"
                 )
-            ranges = [self._range_request(r) for r in req.ranges]
+            ranges: list[Any] = [self._range_request(r) for r in req.ranges]
+            ranges += [self._read_txn_request(t) for t in req.txns]
             answers = await self._engine.read_query(
                 functools.partial(_ranges, ranges), consistency, timeout=_timeout(context)
             ) if ranges else []
@@ -492,6 +494,19 @@ class ClientService:
         etcd_check.check_range(request)
         return request
 
+    def _read_txn_request(self, data: bytes) -> TxnRequest:
+        """An encoded read-only TxnRequest, decoded and checked as etcd does (KvError)."""
+        etcd_check.check_request_size(len(data), self._limits.max_request_bytes)
+        try:
+            request = TxnRequest.FromString(data)
+        except DecodeError as e:
+            raise etcd_check.invalid(f"dengine: malformed TxnRequest: {e}") from None
+        etcd_check.check_txn(request, self._limits.max_txn_ops)
+        if not etcd_check.is_txn_readonly(request):
+            raise etcd_check.invalid("dengine: a txn that writes is not a read (send it "
+                                     "as a Write)")
+        return request
+
     def _check_response_size(self, values: Sequence[bytes | None]) -> None:
         """InvalidRequest when the answer would pass max_response_bytes (the values are
         the state machine's own objects: nothing was copied yet)."""
@@ -578,12 +593,16 @@ def _etcd_result(r: Any, ids: tuple[int, int, int]) -> WriteResult:
     return out
 
 
-def _ranges(requests: Sequence[RangeRequest], store: Any) -> list[Any]:
-    """Each range's RangeResponse, or its etcd error, on one state of the store."""
+def _ranges(requests: Sequence[RangeRequest | TxnRequest], store: Any) -> list[Any]:
+    """Each range's RangeResponse (a read-only txn's TxnResponse), or its etcd error, on
+    one state of the store."""
     out: list[Any] = []
     for request in requests:
         try:
-            out.append(store.range(request))
+            if isinstance(request, TxnRequest):
+                out.append(store.read_txn(request))
+            else:
+                out.append(store.range(request))
         except KvError as e:
             out.append(e)
     return out
