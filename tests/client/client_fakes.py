@@ -99,6 +99,9 @@ class FakeEngine:
         self.error: DengineError | None = None  # what every read and write raises
         self.timeouts: list[float | None] = []  # the `timeout` of each write/read call
 
+    def header_ids(self) -> tuple[int, int, int]:
+        return (7, self.node_id, 1)  # cluster id, member id, Raft term
+
     def _check(self) -> None:
         if self.hang:
             raise AssertionError("unreachable")

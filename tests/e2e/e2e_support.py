@@ -214,6 +214,18 @@ class Cluster:
         return "\n".join(f"== node {n.node_id} ==\n{n.log_tail()}" for n in self.nodes)
 
 
+async def wait_compacted(cluster: Cluster, node_id: int, timeout: float = 60.0) -> int:
+    """Until node `node_id` has compacted its log (first index > 1); returns that index."""
+    deadline = time.monotonic() + timeout
+    async with cluster.client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            st = await client.status(cluster.node(node_id).client)
+            if st.first_log_index > 1:
+                return st.first_log_index
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"node {node_id} never compacted its log\n{cluster.logs()}")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

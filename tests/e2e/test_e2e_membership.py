@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import CLI, Cluster, dir_size, free_ports, load_keys, read_all_eventual
+from e2e_support import (
+    CLI,
+    Cluster,
+    dir_size,
+    free_ports,
+    load_keys,
+    read_all_eventual,
+    wait_compacted,
+)
 
 from dengine.client import Client, insert
 from dengine.errors import DengineError
@@ -70,18 +78,6 @@ def snapshot_timings(leader_log: Path, joiner_log: Path) -> dict[str, float]:
         out["joiner_start_to_snapshot_installed_s"] = round(
             (installed[0] - times[0]).total_seconds(), 2)
     return out
-
-
-async def wait_compacted(cluster: Cluster, node_id: int, timeout: float = 60.0) -> int:
-    """Until node `node_id` has compacted its log (first index > 1); returns that index."""
-    deadline = time.monotonic() + timeout
-    async with cluster.client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            st = await client.status(cluster.node(node_id).client)
-            if st.first_log_index > 1:
-                return st.first_log_index
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"node {node_id} never compacted its log\n{cluster.logs()}")
 
 
 async def join_through_snapshot(cluster: Cluster, n_keys: int, measurements: dict[str, Any],
