@@ -32,6 +32,7 @@ from dengine.proto.native import (
     RESPONSE_HEADER,
     request_frame,
 )
+from dengine.server.supervisor import die_with_parent
 
 MiB = 1024 * 1024
 
@@ -104,7 +105,8 @@ class ClusterProcs:
                 if j != i:
                     args += ["--peer", f"{j}={a}"]
             log = open(base / f"n{i}.log", "wb")  # noqa: SIM115
-            self.procs[i] = subprocess.Popen(args, env=env, stdout=log, stderr=log)
+            self.procs[i] = subprocess.Popen(die_with_parent(args), env=env, stdout=log,
+                                             stderr=log)
 
     async def leader(self, timeout: float = 30) -> tuple[int, int, str, str]:
         """(node id, term, client address, native address) of the leader."""

@@ -14,6 +14,7 @@ import pytest
 
 from dengine import SyncClient
 from dengine.errors import DengineError
+from dengine.server.supervisor import die_with_parent
 
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 
@@ -31,8 +32,9 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     client = f"127.0.0.1:{_free_port()}"
     log = open(work / "node.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
-        [*CLI, "serve", "--data-dir", str(work / "d"), "--listen-client", client,
-         "--listen-peer", f"127.0.0.1:{_free_port()}", "--listen-client-native", "127.0.0.1:0"],
+        die_with_parent([*CLI, "serve", "--data-dir", str(work / "d"), "--listen-client",
+                         client, "--listen-peer", f"127.0.0.1:{_free_port()}",
+                         "--listen-client-native", "127.0.0.1:0"]),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

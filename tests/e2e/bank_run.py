@@ -52,6 +52,7 @@ import aetcd.rpc as rpc
 from fault_run import FAULT_KINDS, FaultRun, RunConfig
 
 from dengine.bench.cluster import free_ports
+from dengine.server.supervisor import die_with_parent
 from dengine.sim.bank import (
     BankRead,
     BankSpec,
@@ -114,7 +115,8 @@ class EtcdNode:
         with open(self.workdir / f"etcd{self.node_id}.log", "ab") as log:
             log.write(f"---- start {self.starts} ----\n".encode())
             log.flush()
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(die_with_parent(cmd), stdout=log,
+                                            stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
 
     @property

@@ -1,7 +1,8 @@
 """Real `dengine serve` processes on 127.0.0.1 with ports chosen free at run time.
 
 Tests get clusters from the `cluster_factory` fixture (conftest.py), whose finalizer
-resumes (SIGCONT) and stops (SIGTERM, then SIGKILL) every process, even when a test fails.
+resumes (SIGCONT) and stops (SIGTERM, then SIGKILL) every process, even when a test fails;
+and every process dies with the test process (`die_with_parent`), even if it is killed.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from dengine.bench.cluster import free_ports
-from dengine.server.supervisor import config_toml
 from dengine.client import Client, NodeStatus, insert
 from dengine.errors import DengineError
+from dengine.server.supervisor import config_toml, die_with_parent
 
 # Election timing for tests: fast, but with room for two busy shared cores.
 TEST_SETTINGS: dict[str, Any] = {
@@ -66,7 +67,7 @@ class Node:
             log.write(f"---- start {self.starts} ----\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [*CLI, "serve", "--config", str(config)],
+                die_with_parent([*CLI, "serve", "--config", str(config)]),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
 

@@ -45,6 +45,7 @@ from e2e_support import TEST_SETTINGS, Node
 from dengine.bench.cluster import free_ports
 from dengine.client import Client
 from dengine.errors import DengineError, InvalidRequest, NotLeader, Unavailable
+from dengine.server.supervisor import die_with_parent
 from dengine.sim.lincheck import Op, check
 
 PROXY = Path(__file__).resolve().parent / "fault_proxy.py"
@@ -125,7 +126,8 @@ class ProxyProcess:
     async def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(PROXY), self.spec, stdin=asyncio.subprocess.PIPE,
+                *die_with_parent([sys.executable, str(PROXY), self.spec]),
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=log)
         ready = await self._read()
         assert ready.get("ready"), ready

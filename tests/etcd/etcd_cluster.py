@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 from dengine.bench.cluster import free_ports
 from dengine.errors import DengineError
-from dengine.server.supervisor import ServerProcess, config_toml, stop_all
+from dengine.server.supervisor import ServerProcess, config_toml, die_with_parent, stop_all
 
 ETCD = shutil.which("etcd") or "etcd"
 ETCDCTL = shutil.which("etcdctl") or "etcdctl"
@@ -45,19 +44,6 @@ DENGINE_SETTINGS: dict[str, Any] = {
     "heartbeat_interval_ms": 100,
     "log_level": "warning",
 }
-
-# Runs a command after asking Linux to SIGKILL it when this process dies; the setting
-# survives exec. Done in the child, not in a preexec_fn, so that Popen never runs Python
-# between fork and exec in a parent with gRPC threads.
-_DIE_WITH_PARENT = """
-import os, signal, sys
-if sys.platform == "linux":
-    import ctypes
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != int(sys.argv[1]):
-        os._exit(1)
-os.execvp(sys.argv[2], sys.argv[2:])
-"""
 
 
 def etcd_available() -> bool:
@@ -182,8 +168,8 @@ class EtcdCluster(_Cluster):
         for i in range(self.n):
             with open(self.workdir / f"etcd{i}.log", "wb") as log:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), ETCD,
-                     "--name", f"n{i}", "--data-dir", str(self.workdir / f"n{i}.etcd"),
+                    die_with_parent([
+                     ETCD, "--name", f"n{i}", "--data-dir", str(self.workdir / f"n{i}.etcd"),
                      "--listen-client-urls", f"http://{self.endpoints[i]}",
                      "--advertise-client-urls", f"http://{self.endpoints[i]}",
                      "--listen-peer-urls", f"http://{self.peer_addrs[i]}",
@@ -191,7 +177,7 @@ class EtcdCluster(_Cluster):
                      "--initial-cluster", initial, "--initial-cluster-state", "new",
                      "--initial-cluster-token", self.token,
                      # No metrics/pprof listeners beyond the client and peer ports.
-                     "--log-level", "warn"],
+                     "--log-level", "warn"]),
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 ))

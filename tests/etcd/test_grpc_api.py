@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dengine.bench.cluster import free_port_run
+from dengine.server.supervisor import die_with_parent
 
 ETCDCTL = shutil.which("etcdctl")
 pytestmark = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (etcd-client)")
@@ -35,9 +36,9 @@ def endpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
             bases.append(base_port)
     client_base, peer_base, native_base = bases
     proc = subprocess.Popen(
-        [*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(base / "c"),
-         "--client-port", str(client_base), "--peer-port", str(peer_base),
-         "--native-port", str(native_base)],
+        die_with_parent([*CLI, "cluster", "up", "--nodes", "3", "--base-dir", str(base / "c"),
+                         "--client-port", str(client_base), "--peer-port", str(peer_base),
+                         "--native-port", str(native_base)]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:

@@ -24,6 +24,7 @@ from dengine.errors import (
     StorageError,
 )
 from dengine.server.etcd import EtcdApi
+from dengine.server.etcd.checks import ETCD_GRPC_OVERHEAD
 from dengine.server.logs import configure as configure_logs
 from dengine.server.logs import json_formatter
 from dengine.server.metrics import Metrics, MetricsServer
@@ -40,8 +41,6 @@ JOIN_ATTEMPT_S = 10.0
 JOIN_RETRY_FIRST_S = 0.1
 JOIN_RETRY_MAX_S = 2.0
 JOIN_LOG_EVERY_S = 10.0
-# etcd's gRPC server takes requests up to its max request bytes plus this much.
-ETCD_GRPC_OVERHEAD = 512 * 1024
 
 
 def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:

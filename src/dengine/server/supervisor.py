@@ -86,6 +86,29 @@ def wait_for_eof(fd: int, grace: float = STOP_GRACE_S,
     exit_now(1)
 
 
+# Runs argv[2:] after asking Linux to SIGKILL it when the thread that started it exits
+# (PR_SET_PDEATHSIG survives exec); argv[1] is that parent's pid.
+_DIE_WITH_PARENT = """
+import os, signal, sys
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        os._exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def die_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` wrapped so that, on Linux, the process is killed (SIGKILL, even when paused)
+    when this process dies, however it dies: what tests and tools use for the servers they
+    start, so a killed pytest leaves no orphans. The setting is made in the child (a small
+    Python wrapper that then execs `argv`, same pid), not in a `preexec_fn`, so that Popen
+    never runs Python between fork and exec in a parent with gRPC threads. The kernel
+    sends it when the *thread* that started the child exits: start from the main thread."""
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
 @dataclass
 class ServerProcess:
     """One `dengine serve --config FILE` child; restartable (same config, same log)."""

@@ -21,7 +21,7 @@ from grpc_health.v1.health import aio as health_aio
 from dengine.kv import EVENTUAL
 from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
-from dengine.server.etcd.checks import decode
+from dengine.server.etcd.checks import check_message_size, decode
 from dengine.server.etcd.kv import EtcdBase
 
 # What Status reports as the server's version: the etcd API dengine speaks (clients such
@@ -66,6 +66,7 @@ class MaintenanceService(EtcdBase):
 
     async def status(self, request: bytes, context: Any) -> bytes:
         try:
+            check_message_size(len(request), self._config)
             decode(rpc_pb2.StatusRequest, request)
             st = self._engine.status()
             size = await asyncio.get_running_loop().run_in_executor(
@@ -82,6 +83,7 @@ class MaintenanceService(EtcdBase):
 
     async def member_list(self, request: bytes, context: Any) -> bytes:
         try:
+            check_message_size(len(request), self._config)
             decode(rpc_pb2.MemberListRequest, request)
             own = self._config.node_id
             peer_tls, client_tls = bool(self._config.peer_cert_file), bool(self._config.cert_file)
