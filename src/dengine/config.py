@@ -77,6 +77,12 @@ class NodeConfig:
     max_client_buffer_bytes: int = 64 * 1024 * 1024  # partial native frames, all connections
     max_pending_writes: int = 4096  # write requests being served; beyond: OVERLOADED
     max_pending_write_bytes: int = 1024 * 1024  # their bytes; beyond: OVERLOADED
+    # Commands (and their bytes) proposed through this node's Engine and not yet answered,
+    # whoever proposed them (embedded callers and the listeners together); beyond: etcd's
+    # "too many requests" (OVERLOADED). Above the listeners' own limits, so that these
+    # bind first for remote clients.
+    max_pending_proposals: int = 16384
+    max_pending_proposal_bytes: int = 64 * 1024 * 1024
     # etcd's API: etcd's flags and defaults.
     max_request_bytes: int = 1536 * 1024  # an etcd request; beyond: "request is too large"
     max_txn_ops: int = 128  # compares, and ops of each branch, in one etcd Txn
@@ -189,7 +195,8 @@ class NodeConfig:
                      "max_read_keys", "max_response_bytes", "max_client_connections",
                      "max_peer_connections", "client_frame_timeout_s",
                      "max_client_buffer_bytes", "max_pending_writes",
-                     "max_pending_write_bytes", "max_request_bytes", "max_txn_ops"):
+                     "max_pending_write_bytes", "max_pending_proposals",
+                     "max_pending_proposal_bytes", "max_request_bytes", "max_txn_ops"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("snapshots_to_keep", "snapshot_chunk_bytes", "log_segment_bytes"):

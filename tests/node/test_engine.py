@@ -11,7 +11,14 @@ from node_helpers import free_port, run
 
 from dengine import Consistency, Engine
 from dengine.config import NodeConfig
-from dengine.errors import ClusterMismatch, ConfigError, InvalidRequest, NotLeader, Unavailable
+from dengine.errors import (
+    ClusterMismatch,
+    ConfigError,
+    InvalidRequest,
+    NotLeader,
+    Overloaded,
+    Unavailable,
+)
 from dengine.node.datadir import DataDir
 from dengine.proto import Entry, EntryPayload, HardState, Member, Membership, WriteCommand
 from dengine.storage import FileRaftLog
@@ -263,5 +270,35 @@ def test_a_loop_of_eventual_reads_does_not_starve_the_node(tmp_path: Path) -> No
                 assert await engine.get(b"k", "eventual") == b"v"
             assert node._pending.ticks - ticks >= 20
             assert engine.is_leader
+
+    run(main())
+
+
+def test_too_many_pending_writes_are_refused_with_etcds_error(tmp_path: Path) -> None:
+    """The embedded Engine bounds the writes proposed through it and not yet answered
+    (max_pending_proposals / _bytes): more are refused at once with etcd's "too many
+    requests" (Overloaded: nothing proposed); what it admitted applies; it serves again
+    once they are answered. A lone write over the byte bound is still admitted."""
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), **FAST, max_pending_proposals=8,
+                                      max_pending_proposal_bytes=4096) as engine:
+            await engine.wait_ready()
+            outcomes = await asyncio.gather(
+                *(engine.put(b"k%d" % i, b"v") for i in range(40)),
+                *(engine.delete(b"d%d" % i) for i in range(10)),
+                engine.write([insert(b"w", b"1")]), return_exceptions=True)
+            refused = [o for o in outcomes if isinstance(o, Overloaded)]
+            done = [o for o in outcomes if not isinstance(o, BaseException)]
+            assert len(done) == 8 and len(refused) == 43, outcomes
+            assert all(str(e).startswith("etcdserver: too many requests: node 1 has 8 "
+                                         "writes") for e in refused)
+            applied = [i for i in range(40) if await engine.get(b"k%d" % i) == b"v"]
+            assert applied == list(range(8))
+            big = await asyncio.gather(*(engine.put(b"big%d" % i, b"x" * 3000)
+                                         for i in range(3)), return_exceptions=True)
+            assert [isinstance(o, Overloaded) for o in big] == [False, True, True]
+            await engine.put(b"after", b"1")  # nothing pending: admitted again
+            kv = await engine.get_kv(b"after")
+            assert kv is not None and kv.value == b"1"
 
     run(main())

@@ -78,6 +78,11 @@ SETTINGS_HELP = {
                           "(retryable, not applied).",
     "max_pending_write_bytes": "Bytes of the write requests being served; more get "
                                "OVERLOADED (retryable, not applied).",
+    "max_pending_proposals": "Writes proposed through the node (embedded and remote "
+                             "callers together) not yet answered; more get 'etcdserver: "
+                             "too many requests' (OVERLOADED: retryable, not applied).",
+    "max_pending_proposal_bytes": "Bytes of those writes; more get 'etcdserver: too many "
+                                  "requests' (a lone write is always admitted).",
     "max_request_bytes": "Largest etcd API request, in bytes (etcd's --max-request-bytes); "
                          "larger: 'etcdserver: request is too large'.",
     "max_txn_ops": "Most compares, and most ops of each branch, in one etcd Txn (etcd's "

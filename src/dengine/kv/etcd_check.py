@@ -50,6 +50,7 @@ REQUEST_TOO_LARGE = "etcdserver: request is too large"
 LEASE_EXIST = "etcdserver: lease already exists"
 LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
 MAX_LEASE_TTL = 9_000_000_000  # etcd's lease.MaxLeaseTTL (seconds)
+TOO_MANY_REQUESTS = "etcdserver: too many requests"
 
 
 def invalid(message: str) -> KvError:

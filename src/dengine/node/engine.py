@@ -43,6 +43,7 @@ from dengine.errors import (
     DengineError,
     InvalidRequest,
     NotLeader,
+    Overloaded,
     Timeout,
     Unavailable,
 )
@@ -64,6 +65,7 @@ from dengine.kv import (
 )
 from dengine.kv import ops as kvops
 from dengine.kv import watch as kvwatch
+from dengine.kv.etcd_check import TOO_MANY_REQUESTS
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.coordination import Coordination
 from dengine.node.kv_api import EtcdKv
@@ -119,6 +121,11 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         self._node = node
         self._limits = Limits.of(node.config)
         self._local_reads = 0
+        # writes proposed through this engine and not yet answered (see `_admit`)
+        self._pending_proposals = 0
+        self._pending_proposal_bytes = 0
+        self._max_pending_proposals = node.config.max_pending_proposals
+        self._max_pending_proposal_bytes = node.config.max_pending_proposal_bytes
         # (the node is started: its cluster id is set, derived or read from the data dir)
         self._etcd_cluster_id = etcd_cluster_id(node.config.cluster_id)
         mode, retention = node.config.auto_compaction()
@@ -265,7 +272,13 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         data = encode_insert(key, value)
         if len(data) > limits.max_request_size:
             check_write_size(len(data), limits)
-        [result] = await self._node.propose([data], self._timeout(timeout))
+        size = len(data)
+        self._admit(1, size)
+        try:
+            [result] = await self._node.propose([data], self._timeout(timeout))
+        finally:
+            self._pending_proposals -= 1
+            self._pending_proposal_bytes -= size
         ids = self.header_ids()
         return PutResult(result.revision, header=ResponseHeader(
             ids.cluster_id, ids.member_id, result.revision, ids.raft_term))
@@ -273,14 +286,14 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""
         key = check_key(key if type(key) is bytes else as_bytes(key, "key"), self._limits)
-        await self._node.propose([encode_delete(key)], self._timeout(timeout))
+        await self._propose([encode_delete(key)], timeout)
 
     async def write(
         self, commands: Sequence[WriteCommand], *, timeout: float | None = None
     ) -> list[WriteResult]:
         """Apply a batch of commands (atomically ordered, consecutive log entries)."""
         encoded = encode_commands(commands, self._limits)
-        return await self._node.propose(encoded, self._timeout(timeout))
+        return await self._propose(encoded, timeout)
 
     async def write_encoded(
         self, commands: Sequence[bytes], *, timeout: float | None = None
@@ -288,7 +301,7 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         """`write` of commands already encoded (`WriteCommand` bytes, as a client sent them):
         validated as the state machine will decode them, proposed as they are."""
         check_encoded_commands(commands, self._limits)
-        return await self._node.propose(list(commands), self._timeout(timeout))
+        return await self._propose(list(commands), timeout)
 
     async def kv_request(
         self, field: int, request: bytes, *, timeout: float | None = None,
@@ -302,9 +315,40 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         command = wrap_kv_request(field, request)
         if len(command) > self._limits.max_request_size:
             check_write_size(len(command), self._limits)
-        results = await self._node.propose([command], self._timeout(timeout),
-                                           forwarded=forwarded)
+        results = await self._propose([command], timeout, forwarded=forwarded)
         return results[0]
+
+    async def _propose(self, commands: list[bytes], timeout: float | None, *,
+                       forwarded: bool = False) -> list[WriteResult]:
+        """Propose `commands` as one write, within the pending limits (see `_admit`)."""
+        n, size = len(commands), sum(map(len, commands))
+        self._admit(n, size)
+        try:
+            if forwarded:
+                return await self._node.propose(commands, self._timeout(timeout),
+                                                forwarded=True)
+            return await self._node.propose(commands, self._timeout(timeout))
+        finally:
+            self._pending_proposals -= n
+            self._pending_proposal_bytes -= size
+
+    def _admit(self, n: int, size: int) -> None:
+        """Count `n` commands of `size` bytes as pending (the caller uncounts them once
+        answered), or refuse them with etcd's "too many requests" (Overloaded: nothing
+        proposed) when they would pass max_pending_proposals / _bytes; a write while
+        nothing is pending is always admitted."""
+        pending = self._pending_proposals
+        if pending and (pending + n > self._max_pending_proposals
+                        or self._pending_proposal_bytes + size
+                        > self._max_pending_proposal_bytes):
+            raise Overloaded(
+                f"{TOO_MANY_REQUESTS}: node {self.node_id} has {pending} writes "
+                f"({self._pending_proposal_bytes} bytes) proposed and not yet answered "
+                f"(max_pending_proposals {self._max_pending_proposals}, "
+                f"max_pending_proposal_bytes {self._max_pending_proposal_bytes}); retry "
+                "later")
+        self._pending_proposals = pending + n
+        self._pending_proposal_bytes += size
 
     def header_ids(self) -> HeaderIds:
         """The cluster id, member id and Raft term of an etcd response header from here."""

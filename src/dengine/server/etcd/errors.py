@@ -18,6 +18,7 @@ from dengine.errors import (
     Timeout,
     Unavailable,
 )
+from dengine.kv.etcd_check import TOO_MANY_REQUESTS
 
 log = logging.getLogger("dengine.server.etcd")
 
@@ -27,7 +28,6 @@ TIMED_OUT_LEADER_FAIL = "etcdserver: request timed out, possibly due to previous
 TIMED_OUT_CONNECTION_LOST = "etcdserver: request timed out, possibly due to connection lost"
 LEADER_CHANGED = "etcdserver: leader changed"
 STOPPED = "etcdserver: server stopped"
-TOO_MANY_REQUESTS = "etcdserver: too many requests"
 
 
 def etcd_status(exc: BaseException, *, leader_known: bool, running: bool
