@@ -2,6 +2,8 @@
 items 5-7): the leader's RSS before, at peak and after each, and whether it kept leading.
 
     python tools/hostile_inputs.py [--src DIR] [--only read,frames,idle,burst] [--idle N]
+    python tools/hostile_inputs.py --only grpc-size,grpc-garbage,grpc-amplify,grpc-nested,\
+        grpc-partial
 
 `--src` runs the servers from another checkout's src/ (to measure the code before a
 change); the attacks themselves speak the native frames directly. Not a test: numbers
@@ -20,6 +22,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from hostile_grpc import ATTACKS as GRPC_ATTACKS
 
 from dengine import Client
 from dengine.errors import DengineError
@@ -311,6 +315,8 @@ async def main() -> None:
                         what = await attack_frames(native)
                     elif name == "idle":
                         what = await attack_idle(native, addr, args.idle, pid)
+                    elif name in GRPC_ATTACKS:  # on the gRPC port (etcd's API)
+                        what = await GRPC_ATTACKS[name](addr)
                     else:
                         what = await attack_burst(native)
                     fd_peak = fds(pid)

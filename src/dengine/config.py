@@ -72,6 +72,8 @@ class NodeConfig:
     # Limits on client and peer connections (per listener) and on the load they bring.
     max_client_connections: int = 1024  # each of the gRPC and the native listener
     max_peer_connections: int = 64  # inbound connections of the peer listener
+    max_client_rpcs: int = 1024  # gRPC calls in progress at once (streams too); beyond: refused
+    max_client_streams: int = 128  # gRPC calls at once on one connection (more wait)
     client_idle_timeout_s: float = 600.0  # close a client connection idle this long (0: never)
     client_frame_timeout_s: float = 30.0  # a native request frame must arrive whole in this
     max_client_buffer_bytes: int = 64 * 1024 * 1024  # partial native frames, all connections
@@ -193,7 +195,8 @@ class NodeConfig:
                      "max_key_size", "max_value_size", "max_request_size",
                      "max_entries_per_msg", "max_bytes_per_msg", "max_inflight_msgs",
                      "max_read_keys", "max_response_bytes", "max_client_connections",
-                     "max_peer_connections", "client_frame_timeout_s",
+                     "max_peer_connections", "max_client_rpcs", "max_client_streams",
+                     "client_frame_timeout_s",
                      "max_client_buffer_bytes", "max_pending_writes",
                      "max_pending_write_bytes", "max_pending_proposals",
                      "max_pending_proposal_bytes", "max_request_bytes", "max_txn_ops"):

@@ -243,3 +243,20 @@ def test_persistence_image() -> None:
 def s_k1_before(s: MvccStore) -> bytes:
     """The packed version of k1 just before its delete at revision 8."""
     return next(c.new for c in s.changes() if c.key == b"k1" and c.revision == 6)
+
+
+def test_bounded_reads_stop_before_passing_their_bytes() -> None:
+    s = MvccStore()
+    for i in range(4):
+        put(s, b"k%d" % i, b"v" * 1000)
+    every = pb.RangeRequest(key=b"k", range_end=b"l")
+    assert len(s.range(every, 4 * 1100).kvs) == 4
+    with pytest.raises(KvError) as info:
+        s.range(every, 3 * 1100)
+    assert info.value.grpc_code == "RESOURCE_EXHAUSTED"
+    assert len(s.range(pb.RangeRequest(key=b"k", range_end=b"l", keys_only=True), 300).kvs) == 4
+    one = pb.RequestOp(request_range=pb.RangeRequest(key=b"k0"))
+    assert len(s.read_txn(pb.TxnRequest(success=[one] * 3), 3 * 1100).responses) == 3
+    with pytest.raises(KvError):
+        s.read_txn(pb.TxnRequest(success=[one] * 4), 3 * 1100)
+    assert len(s.range(every).kvs) == 4  # unbounded again afterwards

@@ -17,7 +17,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from dengine import Engine
+from dengine import Client, Engine
+from dengine.errors import KvError
 from dengine.node.engine import etcd_cluster_id
 from dengine.proto.etcd import rpc_pb2
 from dengine.server import ClientService, start_grpc_server
@@ -197,7 +198,8 @@ def test_compaction_and_etcd_errors(tmp_path: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:  # not protobuf
                 await leader.call("etcdserverpb.KV", "Range", _Raw(b"\xff\xff"),
                                   rpc_pb2.RangeResponse)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.code() == grpc.StatusCode.INTERNAL  # etcd's
+            assert (err.value.details() or "").startswith("grpc: error unmarshalling request")
             # a write forwarded once is never sent on (a follower that got it refuses it)
             stub = follower.channel.unary_unary(
                 "/etcdserverpb.KV/Put", request_serializer=lambda m: m.SerializeToString(),
@@ -280,5 +282,48 @@ def test_writes_without_a_leader_get_etcd_errors(tmp_path: Path) -> None:
             for m in others:  # stopped already: the fixture's second stop is a no-op
                 members.pop(m.engine.node_id)
                 await m.channel.close()
+
+    run(main())
+
+
+def test_read_answers_are_bounded_by_max_response_bytes(tmp_path: Path) -> None:
+    """A small request must not make a member build an unbounded answer on its event loop
+    (tools/hostile_inputs.py grpc-amplify: a 2.3 KB read-only txn of 128 ranges over 4 MiB
+    built 512 MiB in 40 s, 49 -> 1,611 MB, and the leader lost the lead): a Range or a
+    read-only Txn (and the native KvRead) whose keys and values would pass
+    max_response_bytes gets ResourceExhausted before more of it is built; smaller answers
+    and writes (applied alike everywhere, never bounded) are unchanged."""
+    async def main() -> None:
+        async with cluster(tmp_path, nodes=1, max_response_bytes=300_000,
+                           max_value_size=100_000) as members:
+            m = leader_of(members)
+            for i in range(4):
+                await m.kv("Put", rpc_pb2.PutRequest(key=b"/b/%d" % i, value=b"v" * 90_000))
+            every = rpc_pb2.RangeRequest(key=b"/b/", range_end=b"/b0")  # 360 KB
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await m.kv("Range", every)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_response_bytes (300000 bytes)" in (info.value.details() or "")
+            three = rpc_pb2.RangeRequest(key=b"/b/", range_end=b"/b/3")
+            assert len((await m.kv("Range", three)).kvs) == 3
+            keys = rpc_pb2.RangeRequest(key=b"/b/", range_end=b"/b0", keys_only=True)
+            assert len((await m.kv("Range", keys)).kvs) == 4
+            one = rpc_pb2.RangeRequest(key=b"/b/0")
+            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=one)] * 3)
+            assert len((await m.kv("Txn", txn)).responses) == 3
+            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=one)] * 4)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await m.kv("Txn", txn)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # a txn that writes is applied whatever its ranges answer
+            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=one)] * 4
+                                     + [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
+                                         key=b"/w", value=b"1"))])
+            assert len((await m.kv("Txn", txn)).responses) == 5
+            # the native KvRead too
+            async with Client(m.engine.config.listen_client) as client:
+                assert len((await client.range(b"/b/", b"/b/3")).kvs) == 3
+                with pytest.raises(KvError, match="max_response_bytes"):
+                    await client.range(b"/b/", prefix=True)
 
     run(main())

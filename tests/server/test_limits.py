@@ -381,3 +381,34 @@ def test_a_burst_of_writes_past_the_admission_bound_gets_overloaded_and_the_lead
                 await asyncio.gather(*(c.close() for c in clients))
 
     asyncio.run(main())
+
+
+def test_grpc_calls_over_max_client_rpcs_are_refused_at_once(tmp_path: Path) -> None:
+    """gRPC holds each call's request whole before its handler runs, a stalled sender's
+    partial one too (tools/hostile_inputs.py grpc-partial: 200 streams announcing 8 MiB
+    took the leader from 49 MB to 1,662 MB): calls in progress are bounded per server
+    (max_client_rpcs; beyond: ResourceExhausted at once) and per connection
+    (max_client_streams; beyond: they wait in the client)."""
+    class Hanging:  # an engine whose writes never return
+        async def write_encoded(self, commands: Any, *, timeout: float | None = None
+                                ) -> Any:
+            await asyncio.sleep(3600)
+
+    async def main() -> None:
+        config = NodeConfig(listen_client=f"127.0.0.1:{free_port()}", max_client_rpcs=2)
+        server = await start_grpc_server(ClientService(Hanging(), config),  # type: ignore[arg-type]
+                                         config)
+        try:
+            body = WriteRequest(commands=[put(b"k", b"v")]).SerializeToString()
+            async with grpc.aio.insecure_channel(config.listen_client) as ch:
+                write = ch.unary_unary("/dengine.RaftClientService/Write")
+                waiting = [asyncio.ensure_future(write(body, timeout=3)) for _ in range(2)]
+                await asyncio.sleep(0.5)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await write(body, timeout=3)
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.gather(*waiting, return_exceptions=True)
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())

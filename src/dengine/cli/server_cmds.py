@@ -68,6 +68,11 @@ SETTINGS_HELP = {
     "max_client_connections": "Most connections on each client listener (gRPC, native); "
                               "more are closed as they arrive.",
     "max_peer_connections": "Most inbound connections on the peer listener.",
+    "max_client_rpcs": "gRPC calls in progress at once on the client port (streams "
+                       "included); more are refused (ResourceExhausted): with the largest "
+                       "message, this bounds what partial requests can hold.",
+    "max_client_streams": "gRPC calls at once on one client connection (more wait in the "
+                          "client).",
     "client_idle_timeout_s": "Close a client connection with no request for this long "
                              "(clients reconnect by themselves; 0: never).",
     "client_frame_timeout_s": "A native request frame must arrive whole within this many "

@@ -57,6 +57,15 @@ def invalid(message: str) -> KvError:
     return KvError("INVALID_ARGUMENT", message)
 
 
+def response_too_large(max_bytes: int) -> KvError:
+    """A read whose answer would pass the node's max_response_bytes (etcd has no such
+    bound below gRPC's 2 GiB; an unbounded answer built on the node's event loop held
+    it for tens of seconds and cost it the lead)."""
+    return KvError("RESOURCE_EXHAUSTED",
+                   f"dengine: the response would pass max_response_bytes ({max_bytes} "
+                   "bytes); read fewer keys at a time (limit, keys_only, count_only)")
+
+
 def compacted() -> KvError:
     return Compacted("OUT_OF_RANGE", COMPACTED)
 

@@ -50,6 +50,7 @@ from dengine.kv.etcd_check import (
     key_not_found,
     lease_exists,
     lease_not_found,
+    response_too_large,
 )
 from dengine.kv.gosort import go_sort
 from dengine.kv.leases import LeaseTable
@@ -63,6 +64,7 @@ pack_meta = _META.pack
 unpack_meta = _META.unpack_from
 
 _Req = TypeVar("_Req", bound=Message)
+_T = TypeVar("_T")
 
 Op = tuple[int, int, int, bytes, bytes]  # index, term, op, key, value (kv.store.Op)
 
@@ -119,6 +121,14 @@ _SORT_KEYS: dict[int, Callable[[tuple[bytes, bytes]], Any]] = {
 }
 
 
+# Protobuf bytes of a KeyValue beyond its key and value, about (tags, lengths, varints).
+_KV_OVERHEAD = 32
+
+
+class _OverBudget(Exception):
+    """A bounded read passed its bytes (see MvccStore._bounded)."""
+
+
 def _range_end(range_end: bytes) -> bytes | None:
     """etcd's mkGteRange: "\\0" means every key >= key (None here)."""
     return None if range_end == b"\x00" else range_end
@@ -127,11 +137,14 @@ def _range_end(range_end: bytes) -> bytes | None:
 class MvccStore:
     """etcd's MVCC key-value store. `get` and `insert_all` are the hot paths."""
 
-    __slots__ = ("_changes", "_data", "_index", "compact_revision", "leases", "revision")
+    __slots__ = ("_budget", "_changes", "_data", "_index", "compact_revision", "leases",
+                 "revision")
 
     def __init__(self) -> None:
         self.revision = 1
         self.compact_revision = 0
+        # bytes a bounded read may still answer (None: unbounded; see `range`)
+        self._budget: int | None = None
         self._data: dict[bytes, bytes] = {}
         self._index = SortedList()
         self._changes: deque[tuple[int, bytes, bytes | None, bytes | None]] = deque()
@@ -157,17 +170,48 @@ class MvccStore:
         packed = self._packed_at(key, rev)
         return None if packed is None else make_kv(key, packed)
 
-    def range(self, req: pb.RangeRequest) -> pb.RangeResponse:
+    def range(self, req: pb.RangeRequest, max_bytes: int | None = None) -> pb.RangeResponse:
         """etcd's Range (applierV3backend.Range + rangeKeys) at the current revision;
-        raises KvError (compacted, future revision)."""
-        return self._range(req, self.revision)
+        raises KvError (compacted, future revision; with `max_bytes`, a response whose
+        keys and values would pass it, before building more of it)."""
+        return self._bounded(max_bytes, self._range, req, self.revision)
 
-    def read_txn(self, req: pb.TxnRequest) -> pb.TxnResponse:
+    def read_txn(self, req: pb.TxnRequest, max_bytes: int | None = None) -> pb.TxnResponse:
         """A read-only txn (etcd_check.is_txn_readonly) served as a read, as etcd serves
-        them (no log entry); raises KvError. Any other txn must go through `apply`."""
+        them (no log entry); raises KvError (with `max_bytes`: as `range`, for all its
+        ranges together). Any other txn must go through `apply`."""
         if not is_txn_readonly(req):
             raise ValueError("read_txn: this txn writes (apply it through the log)")
-        return self._txn(req)
+        return self._bounded(max_bytes, self._txn, req)
+
+    def _bounded(self, max_bytes: int | None, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(*args)` answering at most `max_bytes` of keys and values (a read: what is
+        applied never has a bound, so that every replica applies alike)."""
+        if max_bytes is None:
+            return fn(*args)
+        self._budget = max_bytes
+        try:
+            return fn(*args)
+        except _OverBudget:
+            raise response_too_large(max_bytes) from None
+        finally:
+            self._budget = None
+
+    def _add_kvs(self, kvs: Any, items: Iterable[tuple[bytes, bytes]], keys_only: bool
+                 ) -> None:
+        if self._budget is None:
+            add_kvs(kvs, items, keys_only)
+            return
+        budget = self._budget
+        add = kvs.add
+        for key, packed in items:  # stops before building past the budget
+            budget -= len(key) + (0 if keys_only else len(packed)) + _KV_OVERHEAD
+            if budget < 0:
+                raise _OverBudget
+            c, m, v, lease = unpack_meta(packed)
+            add(key=key, create_revision=c, mod_revision=m, version=v, lease=lease,
+                value=b"" if keys_only else packed[META_SIZE:])
+        self._budget = budget
 
     def _read_revision(self, revision: int, current: int) -> int:
         if revision > current:
@@ -238,9 +282,9 @@ class MvccStore:
                 reverse = sort_order == _DESCEND
                 take = limit if limit > 0 else total
                 data = self._data
-                add_kvs(resp.kvs, ((k, data[k]) for k in
-                                   islice(index.islice(lo, hi, reverse=reverse), take)),
-                        req.keys_only)
+                self._add_kvs(resp.kvs, ((k, data[k]) for k in
+                                         islice(index.islice(lo, hi, reverse=reverse), take)),
+                              req.keys_only)
                 resp.more = limit > 0 and total > limit
                 return resp
             items = self._items_at(key, end, rev)
@@ -270,7 +314,7 @@ class MvccStore:
         if limit > 0 and len(items) > limit:
             items = items[:limit]
             resp.more = True
-        add_kvs(resp.kvs, items, req.keys_only)
+        self._add_kvs(resp.kvs, items, req.keys_only)
         return resp
 
     @staticmethod

@@ -57,6 +57,11 @@ def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
         ("grpc.so_reuseport", 0),
         # Connections beyond this are closed by gRPC as they arrive.
         ("grpc.max_allowed_incoming_connections", config.max_client_connections),
+        # gRPC holds each call's request message whole before the handler runs (a
+        # stalled sender's partial message too; it offers no receive timeout per call):
+        # calls at once per connection, and (maximum_concurrent_rpcs) per server, bound
+        # that memory to max_client_rpcs x the largest message.
+        ("grpc.max_concurrent_streams", config.max_client_streams),
         # Go clients (etcdctl, Kubernetes) ping idle long-lived connections: with gRPC's
         # defaults the server answers them with GOAWAY "too_many_pings" after ~30 s.
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
@@ -113,7 +118,8 @@ async def start_grpc_server(
     `etcd`); ConfigError when the port is taken."""
     parse_address(config.listen_client)
     server = grpc.aio.server(options=grpc_server_options(config),
-                             interceptors=interceptors or None)
+                             interceptors=interceptors or None,
+                             maximum_concurrent_rpcs=config.max_client_rpcs)
     server.add_generic_rpc_handlers((service.generic_handler(),))
     if etcd is not None:
         etcd.register(server)

@@ -236,7 +236,8 @@ class ClientService:
             ranges: list[Any] = [self._range_request(r) for r in req.ranges]
             ranges += [self._read_txn_request(t) for t in req.txns]
             answers = await self._engine.read_query(
-                functools.partial(_ranges, ranges), consistency, timeout=_timeout(context)
+                functools.partial(_ranges, ranges, self._config.max_response_bytes),
+                consistency, timeout=_timeout(context)
             ) if ranges else []
             results = []
             size = 0
@@ -593,16 +594,17 @@ def _etcd_result(r: Any, ids: tuple[int, int, int]) -> WriteResult:
     return out
 
 
-def _ranges(requests: Sequence[RangeRequest | TxnRequest], store: Any) -> list[Any]:
+def _ranges(requests: Sequence[RangeRequest | TxnRequest], max_bytes: int, store: Any
+            ) -> list[Any]:
     """Each range's RangeResponse (a read-only txn's TxnResponse), or its etcd error, on
-    one state of the store."""
+    one state of the store; each answer built only while it stays within `max_bytes`."""
     out: list[Any] = []
     for request in requests:
         try:
             if isinstance(request, TxnRequest):
-                out.append(store.read_txn(request))
+                out.append(store.read_txn(request, max_bytes))
             else:
-                out.append(store.range(request))
+                out.append(store.range(request, max_bytes))
         except KvError as e:
             out.append(e)
     return out

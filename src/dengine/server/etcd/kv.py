@@ -99,8 +99,9 @@ class KvService(EtcdBase):
         try:
             req = checks.range_request(request, self._config)
             mode = EVENTUAL if req.serializable else LINEARIZABLE
+            limit = self._config.max_response_bytes
             resp = await self._engine.read_query(
-                lambda store: store.range(req), mode, timeout=timeout_of(context))
+                lambda store: store.range(req, limit), mode, timeout=timeout_of(context))
             self.stamp(resp.header)
             return bytes(resp.SerializeToString())
         except Exception as exc:
@@ -110,8 +111,9 @@ class KvService(EtcdBase):
         """A txn of ranges only is a read, as etcd serves it: no log entry, linearizable
         unless every range is serializable."""
         mode = EVENTUAL if etcd_check.is_txn_serializable(req) else LINEARIZABLE
+        limit = self._config.max_response_bytes
         resp = await self._engine.read_query(
-            lambda store: store.read_txn(req), mode, timeout=timeout_of(context))
+            lambda store: store.read_txn(req, limit), mode, timeout=timeout_of(context))
         self.stamp(resp.header)
         return bytes(resp.SerializeToString())
 
