@@ -290,7 +290,7 @@ def test_plain_put_results_carry_the_whole_header(tmp_path: Path) -> None:
     """etcdctl's `put -w json` shows cluster_id, member_id, revision and raft_term: a plain
     put (the insert fast path, no etcd response) carries them too, on every front door."""
     async def main() -> None:
-        async with serving(tmp_path) as (engine, address):
+        async with serving(tmp_path, nodes=1) as (engine, address):
             ids = engine.header_ids()
             assert ids.cluster_id and ids.member_id and ids.raft_term
             async with Client(address) as native, \
@@ -309,8 +309,8 @@ def test_a_read_only_txn_is_served_as_a_read_by_the_client(tmp_path: Path,
     serves it); its errors are etcd's; a server before KvRead's txns still answers it
     (through the log)."""
     async def main() -> None:
-        async with serving(tmp_path) as (engine, address), Client(address) as client, \
-                Client(address, transport="grpc") as over_grpc:
+        async with serving(tmp_path, nodes=1) as (engine, address), \
+                Client(address) as client, Client(address, transport="grpc") as over_grpc:
             await client.put(b"/r/a", b"1")
             for api in (client, over_grpc):
                 last = engine.status().last_log_index
