@@ -6,7 +6,8 @@ result types live in `dengine.api`, shared with the embedded `Engine`.
 """
 
 from dengine.api import Leader, MemberInfo, NodeStatus, WriteResult
-from dengine.client.client import Client, delete, insert
+from dengine.client.client import Client
+from dengine.client.commands import delete, insert
 from dengine.client.routing import ConnectionLost, parse_endpoints
 from dengine.client.sync import SyncClient
 

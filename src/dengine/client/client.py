@@ -43,6 +43,7 @@ from dengine.api import (
     WriteResult,
 )
 from dengine.client.batcher import Batcher, Item, each_alone
+from dengine.client.commands import delete, insert
 from dengine.client.leases import ClientLeases
 from dengine.client.routing import (
     Backoff,
@@ -105,18 +106,6 @@ EVENTS_POLL_S = 10.0
 
 T = TypeVar("T")
 P = TypeVar("P")
-
-
-def insert(key: Key, value: Key) -> WriteCommand:
-    """A put command for `Client.write`."""
-    return WriteCommand(insert=WriteCommand.Insert(key=as_bytes(key), value=as_bytes(value,
-                                                                                     "value")))
-
-
-def delete(key: Key) -> WriteCommand:
-    """A delete command for `Client.write`."""
-    return WriteCommand(delete=WriteCommand.Delete(key=as_bytes(key)))
-
 
 
 class Client(ClientLeases):
@@ -696,8 +685,6 @@ def check_timeout(timeout: float) -> float:
         raise InvalidRequest(f"timeout must be a finite number of seconds above 0, "
                              f"got {timeout!r}")
     return float(timeout)
-
-
 
 
 def _give_up(fut: asyncio.Future[Any], timeout: float, write: bool) -> None:
