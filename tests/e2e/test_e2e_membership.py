@@ -273,16 +273,33 @@ COMPACTION = {"snapshot_threshold_entries": 20_000, "wal_checkpoint_bytes": 2 * 
 VALUE = "x" * 100
 
 
+def max_file_counts(cluster: Cluster) -> dict[str, int]:
+    """The most snapshots, state machine WAL files and Raft log segments any node holds."""
+    def count(path: Path, pattern: str) -> int:
+        try:
+            return sum(1 for _ in path.glob(pattern))
+        except OSError:  # a dir renamed away while listed
+            return 0
+    return {
+        "snapshots": max(count(n.data_dir / "snapshots", "snap-*") for n in cluster.nodes),
+        "snapshot_temps": max(count(n.data_dir / "snapshots", "tmp-*") for n in cluster.nodes),
+        "sm_wal": max(count(n.data_dir / "sm", "wal-*") for n in cluster.nodes),
+        "raft_segments": max(count(n.data_dir / "raft", "seg-*") for n in cluster.nodes),
+    }
+
+
 async def overwrite_fixed_set(cluster: Cluster, writes: int, key_count: int,
                               measurements: dict[str, Any], label: str) -> None:
     await cluster.wait_leader()
     samples: list[tuple[int, int]] = []  # (largest data dir, largest raft log dir)
+    file_counts: list[dict[str, int]] = []  # the most files of each kind on any node
     done = asyncio.Event()
 
     async def sample() -> None:
         while not done.is_set():
             samples.append((max(dir_size(n.data_dir) for n in cluster.nodes),
                             max(dir_size(n.data_dir / "raft") for n in cluster.nodes)))
+            file_counts.append(max_file_counts(cluster))
             # Often enough that each half of a run sees several snapshot/compaction cycles
             # (200k writes take ~4 s here): the halves' peaks are then comparable.
             await asyncio.sleep(0.05)
@@ -332,12 +349,19 @@ async def overwrite_fixed_set(cluster: Cluster, writes: int, key_count: int,
     assert log_bound < uncompacted_log // 2  # the bound can tell compaction from none
     assert peak_log <= log_bound, f"raft log peaked at {peak_log} bytes, over {log_bound}"
     assert peak <= bound, f"data dir peaked at {peak} bytes, over the bound {bound}"
-    # Bounded, not just small: the second half of the run does not grow past the first.
-    first_half, second_half = samples[: len(samples) // 2], samples[len(samples) // 2:]
-    assert max(t for t, _ in second_half) <= 1.5 * max(t for t, _ in first_half), samples
-    async with Client(cluster.endpoints, timeout=30) as client:
-        last = writes - 1
-        assert await client.get(f"k{last % key_count:05d}") == VALUE.encode()
+    # Bounded, not just small: no kind of file piles up as writes go on. (Comparing the
+    # halves' peaks flaked: a 4-s run's first half may see no compaction cycle at all.)
+    # Snapshots: the two kept, one just written and not pruned yet, one received and not
+    # installed yet (10 snapshot cycles run here: a leak passes that quickly); at most one
+    # written and one received in progress; state machine WAL: the live file and the one a
+    # checkpoint is folding in; Raft log: what its bound holds.
+    most = {kind: max(c[kind] for c in file_counts) for kind in file_counts[0]}
+    segment_limit = log_bound // COMPACTION["log_segment_bytes"] + 2
+    assert most["snapshots"] <= 2 + 2, (most, file_counts)
+    assert most["snapshot_temps"] <= 2, (most, file_counts)
+    assert most["sm_wal"] <= 2, (most, file_counts)
+    assert most["raft_segments"] <= segment_limit, (most, file_counts)
+
 
 
 def test_data_dir_stays_bounded_under_compaction(cluster_factory, measurements) -> None:  # type: ignore[no-untyped-def]
