@@ -26,6 +26,7 @@ from pathlib import Path
 from hostile_grpc import ATTACKS as GRPC_ATTACKS
 
 from dengine import Client
+from dengine.bench.cluster import free_ports
 from dengine.errors import DengineError
 from dengine.proto.client_pb2 import ReadRequest, WriteRequest, WriteResponse
 from dengine.proto.common_pb2 import WriteCommand
@@ -39,16 +40,6 @@ from dengine.proto.native import (
 from dengine.server.supervisor import die_with_parent
 
 MiB = 1024 * 1024
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def rss_mb(pid: int) -> float:

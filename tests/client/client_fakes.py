@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
+from dengine.bench.cluster import free_ports
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Unavailable
 from dengine.kv import Limits, check_encoded_commands, check_keys, check_node_id
@@ -19,9 +19,8 @@ from dengine.server import ClientService, NativeServer, start_grpc_server
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1, outside the ephemeral range (dengine.bench.cluster)."""
+    return free_ports(1)[0]
 
 
 @dataclass

@@ -4,22 +4,20 @@ in-process cluster harness (test_cluster, test_snapshots, test_membership)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dengine import Engine
+from dengine.bench.cluster import free_ports
 from dengine.errors import NotLeader, Timeout, Unavailable
 
 T = TypeVar("T")
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1, outside the ephemeral range (dengine.bench.cluster)."""
+    return free_ports(1)[0]
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 
 from dengine import Engine
+from dengine.bench.cluster import free_ports
 from dengine.server import ClientService, start_grpc_server
 from dengine.server.etcd import EtcdApi
 from dengine.server.native import NativeServer
@@ -31,9 +31,8 @@ STEADY = {"tick_ms": 10, "election_timeout_ms": 1000, "heartbeat_interval_ms": 1
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1, outside the ephemeral range (dengine.bench.cluster)."""
+    return free_ports(1)[0]
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:

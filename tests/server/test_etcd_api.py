@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from dengine import Client, Engine
+from dengine.bench.cluster import free_ports
 from dengine.errors import KvError
 from dengine.node.engine import etcd_cluster_id
 from dengine.proto.etcd import rpc_pb2
@@ -32,9 +32,8 @@ FUTURE = "etcdserver: mvcc: required revision is a future revision"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1, outside the ephemeral range (dengine.bench.cluster)."""
+    return free_ports(1)[0]
 
 
 @dataclass

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import grpc
 import pytest
 
 from dengine import Client, Engine
+from dengine.bench.cluster import free_ports
 from dengine.client.routing import error_from_wire
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import InvalidRequest, Overloaded, Unavailable
@@ -51,9 +51,8 @@ MiB = 1024 * 1024
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1, outside the ephemeral range (dengine.bench.cluster)."""
+    return free_ports(1)[0]
 
 
 @dataclass

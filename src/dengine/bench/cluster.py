@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import socket
 import tempfile
@@ -44,18 +45,41 @@ EMBEDDED_LEADER_ELECTION_MS = 500
 FOLLOWER_ELECTION_FACTOR = 6
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct TCP ports of 127.0.0.1 that are free right now."""
-    socks: list[socket.socket] = []
+# Ports handed out by `free_ports` come from below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768+ by default): a port the OS picked with bind(0)
+# could be taken, between a node's stop and its restart on the same port, as the local
+# port of some outgoing connection ("address already in use" at the restart). Native
+# ports are the client port + 200, still below the range.
+_PORT_RANGE = (15000, 32000)
+_next_port: list[int] = []  # this process walks the range from a random start
+
+
+def _ephemeral_low() -> int:
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports of 127.0.0.1, free right now, outside the ephemeral range
+    (each process walks its own sequence, so a port is not handed out twice soon)."""
+    low, high = _PORT_RANGE[0], min(_PORT_RANGE[1], _ephemeral_low() - 201)
+    if not _next_port:
+        _next_port.append(random.randrange(low, high))
+    ports: list[int] = []
+    for _ in range(high - low):
+        port = _next_port[0]
+        _next_port[0] = low if port + 1 >= high else port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise DengineError(f"no {n} free ports between {low} and {high} on 127.0.0.1")
 
 
 def _any_port(address: str) -> str:
