@@ -96,7 +96,7 @@ class Model:
     def __init__(self) -> None:
         self.states: dict[int, State] = {1: {}}
         self.revision = 1
-        self.compact_revision = 0
+        self.compact_revision = -1  # never compacted, as etcd
 
     @property
     def state(self) -> State:
@@ -166,7 +166,7 @@ class Model:
         return resp
 
     def compact(self, rev: int) -> pb.CompactionResponse:
-        if rev < self.compact_revision or (rev == self.compact_revision and rev != 0):
+        if rev <= self.compact_revision:
             raise compacted()
         if rev > self.revision:
             raise future_revision()
@@ -194,7 +194,7 @@ class Model:
     def _check(self, req: pb.TxnRequest, pre: State, begin: int) -> None:
         """Put checks on the whole taken path first, then range checks (etcd's order)."""
         ops = self._path_ops(req, pre)
-        first_rev = self.compact_revision or -1
+        first_rev = self.compact_revision
         for op in ops:
             if op.WhichOneof("request") == "request_put":
                 put = op.request_put

@@ -134,6 +134,7 @@ def test_range_rules() -> None:
 def test_compaction() -> None:
     s = MvccStore()
     assert compact(s, 0).header.revision == 1  # type: ignore[attr-defined]  # as etcd's first
+    assert compact(s, 0) == COMPACTED  # etcd: only the first Compact(0) succeeds
     for i in range(5):
         put(s, b"k", b"%d" % i)
     assert compact(s, 7) == FUTURE

@@ -20,7 +20,7 @@ from storage_helpers import (
 
 from dengine.errors import CorruptionError
 from dengine.proto import LogId
-from dengine.storage import FileStateMachine, records
+from dengine.storage import FileStateMachine, kvfile, records
 from dengine.storage.checkpoints import CHECKPOINT_FILE, CheckpointMeta, encode_checkpoint_meta
 from dengine.storage.fileio import SimulatedDisk
 
@@ -170,3 +170,13 @@ def test_wals_are_read_in_chunks():
         sm.apply_chunk(log_entries(first, 100, term=1, tag=b"v" * 200))
     sm.close()
     assert FileStateMachine(DIR, fileio=disk).items() == sm.items()
+
+
+def test_never_compacted_is_minus_one_and_format_3_zero_reads_as_never():
+    """etcd's compaction point starts at -1 (its first Compact(0) succeeds, the next does
+    not): the image keeps -1; format 3 (checkpoint) and 2 (snapshot) wrote 0 for it."""
+    current = kvfile.encode_counts(7, -1, 2, [(5, 60)])
+    assert kvfile.decode_counts(current, 0) == (7, -1, 2, [(5, 60)])
+    assert kvfile.decode_counts(kvfile.encode_counts(7, 0, 2, []), 0)[1] == 0
+    before_leases = struct.pack("<QQQ", 7, 0, 2)  # revision, compact revision, changes
+    assert kvfile.decode_counts(before_leases, 0) == (7, -1, 2, [])

@@ -134,7 +134,7 @@ class MvccStore:
 
     def __init__(self) -> None:
         self.revision = 1
-        self.compact_revision = 0
+        self.compact_revision = -1  # never compacted (etcd's compactMainRev starts at -1)
         # bytes a bounded read may still answer (None: unbounded; see `range`)
         self._budget: int | None = None
         self._data: dict[bytes, bytes] = {}
@@ -537,9 +537,8 @@ class MvccStore:
 
     def _compact(self, req: pb.CompactionRequest) -> pb.CompactionResponse:
         rev = req.revision
-        # etcd starts at compact revision -1, so its first Compact(0) succeeds; 0 here
-        # means "never compacted", and Compact(0) then is a no-op that succeeds.
-        if rev < self.compact_revision or (rev == self.compact_revision and rev != 0):
+        # As etcd: a never-compacted store is at -1, so only its first Compact(0) succeeds.
+        if rev <= self.compact_revision:
             raise compacted()
         if rev > self.revision:
             raise future_revision()

@@ -22,7 +22,7 @@ def run_txn(store: MvccStore, req: pb.TxnRequest) -> pb.TxnResponse:
     """etcd's Txn: compares (this and nested txns') on the state before the txn, the
     checks of the taken path, then its ops in order; one revision for all."""
     path = _compare_path(store, req)
-    first_rev = store.compact_revision if store.compact_revision else -1
+    first_rev = store.compact_revision
     begin = store.revision
     _check_path(store, req, path, begin, first_rev, "request_put")
     _check_path(store, req, path, begin, first_rev, "request_range")

@@ -64,7 +64,7 @@ class CheckpointMeta:
     membership: Membership | None
     snapshot: SnapshotMetadata | None
     revision: int = 1
-    compact_revision: int = 0
+    compact_revision: int = -1
     change_count: int = 0
     leases: Sequence[kvfile.LeaseTuple] = ()
 

@@ -146,7 +146,7 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
             sha = hashlib.sha256(data).hexdigest()
             report.detail = (
                 f"format version {scan.version}, {count} keys at ({last.term}, {last.index}), "
-                f"revision {revision}, compacted at {compact}, {changes} changes, "
+                f"revision {revision}, {_compaction(compact)}, {changes} changes, "
                 f"{len(leases)} leases, sha256 {sha[:16]}..."
             )
         else:
@@ -154,12 +154,16 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
             last = head.last_applied
             report.detail = (
                 f"format version {scan.version}, {head.key_count} keys at ({last.term}, "
-                f"{last.index}), revision {head.revision}, compacted at "
-                f"{head.compact_revision}, {head.change_count} changes, "
+                f"{last.index}), revision {head.revision}, "
+                f"{_compaction(head.compact_revision)}, {head.change_count} changes, "
                 f"{len(head.leases)} leases, replay from WAL "
                 f"{head.wal_seq}"
             )
         report.first_index = report.last_index = last.index
+
+
+def _compaction(compact_revision: int) -> str:
+    return "never compacted" if compact_revision < 0 else f"compacted at {compact_revision}"
 
 
 def inspect_data_dir(data_dir: str, fileio: FileIO | None = None) -> list[FileReport]:

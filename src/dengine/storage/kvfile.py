@@ -35,7 +35,7 @@ from dengine.storage.fileio import FileIO
 
 SNAPSHOT_FILE = "snapshot.bin"
 _KEY_LEN = struct.Struct("<I")
-_COUNTS = struct.Struct("<QQQ")  # revision, compact revision, change count
+_COUNTS = struct.Struct("<QqQ")  # revision, compact revision (-1: never), change count
 _LEASE = struct.Struct("<qq")  # lease id, granted TTL
 _SNAPSHOT_META = struct.Struct("<QQQ")  # last included index, term, key count
 _CHANGE_HEAD = "QIII"  # revision, key length, new length, prev length
@@ -56,7 +56,7 @@ class StoreImage:
     back): its revision, compaction point, live `key -> packed`, and the changelog."""
 
     revision: int = 1
-    compact_revision: int = 0
+    compact_revision: int = -1
     items: Mapping[bytes, bytes] = field(default_factory=dict)
     changes: Sequence[ChangeTuple] = ()
     leases: Sequence[LeaseTuple] = field(default_factory=list)
@@ -82,6 +82,8 @@ def decode_counts(data: bytes, offset: int) -> tuple[int, int, int, list[LeaseTu
     revision, compact, changes = _COUNTS.unpack_from(data, offset)
     end = offset + _COUNTS.size
     leases: list[LeaseTuple] = []
+    if len(data) == end and compact == 0:
+        compact = -1  # those formats wrote 0 for "never compacted"
     if len(data) > end:
         (n,) = _KEY_LEN.unpack_from(data, end)
         end += 4
