@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 import pytest
 
-from dengine import Client, Engine
+from dengine import Client, Compare, Engine, Op
 from dengine.bench.cluster import free_ports
 from dengine.client.routing import error_from_wire
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import InvalidRequest, Overloaded, Unavailable
+from dengine.errors import InvalidRequest, KvError, Overloaded, Unavailable
 from dengine.node.transport import Transport
 from dengine.proto.client_pb2 import (
     Error,
@@ -171,6 +171,39 @@ def test_a_read_of_400_copies_of_a_1_MiB_value_is_refused_not_built(tmp_path: Pa
                     await client.get_many([b"k%d" % i for i in range(10_001)])
                 assert await client.get(b"big") == b"x" * MiB
             assert s.leader.is_leader
+
+    asyncio.run(main())
+
+
+def test_a_writing_txn_whose_ranges_would_answer_too_much_is_refused_unapplied(
+        tmp_path: Path) -> None:
+    """A txn that writes is answered from its apply, on every member, unbounded: its
+    ranges are tried with max_response_bytes before it is proposed (Engine.kv_request:
+    etcd's gRPC Txn goes there too). 100 ranges of a
+    1 MiB value, next to a put, in a nested txn or on the failure branch: refused, and
+    the put never applied (the same txn with 3 ranges is fine)."""
+    def ranges(n: int) -> list[Op]:
+        return [Op.get(b"big")] * n
+
+    async def main() -> None:
+        async with serving(tmp_path) as s:
+            await s.leader.put(b"big", b"x" * MiB)
+            shapes = [
+                ([], [Op.put(b"w", b"1"), *ranges(100)], []),
+                ([], [Op.put(b"w", b"1")], []),  # (a nested txn holds the ranges)
+                ([Compare.value(b"big") == b"no"], [], [Op.put(b"w", b"1"), *ranges(100)]),
+            ]
+            shapes[1][1].append(Op.txn([], ranges(100)))
+            async with Client(s.address, timeout=5) as client:
+                for compare, success, failure in shapes:
+                    for txn in (client.txn, s.leader.txn):
+                        with pytest.raises(KvError, match="max_response_bytes") as err:
+                            await txn(compare, success, failure)
+                        assert err.value.grpc_code == "RESOURCE_EXHAUSTED"
+                assert await client.get_kv(b"w") is None
+                result = await client.txn([], [Op.put(b"w", b"1"), *ranges(3)])
+                assert [len(r.kvs[0].value) for r in result.responses[1:]] == [MiB] * 3
+            assert (await s.leader.get_kv(b"w")).value == b"1"  # type: ignore[union-attr]
 
     asyncio.run(main())
 

@@ -249,6 +249,25 @@ def is_txn_readonly(req: pb.TxnRequest) -> bool:
                for branch in (req.success, req.failure) for op in branch)
 
 
+def txn_ranges(req: pb.TxnRequest) -> pb.TxnRequest | None:
+    """The ranges of a txn that writes, of both branches and nested txns, as one
+    read-only txn (None when it has none). Its answer is built where it applies, on every
+    member, where no bound may apply (replicas apply alike): this probe, read with the
+    node's bound before proposing, refuses a txn whose ranges would answer too much."""
+    probe = pb.TxnRequest()
+    pending = [req]
+    while pending:
+        txn = pending.pop()
+        for branch in (txn.success, txn.failure):
+            for op in branch:
+                kind = op.WhichOneof("request")
+                if kind == "request_range":
+                    probe.success.add().request_range.CopyFrom(op.request_range)
+                elif kind == "request_txn":
+                    pending.append(op.request_txn)
+    return probe if probe.success else None
+
+
 def is_txn_serializable(req: pb.TxnRequest) -> bool:
     """A read-only txn whose ranges are all serializable is served from the member's own
     state (etcd's isTxnSerializable)."""

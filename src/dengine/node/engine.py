@@ -42,6 +42,7 @@ from dengine.errors import (
     ConfigError,
     DengineError,
     InvalidRequest,
+    KvError,
     NotLeader,
     Overloaded,
     Timeout,
@@ -62,9 +63,11 @@ from dengine.kv import (
     encode_commands,
     encode_delete,
     encode_insert,
+    etcd_check,
 )
 from dengine.kv import ops as kvops
 from dengine.kv import watch as kvwatch
+from dengine.kv.codec import OP_TXN, decode_request
 from dengine.kv.etcd_check import TOO_MANY_REQUESTS
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.coordination import Coordination
@@ -75,6 +78,7 @@ from dengine.node.membership import promoted
 from dengine.node.node import Node
 from dengine.node.watch import LocalWatch, WatchHub
 from dengine.proto import Membership, WriteCommand
+from dengine.proto.etcd.rpc_pb2 import TxnRequest
 from dengine.raft import Role
 
 DEFAULT_TIMEOUT = 5.0
@@ -301,6 +305,10 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         """`write` of commands already encoded (`WriteCommand` bytes, as a client sent them):
         validated as the state machine will decode them, proposed as they are."""
         check_encoded_commands(commands, self._limits)
+        for command in commands:
+            request = decode_request(command)
+            if request is not None and request[0] == OP_TXN:
+                await self._probe_txn_answer(request[2])
         return await self._propose(list(commands), timeout)
 
     async def kv_request(
@@ -315,8 +323,25 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         command = wrap_kv_request(field, request)
         if len(command) > self._limits.max_request_size:
             check_write_size(len(command), self._limits)
+        if field == KV_TXN:
+            await self._probe_txn_answer(request)
         results = await self._propose([command], timeout, forwarded=forwarded)
         return results[0]
+
+    async def _probe_txn_answer(self, request: bytes) -> None:
+        """Refuse a txn that writes whose ranges, read on this node's state now, would
+        answer more than max_response_bytes (etcd_check.txn_ranges: such an answer is
+        built on every member as the txn applies, unbounded)."""
+        probe = etcd_check.txn_ranges(TxnRequest.FromString(request))
+        if probe is None:
+            return
+        limit = self._node.config.max_response_bytes
+        try:
+            await self.read_query(lambda store: store.read_txn(probe, limit), EVENTUAL)
+        except KvError as e:
+            if e.grpc_code == "RESOURCE_EXHAUSTED":
+                raise
+            # any other answer (a compacted revision...) is the txn's own, once applied
 
     async def _propose(self, commands: list[bytes], timeout: float | None, *,
                        forwarded: bool = False) -> list[WriteResult]:
