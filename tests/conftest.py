@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background by a shell (`.ci/run &`, nohup) inherits SIGINT
+# ignored, and so would every process the tests start: then the tests' Ctrl-C (SIGINT to
+# a `dengine bench` child) does nothing. A handled SIGINT here is reset to the default
+# in each child at exec, so children see Ctrl-C as they would from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass(frozen=True)
