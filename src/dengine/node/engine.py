@@ -496,6 +496,19 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
         """The client address `node_id` announced to this node ("" if not known yet)."""
         return self._node.members.peer_client_address(node_id)
 
+    def membership(self) -> Membership:
+        """A copy of the latest configuration this node has appended (the learners'
+        `promote` flags included)."""
+        return self._node.members.copy()
+
+    def new_member_id(self) -> int:
+        """The id a member added without one gets (see `Members.new_id`)."""
+        return self._node.members.new_id()
+
+    def peer_connected(self, node_id: int) -> bool:
+        """Whether this node's link to `node_id` is up (itself: True)."""
+        return self._node.members.connected(node_id)
+
     async def add_learner(
         self,
         node_id: int,
@@ -533,6 +546,24 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
             raise InvalidRequest(f"node {node_id} is not a learner ({what})")
         self._node.members.check_learner_caught_up(node_id)
         await self._node.members.change(promoted(membership, node_id), self._timeout(timeout))
+
+    async def update_member(self, node_id: int, address: str, *,
+                            timeout: float | None = None) -> None:
+        """Give member `node_id` a new peer address (etcd's MemberUpdate); returns once
+        committed. The member must then listen there (restart it with that address)."""
+        check_node_id(node_id)
+        try:
+            parse_address(address)
+        except ConfigError as e:
+            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
+        membership = self._leader_membership()
+        found = False
+        for m in (*membership.voters, *membership.learners):
+            if m.id == node_id:
+                m.address, found = address, True
+        if not found:
+            raise InvalidRequest(f"node {node_id} is not a member")
+        await self._node.members.change(membership, self._timeout(timeout))
 
     async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
         """Remove a voter or learner; returns once the change is committed.

@@ -184,6 +184,22 @@ class Members:
             return self.transport.peer_client_address(node_id)
         return ""
 
+    def new_id(self) -> int:
+        """An id for a member added without one (etcd's MemberAdd): one more than the
+        highest id of the latest configuration, of the configurations this node's log
+        holds and of the members it knows were removed, so never a current member's nor,
+        as far as the log remembers, a removed one's."""
+        ids = _ids(self._core.membership) | self.removed_ids | self._applied_ids
+        for _, membership in self.unapplied:
+            ids |= _ids(membership)
+        return max(ids, default=0) + 1
+
+    def connected(self, node_id: int) -> bool:
+        """Whether this node's link to `node_id` is up (itself: True)."""
+        if node_id == self.node_id:
+            return True
+        return self.transport is not None and self.transport.is_connected(node_id)
+
     def copy(self) -> Membership:
         """A copy of the latest configuration appended to this node's log."""
         out = Membership()

@@ -1,6 +1,6 @@
 """etcd v3's gRPC API on a node's client port (docs/etcd-model.md): `etcdserverpb.KV`,
-`etcdserverpb.Watch`, `etcdserverpb.Lease`, `etcdserverpb.Maintenance/Status`,
-`etcdserverpb.Cluster/MemberList`,
+`etcdserverpb.Watch`, `etcdserverpb.Lease`, `etcdserverpb.Maintenance` (Status, Alarm,
+Snapshot), `etcdserverpb.Cluster`,
 `grpc.health.v1.Health`, `v3lockpb.Lock` and `v3electionpb.Election`, registered by hand
 under etcd's service names (the method paths on the wire are etcd's, our generated
 messages keep their own proto packages)."""
@@ -14,6 +14,7 @@ import grpc
 from dengine.config import NodeConfig
 from dengine.node.engine import Engine
 from dengine.server.etcd.backup import BackupService
+from dengine.server.etcd.cluster import ClusterService
 from dengine.server.etcd.forward import Forwarder
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.lease import LeaseService
@@ -35,6 +36,7 @@ class EtcdApi:
         self.kv = KvService(engine, config, self.forwarder)
         self.lease = LeaseService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config)
+        self.cluster = ClusterService(engine, config, self.forwarder)
         self.watch = WatchService(engine, config)
         self.backup = BackupService(engine, config)
         self.health = Health(engine)
@@ -44,7 +46,8 @@ class EtcdApi:
         server.add_generic_rpc_handlers(
             (self.kv.generic_handler(), self.watch.generic_handler(),
              *self.lease.generic_handlers(),
-             *self.maintenance.generic_handlers(), *self.recipes.generic_handlers(),
+             self.maintenance.generic_handler(), self.cluster.generic_handler(),
+             *self.recipes.generic_handlers(),
              self.backup.generic_handler()))
         self.health.register(server)
 

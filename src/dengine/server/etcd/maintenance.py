@@ -1,9 +1,12 @@
-"""etcd's `etcdserverpb.Maintenance/Status`, `etcdserverpb.Cluster/MemberList` and
-`grpc.health.v1.Health` on a node.
+"""etcd's `etcdserverpb.Maintenance/Status` and `/Alarm`, and `grpc.health.v1.Health`, on
+a node.
 
-Status answers from this member alone (etcdctl's `endpoint status` asks every member);
-MemberList gives every member's real client URL (`http://HOST:PORT` of its gRPC client
-port, https with TLS: `endpoint status --cluster` then asks each of them).
+Status answers from this member alone (etcdctl's `endpoint status` asks every member).
+Alarm: dengine raises one alarm, NOSPACE, and each member lists its own: while the file
+system of its data dir has less than `NOSPACE_FREE_BYTES` free (a write that finds the
+disk full stops the node, docs/operations.md: the alarm is the warning before). It clears
+itself when space is back; it cannot be raised by request, and DEACTIVATE only answers
+whether it is active.
 """
 
 from __future__ import annotations
@@ -18,22 +21,19 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from dengine.errors import KvError
 from dengine.kv import EVENTUAL
 from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import check_message_size, decode
+from dengine.server.etcd.errors import NO_LEADER
 from dengine.server.etcd.kv import EtcdBase
 
 # What Status reports as the server's version: the etcd API dengine speaks (clients such
 # as Kubernetes' apiserver gate features on it).
 ETCD_VERSION = "3.4.0"
 HEALTH_CHECK_S = 1.0  # how often the health service's status is brought up to date
-
-
-def url(address: str, tls: bool = False) -> str:
-    """etcd's URL form of a HOST:PORT (https with TLS: the cluster's members are
-    configured alike, so this member's settings tell)."""
-    return f"{'https' if tls else 'http'}://{address}" if address else ""
+NOSPACE_FREE_BYTES = 64 * 1024 * 1024  # less free space than this raises NOSPACE
 
 
 def dir_size(path: str) -> int:
@@ -46,23 +46,41 @@ def dir_size(path: str) -> int:
     return total
 
 
-class MaintenanceService(EtcdBase):
-    """`etcdserverpb.Maintenance/Status` and `etcdserverpb.Cluster/MemberList`."""
+def free_bytes(path: str) -> int | None:
+    """Bytes free for this process on the file system of `path` (None: unknown)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
-    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+
+class MaintenanceService(EtcdBase):
+    """`etcdserverpb.Maintenance/Status` and `/Alarm`."""
+
+    def generic_handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=None, response_serializer=None)
 
-        return [
-            grpc.method_handlers_generic_handler(
-                "etcdserverpb.Maintenance", {"Status": unary(self.status)}),
-            grpc.method_handlers_generic_handler(
-                "etcdserverpb.Cluster", {"MemberList": unary(self.member_list)}),
-        ]
+        return grpc.method_handlers_generic_handler(
+            "etcdserverpb.Maintenance", {"Status": unary(self.status),
+                                         "Alarm": unary(self.alarm)})
 
     async def _revision(self) -> int:
         return int(await self._engine.read_query(_store_revision, EVENTUAL))
+
+    async def nospace(self) -> bool:
+        """Whether this member's disk is full (see the module's docstring)."""
+        free = await asyncio.get_running_loop().run_in_executor(
+            None, free_bytes, self._config.data_dir)
+        return free is not None and free < NOSPACE_FREE_BYTES
+
+    async def alarms(self) -> list[rpc_pb2.AlarmMember]:
+        if await self.nospace():
+            return [rpc_pb2.AlarmMember(memberID=self._config.node_id,
+                                        alarm=rpc_pb2.NOSPACE)]
+        return []
 
     async def status(self, request: bytes, context: Any) -> bytes:
         try:
@@ -76,27 +94,36 @@ class MaintenanceService(EtcdBase):
                 raftIndex=st.commit_index, raftTerm=st.term,
                 raftAppliedIndex=st.applied_index, isLearner=st.role == "learner",
             )
+            if not st.leader_id:
+                resp.errors.append(NO_LEADER)
+            for a in await self.alarms():  # as etcd words them (the message's text form)
+                name = rpc_pb2.AlarmType.Name(a.alarm)
+                resp.errors.append(f"memberID:{a.memberID} alarm:{name} ")
             self.stamp(resp.header, await self._revision())
             return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
-    async def member_list(self, request: bytes, context: Any) -> bytes:
+    async def alarm(self, request: bytes, context: Any) -> bytes:
+        """GET: this member's alarms (of the type asked, NONE: all); DEACTIVATE: the alarm
+        named if it is active (it clears itself once space is back); ACTIVATE: refused."""
         try:
             check_message_size(len(request), self._config)
-            decode(rpc_pb2.MemberListRequest, request)
-            own = self._config.node_id
-            peer_tls, client_tls = bool(self._config.peer_cert_file), bool(self._config.cert_file)
-            resp = rpc_pb2.MemberListResponse()
-            for m in self._engine.members():
-                client = m.client_address or (self._config.client_address if m.id == own
-                                              else "")
-                resp.members.add(
-                    ID=m.id, name=f"node{m.id}", peerURLs=[url(m.address, peer_tls)],
-                    clientURLs=[url(client, client_tls)] if client else [],
-                    isLearner=m.role == "learner",
-                )
-            self.stamp(resp.header, await self._revision())
+            req = decode(rpc_pb2.AlarmRequest, request)
+            if req.action == rpc_pb2.AlarmRequest.ACTIVATE and req.alarm != rpc_pb2.NONE:
+                raise KvError("FAILED_PRECONDITION",
+                              "dengine raises its alarms itself (NOSPACE while a member's "
+                              "disk is full); they cannot be activated by request")
+            resp = rpc_pb2.AlarmResponse()
+            if req.action != rpc_pb2.AlarmRequest.ACTIVATE:
+                for a in await self.alarms():
+                    if req.action == rpc_pb2.AlarmRequest.GET:
+                        wanted = req.alarm in (rpc_pb2.NONE, a.alarm)
+                    else:
+                        wanted = (req.memberID, req.alarm) == (a.memberID, a.alarm)
+                    if wanted:
+                        resp.alarms.append(a)
+            self.stamp(resp.header)
             return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)

@@ -110,6 +110,9 @@ class SimTransport:
     def peer_client_address(self, node_id: int) -> str:
         return f"sim-client-{node_id}"
 
+    def is_connected(self, node_id: int) -> bool:
+        return not self.closed and node_id in self.peers
+
     def send_snapshot(
         self, peer: int, metadata: SnapshotMetadata, term: int, path: Path
     ) -> bool:
