@@ -288,8 +288,11 @@ class ClusterService(EtcdBase):
 
     async def _update(self, req: rpc_pb2.MemberUpdateRequest, resp: Any,
                       timeout: float) -> None:
+        views = self.views()
+        if not any(m.id == req.ID for m in views):  # before the URLs, as etcd (which
+            raise etcd_error(MEMBER_NOT_FOUND)      # does not check an update's URLs)
         address = peer_address(list(req.peerURLs))
-        check_update(self.views(), req.ID, address)
+        check_update(views, req.ID, address)
         await self._engine.update_member(req.ID, address, timeout=timeout)
 
     async def _promote(self, req: rpc_pb2.MemberPromoteRequest, resp: Any,
