@@ -32,6 +32,7 @@ _COMMANDS = {
     "watch": ("dengine.cli.watch_cmds", "watch"),
     "status": ("dengine.cli.client_cmds", "status"),
     "member": ("dengine.cli.client_cmds", "member"),
+    "endpoint": ("dengine.cli.endpoint_cmds", "endpoint"),
     "lock": ("dengine.cli.recipe_cmds", "lock"),
     "elect": ("dengine.cli.recipe_cmds", "elect"),
     "certs": ("dengine.cli.certs_cmds", "certs"),
