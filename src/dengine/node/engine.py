@@ -20,7 +20,6 @@ compaction of the history (on the leader; `auto_compaction_*` settings).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -29,7 +28,6 @@ from typing import Any, NamedTuple
 from dengine.api import (
     Key,
     Leader,
-    MemberInfo,
     NodeStatus,
     PutResult,
     ResponseHeader,
@@ -37,13 +35,10 @@ from dengine.api import (
     WatchStream,
     WriteResult,
 )
-from dengine.config import NodeConfig, parse_address
+from dengine.config import NodeConfig
 from dengine.errors import (
-    ConfigError,
-    DengineError,
     InvalidRequest,
     KvError,
-    NotLeader,
     Overloaded,
     Timeout,
     Unavailable,
@@ -56,7 +51,6 @@ from dengine.kv import (
     check_encoded_commands,
     check_key,
     check_keys,
-    check_node_id,
     check_value,
     check_write_size,
     consistency_name,
@@ -74,10 +68,10 @@ from dengine.node.coordination import Coordination
 from dengine.node.kv_api import EtcdKv
 from dengine.node.lease_api import KV_LEASE_GRANT, KV_LEASE_REVOKE, EtcdLeases
 from dengine.node.lessor import Lessor, min_ttl
-from dengine.node.membership import promoted
+from dengine.node.member_api import MemberApi
 from dengine.node.node import Node
 from dengine.node.watch import LocalWatch, WatchHub
-from dengine.proto import Membership, WriteCommand
+from dengine.proto import WriteCommand
 from dengine.proto.etcd.rpc_pb2 import TxnRequest
 from dengine.raft import Role
 
@@ -118,7 +112,7 @@ class HeaderIds(NamedTuple):
     raft_term: int
 
 
-class Engine(EtcdKv, EtcdLeases, Coordination):
+class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
     """One dengine node running in this process. Create it with `await Engine.start(...)`."""
 
     def __init__(self, node: Node) -> None:
@@ -485,142 +479,6 @@ class Engine(EtcdKv, EtcdLeases, Coordination):
             if loop.time() >= deadline:
                 raise Unavailable(f"no leader known to node {self.node_id} after {seconds:g} s")
             await asyncio.sleep(min(self.config.tick_ms / 1000.0, deadline - loop.time()))
-
-    # -- membership ----------------------------------------------------------------------
-
-    def members(self) -> list[MemberInfo]:
-        """The latest configuration this node has appended (match indexes: leader only)."""
-        return self._node.members.member_list(self._node.leader_id)
-
-    def peer_client_address(self, node_id: int) -> str:
-        """The client address `node_id` announced to this node ("" if not known yet)."""
-        return self._node.members.peer_client_address(node_id)
-
-    def membership(self) -> Membership:
-        """A copy of the latest configuration this node has appended (the learners'
-        `promote` flags included)."""
-        return self._node.members.copy()
-
-    def new_member_id(self) -> int:
-        """The id a member added without one gets (see `Members.new_id`)."""
-        return self._node.members.new_id()
-
-    def peer_connected(self, node_id: int) -> bool:
-        """Whether this node's link to `node_id` is up (itself: True)."""
-        return self._node.members.connected(node_id)
-
-    async def add_learner(
-        self,
-        node_id: int,
-        address: str,
-        *,
-        promote_when_caught_up: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        """Add `node_id` (peer address `address`) as a learner; returns once committed.
-
-        Leader only. With `promote_when_caught_up` the leader (this one or a later one)
-        makes it a voter once it is within `promote_lag` entries.
-        """
-        check_node_id(node_id)
-        try:
-            parse_address(address)
-        except ConfigError as e:
-            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
-        membership = self._leader_membership()
-        for role, group in (("voter", membership.voters), ("learner", membership.learners)):
-            if any(m.id == node_id for m in group):
-                raise InvalidRequest(f"node {node_id} is already a {role}")
-        new = Membership()
-        new.CopyFrom(membership)
-        new.learners.add(id=node_id, address=address, promote=promote_when_caught_up)
-        await self._node.members.change(new, self._timeout(timeout))
-
-    async def promote(self, node_id: int, *, timeout: float | None = None) -> None:
-        """Make learner `node_id` a voter; InvalidRequest unless it has caught up."""
-        check_node_id(node_id)
-        membership = self._leader_membership()
-        if not any(m.id == node_id for m in membership.learners):
-            what = "a voter already" if any(m.id == node_id for m in membership.voters) else (
-                "not a member")
-            raise InvalidRequest(f"node {node_id} is not a learner ({what})")
-        self._node.members.check_learner_caught_up(node_id)
-        await self._node.members.change(promoted(membership, node_id), self._timeout(timeout))
-
-    async def update_member(self, node_id: int, address: str, *,
-                            timeout: float | None = None) -> None:
-        """Give member `node_id` a new peer address (etcd's MemberUpdate); returns once
-        committed. The member must then listen there (restart it with that address)."""
-        check_node_id(node_id)
-        try:
-            parse_address(address)
-        except ConfigError as e:
-            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
-        membership = self._leader_membership()
-        found = False
-        for m in (*membership.voters, *membership.learners):
-            if m.id == node_id:
-                m.address, found = address, True
-        if not found:
-            raise InvalidRequest(f"node {node_id} is not a member")
-        await self._node.members.change(membership, self._timeout(timeout))
-
-    async def remove_member(self, node_id: int, *, timeout: float | None = None) -> None:
-        """Remove a voter or learner; returns once the change is committed.
-
-        A leader asked to remove itself first hands leadership to the most caught-up voter
-        and then raises NotLeader naming it: the removal is retried there (the client does
-        that by itself).
-        """
-        check_node_id(node_id)
-        membership = self._leader_membership()
-        ids = {m.id for m in (*membership.voters, *membership.learners)}
-        if node_id not in ids:
-            raise InvalidRequest(f"node {node_id} is not a member")
-        seconds = self._timeout(timeout)
-        if node_id == self.node_id:
-            await self._hand_over(membership, seconds)
-        new = Membership()
-        new.voters.extend(m for m in membership.voters if m.id != node_id)
-        new.learners.extend(m for m in membership.learners if m.id != node_id)
-        if not new.voters:
-            raise InvalidRequest(f"cannot remove node {node_id}: it is the only voter")
-        await self._node.members.change(new, seconds)
-
-    async def _hand_over(self, membership: Membership, timeout: float) -> None:
-        others = [m.id for m in membership.voters if m.id != self.node_id]
-        if not others:
-            raise InvalidRequest(f"cannot remove node {self.node_id}: it is the only voter")
-        matches = {m.id: m.match_index for m in self.members()}
-        target = max(others, key=lambda i: (matches.get(i, 0), -i))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        interval = self.config.tick_ms / 1000.0
-        asked = False
-        while self.is_leader or self.leader_id in (0, self.node_id):
-            if loop.time() >= deadline:
-                raise Timeout(
-                    f"leadership transfer to node {target} did not complete within "
-                    f"{timeout}s; node {self.node_id} was not removed"
-                )
-            if self.is_leader and (not asked or self._node.members.transfer_target() != target):
-                # (again when abandoned after an election timeout)
-                with contextlib.suppress(DengineError):  # leadership lost meanwhile
-                    self._node.transfer_leadership(target)
-                asked = True
-            await asyncio.sleep(interval)
-        raise NotLeader(
-            f"node {self.node_id} handed leadership to node {self.leader_id} before its "
-            f"removal; ask node {self.leader_id} to remove node {self.node_id}",
-            leader_id=self.leader_id,
-            leader_address=self._node.leader_address(),
-        )
-
-    def _leader_membership(self) -> Membership:
-        self._node.check_running()
-        if not self.is_leader:
-            raise self._node.not_leader()
-        return self._node.members.copy()
 
     @staticmethod
     def _timeout(timeout: float | None) -> float:
