@@ -5,6 +5,9 @@ A script is a list of steps; a step is an etcdctl command line (shlex syntax) an
 script run, so scripts share a cluster), `{r}`, `{r+N}`, `{r-N}` are revisions relative to
 the store revision when the script started (`--rev {r+2}`, `compaction {r+3}`), `{l0}`,
 `{l1}`, ... the leases the script's `lease grant` steps granted, in order (hexadecimal).
+A step `&CMD` runs CMD in the background from there on (a live watch, a lock holder, a
+candidate of an election); `!stop N` stops the script's N-th background step (0-based)
+at that point (a holder releases, a leader resigns); the others stop after the last step.
 
 Normalization sets aside only what legitimately differs between two clusters:
 
@@ -17,9 +20,13 @@ Normalization sets aside only what legitimately differs between two clusters:
   failed"): the timestamp `ts` and the `target` (a random client id and the member the
   balancer picked); level, caller, message, attempt and the gRPC error stay;
 * lease ids (each cluster picks its own): the ids the script's grants got become L0, L1,
-  ... (in hexadecimal lines, and as `ID`/`id`/`lease` numbers in JSON); the `remaining(Ns)`
-  and `"ttl"` of `lease timetolive` (seconds left depend on timing), and the order of the
-  ids `lease list` prints (etcd lists them by expiry on its leader, unordered elsewhere);
+  ... (in hexadecimal lines, and as `ID`/`id`/`lease` numbers in JSON); the session
+  leases of `lock` and `elect` (etcdctl grants them itself and names its key NAME/<lease
+  in hex>) become S0, S1, ... in the order the steps print their keys (keys in simple
+  output and in JSON, `lease` numbers; a lock's command may echo `$ETCD_LOCK_KEY`); the
+  `remaining(Ns)` and `"ttl"` of `lease timetolive` (seconds left depend on timing),
+  and the order of the ids `lease list` prints (etcd lists them by expiry on its
+  leader, unordered elsewhere);
 * for scripts run on a shared cluster, revisions (header `revision`, `create_revision`,
   `mod_revision`, `compact_revision`, `compacted revision N`) are shown relative to the
   revision at the script's start (`r+3`); fresh-cluster scripts compare them as they are.
@@ -29,6 +36,7 @@ Everything else (exit status, every other byte of stdout and stderr) must be equ
 
 from __future__ import annotations
 
+import base64
 import difflib
 import importlib.util
 import json
@@ -65,6 +73,8 @@ _TOOK = re.compile(r"took = \S+")
 _GRANTED = re.compile(r"^lease ([0-9a-f]{16}) granted with TTL")
 _LEASE_TEMPLATE = re.compile(r"\{l(\d+)\}")
 _REMAINING = re.compile(r"remaining\(-?\d+s\)")
+_SESSION_KEY = re.compile(r"/([0-9a-f]+)$")  # etcdctl's lock/elect key: NAME/<lease hex>
+_STOP = re.compile(r"^!stop (\d+)$")
 LEASE_KEYS = frozenset({"ID", "id", "lease"})
 
 
@@ -118,10 +128,21 @@ class ScriptRun:
     runs: list[tuple[Step, Run]] = field(default_factory=list)
     rebase: bool = True
     leases: list[str] = field(default_factory=list)  # granted ids, hexadecimal, in order
+    sessions: list[str] = field(default_factory=list)  # lock/elect leases, hex as in keys
 
     def lease_name(self, lease_id: int) -> str | None:
         text = format(lease_id & 0xFFFFFFFFFFFFFFFF, "016x")
-        return f"L{self.leases.index(text)}" if text in self.leases else None
+        if text in self.leases:
+            return f"L{self.leases.index(text)}"
+        short = format(lease_id & 0xFFFFFFFFFFFFFFFF, "x")
+        return f"S{self.sessions.index(short)}" if short in self.sessions else None
+
+    def session_key(self, key: str) -> str:
+        """`key` with a lock/elect session's lease id (its last part) as S0, S1, ..."""
+        m = _SESSION_KEY.search(key)
+        if m is None or m.group(1) not in self.sessions or not key.startswith(self.prefix):
+            return key
+        return f"{key[:m.start(1)]}S{self.sessions.index(m.group(1))}"
 
     def normalized(self) -> list[dict[str, Any]]:
         return [normalize_step(step, run, self) for step, run in self.runs]
@@ -140,9 +161,18 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
     base = base_revision(cluster, prefix)
     out = ScriptRun(cluster.kind, list(cluster.endpoints), prefix, base, rebase=not s.fresh)
     background: list[tuple[int, BackgroundEtcdctl]] = []
+    stopped: set[int] = set()
     try:
         for step in s.steps:
             args, stdin = step.render(prefix, base, out.leases)
+            if (m := _STOP.match(step.cmd)) is not None:
+                n = int(m.group(1))
+                i, proc = background[n]
+                out.runs[i] = (out.runs[i][0], proc.stop())
+                stopped.add(n)
+                out.runs.append((step, Run(0, "", "")))
+                time.sleep(WATCH_START_S)  # the next holder or leader takes over
+                continue
             if args and args[0].startswith("&"):
                 args[0] = args[0][1:]
                 background.append((len(out.runs), BackgroundEtcdctl(cluster.endpoints, args)))
@@ -156,9 +186,24 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
         if background:
             time.sleep(WATCH_S)
     finally:
-        for i, proc in background:
-            out.runs[i] = (out.runs[i][0], proc.stop())
+        for n, (i, proc) in enumerate(background):
+            if n not in stopped:
+                out.runs[i] = (out.runs[i][0], proc.stop())
+    _note_sessions(out)
     return out
+
+
+def _note_sessions(out: ScriptRun) -> None:
+    """The session leases of the `lock`/`elect` steps: the hex ending the keys they
+    print (the lock or election key, or `ETCD_LOCK_KEY` echoed by a lock's command), in
+    step order."""
+    for step, run in out.runs:
+        if step.cmd.lstrip("&").split(" ", 1)[0] not in ("lock", "elect"):
+            continue
+        for line in run.stdout.splitlines():
+            m = _SESSION_KEY.search(line)
+            if line.startswith(out.prefix) and m and m.group(1) not in out.sessions:
+                out.sessions.append(m.group(1))
 
 
 def _note_leases(out: ScriptRun, args: list[str], run: Run) -> None:
@@ -216,6 +261,8 @@ def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
                 out[k] = "*"  # timings; a lease's seconds left
             elif k == "endpoint" and isinstance(v, str):
                 out[k] = _endpoints(v, ctx)
+            elif k == "key" and isinstance(v, str) and ctx.sessions:
+                out[k] = _json_key(v, ctx)
             else:
                 out[k] = normalize_json(v, ctx, in_header=(k in ("header", "Header")))
         return out
@@ -227,6 +274,16 @@ def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
             items.sort(key=lambda i: str(i["id"]))  # lease list order
         return items
     return value
+
+
+def _json_key(value: str, ctx: ScriptRun) -> str:
+    """A base64 key of a JSON answer; a session's key as its normalized text."""
+    try:
+        key = base64.b64decode(value, validate=True).decode()
+    except ValueError:
+        return value
+    named = ctx.session_key(key)
+    return value if named == key else f"key {named}"
 
 
 def normalize_stdout(text: str, ctx: ScriptRun) -> list[Any]:
@@ -244,6 +301,7 @@ def normalize_stdout(text: str, ctx: ScriptRun) -> list[Any]:
         for i, lease in enumerate(ctx.leases):
             line = line.replace(lease, f"L{i}")
         line = _REMAINING.sub("remaining(*)", line)
+        line = ctx.session_key(line)
         m = _FIELDS_LINE.match(line)
         if m and m.group(1) in FIELDS_IDS:
             line = f'"{m.group(1)}" : *'

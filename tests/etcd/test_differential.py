@@ -237,17 +237,6 @@ SCRIPTS: list[Script] = [
         "get {p}a --rev -1", "compaction 0", "compaction -1", "compaction abc",
         "get {p} {p}z {p}zz",
     ),
-    *([script(
-        # etcdctl's lock is a client-side recipe over Lease, Txn, Range and Watch: it runs
-        # the command holding the lock (nobody else holds it here), then releases it.
-        # (On once dengine serves leases and watches.)
-        "lock_runs_a_command",
-        "lock {p}l -- sh -c 'echo held'",
-        "lock {p}l --ttl 5 -- sh -c 'echo again; exit 3'",
-        *both("get {p}l --prefix --keys-only"),
-        "lock {p}l -- /nonexistent/command",
-        *both("get {p}l --prefix"),
-    )] if RECIPES_READY else []),
     script(
         "endpoint_health",
         "endpoint health", "endpoint health -w json", "endpoint health --cluster",
@@ -276,6 +265,15 @@ SCRIPTS: list[Script] = [
         "put {p}a 1", "put {p}b 2",
         ("txn", '\nput {p}c 3\ndel {p}b\n\n\n'),
         "del {p} --prefix",
+    ),
+    script(
+        # etcdctl watch KEY -- COMMAND: the command runs per event with the event's env.
+        "watch_exec",
+        "put {p}a 0",
+        "&watch {p} --prefix -- sh -c 'echo $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY "
+        "$ETCD_WATCH_VALUE; echo \"{\\\"revision\\\":$ETCD_WATCH_REVISION}\"'",
+        "put {p}a 1", "put {p}b 2", "del {p}a",
+        "watch {p}a --rev {r+1} -- sh -c 'echo $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_VALUE'",
     ),
 ]
 
@@ -306,6 +304,51 @@ LEASE_SCRIPTS: list[Script] = [
         "lease grant -5", "lease revoke zz",
     ),
 ]
+
+# etcdctl's lock and elect (issue 17), after the lease script: they leave their session
+# leases to expire by their TTL (60 s), which `lease list` would show.
+RECIPE_SCRIPTS: list[Script] = [
+    script(
+        # etcdctl's lock is a client-side recipe over Lease, Txn, Range and Watch: it runs
+        # the command holding the lock (nobody else holds it here), then releases it.
+        # (On once dengine serves leases and watches.)
+        "lock_runs_a_command",
+        "lock {p}l -- sh -c 'echo held'",
+        "lock {p}l --ttl 5 -- sh -c 'echo again; exit 3'",
+        *both("get {p}l --prefix --keys-only"),
+        "lock {p}l -- /nonexistent/command",
+        *both("get {p}l --prefix"),
+    ), script(
+        # Two contenders: the second waits (FIFO by create revision) until the holder
+        # releases, then runs its command with the lock's key and revision in its env.
+        "lock_contended",
+        "put {p}x 0",
+        "&lock {p}m",                        # holds it, prints its key
+        "&lock {p}m -- sh -c 'echo $ETCD_LOCK_KEY; echo \"{\\\"revision\\\":$ETCD_LOCK_REV}\"'",
+        # (by create revision: key order is the order of the two leases' ids)
+        "get {p}m --prefix --keys-only --sort-by=CREATE",  # the holder's, the waiter's
+        "get {p}m --prefix --sort-by=CREATE -w json",
+        "!stop 0",                           # the holder releases: the waiter runs
+        *both("get {p}m --prefix"),          # the waiter released after its command
+        "lock {p}m --ttl 3 -- sh -c 'exit 7'",
+        "lock", "lock {p}m --ttl 0 -- true",
+    ), script(
+        # etcdctl's elect: candidates queue by create revision, the first is elected and
+        # prints its key and proposal; observers (-l) print each new leader.
+        "elect",
+        "elect {p}e", "elect",               # no proposal and no -l; no name
+        "&elect -l {p}e",                    # background 0: observes, no leader yet
+        "&elect {p}e first",                 # 1: elected
+        "&elect {p}e second",                # 2: waits behind the leader
+        "&elect -l {p}e -w json",            # 3: sees the leader at once
+        "get {p}e --prefix --sort-by=CREATE", "get {p}e --prefix --sort-by=CREATE -w json",
+        "!stop 1",                           # the leader resigns: second is elected
+        "get {p}e --prefix --print-value-only",
+        "&elect -l {p}e",                    # 4
+        "!stop 2",
+        "get {p}e --prefix --keys-only",
+    ),
+] if RECIPES_READY else []
 
 # Absolute revisions from a new store (revision 1, the first write makes 2), the whole
 # key space, compaction by absolute revision.
@@ -512,8 +555,8 @@ def ids(scripts: list[Script]) -> list[str]:
 # ---------------------------------------------------------------- the harness is proven
 
 
-@pytest.mark.parametrize("s", SCRIPTS + LEASE_SCRIPTS + GENERATED,
-                         ids=ids(SCRIPTS + LEASE_SCRIPTS + GENERATED))
+@pytest.mark.parametrize("s", SCRIPTS + LEASE_SCRIPTS + RECIPE_SCRIPTS + GENERATED,
+                         ids=ids(SCRIPTS + LEASE_SCRIPTS + RECIPE_SCRIPTS + GENERATED))
 def test_two_etcd_clusters_agree(trio: Trio, s: Script) -> None:
     """Normalization is right: two independent etcd clusters print the same."""
     diff = trio.compare(s, trio.b)
@@ -529,7 +572,7 @@ def test_two_fresh_etcd_clusters_agree(fresh_trio: Trio, s: Script) -> None:
 def test_scripts_reach_the_server(trio: Trio) -> None:
     """The reference runs are real: most steps succeed, and the expected etcd errors show
     up (a harness whose etcdctl never reached etcd would compare error == error)."""
-    runs = [trio.on_reference(s) for s in SCRIPTS]
+    runs = [trio.on_reference(s) for s in SCRIPTS + RECIPE_SCRIPTS]
     steps = [run for r in runs for _, run in r.runs]
     assert sum(run.rc == 0 for run in steps) > 0.7 * len(steps)
     errors = "\n".join(run.stderr for run in steps)
@@ -571,7 +614,7 @@ def test_harness_has_teeth(trio: Trio) -> None:
     """Every single wrong detail in an otherwise identical run is reported; what
     normalization sets aside (ids, terms, timestamps, addresses) is not."""
     checked = set()
-    for s in SCRIPTS:
+    for s in SCRIPTS + RECIPE_SCRIPTS:
         ref = trio.on_reference(s)
         for i, (step, run) in enumerate(ref.runs):
             right = normalize_step(step, run, ref)
@@ -618,8 +661,8 @@ def _shift_revisions(text: str, by: int) -> str:
 
 
 @DENGINE_PENDING
-@pytest.mark.parametrize("s", SCRIPTS + LEASE_SCRIPTS + GENERATED,
-                         ids=ids(SCRIPTS + LEASE_SCRIPTS + GENERATED))
+@pytest.mark.parametrize("s", SCRIPTS + LEASE_SCRIPTS + RECIPE_SCRIPTS + GENERATED,
+                         ids=ids(SCRIPTS + LEASE_SCRIPTS + RECIPE_SCRIPTS + GENERATED))
 def test_dengine_agrees_with_etcd(trio: Trio, s: Script) -> None:
     diff = trio.compare(s, trio.d)
     assert not diff, diff
