@@ -44,11 +44,17 @@ class LeaseService(EtcdBase):
 
         return [
             grpc.method_handlers_generic_handler(SERVICE, {
-                "LeaseGrant": unary(self.grant),
-                "LeaseRevoke": unary(self.revoke),
+                "LeaseGrant": unary(self._leader_call(
+                    "LeaseGrant", rpc_pb2.LeaseGrantRequest, rpc_pb2.LeaseGrantResponse,
+                    Engine.etcd_lease_grant)),
+                "LeaseRevoke": unary(self._leader_call(
+                    "LeaseRevoke", rpc_pb2.LeaseRevokeRequest, rpc_pb2.LeaseRevokeResponse,
+                    Engine.etcd_lease_revoke)),
                 "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(
                     self.keep_alive, request_deserializer=None, response_serializer=None),
-                "LeaseTimeToLive": unary(self.time_to_live),
+                "LeaseTimeToLive": unary(self._leader_call(
+                    "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest,
+                    rpc_pb2.LeaseTimeToLiveResponse, Engine.etcd_lease_time_to_live)),
                 "LeaseLeases": unary(self.leases),
             }),
             grpc.method_handlers_generic_handler(FORWARD_SERVICE, {
@@ -80,32 +86,18 @@ class LeaseService(EtcdBase):
         except Exception as exc:
             await self.fail(context, exc)
 
-    async def grant(self, request: bytes, context: Any) -> bytes:
-        engine = self._engine
-
-        async def run(timeout: float | None) -> Any:
-            req = decode(rpc_pb2.LeaseGrantRequest, request)
-            return await engine.etcd_lease_grant(req, timeout=timeout)
-        return await self._serve("LeaseGrant", request, context, run,
-                                 rpc_pb2.LeaseGrantResponse)
-
-    async def revoke(self, request: bytes, context: Any) -> bytes:
-        engine = self._engine
-
-        async def run(timeout: float | None) -> Any:
-            req = decode(rpc_pb2.LeaseRevokeRequest, request)
-            return await engine.etcd_lease_revoke(req, timeout=timeout)
-        return await self._serve("LeaseRevoke", request, context, run,
-                                 rpc_pb2.LeaseRevokeResponse)
-
-    async def time_to_live(self, request: bytes, context: Any) -> bytes:
-        engine = self._engine
-
-        async def run(timeout: float | None) -> Any:
-            req = decode(rpc_pb2.LeaseTimeToLiveRequest, request)
-            return await engine.etcd_lease_time_to_live(req, timeout=timeout)
-        return await self._serve("LeaseTimeToLive", request, context, run,
-                                 rpc_pb2.LeaseTimeToLiveResponse)
+    def _leader_call(self, method: str, request_type: Any, response_type: Any,
+                     call: Callable[..., Awaitable[Any]]) -> Callable[[bytes, Any],
+                                                              Awaitable[bytes]]:
+        """A handler of `method`: `call(engine, request, timeout=)` here, or forwarded to
+        the leader once when this member is not it."""
+        async def handler(request: bytes, context: Any) -> bytes:
+            async def run(timeout: float | None) -> Any:
+                return await call(self._engine, decode(request_type, request),
+                                  timeout=timeout)
+            return await self._serve(method, request, context, run, response_type)
+        handler.__name__ = method
+        return handler
 
     async def leases(self, request: bytes, context: Any) -> bytes:
         try:
