@@ -97,7 +97,7 @@ from dengine.proto.client_pb2 import (
 from dengine.proto.client_pb2 import WriteResult as WireResult
 from dengine.proto.common_pb2 import Member, WriteCommand
 from dengine.proto.etcd import rpc_pb2
-from dengine.recipes import Election, Lock
+from dengine.recipes import RecipeCalls
 from dengine.tls import ClientTls, client_tls
 
 _DEADLINE_GRACE_S = 0.1
@@ -108,7 +108,7 @@ T = TypeVar("T")
 P = TypeVar("P")
 
 
-class Client(ClientLeases):
+class Client(ClientLeases, RecipeCalls):
     """Async client of a dengine cluster. Create it, use it, `await close()` (or `async with`).
 
     `endpoints`: client (gRPC) addresses "host:port" of some or all nodes (a list or a
@@ -468,21 +468,6 @@ class Client(ClientLeases):
         resp = await self._router.call_leader(method, request, MemberChangeResponse,
                                               self._deadline(timeout), write=True)
         return [member_from_wire(m) for m in resp.members]
-
-    # -- coordination recipes (dengine.recipes) -----------------------------------------
-
-    def lock(self, name: Key, ttl: int = 10, *, timeout: float | None = None,
-             on_lost: Callable[[], Any] | None = None) -> Lock:
-        """`async with x.lock(b"name", ttl=10) as lock:` etcd's lock recipe (FIFO; a
-        waiter that times out or is cancelled leaves the queue); `lock.fencing_token`
-        strictly increases from holder to holder; `lock.lost` is set if its lease ends
-        while held. See `dengine.recipes.lock`."""
-        return Lock(self, name, ttl, timeout=timeout, on_lost=on_lost)
-
-    def election(self, name: Key) -> Election:
-        """An election: `campaign(value, ttl=10)` (async context manager), `leader()`,
-        `observe()`, `proclaim(value)`, `resign()`. See `dengine.recipes.election`."""
-        return Election(self, name)
 
     # ---- the Raft group's own events -----------------------------------------------------
 

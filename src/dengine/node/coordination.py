@@ -5,36 +5,21 @@ servers use) and the recipes of `dengine.recipes` (`lock`, `election`) bound to 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from dengine.api import Key, Leader, MemberSet
-from dengine.recipes import Election, Lock
+from dengine.api import Leader, MemberSet
+from dengine.recipes import RecipeCalls
 
 if TYPE_CHECKING:  # pragma: no cover
     from dengine.node.node import Node
 
 
-class Coordination:
+class Coordination(RecipeCalls):
     """The Engine's coordination calls (a mixin: it provides `_node`)."""
 
     if TYPE_CHECKING:  # pragma: no cover
         _node: Node
-
-    # -- coordination recipes (dengine.recipes) -----------------------------------------
-
-    def lock(self, name: Key, ttl: int = 10, *, timeout: float | None = None,
-             on_lost: Callable[[], Any] | None = None) -> Lock:
-        """`async with x.lock(b"name", ttl=10) as lock:` etcd's lock recipe (FIFO; a
-        waiter that times out or is cancelled leaves the queue); `lock.fencing_token`
-        strictly increases from holder to holder; `lock.lost` is set if its lease ends
-        while held. See `dengine.recipes.lock`."""
-        return Lock(self, name, ttl, timeout=timeout, on_lost=on_lost)
-
-    def election(self, name: Key) -> Election:
-        """An election: `campaign(value, ttl=10)` (async context manager), `leader()`,
-        `observe()`, `proclaim(value)`, `resign()`. See `dengine.recipes.election`."""
-        return Election(self, name)
 
     # -- the Raft group's own events ------------------------------------------------------
 
