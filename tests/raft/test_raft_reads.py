@@ -134,6 +134,19 @@ def test_lease_is_measured_from_the_heartbeat_send_tick_and_expires() -> None:
     assert any(m.type == T.MSG_HEARTBEAT for m in rd.messages)
 
 
+def test_passed_time_ends_the_lease_but_starts_no_election() -> None:
+    """`pass_time` (the driver's loop stalled): the lease counts that time; elections and
+    check-quorum do not (the replies that came meanwhile are not stepped yet)."""
+    net = _lease_leader()
+    assert net[1]._lease_valid()
+    for i in (1, 2, 3):
+        net[i].pass_time(1000)
+    assert not net[1]._lease_valid()
+    assert net[1].state is Role.LEADER
+    assert [net[i].state for i in (2, 3)] == [Role.FOLLOWER] * 2
+    assert all(not net[i].ready().messages for i in (2, 3))  # nobody campaigns
+
+
 def test_late_ack_does_not_extend_the_lease_beyond_its_send_tick() -> None:
     net = _lease_leader()
     net.process_all()

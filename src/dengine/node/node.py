@@ -457,7 +457,11 @@ class Node:
         owed = int((now - self._last_tick) / self._tick_s)
         if owed > 0:
             self._last_tick += owed * self._tick_s
-            for _ in range(min(owed, 10 * self.config.election_ticks)):
+            # More ticks than a heartbeat interval at once: the loop stalled. Its time
+            # counts for the lease; elections see a heartbeat interval of it at most.
+            ticked = min(owed, self.config.heartbeat_ticks)
+            core.pass_time(owed - ticked)
+            for _ in range(ticked):
                 core.tick()
             pending = self._pending
             before = pending.ticks

@@ -235,6 +235,15 @@ class RaftCore(ElectionMixin, ReplicationMixin, ConfChangeMixin, ReadIndexMixin)
             self.election_elapsed = 0
             self.campaign()
 
+    def pass_time(self, ticks: int) -> None:
+        """`ticks` that passed while the driver could not run (its loop stalled): they
+        count for the leader's lease and the vote lease after a restart (`now`: real
+        time), not for the election timer or check-quorum, which would fire on the
+        stall alone, before the messages that came meanwhile are stepped (Go's ticker,
+        which etcd's Raft runs on, drops the ticks a slow receiver missed)."""
+        if ticks > 0:
+            self.now += ticks
+
     def step(self, m: Message) -> None:
         """Handle one message from a peer. One outside what a correct peer can send
         (dengine.raft.limits) is dropped and counted in `rejected_messages`."""
