@@ -11,6 +11,7 @@ import dengine.kv
 
 KV_DIR = pathlib.Path(dengine.kv.__file__).parent
 ALLOWED = {"__future__", "collections", "dataclasses", "enum", "heapq", "itertools", "struct",
+           "base64", "bisect", "hashlib", "hmac",  # auth: password hashes (pure computation)
            "typing",
            "sortedcontainers",
            "google", "dengine"}

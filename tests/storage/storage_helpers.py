@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dengine.kv.codec import (
+    OP_AUTH,
     OP_COMPACTION,
     OP_DELETE_RANGE,
     OP_LEASE_GRANT,
@@ -15,6 +16,7 @@ from dengine.kv.codec import (
 )
 from dengine.kv.mvcc import MvccStore
 from dengine.proto import Entry, Member, Membership, WriteCommand
+from dengine.proto.auth_pb2 import AuthCommand
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.storage.fileio import SimulatedDisk
 
@@ -70,13 +72,19 @@ def compaction_request(revision: int) -> bytes:
     return encode_request(OP_COMPACTION, request)
 
 
+def auth_command(user: str = "", **request: object) -> bytes:
+    """The WriteCommand of one auth change (kv/auth.py), asked by `user`."""
+    return encode_request(OP_AUTH, AuthCommand(user=user, **request).SerializeToString())
+
+
 def store_state(store: MvccStore) -> tuple[int, int, list[tuple[bytes, bytes]], list[tuple],
-                                           list[tuple]]:
+                                           list[tuple], bytes]:
     """Everything of an MvccStore that must survive: revision, compaction point, the live
-    (key, packed), the changelog and the leases (with their keys)."""
+    (key, packed), the changelog, the leases (with their keys) and the auth state."""
     return (store.revision, store.compact_revision, sorted(store.items_packed()),
             [tuple(c) for c in store.changes()],
-            [(i, store.leases.info(i, keys=True)) for i, _ in store.leases.packed()])
+            [(i, store.leases.info(i, keys=True)) for i, _ in store.leases.packed()],
+            store.auth.image())
 
 
 def command_entry(index: int, term: int, command: bytes) -> Entry:

@@ -81,7 +81,7 @@ states = st.dictionaries(st.binary(max_size=20), st.binary(max_size=3000), max_s
 def test_checkpoint_round_trip_in_blocks(state):
     disk = checkpointed(state)
     data = disk.read(PATH)
-    assert records.check_header(data, records.MAGIC_CHECKPOINT, PATH) == 4
+    assert records.check_header(data, records.MAGIC_CHECKPOINT, PATH) == 5
     scan = records.scan(data, PATH, records.MAGIC_CHECKPOINT)
     # blocks of keys, then of changes (one per put): not a record per key
     assert len(scan.records) - 1 <= 2 * max(1, len(state))
@@ -105,7 +105,7 @@ def test_a_checkpoint_written_before_revisions_is_refused(version):
     data = SimulatedDisk.read(disk, PATH)
     rewrite(disk, records.encode_header(records.MAGIC_CHECKPOINT, version) + data[8:])
     with pytest.raises(CorruptionError, match=f"unsupported format version {version} "
-                                              r"\(this release reads 3, 4\): written before"):
+                                              r"\(this release reads 3, 4, 5\): written before"):
         FileStateMachine(DIR, fileio=disk)
 
 
@@ -176,7 +176,7 @@ def test_never_compacted_is_minus_one_and_format_3_zero_reads_as_never():
     """etcd's compaction point starts at -1 (its first Compact(0) succeeds, the next does
     not): the image keeps -1; format 3 (checkpoint) and 2 (snapshot) wrote 0 for it."""
     current = kvfile.encode_counts(7, -1, 2, [(5, 60)])
-    assert kvfile.decode_counts(current, 0) == (7, -1, 2, [(5, 60)])
+    assert kvfile.decode_counts(current, 0) == (7, -1, 2, [(5, 60)], b"")
     assert kvfile.decode_counts(kvfile.encode_counts(7, 0, 2, []), 0)[1] == 0
     before_leases = struct.pack("<QQQ", 7, 0, 2)  # revision, compact revision, changes
-    assert kvfile.decode_counts(before_leases, 0) == (7, -1, 2, [])
+    assert kvfile.decode_counts(before_leases, 0) == (7, -1, 2, [], b"")

@@ -30,10 +30,11 @@ OP_TXN = 9
 OP_COMPACTION = 10
 OP_LEASE_GRANT = 11
 OP_LEASE_REVOKE = 12
+OP_AUTH = 20  # value = an encoded dengine.AuthCommand (kv/auth.py; ops 21-29 reserved)
 
 # WriteCommand's request fields: tag byte (field << 3 | 2) -> op
 _REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION,
-                 0x3A: OP_LEASE_GRANT, 0x42: OP_LEASE_REVOKE}
+                 0x3A: OP_LEASE_GRANT, 0x42: OP_LEASE_REVOKE, 0x52: OP_AUTH}
 
 
 def fast_decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
@@ -201,7 +202,8 @@ def decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
 def decode_any_command(cmd: bytes) -> tuple[int, bytes, bytes]:
     """(op, key, value) of any command bytes: OP_REJECTED when protobuf cannot decode
     them or they set no operation (what every replica applies for such an entry). An
-    etcd request decodes to (OP_PUT..OP_LEASE_REVOKE, b"", the request's bytes)."""
+    etcd request decodes to (OP_PUT..OP_LEASE_REVOKE, b"", the request's bytes), an auth
+    command to (OP_AUTH, b"", its bytes)."""
     decoded = decode_command(cmd)
     return decoded if decoded is not None else _decode_protobuf(cmd)
 
@@ -248,12 +250,12 @@ def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
 
 _REQUEST_FIELDS = {"put": OP_PUT, "delete_range": OP_DELETE_RANGE, "txn": OP_TXN,
                    "compaction": OP_COMPACTION, "lease_grant": OP_LEASE_GRANT,
-                   "lease_revoke": OP_LEASE_REVOKE}
+                   "lease_revoke": OP_LEASE_REVOKE, "auth": OP_AUTH}
 
 
 def encode_request(op: int, request: bytes) -> bytes:
-    """The WriteCommand carrying an encoded etcd request (op OP_PUT..OP_LEASE_REVOKE) as it
-    came, without decoding it (equal to protobuf's encoding, tested)."""
+    """The WriteCommand carrying an encoded etcd request (op OP_PUT..OP_LEASE_REVOKE, or
+    OP_AUTH) as it came, without decoding it (equal to protobuf's encoding, tested)."""
     for tag, tag_op in _REQUEST_TAGS.items():
         if tag_op == op:
             return bytes([tag]) + _varint(len(request)) + request

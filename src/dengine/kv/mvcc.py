@@ -29,7 +29,9 @@ from typing import Any, NamedTuple, TypeVar
 from google.protobuf.message import DecodeError, Message
 from sortedcontainers import SortedList
 
+from dengine.kv.auth import AuthStore
 from dengine.kv.codec import (
+    OP_AUTH,
     OP_COMPACTION,
     OP_CONFIG,
     OP_DELETE,
@@ -129,8 +131,8 @@ class _OverBudget(Exception):
 class MvccStore:
     """etcd's MVCC key-value store. `get` and `insert_all` are the hot paths."""
 
-    __slots__ = ("_budget", "_changes", "_data", "_index", "compact_revision", "leases",
-                 "revision")
+    __slots__ = ("_budget", "_changes", "_data", "_index", "auth", "compact_revision",
+                 "leases", "revision")
 
     def __init__(self) -> None:
         self.revision = 1
@@ -141,6 +143,7 @@ class MvccStore:
         self._index = SortedList()
         self._changes: deque[tuple[int, bytes, bytes | None, bytes | None]] = deque()
         self.leases = LeaseTable()  # (kv/leases.py)
+        self.auth = AuthStore()  # users, roles, tokens (kv/auth.py); never moves `revision`
 
     def __len__(self) -> int:
         return len(self._data)
@@ -381,6 +384,11 @@ class MvccStore:
             return self._apply_request(pb.LeaseGrantRequest, value, self._lease_grant)
         if op == OP_LEASE_REVOKE:
             return self._apply_request(pb.LeaseRevokeRequest, value, self._lease_revoke)
+        if op == OP_AUTH:
+            response = self.auth.apply(value)
+            if not isinstance(response, KvError):
+                response.header.revision = self.revision  # type: ignore[attr-defined]
+            return Applied(self.revision, response)
         if op == OP_REJECTED:
             return Applied(self.revision, undecodable("command"))
         return Applied(self.revision, None)  # no-op, config, storage bookkeeping
@@ -587,11 +595,13 @@ class MvccStore:
     def restore(cls, revision: int, compact_revision: int,
                 items_packed: Iterable[tuple[bytes, bytes]],
                 changes: Iterable[tuple[int, bytes, bytes | None, bytes | None]],
-                leases: Iterable[tuple[int, int]] = (),
+                leases: Iterable[tuple[int, int]] = (), auth: bytes = b"",
                 ) -> MvccStore:
         """A store from its persisted image (`items_packed`, `changes`, `leases` as
-        `leases.packed()` gives them: the keys attached are found in the keys' metadata)."""
+        `leases.packed()` gives them: the keys attached are found in the keys' metadata;
+        `auth` as `auth.image()` gives it)."""
         store = cls()
+        store.auth = AuthStore.from_image(auth)
         store.revision = revision
         store.compact_revision = compact_revision
         store._data = dict(items_packed)

@@ -15,6 +15,7 @@ from typing import Any
 from dengine.errors import InvalidRequest
 from dengine.kv import etcd_check
 from dengine.kv.codec import (
+    OP_AUTH,
     OP_COMPACTION,
     OP_DELETE,
     OP_DELETE_RANGE,
@@ -121,6 +122,9 @@ def check_command(op: int, key: bytes, value: bytes, limits: Limits, where: str 
         # The lease ID and minimum TTL are chosen at proposal by the lease calls.
         raise InvalidRequest(f"{_at(where)}lease commands go through the lease calls "
                              "(lease_grant, lease_revoke), not a raw write")
+    elif op == OP_AUTH:
+        raise InvalidRequest(f"{_at(where)}auth commands go through etcd's Auth service, "
+                             "not a raw write")
     else:
         raise InvalidRequest(f"{_at(where)}{_NO_OPERATION}")
 

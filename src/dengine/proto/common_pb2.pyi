@@ -15,7 +15,7 @@ class LogId(_message.Message):
     def __init__(self, term: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class WriteCommand(_message.Message):
-    __slots__ = ("insert", "delete", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke")
+    __slots__ = ("insert", "delete", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke", "auth")
     class Insert(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class WriteCommand(_message.Message):
     COMPACTION_FIELD_NUMBER: _ClassVar[int]
     LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     insert: WriteCommand.Insert
     delete: WriteCommand.Delete
     put: bytes
@@ -44,7 +45,8 @@ class WriteCommand(_message.Message):
     compaction: bytes
     lease_grant: bytes
     lease_revoke: bytes
-    def __init__(self, insert: _Optional[_Union[WriteCommand.Insert, _Mapping]] = ..., delete: _Optional[_Union[WriteCommand.Delete, _Mapping]] = ..., put: _Optional[bytes] = ..., delete_range: _Optional[bytes] = ..., txn: _Optional[bytes] = ..., compaction: _Optional[bytes] = ..., lease_grant: _Optional[bytes] = ..., lease_revoke: _Optional[bytes] = ...) -> None: ...
+    auth: bytes
+    def __init__(self, insert: _Optional[_Union[WriteCommand.Insert, _Mapping]] = ..., delete: _Optional[_Union[WriteCommand.Delete, _Mapping]] = ..., put: _Optional[bytes] = ..., delete_range: _Optional[bytes] = ..., txn: _Optional[bytes] = ..., compaction: _Optional[bytes] = ..., lease_grant: _Optional[bytes] = ..., lease_revoke: _Optional[bytes] = ..., auth: _Optional[bytes] = ...) -> None: ...
 
 class Noop(_message.Message):
     __slots__ = ()

@@ -55,8 +55,8 @@ def parse_wal_name(name: str) -> int | None:
 
 @dataclass
 class CheckpointMeta:
-    """Record 0 of a checkpoint (format 4): where the state is, what to replay after it,
-    the counts of the store image that follows, and the lease table."""
+    """Record 0 of a checkpoint (format 5): where the state is, what to replay after it,
+    the counts of the store image that follows, the lease table and the auth state."""
 
     last_applied: LogId
     wal_seq: int  # the first WAL to replay
@@ -67,6 +67,7 @@ class CheckpointMeta:
     compact_revision: int = -1
     change_count: int = 0
     leases: Sequence[kvfile.LeaseTuple] = ()
+    auth: bytes = b""
 
 
 def encode_checkpoint_meta(m: CheckpointMeta) -> bytes:
@@ -75,7 +76,8 @@ def encode_checkpoint_meta(m: CheckpointMeta) -> bytes:
         + kvfile.pack_blob(m.membership.SerializeToString() if m.membership is not None else b"")
         + kvfile.pack_blob(m.snapshot.SerializeToString() if m.snapshot is not None else b"")
         + bytes([(m.membership is not None) | (m.snapshot is not None) << 1])
-        + kvfile.encode_counts(m.revision, m.compact_revision, m.change_count, m.leases)
+        + kvfile.encode_counts(m.revision, m.compact_revision, m.change_count, m.leases,
+                                 m.auth)
     )
 
 
@@ -87,11 +89,11 @@ def decode_checkpoint_meta(payload: bytes, path: str, offset: int) -> Checkpoint
         flags = payload[end]
         membership = Membership.FromString(m_blob) if flags & 1 else None
         snapshot_meta = SnapshotMetadata.FromString(s_blob) if flags & 2 else None
-        revision, compact, changes, leases = kvfile.decode_counts(payload, end + 1)
+        revision, compact, changes, leases, auth = kvfile.decode_counts(payload, end + 1)
     except (struct.error, IndexError, DecodeError) as e:
         raise CorruptionError(path, offset, f"undecodable checkpoint metadata: {e}") from None
     return CheckpointMeta(LogId(index=index, term=term), wal_seq, count, membership,
-                          snapshot_meta, revision, compact, changes, leases)
+                          snapshot_meta, revision, compact, changes, leases, auth)
 
 
 def checkpoint_chunks(
@@ -142,7 +144,7 @@ class Checkpointer:
                 f"{len(loaded.changes)} changes, expected {head.change_count}",
             )
         image = kvfile.StoreImage(head.revision, head.compact_revision, loaded.state,
-                                  loaded.changes, head.leases)
+                                  loaded.changes, head.leases, head.auth)
         return head, image
 
     def running(self) -> bool:

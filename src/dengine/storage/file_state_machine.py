@@ -467,7 +467,8 @@ class FileStateMachine:
             image = image_of(self._store)
             head = CheckpointMeta(copy_log_id(self._last_applied), seq, len(image.items),
                                   self._membership, self._snapshot, image.revision,
-                                  image.compact_revision, leases=image.leases)
+                                  image.compact_revision, leases=image.leases,
+                                  auth=image.auth)
         if old is not None:
             old.close()
         return checkpoint_chunks(head, image.items.items(), image.changes), seq
@@ -498,7 +499,7 @@ class FileStateMachine:
             new_wal = self._create_wal(seq)
             head = CheckpointMeta(data.last_included, seq, len(image.items), data.membership,
                                   metadata, image.revision, image.compact_revision,
-                                  leases=image.leases)
+                                  leases=image.leases, auth=image.auth)
             try:
                 self._checkpoints.write(
                     checkpoint_chunks(head, image.items.items(), image.changes)

@@ -140,7 +140,7 @@ def _describe(report: FileReport, scan: records.ScanResult, data: bytes) -> None
     elif scan.records:  # checkpoint or snapshot: a metadata record, then keys (or blocks)
         report.records = len(scan.records) - 1
         if report.kind == "snapshot":
-            last, count, _, (revision, compact, changes, leases) = kvfile.decode_snapshot_meta(
+            last, count, _, (revision, compact, changes, leases, _) = kvfile.decode_snapshot_meta(
                 scan.records[0], path, scan.offsets[0]
             )
             sha = hashlib.sha256(data).hexdigest()

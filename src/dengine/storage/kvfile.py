@@ -60,39 +60,47 @@ class StoreImage:
     items: Mapping[bytes, bytes] = field(default_factory=dict)
     changes: Sequence[ChangeTuple] = ()
     leases: Sequence[LeaseTuple] = field(default_factory=list)
+    auth: bytes = b""  # the auth state (kv/auth.py `AuthStore.image`; b"": none)
 
     def encode_counts(self) -> bytes:
         return encode_counts(self.revision, self.compact_revision, len(self.changes),
-                             self.leases)
+                             self.leases, self.auth)
+
+
+Counts = tuple[int, int, int, list[LeaseTuple], bytes]
 
 
 def encode_counts(revision: int, compact_revision: int, changes: int,
-                  leases: Sequence[LeaseTuple] = field(default_factory=list)) -> bytes:
-    """The revision, compaction point, change count and lease table, as the metadata
-    records end."""
+                  leases: Sequence[LeaseTuple] = (), auth: bytes = b"") -> bytes:
+    """The revision, compaction point, change count, lease table and auth state, as the
+    metadata records end."""
     return (_COUNTS.pack(revision, compact_revision, changes)
             + _KEY_LEN.pack(len(leases))
-            + struct.pack(f"<{2 * len(leases)}q", *(x for lease in leases for x in lease)))
+            + struct.pack(f"<{2 * len(leases)}q", *(x for lease in leases for x in lease))
+            + pack_blob(auth))
 
 
-def decode_counts(data: bytes, offset: int) -> tuple[int, int, int, list[LeaseTuple]]:
-    """(revision, compact revision, change count, leases) at `offset`; struct.error if
-    short. The formats before leases (checkpoint 3, snapshot 2) end after the counts:
-    no lease table."""
+def decode_counts(data: bytes, offset: int) -> Counts:
+    """(revision, compact revision, change count, leases, auth state) at `offset`;
+    struct.error if short. The formats before leases (checkpoint 3, snapshot 2) end after
+    the counts, the formats before auth (checkpoint 4, snapshot 3) after the lease table."""
     revision, compact, changes = _COUNTS.unpack_from(data, offset)
     end = offset + _COUNTS.size
     leases: list[LeaseTuple] = []
     if len(data) == end and compact == 0:
         compact = -1  # those formats wrote 0 for "never compacted"
+    auth = b""
     if len(data) > end:
         (n,) = _KEY_LEN.unpack_from(data, end)
         end += 4
         flat = struct.unpack_from(f"<{2 * n}q", data, end)
         end += _LEASE.size * n
         leases = list(zip(flat[::2], flat[1::2], strict=True))
+    if len(data) > end:
+        auth, end = unpack_blob(data, end)
     if len(data) != end:
         raise struct.error(f"{len(data) - end} unexpected bytes at the end")
-    return revision, compact, changes, leases
+    return revision, compact, changes, leases, auth
 
 
 def sorted_keys(state: Iterable[bytes]) -> Iterator[bytes]:
@@ -344,9 +352,9 @@ def encode_snapshot_meta(
 
 def decode_snapshot_meta(
     payload: bytes, path: str, offset: int
-) -> tuple[LogId, int, Membership | None, tuple[int, int, int, list[LeaseTuple]]]:
+) -> tuple[LogId, int, Membership | None, Counts]:
     """(last included, key count, membership, (revision, compact revision, changes,
-    leases))."""
+    leases, auth state))."""
     try:
         index, term, count = _SNAPSHOT_META.unpack_from(payload, 0)
         blob, end = unpack_blob(payload, _SNAPSHOT_META.size)
@@ -398,7 +406,7 @@ def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> Sna
         raise CorruptionError(
             path, 0, f"SHA-256 {digest.hexdigest()} does not match the expected {expected}"
         )
-    decoded: list[tuple[LogId, Membership | None, tuple[int, int, int, list[LeaseTuple]]]] = []
+    decoded: list[tuple[LogId, Membership | None, Counts]] = []
 
     def key_count(meta: bytes, offset: int) -> int:
         last, count, membership, counts = decode_snapshot_meta(meta, path, offset)
@@ -406,7 +414,7 @@ def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> Sna
         return count
 
     loaded = load_strict(io, path, records.MAGIC_SNAPSHOT, key_count)
-    last, membership, (revision, compact, change_count, leases) = decoded[0]
+    last, membership, (revision, compact, change_count, leases, auth) = decoded[0]
     if (last.index, last.term) != (metadata.last_included.index, metadata.last_included.term):
         raise StorageError(
             f"{path}: snapshot is at ({last.term}, {last.index}), metadata says "
@@ -416,5 +424,5 @@ def read_snapshot(io: FileIO, directory: str, metadata: SnapshotMetadata) -> Sna
         raise CorruptionError(
             path, loaded.scan.valid_end, f"{len(loaded.changes)} changes, expected {change_count}"
         )
-    image = StoreImage(revision, compact, loaded.state, loaded.changes, leases)
+    image = StoreImage(revision, compact, loaded.state, loaded.changes, leases, auth)
     return SnapshotData(image, last, membership)

@@ -122,12 +122,13 @@ def image_of(store: MvccStore) -> kvfile.StoreImage:
     """A copy of the store's persistent image (under the lock that keeps it still: C-level
     copies only, no Python work per key or change)."""
     return kvfile.StoreImage(store.revision, store.compact_revision, store.copy_packed(),
-                             store.copy_changes(), store.leases.packed())
+                             store.copy_changes(), store.leases.packed(),
+                             store.auth.image())
 
 
 def store_of(image: kvfile.StoreImage) -> MvccStore:
     return MvccStore.restore(image.revision, image.compact_revision, image.items.items(),
-                             image.changes, image.leases)
+                             image.changes, image.leases, image.auth)
 
 
 def current_values(store: MvccStore) -> dict[bytes, bytes]:
