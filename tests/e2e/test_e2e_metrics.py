@@ -101,3 +101,64 @@ def test_metrics_move_with_load_and_health_follows_the_leader(cluster_factory: A
     _until(lambda: _get(f"{base}/health")[0] == 200, 20, "health did not come back")
     changes = _samples(f"{base}/metrics")[("dengine_server_leader_changes_seen_total", ())]
     assert changes >= 1
+
+
+def test_metrics_of_the_disk_the_peers_the_watches_and_the_leases(
+        cluster_factory: Any) -> None:
+    """The log's durable writes and the heartbeats' round trips are timed (histograms);
+    etcd watches and leases are counted."""
+    import grpc
+
+    from dengine.proto.etcd import rpc_pb2
+
+    cluster: Cluster = cluster_factory(3, start=False)
+    urls = {}
+    for node, port in zip(cluster.nodes, free_ports(3), strict=True):
+        node.settings["listen_metrics"] = f"127.0.0.1:{port}"
+        urls[node.node_id] = f"http://127.0.0.1:{port}/metrics"
+    cluster.start()
+    leader = asyncio.run(cluster.wait_leader())
+    follower = next(n for n in cluster.nodes if n.node_id != leader.node_id)
+
+    def fsyncs(node_id: int) -> float:
+        return _samples(urls[node_id])[("dengine_disk_log_fsync_duration_seconds_count", ())]
+
+    before = fsyncs(follower.node_id)
+
+    async def load() -> None:
+        async with cluster.client() as client:
+            for i in range(20):
+                await client.put(f"k{i}", "v")
+            await client.lease_grant(60)
+            async with grpc.aio.insecure_channel(follower.client) as channel:
+                stream = channel.stream_stream(
+                    "/etcdserverpb.Watch/Watch",
+                    request_serializer=lambda m: m.SerializeToString(),
+                    response_deserializer=rpc_pb2.WatchResponse.FromString)()
+                await stream.write(rpc_pb2.WatchRequest(
+                    create_request=rpc_pb2.WatchCreateRequest(key=b"k", range_end=b"l")))
+                assert (await stream.read()).created
+                watched = _samples(urls[follower.node_id])
+                assert watched[("dengine_watch_streams", ())] == 1
+                assert watched[("dengine_watches", ())] == 1
+                stream.cancel()
+
+    asyncio.run(load())
+    _until(lambda: fsyncs(follower.node_id) >= before + 20, 10, "no fsync timed")
+    peers = [str(n.node_id) for n in cluster.nodes if n.node_id != leader.node_id]
+
+    def timed() -> dict[Any, float] | None:
+        m = _samples(urls[leader.node_id])
+        counts = [m.get(("dengine_peer_round_trip_time_seconds_count", (("peer", p),)), 0)
+                  for p in peers]
+        return m if all(counts) else None
+
+    m = _until(timed, 10, "no heartbeat round trip timed")
+    for peer in peers:
+        labels = (("peer", peer),)
+        assert m[("dengine_peer_round_trip_time_seconds_bucket", (("le", "+Inf"), *labels))] \
+            == m[("dengine_peer_round_trip_time_seconds_count", labels)]
+    _until(lambda: _samples(urls[follower.node_id]).get(("dengine_leases", ())) == 1, 10,
+           "the lease was not counted")
+    _until(lambda: _samples(urls[follower.node_id])[("dengine_watches", ())] == 0, 10,
+           "the watch was not let go")

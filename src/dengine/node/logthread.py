@@ -11,6 +11,7 @@ older, durable ones fsync in parallel.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from dengine.config import NodeConfig
 from dengine.node.datadir import DataDir
 from dengine.node.ports import NodeLog, SnapshotFiles
 from dengine.node.recovery import open_storage
+from dengine.node.timing import DurationHistogram
 from dengine.proto import HardState
 from dengine.raft import Ready
 from dengine.storage.fileio import FileIO
@@ -42,6 +44,7 @@ class LogThread:
             max_workers=1, thread_name_prefix=f"dengine-log-{node_id}"
         )
         self.log: NodeLog | None = None
+        self.persist_seconds = DurationHistogram()  # each durable write (the metrics')
 
     async def open(
         self, config: NodeConfig, data_dir: DataDir, store: SnapshotFiles
@@ -64,6 +67,7 @@ class LogThread:
         state durable."""
         raft_log = self.log
         assert raft_log is not None
+        started = time.perf_counter()
         if rd.snapshot is not None:
             raft_log.install_snapshot(rd.snapshot)
         if rd.entries:
@@ -71,8 +75,11 @@ class LogThread:
             if first <= raft_log.last_index():
                 raft_log.truncate_suffix(first)
             raft_log.append(rd.entries)
-        if save_hard_state and rd.hard_state is not None:
-            raft_log.set_hard_state(rd.hard_state)
+        hard_state = rd.hard_state if save_hard_state else None
+        if hard_state is not None:
+            raft_log.set_hard_state(hard_state)
+        if rd.snapshot is not None or rd.entries or hard_state is not None:
+            self.persist_seconds.observe(time.perf_counter() - started)
 
     async def close(
         self,

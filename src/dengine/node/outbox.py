@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from dengine.node.ports import PeerTransport
 from dengine.node.snapshotter import Snapshotter
+from dengine.node.timing import PeerRtt
 from dengine.proto import Message, MessageType
 
 MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
 MSG_APPEND = MessageType.MSG_APPEND
+MSG_HEARTBEAT = MessageType.MSG_HEARTBEAT
 
 
 class Outbox:
@@ -19,6 +21,7 @@ class Outbox:
         self.transport: PeerTransport | None = None  # set once the transport is started
         self.held: dict[int, Message] = {}  # commit-only appends, by follower
         self.held_since = 0  # the tick of the oldest held message
+        self.rtt = PeerRtt()  # heartbeats' round trips (the node reports the answers)
 
     def hold_commit_updates(self, messages: list[Message], tick: int) -> list[Message]:
         """Keep back, until the next tick at most, the entry-less appends that only carry
@@ -58,6 +61,9 @@ class Outbox:
         transport = self.transport
         if transport is None:
             return
+        for msg in messages:
+            if msg.type == MSG_HEARTBEAT:
+                self.rtt.sent(msg.to_id)
         for msg in messages:
             if msg.type == MSG_SNAPSHOT:
                 transport.send([m for m in messages if m.type != MSG_SNAPSHOT])

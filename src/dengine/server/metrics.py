@@ -28,18 +28,24 @@ from typing import Any
 
 import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ConfigError
+from dengine.errors import ConfigError, DengineError
+from dengine.kv import EVENTUAL
 
 log = logging.getLogger("dengine.server.metrics")
 
 # An applied index this far behind the commit index makes the node unhealthy.
 HEALTH_MAX_APPLY_LAG = 10_000
 LEADER_SAMPLE_S = 0.05  # how often leader changes are looked for
+LEASE_SAMPLE_S = 1.0  # how often the leases are counted
 REQUEST_READ_TIMEOUT_S = 5.0
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
@@ -48,9 +54,11 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Metrics:
     """The metrics of one node: its registry, and what the listeners report into it."""
 
-    def __init__(self, engine: Any, config: NodeConfig) -> None:
+    def __init__(self, engine: Any, config: NodeConfig, watch: Any = None) -> None:
         self.engine = engine
         self.config = config
+        self.watch = watch  # the etcd Watch service: its streams and watches
+        self.leases = -1  # leases in the store, counted every LEASE_SAMPLE_S (-1: not yet)
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter(
             "dengine_client_requests_total", "Client requests served, by protocol and method.",
@@ -73,6 +81,11 @@ class Metrics:
             if self._leader != -1 and leader:
                 self.leader_changes += 1
             self._leader = leader
+
+    async def sample_leases(self) -> None:
+        with contextlib.suppress(DengineError):  # stopped: the last count stays
+            self.leases = int(await self.engine.read_query(
+                lambda store: len(store.leases), EVENTUAL, timeout=LEASE_SAMPLE_S))
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, the JSON body of /health)."""
@@ -144,6 +157,15 @@ class _EngineCollector(Collector):
             "Entries committed (the commit index, as etcd's).", value=st.commit_index)
         yield from _transport_metrics(getattr(node, "_transport", None), st)
         yield from _disk_metrics(m.config.data_dir)
+        yield from _timings(node)
+        if m.watch is not None:
+            yield gauge("dengine_watch_streams", "Open etcd Watch streams on this node.",
+                        m.watch.streams)
+            yield gauge("dengine_watches", "Watches of the open etcd Watch streams.",
+                        m.watch.watches())
+        if m.leases >= 0:
+            yield gauge("dengine_leases", "Leases in the store (counted every second).",
+                        m.leases)
 
 
 def _transport_metrics(transport: Any, st: Any) -> Iterator[Any]:
@@ -170,6 +192,24 @@ def _transport_metrics(transport: Any, st: Any) -> Iterator[Any]:
     yield CounterMetricFamily(
         "dengine_peer_rejected_messages", "Peer messages dropped as out of bounds.",
         value=getattr(transport, "rejected_messages", 0))
+
+
+def _timings(node: Any) -> Iterator[Any]:
+    """The node's own timings (dengine.node.timing): durable log writes, peer round trips."""
+    persist = getattr(getattr(node, "_logs", None), "persist_seconds", None)
+    if persist is not None:
+        yield HistogramMetricFamily(
+            "dengine_disk_log_fsync_duration_seconds",
+            "Time to make a Ready's log entries and hard state durable (write and fsync).",
+            buckets=persist.cumulative(), sum_value=persist.sum)
+    rtt = getattr(getattr(node, "_outbox", None), "rtt", None)
+    if rtt is not None:
+        family = HistogramMetricFamily(
+            "dengine_peer_round_trip_time_seconds",
+            "Round trip of the leader's heartbeats to each peer.", labels=["peer"])
+        for peer, histogram in sorted(rtt.by_peer.items()):
+            family.add_metric([str(peer)], histogram.cumulative(), histogram.sum)
+        yield family
 
 
 def _disk_metrics(data_dir: str) -> Iterator[Any]:
@@ -261,8 +301,13 @@ class MetricsServer:
                 await self._server.wait_closed()
 
     async def _sample(self) -> None:
+        next_leases = 0.0
         while True:
             self.metrics.sample_leader()
+            now = time.monotonic()
+            if now >= next_leases:
+                next_leases = now + LEASE_SAMPLE_S
+                await self.metrics.sample_leases()
             await asyncio.sleep(LEADER_SAMPLE_S)
 
     async def _handle(self, reader: asyncio.StreamReader,

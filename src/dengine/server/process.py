@@ -296,7 +296,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             service = ClientService(engine, config, peer_client_address(engine))
             interceptors = []
             if config.listen_metrics:
-                metrics = MetricsServer(Metrics(engine, config))
+                metrics = MetricsServer(Metrics(engine, config, etcd.watch))
                 interceptors.append(metrics.metrics.interceptor())
                 where = await metrics.start(config.listen_metrics)
                 log.info("metrics on http://%s/metrics, health on http://%s/health",

@@ -59,9 +59,14 @@ class WatchService(EtcdBase):
         super().__init__(engine, config)
         self.progress_interval = config.watch_progress_notify_interval_s
         self.streams = 0  # open streams (tests, operators)
+        self._open: set[_Stream] = set()
         # (id of a batch's change list, prev_kv) -> (the list, its events encoded as
         # WatchResponse fields): the watches that share a hub batch encode it once.
         self._encoded: dict[tuple[int, bool], tuple[list[Any], bytes]] = {}
+
+    def watches(self) -> int:
+        """The watches of the open streams (the metrics')."""
+        return sum(stream.watches() for stream in self._open)
 
     def encoded_events(self, changes: list[Any], prev_kv: bool) -> bytes:
         key = (id(changes), prev_kv)
@@ -89,6 +94,7 @@ class WatchService(EtcdBase):
             await context.abort(grpc.StatusCode.UNAVAILABLE, NO_LEADER)
         stream = _Stream(self, context)
         self.streams += 1
+        self._open.add(stream)
         tasks = [asyncio.ensure_future(stream.read(requests))]
         if require_leader:
             tasks.append(asyncio.ensure_future(stream.monitor_leader()))
@@ -96,6 +102,7 @@ class WatchService(EtcdBase):
             await stream.write_loop()
         finally:
             self.streams -= 1
+            self._open.discard(stream)
             stream.stop()
             for task in tasks:
                 task.cancel()
@@ -126,6 +133,9 @@ class _Stream:
         self._queue: asyncio.Queue[bytes | tuple[grpc.StatusCode, str]] = asyncio.Queue(_QUEUE)
         self._watchers: dict[int, _Watcher] = {}
         self._next_id = 0
+
+    def watches(self) -> int:
+        return len(self._watchers)
 
     def response(self, revision: int, **fields: Any) -> rpc_pb2.WatchResponse:
         resp = rpc_pb2.WatchResponse(**fields)
