@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 __all__ = ["MemberInfo", "Node", "NodeStatus"]
 
 MSG_APPEND = MessageType.MSG_APPEND
-MSG_HEARTBEAT_RESPONSE = MessageType.MSG_HEARTBEAT_RESPONSE
 # The state machine's WAL is not fsynced per apply (the Raft log is the durable record of
 # what it has not synced); syncing it this often bounds what a restart re-applies.
 _SM_SYNC_INTERVAL_S = 1.0
@@ -360,9 +359,7 @@ class Node:
         return ""
 
     def _on_peer_messages(self, from_id: int, messages: Sequence[Message]) -> None:
-        for m in messages:
-            if m.type == MSG_HEARTBEAT_RESPONSE:
-                self._outbox.rtt.answered(from_id)
+        self._outbox.rtt.received(from_id, messages)
         self._in_messages.extend(messages)
         self._wake.set()
 

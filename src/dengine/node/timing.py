@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from dengine.proto import Message, MessageType
 
 # Upper bounds in seconds (etcd's disk and peer histograms span about the same).
 BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
@@ -52,6 +54,11 @@ class PeerRtt:
         since = self._sent.get(peer)
         if since is None or now - since > RTT_GIVE_UP_S:
             self._sent[peer] = now
+
+    def received(self, peer: int, messages: Sequence[Message]) -> None:
+        """Messages from `peer` arrived: a heartbeat's answer among them ends its trip."""
+        if any(m.type == MessageType.MSG_HEARTBEAT_RESPONSE for m in messages):
+            self.answered(peer)
 
     def answered(self, peer: int) -> None:
         since = self._sent.pop(peer, None)
