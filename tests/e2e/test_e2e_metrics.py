@@ -162,3 +162,19 @@ def test_metrics_of_the_disk_the_peers_the_watches_and_the_leases(
            "the lease was not counted")
     _until(lambda: _samples(urls[follower.node_id])[("dengine_watches", ())] == 0, 10,
            "the watch was not let go")
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist() -> None:
+    """docs/grafana-dashboard.json parses, and every dengine metric its queries name is
+    one the metrics page documents (docs/operations.md's table)."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {re.sub(r"_(bucket|total|count|sum)$", "", name)
+            for e in exprs for name in re.findall(r"dengine_\w+", e)}
+    documented = {re.sub(r"_(total)$", "", name)
+                  for name in re.findall(r"`(dengine_\w+)", (docs / "operations.md").read_text())}
+    assert used and used <= documented, used - documented
