@@ -1,7 +1,8 @@
 """Membership through etcd's Cluster service: the same etcdctl 3.4 script (member list, add,
 promote, update, remove, with their errors) against a real etcd 3.4 cluster and a dengine
-cluster, compared after normalization; `endpoint health|status` likewise; then the e2e
-flow: `etcdctl member add` and the new node started with `dengine serve --join`.
+cluster, compared after normalization; `endpoint health|status` and `alarm list|disarm`
+likewise; then the e2e flow: `etcdctl member add` and the new node started with `dengine
+serve --join`.
 
 Normalization: member IDs (etcd's are hashes, dengine's node ids), names (n0.. / node1..)
 and addresses become the role of the member they belong to (P0.. for the initial members
@@ -62,6 +63,8 @@ SCRIPT: list[str] = [
     "member remove {id:N2}",
     "member list -w table",
     "endpoint health",
+    "alarm list",
+    "alarm disarm",
     "endpoint status",
     "endpoint status -w json",
 ]

@@ -135,26 +135,33 @@ def test_alarm_nospace_while_the_disk_is_nearly_full(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with cluster(tmp_path) as members:
-            m = members[2]
+            full, other = members[2], members[1]
 
-            async def alarm(action: int, alarm: int = 0, member: int = 0) -> object:
-                return await m.call("etcdserverpb.Maintenance", "Alarm", rpc_pb2.AlarmRequest(
-                    action=action, alarm=alarm, memberID=member), rpc_pb2.AlarmResponse)
+            async def alarm(on: object, action: int, alarm: int = 0, member: int = 0) -> object:
+                return await on.call(  # type: ignore[attr-defined]
+                    "etcdserverpb.Maintenance", "Alarm",
+                    rpc_pb2.AlarmRequest(action=action, alarm=alarm, memberID=member),
+                    rpc_pb2.AlarmResponse)
 
             get, deactivate = rpc_pb2.AlarmRequest.GET, rpc_pb2.AlarmRequest.DEACTIVATE
-            assert not (await alarm(get)).alarms
-            monkeypatch.setattr(maintenance, "free_bytes", lambda path: 1024)
-            listed = await alarm(get)
-            assert [(a.memberID, a.alarm) for a in listed.alarms] == [(2, rpc_pb2.NOSPACE)]
-            assert not (await alarm(get, rpc_pb2.CORRUPT)).alarms
-            assert len((await alarm(deactivate, rpc_pb2.NOSPACE, 2)).alarms) == 1
-            st = await m.call("etcdserverpb.Maintenance", "Status", rpc_pb2.StatusRequest(),
-                              rpc_pb2.StatusResponse)
+            assert not (await alarm(full, get)).alarms
+            data_dir = full.engine.config.data_dir
+            monkeypatch.setattr(maintenance, "free_bytes",
+                                lambda path: 1024 if path == data_dir else 1 << 40)
+            for on in (full, other):  # any member lists the cluster's alarms
+                listed = await alarm(on, get)
+                assert [(a.memberID, a.alarm) for a in listed.alarms] == [(2, rpc_pb2.NOSPACE)]
+            assert not (await alarm(other, get, rpc_pb2.CORRUPT)).alarms
+            # a DEACTIVATE goes to the member it names: it answers that the alarm is active
+            assert len((await alarm(other, deactivate, rpc_pb2.NOSPACE, 2)).alarms) == 1
+            assert not (await alarm(other, deactivate, rpc_pb2.NOSPACE, 3)).alarms
+            st = await full.call("etcdserverpb.Maintenance", "Status", rpc_pb2.StatusRequest(),
+                                 rpc_pb2.StatusResponse)
             assert list(st.errors) == ["memberID:2 alarm:NOSPACE "]
             with pytest.raises(grpc.aio.AioRpcError) as e:
-                await alarm(rpc_pb2.AlarmRequest.ACTIVATE, rpc_pb2.NOSPACE, 2)
+                await alarm(full, rpc_pb2.AlarmRequest.ACTIVATE, rpc_pb2.NOSPACE, 2)
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             monkeypatch.setattr(maintenance, "free_bytes", lambda path: 1 << 40)
-            assert not (await alarm(get)).alarms  # space is back
+            assert not (await alarm(other, get)).alarms  # space is back
 
     run(main())

@@ -35,7 +35,7 @@ class EtcdApi:
         self.forwarder = Forwarder(channel_options, credentials)
         self.kv = KvService(engine, config, self.forwarder)
         self.lease = LeaseService(engine, config, self.forwarder)
-        self.maintenance = MaintenanceService(engine, config)
+        self.maintenance = MaintenanceService(engine, config, self.forwarder)
         self.cluster = ClusterService(engine, config, self.forwarder)
         self.watch = WatchService(engine, config)
         self.backup = BackupService(engine, config)

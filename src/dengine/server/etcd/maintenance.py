@@ -2,11 +2,13 @@
 a node.
 
 Status answers from this member alone (etcdctl's `endpoint status` asks every member).
-Alarm: dengine raises one alarm, NOSPACE, and each member lists its own: while the file
-system of its data dir has less than `NOSPACE_FREE_BYTES` free (a write that finds the
-disk full stops the node, docs/operations.md: the alarm is the warning before). It clears
-itself when space is back; it cannot be raised by request, and DEACTIVATE only answers
-whether it is active.
+Alarm: dengine raises one alarm, NOSPACE, which each member raises for itself: while the
+file system of its data dir has less than `NOSPACE_FREE_BYTES` free (a write that finds
+the disk full stops the node, docs/operations.md: the alarm is the warning before). It
+clears itself when space is back; it cannot be raised by request, and DEACTIVATE only
+answers whether it is active. A GET lists the alarms of every member that answers (the
+member asked asks the others' client ports, as a follower forwards a write, once), as
+etcd's alarm list is the cluster's; a DEACTIVATE goes to the member it names.
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from dengine.errors import KvError
+from dengine.config import NodeConfig
+from dengine.errors import DengineError, KvError
 from dengine.kv import EVENTUAL
 from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import check_message_size, decode
 from dengine.server.etcd.errors import NO_LEADER
-from dengine.server.etcd.kv import EtcdBase
+from dengine.server.etcd.forward import Forwarder, forwarded
+from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 # What Status reports as the server's version: the etcd API dengine speaks (clients such
 # as Kubernetes' apiserver gate features on it).
 ETCD_VERSION = "3.4.0"
 HEALTH_CHECK_S = 1.0  # how often the health service's status is brought up to date
 NOSPACE_FREE_BYTES = 64 * 1024 * 1024  # less free space than this raises NOSPACE
+ALARM_ASK_S = 1.0  # how long a GET waits for the other members' alarms
 
 
 def dir_size(path: str) -> int:
@@ -57,6 +62,10 @@ def free_bytes(path: str) -> int | None:
 
 class MaintenanceService(EtcdBase):
     """`etcdserverpb.Maintenance/Status` and `/Alarm`."""
+
+    def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder) -> None:
+        super().__init__(engine, config)
+        self._forwarder = forwarder
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
@@ -105,7 +114,7 @@ class MaintenanceService(EtcdBase):
             await self.fail(context, exc)
 
     async def alarm(self, request: bytes, context: Any) -> bytes:
-        """GET: this member's alarms (of the type asked, NONE: all); DEACTIVATE: the alarm
+        """GET: the members' alarms (of the type asked, NONE: all); DEACTIVATE: the alarm
         named if it is active (it clears itself once space is back); ACTIVATE: refused."""
         try:
             check_message_size(len(request), self._config)
@@ -115,6 +124,18 @@ class MaintenanceService(EtcdBase):
                               "dengine raises its alarms itself (NOSPACE while a member's "
                               "disk is full); they cannot be activated by request")
             resp = rpc_pb2.AlarmResponse()
+            others = [] if forwarded(context) else [
+                m for m in self._engine.members()
+                if m.id != self._config.node_id and m.client_address]
+            if req.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+                owner = next((m for m in others if m.id == req.memberID), None)
+                if owner is not None:
+                    answer, _ = await self._forwarder.call(
+                        owner.client_address, "/etcdserverpb.Maintenance/Alarm", request,
+                        timeout_of(context))
+                    resp.alarms.extend(rpc_pb2.AlarmResponse.FromString(answer).alarms)
+            elif req.action == rpc_pb2.AlarmRequest.GET:
+                resp.alarms.extend(await self._others_alarms(others, request, context))
             if req.action != rpc_pb2.AlarmRequest.ACTIVATE:
                 for a in await self.alarms():
                     if req.action == rpc_pb2.AlarmRequest.GET:
@@ -123,10 +144,31 @@ class MaintenanceService(EtcdBase):
                         wanted = (req.memberID, req.alarm) == (a.memberID, a.alarm)
                     if wanted:
                         resp.alarms.append(a)
+            resp.alarms.sort(key=lambda a: (a.memberID, a.alarm))
             self.stamp(resp.header)
             return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
+
+
+    async def _others_alarms(self, members: list[Any], request: bytes,
+                             context: Any) -> list[rpc_pb2.AlarmMember]:
+        """The alarms of the other `members` (those that answer within ALARM_ASK_S)."""
+        remaining = timeout_of(context)
+        timeout = ALARM_ASK_S if remaining is None else min(ALARM_ASK_S, remaining)
+
+        async def ask(address: str) -> list[rpc_pb2.AlarmMember]:
+            try:
+                answer, _ = await self._forwarder.call(
+                    address, "/etcdserverpb.Maintenance/Alarm", request, timeout)
+            except DengineError:
+                return []  # not reachable now: its alarms are not known
+            return list(rpc_pb2.AlarmResponse.FromString(answer).alarms)
+
+        out: list[rpc_pb2.AlarmMember] = []
+        for alarms in await asyncio.gather(*(ask(m.client_address) for m in members)):
+            out.extend(alarms)
+        return out
 
 
 def _store_revision(store: Any) -> int:
