@@ -165,3 +165,21 @@ def test_alarm_nospace_while_the_disk_is_nearly_full(
             assert not (await alarm(other, get)).alarms  # space is back
 
     run(main())
+
+
+@pytest.mark.parametrize("through", ["leader", "follower"])
+def test_member_remove_of_the_leader(tmp_path: Path, through: str) -> None:
+    """The leader hands leadership over before its removal; the request, sent to it or
+    forwarded by a follower, is then made by the new leader."""
+    async def main() -> None:
+        async with cluster(tmp_path) as members:
+            leader = leader_of(members)
+            on = leader if through == "leader" else follower_of(members)
+            gone = leader.engine.node_id
+            resp = await on.call(C, "MemberRemove", rpc_pb2.MemberRemoveRequest(ID=gone),
+                                 rpc_pb2.MemberRemoveResponse, timeout=10)
+            assert gone not in [m.ID for m in resp.members] and len(resp.members) == 2
+            rest = [m for m in members.values() if m.engine.node_id != gone]
+            assert any(m.engine.is_leader for m in rest)
+
+    run(main())

@@ -19,6 +19,7 @@ default in etcd), over its links to the members, with etcd's errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,11 +28,11 @@ from typing import Any
 import grpc
 
 from dengine.config import NodeConfig, parse_address
-from dengine.errors import ConfigError, KvError, NotLeader, Unavailable
+from dengine.errors import ConfigError, DengineError, KvError, NotLeader, Unavailable
 from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import check_message_size, decode
-from dengine.server.etcd.errors import TIMED_OUT
+from dengine.server.etcd.errors import LEADER_CHANGED, TIMED_OUT
 from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, forwarded
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
@@ -213,17 +214,25 @@ class ClusterService(EtcdBase):
             try:
                 check_message_size(len(request), self._config)
                 req = decode(request_cls, request)
-                resp = response_cls()
-                try:
-                    await self._on_leader(change, req, resp, context)
-                except NotLeader as e:
-                    return await self._forward(e, path, request, response_cls, context)
-                self.fill(resp.members, self.views())
-                self.stamp(resp.header)
-                if forwarded(context):  # the asking follower waits for its own apply
-                    index = self._engine.status().commit_index
-                    context.set_trailing_metadata(((APPLIED_INDEX, str(index)),))
-                return bytes(resp.SerializeToString())
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + (timeout_of(context) or DEFAULT_TIMEOUT_S)
+                while True:
+                    resp = response_cls()
+                    try:
+                        await self._on_leader(change, req, resp, deadline)
+                    except NotLeader as e:
+                        answer = await self._forward(e, path, request, response_cls, context,
+                                                     deadline)
+                        if answer is not None:
+                            return answer
+                        await asyncio.sleep(RETRY_S)  # the leader changes: ask the new one
+                        continue
+                    self.fill(resp.members, self.views())
+                    self.stamp(resp.header)
+                    if forwarded(context):  # the asking follower waits for its own apply
+                        index = self._engine.status().commit_index
+                        context.set_trailing_metadata(((APPLIED_INDEX, str(index)),))
+                    return bytes(resp.SerializeToString())
             except Exception as exc:
                 await self.fail(context, exc)
 
@@ -231,12 +240,11 @@ class ClusterService(EtcdBase):
         return handle
 
     async def _on_leader(self, change: Callable[[Any, Any, float], Awaitable[None]],
-                         req: Any, resp: Any, context: Any) -> None:
+                         req: Any, resp: Any, deadline: float) -> None:
         """Run `change` (checks, then the engine's change) on the leader; retried while
         the leader cannot start a change yet (one change at a time, its term not
         committed), until the deadline."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout_of(context) or DEFAULT_TIMEOUT_S)
         while True:
             engine = self._engine
             if not engine.is_leader:
@@ -256,14 +264,30 @@ class ClusterService(EtcdBase):
             await asyncio.sleep(RETRY_S)
 
     async def _forward(self, e: NotLeader, path: str, request: bytes, response_cls: Any,
-                       context: Any) -> bytes:
+                       context: Any, deadline: float) -> bytes | None:
+        """The leader's answer to the request; None to ask again, while the leader changes
+        (none known yet, or the one asked handed leadership over: a leader asked to remove
+        itself does, and the change is then the new leader's to make)."""
         engine = self._engine
-        address = e.leader_address or engine.leader_address()
-        if not e.leader_id or not address or forwarded(context):
+        if forwarded(context):  # never sent on twice: the asking member tries again
             raise e
-        answer, index = await self._forwarder.call(address, path, request, timeout_of(context))
+        address = e.leader_address or engine.leader_address()
+        time_left = deadline - asyncio.get_running_loop().time() > RETRY_S
+        if not e.leader_id or not address:
+            if time_left and engine.running:
+                return None
+            raise e
+        try:
+            answer, index = await self._forwarder.call(address, path, request,
+                                                       timeout_of(context))
+        except KvError as ke:
+            if ke.message == LEADER_CHANGED and time_left:
+                return None
+            raise
         if index:
-            await engine.wait_applied(index, timeout=timeout_of(context))
+            # A member removed by this change stops serving: the answer still stands.
+            with contextlib.suppress(DengineError):
+                await engine.wait_applied(index, timeout=timeout_of(context))
         resp = response_cls.FromString(answer)
         self.stamp(resp.header)
         return bytes(resp.SerializeToString())
