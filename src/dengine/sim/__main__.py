@@ -166,7 +166,8 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
               help="add membership changes (remove / demote / re-add a voter) to the faults")
 @click.option("--workload", type=click.Choice(WORKLOADS), default="kv", show_default=True,
               help="kv: get/put/delete; cas: + compare-and-swap txns; bank: transfers as "
-              "txns guarded by mod_revision (the total is checked on every read)")
+              "txns guarded by mod_revision (the total is checked on every read); lease: "
+              "expiry by the leader's clock; lock: etcd's lock recipe on those leases")
 @click.option("--accounts", type=click.IntRange(2, 100), default=5, show_default=True,
               help="accounts of the bank workload")
 @click.option("--core", default="", help="MODULE:CLASS of a RaftCore variant to test")

@@ -1,4 +1,5 @@
-"""Deliberately broken Raft cores and stores: the simulator must catch each of them ("teeth").
+"""Deliberately broken Raft cores, stores and recipes: the simulator must catch each of them
+("teeth").
 
 Each overrides exactly one rule of `RaftCore` (or of the MVCC store) with a bug real
 implementations have shipped. Replay one with
@@ -20,6 +21,7 @@ from dengine.proto import Message
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.raft import LogStorage, RaftConfig, RaftCore, Role
 from dengine.raft.quorum import quorum_value
+from dengine.sim.locks import Contender, LockWorkload
 
 
 class CommitOldTermCore(RaftCore):
@@ -113,3 +115,11 @@ class StaleCompareStore(MvccStore):
         if result == pb.Compare.GREATER:
             return bool(have > want)
         return bool(have < want)
+
+
+class SkipWaitLock(LockWorkload):
+    """etcd's lock recipe without its wait: a contender enters its critical section as
+    soon as its key exists, not once every key created before it is deleted."""
+
+    def _turn(self, c: Contender, mine: bool) -> None:
+        super()._turn(c, True)

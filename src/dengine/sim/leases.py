@@ -41,8 +41,8 @@ SLOWEST = (TICK_MS - MAX_SKEW_MS) / TICK_MS  # real time per local time, at the 
 RESOLUTION_MS = TICK_MS + MAX_SKEW_MS
 
 
-def _grant(lease_id: int) -> bytes:
-    request = pb.LeaseGrantRequest(ID=lease_id, TTL=TTL_UNITS).SerializeToString()
+def _grant(lease_id: int, ttl: int = TTL_UNITS) -> bytes:
+    request = pb.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString()
     return WriteCommand(lease_grant=request).SerializeToString()
 
 

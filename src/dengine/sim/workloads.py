@@ -7,6 +7,8 @@
   lincheck's cas model.
 * `lease`: dengine.sim.leases: grants, keep-alives and expiry by the leader's (skewed)
   clock; no lease expires before its last keep-alive + TTL.
+* `lock`: dengine.sim.locks: etcd's lock recipe on those leases; no two holders'
+  critical sections overlap and fencing tokens increase (checked on the store's history).
 * `bank`: dengine.sim.bank's transfers: ranges over every account (read index, lease or
   serializable), then a txn guarded by both accounts' mod_revision; checked with
   check_bank on every read, and on every node's final state.
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from dengine.sim.nodes import SimNode
     from dengine.sim.simulator import Simulator
 
-WORKLOADS = ("kv", "cas", "bank", "lease")
+WORKLOADS = ("kv", "cas", "bank", "lease", "lock")
 
 Done = Callable[[Applied | None], None]  # a write's apply outcome; None: unknown
 
@@ -221,6 +223,9 @@ def make_workload(sim: Simulator) -> RegisterWorkload | BankWorkload | LeaseWork
     if name == "lease":
         from dengine.sim.leases import LeaseWorkload
         return LeaseWorkload(sim)
+    if name == "lock":
+        from dengine.sim.locks import LockWorkload
+        return LockWorkload(sim)
     if name == "bank":
         return BankWorkload(sim, BankSpec(accounts=sim.cfg.accounts))
     return RegisterWorkload(sim, cas=name == "cas")
