@@ -18,6 +18,9 @@ cluster token differs from the configured one (another cluster's), or whose id d
 from an explicit `cluster_id`; the initial members may change (addresses move). Data dirs
 of earlier releases hold the old default id `dengine` and no token: kept as is (their
 peers hold the same id).
+
+Files are read and written through a `FileIO` (the real disk by default; the whole-node
+simulator's disk in `dengine.sim.nodesim`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from dengine.config import NodeConfig
 from dengine.errors import ClusterMismatch, ConfigError, StorageError
+from dengine.storage.fileio import FileIO, RealDisk
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,9 @@ class _Identity:
 class DataDir:
     """Paths inside one node's data directory."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], fileio: FileIO | None = None) -> None:
         self.path = Path(path)
+        self.io = fileio or RealDisk()
         self.raft = self.path / "raft"
         self.sm = self.path / "sm"
         self.snapshots = self.path / "snapshots"
@@ -114,18 +119,26 @@ class DataDir:
         return first
 
     def _open(self) -> _Identity | None:
+        io, path = self.io, str(self.path)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            if not io.exists(path):
+                io.makedirs(path)
         except OSError as e:
             raise StorageError(f"cannot create data dir {self.path}: {e.strerror}") from None
-        if not self.path.is_dir():
+        if not io.isdir(path):
             raise StorageError(f"data dir {self.path} is not a directory")
         return self._read()
 
     def _make_subdirs(self) -> None:
+        io = self.io
         try:
+            made = False
             for sub in (self.raft, self.sm, self.snapshots):
-                sub.mkdir(exist_ok=True)
+                if not io.isdir(str(sub)):
+                    io.mkdir(str(sub))
+                    made = True
+            if made:
+                io.fsync_dir(str(self.path))
         except OSError as e:
             raise StorageError(f"cannot use data dir {self.path}: {e.strerror}") from None
 
@@ -136,7 +149,7 @@ class DataDir:
 
     def _read(self) -> _Identity | None:
         try:
-            raw = self.identity.read_bytes()
+            raw = self.io.read(str(self.identity))
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -170,19 +183,7 @@ class DataDir:
         doc = {"format": IDENTITY_FORMAT, "node_id": identity.node_id,
                "cluster_id": identity.cluster_id, "joined": identity.joined,
                "initial_cluster_token": identity.token}
-        tmp = self.identity.with_suffix(".json.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, json.dumps(doc).encode() + b"\n")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.identity)
-            dir_fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            self.io.atomic_write(str(self.identity), [json.dumps(doc).encode() + b"\n"])
         except OSError as e:
             raise StorageError(f"cannot write {self.identity}: {e.strerror}") from None

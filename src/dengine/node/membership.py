@@ -101,6 +101,17 @@ class Members:
             if raft_log.first_index() <= index <= applied:
                 entry = raft_log.entries(index, index + 1)[0]
                 self.removed_ids |= _ids(entry.payload.config)
+        # Configurations appended before a restart and not applied yet: applied in turn
+        # (else `applied` and the removed members stay those of before them).
+        for index in raft_log.config_indexes():
+            if index > applied:
+                entry = raft_log.entries(index, index + 1)[0]
+                self.unapplied.append((index, entry.payload.config))
+        snap = raft_log.snapshot_metadata()
+        # whether a configuration this node knows (its snapshot's, or one in its log up to
+        # the applied point) counted it as a member
+        self._was_member = self.node_id in self.removed_ids | (
+            _ids(snap.membership) if snap is not None else set())
         self.removed_ids -= self._applied_ids
 
     async def start_transport(
@@ -155,11 +166,12 @@ class Members:
 
     def removed_at_start(self) -> bool:
         """Whether the applied configuration leaves this node out (it was removed before
-        a restart); a node that never was a member (joining) has no configuration. A node
-        whose log holds a later configuration with it (a learner added, restarted before
-        it applied its own addition) is not removed: it applies that one next."""
+        a restart). Not removed: a node that never was a member (joining: no
+        configuration, or, catching up from the log, only configurations from before its
+        addition), nor one whose log holds a later configuration with it (a learner added,
+        restarted before it applied its own addition): it applies that one next."""
         return (bool(self._applied_ids) and self.node_id not in self._applied_ids
-                and self.node_id not in _ids(self._core.membership))
+                and self.node_id not in _ids(self._core.membership) and self._was_member)
 
     def member_list(self, leader_id: int) -> list[MemberInfo]:
         """The latest configuration this node has appended, with the leader's match view."""

@@ -96,8 +96,8 @@ class Node:
     def __init__(self, config: NodeConfig, env: NodeEnv | None = None) -> None:
         self.config = config.validate()
         self.node_id = config.node_id
-        self.data_dir = DataDir(config.data_dir)
         self._env = env = env or NodeEnv()
+        self.data_dir = DataDir(config.data_dir, env.fileio)
         self._clock = env.clock or time.monotonic
         self._logs = LogThread(self.node_id, env.fileio, env.background_checkpoints)
         self._io, self._persist = self._logs.executor, self._logs.persist
@@ -105,7 +105,8 @@ class Node:
         self._sm: StateMachine | None = None
         self._core: RaftCore | None = None
         self._transport: PeerTransport | None = None
-        snapshot_store = SnapshotStore(self.data_dir.snapshots, config.snapshots_to_keep)
+        snapshot_store = SnapshotStore(
+            self.data_dir.snapshots, config.snapshots_to_keep, env.fileio)
         self._store: SnapshotFiles = snapshot_store
         self._receiver = SnapshotReceiver(snapshot_store)
         self._loop_task: asyncio.Task[None] | None = None

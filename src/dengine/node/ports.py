@@ -33,6 +33,9 @@ class SnapshotFiles(Protocol):
 
     def directory(self, metadata: SnapshotMetadata) -> Path: ...
     def file(self, metadata: SnapshotMetadata) -> Path: ...
+    def has(self, metadata: SnapshotMetadata) -> bool: ...
+    def sha256(self, metadata: SnapshotMetadata) -> bytes: ...
+    def remove(self, metadata: SnapshotMetadata) -> None: ...
     def write(
         self, image: StoreImage, last: LogId, membership: Membership
     ) -> SnapshotMetadata: ...
@@ -75,7 +78,8 @@ class NodeEnv:
     """
 
     clock: Callable[[], float] | None = None  # monotonic seconds (None: time.monotonic)
-    fileio: FileIO | None = None  # the Raft log's and state machine's files (None: RealDisk)
+    # The data dir's files: identity, Raft log, state machine, snapshots (None: RealDisk)
+    fileio: FileIO | None = None
     rng: random.Random | None = None  # the core's randomness (None: an unseeded Random)
     transport: TransportFactory | None = None  # None: dengine.node.transport.Transport
     core: CoreFactory | None = None  # None: RaftCore

@@ -8,7 +8,9 @@ acknowledged offset, and a receiver that holds a different amount answers `misma
 its own offset, where the sender resumes instead.
 
 `SnapshotSender` owns the transfers (one per peer); the transport tells it about
-connections and acks, asks it whether a chunk is due and for the chunk to write.
+connections and acks, asks it whether a chunk is due and for the chunk to write. Given a
+`FileIO` (the whole-node simulator's disk), it reads the file whole through it when the
+transfer starts, as an open descriptor keeps the file's bytes even if it is deleted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import crc32c
 
 from dengine.proto import SnapshotAck, SnapshotChunk, SnapshotMetadata
+from dengine.storage.fileio import FileIO
 
 log = logging.getLogger("dengine.node.transport")  # the transport's lines, as before
 
@@ -44,17 +47,31 @@ def ack_key(ack: SnapshotAck) -> SnapshotKey:
 class _Transfer:
     """One snapshot file being streamed to one peer (the file stays open until it ends)."""
 
-    def __init__(self, metadata: SnapshotMetadata, term: int, path: Path) -> None:
+    def __init__(
+        self, metadata: SnapshotMetadata, term: int, path: Path, fileio: FileIO | None
+    ) -> None:
         self.metadata = metadata
         self.key = snapshot_key(metadata)
         self.term = term
-        self.fd = os.open(path, os.O_RDONLY)
-        self.size = os.fstat(self.fd).st_size
+        self.data: bytes | None = None  # the file's bytes, when read through a FileIO
+        if fileio is None:
+            self.fd = os.open(path, os.O_RDONLY)
+            self.size = os.fstat(self.fd).st_size
+        else:
+            self.fd = -1
+            self.data = fileio.read(str(path))
+            self.size = len(self.data)
         self.acked = 0  # the receiver holds this many bytes
         self.sent = 0  # next offset to send
         self.attempt = 1  # bumped at each rewind, so stale mismatch answers are ignored
         self.reading = False  # a worker thread is reading the file
         self.closed = False
+
+    def read(self, n: int, offset: int) -> bytes:
+        """`n` bytes from `offset` (worker thread)."""
+        if self.data is not None:
+            return self.data[offset : offset + n]
+        return os.pread(self.fd, n, offset)
 
     def close(self) -> None:
         """Release the file, or have the read in progress do it (the fd is not reused
@@ -70,9 +87,10 @@ class SnapshotSender:
 
     def __init__(
         self, node_id: int, chunk_bytes: int, window: int,
-        on_done: SnapshotDoneHandler | None,
+        on_done: SnapshotDoneHandler | None, fileio: FileIO | None = None,
     ) -> None:
         self.node_id = node_id
+        self._io = fileio
         self.chunk_bytes = chunk_bytes
         self.window_bytes = window * chunk_bytes  # unacknowledged bytes in flight, at most
         self._on_done = on_done
@@ -86,7 +104,7 @@ class SnapshotSender:
             current.term = max(current.term, term)
             return True
         try:
-            transfer = _Transfer(metadata, term, path)
+            transfer = _Transfer(metadata, term, path, self._io)
         except OSError as e:
             log.warning("node %d: cannot open snapshot %s for node %d: %s",
                         self.node_id, path, peer, e)
@@ -157,7 +175,7 @@ class SnapshotSender:
         n = min(self.chunk_bytes, t.size - offset)
         t.reading = True
         try:
-            data = await asyncio.to_thread(os.pread, t.fd, n, offset)
+            data = await asyncio.to_thread(t.read, n, offset)
         finally:
             t.reading = False
             if t.closed:

@@ -8,22 +8,23 @@ file's SHA-256.) A complete snapshot directory only ever appears by an atomic re
 a verified file, so a crash at any point of a transfer leaves the node's state machine
 and log untouched; a partial file is resumed only for the very same snapshot (same index,
 term and SHA-256) and deleted as soon as another one starts arriving.
+
+Every file operation goes through a `FileIO` (the real disk by default; the whole-node
+simulator's disk, which a power cut can tear, in `dengine.sim.nodesim`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import shutil
 import threading
 from pathlib import Path
 
 import crc32c
 
 from dengine.proto import LogId, Membership, SnapshotAck, SnapshotChunk, SnapshotMetadata
-from dengine.storage.fileio import RealDisk
+from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.kvfile import SNAPSHOT_FILE, StoreImage, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -38,28 +39,20 @@ def _name(kind: str, metadata: SnapshotMetadata) -> str:
     return f"{kind}-{last.index:020d}-{last.term:020d}-{metadata.checksum[:8].hex()}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def file_sha256(path: Path) -> bytes:
+def file_sha256(path: Path, fileio: FileIO | None = None) -> bytes:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
+    for block in (fileio or RealDisk()).read_chunks(str(path), _HASH_BLOCK):
+        digest.update(block)
     return digest.digest()
 
 
 class SnapshotStore:
     """The snapshot directories under DATA_DIR/snapshots."""
 
-    def __init__(self, root: Path, keep: int) -> None:
-        self.root = root
+    def __init__(self, root: Path, keep: int, fileio: FileIO | None = None) -> None:
+        self.root = Path(root)
         self.keep = keep
+        self.io = fileio or RealDisk()
 
     def directory(self, metadata: SnapshotMetadata) -> Path:
         return self.root / _name("snap", metadata)
@@ -68,31 +61,48 @@ class SnapshotStore:
         return self.directory(metadata) / SNAPSHOT_FILE
 
     def has(self, metadata: SnapshotMetadata) -> bool:
-        return self.file(metadata).is_file()
+        return self._is_file(self.file(metadata))
+
+    def _is_file(self, path: Path) -> bool:
+        p = str(path)
+        return self.io.exists(p) and not self.io.isdir(p)
+
+    def _rmtree(self, path: Path) -> None:
+        if self.io.exists(str(path)):
+            self.io.rmtree(str(path))
+
+    def sha256(self, metadata: SnapshotMetadata) -> bytes:
+        """The SHA-256 of the snapshot's file as it is on disk (OSError if missing)."""
+        return file_sha256(self.file(metadata), self.io)
+
+    def remove(self, metadata: SnapshotMetadata) -> None:
+        """Delete one snapshot directory (its file was found damaged)."""
+        self._rmtree(self.directory(metadata))
+        self.io.fsync_dir(str(self.root))
 
     def write(
         self, image: StoreImage, last: LogId, membership: Membership
     ) -> SnapshotMetadata:
         """Write the state at `last` as a complete snapshot directory (atomic rename)."""
         tmp = self.root / f"tmp-{last.index:020d}-{last.term:020d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        checksum = write_snapshot(RealDisk(), str(tmp), image, last, membership)
+        self._rmtree(tmp)
+        checksum = write_snapshot(self.io, str(tmp), image, last, membership)
         metadata = SnapshotMetadata(last_included=last, checksum=checksum, membership=membership)
         final = self.directory(metadata)
-        if final.exists():
-            shutil.rmtree(tmp)  # the same bytes are there already
+        if self.io.exists(str(final)):
+            self.io.rmtree(str(tmp))  # the same bytes are there already
         else:
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
+            self.io.rename(str(tmp), str(final))
+            self.io.fsync_dir(str(self.root))
         return metadata
 
     def snapshots(self) -> list[tuple[int, Path]]:
         """Complete snapshot directories as (index, path), oldest first."""
         out = []
-        for entry in self.root.iterdir():
-            m = _NAME.match(entry.name)
-            if m and m.group(1) == "snap" and (entry / SNAPSHOT_FILE).is_file():
-                out.append((int(m.group(2)), entry))
+        for name in self.io.listdir(str(self.root)):
+            m = _NAME.match(name)
+            if m and m.group(1) == "snap" and self._is_file(self.root / name / SNAPSHOT_FILE):
+                out.append((int(m.group(2)), self.root / name))
         return sorted(out)
 
     def prune(self, current: SnapshotMetadata | None, *, leftovers: bool = False) -> list[Path]:
@@ -106,15 +116,15 @@ class SnapshotStore:
         for _, path in older[: max(0, len(older) - self.keep)]:
             if path not in protected:
                 removed.append(path)
-        for entry in self.root.iterdir() if leftovers else ():
-            if entry.name.startswith("tmp-") or (
-                entry.name.startswith("snap-") and not (entry / SNAPSHOT_FILE).is_file()
+        for name in self.io.listdir(str(self.root)) if leftovers else ():
+            if name.startswith("tmp-") or (
+                name.startswith("snap-") and not self._is_file(self.root / name / SNAPSHOT_FILE)
             ):
-                removed.append(entry)
+                removed.append(self.root / name)
         for path in removed:
-            shutil.rmtree(path, ignore_errors=True)
+            self._rmtree(path)
         if removed:
-            _fsync_dir(self.root)
+            self.io.fsync_dir(str(self.root))
         return removed
 
 
@@ -124,10 +134,12 @@ class _Incoming:
     def __init__(self, store: SnapshotStore, metadata: SnapshotMetadata) -> None:
         self.metadata = metadata
         self.directory = store.root / _name("incoming", metadata)
-        self.directory.mkdir(exist_ok=True)
+        io = store.io
+        if not io.isdir(str(self.directory)):
+            io.mkdir(str(self.directory))
         self.path = self.directory / PART_FILE
-        self.file = open(self.path, "ab")  # noqa: SIM115 - kept open across chunks
-        self.have = self.file.tell()
+        self.file: AppendFile = io.open_append(str(self.path))  # kept open across chunks
+        self.have = io.size(str(self.path))
 
     def close(self) -> None:
         self.file.close()
@@ -145,7 +157,6 @@ class SnapshotReceiver:
         self.store = store
         self._lock = threading.Lock()
         self._current: _Incoming | None = None
-
     def receive(self, chunk: SnapshotChunk) -> SnapshotAck:
         meta = chunk.metadata
         ack = SnapshotAck(last_included=meta.last_included, checksum=meta.checksum,
@@ -188,23 +199,24 @@ class SnapshotReceiver:
         if cur is not None:
             cur.close()
         name = _name("incoming", meta)
-        for entry in self.store.root.iterdir():
-            if entry.name.startswith("incoming-") and entry.name != name:
+        store = self.store
+        for entry in store.io.listdir(str(store.root)):
+            if entry.startswith("incoming-") and entry != name:
                 log.info("discarding the partial snapshot %s: another one is arriving", entry)
-                shutil.rmtree(entry, ignore_errors=True)
+                store.io.rmtree(str(store.root / entry))
         self._current = _Incoming(self.store, meta)
         return self._current
 
     def _discard(self, cur: _Incoming) -> None:
         cur.close()
-        shutil.rmtree(cur.directory, ignore_errors=True)
         self._current = None
+        self.store._rmtree(cur.directory)
 
     def _finish(self, cur: _Incoming) -> str:
         """fsync, verify the SHA-256, rename into the store; an error message or ""."""
-        cur.file.flush()
-        os.fsync(cur.file.fileno())
-        digest = file_sha256(cur.path)
+        io = self.store.io
+        cur.file.sync()
+        digest = file_sha256(cur.path, io)
         meta = cur.metadata
         if digest != meta.checksum:
             self._discard(cur)
@@ -214,13 +226,13 @@ class SnapshotReceiver:
             return error
         cur.close()
         self._current = None
-        os.replace(cur.path, cur.directory / SNAPSHOT_FILE)
+        io.rename(str(cur.path), str(cur.directory / SNAPSHOT_FILE))
         final = self.store.directory(meta)
-        if final.exists():
-            shutil.rmtree(cur.directory)
+        if io.exists(str(final)):
+            io.rmtree(str(cur.directory))
         else:
-            os.replace(cur.directory, final)
-        _fsync_dir(self.store.root)
+            io.rename(str(cur.directory), str(final))
+        io.fsync_dir(str(self.store.root))
         return ""
 
     def close(self) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dengine.config import NodeConfig
 from dengine.node.apply import ApplyPipeline
 from dengine.node.ports import NodeLog, PeerTransport, SnapshotFiles
-from dengine.node.snapshots import SnapshotReceiver, file_sha256
+from dengine.node.snapshots import SnapshotReceiver
 from dengine.proto import LogId, Membership, Message, MessageType, SnapshotChunk, SnapshotMetadata
 from dengine.raft import RaftCore
 from dengine.raft.progress import ProgressState
@@ -237,9 +236,10 @@ class Snapshotter:
         path = self._store.file(msg.snapshot)
         log.debug("node %d: sending the snapshot at index %d to node %d", self.node_id,
                   msg.snapshot.last_included.index, msg.to_id)
-        if path.is_file() and transport.send_snapshot(msg.to_id, msg.snapshot, msg.term, path):
+        there = self._store.has(msg.snapshot)
+        if there and transport.send_snapshot(msg.to_id, msg.snapshot, msg.term, path):
             return
-        if not path.is_file():
+        if not there:
             log.error("node %d: snapshot file %s is missing; taking a new snapshot",
                       self.node_id, path)
             self.maybe(force=True, repair=True)
@@ -261,16 +261,17 @@ class Snapshotter:
 
     async def _check_own(self, metadata: SnapshotMetadata) -> None:
         """A follower refused our snapshot: if our file is damaged, take a new snapshot."""
-        path = self._store.file(metadata)
+        store = self._store
         try:
-            digest = await asyncio.to_thread(file_sha256, path)
+            digest = await asyncio.to_thread(store.sha256, metadata)
         except OSError:
             digest = b""
         if digest == metadata.checksum:
             return
         log.error("node %d: snapshot file %s is damaged (SHA-256 mismatch); taking a new one",
-                  self.node_id, path)
-        await asyncio.to_thread(shutil.rmtree, path.parent, True)
+                  self.node_id, store.file(metadata))
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(store.remove, metadata)
         self.maybe(force=True, repair=True)
 
     def drop_unneeded_transfers(self) -> None:

@@ -135,7 +135,8 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
             pool.shutdown()
     elapsed = time.perf_counter() - started
     faults = ", ".join(f"{k} {v}" for k, v in sorted(totals.items())
-                       if k.startswith(("fault_", "strike_", "power_cuts", "kills")))
+                       if k.startswith(("fault_", "strike_", "power_cuts", "kills",
+                                         "snapshot_cuts")))
     click.echo(
         f"dengine.sim --whole-node: nodes={base.nodes} learners={base.learners} "
         f"seeds={seed_range.start}:{seed_range.start + runs} runs={runs} "
@@ -143,7 +144,10 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
         f"({runs / elapsed if elapsed else 0:.2f} seeds/s)\n  faults: {faults}\n"
         f"  clients: writes acknowledged {totals.get('writes_ok', 0)}, unknown "
         f"{totals.get('writes_unknown', 0)}, reads {totals.get('reads_ok', 0)} (lease "
-        f"{totals.get('lease_reads', 0)}), eventual {totals.get('eventual_reads', 0)}"
+        f"{totals.get('lease_reads', 0)}), eventual {totals.get('eventual_reads', 0)}\n"
+        f"  snapshots: taken {totals.get('snapshots_taken', 0)}, installed from a leader "
+        f"{totals.get('snapshots_installed', 0)}, chunks sent "
+        f"{totals.get('net_snapshot_chunks', 0)}"
     )
     sys.exit(1 if failures else 0)
 
@@ -160,10 +164,13 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
               help="replication batch size (0: drawn from each seed)")
 @click.option("--max-inflight", type=click.IntRange(0), default=0,
               help="appends in flight per follower (0: drawn from each seed)")
-@click.option("--snapshot-every", type=click.IntRange(0), default=0,
-              help="snapshot + compact the log every N applied entries (0: never)")
+@click.option("--snapshot-every", type=click.IntRange(0), default=None,
+              help="snapshot + compact the log every N applied entries (0: never; default "
+              f"0, with --whole-node {NodeSimConfig.snapshot_entries})")
 @click.option("--membership/--no-membership", default=False, show_default=True,
-              help="add membership changes (remove / demote / re-add a voter) to the faults")
+              help="add membership changes (remove / demote / re-add a voter) to the faults; "
+              "--whole-node: remove a voter or the leader, wipe it, add it back as a learner, "
+              "promote it")
 @click.option("--workload", type=click.Choice(WORKLOADS), default="kv", show_default=True,
               help="kv: get/put/delete; cas: + compare-and-swap txns; bank: transfers as "
               "txns guarded by mod_revision (the total is checked on every read); lease: "
@@ -190,7 +197,7 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
 @click.option("--hours", type=click.FloatRange(0), default=1.0, show_default=True,
               help="--soak: how long")
 def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
-         max_entries_per_msg: int, max_inflight: int, snapshot_every: int, membership: bool,
+         max_entries_per_msg: int, max_inflight: int, snapshot_every: int | None, membership: bool,
          workload: str, accounts: int, core: str, store: str, jobs: int, whole_node: bool,
          seconds: float, learners: int, node_class: str, disk_class: str, soak: bool,
          hours: float) -> None:
@@ -200,12 +207,14 @@ def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
         _whole_node(NodeSimConfig(
             nodes=nodes, learners=learners, seconds=seconds,
             faults=_parse_faults(faults, NODE_FAULT_KINDS), node=node_class, core=core,
-            disk=disk_class,
+            disk=disk_class, membership=membership,
+            snapshot_entries=(NodeSimConfig.snapshot_entries if snapshot_every is None
+                              else snapshot_every),
         ), seed_range, jobs, soak, hours)
         return
     base = SimConfig(nodes=nodes, steps=steps, faults=_parse_faults(faults),
                      lease_reads=lease_reads, max_entries_per_msg=max_entries_per_msg,
-                     max_inflight=max_inflight, snapshot_every=snapshot_every,
+                     max_inflight=max_inflight, snapshot_every=snapshot_every or 0,
                      membership=membership, workload=workload, accounts=accounts,
                      core=core, store=store)
     if core:

@@ -54,6 +54,10 @@ class FileIO(ABC):
     @abstractmethod
     def read(self, path: str) -> bytes: ...
 
+    def size(self, path: str) -> int:
+        """The file's length in bytes."""
+        return len(self.read(path))
+
     def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
         """The file's bytes in pieces of at most `chunk_bytes`, read one at a time (a big
         file is then never held whole in memory)."""
@@ -187,6 +191,9 @@ class RealDisk(FileIO):
     def read(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def size(self, path: str) -> int:
+        return os.stat(path).st_size
 
     def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
         with open(path, "rb", buffering=0) as f:
@@ -461,6 +468,10 @@ class SimulatedDisk(FileIO):
         with self._lock:
             return bytes(self._file(path).data)
 
+    def size(self, path: str) -> int:
+        with self._lock:
+            return len(self._file(path).data)
+
     def read_range(self, path: str, offset: int, size: int) -> bytes:
         with self._lock:
             data = bytes(self._file(path).data[offset : offset + size])
@@ -587,6 +598,9 @@ class DryRunDisk(FileIO):
 
     def read(self, path: str) -> bytes:
         return self._base.read(path)
+
+    def size(self, path: str) -> int:
+        return self._base.size(path)
 
     def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
         return self._base.read_chunks(path, chunk_bytes)

@@ -46,6 +46,17 @@ class AckBeforeDurableNode(SimNode):
         await super()._handle_ready(loop, core, rd)
 
 
+class DroppedTicksNode(SimNode):
+    """Ticks the core at most once per loop turn however long the loop stalled (a ticker
+    that fires once per wake-up and drops the ticks it owes). Its lease is counted in
+    ticks: after a stall (a frozen process) the leader's lease outlives real time, and it
+    serves lease reads while another leader commits writes."""
+
+    def _take_inputs(self, core: RaftCore) -> None:
+        self._last_tick = max(self._last_tick, self._clock() - 1.5 * self._tick_s)
+        super()._take_inputs(core)
+
+
 class LearnerCommitCore(RaftCore):
     """Counts learners' match indexes toward commit (d-engine's bug 7: the commit index from
     every responder, learners included)."""

@@ -11,7 +11,8 @@ During the run:
 
 At the end, after every fault is healed and every node restarted:
 
-* liveness: within 5 s a leader exists and every node has applied all it committed;
+* liveness: within 5 s a leader exists, a membership change cycle under way has
+  completed, and every node has applied all it committed;
 * state machines equal: nodes at the same applied index hold the same store
   (revision, keys, history);
 * linearizability: the clients' history (writes, linearizable and lease reads, and a
@@ -42,6 +43,10 @@ class Violation(Exception):
         self.invariant = invariant
         self.node = node
         self.detail = detail
+
+    def __reduce__(self) -> tuple[type[Violation], tuple[str, int, str]]:
+        # Results cross process boundaries (`--jobs`): pickle by the constructor's arguments.
+        return (Violation, (self.invariant, self.node, self.detail))
 
 
 class Checks:
@@ -81,7 +86,7 @@ class Checks:
     def _settled(self) -> bool:
         world = self.world
         lead = world.leader()
-        if lead is None or lead.node is None:
+        if lead is None or lead.node is None or not world.admin.idle():
             return False
         status = lead.node.status()
         if status.commit_index < status.last_log_index:

@@ -3,7 +3,8 @@
 Each client does one operation at a time on a node: a put or a delete (unique values)
 through `Node.propose`, or a read of one key through `Node.read` at linearizable, lease
 or eventual consistency. It asks the node it believes leads (`NotLeader` tells it which),
-or another one at random. Outcomes, as a real client sees them:
+or another one at random; it gives up on an answer after 0.2-1.5 s (drawn per operation)
+and then tries another node. Outcomes, as a real client sees them:
 
 * a write whose future resolves is acknowledged (call and return times recorded);
 * a write refused at once (`NotLeader`, not running) was never proposed: left out;
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 KEYS = (b"k0", b"k1", b"k2")
 TIMEOUT_S = 1.0  # what the node is given
-GIVE_UP_S = 1.5  # a client waits this long for an answer (a paused or dead node)
+GIVE_UP_S = 1.5  # a client waits at most this long for an answer (a paused or dead node)
+MIN_GIVE_UP_S = 0.2  # and at least this long (each operation draws its own timeout)
 
 
 class _Client:
@@ -102,7 +104,16 @@ class Clients:
         if not self.world.call_on(m, self._submit, m, token):
             self._finish(token, "refused")
             return
-        self.world.after(GIVE_UP_S, lambda: self._finish(token, "unknown"))
+        self.world.after(self.rng.uniform(MIN_GIVE_UP_S, GIVE_UP_S),
+                         lambda: self._give_up(c, token))
+
+    def _give_up(self, c: _Client, token: int) -> None:
+        """No answer in time: the outcome is unknown; the next try goes to another node."""
+        if token in self._inflight:
+            others = sorted(i for i in self.world.members if i != c.busy_on)
+            if others:
+                c.leader = self.rng.choice(others)
+            self._finish(token, "unknown")
 
     def _submit(self, m: Member, token: int) -> None:
         """On the node's loop: hand the operation to the node."""

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 # Fault kinds of the whole-node simulator (`--faults`).
 NODE_FAULT_KINDS = ("net", "partition", "oneway", "kill", "power", "power_all", "pause",
-                    "strike", "diskerr", "slow", "skew")
+                    "strike", "diskerr", "slow", "skew", "snapcut", "freeze", "jump")
 
 
 def _load(spec: str) -> Any:
@@ -38,6 +38,12 @@ class NodeSimConfig:
     disk_latency_ms: float = 2.0  # each job of a node's threads takes up to this long
     checkpoint_bytes: int = 8 * 1024  # the state machine's WAL checkpoints often
     segment_bytes: int = 16 * 1024  # and the Raft log rolls segments often
+    # A snapshot every this many applied entries, the log compacted behind it (keeping a
+    # tail of a tenth): lagging nodes then catch up by snapshot transfer (0: none).
+    snapshot_entries: int = 20
+    # Membership changes under load: remove a voter (or the leader), wipe it, add it back
+    # as a learner, promote it (`dengine.sim.nodesim.admin`).
+    membership: bool = False
     node: str = ""  # "module:Class" of a Node subclass (a broken variant)
     core: str = ""  # "module:Class" of a RaftCore subclass (a broken variant)
     disk: str = ""  # "module:Class" of a FencedDisk subclass (a broken variant)
@@ -64,6 +70,10 @@ class NodeSimConfig:
                f"--seeds {self.seed}:{self.seed + 1} --seconds {self.seconds:g}")
         if self.learners:
             cmd += f" --learners {self.learners}"
+        if self.membership:
+            cmd += " --membership"
+        if self.snapshot_entries != NodeSimConfig.snapshot_entries:
+            cmd += f" --snapshot-every {self.snapshot_entries}"
         if self.faults != frozenset(NODE_FAULT_KINDS):
             cmd += f" --faults {','.join(sorted(self.faults)) or 'none'}"
         if self.node:

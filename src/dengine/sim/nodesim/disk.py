@@ -11,6 +11,9 @@ own `FencedDisk`:
   operation raises, the world is told (`on_cut`, which cuts the power of the disk and
   stops the node's loop), so cuts land inside an append, between a write and its fsync,
   between a rename and the directory's fsync...
+* or armed to happen at the n-th mutating operation counted from the first one that
+  touches the snapshot directory (`arm_snapshot`): inside a snapshot being written,
+  received, installed (the state machine, then the log) or pruned;
 * an I/O error (EIO, or ENOSPC: disk full) can be armed the same way (`arm_error`): the
   operation fails without effect, as a write or fsync that returned an error.
 """
@@ -37,13 +40,20 @@ class FencedDisk(FileIO):
         self._on_cut = on_cut
         self._countdown: int | None = None
         self._error: tuple[int, int] | None = None  # (operations left, errno)
+        self._snapshot_countdown: int | None = None  # armed, not counting yet
+        self.in_snapshot = False  # the armed cut counts from a snapshot operation
         self.mutations = 0
 
     def arm(self, n: int | None) -> None:
         """Cut the power at the n-th next mutating operation (None: disarm, errors too)."""
         self._countdown = n
         if n is None:
-            self._error = None
+            self._error = self._snapshot_countdown = None
+
+    def arm_snapshot(self, n: int) -> None:
+        """Cut the power at the n-th mutating operation from the next one on a path under
+        a `snapshots` directory (that one counts as the first)."""
+        self._snapshot_countdown = n
 
     def arm_error(self, n: int, errno_: int) -> None:
         """Fail the n-th next mutating operation with OSError(errno_)."""
@@ -56,6 +66,9 @@ class FencedDisk(FileIO):
     def _mutate(self, what: str) -> None:
         self._live()
         self.mutations += 1
+        if self._snapshot_countdown is not None and "/snapshots/" in what:
+            self._countdown, self._snapshot_countdown = self._snapshot_countdown, None
+            self.in_snapshot = True
         if self._countdown is not None:
             self._countdown -= 1
             if self._countdown <= 0:
@@ -85,6 +98,10 @@ class FencedDisk(FileIO):
     def read(self, path: str) -> bytes:
         self._live()
         return self.disk.read(path)
+
+    def size(self, path: str) -> int:
+        self._live()
+        return self.disk.size(path)
 
     def read_chunks(self, path: str, chunk_bytes: int) -> Iterator[bytes]:
         self._live()

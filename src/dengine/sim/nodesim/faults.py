@@ -1,7 +1,7 @@
 """The fault schedule of a whole-node run, drawn from the seed.
 
 Every 20-250 ms of the run one fault of the enabled kinds starts (and undoes itself
-later):
+later); `strike` is drawn three times as often as each other kind:
 
 * `net`: new network settings: loss 0-20 %, duplication 0-10 %, delays up to 1-30 ms,
   stragglers (20-200 ms: reordering) 0-5 %;
@@ -15,8 +15,9 @@ later):
 * `power_all`: every node loses power within 0-15 ms of the first (a rack), the first one
   during a disk operation; all restart 20-300 ms later;
 * `pause`: a node stops running (SIGSTOP) for 20-400 ms; what reaches it waits;
-* `strike`: correlated failures around the leader: either a follower loses power while
-  it writes an append it may have acknowledged, the followers that would make a majority
+* `strike`: correlated failures around the leader: either a follower gets each append
+  twice, the copy late (behind newer ones), or it loses power while it writes an append
+  it may have acknowledged; the followers that would make a majority
   without it starved of appends, and the leader killed or cut 1-2.5 network delays later;
   or the leader reaches no other voter (learners excepted) and goes down a few delays
   later (what makes a lost acknowledgement or a wrong commit count matter);
@@ -25,6 +26,17 @@ later):
   50-300 ms later;
 * `slow`: a node's disk (its log, apply and snapshot threads' jobs) 5-50x slower for
   100-500 ms;
+* `freeze`: a node (the leader 80 % of the time) stops (SIGSTOP) for 250-600 ms while
+  its peers give up on it: what they send it meanwhile is lost, and they reach it again
+  only 30-150 ms after it resumes (a frozen VM whose connections were reset). A leader
+  then resumes believing it still leads; only its clock says its lease is over;
+* `jump`: a node's clock jumps 20-300 ms forward (a VM's clock catching up), at most one
+  node in any 400 ms: within the lease rules (a lone early timer meets the others' vote
+  leases);
+* `snapcut`: a node loses power at the n-th disk operation (n = 1-16) from the next one
+  that touches its snapshot directory: while it writes a snapshot, receives one (the
+  partial file, its rename), installs it (the state machine, then the log) or prunes
+  old ones; restarted 30-200 ms after the cut;
 * `skew`: a node's clock runs 0-10 % fast or slow from now on (within the drift bound the
   lease allows for; the clock stays monotonic).
 
@@ -49,10 +61,13 @@ class Faults:
     def __init__(self, world: World, rng: random.Random) -> None:
         self.world = world
         self.rng = rng
-        self.kinds = sorted(world.config.faults)
+        # Strikes, which the subtle bugs need, are drawn three times as often as the rest.
+        self.kinds = [k for k in sorted(world.config.faults)
+                      for _ in range(3 if k == "strike" else 1)]
         self._until = 0.0
         self._healed = False
         self._after_cut: dict[int, Callable[[], None]] = {}
+        self._jumped_at = -1.0
 
     def start(self, seconds: float) -> None:
         self._until = seconds
@@ -106,7 +121,7 @@ class Faults:
             loss=rng.choice((0.0, 0.0, 0.02, 0.1, 0.2)), dup=rng.choice((0.0, 0.02, 0.1)),
             max_delay_ms=rng.choice((1.0, 5.0, 10.0, 30.0)),
             straggler=rng.choice((0.0, 0.0, 0.01, 0.05)),
-            blocked=self.world.net.faults.blocked,
+            blocked=self.world.net.faults.blocked, echo=self.world.net.faults.echo,
         )
 
     def _partition(self) -> None:
@@ -200,6 +215,46 @@ class Faults:
             m.slow = 1.0
         self._later(self.rng.uniform(0.1, 0.5), fast)
 
+    def _freeze(self) -> None:
+        m = self._victim(0.8)
+        if m is None or m.paused:
+            return
+        world = self.world
+        m.paused = True
+        inbound = {(o, m.node_id) for o in world.members if o != m.node_id}
+        world.net.faults.blocked |= inbound
+        node = m.node
+        frozen = self.rng.uniform(0.25, 0.6)
+
+        def resume() -> None:
+            if m.node is node:
+                world.resume(m)
+        self._later(frozen, resume)
+        self._heal_links(inbound, frozen + 0.03, frozen + 0.15)
+
+    def _jump(self) -> None:
+        now = self.world.clock.now
+        if now < self._jumped_at + 0.4:
+            return
+        m = self._victim(0.5)
+        if m is None:
+            return
+        self._jumped_at = now
+        self.world.jump_clock(m, self.rng.uniform(0.02, 0.3))
+
+    def _snapcut(self) -> None:
+        m = self._victim(0.3)
+        if m is None or m.fence is None:
+            return
+        fence = m.fence
+        fence.arm_snapshot(self.rng.randint(1, 16))
+
+        def after() -> None:
+            if fence.in_snapshot:
+                self.world.count("snapshot_cuts")
+            self._restart_later(m, 0.03, 0.2)
+        self._after_cut[m.node_id] = after
+
     def _skew(self) -> None:
         """A node's clock runs 0-10 % fast or slow (within the lease's drift bound)."""
         m = self._victim(0.5)
@@ -219,7 +274,33 @@ class Faults:
         if not voters:
             return
         delay = world.net.faults.max_delay_ms / 1000.0
-        if rng.random() < 0.6:
+        r = rng.random()
+        if r < 0.25:
+            # One follower gets every append twice, the copy late (behind newer ones);
+            # the followers that would make a majority without it are starved of appends,
+            # and the leader goes down within a network delay of a late copy's arrival.
+            world.count("strike_echo")
+            echoed = rng.choice(voters)
+            keep = rng.sample([v for v in voters if v != echoed], world.config.nodes // 2 - 1)
+            starved = {(lead.node_id, v) for v in voters if v != echoed and v not in keep}
+            link = (lead.node_id, echoed)
+            world.net.faults.echo.add(link)
+            copies = rng.randint(1, 6)
+
+            def echoed_one(src: int, dst: int) -> None:
+                nonlocal copies
+                if (src, dst) != link or link not in world.net.faults.echo:
+                    return
+                copies -= 1
+                if copies <= 0:
+                    world.net.faults.echo.discard(link)
+                    self._later(rng.uniform(0.0, delay + 0.001), lambda: self._down(lead))
+            world.net.on_echo = echoed_one
+
+            def quiet() -> None:
+                world.net.faults.echo.discard(link)
+            self._later(0.3, quiet)
+        elif r < 0.7:
             # One follower acknowledges the next append and loses power while it writes
             # it; the followers that would make a majority without it do not get it.
             world.count("strike_ack")
@@ -261,6 +342,7 @@ class Faults:
         world = self.world
         self._healed = True
         world.net.faults = NetFaults()
+        world.net.on_echo = None
         for m in world.members.values():
             m.slow = 1.0
             world.set_clock_rate(m, 1.0)

@@ -8,19 +8,32 @@ mechanism; a message on a link blocked at send or at delivery is lost. A deliver
 node that is down is lost; to a paused node it waits until the node resumes (its socket
 buffers hold it).
 
-Snapshots are not streamed over this network (the simulator runs without log compaction
-for now): `send_snapshot` refuses, and the core falls back to retrying.
+Snapshots travel over the same network, as the real transport's frames do: chunks read
+from the sender's simulated disk by the real `SnapshotSender` (window, cumulative acks,
+rewinds on a mismatch), stored by the receiver's real `SnapshotReceiver` through the
+node's chunk handler, acknowledged back. Each frame is lost, delayed, duplicated or
+blocked like any message; where TCP would reset the connection (nothing acknowledged for
+`STALL_S`), the transfer resumes from the last acknowledged offset, as after a reconnect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dengine.proto import Message, SnapshotAck, SnapshotMetadata
+from dengine.node.snapshot_send import SnapshotSender
+from dengine.proto import Message, SnapshotAck, SnapshotChunk, SnapshotMetadata
+from dengine.storage.fileio import FileIO
+
+# Frame kinds on the simulated wire (the first byte): Raft message, snapshot chunk, ack.
+_MSG, _CHUNK, _ACK = 0x6D, 0x63, 0x61
+CHUNK_BYTES = 2048  # small, so that a snapshot of a few KiB takes several chunks
+WINDOW = 4
+STALL_S = 0.1
 
 
 @dataclass
@@ -32,6 +45,9 @@ class NetFaults:
     max_delay_ms: float = 5.0
     straggler: float = 0.0  # chance of a 20-200 ms delay
     blocked: set[tuple[int, int]] = field(default_factory=set)
+    # Links whose every message is also delivered a second time, 0.5-15 ms after the
+    # longest delay (behind newer messages).
+    echo: set[tuple[int, int]] = field(default_factory=set)
 
 
 class SimNetwork:
@@ -47,7 +63,11 @@ class SimNetwork:
         self.faults = NetFaults()
         self._schedule = schedule  # (delay seconds, callback) on the world's clock
         self._deliver = deliver  # (from, to, bytes), when it arrives
-        self.stats = {"sent": 0, "lost": 0, "dup": 0, "straggler": 0, "blocked": 0}
+        # Told (from, to) when a late copy of the `echo` fault arrives (the fault schedule
+        # strikes then).
+        self.on_echo: Callable[[int, int], None] | None = None
+        self.stats = {"sent": 0, "lost": 0, "dup": 0, "straggler": 0, "blocked": 0,
+                      "echo": 0, "snapshot_chunks": 0}
 
     def send(self, src: int, dst: int, data: bytes) -> None:
         faults, rng, stats = self.faults, self.rng, self.stats
@@ -62,12 +82,21 @@ class SimNetwork:
         if faults.dup and rng.random() < faults.dup:
             copies = 2
             stats["dup"] += 1
+        if faults.echo and (src, dst) in faults.echo:
+            stats["echo"] += 1
+            late = rng.uniform(0.5, 15.0) + faults.max_delay_ms
+            self._schedule(late / 1000.0, lambda: self._echo(src, dst, data))
         for _ in range(copies):
             delay = rng.uniform(0.2, faults.max_delay_ms)
             if faults.straggler and rng.random() < faults.straggler:
                 delay = rng.uniform(20.0, 200.0)
                 stats["straggler"] += 1
             self._schedule(delay / 1000.0, lambda: self._arrive(src, dst, data))
+
+    def _echo(self, src: int, dst: int, data: bytes) -> None:
+        self._arrive(src, dst, data)
+        if self.on_echo is not None:
+            self.on_echo(src, dst)
 
     def _arrive(self, src: int, dst: int, data: bytes) -> None:
         if (src, dst) in self.faults.blocked:
@@ -79,20 +108,28 @@ class SimNetwork:
 class SimTransport:
     """One node incarnation's `PeerTransport` on the `SimNetwork`."""
 
-    def __init__(self, network: SimNetwork, **kwargs: Any) -> None:
+    def __init__(self, network: SimNetwork, fileio: FileIO, **kwargs: Any) -> None:
         self.network = network
         self.node_id: int = kwargs["node_id"]
         self.on_messages = kwargs["on_messages"]
+        self.on_chunk = kwargs["on_snapshot_chunk"]
         self.peers: dict[int, str] = dict(kwargs.get("peers") or {})
         self.closed = False
+        self._snapshots = SnapshotSender(self.node_id, CHUNK_BYTES, WINDOW,
+                                         kwargs.get("on_snapshot_done"), fileio)
+        self._pumping: dict[int, asyncio.Task[None]] = {}
+        self._watch: dict[int, asyncio.TimerHandle] = {}
 
     async def start(self) -> None:
         pass
 
     async def close(self) -> None:
         self.closed = True
+        self._snapshots.close()
 
     def set_peers(self, peers: dict[int, str]) -> None:
+        for gone in set(self.peers) - set(peers):
+            self._snapshots.cancel(gone)
         self.peers = dict(peers)
 
     def send(self, messages: Iterable[Message]) -> None:
@@ -100,12 +137,20 @@ class SimTransport:
             return
         send = self.network.send
         for m in messages:
-            send(self.node_id, m.to_id, m.SerializeToString())
+            send(self.node_id, m.to_id, bytes((_MSG,)) + m.SerializeToString())
 
     def receive(self, src: int, data: bytes) -> None:
         """The world: bytes from `src` arrived for this node (on its loop)."""
-        if not self.closed:
-            self.on_messages(src, [Message.FromString(data)])
+        if self.closed:
+            return
+        kind, body = data[0], data[1:]
+        if kind == _MSG:
+            self.on_messages(src, [Message.FromString(body)])
+        elif kind == _CHUNK:
+            asyncio.get_running_loop().create_task(
+                self.on_chunk(src, SnapshotChunk.FromString(body)))
+        elif self._snapshots.on_ack(src, SnapshotAck.FromString(body)):
+            self._kick(src)
 
     def peer_client_address(self, node_id: int) -> str:
         return f"sim-client-{node_id}"
@@ -113,16 +158,56 @@ class SimTransport:
     def is_connected(self, node_id: int) -> bool:
         return not self.closed and node_id in self.peers
 
+    # -- snapshots
+
     def send_snapshot(
         self, peer: int, metadata: SnapshotMetadata, term: int, path: Path
     ) -> bool:
-        return False
+        if self.closed or peer not in self.peers:
+            return False
+        if not self._snapshots.start(peer, metadata, term, path):
+            return False
+        self._kick(peer)
+        return True
 
     def cancel_snapshot(self, peer: int) -> bool:
-        return False
+        return self._snapshots.cancel(peer)
 
     def snapshot_transfers(self) -> list[int]:
-        return []
+        return self._snapshots.peers()
 
     def send_snapshot_ack(self, peer: int, ack: SnapshotAck) -> None:
-        pass
+        if not self.closed:
+            self.network.send(self.node_id, peer, bytes((_ACK,)) + ack.SerializeToString())
+
+    def _kick(self, peer: int) -> None:
+        """Send what the window allows to `peer` (one sending task per peer)."""
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        watch = self._watch.pop(peer, None)
+        if watch is not None:
+            watch.cancel()
+        if peer in self._snapshots.peers():
+            self._watch[peer] = loop.call_later(STALL_S, self._stalled, peer)
+        if peer not in self._pumping:
+            self._pumping[peer] = loop.create_task(self._pump(peer))
+
+    def _stalled(self, peer: int) -> None:
+        """Nothing acknowledged for a while: a new connection, resuming from the last ack."""
+        self._watch.pop(peer, None)
+        if not self.closed and peer in self._snapshots.peers():
+            self._snapshots.reconnected(peer)
+            self._kick(peer)
+
+    async def _pump(self, peer: int) -> None:
+        sender = self._snapshots
+        try:
+            while not self.closed and sender.due(peer):
+                chunk = await sender.next_chunk(peer)
+                if chunk is not None and not self.closed:
+                    self.network.stats["snapshot_chunks"] += 1
+                    self.network.send(self.node_id, peer,
+                                      bytes((_CHUNK,)) + chunk.SerializeToString())
+        finally:
+            self._pumping.pop(peer, None)

@@ -18,8 +18,6 @@ import contextlib
 import heapq
 import itertools
 import random
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +26,7 @@ from dengine.node.node import Node
 from dengine.node.ports import NodeEnv
 from dengine.proto import Membership
 from dengine.raft import Role
+from dengine.sim.nodesim.admin import Admin
 from dengine.sim.nodesim.checks import Checks, Violation
 from dengine.sim.nodesim.clients import Clients
 from dengine.sim.nodesim.config import NodeSimConfig, NodeSimResult
@@ -64,6 +63,8 @@ class Member:
         self.clock_rate = 1.0
         self.clock_base = 0.0
         self.start_task: Any = None
+        self.joining = False  # a new machine joining (`--membership`)
+        self.retired = False  # removed from the cluster and replaced: never started again
 
     @property
     def up(self) -> bool:
@@ -89,14 +90,15 @@ class World:
         learners = range(config.nodes + 1, config.nodes + config.learners + 1)
         self.members = {i: Member(i, False) for i in voters}
         self.members.update({i: Member(i, True) for i in learners})
+        self._ids_used = set(self.members)
         self.net = SimNetwork(random.Random(self.rng.random()), self.after, self._deliver)
         self.checks = Checks(self)
         self.clients = Clients(self, random.Random(self.rng.random()))
         self.faults = Faults(self, random.Random(self.rng.random()))
+        self.admin = Admin(self, random.Random(self.rng.random()))
         self._node_class = config.node_class()
         self._core = config.core_factory()
         self._disk_class = config.disk_class()
-        self._tmp = tempfile.mkdtemp(prefix="dengine-nodesim-")
         self._loop_rng = random.Random(self.rng.random())
         self._failure: Violation | None = None
         self._dead_loops: list[SimLoop] = []
@@ -119,17 +121,20 @@ class World:
         voters = range(1, self.config.nodes + 1)
         peers = {i: f"sim-peer-{i}:1" for i in voters if i != m.node_id}
         return NodeConfig(
-            data_dir=f"{self._tmp}/n{m.node_id}", node_id=m.node_id, cluster_id="sim",
+            data_dir=f"/sim/n{m.node_id}", node_id=m.node_id, cluster_id="sim",
             listen_peer=f"sim-peer-{m.node_id}:1", listen_client=f"sim-client-{m.node_id}:1",
-            peers=peers, join="sim-peer-1:1" if m.learner else "", auto_promote=False,
+            peers=peers, join="sim-peer-1:1" if m.learner or m.joining else "", auto_promote=False,
             tick_ms=10, election_timeout_ms=100, heartbeat_interval_ms=20, clock_drift_ms=20,
-            snapshot_threshold_entries=0, wal_checkpoint_bytes=self.config.checkpoint_bytes,
+            snapshot_threshold_entries=self.config.snapshot_entries,
+            wal_checkpoint_bytes=self.config.checkpoint_bytes,
             log_segment_bytes=self.config.segment_bytes,
         )
 
     def start(self, m: Member) -> None:
         """Start a new incarnation of `m`'s node process on its disk."""
         assert m.node is None
+        if m.retired:
+            return  # a restart scheduled before it was retired
         m.incarnation += 1
         rng = random.Random(self.rng.random())
         fast = self.config.disk_latency_ms
@@ -148,7 +153,7 @@ class World:
         holder: dict[str, SimTransport] = {}
 
         def make_transport(**kwargs: Any) -> SimTransport:
-            transport = SimTransport(self.net, **kwargs)
+            transport = SimTransport(self.net, fence, **kwargs)
             holder["t"] = transport
             return transport
 
@@ -170,6 +175,19 @@ class World:
         m.start_task = loop.create_task(start())
         m.start_task.add_done_callback(lambda t: self._started(m, node, t))
 
+    def replace(self, m: Member) -> Member:
+        """Retire `m` (removed from the cluster) and start a new machine, with the next
+        node id and an empty disk, that joins the cluster."""
+        self.stop(m, "retired")
+        m.retired = True
+        del self.members[m.node_id]
+        new = Member(max(self._ids_used) + 1, False)
+        self._ids_used.add(new.node_id)
+        new.joining = True
+        self.members[new.node_id] = new
+        self.start(new)
+        return new
+
     def _exited(self, m: Member, node: Node) -> None:
         if m.node is node:
             self.stop(m, "storage_failures")
@@ -181,6 +199,10 @@ class World:
         now = self.clock.now
         m.clock_offset += m.clock_rate * (now - m.clock_base)
         m.clock_base, m.clock_rate = now, rate
+
+    def jump_clock(self, m: Member, seconds: float) -> None:
+        """`m`'s clock jumps `seconds` forward at once."""
+        m.clock_offset += seconds
 
     def _loop_error(self, m: Member, loop: SimLoop, context: dict[str, Any]) -> None:
         """An exception no one handled in a node's loop: a check that failed, or a bug."""
@@ -211,6 +233,7 @@ class World:
         if m.transport is not None:
             m.transport.closed = True
         loop = m.loop
+        self._count_snapshots(m.node)
         m.node = m.loop = m.fence = m.transport = None
         m.paused, m.held = False, []
         # Closed after the callback running now (it may be this node's own, which the
@@ -218,6 +241,12 @@ class World:
         self._dead_loops.append(loop)
         self.clients.node_gone(m.node_id)
         self.count(why)
+
+    def _count_snapshots(self, node: Node) -> None:
+        snaps = getattr(node, "_snaps", None)  # absent if it died while starting
+        if snaps is not None:
+            self.count("snapshots_taken", snaps.taken)
+            self.count("snapshots_installed", snaps.installed)
 
     def power_cut(self, m: Member) -> None:
         """Power loss: the process dies and the disk loses or tears what was not synced."""
@@ -259,10 +288,11 @@ class World:
 
     def step_until(self, t_end: float, done: Callable[[], bool] | None = None) -> bool:
         """Run until virtual time `t_end` (or until `done()`); whether `done` held."""
-        members = list(self.members.values())
+        all_members = self.members
         check_leaders = self.checks.leaders
         choose = self._loop_rng.choice
         while True:
+            members = list(all_members.values())  # --membership replaces machines
             ready = [m for m in members if m.running and m.loop is not None and m.loop.has_ready()]
             if ready:
                 m = ready[0] if len(ready) == 1 else choose(ready)
@@ -369,7 +399,6 @@ class World:
                 if m.node is not None:
                     self.stop(m, "end")
             self._bury()
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def _run(self) -> NodeSimResult:
         config = self.config
@@ -380,8 +409,11 @@ class World:
             self.after(0.05, self.add_learners)
             self.clients.start()
             self.faults.start(config.seconds)
+            if config.membership:
+                self.admin.start()
             self.step_until(config.seconds)
             self.faults.heal()
+            self.admin.stop()
             self.clients.stop()
             self.checks.settle()
             self.clients.final_reads()
@@ -389,6 +421,12 @@ class World:
         except Violation as v:
             violation = v
         stats = dict(self.stats)
+        for m in self.members.values():
+            snaps = getattr(m.node, "_snaps", None)
+            if snaps is not None:
+                stats["snapshots_taken"] = stats.get("snapshots_taken", 0) + snaps.taken
+                stats["snapshots_installed"] = (stats.get("snapshots_installed", 0)
+                                                + snaps.installed)
         stats.update({f"net_{k}": v for k, v in self.net.stats.items()})
         stats.update(self.clients.stats)
         stats["steps"] = self.steps
