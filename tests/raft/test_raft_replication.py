@@ -263,3 +263,38 @@ def test_leader_never_counts_learners_toward_commit() -> None:
     assert net[1].prs[4].match == 3  # the learner holds it ...
     assert net[1].commit_index == 2  # ... but only the leader among voters does
     assert net[4].role is Role.LEARNER
+
+
+def test_a_follower_learns_a_commit_from_the_leaders_answer_before_the_next_append() -> None:
+    # The follower holds entries 1..3 of term 2; the leader of term 2 says it applied 3.
+    net = Network([1, 2], logs={2: make_log([1, 2, 2], term=2, commit=1)})
+    f = net[2]
+    assert f.learn_commit(3, 2)
+    assert f.commit_index == 3
+    rd = f.ready()
+    assert [e.index for e in rd.committed_entries] == [1, 2, 3]
+    assert not f.learn_commit(2, 2)  # already committed: nothing moves
+
+
+def test_learn_commit_ignores_an_index_it_cannot_prove_matches_the_leaders() -> None:
+    # Entry 3 here is a stale term-2 entry; the leader (term 3) committed its own entry 3.
+    net = Network([1, 2], logs={2: make_log([1, 2, 2], term=3, commit=1)})
+    f = net[2]
+    assert not f.learn_commit(3, 3)  # our entry 3 is of term 2, not the leader's
+    assert not f.learn_commit(5, 3)  # not here yet
+    assert f.commit_index == 1
+    f.step(_append(1, 3, 2, 2, [3], commit=3))  # the append replaces entry 3, commits it
+    net.process(2)
+    assert log_terms(net.logs[2]) == [1, 2, 3] and f.commit_index == 3
+
+
+def test_a_leader_commits_only_through_its_quorum() -> None:
+    net = Network([1, 2, 3])
+    leader = net.elect(1)
+    net.cut |= {(1, 2), (1, 3)}
+    leader.propose_batch([b"x"])
+    net.process(1)
+    last = leader.log.last_index()
+    assert leader.commit_index < last
+    assert not leader.learn_commit(last, leader.term)
+    assert leader.commit_index < last

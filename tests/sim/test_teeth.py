@@ -11,6 +11,7 @@ import dataclasses
 from dengine.proto import HardState
 from dengine.sim import InvariantChecker, SimConfig, SimResult, Simulator
 from dengine.sim.broken import (
+    BlindLearnCommitCore,
     CommitOldTermCore,
     DoubleVoteCore,
     LeaseWithoutCheckQuorumCore,
@@ -46,6 +47,17 @@ def test_commit_by_counting_old_term_entries_is_caught() -> None:
     assert result.violation.invariant in (
         "leader completeness", "state machine safety", "commit safety", "linearizability"
     ), result.describe()
+
+
+def test_a_commit_learnt_without_checking_the_entry_term_is_caught() -> None:
+    """A follower that commits up to a forwarded write's index without checking that its
+    entry there has the leader's term applies a stale entry."""
+    config = SimConfig(nodes=3, core="dengine.sim.broken:BlindLearnCommitCore")
+    result = _first_violation(config, BlindLearnCommitCore, range(100))
+    assert result is not None, "blind learn_commit not caught in 100 seeds"
+    assert result.violation is not None
+    assert result.violation.invariant in (
+        "state machine safety", "commit safety", "linearizability"), result.describe()
 
 
 def test_two_votes_in_one_term_are_caught() -> None:

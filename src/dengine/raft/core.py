@@ -6,6 +6,7 @@ be simulated deterministically and every scenario replayed.
 
 Inputs: `tick()`, `step(message)`, `propose(commands)`, `propose_membership(membership)`,
 `read_index(ctx, lease=False)`, `transfer_leadership(to)`, `campaign()`,
+`learn_commit(index, term)`,
 `report_unreachable(peer)`, `report_snapshot(peer, ok)`.
 Output: `ready()` returns a `Ready` whenever `has_ready()`; the driver then calls
 `advance(rd)`.
@@ -285,6 +286,25 @@ class RaftCore(ElectionMixin, ReplicationMixin, ConfChangeMixin, ReadIndexMixin)
             self._step_follower(m)
         else:
             self._step_candidate(m)
+
+    def learn_commit(self, index: int, term: int) -> bool:
+        """A follower learns that the entry at `index` is committed (the leader's answer
+        to a write it forwarded; `term`: the leader's term when it answered, so `index`
+        was known committed at that term) and commits up to it now, without waiting for
+        the next append or heartbeat. True if the commit index moved.
+
+        Only when our entry at `index` has that very term: no log holds an entry of such
+        a term at a committed index other than the committed entry (every leader of that
+        term or later holds the committed one: Leader Completeness), so by Log Matching
+        our log equals the leader's up to `index`. Otherwise (the entry not here yet, or
+        of another term) nothing changes and the next append brings the commit. A leader
+        commits only through its quorum."""
+        log = self.log
+        if self.state is Role.LEADER or index <= log.committed:
+            return False
+        if not log.match_term(index, term):
+            return False
+        return log.commit_to(index)
 
     # ------------------------------------------------------------------ output
 

@@ -35,6 +35,16 @@ class CommitOldTermCore(RaftCore):
         return False
 
 
+class BlindLearnCommitCore(RaftCore):
+    """Takes a commit index from a write's answer without checking that its own entry
+    there is the leader's (a stale entry of an older term gets applied)."""
+
+    def learn_commit(self, index: int, term: int) -> bool:
+        if self.state is Role.LEADER or index <= self.log.committed:
+            return False
+        return self.log.commit_to(min(index, self.log.last_index()))
+
+
 class DoubleVoteCore(RaftCore):
     """Grants a vote to every up-to-date candidate, even after voting in this term."""
 

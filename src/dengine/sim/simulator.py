@@ -96,10 +96,13 @@ class Simulator:
         self.stats = dict.fromkeys(
             ("messages", "dropped", "crashes", "partitions", "elections", "writes", "reads",
              "lease_reads", "failed_writes", "unknown_writes", "snapshots_taken",
-             "snapshots_installed", "membership_changes"), 0
+             "snapshots_installed", "membership_changes", "commits_learnt"), 0
         )
         self.workload = make_workload(self)
         self.watcher = SimWatcher(config.seed)  # a watch resumed across nodes (watcher.py)
+        # Which node learns a commit from a write's answer, and when (its own stream, so
+        # that the rest of a seed's run draws the same numbers as without it).
+        self._learn_rng = random.Random(f"learn-{config.seed}")
         self._on_tick = getattr(self.workload, "on_tick", None)
 
     # ----------------------------------------------------------------------------- run
@@ -166,6 +169,14 @@ class Simulator:
                 self._drive(self.nodes[sender])
         elif kind == "client":
             self._client_act(payload)
+        elif kind == "learn_commit":
+            node_id, index, term = payload
+            node = self.nodes[node_id]
+            if node.up:
+                assert node.core is not None
+                if node.core.learn_commit(index, term):
+                    self.stats["commits_learnt"] += 1
+                self._drive(node)
         elif kind == "fault":
             self._fault()
         elif kind == "strike":
@@ -327,8 +338,22 @@ class Simulator:
                     write.done(applied)
                 if write.op_slot >= 0:
                     self._resolve_op(write.op_slot, applied)
+                self._answer_forwarder(node_id, index)
             if self._client_busy.get(write.client) is write:
                 self._client_done(write.client)
+
+    def _answer_forwarder(self, node_id: int, index: int) -> None:
+        """A write applied on `node_id` is answered to a follower that forwarded it (as
+        the etcd API's followers do): it learns the commit of `index` from the answer,
+        with the term `node_id` has now (`RaftCore.learn_commit`)."""
+        core = self.nodes[node_id].core
+        others = [i for i in self.ids if i != node_id]
+        if core is None or not others:
+            return
+        rng = self._learn_rng
+        to = rng.choice(others)
+        self._schedule(rng.randint(1, 2 * self.max_delay), "learn_commit",
+                       (to, index, core.term))
 
     def _resolve_covered_writes(self, node_id: int, upto: int) -> None:
         """A snapshot up to `upto` replaced the node's log: decide its writes at or below.
