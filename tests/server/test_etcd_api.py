@@ -23,6 +23,7 @@ from dengine.node.engine import etcd_cluster_id
 from dengine.proto.etcd import rpc_pb2
 from dengine.server import ClientService, start_grpc_server
 from dengine.server.etcd import EtcdApi
+from dengine.server.native import NativeServer
 from dengine.server.process import forward_channel_options
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
@@ -42,6 +43,7 @@ class Member:
     server: grpc.aio.Server
     etcd: EtcdApi
     channel: grpc.aio.Channel
+    native: NativeServer | None = None
 
     async def call(self, service: str, method: str, request: Any, response: Any,
                    timeout: float = 5.0) -> Any:
@@ -58,9 +60,10 @@ class Member:
 
 
 @contextlib.asynccontextmanager
-async def cluster(tmp_path: Path, nodes: int = 3, **settings: Any
+async def cluster(tmp_path: Path, nodes: int = 3, *, native: bool = False, **settings: Any
                   ) -> AsyncIterator[dict[int, Member]]:
-    """`nodes` engines in this loop, each serving dengine's and etcd's gRPC services."""
+    """`nodes` engines in this loop, each serving dengine's and etcd's gRPC services (and
+    with `native` dengine's native listener, which followers forward KV writes to)."""
     peers = {i: f"127.0.0.1:{free_port()}" for i in range(1, nodes + 1)}
     clients = {i: f"127.0.0.1:{free_port()}" for i in range(1, nodes + 1)}
     members: dict[int, Member] = {}
@@ -73,10 +76,16 @@ async def cluster(tmp_path: Path, nodes: int = 3, **settings: Any
         for engine in engines:
             config = engine.config
             etcd = EtcdApi(engine, config, forward_channel_options(config))
-            server = await start_grpc_server(ClientService(engine, config), config, etcd)
+            service = ClientService(engine, config)
+            server = await start_grpc_server(service, config, etcd)
             await etcd.start()
+            listener = None
+            if native:
+                listener = NativeServer.from_config(service, config)
+                service.native_address = await listener.start("127.0.0.1:0")
             members[engine.node_id] = Member(
-                engine, server, etcd, grpc.aio.insecure_channel(config.listen_client))
+                engine, server, etcd, grpc.aio.insecure_channel(config.listen_client),
+                listener)
         for m in members.values():
             await m.engine.wait_ready(timeout=10)
         yield members
@@ -84,6 +93,8 @@ async def cluster(tmp_path: Path, nodes: int = 3, **settings: Any
         for m in members.values():
             await m.channel.close()
             await m.server.stop(0)
+            if m.native is not None:
+                await m.native.stop(0)
             await m.etcd.stop()
         for m in members.values():
             await m.engine.stop()

@@ -291,15 +291,17 @@ class Router:
             return resp, addr
 
     async def call_node(
-        self, addr: str, method: str, request: ProtoMessage, response_cls: type[Any],
-        deadline: float,
+        self, addr: str, method: str, request: ProtoMessage | bytes, response_cls: type[Any],
+        deadline: float, *, write: bool = False,
     ) -> Any:
-        """One read-like call to `addr`, no retry: its response, error field included (a
-        watch poll). Raises a DengineError when `addr` could not be asked or did not
-        answer (that node is passed over for a while)."""
+        """One call to `addr` (`request` a message or its encoding), no retry: its
+        response, error field included (a watch poll, a forwarded write). Raises a
+        DengineError when `addr` could not be asked or did not answer (that node is
+        passed over for a while); Unavailable only when the request was not sent."""
+        payload = request if isinstance(request, bytes) else request.SerializeToString()
         try:
-            resp = await self._invoke(addr, method, request.SerializeToString(),
-                                      response_cls, deadline, write=False)
+            resp = await self._invoke(addr, method, payload, response_cls, deadline,
+                                      write=write)
         except (Unsent, _Late) as e:
             self._forget(addr)
             raise e.error from None

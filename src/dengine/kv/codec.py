@@ -318,3 +318,14 @@ def split_write_request(data: bytes) -> list[bytes] | None:
         put(data[pos:end])
         pos = end
     return out
+
+
+def join_write_request(commands: list[bytes]) -> bytes:
+    """An encoded `WriteRequest` of encoded commands (the inverse of
+    `split_write_request`), without a message built for any of them."""
+    out = bytearray()
+    for cmd in commands:
+        out += b"\x0a"
+        out += _varint(len(cmd))
+        out += cmd
+    return bytes(out)

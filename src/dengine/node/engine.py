@@ -294,16 +294,18 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         return await self._propose(encoded, timeout)
 
     async def write_encoded(
-        self, commands: Sequence[bytes], *, timeout: float | None = None
+        self, commands: Sequence[bytes], *, timeout: float | None = None,
+        forwarded: bool = False,
     ) -> list[WriteResult]:
         """`write` of commands already encoded (`WriteCommand` bytes, as a client sent them):
-        validated as the state machine will decode them, proposed as they are."""
+        validated as the state machine will decode them, proposed as they are.
+        `forwarded`: as for `kv_request`."""
         check_encoded_commands(commands, self._limits)
         for command in commands:
             request = decode_request(command)
             if request is not None and request[0] == OP_TXN:
                 await self._probe_txn_answer(request[2])
-        return await self._propose(list(commands), timeout)
+        return await self._propose(list(commands), timeout, forwarded=forwarded)
 
     async def kv_request(
         self, field: int, request: bytes, *, timeout: float | None = None,
@@ -415,6 +417,12 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
     def watches(self) -> WatchHub:
         """The watch hub of this node (the servers' watches pull from it)."""
         return self._node.watches
+
+    def learn_commit(self, index: int, term: int) -> None:
+        """The leader answered a write this node forwarded: log index `index`, the
+        leader's term `term` then. Apply up to it without waiting for the leader's next
+        append (`RaftCore.learn_commit` says when that is safe)."""
+        self._node.learn_commit(index, term)
 
     async def wait_applied(self, index: int, *, timeout: float | None = None) -> None:
         """Return once this node applied log index `index` (Timeout after `timeout`): a

@@ -283,6 +283,14 @@ class Node:
         self._wake.set()
         return future
 
+    def learn_commit(self, index: int, term: int) -> None:
+        """The leader's answer to a forwarded write says `index` is committed (`term`: the
+        leader's term then): the core commits up to it if its log provably holds the
+        same entry there (`RaftCore.learn_commit`), and the loop applies it."""
+        core = self._core
+        if core is not None and self._running and core.learn_commit(index, term):
+            self._wake.set()
+
     def read(
         self, keys: Sequence[bytes], consistency: str, timeout: float
     ) -> asyncio.Future[list[bytes | None]]:

@@ -22,7 +22,7 @@ METHODS: tuple[str, ...] = (
     "RemoveMember", "KvRead",
     "Lease", "LeaseKeepAlive",  # 10, 11
     "WatchPoll",  # 12
-    "",  # 13: reserved for watch
+    "ForwardWrite",  # 13: a Write that followers forward for their etcd clients
     "Events",  # 14
 )
 METHOD_CODES = {name: code for code, name in enumerate(METHODS) if name}

@@ -289,9 +289,7 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
             formatter.term = lambda: engine.term
         native: NativeServer | None = None
         metrics: MetricsServer | None = None
-        forward_tls = config.forward_tls()
-        etcd = EtcdApi(engine, config, forward_channel_options(config),
-                       forward_tls.grpc_credentials() if forward_tls is not None else None)
+        etcd = EtcdApi(engine, config, forward_channel_options(config), config.forward_tls())
         try:
             service = ClientService(engine, config, peer_client_address(engine))
             interceptors = []

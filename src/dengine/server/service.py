@@ -92,8 +92,8 @@ Resp = TypeVar("Resp", bound=ProtoMessage)
 class EngineLike(Protocol):
     """The part of `dengine.node.engine.Engine` the service uses."""
 
-    async def write_encoded(self, commands: Sequence[bytes], *, timeout: float | None = ...
-                            ) -> list[Any]: ...
+    async def write_encoded(self, commands: Sequence[bytes], *, timeout: float | None = ...,
+                            forwarded: bool = ...) -> list[Any]: ...
     async def get_many(self, keys: Sequence[bytes], consistency: str = ..., *,
                        timeout: float | None = ...) -> list[bytes | None]: ...
     async def read_query(self, fn: Callable[[Any], Any], consistency: str = ..., *,
@@ -166,6 +166,7 @@ class ClientService:
         by the gRPC service and the native listener so that both behave the same."""
         return {
             "Write": self.write,
+            "ForwardWrite": self.forward_write,
             "Read": self.read,
             "Status": self.status,
             "GetLeader": self.get_leader,
@@ -190,6 +191,16 @@ class ClientService:
         })
 
     async def write(self, request: bytes, context: Any) -> WriteResponse:
+        return await self._write(request, context, forwarded=False)
+
+    async def forward_write(self, request: bytes, context: Any) -> WriteResponse:
+        """A Write that followers sent on for their etcd clients (`server/etcd/forward.py`):
+        each follower waits for its own apply, so the commit that covers it is sent to
+        the followers at once (`Node.propose(forwarded=True)`)."""
+        return await self._write(request, context, forwarded=True)
+
+    async def _write(self, request: bytes, context: Any, *, forwarded: bool
+                     ) -> WriteResponse:
         size = len(request)
         try:
             self._admit_write(size)
@@ -203,7 +214,9 @@ class ClientService:
             if commands is None:  # unknown fields, or malformed: protobuf tells which
                 req = self._parse(request, WriteRequest)
                 commands = [cmd.SerializeToString() for cmd in req.commands]
-            results = await self._engine.write_encoded(commands, timeout=_timeout(context))
+            results = await (
+                self._engine.write_encoded(commands, timeout=_timeout(context), forwarded=True)
+                if forwarded else self._engine.write_encoded(commands, timeout=_timeout(context)))
         except Exception as exc:  # the service keeps serving whatever happens
             return WriteResponse(error=self._error(exc, "Write"))
         finally:

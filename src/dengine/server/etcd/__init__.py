@@ -15,12 +15,13 @@ from dengine.config import NodeConfig
 from dengine.node.engine import Engine
 from dengine.server.etcd.backup import BackupService
 from dengine.server.etcd.cluster import ClusterService
-from dengine.server.etcd.forward import Forwarder
+from dengine.server.etcd.forward import Forwarder, KvForwarder
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.lease import LeaseService
 from dengine.server.etcd.maintenance import Health, MaintenanceService
 from dengine.server.etcd.recipes import RecipeServices
 from dengine.server.etcd.watch import WatchService
+from dengine.tls import ClientTls
 
 __all__ = ["EtcdApi"]
 
@@ -31,9 +32,11 @@ class EtcdApi:
 
     def __init__(self, engine: Engine, config: NodeConfig,
                  channel_options: list[tuple[str, Any]],
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        self.forwarder = Forwarder(channel_options, credentials)
-        self.kv = KvService(engine, config, self.forwarder)
+                 tls: ClientTls | None = None) -> None:
+        self.forwarder = Forwarder(channel_options,
+                                   tls.grpc_credentials() if tls is not None else None)
+        self.kv_forwarder = KvForwarder(tls, config.max_request_size // 2)
+        self.kv = KvService(engine, config, self.kv_forwarder)
         self.lease = LeaseService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config, self.forwarder)
         self.cluster = ClusterService(engine, config, self.forwarder)
@@ -58,3 +61,4 @@ class EtcdApi:
         await self.health.stop()
         await self.recipes.close()
         await self.forwarder.close()
+        await self.kv_forwarder.close()

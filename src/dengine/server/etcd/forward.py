@@ -1,30 +1,46 @@
-"""A follower's writes go to the leader, as etcd's followers forward proposals: the etcd
-request as the client sent it, over the leader's client port (the same etcd method), once.
+"""A follower's writes go to the leader, as etcd's followers forward proposals, once.
+
+KV writes (Put, DeleteRange, Txn, Compact) go over the leader's native client port
+(`KvForwarder`): the etcd request as the client sent it, in a `ForwardWrite` that
+carries every write forwarded during one loop turn (a Python gRPC call per write would
+cost the follower and the leader more than the write itself); the lease service's calls
+go over the leader's gRPC client port (`Forwarder`, the same etcd method).
 
 A client's write is never refused with a redirect (etcd's clients do not follow one) and
 never retried once sent: a forwarded write whose answer does not come back has an unknown
-outcome ("request timed out"). The leader marks its answer with the log index of the
-write (trailing metadata), and the follower waits for its own apply of that index before
-answering, so that a serializable read on this member after the write sees it, as on
-etcd. A request forwarded once is not forwarded again (leader changed meanwhile).
+outcome ("request timed out"). The leader's answer says the log index of the write (in
+the ForwardWrite result; trailing metadata over gRPC), and the follower waits for its own
+apply of that index before answering, so that a serializable read on this member after
+the write sees it, as on etcd; the answer also tells it the commit, so that it applies at
+once (`Engine.learn_commit`). A request forwarded once is not forwarded again (leader
+changed meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, NamedTuple
 
 import grpc
 
-from dengine.errors import KvError
+from dengine.client.batcher import Batcher, Item
+from dengine.client.routing import ConnectionLost, Router, error_from_wire
+from dengine.errors import DengineError, KvError, Timeout
+from dengine.kv.codec import join_write_request
+from dengine.proto.client_pb2 import WriteResponse
 from dengine.server.etcd.errors import LEADER_CHANGED, TIMED_OUT, TIMED_OUT_CONNECTION_LOST
+from dengine.tls import ClientTls
 
 log = logging.getLogger("dengine.server.etcd")
 
 FORWARDED = "dengine-forwarded"  # request metadata: sent by a follower
 APPLIED_INDEX = "dengine-index"  # trailing metadata of the leader's answer: the log index
 _MAX_CHANNELS = 8
+# ForwardWrites in flight to one leader; the writes forwarded meanwhile wait and leave
+# together in the next one.
+_MAX_INFLIGHT = 4
 
 
 def forwarded(context: Any) -> bool:
@@ -90,3 +106,92 @@ def _status_of(e: grpc.aio.AioRpcError) -> KvError:
     if code == grpc.StatusCode.CANCELLED:
         return KvError("UNAVAILABLE", LEADER_CHANGED)
     return KvError(code.name, details)
+
+
+class Forwarded(NamedTuple):
+    """The leader's answer to one forwarded write: the etcd response message (encoded),
+    its log index, and the leader's term when it answered (`Engine.learn_commit`)."""
+
+    response: bytes
+    log_index: int
+    term: int
+
+
+class KvForwarder:
+    """etcd KV writes to the leader's native client port, batched per leader address."""
+
+    def __init__(self, tls: ClientTls | None, max_batch_bytes: int) -> None:
+        self._tls = tls  # TLS to the leaders' client ports (None: plaintext)
+        self._max_batch_bytes = max_batch_bytes
+        self._router: Router | None = None
+        self._batchers: dict[str, Batcher[bytes, Forwarded]] = {}
+        self._closing: set[asyncio.Future[None]] = set()
+
+    async def write(self, address: str, command: bytes, timeout: float) -> Forwarded:
+        """The leader's answer to `command` (a WriteCommand carrying an etcd request);
+        the leader's error (KvError), or etcd's timeout when no answer came back."""
+        batcher = self._batchers.get(address)
+        if batcher is None:
+            while len(self._batchers) >= _MAX_CHANNELS:  # leaders of the past
+                old = self._batchers.pop(next(iter(self._batchers)))
+                self._closing.add(task := asyncio.ensure_future(old.close()))
+                task.add_done_callback(self._closing.discard)
+            batcher = self._batchers[address] = Batcher(
+                lambda batch: self._send(address, batch), 1 << 16, self._max_batch_bytes,
+                _MAX_INFLIGHT)
+        item = batcher.submit(command, len(command), time.monotonic() + timeout)
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, item.future)
+        try:
+            return await item.future
+        except BaseException:
+            batcher.abandon(item)
+            raise
+        finally:
+            timer.cancel()
+
+    async def _send(self, address: str, batch: list[Item[bytes, Forwarded]]) -> None:
+        router = self._router
+        if router is None:
+            router = self._router = Router([address], "auto", tls=self._tls)
+        deadline = max(item.deadline for item in batch)
+        payload = join_write_request([item.payload for item in batch])
+        try:
+            resp = await router.call_node(address, "ForwardWrite", payload, WriteResponse,
+                                          deadline, write=True)
+        except DengineError as e:
+            raise _unsent_or_lost(e) from None
+        if resp.HasField("error"):  # none of them was proposed, or none answered
+            raise error_from_wire(resp.error)
+        results = resp.results
+        if len(results) != len(batch):
+            raise KvError("UNKNOWN", f"dengine: the leader answered {len(results)} results "
+                                     f"for {len(batch)} forwarded writes")
+        term = resp.raft_term
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if result.HasField("error"):
+                item.future.set_exception(error_from_wire(result.error))
+            else:
+                item.future.set_result(Forwarded(result.response, result.index, term))
+
+    async def close(self) -> None:
+        batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            await batcher.close()
+        if self._router is not None:
+            await self._router.close()
+
+
+def _expire(future: asyncio.Future[Forwarded]) -> None:
+    if not future.done():
+        future.set_exception(KvError("UNAVAILABLE", TIMED_OUT))
+
+
+def _unsent_or_lost(e: DengineError) -> KvError:
+    """etcd's error for a forwarded write that got no answer from the leader."""
+    if isinstance(e, Timeout) and not isinstance(e, ConnectionLost):
+        return KvError("UNAVAILABLE", TIMED_OUT)
+    # Not sent, or the connection broke: as etcd says of a lost connection.
+    log.debug("forwarding to the leader failed: %s", e.message)
+    return KvError("UNAVAILABLE", TIMED_OUT_CONNECTION_LOST)

@@ -2,10 +2,11 @@
 
 Writes are proposed as the request bytes the client sent (checked by `kv.etcd_check`,
 which decodes them once, with etcd's errors), wrapped in a log command without being
-encoded again (`Engine.kv_request`); a follower forwards them to the leader
-(`forward.py`). Ranges are served by this member: after a ReadIndex round of its own
-(linearizable), or from its applied state (`serializable`). Every answer carries the
-response header: cluster id, this member's id, the Raft term and the store revision.
+encoded again (`Engine.kv_request`); a follower forwards them to the leader over the
+native protocol (`forward.py`). Ranges are served by this member: after a ReadIndex
+round of its own (linearizable), or from its applied state (`serializable`). Every
+answer carries the response header: cluster id, this member's id, the Raft term and the
+store revision.
 """
 
 from __future__ import annotations
@@ -20,11 +21,19 @@ from google.protobuf.message import Message as ProtoMessage
 from dengine.config import NodeConfig
 from dengine.errors import NotLeader, Overloaded
 from dengine.kv import EVENTUAL, LINEARIZABLE, etcd_check
-from dengine.node.engine import KV_COMPACTION, KV_DELETE_RANGE, KV_PUT, KV_TXN, Engine
+from dengine.node.engine import (
+    DEFAULT_TIMEOUT,
+    KV_COMPACTION,
+    KV_DELETE_RANGE,
+    KV_PUT,
+    KV_TXN,
+    Engine,
+    wrap_kv_request,
+)
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd import checks
 from dengine.server.etcd.errors import etcd_status
-from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, forwarded
+from dengine.server.etcd.forward import APPLIED_INDEX, KvForwarder, forwarded
 
 log = logging.getLogger("dengine.server.etcd")
 
@@ -76,7 +85,7 @@ class EtcdBase:
 class KvService(EtcdBase):
     """Handlers of `etcdserverpb.KV` over an Engine."""
 
-    def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder) -> None:
+    def __init__(self, engine: Engine, config: NodeConfig, forwarder: KvForwarder) -> None:
         super().__init__(engine, config)
         self._forwarder = forwarder
         self.pending_writes = 0
@@ -120,7 +129,6 @@ class KvService(EtcdBase):
     def _writer(
         self, method: str, field: int, response: type[ProtoMessage]
     ) -> Callable[[bytes, Any], Awaitable[bytes]]:
-        path = f"/{SERVICE}/{method}"
 
         async def write(request: bytes, context: Any) -> bytes:
             size = len(request)
@@ -134,7 +142,7 @@ class KvService(EtcdBase):
             self.pending_writes += 1
             self.pending_write_bytes += size
             try:
-                return await self._write(path, field, request, response, context)
+                return await self._write(field, request, response, context)
             except Exception as exc:
                 await self.fail(context, exc)
             finally:
@@ -145,7 +153,7 @@ class KvService(EtcdBase):
         return write
 
     async def _write(
-        self, path: str, field: int, request: bytes, response: type[ProtoMessage], context: Any
+        self, field: int, request: bytes, response: type[ProtoMessage], context: Any
     ) -> bytes:
         engine = self._engine
         sent_on = forwarded(context)
@@ -158,11 +166,13 @@ class KvService(EtcdBase):
             address = e.leader_address or engine.leader_address()
             if not e.leader_id or not address or sent_on:
                 raise
-            answer, index = await self._forwarder.call(
-                address, path, request, timeout_of(context))
-            if index:
-                await engine.wait_applied(index, timeout=timeout_of(context))
-            resp = response.FromString(answer)
+            answer = await self._forwarder.write(
+                address, wrap_kv_request(field, request),
+                timeout_of(context) or DEFAULT_TIMEOUT)
+            if answer.log_index:
+                engine.learn_commit(answer.log_index, answer.term)
+                await engine.wait_applied(answer.log_index, timeout=timeout_of(context))
+            resp = response.FromString(answer.response)
             self.stamp(resp.header)  # type: ignore[attr-defined]
             return bytes(resp.SerializeToString())
         out = result.response

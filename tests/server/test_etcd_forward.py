@@ -1,0 +1,126 @@
+"""A follower's etcd KV writes reach the leader over the native protocol (`ForwardWrite`),
+batched, once; the follower answers after its own apply (server/etcd/forward.py).
+In-process nodes as in test_etcd_api, with their native listeners."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from test_etcd_api import FUTURE, cluster, follower_of, leader_of, run
+
+from dengine.errors import KvError
+from dengine.node.engine import KV_COMPACTION, KV_PUT, wrap_kv_request
+from dengine.proto.etcd import rpc_pb2
+from dengine.server.etcd.errors import TIMED_OUT_CONNECTION_LOST
+from dengine.server.etcd.forward import KvForwarder
+
+
+def _put(key: bytes) -> bytes:
+    return wrap_kv_request(KV_PUT, rpc_pb2.PutRequest(key=key, value=b"v").SerializeToString())
+
+
+def test_writes_forwarded_in_one_loop_turn_share_one_native_request(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            leader, follower = leader_of(members), follower_of(members)
+            assert leader.native is not None
+            seen: Counter[str] = Counter()
+            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            forwarder = follower.etcd.kv_forwarder
+            address = leader.engine.config.listen_client
+            commands = [_put(b"k%d" % i) for i in range(10)]
+            # one of them fails at apply with etcd's error: only that one
+            commands.insert(5, wrap_kv_request(KV_COMPACTION, rpc_pb2.CompactionRequest(
+                revision=10**6).SerializeToString()))
+            answers = await asyncio.gather(
+                *(forwarder.write(address, c, 5.0) for c in commands), return_exceptions=True)
+            failed = answers.pop(5)
+            assert isinstance(failed, KvError) and failed.message == FUTURE
+            assert failed.grpc_code == "OUT_OF_RANGE"
+            indexes = []
+            for answer in answers:
+                assert not isinstance(answer, BaseException), answer
+                resp = rpc_pb2.PutResponse.FromString(answer.response)
+                assert resp.header.member_id == leader.engine.node_id
+                assert answer.term == leader.engine.term
+                indexes.append(answer.log_index)
+            assert indexes == sorted(indexes) and len(set(indexes)) == 10
+            assert seen == {"ForwardWrite": 1}
+            # the follower knows the commit from the answer and applies it
+            follower.engine.learn_commit(indexes[-1], answers[-1].term)
+            await follower.engine.wait_applied(indexes[-1], timeout=5)
+
+    run(main())
+
+
+def test_a_put_sent_to_a_follower_goes_over_the_native_port(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            leader, follower = leader_of(members), follower_of(members)
+            assert leader.native is not None
+            seen: Counter[str] = Counter()
+            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            puts = await asyncio.gather(*(
+                follower.kv("Put", rpc_pb2.PutRequest(key=b"p%d" % i, value=b"x"))
+                for i in range(20)))
+            revisions = sorted(p.header.revision for p in puts)
+            assert revisions == list(range(revisions[0], revisions[0] + 20))
+            assert all(p.header.member_id == follower.engine.node_id for p in puts)
+            assert 1 <= seen["ForwardWrite"] <= 20 and set(seen) == {"ForwardWrite"}
+            # answered after the follower's own apply: a serializable read there sees it
+            got = await follower.kv("Range", rpc_pb2.RangeRequest(
+                key=b"p", range_end=b"q", serializable=True))
+            assert got.count == 20
+
+    run(main())
+
+
+def test_a_write_whose_answer_is_lost_times_out_and_is_not_sent_again(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            leader = leader_of(members)
+            native = leader.native
+            assert native is not None
+            forwarder = KvForwarder(None, 1 << 20)
+            address = leader.engine.config.listen_client
+            try:
+                await forwarder.write(address, _put(b"first"), 5.0)  # connected
+                seen: Counter[str] = Counter()
+                native.observe = lambda protocol, method, _: seen.update([method])
+                [conn] = list(native._connections)
+                assert conn._transport is not None
+                conn._transport.pause_reading()  # the leader does not read it ...
+                last = leader.engine.status().last_log_index
+                write = asyncio.ensure_future(forwarder.write(address, _put(b"lost"), 5.0))
+                await asyncio.sleep(0.05)
+                assert not write.done()
+                conn.close()  # ... and the connection breaks: the outcome is unknown
+                with pytest.raises(KvError) as err:
+                    await write
+                assert (err.value.grpc_code, err.value.message) == (
+                    "UNAVAILABLE", TIMED_OUT_CONNECTION_LOST)
+                await asyncio.sleep(0.1)
+                assert not seen  # never sent again
+                assert leader.engine.status().last_log_index == last
+            finally:
+                await forwarder.close()
+
+    run(main())
+
+
+def test_the_follower_answers_a_forwarded_write_with_the_leaders_etcd_error(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            follower = follower_of(members)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await follower.kv("Compact", rpc_pb2.CompactionRequest(revision=10**6))
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.OUT_OF_RANGE, FUTURE)
+
+    run(main())
