@@ -194,3 +194,35 @@ def test_few_but_large_entries_are_persisted_and_applied_on_the_threads(tmp_path
             await engine.stop()
 
     run(main())
+
+
+def test_small_readies_are_persisted_on_the_log_thread_under_concurrent_load(
+        tmp_path: Path) -> None:
+    """With many writes waiting, the loop keeps serving while the log thread fsyncs
+    (logthread.PERSIST_OFF_LOOP_WAITING); a lone write is persisted on the loop."""
+
+    async def main() -> None:
+        engine = await _lone_engine(tmp_path)
+        node = engine._node
+        loop_thread = threading.current_thread()
+        on_loop: list[tuple[int, bool]] = []  # (entries, persisted on the loop thread)
+        real_persist = node._persist
+
+        def persist(rd: Any, save: bool) -> None:
+            if rd.entries:
+                on_loop.append((len(rd.entries), threading.current_thread() is loop_thread))
+            real_persist(rd, save)
+
+        node._persist = persist  # type: ignore[method-assign]
+        try:
+            await engine.put(b"alone", b"1")
+            assert on_loop == [(1, True)]
+            on_loop.clear()
+            # 64 writes proposed in one turn: one Ready of 64 entries, on the log thread
+            await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(64)))
+            assert on_loop[0] == (64, False)
+            assert await engine.get(b"k63") == b"v"
+        finally:
+            await engine.stop()
+
+    run(main())
