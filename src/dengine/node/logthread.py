@@ -41,6 +41,12 @@ PERSIST_OFF_LOOP_WAITING = 16
 PERSIST_OFF_LOOP_ENTRIES = 4
 
 
+def persist_off_loop(entries: int, waiting: int) -> bool:
+    """Whether a small Ready of `entries` entries, with `waiting` writes waiting for their
+    commit, is persisted on the log thread (see PERSIST_OFF_LOOP_WAITING)."""
+    return entries >= PERSIST_OFF_LOOP_ENTRIES or waiting >= PERSIST_OFF_LOOP_WAITING
+
+
 class LogThread:
     """The Raft log (once opened) and its thread (`executor`)."""
 

@@ -25,7 +25,7 @@ from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.changes import GroupEvents
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
-from dengine.node.logthread import PERSIST_OFF_LOOP_ENTRIES, PERSIST_OFF_LOOP_WAITING, LogThread
+from dengine.node.logthread import LogThread, persist_off_loop
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
@@ -76,8 +76,7 @@ class Node:
        promise nothing about its own disk: the followers write in parallel, Raft thesis
        10.2.1); a snapshot received from the leader is installed (state machine on the
        apply thread, then the log); the entries and hard state are made durable (one
-       fsync-ed batch, on the loop when small and the node not under concurrent load,
-       see logthread.PERSIST_OFF_LOOP_WAITING, else on the log thread); then a
+       fsync-ed batch, on the loop when small and the load light, else on the log thread); then a
        follower's or candidate's messages leave (acknowledgements and votes promise
        what is now durable); the committed entries go to the apply pipeline;
     4. `_after_ready`: record role and leader, ReadStates, serve reads now applied;
@@ -285,9 +284,7 @@ class Node:
         return future
 
     def learn_commit(self, index: int, term: int) -> None:
-        """The leader's answer to a forwarded write says `index` is committed (`term`: the
-        leader's term then): the core commits up to it if its log provably holds the
-        same entry there (`RaftCore.learn_commit`), and the loop applies it."""
+        """`RaftCore.learn_commit` (a forwarded write's answer); the loop then applies."""
         core = self._core
         if core is not None and self._running and core.learn_commit(index, term):
             self._wake.set()
@@ -579,9 +576,8 @@ class Node:
         persist = None
         small = True
         if rd.entries:
-            small = self._note_sizes(rd.entries, self._incoming_bytes) and (
-                len(rd.entries) < PERSIST_OFF_LOOP_ENTRIES
-                and len(self._pending.waiters) < PERSIST_OFF_LOOP_WAITING)
+            small = self._note_sizes(rd.entries, self._incoming_bytes) and not \
+                persist_off_loop(len(rd.entries), len(self._pending.waiters))
         self._incoming_bytes = 0
         if rd.snapshot is None and (rd.entries or vote_changed) and small:
             self._persist(rd, vote_changed)  # see apply.INLINE_MAX_ENTRIES
