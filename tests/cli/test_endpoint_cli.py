@@ -8,14 +8,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
-from conftest import CLI
 
 from dengine.bench.cluster import free_ports
 from dengine.cli.endpoint_cmds import go_duration, human_bytes
 
 ETCDCTL = shutil.which("etcdctl")
+CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 
 
 def dengine(*args: str) -> subprocess.CompletedProcess[str]:
