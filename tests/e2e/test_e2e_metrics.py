@@ -144,7 +144,8 @@ def test_metrics_of_the_disk_the_peers_the_watches_and_the_leases(
                 stream.cancel()
 
     asyncio.run(load())
-    _until(lambda: fsyncs(follower.node_id) >= before + 20, 10, "no fsync timed")
+    # (a slow follower may write several appends at once: at least one write timed)
+    _until(lambda: fsyncs(follower.node_id) > before, 10, "no fsync timed")
     peers = [str(n.node_id) for n in cluster.nodes if n.node_id != leader.node_id]
 
     def timed() -> dict[Any, float] | None:
