@@ -83,8 +83,15 @@ def as_json(endpoint: str | list[str], *args: str) -> Any:
 
 
 def leader_and_followers(endpoints: list[str]) -> tuple[str, list[str]]:
-    status = as_json(endpoints, "endpoint", "status")
-    leader_id = status[0]["Status"]["leader"]
+    """The leader's endpoint and the others', once the first member knows a leader (on a
+    loaded machine it may be between two leaders when asked: `leader` is then absent)."""
+    deadline = time.monotonic() + 30
+    while True:
+        status = as_json(endpoints, "endpoint", "status")
+        leader_id = status[0]["Status"].get("leader", 0)
+        if leader_id or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     by_id = {s["Status"]["header"]["member_id"]: s["Endpoint"].removeprefix("http://")
              for s in status}
     leader = by_id[leader_id]
