@@ -210,3 +210,24 @@ def test_a_plaintext_cluster_refuses_tls_clients_clearly(cluster_factory: Any,
                certs.client()["cacert"])
     assert out.returncode == 1, out
     assert "does not speak TLS" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_dengine_endpoint_over_tls(cluster_factory: Any, certs: Any) -> None:
+    """`dengine endpoint health|status` with the TLS flags (`--cluster`: the https client
+    URLs of MemberList); without them every endpoint fails, clearly, exit status 1."""
+    cluster = _tls_cluster(cluster_factory, certs)
+    asyncio.run(cluster.wait_leader())
+    endpoints = ",".join(cluster.endpoints)
+    out = _cli("endpoint", "health", "--endpoints", endpoints, "--json", *_tls_flags(certs))
+    assert out.returncode == 0, out
+    assert sorted(r["endpoint"] for r in json.loads(out.stdout) if r["health"]) == sorted(
+        cluster.endpoints)
+    out = _cli("endpoint", "status", "--endpoints", cluster.endpoints[0], "--cluster",
+               "--json", *_tls_flags(certs))
+    assert out.returncode == 0, out
+    assert sorted(s["Endpoint"] for s in json.loads(out.stdout)) == sorted(
+        f"https://{e}" for e in cluster.endpoints)
+    out = _cli("endpoint", "health", "--endpoints", endpoints, "--json")
+    assert out.returncode == 1 and "Error: unhealthy cluster" in out.stderr, out
+    assert not any(r["health"] for r in json.loads(out.stdout))
+    assert "Traceback" not in out.stderr + out.stdout
