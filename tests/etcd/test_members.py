@@ -243,44 +243,79 @@ def test_raw_member_errors_as_etcd(pair: tuple[_Cluster, _Cluster]) -> None:
         assert _raw(dengine.endpoints[1], method, request, response) == want, (method, want)
 
 
+def _start_member(c: DengineCluster, workdir: Path, learner: bool
+                  ) -> tuple[ServerProcess, int, str, str]:
+    """`etcdctl member add`, then the new member started with `serve --join`: (its
+    process, its id, its peer and client addresses)."""
+    peer, client, native = (f"127.0.0.1:{p}" for p in free_ports(3))
+    added = c.etcdctl(["member", "add", "new", f"--peer-urls=http://{peer}",
+                       *(["--learner"] if learner else [])])
+    assert added.rc == 0, added
+    assert 'ETCD_INITIAL_CLUSTER_STATE="existing"' in added.stdout
+    found = re.search(r"Member\s+([0-9a-f]+) added", added.stdout)
+    assert found is not None, added
+    member_id = int(found[1], 16)
+    node = ServerProcess(member_id, workdir / f"node{member_id}.toml",
+                         workdir / f"node{member_id}.log")
+    settings = {**c.settings, "data_dir": str(workdir / f"node{member_id}"),
+                "node_id": member_id, "listen_peer": peer, "listen_client": client,
+                "listen_client_native": native, "join": ",".join(c.endpoints)}
+    node.config_file.write_text(config_toml(settings, {}))
+    node.start()
+    return node, member_id, peer, client
+
+
+def _until_listed(c: DengineCluster, node: ServerProcess, want: str, learner: bool,
+                  client: str) -> None:
+    """Until `member list` shows the line `want` and the member's own status agrees."""
+    deadline = time.monotonic() + 60
+    line = ""
+    while time.monotonic() < deadline:
+        listed = c.etcdctl(["member", "list"])
+        line = next((x for x in listed.stdout.splitlines()
+                     if x.startswith(want.split(",")[0] + ",")), "")
+        status = c.etcdctl(["endpoint", "status", "-w", "json"], endpoints=[client])
+        if line == want and status.rc == 0 and bool(
+                json.loads(status.stdout)[0]["Status"].get("isLearner")) == learner:
+            return
+        assert node.alive, node.log_file.read_text()
+        time.sleep(0.2)
+    pytest.fail(f"not listed as {want!r}: {line!r}\n{node.log_file.read_text()[-3000:]}")
+
+
 def test_etcdctl_member_add_then_the_new_node_joins(tmp_path: Path) -> None:
-    """etcd's flow: `member add`, then the new member starts (dengine: `serve --join`);
-    it catches up and, added as a voter, is promoted; it then serves etcdctl."""
+    """etcd's flow: `member add`, then the new member starts (dengine: `serve --join`).
+    Added as a voter it catches up and is promoted by itself; added as a learner it is
+    promoted by `member promote` once in sync. Both then serve etcdctl."""
     with DengineCluster(tmp_path / "c") as c:
-        peer, client, native = (f"127.0.0.1:{p}" for p in free_ports(3))
-        added = c.etcdctl(["member", "add", "new", f"--peer-urls=http://{peer}"])
-        assert added.rc == 0, added
-        member_id = int(re.search(r"Member\s+([0-9a-f]+) added", added.stdout)[1], 16)  # type: ignore[index]
-        assert member_id == 4
-        assert 'ETCD_INITIAL_CLUSTER_STATE="existing"' in added.stdout
-        node = ServerProcess(member_id, tmp_path / "node4.toml", tmp_path / "node4.log")
-        settings = {**c.settings, "data_dir": str(tmp_path / "node4"), "node_id": member_id,
-                    "listen_peer": peer, "listen_client": client,
-                    "listen_client_native": native, "join": ",".join(c.endpoints)}
-        node.config_file.write_text(config_toml(settings, {}))
-        node.start()
+        node, member_id, peer, client = _start_member(c, tmp_path, learner=False)
         try:
-            deadline = time.monotonic() + 60
-            line = ""
-            while time.monotonic() < deadline:
-                listed = c.etcdctl(["member", "list"])
-                line = next((x for x in listed.stdout.splitlines() if x.startswith("4,")), "")
-                status = c.etcdctl(["endpoint", "status", "-w", "json"], endpoints=[client])
-                if (line.startswith("4, started, node4") and line.endswith("false")
-                        and status.rc == 0
-                        and not json.loads(status.stdout)[0]["Status"].get("isLearner")):
-                    break
-                assert node.alive, node.log_file.read_text()
-                time.sleep(0.2)
-            else:
-                pytest.fail(f"node 4 not a started voter: {line!r}\n"
-                            f"{node.log_file.read_text()[-3000:]}")
-            assert line == f"4, started, node4, http://{peer}, http://{client}, false"
+            assert member_id == 4
+            _until_listed(c, node, f"4, started, node4, http://{peer}, http://{client}, false",
+                          False, client)
             assert c.etcdctl(["put", "k", "v"], endpoints=[client]).rc == 0
             got = c.etcdctl(["get", "k", "--print-value-only"], endpoints=[c.endpoints[0]])
             assert got.stdout.strip() == "v"
             removed = c.etcdctl(["member", "remove", "4"])
             assert removed.stdout.split() == ["Member", "4", "removed", "from", "cluster",
                                               removed.stdout.split()[-1]], removed
+        finally:
+            stop_all([node])
+        node, member_id, peer, client = _start_member(c, tmp_path, learner=True)
+        try:
+            assert member_id == 5  # 4 is not given again
+            _until_listed(c, node, f"5, started, node5, http://{peer}, http://{client}, true",
+                          True, client)
+            deadline = time.monotonic() + 30
+            while True:  # refused ("in sync with leader") until it has caught up
+                promoted = c.etcdctl(["member", "promote", "5"])
+                if promoted.rc == 0 or time.monotonic() > deadline:
+                    break
+                assert "in sync with leader" in promoted.stderr, promoted
+                time.sleep(0.2)
+            assert promoted.stdout.startswith("Member") and " promoted in cluster " in (
+                promoted.stdout), promoted
+            _until_listed(c, node, f"5, started, node5, http://{peer}, http://{client}, false",
+                          False, client)
         finally:
             stop_all([node])
