@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -14,6 +15,7 @@ from dengine.bench.cluster import free_ports
 from dengine.config import NodeConfig, parse_address
 from dengine.errors import ConfigError, DengineError, InvalidRequest, NotLeader, Unavailable
 from dengine.kv import Limits, check_encoded_commands, check_keys, check_node_id
+from dengine.kv.mvcc import MvccStore
 from dengine.proto.common_pb2 import WriteCommand
 from dengine.server import ClientService, NativeServer, start_grpc_server
 
@@ -133,6 +135,10 @@ class FakeEngine:
                             ) -> list[FakeResult]:
         check_encoded_commands(commands, self.limits)
         return await self.write([WriteCommand.FromString(c) for c in commands], timeout=timeout)
+
+    def query_local(self, fn: Callable[[Any], Any]) -> Any:
+        """The auth state of a store that never had auth (all the service asks)."""
+        return fn(MvccStore())
 
     async def get_many(self, keys: Sequence[bytes], consistency: str = "linearizable", *,
                        timeout: float | None = None) -> list[bytes | None]:

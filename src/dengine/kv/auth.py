@@ -56,6 +56,9 @@ PERMISSION_NOT_GRANTED = ("FAILED_PRECONDITION",
                           "etcdserver: permission is not granted to the role")
 NOT_ENABLED = ("FAILED_PRECONDITION", "etcdserver: authentication is not enabled")
 INVALID_MGMT = ("INVALID_ARGUMENT", "etcdserver: invalid auth management")
+# etcd's auth store error, passed through untranslated (etcd 3.4 answers it so)
+NO_PASSWORD_USER = ("UNKNOWN",
+                    "auth: authentication failed, password was given for no password user")
 
 
 def error(which: tuple[str, str]) -> KvError:
@@ -316,10 +319,13 @@ class AuthStore:
         return pb.AuthRoleListResponse(roles=sorted(self.roles))
 
     def password_of(self, name: str) -> bytes | None:
-        """The stored hash of a user's password (None: no such user, or no password)."""
+        """The stored hash of a user's password (None: no such user); KvError for a user
+        without a password (etcd's own words)."""
         found = self.users.get(name)
-        if found is None or found.options.no_password:
+        if found is None:
             return None
+        if found.options.no_password:
+            raise error(NO_PASSWORD_USER)
         return found.password
 
     # ------------------------------------------------------------ changes (the log)

@@ -80,11 +80,13 @@ _LOCAL_READS_PER_YIELD = 64  # eventual reads between two yields to the event lo
 
 # The WriteCommand fields that carry an etcd request's bytes (common.proto).
 KV_PUT, KV_DELETE_RANGE, KV_TXN = 3, 4, 5
-KV_FIELDS = (KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION, KV_LEASE_GRANT, KV_LEASE_REVOKE)
+KV_AUTH = 10  # an encoded dengine.AuthCommand (kv/auth.py; server/etcd/auth.py makes them)
+KV_FIELDS = (KV_PUT, KV_DELETE_RANGE, KV_TXN, KV_COMPACTION, KV_LEASE_GRANT, KV_LEASE_REVOKE,
+             KV_AUTH)
 
 
 def wrap_kv_request(field: int, request: bytes) -> bytes:
-    """The WriteCommand whose `field` (3-8) holds `request` (an encoded etcd request), made
+    """The WriteCommand whose `field` (3-8, 10) holds `request` (an encoded etcd request), made
     without decoding it: tag byte, varint length, the bytes."""
     if field not in KV_FIELDS:
         raise InvalidRequest(f"not a request field of WriteCommand: {field}")
@@ -423,6 +425,11 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         leader's term `term` then. Apply up to it without waiting for the leader's next
         append (`RaftCore.learn_commit` says when that is safe)."""
         self._node.learn_commit(index, term)
+
+    def query_local(self, fn: Callable[[Any], Any]) -> Any:
+        """`fn(store)` on this node's applied state, now, under the state machine's lock
+        (a check before proposing, such as a permission)."""
+        return self._node.query_local(fn)
 
     async def wait_applied(self, index: int, *, timeout: float | None = None) -> None:
         """Return once this node applied log index `index` (Timeout after `timeout`): a

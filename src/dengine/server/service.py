@@ -33,6 +33,7 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.kv import Limits, consistency_from_wire, etcd_check
+from dengine.kv import auth as kvauth
 from dengine.kv import watch as kvwatch
 from dengine.kv.codec import split_write_request
 from dengine.proto.client_pb2 import (
@@ -120,6 +121,7 @@ class EngineLike(Protocol):
     async def etcd_lease_leases(self, req: Any = ..., *, timeout: float | None = ...
                                 ) -> Any: ...
     async def etcd_lease_keepalive(self, req: Any, *, timeout: float | None = ...) -> Any: ...
+    def query_local(self, fn: Callable[[Any], Any]) -> Any: ...
 
 
 def error_message(exc: DengineError) -> Error:
@@ -131,6 +133,20 @@ def error_message(exc: DengineError) -> Error:
         leader_address=getattr(exc, "leader_address", "") or "",
         grpc_code=exc.grpc_code if isinstance(exc, KvError) else "",
     )
+
+
+def _auth_enabled(store: Any) -> bool:
+    return bool(store.auth.enabled)
+
+
+# The methods that read or change data, and their responses (see `_refused_with_auth`).
+_NEEDS_AUTH: dict[str, Any] = {
+    "Write": WriteResponse, "ForwardWrite": WriteResponse, "Read": ReadResponse,
+    "KvRead": KvReadResponse,
+    "Lease": LeaseResponse, "LeaseKeepAlive": LeaseKeepAliveBatchResponse,
+    "WatchPoll": WatchPollResponse, "AddMember": MemberChangeResponse,
+    "PromoteMember": MemberChangeResponse, "RemoveMember": MemberChangeResponse,
+}
 
 
 class ClientService:
@@ -164,6 +180,22 @@ class ClientService:
     def handlers(self) -> dict[str, Callable[[bytes, Any], Awaitable[ProtoMessage]]]:
         """Method name -> handler(request bytes, context with `time_remaining()`); shared
         by the gRPC service and the native listener so that both behave the same."""
+        table = self._handlers()
+        for name, response in _NEEDS_AUTH.items():
+            table[name] = self._refused_with_auth(table[name], response)
+        return table
+
+    def _refused_with_auth(self, handler: Callable[[bytes, Any], Awaitable[ProtoMessage]],
+                           response: Any) -> Callable[[bytes, Any], Awaitable[ProtoMessage]]:
+        """`handler`, refused while etcd's auth is enabled: this protocol carries no
+        token, so it cannot tell who asks (docs/auth.md; use the etcd API)."""
+        async def guarded(request: bytes, context: Any) -> ProtoMessage:
+            if self._engine.query_local(_auth_enabled):
+                return response(error=error_message(KvError(*kvauth.USER_EMPTY)))
+            return await handler(request, context)
+        return guarded
+
+    def _handlers(self) -> dict[str, Callable[[bytes, Any], Awaitable[ProtoMessage]]]:
         return {
             "Write": self.write,
             "ForwardWrite": self.forward_write,

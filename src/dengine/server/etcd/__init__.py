@@ -13,9 +13,11 @@ import grpc
 
 from dengine.config import NodeConfig
 from dengine.node.engine import Engine
+from dengine.server.etcd.auth import AuthService
 from dengine.server.etcd.backup import BackupService
 from dengine.server.etcd.cluster import ClusterService
 from dengine.server.etcd.forward import Forwarder, KvForwarder
+from dengine.server.etcd.gate import Gate
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.lease import LeaseService
 from dengine.server.etcd.maintenance import Health, MaintenanceService
@@ -36,7 +38,7 @@ class EtcdApi:
         self.forwarder = Forwarder(channel_options,
                                    tls.grpc_credentials() if tls is not None else None)
         self.kv_forwarder = KvForwarder(tls, config.max_request_size // 2)
-        self.kv = KvService(engine, config, self.kv_forwarder)
+        self.kv = KvService(engine, config, self.kv_forwarder, self.forwarder)
         self.lease = LeaseService(engine, config, self.forwarder)
         self.maintenance = MaintenanceService(engine, config, self.forwarder)
         self.cluster = ClusterService(engine, config, self.forwarder)
@@ -44,6 +46,11 @@ class EtcdApi:
         self.backup = BackupService(engine, config)
         self.health = Health(engine)
         self.recipes = RecipeServices(engine, config)
+        self.gate = Gate(engine)
+        self.auth = AuthService(engine, config, self.forwarder, self.gate)
+        for service in (self.kv, self.lease, self.maintenance, self.cluster, self.watch,
+                        self.backup, self.auth):
+            service.gate = self.gate  # one token clock per node
 
     def register(self, server: grpc.aio.Server) -> None:
         server.add_generic_rpc_handlers(
@@ -51,7 +58,7 @@ class EtcdApi:
              *self.lease.generic_handlers(),
              self.maintenance.generic_handler(), self.cluster.generic_handler(),
              *self.recipes.generic_handlers(),
-             self.backup.generic_handler()))
+             self.backup.generic_handler(), self.auth.generic_handler()))
         self.health.register(server)
 
     async def start(self) -> None:

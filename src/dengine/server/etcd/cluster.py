@@ -34,6 +34,7 @@ from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import check_message_size, decode
 from dengine.server.etcd.errors import LEADER_CHANGED, TIMED_OUT
 from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, forwarded
+from dengine.server.etcd.gate import token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 log = logging.getLogger("dengine.server.etcd")
@@ -214,6 +215,7 @@ class ClusterService(EtcdBase):
             try:
                 check_message_size(len(request), self._config)
                 req = decode(request_cls, request)
+                await self.gate.admin(context)  # etcd: member changes are root's
                 loop = asyncio.get_running_loop()
                 deadline = loop.time() + (timeout_of(context) or DEFAULT_TIMEOUT_S)
                 while True:
@@ -279,7 +281,8 @@ class ClusterService(EtcdBase):
             raise e
         try:
             answer, index = await self._forwarder.call(address, path, request,
-                                                       timeout_of(context))
+                                                       timeout_of(context),
+                                                       token=token_of(context))
         except KvError as ke:
             if ke.message == LEADER_CHANGED and time_left:
                 return None

@@ -59,11 +59,13 @@ class Forwarder:
         self._closing: set[asyncio.Future[None]] = set()
 
     async def call(
-        self, address: str, method: str, request: bytes, timeout: float | None
+        self, address: str, method: str, request: bytes, timeout: float | None,
+        token: str | None = None,
     ) -> tuple[bytes, int]:
         """The leader's answer to `request` at `method` (a full path such as
         "/etcdserverpb.KV/Put"), and the log index of the write (0: not said). An error
-        of the leader is raised as it is (KvError); no answer: a timeout."""
+        of the leader is raised as it is (KvError); no answer: a timeout. `token`: the
+        client's auth token, sent on (the leader checks it again)."""
         channel = self._channels.get(address)
         if channel is None:
             while len(self._channels) >= _MAX_CHANNELS:  # leaders of the past
@@ -76,7 +78,9 @@ class Forwarder:
                 else grpc.aio.insecure_channel(address, options=self._options))
         call = channel.unary_unary(method)
         try:
-            invocation = call(request, timeout=timeout, metadata=((FORWARDED, "1"),))
+            metadata = ((FORWARDED, "1"),) if token is None else (
+                (FORWARDED, "1"), ("token", token))
+            invocation = call(request, timeout=timeout, metadata=metadata)
             response = await invocation
             trailing = await invocation.trailing_metadata()
         except grpc.aio.AioRpcError as e:

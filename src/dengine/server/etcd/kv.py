@@ -33,7 +33,8 @@ from dengine.node.engine import (
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd import checks
 from dengine.server.etcd.errors import etcd_status
-from dengine.server.etcd.forward import APPLIED_INDEX, KvForwarder, forwarded
+from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, KvForwarder, forwarded
+from dengine.server.etcd.gate import Gate, check_kv_write, token_of
 
 log = logging.getLogger("dengine.server.etcd")
 
@@ -48,6 +49,7 @@ _WRITES: dict[str, tuple[int, type[ProtoMessage]]] = {
     "Txn": (KV_TXN, rpc_pb2.TxnResponse),
     "Compact": (KV_COMPACTION, rpc_pb2.CompactionResponse),
 }
+_METHODS = {field: method for method, (field, _) in _WRITES.items()}
 
 
 def timeout_of(context: Any) -> float | None:
@@ -58,11 +60,13 @@ def timeout_of(context: Any) -> float | None:
 
 
 class EtcdBase:
-    """What the etcd services share: the engine, the header, errors as etcd's statuses."""
+    """What the etcd services share: the engine, the header, errors as etcd's statuses,
+    the auth gate (one per node: EtcdApi gives every service the same)."""
 
     def __init__(self, engine: Engine, config: NodeConfig) -> None:
         self._engine = engine
         self._config = config
+        self.gate = Gate(engine)
 
     def stamp(self, header: Any, revision: int | None = None) -> None:
         """Fill a response header with this member's ids and term (and `revision`)."""
@@ -85,8 +89,10 @@ class EtcdBase:
 class KvService(EtcdBase):
     """Handlers of `etcdserverpb.KV` over an Engine."""
 
-    def __init__(self, engine: Engine, config: NodeConfig, forwarder: KvForwarder) -> None:
+    def __init__(self, engine: Engine, config: NodeConfig, forwarder: KvForwarder,
+                 token_forwarder: Forwarder | None = None) -> None:
         super().__init__(engine, config)
+        self._token_forwarder = token_forwarder
         self._forwarder = forwarder
         self.pending_writes = 0
         self.pending_write_bytes = 0
@@ -107,6 +113,7 @@ class KvService(EtcdBase):
     async def range(self, request: bytes, context: Any) -> bytes:
         try:
             req = checks.range_request(request, self._config)
+            await self.gate.range(context, req.key, req.range_end)
             mode = EVENTUAL if req.serializable else LINEARIZABLE
             limit = self._config.max_response_bytes
             resp = await self._engine.read_query(
@@ -135,6 +142,7 @@ class KvService(EtcdBase):
             try:
                 self._admit(size)
                 req = checks.check_write(field, request, self._config)
+                await self.gate.check(context, check_kv_write(method, req))
                 if field == KV_TXN and etcd_check.is_txn_readonly(req):
                     return await self._read_txn(req, context)
             except Exception as exc:
@@ -166,6 +174,18 @@ class KvService(EtcdBase):
             address = e.leader_address or engine.leader_address()
             if not e.leader_id or not address or sent_on:
                 raise
+            token = token_of(context)
+            if token is not None and self._token_forwarder is not None:
+                # Auth in use: the etcd method itself, with the client's token (the leader
+                # checks it again; the native ForwardWrite is refused while auth is on).
+                raw, index = await self._token_forwarder.call(
+                    address, f"/{SERVICE}/{_METHODS[field]}", request, timeout_of(context),
+                    token=token)
+                if index:
+                    await engine.wait_applied(index, timeout=timeout_of(context))
+                resp = response.FromString(raw)
+                self.stamp(resp.header)  # type: ignore[attr-defined]
+                return bytes(resp.SerializeToString())
             answer = await self._forwarder.write(
                 address, wrap_kv_request(field, request),
                 timeout_of(context) or DEFAULT_TIMEOUT)

@@ -22,6 +22,7 @@ from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import decode
 from dengine.server.etcd.forward import Forwarder, forwarded
+from dengine.server.etcd.gate import token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 SERVICE = "etcdserverpb.Lease"
@@ -68,7 +69,8 @@ class LeaseService(EtcdBase):
         address = e.leader_address or self._engine.leader_address()
         if not e.leader_id or not address or forwarded(context):
             raise e
-        answer, _ = await self._forwarder.call(address, method, request, timeout)
+        answer, _ = await self._forwarder.call(address, method, request, timeout,
+                                               token=token_of(context))
         return answer
 
     async def _serve(self, method: str, request: bytes, context: Any,
@@ -93,8 +95,12 @@ class LeaseService(EtcdBase):
         the leader once when this member is not it."""
         async def handler(request: bytes, context: Any) -> bytes:
             async def run(timeout: float | None) -> Any:
-                return await call(self._engine, decode(request_type, request),
-                                  timeout=timeout)
+                req = decode(request_type, request)
+                if method == "LeaseRevoke":  # etcd: write on every key of the lease
+                    await self.gate.lease_keys(context, req.ID)
+                else:
+                    await self.gate.check(context)  # a valid token, if auth is on
+                return await call(self._engine, req, timeout=timeout)
             return await self._serve(method, request, context, run, response_type)
         handler.__name__ = method
         return handler
@@ -102,6 +108,7 @@ class LeaseService(EtcdBase):
     async def leases(self, request: bytes, context: Any) -> bytes:
         try:
             decode(rpc_pb2.LeaseLeasesRequest, request)
+            await self.gate.check(context)
             resp = await self._engine.etcd_lease_leases(timeout=timeout_of(context))
             self.stamp(resp.header)
             return bytes(resp.SerializeToString())

@@ -36,7 +36,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dengine.config import NodeConfig
-from dengine.errors import Compacted
+from dengine.errors import Compacted, KvError
 from dengine.kv import watch as kvwatch
 from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
@@ -48,6 +48,8 @@ log = logging.getLogger("dengine.server.etcd")
 SERVICE = "etcdserverpb.Watch"
 DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 EMPTY_RANGE = "mvcc: watcher range is empty"
+# etcd's cancel reason for a watch the user may not read (rpctypes.ErrGRPCPermissionDenied)
+PERMISSION_DENIED = "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
 _QUEUE = 64  # responses waiting for the stream's writer
 _ENCODED_ENTRIES = 256  # batches whose events are kept encoded (watches sharing a batch)
 
@@ -199,6 +201,13 @@ class _Stream:
         rng = kvwatch.watch_range(creq.key, creq.range_end)
         watch_id = creq.watch_id
         error = ""
+        try:
+            await self._service.gate.range(self._context, creq.key, creq.range_end)
+        except KvError:
+            # etcd's isWatchPermitted: created and cancelled at once, etcd's reason
+            await self.send(self.response(current, watch_id=creq.watch_id, created=True,
+                                          canceled=True, cancel_reason=PERMISSION_DENIED))
+            return
         if rng.empty:
             error = EMPTY_RANGE
         elif watch_id != 0 and watch_id in self._watchers:
