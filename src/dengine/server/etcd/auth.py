@@ -36,8 +36,10 @@ from dengine.server.etcd.gate import Gate, token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 SERVICE = "etcdserverpb.Auth"
-HASH_THREADS = 2  # password hashes and checks running at once on a member
-MAX_WAITING_LOGINS = 256  # more waiting for a hash thread: "too many requests"
+# password hashes and checks running at once on a member: half the cores (the loop and
+# the node's threads keep the rest)
+HASH_THREADS = max(1, (os.cpu_count() or 2) // 2)
+MAX_WAITING_LOGINS = 64  # more waiting for a hash thread: "too many requests" at once
 _LETTERS = string.ascii_letters
 # A hash to check unknown users against, so that a wrong name costs what a wrong
 # password costs (no user enumeration by timing).

@@ -1,0 +1,154 @@
+"""etcd's Auth service and the permission checks on an in-process 3-node cluster
+(docs/auth.md): tokens valid on every member at once, follower forwarding with the
+client's token, token expiry, the native protocol refused while auth is on, and a flood
+of failed logins that leaves the member serving. Every engine and server is stopped by
+its test."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from test_etcd_api import Member, cluster, follower_of, leader_of, run
+
+from dengine import Client
+from dengine.errors import KvError
+from dengine.proto.etcd import rpc_pb2 as pb
+from dengine.server.etcd.auth import MAX_WAITING_LOGINS
+
+AUTH = "etcdserverpb.Auth"
+
+
+async def call(m: Member, method: str, request: Any, response: Any, token: str | None = None,
+               service: str = AUTH, timeout: float = 10.0) -> Any:
+    stub = m.channel.unary_unary(
+        f"/{service}/{method}", request_serializer=lambda r: r.SerializeToString(),
+        response_deserializer=response.FromString)
+    metadata = (("token", token),) if token else None
+    return await stub(request, timeout=timeout, metadata=metadata)
+
+
+async def login(m: Member, name: str, password: str) -> str:
+    resp = await call(m, "Authenticate", pb.AuthenticateRequest(name=name, password=password),
+                      pb.AuthenticateResponse)
+    return str(resp.token)
+
+
+async def setup_auth(m: Member) -> str:
+    """root/pw with the root role, u1/p1 reading /app/; auth enabled; root's token."""
+    for method, req, resp in (
+        ("UserAdd", pb.AuthUserAddRequest(name="root", password="pw"), pb.AuthUserAddResponse),
+        ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="root", role="root"),
+         pb.AuthUserGrantRoleResponse),
+        ("UserAdd", pb.AuthUserAddRequest(name="u1", password="p1"), pb.AuthUserAddResponse),
+        ("RoleAdd", pb.AuthRoleAddRequest(name="r1"), pb.AuthRoleAddResponse),
+        ("UserGrantRole", pb.AuthUserGrantRoleRequest(user="u1", role="r1"),
+         pb.AuthUserGrantRoleResponse),
+        ("RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+            name="r1", perm={"key": b"/app/", "range_end": b"/app0"}),
+         pb.AuthRoleGrantPermissionResponse),
+        ("AuthEnable", pb.AuthEnableRequest(), pb.AuthEnableResponse),
+    ):
+        await call(m, method, req, resp)
+    return await login(m, "root", "pw")
+
+
+async def code_of(coro: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await coro
+    return info.value.code(), info.value.details() or ""
+
+
+def test_tokens_forwarding_and_checks_across_members(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path) as members:
+            leader, follower = leader_of(members), follower_of(members)
+            await setup_auth(follower)  # every change forwarded to the leader
+            token = await login(leader, "u1", "p1")
+            for m in members.values():  # known everywhere at once
+                resp = await call(m, "Range", pb.RangeRequest(key=b"/app/a"),
+                                  pb.RangeResponse, token, service="etcdserverpb.KV")
+                assert resp.count == 0
+            put = pb.PutRequest(key=b"/app/a", value=b"1")
+            denied = (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+            assert await code_of(call(follower, "Put", put, pb.PutResponse, token,
+                                      service="etcdserverpb.KV")) == denied
+            root = await login(follower, "root", "pw")
+            await call(follower, "Put", put, pb.PutResponse, root, service="etcdserverpb.KV")
+            assert await code_of(call(follower, "Put", put, pb.PutResponse, "bogus.1",
+                                      service="etcdserverpb.KV")) == (
+                grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
+            assert await code_of(call(follower, "UserList", pb.AuthUserListRequest(),
+                                      pb.AuthUserListResponse, token)) == denied
+            users = await call(follower, "UserList", pb.AuthUserListRequest(),
+                               pb.AuthUserListResponse, root)
+            assert list(users.users) == ["root", "u1"]
+            # the native protocol carries no token: refused while auth is on
+            async with Client(leader.engine.config.listen_client) as client:
+                with pytest.raises(KvError, match="user name is empty"):
+                    await client.put(b"/app/b", b"2")
+                await call(follower, "AuthDisable", pb.AuthDisableRequest(),
+                           pb.AuthDisableResponse, root)
+                await client.put(b"/app/b", b"2")  # and served again once it is off
+
+    run(main())
+
+
+def test_tokens_expire_after_their_ttl_unused_on_a_member(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, nodes=1) as members:
+            m = next(iter(members.values()))
+            now = [1000.0]
+            m.etcd.gate._clock = lambda: now[0]
+            token = await setup_auth(m)
+            get = pb.RangeRequest(key=b"/app/a")
+            await call(m, "Range", get, pb.RangeResponse, token, service="etcdserverpb.KV")
+            now[0] += 299  # used within the TTL: renewed
+            await call(m, "Range", get, pb.RangeResponse, token, service="etcdserverpb.KV")
+            now[0] += 301
+            assert await code_of(call(m, "Range", get, pb.RangeResponse, token,
+                                      service="etcdserverpb.KV")) == (
+                grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
+
+    run(main())
+
+
+def test_a_thousand_failed_logins_leave_the_member_serving(tmp_path: Path) -> None:
+    """Password checks run in worker threads, a few at a time; past MAX_WAITING_LOGINS
+    waiting, a login is refused at once ("too many requests"). Meanwhile another client
+    is served: all its reads before the last failed login."""
+    def connection(m: Member) -> Member:  # a client of its own (not a shared subchannel)
+        return Member(m.engine, m.server, m.etcd, grpc.aio.insecure_channel(
+            m.engine.config.listen_client, options=[("grpc.use_local_subchannel_pool", 1)]))
+
+    async def main() -> None:
+        async with cluster(tmp_path, nodes=1) as members:
+            m = next(iter(members.values()))
+            root = await setup_auth(m)
+            bad = pb.AuthenticateRequest(name="root", password="wrong")
+            attackers = [connection(m) for _ in range(8)]
+            other = connection(m)
+            try:
+                logins = [asyncio.ensure_future(code_of(call(
+                    attackers[i % 8], "Authenticate", bad, pb.AuthenticateResponse,
+                    timeout=240))) for i in range(1000)]
+                await asyncio.sleep(0.5)
+                for _ in range(20):  # served while the logins are being checked
+                    await call(other, "Range", pb.RangeRequest(key=b"/x"), pb.RangeResponse,
+                               root, service="etcdserverpb.KV")
+                assert not all(task.done() for task in logins)
+                codes = await asyncio.gather(*logins)
+            finally:
+                for c in (*attackers, other):
+                    await c.channel.close()
+            failed = (grpc.StatusCode.INVALID_ARGUMENT,
+                      "etcdserver: authentication failed, invalid user ID or password")
+            refused = (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests")
+            assert set(codes) == {failed, refused}
+            assert codes.count(failed) >= MAX_WAITING_LOGINS
+            assert await login(m, "root", "pw")  # and the right password still works
+
+    run(main(), timeout=300)
