@@ -65,11 +65,14 @@ class Read:
         self.query = query
 
 
-def expire_write(write: Write, now: int) -> None:
+def expire_write(write: Write, now: int) -> bool:
+    """Fail `write` if its deadline passed; whether it did now."""
     if write.due <= now and not write.future.done():
         write.future.set_exception(Timeout(
             f"write did not complete within {write.timeout}s; it may still be applied"
         ))
+        return True
+    return False
 
 
 def expire_read(r: Read, now: int) -> None:
@@ -95,6 +98,7 @@ class Pending:
         # a lost leadership's uncommitted writes: (tick their grace ends, index, write)
         self.lost: list[tuple[int, int, Write]] = []
         self._lost_error: Exception = Exception()
+        self.failed = 0  # proposed writes that failed (the metrics')
 
     def due(self, timeout: float) -> int:
         """The tick after which a request made now with `timeout` fails (no timer per call)."""
@@ -131,6 +135,7 @@ class Pending:
                 continue
             if entry_term != term:
                 write.future.set_exception(Unavailable("leadership changed; write not applied"))
+                self.failed += 1
                 continue
             write.results[slot] = result
             write.remaining -= 1
@@ -153,7 +158,7 @@ class Pending:
         for _, write in queued:
             expire_write(write, now)
         for _, write, _ in self.waiters.values():
-            expire_write(write, now)
+            self.failed += expire_write(write, now)
         for batch in reads:
             for r in batch:
                 expire_read(r, now)
@@ -204,6 +209,7 @@ class Pending:
             n += 1
             if index > commit and not write.future.done():
                 write.future.set_exception(self._lost_error)
+                self.failed += 1
             waiter = waiters.get(index)
             if waiter is not None and waiter[1] is write and write.future.done():
                 del waiters[index]
@@ -214,4 +220,5 @@ class Pending:
         for _, write, _ in self.waiters.values():
             if not write.future.done():
                 write.future.set_exception(error)
+                self.failed += 1
         self.waiters.clear()

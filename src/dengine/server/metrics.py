@@ -148,10 +148,14 @@ class _EngineCollector(Collector):
         yield gauge("dengine_raft_learners", "Learners in the configuration.",
                     len(st.learners))
         node = getattr(engine, "_node", None)
-        pending = getattr(getattr(node, "_pending", None), "waiters", None)
+        pending = getattr(node, "_pending", None)
         if pending is not None:
             yield gauge("dengine_server_proposals_pending",
-                        "Proposed entries waiting for their apply.", len(pending))
+                        "Proposed entries waiting for their apply.", len(pending.waiters))
+            yield CounterMetricFamily(
+                "dengine_server_proposals_failed",
+                "Proposed writes that failed (deadline passed, leadership lost or changed, "
+                "node stopped).", value=pending.failed)
         yield CounterMetricFamily(
             "dengine_server_proposals_committed",
             "Entries committed (the commit index, as etcd's).", value=st.commit_index)
