@@ -495,6 +495,9 @@ class FileStateMachine:
         store = store_of(image)
         self._checkpoints.wait()
         with self._lock:
+            old = self._wal
+            if old is not None and self._durable_index != self._last_applied.index:
+                self._sync_wal(old)  # only the last WAL may end in an unsynced tail
             seq = self._wal_seq + 1
             new_wal = self._create_wal(seq)
             head = CheckpointMeta(data.last_included, seq, len(image.items), data.membership,

@@ -1,10 +1,13 @@
 """The clients of a whole-node run: closed-loop writers and readers, and their history.
 
-Each client does one operation at a time on a node: a put or a delete (unique values)
-through `Node.propose`, or a read of one key through `Node.read` at linearizable, lease
-or eventual consistency. It asks the node it believes leads (`NotLeader` tells it which),
-or another one at random; it gives up on an answer after 0.2-1.5 s (drawn per operation)
-and then tries another node. Outcomes, as a real client sees them:
+Each client does one operation at a time on a node: a put (a third of them as etcd
+PutRequests, as the gRPC server proposes them) or a delete (unique values), or etcd's
+compare-and-swap txn ("value == the client's last view of the key, or absent, then put";
+its history op says whether it swapped) through `Node.propose`, or a read of one key
+through `Node.read` at linearizable, lease or eventual consistency. It asks the node
+it believes leads (`NotLeader` tells it which), or another one at random; it gives up on
+an answer after 0.2-1.5 s (drawn per operation) and then tries another node. Outcomes,
+as a real client sees them:
 
 * a write whose future resolves is acknowledged (call and return times recorded);
 * a write refused at once (`NotLeader`, not running) was never proposed: left out;
@@ -25,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 from dengine.errors import DengineError, NotLeader
 from dengine.kv import EVENTUAL, LEASE, LINEARIZABLE
 from dengine.kv.codec import encode_delete, encode_insert
+from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.sim.lincheck import Op
+from dengine.sim.workloads import cas_request, put_command, txn_command
 
 if TYPE_CHECKING:
     from dengine.sim.nodesim.world import Member, World
@@ -57,11 +62,13 @@ class Clients:
         self.eventual: list[tuple[int, bytes, bytes | None, float]] = []
         self.values_written: set[bytes] = set()
         self.stats = {"writes_ok": 0, "writes_unknown": 0, "reads_ok": 0, "refused": 0,
-                      "eventual_reads": 0, "lease_reads": 0}
+                      "eventual_reads": 0, "lease_reads": 0, "cas_swapped": 0, "cas_failed": 0}
         self._tokens = 0
         self._running = False
-        # token -> (client, kind, key, value, call ms, consistency)
-        self._inflight: dict[int, tuple[_Client, str, bytes, bytes | None, float, str]] = {}
+        # token -> (client, kind, key, value, call ms, consistency or put form, cas expects)
+        self._inflight: dict[
+            int, tuple[_Client, str, bytes, bytes | None, float, str, bytes | None]] = {}
+        self._seen: dict[tuple[int, bytes], bytes | None] = {}  # a client's last view
 
     def start(self) -> None:
         self._running = True
@@ -89,18 +96,26 @@ class Clients:
         r = self.rng.random()
         key = self.rng.choice(KEYS)
         c.seq += 1
-        if r < 0.35:
-            kind, value, level = "put", f"c{c.id}-{c.seq}".encode(), ""
+        expected = None
+        if r < 0.3:
+            # a third as etcd PutRequests (as the gRPC server proposes them)
+            kind, value = "put", f"c{c.id}-{c.seq}".encode()
+            level = "etcd" if self.rng.random() < 1 / 3 else ""
             self.values_written.add(value)
-        elif r < 0.45:
+        elif r < 0.38:
             kind, value, level = "delete", None, ""
+        elif r < 0.48:
+            # etcd's compare-and-swap txn on the client's last view of the key
+            kind, value, level = "cas", f"c{c.id}-{c.seq}".encode(), ""
+            expected = self._seen.get((c.id, key))
+            self.values_written.add(value)
         else:
             kind, value = "get", None
             level = (LINEARIZABLE, LEASE, EVENTUAL)[self.rng.choice((0, 0, 1, 1, 2))]
         self._tokens += 1
         token = c.token = self._tokens
         c.busy_on = m.node_id
-        self._inflight[token] = (c, kind, key, value, self.world.now_ms, level)
+        self._inflight[token] = (c, kind, key, value, self.world.now_ms, level, expected)
         if not self.world.call_on(m, self._submit, m, token):
             self._finish(token, "refused")
             return
@@ -121,11 +136,16 @@ class Clients:
         node = m.node
         if op is None or node is None:
             return
-        c, kind, key, value, _, level = op
+        c, kind, key, value, _, level, expected = op
         try:
             if kind == "put":
                 assert value is not None
-                future: Any = node.propose([encode_insert(key, value)], TIMEOUT_S)
+                command = put_command(key, value) if level else encode_insert(key, value)
+                future: Any = node.propose([command], TIMEOUT_S)
+            elif kind == "cas":
+                assert value is not None
+                command = txn_command(cas_request(key, expected, value))
+                future = node.propose([command], TIMEOUT_S)
             elif kind == "delete":
                 future = node.propose([encode_delete(key)], TIMEOUT_S)
             else:
@@ -159,11 +179,25 @@ class Clients:
         op = self._inflight.pop(token, None)
         if op is None:
             return  # already finished (given up, or the node died)
-        c, kind, key, value, call, level = op
+        c, kind, key, value, call, level, expected = op
         now = self.world.now_ms
         c.token = 0
         stats = self.stats
-        if kind in ("put", "delete"):
+        if kind == "cas":
+            response = getattr(result, "response", None)
+            if outcome == "ok" and isinstance(response, pb.TxnResponse):
+                stats["cas_swapped" if response.succeeded else "cas_failed"] += 1
+                if response.succeeded:
+                    self._seen[(c.id, key)] = value
+                self._record(Op(c.id, "cas", key, value=value, output=response.succeeded,
+                                call=call, ret=now, expected=expected))
+            elif outcome == "unknown":
+                stats["writes_unknown"] += 1
+                self._record(Op(c.id, "cas", key, value=value, call=call, ret=None,
+                                expected=expected))
+            else:
+                stats["refused"] += 1
+        elif kind in ("put", "delete"):
             if outcome == "ok":
                 stats["writes_ok"] += 1
                 self._record(Op(c.id, kind, key, value=value, call=call, ret=now))  # type: ignore[arg-type]
@@ -182,6 +216,7 @@ class Clients:
                 stats["reads_ok"] += 1
                 if level == LEASE:
                     stats["lease_reads"] += 1
+                self._seen[(c.id, key)] = result
                 self._record(Op(c.id, "get", key, output=result, call=call, ret=now))
         if self._running:
             self.world.after(self.rng.uniform(0.0, 0.02), lambda: self._next(c))
@@ -212,7 +247,8 @@ class Clients:
                 self._tokens += 1
                 token = reader.token = self._tokens
                 reader.busy_on = lead.node_id
-                self._inflight[token] = (reader, "get", key, None, world.now_ms, LINEARIZABLE)
+                self._inflight[token] = (reader, "get", key, None, world.now_ms, LINEARIZABLE,
+                                         None)
                 done = len(self.history)
                 world.call_on(lead, self._submit, lead, token)
                 world.step_until(world.clock.now + GIVE_UP_S,
