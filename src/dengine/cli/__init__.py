@@ -37,6 +37,9 @@ _COMMANDS = {
     "elect": ("dengine.cli.recipe_cmds", "elect"),
     "certs": ("dengine.cli.certs_cmds", "certs"),
     "snapshot": ("dengine.cli.snapshot_cmds", "snapshot"),
+    "user": ("dengine.cli.auth_cmds", "user"),
+    "role": ("dengine.cli.auth_cmds", "role"),
+    "auth": ("dengine.cli.auth_cmds", "auth"),
 }
 
 
