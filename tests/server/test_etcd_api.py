@@ -301,8 +301,8 @@ def test_read_answers_are_bounded_by_max_response_bytes(tmp_path: Path) -> None:
     (tools/hostile_inputs.py grpc-amplify: a 2.3 KB read-only txn of 128 ranges over 4 MiB
     built 512 MiB in 40 s, 49 -> 1,611 MB, and the leader lost the lead): a Range or a
     read-only Txn (and the native KvRead) whose keys and values would pass
-    max_response_bytes gets ResourceExhausted before more of it is built; smaller answers
-    and writes (applied alike everywhere, never bounded) are unchanged."""
+    max_response_bytes gets ResourceExhausted before more of it is built, and so does a txn
+    that writes whose ranges would, before it is proposed; smaller answers are unchanged."""
     async def main() -> None:
         async with cluster(tmp_path, nodes=1, max_response_bytes=300_000,
                            max_value_size=100_000) as members:
@@ -325,11 +325,16 @@ def test_read_answers_are_bounded_by_max_response_bytes(tmp_path: Path) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await m.kv("Txn", txn)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            # a txn that writes is applied whatever its ranges answer
-            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=one)] * 4
-                                     + [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
-                                         key=b"/w", value=b"1"))])
-            assert len((await m.kv("Txn", txn)).responses) == 5
+            # a txn that writes is tried first: refused, unapplied, when its ranges would
+            # answer too much (its answer is built at apply, where no bound applies)
+            put = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"/w", value=b"1"))
+            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=one)] * 4 + [put])
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await m.kv("Txn", txn)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert not (await m.kv("Range", rpc_pb2.RangeRequest(key=b"/w"))).kvs
+            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_range=one)] * 3 + [put])
+            assert len((await m.kv("Txn", txn)).responses) == 4
             # the native KvRead too
             async with Client(m.engine.config.listen_client) as client:
                 assert len((await client.range(b"/b/", b"/b/3")).kvs) == 3

@@ -65,32 +65,18 @@ def _not_started(node_id: int) -> Unavailable:
 class Node:
     """Drives one `RaftCore` with a Raft log, a state machine and the peer transport.
 
-    The loop (one asyncio task, `_run`) repeats a turn:
-
-    1. drain the inbox: ticks owed by the monotonic clock (one per `tick_ms`), peer
-       messages (`core.step`), every proposal queued since the last turn (one
-       `core.propose` call: group commit), and the reads queued (one `read_index` round
-       per consistency level for all of them; eventual reads are answered right away);
-    2. `rd = core.ready()`;
-    3. `_handle_ready`: a leader hands `rd.messages` to the transport first (its appends
-       promise nothing about its own disk: the followers write in parallel, Raft thesis
-       10.2.1); a snapshot received from the leader is installed (state machine on the
-       apply thread, then the log); the entries and hard state are made durable (one
-       fsync-ed batch, on the loop when small and the load light, else on the log thread); then a
-       follower's or candidate's messages leave (acknowledgements and votes promise
-       what is now durable); the committed entries go to the apply pipeline;
-    4. `_after_ready`: record role and leader, ReadStates, serve reads now applied;
-    5. `core.advance(rd)`.
-
-    The apply is not awaited by the turn (see `dengine.node.apply`): each chunk's
-    completion, back on the loop (`_on_applied`), moves `applied_index`, resolves the
-    writes it applied (`dengine.node.pending`) and answers the reads now applied
-    (`dengine.node.reads`).
-
-    While the log thread works, the loop keeps accepting input (the transport's reader
-    tasks, new proposals), which the next turn takes as one batch. The loop never awaits
-    a peer, and every internal queue is an unbounded list drained per turn, so nothing
-    blocks on a full queue; the transport's per-peer queues bound memory.
+    The loop (one asyncio task, `_run`) repeats a turn: (1) drain the inbox: ticks owed by
+    the clock, peer messages (`core.step`), the proposals queued (one `propose` call:
+    group commit), the reads queued (one `read_index` round per level; eventual reads at
+    once); (2) `rd = core.ready()`; (3) `_handle_ready`: a leader sends `rd.messages`
+    first (the followers write in parallel, Raft thesis 10.2.1); a received snapshot is
+    installed; the entries and hard state are made durable (one fsync-ed batch, on the
+    loop when small and the load light, else on the log thread); a follower's or
+    candidate's messages leave then (they promise what is now durable); the committed
+    entries go to the apply pipeline; (4) `_after_ready`: role, leader, ReadStates;
+    (5) `core.advance(rd)`. The apply is not awaited: each chunk's completion
+    (`_on_applied`) moves `applied_index` and resolves its writes and reads. The loop never
+    awaits a peer; input that comes while the log thread works is the next turn's batch.
     """
 
     def __init__(self, config: NodeConfig, env: NodeEnv | None = None) -> None:
