@@ -625,7 +625,10 @@ def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool,
         lowered = details.lower()
         if "failed to connect" in lowered or "connection refused" in lowered:
             reason = details.rsplit(": ", 1)[-1]
-            return Unsent(Unavailable(f"cannot connect to {addr}: {reason}"), dial=True)
+            # A handshake the node cut short (not about certificates: see above) is no
+            # sign of a dead node: a loaded one did it; tried again until the deadline.
+            return Unsent(Unavailable(f"cannot connect to {addr}: {reason}"),
+                          dial="handshake" not in lowered)
         if "resolv" in lowered or "dns" in lowered:  # an unknown host: not a lost connection
             reason = details.rsplit(": ", 1)[-1].rstrip("]")
             host = addr.rpartition(":")[0]

@@ -1,0 +1,28 @@
+"""How a gRPC connection failure is classified (client/routing._rpc_error): a refused
+connection is a dial failure (the CLI gives up at once); a TLS handshake the node cut
+short without a certificate problem is not (a loaded node did it in a CI run: the call is
+tried again until its deadline)."""
+
+from __future__ import annotations
+
+import grpc
+
+from dengine.client.routing import Unsent, _rpc_error
+
+
+class _Err(grpc.aio.AioRpcError):
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
+                         grpc.aio.Metadata(), details)
+
+
+def test_refused_is_a_dial_failure_a_cut_handshake_is_retried() -> None:
+    refused = _rpc_error(_Err("failed to connect to all addresses; last error: UNKNOWN: "
+                              "ipv4:127.0.0.1:1: Connection refused"), "127.0.0.1:1", "Put",
+                         True, tls=False)
+    assert isinstance(refused, Unsent) and refused.dial
+    cut = _rpc_error(_Err("failed to connect to all addresses; last error: UNAVAILABLE: "
+                          "ipv4:127.0.0.1:2: Handshake read failed (Endpoint closing)"),
+                     "127.0.0.1:2", "Put", True, tls=True)
+    assert isinstance(cut, Unsent) and not cut.dial
+    assert "Handshake read failed" in cut.error.message
