@@ -47,12 +47,13 @@ def _tls_flags(certs: Any, **override: str) -> list[str]:
     return [x for k, v in given.items() if v for x in (f"--{k}", v)]
 
 
-def _etcdctl(cluster: Cluster, certs: Any, *args: str, tls: bool = True
-             ) -> subprocess.CompletedProcess[str]:
+def _etcdctl(cluster: Cluster, certs: Any, *args: str, tls: bool = True,
+             only: str = "") -> subprocess.CompletedProcess[str]:
+    """etcdctl against the cluster's endpoints (`only`: that one alone)."""
     assert ETCDCTL is not None
     c = certs.client()
     flags = ["--cacert", c["cacert"], "--cert", c["cert"], "--key", c["key"]] if tls else []
-    endpoints = ",".join(f"https://{e}" for e in cluster.endpoints)
+    endpoints = ",".join(f"https://{e}" for e in ([only] if only else cluster.endpoints))
     return subprocess.run([ETCDCTL, *flags, "--endpoints", endpoints,
                            "--dial-timeout", "3s", "--command-timeout", "5s", *args],
                           capture_output=True, text=True, timeout=30,
@@ -119,6 +120,9 @@ def test_tls_cluster_serves_the_cli_the_python_clients_and_etcdctl(
         # client certificate)
         out = _etcdctl(cluster, certs, "put", "etcdctl", "v1")
         assert out.returncode == 0 and out.stdout.strip() == "OK", out
+        for i, endpoint in enumerate(cluster.endpoints):  # the followers' over native TLS
+            out = _etcdctl(cluster, certs, "put", f"member{i}", "v", only=endpoint)
+            assert out.returncode == 0 and out.stdout.strip() == "OK", out
         out = _etcdctl(cluster, certs, "get", "cli", "-w", "json")
         assert out.returncode == 0, out
         kvs = json.loads(out.stdout)["kvs"]
