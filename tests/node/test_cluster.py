@@ -169,7 +169,11 @@ def test_commit_updates_ride_on_the_next_append_and_still_reach_idle_followers(
     no entry-less append per write. With no next write, the commit still goes out."""
 
     async def main() -> None:
-        cluster = Cluster(tmp_path)
+        # Ticks of 50 ms: a put slowed by a loaded machine still rarely spans a tick (a
+        # held commit goes out alone at the next tick; with 5-ms ticks a loaded CI run
+        # saw 14 for 50 puts).
+        cluster = Cluster(tmp_path, tick_ms=50, election_timeout_ms=1000,
+                          heartbeat_interval_ms=200)
         await cluster.start_all()
         try:
             leader = await cluster.leader()
