@@ -155,8 +155,8 @@ class Node:
         try:
             self._wire(loop, raft_log, sm)
             transport = await self.members.start_transport(
-                self._on_peer_messages, self._on_unreachable, self._snaps.on_chunk,
-                self._snaps.on_sent,
+                self._outbox.timed(self._on_peer_messages), self._on_unreachable,
+                self._snaps.on_chunk, self._snaps.on_sent,
             )
             if transport is not None:
                 self._transport = self._snaps.transport = self._outbox.transport = transport
@@ -352,7 +352,6 @@ class Node:
         return ""
 
     def _on_peer_messages(self, from_id: int, messages: Sequence[Message]) -> None:
-        self._outbox.rtt.received(from_id, messages)
         self._in_messages.extend(messages)
         self._wake.set()
 

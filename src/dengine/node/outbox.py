@@ -3,9 +3,12 @@ snapshot messages turned into file transfers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from dengine.node.ports import PeerTransport
 from dengine.node.snapshotter import Snapshotter
 from dengine.node.timing import PeerRtt
+from dengine.node.transport import MessageHandler
 from dengine.proto import Message, MessageType
 
 MSG_SNAPSHOT = MessageType.MSG_SNAPSHOT
@@ -22,6 +25,16 @@ class Outbox:
         self.held: dict[int, Message] = {}  # commit-only appends, by follower
         self.held_since = 0  # the tick of the oldest held message
         self.rtt = PeerRtt()  # heartbeats' round trips (the node reports the answers)
+
+    def timed(self, handler: MessageHandler) -> MessageHandler:
+        """`handler` of the peers' messages, noting the heartbeats' answers first."""
+        received = self.rtt.received
+
+        def on_messages(from_id: int, messages: Sequence[Message]) -> None:
+            received(from_id, messages)
+            handler(from_id, messages)
+
+        return on_messages
 
     def hold_commit_updates(self, messages: list[Message], tick: int) -> list[Message]:
         """Keep back, until the next tick at most, the entry-less appends that only carry
