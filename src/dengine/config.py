@@ -73,7 +73,7 @@ class NodeConfig:
     max_client_connections: int = 1024  # each of the gRPC and the native listener
     max_peer_connections: int = 64  # inbound connections of the peer listener
     max_client_rpcs: int = 1024  # gRPC calls in progress at once (streams too); beyond: refused
-    max_client_streams: int = 128  # gRPC calls at once on one connection (more wait)
+    max_client_streams: int = 1024  # gRPC calls at once on one connection
     client_idle_timeout_s: float = 600.0  # close a client connection idle this long (0: never)
     client_frame_timeout_s: float = 30.0  # a native request frame must arrive whole in this
     max_client_buffer_bytes: int = 64 * 1024 * 1024  # partial native frames, all connections

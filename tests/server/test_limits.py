@@ -447,3 +447,34 @@ def test_grpc_calls_over_max_client_rpcs_are_refused_at_once(tmp_path: Path) -> 
             await server.stop(None)
 
     asyncio.run(main())
+
+
+def test_hundreds_of_calls_at_once_on_a_new_connection_are_all_served(tmp_path: Path) -> None:
+    """A client that starts 300 calls at once on a new connection (aetcd's gather of 300
+    puts) sends them before it hears the server's stream limit: a limit below that
+    refused the rest with RST_STREAM (REFUSED_STREAM), where etcd serves them all. The
+    per-connection limit is max_client_rpcs' (the node-wide bound) by default."""
+    class Slow:  # an engine whose writes take a moment (so that the calls overlap), then fail
+        async def write_encoded(self, commands: Any, *, timeout: float | None = None
+                                ) -> Any:
+            await asyncio.sleep(0.5)
+            raise Unavailable("answered: an error in the response, not a refused stream")
+
+        def query_local(self, fn: Any) -> Any:  # auth never enabled
+            return False
+
+    async def main() -> None:
+        config = NodeConfig(listen_client=f"127.0.0.1:{free_port()}")
+        server = await start_grpc_server(ClientService(Slow(), config),  # type: ignore[arg-type]
+                                         config)
+        try:
+            body = WriteRequest(commands=[put(b"k", b"v")]).SerializeToString()
+            async with grpc.aio.insecure_channel(config.listen_client) as ch:
+                write = ch.unary_unary("/dengine.RaftClientService/Write")
+                answers = await asyncio.gather(*(write(body, timeout=30) for _ in range(300)),
+                                               return_exceptions=True)
+            assert [a for a in answers if isinstance(a, Exception)] == []
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
