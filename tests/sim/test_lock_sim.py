@@ -16,13 +16,13 @@ from dengine.kv.lease_clock import LeaseClock
 from dengine.kv.mvcc import Change
 from dengine.kv.packed import pack_meta
 from dengine.sim import SimConfig, Simulator
-from dengine.sim.broken import SkipWaitLock
+from dengine.sim.broken import LocalLeaderLock, SkipWaitLock
 from dengine.sim.invariants import InvariantViolation
-from dengine.sim.locks import CS_KEY, PREFIX, check_lock_history
+from dengine.sim.locks import CS_KEY, PREFIX, Observation, check_lock_history, check_observations
 
 SLOW_SEEDS = 300
 STATS = ("lock_sections", "lock_waits", "lock_lost", "lock_walked_away",
-         "lease_expiry_revokes")
+         "lease_expiry_revokes", "leader_observations")
 
 
 def _run(config: SimConfig, seeds: range) -> tuple[list[str], dict[str, int]]:
@@ -52,6 +52,7 @@ def test_lock_sections_never_overlap_under_faults() -> None:
     # the workload does what it says: sections, waiting, handovers by lease expiry
     assert stats["lock_sections"] > 20 and stats["lock_waits"] > 100, stats
     assert stats["lock_walked_away"] > 3 and stats["lease_expiry_revokes"] > 3, stats
+    assert stats["leader_observations"] > 100, stats
 
 
 @pytest.mark.slow
@@ -64,6 +65,13 @@ def test_a_lock_that_does_not_wait_is_caught(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(locks, "LockWorkload", SkipWaitLock)
     failures, _ = _run(SimConfig(nodes=3, workload="lock"), range(4))
     assert failures and all("lock safety violated" in f for f in failures), failures
+
+
+def test_leaders_read_from_a_nodes_own_state_are_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(locks, "LockWorkload", LocalLeaderLock)
+    failures, _ = _run(SimConfig(nodes=3, workload="lock"), range(5))
+    assert failures and "election order violated" in failures[0], failures
 
 
 def test_a_lessor_that_expires_early_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +128,17 @@ def test_the_history_check() -> None:
     assert "fencing token 2 after 5" in _violation(
         [_put(5, b), _put(6, CS_KEY, b"in 5"), _put(7, CS_KEY, b"out 5"), _delete(8, b),
          _put(9, a, created=2), _put(10, CS_KEY, b"in 2")])
+
+
+def test_the_observation_check() -> None:
+    def seen(call: int, ret: int, revision: int, lease: int) -> Observation:
+        return Observation(call, ret, revision, PREFIX + b"%x" % lease,
+                           b"c%d" % (lease // 1_000_000))
+
+    ok = [seen(0, 5, 2, 1_000_001), seen(1, 9, 2, 1_000_001), seen(3, 4, 7, 2_000_001),
+          seen(6, 8, 7, 2_000_001)]  # overlapping reads may see either
+    check_observations(ok)
+    with pytest.raises(InvariantViolation, match="saw the leader created at 2 after"):
+        check_observations([*ok, seen(10, 11, 2, 1_000_001)])
+    with pytest.raises(InvariantViolation, match="proclaims"):
+        check_observations([Observation(0, 1, 2, PREFIX + b"%x" % 1_000_001, b"c2")])

@@ -22,6 +22,7 @@ from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.raft import LogStorage, RaftConfig, RaftCore, Role
 from dengine.raft.quorum import quorum_value
 from dengine.sim.locks import Contender, LockWorkload
+from dengine.sim.nodes import SimNode
 
 
 class CommitOldTermCore(RaftCore):
@@ -133,3 +134,11 @@ class SkipWaitLock(LockWorkload):
 
     def _turn(self, c: Contender, mine: bool) -> None:
         super()._turn(c, True)
+
+
+class LocalLeaderLock(LockWorkload):
+    """Reads the election's leader from the node's own applied state (serializable), as
+    if that were linearizable."""
+
+    def _read_leader(self, client: int, node: SimNode, lease: bool) -> None:
+        self._observe(self.sim.now, node.kv)

@@ -21,7 +21,11 @@ Checked afterwards, on the committed history (a node's changelog, which holds ev
 revision): each `in T` was written while T's key was the first created live key of
 `lock/` (the lock was T's), and while no other holder's section was open (a section
 ends with its `out`, or when its key is deleted: its lease ended); the tokens of
-successive holders strictly increase ("lock safety"). (A record whose outcome the client
+successive holders strictly increase ("lock safety").
+Waiters also read the leader as an election's `leader()` does (the first created key:
+the same recipe is etcd's election, a candidate's key holds its proposal), through a
+linearizable (read index or lease) read: a read called after another one returned never
+sees an earlier leader ("election order"). (A record whose outcome the client
 did not learn is sent again: the same holder may write `in T` twice, even after its
 `out T`, while its key lives; that is no other holder's section.)
 """
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dengine.errors import NotLeader, Unavailable
-from dengine.kv.mvcc import Applied, Change
+from dengine.kv.mvcc import Applied, Change, MvccStore
 from dengine.kv.ops import prefix_range_end
 from dengine.kv.packed import META_SIZE, unpack_meta
 from dengine.proto.etcd import rpc_pb2 as pb
@@ -68,6 +72,11 @@ class Contender:
     def key(self) -> bytes:
         return PREFIX + b"%x" % self.lease
 
+    @property
+    def proposal(self) -> bytes:
+        """What it proclaims as a candidate of the election (its lease's client)."""
+        return b"c%d" % (self.lease // 1_000_000)
+
 
 def _range(key: bytes, **fields: object) -> pb.RequestOp:
     return pb.RequestOp(request_range=pb.RangeRequest(key=key, **fields))  # type: ignore[arg-type]
@@ -83,7 +92,8 @@ def claim_request(c: Contender) -> pb.TxnRequest:
     return pb.TxnRequest(
         compare=[pb.Compare(key=c.key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL,
                             create_revision=0)],
-        success=[pb.RequestOp(request_put=pb.PutRequest(key=c.key, lease=c.lease)),
+        success=[pb.RequestOp(request_put=pb.PutRequest(key=c.key, value=c.proposal,
+                                                         lease=c.lease)),
                  first_created()],
         failure=[_range(c.key), first_created()])
 
@@ -110,6 +120,7 @@ class LockWorkload(LeaseWorkload):
     def __init__(self, sim: Simulator) -> None:
         super().__init__(sim)
         self.contenders: dict[int, Contender] = {}
+        self.observations: list[Observation] = []
         for name in ("lock_sections", "lock_waits", "lock_lost", "lock_releases",
                      "lock_walked_away", "lock_paused"):
             sim.stats.setdefault(name, 0)
@@ -141,6 +152,8 @@ class LockWorkload(LeaseWorkload):
         elif c.phase == "claim":
             sim.client_propose(client, node, txn_command(claim_request(c)),
                                done=self._for(c, self._claimed))
+        elif c.phase == "wait" and r > 0.7:
+            self._read_leader(client, node, sim.cfg.lease_reads and r > 0.85)
         elif c.phase == "wait":
             sim.client_propose(client, node, txn_command(look_request(c)),
                                done=self._for(c, self._looked))
@@ -167,6 +180,19 @@ class LockWorkload(LeaseWorkload):
                 then(c, applied)
 
         return done
+
+    def _read_leader(self, client: int, node: SimNode, lease: bool) -> None:
+        """An election's leader(): the first created key, by a linearizable read."""
+        call = self.sim.now
+        self.sim.client_read(client, node, lease,
+                             serve=lambda store: self._observe(call, store))
+
+    def _observe(self, call: int, store: MvccStore) -> None:
+        kvs = store.range(first_created().request_range).kvs
+        if kvs:
+            kv = kvs[0]
+            self.observations.append(Observation(call, self.sim.now, kv.create_revision,
+                                                 kv.key, kv.value))
 
     def _keep_alive(self, c: Contender, node: SimNode) -> None:
         assert node.core is not None
@@ -258,6 +284,43 @@ class LockWorkload(LeaseWorkload):
     def check(self, history: list[Op]) -> None:
         node = max((n for n in self.sim.nodes.values() if n.up), key=lambda n: n.applied)
         check_lock_history(node.kv.changes())
+        check_observations(self.observations)
+        self.sim.stats["leader_observations"] = len(self.observations)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A linearizable read of the election's leader (the first created key of `lock/`),
+    called and answered at these sim times."""
+
+    call: int
+    ret: int
+    revision: int  # the leader key's create revision
+    key: bytes
+    value: bytes
+
+
+def check_observations(observations: list[Observation]) -> None:
+    """Leaders are observed in election order: a read called after another returned
+    never sees an earlier leader, and each leader's value is its own proposal."""
+    done = sorted(observations, key=lambda o: o.ret)
+    latest: Observation | None = None
+    i = 0
+    for o in sorted(observations, key=lambda o: o.call):
+        while i < len(done) and done[i].ret < o.call:
+            if latest is None or done[i].revision > latest.revision:
+                latest = done[i]
+            i += 1
+        if latest is not None and o.revision < latest.revision:
+            raise InvariantViolation(
+                "election order", 0,
+                f"a read called at {o.call} ms saw the leader created at {o.revision} after "
+                f"one answered at {latest.ret} ms saw the leader created at "
+                f"{latest.revision}")
+        lease = int(o.key[len(PREFIX):], 16)
+        if o.value != b"c%d" % (lease // 1_000_000):
+            raise InvariantViolation(
+                "election order", 0, f"leader {o.key!r} proclaims {o.value!r}")
 
 
 def check_lock_history(changes: Iterable[Change]) -> None:
