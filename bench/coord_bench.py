@@ -191,7 +191,7 @@ def main() -> int:
     p.add_argument("--leases", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--in-flight", type=int, default=32,
-                   help="calls at once on the one connection (dengine refused 100)")
+                   help="calls at once on the one connection")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     load = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout
