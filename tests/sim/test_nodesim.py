@@ -125,7 +125,7 @@ def test_teeth_learners_counted_toward_commit() -> None:
 
 def test_teeth_follower_applies_before_commit() -> None:
     """A follower takes what it holds as committed: with the fault kinds that make
-    divergent tails (not snapcut, freeze, jump), first caught at seed 16 (1 of 0-29;
+    divergent tails (not snapcut, freeze, jump), first caught at seed 8 (2 of 0-39;
     0 of 0-29 with every kind: snapshots and the newer kinds dilute the strikes)."""
     assert _first_caught(range(0, 40), core=f"{BROKEN}:CommitWhatIHoldCore",
                          faults=DIVERGENCE_FAULTS) <= 39
