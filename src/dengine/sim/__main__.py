@@ -149,6 +149,10 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
         f"  snapshots: taken {totals.get('snapshots_taken', 0)}, installed from a leader "
         f"{totals.get('snapshots_installed', 0)}, chunks sent "
         f"{totals.get('net_snapshot_chunks', 0)}"
+        + (f"\n  membership: voters removed {totals.get('member_removals', 0)}, leaders "
+           f"removed {totals.get('leader_removals', 0)}, learners added "
+           f"{totals.get('learners_added', 0)}, promoted {totals.get('promotions', 0)}"
+           if base.membership else "")
     )
     sys.exit(1 if failures else 0)
 
