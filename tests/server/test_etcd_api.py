@@ -76,7 +76,7 @@ async def cluster(tmp_path: Path, nodes: int = 3, *, native: bool = False, **set
         for engine in engines:
             config = engine.config
             etcd = EtcdApi(engine, config, forward_channel_options(config))
-            service = ClientService(engine, config)
+            service = ClientService(engine, config, gate=etcd.gate, login=etcd.auth.login)
             server = await start_grpc_server(service, config, etcd)
             await etcd.start()
             listener = None

@@ -1,8 +1,8 @@
 """etcd's Auth service and the permission checks on an in-process 3-node cluster
 (docs/auth.md): tokens valid on every member at once, follower forwarding with the
-client's token, token expiry, the native protocol refused while auth is on, and a flood
-of failed logins that leaves the member serving. Every engine and server is stopped by
-its test."""
+client's token, token expiry, dengine's Client with and without user and password, and
+a flood of failed logins that leaves the member serving. Every engine and server is
+stopped by its test."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_tokens_forwarding_and_checks_across_members(tmp_path: Path) -> None:
             users = await call(follower, "UserList", pb.AuthUserListRequest(),
                                pb.AuthUserListResponse, root)
             assert list(users.users) == ["root", "u1"]
-            # the native protocol carries no token: refused while auth is on
+            # the native protocol without credentials: refused while auth is on
             async with Client(leader.engine.config.listen_client) as client:
                 with pytest.raises(KvError, match="user name is empty"):
                     await client.put(b"/app/b", b"2")
@@ -152,3 +152,47 @@ def test_a_thousand_failed_logins_leave_the_member_serving(tmp_path: Path) -> No
             assert await login(m, "root", "pw")  # and the right password still works
 
     run(main(), timeout=300)
+
+
+def test_native_clients_authenticate_and_are_checked(tmp_path: Path) -> None:
+    """dengine's Client with user/password, over the native protocol and over dengine's
+    gRPC service: etcd's answers for a user reading /app/ (docs/auth.md)."""
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            leader, follower = leader_of(members), follower_of(members)
+            root = await setup_auth(follower)
+            await call(leader, "Put", pb.PutRequest(key=b"/app/x", value=b"1"),
+                       pb.PutResponse, root, service="etcdserverpb.KV")
+            address = follower.engine.config.listen_client
+            for transport in ("native", "grpc"):
+                async with Client(address, transport=transport, user="u1",
+                                  password="p1") as client:
+                    assert await client.get(b"/app/x") == b"1"
+                    assert (await client.range(b"/app/", prefix=True)).count == 1
+                    for denied in (client.put(b"/app/x", b"2"), client.delete(b"/app/x"),
+                                   client.get(b"/other/x"),
+                                   client.range(b"/app/", b"/b"),
+                                   client.add_member(9, "127.0.0.1:1")):
+                        with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                            await denied
+                    watch = client.watch(b"/other/", prefix=True)
+                    with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                        await watch.__anext__()
+                async with Client(address, transport=transport, user="u1",
+                                  password="bad") as client:
+                    with pytest.raises(KvError, match="^etcdserver: authentication failed, "
+                                                      "invalid user ID or password$"):
+                        await client.get(b"/app/x")
+                async with Client(address, transport=transport) as client:
+                    with pytest.raises(KvError, match="^etcdserver: user name is empty$"):
+                        await client.get(b"/app/x")
+            async with Client(address, transport="native", user="root",
+                              password="pw") as client:
+                await client.put(b"/other/y", b"3")
+                assert await client.get(b"/other/y") == b"3"
+                # the token forgotten by the member (as after a restart): renewed once
+                for m in members.values():
+                    m.engine.query_local(lambda s: s.auth.tokens.clear())
+                assert await client.get(b"/other/y") == b"3"
+
+    run(main())

@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from dengine.cli.client_cmds import DEFAULT_ENDPOINTS, SECONDS, _tls_option, tls_settings
+from dengine.cli.client_cmds import (
+    DEFAULT_ENDPOINTS,
+    SECONDS,
+    _tls_option,
+    credentials,
+    tls_settings,
+)
 from dengine.client.auth import AuthClient
 from dengine.errors import DengineError
 from dengine.kv.ops import prefix_range_end
@@ -40,25 +46,11 @@ def auth_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _credentials(user: str | None, password: str | None) -> tuple[str, str] | None:
-    """(name, password) of --user / --password, as etcdctl splits and asks for them."""
-    if user is None:
-        return None
-    if password is not None:
-        return user, password
-    name, sep, given = user.partition(":")
-    if not name:
-        raise click.ClickException("empty user name is not allowed")
-    if not sep:
-        given = click.prompt("Password", hide_input=True, err=True)
-    return name, given
-
-
 def call(opts: dict[str, Any], method: str, request: Any) -> Any:
     """`method` of etcd's Auth service as --user, on the first endpoint that answers;
     etcd's error printed as etcdctl prints it ("Error: ...", exit 1)."""
     endpoints = [e.strip() for e in opts["endpoints"].split(",") if e.strip()]
-    creds = _credentials(opts["user"], opts["password"])
+    creds = credentials(opts["user"], opts["password"])
 
     async def main() -> Any:
         async with AuthClient(endpoints, timeout=opts["timeout"], tls=tls_settings()) as c:

@@ -70,9 +70,53 @@ def tls_settings() -> ClientTls | None:
     return client_tls(None, given.get("cacert"), given.get("cert"), given.get("key"))
 
 
+_AUTH_META = "dengine.client_auth"
+
+
+def _auth_option(name: str, metavar: str, help_text: str) -> Callable[..., Any]:
+    """--user or --password (etcdctl's), kept in the click context for `client_settings`."""
+
+    def keep(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            ctx.meta.setdefault(_AUTH_META, {})[name] = value
+
+    return click.option(f"--{name}", f"auth_{name}", default=None, metavar=metavar,
+                        expose_value=False, callback=keep, help=help_text)
+
+
+def credentials(user: str | None, password: str | None) -> tuple[str, str] | None:
+    """(name, password) of --user / --password, as etcdctl splits and asks for them."""
+    if user is None:
+        return None
+    if password is not None:
+        return user, password
+    name, sep, given = user.partition(":")
+    if not name:
+        raise click.ClickException("empty user name is not allowed")
+    if not sep:
+        given = click.prompt("Password", hide_input=True, err=True)
+    return name, given
+
+
+def client_settings() -> dict[str, Any]:
+    """The `Client` arguments of the running command's TLS and auth flags (the password
+    asked for here when --user has none)."""
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get(_AUTH_META, {}) if ctx is not None else {}
+    settings: dict[str, Any] = {"tls": tls_settings()}
+    creds = credentials(given.get("user"), given.get("password"))
+    if creds is not None:
+        settings["user"], settings["password"] = creds
+    return settings
+
+
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--endpoints, --timeout, --transport, --json and TLS (--cacert, --cert, --key),
-    shared by every client command."""
+    """--endpoints, --timeout, --transport, --json, TLS (--cacert, --cert, --key) and
+    etcd's auth (--user, --password), shared by every client command."""
+    fn = _auth_option("password", "PASSWORD",
+                      "The password of --user (then --user holds the name only).")(fn)
+    fn = _auth_option("user", "NAME[:PASSWORD]", "Act as this user when the cluster has "
+                      "etcd's auth enabled (asks for the password if not given).")(fn)
     fn = _tls_option("key", "TLS: the client certificate's key (env DENGINE_KEY).")(fn)
     fn = _tls_option("cert", "TLS: a client certificate, for nodes that require one "
                              "(env DENGINE_CERT).")(fn)
@@ -100,9 +144,11 @@ def run(endpoints: str, timeout: float, transport: str,
     command gives up at once when no endpoint can be connected to (refused, unknown host)
     rather than retrying until --timeout: a one-shot command has no restart to wait for."""
 
+    settings = client_settings()
+
     async def main() -> T:
         async with Client(endpoints, timeout=timeout, transport=transport,
-                          tls=tls_settings(), dial_timeout=0.0) as client:
+                          dial_timeout=0.0, **settings) as client:
             return await action(client)
 
     return asyncio.run(main())

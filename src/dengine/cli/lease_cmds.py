@@ -8,7 +8,7 @@ import json
 
 import click
 
-from dengine.cli.client_cmds import client_options, run
+from dengine.cli.client_cmds import client_options, client_settings, run
 from dengine.client import Client
 from dengine.errors import DengineError, InvalidRequest, LeaseNotFound
 
@@ -101,8 +101,11 @@ def keep_alive(lease_id: str, once: bool, endpoints: str, timeout: float, transp
     """Keep a lease alive (every TTL/3) until interrupted, or until it is gone."""
     ident = lease_id_arg(lease_id)
 
+    settings = client_settings()
+
     async def main() -> None:
-        async with Client(endpoints, timeout=timeout, transport=transport) as client:
+        async with Client(endpoints, timeout=timeout, transport=transport,
+                          **settings) as client:
             failing_since = None
             while True:
                 loop = asyncio.get_running_loop()

@@ -25,7 +25,7 @@ import sys
 import click
 
 from dengine.api import KeyValue
-from dengine.cli.client_cmds import client_options, decode_arg, hex_option, tls_settings
+from dengine.cli.client_cmds import client_options, client_settings, decode_arg, hex_option
 from dengine.client import Client
 from dengine.errors import DengineError, InvalidRequest
 from dengine.recipes import SessionExpired
@@ -80,10 +80,12 @@ def lock(name: str, command: tuple[str, ...], ttl: int, wait_s: float | None, us
     if wait_s is not None and wait_s <= 0:
         raise InvalidRequest(f"--wait must be above 0, got {wait_s!r}")
 
+    settings = client_settings()
+
     async def main() -> int:
         stop = _interrupted()
         async with Client(endpoints, timeout=timeout, transport=transport,
-                          tls=tls_settings()) as client:
+                          **settings) as client:
             acquiring = asyncio.ensure_future(
                 client.lock(lock_name, ttl, timeout=wait_s).acquire())
             interrupted = asyncio.ensure_future(stop.wait())
@@ -175,10 +177,12 @@ def elect(name: str, value: str | None, listen: bool, ttl: int, use_hex: bool,
             await leadership.resign()
         return 0
 
+    settings = client_settings()
+
     async def main() -> int:
         stop = _interrupted()
         async with Client(endpoints, timeout=timeout, transport=transport,
-                          tls=tls_settings()) as client:
+                          **settings) as client:
             if listen:
                 return await observe(client, stop)
             return await campaign(client, stop)

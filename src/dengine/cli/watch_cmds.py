@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from dengine.api import EventType, WatchEvent
-from dengine.cli.client_cmds import client_options, decode_arg, hex_option, tls_settings
+from dengine.cli.client_cmds import client_options, client_settings, decode_arg, hex_option
 from dengine.cli.kv_cmds import _kv_json, range_options, write_out_option
 from dengine.client import Client
 from dengine.errors import InvalidRequest
@@ -47,10 +47,11 @@ def watch(key: str, range_end: str | None, prefix: bool, from_key: bool, rev: in
         end = b"\x00"
         k = k or b"\x00"
     printer = _Printer(as_json or write_out == "json", use_hex)
-    tls = tls_settings()
+    settings = client_settings()
 
     async def main() -> None:
-        async with Client(endpoints, timeout=timeout, transport=transport, tls=tls) as client:
+        async with Client(endpoints, timeout=timeout, transport=transport,
+                          **settings) as client:
             stream = client.watch(k, end, prefix=prefix, start_revision=rev, prev_kv=prev_kv)
             async for event in stream:
                 printer.event(event)

@@ -121,7 +121,10 @@ class Client(ClientLeases, RecipeCalls):
     of `endpoints` are checked against the nodes' certificates. `dial_timeout`: a call
     gives up once every endpoint it may use has refused connections (or named an unknown
     host) for this many seconds (0: after one try of each; None, the default: retried
-    until the deadline, as across a restart).
+    until the deadline, as across a restart). `user` and `password`: with etcd's auth
+    enabled on the cluster, every connection authenticates as that user (etcd's simple
+    token, renewed once when a node no longer knows it) and every request is checked
+    against its roles' permissions (docs/auth.md).
     """
 
     def __init__(
@@ -138,9 +141,11 @@ class Client(ClientLeases, RecipeCalls):
         cert: str | None = None,
         key: str | None = None,
         dial_timeout: float | None = None,
+        user: str | None = None,
+        password: str = "",
     ) -> None:
         self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key),
-                              dial_timeout=dial_timeout)
+                              dial_timeout=dial_timeout, user=user, password=password)
         self._timeout = check_timeout(timeout)
         self._closed = False
         self._closed_event = asyncio.Event()  # ends the watches

@@ -50,6 +50,7 @@ from dengine.errors import (
     CorruptionError,
     DengineError,
     InvalidRequest,
+    KvError,
     LeadershipLost,
     NotLeader,
     Overloaded,
@@ -58,7 +59,9 @@ from dengine.errors import (
     Unavailable,
     kv_error,
 )
+from dengine.proto.client_pb2 import AuthenticateResponse as AuthenticateResult
 from dengine.proto.client_pb2 import Error, MemberStatus, StatusResponse
+from dengine.proto.etcd.rpc_pb2 import AuthenticateRequest, AuthenticateResponse
 from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN
 from dengine.tls import ClientTls, TlsError, grpc_tls_problem, handshake_problem
 
@@ -66,6 +69,10 @@ log = logging.getLogger("dengine.client")
 
 TRANSPORTS = ("auto", "native", "grpc")
 SERVICE = "/dengine.RaftClientService/"
+TOKEN_METADATA = "token"  # etcd's key for the auth token
+INVALID_TOKEN = "etcdserver: invalid auth token"  # the node does not know the token
+# Methods served without a token (etcd's auth does not apply to them)
+_OPEN_METHODS = frozenset(("Status", "GetLeader", "MemberList", "Events"))
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
@@ -159,7 +166,8 @@ class Router:
 
     def __init__(self, endpoints: str | Iterable[str], transport: str,
                  probe_interval: float = PROBE_INTERVAL_S, tls: ClientTls | None = None,
-                 dial_timeout: float | None = None) -> None:
+                 dial_timeout: float | None = None, user: str | None = None,
+                 password: str = "") -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
                                  + ", ".join(TRANSPORTS) + ")")
@@ -184,6 +192,11 @@ class Router:
         self._dial_timeout = dial_timeout
         # address -> (since when, why) it cannot be connected to; cleared when it answers
         self._unreachable: dict[str, tuple[float, str]] = {}
+        # etcd auth: each new connection authenticates as `user` (docs/auth.md); a gRPC
+        # channel sends its node's token as `token` metadata
+        self._login = (None if user is None else
+                       AuthenticateRequest(name=user, password=password).SerializeToString())
+        self._tokens: dict[str, str] = {}  # gRPC address -> its token
 
     async def close(self) -> None:
         natives, self._native = list(self._native.values()), {}
@@ -333,13 +346,58 @@ class Router:
         self, addr: str, method: str, payload: bytes, response_cls: type[Any],
         deadline: float, *, write: bool,
     ) -> Any:
-        """One RPC. Raises Unsent when the request surely did not reach the server."""
-        if self._transport != "grpc":
-            conn = await self._native_connection(addr, deadline)
+        """One RPC. Raises Unsent when the request surely did not reach the server.
+        With a user, a token the node no longer knows (it restarted, or the token
+        expired) is renewed once and the request sent again (it was refused unread)."""
+        for renewed in (False, True):
+            conn = None
+            if self._transport != "grpc":
+                conn = await self._native_connection(addr, deadline)
             if conn is not None:
                 body = await self._native_call(conn, addr, method, payload, deadline, write)
-                return response_cls.FromString(body)
-        return await self._grpc_call(addr, method, payload, response_cls, deadline, write=write)
+                resp = response_cls.FromString(body)
+            else:
+                resp = await self._grpc_call(addr, method, payload, response_cls, deadline,
+                                             write=write)
+            if (self._login is None or renewed or not resp.HasField("error")
+                    or resp.error.message != INVALID_TOKEN):
+                return resp
+            if conn is not None:
+                await self._authenticate(conn, addr, deadline)
+            else:
+                self._tokens.pop(addr, None)
+        raise AssertionError("unreachable")
+
+    async def _authenticate(self, conn: NativeConnection | None, addr: str,
+                            deadline: float) -> str:
+        """Authenticate as the client's user on `conn` (which then acts for that user),
+        or over gRPC to `addr` (None): the token. etcd's auth errors are raised as they
+        are; a node that cannot answer is Unsent (another is tried)."""
+        assert self._login is not None
+        if conn is not None:
+            body = await self._native_call(conn, addr, "Authenticate", self._login,
+                                           deadline, False)
+            resp = AuthenticateResult.FromString(body)
+        else:
+            remaining = deadline - time.monotonic()
+            call = self._channel(addr).unary_unary(
+                SERVICE + "Authenticate", request_serializer=None,
+                response_deserializer=AuthenticateResult.FromString)
+            try:
+                resp = await call(self._login, timeout=max(0.001, remaining))
+            except grpc.aio.AioRpcError as e:
+                error = _rpc_error(e, addr, "Authenticate", False, tls=self._tls is not None)
+                raise (Unsent(error.error) if isinstance(error, Unsent) else
+                       Unsent(Unavailable(str(error)))) from None
+        if resp.HasField("error"):
+            err = error_from_wire(resp.error)
+            if isinstance(err, KvError) and err.grpc_code != "UNAVAILABLE":
+                raise err
+            raise Unsent(err if isinstance(err, Unavailable) else Unavailable(err.message))
+        token = str(AuthenticateResponse.FromString(resp.response).token)
+        if conn is None:
+            self._tokens[addr] = token
+        return token
 
     async def _grpc_call(
         self, addr: str, method: str, payload: bytes, response_cls: type[Any],
@@ -352,8 +410,12 @@ class Router:
             SERVICE + method, request_serializer=None,
             response_deserializer=response_cls.FromString,
         )
+        metadata = None
+        if self._login is not None and method not in _OPEN_METHODS:
+            token = self._tokens.get(addr) or await self._authenticate(None, addr, deadline)
+            metadata = ((TOKEN_METADATA, token),)
         try:
-            return await call(payload, timeout=remaining)
+            return await call(payload, timeout=remaining, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             self._grpc_until.pop(addr, None)  # reconnecting: look for its native listener
             error = _rpc_error(e, addr, method, write, tls=self._tls is not None)
@@ -457,6 +519,12 @@ class Router:
             self._grpc_until[addr] = time.monotonic() + _NATIVE_RETRY_S
             return None
         conn.on_lost = functools.partial(self._lost, addr)
+        if self._login is not None:
+            try:
+                await self._authenticate(conn, addr, deadline)
+            except BaseException:
+                conn.close()
+                raise
         return conn
 
     def _tls_failed(self, addr: str, error: DengineError,

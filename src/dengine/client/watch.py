@@ -6,8 +6,9 @@ answered with whole revisions of events and the new cursor. The server keeps not
 between polls, and every node holds the same history, so resuming after a lost
 connection, a paused or killed node, or a node cut off from its leader (it answers
 UNAVAILABLE: `require_leader`) is the next poll, with the same cursor, to another node:
-no gap, no duplicate. Only `Compacted` (the history the cursor needs is gone) and an
-invalid request end the watch with an error; everything else is retried, forever, with a
+no gap, no duplicate. Only `Compacted` (the history the cursor needs is gone), an
+invalid request and etcd's auth errors (a range the user may not read) end the watch
+with an error; everything else is retried, forever, with a
 capped backoff (a cluster that is down holds the iterator until it is back).
 """
 
@@ -21,7 +22,7 @@ from collections import deque
 
 from dengine.api import WatchEvent, WatchStream
 from dengine.client.routing import Router, error_from_wire
-from dengine.errors import Compacted, DengineError, InvalidRequest, Unavailable
+from dengine.errors import Compacted, DengineError, InvalidRequest, KvError, Unavailable
 from dengine.kv.watch import WatchSpec, event_from_pb
 from dengine.proto.client_pb2 import WatchPollRequest, WatchPollResponse
 
@@ -120,6 +121,8 @@ class RemoteWatch(WatchStream):
                     raise error
                 if isinstance(error, InvalidRequest):
                     raise error
+            if isinstance(error, KvError) and error.grpc_code != "UNAVAILABLE":
+                raise error  # etcd's auth errors: permission denied, authentication failed
             # Lost, paused, cut off, stopping: the next poll goes to another node.
             log.debug("watch poll on %s failed (%s); resuming from revision %s elsewhere",
                       addr, error.message, self._after)

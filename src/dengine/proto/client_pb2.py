@@ -26,15 +26,15 @@ from dengine.proto import common_pb2 as dengine_dot_proto_dot_common__pb2
 from dengine.proto.etcd import kv_pb2 as dengine_dot_proto_dot_etcd_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/client.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\x1a\x1b\x64\x65ngine/proto/etcd/kv.proto\"d\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x11\n\tgrpc_code\x18\x05 \x01(\t\"7\n\x0cWriteRequest\x12\'\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x15.dengine.WriteCommand\"\x81\x01\n\x0bWriteResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x0e.dengine.Error\"\x8f\x01\n\rWriteResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.dengine.WriteResult\x12\x12\n\ncluster_id\x18\x03 \x01(\x04\x12\x11\n\tmember_id\x18\x04 \x01(\x04\x12\x11\n\traft_term\x18\x05 \x01(\x04\"J\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\"*\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"S\n\x0cReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.dengine.ReadResult\"\\\n\rKvReadRequest\x12\x0e\n\x06ranges\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\x12\x0c\n\x04txns\x18\x03 \x03(\x0c\";\n\x08KvResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0e.dengine.Error\"S\n\x0eKvReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\"\n\x07results\x18\x02 \x03(\x0b\x32\x11.dengine.KvResult\"f\n\x0cLeaseRequest\x12\x0f\n\x05grant\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06revoke\x18\x02 \x01(\x0cH\x00\x12\x16\n\x0ctime_to_live\x18\x03 \x01(\x0cH\x00\x12\x10\n\x06leases\x18\x04 \x01(\x0cH\x00\x42\t\n\x07request\"@\n\rLeaseResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x10\n\x08response\x18\x02 \x01(\x0c\")\n\x1aLeaseKeepAliveBatchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"J\n\x1bLeaseKeepAliveBatchResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0c\n\x04ttls\x18\x02 \x03(\x03\"\x0f\n\rStatusRequest\"\x85\x03\n\x0eStatusResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x11\n\tleader_id\x18\x06 \x01(\x04\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x08 \x01(\x04\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x17\n\x0f\x66irst_log_index\x18\n \x01(\x04\x12\x16\n\x0elast_log_index\x18\x0b \x01(\x04\x12\x1f\n\x06voters\x18\x0c \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\r \x03(\x0b\x32\x0f.dengine.Member\x12\x16\n\x0e\x63lient_address\x18\x0e \x01(\t\x12\x16\n\x0esnapshot_index\x18\x0f \x01(\x04\x12\x16\n\x0enative_address\x18\x10 \x01(\t\"\x12\n\x10GetLeaderRequest\"k\n\x11GetLeaderResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"y\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"(\n\x11MemberListRequest\x12\x13\n\x0bleader_only\x18\x01 \x01(\x08\"|\n\x12MemberListResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"T\n\x10\x41\x64\x64MemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x16promote_when_caught_up\x18\x03 \x01(\x08\"\'\n\x14PromoteMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"&\n\x13RemoveMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"]\n\x14MemberChangeResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\"\xe0\x01\n\rEventsRequest\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.dengine.EventsRequest.Kind\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\"\x1f\n\x04Kind\x12\n\n\x06LEADER\x10\x00\x12\x0b\n\x07MEMBERS\x10\x01\"\xac\x01\n\x0e\x45ventsResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\"\xb9\x01\n\x10WatchPollRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\trange_end\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61\x66ter_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\r\n\x05noput\x18\x05 \x01(\x08\x12\x10\n\x08nodelete\x18\x06 \x01(\x08\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\x12\x12\n\nmax_events\x18\x08 \x01(\r\x12\x16\n\x0erequire_leader\x18\t \x01(\x08\"\xb6\x01\n\x11WatchPollResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.dengine.etcd.mvccpb.Event\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\x12\x17\n\x0fheader_revision\x18\x05 \x01(\x03\x12\x11\n\tmember_id\x18\x06 \x01(\x04*o\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_LEASE\x10\x01\x12\x1d\n\x19READ_CONSISTENCY_EVENTUAL\x10\x02\x32\xf8\x06\n\x11RaftClientService\x12\x36\n\x05Write\x12\x15.dengine.WriteRequest\x1a\x16.dengine.WriteResponse\x12\x33\n\x04Read\x12\x14.dengine.ReadRequest\x1a\x15.dengine.ReadResponse\x12\x39\n\x06Status\x12\x16.dengine.StatusRequest\x1a\x17.dengine.StatusResponse\x12\x42\n\tGetLeader\x12\x19.dengine.GetLeaderRequest\x1a\x1a.dengine.GetLeaderResponse\x12\x45\n\nMemberList\x12\x1a.dengine.MemberListRequest\x1a\x1b.dengine.MemberListResponse\x12\x45\n\tAddMember\x12\x19.dengine.AddMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12M\n\rPromoteMember\x12\x1d.dengine.PromoteMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12K\n\x0cRemoveMember\x12\x1c.dengine.RemoveMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12\x39\n\x06KvRead\x12\x16.dengine.KvReadRequest\x1a\x17.dengine.KvReadResponse\x12\x36\n\x05Lease\x12\x15.dengine.LeaseRequest\x1a\x16.dengine.LeaseResponse\x12[\n\x0eLeaseKeepAlive\x12#.dengine.LeaseKeepAliveBatchRequest\x1a$.dengine.LeaseKeepAliveBatchResponse\x12\x39\n\x06\x45vents\x12\x16.dengine.EventsRequest\x1a\x17.dengine.EventsResponse\x12\x42\n\tWatchPoll\x12\x19.dengine.WatchPollRequest\x1a\x1a.dengine.WatchPollResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/client.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\x1a\x1b\x64\x65ngine/proto/etcd/kv.proto\"d\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x11\n\tgrpc_code\x18\x05 \x01(\t\"7\n\x0cWriteRequest\x12\'\n\x08\x63ommands\x18\x01 \x03(\x0b\x32\x15.dengine.WriteCommand\"\x81\x01\n\x0bWriteResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\tsucceeded\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x10\n\x08response\x18\x05 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x0e.dengine.Error\"\x8f\x01\n\rWriteResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.dengine.WriteResult\x12\x12\n\ncluster_id\x18\x03 \x01(\x04\x12\x11\n\tmember_id\x18\x04 \x01(\x04\x12\x11\n\traft_term\x18\x05 \x01(\x04\"J\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\"*\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"S\n\x0cReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12$\n\x07results\x18\x02 \x03(\x0b\x32\x13.dengine.ReadResult\"\\\n\rKvReadRequest\x12\x0e\n\x06ranges\x18\x01 \x03(\x0c\x12-\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x18.dengine.ReadConsistency\x12\x0c\n\x04txns\x18\x03 \x03(\x0c\";\n\x08KvResult\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x1d\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0e.dengine.Error\"S\n\x0eKvReadResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\"\n\x07results\x18\x02 \x03(\x0b\x32\x11.dengine.KvResult\"f\n\x0cLeaseRequest\x12\x0f\n\x05grant\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06revoke\x18\x02 \x01(\x0cH\x00\x12\x16\n\x0ctime_to_live\x18\x03 \x01(\x0cH\x00\x12\x10\n\x06leases\x18\x04 \x01(\x0cH\x00\x42\t\n\x07request\"@\n\rLeaseResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x10\n\x08response\x18\x02 \x01(\x0c\"G\n\x14\x41uthenticateResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x10\n\x08response\x18\x02 \x01(\x0c\")\n\x1aLeaseKeepAliveBatchRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x03\"J\n\x1bLeaseKeepAliveBatchResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0c\n\x04ttls\x18\x02 \x03(\x03\"\x0f\n\rStatusRequest\"\x85\x03\n\x0eStatusResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x11\n\tleader_id\x18\x06 \x01(\x04\x12\x16\n\x0eleader_address\x18\x07 \x01(\t\x12\x14\n\x0c\x63ommit_index\x18\x08 \x01(\x04\x12\x15\n\rapplied_index\x18\t \x01(\x04\x12\x17\n\x0f\x66irst_log_index\x18\n \x01(\x04\x12\x16\n\x0elast_log_index\x18\x0b \x01(\x04\x12\x1f\n\x06voters\x18\x0c \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\r \x03(\x0b\x32\x0f.dengine.Member\x12\x16\n\x0e\x63lient_address\x18\x0e \x01(\t\x12\x16\n\x0esnapshot_index\x18\x0f \x01(\x04\x12\x16\n\x0enative_address\x18\x10 \x01(\t\"\x12\n\x10GetLeaderRequest\"k\n\x11GetLeaderResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\"y\n\x0cMemberStatus\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0bmatch_index\x18\x05 \x01(\x04\x12\x11\n\tis_leader\x18\x06 \x01(\x08\"(\n\x11MemberListRequest\x12\x13\n\x0bleader_only\x18\x01 \x01(\x08\"|\n\x12MemberListResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\"T\n\x10\x41\x64\x64MemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1e\n\x16promote_when_caught_up\x18\x03 \x01(\x08\"\'\n\x14PromoteMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"&\n\x13RemoveMemberRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"]\n\x14MemberChangeResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12&\n\x07members\x18\x02 \x03(\x0b\x32\x15.dengine.MemberStatus\"\xe0\x01\n\rEventsRequest\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.dengine.EventsRequest.Kind\x12\r\n\x05known\x18\x02 \x01(\x08\x12\x11\n\tleader_id\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\"\x1f\n\x04Kind\x12\n\n\x06LEADER\x10\x00\x12\x0b\n\x07MEMBERS\x10\x01\"\xac\x01\n\x0e\x45ventsResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12\x11\n\tleader_id\x18\x02 \x01(\x04\x12\x16\n\x0eleader_address\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x1f\n\x06voters\x18\x05 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x06 \x03(\x0b\x32\x0f.dengine.Member\"\xb9\x01\n\x10WatchPollRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\x11\n\trange_end\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61\x66ter_revision\x18\x03 \x01(\x03\x12\x0f\n\x07prev_kv\x18\x04 \x01(\x08\x12\r\n\x05noput\x18\x05 \x01(\x08\x12\x10\n\x08nodelete\x18\x06 \x01(\x08\x12\x0f\n\x07wait_ms\x18\x07 \x01(\r\x12\x12\n\nmax_events\x18\x08 \x01(\r\x12\x16\n\x0erequire_leader\x18\t \x01(\x08\"\xb6\x01\n\x11WatchPollResponse\x12\x1d\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x0e.dengine.Error\x12*\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x1a.dengine.etcd.mvccpb.Event\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x18\n\x10\x63ompact_revision\x18\x04 \x01(\x03\x12\x17\n\x0fheader_revision\x18\x05 \x01(\x03\x12\x11\n\tmember_id\x18\x06 \x01(\x04*o\n\x0fReadConsistency\x12!\n\x1dREAD_CONSISTENCY_LINEARIZABLE\x10\x00\x12\x1a\n\x16READ_CONSISTENCY_LEASE\x10\x01\x12\x1d\n\x19READ_CONSISTENCY_EVENTUAL\x10\x02\x32\xf8\x06\n\x11RaftClientService\x12\x36\n\x05Write\x12\x15.dengine.WriteRequest\x1a\x16.dengine.WriteResponse\x12\x33\n\x04Read\x12\x14.dengine.ReadRequest\x1a\x15.dengine.ReadResponse\x12\x39\n\x06Status\x12\x16.dengine.StatusRequest\x1a\x17.dengine.StatusResponse\x12\x42\n\tGetLeader\x12\x19.dengine.GetLeaderRequest\x1a\x1a.dengine.GetLeaderResponse\x12\x45\n\nMemberList\x12\x1a.dengine.MemberListRequest\x1a\x1b.dengine.MemberListResponse\x12\x45\n\tAddMember\x12\x19.dengine.AddMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12M\n\rPromoteMember\x12\x1d.dengine.PromoteMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12K\n\x0cRemoveMember\x12\x1c.dengine.RemoveMemberRequest\x1a\x1d.dengine.MemberChangeResponse\x12\x39\n\x06KvRead\x12\x16.dengine.KvReadRequest\x1a\x17.dengine.KvReadResponse\x12\x36\n\x05Lease\x12\x15.dengine.LeaseRequest\x1a\x16.dengine.LeaseResponse\x12[\n\x0eLeaseKeepAlive\x12#.dengine.LeaseKeepAliveBatchRequest\x1a$.dengine.LeaseKeepAliveBatchResponse\x12\x39\n\x06\x45vents\x12\x16.dengine.EventsRequest\x1a\x17.dengine.EventsResponse\x12\x42\n\tWatchPoll\x12\x19.dengine.WatchPollRequest\x1a\x1a.dengine.WatchPollResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dengine.proto.client_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_READCONSISTENCY']._serialized_start=3133
-  _globals['_READCONSISTENCY']._serialized_end=3244
+  _globals['_READCONSISTENCY']._serialized_start=3206
+  _globals['_READCONSISTENCY']._serialized_end=3317
   _globals['_ERROR']._serialized_start=96
   _globals['_ERROR']._serialized_end=196
   _globals['_WRITEREQUEST']._serialized_start=198
@@ -59,42 +59,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASEREQUEST']._serialized_end=1080
   _globals['_LEASERESPONSE']._serialized_start=1082
   _globals['_LEASERESPONSE']._serialized_end=1146
-  _globals['_LEASEKEEPALIVEBATCHREQUEST']._serialized_start=1148
-  _globals['_LEASEKEEPALIVEBATCHREQUEST']._serialized_end=1189
-  _globals['_LEASEKEEPALIVEBATCHRESPONSE']._serialized_start=1191
-  _globals['_LEASEKEEPALIVEBATCHRESPONSE']._serialized_end=1265
-  _globals['_STATUSREQUEST']._serialized_start=1267
-  _globals['_STATUSREQUEST']._serialized_end=1282
-  _globals['_STATUSRESPONSE']._serialized_start=1285
-  _globals['_STATUSRESPONSE']._serialized_end=1674
-  _globals['_GETLEADERREQUEST']._serialized_start=1676
-  _globals['_GETLEADERREQUEST']._serialized_end=1694
-  _globals['_GETLEADERRESPONSE']._serialized_start=1696
-  _globals['_GETLEADERRESPONSE']._serialized_end=1803
-  _globals['_MEMBERSTATUS']._serialized_start=1805
-  _globals['_MEMBERSTATUS']._serialized_end=1926
-  _globals['_MEMBERLISTREQUEST']._serialized_start=1928
-  _globals['_MEMBERLISTREQUEST']._serialized_end=1968
-  _globals['_MEMBERLISTRESPONSE']._serialized_start=1970
-  _globals['_MEMBERLISTRESPONSE']._serialized_end=2094
-  _globals['_ADDMEMBERREQUEST']._serialized_start=2096
-  _globals['_ADDMEMBERREQUEST']._serialized_end=2180
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=2182
-  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=2221
-  _globals['_REMOVEMEMBERREQUEST']._serialized_start=2223
-  _globals['_REMOVEMEMBERREQUEST']._serialized_end=2261
-  _globals['_MEMBERCHANGERESPONSE']._serialized_start=2263
-  _globals['_MEMBERCHANGERESPONSE']._serialized_end=2356
-  _globals['_EVENTSREQUEST']._serialized_start=2359
-  _globals['_EVENTSREQUEST']._serialized_end=2583
-  _globals['_EVENTSREQUEST_KIND']._serialized_start=2552
-  _globals['_EVENTSREQUEST_KIND']._serialized_end=2583
-  _globals['_EVENTSRESPONSE']._serialized_start=2586
-  _globals['_EVENTSRESPONSE']._serialized_end=2758
-  _globals['_WATCHPOLLREQUEST']._serialized_start=2761
-  _globals['_WATCHPOLLREQUEST']._serialized_end=2946
-  _globals['_WATCHPOLLRESPONSE']._serialized_start=2949
-  _globals['_WATCHPOLLRESPONSE']._serialized_end=3131
-  _globals['_RAFTCLIENTSERVICE']._serialized_start=3247
-  _globals['_RAFTCLIENTSERVICE']._serialized_end=4135
+  _globals['_AUTHENTICATERESPONSE']._serialized_start=1148
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=1219
+  _globals['_LEASEKEEPALIVEBATCHREQUEST']._serialized_start=1221
+  _globals['_LEASEKEEPALIVEBATCHREQUEST']._serialized_end=1262
+  _globals['_LEASEKEEPALIVEBATCHRESPONSE']._serialized_start=1264
+  _globals['_LEASEKEEPALIVEBATCHRESPONSE']._serialized_end=1338
+  _globals['_STATUSREQUEST']._serialized_start=1340
+  _globals['_STATUSREQUEST']._serialized_end=1355
+  _globals['_STATUSRESPONSE']._serialized_start=1358
+  _globals['_STATUSRESPONSE']._serialized_end=1747
+  _globals['_GETLEADERREQUEST']._serialized_start=1749
+  _globals['_GETLEADERREQUEST']._serialized_end=1767
+  _globals['_GETLEADERRESPONSE']._serialized_start=1769
+  _globals['_GETLEADERRESPONSE']._serialized_end=1876
+  _globals['_MEMBERSTATUS']._serialized_start=1878
+  _globals['_MEMBERSTATUS']._serialized_end=1999
+  _globals['_MEMBERLISTREQUEST']._serialized_start=2001
+  _globals['_MEMBERLISTREQUEST']._serialized_end=2041
+  _globals['_MEMBERLISTRESPONSE']._serialized_start=2043
+  _globals['_MEMBERLISTRESPONSE']._serialized_end=2167
+  _globals['_ADDMEMBERREQUEST']._serialized_start=2169
+  _globals['_ADDMEMBERREQUEST']._serialized_end=2253
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_start=2255
+  _globals['_PROMOTEMEMBERREQUEST']._serialized_end=2294
+  _globals['_REMOVEMEMBERREQUEST']._serialized_start=2296
+  _globals['_REMOVEMEMBERREQUEST']._serialized_end=2334
+  _globals['_MEMBERCHANGERESPONSE']._serialized_start=2336
+  _globals['_MEMBERCHANGERESPONSE']._serialized_end=2429
+  _globals['_EVENTSREQUEST']._serialized_start=2432
+  _globals['_EVENTSREQUEST']._serialized_end=2656
+  _globals['_EVENTSREQUEST_KIND']._serialized_start=2625
+  _globals['_EVENTSREQUEST_KIND']._serialized_end=2656
+  _globals['_EVENTSRESPONSE']._serialized_start=2659
+  _globals['_EVENTSRESPONSE']._serialized_end=2831
+  _globals['_WATCHPOLLREQUEST']._serialized_start=2834
+  _globals['_WATCHPOLLREQUEST']._serialized_end=3019
+  _globals['_WATCHPOLLRESPONSE']._serialized_start=3022
+  _globals['_WATCHPOLLRESPONSE']._serialized_end=3204
+  _globals['_RAFTCLIENTSERVICE']._serialized_start=3320
+  _globals['_RAFTCLIENTSERVICE']._serialized_end=4208
 # @@protoc_insertion_point(module_scope)

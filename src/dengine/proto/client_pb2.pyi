@@ -138,6 +138,14 @@ class LeaseResponse(_message.Message):
     response: bytes
     def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., response: _Optional[bytes] = ...) -> None: ...
 
+class AuthenticateResponse(_message.Message):
+    __slots__ = ("error", "response")
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    error: Error
+    response: bytes
+    def __init__(self, error: _Optional[_Union[Error, _Mapping]] = ..., response: _Optional[bytes] = ...) -> None: ...
+
 class LeaseKeepAliveBatchRequest(_message.Message):
     __slots__ = ("ids",)
     IDS_FIELD_NUMBER: _ClassVar[int]

@@ -24,6 +24,8 @@ METHODS: tuple[str, ...] = (
     "WatchPoll",  # 12
     "ForwardWrite",  # 13: a Write that followers forward for their etcd clients
     "Events",  # 14
+    "",  # 15: unused
+    "Authenticate",  # 16: etcd's Authenticate; the token becomes the connection's
 )
 METHOD_CODES = {name: code for code, name in enumerate(METHODS) if name}
 

@@ -51,6 +51,7 @@ from dengine.proto.native import (
     STATUS_UNKNOWN_METHOD,
     response_frame,
 )
+from dengine.server.etcd.gate import TOKEN_METADATA
 from dengine.server.service import ClientService
 from dengine.tls import ServerTls, accepting
 
@@ -73,16 +74,26 @@ LINGER_S = 1.0
 EVICT_IDLE_S = 1.0
 
 
-class _Deadline:
-    """The `context` handed to ClientService handlers: they only ask for the time left."""
+class _Context:
+    """The `context` handed to ClientService handlers: the time left, and the auth token
+    of the connection (set by its Authenticate) as gRPC's `token` metadata would carry it."""
 
-    __slots__ = ("_at",)
+    __slots__ = ("_at", "_conn")
 
-    def __init__(self, timeout_ms: int) -> None:
+    def __init__(self, timeout_ms: int, conn: _Connection) -> None:
         self._at = time.monotonic() + timeout_ms / 1000 if timeout_ms else None
+        self._conn = conn
 
     def time_remaining(self) -> float | None:
         return None if self._at is None else max(0.0, self._at - time.monotonic())
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self._conn.token
+        return ((TOKEN_METADATA, token),) if token else ()
+
+    def bind_token(self, token: str) -> None:
+        """Every later request on this connection acts for the token's user."""
+        self._conn.token = token
 
 
 class NativeServer:
@@ -294,6 +305,7 @@ class _Connection(asyncio.Protocol):
         self._ending = False    # the last frame is sent: discard input until EOF (linger)
         self._active_at = time.monotonic()   # the last byte received or answer sent
         self._partial_since = 0.0   # the first byte of the frame still incomplete (0: none)
+        self.token = ""  # etcd auth token of the connection (its last Authenticate)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = adopt_transport(transport)
@@ -462,11 +474,11 @@ class _Connection(asyncio.Protocol):
         self._inflight += 1
         self._update_reading()
         task = asyncio.get_running_loop().create_task(
-            self._serve(handler, request_id, body, _Deadline(timeout_ms), method))
+            self._serve(handler, request_id, body, _Context(timeout_ms, self), method))
         self._server.track(task)
 
     async def _serve(self, handler: Handler, request_id: int, body: bytes,
-                     context: _Deadline, method: int) -> None:
+                     context: _Context, method: int) -> None:
         observe = self._server.observe
         started = time.perf_counter() if observe is not None else 0.0
         try:

@@ -291,7 +291,8 @@ async def serve(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
         metrics: MetricsServer | None = None
         etcd = EtcdApi(engine, config, forward_channel_options(config), config.forward_tls())
         try:
-            service = ClientService(engine, config, peer_client_address(engine))
+            service = ClientService(engine, config, peer_client_address(engine),
+                                    gate=etcd.gate, login=etcd.auth.login)
             interceptors = []
             if config.listen_metrics:
                 metrics = MetricsServer(Metrics(engine, config, etcd.watch))

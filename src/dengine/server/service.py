@@ -33,11 +33,19 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.kv import Limits, consistency_from_wire, etcd_check
-from dengine.kv import auth as kvauth
 from dengine.kv import watch as kvwatch
-from dengine.kv.codec import split_write_request
+from dengine.kv.codec import (
+    OP_DELETE,
+    OP_DELETE_RANGE,
+    OP_INSERT,
+    OP_PUT,
+    OP_TXN,
+    decode_any_command,
+    split_write_request,
+)
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
+    AuthenticateResponse,
     Error,
     EventsRequest,
     EventsResponse,
@@ -70,6 +78,7 @@ from dengine.proto.client_pb2 import (
 from dengine.proto.common_pb2 import Member
 from dengine.proto.etcd import rpc_pb2
 from dengine.proto.etcd.rpc_pb2 import RangeRequest, TxnRequest
+from dengine.server.etcd.gate import Check, Gate, check_kv_write, keys_of
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +144,91 @@ def error_message(exc: DengineError) -> Error:
     )
 
 
-def _auth_enabled(store: Any) -> bool:
-    return bool(store.auth.enabled)
+def _check_write(request: bytes) -> Check:
+    """A Write's commands as etcd's requests: a plain insert is a put of its key, a plain
+    delete a delete of its key (commands that do not decode are refused by the engine)."""
+    def check(auth: Any, user: str, store: Any) -> None:
+        commands = split_write_request(request)
+        if commands is None:
+            commands = [c.SerializeToString() for c in WriteRequest.FromString(request).commands]
+        for data in commands:
+            op, key, value = decode_any_command(data)
+            try:
+                if op == OP_INSERT:
+                    check_kv_write("Put", rpc_pb2.PutRequest(key=key))(auth, user, store)
+                elif op == OP_DELETE:
+                    auth.check_delete_range(user, rpc_pb2.DeleteRangeRequest(key=key))
+                elif op in _ETCD_WRITES:
+                    method, cls = _ETCD_WRITES[op]
+                    check_kv_write(method, cls.FromString(value))(auth, user, store)
+            except DecodeError:
+                continue
+    return check
 
 
-# The methods that read or change data, and their responses (see `_refused_with_auth`).
-_NEEDS_AUTH: dict[str, Any] = {
-    "Write": WriteResponse, "ForwardWrite": WriteResponse, "Read": ReadResponse,
-    "KvRead": KvReadResponse,
-    "Lease": LeaseResponse, "LeaseKeepAlive": LeaseKeepAliveBatchResponse,
-    "WatchPoll": WatchPollResponse, "AddMember": MemberChangeResponse,
-    "PromoteMember": MemberChangeResponse, "RemoveMember": MemberChangeResponse,
+_ETCD_WRITES: dict[int, tuple[str, Any]] = {
+    OP_PUT: ("Put", rpc_pb2.PutRequest), OP_DELETE_RANGE: ("DeleteRange",
+                                                           rpc_pb2.DeleteRangeRequest),
+    OP_TXN: ("Txn", TxnRequest),
+}
+
+
+def _check_read(request: bytes) -> Check:
+    """A Read: a range of each key."""
+    def check(auth: Any, user: str, store: Any) -> None:
+        for key in ReadRequest.FromString(request).keys:
+            auth.check_range(user, key, b"")
+    return check
+
+
+def _check_kv_read(request: bytes) -> Check:
+    def check(auth: Any, user: str, store: Any) -> None:
+        req = KvReadRequest.FromString(request)
+        for data in req.ranges:
+            r = RangeRequest.FromString(data)
+            auth.check_range(user, r.key, r.range_end)
+        for data in req.txns:
+            check_kv_write("Txn", TxnRequest.FromString(data))(auth, user, store)
+    return check
+
+
+def _check_watch(request: bytes) -> Check:
+    def check(auth: Any, user: str, store: Any) -> None:
+        req = WatchPollRequest.FromString(request)
+        auth.check_range(user, req.key, req.range_end)
+    return check
+
+
+def _check_lease(request: bytes) -> Check:
+    """A revoke needs write on the lease's keys; the other lease calls a valid token."""
+    def check(auth: Any, user: str, store: Any) -> None:
+        req = LeaseRequest.FromString(request)
+        if req.WhichOneof("request") == "revoke":
+            lease_id = rpc_pb2.LeaseRevokeRequest.FromString(req.revoke).ID
+            auth.check_lease_keys(user, keys_of(store, lease_id))
+    return check
+
+
+def _check_admin(request: bytes) -> Check:
+    return lambda auth, user, store: auth.check_admin(user)
+
+
+def _check_token(request: bytes) -> Check | None:
+    return None
+
+
+# The methods that read or change data: their responses and permission checks, as etcd's
+# for the same requests (docs/auth.md). Status, GetLeader, MemberList, Events and
+# Authenticate are open.
+_CHECKS: dict[str, tuple[Any, Callable[[bytes], Check | None]]] = {
+    "Write": (WriteResponse, _check_write), "ForwardWrite": (WriteResponse, _check_write),
+    "Read": (ReadResponse, _check_read), "KvRead": (KvReadResponse, _check_kv_read),
+    "Lease": (LeaseResponse, _check_lease),
+    "LeaseKeepAlive": (LeaseKeepAliveBatchResponse, _check_token),
+    "WatchPoll": (WatchPollResponse, _check_watch),
+    "AddMember": (MemberChangeResponse, _check_admin),
+    "PromoteMember": (MemberChangeResponse, _check_admin),
+    "RemoveMember": (MemberChangeResponse, _check_admin),
 }
 
 
@@ -154,9 +237,15 @@ class ClientService:
 
     def __init__(
         self, engine: EngineLike, config: NodeConfig,
-        peer_client_address: Callable[[int], str] | None = None,
+        peer_client_address: Callable[[int], str] | None = None, *,
+        gate: Gate | None = None,
+        login: Callable[[bytes, Any], Awaitable[bytes]] | None = None,
     ) -> None:
         self._engine = engine
+        # etcd's auth: who a request acts for (its connection's token) and whether it may
+        # (one Gate per node, the etcd services'), and etcd's Authenticate
+        self._gate = gate if gate is not None else Gate(engine)  # type: ignore[arg-type]
+        self._login = login
         self._config = config
         self._limits = Limits.of(config)
         # Maps another node's id to its client address (the engine learns it from Hellos).
@@ -178,22 +267,28 @@ class ClientService:
         return ""
 
     def handlers(self) -> dict[str, Callable[[bytes, Any], Awaitable[ProtoMessage]]]:
-        """Method name -> handler(request bytes, context with `time_remaining()`); shared
-        by the gRPC service and the native listener so that both behave the same."""
+        """Method name -> handler(request bytes, context with `time_remaining()` and
+        `invocation_metadata()`); shared by the gRPC service and the native listener so
+        that both behave the same."""
         table = self._handlers()
-        for name, response in _NEEDS_AUTH.items():
-            table[name] = self._refused_with_auth(table[name], response)
+        for name, (response, rule) in _CHECKS.items():
+            table[name] = self._checked(table[name], response, rule)
         return table
 
-    def _refused_with_auth(self, handler: Callable[[bytes, Any], Awaitable[ProtoMessage]],
-                           response: Any) -> Callable[[bytes, Any], Awaitable[ProtoMessage]]:
-        """`handler`, refused while etcd's auth is enabled: this protocol carries no
-        token, so it cannot tell who asks (docs/auth.md; use the etcd API)."""
-        async def guarded(request: bytes, context: Any) -> ProtoMessage:
-            if self._engine.query_local(_auth_enabled):
-                return response(error=error_message(KvError(*kvauth.USER_EMPTY)))
+    def _checked(self, handler: Callable[[bytes, Any], Awaitable[ProtoMessage]],
+                 response: Any, rule: Callable[[bytes], Check | None]
+                 ) -> Callable[[bytes, Any], Awaitable[ProtoMessage]]:
+        """`handler` once its request passed etcd's permission checks (nothing is checked
+        while auth is off; the request is decoded for them only while it is on)."""
+        async def checked(request: bytes, context: Any) -> ProtoMessage:
+            try:
+                await self._gate.check(context, rule(request))
+            except DecodeError:
+                pass  # malformed: the handler says so
+            except Exception as exc:
+                return response(error=self._error(exc, "auth"))
             return await handler(request, context)
-        return guarded
+        return checked
 
     def _handlers(self) -> dict[str, Callable[[bytes, Any], Awaitable[ProtoMessage]]]:
         return {
@@ -211,6 +306,7 @@ class ClientService:
             "Lease": self.lease,
             "LeaseKeepAlive": self.lease_keepalive,
             "WatchPoll": self.watch_poll,
+            "Authenticate": self.authenticate,
         }
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
@@ -221,6 +317,20 @@ class ClientService:
             )
             for name, fn in self.handlers().items()
         })
+
+    async def authenticate(self, request: bytes, context: Any) -> AuthenticateResponse:
+        """etcd's Authenticate (the etcd service's own code: the same checks, errors and
+        token); on a native connection the token becomes the connection's."""
+        try:
+            if self._login is None:
+                raise InvalidRequest("this node does not serve etcd's Authenticate")
+            answer = await self._login(request, context)
+        except Exception as exc:
+            return AuthenticateResponse(error=self._error(exc, "Authenticate"))
+        bind = getattr(context, "bind_token", None)
+        if bind is not None:
+            bind(rpc_pb2.AuthenticateResponse.FromString(answer).token)
+        return AuthenticateResponse(response=answer)
 
     async def write(self, request: bytes, context: Any) -> WriteResponse:
         return await self._write(request, context, forwarded=False)

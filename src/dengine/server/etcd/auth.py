@@ -106,26 +106,30 @@ class AuthService(EtcdBase):
             self._waiting -= 1
 
     async def authenticate(self, request: bytes, context: Any) -> bytes:
-        """etcd's Authenticate with a simple token: the password checked here, the token
-        proposed so that every member knows it."""
         try:
-            check_message_size(len(request), self._config)
-            req = decode(rpc_pb2.AuthenticateRequest, request)
-            if not self._engine.is_leader:
-                return await self._forward("Authenticate", request, context)
-            if not self._engine.query_local(lambda s: s.auth.enabled):
-                raise kvauth.error(kvauth.NOT_ENABLED)
-            stored = self._engine.query_local(lambda s: s.auth.password_of(req.name))
-            matches = await self._slow(kvauth.password_matches, stored or _DUMMY_HASH,
-                                       req.password)
-            if stored is None or not matches:
-                raise kvauth.error(kvauth.AUTH_FAILED)
-            token = "".join(secrets.choice(_LETTERS) for _ in range(16))
-            command = AuthCommand(authenticate=AuthToken(
-                name=req.name, token=f"{token}.{next(self._issued)}"))
-            return await self._propose("Authenticate", request, command, context)
+            return await self.login(request, context)
         except Exception as exc:
             await self.fail(context, exc)
+
+    async def login(self, request: bytes, context: Any) -> bytes:
+        """etcd's Authenticate with a simple token (an encoded AuthenticateResponse; raises
+        etcd's errors): the password checked here, the token proposed so that every member
+        knows it. The native protocol's Authenticate is this too."""
+        check_message_size(len(request), self._config)
+        req = decode(rpc_pb2.AuthenticateRequest, request)
+        if not self._engine.is_leader:
+            return await self._forward("Authenticate", request, context)
+        if not self._engine.query_local(lambda s: s.auth.enabled):
+            raise kvauth.error(kvauth.NOT_ENABLED)
+        stored = self._engine.query_local(lambda s: s.auth.password_of(req.name))
+        matches = await self._slow(kvauth.password_matches, stored or _DUMMY_HASH,
+                                   req.password)
+        if stored is None or not matches:
+            raise kvauth.error(kvauth.AUTH_FAILED)
+        token = "".join(secrets.choice(_LETTERS) for _ in range(16))
+        command = AuthCommand(authenticate=AuthToken(
+            name=req.name, token=f"{token}.{next(self._issued)}"))
+        return await self._propose("Authenticate", request, command, context)
 
     def _changer(self, method: str) -> Callable[[bytes, Any], Awaitable[bytes]]:
         request_cls, field = _CHANGES[method]

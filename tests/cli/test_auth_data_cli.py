@@ -1,0 +1,58 @@
+"""`dengine get|put|del|watch --user`: the data commands under etcd's auth answer as
+etcdctl 3.4 does on the same node, and so does the Python client (docs/auth.md)."""
+
+from __future__ import annotations
+
+import pytest
+from test_auth_cli import ETCDCTL, dengine, etcdctl
+
+from dengine import SyncClient
+from dengine.errors import KvError
+
+pytestmark = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed")
+
+
+def same(endpoint: str, *args: str, user: str | None = None) -> str:
+    """stdout and exit code as etcdctl's, and etcd's error text in dengine's error line
+    ("error [KV_ERROR]: etcdserver: ..." where etcdctl prints "Error: etcdserver: ...")."""
+    flags = ["--user", user] if user else []
+    ours = dengine(endpoint, *args, *flags)
+    theirs = etcdctl(endpoint, *flags, *args)
+    errors = [line.removeprefix("Error: ") for line in theirs.stderr.splitlines()
+              if line.startswith("Error:")]
+    assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode), (ours, theirs)
+    assert ours.stderr.splitlines() == [f"error [KV_ERROR]: {e}" for e in errors], (
+        ours, theirs)
+    return ours.stdout
+
+
+def test_a_reader_of_app_as_etcdctl(endpoint: str) -> None:
+    for args in (["user", "add", "root:pw"], ["user", "add", "u1:p1"], ["role", "add", "r1"],
+                 ["role", "grant-permission", "r1", "read", "/app/", "--prefix"],
+                 ["user", "grant-role", "u1", "r1"], ["put", "/app/x", "1"],
+                 ["put", "/other/y", "2"], ["auth", "enable"]):
+        assert dengine(endpoint, *args).returncode == 0, args
+    try:
+        U = "u1:p1"
+        assert same(endpoint, "get", "/app/x", user=U) == "/app/x\n1\n"
+        same(endpoint, "get", "/app/", "--prefix", "-w", "json", user=U)
+        same(endpoint, "put", "/app/x", "2", user=U)  # etcdserver: permission denied
+        same(endpoint, "del", "/app/x", user=U)
+        same(endpoint, "get", "/other/y", user=U)
+        same(endpoint, "get", "/", "--prefix", user=U)
+        same(endpoint, "get", "/app/x")  # no user: user name is empty
+        same(endpoint, "put", "/app/x", "3", user="root:pw")
+        same(endpoint, "get", "/other/y", user="root:pw")
+        assert dengine(endpoint, "get", "/app/x", "--user", "u1",
+                       "--password", "p1").stdout == "/app/x\n3\n"
+        with SyncClient(endpoint, user="u1", password="p1") as client:
+            assert client.get(b"/app/x") == b"3"
+            with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                client.put(b"/app/x", b"5")
+            with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                client.get(b"/other/y")
+        with SyncClient(endpoint) as client, pytest.raises(
+                KvError, match="^etcdserver: user name is empty$"):
+            client.get(b"/app/x")
+    finally:
+        dengine(endpoint, "auth", "disable", "--user", "root:pw")
