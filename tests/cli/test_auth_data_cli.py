@@ -54,5 +54,8 @@ def test_a_reader_of_app_as_etcdctl(endpoint: str) -> None:
         with SyncClient(endpoint) as client, pytest.raises(
                 KvError, match="^etcdserver: user name is empty$"):
             client.get(b"/app/x")
+        assert dengine(endpoint, "auth", "disable", "--user", "root:pw").returncode == 0
+        # auth off: etcd's clients go on without a token
+        assert same(endpoint, "get", "/app/x", user="root:pw") == "/app/x\n3\n"
     finally:
         dengine(endpoint, "auth", "disable", "--user", "root:pw")

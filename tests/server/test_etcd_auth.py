@@ -160,10 +160,15 @@ def test_native_clients_authenticate_and_are_checked(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path, native=True) as members:
             leader, follower = leader_of(members), follower_of(members)
-            root = await setup_auth(follower)
-            await call(leader, "Put", pb.PutRequest(key=b"/app/x", value=b"1"),
-                       pb.PutResponse, root, service="etcdserverpb.KV")
             address = follower.engine.config.listen_client
+            # credentials while auth is off: served without a token (as etcd's clients);
+            # once auth is on, the connection authenticates again
+            async with Client(address, transport="native", user="u1", password="p1") as early:
+                await early.put(b"/app/x", b"0")
+                root = await setup_auth(follower)
+                await call(leader, "Put", pb.PutRequest(key=b"/app/x", value=b"1"),
+                           pb.PutResponse, root, service="etcdserverpb.KV")
+                assert await early.get(b"/app/x") == b"1"
             for transport in ("native", "grpc"):
                 async with Client(address, transport=transport, user="u1",
                                   password="p1") as client:
@@ -194,5 +199,24 @@ def test_native_clients_authenticate_and_are_checked(tmp_path: Path) -> None:
                 for m in members.values():
                     m.engine.query_local(lambda s: s.auth.tokens.clear())
                 assert await client.get(b"/other/y") == b"3"
+
+    run(main())
+
+
+def test_a_denied_call_batched_with_allowed_ones_fails_alone(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, nodes=1, native=True) as members:
+            m = next(iter(members.values()))
+            root = await setup_auth(m)
+            await call(m, "Put", pb.PutRequest(key=b"/app/x", value=b"1"),
+                       pb.PutResponse, root, service="etcdserverpb.KV")
+            async with Client(m.engine.config.listen_client, user="u1",
+                              password="p1") as client:
+                got = await asyncio.gather(
+                    client.get(b"/app/x"), client.get(b"/other/x"), client.get(b"/app/x"),
+                    client.put(b"/app/y", b"1"), client.range(b"/app/", prefix=True),
+                    return_exceptions=True)
+            assert got[0] == got[2] == b"1" and got[4].count == 1, got
+            assert [str(e) for e in (got[1], got[3])] == ["etcdserver: permission denied"] * 2
 
     run(main())

@@ -70,7 +70,10 @@ log = logging.getLogger("dengine.client")
 TRANSPORTS = ("auto", "native", "grpc")
 SERVICE = "/dengine.RaftClientService/"
 TOKEN_METADATA = "token"  # etcd's key for the auth token
-INVALID_TOKEN = "etcdserver: invalid auth token"  # the node does not know the token
+# The node does not know the token (restarted, expired), or the connection has none (auth
+# was off when it authenticated): authenticate again, once
+RENEW_TOKEN = frozenset(("etcdserver: invalid auth token", "etcdserver: user name is empty"))
+AUTH_NOT_ENABLED = "etcdserver: authentication is not enabled"
 # Methods served without a token (etcd's auth does not apply to them)
 _OPEN_METHODS = frozenset(("Status", "GetLeader", "MemberList", "Events"))
 
@@ -348,7 +351,8 @@ class Router:
     ) -> Any:
         """One RPC. Raises Unsent when the request surely did not reach the server.
         With a user, a token the node no longer knows (it restarted, or the token
-        expired) is renewed once and the request sent again (it was refused unread)."""
+        expired), or none (auth was off when the connection authenticated), is renewed
+        once and the request sent again (it was refused unread)."""
         for renewed in (False, True):
             conn = None
             if self._transport != "grpc":
@@ -360,7 +364,7 @@ class Router:
                 resp = await self._grpc_call(addr, method, payload, response_cls, deadline,
                                              write=write)
             if (self._login is None or renewed or not resp.HasField("error")
-                    or resp.error.message != INVALID_TOKEN):
+                    or resp.error.message not in RENEW_TOKEN):
                 return resp
             if conn is not None:
                 await self._authenticate(conn, addr, deadline)
@@ -389,12 +393,15 @@ class Router:
                 error = _rpc_error(e, addr, "Authenticate", False, tls=self._tls is not None)
                 raise (Unsent(error.error) if isinstance(error, Unsent) else
                        Unsent(Unavailable(str(error)))) from None
-        if resp.HasField("error"):
+        if resp.HasField("error") and resp.error.message == AUTH_NOT_ENABLED:
+            token = ""  # as etcd's clients: served without a token while auth is off
+        elif resp.HasField("error"):
             err = error_from_wire(resp.error)
             if isinstance(err, KvError) and err.grpc_code != "UNAVAILABLE":
                 raise err
             raise Unsent(err if isinstance(err, Unavailable) else Unavailable(err.message))
-        token = str(AuthenticateResponse.FromString(resp.response).token)
+        else:
+            token = str(AuthenticateResponse.FromString(resp.response).token)
         if conn is None:
             self._tokens[addr] = token
         return token
@@ -412,8 +419,10 @@ class Router:
         )
         metadata = None
         if self._login is not None and method not in _OPEN_METHODS:
-            token = self._tokens.get(addr) or await self._authenticate(None, addr, deadline)
-            metadata = ((TOKEN_METADATA, token),)
+            token = self._tokens.get(addr)
+            if token is None:
+                token = await self._authenticate(None, addr, deadline)
+            metadata = ((TOKEN_METADATA, token),) if token else None
         try:
             return await call(payload, timeout=remaining, metadata=metadata)
         except grpc.aio.AioRpcError as e:
