@@ -17,6 +17,7 @@ from test_etcd_api import Member, cluster, follower_of, leader_of, run
 from dengine import Client
 from dengine.errors import KvError
 from dengine.proto.etcd import rpc_pb2 as pb
+from dengine.proto.etcd import v3lock_pb2
 from dengine.server.etcd.auth import MAX_WAITING_LOGINS
 
 AUTH = "etcdserverpb.Auth"
@@ -218,5 +219,47 @@ def test_a_denied_call_batched_with_allowed_ones_fails_alone(tmp_path: Path) -> 
                     return_exceptions=True)
             assert got[0] == got[2] == b"1" and got[4].count == 1, got
             assert [str(e) for e in (got[1], got[3])] == ["etcdserver: permission denied"] * 2
+
+    run(main())
+
+
+def test_client_recipes_under_auth(tmp_path: Path) -> None:
+    """Client.lock over the checked native calls: root may, a reader of /app/ may not."""
+    async def main() -> None:
+        async with cluster(tmp_path, nodes=1, native=True) as members:
+            m = next(iter(members.values()))
+            await setup_auth(m)
+            address = m.engine.config.listen_client
+            async with Client(address, user="root", password="pw") as client:
+                async with client.lock(b"/app/l", 10):
+                    assert (await client.range(b"/app/l", prefix=True)).count == 1
+            async with Client(address, user="u1", password="p1") as client:
+                with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                    async with client.lock(b"/app/l", 10):
+                        pass
+
+    run(main())
+
+
+def test_etcd_lock_service_acts_for_the_caller(tmp_path: Path) -> None:
+    """v3lockpb.Lock runs on a client of the member that carries the caller's token."""
+    async def main() -> None:
+        async with cluster(tmp_path, nodes=1, native=True) as members:
+            m = next(iter(members.values()))
+            root = await setup_auth(m)
+            reader = await login(m, "u1", "p1")
+            lock = "v3lockpb.Lock"
+            held = await call(m, "Lock", v3lock_pb2.LockRequest(name=b"/app/l"),
+                              v3lock_pb2.LockResponse, root, service=lock)
+            assert held.key.startswith(b"/app/l/")
+            await call(m, "Unlock", v3lock_pb2.UnlockRequest(key=held.key),
+                       v3lock_pb2.UnlockResponse, root, service=lock)
+            for token, expected in ((reader, (grpc.StatusCode.PERMISSION_DENIED,
+                                              "etcdserver: permission denied")),
+                                    (None, (grpc.StatusCode.INVALID_ARGUMENT,
+                                            "etcdserver: user name is empty"))):
+                assert await code_of(call(m, "Lock", v3lock_pb2.LockRequest(name=b"/app/l"),
+                                          v3lock_pb2.LockResponse, token,
+                                          service=lock)) == expected
 
     run(main())

@@ -124,7 +124,8 @@ class Client(ClientLeases, RecipeCalls):
     until the deadline, as across a restart). `user` and `password`: with etcd's auth
     enabled on the cluster, every connection authenticates as that user (etcd's simple
     token, renewed once when a node no longer knows it) and every request is checked
-    against its roles' permissions (docs/auth.md).
+    against its roles' permissions (docs/auth.md); or `token`, one etcd's Authenticate
+    issued: the client acts for its user (no renewal).
     """
 
     def __init__(
@@ -143,9 +144,11 @@ class Client(ClientLeases, RecipeCalls):
         dial_timeout: float | None = None,
         user: str | None = None,
         password: str = "",
+        token: str | None = None,
     ) -> None:
         self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key),
-                              dial_timeout=dial_timeout, user=user, password=password)
+                              dial_timeout=dial_timeout, user=user, password=password,
+                              token=token)
         self._timeout = check_timeout(timeout)
         self._closed = False
         self._closed_event = asyncio.Event()  # ends the watches

@@ -170,7 +170,7 @@ class Router:
     def __init__(self, endpoints: str | Iterable[str], transport: str,
                  probe_interval: float = PROBE_INTERVAL_S, tls: ClientTls | None = None,
                  dial_timeout: float | None = None, user: str | None = None,
-                 password: str = "") -> None:
+                 password: str = "", token: str | None = None) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
                                  + ", ".join(TRANSPORTS) + ")")
@@ -197,8 +197,12 @@ class Router:
         self._unreachable: dict[str, tuple[float, str]] = {}
         # etcd auth: each new connection authenticates as `user` (docs/auth.md); a gRPC
         # channel sends its node's token as `token` metadata
-        self._login = (None if user is None else
-                       AuthenticateRequest(name=user, password=password).SerializeToString())
+        # (or, with `token`, acts for the user of that token: UseToken)
+        self._login_method = "Authenticate" if token is None else "UseToken"
+        self._login = (
+            AuthenticateResponse(token=token).SerializeToString() if token is not None
+            else None if user is None
+            else AuthenticateRequest(name=user, password=password).SerializeToString())
         self._tokens: dict[str, str] = {}  # gRPC address -> its token
 
     async def close(self) -> None:
@@ -379,18 +383,19 @@ class Router:
         are; a node that cannot answer is Unsent (another is tried)."""
         assert self._login is not None
         if conn is not None:
-            body = await self._native_call(conn, addr, "Authenticate", self._login,
+            body = await self._native_call(conn, addr, self._login_method, self._login,
                                            deadline, False)
             resp = AuthenticateResult.FromString(body)
         else:
             remaining = deadline - time.monotonic()
             call = self._channel(addr).unary_unary(
-                SERVICE + "Authenticate", request_serializer=None,
+                SERVICE + self._login_method, request_serializer=None,
                 response_deserializer=AuthenticateResult.FromString)
             try:
                 resp = await call(self._login, timeout=max(0.001, remaining))
             except grpc.aio.AioRpcError as e:
-                error = _rpc_error(e, addr, "Authenticate", False, tls=self._tls is not None)
+                error = _rpc_error(e, addr, self._login_method, False,
+                                   tls=self._tls is not None)
                 raise (Unsent(error.error) if isinstance(error, Unsent) else
                        Unsent(Unavailable(str(error)))) from None
         if resp.HasField("error") and resp.error.message == AUTH_NOT_ENABLED:

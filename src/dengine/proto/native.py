@@ -26,6 +26,7 @@ METHODS: tuple[str, ...] = (
     "Events",  # 14
     "",  # 15: unused
     "Authenticate",  # 16: etcd's Authenticate; the token becomes the connection's
+    "UseToken",  # 17: a token Authenticate issued becomes the connection's
 )
 METHOD_CODES = {name: code for code, name in enumerate(METHODS) if name}
 

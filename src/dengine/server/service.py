@@ -232,6 +232,20 @@ _CHECKS: dict[str, tuple[Any, Callable[[bytes], Check | None]]] = {
 }
 
 
+class _WithToken:
+    """A request context that carries `token` as gRPC's `token` metadata would."""
+
+    def __init__(self, token: str, context: Any) -> None:
+        self._token = token
+        self._context = context
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("token", self._token),)
+
+
 class ClientService:
     """Handlers of `dengine.RaftClientService` over an Engine."""
 
@@ -307,6 +321,7 @@ class ClientService:
             "LeaseKeepAlive": self.lease_keepalive,
             "WatchPoll": self.watch_poll,
             "Authenticate": self.authenticate,
+            "UseToken": self.use_token,
         }
 
     def generic_handler(self) -> grpc.GenericRpcHandler:
@@ -331,6 +346,20 @@ class ClientService:
         if bind is not None:
             bind(rpc_pb2.AuthenticateResponse.FromString(answer).token)
         return AuthenticateResponse(response=answer)
+
+    async def use_token(self, request: bytes, context: Any) -> AuthenticateResponse:
+        """Act as the user of a token Authenticate issued (etcd's AuthenticateResponse
+        carries it): checked, then on a native connection it becomes the connection's
+        (etcd's lock and election services call this node for their callers so)."""
+        try:
+            token = self._parse(request, rpc_pb2.AuthenticateResponse).token
+            await self._gate.check(_WithToken(token, context))
+        except Exception as exc:
+            return AuthenticateResponse(error=self._error(exc, "UseToken"))
+        bind = getattr(context, "bind_token", None)
+        if bind is not None:
+            bind(token)
+        return AuthenticateResponse(response=request)
 
     async def write(self, request: bytes, context: Any) -> WriteResponse:
         return await self._write(request, context, forwarded=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -33,10 +34,12 @@ from dengine.recipes import election as recipe
 from dengine.recipes.common import holder_key, prefix_of
 from dengine.recipes.lock import lock_with_lease
 from dengine.server.etcd.checks import decode
+from dengine.server.etcd.gate import token_of
 from dengine.server.etcd.kv import EtcdBase
 
 LOCK_SERVICE = "v3lockpb.Lock"
 ELECTION_SERVICE = "v3electionpb.Election"
+MAX_TOKEN_CLIENTS = 64  # clients kept for the callers' auth tokens (one connection each)
 
 
 class MissingLeaderKey(DengineError):
@@ -62,21 +65,44 @@ class RecipeServices(EtcdBase):
 
     def __init__(self, engine: Engine, config: NodeConfig) -> None:
         super().__init__(engine, config)
-        self._client: Any = None
+        # the Client of each caller's auth token (None: no token), the latest used last
+        self._clients: OrderedDict[str | None, Any] = OrderedDict()
+        self._busy: dict[str | None, int] = {}  # calls in progress, by token
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def client(self) -> Any:
-        if self._client is None:
+    @contextlib.asynccontextmanager
+    async def _using(self, context: Any) -> AsyncIterator[Any]:
+        """The client acting for the caller: with etcd's auth, its requests carry the
+        caller's token (checked as the caller's own would be). Past MAX_TOKEN_CLIENTS,
+        the longest unused client that serves no call is closed."""
+        token = token_of(context)
+        client = self._clients.get(token)
+        if client is None:
             from dengine.client import Client  # the server may use the client (not back)
 
+            idle = [t for t in self._clients if not self._busy.get(t)]
+            for old_token in idle[:max(0, len(self._clients) + 1 - MAX_TOKEN_CLIENTS)]:
+                task = asyncio.ensure_future(self._clients.pop(old_token).close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             # over TLS when the client port has it (this node's certificate as client's)
-            self._client = Client([self._config.listen_client], timeout=10.0,
-                                  tls=self._config.forward_tls())
-        return self._client
+            client = self._clients[token] = Client(
+                [self._config.listen_client], timeout=10.0, tls=self._config.forward_tls(),
+                token=token)
+        self._clients.move_to_end(token)
+        self._busy[token] = self._busy.get(token, 0) + 1
+        try:
+            yield client
+        finally:
+            self._busy[token] -= 1
+            if not self._busy[token]:
+                del self._busy[token]
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        for client in clients:
             await client.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         def unary(fn: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
@@ -97,13 +123,13 @@ class RecipeServices(EtcdBase):
     async def _header(self, header: Any) -> None:
         self.stamp(header, int(await self._engine.read_query(_store_revision, EVENTUAL)))
 
-    async def _cancellable(self, key: bytes, work: Awaitable[Any]) -> Any:
+    async def _cancellable(self, client: Any, key: bytes, work: Awaitable[Any]) -> Any:
         """`work`; if cancelled (the caller went away), delete `key` before going."""
         try:
             return await work
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.client().delete_range(key, timeout=5.0))
+                await asyncio.shield(client.delete_range(key, timeout=5.0))
             raise
 
     # ---- v3lockpb.Lock --------------------------------------------------------------------
@@ -111,22 +137,24 @@ class RecipeServices(EtcdBase):
     async def lock(self, request: bytes, context: Any) -> bytes:
         try:
             req = decode(v3lock_pb2.LockRequest, request)
-            key = holder_key(prefix_of(req.name), req.lease)
-            key, _ = await self._cancellable(
-                key, lock_with_lease(self.client(), req.name, req.lease))
-            resp = v3lock_pb2.LockResponse(key=key)
-            await self._header(resp.header)
-            return bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                key = holder_key(prefix_of(req.name), req.lease)
+                key, _ = await self._cancellable(
+                    client, key, lock_with_lease(client, req.name, req.lease))
+                resp = v3lock_pb2.LockResponse(key=key)
+                await self._header(resp.header)
+                return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
     async def unlock(self, request: bytes, context: Any) -> bytes:
         try:
             req = decode(v3lock_pb2.UnlockRequest, request)
-            result = await self.client().delete_range(req.key)
-            resp = v3lock_pb2.UnlockResponse()
-            self.stamp(resp.header, result.revision)
-            return bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                result = await client.delete_range(req.key)
+                resp = v3lock_pb2.UnlockResponse()
+                self.stamp(resp.header, result.revision)
+                return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
@@ -135,61 +163,66 @@ class RecipeServices(EtcdBase):
     async def campaign(self, request: bytes, context: Any) -> bytes:
         try:
             req = decode(v3election_pb2.CampaignRequest, request)
-            key = holder_key(prefix_of(req.name), req.lease)
-            key, revision = await self._cancellable(key, recipe.campaign_with_lease(
-                self.client(), req.name, req.lease, req.value))
-            resp = v3election_pb2.CampaignResponse(leader=v3election_pb2.LeaderKey(
-                name=req.name, key=key, rev=revision, lease=req.lease))
-            await self._header(resp.header)
-            return bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                key = holder_key(prefix_of(req.name), req.lease)
+                key, revision = await self._cancellable(client, key, recipe.campaign_with_lease(
+                    client, req.name, req.lease, req.value))
+                resp = v3election_pb2.CampaignResponse(leader=v3election_pb2.LeaderKey(
+                    name=req.name, key=key, rev=revision, lease=req.lease))
+                await self._header(resp.header)
+                return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
     async def proclaim(self, request: bytes, context: Any) -> bytes:
         try:
             req = decode(v3election_pb2.ProclaimRequest, request)
-            if not req.HasField("leader"):
-                raise MissingLeaderKey()
-            leader = req.leader
-            await recipe.proclaim(self.client(), leader.key, leader.rev, leader.lease,
-                                  req.value)
-            resp = v3election_pb2.ProclaimResponse()
-            await self._header(resp.header)
-            return bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                if not req.HasField("leader"):
+                    raise MissingLeaderKey()
+                leader = req.leader
+                await recipe.proclaim(client, leader.key, leader.rev, leader.lease,
+                                      req.value)
+                resp = v3election_pb2.ProclaimResponse()
+                await self._header(resp.header)
+                return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
     async def resign(self, request: bytes, context: Any) -> bytes:
         try:
             req = decode(v3election_pb2.ResignRequest, request)
-            if not req.HasField("leader"):
-                raise MissingLeaderKey()
-            await recipe.resign(self.client(), req.leader.key, req.leader.rev)
-            resp = v3election_pb2.ResignResponse()
-            await self._header(resp.header)
-            return bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                if not req.HasField("leader"):
+                    raise MissingLeaderKey()
+                await recipe.resign(client, req.leader.key, req.leader.rev)
+                resp = v3election_pb2.ResignResponse()
+                await self._header(resp.header)
+                return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
     async def leader(self, request: bytes, context: Any) -> bytes:
         try:
             req = decode(v3election_pb2.LeaderRequest, request)
-            kv = await recipe.leader(self.client(), req.name)
-            if kv is None:
-                raise NoElectionLeader()
-            resp = v3election_pb2.LeaderResponse(kv=_kv_pb(kv))
-            await self._header(resp.header)
-            return bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                kv = await recipe.leader(client, req.name)
+                if kv is None:
+                    raise NoElectionLeader()
+                resp = v3election_pb2.LeaderResponse(kv=_kv_pb(kv))
+                await self._header(resp.header)
+                return bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
     async def observe(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         try:
             req = decode(v3election_pb2.LeaderRequest, request)
-            async for kv in recipe.observe(self.client(), req.name):
-                resp = v3election_pb2.LeaderResponse(kv=_kv_pb(kv))
-                await self._header(resp.header)
-                yield bytes(resp.SerializeToString())
+            async with self._using(context) as client:
+                async for kv in recipe.observe(client, req.name):
+                    resp = v3election_pb2.LeaderResponse(kv=_kv_pb(kv))
+                    await self._header(resp.header)
+                    yield bytes(resp.SerializeToString())
         except Exception as exc:
             await self.fail(context, exc)
 
