@@ -3,6 +3,8 @@ etcdctl 3.4 does on the same node, and so does the Python client (docs/auth.md).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_auth_cli import ETCDCTL, dengine, etcdctl
 
@@ -26,7 +28,7 @@ def same(endpoint: str, *args: str, user: str | None = None) -> str:
     return ours.stdout
 
 
-def test_a_reader_of_app_as_etcdctl(endpoint: str) -> None:
+def test_a_reader_of_app_as_etcdctl(endpoint: str, tmp_path: Path) -> None:
     for args in (["user", "add", "root:pw"], ["user", "add", "u1:p1"], ["role", "add", "r1"],
                  ["role", "grant-permission", "r1", "read", "/app/", "--prefix"],
                  ["user", "grant-role", "u1", "r1"], ["put", "/app/x", "1"],
@@ -45,6 +47,13 @@ def test_a_reader_of_app_as_etcdctl(endpoint: str) -> None:
         same(endpoint, "get", "/other/y", user="root:pw")
         assert dengine(endpoint, "get", "/app/x", "--user", "u1",
                        "--password", "p1").stdout == "/app/x\n3\n"
+        # etcd's Maintenance/Snapshot with the token of --user: root only
+        saved = dengine(endpoint, "snapshot", "save", str(tmp_path / "b.db"),
+                        "--user", "root:pw")
+        assert saved.returncode == 0 and (tmp_path / "b.db").exists(), saved
+        refused = dengine(endpoint, "snapshot", "save", str(tmp_path / "c.db"), "--user", U)
+        assert (refused.returncode, "auth: permission denied" in refused.stderr) == (
+            1, True), refused
         with SyncClient(endpoint, user="u1", password="p1") as client:
             assert client.get(b"/app/x") == b"3"
             with pytest.raises(KvError, match="^etcdserver: permission denied$"):

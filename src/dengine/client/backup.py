@@ -63,7 +63,12 @@ async def _save_from(client: Client, addr: str, path: str,
     try:
         with open(part, "wb") as f:
             try:
-                async for resp in call(rpc_pb2.SnapshotRequest().SerializeToString()):
+                try:
+                    metadata = await client.grpc_metadata(addr)
+                except Unavailable as e:
+                    raise _Unreachable(str(e)) from None
+                async for resp in call(rpc_pb2.SnapshotRequest().SerializeToString(),
+                                       metadata=metadata):
                     f.write(resp.blob)
                     received += len(resp.blob)
                     revision = resp.header.revision or revision

@@ -48,6 +48,7 @@ from dengine.client.leases import ClientLeases
 from dengine.client.routing import (
     Backoff,
     Router,
+    Unsent,
     error_from_wire,
     member_from_wire,
     parse_endpoints,
@@ -194,6 +195,16 @@ class Client(ClientLeases, RecipeCalls):
         """This client's gRPC channel to `endpoint` (etcd's services beside dengine's, e.g.
         `dengine.client.backup`); closed with the client."""
         return self._router._channel(parse_endpoints([endpoint])[0])
+
+    async def grpc_metadata(self, endpoint: str, timeout: float | None = None
+                            ) -> tuple[tuple[str, str], ...] | None:
+        """The metadata a call on `grpc_channel(endpoint)` needs to act as this client's
+        user (etcd's `token`), None without one; etcd's auth errors raised."""
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        try:
+            return await self._router.grpc_metadata(parse_endpoints([endpoint])[0], deadline)
+        except Unsent as e:
+            raise e.error from None
 
     async def close(self) -> None:
         """Fail pending calls with Unavailable and close every connection."""

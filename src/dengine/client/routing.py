@@ -376,6 +376,17 @@ class Router:
                 self._tokens.pop(addr, None)
         raise AssertionError("unreachable")
 
+    async def grpc_metadata(self, addr: str, deadline: float
+                            ) -> tuple[tuple[str, str], ...] | None:
+        """The metadata of a gRPC call to `addr` as the client's user (etcd's `token`;
+        authenticated once per address); None without a user or while auth is off."""
+        if self._login is None:
+            return None
+        token = self._tokens.get(addr)
+        if token is None:
+            token = await self._authenticate(None, addr, deadline)
+        return ((TOKEN_METADATA, token),) if token else None
+
     async def _authenticate(self, conn: NativeConnection | None, addr: str,
                             deadline: float) -> str:
         """Authenticate as the client's user on `conn` (which then acts for that user),
@@ -422,12 +433,8 @@ class Router:
             SERVICE + method, request_serializer=None,
             response_deserializer=response_cls.FromString,
         )
-        metadata = None
-        if self._login is not None and method not in _OPEN_METHODS:
-            token = self._tokens.get(addr)
-            if token is None:
-                token = await self._authenticate(None, addr, deadline)
-            metadata = ((TOKEN_METADATA, token),) if token else None
+        metadata = None if method in _OPEN_METHODS else await self.grpc_metadata(
+            addr, deadline)
         try:
             return await call(payload, timeout=remaining, metadata=metadata)
         except grpc.aio.AioRpcError as e:
