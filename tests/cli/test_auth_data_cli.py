@@ -43,6 +43,12 @@ def test_a_reader_of_app_as_etcdctl(endpoint: str, tmp_path: Path) -> None:
         same(endpoint, "get", "/other/y", user=U)
         same(endpoint, "get", "/", "--prefix", user=U)
         same(endpoint, "get", "/app/x")  # no user: user name is empty
+        for user in (U, None):  # a watch etcd's auth refuses: cancelled, as etcdctl says
+            flags = ["--user", user] if user else []
+            ours = dengine(endpoint, "watch", "/other/", "--prefix", *flags)
+            theirs = etcdctl(endpoint, *flags, "watch", "/other/", "--prefix")
+            assert (ours.stdout, ours.stderr, ours.returncode) == (
+                theirs.stdout, theirs.stderr, theirs.returncode), (ours, theirs)
         same(endpoint, "put", "/app/x", "3", user="root:pw")
         same(endpoint, "get", "/other/y", user="root:pw")
         assert dengine(endpoint, "get", "/app/x", "--user", "u1",

@@ -22,7 +22,9 @@ from dengine.api import EventType, WatchEvent
 from dengine.cli.client_cmds import client_options, client_settings, decode_arg, hex_option
 from dengine.cli.kv_cmds import _kv_json, range_options, write_out_option
 from dengine.client import Client
-from dengine.errors import InvalidRequest
+from dengine.errors import Compacted, InvalidRequest, KvError
+
+_EXIT_WATCH_CANCELED = 5  # etcdctl's exit status (ExitBadFeature) for a cancelled watch
 
 
 @click.command()
@@ -58,7 +60,17 @@ def watch(key: str, range_end: str | None, prefix: bool, from_key: bool, rev: in
                 if not stream_has_more(stream, event):
                     printer.flush()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except KvError as e:
+        if isinstance(e, Compacted):
+            raise
+        # etcd cancels a watch its auth refuses (permission denied, no user): etcdctl's words
+        code = "".join(word.capitalize() for word in e.grpc_code.split("_"))
+        click.echo(f"watch was canceled (rpc error: code = {code} desc = {e.message})",
+                   err=True)
+        click.echo("Error: watch is canceled by the server", err=True)
+        sys.exit(_EXIT_WATCH_CANCELED)
 
 
 def stream_has_more(stream: Any, event: WatchEvent) -> bool:

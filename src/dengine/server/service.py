@@ -33,6 +33,7 @@ from dengine.errors import (
     Unavailable,
 )
 from dengine.kv import Limits, consistency_from_wire, etcd_check
+from dengine.kv import auth as kvauth
 from dengine.kv import watch as kvwatch
 from dengine.kv.codec import (
     OP_DELETE,
@@ -286,20 +287,23 @@ class ClientService:
         that both behave the same."""
         table = self._handlers()
         for name, (response, rule) in _CHECKS.items():
-            table[name] = self._checked(table[name], response, rule)
+            table[name] = self._checked(table[name], response, rule, name == "WatchPoll")
         return table
 
     def _checked(self, handler: Callable[[bytes, Any], Awaitable[ProtoMessage]],
-                 response: Any, rule: Callable[[bytes], Check | None]
+                 response: Any, rule: Callable[[bytes], Check | None], watch: bool = False,
                  ) -> Callable[[bytes, Any], Awaitable[ProtoMessage]]:
         """`handler` once its request passed etcd's permission checks (nothing is checked
-        while auth is off; the request is decoded for them only while it is on)."""
+        while auth is off; the request is decoded for them only while it is on). A watch
+        without a user is refused as etcd refuses it: "permission denied"."""
         async def checked(request: bytes, context: Any) -> ProtoMessage:
             try:
                 await self._gate.check(context, rule(request))
             except DecodeError:
                 pass  # malformed: the handler says so
             except Exception as exc:
+                if watch and isinstance(exc, KvError) and exc.message == kvauth.USER_EMPTY[1]:
+                    exc = kvauth.error(kvauth.PERMISSION_DENIED)
                 return response(error=self._error(exc, "auth"))
             return await handler(request, context)
         return checked
