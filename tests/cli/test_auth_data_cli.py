@@ -3,6 +3,8 @@ etcdctl 3.4 does on the same node, and so does the Python client (docs/auth.md).
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,12 +16,14 @@ from dengine.errors import KvError
 pytestmark = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed")
 
 
-def same(endpoint: str, *args: str, user: str | None = None) -> str:
+def same(endpoint: str, *args: str, user: str | None = None, stdin: str = "") -> str:
     """stdout and exit code as etcdctl's, and etcd's error text in dengine's error line
     ("error [KV_ERROR]: etcdserver: ..." where etcdctl prints "Error: etcdserver: ...")."""
     flags = ["--user", user] if user else []
-    ours = dengine(endpoint, *args, *flags)
-    theirs = etcdctl(endpoint, *flags, *args)
+    ours = dengine(endpoint, *args, *flags, stdin=stdin)
+    theirs = subprocess.run([str(ETCDCTL), "--endpoints", endpoint, *flags, *args],
+                            capture_output=True, text=True, timeout=60, input=stdin,
+                            env={**os.environ, "ETCDCTL_API": "3"})
     errors = [line.removeprefix("Error: ") for line in theirs.stderr.splitlines()
               if line.startswith("Error:")]
     assert (ours.stdout, ours.returncode) == (theirs.stdout, theirs.returncode), (ours, theirs)
@@ -43,6 +47,9 @@ def test_a_reader_of_app_as_etcdctl(endpoint: str, tmp_path: Path) -> None:
         same(endpoint, "get", "/other/y", user=U)
         same(endpoint, "get", "/", "--prefix", user=U)
         same(endpoint, "get", "/app/x")  # no user: user name is empty
+        same(endpoint, "txn", user=U, stdin='mod("/app/x") > "0"\n\nget /app/x\n\n\n')
+        same(endpoint, "txn", user=U, stdin='\nget /app/x\nput /app/x 9\n\n\n')  # denied
+        same(endpoint, "txn", user=U, stdin='mod("/other/y") > "0"\n\nget /app/x\n\n\n')
         for user in (U, None):  # a watch etcd's auth refuses: cancelled, as etcdctl says
             flags = ["--user", user] if user else []
             ours = dengine(endpoint, "watch", "/other/", "--prefix", *flags)
