@@ -69,12 +69,12 @@ def test_a_reader_of_app_as_etcdctl(endpoint: str, tmp_path: Path) -> None:
             1, True), refused
         with SyncClient(endpoint, user="u1", password="p1") as client:
             assert client.get(b"/app/x") == b"3"
-            with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+            with pytest.raises(KvError, match=r"^etcdserver: permission denied$"):
                 client.put(b"/app/x", b"5")
-            with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+            with pytest.raises(KvError, match=r"^etcdserver: permission denied$"):
                 client.get(b"/other/y")
         with SyncClient(endpoint) as client, pytest.raises(
-                KvError, match="^etcdserver: user name is empty$"):
+                KvError, match=r"^etcdserver: user name is empty$"):
             client.get(b"/app/x")
         assert dengine(endpoint, "auth", "disable", "--user", "root:pw").returncode == 0
         # auth off: etcd's clients go on without a token

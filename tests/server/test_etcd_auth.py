@@ -179,18 +179,18 @@ def test_native_clients_authenticate_and_are_checked(tmp_path: Path) -> None:
                                    client.get(b"/other/x"),
                                    client.range(b"/app/", b"/b"),
                                    client.add_member(9, "127.0.0.1:1")):
-                        with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                        with pytest.raises(KvError, match=r"^etcdserver: permission denied$"):
                             await denied
                     watch = client.watch(b"/other/", prefix=True)
-                    with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                    with pytest.raises(KvError, match=r"^etcdserver: permission denied$"):
                         await watch.__anext__()
                 async with Client(address, transport=transport, user="u1",
                                   password="bad") as client:
-                    with pytest.raises(KvError, match="^etcdserver: authentication failed, "
-                                                      "invalid user ID or password$"):
+                    with pytest.raises(KvError, match=r"^etcdserver: authentication failed, "
+                                                      r"invalid user ID or password$"):
                         await client.get(b"/app/x")
                 async with Client(address, transport=transport) as client:
-                    with pytest.raises(KvError, match="^etcdserver: user name is empty$"):
+                    with pytest.raises(KvError, match=r"^etcdserver: user name is empty$"):
                         await client.get(b"/app/x")
             async with Client(address, transport="native", user="root",
                               password="pw") as client:
@@ -230,11 +230,11 @@ def test_client_recipes_under_auth(tmp_path: Path) -> None:
             m = next(iter(members.values()))
             await setup_auth(m)
             address = m.engine.config.listen_client
-            async with Client(address, user="root", password="pw") as client:
-                async with client.lock(b"/app/l", 10):
-                    assert (await client.range(b"/app/l", prefix=True)).count == 1
+            async with Client(address, user="root", password="pw") as client, \
+                    client.lock(b"/app/l", 10):
+                assert (await client.range(b"/app/l", prefix=True)).count == 1
             async with Client(address, user="u1", password="p1") as client:
-                with pytest.raises(KvError, match="^etcdserver: permission denied$"):
+                with pytest.raises(KvError, match=r"^etcdserver: permission denied$"):
                     async with client.lock(b"/app/l", 10):
                         pass
 
