@@ -1,4 +1,4 @@
-"""How a gRPC connection failure is classified (client/routing._rpc_error): a refused
+"""How a gRPC connection failure is classified (client/transport_errors.rpc_error): a refused
 connection is a dial failure (the CLI gives up at once); a TLS handshake the node cut
 short without a certificate problem is not (a loaded node did it in a CI run: the call is
 tried again until its deadline)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import grpc
 
-from dengine.client.routing import Unsent, _rpc_error
+from dengine.client.transport_errors import Unsent, rpc_error
 
 
 class _Err(grpc.aio.AioRpcError):
@@ -17,11 +17,11 @@ class _Err(grpc.aio.AioRpcError):
 
 
 def test_refused_is_a_dial_failure_a_cut_handshake_is_retried() -> None:
-    refused = _rpc_error(_Err("failed to connect to all addresses; last error: UNKNOWN: "
+    refused = rpc_error(_Err("failed to connect to all addresses; last error: UNKNOWN: "
                               "ipv4:127.0.0.1:1: Connection refused"), "127.0.0.1:1", "Put",
                          True, tls=False)
     assert isinstance(refused, Unsent) and refused.dial
-    cut = _rpc_error(_Err("failed to connect to all addresses; last error: UNAVAILABLE: "
+    cut = rpc_error(_Err("failed to connect to all addresses; last error: UNAVAILABLE: "
                           "ipv4:127.0.0.1:2: Handshake read failed (Endpoint closing)"),
                      "127.0.0.1:2", "Put", True, tls=True)
     assert isinstance(cut, Unsent) and not cut.dial

@@ -44,6 +44,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from dengine.api import MemberInfo
 from dengine.client.native import PROBE_INTERVAL_S, Lost, NativeConnection, NotSent, Refused
+from dengine.client.transport_errors import ConnectionLost, Unsent, rpc_error
 from dengine.config import parse_address
 from dengine.errors import (
     ERRORS_BY_CODE,
@@ -63,7 +64,7 @@ from dengine.proto.client_pb2 import AuthenticateResponse as AuthenticateResult
 from dengine.proto.client_pb2 import Error, MemberStatus, StatusResponse
 from dengine.proto.etcd.rpc_pb2 import AuthenticateRequest, AuthenticateResponse
 from dengine.proto.native import METHOD_CODES, STATUS_SHUTTING_DOWN
-from dengine.tls import ClientTls, TlsError, grpc_tls_problem, handshake_problem
+from dengine.tls import ClientTls, TlsError, handshake_problem
 
 log = logging.getLogger("dengine.client")
 
@@ -103,10 +104,18 @@ _SUSPECT_S = 1.0
 _NATIVE_RETRY_S = 5.0
 
 
-class ConnectionLost(Timeout):
-    """The request was sent, then the connection broke: a write's outcome is unknown."""
-
-    code = "CONNECTION_LOST"
+def error_from_wire(err: Error) -> DengineError:
+    """The exception for an `Error` field of a response."""
+    if err.code == NotLeader.code:
+        return NotLeader(err.message, err.leader_id, err.leader_address)
+    if err.grpc_code:  # etcd's errors (KvError): by etcd's message
+        return kv_error(err.grpc_code, err.message)
+    cls = ERRORS_BY_CODE.get(err.code, DengineError)
+    if cls is CorruptionError:  # its constructor wants the path and offset
+        cls = StorageError
+    exc = cls(err.message or err.code)
+    exc.code = err.code or DengineError.code
+    return exc
 
 
 def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
@@ -126,30 +135,6 @@ def parse_endpoints(endpoints: str | Iterable[str]) -> list[str]:
     if not out:
         raise InvalidRequest("no endpoints given (expected HOST:PORT[,HOST:PORT...])")
     return out
-
-
-def error_from_wire(err: Error) -> DengineError:
-    """The exception for an `Error` field of a response."""
-    if err.code == NotLeader.code:
-        return NotLeader(err.message, err.leader_id, err.leader_address)
-    if err.grpc_code:  # etcd's errors (KvError): by etcd's message
-        return kv_error(err.grpc_code, err.message)
-    cls = ERRORS_BY_CODE.get(err.code, DengineError)
-    if cls is CorruptionError:  # its constructor wants the path and offset
-        cls = StorageError
-    exc = cls(err.message or err.code)
-    exc.code = err.code or DengineError.code
-    return exc
-
-
-class Unsent(Exception):
-    """Internal: the attempt failed before the request left (safe to retry a write);
-    `dial`: because the node could not be connected to (refused, unknown host)."""
-
-    def __init__(self, error: DengineError, *, dial: bool = False) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.dial = dial
 
 
 def member_from_wire(m: MemberStatus) -> MemberInfo:
@@ -405,7 +390,7 @@ class Router:
             try:
                 resp = await call(self._login, timeout=max(0.001, remaining))
             except grpc.aio.AioRpcError as e:
-                error = _rpc_error(e, addr, self._login_method, False,
+                error = rpc_error(e, addr, self._login_method, False,
                                    tls=self._tls is not None)
                 raise (Unsent(error.error) if isinstance(error, Unsent) else
                        Unsent(Unavailable(str(error)))) from None
@@ -439,7 +424,7 @@ class Router:
             return await call(payload, timeout=remaining, metadata=metadata)
         except grpc.aio.AioRpcError as e:
             self._grpc_until.pop(addr, None)  # reconnecting: look for its native listener
-            error = _rpc_error(e, addr, method, write, tls=self._tls is not None)
+            error = rpc_error(e, addr, method, write, tls=self._tls is not None)
             if isinstance(error, Unsent):
                 self._suspect(addr)
             raise error from None
@@ -699,35 +684,3 @@ def _read_attempt_deadline(deadline: float) -> float:
     now = time.monotonic()
     share = max(_READ_ATTEMPT_MIN_S, (deadline - now) * _READ_ATTEMPT_SHARE)
     return min(deadline, now + share)
-
-
-def _rpc_error(e: grpc.aio.AioRpcError, addr: str, method: str, write: bool,
-               tls: bool = False) -> Exception:
-    """Map a gRPC status (a transport failure) to a dengine error (or Unsent)."""
-    code = e.code()
-    details = e.details() or ""
-    unknown = " (the write may still be applied)" if write else ""
-    problem = grpc_tls_problem(details, tls) if code == grpc.StatusCode.UNAVAILABLE else ""
-    if problem:
-        return Unsent(TlsError(f"cannot connect to {addr}: {problem}"))
-    if code == grpc.StatusCode.UNAVAILABLE:
-        lowered = details.lower()
-        if "failed to connect" in lowered or "connection refused" in lowered:
-            reason = details.rsplit(": ", 1)[-1]
-            # A handshake the node cut short (not about certificates: see above) is no
-            # sign of a dead node: a loaded one did it; tried again until the deadline.
-            return Unsent(Unavailable(f"cannot connect to {addr}: {reason}"),
-                          dial="handshake" not in lowered)
-        if "resolv" in lowered or "dns" in lowered:  # an unknown host: not a lost connection
-            reason = details.rsplit(": ", 1)[-1].rstrip("]")
-            host = addr.rpartition(":")[0]
-            return Unsent(Unavailable(f"cannot connect to {addr}: unknown host {host!r} "
-                                      f"({reason})"), dial=True)
-        return ConnectionLost(f"{addr}: connection lost during {method}: {details}{unknown}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Timeout(f"{addr}: no answer to {method} before the deadline{unknown}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return InvalidRequest(f"{addr}: request exceeds the server's max_request_size: {details}")
-    if code == grpc.StatusCode.CANCELLED:
-        return ConnectionLost(f"{addr}: {method} cancelled: {details}{unknown}")
-    return DengineError(f"{addr}: {method} failed: {code.name}: {details}{unknown}")
