@@ -127,7 +127,7 @@ def test_node_without_native_listener_is_served_over_grpc() -> None:
                 await client.put(b"k", b"v")
                 assert await client.get(b"k") == b"v"
                 assert native_connections(client) == {leader.address: None}
-            async with Client([leader.address], transport="native", timeout=0.5) as client:
+            async with Client([leader.address], transport="native", timeout=5) as client:
                 with pytest.raises(Unavailable, match="no native client listener"):
                     await client.get(b"k")
 
