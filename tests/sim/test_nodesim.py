@@ -93,6 +93,14 @@ def test_a_configuration_appended_before_a_restart_is_applied() -> None:
     assert result.ok, result.describe()
 
 
+def test_a_disk_error_during_a_restart_is_a_failed_start_not_a_recovery_bug() -> None:
+    """Found by the hour-long soak (seed 409166): the EIO armed by `diskerr` hit a
+    restart's recovery; the simulator called that a refused recovery. `dengine serve`
+    exits on it and is started again, as after a storage failure while running."""
+    result = run(NodeSimConfig(seed=409166))
+    assert result.ok, result.describe()
+
+
 def test_same_seed_same_history_byte_for_byte() -> None:
     config = NodeSimConfig(seed=3, seconds=1.5)
     a, b = run(config), run(config)

@@ -42,6 +42,7 @@ class FencedDisk(FileIO):
         self._error: tuple[int, int] | None = None  # (operations left, errno)
         self._snapshot_countdown: int | None = None  # armed, not counting yet
         self.in_snapshot = False  # the armed cut counts from a snapshot operation
+        self.error_fired = False  # an armed I/O error was raised
         self.mutations = 0
 
     def arm(self, n: int | None) -> None:
@@ -79,6 +80,7 @@ class FencedDisk(FileIO):
             left, errno_ = self._error
             self._error = (left - 1, errno_) if left > 1 else None
             if left <= 1:
+                self.error_fired = True
                 raise OSError(errno_, os.strerror(errno_), what.rpartition(" ")[2])
 
     # -- reads

@@ -221,6 +221,11 @@ class World:
             return
         if m.fence is not None and not m.fence.alive:
             return  # power cut or killed while starting
+        if m.fence is not None and m.fence.error_fired:
+            # The disk error armed by `diskerr` hit the start itself: `dengine serve`
+            # exits, and the supervisor starts it again (as after a failure while running).
+            self._exited(m, node)
+            return
         raise Violation("recovery", m.node_id,
                         f"node {m.node_id} could not restart: {type(error).__name__}: {error}")
 
