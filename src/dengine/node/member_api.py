@@ -66,11 +66,7 @@ class MemberApi:
         Leader only. With `promote_when_caught_up` the leader (this one or a later one)
         makes it a voter once it is within `promote_lag` entries.
         """
-        check_node_id(node_id)
-        try:
-            parse_address(address)
-        except ConfigError as e:
-            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
+        _check_peer_address(node_id, address)
         membership = self._leader_membership()
         for role, group in (("voter", membership.voters), ("learner", membership.learners)):
             if any(m.id == node_id for m in group):
@@ -95,11 +91,7 @@ class MemberApi:
                             timeout: float | None = None) -> None:
         """Give member `node_id` a new peer address (etcd's MemberUpdate); returns once
         committed. The member must then listen there (restart it with that address)."""
-        check_node_id(node_id)
-        try:
-            parse_address(address)
-        except ConfigError as e:
-            raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
+        _check_peer_address(node_id, address)
         membership = self._leader_membership()
         found = False
         for m in (*membership.voters, *membership.learners):
@@ -166,3 +158,12 @@ class MemberApi:
         if not self._is_leader():
             raise self._node.not_leader()
         return self._node.members.copy()
+
+
+def _check_peer_address(node_id: int, address: str) -> None:
+    """A valid node id and peer address (HOST:PORT), else InvalidRequest."""
+    check_node_id(node_id)
+    try:
+        parse_address(address)
+    except ConfigError as e:
+        raise InvalidRequest(f"peer address of node {node_id}: {e.message}") from None
