@@ -95,6 +95,17 @@ class LeaseWorkload:
         clock.sync(leases.version, leases.ttls(), now)
         return clock
 
+    def _keep_alive_clock(self, node: SimNode) -> LeaseClock:
+        """The clock a keep-alive sent to `node` renews on: NotLeader on a follower,
+        Unavailable on a leader not yet primary (as the node's lessor answers)."""
+        assert node.core is not None
+        if not node.core.is_leader():
+            raise NotLeader(leader_id=node.core.leader_id)
+        clock = self._primary(node)
+        if clock is None:
+            raise Unavailable("the leader is not primary yet")
+        return clock
+
     def on_tick(self, node: SimNode) -> None:
         self.local_ms[node.id] = self.local_ms.get(node.id, 0) + TICK_MS
         clock = self._primary(node)
@@ -144,12 +155,7 @@ class LeaseWorkload:
             sim.client_propose(client, node, WriteCommand(
                 put=request.SerializeToString()).SerializeToString())
             return
-        assert node.core is not None
-        if not node.core.is_leader():
-            raise NotLeader(leader_id=node.core.leader_id)
-        clock = self._primary(node)
-        if clock is None:
-            raise Unavailable("the leader is not primary yet")
+        clock = self._keep_alive_clock(node)
         if clock.renew(lease_id, self._now(node)):
             self.renewed[lease_id] = sim.now
             sim.stats["lease_renewals"] += 1

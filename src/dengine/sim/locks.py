@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dengine.errors import NotLeader, Unavailable
 from dengine.kv.mvcc import Applied, Change, MvccStore
 from dengine.kv.ops import prefix_range_end
 from dengine.kv.packed import META_SIZE, unpack_meta
@@ -195,12 +194,7 @@ class LockWorkload(LeaseWorkload):
                                                  kv.key, kv.value))
 
     def _keep_alive(self, c: Contender, node: SimNode) -> None:
-        assert node.core is not None
-        if not node.core.is_leader():
-            raise NotLeader(leader_id=node.core.leader_id)
-        clock = self._primary(node)
-        if clock is None:
-            raise Unavailable("the leader is not primary yet")
+        clock = self._keep_alive_clock(node)
         c.renew_at = self.sim.now + RENEW_MS
         if clock.renew(c.lease, self._now(node)):
             self.renewed[c.lease] = self.sim.now
