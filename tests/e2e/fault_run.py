@@ -99,6 +99,7 @@ class Fault:
     end: float = 0.0
     until: float = 0.0  # the next fault's start (or the end of the load): its period
     note: str = ""
+    answering: float = 0.0  # a killed node: when its restart first answered Status
 
 
 @dataclass
@@ -303,6 +304,7 @@ class FaultRun:
             node.kill()
             await asyncio.sleep(duration)
             node.start()
+            fault.answering = await self.answering(node.client)
         elif kind.startswith("pause"):
             assert node is not None
             node.signal(signal.SIGSTOP)
@@ -340,6 +342,19 @@ class FaultRun:
         for node in self.nodes.values():
             if not node.alive:
                 node.start()
+
+    async def answering(self, address: str, limit: float = 20.0) -> float:
+        """When a restarted node first answers Status: the next fault waits for it, so
+        that a fault on another node never finds only one member up (its window would
+        be the restart's, not its own)."""
+        async with Client([address], timeout=1) as c:
+            deadline = self.now() + limit
+            while self.now() < deadline:
+                with contextlib.suppress(DengineError):
+                    await c.status(address, timeout=0.3)
+                    return self.now()
+                await asyncio.sleep(0.05)
+        return 0.0
 
     async def schedule(self) -> None:
         cfg = self.cfg
@@ -623,8 +638,9 @@ def analyse(run: FaultRun, heal_at: float, load_end: float, finals: list[Call]
         f.note += (f" terms {max(before, default=0)}->{max((st[2] for st in seen), default=0)}"
                    f" leaders {sorted({st[4] for st in seen if st[3] == 'leader'})}")
     # Stretches when a running, not paused node answered no Status within 0.3 s: its loop
-    # was blocked (a restarted node gets 3 s to start first).
-    down = [(f.node, f.start, f.end + (3.0 if f.kind.startswith("kill") else 0.0))
+    # was blocked (a restarted node is down until it first answered, or 3 s).
+    down = [(f.node, f.start, (f.answering or f.end + 3.0) if f.kind.startswith("kill")
+             else f.end)
             for f in run.faults if f.kind.startswith(("kill", "pause"))]
     unresponsive: list[dict[str, Any]] = []
     open_: dict[int, list[float]] = {}
