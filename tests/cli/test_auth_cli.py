@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
+
+from dengine.errors import KvError
 
 ETCDCTL = shutil.which("etcdctl")
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
@@ -70,6 +73,16 @@ def test_users_roles_and_auth_as_etcdctl(endpoint: str) -> None:
     assert ok("auth", "enable") == "Authentication Enabled\n"  # root's role made
     same(endpoint, "user", "list")  # no user: "user name is empty"
     same(endpoint, "user", "list", user="root:pw")
+    for args in (["user", "list"], ["user", "get", "u1"], ["role", "list"],
+                 ["role", "get", "r1"], ["role", "get", "root"], ["user", "get", "nope"]):
+        same(endpoint, *args, "-w", "json", user="root:pw")  # etcd's response as JSON
+    for args in (["role", "add", "r2"], ["role", "grant-permission", "r2", "read", "/a"],
+                 ["role", "delete", "r2"]):  # changes: the header only, as etcdctl
+        out = json.loads(ok(*args, "-w", "json", "--user", "root:pw"))
+        assert list(out) == ["header"] and list(out["header"]) == [
+            "cluster_id", "member_id", "revision", "raft_term"], out
+    assert ok("auth", "enable", "-w", "json", "--user", "root:pw") == (
+        "Authentication Enabled\n")  # etcdctl 3.4 prints the line with -w json too
     same(endpoint, "user", "list", user="u1:p1")  # permission denied
     same(endpoint, "user", "get", "u1", user="u1:p1")
     same(endpoint, "user", "list", user="root:bad")  # authentication failed, exit 2
@@ -79,3 +92,16 @@ def test_users_roles_and_auth_as_etcdctl(endpoint: str) -> None:
     assert ok("auth", "disable", "--user", "root", "--password", "pw") == (
         "Authentication Disabled\n")
     same(endpoint, "user", "list")
+
+
+def test_auth_errors_print_as_etcdctl_others_keep_their_code() -> None:
+    from dengine.cli import error_line
+    from dengine.errors import InvalidRequest
+
+    assert error_line(KvError("PERMISSION_DENIED", "etcdserver: permission denied")) == (
+        "Error: etcdserver: permission denied")
+    assert error_line(KvError("INVALID_ARGUMENT", "etcdserver: user name is empty")) == (
+        "Error: etcdserver: user name is empty")
+    assert error_line(KvError("OUT_OF_RANGE", "etcdserver: mvcc: required revision has "
+                                              "been compacted")).startswith("error [KV_ERROR]: ")
+    assert error_line(InvalidRequest("bad")) == "error [INVALID_REQUEST]: bad"

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from dengine.errors import DengineError
+from dengine.errors import DengineError, KvError
 
 # (module, attribute) of every top-level command; imported lazily so that `dengine --help`
 # and light commands stay fast.
@@ -70,6 +70,17 @@ def cli() -> None:
 _SERVER_COMMANDS = {"serve", "cluster", "bench"}
 
 
+def error_line(e: DengineError) -> str:
+    """`error [CODE]: message`; etcd's auth errors as etcdctl prints them (`Error:
+    etcdserver: permission denied`), so scripts written for etcdctl match them."""
+    if isinstance(e, KvError):
+        from dengine.kv.auth import MESSAGES
+
+        if e.message in MESSAGES:
+            return f"Error: {e.message}"
+    return f"error [{e.code}]: {e.message}"
+
+
 def main() -> None:
     """Entry point: turn dengine errors into a clear message and exit code 1, never a traceback."""
     if not _SERVER_COMMANDS.intersection(sys.argv[1:2]):
@@ -87,7 +98,7 @@ def main() -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except DengineError as e:
-        click.echo(f"error [{e.code}]: {e.message}", err=True)
+        click.echo(error_line(e), err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

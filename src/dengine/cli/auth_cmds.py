@@ -5,6 +5,8 @@ etcd's Auth service (`dengine.client.auth`), with `--user NAME[:PASSWORD]` (and
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +32,9 @@ _PERM_TYPES = {"read": Permission.READ, "write": Permission.WRITE,
 
 
 def auth_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("-w", "--write-out", type=click.Choice(["simple", "json"]),
+                      default="simple", show_default=True,
+                      help="Output format (etcdctl's; json: etcd's response).")(fn)
     fn = _tls_option("key", "TLS: the client certificate's key (env DENGINE_KEY).")(fn)
     fn = _tls_option("cert", "TLS: a client certificate (env DENGINE_CERT).")(fn)
     fn = _tls_option("cacert", "TLS: the CA that signed the nodes' certificates; turns TLS "
@@ -81,6 +86,32 @@ def call(opts: dict[str, Any], method: str, request: Any) -> Any:
         sys.exit(1)
 
 
+def _json(resp: Any) -> dict[str, Any]:
+    """etcdctl's `-w json` of an Auth response: Go's encoding of etcd's message (zero
+    fields left out, bytes in base64), fields in etcd's order."""
+    h = resp.header
+    header = {k: v for k, v in (("cluster_id", h.cluster_id), ("member_id", h.member_id),
+                                ("revision", h.revision), ("raft_term", h.raft_term)) if v}
+    out: dict[str, Any] = {"header": header}
+    for name in ("users", "roles"):
+        if name in resp.DESCRIPTOR.fields_by_name and getattr(resp, name):
+            out[name] = list(getattr(resp, name))
+    if "perm" in resp.DESCRIPTOR.fields_by_name and resp.perm:
+        out["perm"] = [{k: v for k, v in (
+            ("permType", p.permType), ("key", base64.b64encode(p.key).decode()),
+            ("range_end", base64.b64encode(p.range_end).decode())) if v} for p in resp.perm]
+    return out
+
+
+def show(opts: dict[str, Any], resp: Any, *lines: str) -> None:
+    """`lines` (etcdctl's simple output), or with `-w json` the response as etcdctl's JSON."""
+    if opts.get("write_out") == "json":
+        click.echo(json.dumps(_json(resp), separators=(",", ":")))
+        return
+    for line in lines:
+        click.echo(line)
+
+
 class _BadConnection(Exception):
     """The login failed (etcdctl makes no client: exit code 2)."""
 
@@ -121,23 +152,22 @@ def user_add(spec: str, no_password: bool, interactive: bool, **opts: Any) -> No
                                                      interactive)
     req = pb.AuthUserAddRequest(name=name, password=password)
     req.options.no_password = no_password
-    call(opts, "UserAdd", req)
-    click.echo(f"User {name} created")
+    show(opts, call(opts, "UserAdd", req), f"User {name} created")
 
 
 @user.command("delete")
 @click.argument("name")
 @auth_options
 def user_delete(name: str, **opts: Any) -> None:
-    call(opts, "UserDelete", pb.AuthUserDeleteRequest(name=name))
-    click.echo(f"User {name} deleted")
+    show(opts, call(opts, "UserDelete", pb.AuthUserDeleteRequest(name=name)),
+         f"User {name} deleted")
 
 
 @user.command("list")
 @auth_options
 def user_list(**opts: Any) -> None:
-    for name in call(opts, "UserList", pb.AuthUserListRequest()).users:
-        click.echo(name)
+    resp = call(opts, "UserList", pb.AuthUserListRequest())
+    show(opts, resp, *resp.users)
 
 
 @user.command("get")
@@ -145,8 +175,7 @@ def user_list(**opts: Any) -> None:
 @auth_options
 def user_get(name: str, **opts: Any) -> None:
     resp = call(opts, "UserGet", pb.AuthUserGetRequest(name=name))
-    click.echo(f"User: {name}")
-    click.echo("Roles:" + "".join(f" {role}" for role in resp.roles))
+    show(opts, resp, f"User: {name}", "Roles:" + "".join(f" {role}" for role in resp.roles))
 
 
 @user.command("grant-role")
@@ -154,8 +183,8 @@ def user_get(name: str, **opts: Any) -> None:
 @click.argument("role")
 @auth_options
 def user_grant_role(name: str, role: str, **opts: Any) -> None:
-    call(opts, "UserGrantRole", pb.AuthUserGrantRoleRequest(user=name, role=role))
-    click.echo(f"Role {role} is granted to user {name}")
+    show(opts, call(opts, "UserGrantRole", pb.AuthUserGrantRoleRequest(user=name, role=role)),
+         f"Role {role} is granted to user {name}")
 
 
 @user.command("revoke-role")
@@ -163,8 +192,8 @@ def user_grant_role(name: str, role: str, **opts: Any) -> None:
 @click.argument("role")
 @auth_options
 def user_revoke_role(name: str, role: str, **opts: Any) -> None:
-    call(opts, "UserRevokeRole", pb.AuthUserRevokeRoleRequest(name=name, role=role))
-    click.echo(f"Role {role} is revoked from user {name}")
+    show(opts, call(opts, "UserRevokeRole", pb.AuthUserRevokeRoleRequest(name=name, role=role)),
+         f"Role {role} is revoked from user {name}")
 
 
 @user.command("passwd")
@@ -174,9 +203,9 @@ def user_revoke_role(name: str, role: str, **opts: Any) -> None:
 @auth_options
 def user_passwd(name: str, interactive: bool, **opts: Any) -> None:
     password = _new_password(name, None, interactive)
-    call(opts, "UserChangePassword",
-         pb.AuthUserChangePasswordRequest(name=name, password=password))
-    click.echo("Password updated")
+    show(opts, call(opts, "UserChangePassword",
+                    pb.AuthUserChangePasswordRequest(name=name, password=password)),
+         "Password updated")
 
 
 # ---------------------------------------------------------------- role
@@ -190,23 +219,22 @@ def role() -> None:
 @click.argument("name")
 @auth_options
 def role_add(name: str, **opts: Any) -> None:
-    call(opts, "RoleAdd", pb.AuthRoleAddRequest(name=name))
-    click.echo(f"Role {name} created")
+    show(opts, call(opts, "RoleAdd", pb.AuthRoleAddRequest(name=name)), f"Role {name} created")
 
 
 @role.command("delete")
 @click.argument("name")
 @auth_options
 def role_delete(name: str, **opts: Any) -> None:
-    call(opts, "RoleDelete", pb.AuthRoleDeleteRequest(role=name))
-    click.echo(f"Role {name} deleted")
+    show(opts, call(opts, "RoleDelete", pb.AuthRoleDeleteRequest(role=name)),
+         f"Role {name} deleted")
 
 
 @role.command("list")
 @auth_options
 def role_list(**opts: Any) -> None:
-    for name in call(opts, "RoleList", pb.AuthRoleListRequest()).roles:
-        click.echo(name)
+    resp = call(opts, "RoleList", pb.AuthRoleListRequest())
+    show(opts, resp, *resp.roles)
 
 
 def permission_line(perm: Permission) -> str:
@@ -228,15 +256,11 @@ def permission_line(perm: Permission) -> str:
 @auth_options
 def role_get(name: str, **opts: Any) -> None:
     resp = call(opts, "RoleGet", pb.AuthRoleGetRequest(role=name))
-    click.echo(f"Role {name}")
-    click.echo("KV Read:")
-    for perm in resp.perm:
-        if perm.permType in (Permission.READ, Permission.READWRITE):
-            click.echo(permission_line(perm))
-    click.echo("KV Write:")
-    for perm in resp.perm:
-        if perm.permType in (Permission.WRITE, Permission.READWRITE):
-            click.echo(permission_line(perm))
+    reads = [permission_line(p) for p in resp.perm
+             if p.permType in (Permission.READ, Permission.READWRITE)]
+    writes = [permission_line(p) for p in resp.perm
+              if p.permType in (Permission.WRITE, Permission.READWRITE)]
+    show(opts, resp, f"Role {name}", "KV Read:", *reads, "KV Write:", *writes)
 
 
 def _range_end(key: str, range_end: str | None, prefix: bool, from_key: bool) -> bytes:
@@ -266,8 +290,7 @@ def role_grant_permission(name: str, perm_type: str, key: str, range_end: str | 
     req.perm.permType = _PERM_TYPES[perm_type.lower()]
     req.perm.key = key.encode()
     req.perm.range_end = _range_end(key, range_end, prefix, from_key)
-    call(opts, "RoleGrantPermission", req)
-    click.echo(f"Role {name} updated")
+    show(opts, call(opts, "RoleGrantPermission", req), f"Role {name} updated")
 
 
 @role.command("revoke-permission")
@@ -280,13 +303,13 @@ def role_grant_permission(name: str, perm_type: str, key: str, range_end: str | 
 def role_revoke_permission(name: str, key: str, range_end: str | None, prefix: bool,
                            from_key: bool, **opts: Any) -> None:
     end = _range_end(key, range_end, prefix, from_key)
-    call(opts, "RoleRevokePermission",
-         pb.AuthRoleRevokePermissionRequest(role=name, key=key.encode(), range_end=end))
+    resp = call(opts, "RoleRevokePermission",
+                pb.AuthRoleRevokePermissionRequest(role=name, key=key.encode(), range_end=end))
     if end:
         shown = "<open ended>" if end == b"\0" else end.decode(errors="replace")
-        click.echo(f"Permission of range [{key}, {shown}) is revoked from role {name}")
+        show(opts, resp, f"Permission of range [{key}, {shown}) is revoked from role {name}")
     else:
-        click.echo(f"Permission of key {key} is revoked from role {name}")
+        show(opts, resp, f"Permission of key {key} is revoked from role {name}")
 
 
 # ---------------------------------------------------------------- auth
@@ -300,11 +323,11 @@ def auth() -> None:
 @auth_options
 def auth_enable(**opts: Any) -> None:
     call(opts, "AuthEnable", pb.AuthEnableRequest())
-    click.echo("Authentication Enabled")
+    click.echo("Authentication Enabled")  # with -w json too, as etcdctl 3.4
 
 
 @auth.command("disable")
 @auth_options
 def auth_disable(**opts: Any) -> None:
     call(opts, "AuthDisable", pb.AuthDisableRequest())
-    click.echo("Authentication Disabled")
+    click.echo("Authentication Disabled")  # with -w json too, as etcdctl 3.4

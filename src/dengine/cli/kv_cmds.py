@@ -5,8 +5,8 @@ Output is etcdctl 3.4's: `-w simple` (the default: keys and values on their own 
 `OK` for a put, the deleted count, `SUCCESS`/`FAILURE` then each response of a txn) or
 `-w json` (etcd's JSON: the response header, keys and values in base64, zero fields left
 out; `--json` is the same). Keys and values are UTF-8 strings, or hexadecimal with
-`--hex`. Errors print `error [CODE]: message` (etcd's message for etcd's errors) and exit
-with 1; bad usage exits with 2.
+`--hex`. Errors print `error [CODE]: message` (etcd's message for etcd's errors; etcd's
+auth errors as etcdctl's `Error: message`) and exit with 1; bad usage exits with 2.
 """
 
 from __future__ import annotations

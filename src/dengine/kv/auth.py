@@ -61,6 +61,13 @@ NO_PASSWORD_USER = ("UNKNOWN",
                     "auth: authentication failed, password was given for no password user")
 
 
+# Every text above: the auth errors the CLI prints as etcdctl does ("Error: ...").
+MESSAGES = frozenset(text for _, text in (
+    PERMISSION_DENIED, USER_EMPTY, ROLE_EMPTY, AUTH_FAILED, INVALID_TOKEN, ROOT_USER_MISSING,
+    ROOT_ROLE_MISSING, USER_EXISTS, USER_NOT_FOUND, ROLE_EXISTS, ROLE_NOT_FOUND,
+    ROLE_NOT_GRANTED, PERMISSION_NOT_GRANTED, NOT_ENABLED, INVALID_MGMT, NO_PASSWORD_USER))
+
+
 def error(which: tuple[str, str]) -> KvError:
     return KvError(*which)
 
