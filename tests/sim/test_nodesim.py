@@ -17,8 +17,9 @@ import pytest
 from dengine.sim.nodesim import NODE_FAULT_KINDS, NodeSimConfig, run
 
 BROKEN = "dengine.sim.nodesim.broken"
-# The fault kinds that leave divergent uncommitted tails (all but snapcut, freeze, jump).
-DIVERGENCE_FAULTS = frozenset(NODE_FAULT_KINDS) - {"snapcut", "freeze", "jump"}
+# The fault kinds that leave divergent uncommitted tails (all but snapcut, freeze, jump;
+# bitrot only damages snapshot transfers).
+DIVERGENCE_FAULTS = frozenset(NODE_FAULT_KINDS) - {"snapcut", "freeze", "jump", "bitrot"}
 SEED_JOINER = 2  # --membership seeds that failed before the fixes below
 SEED_RESTART_CONFIG = 3
 
@@ -52,7 +53,8 @@ def test_real_nodes_pass_and_every_fault_kind_is_exercised() -> None:
                  "net_lost", "net_dup",
                  "net_straggler", "net_blocked", "writes_ok", "writes_unknown", "reads_ok",
                  "lease_reads", "eventual_reads", "snapshots_taken", "snapshots_installed",
-                 "net_snapshot_chunks", "snapshot_cuts", "cas_swapped", "cas_failed"):
+                 "net_snapshot_chunks", "snapshot_cuts", "snapshot_cuts_receiving",
+                 "snapshot_bitrot", "cas_swapped", "cas_failed"):
         assert totals.get(what, 0) > 0, f"nothing counted for {what}: {totals}"
 
 
@@ -169,6 +171,16 @@ def test_teeth_lease_reads_with_check_quorum_off() -> None:
     faults only, first caught at seed 0 (2 of 0-29)."""
     assert _first_caught(range(0, 40), core="dengine.sim.broken:LeaseWithoutCheckQuorumCore",
                          faults=frozenset({"freeze", "net"})) <= 39
+
+
+def test_teeth_unverified_snapshot() -> None:
+    """The receiver keeps a transfer once each chunk passed its CRC, without the file's
+    SHA-256: a byte flipped on its disk (`bitrot`) makes a damaged snapshot complete; the
+    install refuses it, and the node fails on it again at every restart (the stored file
+    counts as received) until the leader sends a newer one. With `bitrot`, partitions and
+    network faults, first caught at seed 1 (2 of 0-11; with every kind, 1 of 0-9)."""
+    assert _first_caught(range(0, 40), node=f"{BROKEN}:UnverifiedSnapshotNode",
+                         faults=frozenset({"bitrot", "partition", "net"})) <= 39
 
 
 def test_replay_command_reproduces_a_failure() -> None:

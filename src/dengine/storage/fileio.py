@@ -365,6 +365,17 @@ class SimulatedDisk(FileIO):
             self._countdown = None
             self._cut_dir(self._root, rng, lose_all, set())
 
+    def flip(self, path: str, offset: int, mask: int = 0x01) -> None:
+        """Silent media corruption: XOR the byte at `offset` of `path` with `mask`, in
+        what is written and in what is durable alike (no operation is counted)."""
+        with self._lock:
+            f = self._file(path)
+            f.data[offset] ^= mask
+            if offset < len(f.synced):
+                synced = bytearray(f.synced)
+                synced[offset] ^= mask
+                f.synced = bytes(synced)
+
     def _cut_dir(self, d: _Dir, rng: random.Random, lose_all: bool, seen: set[int]) -> None:
         keep = 0 if lose_all or not d.pending else rng.randint(0, len(d.pending))
         entries = dict(d.synced)

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 # Fault kinds of the whole-node simulator (`--faults`).
 NODE_FAULT_KINDS = ("net", "partition", "oneway", "kill", "power", "power_all", "pause",
-                    "strike", "diskerr", "slow", "skew", "snapcut", "freeze", "jump")
+                    "strike", "diskerr", "slow", "skew", "snapcut", "freeze", "jump",
+                    "bitrot")
 
 
 def _load(spec: str) -> Any:

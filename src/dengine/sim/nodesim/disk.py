@@ -41,6 +41,7 @@ class FencedDisk(FileIO):
         self._countdown: int | None = None
         self._error: tuple[int, int] | None = None  # (operations left, errno)
         self._snapshot_countdown: int | None = None  # armed, not counting yet
+        self._snapshot_marker = "/snapshots/"
         self.in_snapshot = False  # the armed cut counts from a snapshot operation
         self.error_fired = False  # an armed I/O error was raised
         self.mutations = 0
@@ -51,10 +52,12 @@ class FencedDisk(FileIO):
         if n is None:
             self._error = self._snapshot_countdown = None
 
-    def arm_snapshot(self, n: int) -> None:
-        """Cut the power at the n-th mutating operation from the next one on a path under
-        a `snapshots` directory (that one counts as the first)."""
+    def arm_snapshot(self, n: int, marker: str = "/snapshots/") -> None:
+        """Cut the power at the n-th mutating operation from the next one on a path that
+        holds `marker` (a `snapshots` directory, or `/incoming-`: a transfer being
+        received); that one counts as the first."""
         self._snapshot_countdown = n
+        self._snapshot_marker = marker
 
     def arm_error(self, n: int, errno_: int) -> None:
         """Fail the n-th next mutating operation with OSError(errno_)."""
@@ -67,7 +70,7 @@ class FencedDisk(FileIO):
     def _mutate(self, what: str) -> None:
         self._live()
         self.mutations += 1
-        if self._snapshot_countdown is not None and "/snapshots/" in what:
+        if self._snapshot_countdown is not None and self._snapshot_marker in what:
             self._countdown, self._snapshot_countdown = self._snapshot_countdown, None
             self.in_snapshot = True
         if self._countdown is not None:

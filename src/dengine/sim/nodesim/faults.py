@@ -37,6 +37,9 @@ later); `strike` is drawn three times as often as each other kind:
   that touches its snapshot directory: while it writes a snapshot, receives one (the
   partial file, its rename), installs it (the state machine, then the log) or prunes
   old ones; restarted 30-200 ms after the cut;
+* `bitrot`: silent media corruption: once the next snapshot transfer (to any node) has
+  stored some chunks, one byte of the receiver's partial file flips (in its written and
+  its durable bytes alike); the receiver's SHA-256 must refuse the file;
 * `skew`: a node's clock runs 0-10 % fast or slow from now on (within the drift bound the
   lease allows for; the clock stays monotonic).
 
@@ -243,17 +246,52 @@ class Faults:
         self.world.jump_clock(m, self.rng.uniform(0.02, 0.3))
 
     def _snapcut(self) -> None:
-        m = self._victim(0.3)
-        if m is None or m.fence is None:
+        if self.rng.random() < 0.5:
+            # The next node a snapshot chunk is sent to, while it stores the transfer: its
+            # partial file, torn, is resumed after the restart.
+            n = self.rng.randint(2, 6)
+
+            def on_chunk(src: int, dst: int) -> bool:
+                m = self.world.members.get(dst)
+                if m is not None and m.fence is not None:
+                    self._arm_snapshot(m, n, "/incoming-", "snapshot_cuts_receiving")
+                return True
+            self.world.net.chunk_hooks.append(on_chunk)
             return
+        m = self._victim(0.3)
+        if m is not None and m.fence is not None:
+            self._arm_snapshot(m, self.rng.randint(1, 16), "/snapshots/", "snapshot_cuts")
+
+    def _arm_snapshot(self, m: Member, n: int, marker: str, counter: str) -> None:
         fence = m.fence
-        fence.arm_snapshot(self.rng.randint(1, 16))
+        assert fence is not None
+        fence.arm_snapshot(n, marker)
 
         def after() -> None:
             if fence.in_snapshot:
-                self.world.count("snapshot_cuts")
+                self.world.count(counter)
             self._restart_later(m, 0.03, 0.2)
         self._after_cut[m.node_id] = after
+
+    def _bitrot(self) -> None:
+        rng = self.rng
+
+        def on_chunk(src: int, dst: int) -> bool:
+            m = self.world.members.get(dst)
+            if m is None or m.node is None:
+                return False
+            root = f"{self.world.data_dir(m)}/snapshots"
+            disk = m.disk
+            parts = [f"{root}/{d}/snapshot.part" for d in sorted(disk.listdir(root))
+                     if d.startswith("incoming-")] if disk.exists(root) else []
+            parts = [p for p in parts if disk.exists(p) and disk.size(p) > 0]
+            if not parts:
+                return False  # the next chunk
+            path = rng.choice(parts)
+            disk.flip(path, rng.randrange(disk.size(path)), 1 << rng.randrange(8))
+            self.world.count("snapshot_bitrot")
+            return True
+        self.world.net.chunk_hooks.append(on_chunk)
 
     def _skew(self) -> None:
         """A node's clock runs 0-10 % fast or slow (within the lease's drift bound)."""
@@ -343,6 +381,7 @@ class Faults:
         self._healed = True
         world.net.faults = NetFaults()
         world.net.on_echo = None
+        world.net.chunk_hooks = []
         for m in world.members.values():
             m.slow = 1.0
             world.set_clock_rate(m, 1.0)

@@ -66,6 +66,9 @@ class SimNetwork:
         # Told (from, to) when a late copy of the `echo` fault arrives (the fault schedule
         # strikes then).
         self.on_echo: Callable[[int, int], None] | None = None
+        # Each told (from, to) as a snapshot chunk leaves, until it returns True (the
+        # `snapcut` and `bitrot` faults strike a receiver then).
+        self.chunk_hooks: list[Callable[[int, int], bool]] = []
         self.stats = {"sent": 0, "lost": 0, "dup": 0, "straggler": 0, "blocked": 0,
                       "echo": 0, "snapshot_chunks": 0}
 
@@ -92,6 +95,10 @@ class SimNetwork:
                 delay = rng.uniform(20.0, 200.0)
                 stats["straggler"] += 1
             self._schedule(delay / 1000.0, lambda: self._arrive(src, dst, data))
+
+    def chunk_sent(self, src: int, dst: int) -> None:
+        if self.chunk_hooks:
+            self.chunk_hooks = [h for h in self.chunk_hooks if not h(src, dst)]
 
     def _echo(self, src: int, dst: int, data: bytes) -> None:
         self._arrive(src, dst, data)
@@ -207,6 +214,7 @@ class SimTransport:
                 chunk = await sender.next_chunk(peer)
                 if chunk is not None and not self.closed:
                     self.network.stats["snapshot_chunks"] += 1
+                    self.network.chunk_sent(self.node_id, peer)
                     self.network.send(self.node_id, peer,
                                       bytes((_CHUNK,)) + chunk.SerializeToString())
         finally:

@@ -112,6 +112,10 @@ class World:
     def after(self, delay_s: float, callback: Callable[[], None]) -> None:
         heapq.heappush(self._events, (self.clock.now + delay_s, next(self._seq), callback))
 
+    @staticmethod
+    def data_dir(m: Member) -> str:
+        return f"/sim/n{m.node_id}"
+
     def count(self, what: str, n: int = 1) -> None:
         self.stats[what] = self.stats.get(what, 0) + n
 
@@ -121,7 +125,7 @@ class World:
         voters = range(1, self.config.nodes + 1)
         peers = {i: f"sim-peer-{i}:1" for i in voters if i != m.node_id}
         return NodeConfig(
-            data_dir=f"/sim/n{m.node_id}", node_id=m.node_id, cluster_id="sim",
+            data_dir=self.data_dir(m), node_id=m.node_id, cluster_id="sim",
             listen_peer=f"sim-peer-{m.node_id}:1", listen_client=f"sim-client-{m.node_id}:1",
             peers=peers, join="sim-peer-1:1" if m.learner or m.joining else "", auto_promote=False,
             tick_ms=10, election_timeout_ms=100, heartbeat_interval_ms=20, clock_drift_ms=20,
