@@ -73,7 +73,7 @@ def test_a_learner_restarted_before_applying_its_own_addition_is_not_removed() -
 def test_membership_changes_remove_a_voter_and_the_leader_add_and_promote() -> None:
     totals = _run_range(range(300, 306), membership=True)
     for what in ("member_removals", "leader_removals", "retired", "learners_added",
-                 "promotions"):
+                 "promotions", "swaps_refused"):
         assert totals.get(what, 0) > 0, f"nothing counted for {what}: {totals}"
 
 
@@ -181,6 +181,14 @@ def test_teeth_unverified_snapshot() -> None:
     network faults, first caught at seed 1 (2 of 0-11; with every kind, 1 of 0-9)."""
     assert _first_caught(range(0, 40), node=f"{BROKEN}:UnverifiedSnapshotNode",
                          faults=frozenset({"bitrot", "partition", "net"})) <= 39
+
+
+def test_teeth_membership_change_that_skips_a_step() -> None:
+    """A leader that accepts the operator's shortcut, a voter swapped for a new machine in
+    one change (two voters changed): caught by the membership-steps check at seed 0 (2 of
+    0-5) with `--membership`."""
+    assert _first_caught(range(0, 40), membership=True,
+                         core=f"{BROKEN}:SwapInOneStepCore") <= 39
 
 
 def test_replay_command_reproduces_a_failure() -> None:

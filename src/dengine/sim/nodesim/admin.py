@@ -9,6 +9,12 @@ them, one at a time, through the leader's `Members.change`:
    catches up from the log or by snapshot);
 3. once it has caught up (`check_learner_caught_up`), the leader promotes it to voter.
 
+Half the time (when the victim is not the leader) the operator first tries a shortcut
+that skips the steps: the new machine is started at once and the victim swapped for it as
+a voter in one change (two voters changed). The real node refuses it (counted as
+`swaps_refused`) and the cycle goes on step by step with that machine; a node that
+accepts it is caught by the membership-steps check.
+
 Then the next cycle starts 0.2-0.6 s later. The run's faults go on meanwhile (a change
 proposed to a leader that dies is simply proposed again to the next one). `stop` ends the
 cycles; the run settles only once the cycle under way is complete (every original voter
@@ -40,6 +46,7 @@ class Admin:
         self.rng = rng
         self.victim: Member | None = None
         self.wiped = False  # the removed machine was replaced by a new one
+        self.spare: Member | None = None  # the new machine of a swap attempt
         self._stopped = False
 
     def start(self) -> None:
@@ -75,13 +82,20 @@ class Admin:
             m = lead if self.rng.random() < 1 / 3 else self.rng.choice(originals)
             self.victim, self.wiped = m, False
             world.count("member_removals" if m is not lead else "leader_removals")
+            if m is not lead and self.rng.random() < 0.5:
+                self._swap(lead, m)
+                return
         if m.node_id in voters and not self.wiped:
             out = Membership()
             out.voters.extend(x for x in applied.voters if x.id != m.node_id)
             out.learners.extend(applied.learners)
             self._propose(lead, out)
         elif not self.wiped:
-            self.victim = m = world.replace(m)
+            if self.spare is None:
+                self.victim = m = world.replace(m)
+            else:
+                world.retire(m)
+                self.victim, self.spare = self.spare, None
             self.wiped = True
         elif m.node_id not in voters | learners:
             out = Membership()
@@ -96,6 +110,24 @@ class Admin:
             self._propose(lead, promoted(applied, m.node_id), "promotions")
         else:
             self.victim = None  # a voter again: the cycle is complete
+
+    def _swap(self, lead: Member, m: Member) -> None:
+        """The shortcut: `m` replaced by a new machine as a voter, in one change."""
+        node = lead.node
+        assert node is not None
+        self.spare = spare = self.world.new_machine()
+        applied = node.members.applied
+        out = Membership()
+        out.voters.extend(x for x in applied.voters if x.id != m.node_id)
+        out.voters.add(id=spare.node_id, address=f"sim-peer-{spare.node_id}:1")
+        out.learners.extend(applied.learners)
+        try:
+            done = node.members.change(out, 1.0)
+        except Exception:
+            self.world.count("swaps_refused")
+            return
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.world.count("swaps_accepted")
 
     def _propose(self, lead: Member, membership: Membership, what: str = "") -> None:
         node = lead.node

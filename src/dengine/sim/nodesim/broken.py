@@ -15,10 +15,12 @@ import asyncio
 import os
 from collections.abc import Iterable, Sequence
 
+from dengine.errors import NotLeader, Unavailable
 from dengine.node.node import Node
 from dengine.node.snapshots import SNAPSHOT_FILE, SnapshotReceiver, _Incoming
 from dengine.proto import Entry, LogId, Membership, Message
-from dengine.raft import RaftCore, Ready
+from dengine.raft import RaftCore, Ready, Role
+from dengine.raft.confchange import validate_membership
 from dengine.raft.quorum import quorum_value
 from dengine.sim.nodesim.disk import FencedDisk
 from dengine.storage import ApplyResult
@@ -150,3 +152,25 @@ class EarlyConfChangeCore(RaftCore):
             return super().propose_membership(membership)
         finally:
             self.term_committed = committed
+
+
+class SwapInOneStepCore(RaftCore):
+    """Accepts a membership change of two voters at once (one removed, one added: a
+    "replace" without the intermediate configuration or joint consensus): a majority of
+    the old voters and one of the new may then not meet. The rest of
+    `ConfChangeMixin.propose_membership` is kept (leader, its term committed, one change
+    at a time)."""
+
+    def propose_membership(self, membership: Membership) -> LogId:
+        if self.state is not Role.LEADER:
+            raise NotLeader(leader_id=self.lead)
+        if not self.term_committed:
+            raise Unavailable("the leader has not committed an entry of its term yet")
+        pending = self._configs[-1][0] if self._configs else 0
+        if pending > self.log.committed:
+            raise Unavailable(f"membership change at index {pending} is not committed yet")
+        validate_membership(membership)
+        entry = Entry(index=self.log.last_index() + 1, term=self.term)
+        entry.payload.config.CopyFrom(membership)
+        self._append_as_leader([entry])
+        return LogId(term=self.term, index=entry.index)

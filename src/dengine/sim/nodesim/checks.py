@@ -6,6 +6,9 @@ During the run:
   after every callback a node runs);
 * state machine safety: an entry applied anywhere at an index is the entry (term and
   bytes) every other node applied there (`SimNode._on_applied`);
+* membership steps: a configuration applied anywhere differs from the one before it in
+  the log by at most one voter (single-server changes: every majority of the old
+  voters meets every majority of the new ones);
 * recovery: a node restarted after a kill or a power cut starts (never refuses);
 * no unhandled exception in any node's loop.
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dengine.proto import Entry
+from dengine.proto import Entry, Membership
 from dengine.sim import lincheck
 
 if TYPE_CHECKING:
@@ -54,6 +57,7 @@ class Checks:
         self.world = world
         self.leader_of: dict[int, int] = {}  # term -> the node that led in it
         self.applied: dict[int, tuple[int, bytes, int]] = {}  # index -> (term, bytes, node)
+        self.configs: dict[int, frozenset[int]] = {}  # index of a config entry -> its voters
 
     # -- during the run
 
@@ -74,12 +78,27 @@ class Checks:
             seen = applied.get(e.index)
             if seen is None:
                 applied[e.index] = (e.term, data, node_id)
+                if e.payload.HasField("config"):
+                    self._config_step(node_id, int(e.index), e.payload.config)
             elif seen[0] != e.term or seen[1] != data:
                 other = "" if seen[1] == data else ", other bytes"
                 raise Violation(
                     "state machine safety", node_id,
                     f"applied (index {e.index}, term {e.term}) where node {seen[2]} applied "
                     f"(index {e.index}, term {seen[0]}){other}")
+
+    def _config_step(self, node_id: int, index: int, config: Membership) -> None:
+        voters = frozenset(m.id for m in config.voters)
+        configs = self.configs
+        before = [i for i in configs if i < index]
+        configs[index] = voters
+        if before:
+            prev = configs[max(before)]
+            if len(prev ^ voters) > 1:
+                raise Violation(
+                    "membership steps", node_id,
+                    f"the configuration at index {index} has voters {sorted(voters)}, the "
+                    f"one at index {max(before)} {sorted(prev)}: more than one voter changed")
 
     # -- at the end
 

@@ -182,9 +182,17 @@ class World:
     def replace(self, m: Member) -> Member:
         """Retire `m` (removed from the cluster) and start a new machine, with the next
         node id and an empty disk, that joins the cluster."""
+        self.retire(m)
+        return self.new_machine()
+
+    def retire(self, m: Member) -> None:
+        """`m` was removed from the cluster: stopped, never started again."""
         self.stop(m, "retired")
         m.retired = True
         del self.members[m.node_id]
+
+    def new_machine(self) -> Member:
+        """Start a new machine, with the next node id and an empty disk, that joins."""
         new = Member(max(self._ids_used) + 1, False)
         self._ids_used.add(new.node_id)
         new.joining = True
