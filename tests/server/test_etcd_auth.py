@@ -7,6 +7,7 @@ stopped by its test."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from test_etcd_api import Member, cluster, follower_of, leader_of, run
 
 from dengine import Client
 from dengine.errors import KvError
+from dengine.proto.client_pb2 import ReadRequest, ReadResponse
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.proto.etcd import v3lock_pb2
 from dengine.server.etcd.auth import MAX_WAITING_LOGINS
@@ -113,6 +115,50 @@ def test_tokens_expire_after_their_ttl_unused_on_a_member(tmp_path: Path) -> Non
             assert await code_of(call(m, "Range", get, pb.RangeResponse, token,
                                       service="etcdserverpb.KV")) == (
                 grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token")
+
+    run(main())
+
+
+def test_a_token_held_across_a_permission_change_is_judged_by_the_new_roles(
+        tmp_path: Path) -> None:
+    """etcd 3.4 (simple tokens, checked by hand): a client's next request after a role
+    change is judged by the roles as they are now, its token still valid (no "revision
+    of auth store is old": that one is for a change racing a write's apply)."""
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            leader, follower = leader_of(members), follower_of(members)
+            root = await setup_auth(leader)
+            token = await login(follower, "u1", "p1")
+            get_other = pb.RangeRequest(key=b"/other")
+            denied = (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied")
+            for m in (leader, follower):
+                assert await code_of(call(m, "Range", get_other, pb.RangeResponse, token,
+                                          service="etcdserverpb.KV")) == denied
+            await call(leader, "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+                name="r1", perm={"key": b"/other"}), pb.AuthRoleGrantPermissionResponse, root)
+            await call(follower, "Range", get_other, pb.RangeResponse, token,
+                       service="etcdserverpb.KV")  # linearizable: the grant applied here
+            await call(leader, "Range", get_other, pb.RangeResponse, token,
+                       service="etcdserverpb.KV")
+            await call(leader, "RoleRevokePermission", pb.AuthRoleRevokePermissionRequest(
+                role="r1", key=b"/app/", range_end=b"/app0"),
+                pb.AuthRoleRevokePermissionResponse, root)
+            assert await code_of(call(follower, "Range", pb.RangeRequest(key=b"/app/a"),
+                                      pb.RangeResponse, token,
+                                      service="etcdserverpb.KV")) == denied
+            # the native protocol's linearizable reads too (a follower's, after a revoke)
+            async with Client(follower.engine.config.listen_client, transport="native",
+                              user="u1", password="p1") as client:
+                read = ReadRequest(keys=[b"/other"]).SerializeToString()
+                router = client._router  # the follower itself, not the leader's answer
+                assert not (await router.call_node(
+                    follower.engine.config.listen_client, "Read", read, ReadResponse,
+                    time.monotonic() + 10)).HasField("error")
+                await call(leader, "RoleRevokePermission", pb.AuthRoleRevokePermissionRequest(
+                    role="r1", key=b"/other"), pb.AuthRoleRevokePermissionResponse, root)
+                resp = await router.call_node(follower.engine.config.listen_client, "Read",
+                                              read, ReadResponse, time.monotonic() + 10)
+                assert resp.error.message == "etcdserver: permission denied"
 
     run(main())
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -94,6 +95,11 @@ class _Context:
     def bind_token(self, token: str) -> None:
         """Every later request on this connection acts for the token's user."""
         self._conn.token = token
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """The connection's verified client certificate as gRPC's auth context gives it
+        (common name, PEM; {} without one): with --client-cert-auth its CN is a user."""
+        return self._conn.certificate()
 
 
 class NativeServer:
@@ -306,12 +312,30 @@ class _Connection(asyncio.Protocol):
         self._active_at = time.monotonic()   # the last byte received or answer sent
         self._partial_since = 0.0   # the first byte of the frame still incomplete (0: none)
         self.token = ""  # etcd auth token of the connection (its last Authenticate)
+        self._certificate: dict[str, list[bytes]] | None = None  # certificate(), once read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = adopt_transport(transport)
         if not self._server.opened(self):
             self.end(STATUS_CLOSING, f"too many connections (max_client_connections "
                                              f"{self._server.max_connections}); retry later")
+
+    def certificate(self) -> dict[str, list[bytes]]:
+        if self._certificate is None:
+            self._certificate = {}
+            ssl_object = (self._transport.get_extra_info("ssl_object")
+                          if self._transport is not None else None)
+            if ssl_object is None:
+                return self._certificate
+            der = ssl_object.getpeercert(binary_form=True)
+            verified = ssl_object.getpeercert() if der else None  # {} when not verified
+            if der and verified:
+                names = [value for rdn in verified.get("subject", ()) for key, value in rdn
+                         if key == "commonName"]
+                self._certificate = {"x509_pem_cert": [ssl.DER_cert_to_PEM_cert(der).encode()]}
+                if names:
+                    self._certificate["x509_common_name"] = [names[0].encode()]
+        return self._certificate
 
     def connection_lost(self, exc: Exception | None) -> None:
         # In-flight handlers keep running (a proposal is never withdrawn); their answers

@@ -19,6 +19,7 @@ from dengine.kv.codec import (
     split_write_request,
 )
 from dengine.proto.client_pb2 import (
+    READ_CONSISTENCY_EVENTUAL,
     KvReadRequest,
     KvReadResponse,
     LeaseKeepAliveBatchResponse,
@@ -34,7 +35,7 @@ from dengine.proto.client_pb2 import (
 )
 from dengine.proto.etcd import rpc_pb2
 from dengine.proto.etcd.rpc_pb2 import RangeRequest, TxnRequest
-from dengine.server.etcd.gate import Check, check_kv_write, keys_of
+from dengine.server.etcd.gate import FORWARDED_METADATA, Check, check_kv_write, keys_of
 
 
 def _check_write(request: bytes) -> Check:
@@ -125,6 +126,19 @@ CHECKS: dict[str, tuple[Any, Callable[[bytes], Check | None]]] = {
 }
 
 
+def linearizable(method: str, request: bytes) -> Callable[[], bool] | None:
+    """For a read: whether it is a linearizable (or lease) one, whose permissions are
+    checked on the state it is served from, after a ReadIndex round (etcd's order; a
+    serializable read is checked on the member's applied state, as etcd's)."""
+    message = _READS.get(method)
+    if message is None:
+        return None
+    return lambda: message.FromString(request).consistency != READ_CONSISTENCY_EVENTUAL
+
+
+_READS: dict[str, Any] = {"Read": ReadRequest, "KvRead": KvReadRequest}
+
+
 class WithToken:
     """A request context that carries `token` as gRPC's `token` metadata would."""
 
@@ -137,3 +151,26 @@ class WithToken:
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return (("token", self._token),)
+
+
+class _Forwarded:
+    """A ForwardWrite's context: a follower's (from a member's connection, it acts for no
+    client certificate's user, `Gate`)."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*(self._context.invocation_metadata() or ()), (FORWARDED_METADATA, "1"))
+
+    def auth_context(self) -> Any:
+        auth_context = getattr(self._context, "auth_context", None)
+        return auth_context() if auth_context is not None else {}
+
+
+def as_checked(method: str, context: Any) -> Any:
+    """The context a method's permission check sees."""
+    return _Forwarded(context) if method == "ForwardWrite" else context

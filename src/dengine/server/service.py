@@ -74,7 +74,7 @@ from dengine.proto.common_pb2 import Member
 from dengine.proto.etcd import rpc_pb2
 from dengine.proto.etcd.rpc_pb2 import RangeRequest, TxnRequest
 from dengine.server.etcd.gate import Check, Gate
-from dengine.server.native_auth import CHECKS, WithToken
+from dengine.server.native_auth import CHECKS, WithToken, as_checked, linearizable
 
 log = logging.getLogger(__name__)
 
@@ -180,22 +180,24 @@ class ClientService:
         that both behave the same."""
         table = self._handlers()
         for name, (response, rule) in CHECKS.items():
-            table[name] = self._checked(table[name], response, rule, name == "WatchPoll")
+            table[name] = self._checked(table[name], response, rule, name)
         return table
 
     def _checked(self, handler: Callable[[bytes, Any], Awaitable[ProtoMessage]],
-                 response: Any, rule: Callable[[bytes], Check | None], watch: bool = False,
+                 response: Any, rule: Callable[[bytes], Check | None], name: str,
                  ) -> Callable[[bytes, Any], Awaitable[ProtoMessage]]:
         """`handler` once its request passed etcd's permission checks (nothing is checked
         while auth is off; the request is decoded for them only while it is on). A watch
         without a user is refused as etcd refuses it: "permission denied"."""
         async def checked(request: bytes, context: Any) -> ProtoMessage:
             try:
-                await self._gate.check(context, rule(request))
+                await self._gate.check(as_checked(name, context), rule(request),
+                                       fresh=linearizable(name, request))
             except DecodeError:
                 pass  # malformed: the handler says so
             except Exception as exc:
-                if watch and isinstance(exc, KvError) and exc.message == kvauth.USER_EMPTY[1]:
+                if name == "WatchPoll" and isinstance(exc, KvError) and (
+                        exc.message == kvauth.USER_EMPTY[1]):
                     exc = kvauth.error(kvauth.PERMISSION_DENIED)
                 return response(error=self._error(exc, "auth"))
             return await handler(request, context)

@@ -46,7 +46,7 @@ class EtcdApi:
         self.backup = BackupService(engine, config)
         self.health = Health(engine)
         self.recipes = RecipeServices(engine, config)
-        self.gate = Gate(engine)
+        self.gate = Gate(engine, cert_auth=config.client_cert_auth)
         self.auth = AuthService(engine, config, self.forwarder, self.gate)
         for service in (self.kv, self.lease, self.maintenance, self.cluster, self.watch,
                         self.backup, self.auth):

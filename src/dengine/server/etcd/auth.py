@@ -32,7 +32,7 @@ from dengine.proto.auth_pb2 import AuthCommand, AuthToken
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import check_message_size, decode
 from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, forwarded
-from dengine.server.etcd.gate import Gate, token_of
+from dengine.server.etcd.gate import Gate
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 SERVICE = "etcdserverpb.Auth"
@@ -201,7 +201,7 @@ class AuthService(EtcdBase):
             raise NotLeader("not the leader", leader_id=engine.leader_id)
         answer, index = await self._forwarder.call(
             address, f"/{SERVICE}/{method}", request, timeout_of(context),
-            token=token_of(context))
+            identity=await self._gate.forward_identity(context))
         if index:
             await engine.wait_applied(index, timeout=timeout_of(context))
         return answer

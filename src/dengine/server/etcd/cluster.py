@@ -34,7 +34,6 @@ from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import check_message_size, decode
 from dengine.server.etcd.errors import LEADER_CHANGED, TIMED_OUT
 from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, forwarded
-from dengine.server.etcd.gate import token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 log = logging.getLogger("dengine.server.etcd")
@@ -280,9 +279,9 @@ class ClusterService(EtcdBase):
                 return None
             raise e
         try:
-            answer, index = await self._forwarder.call(address, path, request,
-                                                       timeout_of(context),
-                                                       token=token_of(context))
+            answer, index = await self._forwarder.call(
+                address, path, request, timeout_of(context),
+                identity=await self.gate.forward_identity(context))
         except KvError as ke:
             if ke.message == LEADER_CHANGED and time_left:
                 return None

@@ -31,11 +31,12 @@ from dengine.errors import DengineError, KvError, Timeout
 from dengine.kv.codec import join_write_request
 from dengine.proto.client_pb2 import WriteResponse
 from dengine.server.etcd.errors import LEADER_CHANGED, TIMED_OUT, TIMED_OUT_CONNECTION_LOST
+from dengine.server.etcd.gate import FORWARDED_METADATA as FORWARDED
+from dengine.server.etcd.gate import Metadata
 from dengine.tls import ClientTls
 
 log = logging.getLogger("dengine.server.etcd")
 
-FORWARDED = "dengine-forwarded"  # request metadata: sent by a follower
 APPLIED_INDEX = "dengine-index"  # trailing metadata of the leader's answer: the log index
 _MAX_CHANNELS = 8
 # ForwardWrites in flight to one leader; the writes forwarded meanwhile wait and leave
@@ -60,12 +61,13 @@ class Forwarder:
 
     async def call(
         self, address: str, method: str, request: bytes, timeout: float | None,
-        token: str | None = None,
+        identity: Metadata = (),
     ) -> tuple[bytes, int]:
         """The leader's answer to `request` at `method` (a full path such as
         "/etcdserverpb.KV/Put"), and the log index of the write (0: not said). An error
-        of the leader is raised as it is (KvError); no answer: a timeout. `token`: the
-        client's auth token, sent on (the leader checks it again)."""
+        of the leader is raised as it is (KvError); no answer: a timeout. `identity`:
+        who the client is (`Gate.identity`: its token, or its certificate's user), sent
+        on (the leader checks the request again)."""
         channel = self._channels.get(address)
         if channel is None:
             while len(self._channels) >= _MAX_CHANNELS:  # leaders of the past
@@ -78,9 +80,7 @@ class Forwarder:
                 else grpc.aio.insecure_channel(address, options=self._options))
         call = channel.unary_unary(method)
         try:
-            metadata = ((FORWARDED, "1"),) if token is None else (
-                (FORWARDED, "1"), ("token", token))
-            invocation = call(request, timeout=timeout, metadata=metadata)
+            invocation = call(request, timeout=timeout, metadata=((FORWARDED, "1"), *identity))
             response = await invocation
             trailing = await invocation.trailing_metadata()
         except grpc.aio.AioRpcError as e:

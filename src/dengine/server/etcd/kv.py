@@ -34,7 +34,7 @@ from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd import checks
 from dengine.server.etcd.errors import etcd_status
 from dengine.server.etcd.forward import APPLIED_INDEX, Forwarder, KvForwarder, forwarded
-from dengine.server.etcd.gate import Gate, check_kv_write, token_of
+from dengine.server.etcd.gate import Gate, check_kv_write
 
 log = logging.getLogger("dengine.server.etcd")
 
@@ -113,11 +113,11 @@ class KvService(EtcdBase):
     async def range(self, request: bytes, context: Any) -> bytes:
         try:
             req = checks.range_request(request, self._config)
-            await self.gate.range(context, req.key, req.range_end)
             mode = EVENTUAL if req.serializable else LINEARIZABLE
             limit = self._config.max_response_bytes
-            resp = await self._engine.read_query(
-                lambda store: store.range(req, limit), mode, timeout=timeout_of(context))
+            resp = await self.gate.read(
+                context, lambda auth, user, store: auth.check_range(user, req.key, req.range_end),
+                lambda store: store.range(req, limit), mode, timeout_of(context))
             self.stamp(resp.header)
             return bytes(resp.SerializeToString())
         except Exception as exc:
@@ -128,8 +128,9 @@ class KvService(EtcdBase):
         unless every range is serializable."""
         mode = EVENTUAL if etcd_check.is_txn_serializable(req) else LINEARIZABLE
         limit = self._config.max_response_bytes
-        resp = await self._engine.read_query(
-            lambda store: store.read_txn(req, limit), mode, timeout=timeout_of(context))
+        resp = await self.gate.read(
+            context, check_kv_write("Txn", req), lambda store: store.read_txn(req, limit),
+            mode, timeout_of(context))
         self.stamp(resp.header)
         return bytes(resp.SerializeToString())
 
@@ -142,7 +143,7 @@ class KvService(EtcdBase):
             try:
                 self._admit(size)
                 req = checks.check_write(field, request, self._config)
-                await self.gate.check(context, check_kv_write(method, req))
+                user = await self.gate.check(context, check_kv_write(method, req))
                 if field == KV_TXN and etcd_check.is_txn_readonly(req):
                     return await self._read_txn(req, context)
             except Exception as exc:
@@ -150,7 +151,7 @@ class KvService(EtcdBase):
             self.pending_writes += 1
             self.pending_write_bytes += size
             try:
-                return await self._write(field, request, response, context)
+                return await self._write(field, request, response, context, user)
             except Exception as exc:
                 await self.fail(context, exc)
             finally:
@@ -161,7 +162,8 @@ class KvService(EtcdBase):
         return write
 
     async def _write(
-        self, field: int, request: bytes, response: type[ProtoMessage], context: Any
+        self, field: int, request: bytes, response: type[ProtoMessage], context: Any,
+        user: str | None = None,
     ) -> bytes:
         engine = self._engine
         sent_on = forwarded(context)
@@ -174,13 +176,14 @@ class KvService(EtcdBase):
             address = e.leader_address or engine.leader_address()
             if not e.leader_id or not address or sent_on:
                 raise
-            token = token_of(context)
-            if token is not None and self._token_forwarder is not None:
-                # Auth in use: the etcd method itself, with the client's token (the leader
-                # checks it again; the native ForwardWrite is refused while auth is on).
+            identity = self.gate.identity(context, user)
+            if identity and self._token_forwarder is not None:
+                # Auth in use: the etcd method itself, with the client's token or its
+                # certificate's user (the leader checks it again; the native ForwardWrite
+                # acts for no user).
                 raw, index = await self._token_forwarder.call(
                     address, f"/{SERVICE}/{_METHODS[field]}", request, timeout_of(context),
-                    token=token)
+                    identity=identity)
                 if index:
                     await engine.wait_applied(index, timeout=timeout_of(context))
                 resp = response.FromString(raw)

@@ -22,7 +22,6 @@ from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import decode
 from dengine.server.etcd.forward import Forwarder, forwarded
-from dengine.server.etcd.gate import token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 SERVICE = "etcdserverpb.Lease"
@@ -69,8 +68,9 @@ class LeaseService(EtcdBase):
         address = e.leader_address or self._engine.leader_address()
         if not e.leader_id or not address or forwarded(context):
             raise e
-        answer, _ = await self._forwarder.call(address, method, request, timeout,
-                                               token=token_of(context))
+        answer, _ = await self._forwarder.call(
+            address, method, request, timeout,
+            identity=await self.gate.forward_identity(context))
         return answer
 
     async def _serve(self, method: str, request: bytes, context: Any,
