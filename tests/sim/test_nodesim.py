@@ -54,7 +54,8 @@ def test_real_nodes_pass_and_every_fault_kind_is_exercised() -> None:
                  "net_straggler", "net_blocked", "writes_ok", "writes_unknown", "reads_ok",
                  "lease_reads", "eventual_reads", "snapshots_taken", "snapshots_installed",
                  "net_snapshot_chunks", "snapshot_cuts", "snapshot_cuts_receiving",
-                 "snapshot_bitrot", "cas_swapped", "cas_failed"):
+                 "snapshot_bitrot", "cas_swapped", "cas_failed", "compactions_ok",
+                 "compactions_refused", "past_reads_ok", "past_reads_compacted"):
         assert totals.get(what, 0) > 0, f"nothing counted for {what}: {totals}"
 
 

@@ -21,13 +21,22 @@ At the end, after every fault is healed and every node restarted:
 * linearizability: the clients' history (writes, linearizable and lease reads, and a
   final linearizable read of every key) passes `dengine.sim.lincheck`; an acknowledged
   write a power cut ate shows up there;
-* eventual reads: every value an eventual read returned was written by some client.
+* eventual reads: every value an eventual read returned was written by some client;
+* compaction: a read at a past revision that returned a value returned the key's value
+  at that revision (as a replay of the committed log without compactions gives it); one
+  that failed with etcd's "required revision has been compacted" came after a compaction
+  above that revision was asked for (done or of unknown outcome); and one called after a
+  compaction above its revision was acknowledged failed so (linearizable and lease reads).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from dengine.kv import decode_entry
+from dengine.kv.codec import OP_COMPACTION
+from dengine.kv.etcd_check import COMPACTED
+from dengine.kv.mvcc import MvccStore
 from dengine.proto import Entry, Membership
 from dengine.sim import lincheck
 
@@ -58,6 +67,11 @@ class Checks:
         self.leader_of: dict[int, int] = {}  # term -> the node that led in it
         self.applied: dict[int, tuple[int, bytes, int]] = {}  # index -> (term, bytes, node)
         self.configs: dict[int, frozenset[int]] = {}  # index of a config entry -> its voters
+        # The committed log replayed in index order without its compactions: every past
+        # revision's value (fed as the entries are first applied anywhere).
+        self.oracle = MvccStore()
+        self._oracle_index = 0
+        self._oracle_waiting: dict[int, Entry] = {}
 
     # -- during the run
 
@@ -80,12 +94,19 @@ class Checks:
                 applied[e.index] = (e.term, data, node_id)
                 if e.payload.HasField("config"):
                     self._config_step(node_id, int(e.index), e.payload.config)
+                self._oracle_waiting[e.index] = e
             elif seen[0] != e.term or seen[1] != data:
                 other = "" if seen[1] == data else ", other bytes"
                 raise Violation(
                     "state machine safety", node_id,
                     f"applied (index {e.index}, term {e.term}) where node {seen[2]} applied "
                     f"(index {e.index}, term {seen[0]}){other}")
+        waiting = self._oracle_waiting
+        while self._oracle_index + 1 in waiting:
+            self._oracle_index += 1
+            op, key, value = decode_entry(waiting.pop(self._oracle_index))
+            if op != OP_COMPACTION:
+                self.oracle.apply(op, key, value)
 
     def _config_step(self, node_id: int, index: int, config: Membership) -> None:
         voters = frozenset(m.id for m in config.voters)
@@ -151,8 +172,35 @@ class Checks:
         result = lincheck.check(clients.history)
         if not result.ok:
             raise Violation("linearizability", 0, result.explanation)
+        self._compaction(clients)
         written = clients.values_written
         for node_id, key, value, at in clients.eventual:
             if value is not None and value not in written:
                 raise Violation("eventual reads", node_id,
                                 f"read {key!r} = {value!r} at {at:.1f} ms: no client wrote it")
+
+    def _compaction(self, clients: Any) -> None:
+        asked = [(rev, call) for rev, call, _, done in clients.compactions if done]
+        acked = [(rev, ret) for rev, _, ret, done in clients.compactions
+                 if done and ret is not None]
+        oracle = self.oracle
+        for node_id, key, rev, got, call, ret in clients.past_reads:
+            where = f"read {key!r} at revision {rev} ({call:.1f}-{ret:.1f} ms)"
+            if got == COMPACTED:
+                if not any(r > rev and c < ret for r, c in asked):
+                    raise Violation("compaction", node_id,
+                                    f"{where}: compacted, but no compaction above it was asked")
+                continue
+            before = [r for r, t in acked if r > rev and t < call]
+            if before:
+                raise Violation("compaction", node_id,
+                                f"{where}: {got!r}, after the compaction at {before[0]} "
+                                "was acknowledged")
+            if oracle.revision < rev:  # the replay stopped at a gap (never seen applied)
+                self.world.count("past_reads_unchecked")
+            else:
+                kv = oracle.get_kv(key, rev)
+                want = None if kv is None else kv.value
+                if got != want:
+                    raise Violation("compaction", node_id,
+                                    f"{where}: {got!r}, the log says {want!r}")

@@ -4,7 +4,9 @@ Each client does one operation at a time on a node: a put (a third of them as et
 PutRequests, as the gRPC server proposes them) or a delete (unique values), or etcd's
 compare-and-swap txn ("value == the client's last view of the key, or absent, then put";
 its history op says whether it swapped) through `Node.propose`, or a read of one key
-through `Node.read` at linearizable, lease or eventual consistency. It asks the node
+through `Node.read` at linearizable, lease or eventual consistency, or an etcd
+compaction (`CompactionRequest` at one of the last revisions it saw), or an etcd range
+of one key at a past revision (linearizable or lease). It asks the node
 it believes leads (`NotLeader` tells it which), or another one at random; it gives up on
 an answer after 0.2-1.5 s (drawn per operation) and then tries another node. Outcomes,
 as a real client sees them:
@@ -13,7 +15,10 @@ as a real client sees them:
 * a write refused at once (`NotLeader`, not running) was never proposed: left out;
 * a write that fails later (timeout, leadership lost, the node died) has an unknown
   outcome: recorded with `ret=None` (it may or may not have been applied);
-* a read is recorded only when it returned a value; eventual reads go to their own check.
+* a read is recorded only when it returned a value; eventual reads go to their own check;
+* compactions and reads at past revisions are not in the linearizability history (a
+  compaction changes no value): they go to the compaction check (`checks.py`), with
+  their outcome (done, refused with etcd's error, unknown; compacted or a value).
 
 After healing, `final_reads` reads every key at linearizable consistency: a write
 acknowledged and then lost (a power cut ate it) shows up as a stale final read.
@@ -25,9 +30,11 @@ import functools
 import random
 from typing import TYPE_CHECKING, Any
 
-from dengine.errors import DengineError, NotLeader
+from dengine.errors import DengineError, KvError, NotLeader
 from dengine.kv import EVENTUAL, LEASE, LINEARIZABLE
 from dengine.kv.codec import encode_delete, encode_insert
+from dengine.kv.etcd_check import COMPACTED
+from dengine.proto import WriteCommand
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.sim.lincheck import Op
 from dengine.sim.workloads import cas_request, put_command, txn_command
@@ -62,7 +69,14 @@ class Clients:
         self.eventual: list[tuple[int, bytes, bytes | None, float]] = []
         self.values_written: set[bytes] = set()
         self.stats = {"writes_ok": 0, "writes_unknown": 0, "reads_ok": 0, "refused": 0,
-                      "eventual_reads": 0, "lease_reads": 0, "cas_swapped": 0, "cas_failed": 0}
+                      "eventual_reads": 0, "lease_reads": 0, "cas_swapped": 0, "cas_failed": 0,
+                      "compactions_ok": 0, "compactions_refused": 0, "past_reads_ok": 0,
+                      "past_reads_compacted": 0}
+        # Compactions: (revision, call ms, return ms or None if unknown, done); reads at
+        # a past revision: (node, key, revision, value or COMPACTED, call ms, return ms).
+        self.compactions: list[tuple[int, float, float | None, bool]] = []
+        self.past_reads: list[tuple[int, bytes, int, bytes | str | None, float, float]] = []
+        self.max_revision = 0  # the newest store revision an answer showed
         self._tokens = 0
         self._running = False
         # token -> (client, kind, key, value, call ms, consistency or put form, cas expects)
@@ -109,6 +123,14 @@ class Clients:
             kind, value, level = "cas", f"c{c.id}-{c.seq}".encode(), ""
             expected = self._seen.get((c.id, key))
             self.values_written.add(value)
+        elif r < 0.51 and self.max_revision:
+            # etcd's Compact at one of the last revisions seen (value: the revision)
+            revision = max(1, self.max_revision - self.rng.randint(0, 20))
+            kind, value, level = "compact", str(revision).encode(), ""
+        elif r < 0.58 and self.max_revision:
+            revision = self.rng.randint(1, self.max_revision)
+            kind, value = "past", str(revision).encode()
+            level = (LINEARIZABLE, LEASE)[self.rng.randrange(2)]
         else:
             kind, value = "get", None
             level = (LINEARIZABLE, LEASE, EVENTUAL)[self.rng.choice((0, 0, 1, 1, 2))]
@@ -148,6 +170,16 @@ class Clients:
                 future = node.propose([command], TIMEOUT_S)
             elif kind == "delete":
                 future = node.propose([encode_delete(key)], TIMEOUT_S)
+            elif kind == "compact":
+                assert value is not None
+                request = pb.CompactionRequest(revision=int(value))
+                future = node.propose(
+                    [WriteCommand(compaction=request.SerializeToString()).SerializeToString()],
+                    TIMEOUT_S)
+            elif kind == "past":
+                assert value is not None
+                request = pb.RangeRequest(key=key, revision=int(value))
+                future = node.read_query(functools.partial(_range, request), level, TIMEOUT_S)
             else:
                 future = node.read([key], level, TIMEOUT_S)
         except NotLeader as e:
@@ -165,6 +197,9 @@ class Clients:
             self._finish(token, "unknown")
             return
         error = future.exception()
+        if isinstance(error, KvError) and str(error) == COMPACTED:
+            self._finish(token, "ok", COMPACTED)  # a read at a compacted revision
+            return
         if error is not None:
             if isinstance(error, NotLeader) and error.leader_id:
                 op = self._inflight.get(token)
@@ -173,7 +208,9 @@ class Clients:
             self._finish(token, "unknown")
             return
         result = future.result()
-        self._finish(token, "ok", result[0] if result else None)
+        if isinstance(result, list):
+            result = result[0] if result else None
+        self._finish(token, "ok", result)
 
     def _finish(self, token: int, outcome: str, result: Any = None) -> None:
         op = self._inflight.pop(token, None)
@@ -183,7 +220,30 @@ class Clients:
         now = self.world.now_ms
         c.token = 0
         stats = self.stats
-        if kind == "cas":
+        self.max_revision = max(self.max_revision, getattr(result, "revision", 0))
+        if kind == "compact":
+            assert value is not None
+            response = getattr(result, "response", None)
+            if outcome == "ok":
+                done = not isinstance(response, KvError)
+                stats["compactions_ok" if done else "compactions_refused"] += 1
+                self.compactions.append((int(value), call, now, done))
+                self.lines.append(f"{call:.3f}-{now:.3f} c{c.id} compact {value.decode()} -> "
+                                  f"{'done' if done else response}")
+            elif outcome == "unknown":
+                self.compactions.append((int(value), call, None, True))
+        elif kind == "past":
+            assert value is not None
+            if outcome == "ok":
+                got: bytes | str | None = COMPACTED
+                if result != COMPACTED:
+                    got = result.kvs[0].value if result.kvs else None
+                    self.max_revision = max(self.max_revision, result.header.revision)
+                stats["past_reads_compacted" if got == COMPACTED else "past_reads_ok"] += 1
+                self.past_reads.append((c.busy_on, key, int(value), got, call, now))
+                self.lines.append(f"{call:.3f}-{now:.3f} c{c.id} n{c.busy_on} get {key!r} "
+                                  f"at {value.decode()} -> {got!r}")
+        elif kind == "cas":
             response = getattr(result, "response", None)
             if outcome == "ok" and isinstance(response, pb.TxnResponse):
                 stats["cas_swapped" if response.succeeded else "cas_failed"] += 1
@@ -260,3 +320,7 @@ class Clients:
                 from dengine.sim.nodesim.checks import Violation
 
                 raise Violation("liveness", 0, f"no linearizable read of {key!r} after healing")
+
+
+def _range(request: pb.RangeRequest, store: Any) -> pb.RangeResponse:
+    return store.range(request)
