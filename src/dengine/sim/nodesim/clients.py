@@ -172,10 +172,9 @@ class Clients:
                 future = node.propose([encode_delete(key)], TIMEOUT_S)
             elif kind == "compact":
                 assert value is not None
-                request = pb.CompactionRequest(revision=int(value))
+                compaction = pb.CompactionRequest(revision=int(value)).SerializeToString()
                 future = node.propose(
-                    [WriteCommand(compaction=request.SerializeToString()).SerializeToString()],
-                    TIMEOUT_S)
+                    [WriteCommand(compaction=compaction).SerializeToString()], TIMEOUT_S)
             elif kind == "past":
                 assert value is not None
                 request = pb.RangeRequest(key=key, revision=int(value))
