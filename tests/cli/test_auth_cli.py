@@ -74,8 +74,10 @@ def test_users_roles_and_auth_as_etcdctl(endpoint: str) -> None:
     same(endpoint, "user", "list")  # no user: "user name is empty"
     same(endpoint, "user", "list", user="root:pw")
     for args in (["user", "list"], ["user", "get", "u1"], ["role", "list"],
-                 ["role", "get", "r1"], ["role", "get", "root"], ["user", "get", "nope"]):
+                 ["role", "get", "r1"], ["role", "get", "root"], ["user", "get", "nope"],
+                 ["user", "get", "u1", "--detail"], ["user", "get", "root", "--detail"]):
         same(endpoint, *args, "-w", "json", user="root:pw")  # etcd's response as JSON
+    same(endpoint, "user", "get", "u1", "--detail", user="root:pw")
     for args in (["role", "add", "r2"], ["role", "grant-permission", "r2", "read", "/a"],
                  ["role", "delete", "r2"]):  # changes: the header only, as etcdctl
         out = json.loads(ok(*args, "-w", "json", "--user", "root:pw"))

@@ -26,6 +26,7 @@ from dengine.client import Client
 from dengine.client.auth import AuthClient
 from dengine.errors import KvError
 from dengine.proto.etcd import rpc_pb2 as pb
+from dengine.proto.etcd import v3lock_pb2
 from dengine.proto.etcd.auth_pb2 import Permission
 from dengine.tls import ClientTls
 
@@ -197,9 +198,24 @@ def test_certificate_users_native_cli_and_forged_users(cluster_factory: Any, cer
                            *flags], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done
 
+    read = [Path(alice[k]).read_bytes() for k in ("cacert", "key", "cert")]
+    # etcd's lock service acts for the certificate's user too
+    with grpc.secure_channel(follower.client, grpc.ssl_channel_credentials(*read)) as ch:
+        grant = ch.unary_unary("/etcdserverpb.Lease/LeaseGrant",
+                               request_serializer=pb.LeaseGrantRequest.SerializeToString,
+                               response_deserializer=pb.LeaseGrantResponse.FromString)
+        lock = ch.unary_unary("/v3lockpb.Lock/Lock",
+                              request_serializer=v3lock_pb2.LockRequest.SerializeToString,
+                              response_deserializer=v3lock_pb2.LockResponse.FromString)
+        lease = grant(pb.LeaseGrantRequest(TTL=60), timeout=10).ID
+        held = lock(v3lock_pb2.LockRequest(name=b"/rw/lk", lease=lease), timeout=20)
+        assert held.key.startswith(b"/rw/lk/"), held
+        with pytest.raises(grpc.RpcError) as e:
+            lock(v3lock_pb2.LockRequest(name=b"/other/lk", lease=lease), timeout=20)
+        assert e.value.details() == "etcdserver: permission denied"
+
     # A client naming another user as a follower would (its certificate is no node's):
     # refused, on the leader and on a follower.
-    read = [Path(alice[k]).read_bytes() for k in ("cacert", "key", "cert")]
     for node in (leader, follower):
         with grpc.secure_channel(node.client, grpc.ssl_channel_credentials(*read)) as ch:
             put = ch.unary_unary("/etcdserverpb.KV/Put",

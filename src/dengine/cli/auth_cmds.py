@@ -172,10 +172,18 @@ def user_list(**opts: Any) -> None:
 
 @user.command("get")
 @click.argument("name")
+@click.option("--detail", is_flag=True, help="Show each role's permissions too.")
 @auth_options
-def user_get(name: str, **opts: Any) -> None:
+def user_get(name: str, detail: bool, **opts: Any) -> None:
     resp = call(opts, "UserGet", pb.AuthUserGetRequest(name=name))
-    show(opts, resp, f"User: {name}", "Roles:" + "".join(f" {role}" for role in resp.roles))
+    if not detail:
+        show(opts, resp, f"User: {name}", "Roles:" + "".join(f" {r}" for r in resp.roles))
+        return
+    click.echo(f"User: {name}")  # then each role as `role get` shows it (etcdctl's)
+    for role in resp.roles:
+        click.echo("")
+        role_resp = call(opts, "RoleGet", pb.AuthRoleGetRequest(role=role))
+        show(opts, role_resp, *_role_lines(role, role_resp))
 
 
 @user.command("grant-role")
@@ -256,11 +264,15 @@ def permission_line(perm: Permission) -> str:
 @auth_options
 def role_get(name: str, **opts: Any) -> None:
     resp = call(opts, "RoleGet", pb.AuthRoleGetRequest(role=name))
+    show(opts, resp, *_role_lines(name, resp))
+
+
+def _role_lines(name: str, resp: pb.AuthRoleGetResponse) -> list[str]:
     reads = [permission_line(p) for p in resp.perm
              if p.permType in (Permission.READ, Permission.READWRITE)]
     writes = [permission_line(p) for p in resp.perm
               if p.permType in (Permission.WRITE, Permission.READWRITE)]
-    show(opts, resp, f"Role {name}", "KV Read:", *reads, "KV Write:", *writes)
+    return [f"Role {name}", "KV Read:", *reads, "KV Write:", *writes]
 
 
 def _range_end(key: str, range_end: str | None, prefix: bool, from_key: bool) -> bytes:

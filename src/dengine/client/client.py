@@ -126,7 +126,8 @@ class Client(ClientLeases, RecipeCalls):
     enabled on the cluster, every connection authenticates as that user (etcd's simple
     token, renewed once when a node no longer knows it) and every request is checked
     against its roles' permissions (docs/auth.md); or `token`, one etcd's Authenticate
-    issued: the client acts for its user (no renewal).
+    issued: the client acts for its user (no renewal). `metadata`: gRPC metadata sent
+    with every call (with `transport="grpc"`).
     """
 
     def __init__(
@@ -146,10 +147,11 @@ class Client(ClientLeases, RecipeCalls):
         user: str | None = None,
         password: str = "",
         token: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
         self._router = Router(endpoints, transport, tls=client_tls(tls, cacert, cert, key),
                               dial_timeout=dial_timeout, user=user, password=password,
-                              token=token)
+                              token=token, metadata=metadata)
         self._timeout = check_timeout(timeout)
         self._closed = False
         self._closed_event = asyncio.Event()  # ends the watches

@@ -36,7 +36,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -155,10 +155,14 @@ class Router:
     def __init__(self, endpoints: str | Iterable[str], transport: str,
                  probe_interval: float = PROBE_INTERVAL_S, tls: ClientTls | None = None,
                  dial_timeout: float | None = None, user: str | None = None,
-                 password: str = "", token: str | None = None) -> None:
+                 password: str = "", token: str | None = None,
+                 metadata: Sequence[tuple[str, str]] = ()) -> None:
         if transport not in TRANSPORTS:
             raise InvalidRequest(f"unknown transport {transport!r} (expected one of: "
                                  + ", ".join(TRANSPORTS) + ")")
+        if metadata and transport != "grpc":
+            raise InvalidRequest("metadata travels over gRPC only: use transport='grpc'")
+        self._metadata = tuple(metadata)  # sent with every gRPC call
         self.endpoints = parse_endpoints(endpoints)
         self._transport = transport
         self._probe_interval = probe_interval
@@ -366,11 +370,12 @@ class Router:
         """The metadata of a gRPC call to `addr` as the client's user (etcd's `token`;
         authenticated once per address); None without a user or while auth is off."""
         if self._login is None:
-            return None
+            return self._metadata or None
         token = self._tokens.get(addr)
         if token is None:
             token = await self._authenticate(None, addr, deadline)
-        return ((TOKEN_METADATA, token),) if token else None
+        return ((TOKEN_METADATA, token), *self._metadata) if token else (
+            self._metadata or None)
 
     async def _authenticate(self, conn: NativeConnection | None, addr: str,
                             deadline: float) -> str:

@@ -49,7 +49,7 @@ class EtcdApi:
         self.gate = Gate(engine, cert_auth=config.client_cert_auth)
         self.auth = AuthService(engine, config, self.forwarder, self.gate)
         for service in (self.kv, self.lease, self.maintenance, self.cluster, self.watch,
-                        self.backup, self.auth):
+                        self.backup, self.auth, self.recipes):
             service.gate = self.gate  # one token clock per node
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -34,7 +34,7 @@ from dengine.recipes import election as recipe
 from dengine.recipes.common import holder_key, prefix_of
 from dengine.recipes.lock import lock_with_lease
 from dengine.server.etcd.checks import decode
-from dengine.server.etcd.gate import token_of
+from dengine.server.etcd.gate import FORWARDED_METADATA, TOKEN_METADATA, Metadata
 from dengine.server.etcd.kv import EtcdBase
 
 LOCK_SERVICE = "v3lockpb.Lock"
@@ -65,18 +65,20 @@ class RecipeServices(EtcdBase):
 
     def __init__(self, engine: Engine, config: NodeConfig) -> None:
         super().__init__(engine, config)
-        # the Client of each caller's auth token (None: no token), the latest used last
-        self._clients: OrderedDict[str | None, Any] = OrderedDict()
-        self._busy: dict[str | None, int] = {}  # calls in progress, by token
+        # the Client of each caller (its token, or its certificate's user: Gate.identity;
+        # () for none), the latest used last
+        self._clients: OrderedDict[Metadata, Any] = OrderedDict()
+        self._busy: dict[Metadata, int] = {}  # calls in progress, by caller
         self._closing: set[asyncio.Task[None]] = set()
 
     @contextlib.asynccontextmanager
     async def _using(self, context: Any) -> AsyncIterator[Any]:
         """The client acting for the caller: with etcd's auth, its requests carry the
-        caller's token (checked as the caller's own would be). Past MAX_TOKEN_CLIENTS,
-        the longest unused client that serves no call is closed."""
-        token = token_of(context)
-        client = self._clients.get(token)
+        caller's token, or name its client certificate's user as a member does (over
+        gRPC, this node's certificate), checked as the caller's own would be. Past
+        MAX_TOKEN_CLIENTS, the longest unused client that serves no call is closed."""
+        who = tuple(await self.gate.forward_identity(context))
+        client = self._clients.get(who)
         if client is None:
             from dengine.client import Client  # the server may use the client (not back)
 
@@ -86,17 +88,20 @@ class RecipeServices(EtcdBase):
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
             # over TLS when the client port has it (this node's certificate as client's)
-            client = self._clients[token] = Client(
+            token = dict(who).get(TOKEN_METADATA)
+            member = token is None and bool(who)  # acting for a certificate's user
+            client = self._clients[who] = Client(
                 [self._config.listen_client], timeout=10.0, tls=self._config.forward_tls(),
-                token=token)
-        self._clients.move_to_end(token)
-        self._busy[token] = self._busy.get(token, 0) + 1
+                token=token, transport="grpc" if member else "auto",
+                metadata=((FORWARDED_METADATA, "1"), *who) if member else ())
+        self._clients.move_to_end(who)
+        self._busy[who] = self._busy.get(who, 0) + 1
         try:
             yield client
         finally:
-            self._busy[token] -= 1
-            if not self._busy[token]:
-                del self._busy[token]
+            self._busy[who] -= 1
+            if not self._busy[who]:
+                del self._busy[who]
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), OrderedDict()
