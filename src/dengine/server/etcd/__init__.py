@@ -39,7 +39,7 @@ class EtcdApi:
                                    tls.grpc_credentials() if tls is not None else None)
         self.kv_forwarder = KvForwarder(tls, config.max_request_size // 2)
         self.kv = KvService(engine, config, self.kv_forwarder, self.forwarder)
-        self.lease = LeaseService(engine, config, self.forwarder)
+        self.lease = LeaseService(engine, config, self.forwarder, self.kv_forwarder)
         self.maintenance = MaintenanceService(engine, config, self.forwarder)
         self.cluster = ClusterService(engine, config, self.forwarder)
         self.watch = WatchService(engine, config)

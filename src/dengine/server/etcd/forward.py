@@ -3,8 +3,11 @@
 KV writes (Put, DeleteRange, Txn, Compact) go over the leader's native client port
 (`KvForwarder`): the etcd request as the client sent it, in a `ForwardWrite` that
 carries every write forwarded during one loop turn (a Python gRPC call per write would
-cost the follower and the leader more than the write itself); the lease service's calls
-go over the leader's gRPC client port (`Forwarder`, the same etcd method).
+cost the follower and the leader more than the write itself). So do the lease service's
+calls (`KvForwarder.lease`: the native Lease method; `KvForwarder.keepalive`: the
+keep-alives of one loop turn in one native LeaseKeepAlive), unless the client sent an
+auth token or auth is on: then they, and writes with a token, go over the leader's gRPC
+client port (`Forwarder`, the same etcd method, the token sent on).
 
 A client's write is never refused with a redirect (etcd's clients do not follow one) and
 never retried once sent: a forwarded write whose answer does not come back has an unknown
@@ -29,7 +32,13 @@ from dengine.client.batcher import Batcher, Item
 from dengine.client.routing import ConnectionLost, Router, error_from_wire
 from dengine.errors import DengineError, KvError, Timeout
 from dengine.kv.codec import join_write_request
-from dengine.proto.client_pb2 import WriteResponse
+from dengine.proto.client_pb2 import (
+    LeaseKeepAliveBatchRequest,
+    LeaseKeepAliveBatchResponse,
+    LeaseRequest,
+    LeaseResponse,
+    WriteResponse,
+)
 from dengine.server.etcd.errors import LEADER_CHANGED, TIMED_OUT, TIMED_OUT_CONNECTION_LOST
 from dengine.server.etcd.gate import FORWARDED_METADATA as FORWARDED
 from dengine.server.etcd.gate import Metadata
@@ -121,15 +130,85 @@ class Forwarded(NamedTuple):
     term: int
 
 
+# The etcd lease methods a follower forwards, by the field of the native LeaseRequest.
+LEASE_FIELDS = {"LeaseGrant": "grant", "LeaseRevoke": "revoke",
+                "LeaseTimeToLive": "time_to_live"}
+_KEEPALIVE_BYTES = 11  # (an int64 in a packed repeated field: at most 10 bytes + 1)
+
+
 class KvForwarder:
-    """etcd KV writes to the leader's native client port, batched per leader address."""
+    """etcd KV writes and lease calls to the leader's native client port, batched per
+    leader address (writes; keep-alives)."""
 
     def __init__(self, tls: ClientTls | None, max_batch_bytes: int) -> None:
         self._tls = tls  # TLS to the leaders' client ports (None: plaintext)
         self._max_batch_bytes = max_batch_bytes
         self._router: Router | None = None
         self._batchers: dict[str, Batcher[bytes, Forwarded]] = {}
+        self._keepalives: dict[str, Batcher[int, int]] = {}
         self._closing: set[asyncio.Future[None]] = set()
+
+    def _router_for(self, address: str) -> Router:
+        router = self._router
+        if router is None:
+            router = self._router = Router([address], "auto", tls=self._tls)
+        return router
+
+    async def lease(self, address: str, method: str, request: bytes, timeout: float
+                    ) -> bytes:
+        """The leader's answer (the encoded etcd response) to the etcd lease call `method`
+        ("LeaseGrant", "LeaseRevoke", "LeaseTimeToLive"; `request` as the client sent
+        it); the leader's error (KvError, NotLeader), or etcd's timeout."""
+        payload = LeaseRequest(**{LEASE_FIELDS[method]: request})
+        try:
+            resp = await self._router_for(address).call_node(
+                address, "Lease", payload, LeaseResponse, time.monotonic() + timeout,
+                write=method != "LeaseTimeToLive")
+        except DengineError as e:
+            raise _unsent_or_lost(e) from None
+        if resp.HasField("error"):
+            raise error_from_wire(resp.error)
+        return bytes(resp.response)
+
+    async def keepalive(self, address: str, lease_id: int, timeout: float) -> int:
+        """The leader's answer to a keep-alive of `lease_id`: the lease's TTL (0: unknown
+        or expired); the keep-alives forwarded during one loop turn leave together."""
+        batcher = self._keepalives.get(address)
+        if batcher is None:
+            while len(self._keepalives) >= _MAX_CHANNELS:  # leaders of the past
+                old = self._keepalives.pop(next(iter(self._keepalives)))
+                self._closing.add(task := asyncio.ensure_future(old.close()))
+                task.add_done_callback(self._closing.discard)
+            batcher = self._keepalives[address] = Batcher(
+                lambda batch: self._send_keepalives(address, batch), 1 << 16,
+                self._max_batch_bytes, _MAX_INFLIGHT)
+        item = batcher.submit(lease_id, _KEEPALIVE_BYTES, time.monotonic() + timeout)
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, item.future)
+        try:
+            return await item.future
+        except BaseException:
+            batcher.abandon(item)
+            raise
+        finally:
+            timer.cancel()
+
+    async def _send_keepalives(self, address: str, batch: list[Item[int, int]]) -> None:
+        deadline = max(item.deadline for item in batch)
+        try:
+            resp = await self._router_for(address).call_node(
+                address, "LeaseKeepAlive",
+                LeaseKeepAliveBatchRequest(ids=[item.payload for item in batch]),
+                LeaseKeepAliveBatchResponse, deadline)
+        except DengineError as e:
+            raise _unsent_or_lost(e) from None
+        if resp.HasField("error"):
+            raise error_from_wire(resp.error)
+        if len(resp.ttls) != len(batch):
+            raise KvError("UNKNOWN", f"dengine: the leader answered {len(resp.ttls)} TTLs "
+                                     f"for {len(batch)} forwarded keep-alives")
+        for item, ttl in zip(batch, resp.ttls, strict=True):
+            if not item.future.done():
+                item.future.set_result(int(ttl))
 
     async def write(self, address: str, command: bytes, timeout: float) -> Forwarded:
         """The leader's answer to `command` (a WriteCommand carrying an etcd request);
@@ -154,9 +233,7 @@ class KvForwarder:
             timer.cancel()
 
     async def _send(self, address: str, batch: list[Item[bytes, Forwarded]]) -> None:
-        router = self._router
-        if router is None:
-            router = self._router = Router([address], "auto", tls=self._tls)
+        router = self._router_for(address)
         deadline = max(item.deadline for item in batch)
         payload = join_write_request([item.payload for item in batch])
         try:
@@ -180,14 +257,16 @@ class KvForwarder:
                 item.future.set_result(Forwarded(result.response, result.index, term))
 
     async def close(self) -> None:
-        batchers, self._batchers = list(self._batchers.values()), {}
+        batchers: list[Batcher[Any, Any]] = [*self._batchers.values(),
+                                             *self._keepalives.values()]
+        self._batchers, self._keepalives = {}, {}
         for batcher in batchers:
             await batcher.close()
         if self._router is not None:
             await self._router.close()
 
 
-def _expire(future: asyncio.Future[Forwarded]) -> None:
+def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(KvError("UNAVAILABLE", TIMED_OUT))
 

@@ -2,11 +2,16 @@
 (a bidirectional stream), LeaseTimeToLive, LeaseLeases (docs/etcd-model.md, "Leases").
 
 Grants and revokes are log entries proposed by the leader; keep-alives and remaining
-TTLs are the leader's lessor's. A follower forwards them to the leader's client port,
-once (etcd's clients do not follow redirects): grants, revokes and TimeToLive as the
-same etcd method, each keep-alive of a stream as one unary call of
-`/dengine.LeaseForward/KeepAlive` (the follower keeps the client's stream). LeaseLeases
-is answered by any member after a ReadIndex round.
+TTLs are the leader's lessor's. A follower forwards them to the leader, once (etcd's
+clients do not follow redirects), over its native client port (`KvForwarder.lease`, and
+`KvForwarder.keepalive`: the keep-alives of all the streams of one loop turn in one call;
+the follower keeps the client's stream): a Python gRPC call per grant or keep-alive cost
+the follower and the leader several times the grant itself. With auth on or a token,
+over the leader's gRPC client port instead, the client's identity sent on (its token,
+or its certificate's user: `Gate.forward_identity`): grants, revokes and
+TimeToLive as the same etcd method, a keep-alive as one unary call of
+`/dengine.LeaseForward/KeepAlive`. LeaseLeases is answered by any member after a
+ReadIndex round.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import grpc
 
 from dengine.config import NodeConfig
 from dengine.errors import NotLeader
-from dengine.node.engine import Engine
+from dengine.node.engine import DEFAULT_TIMEOUT, Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import decode
-from dengine.server.etcd.forward import Forwarder, forwarded
+from dengine.server.etcd.forward import Forwarder, KvForwarder, forwarded
+from dengine.server.etcd.gate import token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 SERVICE = "etcdserverpb.Lease"
@@ -33,9 +39,11 @@ KEEPALIVE_TIMEOUT_S = 5.0  # one forwarded or waiting keep-alive (a stream has n
 class LeaseService(EtcdBase):
     """Handlers of `etcdserverpb.Lease` over an Engine."""
 
-    def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder) -> None:
+    def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder,
+                 native: KvForwarder) -> None:
         super().__init__(engine, config)
         self._forwarder = forwarder
+        self._native = native
 
     def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
         def unary(fn: Callable[[bytes, Any], Awaitable[bytes]]) -> grpc.RpcMethodHandler:
@@ -65,13 +73,27 @@ class LeaseService(EtcdBase):
     async def _forward(self, e: NotLeader, method: str, request: bytes, context: Any,
                        timeout: float | None) -> bytes:
         """The leader's answer to a request this follower could not serve (once)."""
-        address = e.leader_address or self._engine.leader_address()
-        if not e.leader_id or not address or forwarded(context):
-            raise e
+        address = self._leader_of(e, context)
+        if self._native_ok(context):
+            return await self._native.lease(address, method.rsplit("/", 1)[1], request,
+                                            timeout or DEFAULT_TIMEOUT)
         answer, _ = await self._forwarder.call(
             address, method, request, timeout,
             identity=await self.gate.forward_identity(context))
         return answer
+
+    def _leader_of(self, e: NotLeader, context: Any) -> str:
+        """The leader's client address to forward to; `e` again if there is none or the
+        request was forwarded to this member already."""
+        address = e.leader_address or self._engine.leader_address()
+        if not e.leader_id or not address or forwarded(context):
+            raise e
+        return address
+
+    def _native_ok(self, context: Any) -> bool:
+        """Whether the request may go over the native port, which acts for no user: no
+        token, and auth off (else the gRPC path names the client's user to the leader)."""
+        return token_of(context) is None and not self._engine.query_local(_auth_enabled)
 
     async def _serve(self, method: str, request: bytes, context: Any,
                      run: Callable[[float | None], Awaitable[Any]],
@@ -121,8 +143,15 @@ class LeaseService(EtcdBase):
         try:
             resp = await self._engine.etcd_lease_keepalive(req, timeout=KEEPALIVE_TIMEOUT_S)
         except NotLeader as e:
-            resp = rpc_pb2.LeaseKeepAliveResponse.FromString(await self._forward(
-                e, KEEPALIVE_FORWARD, request, context, KEEPALIVE_TIMEOUT_S))
+            address = self._leader_of(e, context)
+            if self._native_ok(context):
+                ttl = await self._native.keepalive(address, req.ID, KEEPALIVE_TIMEOUT_S)
+                resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
+            else:
+                answer, _ = await self._forwarder.call(
+                    address, KEEPALIVE_FORWARD, request, KEEPALIVE_TIMEOUT_S,
+                    identity=await self.gate.forward_identity(context))
+                resp = rpc_pb2.LeaseKeepAliveResponse.FromString(answer)
         self.stamp(resp.header)
         return bytes(resp.SerializeToString())
 
@@ -143,3 +172,7 @@ class LeaseService(EtcdBase):
                 yield await self._renew(request, context)
         except Exception as exc:
             await self.fail(context, exc)
+
+
+def _auth_enabled(store: Any) -> bool:
+    return bool(store.auth.enabled)
