@@ -237,3 +237,19 @@ def test_leases_match_a_model(ops):
             info = store.leases.info(lease_id, keys=True)
             assert info is not None
             assert info[1] == sorted(k for k, lease in live.items() if lease == lease_id)
+
+
+def test_lease_table_tells_its_recent_changes():
+    from dengine.kv.leases import JOURNAL, LeaseTable
+    table = LeaseTable([(1, 5)])
+    table.grant(2, 3)
+    table.revoke(1)
+    table.revoke(7)  # unknown: no change
+    assert table.version == 2
+    assert table.changes_since(0) == [(2, 3), (1, None)]
+    assert table.changes_since(1) == [(1, None)] and table.changes_since(2) == []
+    assert table.changes_since(3) is None  # a version it never had
+    for lease_id in range(10, 10 + JOURNAL):
+        table.grant(lease_id, 1)
+    assert table.changes_since(0) is None  # forgotten: copy `ttls` instead
+    assert table.changes_since(table.version - 1) == [(9 + JOURNAL, 1)]

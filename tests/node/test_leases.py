@@ -14,6 +14,7 @@ from dengine import Engine
 from dengine.api import LeaseGrant
 from dengine.errors import InvalidRequest, KvError, LeaseNotFound, NotLeader
 from dengine.kv.codec import OP_LEASE_GRANT, OP_LEASE_REVOKE, OP_PUT
+from dengine.kv.leases import JOURNAL, LeaseTable
 from dengine.kv.mvcc import MvccStore
 from dengine.node.lessor import KV_LEASE_REVOKE, Lessor, min_ttl
 from dengine.proto.etcd import rpc_pb2 as pb
@@ -124,6 +125,39 @@ def test_a_failed_revoke_is_tried_again():
         assert h.store.leases.ttls() == {1: 1}
         await h.step(0.1)
         assert h.store.leases.ttls() == {}
+    run(main())
+
+
+def test_the_lessor_follows_grants_and_revokes_without_copying_the_table(monkeypatch):
+    async def main() -> None:
+        h = Harness()
+        h.grant(1, 5)
+        await h.step(0)  # primary: read the whole table once
+        copies = []
+        table = h.store.leases
+        whole = LeaseTable.ttls
+        monkeypatch.setattr(LeaseTable, "ttls", lambda t: copies.append(1) or whole(t))
+        h.grant(2, 3)
+        h.grant(3, 4)
+        h.store.apply(OP_LEASE_REVOKE, b"", pb.LeaseRevokeRequest(ID=1).SerializeToString())
+        await h.step(1)
+        assert copies == []
+        assert (h.lessor.remaining(1), h.lessor.remaining(2), h.lessor.remaining(3)) == (
+            -1, 3, 4)
+        for lease_id in range(10, 10 + JOURNAL + 1):  # more than the table remembers
+            h.grant(lease_id, 7)
+        await h.step(1)
+        assert copies == [1]
+        assert h.lessor.remaining(10 + JOURNAL) == 7 and h.lessor.remaining(2) == 2
+        await h.step(2.01)
+        assert sorted(h.proposed) == [2]
+        # a restore replaces the table (its versions count anew): read whole
+        packed = [(i, t) for i, t in table.packed() if i != 3] + [(90_099, 9)]
+        h.store.leases = LeaseTable(packed)
+        h.store.leases.grant(90_098, 8)
+        await h.step(0)
+        assert (h.lessor.remaining(3), h.lessor.remaining(90_098)) == (-1, 8)
+        assert h.lessor.remaining(90_099) == 9
     run(main())
 
 

@@ -62,6 +62,22 @@ class LeaseClock:
         self._ttls = dict(ttls)
         self.version = version
 
+    def update(self, version: int, changes: list[tuple[int, int | None]], now: float
+               ) -> None:
+        """`sync` from the grants (lease id, TTL) and revokes (lease id, None) made since
+        the last sync (`LeaseTable.changes_since`), without a copy of the whole table."""
+        deadlines, ttls = self._deadlines, self._ttls
+        for lease_id, ttl in changes:
+            if ttl is None:
+                ttls.pop(lease_id, None)
+                deadlines.pop(lease_id, None)
+                self.revoking.discard(lease_id)
+            else:
+                ttls[lease_id] = ttl
+                deadline = deadlines[lease_id] = now + ttl
+                heapq.heappush(self._heap, (deadline, lease_id))
+        self.version = version
+
     def renew(self, lease_id: int, now: float) -> int:
         """A keep-alive: the granted TTL, the deadline now + TTL; 0 if unknown or expired."""
         deadline = self._deadlines.get(lease_id)

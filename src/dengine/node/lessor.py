@@ -81,6 +81,7 @@ class Lessor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._primary = asyncio.Event()
+        self._table: Any = None  # the store's lease table at the last look (`_sync`)
         self.revoked = 0  # expiry revokes applied (tests, status)
 
     @property
@@ -136,7 +137,7 @@ class Lessor:
         self._expire()
 
     def _promote(self, term: int) -> None:
-        version, ttls = self._read_local(_lease_table)
+        version, ttls, self._table = self._read_local(_lease_table)
         self.leases.promote(term, version, ttls, self.clock())
         self._candidate = None
         self._primary.set()
@@ -173,9 +174,15 @@ class Lessor:
 
     def _sync(self) -> None:
         """Take in the grants and revokes applied since the last look (new leases start
-        their TTL now)."""
-        version, ttls = self._read_local(_lease_table_if_changed(self.leases.version))
-        self.leases.sync(version, ttls, self.clock())
+        their TTL now): the changes themselves, or the whole table when they are no
+        longer all known."""
+        version, changes, ttls, self._table = self._read_local(
+            _lease_changes(self.leases.version, self._table))
+        if changes is not None:
+            if changes:
+                self.leases.update(version, changes, self.clock())
+        else:
+            self.leases.sync(version, ttls, self.clock())
 
     def _check_primary(self) -> None:
         if not self.leases.primary_term or not self._is_leader():
@@ -218,12 +225,24 @@ class Lessor:
             log.debug("lessor: lease %x expired and revoked", lease_id)
 
 
-def _lease_table(store: Any) -> tuple[int, dict[int, int]]:
-    return int(store.leases.version), store.leases.ttls()
+def _lease_table(store: Any) -> tuple[int, dict[int, int], Any]:
+    return int(store.leases.version), store.leases.ttls(), store.leases
 
 
-def _lease_table_if_changed(version: int) -> Callable[[Any], tuple[int, dict[int, int] | None]]:
-    def read(store: Any) -> tuple[int, dict[int, int] | None]:
-        current = int(store.leases.version)
-        return current, None if current == version else store.leases.ttls()
+_Changes = tuple[int, list[tuple[int, int | None]] | None, dict[int, int] | None, Any]
+
+
+def _lease_changes(version: int, known: Any) -> Callable[[Any], _Changes]:
+    """A read of (the table's version, its changes since `version` or None, the whole
+    table when they are not known, the table) when the last look was at `version` of
+    table `known` (a restore replaces the table: its versions count anew)."""
+    def read(store: Any) -> _Changes:
+        table = store.leases
+        current = int(table.version)
+        changes = None
+        if table is known and version >= 0:
+            if current == version:
+                return current, [], None, table
+            changes = table.changes_since(version)
+        return current, changes, None if changes is not None else table.ttls(), table
     return read
