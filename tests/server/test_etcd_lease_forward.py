@@ -76,3 +76,31 @@ def test_keepalives_of_many_streams_on_a_follower_share_one_native_request(
             assert seen == {"LeaseKeepAlive": 4}
 
     run(main())
+
+
+def test_with_auth_on_a_followers_lease_calls_keep_the_grpc_path(tmp_path: Path) -> None:
+    from test_etcd_auth import login, setup_auth
+
+    async def main() -> None:
+        async with cluster(tmp_path, native=True) as members:
+            leader, follower = leader_of(members), follower_of(members)
+            assert leader.native is not None
+            await setup_auth(leader)
+            root = await login(follower, "root", "pw")
+            seen: Counter[str] = Counter()
+            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            stub = follower.channel.unary_unary(
+                "/etcdserverpb.Lease/LeaseGrant",
+                request_serializer=lambda r: r.SerializeToString(),
+                response_deserializer=rpc_pb2.LeaseGrantResponse.FromString)
+            grant = await stub(rpc_pb2.LeaseGrantRequest(TTL=60), timeout=10,
+                               metadata=(("token", root),))
+            assert grant.TTL == 60
+            # no token: granted, as on the leader (the native port, acting for no user,
+            # would refuse it with "user name is empty")
+            assert (await stub(rpc_pb2.LeaseGrantRequest(TTL=60), timeout=10)).TTL == 60
+            answers = await keep_alive(follower, [grant.ID])
+            assert [(a.ID, a.TTL) for a in answers] == [(grant.ID, 60)]
+            assert "Lease" not in seen and "LeaseKeepAlive" not in seen
+
+    run(main())
