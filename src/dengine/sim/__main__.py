@@ -136,7 +136,7 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
     elapsed = time.perf_counter() - started
     faults = ", ".join(f"{k} {v}" for k, v in sorted(totals.items())
                        if k.startswith(("fault_", "strike_", "power_cuts", "kills",
-                                         "snapshot_cuts")))
+                                         "snapshot_cuts", "snapshot_bitrot")))
     click.echo(
         f"dengine.sim --whole-node: nodes={base.nodes} learners={base.learners} "
         f"seeds={seed_range.start}:{seed_range.start + runs} runs={runs} "
@@ -145,13 +145,18 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
         f"  clients: writes acknowledged {totals.get('writes_ok', 0)}, unknown "
         f"{totals.get('writes_unknown', 0)}, reads {totals.get('reads_ok', 0)} (lease "
         f"{totals.get('lease_reads', 0)}), eventual {totals.get('eventual_reads', 0)}, cas "
-        f"swapped {totals.get('cas_swapped', 0)} / not {totals.get('cas_failed', 0)}\n"
+        f"swapped {totals.get('cas_swapped', 0)} / not {totals.get('cas_failed', 0)}, "
+        f"compactions done {totals.get('compactions_ok', 0)} / refused "
+        f"{totals.get('compactions_refused', 0)}, reads at a past revision "
+        f"{totals.get('past_reads_ok', 0)} (compacted {totals.get('past_reads_compacted', 0)})"
+        f"\n"
         f"  snapshots: taken {totals.get('snapshots_taken', 0)}, installed from a leader "
         f"{totals.get('snapshots_installed', 0)}, chunks sent "
         f"{totals.get('net_snapshot_chunks', 0)}"
         + (f"\n  membership: voters removed {totals.get('member_removals', 0)}, leaders "
            f"removed {totals.get('leader_removals', 0)}, learners added "
-           f"{totals.get('learners_added', 0)}, promoted {totals.get('promotions', 0)}"
+           f"{totals.get('learners_added', 0)}, promoted {totals.get('promotions', 0)}, "
+           f"one-step swaps refused {totals.get('swaps_refused', 0)}"
            if base.membership else "")
     )
     sys.exit(1 if failures else 0)
