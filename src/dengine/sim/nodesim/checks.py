@@ -9,6 +9,10 @@ During the run:
 * membership steps: a configuration applied anywhere differs from the one before it in
   the log by at most one voter (single-server changes: every majority of the old
   voters meets every majority of the new ones);
+* leases: no lease expires early: the leader's lessor proposes an expiry revoke no
+  sooner than the lease's last keep-alive answered (or its grant acknowledged) + its TTL
+  over the fastest clock rate (1.1), less the forward jumps of the expiring node's clock
+  since, less 10 ms;
 * recovery: a node restarted after a kill or a power cut starts (never refuses);
 * no unhandled exception in any node's loop.
 
@@ -22,6 +26,8 @@ At the end, after every fault is healed and every node restarted:
   final linearizable read of every key) passes `dengine.sim.lincheck`; an acknowledged
   write a power cut ate shows up there;
 * eventual reads: every value an eventual read returned was written by some client;
+* lease keys: in every node's store, every key bound to a lease is bound to a lease of
+  its lease table (a revoke, by a client or on expiry, deleted the lease's keys);
 * compaction: a read at a past revision that returned a value returned the key's value
   at that revision (as a replay of the committed log without compactions gives it); one
   that failed with etcd's "required revision has been compacted" came after a compaction
@@ -31,6 +37,7 @@ At the end, after every fault is healed and every node restarted:
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 from dengine.kv import decode_entry
@@ -39,12 +46,14 @@ from dengine.kv.etcd_check import COMPACTED
 from dengine.kv.mvcc import MvccStore
 from dengine.proto import Entry, Membership
 from dengine.sim import lincheck
+from dengine.sim.nodesim.clients import LEASE_TTL
 
 if TYPE_CHECKING:
     from dengine.node.node import Node
     from dengine.sim.nodesim.world import World
 
 SETTLE_S = 5.0
+_LEASE_OF = struct.Struct("<qqqq")  # a packed key's create, mod revision, version, lease
 
 
 class Violation(Exception):
@@ -72,6 +81,7 @@ class Checks:
         self.oracle = MvccStore()
         self._oracle_index = 0
         self._oracle_waiting: dict[int, Entry] = {}
+        self.renewed: dict[int, float] = {}  # lease -> its last keep-alive (world seconds)
 
     # -- during the run
 
@@ -107,6 +117,24 @@ class Checks:
             op, key, value = decode_entry(waiting.pop(self._oracle_index))
             if op != OP_COMPACTION:
                 self.oracle.apply(op, key, value)
+
+    def kept_alive(self, lease: int, at: float) -> None:
+        self.renewed[lease] = max(at, self.renewed.get(lease, 0.0))
+
+    def expiry_proposed(self, node_id: int, lease: int) -> None:
+        """`node_id`'s lessor proposes to revoke `lease`, expired by its clock."""
+        world = self.world
+        world.count("lease_expiry_revokes")
+        renewed = self.renewed.get(lease)
+        if renewed is None:
+            return  # its grant's outcome was unknown to the client: never kept alive
+        now = world.clock.now
+        jumped = sum(s for n, t, s in world.jumps if n == node_id and t > renewed)
+        earliest = renewed + LEASE_TTL / 1.1 - jumped - 0.01
+        if now < earliest:
+            raise Violation("lease expiry", node_id,
+                            f"lease {lease:x} expired at {now * 1000:.1f} ms, kept alive at "
+                            f"{renewed * 1000:.1f} ms (TTL {LEASE_TTL} s)")
 
     def _config_step(self, node_id: int, index: int, config: Membership) -> None:
         voters = frozenset(m.id for m in config.voters)
@@ -161,6 +189,12 @@ class Checks:
             if node is None or node._sm is None:
                 continue
             image = node._sm.image()
+            table = {lease for lease, _ in image.leases}
+            for key, packed in image.items.items():
+                lease = _LEASE_OF.unpack_from(packed)[3]
+                if lease and lease not in table:
+                    raise Violation("lease keys", m.node_id,
+                                    f"{key!r} is bound to lease {lease:x}, which is gone")
             state = (image.revision, image.compact_revision, sorted(image.items.items()),
                      list(image.changes))
             seen = by_index.setdefault(node.applied_index, (m.node_id, state))

@@ -6,7 +6,10 @@ compare-and-swap txn ("value == the client's last view of the key, or absent, th
 its history op says whether it swapped) through `Node.propose`, or a read of one key
 through `Node.read` at linearizable, lease or eventual consistency, or an etcd
 compaction (`CompactionRequest` at one of the last revisions it saw), or an etcd range
-of one key at a past revision (linearizable or lease). It asks the node
+of one key at a past revision (linearizable or lease), or a lease operation: grant
+(etcd's `LeaseGrantRequest`, TTL 1 s, the minimum), put its own key `lease-k<client>`
+bound to it, keep it alive at the node's lessor (`Lessor.renew`, as etcd's LeaseKeepAlive
+at the leader), revoke it, or walk away from it (it must expire). It asks the node
 it believes leads (`NotLeader` tells it which), or another one at random; it gives up on
 an answer after 0.2-1.5 s (drawn per operation) and then tries another node. Outcomes,
 as a real client sees them:
@@ -48,11 +51,15 @@ GIVE_UP_S = 1.5  # a client waits at most this long for an answer (a paused or d
 MIN_GIVE_UP_S = 0.2  # and at least this long (each operation draws its own timeout)
 
 
+LEASE_TTL = 1  # seconds: etcd's minimum for a 100 ms election timeout
+
+
 class _Client:
-    __slots__ = ("busy_on", "id", "leader", "seq", "token")
+    __slots__ = ("busy_on", "id", "leader", "lease", "seq", "token")
 
     def __init__(self, client_id: int) -> None:
         self.id = client_id
+        self.lease = 0  # the lease it holds (0: none)
         self.leader = 1
         self.seq = 0
         self.token = 0  # the operation in flight (0: none)
@@ -71,7 +78,9 @@ class Clients:
         self.stats = {"writes_ok": 0, "writes_unknown": 0, "reads_ok": 0, "refused": 0,
                       "eventual_reads": 0, "lease_reads": 0, "cas_swapped": 0, "cas_failed": 0,
                       "compactions_ok": 0, "compactions_refused": 0, "past_reads_ok": 0,
-                      "past_reads_compacted": 0}
+                      "past_reads_compacted": 0, "leases_granted": 0, "lease_keepalives": 0,
+                      "lease_keepalives_expired": 0, "lease_puts": 0, "lease_revokes": 0,
+                      "leases_abandoned": 0}
         # Compactions: (revision, call ms, return ms or None if unknown, done); reads at
         # a past revision: (node, key, revision, value or COMPACTED, call ms, return ms).
         self.compactions: list[tuple[int, float, float | None, bool]] = []
@@ -131,6 +140,20 @@ class Clients:
             revision = self.rng.randint(1, self.max_revision)
             kind, value = "past", str(revision).encode()
             level = (LINEARIZABLE, LEASE)[self.rng.randrange(2)]
+        elif r < 0.66:
+            level = ""
+            if not c.lease:
+                kind, value = "grant", str(self.rng.getrandbits(62) or 1).encode()
+            else:
+                value = str(c.lease).encode()
+                kind = self.rng.choice(("keepalive",) * 5 + ("lput",) * 3 + ("revoke", "walk"))
+                if kind == "walk":
+                    c.lease = 0
+                    self.stats["leases_abandoned"] += 1
+                    self.world.after(self.rng.uniform(0.0, 0.02), lambda: self._next(c))
+                    return
+                if kind == "lput":
+                    key = f"lease-k{c.id}".encode()
         else:
             kind, value = "get", None
             level = (LINEARIZABLE, LEASE, EVENTUAL)[self.rng.choice((0, 0, 1, 1, 2))]
@@ -159,11 +182,17 @@ class Clients:
         if op is None or node is None:
             return
         c, kind, key, value, _, level, expected = op
+        future: Any
         try:
-            if kind == "put":
+            if kind in ("grant", "keepalive", "lput", "revoke"):
+                assert value is not None
+                future = self._lease_op(m, token, kind, key, int(value))
+                if future is None:
+                    return
+            elif kind == "put":
                 assert value is not None
                 command = put_command(key, value) if level else encode_insert(key, value)
-                future: Any = node.propose([command], TIMEOUT_S)
+                future = node.propose([command], TIMEOUT_S)
             elif kind == "cas":
                 assert value is not None
                 command = txn_command(cas_request(key, expected, value))
@@ -190,6 +219,25 @@ class Clients:
             self._finish(token, "refused")
             return
         future.add_done_callback(lambda f: self._done(token, f))
+
+    def _lease_op(self, m: Member, token: int, kind: str, key: bytes, lease: int) -> Any:
+        node = m.node
+        assert node is not None
+        if kind == "keepalive":  # answered at once by the lessor (NotLeader unless primary)
+            if m.lessor is None:
+                raise node.not_leader()
+            self._finish(token, "ok", m.lessor.renew(lease))
+            return None
+        if kind == "grant":
+            grant = pb.LeaseGrantRequest(ID=lease, TTL=LEASE_TTL).SerializeToString()
+            command = WriteCommand(lease_grant=grant)
+        elif kind == "lput":
+            put = pb.PutRequest(key=key, value=b"v", lease=lease).SerializeToString()
+            command = WriteCommand(put=put)
+        else:
+            command = WriteCommand(
+                lease_revoke=pb.LeaseRevokeRequest(ID=lease).SerializeToString())
+        return node.propose([command.SerializeToString()], TIMEOUT_S)
 
     def _done(self, token: int, future: Any) -> None:
         if future.cancelled():
@@ -220,7 +268,9 @@ class Clients:
         c.token = 0
         stats = self.stats
         self.max_revision = max(self.max_revision, getattr(result, "revision", 0))
-        if kind == "compact":
+        if kind in ("grant", "keepalive", "lput", "revoke"):
+            self._lease_done(c, kind, outcome, result, now)
+        elif kind == "compact":
             assert value is not None
             response = getattr(result, "response", None)
             if outcome == "ok":
@@ -279,6 +329,32 @@ class Clients:
                 self._record(Op(c.id, "get", key, output=result, call=call, ret=now))
         if self._running:
             self.world.after(self.rng.uniform(0.0, 0.02), lambda: self._next(c))
+
+    def _lease_done(self, c: _Client, kind: str, outcome: str, result: Any, now: float
+                    ) -> None:
+        stats = self.stats
+        response = getattr(result, "response", None)
+        failed = outcome != "ok" or isinstance(response, KvError)
+        if kind == "grant":
+            if not failed:
+                c.lease = int(response.ID)  # type: ignore[union-attr]
+                stats["leases_granted"] += 1
+                self.world.checks.kept_alive(c.lease, now / 1000.0)
+        elif kind == "keepalive":
+            if outcome == "ok" and result > 0:
+                stats["lease_keepalives"] += 1
+                self.world.checks.kept_alive(c.lease, now / 1000.0)
+            elif outcome == "ok":
+                stats["lease_keepalives_expired"] += 1  # expired (or unknown): gone
+                c.lease = 0
+        elif kind == "lput":
+            if not failed:
+                stats["lease_puts"] += 1
+            elif outcome == "ok":
+                c.lease = 0  # "requested lease not found": it expired
+        elif outcome != "refused":
+            stats["lease_revokes"] += outcome == "ok"
+            c.lease = 0
 
     def _record(self, op: Op) -> None:
         self.history.append(op)

@@ -249,12 +249,13 @@ class Faults:
         if self.rng.random() < 0.5:
             # The next node a snapshot chunk is sent to, while it stores the transfer: its
             # partial file, torn, is resumed after the restart.
-            n = self.rng.randint(2, 6)
+            n = self.rng.randint(1, 4)
 
             def on_chunk(src: int, dst: int) -> bool:
                 m = self.world.members.get(dst)
-                if m is not None and m.fence is not None:
-                    self._arm_snapshot(m, n, "/incoming-", "snapshot_cuts_receiving")
+                if m is None or m.fence is None:
+                    return False  # the next chunk
+                self._arm_snapshot(m, n, "/incoming-", "snapshot_cuts_receiving")
                 return True
             self.world.net.chunk_hooks.append(on_chunk)
             return

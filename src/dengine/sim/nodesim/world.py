@@ -22,9 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 from dengine.config import NodeConfig
+from dengine.node.lessor import KV_LEASE_REVOKE, Lessor
 from dengine.node.node import Node
 from dengine.node.ports import NodeEnv
-from dengine.proto import Membership
+from dengine.proto import Membership, WriteCommand
+from dengine.proto.etcd.rpc_pb2 import LeaseRevokeRequest
 from dengine.raft import Role
 from dengine.sim.nodesim.admin import Admin
 from dengine.sim.nodesim.checks import Checks, Violation
@@ -65,6 +67,7 @@ class Member:
         self.start_task: Any = None
         self.joining = False  # a new machine joining (`--membership`)
         self.retired = False  # removed from the cluster and replaced: never started again
+        self.lessor: Lessor | None = None  # the running incarnation's (`dengine serve`'s)
 
     @property
     def up(self) -> bool:
@@ -102,6 +105,7 @@ class World:
         self._loop_rng = random.Random(self.rng.random())
         self._failure: Violation | None = None
         self._dead_loops: list[SimLoop] = []
+        self.jumps: list[tuple[int, float, float]] = []  # (node, world time, seconds)
 
     # -- the clock and world events -----------------------------------------------------
 
@@ -171,6 +175,7 @@ class World:
         async def start() -> None:
             await node.start()
             m.transport = holder.get("t")
+            m.lessor = self._lessor(m, node, node_clock)
             await node.wait_failure()
             # A storage failure (EIO, disk full) stops the node; `dengine serve` then
             # exits, and the machine's supervisor starts it again.
@@ -215,6 +220,29 @@ class World:
     def jump_clock(self, m: Member, seconds: float) -> None:
         """`m`'s clock jumps `seconds` forward at once."""
         m.clock_offset += seconds
+        self.jumps.append((m.node_id, self.clock.now, seconds))
+
+    def _lessor(self, m: Member, node: Node, clock: Callable[[], float]) -> Lessor:
+        """The lease expiry clock `dengine serve` runs beside the node (its `Engine`'s), on
+        the node's clock; its expiry revokes are shown to the lease check."""
+        async def propose(field: int, request: bytes) -> Any:
+            assert field == KV_LEASE_REVOKE
+            lease_id = LeaseRevokeRequest.FromString(request).ID
+            self.checks.expiry_proposed(m.node_id, lease_id)
+            command = WriteCommand(lease_revoke=request).SerializeToString()
+            return (await node.propose([command], 1.0))[0]
+
+        config = node.config
+        lessor = Lessor(
+            election_timeout_s=config.election_timeout_ms / 1000.0,
+            is_leader=lambda: node.role is Role.LEADER, term=lambda: node.term,
+            applied_index=lambda: node.applied_index,
+            last_index=lambda: node.status().last_log_index,
+            read_local=node.query_local, propose=propose, not_leader=node.not_leader,
+            clock=clock,
+        )
+        lessor.start()
+        return lessor
 
     def _loop_error(self, m: Member, loop: SimLoop, context: dict[str, Any]) -> None:
         """An exception no one handled in a node's loop: a check that failed, or a bug."""
@@ -251,7 +279,7 @@ class World:
             m.transport.closed = True
         loop = m.loop
         self._count_snapshots(m.node)
-        m.node = m.loop = m.fence = m.transport = None
+        m.node = m.loop = m.fence = m.transport = m.lessor = None
         m.paused, m.held = False, []
         # Closed after the callback running now (it may be this node's own, which the
         # power cut interrupted); its tasks are then dropped without running again.
