@@ -9,6 +9,9 @@ etcdctl 3.4's Go load generator (50/200/500 clients writing 1 KiB values for 60 
 s/m/l; pass needs at least 90% of 150/1000/8000 writes/s, slowest request under 0.5 s and
 stddev under 0.1 s) is pointed at all three members. Prints the throughput, slowest request,
 stddev and PASS/FAIL etcdctl reported for each. Not part of CI (each load runs 60 s).
+
+`--cpu`: also the CPU seconds (user + system) each process spent per 1,000 writes between
+10 s and 50 s into the run (the writes counted by the store revision), leader first.
 """
 
 from __future__ import annotations
@@ -104,7 +107,102 @@ def dengine_cluster(workdir: Path) -> Iterator[list[str]]:
         log.close()
 
 
-def run_check(system: str, load: str, workdir: Path) -> dict[str, Any]:
+CPU_WINDOW_S = (10.0, 50.0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _listening_port(pid: int, ports: set[int]) -> int | None:
+    """Which of `ports` the process listens on (its socket inodes against /proc/net/tcp*:
+    gRPC listens on IPv6 sockets with v4-mapped addresses)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+                  for fd in os.listdir(f"/proc/{pid}/fd")}
+    except OSError:
+        return None
+    lines = [line for table in ("tcp", "tcp6")
+             for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    for line in lines:
+        cols = line.split()
+        port = int(cols[1].split(":")[1], 16)
+        if cols[3] == "0A" and port in ports and cols[9] in inodes:
+            return port
+    return None
+
+
+def _status(endpoints: list[str]) -> tuple[int, int]:
+    """(the store revision, the leader's member id) from `etcdctl endpoint status`."""
+    run = etcdctl(endpoints[:1], ["endpoint", "status", "-w", "json"], timeout=30)
+    header = json.loads(run.stdout)[0]["Status"]
+    return int(header["header"]["revision"]), int(header["leader"])
+
+
+def _member_ports(endpoints: list[str]) -> dict[int, int]:
+    """member id -> client port, from `etcdctl endpoint status` of each endpoint."""
+    run = etcdctl(endpoints, ["endpoint", "status", "-w", "json"], timeout=30)
+    return {int(s["Status"]["header"]["member_id"]): int(s["Endpoint"].rsplit(":", 1)[1])
+            for s in json.loads(run.stdout)}
+
+
+def measure_cpu(endpoints: list[str], checker: subprocess.Popen[str]) -> dict[str, Any]:
+    """CPU seconds per 1,000 writes of every process of the cluster and of etcdctl over
+    CPU_WINDOW_S of the run (all descendants of this process but etcdctl are counted as
+    the cluster's; those listening on an endpoint are named by their role)."""
+    ports = {int(e.rsplit(":", 1)[1]) for e in endpoints}
+    time.sleep(CPU_WINDOW_S[0])
+    pids = [p for p in _descendants(os.getpid()) if p != checker.pid]
+    names: dict[int, str] = {}
+    for pid in pids:
+        port = _listening_port(pid, ports)
+        names[pid] = f"node :{port}" if port else "other"
+    names[checker.pid] = "etcdctl"
+    rev0, leader = _status(endpoints)
+    cpu0 = {pid: _cpu_seconds(pid) for pid in names}
+    t0 = time.monotonic()
+    time.sleep(CPU_WINDOW_S[1] - CPU_WINDOW_S[0])
+    cpu1 = {pid: _cpu_seconds(pid) for pid in names}
+    rev1, _ = _status(endpoints)
+    seconds = time.monotonic() - t0
+    writes = max(1, rev1 - rev0)
+    leader_port = _member_ports(endpoints).get(leader)
+    per: dict[str, float] = {}
+    for pid, name in names.items():
+        if name == f"node :{leader_port}":
+            name = "leader"
+        elif name.startswith("node"):
+            name = "follower " + name[5:]
+        per[name] = per.get(name, 0.0) + (cpu1[pid] - cpu0[pid]) * 1000 / writes
+    order = sorted(per, key=lambda n: (n != "leader", n == "other", n))
+    return {"writes_per_s": round(writes / seconds), "window_s": round(seconds, 1),
+            "cpu_s_per_1000_writes": {n: round(per[n], 3) for n in order},
+            "total": round(sum(per.values()), 3)}
+
+
+def run_check(system: str, load: str, workdir: Path, cpu: bool = False) -> dict[str, Any]:
     start = etcd_cluster if system == "etcd" else dengine_cluster
     workdir.mkdir(parents=True)
     t0 = time.monotonic()
@@ -115,13 +213,23 @@ def run_check(system: str, load: str, workdir: Path) -> dict[str, Any]:
                 result = {"verdict": "ERROR", "rc": health.rc, "throughput": None,
                           "error": (health.stderr.strip().splitlines() or ["?"])[-1]}
             else:
-                done = subprocess.run(
-                    [ETCDCTL, "--endpoints=" + ",".join(endpoints), "check", "perf",
-                     "--load", load],
-                    env={**os.environ, "ETCDCTL_API": "3"}, capture_output=True, text=True,
-                    timeout=300, check=False)
-                (workdir / "check-perf.out").write_text(done.stdout + done.stderr)
-                result = parse_check_perf(done.stdout + "\n" + done.stderr, done.returncode)
+                with open(workdir / "check-perf.out", "w+") as out:
+                    checker = subprocess.Popen(
+                        [ETCDCTL, "--endpoints=" + ",".join(endpoints), "check", "perf",
+                         "--load", load],
+                        env={**os.environ, "ETCDCTL_API": "3"}, stdout=out,
+                        stderr=subprocess.STDOUT, text=True)
+                    try:
+                        usage = measure_cpu(endpoints, checker) if cpu else None
+                        checker.wait(timeout=300)
+                    finally:
+                        if checker.poll() is None:
+                            checker.kill()
+                            checker.wait()
+                    out.seek(0)
+                    result = parse_check_perf(out.read(), checker.returncode)
+                if usage is not None:
+                    result["cpu"] = usage
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         result = {"verdict": "ERROR", "rc": None, "throughput": None, "error": str(e)[:500]}
     result["seconds"] = round(time.monotonic() - t0, 1)
@@ -134,6 +242,8 @@ def main() -> int:
     ap.add_argument("--systems", default="etcd,dengine", help="etcd,dengine")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="also measure each process's CPU seconds per 1,000 writes")
     args = ap.parse_args()
     loads = [x for x in args.loads.split(",") if x]
     systems = [x for x in args.systems.split(",") if x]
@@ -152,7 +262,7 @@ def main() -> int:
         for load in loads:
             for system in systems:
                 print(f"{system:8} --load {load} ...", end="", flush=True)
-                r = run_check(system, load, workdir / f"{system}-{load}")
+                r = run_check(system, load, workdir / f"{system}-{load}", args.cpu)
                 r.update(system=system, load=load)
                 results.append(r)
                 print(f" {r['verdict']}" + (f" ({r['error']})" if r.get("error") else ""))
@@ -166,6 +276,11 @@ def main() -> int:
         print(f"{r['system']:8} {r['load']:4} {num(r['throughput'], 9, 'd')} "
               f"{num(r.get('slowest_s'), 10, '.3f')} {num(r.get('stddev_s'), 9, '.3f')}  "
               f"{r['verdict']}")
+        if r.get("cpu"):
+            c = r["cpu"]
+            parts = ", ".join(f"{n} {v:.2f}" for n, v in c["cpu_s_per_1000_writes"].items())
+            print(f"    CPU s per 1,000 writes ({c['writes_per_s']} writes/s over "
+                  f"{c['window_s']} s): {parts}; total {c['total']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"etcdctl": version, "results": results}, indent=2))
     if not args.keep:
