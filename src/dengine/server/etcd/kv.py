@@ -52,6 +52,27 @@ _WRITES: dict[str, tuple[int, type[ProtoMessage]]] = {
 _METHODS = {field: method for method, (field, _) in _WRITES.items()}
 
 
+class CallMetadata:
+    """A call's context whose request metadata is read once: grpc.aio builds the tuple
+    again at every `invocation_metadata()`, and a write asks for it up to three times
+    (its token for the gate, whether it was forwarded, its token to forward)."""
+
+    __slots__ = ("_context", "_metadata")
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+        self._metadata = tuple(context.invocation_metadata() or ())
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+    def __getattr__(self, name: str) -> Any:  # auth_context, peer, ...: the call's own
+        return getattr(self._context, name)
+
+
 def timeout_of(context: Any) -> float | None:
     remaining = context.time_remaining()
     if remaining is None:
@@ -140,10 +161,11 @@ class KvService(EtcdBase):
 
         async def write(request: bytes, context: Any) -> bytes:
             size = len(request)
+            call = CallMetadata(context)
             try:
                 self._admit(size)
                 req = checks.check_write(field, request, self._config)
-                user = await self.gate.check(context, check_kv_write(method, req))
+                user = await self.gate.check(call, check_kv_write(method, req))
                 if field == KV_TXN and etcd_check.is_txn_readonly(req):
                     return await self._read_txn(req, context)
             except Exception as exc:
@@ -151,7 +173,7 @@ class KvService(EtcdBase):
             self.pending_writes += 1
             self.pending_write_bytes += size
             try:
-                return await self._write(field, request, response, context, user)
+                return await self._write(field, request, response, context, call, user)
             except Exception as exc:
                 await self.fail(context, exc)
             finally:
@@ -163,10 +185,10 @@ class KvService(EtcdBase):
 
     async def _write(
         self, field: int, request: bytes, response: type[ProtoMessage], context: Any,
-        user: str | None = None,
+        call: CallMetadata, user: str | None = None,
     ) -> bytes:
         engine = self._engine
-        sent_on = forwarded(context)
+        sent_on = forwarded(call)
         try:
             result = await engine.kv_request(field, request, timeout=timeout_of(context),
                                              forwarded=sent_on)
@@ -176,7 +198,7 @@ class KvService(EtcdBase):
             address = e.leader_address or engine.leader_address()
             if not e.leader_id or not address or sent_on:
                 raise
-            identity = self.gate.identity(context, user)
+            identity = self.gate.identity(call, user)
             if identity and self._token_forwarder is not None:
                 # Auth in use: the etcd method itself, with the client's token or its
                 # certificate's user (the leader checks it again; the native ForwardWrite
