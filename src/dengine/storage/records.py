@@ -70,9 +70,11 @@ def check_header(data: bytes, magic: bytes, path: str) -> int:
     """The file's format version; CorruptionError unless it is a header this release reads."""
     if len(data) < HEADER_SIZE:
         raise CorruptionError(path, 0, f"file header truncated ({len(data)} bytes)")
-    found, version, _ = HEADER.unpack_from(data, 0)
+    found, version, reserved = HEADER.unpack_from(data, 0)
     if found != magic:
         raise CorruptionError(path, 0, f"bad magic {found!r}, expected {magic!r}")
+    if reserved:  # always written 0: a damaged header, whatever its version says
+        raise CorruptionError(path, 0, f"reserved header bytes are {reserved:#06x}, not 0")
     readable = READ_VERSIONS.get(magic, (FORMAT_VERSION,))
     if version not in readable:
         why = ""
