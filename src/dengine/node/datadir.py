@@ -1,7 +1,7 @@
 """A node's data directory: layout, and the identity file that ties it to one node.
 
     DATA_DIR/node.json     {"format": 2, "node_id": N, "cluster_id": "...", "joined": bool,
-                            "initial_cluster_token": "..."}, written once
+                            "initial_cluster_token": "...", "crc32c": C}, written once
     DATA_DIR/raft/         FileRaftLog (segments + hard state)
     DATA_DIR/sm/           FileStateMachine (checkpoint + WAL)
     DATA_DIR/snapshots/    snapshot files
@@ -19,6 +19,12 @@ from an explicit `cluster_id`; the initial members may change (addresses move). 
 of earlier releases hold the old default id `dengine` and no token: kept as is (their
 peers hold the same id).
 
+`crc32c` is the CRC32C of the other fields as `_canonical` writes them: JSON has no
+checksum, and a flipped bit in the cluster id or the token would otherwise be read as
+another identity. A file with a field this release does not know (a damaged name) or a
+CRC that does not match is refused; one without `crc32c` (earlier releases) is read as
+it is.
+
 Files are read and written through a `FileIO` (the real disk by default; the whole-node
 simulator's disk in `dengine.sim.nodesim`).
 """
@@ -30,6 +36,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from crc32c import crc32c
 
 from dengine.config import NodeConfig
 from dengine.errors import ClusterMismatch, ConfigError, StorageError
@@ -40,6 +49,14 @@ log = logging.getLogger(__name__)
 IDENTITY_FILE = "node.json"
 IDENTITY_FORMAT = 2  # the data dir of etcd's data model: keys with revisions (docs/formats.md)
 LEGACY_CLUSTER_ID = "dengine"  # every cluster's id before ids were derived
+_FIELDS = frozenset(("format", "node_id", "cluster_id", "joined", "initial_cluster_token",
+                     "crc32c"))
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    """What node.json's CRC covers: every field but `crc32c`, keys sorted, compact."""
+    return json.dumps({k: v for k, v in doc.items() if k != "crc32c"}, sort_keys=True,
+                      separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,13 @@ class DataDir:
             raise StorageError(f"cannot read {self.identity}: {e.strerror}") from None
         try:
             doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            unknown = sorted(set(doc) - _FIELDS)
+            if unknown:
+                raise ValueError(f"unknown field {unknown[0]!r} (damaged?)")
+            if "crc32c" in doc and doc["crc32c"] != crc32c(_canonical(doc)):
+                raise ValueError("CRC32C mismatch (damaged)")
             if doc.get("format") == 1:
                 raise StorageError(
                     f"data dir {self.path} has format 1 (written before revisions: its keys "
@@ -183,6 +207,7 @@ class DataDir:
         doc = {"format": IDENTITY_FORMAT, "node_id": identity.node_id,
                "cluster_id": identity.cluster_id, "joined": identity.joined,
                "initial_cluster_token": identity.token}
+        doc["crc32c"] = crc32c(_canonical(doc))
         try:
             self.io.atomic_write(str(self.identity), [json.dumps(doc).encode() + b"\n"])
         except OSError as e:
