@@ -46,3 +46,17 @@ def test_corruption_fails_with_the_offset(tmp_path):
 def test_missing_dir_is_a_clear_error(tmp_path):
     code, out = run_check(tmp_path / "nope")
     assert code != 0 and "data directory not found" in out and "Traceback" not in out
+
+
+def test_damaged_node_json_fails_as_start_up_would(tmp_path):
+    from dengine.config import NodeConfig
+    from dengine.node.datadir import DataDir
+
+    build(tmp_path)
+    DataDir(tmp_path).claim_for(NodeConfig(node_id=1, cluster_id="c0ffee"))
+    raw = bytearray((tmp_path / "node.json").read_bytes())
+    raw[raw.index(b"c0ffee")] ^= 0x01  # "b0ffee": valid JSON, another cluster id
+    (tmp_path / "node.json").write_bytes(bytes(raw))
+    code, out = run_check(tmp_path)
+    assert code == 1 and "unreadable" in out and "CRC32C mismatch" in out
+    assert "1 corrupt" in out

@@ -41,6 +41,9 @@ def check(data_dir: str, as_json: bool) -> None:
     except StorageError as e:
         identity = None
         result.error = e.message  # start-up refuses it first
+        for r in result.reports:
+            if os.path.basename(r.path) == "node.json":
+                r.status, r.detail = CORRUPT, e.message
     if as_json:
         click.echo(json.dumps({
             "data_dir": data_dir,
