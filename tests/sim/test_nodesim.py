@@ -138,19 +138,21 @@ def _first_caught(seeds: range, **kw: object) -> int:
 
 def test_teeth_acknowledging_before_durable() -> None:
     """Followers ack appends and grant votes before their log and hard state are synced:
-    first caught at seed 8 (7 of seeds 0-39)."""
+    first caught at seed 9 at 1247cb6 (8 before
+    the compaction and lease load; 7 of seeds 0-39 then)."""
     assert _first_caught(range(0, 40), node=f"{BROKEN}:AckBeforeDurableNode") <= 39
 
 
 def test_teeth_learners_counted_toward_commit() -> None:
-    """The commit index over voters and learners: first caught at seed 1 (12 of 0-19)."""
+    """The commit index over voters and learners: first caught at seed 0 at 1247cb6
+    (12 of 0-19 before the compaction and lease load)."""
     assert _first_caught(range(0, 40), learners=2, core=f"{BROKEN}:LearnerCommitCore") <= 39
 
 
 def test_teeth_follower_applies_before_commit() -> None:
     """A follower takes what it holds as committed: with the fault kinds that make
-    divergent tails (not snapcut, freeze, jump), first caught at seed 8 (2 of 0-39;
-    0 of 0-29 with every kind: snapshots and the newer kinds dilute the strikes)."""
+    divergent tails (not snapcut, freeze, jump), first caught at seed 6 at 1247cb6 (earlier: seed 8, 2 of
+    0-39; 0 of 0-29 with every kind: snapshots and the newer kinds dilute the strikes)."""
     assert _first_caught(range(0, 40), core=f"{BROKEN}:CommitWhatIHoldCore",
                          faults=DIVERGENCE_FAULTS) <= 39
 
@@ -164,8 +166,8 @@ def test_teeth_hard_state_without_fsync() -> None:
 def test_teeth_truncating_matching_entries() -> None:
     """A follower cuts its log at the first entry of every append, matching or not: a late
     copy of an old append (the `echo` strike) cuts entries it acknowledged. With strikes
-    and network faults only, first caught at seed 0 (4 of 0-29; with every fault kind
-    2 of 0-29 in an earlier schedule)."""
+    and network faults only, first caught at seed 1 at 1247cb6 (earlier: seed 0, 4 of
+    0-29; with every fault kind 2 of 0-29 in an earlier schedule)."""
     assert _first_caught(range(0, 40), core=f"{BROKEN}:TruncateMatchingCore",
                          faults=frozenset({"strike", "net"})) <= 39
 
@@ -173,8 +175,8 @@ def test_teeth_truncating_matching_entries() -> None:
 def test_teeth_lease_reads_past_the_lease() -> None:
     """The leader's ticks dropped while its process stalled: its lease, counted in ticks,
     outlives real time, and after a `freeze` it serves lease reads while another leader
-    commits writes. With freezes and network faults only, first caught at seed 5 (6 of
-    0-39)."""
+    commits writes. With freezes and network faults only, first caught at seed 4 at 1247cb6
+    (earlier: seed 5, 6 of 0-39)."""
     assert _first_caught(range(0, 40), node=f"{BROKEN}:DroppedTicksNode",
                          faults=frozenset({"freeze", "net"})) <= 39
 
@@ -182,7 +184,8 @@ def test_teeth_lease_reads_past_the_lease() -> None:
 def test_teeth_lease_reads_with_check_quorum_off() -> None:
     """The core simulator's variant: lease reads while it believes it leads, check-quorum
     off; a frozen leader resumes and serves stale lease reads. With freezes and network
-    faults only, first caught at seed 0 (2 of 0-29)."""
+    faults only, first caught at seed 1 at 1247cb6 (earlier:
+    seed 0, 2 of 0-29)."""
     assert _first_caught(range(0, 40), core="dengine.sim.broken:LeaseWithoutCheckQuorumCore",
                          faults=frozenset({"freeze", "net"})) <= 39
 
