@@ -55,8 +55,8 @@ def test_real_nodes_pass_and_every_fault_kind_is_exercised() -> None:
                  "net_lost", "net_dup",
                  "net_straggler", "net_blocked", "writes_ok", "writes_unknown", "reads_ok",
                  "lease_reads", "eventual_reads", "snapshots_taken", "snapshots_installed",
-                 "net_snapshot_chunks", "snapshot_cuts", "cas_swapped", "cas_failed", "compactions_ok",
-                 "compactions_refused", "past_reads_ok", "past_reads_compacted",
+                 "net_snapshot_chunks", "snapshot_cuts", "cas_swapped", "cas_failed",
+                 "compactions_ok", "compactions_refused", "past_reads_ok", "past_reads_compacted",
                  "leases_granted", "lease_keepalives", "lease_puts", "lease_revokes",
                  "leases_abandoned", "lease_expiry_revokes"):
         assert totals.get(what, 0) > 0, f"nothing counted for {what}: {totals}"
@@ -151,8 +151,9 @@ def test_teeth_learners_counted_toward_commit() -> None:
 
 def test_teeth_follower_applies_before_commit() -> None:
     """A follower takes what it holds as committed: with the fault kinds that make
-    divergent tails (not snapcut, freeze, jump), first caught at seed 6 at 1247cb6 (earlier: seed 8, 2 of
-    0-39; 0 of 0-29 with every kind: snapshots and the newer kinds dilute the strikes)."""
+    divergent tails (not snapcut, freeze, jump), first caught at seed 6 at 1247cb6
+    (earlier: seed 8, 2 of 0-39; 0 of 0-29 with every kind: snapshots and the newer kinds
+    dilute the strikes)."""
     assert _first_caught(range(0, 40), core=f"{BROKEN}:CommitWhatIHoldCore",
                          faults=DIVERGENCE_FAULTS) <= 39
 
