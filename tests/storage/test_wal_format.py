@@ -37,7 +37,7 @@ def test_a_chunk_is_one_record(tmp_path):
     sm.apply_chunk([noop_entry(51, 2), command_entry(52, 2, delete(b"k1"))])
     sm.close()
     version, ops = wal_ops(str(tmp_path / "sm" / wal_name(0)))
-    assert version == 5 and len(ops) == 2
+    assert version == 6 and len(ops) == 2
     assert [op[0] for op in ops[0]] == list(range(1, 51))
     assert [(op[0], op[2]) for op in ops[1]] == [(51, OP_NOOP), (52, 2)]
 
@@ -92,14 +92,64 @@ def test_a_wal_written_before_revisions_is_refused_naming_both_formats(tmp_path)
     directory.mkdir()
     write_wal(directory / wal_name(0), 2)
     with pytest.raises(CorruptionError, match=r"unsupported format version 2 \(this release "
-                                              r"reads 3, 4, 5\): written before revisions"):
+                                              r"reads 3, 4, 5, 6\): written before revisions"):
         FileStateMachine(directory)
 
 
 def test_unknown_wal_version_is_refused(tmp_path):
     directory = tmp_path / "sm"
     directory.mkdir()
-    write_wal(directory / wal_name(0), 6)
-    with pytest.raises(CorruptionError, match="unsupported format version 6") as raised:
+    write_wal(directory / wal_name(0), 7)
+    with pytest.raises(CorruptionError, match="unsupported format version 7") as raised:
         FileStateMachine(directory)
     assert "before revisions" not in str(raised.value)
+
+
+def test_stamped_requests_are_recorded_with_their_auth_info_and_judged_again_on_replay(
+        tmp_path):
+    """WAL format 6: an etcd request stamped with its user and auth revision (key = the
+    encoded AuthInfo) replays to the same answer: refused at an old auth revision."""
+    from dengine.kv.auth import hash_password
+    from dengine.kv.codec import OP_AUTH, encode_request, stamp_request
+    from dengine.proto import AuthInfo
+    from dengine.proto.auth_pb2 import AuthCommand
+    from dengine.proto.etcd import rpc_pb2 as pb
+
+    def auth(user: str = "", **request: object) -> bytes:
+        return encode_request(OP_AUTH, AuthCommand(user=user, **request).SerializeToString())
+
+    def stamped_put(key: bytes, revision: int) -> bytes:
+        return stamp_request(
+            encode_request(OP_PUT, pb.PutRequest(key=key, value=b"v").SerializeToString()),
+            AuthInfo(username="root", revision=revision).SerializeToString())
+
+    password = hash_password("pw", b"salt-salt-salt-1")
+    commands = [
+        auth(user_add=pb.AuthUserAddRequest(name="root", password=password)),
+        auth(user_grant_role=pb.AuthUserGrantRoleRequest(user="root", role="root")),
+        auth(auth_enable=pb.AuthEnableRequest()),  # auth revision 3
+        stamped_put(b"a", 3),
+        auth("root", role_add=pb.AuthRoleAddRequest(name="r")),  # 4
+        stamped_put(b"b", 3),  # checked before the role add: refused
+        stamped_put(b"c", 4),
+    ]
+    entries = [command_entry(i, 1, c) for i, c in enumerate(commands, start=1)]
+    sm = FileStateMachine(tmp_path / "sm")
+    results = sm.apply_chunk(entries[:4]) + sm.apply_chunk(entries[4:])
+    assert [r.succeeded for r in results[3:]] == [True, True, False, True]
+    assert results[5].response.message == "etcdserver: revision of auth store is old"
+    before = sm.read(store_state)
+    sm.close()
+    _, ops = wal_ops(str(tmp_path / "sm" / wal_name(0)))
+    recorded = [(op, key, value) for chunk in ops for _, _, op, key, value in chunk]
+    assert recorded[5][1] == AuthInfo(username="root", revision=3).SerializeToString()
+    again = FileStateMachine(tmp_path / "sm")
+    assert again.read(store_state) == before
+    assert sorted(again.items()) == [b"a", b"c"]
+
+
+def test_a_wal_of_format_5_is_still_read(tmp_path):
+    directory = tmp_path / "sm"
+    directory.mkdir()
+    write_wal(directory / wal_name(0), 5)
+    FileStateMachine(directory).close()

@@ -56,6 +56,9 @@ PERMISSION_NOT_GRANTED = ("FAILED_PRECONDITION",
                           "etcdserver: permission is not granted to the role")
 NOT_ENABLED = ("FAILED_PRECONDITION", "etcdserver: authentication is not enabled")
 INVALID_MGMT = ("INVALID_ARGUMENT", "etcdserver: invalid auth management")
+# A write stamped at an auth revision older than the store's as it applies (etcd's
+# ErrAuthOldRevision, whatever the permission is by then)
+AUTH_OLD_REVISION = ("INVALID_ARGUMENT", "etcdserver: revision of auth store is old")
 # etcd's auth store error, passed through untranslated (etcd 3.4 answers it so)
 NO_PASSWORD_USER = ("UNKNOWN",
                     "auth: authentication failed, password was given for no password user")
@@ -65,7 +68,8 @@ NO_PASSWORD_USER = ("UNKNOWN",
 MESSAGES = frozenset(text for _, text in (
     PERMISSION_DENIED, USER_EMPTY, ROLE_EMPTY, AUTH_FAILED, INVALID_TOKEN, ROOT_USER_MISSING,
     ROOT_ROLE_MISSING, USER_EXISTS, USER_NOT_FOUND, ROLE_EXISTS, ROLE_NOT_FOUND,
-    ROLE_NOT_GRANTED, PERMISSION_NOT_GRANTED, NOT_ENABLED, INVALID_MGMT, NO_PASSWORD_USER))
+    ROLE_NOT_GRANTED, PERMISSION_NOT_GRANTED, NOT_ENABLED, INVALID_MGMT, NO_PASSWORD_USER,
+    AUTH_OLD_REVISION))
 
 
 def error(which: tuple[str, str]) -> KvError:
@@ -218,10 +222,19 @@ class AuthStore:
         if ROOT not in found.roles:
             raise error(PERMISSION_DENIED)
 
-    def _permitted(self, user: str | None, key: bytes, range_end: bytes, write: bool) -> None:
-        """etcd's isOpPermitted: the user's roles cover the key (or the whole range)."""
+    def _permitted(self, user: str | None, key: bytes, range_end: bytes, write: bool,
+                   revision: int | None = None) -> None:
+        """etcd's isOpPermitted: the user's roles cover the key (or the whole range).
+        `revision`: the auth revision a write was stamped with when proposed (its check
+        as it applies): 0 is no user, one older than the store's is refused whatever the
+        permission is now (etcd's order of checks)."""
         if user is None or not self.enabled:
             return
+        if revision is not None:
+            if not revision:
+                raise error(USER_EMPTY)
+            if revision < self.revision:
+                raise error(AUTH_OLD_REVISION)
         if not user:
             raise error(USER_EMPTY)
         found = self.users.get(user)
@@ -250,48 +263,56 @@ class AuthStore:
                     writes.append(interval)
         return _Cover(reads), _Cover(writes)
 
+    # The checks of a request: before it is proposed (`revision` None), and as it applies
+    # (`revision`: the auth revision it was stamped with; kv/mvcc.py).
+
     def check_range(self, user: str | None, key: bytes, range_end: bytes) -> None:
         self._permitted(user, key, range_end, False)
 
     def check_put(self, user: str | None, req: pb.PutRequest,
-                  lease_keys: Callable[[int], Iterable[bytes]]) -> None:
+                  lease_keys: Callable[[int], Iterable[bytes]],
+                  revision: int | None = None) -> None:
         """etcd's Put: write on the key, write on every key of its lease (else the user
         could revoke them), read on the key for prev_kv."""
-        self._permitted(user, req.key, b"", True)
+        self._permitted(user, req.key, b"", True, revision)
         if req.lease:
-            self.check_lease_keys(user, lease_keys(req.lease))
+            self.check_lease_keys(user, lease_keys(req.lease), revision)
         if req.prev_kv:
-            self._permitted(user, req.key, b"", False)
+            self._permitted(user, req.key, b"", False, revision)
 
-    def check_delete_range(self, user: str | None, req: pb.DeleteRangeRequest) -> None:
+    def check_delete_range(self, user: str | None, req: pb.DeleteRangeRequest,
+                           revision: int | None = None) -> None:
         if req.prev_kv:
-            self._permitted(user, req.key, req.range_end, False)
-        self._permitted(user, req.key, req.range_end, True)
+            self._permitted(user, req.key, req.range_end, False, revision)
+        self._permitted(user, req.key, req.range_end, True, revision)
 
     def check_txn(self, user: str | None, req: pb.TxnRequest,
-                  lease_keys: Callable[[int], Iterable[bytes]]) -> None:
+                  lease_keys: Callable[[int], Iterable[bytes]],
+                  revision: int | None = None) -> None:
         """etcd's checkTxnAuth: read on every compare, and every op of both branches
         permitted (a txn with any forbidden op is refused whole)."""
         if user is None or not self.enabled:
             return
         for compare in req.compare:
-            self._permitted(user, compare.key, compare.range_end, False)
+            self._permitted(user, compare.key, compare.range_end, False, revision)
         for op in (*req.success, *req.failure):
             which = op.WhichOneof("request")
             if which == "request_range":
-                self._permitted(user, op.request_range.key, op.request_range.range_end, False)
+                self._permitted(user, op.request_range.key, op.request_range.range_end,
+                                False, revision)
             elif which == "request_put":
-                self.check_put(user, op.request_put, lease_keys)
+                self.check_put(user, op.request_put, lease_keys, revision)
             elif which == "request_delete_range":
-                self.check_delete_range(user, op.request_delete_range)
+                self.check_delete_range(user, op.request_delete_range, revision)
             elif which == "request_txn":
-                self.check_txn(user, op.request_txn, lease_keys)
+                self.check_txn(user, op.request_txn, lease_keys, revision)
 
-    def check_lease_keys(self, user: str | None, keys: Iterable[bytes]) -> None:
+    def check_lease_keys(self, user: str | None, keys: Iterable[bytes],
+                         revision: int | None = None) -> None:
         """etcd's checkLeasePuts (LeaseRevoke, and a put to a lease): write on every key
         attached to the lease."""
         for key in keys:
-            self._permitted(user, key, b"", True)
+            self._permitted(user, key, b"", True, revision)
 
     # ------------------------------------------------------------ reads (Auth service)
 

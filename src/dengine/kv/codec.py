@@ -30,7 +30,10 @@ OP_TXN = 9
 OP_COMPACTION = 10
 OP_LEASE_GRANT = 11
 OP_LEASE_REVOKE = 12
-OP_AUTH = 20  # value = an encoded dengine.AuthCommand (kv/auth.py; ops 21-29 reserved)
+OP_AUTH = 20  # value = an encoded dengine.AuthCommand (kv/auth.py; ops 22-29 reserved)
+# A plain insert or delete stamped with its AuthInfo (checked as it applies): key = the
+# encoded AuthInfo, value = the command without it (docs/formats.md)
+OP_STAMPED = 21
 
 # WriteCommand's request fields: tag byte (field << 3 | 2) -> op
 _REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION,
@@ -202,8 +205,9 @@ def decode_command(cmd: bytes) -> tuple[int, bytes, bytes] | None:
 def decode_any_command(cmd: bytes) -> tuple[int, bytes, bytes]:
     """(op, key, value) of any command bytes: OP_REJECTED when protobuf cannot decode
     them or they set no operation (what every replica applies for such an entry). An
-    etcd request decodes to (OP_PUT..OP_LEASE_REVOKE, b"", the request's bytes), an auth
-    command to (OP_AUTH, b"", its bytes)."""
+    etcd request decodes to (OP_PUT..OP_LEASE_REVOKE, b"", the request's bytes), or with
+    key = its encoded `AuthInfo` when stamped (STAMPED_OPS), an auth command to (OP_AUTH,
+    b"", its bytes)."""
     decoded = decode_command(cmd)
     return decoded if decoded is not None else _decode_protobuf(cmd)
 
@@ -239,13 +243,43 @@ def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
     except DecodeError:
         return OP_REJECTED, b"", b""
     which = command.WhichOneof("operation")
+    if command.HasField("auth_info") and which in ("insert", "delete"):
+        stamp = command.auth_info.SerializeToString()
+        command.ClearField("auth_info")
+        return OP_STAMPED, stamp, command.SerializeToString()
     if which == "insert":
         return OP_INSERT, command.insert.key, command.insert.value
     if which == "delete":
         return OP_DELETE, command.delete.key, b""
     if which in _REQUEST_FIELDS:
-        return _REQUEST_FIELDS[which], b"", getattr(command, which)
+        op = _REQUEST_FIELDS[which]
+        stamp = b""
+        if op in STAMPED_OPS and command.HasField("auth_info"):
+            stamp = command.auth_info.SerializeToString()
+        return op, stamp, getattr(command, which)
     return OP_REJECTED, b"", b""
+
+
+# The etcd requests whose permission is checked again as they apply (etcd's
+# authApplierV3): decoded with key = the encoded `AuthInfo` of the command (b"": none).
+STAMPED_OPS = frozenset((OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_LEASE_REVOKE))
+_AUTH_INFO_TAG = b"\x5a"  # WriteCommand.auth_info: field 11, length-delimited
+
+
+def stamp_request(command: bytes, auth_info: bytes) -> bytes:
+    """`command` (an etcd request's WriteCommand, `encode_request`'s form, or a plain
+    insert or delete) with its `auth_info` field set to the encoded `AuthInfo` (equal to
+    protobuf's encoding)."""
+    return command + _AUTH_INFO_TAG + _varint(len(auth_info)) + auth_info
+
+
+def stamp_command(command: bytes, auth_info: bytes) -> bytes:
+    """A client's command (validated) as proposed while auth is on: stamped if it is one
+    whose permission is checked as it applies (an insert, a delete, STAMPED_OPS)."""
+    op = decode_any_command(command)[0]
+    if op in STAMPED_OPS or op in (OP_INSERT, OP_DELETE):
+        return stamp_request(command, auth_info)
+    return command
 
 
 _REQUEST_FIELDS = {"put": OP_PUT, "delete_range": OP_DELETE_RANGE, "txn": OP_TXN,

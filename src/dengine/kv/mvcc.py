@@ -41,7 +41,9 @@ from dengine.kv.codec import (
     OP_LEASE_REVOKE,
     OP_PUT,
     OP_REJECTED,
+    OP_STAMPED,
     OP_TXN,
+    decode_any_command,
 )
 from dengine.kv.etcd_check import (
     KvError,
@@ -58,7 +60,7 @@ from dengine.kv.leases import LeaseTable
 from dengine.kv.mvcc_txn import run_txn
 from dengine.kv.packed import META_SIZE, pack_meta, unpack_meta
 from dengine.kv.packed import range_end as _range_end
-from dengine.proto import Membership
+from dengine.proto import AuthInfo, Membership
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.proto.etcd.kv_pb2 import KeyValue
 
@@ -372,23 +374,27 @@ class MvccStore:
                 self.revision += 1
                 self._delete_keys([key], self.revision)
             return Applied(self.revision, None)
-        if op == OP_PUT:
-            return self._apply_request(pb.PutRequest, value, self._put_request)
+        if op == OP_PUT:  # key: the request's AuthInfo, if stamped (kv.codec.STAMPED_OPS)
+            return self._apply_request(pb.PutRequest, value, self._put_request, key)
         if op == OP_DELETE_RANGE:
-            return self._apply_request(pb.DeleteRangeRequest, value, self._delete_request)
+            return self._apply_request(pb.DeleteRangeRequest, value, self._delete_request,
+                                       key)
         if op == OP_TXN:
-            return self._apply_request(pb.TxnRequest, value, self._txn)
+            return self._apply_request(pb.TxnRequest, value, self._txn, key)
         if op == OP_COMPACTION:
             return self._apply_request(pb.CompactionRequest, value, self._compact)
         if op == OP_LEASE_GRANT:
             return self._apply_request(pb.LeaseGrantRequest, value, self._lease_grant)
         if op == OP_LEASE_REVOKE:
-            return self._apply_request(pb.LeaseRevokeRequest, value, self._lease_revoke)
+            return self._apply_request(pb.LeaseRevokeRequest, value, self._lease_revoke,
+                                       key)
         if op == OP_AUTH:
             response = self.auth.apply(value)
             if not isinstance(response, KvError):
                 response.header.revision = self.revision  # type: ignore[attr-defined]
             return Applied(self.revision, response)
+        if op == OP_STAMPED:
+            return self._apply_stamped(key, value)
         if op == OP_REJECTED:
             return Applied(self.revision, undecodable("command"))
         return Applied(self.revision, None)  # no-op, config, storage bookkeeping
@@ -416,16 +422,58 @@ class MvccStore:
         return membership
 
     def _apply_request(self, cls: type[_Req], data: bytes,
-                       run: Callable[[_Req], Message]) -> Applied:
+                       run: Callable[[_Req], Message], stamp: bytes = b"") -> Applied:
         try:
             req = cls.FromString(data)
         except DecodeError:
             return Applied(self.revision, undecodable(cls.__name__))
         try:
+            if stamp:
+                self._check_stamp(stamp, req)
             resp = run(req)
         except KvError as e:
             return Applied(self.revision, e)
         return Applied(self.revision, resp)
+
+    def _check_stamp(self, stamp: bytes, req: Message) -> None:
+        """etcd's authApplierV3: a request proposed while auth was on (stamped with its
+        user and the auth revision it was checked at) is checked again on the auth state
+        it applies to, so a revoke committed before it counts on every replica alike."""
+        try:
+            info = AuthInfo.FromString(stamp)
+        except DecodeError:
+            raise undecodable("AuthInfo") from None
+        auth = self.auth
+        if not auth.enabled:
+            return
+        user, revision = info.username, info.revision
+        if isinstance(req, pb.PutRequest):
+            auth.check_put(user, req, self._lease_keys, revision)
+        elif isinstance(req, pb.DeleteRangeRequest):
+            auth.check_delete_range(user, req, revision)
+        elif isinstance(req, pb.TxnRequest):
+            auth.check_txn(user, req, self._lease_keys, revision)
+        elif isinstance(req, pb.LeaseRevokeRequest):
+            auth.check_lease_keys(user, self._lease_keys(req.ID), revision)
+
+    def _apply_stamped(self, stamp: bytes, command: bytes) -> Applied:
+        """A plain insert (a put of its key) or delete (a delete of its key) checked as
+        `_check_stamp` checks an etcd request, then applied."""
+        op, key, value = decode_any_command(command)
+        try:
+            if op == OP_INSERT:
+                self._check_stamp(stamp, pb.PutRequest(key=key))
+            elif op == OP_DELETE:
+                self._check_stamp(stamp, pb.DeleteRangeRequest(key=key))
+            else:
+                raise undecodable("command")
+        except KvError as e:
+            return Applied(self.revision, e)
+        return self.apply(op, key, value)
+
+    def _lease_keys(self, lease_id: int) -> list[bytes]:
+        info = self.leases.info(lease_id, keys=True)
+        return info[1] if info is not None else []
 
     def _write(self, key: bytes, value: bytes, lease: int, rev: int) -> None:
         old = self._data.get(key)

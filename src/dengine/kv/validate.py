@@ -23,6 +23,7 @@ from dengine.kv.codec import (
     OP_LEASE_GRANT,
     OP_LEASE_REVOKE,
     OP_PUT,
+    OP_STAMPED,
     OP_TXN,
     decode_any_command,
     encode_command,
@@ -117,11 +118,17 @@ def check_command(op: int, key: bytes, value: bytes, limits: Limits, where: str 
     elif op == OP_DELETE:
         check_key(key, limits, where)
     elif op in (OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_COMPACTION):  # an etcd request
+        if key:  # its AuthInfo (kv.codec.STAMPED_OPS): the proposing member's to set
+            raise InvalidRequest(f"{_at(where)}auth_info is set by the member that proposes "
+                                 "a request, not by a client")
         etcd_check.check_encoded(op, value, limits.max_txn_ops, limits.max_request_bytes)
     elif op in (OP_LEASE_GRANT, OP_LEASE_REVOKE):
         # The lease ID and minimum TTL are chosen at proposal by the lease calls.
         raise InvalidRequest(f"{_at(where)}lease commands go through the lease calls "
                              "(lease_grant, lease_revoke), not a raw write")
+    elif op == OP_STAMPED:
+        raise InvalidRequest(f"{_at(where)}auth_info is set by the member that proposes "
+                             "a command, not by a client")
     elif op == OP_AUTH:
         raise InvalidRequest(f"{_at(where)}auth commands go through etcd's Auth service, "
                              "not a raw write")

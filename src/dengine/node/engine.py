@@ -61,7 +61,7 @@ from dengine.kv import (
 )
 from dengine.kv import ops as kvops
 from dengine.kv import watch as kvwatch
-from dengine.kv.codec import OP_TXN, decode_request
+from dengine.kv.codec import OP_TXN, decode_request, stamp_command, stamp_request
 from dengine.kv.etcd_check import TOO_MANY_REQUESTS
 from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.coordination import Coordination
@@ -297,28 +297,35 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
 
     async def write_encoded(
         self, commands: Sequence[bytes], *, timeout: float | None = None,
-        forwarded: bool = False,
+        forwarded: bool = False, auth_info: bytes = b"",
     ) -> list[WriteResult]:
         """`write` of commands already encoded (`WriteCommand` bytes, as a client sent them):
         validated as the state machine will decode them, proposed as they are.
-        `forwarded`: as for `kv_request`."""
+        `forwarded`, `auth_info` (every command that writes is stamped with it): as for
+        `kv_request`."""
         check_encoded_commands(commands, self._limits)
         for command in commands:
             request = decode_request(command)
             if request is not None and request[0] == OP_TXN:
                 await self._probe_txn_answer(request[2])
+        if auth_info:
+            commands = [stamp_command(command, auth_info) for command in commands]
         return await self._propose(list(commands), timeout, forwarded=forwarded)
 
     async def kv_request(
         self, field: int, request: bytes, *, timeout: float | None = None,
-        forwarded: bool = False,
+        forwarded: bool = False, auth_info: bytes = b"",
     ) -> WriteResult:
         """Propose an encoded etcd request (`field`: KV_PUT, KV_DELETE_RANGE, KV_TXN or
         KV_COMPACTION) as it is, checked beforehand by the caller (`kv.etcd_check`); its
         result once applied here (NotLeader on a follower: nothing was proposed).
         `forwarded`: a follower sent it and waits for its own apply of it (the followers
-        are told its commit at once)."""
+        are told its commit at once). `auth_info` (put, delete range, txn, lease revoke
+        only): the encoded `AuthInfo` its permission was checked with while auth is on
+        (`Gate.check_write`), checked again as it applies."""
         command = wrap_kv_request(field, request)
+        if auth_info:
+            command = stamp_request(command, auth_info)
         if len(command) > self._limits.max_request_size:
             check_write_size(len(command), self._limits)
         if field == KV_TXN:

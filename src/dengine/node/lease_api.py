@@ -41,7 +41,7 @@ class EtcdLeases:
         _limits: Limits
 
         async def kv_request(self, field: int, request: bytes, *,
-                             timeout: float | None = None) -> Any: ...
+                             timeout: float | None = None, auth_info: bytes = b"") -> Any: ...
 
         async def read_query(self, fn: Callable[[Any], Any], consistency: Any = ..., *,
                              timeout: float | None = None) -> Any: ...
@@ -74,10 +74,12 @@ class EtcdLeases:
         raise AssertionError("unreachable")
 
     async def etcd_lease_revoke(self, req: pb.LeaseRevokeRequest, *,
-                                timeout: float | None = None) -> pb.LeaseRevokeResponse:
-        """etcd's LeaseRevoke (its keys deleted in one revision); LeaseNotFound."""
+                                timeout: float | None = None,
+                                auth_info: bytes = b"") -> pb.LeaseRevokeResponse:
+        """etcd's LeaseRevoke (its keys deleted in one revision); LeaseNotFound.
+        `auth_info`: as for `kv_request`."""
         result = await self.kv_request(KV_LEASE_REVOKE, req.SerializeToString(),
-                                       timeout=timeout)
+                                       timeout=timeout, auth_info=auth_info)
         if isinstance(result.response, KvError):
             raise result.response
         return self._with_header(result.response)

@@ -6,6 +6,7 @@ are in `dengine.proto.client_pb2`, the native client protocol's frames in
 """
 
 from dengine.proto.common_pb2 import (
+    AuthInfo,
     Entry,
     EntryPayload,
     HardState,
@@ -20,6 +21,7 @@ from dengine.proto.raft_pb2 import Message, MessageType
 from dengine.proto.transport_pb2 import Hello, MessageBatch, PeerFrame, SnapshotAck, SnapshotChunk
 
 __all__ = [
+    "AuthInfo",
     "Entry",
     "EntryPayload",
     "HardState",

@@ -82,6 +82,8 @@ SERVICE_NAME = "dengine.RaftClientService"
 
 # Leave the engine this much of the gRPC deadline to send its own TIMEOUT error back.
 _DEADLINE_MARGIN = 0.05
+# The methods whose commands are stamped while auth is on (checked again as they apply)
+_WRITES = frozenset(("Write", "ForwardWrite"))
 # The longest an Events long-poll waits for a change (a client asking more gets this).
 MAX_EVENTS_WAIT_S = 30.0
 # A watch poll answers this long before its deadline, and checks its node's leader this
@@ -99,7 +101,7 @@ class EngineLike(Protocol):
     """The part of `dengine.node.engine.Engine` the service uses."""
 
     async def write_encoded(self, commands: Sequence[bytes], *, timeout: float | None = ...,
-                            forwarded: bool = ...) -> list[Any]: ...
+                            forwarded: bool = ..., auth_info: bytes = ...) -> list[Any]: ...
     async def get_many(self, keys: Sequence[bytes], consistency: str = ..., *,
                        timeout: float | None = ...) -> list[bytes | None]: ...
     async def read_query(self, fn: Callable[[Any], Any], consistency: str = ..., *,
@@ -190,9 +192,14 @@ class ClientService:
         while auth is off; the request is decoded for them only while it is on). A watch
         without a user is refused as etcd refuses it: "permission denied"."""
         async def checked(request: bytes, context: Any) -> ProtoMessage:
+            stamp = b""
             try:
-                await self._gate.check(as_checked(name, context), rule(request),
-                                       fresh=linearizable(name, request))
+                if name in _WRITES:  # stamped while auth is on: checked again at apply
+                    _, stamp = await self._gate.check_write(as_checked(name, context),
+                                                            rule(request))
+                else:
+                    await self._gate.check(as_checked(name, context), rule(request),
+                                           fresh=linearizable(name, request))
             except DecodeError:
                 pass  # malformed: the handler says so
             except Exception as exc:
@@ -200,6 +207,9 @@ class ClientService:
                         exc.message == kvauth.USER_EMPTY[1]):
                     exc = kvauth.error(kvauth.PERMISSION_DENIED)
                 return response(error=self._error(exc, "auth"))
+            if stamp:
+                return await self._write(request, context, forwarded=name == "ForwardWrite",
+                                         auth_info=stamp)
             return await handler(request, context)
         return checked
 
@@ -269,8 +279,8 @@ class ClientService:
         the followers at once (`Node.propose(forwarded=True)`)."""
         return await self._write(request, context, forwarded=True)
 
-    async def _write(self, request: bytes, context: Any, *, forwarded: bool
-                     ) -> WriteResponse:
+    async def _write(self, request: bytes, context: Any, *, forwarded: bool,
+                     auth_info: bytes = b"") -> WriteResponse:
         size = len(request)
         try:
             self._admit_write(size)
@@ -284,9 +294,16 @@ class ClientService:
             if commands is None:  # unknown fields, or malformed: protobuf tells which
                 req = self._parse(request, WriteRequest)
                 commands = [cmd.SerializeToString() for cmd in req.commands]
-            results = await (
-                self._engine.write_encoded(commands, timeout=_timeout(context), forwarded=True)
-                if forwarded else self._engine.write_encoded(commands, timeout=_timeout(context)))
+            if auth_info:  # auth on (`_checked`): every command that writes stamped
+                results = await self._engine.write_encoded(
+                    commands, timeout=_timeout(context), forwarded=forwarded,
+                    auth_info=auth_info)
+            else:
+                results = await (
+                    self._engine.write_encoded(commands, timeout=_timeout(context),
+                                               forwarded=True)
+                    if forwarded else
+                    self._engine.write_encoded(commands, timeout=_timeout(context)))
         except Exception as exc:  # the service keeps serving whatever happens
             return WriteResponse(error=self._error(exc, "Write"))
         finally:

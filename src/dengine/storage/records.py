@@ -47,11 +47,12 @@ FORMAT_VERSION = 1
 # The version each kind is written with, when not FORMAT_VERSION, and the older versions
 # this release still reads (docs/formats.md).
 # WAL 4, checkpoint 4 and snapshot 3 hold leases (lease ops 11-12, the lease table); WAL
-# 5, checkpoint 5 and snapshot 4 the auth state (op 20, the auth image). The versions
+# 5, checkpoint 5 and snapshot 4 the auth state (op 20, the auth image); WAL 6 etcd requests
+# stamped with who proposed them (key = an encoded AuthInfo, checked as they apply). The versions
 # before them are read as they are (they cannot hold a lease, or an auth change).
-WRITE_VERSIONS = {MAGIC_WAL: 5, MAGIC_CHECKPOINT: 5, MAGIC_SNAPSHOT: 4, MAGIC_HARD_STATE: 2}
+WRITE_VERSIONS = {MAGIC_WAL: 6, MAGIC_CHECKPOINT: 5, MAGIC_SNAPSHOT: 4, MAGIC_HARD_STATE: 2}
 READ_VERSIONS = {
-    MAGIC_WAL: (3, 4, 5), MAGIC_CHECKPOINT: (3, 4, 5), MAGIC_SNAPSHOT: (2, 3, 4),
+    MAGIC_WAL: (3, 4, 5, 6), MAGIC_CHECKPOINT: (3, 4, 5), MAGIC_SNAPSHOT: (2, 3, 4),
     MAGIC_HARD_STATE: (1, 2),
 }
 # Files of the state machine before etcd's data model (keys without revisions): refused.

@@ -14,6 +14,7 @@ from dengine.kv import LINEARIZABLE
 from dengine.kv import auth as kvauth
 from dengine.kv.auth import AuthStore
 from dengine.node.engine import Engine
+from dengine.proto import AuthInfo
 from dengine.tls import node_certificate_problem
 
 TOKEN_METADATA = "token"  # etcd's clients send their token under this key
@@ -116,6 +117,24 @@ class Gate:
         self._used(user, token, now)
         return user
 
+    async def check_write(self, context: Any, check: Check | None
+                          ) -> tuple[str | None, bytes]:
+        """`check` (a write's, before it is proposed), and the stamp its command carries
+        while auth is on: an encoded `AuthInfo`, the user and the auth revision the check
+        ran at (b"" while auth is off: nothing is added). The store checks the permission
+        again as the command applies, against that revision (kv/mvcc.py)."""
+        revisions: list[int] = []
+
+        def stamped(auth: AuthStore, user: str, store: Any) -> None:
+            if check is not None:
+                check(auth, user, store)
+            revisions.append(auth.revision)
+
+        user = await self.check(context, stamped)
+        if user is None or not revisions:
+            return user, b""
+        return user, AuthInfo(username=user, revision=revisions[-1]).SerializeToString()
+
     async def read(self, context: Any, check: Check, query: Callable[[Any], Any],
                    mode: str, timeout: float | None) -> Any:
         """`query(store)` (a read in `mode`) once `check` passed on the very state it
@@ -205,10 +224,12 @@ class Gate:
     async def range(self, context: Any, key: bytes, range_end: bytes) -> None:
         await self.check(context, lambda auth, user, store: auth.check_range(user, key, range_end))
 
-    async def lease_keys(self, context: Any, lease_id: int) -> None:
-        """Write on every key of the lease (etcd's LeaseRevoke rule)."""
-        await self.check(context, lambda auth, user, store: auth.check_lease_keys(
-            user, keys_of(store, lease_id)))
+    async def lease_keys(self, context: Any, lease_id: int) -> bytes:
+        """Write on every key of the lease (etcd's LeaseRevoke rule); the revoke's stamp
+        (`check_write`)."""
+        _, stamp = await self.check_write(context, lambda auth, user, store: (
+            auth.check_lease_keys(user, keys_of(store, lease_id))))
+        return stamp
 
 
 def keys_of(store: Any, lease_id: int) -> list[bytes]:

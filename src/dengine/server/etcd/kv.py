@@ -165,15 +165,20 @@ class KvService(EtcdBase):
             try:
                 self._admit(size)
                 req = checks.check_write(field, request, self._config)
-                user = await self.gate.check(call, check_kv_write(method, req))
                 if field == KV_TXN and etcd_check.is_txn_readonly(req):
                     return await self._read_txn(req, context)
+                if field == KV_COMPACTION:  # a valid token only (etcd 3.4), not stamped
+                    user, stamp = await self.gate.check(call), b""
+                else:
+                    user, stamp = await self.gate.check_write(
+                        call, check_kv_write(method, req))
             except Exception as exc:
                 await self.fail(context, exc)
             self.pending_writes += 1
             self.pending_write_bytes += size
             try:
-                return await self._write(field, request, response, context, call, user)
+                return await self._write(field, request, response, context, call, user,
+                                         stamp)
             except Exception as exc:
                 await self.fail(context, exc)
             finally:
@@ -185,13 +190,13 @@ class KvService(EtcdBase):
 
     async def _write(
         self, field: int, request: bytes, response: type[ProtoMessage], context: Any,
-        call: CallMetadata, user: str | None = None,
+        call: CallMetadata, user: str | None = None, stamp: bytes = b"",
     ) -> bytes:
         engine = self._engine
         sent_on = forwarded(call)
         try:
             result = await engine.kv_request(field, request, timeout=timeout_of(context),
-                                             forwarded=sent_on)
+                                             forwarded=sent_on, auth_info=stamp)
         except NotLeader as e:
             # Not proposed here. A follower forwards it (as etcd's followers do) to the
             # leader, once; a request forwarded already is not sent on.

@@ -118,10 +118,11 @@ class LeaseService(EtcdBase):
         async def handler(request: bytes, context: Any) -> bytes:
             async def run(timeout: float | None) -> Any:
                 req = decode(request_type, request)
-                if method == "LeaseRevoke":  # etcd: write on every key of the lease
-                    await self.gate.lease_keys(context, req.ID)
-                else:
-                    await self.gate.check(context)  # a valid token, if auth is on
+                if method == "LeaseRevoke":  # etcd: write on every key of the lease,
+                    # checked again as the revoke applies
+                    stamp = await self.gate.lease_keys(context, req.ID)
+                    return await call(self._engine, req, timeout=timeout, auth_info=stamp)
+                await self.gate.check(context)  # a valid token, if auth is on
                 return await call(self._engine, req, timeout=timeout)
             return await self._serve(method, request, context, run, response_type)
         handler.__name__ = method
