@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_auth import HASH, cmd, grant
 
 from dengine.errors import InvalidRequest, KvError
 from dengine.kv.codec import (
@@ -33,8 +34,6 @@ from dengine.kv.validate import Limits, check_encoded_commands
 from dengine.proto import AuthInfo, WriteCommand
 from dengine.proto.etcd import rpc_pb2 as pb
 from dengine.proto.etcd.auth_pb2 import Permission
-
-from test_auth import HASH, cmd, grant
 
 OLD = "INVALID_ARGUMENT etcdserver: revision of auth store is old"
 LIMITS = Limits(max_key_size=200, max_value_size=200, max_request_size=1 << 20)
