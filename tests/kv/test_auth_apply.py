@@ -93,6 +93,27 @@ def test_the_stamp_is_field_11_and_decodes_as_the_key_of_the_request():
     assert decode_any_command(encode_request(OP_PUT, request)) == (OP_PUT, b"", request)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["put", "delete_range", "txn", "lease_revoke", "insert", "delete"]),
+       st.binary(max_size=300), st.text(max_size=40), st.integers(0, (1 << 64) - 1))
+def test_stamping_equals_protobufs_encoding_and_decodes_back(field, data, user, revision):
+    info = AuthInfo(username=user, revision=revision)
+    if field in ("insert", "delete"):
+        command = WriteCommand(**{field: {"key": data}})
+    else:
+        command = WriteCommand(**{field: data})
+    plain = command.SerializeToString()
+    command.auth_info.CopyFrom(info)
+    stamped_bytes = stamp_command(plain, info.SerializeToString())
+    assert stamped_bytes == command.SerializeToString()
+    op, key, value = decode_any_command(stamped_bytes)
+    if field in ("insert", "delete"):
+        assert (op, value) == (OP_STAMPED, plain)
+    else:
+        assert value == data and op == decode_any_command(plain)[0]
+    assert key == info.SerializeToString()
+
+
 def test_a_write_stamped_at_the_current_revision_applies_and_an_older_one_is_refused():
     store = enabled()
     now = store.auth.revision
