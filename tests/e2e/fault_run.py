@@ -752,10 +752,19 @@ def window_violations(report: dict[str, Any], bound_s: float, follower_bound_s: 
     for kind, per in report["windows"].items():
         limit = follower_bound_s if kind in FOLLOWER_KINDS else bound_s
         for name, w in per.items():
-            if w["s"] > limit:
+            if w["s"] - own_stalls(report, w["from"], w["to"]) > limit:
                 out.append(f"{kind}: {name} {w['s']:.2f}s > {limit:.2f}s "
-                           f"[{w['from']}, {w['to']}] errors {w['errors']}")
+                           f"[{w['from']}, {w['to']}] errors {w['errors']} "
+                           f"(this process stalled {own_stalls(report, w['from'], w['to'])}s)")
     return out
+
+
+def own_stalls(report: dict[str, Any], start: float, end: float) -> float:
+    """Seconds of [start, end] during which this process's own loop ran late: its clients
+    could neither send nor hear, so that part of a window is the runner's, not the
+    cluster's (a loaded CI machine)."""
+    return round(sum(max(0.0, min(end, at + late) - max(start, at))
+                     for at, late in report["runner_stalls"]), 3)
 
 
 def combined_table(reports: list[dict[str, Any]]) -> str:
