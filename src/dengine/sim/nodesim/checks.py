@@ -20,6 +20,8 @@ At the end, after every fault is healed and every node restarted:
 
 * liveness: within 5 s a leader exists, a membership change cycle under way has
   completed, and every node has applied all it committed;
+* lease expiry (liveness): once the clients stop keeping leases alive, within TTL + 1 s
+  every lease is revoked (by the settled leader's lessor) and every node applied it;
 * state machines equal: nodes at the same applied index hold the same store
   (revision, keys, history);
 * linearizability: the clients' history (writes, linearizable and lease reads, and a
@@ -180,6 +182,20 @@ class Checks:
                                   f"applied {s.applied_index} last {s.last_log_index}")
             raise Violation("liveness", 0, f"not settled {SETTLE_S:g} s after healing: "
                             + "; ".join(states))
+
+    def leases_expire(self) -> None:
+        world = self.world
+
+        def gone() -> bool:
+            if not self._settled():
+                return False
+            return all(m.node is not None
+                       and not m.node.query_local(lambda store: store.leases.ttls())
+                       for m in world.members.values())
+
+        if not world.step_until(world.clock.now + LEASE_TTL + 1.0, gone):
+            raise Violation("lease expiry", 0, f"leases left {LEASE_TTL + 1} s after the "
+                            "clients stopped keeping them alive")
 
     def at_end(self) -> None:
         world = self.world

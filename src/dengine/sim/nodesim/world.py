@@ -462,6 +462,7 @@ class World:
             self.clients.stop()
             self.checks.settle()
             self.clients.final_reads()
+            self.checks.leases_expire()
             self.checks.at_end()
         except Violation as v:
             violation = v
