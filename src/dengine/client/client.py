@@ -73,7 +73,6 @@ from dengine.kv import (
 )
 from dengine.kv import ops as kvops
 from dengine.kv import watch as kvwatch
-from dengine.kv.auth import AUTH_OLD_REVISION
 from dengine.kv.ops import Compare, Op
 from dengine.proto.client_pb2 import (
     AddMemberRequest,
@@ -382,13 +381,6 @@ class Client(ClientLeases, RecipeCalls):
         term) of the member that answered (zeros from a server that does not send them)."""
         results = await self._submit(self._writes, [command], command.ByteSize(), timeout)
         [result] = results
-        if result.HasField("error") and result.error.message == AUTH_OLD_REVISION[1]:
-            # checked before an auth change that applied first, refused unapplied: sent
-            # again once, to be judged on the roles as they are now (etcd's Go client
-            # does the same)
-            results = await self._submit(self._writes, [command], command.ByteSize(),
-                                         timeout)
-            [result] = results
         if result.HasField("error"):
             raise error_from_wire(result.error)
         return result, getattr(results, "header_ids", (0, 0, 0))

@@ -171,6 +171,17 @@ class _Forwarded:
         return auth_context() if auth_context is not None else {}
 
 
+async def check_request(gate: Any, method: str, check: Check | None, request: bytes,
+                        context: Any) -> bytes:
+    """The permission check of a method's request (CHECKS); for a Write or ForwardWrite
+    while auth is on, the stamp its commands are proposed with (`Gate.check_write`:
+    checked again as they apply), else b""."""
+    if method in ("Write", "ForwardWrite"):
+        return (await gate.check_write(as_checked(method, context), check))[1]
+    await gate.check(as_checked(method, context), check, fresh=linearizable(method, request))
+    return b""
+
+
 def as_checked(method: str, context: Any) -> Any:
     """The context a method's permission check sees."""
     return _Forwarded(context) if method == "ForwardWrite" else context

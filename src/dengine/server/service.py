@@ -74,7 +74,7 @@ from dengine.proto.common_pb2 import Member
 from dengine.proto.etcd import rpc_pb2
 from dengine.proto.etcd.rpc_pb2 import RangeRequest, TxnRequest
 from dengine.server.etcd.gate import Check, Gate
-from dengine.server.native_auth import CHECKS, WithToken, as_checked, linearizable
+from dengine.server.native_auth import CHECKS, WithToken, check_request
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,6 @@ SERVICE_NAME = "dengine.RaftClientService"
 
 # Leave the engine this much of the gRPC deadline to send its own TIMEOUT error back.
 _DEADLINE_MARGIN = 0.05
-# The methods whose commands are stamped while auth is on (checked again as they apply)
-_WRITES = frozenset(("Write", "ForwardWrite"))
 # The longest an Events long-poll waits for a change (a client asking more gets this).
 MAX_EVENTS_WAIT_S = 30.0
 # A watch poll answers this long before its deadline, and checks its node's leader this
@@ -194,12 +192,7 @@ class ClientService:
         async def checked(request: bytes, context: Any) -> ProtoMessage:
             stamp = b""
             try:
-                if name in _WRITES:  # stamped while auth is on: checked again at apply
-                    _, stamp = await self._gate.check_write(as_checked(name, context),
-                                                            rule(request))
-                else:
-                    await self._gate.check(as_checked(name, context), rule(request),
-                                           fresh=linearizable(name, request))
+                stamp = await check_request(self._gate, name, rule(request), request, context)
             except DecodeError:
                 pass  # malformed: the handler says so
             except Exception as exc:
@@ -207,8 +200,8 @@ class ClientService:
                         exc.message == kvauth.USER_EMPTY[1]):
                     exc = kvauth.error(kvauth.PERMISSION_DENIED)
                 return response(error=self._error(exc, "auth"))
-            if stamp:
-                return await self._write(request, context, forwarded=name == "ForwardWrite",
+            if stamp:  # a Write while auth is on: its commands proposed stamped
+                return await self._write(request, context, forwarded=name != "Write",
                                          auth_info=stamp)
             return await handler(request, context)
         return checked
@@ -294,16 +287,10 @@ class ClientService:
             if commands is None:  # unknown fields, or malformed: protobuf tells which
                 req = self._parse(request, WriteRequest)
                 commands = [cmd.SerializeToString() for cmd in req.commands]
-            if auth_info:  # auth on (`_checked`): every command that writes stamped
-                results = await self._engine.write_encoded(
-                    commands, timeout=_timeout(context), forwarded=forwarded,
-                    auth_info=auth_info)
-            else:
-                results = await (
-                    self._engine.write_encoded(commands, timeout=_timeout(context),
-                                               forwarded=True)
-                    if forwarded else
-                    self._engine.write_encoded(commands, timeout=_timeout(context)))
+            write = functools.partial(self._engine.write_encoded, commands,
+                                      timeout=_timeout(context))
+            results = await (write(forwarded=forwarded, auth_info=auth_info) if auth_info
+                             else write(forwarded=True) if forwarded else write())
         except Exception as exc:  # the service keeps serving whatever happens
             return WriteResponse(error=self._error(exc, "Write"))
         finally:
