@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
@@ -45,6 +46,8 @@ from dengine.server.etcd.gate import Metadata
 from dengine.tls import ClientTls
 
 log = logging.getLogger("dengine.server.etcd")
+P = TypeVar("P")
+R = TypeVar("R")
 
 APPLIED_INDEX = "dengine-index"  # trailing metadata of the leader's answer: the log index
 _MAX_CHANNELS = 8
@@ -173,24 +176,9 @@ class KvForwarder:
     async def keepalive(self, address: str, lease_id: int, timeout: float) -> int:
         """The leader's answer to a keep-alive of `lease_id`: the lease's TTL (0: unknown
         or expired); the keep-alives forwarded during one loop turn leave together."""
-        batcher = self._keepalives.get(address)
-        if batcher is None:
-            while len(self._keepalives) >= _MAX_CHANNELS:  # leaders of the past
-                old = self._keepalives.pop(next(iter(self._keepalives)))
-                self._closing.add(task := asyncio.ensure_future(old.close()))
-                task.add_done_callback(self._closing.discard)
-            batcher = self._keepalives[address] = Batcher(
-                lambda batch: self._send_keepalives(address, batch), 1 << 16,
-                self._max_batch_bytes, _MAX_INFLIGHT)
-        item = batcher.submit(lease_id, _KEEPALIVE_BYTES, time.monotonic() + timeout)
-        timer = asyncio.get_running_loop().call_later(timeout, _expire, item.future)
-        try:
-            return await item.future
-        except BaseException:
-            batcher.abandon(item)
-            raise
-        finally:
-            timer.cancel()
+        return await self._submit(
+            self._keepalives, address, self._send_keepalives, lease_id, _KEEPALIVE_BYTES,
+            timeout)
 
     async def _send_keepalives(self, address: str, batch: list[Item[int, int]]) -> None:
         deadline = max(item.deadline for item in batch)
@@ -213,16 +201,24 @@ class KvForwarder:
     async def write(self, address: str, command: bytes, timeout: float) -> Forwarded:
         """The leader's answer to `command` (a WriteCommand carrying an etcd request);
         the leader's error (KvError), or etcd's timeout when no answer came back."""
-        batcher = self._batchers.get(address)
+        return await self._submit(
+            self._batchers, address, self._send, command, len(command), timeout)
+
+    async def _submit(self, batchers: dict[str, Batcher[P, R]], address: str,
+                      send: Callable[[str, list[Item[P, R]]], Awaitable[None]],
+                      payload: P, size: int, timeout: float) -> R:
+        """`payload`'s answer from the batch to `address` it leaves in (one batcher per
+        leader address, the oldest closed past _MAX_CHANNELS), or etcd's timeout."""
+        batcher = batchers.get(address)
         if batcher is None:
-            while len(self._batchers) >= _MAX_CHANNELS:  # leaders of the past
-                old = self._batchers.pop(next(iter(self._batchers)))
+            while len(batchers) >= _MAX_CHANNELS:  # leaders of the past
+                old = batchers.pop(next(iter(batchers)))
                 self._closing.add(task := asyncio.ensure_future(old.close()))
                 task.add_done_callback(self._closing.discard)
-            batcher = self._batchers[address] = Batcher(
-                lambda batch: self._send(address, batch), 1 << 16, self._max_batch_bytes,
+            batcher = batchers[address] = Batcher(
+                lambda batch: send(address, batch), 1 << 16, self._max_batch_bytes,
                 _MAX_INFLIGHT)
-        item = batcher.submit(command, len(command), time.monotonic() + timeout)
+        item = batcher.submit(payload, size, time.monotonic() + timeout)
         timer = asyncio.get_running_loop().call_later(timeout, _expire, item.future)
         try:
             return await item.future
