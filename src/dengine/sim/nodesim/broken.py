@@ -140,20 +140,6 @@ class UnverifiedSnapshotNode(SimNode):
         self._receiver = UnverifiedSnapshotReceiver(self._receiver.store)
 
 
-class EarlyConfChangeCore(RaftCore):
-    """Proposes a membership change without waiting for an entry of its own term to commit
-    (the single-server change bug of the Raft thesis, fixed on raft-dev in 2015): a new
-    leader's change may not overlap an uncommitted change of an earlier leader."""
-
-    def propose_membership(self, membership: Membership) -> LogId:
-        committed = self.term_committed
-        self.term_committed = True
-        try:
-            return super().propose_membership(membership)
-        finally:
-            self.term_committed = committed
-
-
 class SwapInOneStepCore(RaftCore):
     """Accepts a membership change of two voters at once (one removed, one added: a
     "replace" without the intermediate configuration or joint consensus): a majority of
