@@ -161,6 +161,19 @@ class PutResult:
         fields["header"] = _NO_HEADER
         return result
 
+    @classmethod
+    def with_header(cls, revision: int, cluster_id: int, member_id: int, raft_term: int
+                    ) -> PutResult:
+        """`PutResult(revision, header=ResponseHeader(cluster_id, member_id, revision,
+        raft_term))` without the two frozen dataclasses' `__init__` (~2 us per put on
+        the embedded and native put's hot path)."""
+        header = object.__new__(ResponseHeader)
+        header.__dict__.update(cluster_id=cluster_id, member_id=member_id, revision=revision,
+                               raft_term=raft_term)
+        result = object.__new__(cls)
+        result.__dict__.update(revision=revision, prev_kv=None, header=header)
+        return result
+
 
 _NO_HEADER = ResponseHeader()
 

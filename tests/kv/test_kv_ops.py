@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dengine import Compare, Op
-from dengine.api import DeleteResult, KeyValue, PutResult, RangeResult, TxnResult
+from dengine.api import (
+    DeleteResult,
+    KeyValue,
+    PutResult,
+    RangeResult,
+    ResponseHeader,
+    TxnResult,
+)
 from dengine.errors import InvalidRequest
 from dengine.kv import ops
 from dengine.proto.etcd import kv_pb2, rpc_pb2
@@ -156,3 +165,20 @@ def test_etcds_revision_errors_are_their_subclasses() -> None:
     assert f.message == "etcdserver: mvcc: required revision is a future revision"
     assert isinstance(kv_error("OUT_OF_RANGE", c.message), Compacted)
     assert type(kv_error("INVALID_ARGUMENT", "etcdserver: key not found")) is KvError
+
+
+@given(st.integers(0, 2**63 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1),
+       st.integers(0, 2**64 - 1))
+def test_put_results_made_on_the_hot_path_equal_the_dataclass_ones(
+        revision: int, cluster_id: int, member_id: int, term: int) -> None:
+    """PutResult.with_header / of_revision skip the frozen dataclasses' __init__: what they
+    make must be indistinguishable from the plain construction (fields, equality, repr,
+    hash, frozenness)."""
+    slow = PutResult(revision, header=ResponseHeader(cluster_id, member_id, revision, term))
+    fast = PutResult.with_header(revision, cluster_id, member_id, term)
+    assert fast == slow and repr(fast) == repr(slow) and hash(fast) == hash(slow)
+    assert fast.header == slow.header and repr(fast.header) == repr(slow.header)
+    assert hash(fast.header) == hash(slow.header)
+    assert PutResult.of_revision(revision) == PutResult(revision)
+    with pytest.raises(FrozenInstanceError):
+        fast.header.revision = 0  # type: ignore[misc]

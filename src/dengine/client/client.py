@@ -34,7 +34,6 @@ from dengine.api import (
     NodeStatus,
     PutResult,
     RangeResult,
-    ResponseHeader,
     SortOrder,
     SortTarget,
     TxnResult,
@@ -239,8 +238,7 @@ class Client(ClientLeases, RecipeCalls):
             return kvops.put_result(rpc_pb2.PutResponse.FromString(result.response))
         # A plain insert's result holds no etcd response: the header of its Write.
         cluster_id, member_id, raft_term = ids
-        return PutResult(result.revision, header=ResponseHeader(
-            cluster_id, member_id, result.revision, raft_term))
+        return PutResult.with_header(result.revision, cluster_id, member_id, raft_term)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         await self.write([delete(key)], timeout=timeout)

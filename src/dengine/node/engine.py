@@ -30,7 +30,6 @@ from dengine.api import (
     Leader,
     NodeStatus,
     PutResult,
-    ResponseHeader,
     WatchFilter,
     WatchStream,
     WriteResult,
@@ -279,9 +278,8 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         finally:
             self._pending_proposals -= 1
             self._pending_proposal_bytes -= size
-        ids = self.header_ids()
-        return PutResult(result.revision, header=ResponseHeader(
-            ids.cluster_id, ids.member_id, result.revision, ids.raft_term))
+        return PutResult.with_header(result.revision, self._etcd_cluster_id, self._node.node_id,
+                                     self._node.term)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""
