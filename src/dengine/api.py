@@ -168,10 +168,16 @@ class PutResult:
         raft_term))` without the two frozen dataclasses' `__init__` (~2 us per put on
         the embedded and native put's hot path)."""
         header = object.__new__(ResponseHeader)
-        header.__dict__.update(cluster_id=cluster_id, member_id=member_id, revision=revision,
-                               raft_term=raft_term)
+        fields = header.__dict__
+        fields["cluster_id"] = cluster_id
+        fields["member_id"] = member_id
+        fields["revision"] = revision
+        fields["raft_term"] = raft_term
         result = object.__new__(cls)
-        result.__dict__.update(revision=revision, prev_kv=None, header=header)
+        fields = result.__dict__
+        fields["revision"] = revision
+        fields["prev_kv"] = None
+        fields["header"] = header
         return result
 
 
