@@ -39,7 +39,16 @@ from dengine.kv.codec import (
 from dengine.proto import Entry, Membership, WriteCommand
 from dengine.proto.client_pb2 import WriteRequest
 
-VALUES = st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=20000))
+
+def large(lo: int, hi: int) -> st.SearchStrategy[bytes]:
+    """Values of lo..hi bytes (3-byte length varints) from a short random pattern: random
+    bytes of that size exceed hypothesis' entropy budget (FailedHealthCheck
+    data_too_large, seen once in CI)."""
+    return st.tuples(st.integers(lo, hi), st.binary(min_size=1, max_size=16)).map(
+        lambda t: (t[1] * (t[0] // len(t[1]) + 1))[:t[0]])
+
+
+VALUES = st.one_of(st.binary(max_size=300), large(16000, 20000))
 
 
 @settings(deadline=None)
@@ -50,7 +59,7 @@ def test_encode_insert_is_the_protobuf_encoding(key, value):
 
 
 @settings(deadline=None)
-@given(st.one_of(st.binary(max_size=300), st.binary(min_size=16000, max_size=17000)))
+@given(st.one_of(st.binary(max_size=300), large(16000, 17000)))
 def test_encode_delete_is_the_protobuf_encoding(key):
     assert encode_delete(key) == delete(key)
 
