@@ -269,7 +269,7 @@ class Clients:
         stats = self.stats
         self.max_revision = max(self.max_revision, getattr(result, "revision", 0))
         if kind in ("grant", "keepalive", "lput", "revoke"):
-            self._lease_done(c, kind, outcome, result, now)
+            self._lease_done(c, kind, outcome, result, call)
         elif kind == "compact":
             assert value is not None
             response = getattr(result, "response", None)
@@ -330,8 +330,11 @@ class Clients:
         if self._running:
             self.world.after(self.rng.uniform(0.0, 0.02), lambda: self._next(c))
 
-    def _lease_done(self, c: _Client, kind: str, outcome: str, result: Any, now: float
+    def _lease_done(self, c: _Client, kind: str, outcome: str, result: Any, call: float
                     ) -> None:
+        """A lease call's answer. A grant or keep-alive renewed the lease somewhere between
+        its `call` and its answer; the check counts from `call`, the earliest (an answer
+        can be late: a node frozen or a reply delayed after the renewal)."""
         stats = self.stats
         response = getattr(result, "response", None)
         failed = outcome != "ok" or isinstance(response, KvError)
@@ -339,11 +342,11 @@ class Clients:
             if not failed:
                 c.lease = int(response.ID)  # type: ignore[union-attr]
                 stats["leases_granted"] += 1
-                self.world.checks.kept_alive(c.lease, now / 1000.0)
+                self.world.checks.kept_alive(c.lease, call / 1000.0)
         elif kind == "keepalive":
             if outcome == "ok" and result > 0:
                 stats["lease_keepalives"] += 1
-                self.world.checks.kept_alive(c.lease, now / 1000.0)
+                self.world.checks.kept_alive(c.lease, call / 1000.0)
             elif outcome == "ok":
                 stats["lease_keepalives_expired"] += 1  # expired (or unknown): gone
                 c.lease = 0
