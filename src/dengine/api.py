@@ -154,12 +154,7 @@ class PutResult:
     def of_revision(cls, revision: int) -> PutResult:
         """`PutResult(revision)`, made without the frozen dataclass's `__init__` and its
         new empty header (~1.5 us per put, a plain put's hot path; headers are frozen)."""
-        result = object.__new__(cls)
-        fields = result.__dict__
-        fields["revision"] = revision
-        fields["prev_kv"] = None
-        fields["header"] = _NO_HEADER
-        return result
+        return cls._fast(revision, _NO_HEADER)
 
     @classmethod
     def with_header(cls, revision: int, cluster_id: int, member_id: int, raft_term: int
@@ -173,6 +168,11 @@ class PutResult:
         fields["member_id"] = member_id
         fields["revision"] = revision
         fields["raft_term"] = raft_term
+        return cls._fast(revision, header)
+
+    @classmethod
+    def _fast(cls, revision: int, header: ResponseHeader) -> PutResult:
+        """A PutResult without prev_kv, its fields set without the frozen `__init__`."""
         result = object.__new__(cls)
         fields = result.__dict__
         fields["revision"] = revision
