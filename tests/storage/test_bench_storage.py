@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import random
+
 from click.testing import CliRunner
 
-from dengine.bench.storage import FSYNC_PROBES, run_storage_bench
+from dengine.bench.storage import (
+    FSYNC_PROBES,
+    drop_history,
+    insert_entries,
+    preload,
+    run_storage_bench,
+)
 from dengine.cli import cli
 from dengine.errors import InvalidRequest
+from dengine.storage.file_state_machine import FileStateMachine
 
 
 def test_every_case_reports_entries_and_cpu_time(tmp_path):
@@ -28,6 +38,24 @@ def test_every_case_reports_entries_and_cpu_time(tmp_path):
         assert r.seconds > 0 and r.cpu_seconds + r.sys_seconds > 0, r
     assert [(m.keys, m.raw_bytes) for m in memory] == [(200, 200 * 272)]
     assert list(tmp_path.iterdir()) == []  # the scratch directory is gone
+
+
+def test_the_memory_case_measures_the_store_without_history(tmp_path):
+    """Issue 16's memory target is for keys without history: updates leave changes behind
+    until a compaction, and the probe must not count them."""
+    rng = random.Random(3)
+    sm = preload(str(tmp_path), 100, rng)
+    first = sm.last_applied().index + 1
+    sm.apply_chunk(insert_entries(first, list(range(100)), rng))  # 100 updates: history
+    assert len(list(sm.read(lambda store: store.changes()))) >= 100
+    sm.close()
+    drop_history(str(tmp_path))
+    sm = FileStateMachine(os.path.join(str(tmp_path), "sm"))
+    store_revision = sm.read(lambda store: store.revision)
+    assert sm.read(lambda store: store.compact_revision) == store_revision
+    assert list(sm.read(lambda store: store.changes())) == []
+    assert len(sm.items()) == 100
+    sm.close()
 
 
 def test_cli_prints_the_cpu_columns(tmp_path):
