@@ -321,6 +321,14 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         are told its commit at once). `auth_info` (put, delete range, txn, lease revoke
         only): the encoded `AuthInfo` its permission was checked with while auth is on
         (`Gate.check_write`), checked again as it applies."""
+        command = await self.kv_command(field, request, auth_info)
+        results = await self._propose([command], timeout, forwarded=forwarded)
+        return results[0]
+
+    async def kv_command(self, field: int, request: bytes, auth_info: bytes = b"") -> bytes:
+        """The command `kv_request` proposes, once the checks before proposing passed
+        (its size; a txn's answer size): a follower forwarding the request runs them
+        too, before it sends it on."""
         command = wrap_kv_request(field, request)
         if auth_info:
             command = stamp_request(command, auth_info)
@@ -328,8 +336,15 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
             check_write_size(len(command), self._limits)
         if field == KV_TXN:
             await self._probe_txn_answer(request)
-        results = await self._propose([command], timeout, forwarded=forwarded)
-        return results[0]
+        return command
+
+    def leader_elsewhere(self) -> str:
+        """The client address of the leader when this node runs as a follower that
+        knows it ("" otherwise: a proposal here would be taken, or fail)."""
+        node = self._node
+        if node.role is Role.LEADER or not node.leader_id or not node.running:
+            return ""
+        return node.leader_address()
 
     async def _probe_txn_answer(self, request: bytes) -> None:
         """Refuse a txn that writes whose ranges, read on this node's state now, would
@@ -436,10 +451,11 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         (a check before proposing, such as a permission)."""
         return self._node.query_local(fn)
 
-    async def wait_applied(self, index: int, *, timeout: float | None = None) -> None:
-        """Return once this node applied log index `index` (Timeout after `timeout`): a
-        write the leader applied is then visible here too."""
-        await self._node.wait_applied(index, self._timeout(timeout))
+    def wait_applied(self, index: int, *, timeout: float | None = None
+                     ) -> asyncio.Future[Any]:
+        """A future done once this node applied log index `index` (Timeout after
+        `timeout`): a write the leader applied is then visible here too."""
+        return self._node.wait_applied(index, self._timeout(timeout))
 
     async def get(
         self,

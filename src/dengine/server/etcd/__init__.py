@@ -16,7 +16,7 @@ from dengine.node.engine import Engine
 from dengine.server.etcd.auth import AuthService
 from dengine.server.etcd.backup import BackupService
 from dengine.server.etcd.cluster import ClusterService
-from dengine.server.etcd.forward import Forwarder, KvForwarder
+from dengine.server.etcd.forward import Forwarder, KvForwarder, applied_here
 from dengine.server.etcd.gate import Gate
 from dengine.server.etcd.kv import KvService
 from dengine.server.etcd.lease import LeaseService
@@ -37,7 +37,8 @@ class EtcdApi:
                  tls: ClientTls | None = None) -> None:
         self.forwarder = Forwarder(channel_options,
                                    tls.grpc_credentials() if tls is not None else None)
-        self.kv_forwarder = KvForwarder(tls, config.max_request_size // 2)
+        self.kv_forwarder = KvForwarder(tls, config.max_request_size // 2,
+                                        applied_here(engine))
         self.kv = KvService(engine, config, self.kv_forwarder, self.forwarder)
         self.lease = LeaseService(engine, config, self.forwarder, self.kv_forwarder)
         self.maintenance = MaintenanceService(engine, config, self.forwarder)

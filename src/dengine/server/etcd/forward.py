@@ -33,6 +33,7 @@ from dengine.client.batcher import Batcher, Item
 from dengine.client.routing import ConnectionLost, Router, error_from_wire
 from dengine.errors import DengineError, KvError, Timeout
 from dengine.kv.codec import join_write_request
+from dengine.node.engine import Engine
 from dengine.proto.client_pb2 import (
     LeaseKeepAliveBatchRequest,
     LeaseKeepAliveBatchResponse,
@@ -133,6 +134,21 @@ class Forwarded(NamedTuple):
     term: int
 
 
+# (log index, the leader's term, timeout) -> a future done once this node applied the
+# index (`Engine.learn_commit`, then `Engine.wait_applied`).
+Applied = Callable[[int, int, float], "asyncio.Future[Any]"]
+
+
+def applied_here(engine: Engine) -> Applied:
+    """`KvForwarder`'s wait for the apply on `engine` of what the leader answered: its
+    commit learnt at once (`Engine.learn_commit`), so that it applies without waiting
+    for the leader's next append."""
+    def applied(index: int, term: int, timeout: float) -> asyncio.Future[Any]:
+        engine.learn_commit(index, term)
+        return engine.wait_applied(index, timeout=timeout)
+    return applied
+
+
 # The etcd lease methods a follower forwards, by the field of the native LeaseRequest.
 LEASE_FIELDS = {"LeaseGrant": "grant", "LeaseRevoke": "revoke",
                 "LeaseTimeToLive": "time_to_live"}
@@ -143,9 +159,11 @@ class KvForwarder:
     """etcd KV writes and lease calls to the leader's native client port, batched per
     leader address (writes; keep-alives)."""
 
-    def __init__(self, tls: ClientTls | None, max_batch_bytes: int) -> None:
+    def __init__(self, tls: ClientTls | None, max_batch_bytes: int,
+                 applied: Applied | None = None) -> None:
         self._tls = tls  # TLS to the leaders' client ports (None: plaintext)
         self._max_batch_bytes = max_batch_bytes
+        self._applied = applied
         self._router: Router | None = None
         self._batchers: dict[str, Batcher[bytes, Forwarded]] = {}
         self._keepalives: dict[str, Batcher[int, int]] = {}
@@ -199,8 +217,9 @@ class KvForwarder:
                 item.future.set_result(int(ttl))
 
     async def write(self, address: str, command: bytes, timeout: float) -> Forwarded:
-        """The leader's answer to `command` (a WriteCommand carrying an etcd request);
-        the leader's error (KvError), or etcd's timeout when no answer came back."""
+        """The leader's answer to `command` (a WriteCommand carrying an etcd request),
+        given once this node applied it (with `applied`); the leader's error (KvError),
+        or etcd's timeout when no answer came back."""
         return await self._submit(
             self._batchers, address, self._send, command, len(command), timeout)
 
@@ -244,13 +263,27 @@ class KvForwarder:
             raise KvError("UNKNOWN", f"dengine: the leader answered {len(results)} results "
                                      f"for {len(batch)} forwarded writes")
         term = resp.raft_term
+        answers: list[tuple[asyncio.Future[Forwarded], Forwarded]] = []
+        last = 0
         for item, result in zip(batch, results, strict=True):
             if item.future.done():
                 continue
             if result.HasField("error"):
                 item.future.set_exception(error_from_wire(result.error))
             else:
-                item.future.set_result(Forwarded(result.response, result.index, term))
+                answers.append((item.future, Forwarded(result.response, result.index, term)))
+                last = max(last, result.index)
+        if self._applied is None or not last:
+            _answer(answers, None)
+            return
+        # One wait for the batch's last index rather than one per write.
+        timeout = max(item.deadline for item in batch) - time.monotonic()
+        try:
+            done = self._applied(last, term, max(0.001, timeout))
+        except Exception as e:  # stopped meanwhile
+            done = asyncio.get_running_loop().create_future()
+            done.set_exception(e)
+        done.add_done_callback(lambda applied: _answer(answers, applied))
 
     async def close(self) -> None:
         batchers: list[Batcher[Any, Any]] = [*self._batchers.values(),
@@ -260,6 +293,22 @@ class KvForwarder:
             await batcher.close()
         if self._router is not None:
             await self._router.close()
+
+
+def _answer(answers: list[tuple[asyncio.Future[Forwarded], Forwarded]],
+            applied: asyncio.Future[Any] | None) -> None:
+    """Give each caller its answer, or the error of waiting for its apply here."""
+    cancelled = applied is not None and applied.cancelled()
+    error = applied.exception() if applied is not None and not cancelled else None
+    for future, answer in answers:
+        if future.done():
+            continue
+        if cancelled:
+            future.cancel()
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(answer)
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

@@ -194,37 +194,22 @@ class KvService(EtcdBase):
     ) -> bytes:
         engine = self._engine
         sent_on = forwarded(call)
+        address = "" if sent_on else engine.leader_elsewhere()
+        if address:
+            # A follower that knows its leader: a proposal here would fail (NotLeader).
+            # The checks before proposing, then sent on.
+            await engine.kv_command(field, request, stamp)
+            return await self._forward(address, field, request, response, context, call,
+                                       user)
         try:
             result = await engine.kv_request(field, request, timeout=timeout_of(context),
                                              forwarded=sent_on, auth_info=stamp)
         except NotLeader as e:
-            # Not proposed here. A follower forwards it (as etcd's followers do) to the
-            # leader, once; a request forwarded already is not sent on.
             address = e.leader_address or engine.leader_address()
             if not e.leader_id or not address or sent_on:
                 raise
-            identity = self.gate.identity(call, user)
-            if identity and self._token_forwarder is not None:
-                # Auth in use: the etcd method itself, with the client's token or its
-                # certificate's user (the leader checks it again; the native ForwardWrite
-                # acts for no user).
-                raw, index = await self._token_forwarder.call(
-                    address, f"/{SERVICE}/{_METHODS[field]}", request, timeout_of(context),
-                    identity=identity)
-                if index:
-                    await engine.wait_applied(index, timeout=timeout_of(context))
-                resp = response.FromString(raw)
-                self.stamp(resp.header)  # type: ignore[attr-defined]
-                return bytes(resp.SerializeToString())
-            answer = await self._forwarder.write(
-                address, wrap_kv_request(field, request),
-                timeout_of(context) or DEFAULT_TIMEOUT)
-            if answer.log_index:
-                engine.learn_commit(answer.log_index, answer.term)
-                await engine.wait_applied(answer.log_index, timeout=timeout_of(context))
-            resp = response.FromString(answer.response)
-            self.stamp(resp.header)  # type: ignore[attr-defined]
-            return bytes(resp.SerializeToString())
+            return await self._forward(address, field, request, response, context, call,
+                                       user)
         out = result.response
         if isinstance(out, BaseException):
             raise out
@@ -233,6 +218,31 @@ class KvService(EtcdBase):
         if sent_on:
             context.set_trailing_metadata(((APPLIED_INDEX, str(result.index)),))
         return bytes(out.SerializeToString())
+
+    async def _forward(
+        self, address: str, field: int, request: bytes, response: type[ProtoMessage],
+        context: Any, call: CallMetadata, user: str | None,
+    ) -> bytes:
+        """Not proposed here: sent to the leader (as etcd's followers do), once; a request
+        forwarded already is never sent on. Answered after this node's own apply of it."""
+        identity = self.gate.identity(call, user)
+        if identity and self._token_forwarder is not None:
+            # Auth in use: the etcd method itself, with the client's token or its
+            # certificate's user (the leader checks it again; the native ForwardWrite
+            # acts for no user).
+            raw, index = await self._token_forwarder.call(
+                address, f"/{SERVICE}/{_METHODS[field]}", request, timeout_of(context),
+                identity=identity)
+            if index:
+                await self._engine.wait_applied(index, timeout=timeout_of(context))
+            resp = response.FromString(raw)
+        else:  # the forwarder answers once the write is applied here
+            answer = await self._forwarder.write(
+                address, wrap_kv_request(field, request),
+                timeout_of(context) or DEFAULT_TIMEOUT)
+            resp = response.FromString(answer.response)
+        self.stamp(resp.header)  # type: ignore[attr-defined]
+        return bytes(resp.SerializeToString())
 
     def _admit(self, size: int) -> None:
         """Overloaded when one more write of `size` bytes would pass the pending limits."""

@@ -27,7 +27,7 @@ from dengine.node.engine import DEFAULT_TIMEOUT, Engine
 from dengine.proto.etcd import rpc_pb2
 from dengine.server.etcd.checks import decode
 from dengine.server.etcd.forward import Forwarder, KvForwarder, forwarded
-from dengine.server.etcd.gate import token_of
+from dengine.server.etcd.gate import auth_enabled, token_of
 from dengine.server.etcd.kv import EtcdBase, timeout_of
 
 SERVICE = "etcdserverpb.Lease"
@@ -93,7 +93,7 @@ class LeaseService(EtcdBase):
     def _native_ok(self, context: Any) -> bool:
         """Whether the request may go over the native port, which acts for no user: no
         token, and auth off (else the gRPC path names the client's user to the leader)."""
-        return token_of(context) is None and not self._engine.query_local(_auth_enabled)
+        return token_of(context) is None and not self._engine.query_local(auth_enabled)
 
     async def _serve(self, method: str, request: bytes, context: Any,
                      run: Callable[[float | None], Awaitable[Any]],
@@ -173,7 +173,3 @@ class LeaseService(EtcdBase):
                 yield await self._renew(request, context)
         except Exception as exc:
             await self.fail(context, exc)
-
-
-def _auth_enabled(store: Any) -> bool:
-    return bool(store.auth.enabled)
