@@ -53,9 +53,8 @@ def test_writes_forwarded_in_one_loop_turn_share_one_native_request(tmp_path: Pa
             indexes.append(answer.log_index)
         assert indexes == sorted(indexes) and len(set(indexes)) == 10
         assert seen == {"ForwardWrite": 1}
-        # the follower knows the commit from the answer and applies it
-        follower.engine.learn_commit(indexes[-1], answers[-1].term)
-        await follower.engine.wait_applied(indexes[-1], timeout=5)
+        # answered once the follower applied them (it learnt their commit from the answer)
+        assert follower.engine.status().applied_index >= indexes[-1]
         return True
 
     async def main() -> None:
@@ -87,6 +86,30 @@ def test_a_put_sent_to_a_follower_goes_over_the_native_port(tmp_path: Path) -> N
             got = await follower.kv("Range", rpc_pb2.RangeRequest(
                 key=b"p", range_end=b"q", serializable=True))
             assert got.count == 20
+
+    run(main())
+
+
+def test_a_follower_that_knows_its_leader_forwards_without_proposing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, native=True, max_request_size=4096) as members:
+            follower = follower_of(members)
+            assert follower.engine.leader_elsewhere() == leader_of(
+                members).engine.config.client_address
+            assert leader_of(members).engine.leader_elsewhere() == ""
+
+            async def refused(*args: object, **kwargs: object) -> None:
+                raise AssertionError("proposed on a follower")
+
+            monkeypatch.setattr(follower.engine, "kv_request", refused)
+            put = await follower.kv("Put", rpc_pb2.PutRequest(key=b"f", value=b"x"))
+            assert put.header.member_id == follower.engine.node_id
+            # the checks before proposing still run on the follower
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await follower.kv("Put", rpc_pb2.PutRequest(key=b"f", value=b"x" * 5000))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "exceeds max_request_size (4096 bytes)" in (err.value.details() or "")
 
     run(main())
 

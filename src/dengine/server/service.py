@@ -296,17 +296,19 @@ class ClientService:
         finally:
             self.pending_writes -= 1
             self.pending_write_bytes -= size
-        out = []
         ids = self._engine.header_ids()
+        cluster_id, member_id, raft_term = ids
+        resp = WriteResponse(cluster_id=cluster_id, member_id=member_id,
+                             raft_term=raft_term)
+        add = resp.results.add  # built in place: no copy of each result into the list
         for r in results:
             if r.response is None:  # a plain insert or delete: its revision
-                out.append(WriteResult(index=r.index, succeeded=r.succeeded,
-                                       value=r.value or b"", revision=r.revision))
-                continue
-            out.append(_etcd_result(r, ids))
-        cluster_id, member_id, raft_term = ids
-        return WriteResponse(results=out, cluster_id=cluster_id, member_id=member_id,
-                             raft_term=raft_term)
+                add(index=r.index, succeeded=r.succeeded, value=r.value or b"",
+                    revision=r.revision)
+            else:
+                _etcd_result(add(index=r.index, succeeded=r.succeeded, revision=r.revision),
+                             r.response, ids)
+        return resp
 
     async def kv_read(self, request: bytes, context: Any) -> KvReadResponse:
         """etcd Range requests and read-only txns, all read at one point of the log; each
@@ -658,19 +660,15 @@ def _members(members: Any) -> list[Member]:
             for m in members or ()]
 
 
-def _etcd_result(r: Any, ids: tuple[int, int, int]) -> WriteResult:
-    """The wire form of an applied etcd request's result: its revision, and the etcd
-    response (header filled in with `ids`: cluster id, member id, raft term) or etcd's
-    error."""
-    out = WriteResult(index=r.index, succeeded=r.succeeded, revision=r.revision)
-    response = r.response
+def _etcd_result(out: WriteResult, response: Any, ids: tuple[int, int, int]) -> None:
+    """The wire form of an applied etcd request's result in `out`: the etcd response
+    (header filled in with `ids`: cluster id, member id, raft term) or etcd's error."""
     if isinstance(response, KvError):
         out.error.CopyFrom(error_message(response))
     else:
         header = response.header
         header.cluster_id, header.member_id, header.raft_term = ids
         out.response = response.SerializeToString()
-    return out
 
 
 def _ranges(requests: Sequence[RangeRequest | TxnRequest], max_bytes: int, store: Any
