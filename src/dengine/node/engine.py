@@ -305,7 +305,7 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         for command in commands:
             request = decode_request(command)
             if request is not None and request[0] == OP_TXN:
-                await self._probe_txn_answer(request[2])
+                await self.probe_txn_answer(request[2])
         if auth_info:
             commands = [stamp_command(command, auth_info) for command in commands]
         return await self._propose(list(commands), timeout, forwarded=forwarded)
@@ -321,21 +321,21 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         are told its commit at once). `auth_info` (put, delete range, txn, lease revoke
         only): the encoded `AuthInfo` its permission was checked with while auth is on
         (`Gate.check_write`), checked again as it applies."""
-        command = await self.kv_command(field, request, auth_info)
+        command = self.kv_command(field, request, auth_info)
+        if field == KV_TXN:
+            await self.probe_txn_answer(request)
         results = await self._propose([command], timeout, forwarded=forwarded)
         return results[0]
 
-    async def kv_command(self, field: int, request: bytes, auth_info: bytes = b"") -> bytes:
-        """The command `kv_request` proposes, once the checks before proposing passed
-        (its size; a txn's answer size): a follower forwarding the request runs them
-        too, before it sends it on."""
+    def kv_command(self, field: int, request: bytes, auth_info: bytes = b"") -> bytes:
+        """The command `kv_request` proposes, once its size is checked (a txn is also
+        probed, `probe_txn_answer`): a follower forwarding the request runs the same
+        checks before it sends it on."""
         command = wrap_kv_request(field, request)
         if auth_info:
             command = stamp_request(command, auth_info)
         if len(command) > self._limits.max_request_size:
             check_write_size(len(command), self._limits)
-        if field == KV_TXN:
-            await self._probe_txn_answer(request)
         return command
 
     def leader_elsewhere(self) -> str:
@@ -346,7 +346,7 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
             return ""
         return node.leader_address()
 
-    async def _probe_txn_answer(self, request: bytes) -> None:
+    async def probe_txn_answer(self, request: bytes) -> None:
         """Refuse a txn that writes whose ranges, read on this node's state now, would
         answer more than max_response_bytes (etcd_check.txn_ranges: such an answer is
         built on every member as the txn applies, unbounded)."""

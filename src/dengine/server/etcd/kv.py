@@ -198,7 +198,9 @@ class KvService(EtcdBase):
         if address:
             # A follower that knows its leader: a proposal here would fail (NotLeader).
             # The checks before proposing, then sent on.
-            await engine.kv_command(field, request, stamp)
+            engine.kv_command(field, request, stamp)
+            if field == KV_TXN:
+                await engine.probe_txn_answer(request)
             return await self._forward(address, field, request, response, context, call,
                                        user)
         try:
