@@ -32,8 +32,14 @@ from dengine.server.supervisor import ServerProcess, config_toml, die_with_paren
 ETCD = shutil.which("etcd") or "etcd"
 ETCDCTL = shutil.which("etcdctl") or "etcdctl"
 START_TIMEOUT_S = 30.0
-# Per etcdctl call (etcdctl's own --command-timeout is 5 s); a hung client fails the test.
-ETCDCTL_TIMEOUT_S = 20.0
+# etcdctl's own timeouts, the same for every cluster compared. Its dial timeout (default
+# 2 s) also bounds the Authenticate of `--user`, which a wrong password tries on each
+# member in turn (a linearizable read and a bcrypt each): 1.2-1.8 s at load 17-20 on the
+# 2-core CI machine, and past 2 s "context deadline exceeded" where the other cluster said
+# "authentication failed" (test_auth_differential's flake).
+ETCDCTL_FLAGS = ("--dial-timeout=15s", "--command-timeout=15s")
+# Per etcdctl call (beyond etcdctl's own timeouts); a hung client fails the test.
+ETCDCTL_TIMEOUT_S = 40.0
 
 # Raft timing of the dengine clusters: etcd's defaults (heartbeat 100 ms, election 1 s), as
 # the etcd clusters they are compared with run; a shorter timeout let a loaded CI machine
@@ -66,7 +72,7 @@ def etcdctl(endpoints: list[str], args: list[str], stdin: str | None = None,
     env["ETCDCTL_API"] = "3"
     try:
         done = subprocess.run(
-            [ETCDCTL, "--endpoints=" + ",".join(endpoints), *args],
+            [ETCDCTL, "--endpoints=" + ",".join(endpoints), *ETCDCTL_FLAGS, *args],
             input=stdin if stdin is not None else "", capture_output=True, text=True,
             env=env, timeout=timeout, check=False,
         )
@@ -83,7 +89,8 @@ class BackgroundEtcdctl:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         env["ETCDCTL_API"] = "3"
         self._proc = subprocess.Popen(
-            [ETCDCTL, "--endpoints=" + ",".join(endpoints), *args], stdin=subprocess.DEVNULL,
+            [ETCDCTL, "--endpoints=" + ",".join(endpoints), *ETCDCTL_FLAGS, *args],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
     def stop(self) -> Run:
@@ -191,7 +198,8 @@ class EtcdCluster(_Cluster):
                 if proc.poll() is not None:
                     raise RuntimeError(f"etcd exited with code {proc.returncode}\n"
                                        f"{self.logs()}")
-            last = etcdctl(self.endpoints, ["endpoint", "health", "--command-timeout=2s"],
+            last = etcdctl(self.endpoints, ["endpoint", "health", "--dial-timeout=2s",
+                                            "--command-timeout=2s"],
                            timeout=10)
             if last.rc == 0:
                 return
@@ -247,7 +255,8 @@ class DengineCluster(_Cluster):
         deadline = time.monotonic() + timeout
         last = Run(0, "", "")
         while time.monotonic() < deadline:
-            last = etcdctl(self.endpoints, ["endpoint", "health", "--command-timeout=2s"],
+            last = etcdctl(self.endpoints, ["endpoint", "health", "--dial-timeout=2s",
+                                            "--command-timeout=2s"],
                            timeout=10)
             if last.rc == 0 or "Unimplemented" in last.stderr:
                 return
