@@ -30,19 +30,25 @@ def grant(role: str, key: bytes, range_end: bytes = b"", kind: int = Permission.
     return cmd("root", role_grant_permission=req)
 
 
-def enabled_store() -> AuthStore:
-    """root (root role) and u1 (role r1: read /app/ prefix, readwrite [/x, /z)), enabled."""
-    a = AuthStore()
-    for data in (
+def root_and_u1(*grants: bytes) -> list[bytes]:
+    """The auth commands of: root (root role), auth enabled, u1 with role r1, then
+    `grants` (to r1)."""
+    return [
         cmd(user_add=pb.AuthUserAddRequest(name="root", password=HASH)),
         cmd(user_grant_role=pb.AuthUserGrantRoleRequest(user="root", role="root")),
         cmd(auth_enable=pb.AuthEnableRequest()),
         cmd("root", user_add=pb.AuthUserAddRequest(name="u1", password=HASH)),
         cmd("root", role_add=pb.AuthRoleAddRequest(name="r1")),
         cmd("root", user_grant_role=pb.AuthUserGrantRoleRequest(user="u1", role="r1")),
-        grant("r1", b"/app/", b"/app0"),
-        grant("r1", b"/x", b"/z", Permission.READWRITE),
-    ):
+        *grants,
+    ]
+
+
+def enabled_store() -> AuthStore:
+    """root (root role) and u1 (role r1: read /app/ prefix, readwrite [/x, /z)), enabled."""
+    a = AuthStore()
+    for data in root_and_u1(grant("r1", b"/app/", b"/app0"),
+                            grant("r1", b"/x", b"/z", Permission.READWRITE)):
         assert not isinstance(a.apply(data), KvError)
     return a
 

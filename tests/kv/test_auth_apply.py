@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_auth import HASH, cmd, grant
+from test_auth import HASH, cmd, grant, root_and_u1
 
 from dengine.errors import InvalidRequest, KvError
 from dengine.kv.codec import (
@@ -71,15 +71,7 @@ def auth(store: MvccStore, data: bytes) -> None:
 def enabled() -> MvccStore:
     """root; u1 with role r1 (readwrite /x); auth enabled."""
     store = MvccStore()
-    for data in (
-        cmd(user_add=pb.AuthUserAddRequest(name="root", password=HASH)),
-        cmd(user_grant_role=pb.AuthUserGrantRoleRequest(user="root", role="root")),
-        cmd(auth_enable=pb.AuthEnableRequest()),
-        cmd("root", user_add=pb.AuthUserAddRequest(name="u1", password=HASH)),
-        cmd("root", role_add=pb.AuthRoleAddRequest(name="r1")),
-        cmd("root", user_grant_role=pb.AuthUserGrantRoleRequest(user="u1", role="r1")),
-        grant("r1", b"/x", b"", Permission.READWRITE),
-    ):
+    for data in root_and_u1(grant("r1", b"/x", b"", Permission.READWRITE)):
         auth(store, data)
     return store
 
