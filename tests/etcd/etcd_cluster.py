@@ -18,12 +18,13 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from dengine.bench.cluster import free_ports
 from dengine.errors import DengineError
@@ -82,26 +83,65 @@ def etcdctl(endpoints: list[str], args: list[str], stdin: str | None = None,
 
 
 class BackgroundEtcdctl:
-    """`etcdctl ARGS` running until `stop()` (SIGTERM; SIGKILL if it lingers), which
-    returns what it did (a live `etcdctl watch`)."""
+    """`etcdctl ARGS` running until it ends or `stop()` (SIGTERM; SIGKILL if it lingers),
+    which returns what it did (a live `etcdctl watch`, a lock holder). What it prints is
+    read as it comes, so that a test can wait for its output (`wait_lines`)."""
 
     def __init__(self, endpoints: list[str], args: list[str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         env["ETCDCTL_API"] = "3"
         self._proc = subprocess.Popen(
             [ETCDCTL, "--endpoints=" + ",".join(endpoints), *ETCDCTL_FLAGS, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=env)
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._printed = threading.Condition()
+        self._readers = [threading.Thread(target=self._read, args=(pipe, buf), daemon=True)
+                         for pipe, buf in ((self._proc.stdout, self._out),
+                                           (self._proc.stderr, self._err))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, pipe: IO[str] | None, buf: list[str]) -> None:
+        assert pipe is not None
+        for line in pipe:
+            with self._printed:
+                buf.append(line)
+                self._printed.notify_all()
+        with self._printed:
+            self._printed.notify_all()
+
+    def wait_lines(self, n: int, timeout: float) -> bool:
+        """Until it has printed `n` lines on stdout (True) or ended or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        with self._printed:
+            while len(self._out) < n and self._proc.poll() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._printed.wait(min(left, 0.1))
+            return len(self._out) >= n
+
+    def wait_exit(self, timeout: float) -> bool:
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def stop(self) -> Run:
         proc = self._proc
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
-            out, err = proc.communicate(timeout=5)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, err = proc.communicate()
-        return Run(proc.returncode, out, err)
+            proc.wait()
+        for reader in self._readers:
+            reader.join()
+        return Run(proc.returncode, "".join(self._out), "".join(self._err))
 
 
 def _text(b: bytes | str | None) -> str:

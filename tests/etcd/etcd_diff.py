@@ -8,6 +8,8 @@ the store revision when the script started (`--rev {r+2}`, `compaction {r+3}`), 
 A step `&CMD` runs CMD in the background from there on (a live watch, a lock holder, a
 candidate of an election); `!stop N` stops the script's N-th background step (0-based)
 at that point (a holder releases, a leader resigns); the others stop after the last step.
+The harness waits for what the next steps need (`!wait`, `!exit`, `!keys`, a foreground
+`watch(...)`'s lines; see WATCH_S), never a fixed time: a loaded machine is slow.
 
 Normalization sets aside only what legitimately differs between two clusters:
 
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from etcd_cluster import ETCDCTL_TIMEOUT_S, BackgroundEtcdctl, Run, _Cluster
+from etcd_cluster import BackgroundEtcdctl, Run, _Cluster
 
 # The dengine side of the comparisons is expected to fail only while dengine does not
 # serve etcd's API (issue 16: dengine.server.etcd); once that has landed they must pass.
@@ -57,12 +59,18 @@ DENGINE_PENDING = pytest.mark.xfail(not ETCD_API_LANDED,
 
 REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_revision",
                       "CompactRevision"})
-# `etcdctl watch` runs until stopped: a watch step is stopped after WATCH_S (rc -1 and
-# "[timed out ...]" on both sides); a step written "&watch ..." runs in the background
-# beside the next steps (WATCH_START_S to set up its watch first) and is stopped (SIGTERM)
-# WATCH_S after the script's last step.
+# `etcdctl watch` runs until stopped. A foreground watch step says what it waits for
+# (`watch(...)`): a watch the server cancels ends by itself (`ends=True`); any other one is
+# stopped once it has printed its `lines` and then WATCH_S passed without more (a late
+# extra event still shows; `lines=0`: nothing may arrive within WATCH_S). A step written
+# "&watch ..." runs in the background beside the next steps, from the revision after the
+# store's at that step (so it misses no write however late it sets up), until WATCH_S after
+# the script's last step. Background steps are waited for by the steps `!wait N K` (until
+# background step N printed K lines), `!exit N` (until it ended) and `!keys PREFIX N`
+# (until N keys have PREFIX: a lock or election contender queued); each waits up to
+# WAIT_S, a loaded machine's worst case, never a fixed time.
 WATCH_S = 2.0
-WATCH_START_S = 1.0
+WAIT_S = 30.0
 HEADER_IDS = frozenset({"cluster_id", "member_id", "raft_term"})
 FIELDS_IDS = frozenset({"ClusterID", "MemberID", "RaftTerm"})
 FIELDS_REVS = frozenset({"Revision", "CreateRevision", "ModRevision", "CompactRevision"})
@@ -75,6 +83,8 @@ _LEASE_TEMPLATE = re.compile(r"\{l(\d+)\}")
 _REMAINING = re.compile(r"remaining\(-?\d+s\)")
 _SESSION_KEY = re.compile(r"/([0-9a-f]+)$")  # etcdctl's lock/elect key: NAME/<lease hex>
 _STOP = re.compile(r"^!stop (\d+)$")
+_WAIT = re.compile(r"^!(wait|exit) (\d+)(?: (\d+))?$")
+_KEYS = re.compile(r"^!keys (\S+) (\d+)$")
 LEASE_KEYS = frozenset({"ID", "id", "lease"})
 
 
@@ -82,6 +92,9 @@ LEASE_KEYS = frozenset({"ID", "id", "lease"})
 class Step:
     cmd: str
     stdin: str | None = None
+    # a foreground watch: stopped after these lines (and WATCH_S of quiet), or it ends
+    lines: int | None = None
+    ends: bool = False
 
     def render(self, prefix: str, base: int, leases: list[str] | None = None
                ) -> tuple[list[str], str | None]:
@@ -106,10 +119,26 @@ class Script:
     fresh: bool = False
 
 
-def script(name: str, *steps: str | tuple[str, str], fresh: bool = False) -> Script:
-    """A Script from command lines and (command line, stdin) pairs."""
-    return Script(name, tuple(Step(s) if isinstance(s, str) else Step(*s) for s in steps),
-                  fresh)
+def script(name: str, *steps: str | tuple[str, str] | Step, fresh: bool = False) -> Script:
+    """A Script from command lines, (command line, stdin) pairs and `watch` steps."""
+    return Script(name, tuple(s if isinstance(s, Step) else Step(s) if isinstance(s, str)
+                              else Step(*s) for s in steps), fresh)
+
+
+def watch(cmd: str, lines: int = 0, ends: bool = False) -> Step:
+    """A foreground `etcdctl watch` step that prints `lines` lines, or ends by itself."""
+    return Step(cmd, lines=lines, ends=ends)
+
+
+def command(args: list[str]) -> str:
+    """The etcdctl command of a command line (after global flags such as `--user U`)."""
+    it = iter(args)
+    for a in it:
+        if a in ("--user", "--password"):
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return ""
 
 
 def both(cmd: str) -> list[str]:
@@ -165,32 +194,78 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
     try:
         for step in s.steps:
             args, stdin = step.render(prefix, base, out.leases)
-            if (m := _STOP.match(step.cmd)) is not None:
-                n = int(m.group(1))
-                i, proc = background[n]
-                out.runs[i] = (out.runs[i][0], proc.stop())
-                stopped.add(n)
+            if step.cmd.startswith("!"):
+                _control(cluster, step, args, background, out, stopped)
                 out.runs.append((step, Run(0, "", "")))
-                time.sleep(WATCH_START_S)  # the next holder or leader takes over
                 continue
             if args and args[0].startswith("&"):
                 args[0] = args[0][1:]
+                if args[0] == "watch" and "--rev" not in args:
+                    args[1:1] = ["--rev", str(base_revision(cluster, prefix) + 1)]
                 background.append((len(out.runs), BackgroundEtcdctl(cluster.endpoints, args)))
                 out.runs.append((step, Run(0, "", "")))
-                time.sleep(WATCH_START_S)
                 continue
-            timeout = WATCH_S if args[:1] == ["watch"] else ETCDCTL_TIMEOUT_S
-            run = cluster.etcdctl(args, stdin, timeout=timeout)
+            if command(args) == "watch":
+                assert stdin is None and (step.lines is not None or step.ends), \
+                    f"say what `{step.cmd}` waits for: watch(cmd, lines=N) or ends=True"
+                run = _watch(cluster, args, step)
+            else:
+                run = cluster.etcdctl(args, stdin)
             out.runs.append((step, run))
             _note_leases(out, args, run)
-        if background:
-            time.sleep(WATCH_S)
+        if len(stopped) < len(background):
+            time.sleep(WATCH_S)  # a late extra event still shows
     finally:
         for n, (i, proc) in enumerate(background):
             if n not in stopped:
                 out.runs[i] = (out.runs[i][0], proc.stop())
     _note_sessions(out)
     return out
+
+
+def _watch(cluster: _Cluster, args: list[str], step: Step) -> Run:
+    """A foreground watch: until it ends (`step.ends`), or until its `step.lines` and
+    then WATCH_S without more; at most WAIT_S (then stopped: the diff shows it short)."""
+    proc = BackgroundEtcdctl(cluster.endpoints, args)
+    if step.ends:
+        proc.wait_exit(WAIT_S)
+    elif proc.wait_lines(step.lines or 0, WAIT_S):
+        proc.wait_exit(WATCH_S)
+    return proc.stop()
+
+
+def _control(cluster: _Cluster, step: Step, args: list[str],
+             background: list[tuple[int, BackgroundEtcdctl]], out: ScriptRun,
+             stopped: set[int]) -> None:
+    """`!stop N`, `!wait N K`, `!exit N`, `!keys PREFIX N` (see WATCH_S)."""
+    if (m := _STOP.match(step.cmd)) is not None:
+        n = int(m.group(1))
+        i, proc = background[n]
+        out.runs[i] = (out.runs[i][0], proc.stop())
+        stopped.add(n)
+        return
+    if (m := _WAIT.match(step.cmd)) is not None:
+        i, proc = background[int(m.group(2))]
+        done = (proc.wait_lines(int(m.group(3)), WAIT_S) if m.group(1) == "wait"
+                else proc.wait_exit(WAIT_S))
+        if not done:
+            raise AssertionError(f"{cluster.kind}: `{step.cmd}` not reached within {WAIT_S}s: "
+                                 f"{out.runs[i][0].cmd!r} did {proc.stop()}")
+        return
+    if (m := _KEYS.match(" ".join(args))) is not None:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            run = cluster.etcdctl(["get", m.group(1), "--prefix", "--keys-only", "-w", "json"])
+            try:
+                if json.loads(run.stdout).get("count", 0) == int(m.group(2)):
+                    return
+            except ValueError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{cluster.kind}: `{step.cmd}` not reached within "
+                                     f"{WAIT_S}s: {run}")
+            time.sleep(0.1)
+    raise AssertionError(f"unknown harness step {step.cmd!r}")
 
 
 def _note_sessions(out: ScriptRun) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from etcd_cluster import etcd_available, stop_all_clusters
-from etcd_diff import Script, script
+from etcd_diff import Script, script, watch
 from test_differential import Trio
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd/etcdctl not installed")
@@ -47,7 +47,8 @@ AUTH = script(
     U + "get /app/a /app/b", U + "get /other/b", U + "get / --prefix", U + "get /ap --prefix",
     U + "put /app/a 2", U + "del /app/a", U + "del /app/ --prefix", U + "put /other/b 3",
     U + "put /x 1", U + "put /y 1 --prev-kv", U + "put /z 1", U + "del /x --prev-kv",
-    U + "watch /other/ --prefix", U + "watch /other/b", U + "watch /app/ --prefix",
+    watch(U + "watch /other/ --prefix", ends=True), watch(U + "watch /other/b", ends=True),
+    watch(U + "watch /app/ --prefix"),  # allowed: no event
     (U + "txn", '\nget /app/a\nput /x 2\n\n'),
     (U + "txn", '\nget /app/a\nput /app/a 2\n\n'),
     (U + "txn", 'mod("/other/b") > "0"\n\nget /app/a\n\n'),

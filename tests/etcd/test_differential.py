@@ -45,6 +45,7 @@ from etcd_diff import (
     normalize_step,
     run_script,
     script,
+    watch,
 )
 
 import dengine
@@ -247,14 +248,14 @@ SCRIPTS: list[Script] = [
         "watch_history",
         "put {p}a 1", "put {p}b 2", "put {p}a 3", "del {p}b", "put {p}c 4",
         ("txn", '\nput {p}d 5\nput {p}e 6\ndel {p}a\n\n\n'),
-        "watch {p} --prefix --rev {r+1}",
-        "watch {p} --prefix --rev {r+1} --prev-kv -w json",
-        "watch {p}a --rev {r+2} -w fields",
-        "watch {p}b {p}d --rev {r+1} --prev-kv",
-        "watch {p}z {p}a",
+        watch("watch {p} --prefix --rev {r+1}", lines=24),  # 8 events, 3 lines each
+        watch("watch {p} --prefix --rev {r+1} --prev-kv -w json", lines=1),  # one response
+        watch("watch {p}a --rev {r+2} -w fields", lines=18),
+        watch("watch {p}b {p}d --rev {r+1} --prev-kv", lines=11),
+        watch("watch {p}z {p}a", ends=True),  # an empty range: canceled
         "compaction {r+3}",
-        "watch {p} --prefix --rev {r+2}",
-        "watch {p} --prefix --rev {r+3} -w json",
+        watch("watch {p} --prefix --rev {r+2}", ends=True),  # compacted: canceled
+        watch("watch {p} --prefix --rev {r+3} -w json", lines=1),
     ),
     # a live watch (from now) while the script writes
     script(
@@ -265,6 +266,7 @@ SCRIPTS: list[Script] = [
         "put {p}a 1", "put {p}b 2",
         ("txn", '\nput {p}c 3\ndel {p}b\n\n\n'),
         "del {p} --prefix",
+        "!wait 0 18", "!wait 1 2",  # 6 events of 3 lines; 2 responses of one line
     ),
     script(
         # etcdctl watch KEY -- COMMAND: the command runs per event with the event's env.
@@ -273,7 +275,9 @@ SCRIPTS: list[Script] = [
         "&watch {p} --prefix -- sh -c 'echo $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_KEY "
         "$ETCD_WATCH_VALUE; echo \"{\\\"revision\\\":$ETCD_WATCH_REVISION}\"'",
         "put {p}a 1", "put {p}b 2", "del {p}a",
-        "watch {p}a --rev {r+1} -- sh -c 'echo $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_VALUE'",
+        "!wait 0 15",  # 3 events, 3 lines and the command's 2 each
+        watch("watch {p}a --rev {r+1} -- sh -c 'echo $ETCD_WATCH_EVENT_TYPE $ETCD_WATCH_VALUE'",
+              lines=12),
     ),
 ]
 
@@ -323,12 +327,14 @@ RECIPE_SCRIPTS: list[Script] = [
         # releases, then runs its command with the lock's key and revision in its env.
         "lock_contended",
         "put {p}x 0",
-        "&lock {p}m",                        # holds it, prints its key
+        "&lock {p}m", "!wait 0 2",           # holds it, prints its key (and a blank line)
         "&lock {p}m -- sh -c 'echo $ETCD_LOCK_KEY; echo \"{\\\"revision\\\":$ETCD_LOCK_REV}\"'",
+        "!keys {p}m 2",                      # the waiter queued
         # (by create revision: key order is the order of the two leases' ids)
         "get {p}m --prefix --keys-only --sort-by=CREATE",  # the holder's, the waiter's
         "get {p}m --prefix --sort-by=CREATE -w json",
         "!stop 0",                           # the holder releases: the waiter runs
+        "!exit 1",                           # ... and releases after its command
         *both("get {p}m --prefix"),          # the waiter released after its command
         "lock {p}m --ttl 3 -- sh -c 'exit 7'",
         "lock", "lock {p}m --ttl 0 -- true",
@@ -338,13 +344,15 @@ RECIPE_SCRIPTS: list[Script] = [
         "elect",
         "elect {p}e", "elect",               # no proposal and no -l; no name
         "&elect -l {p}e",                    # background 0: observes, no leader yet
-        "&elect {p}e first",                 # 1: elected
-        "&elect {p}e second",                # 2: waits behind the leader
-        "&elect -l {p}e -w json",            # 3: sees the leader at once
+        "&elect {p}e first", "!wait 1 2",    # 1: elected (its key and proposal)
+        "&elect {p}e second", "!keys {p}e 2",  # 2: waits behind the leader
+        "&elect -l {p}e -w json", "!wait 3 1",  # 3: sees the leader at once
+        "!wait 0 2",                         # 0 saw it too
         "get {p}e --prefix --sort-by=CREATE", "get {p}e --prefix --sort-by=CREATE -w json",
         "!stop 1",                           # the leader resigns: second is elected
+        "!wait 2 2", "!wait 0 4", "!wait 3 2",
         "get {p}e --prefix --print-value-only",
-        "&elect -l {p}e",                    # 4
+        "&elect -l {p}e", "!wait 4 2",       # 4: sees second
         "!stop 2",
         "get {p}e --prefix --keys-only",
     ),
