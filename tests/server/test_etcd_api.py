@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ from dengine.server.process import forward_channel_options
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
         "clock_drift_ms": 20}
+# For tests about one leader (a follower forwarding to it, its native port observed): the
+# three nodes share this process's loop, and on a loaded machine a loop stalled past FAST's
+# 100 ms election timeout elects another leader mid-test ("no leader", the follower
+# forwarding elsewhere). etcd's default election timeout.
+STEADY = {"election_timeout_ms": 1000}
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE = "etcdserver: mvcc: required revision is a future revision"
 
@@ -69,7 +75,7 @@ async def cluster(tmp_path: Path, nodes: int = 3, *, native: bool = False, **set
     members: dict[int, Member] = {}
     try:
         engines = await asyncio.gather(*(
-            Engine.start(str(tmp_path / f"n{i}"), **FAST, **settings, node_id=i,
+            Engine.start(str(tmp_path / f"n{i}"), **{**FAST, **settings}, node_id=i,
                          listen_peer=peers[i], listen_client=clients[i],
                          peers={j: a for j, a in peers.items() if j != i})
             for i in peers))
@@ -106,6 +112,14 @@ def leader_of(members: dict[int, Member]) -> Member:
 
 def follower_of(members: dict[int, Member]) -> Member:
     return next(m for m in members.values() if not m.engine.is_leader)
+
+
+def native_calls(member: Member) -> Counter[str]:
+    """The native methods `member`'s listener serves from now on, counted."""
+    assert member.native is not None
+    seen: Counter[str] = Counter()
+    member.native.observe = lambda protocol, method, _: seen.update([method])
+    return seen
 
 
 def run(coro: Any, timeout: float = 60.0) -> Any:

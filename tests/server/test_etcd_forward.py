@@ -5,12 +5,11 @@ In-process nodes as in test_etcd_api, with their native listeners."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from pathlib import Path
 
 import grpc
 import pytest
-from test_etcd_api import FUTURE, Member, cluster, follower_of, leader_of, run
+from test_etcd_api import FUTURE, STEADY, Member, cluster, follower_of, leader_of, native_calls, run
 
 from dengine.errors import KvError
 from dengine.node.engine import KV_COMPACTION, KV_PUT, wrap_kv_request
@@ -28,9 +27,7 @@ def test_writes_forwarded_in_one_loop_turn_share_one_native_request(tmp_path: Pa
         """False when the leader lost its lead meanwhile (a loaded machine): try again."""
         leader, follower = leader_of(members), follower_of(members)
         term = leader.engine.term
-        assert leader.native is not None
-        seen: Counter[str] = Counter()
-        leader.native.observe = lambda protocol, method, _: seen.update([method])
+        seen = native_calls(leader)
         forwarder = follower.etcd.kv_forwarder
         address = leader.engine.config.listen_client
         commands = [_put(b"k%d-%d" % (round_, i)) for i in range(10)]
@@ -70,11 +67,9 @@ def test_writes_forwarded_in_one_loop_turn_share_one_native_request(tmp_path: Pa
 
 def test_a_put_sent_to_a_follower_goes_over_the_native_port(tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path, native=True) as members:
+        async with cluster(tmp_path, native=True, **STEADY) as members:
             leader, follower = leader_of(members), follower_of(members)
-            assert leader.native is not None
-            seen: Counter[str] = Counter()
-            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            seen = native_calls(leader)
             puts = await asyncio.gather(*(
                 follower.kv("Put", rpc_pb2.PutRequest(key=b"p%d" % i, value=b"x"))
                 for i in range(20)))
@@ -117,7 +112,7 @@ def test_a_follower_that_knows_its_leader_forwards_without_proposing(
 def test_a_write_whose_answer_is_lost_times_out_and_is_not_sent_again(
         tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path, native=True) as members:
+        async with cluster(tmp_path, native=True, **STEADY) as members:
             leader = leader_of(members)
             native = leader.native
             assert native is not None
@@ -125,8 +120,7 @@ def test_a_write_whose_answer_is_lost_times_out_and_is_not_sent_again(
             address = leader.engine.config.listen_client
             try:
                 await forwarder.write(address, _put(b"first"), 5.0)  # connected
-                seen: Counter[str] = Counter()
-                native.observe = lambda protocol, method, _: seen.update([method])
+                seen = native_calls(leader)
                 [conn] = list(native._connections)
                 assert conn._transport is not None
                 conn._transport.pause_reading()  # the leader does not read it ...

@@ -6,12 +6,11 @@ with their native listeners."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from pathlib import Path
 
 import grpc
 import pytest
-from test_etcd_api import cluster, follower_of, leader_of, run
+from test_etcd_api import STEADY, cluster, follower_of, leader_of, native_calls, run
 from test_etcd_lease_api import keep_alive, lease_call
 
 from dengine.proto.etcd import rpc_pb2
@@ -20,11 +19,9 @@ from dengine.proto.etcd import rpc_pb2
 def test_grants_revokes_and_ttls_on_a_follower_go_over_the_native_port(
         tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path, native=True) as members:
+        async with cluster(tmp_path, native=True, **STEADY) as members:
             leader, follower = leader_of(members), follower_of(members)
-            assert leader.native is not None
-            seen: Counter[str] = Counter()
-            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            seen = native_calls(leader)
             grants = await asyncio.gather(*(
                 lease_call(follower, "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=60))
                 for _ in range(10)))
@@ -54,15 +51,13 @@ def test_grants_revokes_and_ttls_on_a_follower_go_over_the_native_port(
 def test_keepalives_of_many_streams_on_a_follower_share_one_native_request(
         tmp_path: Path) -> None:
     async def main() -> None:
-        async with cluster(tmp_path, native=True) as members:
+        async with cluster(tmp_path, native=True, **STEADY) as members:
             leader, follower = leader_of(members), follower_of(members)
-            assert leader.native is not None
             grant = await lease_call(leader, "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=60))
             forwarder = follower.etcd.kv_forwarder
             address = leader.engine.config.listen_client
             await forwarder.keepalive(address, grant.ID, 5.0)  # connected
-            seen: Counter[str] = Counter()
-            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            seen = native_calls(leader)
             ttls = await asyncio.gather(*(
                 forwarder.keepalive(address, lease_id, 5.0)
                 for lease_id in [grant.ID, 0x99] * 5))
@@ -82,13 +77,11 @@ def test_with_auth_on_a_followers_lease_calls_keep_the_grpc_path(tmp_path: Path)
     from test_etcd_auth import login, setup_auth
 
     async def main() -> None:
-        async with cluster(tmp_path, native=True) as members:
+        async with cluster(tmp_path, native=True, **STEADY) as members:
             leader, follower = leader_of(members), follower_of(members)
-            assert leader.native is not None
             await setup_auth(leader)
             root = await login(follower, "root", "pw")
-            seen: Counter[str] = Counter()
-            leader.native.observe = lambda protocol, method, _: seen.update([method])
+            seen = native_calls(leader)
             stub = follower.channel.unary_unary(
                 "/etcdserverpb.Lease/LeaseGrant",
                 request_serializer=lambda r: r.SerializeToString(),
