@@ -5,40 +5,19 @@ membership changes; no lease expires before its last keep-alive + TTL. The long 
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
-
 import pytest
+from sim_helpers import failures_of, half_ttl_keepalives, variants
 
-from dengine.kv.lease_clock import LeaseClock
-from dengine.sim import SimConfig, Simulator
+from dengine.sim import SimConfig
 
 SLOW_SEEDS = 300
 
 
-def _run(config: SimConfig, seeds: range) -> tuple[list[str], dict[str, int]]:
-    failures, stats = [], {}
-    for seed in seeds:
-        result = Simulator(dataclasses.replace(config, seed=seed)).run()
-        if not result.ok:
-            failures.append(result.describe())
-        for key in ("lease_grants", "lease_renewals", "lease_expiry_revokes"):
-            stats[key] = stats.get(key, 0) + result.stats.get(key, 0)
-    return failures, stats
-
-
-def _variants(seeds: int) -> tuple[list[str], dict[str, int]]:
-    failures, stats = _run(SimConfig(nodes=3, workload="lease"), range(seeds))
-    for config, base in ((SimConfig(nodes=5, workload="lease"), 1000),
-                         (SimConfig(nodes=3, workload="lease", snapshot_every=20), 2000),
-                         (SimConfig(nodes=3, workload="lease", membership=True), 3000)):
-        more, _ = _run(config, range(base, base + max(1, seeds // 3)))
-        failures += more
-    return failures, stats
+STATS = ("lease_grants", "lease_renewals", "lease_expiry_revokes")
 
 
 def test_no_lease_expires_early_under_faults() -> None:
-    failures, stats = _variants(8)
+    failures, stats = variants("lease", 8, STATS)
     assert not failures, "\n".join(failures)
     # the workload does what it says: grants, renewals, and expiries of abandoned leases
     assert stats["lease_grants"] > 100 and stats["lease_renewals"] > 200
@@ -47,21 +26,12 @@ def test_no_lease_expires_early_under_faults() -> None:
 
 @pytest.mark.slow
 def test_many_seeds_no_lease_expires_early() -> None:
-    failures, _ = _variants(SLOW_SEEDS)
+    failures, _ = variants("lease", SLOW_SEEDS)
     assert not failures, "\n".join(failures)
 
 
 def test_the_check_has_teeth(monkeypatch: pytest.MonkeyPatch) -> None:
     """A clock whose keep-alive gives only half the TTL is caught."""
-    renew = LeaseClock.renew
-
-    def half(self: LeaseClock, lease_id: int, now: float) -> int:
-        ttl = renew(self, lease_id, now)
-        if ttl:
-            self._deadlines[lease_id] = now + ttl / 2
-            heapq.heappush(self._heap, (now + ttl / 2, lease_id))
-        return ttl
-
-    monkeypatch.setattr(LeaseClock, "renew", half)
-    failures, _ = _run(SimConfig(nodes=3, workload="lease"), range(6))
+    half_ttl_keepalives(monkeypatch)
+    failures = failures_of(SimConfig(nodes=3, workload="lease"), range(6))
     assert failures and "lease expiry violated" in failures[0]

@@ -6,16 +6,13 @@ overlap, fencing tokens increase. The long run is
 
 from __future__ import annotations
 
-import dataclasses
-import heapq
-
 import pytest
+from sim_helpers import failures_of, half_ttl_keepalives, variants
 
 import dengine.sim.locks as locks
-from dengine.kv.lease_clock import LeaseClock
 from dengine.kv.mvcc import Change
 from dengine.kv.packed import pack_meta
-from dengine.sim import SimConfig, Simulator
+from dengine.sim import SimConfig
 from dengine.sim.broken import LocalLeaderLock, SkipWaitLock
 from dengine.sim.invariants import InvariantViolation
 from dengine.sim.locks import CS_KEY, PREFIX, Observation, check_lock_history, check_observations
@@ -25,29 +22,8 @@ STATS = ("lock_sections", "lock_waits", "lock_lost", "lock_walked_away",
          "lease_expiry_revokes", "leader_observations")
 
 
-def _run(config: SimConfig, seeds: range) -> tuple[list[str], dict[str, int]]:
-    failures, stats = [], dict.fromkeys(STATS, 0)
-    for seed in seeds:
-        result = Simulator(dataclasses.replace(config, seed=seed)).run()
-        if not result.ok:
-            failures.append(result.describe())
-        for key in STATS:
-            stats[key] += result.stats.get(key, 0)
-    return failures, stats
-
-
-def _variants(seeds: int) -> tuple[list[str], dict[str, int]]:
-    failures, stats = _run(SimConfig(nodes=3, workload="lock"), range(seeds))
-    for config, base in ((SimConfig(nodes=5, workload="lock"), 1000),
-                         (SimConfig(nodes=3, workload="lock", snapshot_every=20), 2000),
-                         (SimConfig(nodes=3, workload="lock", membership=True), 3000)):
-        more, _ = _run(config, range(base, base + max(1, seeds // 3)))
-        failures += more
-    return failures, stats
-
-
 def test_lock_sections_never_overlap_under_faults() -> None:
-    failures, stats = _variants(10)
+    failures, stats = variants("lock", 10, STATS)
     assert not failures, "\n".join(failures)
     # the workload does what it says: sections, waiting, handovers by lease expiry
     assert stats["lock_sections"] > 20 and stats["lock_waits"] > 100, stats
@@ -57,36 +33,27 @@ def test_lock_sections_never_overlap_under_faults() -> None:
 
 @pytest.mark.slow
 def test_many_seeds_lock_sections_never_overlap() -> None:
-    failures, _ = _variants(SLOW_SEEDS)
+    failures, _ = variants("lock", SLOW_SEEDS)
     assert not failures, "\n".join(failures)
 
 
 def test_a_lock_that_does_not_wait_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(locks, "LockWorkload", SkipWaitLock)
-    failures, _ = _run(SimConfig(nodes=3, workload="lock"), range(4))
+    failures = failures_of(SimConfig(nodes=3, workload="lock"), range(4))
     assert failures and all("lock safety violated" in f for f in failures), failures
 
 
 def test_leaders_read_from_a_nodes_own_state_are_caught(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(locks, "LockWorkload", LocalLeaderLock)
-    failures, _ = _run(SimConfig(nodes=3, workload="lock"), range(5))
+    failures = failures_of(SimConfig(nodes=3, workload="lock"), range(5))
     assert failures and "election order violated" in failures[0], failures
 
 
 def test_a_lessor_that_expires_early_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep-alives that give only half the TTL: a kept-alive holder loses its lock."""
-    renew = LeaseClock.renew
-
-    def half(self: LeaseClock, lease_id: int, now: float) -> int:
-        ttl = renew(self, lease_id, now)
-        if ttl:
-            self._deadlines[lease_id] = now + ttl / 2
-            heapq.heappush(self._heap, (now + ttl / 2, lease_id))
-        return ttl
-
-    monkeypatch.setattr(LeaseClock, "renew", half)
-    failures, _ = _run(SimConfig(nodes=3, workload="lock"), range(8))
+    half_ttl_keepalives(monkeypatch)
+    failures = failures_of(SimConfig(nodes=3, workload="lock"), range(8))
     assert failures and "lease expiry violated" in failures[0], failures
 
 

@@ -8,14 +8,13 @@ stops at its first caught seed). `-m slow` runs 200 more seeds of each.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import subprocess
 import sys
 
 import pytest
+from sim_helpers import half_ttl_keepalives
 
-from dengine.kv.lease_clock import LeaseClock
 from dengine.sim.nodesim import NODE_FAULT_KINDS, NodeSimConfig, run
 
 BROKEN = "dengine.sim.nodesim.broken"
@@ -222,16 +221,7 @@ def test_teeth_membership_change_that_skips_a_step() -> None:
 def test_teeth_lease_expired_early(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lessor's clock (`LeaseClock.renew`) gives a keep-alive half the TTL: an expiry
     revoke proposed before the lease's keep-alive + TTL is caught (first at seed 4)."""
-    renew = LeaseClock.renew
-
-    def half(self: LeaseClock, lease_id: int, now: float) -> int:
-        ttl = renew(self, lease_id, now)
-        if ttl:
-            self._deadlines[lease_id] = now + ttl / 2
-            heapq.heappush(self._heap, (now + ttl / 2, lease_id))
-        return ttl
-
-    monkeypatch.setattr(LeaseClock, "renew", half)
+    half_ttl_keepalives(monkeypatch)
     assert _first_caught(range(0, 40)) <= 39
 
 

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 from click.testing import CliRunner
+from sim_helpers import variants
 
 from dengine.errors import DengineError
 from dengine.sim import SimConfig, SimResult, Simulator
@@ -20,36 +21,16 @@ from dengine.sim.config import CoreFactory
 SLOW_SEEDS = 300
 
 
-def _failures(config: SimConfig, seeds: range) -> list[str]:
-    out = []
-    for seed in seeds:
-        result = Simulator(dataclasses.replace(config, seed=seed)).run()
-        if not result.ok:
-            out.append(result.describe())
-    return out
-
-
-def _variants(workload: str, seeds: int) -> list[str]:
-    """3 nodes; 5 nodes; snapshots every 20 entries; membership changes."""
-    failures = _failures(SimConfig(nodes=3, workload=workload), range(seeds))
-    failures += _failures(SimConfig(nodes=5, workload=workload), range(1000, 1000 + seeds // 3))
-    failures += _failures(SimConfig(nodes=3, workload=workload, snapshot_every=20),
-                          range(2000, 2000 + seeds // 3))
-    failures += _failures(SimConfig(nodes=3, workload=workload, membership=True),
-                          range(3000, 3000 + seeds // 3))
-    return failures
-
-
 @pytest.mark.parametrize("workload", ["bank", "cas"])
 def test_every_seed_keeps_the_workload_correct(workload: str) -> None:
-    failures = _variants(workload, 12)
+    failures, _ = variants(workload, 12)
     assert not failures, "\n".join(failures)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workload", ["bank", "cas"])
 def test_many_seeds_keep_the_workload_correct(workload: str) -> None:
-    failures = _variants(workload, SLOW_SEEDS)
+    failures, _ = variants(workload, SLOW_SEEDS)
     assert not failures, "\n".join(failures)
 
 
