@@ -34,6 +34,9 @@ FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
 # 100 ms election timeout elects another leader mid-test ("no leader", the follower
 # forwarding elsewhere). etcd's default election timeout.
 STEADY = {"election_timeout_ms": 1000}
+# Deadline of a call or forwarded write: generous, for a loaded machine (the tests check
+# answers, not latency).
+CALL_S = 20.0
 COMPACTED = "etcdserver: mvcc: required revision has been compacted"
 FUTURE = "etcdserver: mvcc: required revision is a future revision"
 
@@ -52,7 +55,7 @@ class Member:
     native: NativeServer | None = None
 
     async def call(self, service: str, method: str, request: Any, response: Any,
-                   timeout: float = 5.0) -> Any:
+                   timeout: float = CALL_S) -> Any:
         stub = self.channel.unary_unary(
             f"/{service}/{method}", request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response.FromString)

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_etcd_api import FUTURE, STEADY, Member, cluster, follower_of, leader_of, native_calls, run
+from test_etcd_api import (
+    CALL_S,
+    FUTURE,
+    STEADY,
+    Member,
+    cluster,
+    follower_of,
+    leader_of,
+    native_calls,
+    run,
+)
 
 from dengine.errors import KvError
 from dengine.node.engine import KV_COMPACTION, KV_PUT, wrap_kv_request
@@ -35,7 +45,7 @@ def test_writes_forwarded_in_one_loop_turn_share_one_native_request(tmp_path: Pa
         commands.insert(5, wrap_kv_request(KV_COMPACTION, rpc_pb2.CompactionRequest(
             revision=10**6).SerializeToString()))
         answers = await asyncio.gather(
-            *(forwarder.write(address, c, 5.0) for c in commands), return_exceptions=True)
+            *(forwarder.write(address, c, CALL_S) for c in commands), return_exceptions=True)
         if not leader.engine.is_leader or leader.engine.term != term:
             return False
         failed = answers.pop(5)
@@ -119,13 +129,13 @@ def test_a_write_whose_answer_is_lost_times_out_and_is_not_sent_again(
             forwarder = KvForwarder(None, 1 << 20)
             address = leader.engine.config.listen_client
             try:
-                await forwarder.write(address, _put(b"first"), 5.0)  # connected
+                await forwarder.write(address, _put(b"first"), CALL_S)  # connected
                 seen = native_calls(leader)
                 [conn] = list(native._connections)
                 assert conn._transport is not None
                 conn._transport.pause_reading()  # the leader does not read it ...
                 last = leader.engine.status().last_log_index
-                write = asyncio.ensure_future(forwarder.write(address, _put(b"lost"), 5.0))
+                write = asyncio.ensure_future(forwarder.write(address, _put(b"lost"), CALL_S))
                 await asyncio.sleep(0.05)
                 assert not write.done()
                 conn.close()  # ... and the connection breaks: the outcome is unknown

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from test_etcd_api import STEADY, cluster, follower_of, leader_of, native_calls, run
+from test_etcd_api import CALL_S, STEADY, cluster, follower_of, leader_of, native_calls, run
 from test_etcd_lease_api import keep_alive, lease_call
 
 from dengine.proto.etcd import rpc_pb2
@@ -56,10 +56,10 @@ def test_keepalives_of_many_streams_on_a_follower_share_one_native_request(
             grant = await lease_call(leader, "LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=60))
             forwarder = follower.etcd.kv_forwarder
             address = leader.engine.config.listen_client
-            await forwarder.keepalive(address, grant.ID, 5.0)  # connected
+            await forwarder.keepalive(address, grant.ID, CALL_S)  # connected
             seen = native_calls(leader)
             ttls = await asyncio.gather(*(
-                forwarder.keepalive(address, lease_id, 5.0)
+                forwarder.keepalive(address, lease_id, CALL_S)
                 for lease_id in [grant.ID, 0x99] * 5))
             assert ttls == [60, 0] * 5  # an unknown lease: TTL 0, as etcd
             assert seen == {"LeaseKeepAlive": 1}
