@@ -35,7 +35,6 @@ import contextlib
 import json
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aetcd
 import aetcd.rpc as rpc
+from e2e_support import ServerControl
 from fault_run import FAULT_KINDS, FaultRun, RunConfig
 
 from dengine.bench.cluster import free_ports
@@ -88,8 +88,8 @@ class BankConfig:
 
 # ---- clusters: fault_run's FaultRun for dengine, and the same faults on etcd processes ----
 
-class EtcdNode:
-    """One etcd 3.4 member, with e2e_support.Node's interface (start/kill/signal/stop)."""
+class EtcdNode(ServerControl):
+    """One etcd 3.4 member, with e2e_support.Node's interface (start, and ServerControl)."""
 
     def __init__(self, node_id: int, client: str, peer: str, initial: str, workdir: Path
                  ) -> None:
@@ -118,34 +118,6 @@ class EtcdNode:
             self.process = subprocess.Popen(die_with_parent(cmd), stdout=log,
                                             stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.process is not None
-        self.process.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        proc = self.process
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return int(proc.returncode)
 
 
 def _client(endpoint: str, timeout: float) -> aetcd.Client:

@@ -35,8 +35,45 @@ TEST_SETTINGS: dict[str, Any] = {
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 
 
+class ServerControl:
+    """Signals and stops of a server process `self.process` (a dengine node, an etcd
+    member): what fault runs do to it."""
+
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def kill(self) -> None:
+        """kill -9."""
+        self.signal(signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        proc = self.process
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGCONT)
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return int(proc.returncode)
+
+
 @dataclass
-class Node:
+class Node(ServerControl):
     """One server process (re-startable on the same data dir and ports)."""
 
     node_id: int
@@ -70,36 +107,6 @@ class Node:
                 die_with_parent([*CLI, "serve", "--config", str(config)]),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def signal(self, sig: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def kill(self) -> None:
-        """kill -9."""
-        self.signal(signal.SIGKILL)
-        assert self.process is not None
-        self.process.wait(10)
-
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
-        proc = self.process
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return int(proc.returncode)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
