@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_fakes import free_port
+from engine_cluster import agreed_leader, start_engines
 
 import dengine
 from dengine import Client, Compare, Engine, Op, SyncClient
@@ -20,33 +20,15 @@ from dengine.api import DeleteResult, KeyValue, PutResult, RangeResult, TxnResul
 from dengine.errors import Compacted, FutureRevision, InvalidRequest, KvError, LeaseNotFound
 from dengine.server import ClientService, NativeServer, start_grpc_server
 
-FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
-        "clock_drift_ms": 20}
-
 
 @contextlib.asynccontextmanager
 async def serving(tmp_path: Path, nodes: int = 3) -> AsyncIterator[tuple[Engine, str]]:
     """`nodes` engines on one loop; the leader answers clients on gRPC and native."""
-    peer_ports = {i: free_port() for i in range(1, nodes + 1)}
-    client_ports = {i: free_port() for i in range(1, nodes + 1)}
     engines: dict[int, Engine] = {}
     stops: list[Callable[[], Any]] = []
     try:
-        for i in peer_ports:
-            engines[i] = await Engine.start(
-                str(tmp_path / f"n{i}"), **FAST, node_id=i,
-                listen_peer=f"127.0.0.1:{peer_ports[i]}",
-                listen_client=f"127.0.0.1:{client_ports[i]}",
-                peers={j: f"127.0.0.1:{p}" for j, p in peer_ports.items() if j != i})
-        for _ in range(400):
-            leaders = [e for e in engines.values() if e.is_leader]
-            if leaders and all(e.leader_id == leaders[0].node_id for e in engines.values()):
-                break
-            await asyncio.sleep(0.025)
-        else:
-            raise AssertionError("no leader")
-        leader = leaders[0]
-        await leader.wait_ready(10)
+        await start_engines(engines, tmp_path, nodes)
+        leader = await agreed_leader(engines)
         config = leader.config
         service = ClientService(leader, config)
         native = NativeServer.from_config(service, config)
@@ -210,7 +192,7 @@ async def leases(api: Any, p: bytes) -> None:
     grant = await api.lease_grant(30)
     assert grant.ttl == 30 and grant.id > 0
     small = await api.lease_grant(0)
-    assert small.ttl == 1  # the cluster's minimum (1.5 x a 100 ms election timeout, rounded up)
+    assert small.ttl == 2  # the cluster's minimum (1.5 x its 1 s election timeout, rounded up)
     await api.put(p + b"a", b"1", lease=grant.id)
     await api.txn([], [Op.put(p + b"b", b"2", lease=grant.id)])
     await api.put(p + b"c", b"3", lease=grant.id)
@@ -238,9 +220,9 @@ def test_leases_through_every_front_door(tmp_path: Path) -> None:
             await leases(engine, b"/engine/")
             async with Client(address) as native:
                 await leases(native, b"/native/")
-                async with native.lease(1) as kept:  # kept alive past 2 x its TTL
+                async with native.lease(1) as kept:  # kept alive past 2 x its TTL (2 s)
                     await native.put(b"/kept", b"x", lease=kept.id)
-                    await asyncio.sleep(2.5)
+                    await asyncio.sleep(4.5)
                     assert await native.get(b"/kept") == b"x" and not kept.lost.is_set()
                 assert await native.get(b"/kept") is None  # revoked on exit
             async with Client(address, transport="grpc") as over_grpc:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from engine_cluster import agreed_leader, start_engines
 
 from dengine import Client, Compare, Engine, Op
 from dengine.bench.cluster import free_ports
@@ -45,8 +46,6 @@ from dengine.proto.native import (
 from dengine.server import ClientService, NativeServer, start_grpc_server
 
 READ, WRITE, STATUS = METHOD_CODES["Read"], METHOD_CODES["Write"], METHOD_CODES["Status"]
-FAST = {"tick_ms": 5, "election_timeout_ms": 100, "heartbeat_interval_ms": 20,
-        "clock_drift_ms": 20}
 MiB = 1024 * 1024
 
 
@@ -73,27 +72,12 @@ class Served:
 async def serving(tmp_path: Path, nodes: int = 1, **settings: Any) -> AsyncIterator[Served]:
     """`nodes` embedded engines (one loop, real TCP between them); the leader answers
     clients on gRPC and native listeners configured with `settings`."""
-    peer_ports = {i: free_port() for i in range(1, nodes + 1)}
-    client_ports = {i: free_port() for i in range(1, nodes + 1)}
     engines: dict[int, Engine] = {}
     native: NativeServer | None = None
     server: grpc.aio.Server | None = None
     try:
-        for i in peer_ports:
-            engines[i] = await Engine.start(
-                str(tmp_path / f"n{i}"), **{**FAST, **settings}, node_id=i,
-                listen_peer=f"127.0.0.1:{peer_ports[i]}",
-                listen_client=f"127.0.0.1:{client_ports[i]}",
-                peers={j: f"127.0.0.1:{p}" for j, p in peer_ports.items() if j != i})
-        for _ in range(400):
-            leaders = [e for e in engines.values() if e.is_leader]
-            if leaders and all(e.leader_id == leaders[0].node_id for e in engines.values()):
-                break
-            await asyncio.sleep(0.025)
-        else:
-            raise AssertionError("no leader")
-        leader = leaders[0]
-        await leader.wait_ready(10)
+        await start_engines(engines, tmp_path, nodes, **settings)
+        leader = await agreed_leader(engines)
         config = leader.config
         service = ClientService(leader, config)
         native = NativeServer.from_config(service, config)
