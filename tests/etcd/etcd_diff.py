@@ -8,8 +8,9 @@ the store revision when the script started (`--rev {r+2}`, `compaction {r+3}`), 
 A step `&CMD` runs CMD in the background from there on (a live watch, a lock holder, a
 candidate of an election); `!stop N` stops the script's N-th background step (0-based)
 at that point (a holder releases, a leader resigns); the others stop after the last step.
-The harness waits for what the next steps need (`!wait`, `!exit`, `!keys`, a foreground
-`watch(...)`'s lines; see WATCH_S), never a fixed time: a loaded machine is slow.
+The harness waits for what the next steps need (`!wait`, `!exit`, `!keys`, `!expired`, a
+foreground `watch(...)`'s lines), not a fixed time but in one case (see WATCH_S): a loaded
+machine is slow.
 
 Normalization sets aside only what legitimately differs between two clusters:
 
@@ -28,7 +29,8 @@ Normalization sets aside only what legitimately differs between two clusters:
   output and in JSON, `lease` numbers; a lock's command may echo `$ETCD_LOCK_KEY`); the
   `remaining(Ns)` and `"ttl"` of `lease timetolive` (seconds left depend on timing),
   and the order of the ids `lease list` prints (etcd lists them by expiry on its
-  leader, unordered elsewhere);
+  leader, unordered elsewhere) and of the keys `lease timetolive --keys` prints (etcd
+  lists them from a Go map: in random order);
 * for scripts run on a shared cluster, revisions (header `revision`, `create_revision`,
   `mod_revision`, `compact_revision`, `compacted revision N`) are shown relative to the
   revision at the script's start (`r+3`); fresh-cluster scripts compare them as they are.
@@ -45,6 +47,7 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +68,17 @@ REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_re
 # extra event still shows; `lines=0`: nothing may arrive within WATCH_S). A step written
 # "&watch ..." runs in the background beside the next steps, from the revision after the
 # store's at that step (so it misses no write however late it sets up), until WATCH_S after
-# the script's last step. Background steps are waited for by the steps `!wait N K` (until
-# background step N printed K lines), `!exit N` (until it ended) and `!keys PREFIX N`
-# (until N keys have PREFIX: a lock or election contender queued); each waits up to
-# WAIT_S, a loaded machine's worst case, never a fixed time.
+# the script's last step. Its simple output is then the same however late it set up; a
+# watch printing response headers (-w json, fields) is not (set up late, it gets the
+# writes meanwhile in one response, under a later header revision), and etcdctl shows
+# nothing when its watch is set up: the script waits WATCH_START_S after starting one,
+# the one wait for a time, since there is nothing to wait for. Background steps are
+# waited for by the steps `!wait N K` (until background step N printed K lines), `!exit N`
+# (until it ended), `!keys PREFIX N` (until N keys have PREFIX: a lock or election
+# contender queued) and `!expired LEASE` (until `lease timetolive` says it expired by its
+# TTL); each waits up to WAIT_S, a loaded machine's worst case.
 WATCH_S = 2.0
+WATCH_START_S = 1.0
 WAIT_S = 30.0
 HEADER_IDS = frozenset({"cluster_id", "member_id", "raft_term"})
 FIELDS_IDS = frozenset({"ClusterID", "MemberID", "RaftTerm"})
@@ -81,10 +90,13 @@ _TOOK = re.compile(r"took = \S+")
 _GRANTED = re.compile(r"^lease ([0-9a-f]{16}) granted with TTL")
 _LEASE_TEMPLATE = re.compile(r"\{l(\d+)\}")
 _REMAINING = re.compile(r"remaining\(-?\d+s\)")
+_ATTACHED = re.compile(r"attached keys\(\[([^]]*)\]\)")
 _SESSION_KEY = re.compile(r"/([0-9a-f]+)$")  # etcdctl's lock/elect key: NAME/<lease hex>
 _STOP = re.compile(r"^!stop (\d+)$")
 _WAIT = re.compile(r"^!(wait|exit) (\d+)(?: (\d+))?$")
 _KEYS = re.compile(r"^!keys (\S+) (\d+)$")
+_EXPIRED = re.compile(r"^!expired (\S+)$")
+_HEADERS = re.compile(r"(^| )(-w|--write-out)[ =](json|fields)( |$)")
 LEASE_KEYS = frozenset({"ID", "id", "lease"})
 
 
@@ -204,6 +216,8 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
                     args[1:1] = ["--rev", str(base_revision(cluster, prefix) + 1)]
                 background.append((len(out.runs), BackgroundEtcdctl(cluster.endpoints, args)))
                 out.runs.append((step, Run(0, "", "")))
+                if args[0] == "watch" and _HEADERS.search(" ".join(args)):
+                    time.sleep(WATCH_START_S)
                 continue
             if command(args) == "watch":
                 assert stdin is None and (step.lines is not None or step.ends), \
@@ -237,7 +251,8 @@ def _watch(cluster: _Cluster, args: list[str], step: Step) -> Run:
 def _control(cluster: _Cluster, step: Step, args: list[str],
              background: list[tuple[int, BackgroundEtcdctl]], out: ScriptRun,
              stopped: set[int]) -> None:
-    """`!stop N`, `!wait N K`, `!exit N`, `!keys PREFIX N` (see WATCH_S)."""
+    """`!stop N`, `!wait N K`, `!exit N`, `!keys PREFIX N`, `!expired LEASE` (see
+    WATCH_S)."""
     if (m := _STOP.match(step.cmd)) is not None:
         n = int(m.group(1))
         i, proc = background[n]
@@ -253,19 +268,33 @@ def _control(cluster: _Cluster, step: Step, args: list[str],
                                  f"{out.runs[i][0].cmd!r} did {proc.stop()}")
         return
     if (m := _KEYS.match(" ".join(args))) is not None:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            run = cluster.etcdctl(["get", m.group(1), "--prefix", "--keys-only", "-w", "json"])
-            try:
-                if json.loads(run.stdout).get("count", 0) == int(m.group(2)):
-                    return
-            except ValueError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{cluster.kind}: `{step.cmd}` not reached within "
-                                     f"{WAIT_S}s: {run}")
-            time.sleep(0.1)
-    raise AssertionError(f"unknown harness step {step.cmd!r}")
+        want = int(m.group(2))
+        _until(cluster, step, ["get", m.group(1), "--prefix", "--keys-only", "-w", "json"],
+               lambda run: _json(run.stdout).get("count", 0) == want)
+    elif (m := _EXPIRED.match(" ".join(args))) is not None:
+        _until(cluster, step, ["lease", "timetolive", m.group(1)],
+               lambda run: run.stdout.endswith(" already expired\n"))
+    else:
+        raise AssertionError(f"unknown harness step {step.cmd!r}")
+
+
+def _until(cluster: _Cluster, step: Step, args: list[str], done: Callable[[Run], bool]
+           ) -> None:
+    """`etcdctl ARGS` again until `done` says yes (at most WAIT_S)."""
+    deadline = time.monotonic() + WAIT_S
+    while not done(run := cluster.etcdctl(args)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{cluster.kind}: `{step.cmd}` not reached within {WAIT_S}s: "
+                                 f"{run}")
+        time.sleep(0.1)
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _note_sessions(out: ScriptRun) -> None:
@@ -334,6 +363,8 @@ def normalize_json(value: Any, ctx: ScriptRun, in_header: bool = False) -> Any:
             elif (k == "took" and isinstance(v, str)) or (
                     k == "ttl" and isinstance(v, int) and v > 0 and "granted-ttl" in value):
                 out[k] = "*"  # timings; a lease's seconds left
+            elif k == "keys" and isinstance(v, list) and "granted-ttl" in value:
+                out[k] = sorted(v, key=str)  # a lease's keys: in etcd's (Go) map order
             elif k == "endpoint" and isinstance(v, str):
                 out[k] = _endpoints(v, ctx)
             elif k == "key" and isinstance(v, str) and ctx.sessions:
@@ -376,6 +407,8 @@ def normalize_stdout(text: str, ctx: ScriptRun) -> list[Any]:
         for i, lease in enumerate(ctx.leases):
             line = line.replace(lease, f"L{i}")
         line = _REMAINING.sub("remaining(*)", line)
+        line = _ATTACHED.sub(lambda m: f"attached keys([{' '.join(sorted(m[1].split()))}])",
+                             line)
         line = ctx.session_key(line)
         m = _FIELDS_LINE.match(line)
         if m and m.group(1) in FIELDS_IDS:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from etcd_cluster import etcd_available, stop_all_clusters
+from etcd_cluster import etcd_available
 from etcd_diff import Script, script, watch
-from test_differential import Trio
+from test_differential import Trio, started_trio
 
 pytestmark = pytest.mark.skipif(not etcd_available(), reason="etcd/etcdctl not installed")
 
@@ -82,12 +82,7 @@ AUTH_SCRIPTS: list[Script] = [AUTH]
 
 @pytest.fixture(scope="module")
 def auth_trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
-    t = Trio(tmp_path_factory.mktemp("etcd-auth"))
-    t.start()
-    try:
-        yield t
-    finally:
-        stop_all_clusters(t.clusters)
+    yield from started_trio(tmp_path_factory, "etcd-auth")
 
 
 @pytest.mark.parametrize("s", AUTH_SCRIPTS, ids=[s.name for s in AUTH_SCRIPTS])

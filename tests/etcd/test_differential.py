@@ -286,7 +286,8 @@ LEASE_SCRIPTS: list[Script] = [
     script(
         "leases",
         "lease grant 60", "lease grant 1",   # TTL 1: raised to the minimum (2 s here)
-        "lease timetolive {l1}", "lease revoke {l1}",
+        "!expired {l1}",                     # ... and expires by itself (a timetolive
+        "lease timetolive {l1}", "lease revoke {l1}",  # within 2 s would race with it)
         "lease grant 100 -w json",
         "put {p}a 1 --lease={l0}", "put {p}b 2 --lease={l0}", "put {p}c 3 --lease={l2}",
         "put {p}a 11",                       # re-put without the lease: detached
@@ -534,26 +535,26 @@ class Trio:
             return differences(ref, theirs.result())
 
 
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
-    t = Trio(tmp_path_factory.mktemp("etcd-diff"))
+def started_trio(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Trio]:
+    """A module fixture's trio: started, and stopped after the module's tests."""
+    t = Trio(tmp_path_factory.mktemp(name))
     t.start()
     try:
         yield t
     finally:
         stop_all_clusters(t.clusters)
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+    yield from started_trio(tmp_path_factory, "etcd-diff")
 
 
 @pytest.fixture(scope="module")
 def fresh_trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
     """New clusters for the absolute-revision scripts (one script per trio)."""
     assert len(FRESH_SCRIPTS) == 1, "one fresh trio per fresh script"
-    t = Trio(tmp_path_factory.mktemp("etcd-diff-fresh"))
-    t.start()
-    try:
-        yield t
-    finally:
-        stop_all_clusters(t.clusters)
+    yield from started_trio(tmp_path_factory, "etcd-diff-fresh")
 
 
 def ids(scripts: list[Script]) -> list[str]:
