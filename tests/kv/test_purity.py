@@ -10,7 +10,7 @@ import sys
 import dengine.kv
 
 KV_DIR = pathlib.Path(dengine.kv.__file__).parent
-ALLOWED = {"__future__", "collections", "dataclasses", "enum", "heapq", "itertools", "struct",
+ALLOWED = {"__future__", "array", "collections", "dataclasses", "enum", "heapq", "itertools", "struct",
            "base64", "bisect", "hashlib", "hmac",  # auth: password hashes (pure computation)
            "typing",
            "sortedcontainers",

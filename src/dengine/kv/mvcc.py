@@ -6,7 +6,8 @@ store, revision and history (docs/etcd-model.md). The rules are etcd 3.4's (its
 
 State: the live keys (`key -> packed`, packed = `<qqqq>` create_revision, mod_revision,
 version, lease, then the value), a sorted index of the live keys, and the changelog: one
-`(revision, key, new, prev)` per key change, oldest first, `new`/`prev` packed or None.
+`(revision, key, new, prev)` per key change, oldest first, `new`/`prev` packed or None
+(kv/changelog.py).
 A read at a past revision starts from the live keys and undoes the changes above it;
 compaction drops the changes at or below its revision.
 
@@ -21,7 +22,6 @@ in the log, identically everywhere.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any, NamedTuple, TypeVar
@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError, Message
 from sortedcontainers import SortedList
 
 from dengine.kv.auth import AuthStore
+from dengine.kv.changelog import Changelog, ChangeTuple
 from dengine.kv.codec import (
     OP_AUTH,
     OP_COMPACTION,
@@ -143,7 +144,7 @@ class MvccStore:
         self._budget: int | None = None
         self._data: dict[bytes, bytes] = {}
         self._index = SortedList()
-        self._changes: deque[tuple[int, bytes, bytes | None, bytes | None]] = deque()
+        self._changes = Changelog()
         self.leases = LeaseTable()  # (kv/leases.py)
         self.auth = AuthStore()  # users, roles, tokens (kv/auth.py); never moves `revision`
 
@@ -222,16 +223,10 @@ class MvccStore:
     def _live_at(self, rev: int) -> bool:
         """Whether the live keys are the state at `rev` (no change above it). In a txn,
         the live keys already hold its writes, at the revision after `self.revision`."""
-        return not self._changes or self._changes[-1][0] <= rev
+        return self._changes.last_revision() <= rev
 
     def _packed_at(self, key: bytes, rev: int) -> bytes | None:
-        found: bytes | None = self._data.get(key)
-        for change in reversed(self._changes):
-            if change[0] <= rev:
-                break
-            if change[1] == key:
-                found = change[3]
-        return found
+        return self._changes.packed_at(key, rev, self._data.get(key))
 
     def _items_at(self, key: bytes, end: bytes | None, rev: int) -> list[tuple[bytes, bytes]]:
         """Every (key, packed) of [key, end) at `rev` (end None: no upper bound), by key."""
@@ -240,13 +235,7 @@ class MvccStore:
             self._index.irange(key))
         if self._live_at(rev):
             return [(k, data[k]) for k in keys]
-        overlay: dict[bytes, bytes | None] = {}
-        for change in reversed(self._changes):
-            if change[0] <= rev:
-                break
-            k = change[1]
-            if key <= k and (end is None or k < end):
-                overlay[k] = change[3]
+        overlay = self._changes.overlay(key, end, rev)
         items = [(k, data[k]) for k in keys if k not in overlay]
         items.extend((k, p) for k, p in overlay.items() if p is not None)
         items.sort()
@@ -340,9 +329,15 @@ class MvccStore:
         inserts: the apply path's hot loop; new keys join the index once, at the end)."""
         data = self._data
         get = data.get
-        log = self._changes.append
+        first = self.revision + 1
         rev = self.revision
         new: list[bytes] | None = None
+        if type(keys) is not list:
+            keys = list(keys)
+        news: list[bytes] = []
+        prevs: list[bytes | None] = []
+        log_new = news.append
+        log_prev = prevs.append
         for key, value in zip(keys, values, strict=True):
             rev += 1
             old = get(key)
@@ -357,7 +352,9 @@ class MvccStore:
                 data[key] = packed = pack_meta(c, rev, v + 1, 0) + value
                 if old_lease:
                     self.leases.detach(key, old_lease)
-            log((rev, key, packed, old))
+            log_new(packed)
+            log_prev(old)
+        self._changes.extend_run(first, keys, news, prevs)
         self.revision = rev
         if new is not None:
             self._index.update(new)
@@ -485,7 +482,7 @@ class MvccStore:
             c, _, v, old_lease = unpack_meta(old)
             packed = pack_meta(c, rev, v + 1, lease) + value
         self._data[key] = packed
-        self._changes.append((rev, key, packed, old))
+        self._changes.append(rev, key, packed, old)
         if old_lease != lease:
             if old_lease:
                 self.leases.detach(key, old_lease)
@@ -500,7 +497,7 @@ class MvccStore:
         leases = self.leases
         for k in keys:
             old = data.pop(k)
-            log((rev, k, None, old))
+            log(rev, k, None, old)
             remove(k)
             if leases:
                 lease = unpack_meta(old)[3]
@@ -598,9 +595,7 @@ class MvccStore:
             raise compacted()
         if rev > self.revision:
             raise future_revision()
-        changes = self._changes
-        while changes and changes[0][0] <= rev:
-            changes.popleft()
+        self._changes.compact(rev)
         self.compact_revision = rev
         resp = pb.CompactionResponse()
         resp.header.revision = self.revision
@@ -621,10 +616,10 @@ class MvccStore:
         `dict(items_packed())` at a million keys; checkpoints take it under a lock)."""
         return self._data.copy()
 
-    def copy_changes(self) -> list[tuple[int, bytes, bytes | None, bytes | None]]:
-        """A copy of the changelog as plain `Change`-shaped tuples, oldest first (a deque's
-        own copy: ~100x faster than `list(changes())`; checkpoints take it under a lock)."""
-        return list(self._changes)
+    def copy_changes(self) -> Changelog:
+        """A copy of the changelog, iterated as plain `Change`-shaped tuples, oldest first
+        (C-level copies of its columns; checkpoints take it under a lock)."""
+        return self._changes.copy()
 
     def changes(self) -> Iterator[Change]:
         """The changelog, oldest first."""
@@ -632,17 +627,12 @@ class MvccStore:
 
     def changes_since(self, revision: int) -> Iterator[Change]:
         """The changes above `revision`, oldest first (watch catch-up)."""
-        tail: list[tuple[int, bytes, bytes | None, bytes | None]] = []
-        for change in reversed(self._changes):
-            if change[0] <= revision:
-                break
-            tail.append(change)
-        return map(Change._make, reversed(tail))
+        return map(Change._make, self._changes.since(revision))
 
     @classmethod
     def restore(cls, revision: int, compact_revision: int,
                 items_packed: Iterable[tuple[bytes, bytes]],
-                changes: Iterable[tuple[int, bytes, bytes | None, bytes | None]],
+                changes: Iterable[ChangeTuple],
                 leases: Iterable[tuple[int, int]] = (), auth: bytes = b"",
                 ) -> MvccStore:
         """A store from its persisted image (`items_packed`, `changes`, `leases` as
@@ -654,7 +644,7 @@ class MvccStore:
         store.compact_revision = compact_revision
         store._data = dict(items_packed)
         store._index = SortedList(store._data)
-        store._changes = deque(tuple(c) for c in changes)  # type: ignore[misc]
+        store._changes = Changelog(changes)
         table = store.leases = LeaseTable(leases)
         if table:
             attach = table.attach

@@ -98,7 +98,7 @@ def decode_checkpoint_meta(payload: bytes, path: str, offset: int) -> Checkpoint
 
 def checkpoint_chunks(
     head: CheckpointMeta, items: Iterable[tuple[bytes, bytes]],
-    changes: Sequence[kvfile.ChangeTuple],
+    changes: kvfile.Changes,
 ) -> Iterator[bytes]:
     """A checkpoint's bytes after the file header: record 0 (`head`, its change count
     taken from `changes`), the live keys' `(key, packed)` blocks, then the change blocks."""

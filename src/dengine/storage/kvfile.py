@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, islice
 
 from dengine.errors import CorruptionError, StorageError
+from dengine.kv.changelog import Changelog, ChangeTuple
 from dengine.proto import LogId, Membership, SnapshotMetadata
 from dengine.storage import records
 from dengine.storage.fileio import FileIO
@@ -45,8 +46,9 @@ _BLOCK_BYTES = 64 * 1024  # keys and values per block record
 _CHUNK_BYTES = 1 << 20
 _SORT_RUN = 8192
 
-# One changelog entry: (revision, key, new packed version or None, prev or None).
-ChangeTuple = tuple[int, bytes, bytes | None, bytes | None]
+# One changelog entry: (revision, key, new packed version or None, prev or None); the
+# changes of an image: such tuples, or a copy of the store's changelog.
+Changes = Sequence[ChangeTuple] | Changelog
 LeaseTuple = tuple[int, int]  # lease id, granted TTL
 
 
@@ -58,7 +60,7 @@ class StoreImage:
     revision: int = 1
     compact_revision: int = -1
     items: Mapping[bytes, bytes] = field(default_factory=dict)
-    changes: Sequence[ChangeTuple] = ()
+    changes: Changes = ()
     leases: Sequence[LeaseTuple] = field(default_factory=list)
     auth: bytes = b""  # the auth state (kv/auth.py `AuthStore.image`; b"": none)
 
