@@ -27,7 +27,9 @@ perf --load l --endpoints 127.0.0.1:PORT`, and between 10 s and 50 s of its 60 s
 server's user + system CPU (/proc/PID/stat) and its count of calls (asked with SIGUSR1):
 ms of server CPU per 1,000 calls, calls/s, etcdctl's CPU per 1,000 calls, the load
 average, and etcdctl's verdict. Medians over the rounds at the end. Not part of CI.
-Run it under `flock /work/bench.lock` on a shared machine.
+Run it under `flock /work/bench.lock` on a shared machine. grpclib, h2 and hpack are not
+dengine's dependencies: `pip install grpclib h2` (h2 brings hpack) for those front ends.
+Results: docs/performance.md, "A cheaper gRPC front end?".
 """
 
 from __future__ import annotations
@@ -486,6 +488,13 @@ def _ask_calls(proc: subprocess.Popen[bytes], stats: Path, last_seq: int) -> tup
     raise RuntimeError("the server did not answer SIGUSR1")
 
 
+def _cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -518,11 +527,11 @@ def run_one(front: str, load: str, workdir: Path) -> dict[str, Any]:
             try:
                 time.sleep(WINDOW_S[0])
                 seq, calls0 = _ask_calls(server, stats, 0)
-                cpu0, ctl0, t0 = (_cpu_seconds(server.pid), _cpu_seconds(checker.pid),
+                cpu0, ctl0, t0 = (_cpu_split(server.pid), _cpu_seconds(checker.pid),
                                   time.monotonic())
                 time.sleep(WINDOW_S[1] - WINDOW_S[0])
                 _, calls1 = _ask_calls(server, stats, seq)
-                cpu1, ctl1, t1 = (_cpu_seconds(server.pid), _cpu_seconds(checker.pid),
+                cpu1, ctl1, t1 = (_cpu_split(server.pid), _cpu_seconds(checker.pid),
                                   time.monotonic())
                 checker.wait(timeout=120)
             finally:
@@ -534,7 +543,8 @@ def run_one(front: str, load: str, workdir: Path) -> dict[str, Any]:
         calls = max(1, calls1 - calls0)
         result.update(
             calls_per_s=round(calls / (t1 - t0)),
-            server_ms_per_1000=round((cpu1 - cpu0) * 1e6 / calls, 1),
+            server_ms_per_1000=round((sum(cpu1) - sum(cpu0)) * 1e6 / calls, 1),
+            server_sys_ms_per_1000=round((cpu1[1] - cpu0[1]) * 1e6 / calls, 1),
             etcdctl_ms_per_1000=round((ctl1 - ctl0) * 1e6 / calls, 1),
             throughput=verdict["throughput"], slowest_s=verdict.get("slowest_s"),
             verdict=verdict["verdict"], error=verdict.get("error"),
@@ -578,7 +588,8 @@ def main() -> int:
             r["round"] = rnd
             results.append(r)
             print(f"round {rnd} {front:11} " + (
-                f"{r['server_ms_per_1000']:6.1f} ms/1000 calls, {r['calls_per_s']:5d} calls/s, "
+                f"{r['server_ms_per_1000']:6.1f} ms/1000 calls "
+                f"({r['server_sys_ms_per_1000']:.1f} system), {r['calls_per_s']:5d} calls/s, "
                 f"etcdctl {r['etcdctl_ms_per_1000']:5.1f} ms/1000, load "
                 f"{r['loadavg']:.1f}-{r['loadavg_end']:.1f}; {r['throughput']} writes/s "
                 f"slowest {r['slowest_s']} s {r['verdict']}"
