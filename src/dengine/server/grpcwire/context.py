@@ -1,0 +1,80 @@
+"""The per-call context handed to servicers: the part of grpc.aio's ServicerContext that
+dengine's handlers use (docs/grpc-frontend.md, "The per-call context")."""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any, NoReturn
+
+import grpc
+
+# Request headers that are transport, not metadata (grpc leaves them out too).
+_NOT_METADATA = frozenset((b"te", b"content-type", b"grpc-timeout", b"grpc-encoding",
+                           b"grpc-accept-encoding"))
+
+
+class AbortError(Exception):
+    """Raised by `abort` (as grpc.aio's AbortError): the call ends with the status set."""
+
+
+def metadata_of(fields: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | bytes], ...]:
+    """Invocation metadata from decoded request headers (`-bin` values base64-decoded)."""
+    out: list[tuple[str, str | bytes]] = []
+    for name, value in fields:
+        if name[:1] == b":" or name in _NOT_METADATA:
+            continue
+        if name.endswith(b"-bin"):
+            out.append((name.decode(), base64.b64decode(value + b"=" * (-len(value) % 4))))
+        else:
+            out.append((name.decode(), value.decode("latin-1")))
+    return tuple(out)
+
+
+class WireContext:
+    """One call's context. `deadline` is on time.monotonic's clock (None: no timeout)."""
+
+    __slots__ = ("_certificate", "_fields", "_metadata", "_peer", "code", "deadline",
+                 "details", "trailing")
+
+    def __init__(self, fields: list[tuple[bytes, bytes]], deadline: float | None,
+                 peer: str, certificate: dict[str, list[bytes]]) -> None:
+        self._fields = fields
+        self._metadata: tuple[tuple[str, str | bytes], ...] | None = None
+        self._peer = peer
+        self._certificate = certificate
+        self.deadline = deadline
+        self.code = grpc.StatusCode.OK
+        self.details = ""
+        self.trailing: tuple[tuple[str, str | bytes], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        if self._metadata is None:
+            self._metadata = metadata_of(self._fields)
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    async def abort(self, code: grpc.StatusCode, details: str = "",
+                    trailing_metadata: Any = ()) -> NoReturn:
+        self.code, self.details = code, details
+        if trailing_metadata:
+            self.trailing = tuple(trailing_metadata)
+        raise AbortError(details)
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        self.trailing = tuple(metadata)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def peer(self) -> str:
+        return self._peer
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """The verified TLS client certificate as grpc gives it ({} without one)."""
+        return self._certificate

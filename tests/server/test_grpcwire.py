@@ -1,0 +1,182 @@
+"""The hand-framed gRPC front end (dengine.server.grpcwire) against grpcio's aio client:
+unary calls, statuses, metadata, the size limit, flow control, and protocol errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from dengine.bench.cluster import free_ports
+from dengine.server.grpcwire import GrpcWireServer
+from dengine.server.grpcwire import frames as f
+
+LIMIT = 64 * 1024
+
+
+async def _echo(request: bytes, context: Any) -> bytes:
+    return b"echo:" + request
+
+
+async def _fail(request: bytes, context: Any) -> bytes:
+    await context.abort(grpc.StatusCode.NOT_FOUND, request.decode())
+    raise AssertionError("abort returned")
+
+
+async def _metadata(request: bytes, context: Any) -> bytes:
+    context.set_trailing_metadata((("dengine-index", "42"),))
+    found = dict(context.invocation_metadata())
+    remaining = context.time_remaining()
+    return repr((found.get("token"), found.get("blob-bin"),
+                 remaining is not None and 0 < remaining <= 31)).encode()  # the client rounds up
+
+
+async def _crash(request: bytes, context: Any) -> bytes:
+    raise ValueError("boom")
+
+
+async def _stream(request: bytes, context: Any) -> Any:
+    yield request
+
+
+def _handlers() -> grpc.GenericRpcHandler:
+    unary = grpc.unary_unary_rpc_method_handler
+    return grpc.method_handlers_generic_handler("test.Svc", {
+        "Echo": unary(_echo), "Fail": unary(_fail), "Meta": unary(_metadata),
+        "Crash": unary(_crash), "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+    })
+
+
+def _serve(body: Callable[[str, GrpcWireServer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        server = GrpcWireServer(max_receive_message_length=LIMIT)
+        server.add_generic_rpc_handlers((_handlers(),))
+        port = await server.start("127.0.0.1", free_ports(1)[0])
+        try:
+            await body(f"127.0.0.1:{port}", server)
+        finally:
+            await server.stop()
+    asyncio.run(main())
+
+
+def _call(address: str, method: str, request: bytes, **kwargs: Any) -> Awaitable[Any]:
+    async def run() -> Any:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary(f"/test.Svc/{method}")(request, **kwargs)
+            response = await call
+            return response, await call.trailing_metadata()
+    return run()
+
+
+def test_unary_calls_answer_small_and_large_messages() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        assert (await _call(address, "Echo", b"hi"))[0] == b"echo:hi"
+        # Larger than the client's 64 KiB windows (answer) and the server's (request).
+        big = bytes(range(256)) * 240
+        assert (await _call(address, "Echo", big))[0] == b"echo:" + big
+        async with grpc.aio.insecure_channel(address) as channel:
+            echo = channel.unary_unary("/test.Svc/Echo")
+            answers = await asyncio.gather(*(echo(b"%d" % i) for i in range(200)))
+        assert answers == [b"echo:%d" % i for i in range(200)]
+    _serve(body)
+
+
+def test_abort_gives_its_code_and_percent_encoded_message() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _call(address, "Fail", "no such key: ké%y\n".encode())
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        assert info.value.details() == "no such key: ké%y\n"
+    _serve(body)
+
+
+def test_metadata_in_trailing_metadata_out_and_deadline() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        response, trailing = await _call(
+            address, "Meta", b"", timeout=30,
+            metadata=(("token", "abc"), ("blob-bin", b"\x00\xff")))
+        assert response == repr(("abc", b"\x00\xff", True)).encode()
+        assert ("dengine-index", "42") in tuple(trailing)
+    _serve(body)
+
+
+@pytest.mark.parametrize(("method", "code"), [
+    ("Nope", grpc.StatusCode.UNIMPLEMENTED), ("Stream", grpc.StatusCode.UNIMPLEMENTED),
+    ("Crash", grpc.StatusCode.UNKNOWN)])
+def test_unknown_method_streaming_method_and_crash(method: str, code: grpc.StatusCode) -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _call(address, method, b"x")
+        assert info.value.code() == code
+    _serve(body)
+
+
+def test_message_over_the_limit_is_resource_exhausted_and_the_connection_serves_on() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            echo = channel.unary_unary("/test.Svc/Echo")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await echo(b"x" * (LIMIT + 1))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"larger than max ({LIMIT + 1} vs. {LIMIT})" in (info.value.details() or "")
+            assert await echo(b"x" * LIMIT) == b"echo:" + b"x" * LIMIT
+    _serve(body)
+
+
+async def _raw_exchange(address: str, data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """Sends `data` on a fresh connection; the frames received until the server closes."""
+    host, port = address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    received = await asyncio.wait_for(reader.read(-1), 30)
+    writer.close()
+    out, pos = [], 0
+    while len(received) - pos >= 9:
+        hi, lo, ftype, flags, sid = f.FRAME_HEADER.unpack_from(received, pos)
+        end = pos + 9 + (hi << 16 | lo)
+        out.append((ftype, flags, sid, received[pos + 9:end]))
+        pos = end
+    return out
+
+
+@pytest.mark.parametrize(("frames", "code"), [
+    (f.frame(f.PING, 0, 0, b"1234567"), f.FRAME_SIZE_ERROR),
+    (f.frame(f.SETTINGS, 0, 1), f.PROTOCOL_ERROR),
+    (f.frame(f.DATA, 0, 7, b"x"), f.PROTOCOL_ERROR),
+    (f.frame(f.CONTINUATION, f.END_HEADERS, 1, b""), f.PROTOCOL_ERROR),
+    (f.frame(f.HEADERS, f.END_HEADERS, 1, b"\xff\xff\xff\xff\xff\xff"), f.COMPRESSION_ERROR),
+    (f.frame(f.WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)), f.PROTOCOL_ERROR),
+    (f.frame(f.DATA, 0, 1, b"x" * (f.MIN_FRAME_SIZE + 1)), f.FRAME_SIZE_ERROR),
+])
+def test_malformed_frames_close_the_connection_with_goaway(frames: bytes, code: int) -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        received = await _raw_exchange(address, f.PREFACE + f.settings() + frames)
+        goaways = [payload for ftype, _, _, payload in received if ftype == f.GOAWAY]
+        assert len(goaways) == 1
+        assert struct.unpack_from(">I", goaways[0], 4)[0] == code
+    _serve(body)
+
+
+def test_a_peer_that_is_not_http2_is_closed() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        received = await _raw_exchange(address, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert [ftype for ftype, *_ in received] == [f.SETTINGS, f.WINDOW_UPDATE, f.GOAWAY]
+    _serve(body)
+
+
+def test_ping_is_acked() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f.PREFACE + f.settings() + f.frame(f.PING, 0, 0, b"8 bytes!")
+                         + f.goaway(0, f.NO_ERROR))
+            received = b""
+            while chunk := await asyncio.to_thread(sock.recv, 65536):
+                received += chunk
+        assert f.frame(f.PING, f.ACK, 0, b"8 bytes!") in received
+    _serve(body)

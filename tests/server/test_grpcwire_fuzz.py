@@ -1,0 +1,119 @@
+"""Fuzzed frame sequences against the hand-framed gRPC front end's connection: whatever
+arrives, in whatever pieces, the connection answers with well-formed frames and either
+stays open or ends with one GOAWAY; no exception escapes (docs/grpc-frontend.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import hpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dengine.server.grpcwire import frames as f
+from dengine.server.grpcwire.connection import Connection
+
+
+async def _echo(request: bytes, context: Any) -> bytes:
+    return request
+
+
+_HANDLER = grpc.unary_unary_rpc_method_handler(_echo)
+
+
+class _Server:
+    max_concurrent_streams = 4
+    max_receive_message_length = 64
+
+    async def handler(self, path: bytes, ctx: Any) -> Any:
+        return _HANDLER if path == b"/t.S/Echo" else None
+
+    def certificate(self, conn: Any) -> dict[str, list[bytes]]:
+        return {}
+
+    def closed(self, conn: Any) -> None:
+        pass
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closing, "written after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+
+def _request(sid: int, path: bytes, body: bytes, end: bool) -> bytes:
+    block = hpack.Encoder().encode([(b":method", b"POST"), (b":path", path),
+                                    (b"content-type", b"application/grpc")])
+    message = f.MESSAGE_PREFIX.pack(0, len(body)) + body
+    return (f.frame(f.HEADERS, f.END_HEADERS, sid, block)
+            + f.frame(f.DATA, f.END_STREAM if end else 0, sid, message))
+
+
+_frames = st.one_of(
+    st.builds(f.frame, st.integers(0, 10), st.integers(0, 255),
+              st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]), st.binary(max_size=24)),
+    st.builds(_request, st.sampled_from([1, 3, 5, 7, 9]),
+              st.sampled_from([b"/t.S/Echo", b"/t.S/None"]), st.binary(max_size=80),
+              st.booleans()),
+    st.just(f.settings((f.SETTINGS_INITIAL_WINDOW_SIZE, 3))),
+    st.just(f.window_update(0, 1000)),
+)
+
+
+def _parse(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        hi, lo, ftype, flags, sid = f.FRAME_HEADER.unpack_from(data, pos)
+        end = pos + 9 + (hi << 16 | lo)
+        assert end <= len(data), "a truncated frame written"
+        out.append((ftype, flags, sid, data[pos + 9:end]))
+        pos = end
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_frames, max_size=12), st.lists(st.integers(1, 64), max_size=8),
+       st.booleans())
+def test_any_frame_sequence_is_answered_well_formed(
+        frames: list[bytes], cuts: list[int], with_settings: bool) -> None:
+    data = f.PREFACE + (f.settings() if with_settings else b"") + b"".join(frames)
+    errors: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, c: errors.append(c))
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        pos = 0
+        for cut in [*cuts, len(data)]:
+            if pos < len(data) and not transport.closing:
+                conn.data_received(data[pos:pos + cut] if cut < len(data) else data[pos:])
+                pos += cut
+            await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        written = _parse(bytes(transport.written))
+        goaways = [i for i, (ftype, *_) in enumerate(written) if ftype == f.GOAWAY]
+        if transport.closing:
+            assert goaways == [len(written) - 1]
+        else:
+            assert goaways == []
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+    assert errors == []
