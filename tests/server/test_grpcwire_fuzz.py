@@ -120,3 +120,25 @@ def test_any_frame_sequence_is_answered_well_formed(
 
     asyncio.run(main())
     assert errors == []
+
+
+def test_goaway_after_more_than_half_the_connection_window_closes_cleanly() -> None:
+    """Regression: a GOAWAY read in the same chunk as over half the connection window of
+    DATA (which asks for a WINDOW_UPDATE) closed the connection and then failed."""
+    chunks = []
+    for sid in range(1, 20, 2):  # 10 streams, 900,000 bytes each: over half of 16 MiB
+        chunks.append(_request(sid, b"/t.S/Echo", b"", False)[:-14])  # HEADERS only
+        body = f.MESSAGE_PREFIX.pack(0, 899_995) + b"x" * 899_995
+        chunks += [f.frame(f.DATA, 0, sid, body[i:i + f.MIN_FRAME_SIZE])
+                   for i in range(0, len(body), f.MIN_FRAME_SIZE)]
+    data = f.PREFACE + f.settings() + b"".join(chunks) + f.goaway(0, f.NO_ERROR)
+
+    async def main() -> None:
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(data)
+        assert transport.closing
+        assert [ftype for ftype, *_ in _parse(bytes(transport.written))][-1] == f.GOAWAY
+        conn.connection_lost(None)
+
+    asyncio.run(main())

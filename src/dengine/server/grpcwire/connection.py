@@ -136,6 +136,8 @@ class Connection(asyncio.Protocol):
         except hpack.HPACKError as e:
             self.close(f.COMPRESSION_ERROR, f"header block: {e}")
             return
+        if self._closed:  # by the peer's GOAWAY
+            return
         out, self._out = self._out, None
         if self._consumed > CONNECTION_WINDOW // 2:
             out.append(f.window_update(0, self._consumed))
