@@ -21,6 +21,8 @@ what any dengine node pays before its own work:
   trailers are constant bytes; connection-level flow control, SETTINGS and PING answered.
   `raw-task`: the same, each call's handler run as an asyncio task (as an async handler
   that awaits the engine would be).
+* `wire`: dengine's own hand-framed server (`dengine.server.grpcwire`) with the grpc.aio
+  front end's handlers (a task per call, grpc method handlers, a context per call).
 
 For every (round, front end), alternated: the server in a child process, `etcdctl check
 perf --load l --endpoints 127.0.0.1:PORT`, and between 10 s and 50 s of its 60 s the
@@ -58,7 +60,7 @@ from etcd_perf import ETCDCTL, _cpu_seconds, parse_check_perf
 from dengine.bench.cluster import free_port_run
 from dengine.proto.etcd import rpc_pb2 as pb
 
-FRONTS = ("aio", "aio-asyncio", "sync", "grpclib", "h2", "raw", "raw-task")
+FRONTS = ("aio", "aio-asyncio", "sync", "grpclib", "h2", "raw", "raw-task", "wire")
 WINDOW_S = (10.0, 50.0)
 GC_THRESHOLDS = (20_000, 10, 10)  # dengine serve's (server/process.py)
 
@@ -126,6 +128,14 @@ async def serve_aio(port: int) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+async def serve_wire(port: int) -> None:
+    from dengine.server.grpcwire import GrpcWireServer
+    server = GrpcWireServer()
+    server.add_generic_rpc_handlers(_grpc_handlers(asynchronous=True))
+    await server.start("127.0.0.1", port)
+    await asyncio.Event().wait()
 
 
 def serve_sync(port: int) -> None:
@@ -465,6 +475,7 @@ def serve(front: str, port: int, stats: Path) -> None:
         "h2": lambda: serve_protocol(port, H2Protocol),
         "raw": lambda: serve_protocol(port, lambda: RawProtocol(as_task=False)),
         "raw-task": lambda: serve_protocol(port, lambda: RawProtocol(as_task=True)),
+        "wire": lambda: serve_wire(port),
     }[front]
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.get_loop().add_signal_handler(signal.SIGUSR1, dump)
