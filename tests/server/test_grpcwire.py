@@ -184,3 +184,25 @@ def test_ping_is_acked() -> None:
                 received += chunk
         assert f.frame(f.PING, f.ACK, 0, b"8 bytes!") in received
     _serve(body)
+
+
+def test_deadline_exceeded_cancels_the_handler() -> None:
+    cancelled = asyncio.Event()
+
+    async def wait(request: bytes, context: Any) -> bytes:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        raise AssertionError("unblocked")
+
+    async def body(address: str, server: GrpcWireServer) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Wait", {"Wait": grpc.unary_unary_rpc_method_handler(wait)}),))
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/test.Wait/Wait")(b"", timeout=0.2)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(cancelled.wait(), 30)
+    _serve(body)

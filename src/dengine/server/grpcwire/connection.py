@@ -22,6 +22,9 @@ STREAM_WINDOW = 1 << 20  # granted per stream (SETTINGS_INITIAL_WINDOW_SIZE)
 CONNECTION_WINDOW = 16 << 20  # granted to the connection
 MAX_HEADER_LIST = 16 * 1024  # encoded block and decoded list (grpc core's hard limit)
 HEADER_CACHE = 64  # decoded header blocks kept per connection
+# Calls the peer may reset while their handlers run, net of calls that end normally,
+# before the connection is closed (the rapid-reset attack, CVE-2023-44487).
+MAX_RESETS = 1000
 
 _PRIORITY_FIELDS = 5
 
@@ -35,9 +38,11 @@ class ConnectionError_(Exception):
 
 
 class _Call:
-    __slots__ = ("body", "ctx", "done", "fields", "path", "recv_window", "send_window", "task")
+    __slots__ = ("body", "ctx", "done", "fields", "path", "recv_window", "send_window", "sid",
+                 "task", "timer")
 
-    def __init__(self, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
+    def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
+        self.sid = sid
         self.fields = fields
         self.path = b""
         self.body = bytearray()
@@ -45,6 +50,7 @@ class _Call:
         self.send_window = send_window
         self.ctx: WireContext | None = None
         self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the deadline's
         self.done = False  # answered (or refused): later DATA is dropped
 
 
@@ -60,6 +66,8 @@ class Connection(asyncio.Protocol):
         self._preface = True
         self._settings_seen = False
         self._calls: dict[int, _Call] = {}
+        self._zombies = 0  # calls reset by the peer whose handlers have not ended yet
+        self._resets = 0  # see MAX_RESETS
         self._last_sid = 0
         self._cont: tuple[int, int, bytes] | None = None  # sid, flags, block so far
         self._recv_window = CONNECTION_WINDOW
@@ -90,10 +98,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        for call in self._calls.values():
-            if call.task is not None:
-                call.task.cancel()
-        self._calls.clear()
+        for sid in list(self._calls):
+            self._forget(sid)
         self._server.closed(self)
 
     def _write(self, data: bytes) -> None:
@@ -273,18 +279,36 @@ class Connection(asyncio.Protocol):
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes")
         if not sid or sid > self._last_sid:
             raise ConnectionError_(f.PROTOCOL_ERROR, "RST_STREAM of an idle stream")
-        call = self._calls.pop(sid, None)
-        if call is not None and call.task is not None:
-            call.task.cancel()
-        self._pending = [p for p in self._pending if p[0] != sid]
+        call = self._forget(sid)
+        if call is not None and call.task is not None and not call.task.done():
+            # Its slot stays taken until the handler has ended.
+            self._zombies += 1
+            call.task.add_done_callback(self._zombie_ended)
+            self._resets += 1
+            if self._resets > MAX_RESETS:
+                raise ConnectionError_(f.ENHANCE_YOUR_CALM, "too many streams reset")
+
+    def _zombie_ended(self, _: object) -> None:
+        self._zombies -= 1
 
     def _reset(self, sid: int, code: int) -> None:
         """A stream error: RST_STREAM, and the call forgotten (its handler cancelled)."""
         self._write(f.rst_stream(sid, code))
+        self._forget(sid)
+
+    def _forget(self, sid: int) -> _Call | None:
+        """Ends call `sid` for framing: its handler and deadline cancelled, nothing more
+        of it sent."""
         call = self._calls.pop(sid, None)
-        if call is not None and call.task is not None:
+        if call is None:
+            return None
+        if call.task is not None:
             call.task.cancel()
-        self._pending = [p for p in self._pending if p[0] != sid]
+        if call.timer is not None:
+            call.timer.cancel()
+        if self._pending:
+            self._pending = [p for p in self._pending if p[0] != sid]
+        return call
 
     # -- requests
 
@@ -315,10 +339,10 @@ class Connection(asyncio.Protocol):
         if not sid & 1:
             raise ConnectionError_(f.PROTOCOL_ERROR, "even stream id from a client")
         self._last_sid = sid
-        if len(self._calls) >= self._server.max_concurrent_streams:
+        if len(self._calls) + self._zombies >= self._server.max_concurrent_streams:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
-        call = _Call(fields, self._peer_initial)
+        call = _Call(sid, fields, self._peer_initial)
         self._calls[sid] = call
         problem = self._check_request(call)
         if problem is not None:
@@ -363,9 +387,11 @@ class Connection(asyncio.Protocol):
         deadline = None
         if timeout:
             try:
-                deadline = time.monotonic() + f.parse_timeout(timeout)
+                seconds = f.parse_timeout(timeout)
             except ValueError as e:
                 return grpc.StatusCode.INTERNAL, str(e)
+            deadline = time.monotonic() + seconds
+            call.timer = asyncio.get_running_loop().call_later(seconds, self._expire, call)
         call.ctx = WireContext(call.fields, deadline, self._peer, self._server.certificate(self))
         return None
 
@@ -422,6 +448,20 @@ class Connection(asyncio.Protocol):
         call.done = True
         call.task = asyncio.get_running_loop().create_task(self._run(sid, call))
 
+    def _expire(self, call: _Call) -> None:
+        """The deadline passed: DEADLINE_EXCEEDED (in the trailers if the answer has begun),
+        RST_STREAM CANCEL, the handler cancelled (as grpc core does)."""
+        sid = call.sid
+        if self._calls.get(sid) is not call or self._closed:
+            return
+        call.timer = None
+        begun = any(p[0] == sid for p in self._pending)
+        status = f.status_fields(grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
+        self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
+                            status if begun else f.RESPONSE_HEADERS + status))
+        self._write(f.rst_stream(sid, f.CANCEL))
+        self._forget(sid)
+
     # -- answers
 
     async def _run(self, sid: int, call: _Call) -> None:
@@ -448,7 +488,8 @@ class Connection(asyncio.Protocol):
             code = ctx.code if ctx.code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
             self._finish(sid, call, None, code, ctx.details)
         except asyncio.CancelledError:
-            self._calls.pop(sid, None)
+            if self._calls.get(sid) is call:
+                self._forget(sid)
             raise
         except Exception as e:
             log.exception("gRPC handler of %s failed", call.path.decode(errors="replace"))
@@ -459,10 +500,13 @@ class Connection(asyncio.Protocol):
                 code: grpc.StatusCode, details: str) -> None:
         if self._calls.get(sid) is not call or self._closed:
             return
+        call.task = None  # ended (or never started): not to be cancelled
         trailing = call.ctx.trailing if call.ctx is not None else ()
         status = f.status_fields(code.value[0], details, trailing)
+        if self._resets:
+            self._resets -= 1
         if response is None:
-            self._calls.pop(sid)
+            self._forget(sid)
             self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
                                 f.RESPONSE_HEADERS + status))
             return
@@ -499,4 +543,4 @@ class Connection(asyncio.Protocol):
                 self._pending = [(sid, data, trailers), *pending[i + 1:], *self._pending]
                 return
             self._write(trailers)
-            del self._calls[sid]
+            self._forget(sid)

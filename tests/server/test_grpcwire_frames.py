@@ -1,6 +1,7 @@
-"""Fuzzed frame sequences against the hand-framed gRPC front end's connection: whatever
-arrives, in whatever pieces, the connection answers with well-formed frames and either
-stays open or ends with one GOAWAY; no exception escapes (docs/grpc-frontend.md)."""
+"""The hand-framed gRPC front end's connection driven frame by frame with a fake transport:
+fuzzed frame sequences (whatever arrives, in whatever pieces, the answer is well-formed
+frames, the connection open or ended by one GOAWAY, no exception escaping) and the
+guards against resets (docs/grpc-frontend.md)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,20 @@ from hypothesis import strategies as st
 hpack = pytest.importorskip("hpack")
 
 from dengine.server.grpcwire import frames as f  # noqa: E402
-from dengine.server.grpcwire.connection import Connection  # noqa: E402
+from dengine.server.grpcwire.connection import MAX_RESETS, Connection  # noqa: E402
 
 
 async def _echo(request: bytes, context: Any) -> bytes:
     return request
 
 
-_HANDLER = grpc.unary_unary_rpc_method_handler(_echo)
+async def _block(request: bytes, context: Any) -> bytes:
+    await asyncio.Event().wait()
+    raise AssertionError("unblocked")
+
+
+_HANDLERS = {b"/t.S/Echo": grpc.unary_unary_rpc_method_handler(_echo),
+             b"/t.S/Block": grpc.unary_unary_rpc_method_handler(_block)}
 
 
 class _Server:
@@ -31,7 +38,7 @@ class _Server:
     max_receive_message_length = 64
 
     async def handler(self, path: bytes, ctx: Any) -> Any:
-        return _HANDLER if path == b"/t.S/Echo" else None
+        return _HANDLERS.get(path)
 
     def certificate(self, conn: Any) -> dict[str, list[bytes]]:
         return {}
@@ -60,9 +67,10 @@ class _Transport(asyncio.Transport):
         return ("127.0.0.1", 1) if name == "peername" else default
 
 
-def _request(sid: int, path: bytes, body: bytes, end: bool) -> bytes:
+def _request(sid: int, path: bytes, body: bytes, end: bool,
+             *extra: tuple[bytes, bytes]) -> bytes:
     block = hpack.Encoder().encode([(b":method", b"POST"), (b":path", path),
-                                    (b"content-type", b"application/grpc")])
+                                    (b"content-type", b"application/grpc"), *extra])
     message = f.MESSAGE_PREFIX.pack(0, len(body)) + body
     return (f.frame(f.HEADERS, f.END_HEADERS, sid, block)
             + f.frame(f.DATA, f.END_STREAM if end else 0, sid, message))
@@ -139,6 +147,71 @@ def test_goaway_after_more_than_half_the_connection_window_closes_cleanly() -> N
         conn.data_received(data)
         assert transport.closing
         assert [ftype for ftype, *_ in _parse(bytes(transport.written))][-1] == f.GOAWAY
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def _rst(sid: int) -> bytes:
+    return f.rst_stream(sid, f.CANCEL)
+
+
+def test_a_reset_call_holds_its_stream_slot_until_its_handler_has_ended() -> None:
+    async def main() -> None:
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(f.PREFACE + f.settings() + b"".join(
+            _request(sid, b"/t.S/Block", b"", True) for sid in (1, 3, 5, 7)))
+        await asyncio.sleep(0)  # the four handlers wait
+        conn.data_received(b"".join(_rst(sid) for sid in (1, 3, 5, 7))
+                           + _request(9, b"/t.S/Echo", b"", True))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the handlers end (cancelled)
+        conn.data_received(_request(11, b"/t.S/Echo", b"", True))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        written = _parse(bytes(transport.written))
+        resets = {sid: payload for ftype, _, sid, payload in written if ftype == f.RST_STREAM}
+        assert resets == {9: f.rst_stream(9, f.REFUSED_STREAM)[9:]}
+        assert any(ftype == f.DATA and sid == 11 for ftype, _, sid, _ in written)
+        assert not transport.closing
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_resets_too_many_running_calls_is_sent_away() -> None:
+    class Roomy(_Server):
+        max_concurrent_streams = 100_000
+
+    async def main() -> None:
+        conn, transport = Connection(Roomy()), _Transport()
+        conn.connection_made(transport)
+        sids = range(1, 2 * (MAX_RESETS + 1), 2)
+        conn.data_received(f.PREFACE + f.settings() + b"".join(
+            _request(sid, b"/t.S/Block", b"", True) + _rst(sid) for sid in sids))
+        assert transport.closing
+        goaway = _parse(bytes(transport.written))[-1]
+        assert goaway[0] == f.GOAWAY
+        assert goaway[3][4:8] == f.ENHANCE_YOUR_CALM.to_bytes(4)
+        conn.connection_lost(None)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def test_the_server_ends_a_call_at_its_deadline() -> None:
+    async def main() -> None:
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(f.PREFACE + f.settings()
+                           + _request(1, b"/t.S/Block", b"", True, (b"grpc-timeout", b"1n")))
+        while f.rst_stream(1, f.CANCEL) not in transport.written:
+            await asyncio.sleep(0.01)
+        headers = [payload for ftype, _, sid, payload in _parse(bytes(transport.written))
+                   if ftype == f.HEADERS]
+        assert headers == [f.RESPONSE_HEADERS + f.status_fields(4, "Deadline Exceeded")]
+        assert conn._zombies == 0 and not conn._calls
         conn.connection_lost(None)
 
     asyncio.run(main())
