@@ -45,7 +45,23 @@ async def _crash(request: bytes, context: Any) -> bytes:
 
 
 async def _stream(request: bytes, context: Any) -> Any:
-    yield request
+    """Answers `request` (a count) messages of 100 KiB, past every window."""
+    for i in range(int(request)):
+        yield bytes([i]) * 100_000
+
+
+async def _written(request: bytes, context: Any) -> None:
+    """context.write, then an abort after the messages."""
+    for i in range(int(request)):
+        await context.write(b"%d" % i)
+    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "after the messages")
+
+
+async def _bidi(requests: Any, context: Any) -> Any:
+    """Each request echoed (with its size), then "end" after the client's half-close."""
+    async for request in requests:
+        yield b"%d:%s" % (len(request), request[:4])
+    yield b"end"
 
 
 def _handlers() -> grpc.GenericRpcHandler:
@@ -53,6 +69,8 @@ def _handlers() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler("test.Svc", {
         "Echo": unary(_echo), "Fail": unary(_fail), "Meta": unary(_metadata),
         "Crash": unary(_crash), "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+        "Written": grpc.unary_stream_rpc_method_handler(_written),
+        "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
     })
 
 
@@ -110,9 +128,8 @@ def test_metadata_in_trailing_metadata_out_and_deadline() -> None:
 
 
 @pytest.mark.parametrize(("method", "code"), [
-    ("Nope", grpc.StatusCode.UNIMPLEMENTED), ("Stream", grpc.StatusCode.UNIMPLEMENTED),
-    ("Crash", grpc.StatusCode.UNKNOWN)])
-def test_unknown_method_streaming_method_and_crash(method: str, code: grpc.StatusCode) -> None:
+    ("Nope", grpc.StatusCode.UNIMPLEMENTED), ("Crash", grpc.StatusCode.UNKNOWN)])
+def test_unknown_method_and_crash(method: str, code: grpc.StatusCode) -> None:
     async def body(address: str, server: GrpcWireServer) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _call(address, method, b"x")
@@ -205,4 +222,54 @@ def test_deadline_exceeded_cancels_the_handler() -> None:
                 await channel.unary_unary("/test.Wait/Wait")(b"", timeout=0.2)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await asyncio.wait_for(cancelled.wait(), 30)
+    _serve(body)
+
+
+def test_server_streams_past_the_windows_and_end_with_their_status() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            got = [m async for m in channel.unary_stream("/test.Svc/Stream")(b"30")]
+            assert got == [bytes([i]) * 100_000 for i in range(30)]
+            call = channel.unary_stream("/test.Svc/Written")(b"3")
+            got = []
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for message in call:
+                    got.append(message)
+            assert got == [b"0", b"1", b"2"]
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert info.value.details() == "after the messages"
+    _serve(body)
+
+
+def test_bidi_stream_with_half_close_and_requests_past_the_window() -> None:
+    async def body(address: str, server: GrpcWireServer) -> None:
+        async with grpc.aio.insecure_channel(address) as channel:
+            requests = [bytes([i]) * 60_000 for i in range(40)]  # 2.4 MB, past 1 MiB
+            call = channel.stream_stream("/test.Svc/Bidi")(iter(requests))
+            got = [m async for m in call]
+            assert got == [b"60000:" + r[:4] for r in requests] + [b"end"]
+            assert await call.code() == grpc.StatusCode.OK
+    _serve(body)
+
+
+def test_a_cancelled_stream_cancels_its_handler() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def forever(requests: Any, context: Any) -> Any:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        yield b""
+
+    async def body(address: str, server: GrpcWireServer) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Forever", {"F": grpc.stream_stream_rpc_method_handler(forever)}),))
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.stream_stream("/test.Forever/F")()
+            await asyncio.wait_for(started.wait(), 30)
+            call.cancel()
+            await asyncio.wait_for(cancelled.wait(), 30)
     _serve(body)

@@ -29,8 +29,14 @@ async def _block(request: bytes, context: Any) -> bytes:
     raise AssertionError("unblocked")
 
 
+async def _bidi(requests: Any, context: Any) -> Any:
+    async for request in requests:
+        yield request * 1000  # past a 3-byte window
+
+
 _HANDLERS = {b"/t.S/Echo": grpc.unary_unary_rpc_method_handler(_echo),
-             b"/t.S/Block": grpc.unary_unary_rpc_method_handler(_block)}
+             b"/t.S/Block": grpc.unary_unary_rpc_method_handler(_block),
+             b"/t.S/Bidi": grpc.stream_stream_rpc_method_handler(_bidi)}
 
 
 class _Server:
@@ -80,7 +86,7 @@ _frames = st.one_of(
     st.builds(f.frame, st.integers(0, 10), st.integers(0, 255),
               st.sampled_from([0, 1, 2, 3, 5, 7, 2**31 - 1]), st.binary(max_size=24)),
     st.builds(_request, st.sampled_from([1, 3, 5, 7, 9]),
-              st.sampled_from([b"/t.S/Echo", b"/t.S/None"]), st.binary(max_size=80),
+              st.sampled_from([b"/t.S/Echo", b"/t.S/None", b"/t.S/Bidi"]), st.binary(max_size=80),
               st.booleans()),
     st.just(f.settings((f.SETTINGS_INITIAL_WINDOW_SIZE, 3))),
     st.just(f.window_update(0, 1000)),

@@ -5,9 +5,12 @@ method handlers (docs/grpc-frontend.md). Streaming calls are not served yet."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import struct
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import grpc
@@ -38,20 +41,34 @@ class ConnectionError_(Exception):
 
 
 class _Call:
-    __slots__ = ("body", "ctx", "done", "fields", "path", "recv_window", "send_window", "sid",
-                 "task", "timer")
+    """One stream's call: its request messages as they arrive, its handler task."""
+
+    __slots__ = ("body", "ctx", "done", "drained", "fields", "half_closed", "headers_sent",
+                 "inbox", "path", "queued", "recv_window", "send_window", "sid", "streaming",
+                 "task", "timer", "waiter")
 
     def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
         self.sid = sid
         self.fields = fields
         self.path = b""
-        self.body = bytearray()
+        self.body = bytearray()  # bytes of a message not complete yet
+        self.inbox: deque[bytes] = deque()  # complete messages not taken by the handler
+        self.half_closed = False  # the client's END_STREAM arrived
+        self.waiter: asyncio.Future[None] | None = None  # the handler waits for a message
+        self.streaming = False  # the handler takes a stream of requests
+        self.queued = 0  # bytes of the inbox's messages
         self.recv_window = STREAM_WINDOW
         self.send_window = send_window
+        self.headers_sent = False
+        self.drained: asyncio.Future[None] | None = None  # a writer waits for the windows
         self.ctx: WireContext | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # the deadline's
         self.done = False  # answered (or refused): later DATA is dropped
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class Connection(asyncio.Protocol):
@@ -67,6 +84,7 @@ class Connection(asyncio.Protocol):
         self._settings_seen = False
         self._calls: dict[int, _Call] = {}
         self._zombies = 0  # calls reset by the peer whose handlers have not ended yet
+        self._draining: set[_Call] = set()  # calls whose writer waits for the windows
         self._resets = 0  # see MAX_RESETS
         self._last_sid = 0
         self._cont: tuple[int, int, bytes] | None = None  # sid, flags, block so far
@@ -302,7 +320,7 @@ class Connection(asyncio.Protocol):
         call = self._calls.pop(sid, None)
         if call is None:
             return None
-        if call.task is not None:
+        if call.task is not None and call.task is not asyncio.current_task():
             call.task.cancel()
         if call.timer is not None:
             call.timer.cancel()
@@ -334,7 +352,7 @@ class Connection(asyncio.Protocol):
             # Trailers of a request stream (unary calls end with END_STREAM on DATA).
             if call is None or not flags & f.END_STREAM:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "HEADERS on a used stream")
-            self._end_of_request(sid, call)
+            self._half_close(call)
             return
         if not sid & 1:
             raise ConnectionError_(f.PROTOCOL_ERROR, "even stream id from a client")
@@ -347,8 +365,10 @@ class Connection(asyncio.Protocol):
         problem = self._check_request(call)
         if problem is not None:
             self._answer_status(sid, call, *problem)
-        elif flags & f.END_STREAM:
-            self._end_of_request(sid, call)
+            return
+        call.task = asyncio.get_running_loop().create_task(self._run(sid, call))
+        if flags & f.END_STREAM:
+            self._half_close(call)
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
         """The decoded block; cached while the dynamic table stays as it was (a Go client
@@ -414,39 +434,72 @@ class Connection(asyncio.Protocol):
             self._reset(sid, f.FLOW_CONTROL_ERROR)
             return
         call.body += body
-        if len(call.body) >= 5 and self._refused_message(sid, call):
+        if not self._take_messages(call):
             return
         if flags & f.END_STREAM:
-            self._end_of_request(sid, call)
-        elif call.recv_window < STREAM_WINDOW // 2:
-            self._write(f.window_update(sid, STREAM_WINDOW - call.recv_window))
-            call.recv_window = STREAM_WINDOW
-
-    def _refused_message(self, sid: int, call: _Call) -> bool:
-        """Answers a message refused on its prefix (compressed, over the size limit)."""
-        compressed, length = f.MESSAGE_PREFIX.unpack_from(call.body)
-        limit = self._server.max_receive_message_length
-        if compressed:
-            problem = (grpc.StatusCode.INTERNAL,
-                       "grpc: compressed flag set with identity or empty encoding")
-        elif length > limit:
-            problem = (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"Received message larger than max ({length} vs. {limit})")
+            self._half_close(call)
         else:
-            return False
-        self._answer_status(sid, call, *problem)
+            self._grant(call)
+
+    def _grant(self, call: _Call) -> None:
+        """Keeps the stream's window at STREAM_WINDOW less the complete messages its handler
+        has not taken: a client writing faster than the handler reads stops there. A
+        partial message does not count (its size limit bounds it), so one larger than
+        the window still arrives. A WINDOW_UPDATE only for half a window or more."""
+        size = STREAM_WINDOW - call.queued - call.recv_window
+        if size >= STREAM_WINDOW // 2:
+            self._write(f.window_update(call.sid, size))
+            call.recv_window += size
+
+    def _take_messages(self, call: _Call) -> bool:
+        """Moves the complete messages of `call.body` to its inbox; False when one is
+        refused on its prefix (compressed, over the size limit) and the call answered."""
+        body = call.body
+        while len(body) >= 5:
+            compressed, length = f.MESSAGE_PREFIX.unpack_from(body)
+            limit = self._server.max_receive_message_length
+            if compressed:
+                self._answer_status(call.sid, call, grpc.StatusCode.INTERNAL,
+                                    "grpc: compressed flag set with identity or empty encoding")
+                return False
+            if length > limit:
+                self._answer_status(call.sid, call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"Received message larger than max ({length} vs. {limit})")
+                return False
+            if len(body) < 5 + length:
+                break
+            call.inbox.append(bytes(body[5:5 + length]))
+            call.queued += length
+            del body[:5 + length]
+            call.wake()
         return True
 
-    def _end_of_request(self, sid: int, call: _Call) -> None:
+    def _half_close(self, call: _Call) -> None:
         if call.done:
             return
-        body = call.body
-        if len(body) < 5 or len(body) != 5 + f.MESSAGE_PREFIX.unpack_from(body)[1]:
-            self._answer_status(sid, call, grpc.StatusCode.INTERNAL,
-                                "a unary request must be exactly one message")
+        if call.body:
+            self._answer_status(call.sid, call, grpc.StatusCode.INTERNAL,
+                                "the request ended inside a message")
             return
-        call.done = True
-        call.task = asyncio.get_running_loop().create_task(self._run(sid, call))
+        call.half_closed = True
+        call.wake()
+
+    async def _next_message(self, call: _Call) -> bytes | None:
+        """The call's next request message; None after the client's END_STREAM."""
+        while not call.inbox:
+            if call.half_closed:
+                return None
+            call.waiter = asyncio.get_running_loop().create_future()
+            await call.waiter
+        message = call.inbox.popleft()
+        call.queued -= len(message)
+        if not call.half_closed:
+            self._grant(call)
+        return message
+
+    async def _requests(self, call: _Call, decode: Any) -> AsyncIterator[Any]:
+        while (message := await self._next_message(call)) is not None:
+            yield decode(message) if decode is not None else message
 
     def _expire(self, call: _Call) -> None:
         """The deadline passed: DEADLINE_EXCEEDED (in the trailers if the answer has begun),
@@ -455,7 +508,7 @@ class Connection(asyncio.Protocol):
         if self._calls.get(sid) is not call or self._closed:
             return
         call.timer = None
-        begun = any(p[0] == sid for p in self._pending)
+        begun = call.headers_sent
         status = f.status_fields(grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "Deadline Exceeded")
         self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
                             status if begun else f.RESPONSE_HEADERS + status))
@@ -472,18 +525,35 @@ class Connection(asyncio.Protocol):
             if handler is None:
                 self._finish(sid, call, None, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
                 return
-            if handler.unary_unary is None:
-                self._finish(sid, call, None, grpc.StatusCode.UNIMPLEMENTED,
-                             "streaming calls are not served by this front end yet")
-                return
-            request: Any = bytes(call.body[5:])
-            call.body = bytearray()
-            if handler.request_deserializer is not None:
-                request = handler.request_deserializer(request)
-            response = await handler.unary_unary(request, ctx)
-            if handler.response_serializer is not None:
-                response = handler.response_serializer(response)
-            self._finish(sid, call, bytes(response), ctx.code, ctx.details)
+            decode, encode = handler.request_deserializer, handler.response_serializer
+            if handler.stream_stream is not None:
+                call.streaming = True
+                ctx.writer = lambda message: self._send(call, message, encode)
+                result = handler.stream_stream(self._requests(call, decode), ctx)
+            else:
+                request = await self._next_message(call)
+                while not call.half_closed:  # exactly one message, then END_STREAM
+                    call.waiter = asyncio.get_running_loop().create_future()
+                    await call.waiter
+                if request is None or call.inbox:
+                    self._finish(sid, call, None, grpc.StatusCode.INTERNAL,
+                                 "a request that is not one message")
+                    return
+                arg = decode(request) if decode is not None else request
+                if handler.unary_unary is not None:
+                    response = await handler.unary_unary(arg, ctx)
+                    if encode is not None:
+                        response = encode(response)
+                    self._finish(sid, call, bytes(response), ctx.code, ctx.details)
+                    return
+                ctx.writer = lambda message: self._send(call, message, encode)
+                result = handler.unary_stream(arg, ctx)
+            if inspect.isasyncgen(result):
+                async for message in result:
+                    await self._send(call, message, encode)
+            else:
+                await result
+            self._finish(sid, call, None, ctx.code, ctx.details)
         except AbortError:
             code = ctx.code if ctx.code != grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
             self._finish(sid, call, None, code, ctx.details)
@@ -496,21 +566,43 @@ class Connection(asyncio.Protocol):
             self._finish(sid, call, None, grpc.StatusCode.UNKNOWN,
                          f"Unexpected {type(e)}: {e}")
 
+    async def _send(self, call: _Call, message: Any, encode: Any) -> None:
+        """One message of a streaming answer; returns once it is within the send windows
+        (back-pressure on the handler)."""
+        if self._calls.get(call.sid) is not call or self._closed:
+            raise asyncio.CancelledError  # the stream or connection is gone
+        data = bytes(encode(message) if encode is not None else message)
+        if not call.headers_sent:
+            call.headers_sent = True
+            self._write(f.frame(f.HEADERS, f.END_HEADERS, call.sid, f.RESPONSE_HEADERS))
+        self._pending.append((call.sid, memoryview(f.MESSAGE_PREFIX.pack(0, len(data)) + data),
+                              b""))
+        self._flush()
+        while any(p[0] == call.sid for p in self._pending):
+            call.drained = asyncio.get_running_loop().create_future()
+            self._draining.add(call)
+            await call.drained
+
     def _finish(self, sid: int, call: _Call, response: bytes | None,
                 code: grpc.StatusCode, details: str) -> None:
         if self._calls.get(sid) is not call or self._closed:
             return
-        call.task = None  # ended (or never started): not to be cancelled
         trailing = call.ctx.trailing if call.ctx is not None else ()
         status = f.status_fields(code.value[0], details, trailing)
         if self._resets:
             self._resets -= 1
+        if response is None and call.headers_sent:
+            self._pending.append((sid, memoryview(b""),
+                                  f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, status)))
+            self._flush()
+            return
         if response is None:
             self._forget(sid)
             self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
                                 f.RESPONSE_HEADERS + status))
             return
         self._write(f.frame(f.HEADERS, f.END_HEADERS, sid, f.RESPONSE_HEADERS))
+        call.headers_sent = True
         data = f.MESSAGE_PREFIX.pack(0, len(response)) + response
         self._pending.append((sid, memoryview(data),
                               f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, status)))
@@ -541,6 +633,12 @@ class Connection(asyncio.Protocol):
                 call.send_window -= size
             if data:
                 self._pending = [(sid, data, trailers), *pending[i + 1:], *self._pending]
-                return
-            self._write(trailers)
-            self._forget(sid)
+                break
+            if trailers:
+                self._write(trailers)
+                self._forget(sid)
+        if self._draining:
+            draining, self._draining = self._draining, set()
+            for call in draining:  # each checks whether its message left
+                if call.drained is not None and not call.drained.done():
+                    call.drained.set_result(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -35,7 +36,7 @@ class WireContext:
     """One call's context. `deadline` is on time.monotonic's clock (None: no timeout)."""
 
     __slots__ = ("_certificate", "_fields", "_metadata", "_peer", "code", "deadline",
-                 "details", "trailing")
+                 "details", "trailing", "writer")
 
     def __init__(self, fields: list[tuple[bytes, bytes]], deadline: float | None,
                  peer: str, certificate: dict[str, list[bytes]]) -> None:
@@ -47,6 +48,8 @@ class WireContext:
         self.code = grpc.StatusCode.OK
         self.details = ""
         self.trailing: tuple[tuple[str, str | bytes], ...] = ()
+        # Sends one message of a streaming answer (set by the connection for streams).
+        self.writer: Callable[[Any], Awaitable[None]] | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         if self._metadata is None:
@@ -62,6 +65,12 @@ class WireContext:
         if trailing_metadata:
             self.trailing = tuple(trailing_metadata)
         raise AbortError(details)
+
+    async def write(self, message: Any) -> None:
+        """One message of a streaming answer, once the send windows let it go."""
+        if self.writer is None:
+            raise RuntimeError("write() on a unary call")
+        await self.writer(message)
 
     def set_trailing_metadata(self, metadata: Any) -> None:
         self.trailing = tuple(metadata)
