@@ -273,6 +273,24 @@ def client_tls(tls: ClientTls | bool | None, cacert: str | None, cert: str | Non
 Refused = Callable[[Any, str], None]  # (peer address, why): a failed handshake
 
 
+def peer_certificate(transport: Any) -> dict[str, list[bytes]]:
+    """A TLS connection's verified client certificate as gRPC's auth context gives it
+    (`x509_common_name`, `x509_pem_cert`; {} without one, or on plain TCP)."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return {}
+    der = ssl_object.getpeercert(binary_form=True)
+    verified = ssl_object.getpeercert() if der else None  # {} when not verified
+    if not der or not verified:
+        return {}
+    found = {"x509_pem_cert": [ssl.DER_cert_to_PEM_cert(der).encode()]}
+    names = [value for rdn in verified.get("subject", ()) for key, value in rdn
+             if key == "commonName"]
+    if names:
+        found["x509_common_name"] = [names[0].encode()]
+    return found
+
+
 def accepting(app_factory: Callable[[], asyncio.BaseProtocol],
               context: Callable[[], ssl.SSLContext], on_refused: Refused
               ) -> Callable[[], asyncio.BaseProtocol]:

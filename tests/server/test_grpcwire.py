@@ -273,3 +273,37 @@ def test_a_cancelled_stream_cancels_its_handler() -> None:
             call.cancel()
             await asyncio.wait_for(cancelled.wait(), 30)
     _serve(body)
+
+
+def test_tls_with_alpn_h2_and_the_client_certificate_in_auth_context(certs: Any) -> None:
+    from pathlib import Path
+
+    from dengine.tls import ServerFiles, ServerTls
+
+    async def whoami(request: bytes, context: Any) -> bytes:
+        found = context.auth_context()
+        return b"%s %d" % (found["x509_common_name"][0], len(found["x509_pem_cert"]))
+
+    async def main() -> None:
+        node = certs.node()
+        tls = ServerTls(ServerFiles(node["cert_file"], node["key_file"],
+                                    node["trusted_ca_file"]), client_cert_auth=True, what="t")
+        server = GrpcWireServer(tls=tls)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Tls", {"Who": grpc.unary_unary_rpc_method_handler(whoami)}),))
+        port = await server.start("127.0.0.1", free_ports(1)[0])
+        client = certs.client()
+        credentials = grpc.ssl_channel_credentials(
+            Path(client["cacert"]).read_bytes(), Path(client["key"]).read_bytes(),
+            Path(client["cert"]).read_bytes())
+        try:
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+                assert await channel.unary_unary("/test.Tls/Who")(b"") == b"client 1"
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await channel.unary_unary("/test.Tls/Who")(b"", timeout=10)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await server.stop()
+
+    asyncio.run(main())

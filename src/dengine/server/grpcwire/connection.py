@@ -99,6 +99,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._closed = False
         self._peer = ""
+        self._certificate: dict[str, list[bytes]] | None = None  # the TLS client's
 
     # -- transport
 
@@ -412,7 +413,9 @@ class Connection(asyncio.Protocol):
                 return grpc.StatusCode.INTERNAL, str(e)
             deadline = time.monotonic() + seconds
             call.timer = asyncio.get_running_loop().call_later(seconds, self._expire, call)
-        call.ctx = WireContext(call.fields, deadline, self._peer, self._server.certificate(self))
+        if self._certificate is None:
+            self._certificate = self._server.certificate(self._transport)
+        call.ctx = WireContext(call.fields, deadline, self._peer, self._certificate)
         return None
 
     def _data(self, sid: int, flags: int, payload: bytes) -> None:

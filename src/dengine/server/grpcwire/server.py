@@ -4,12 +4,17 @@ handlers and aio interceptors, as grpc.aio's server takes them) and its connecti
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
 from dengine.server.grpcwire.connection import Connection
+from dengine.tls import ServerTls, accepting, peer_certificate
+
+log = logging.getLogger(__name__)
 
 
 class _Details(grpc.HandlerCallDetails):
@@ -19,11 +24,16 @@ class _Details(grpc.HandlerCallDetails):
 
 
 class GrpcWireServer:
-    """Serves unary gRPC calls on one address; `start` returns the bound port."""
+    """Serves gRPC calls on one address, over TLS with `tls` (ALPN `h2`); `start` returns
+    the bound port."""
 
     def __init__(self, *, max_receive_message_length: int = 4 * 1024 * 1024,
                  max_concurrent_streams: int = 1024,
-                 interceptors: Iterable[grpc.aio.ServerInterceptor] = ()) -> None:
+                 interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+                 tls: ServerTls | None = None) -> None:
+        self._tls = tls
+        self._alpn_set: ssl.SSLContext | None = None
+        self.tls_refused = 0  # TLS handshakes that failed
         self.max_receive_message_length = max_receive_message_length
         self.max_concurrent_streams = max_concurrent_streams
         self._interceptors = tuple(interceptors)
@@ -56,9 +66,23 @@ class GrpcWireServer:
         self._methods[path] = found
         return found
 
-    def certificate(self, conn: Connection) -> dict[str, list[bytes]]:
-        """The client certificate of `conn` (plain TCP only so far: none)."""
-        return {}
+    def certificate(self, transport: Any) -> dict[str, list[bytes]]:
+        """The verified client certificate of a connection ({} without one)."""
+        return peer_certificate(transport) if self._tls is not None else {}
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context current for a new connection, offering `h2` by ALPN (gRPC
+        clients require it)."""
+        assert self._tls is not None
+        context = self._tls.context()
+        if context is not self._alpn_set:
+            context.set_alpn_protocols(["h2"])
+            self._alpn_set = context
+        return context
+
+    def _refused(self, peer: Any, problem: str) -> None:
+        self.tls_refused += 1
+        log.warning("gRPC client %s: TLS handshake failed: %s", peer, problem)
 
     def closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
@@ -70,7 +94,10 @@ class GrpcWireServer:
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._connection, host, port, backlog=1024)
+        factory: Callable[[], asyncio.BaseProtocol] = self._connection
+        if self._tls is not None:
+            factory = accepting(self._connection, self._context, self._refused)
+        self._server = await loop.create_server(factory, host, port, backlog=1024)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
