@@ -307,3 +307,28 @@ def test_tls_with_alpn_h2_and_the_client_certificate_in_auth_context(certs: Any)
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_stop_lets_a_call_in_progress_finish_within_the_grace() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        started.set()
+        await release.wait()
+        return b"done"
+
+    async def main() -> None:
+        server = GrpcWireServer()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Slow", {"S": grpc.unary_unary_rpc_method_handler(slow)}),))
+        port = await server.start("127.0.0.1", free_ports(1)[0])
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/test.Slow/S")(b"")
+            await asyncio.wait_for(started.wait(), 30)
+            stopping = asyncio.ensure_future(server.stop(grace=60))
+            await asyncio.sleep(0.1)
+            release.set()
+            assert await call == b"done"
+            await asyncio.wait_for(stopping, 30)
+
+    asyncio.run(main())

@@ -28,6 +28,11 @@ HEADER_CACHE = 64  # decoded header blocks kept per connection
 # Calls the peer may reset while their handlers run, net of calls that end normally,
 # before the connection is closed (the rapid-reset attack, CVE-2023-44487).
 MAX_RESETS = 1000
+# PING and SETTINGS frames (each makes the server write) allowed in a burst, and per
+# second after it: a Go client's keepalive (every 10 s or more) and BDP pings (one per
+# burst of answers) stay far below; beyond, GOAWAY ENHANCE_YOUR_CALM.
+CONTROL_BURST = 1000
+CONTROL_RATE = 100.0
 
 _PRIORITY_FIELDS = 5
 
@@ -85,6 +90,9 @@ class Connection(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._zombies = 0  # calls reset by the peer whose handlers have not ended yet
         self._draining: set[_Call] = set()  # calls whose writer waits for the windows
+        self._going_away = False  # GOAWAY sent or received: no new call, close when idle
+        self._tokens = float(CONTROL_BURST)  # see CONTROL_BURST
+        self._tokens_at = time.monotonic()
         self._resets = 0  # see MAX_RESETS
         self._last_sid = 0
         self._cont: tuple[int, int, bytes] | None = None  # sid, flags, block so far
@@ -161,8 +169,6 @@ class Connection(asyncio.Protocol):
         except hpack.HPACKError as e:
             self.close(f.COMPRESSION_ERROR, f"header block: {e}")
             return
-        if self._closed:  # by the peer's GOAWAY
-            return
         out, self._out = self._out, None
         if self._consumed > CONNECTION_WINDOW // 2:
             out.append(f.window_update(0, self._consumed))
@@ -219,6 +225,7 @@ class Connection(asyncio.Protocol):
                 if length != 8:
                     raise ConnectionError_(f.FRAME_SIZE_ERROR, "PING not 8 bytes")
                 if not flags & f.ACK:
+                    self._spend()
                     self._write(f.frame(f.PING, f.ACK, 0, payload))
             elif ftype == f.WINDOW_UPDATE:
                 self._window_update(sid, payload)
@@ -230,11 +237,41 @@ class Connection(asyncio.Protocol):
             elif ftype == f.GOAWAY:
                 if sid:
                     raise ConnectionError_(f.PROTOCOL_ERROR, "GOAWAY on a stream")
-                self.close()
+                if length < 8:
+                    raise ConnectionError_(f.FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes")
+                self.go_away()  # the calls open go on
             elif ftype == f.PUSH_PROMISE:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "PUSH_PROMISE from a client")
             # Unknown frame types are ignored (RFC 9113, 4.1).
         self._buf = buf[pos:]
+
+    def _spend(self) -> None:
+        """Takes a token for a frame that makes the server write (see CONTROL_BURST)."""
+        now = time.monotonic()
+        self._tokens = min(CONTROL_BURST, self._tokens + (now - self._tokens_at) * CONTROL_RATE)
+        self._tokens_at = now
+        self._tokens -= 1
+        if self._tokens < 0:
+            raise ConnectionError_(f.ENHANCE_YOUR_CALM, "too_many_pings")
+
+    def go_away(self) -> None:
+        """GOAWAY NO_ERROR: the calls open go on, none is accepted after them; the
+        connection closes when the last has ended."""
+        if self._closed or self._going_away:
+            return
+        self._going_away = True
+        self._write(f.goaway(self._last_sid, f.NO_ERROR))
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        if self._going_away and not self._calls:
+            asyncio.get_running_loop().call_soon(self._close_now)
+
+    def _close_now(self) -> None:
+        if not self._closed and self._transport is not None:
+            self._write_later()
+            self._closed = True
+            self._transport.close()
 
     @staticmethod
     def _unpad(flags: int, payload: bytes) -> bytes:
@@ -254,6 +291,7 @@ class Connection(asyncio.Protocol):
         if len(payload) % 6:
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "SETTINGS length not a multiple of 6")
         self._settings_seen = True
+        self._spend()
         for key, value in struct.iter_unpack(">HI", payload):
             if key == f.SETTINGS_INITIAL_WINDOW_SIZE:
                 if value > f.MAX_WINDOW:
@@ -296,7 +334,7 @@ class Connection(asyncio.Protocol):
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise ConnectionError_(f.FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes")
-        if not sid or sid > self._last_sid:
+        if not sid or (sid > self._last_sid and not self._going_away):
             raise ConnectionError_(f.PROTOCOL_ERROR, "RST_STREAM of an idle stream")
         call = self._forget(sid)
         if call is not None and call.task is not None and not call.task.done():
@@ -327,6 +365,8 @@ class Connection(asyncio.Protocol):
             call.timer.cancel()
         if self._pending:
             self._pending = [p for p in self._pending if p[0] != sid]
+        if self._going_away:
+            self._end_if_done()
         return call
 
     # -- requests
@@ -357,6 +397,8 @@ class Connection(asyncio.Protocol):
             return
         if not sid & 1:
             raise ConnectionError_(f.PROTOCOL_ERROR, "even stream id from a client")
+        if self._going_away:
+            return  # after our GOAWAY: ignored (RFC 9113, 6.8); decoded, for the table
         self._last_sid = sid
         if len(self._calls) + self._zombies >= self._server.max_concurrent_streams:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
@@ -427,6 +469,8 @@ class Connection(asyncio.Protocol):
         if self._recv_window < 0:
             raise ConnectionError_(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
         if sid > self._last_sid:
+            if self._going_away:
+                return  # a stream ignored after our GOAWAY
             raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on an idle stream")
         body = self._unpad(flags, payload)
         call = self._calls.get(sid)

@@ -100,10 +100,16 @@ class GrpcWireServer:
         self._server = await loop.create_server(factory, host, port, backlog=1024)
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
-        """Stops listening and closes every connection with GOAWAY."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stops listening, sends every connection a GOAWAY, gives the calls open `grace`
+        seconds to end, then closes what is left (its calls cancelled)."""
         if self._server is not None:
             self._server.close()
+        for conn in list(self._connections):
+            conn.go_away()
+        until = asyncio.get_running_loop().time() + grace
+        while self._connections and asyncio.get_running_loop().time() < until:
+            await asyncio.sleep(0.05)
         for conn in list(self._connections):
             conn.close()
         if self._server is not None:
