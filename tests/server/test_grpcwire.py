@@ -332,3 +332,25 @@ def test_stop_lets_a_call_in_progress_finish_within_the_grace() -> None:
             await asyncio.wait_for(stopping, 30)
 
     asyncio.run(main())
+
+
+def test_a_generated_servicer_with_serializers_unary_and_streaming() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1.health import aio as health_aio
+
+    async def body(address: str, server: GrpcWireServer) -> None:
+        servicer = health_aio.HealthServicer()
+        await servicer.set("svc", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            answer = await stub.Check(health_pb2.HealthCheckRequest(service="svc"))
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service="svc"))
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            await servicer.set("svc", health_pb2.HealthCheckResponse.NOT_SERVING)
+            second = await watch.read()
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+    _serve(body)

@@ -38,12 +38,20 @@ class GrpcWireServer:
         self.max_concurrent_streams = max_concurrent_streams
         self._interceptors = tuple(interceptors)
         self._generic: list[grpc.GenericRpcHandler] = []
+        self._registered: dict[str, grpc.RpcMethodHandler] = {}  # "/service/method" ->
         self._methods: dict[bytes, grpc.RpcMethodHandler | None] = {}
         self._connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._generic.extend(handlers)
+        self._methods.clear()
+
+    def add_registered_method_handlers(
+            self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        """As grpc.aio's server (generated `add_..._to_server` functions call it); these
+        take precedence over generic handlers."""
+        self._registered.update({f"/{service}/{name}": h for name, h in handlers.items()})
         self._methods.clear()
 
     async def handler(self, path: bytes, ctx: Any) -> grpc.RpcMethodHandler | None:
@@ -53,6 +61,9 @@ class GrpcWireServer:
         details = _Details(path.decode(errors="replace"), ctx.invocation_metadata())
 
         async def lookup(d: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            registered = self._registered.get(d.method)
+            if registered is not None:
+                return registered
             for generic in self._generic:
                 found = generic.service(d)
                 if found is not None:
