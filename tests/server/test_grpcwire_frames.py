@@ -58,6 +58,7 @@ class _Transport(asyncio.Transport):
         super().__init__()
         self.written = bytearray()
         self.closing = False
+        self.reading = True
 
     def write(self, data: Any) -> None:
         assert not self.closing, "written after close"
@@ -68,6 +69,12 @@ class _Transport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 1) if name == "peername" else default
@@ -260,6 +267,19 @@ def test_a_ping_flood_is_sent_away() -> None:
         goaway = _parse(bytes(transport.written))[-1]
         assert goaway[0] == f.GOAWAY and goaway[3][8:] == b"too_many_pings"
         assert goaway[3][4:8] == f.ENHANCE_YOUR_CALM.to_bytes(4)
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_a_peer_that_does_not_read_is_not_read_either() -> None:
+    async def main() -> None:
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        conn.pause_writing()
+        assert not transport.reading
+        conn.resume_writing()
+        assert transport.reading
         conn.connection_lost(None)
 
     asyncio.run(main())

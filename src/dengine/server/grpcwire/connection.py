@@ -9,7 +9,6 @@ import inspect
 import logging
 import struct
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -17,11 +16,11 @@ import grpc
 import hpack
 
 from dengine.server.grpcwire import frames as f
+from dengine.server.grpcwire.call import STREAM_WINDOW, Call, ConnectionError_
 from dengine.server.grpcwire.context import AbortError, WireContext
 
 log = logging.getLogger(__name__)
 
-STREAM_WINDOW = 1 << 20  # granted per stream (SETTINGS_INITIAL_WINDOW_SIZE)
 CONNECTION_WINDOW = 16 << 20  # granted to the connection
 MAX_HEADER_LIST = 16 * 1024  # encoded block and decoded list (grpc core's hard limit)
 HEADER_CACHE = 64  # decoded header blocks kept per connection
@@ -37,45 +36,6 @@ CONTROL_RATE = 100.0
 _PRIORITY_FIELDS = 5
 
 
-class ConnectionError_(Exception):
-    """A connection error (RFC 9113, 5.4.1): GOAWAY with `code`, then close."""
-
-    def __init__(self, code: int, debug: str) -> None:
-        super().__init__(debug)
-        self.code = code
-
-
-class _Call:
-    """One stream's call: its request messages as they arrive, its handler task."""
-
-    __slots__ = ("body", "ctx", "done", "drained", "fields", "half_closed", "headers_sent",
-                 "inbox", "path", "queued", "recv_window", "send_window", "sid", "streaming",
-                 "task", "timer", "waiter")
-
-    def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
-        self.sid = sid
-        self.fields = fields
-        self.path = b""
-        self.body = bytearray()  # bytes of a message not complete yet
-        self.inbox: deque[bytes] = deque()  # complete messages not taken by the handler
-        self.half_closed = False  # the client's END_STREAM arrived
-        self.waiter: asyncio.Future[None] | None = None  # the handler waits for a message
-        self.streaming = False  # the handler takes a stream of requests
-        self.queued = 0  # bytes of the inbox's messages
-        self.recv_window = STREAM_WINDOW
-        self.send_window = send_window
-        self.headers_sent = False
-        self.drained: asyncio.Future[None] | None = None  # a writer waits for the windows
-        self.ctx: WireContext | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None  # the deadline's
-        self.done = False  # answered (or refused): later DATA is dropped
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-
 class Connection(asyncio.Protocol):
     """Serves one client connection for `server` (a GrpcWireServer)."""
 
@@ -87,9 +47,9 @@ class Connection(asyncio.Protocol):
         self._buf = b""
         self._preface = True
         self._settings_seen = False
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, Call] = {}
         self._zombies = 0  # calls reset by the peer whose handlers have not ended yet
-        self._draining: set[_Call] = set()  # calls whose writer waits for the windows
+        self._draining: set[Call] = set()  # calls whose writer waits for the windows
         self._going_away = False  # GOAWAY sent or received: no new call, close when idle
         self._tokens = float(CONTROL_BURST)  # see CONTROL_BURST
         self._tokens_at = time.monotonic()
@@ -128,6 +88,16 @@ class Connection(asyncio.Protocol):
         for sid in list(self._calls):
             self._forget(sid)
         self._server.closed(self)
+
+    def pause_writing(self) -> None:
+        """A peer that reads slower than it is answered: no more of its requests are
+        read until it catches up (streams' writers also wait, on the send windows)."""
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
 
     def _write(self, data: bytes) -> None:
         """Frames leave in one transport write per read, and outside reads (answers of
@@ -353,7 +323,7 @@ class Connection(asyncio.Protocol):
         self._write(f.rst_stream(sid, code))
         self._forget(sid)
 
-    def _forget(self, sid: int) -> _Call | None:
+    def _forget(self, sid: int) -> Call | None:
         """Ends call `sid` for framing: its handler and deadline cancelled, nothing more
         of it sent."""
         call = self._calls.pop(sid, None)
@@ -403,7 +373,7 @@ class Connection(asyncio.Protocol):
         if len(self._calls) + self._zombies >= self._server.max_concurrent_streams:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
-        call = _Call(sid, fields, self._peer_initial)
+        call = Call(sid, fields, self._peer_initial)
         self._calls[sid] = call
         problem = self._check_request(call)
         if problem is not None:
@@ -428,7 +398,7 @@ class Connection(asyncio.Protocol):
             self._header_cache[block] = fields
         return fields
 
-    def _check_request(self, call: _Call) -> tuple[grpc.StatusCode, str] | None:
+    def _check_request(self, call: Call) -> tuple[grpc.StatusCode, str] | None:
         """Fills `call.path` and its deadline; a status when the call cannot proceed."""
         method = content_type = encoding = timeout = b""
         for name, value in call.fields:
@@ -488,7 +458,7 @@ class Connection(asyncio.Protocol):
         else:
             self._grant(call)
 
-    def _grant(self, call: _Call) -> None:
+    def _grant(self, call: Call) -> None:
         """Keeps the stream's window at STREAM_WINDOW less the complete messages its handler
         has not taken: a client writing faster than the handler reads stops there. A
         partial message does not count (its size limit bounds it), so one larger than
@@ -498,7 +468,7 @@ class Connection(asyncio.Protocol):
             self._write(f.window_update(call.sid, size))
             call.recv_window += size
 
-    def _take_messages(self, call: _Call) -> bool:
+    def _take_messages(self, call: Call) -> bool:
         """Moves the complete messages of `call.body` to its inbox; False when one is
         refused on its prefix (compressed, over the size limit) and the call answered."""
         body = call.body
@@ -521,7 +491,7 @@ class Connection(asyncio.Protocol):
             call.wake()
         return True
 
-    def _half_close(self, call: _Call) -> None:
+    def _half_close(self, call: Call) -> None:
         if call.done:
             return
         if call.body:
@@ -531,7 +501,7 @@ class Connection(asyncio.Protocol):
         call.half_closed = True
         call.wake()
 
-    async def _next_message(self, call: _Call) -> bytes | None:
+    async def _next_message(self, call: Call) -> bytes | None:
         """The call's next request message; None after the client's END_STREAM."""
         while not call.inbox:
             if call.half_closed:
@@ -544,11 +514,11 @@ class Connection(asyncio.Protocol):
             self._grant(call)
         return message
 
-    async def _requests(self, call: _Call, decode: Any) -> AsyncIterator[Any]:
+    async def _requests(self, call: Call, decode: Any) -> AsyncIterator[Any]:
         while (message := await self._next_message(call)) is not None:
             yield decode(message) if decode is not None else message
 
-    def _expire(self, call: _Call) -> None:
+    def _expire(self, call: Call) -> None:
         """The deadline passed: DEADLINE_EXCEEDED (in the trailers if the answer has begun),
         RST_STREAM CANCEL, the handler cancelled (as grpc core does)."""
         sid = call.sid
@@ -564,7 +534,7 @@ class Connection(asyncio.Protocol):
 
     # -- answers
 
-    async def _run(self, sid: int, call: _Call) -> None:
+    async def _run(self, sid: int, call: Call) -> None:
         ctx = call.ctx
         assert ctx is not None
         try:
@@ -613,7 +583,7 @@ class Connection(asyncio.Protocol):
             self._finish(sid, call, None, grpc.StatusCode.UNKNOWN,
                          f"Unexpected {type(e)}: {e}")
 
-    async def _send(self, call: _Call, message: Any, encode: Any) -> None:
+    async def _send(self, call: Call, message: Any, encode: Any) -> None:
         """One message of a streaming answer; returns once it is within the send windows
         (back-pressure on the handler)."""
         if self._calls.get(call.sid) is not call or self._closed:
@@ -630,7 +600,7 @@ class Connection(asyncio.Protocol):
             self._draining.add(call)
             await call.drained
 
-    def _finish(self, sid: int, call: _Call, response: bytes | None,
+    def _finish(self, sid: int, call: Call, response: bytes | None,
                 code: grpc.StatusCode, details: str) -> None:
         if self._calls.get(sid) is not call or self._closed:
             return
@@ -655,7 +625,7 @@ class Connection(asyncio.Protocol):
                               f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, status)))
         self._flush()
 
-    def _answer_status(self, sid: int, call: _Call, code: grpc.StatusCode,
+    def _answer_status(self, sid: int, call: Call, code: grpc.StatusCode,
                        details: str) -> None:
         """A trailers-only answer before the request is complete: the stream is then
         reset with NO_ERROR so the client stops sending (RFC 9113, 8.1)."""

@@ -1,0 +1,50 @@
+"""One gRPC call's state on a hand-framed connection (docs/grpc-frontend.md), and the
+connection error that ends a connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from dengine.server.grpcwire.context import WireContext
+
+STREAM_WINDOW = 1 << 20  # granted per stream (SETTINGS_INITIAL_WINDOW_SIZE)
+
+
+class ConnectionError_(Exception):
+    """A connection error (RFC 9113, 5.4.1): GOAWAY with `code`, then close."""
+
+    def __init__(self, code: int, debug: str) -> None:
+        super().__init__(debug)
+        self.code = code
+
+
+class Call:
+    """One stream's call: its request messages as they arrive, its handler task."""
+
+    __slots__ = ("body", "ctx", "done", "drained", "fields", "half_closed", "headers_sent",
+                 "inbox", "path", "queued", "recv_window", "send_window", "sid", "streaming",
+                 "task", "timer", "waiter")
+
+    def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
+        self.sid = sid
+        self.fields = fields
+        self.path = b""
+        self.body = bytearray()  # bytes of a message not complete yet
+        self.inbox: deque[bytes] = deque()  # complete messages not taken by the handler
+        self.half_closed = False  # the client's END_STREAM arrived
+        self.waiter: asyncio.Future[None] | None = None  # the handler waits for a message
+        self.streaming = False  # the handler takes a stream of requests
+        self.queued = 0  # bytes of the inbox's messages
+        self.recv_window = STREAM_WINDOW
+        self.send_window = send_window
+        self.headers_sent = False
+        self.drained: asyncio.Future[None] | None = None  # a writer waits for the windows
+        self.ctx: WireContext | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the deadline's
+        self.done = False  # answered (or refused): later DATA is dropped
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
