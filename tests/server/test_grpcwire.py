@@ -354,3 +354,24 @@ def test_a_generated_servicer_with_serializers_unary_and_streaming() -> None:
             assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
             watch.cancel()
     _serve(body)
+
+
+def test_connections_beyond_the_limit_are_closed_and_idle_ones_sent_away() -> None:
+    async def main() -> None:
+        server = GrpcWireServer(max_connections=1, idle_timeout=0.2)
+        port = await server.start("127.0.0.1", free_ports(1)[0])
+        try:
+            first = await asyncio.open_connection("127.0.0.1", port)
+            assert (await first[0].readexactly(9))[3] == f.SETTINGS  # admitted
+            second = await asyncio.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(second[0].read(-1), 30) == b""  # closed at once
+            second[1].close()
+            # The first, idle, gets GOAWAY "max_idle", then is closed.
+            first[1].write(f.PREFACE + f.settings())
+            rest = await asyncio.wait_for(first[0].read(-1), 30)
+            assert f.goaway(0, f.NO_ERROR, b"max_idle") in rest
+            first[1].close()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())

@@ -49,6 +49,9 @@ class _Server:
     def certificate(self, conn: Any) -> dict[str, list[bytes]]:
         return {}
 
+    def admit(self, conn: Any) -> bool:
+        return True
+
     def closed(self, conn: Any) -> None:
         pass
 

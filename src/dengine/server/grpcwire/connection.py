@@ -51,6 +51,7 @@ class Connection(asyncio.Protocol):
         self._zombies = 0  # calls reset by the peer whose handlers have not ended yet
         self._draining: set[Call] = set()  # calls whose writer waits for the windows
         self._going_away = False  # GOAWAY sent or received: no new call, close when idle
+        self.idle_since = time.monotonic()  # when the last call ended
         self._tokens = float(CONTROL_BURST)  # see CONTROL_BURST
         self._tokens_at = time.monotonic()
         self._resets = 0  # see MAX_RESETS
@@ -73,6 +74,10 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
+        if not self._server.admit(self):
+            self._closed = True
+            transport.close()
+            return
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             family = "ipv6" if ":" in peer[0] else "ipv4"
@@ -224,13 +229,13 @@ class Connection(asyncio.Protocol):
         if self._tokens < 0:
             raise ConnectionError_(f.ENHANCE_YOUR_CALM, "too_many_pings")
 
-    def go_away(self) -> None:
+    def go_away(self, debug: str = "") -> None:
         """GOAWAY NO_ERROR: the calls open go on, none is accepted after them; the
         connection closes when the last has ended."""
         if self._closed or self._going_away:
             return
         self._going_away = True
-        self._write(f.goaway(self._last_sid, f.NO_ERROR))
+        self._write(f.goaway(self._last_sid, f.NO_ERROR, debug.encode()))
         self._end_if_done()
 
     def _end_if_done(self) -> None:
@@ -335,9 +340,15 @@ class Connection(asyncio.Protocol):
             call.timer.cancel()
         if self._pending:
             self._pending = [p for p in self._pending if p[0] != sid]
-        if self._going_away:
-            self._end_if_done()
+        if not self._calls:
+            self.idle_since = time.monotonic()
+            if self._going_away:
+                self._end_if_done()
         return call
+
+    def idle(self) -> bool:
+        """Whether no call is open."""
+        return not self._calls
 
     # -- requests
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -30,7 +31,11 @@ class GrpcWireServer:
     def __init__(self, *, max_receive_message_length: int = 4 * 1024 * 1024,
                  max_concurrent_streams: int = 1024,
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-                 tls: ServerTls | None = None) -> None:
+                 tls: ServerTls | None = None, max_connections: int = 1024,
+                 idle_timeout: float = 0.0) -> None:
+        self.max_connections = max_connections  # beyond: closed as they arrive
+        self.idle_timeout = idle_timeout  # a connection without calls this long: GOAWAY
+        self._sweeper: asyncio.Task[None] | None = None
         self._tls = tls
         self._alpn_set: ssl.SSLContext | None = None
         self.tls_refused = 0  # TLS handshakes that failed
@@ -98,6 +103,23 @@ class GrpcWireServer:
     def closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
 
+    def admit(self, conn: Connection) -> bool:
+        """Whether `conn` is within max_connections (it is forgotten otherwise)."""
+        if len(self._connections) <= self.max_connections:
+            return True
+        self._connections.discard(conn)
+        return False
+
+    async def _sweep(self) -> None:
+        """GOAWAY "max_idle" to connections without calls for idle_timeout (clients
+        reconnect at their next call, as after grpc's max_connection_idle)."""
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 2))
+            limit = time.monotonic() - self.idle_timeout
+            for conn in list(self._connections):
+                if conn.idle() and conn.idle_since < limit:
+                    conn.go_away("max_idle")
+
     def _connection(self) -> Connection:
         conn = Connection(self)
         self._connections.add(conn)
@@ -109,11 +131,15 @@ class GrpcWireServer:
         if self._tls is not None:
             factory = accepting(self._connection, self._context, self._refused)
         self._server = await loop.create_server(factory, host, port, backlog=1024)
+        if self.idle_timeout > 0:
+            self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stops listening, sends every connection a GOAWAY, gives the calls open `grace`
         seconds to end, then closes what is left (its calls cancelled)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
