@@ -375,3 +375,33 @@ def test_connections_beyond_the_limit_are_closed_and_idle_ones_sent_away() -> No
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_calls_beyond_max_rpcs_are_resource_exhausted() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        started.set()
+        await release.wait()
+        return b"done"
+
+    async def main() -> None:
+        server = GrpcWireServer(max_rpcs=1)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Slow", {"S": grpc.unary_unary_rpc_method_handler(slow)}),))
+        port = await server.start("127.0.0.1", free_ports(1)[0])
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/test.Slow/S")
+                first = asyncio.ensure_future(call(b""))
+                await asyncio.wait_for(started.wait(), 30)
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call(b"")
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                release.set()
+                assert await first == b"done"
+                assert await call(b"") == b"done"  # the slot is free again
+        finally:
+            await server.stop()
+
+    asyncio.run(main())

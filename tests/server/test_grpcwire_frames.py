@@ -42,6 +42,8 @@ _HANDLERS = {b"/t.S/Echo": grpc.unary_unary_rpc_method_handler(_echo),
 class _Server:
     max_concurrent_streams = 4
     max_receive_message_length = 64
+    max_rpcs = None
+    rpcs = 0
 
     async def handler(self, path: bytes, ctx: Any) -> Any:
         return _HANDLERS.get(path)

@@ -22,9 +22,9 @@ class ConnectionError_(Exception):
 class Call:
     """One stream's call: its request messages as they arrive, its handler task."""
 
-    __slots__ = ("body", "ctx", "done", "drained", "fields", "half_closed", "headers_sent",
-                 "inbox", "path", "queued", "recv_window", "send_window", "sid", "streaming",
-                 "task", "timer", "waiter")
+    __slots__ = ("body", "counted", "ctx", "done", "drained", "fields", "half_closed",
+                 "headers_sent", "inbox", "path", "queued", "recv_window", "send_window", "sid",
+                 "streaming", "task", "timer", "waiter")
 
     def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
         self.sid = sid
@@ -44,6 +44,7 @@ class Call:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None  # the deadline's
         self.done = False  # answered (or refused): later DATA is dropped
+        self.counted = False  # in the server's count of calls in progress
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

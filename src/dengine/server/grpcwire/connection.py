@@ -338,6 +338,8 @@ class Connection(asyncio.Protocol):
             call.task.cancel()
         if call.timer is not None:
             call.timer.cancel()
+        if call.counted:
+            self._server.rpcs -= 1
         if self._pending:
             self._pending = [p for p in self._pending if p[0] != sid]
         if not self._calls:
@@ -387,9 +389,14 @@ class Connection(asyncio.Protocol):
         call = Call(sid, fields, self._peer_initial)
         self._calls[sid] = call
         problem = self._check_request(call)
+        server = self._server
+        if problem is None and server.max_rpcs is not None and server.rpcs >= server.max_rpcs:
+            problem = grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"
         if problem is not None:
             self._answer_status(sid, call, *problem)
             return
+        server.rpcs += 1
+        call.counted = True
         call.task = asyncio.get_running_loop().create_task(self._run(sid, call))
         if flags & f.END_STREAM:
             self._half_close(call)

@@ -32,7 +32,9 @@ class GrpcWireServer:
                  max_concurrent_streams: int = 1024,
                  interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                  tls: ServerTls | None = None, max_connections: int = 1024,
-                 idle_timeout: float = 0.0) -> None:
+                 idle_timeout: float = 0.0, max_rpcs: int | None = None) -> None:
+        self.max_rpcs = max_rpcs  # calls in progress on all connections; beyond: refused
+        self.rpcs = 0
         self.max_connections = max_connections  # beyond: closed as they arrive
         self.idle_timeout = idle_timeout  # a connection without calls this long: GOAWAY
         self._sweeper: asyncio.Task[None] | None = None
