@@ -17,7 +17,7 @@ import pytest
 from dengine import Engine
 from dengine.bench.cluster import free_ports
 from dengine.proto.etcd import rpc_pb2
-from dengine.server import ClientService
+from dengine.server import ClientService, start_grpc_server
 from dengine.server.etcd import EtcdApi
 from dengine.server.process import forward_channel_options
 
@@ -35,17 +35,13 @@ async def _node(tmp_path: Path) -> AsyncIterator[str]:
     """A one-node engine whose client port is served by GrpcWireServer; its address."""
     peer, client = (f"127.0.0.1:{p}" for p in free_ports(2))
     engine = await Engine.start(str(tmp_path / "n1"), **FAST, node_id=1, listen_peer=peer,
-                                listen_client=client, peers={})
+                                listen_client=client, peers={}, client_frontend="wire")
     config = engine.config
     etcd = EtcdApi(engine, config, forward_channel_options(config))
     service = ClientService(engine, config, gate=etcd.gate, login=etcd.auth.login)
-    server = GrpcWireServer(
-        max_receive_message_length=max(config.max_request_size, config.max_request_bytes),
-        max_concurrent_streams=config.max_client_streams)
-    server.add_generic_rpc_handlers((service.generic_handler(),))
-    etcd.register(server)
+    server = await start_grpc_server(service, config, etcd)  # as `dengine serve` does
+    assert isinstance(server, GrpcWireServer)
     try:
-        await server.start("127.0.0.1", int(client.rsplit(":", 1)[1]))
         await etcd.start()
         await engine.wait_ready(timeout=10)
         yield client
@@ -101,3 +97,11 @@ def test_grpcio_watch_stream_sees_a_put(tmp_path: Path) -> None:
             watch.cancel()
 
     asyncio.run(main())
+
+
+def test_client_frontend_is_checked() -> None:
+    from dengine.config import NodeConfig
+    from dengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="client_frontend must be one of grpcio, wire"):
+        NodeConfig(client_frontend="h3").validate()

@@ -26,6 +26,7 @@ from dengine.errors import (
 )
 from dengine.server.etcd import EtcdApi
 from dengine.server.etcd.checks import ETCD_GRPC_OVERHEAD
+from dengine.server.grpcwire import GrpcWireServer
 from dengine.server.logs import configure as configure_logs
 from dengine.server.logs import json_formatter
 from dengine.server.metrics import Metrics, MetricsServer
@@ -122,10 +123,27 @@ def raise_fd_limit(config: NodeConfig) -> None:
 async def start_grpc_server(
     service: ClientService, config: NodeConfig, etcd: EtcdApi | None = None,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
-) -> grpc.aio.Server:
+) -> grpc.aio.Server | GrpcWireServer:
     """Bind `config.listen_client` and start serving (dengine's service, and etcd's with
-    `etcd`); ConfigError when the port is taken."""
-    parse_address(config.listen_client)
+    `etcd`) with the gRPC server `config.client_frontend` names; ConfigError when the port
+    is taken."""
+    host, port_wanted = parse_address(config.listen_client)
+    if config.client_frontend == "wire":
+        wire = GrpcWireServer(
+            max_receive_message_length=max(config.max_request_size,
+                                           config.max_request_bytes + ETCD_GRPC_OVERHEAD),
+            max_concurrent_streams=config.max_client_streams, interceptors=interceptors or (),
+            tls=config.client_tls(), max_connections=config.max_client_connections,
+            idle_timeout=config.client_idle_timeout_s, max_rpcs=config.max_client_rpcs)
+        wire.add_generic_rpc_handlers((service.generic_handler(),))
+        if etcd is not None:
+            etcd.register(wire)
+        try:
+            await wire.start(host, port_wanted)
+        except OSError as e:
+            raise ConfigError(f"cannot listen for clients on {config.listen_client}: "
+                              f"{e.strerror or e}") from None
+        return wire
     server = grpc.aio.server(options=grpc_server_options(config),
                              interceptors=interceptors or None,
                              maximum_concurrent_rpcs=config.max_client_rpcs)
