@@ -12,7 +12,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 
@@ -26,13 +26,15 @@ from dengine.errors import (
 )
 from dengine.server.etcd import EtcdApi
 from dengine.server.etcd.checks import ETCD_GRPC_OVERHEAD
-from dengine.server.grpcwire import GrpcWireServer
 from dengine.server.logs import configure as configure_logs
 from dengine.server.logs import json_formatter
 from dengine.server.metrics import Metrics, MetricsServer
 from dengine.server.native import NativeServer
 from dengine.server.service import ClientService, EngineLike
 from dengine.tls import request_reload
+
+if TYPE_CHECKING:  # imported when used: it needs hpack, a dependency since session 16
+    from dengine.server.grpcwire import GrpcWireServer
 
 log = logging.getLogger("dengine.server")
 
@@ -129,6 +131,8 @@ async def start_grpc_server(
     is taken."""
     host, port_wanted = parse_address(config.listen_client)
     if config.client_frontend == "wire":
+        from dengine.server.grpcwire import GrpcWireServer
+
         wire = GrpcWireServer(
             max_receive_message_length=max(config.max_request_size,
                                            config.max_request_bytes + ETCD_GRPC_OVERHEAD),
