@@ -137,9 +137,11 @@ class GrpcWireServer:
             self._sweeper = loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def stop(self, grace: float = 0.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         """Stops listening, sends every connection a GOAWAY, gives the calls open `grace`
-        seconds to end, then closes what is left (its calls cancelled)."""
+        seconds to end (None: none, as grpc.aio's), then closes what is left (its calls
+        cancelled)."""
+        grace = grace or 0.0
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
