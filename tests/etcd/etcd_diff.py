@@ -70,7 +70,8 @@ REV_KEYS = frozenset({"revision", "create_revision", "mod_revision", "compact_re
 # store's at that step (so it misses no write however late it sets up), until WATCH_S after
 # the script's last step. Its simple output is then the same however late it set up; a
 # watch printing response headers (-w json, fields) is not (set up late, it gets the
-# writes meanwhile in one response, under a later header revision), and etcdctl shows
+# writes meanwhile in one response, under a later header revision; so is an exec'd
+# command given ETCD_WATCH_REVISION), and etcdctl shows
 # nothing when its watch is set up: the script waits WATCH_START_S after starting one,
 # the one wait for a time, since there is nothing to wait for. Background steps are
 # waited for by the steps `!wait N K` (until background step N printed K lines), `!exit N`
@@ -96,7 +97,9 @@ _STOP = re.compile(r"^!stop (\d+)$")
 _WAIT = re.compile(r"^!(wait|exit) (\d+)(?: (\d+))?$")
 _KEYS = re.compile(r"^!keys (\S+) (\d+)$")
 _EXPIRED = re.compile(r"^!expired (\S+)$")
-_HEADERS = re.compile(r"(^| )(-w|--write-out)[ =](json|fields)( |$)")
+# A watch whose output shows its responses' header revision: printed as JSON or fields, or
+# handed to an exec'd command as ETCD_WATCH_REVISION (late, both show the batching).
+_HEADERS = re.compile(r"(^| )(-w|--write-out)[ =](json|fields)( |$)|ETCD_WATCH_REVISION")
 LEASE_KEYS = frozenset({"ID", "id", "lease"})
 
 
