@@ -309,18 +309,29 @@ def test_tls_with_alpn_h2_and_the_client_certificate_in_auth_context(certs: Any)
     asyncio.run(main())
 
 
-def test_stop_lets_a_call_in_progress_finish_within_the_grace() -> None:
-    started, release = asyncio.Event(), asyncio.Event()
+class SlowService:
+    """/test.Slow/S: answers b"done" once `release` is set; `started` once it was called."""
 
-    async def slow(request: bytes, context: Any) -> bytes:
-        started.set()
-        await release.wait()
+    def __init__(self) -> None:
+        self.started, self.release = asyncio.Event(), asyncio.Event()
+
+    async def slow(self, request: bytes, context: Any) -> bytes:
+        self.started.set()
+        await self.release.wait()
         return b"done"
+
+    def on(self, server: GrpcWireServer) -> None:
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Slow", {"S": grpc.unary_unary_rpc_method_handler(self.slow)}),))
+
+
+def test_stop_lets_a_call_in_progress_finish_within_the_grace() -> None:
+    slow = SlowService()
+    started, release = slow.started, slow.release
 
     async def main() -> None:
         server = GrpcWireServer()
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "test.Slow", {"S": grpc.unary_unary_rpc_method_handler(slow)}),))
+        slow.on(server)
         port = await server.start("127.0.0.1", free_ports(1)[0])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary("/test.Slow/S")(b"")
@@ -378,17 +389,12 @@ def test_connections_beyond_the_limit_are_closed_and_idle_ones_sent_away() -> No
 
 
 def test_calls_beyond_max_rpcs_are_resource_exhausted() -> None:
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: bytes, context: Any) -> bytes:
-        started.set()
-        await release.wait()
-        return b"done"
+    slow = SlowService()
+    started, release = slow.started, slow.release
 
     async def main() -> None:
         server = GrpcWireServer(max_rpcs=1)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "test.Slow", {"S": grpc.unary_unary_rpc_method_handler(slow)}),))
+        slow.on(server)
         port = await server.start("127.0.0.1", free_ports(1)[0])
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
