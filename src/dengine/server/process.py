@@ -55,14 +55,20 @@ JOIN_RETRY_MAX_S = 2.0
 JOIN_LOG_EVERY_S = 10.0
 
 
+def max_receive_message_length(config: NodeConfig) -> int:
+    """The largest gRPC message the client port takes (either front end): dengine's
+    max_request_size, or an etcd request up to etcd's overhead above max_request_bytes
+    (which then gets etcd's "request is too large")."""
+    return max(config.max_request_size, config.max_request_bytes + ETCD_GRPC_OVERHEAD)
+
+
 def grpc_server_options(config: NodeConfig) -> list[tuple[str, Any]]:
     """Options of the client-facing gRPC server."""
     options: list[tuple[str, Any]] = [
         # Larger requests are refused by gRPC itself (RESOURCE_EXHAUSTED) before parsing;
         # an etcd request up to etcd's overhead above max_request_bytes gets etcd's
         # "request is too large" (as etcd's server).
-        ("grpc.max_receive_message_length",
-         max(config.max_request_size, config.max_request_bytes + ETCD_GRPC_OVERHEAD)),
+        ("grpc.max_receive_message_length", max_receive_message_length(config)),
         # Read responses are bounded by max_response_bytes (answered with an error field).
         ("grpc.max_send_message_length", -1),
         # Without this, a second server on a busy port would bind it silently (Linux).
@@ -134,8 +140,7 @@ async def start_grpc_server(
         from dengine.server.grpcwire import GrpcWireServer
 
         wire = GrpcWireServer(
-            max_receive_message_length=max(config.max_request_size,
-                                           config.max_request_bytes + ETCD_GRPC_OVERHEAD),
+            max_receive_message_length=max_receive_message_length(config),
             max_concurrent_streams=config.max_client_streams, interceptors=interceptors or (),
             tls=config.client_tls(), max_connections=config.max_client_connections,
             idle_timeout=config.client_idle_timeout_s, max_rpcs=config.max_client_rpcs)
