@@ -1,0 +1,186 @@
+"""The request side of a connection: HEADERS (and CONTINUATION) decoded into calls,
+checked (method, content-type, encoding, timeout, limits) and started; DATA cut into
+messages for them, with their receive windows (docs/grpc-frontend.md, "Data flow")."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+import grpc
+
+from dengine.server.grpcwire import frames as f
+from dengine.server.grpcwire.call import Call, ConnectionError_
+from dengine.server.grpcwire.context import WireContext
+from dengine.server.grpcwire.handlers import Handlers
+from dengine.server.grpcwire.state import HEADER_CACHE, MAX_HEADER_LIST
+
+_PRIORITY_FIELDS = 5
+
+
+class Incoming(Handlers):
+    """Turns request frames into calls and their messages."""
+
+    @staticmethod
+    def _unpad(flags: int, payload: bytes) -> bytes:
+        if not flags & f.PADDED:
+            return payload
+        if not payload or payload[0] >= len(payload):
+            raise ConnectionError_(f.PROTOCOL_ERROR, "padding not shorter than the payload")
+        return payload[1:len(payload) - payload[0]]
+
+    def _headers(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "HEADERS on stream 0")
+        block = self._unpad(flags, payload)
+        if flags & f.PRIORITY_FLAG:
+            if len(block) < _PRIORITY_FIELDS:
+                raise ConnectionError_(f.FRAME_SIZE_ERROR, "HEADERS too short for PRIORITY")
+            block = block[_PRIORITY_FIELDS:]
+        self._header_block(sid, flags, block)
+
+    def _header_block(self, sid: int, flags: int, block: bytes) -> None:
+        if len(block) > MAX_HEADER_LIST:
+            raise ConnectionError_(f.ENHANCE_YOUR_CALM, "header block too large")
+        if not flags & f.END_HEADERS:
+            self._cont = (sid, flags, block)
+            return
+        fields = self._decode(block)
+        call = self._calls.get(sid)
+        if call is not None or sid <= self._last_sid:
+            # Trailers of a request stream (unary calls end with END_STREAM on DATA).
+            if call is None or not flags & f.END_STREAM:
+                raise ConnectionError_(f.PROTOCOL_ERROR, "HEADERS on a used stream")
+            self._half_close(call)
+            return
+        if not sid & 1:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "even stream id from a client")
+        if self._going_away:
+            return  # after our GOAWAY: ignored (RFC 9113, 6.8); decoded, for the table
+        self._last_sid = sid
+        if len(self._calls) + self._zombies >= self._server.max_concurrent_streams:
+            self._write(f.rst_stream(sid, f.REFUSED_STREAM))
+            return
+        call = Call(sid, fields, self._peer_initial)
+        self._calls[sid] = call
+        problem = self._check_request(call)
+        server = self._server
+        if problem is None and server.max_rpcs is not None and server.rpcs >= server.max_rpcs:
+            problem = grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"
+        if problem is not None:
+            self._answer_status(sid, call, *problem)
+            return
+        server.rpcs += 1
+        call.counted = True
+        call.task = asyncio.get_running_loop().create_task(self._run(sid, call))
+        if flags & f.END_STREAM:
+            self._half_close(call)
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The decoded block; cached while the dynamic table stays as it was (a Go client
+        sends the same few indexed bytes on every call)."""
+        cached = self._header_cache.get(block)
+        if cached is not None:
+            return cached
+        table = self._decoder.header_table.dynamic_entries
+        before = tuple(table)
+        fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+        if tuple(table) != before or len(self._header_cache) >= HEADER_CACHE:
+            self._header_cache.clear()
+        if tuple(table) == before:
+            self._header_cache[block] = fields
+        return fields
+
+    def _check_request(self, call: Call) -> tuple[grpc.StatusCode, str] | None:
+        """Fills `call.path` and its deadline; a status when the call cannot proceed."""
+        method = content_type = encoding = timeout = b""
+        for name, value in call.fields:
+            if name == b":path":
+                call.path = value
+            elif name == b":method":
+                method = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-encoding":
+                encoding = value
+            elif name == b"grpc-timeout":
+                timeout = value
+        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+            return grpc.StatusCode.UNIMPLEMENTED, "not a gRPC request"
+        if encoding and encoding != b"identity":
+            return (grpc.StatusCode.UNIMPLEMENTED, "grpc: Decompressor is not installed for "
+                    f"grpc-encoding \"{encoding.decode('latin-1')}\"")
+        deadline = None
+        if timeout:
+            try:
+                seconds = f.parse_timeout(timeout)
+            except ValueError as e:
+                return grpc.StatusCode.INTERNAL, str(e)
+            deadline = time.monotonic() + seconds
+            call.timer = asyncio.get_running_loop().call_later(seconds, self._expire, call)
+        if self._certificate is None:
+            self._certificate = self._server.certificate(self._transport)
+        call.ctx = WireContext(call.fields, deadline, self._peer, self._certificate)
+        return None
+
+    def _data(self, sid: int, flags: int, payload: bytes) -> None:
+        if not sid:
+            raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on stream 0")
+        size = len(payload)
+        self._recv_window -= size
+        self._consumed += size
+        if self._recv_window < 0:
+            raise ConnectionError_(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+        if sid > self._last_sid:
+            if self._going_away:
+                return  # a stream ignored after our GOAWAY
+            raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on an idle stream")
+        body = self._unpad(flags, payload)
+        call = self._calls.get(sid)
+        if call is None or call.done:
+            return  # answered or reset already: dropped (counted above)
+        call.recv_window -= size
+        if call.recv_window < 0:
+            self._reset(sid, f.FLOW_CONTROL_ERROR)
+            return
+        call.body += body
+        if not self._take_messages(call):
+            return
+        if flags & f.END_STREAM:
+            self._half_close(call)
+        else:
+            self._grant(call)
+
+    def _take_messages(self, call: Call) -> bool:
+        """Moves the complete messages of `call.body` to its inbox; False when one is
+        refused on its prefix (compressed, over the size limit) and the call answered."""
+        body = call.body
+        while len(body) >= 5:
+            compressed, length = f.MESSAGE_PREFIX.unpack_from(body)
+            limit = self._server.max_receive_message_length
+            if compressed:
+                self._answer_status(call.sid, call, grpc.StatusCode.INTERNAL,
+                                    "grpc: compressed flag set with identity or empty encoding")
+                return False
+            if length > limit:
+                self._answer_status(call.sid, call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                    f"Received message larger than max ({length} vs. {limit})")
+                return False
+            if len(body) < 5 + length:
+                break
+            call.inbox.append(bytes(body[5:5 + length]))
+            call.queued += length
+            del body[:5 + length]
+            call.wake()
+        return True
+
+    def _half_close(self, call: Call) -> None:
+        if call.done:
+            return
+        if call.body:
+            self._answer_status(call.sid, call, grpc.StatusCode.INTERNAL,
+                                "the request ended inside a message")
+            return
+        call.half_closed = True
+        call.wake()
