@@ -63,6 +63,22 @@ def test_apply_kinds_and_results(sm):
     assert [m.id for m in sm.membership().voters] == [1, 2, 3]
 
 
+def test_plain_insert_results_as_the_eager_ones(sm):
+    """A chunk of plain inserts answers the results one by one would (the file state
+    machine makes them when read): index, revision, succeeded, no response."""
+    sm.apply_chunk([command_entry(1, 1, insert(b"a", b"0"))])
+    results = sm.apply_chunk([command_entry(i, 1, insert(b"k%d" % (i % 3), b"v"))
+                              for i in (3, 4, 7)])
+    expected = [ApplyResult(3, revision=3), ApplyResult(4, revision=4),
+                ApplyResult(7, revision=5)]
+    assert len(results) == 3 and list(results) == expected and results == expected
+    assert results[0] == expected[0] and results[-1] == expected[2]
+    assert results[1:] == expected[1:] and [] + results == expected + []
+    with pytest.raises(IndexError):
+        results[3]
+    assert [r.response for r in results] == [None] * 3
+
+
 def test_non_increasing_index_is_refused_before_any_change(sm):
     sm.apply_chunk([command_entry(5, 1, insert(b"a", b"1"))])
     with pytest.raises(StorageError, match="not above"):

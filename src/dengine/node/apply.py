@@ -103,7 +103,7 @@ class ApplyPipeline:
         node_id: int,
         loop: asyncio.AbstractEventLoop,
         sm: StateMachine,
-        on_applied: Callable[[list[Entry], list[ApplyResult]], None],
+        on_applied: Callable[[list[Entry], Sequence[ApplyResult]], None],
         on_error: Callable[[BaseException], None],
     ) -> None:
         self._loop = loop
@@ -115,7 +115,7 @@ class ApplyPipeline:
         )
         # chunks queued on the apply thread, oldest first (the loop waits for queued[0]
         # while more than MAX_APPLIES_QUEUED wait)
-        self.queued: deque[asyncio.Future[list[ApplyResult]]] = deque()
+        self.queued: deque[asyncio.Future[Sequence[ApplyResult]]] = deque()
         self._jobs = 0  # queued or running on the apply thread
         self.sizes = EntrySizes()
 
@@ -159,10 +159,10 @@ class ApplyPipeline:
         self.queued.append(job)
         job.add_done_callback(functools.partial(self._done, entries))
 
-    def _apply(self, entries: list[Entry]) -> list[ApplyResult]:
+    def _apply(self, entries: list[Entry]) -> Sequence[ApplyResult]:
         return self._sm.apply_chunk(entries)
 
-    def _done(self, entries: list[Entry], job: asyncio.Future[list[ApplyResult]]) -> None:
+    def _done(self, entries: list[Entry], job: asyncio.Future[Sequence[ApplyResult]]) -> None:
         """Loop: a chunk is applied (completions come in queue order)."""
         if self.queued and self.queued[0] is job:
             self.queued.popleft()

@@ -590,7 +590,7 @@ class Node:
         if committed:
             self._start_apply(committed)
 
-    def _on_applied(self, entries: list[Entry], results: list[ApplyResult]) -> None:
+    def _on_applied(self, entries: list[Entry], results: Sequence[ApplyResult]) -> None:
         """Loop: a chunk is applied: resolve its writes, serve the reads it unblocks."""
         applied = self.applied_index = max(self.applied_index, entries[-1].index)
         if results:

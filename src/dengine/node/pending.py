@@ -119,7 +119,7 @@ class Pending:
                 waiters[index] = (term, write, slot)
                 index += 1
 
-    def resolve(self, entries: list[Entry], results: list[ApplyResult]) -> None:
+    def resolve(self, entries: list[Entry], results: Sequence[ApplyResult]) -> None:
         """An applied chunk: fill the results of the writes it holds."""
         waiters = self.waiters
         if not waiters:

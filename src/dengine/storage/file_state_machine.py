@@ -48,6 +48,7 @@ from dengine.storage.fileio import AppendFile, FileIO, RealDisk
 from dengine.storage.state_machine import (
     OP_LAST_APPLIED,
     OP_SNAPSHOT_META,
+    InsertResults,
     apply_to_store,
     check_snapshot_point,
     copy_log_id,
@@ -298,7 +299,7 @@ class FileStateMachine:
 
     # -- writes
 
-    def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]:
+    def apply_chunk(self, entries: Sequence[Entry]) -> Sequence[ApplyResult]:
         """Apply committed entries: one WAL record, one write (+ one fdatasync unless
         `sync_apply` is off), then the store.
 
@@ -306,21 +307,19 @@ class FileStateMachine:
         WAL record is written (from the encoded ops), so a failed write changes nothing.
         An etcd request is recorded as it came (its bytes) and executed by the store, on
         replay too: the store is deterministic. A chunk of plain inserts is the hot path:
-        one `insert_all`, and results that set two fields each.
+        one `insert_all`, and results made only when read (`InsertResults`).
         """
         with self._lock:
             applied = self._last_applied.index
             prev = applied
             pack = WAL_OP.pack
             get_shape = SHAPES.get
-            new_result = object.__new__
             out: list[bytes] = []
             put = out.extend
-            results: list[ApplyResult] = []
-            result = results.append
+            indexes: list[int] = []
+            add_index = indexes.append
             only_inserts = True
             term = 0
-            revision = self._store.revision  # each plain insert makes one
             for entry in entries:
                 index = entry.index
                 if index <= prev:
@@ -343,24 +342,21 @@ class FileStateMachine:
                 put((pack(index, term, op, len(key), len(value)), key, value))
                 if op != OP_INSERT:
                     only_inserts = False
-                # The frozen dataclass __init__ is slow (state_machine._result). The revision
-                # is right if the chunk holds plain inserts only (else results are redone).
-                ok = new_result(ApplyResult)
-                fields = ok.__dict__
-                fields["index"] = index
-                revision += 1
-                fields["revision"] = revision
-                result(ok)
-            if not results:
+                add_index(index)
+            if not indexes:
                 return []
             self._write_wal(records.frame(b"".join(out)), self._sync_apply)
             # out holds (op header, key, value) per entry.
+            results: Sequence[ApplyResult]
             if only_inserts:
-                self._store.insert_all(out[1::3], out[2::3])
+                store = self._store
+                results = InsertResults(indexes, store.revision + 1)
+                store.insert_all(out[1::3], out[2::3])
             else:
-                ops = zip(results, out[::3], out[1::3], out[2::3], strict=True)
+                ops = zip(indexes, out[::3], out[1::3], out[2::3], strict=True)
                 results, membership = apply_to_store(self._store, [
-                    (r.index, 0, header[_OP_BYTE], key, value) for r, header, key, value in ops
+                    (index, 0, header[_OP_BYTE], key, value)
+                    for index, header, key, value in ops
                 ])
                 if membership is not None:
                     self._membership = membership

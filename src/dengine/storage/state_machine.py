@@ -9,8 +9,9 @@ not decode is recorded as a failed `ApplyResult`, the same on every replica.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from itertools import count
+from typing import Protocol, TypeVar, overload
 
 from dengine.errors import KvError, StorageError
 from dengine.kv.codec import (
@@ -37,6 +38,7 @@ __all__ = [
     "OP_REJECTED",
     "OP_SNAPSHOT_META",
     "ApplyResult",
+    "InsertResults",
     "MemoryStateMachine",
     "Op",
     "StateMachine",
@@ -63,7 +65,7 @@ class StateMachine(Protocol):
     def read(self, fn: Callable[[MvccStore], T]) -> T: ...
     def items(self) -> dict[bytes, bytes]: ...
     def image(self) -> kvfile.StoreImage: ...
-    def apply_chunk(self, entries: Sequence[Entry]) -> list[ApplyResult]: ...
+    def apply_chunk(self, entries: Sequence[Entry]) -> Sequence[ApplyResult]: ...
     def last_applied(self) -> LogId: ...
     def durable_index(self) -> int: ...
     def sync(self) -> None: ...
@@ -91,6 +93,49 @@ def _result(index: int, revision: int) -> ApplyResult:
     fields["index"] = index
     fields["revision"] = revision
     return result
+
+
+class InsertResults(Sequence[ApplyResult]):
+    """The results of a chunk of plain inserts, made when read: entry i has log index
+    `indexes[i]` and made revision `first_revision + i`. Only a node with writes waiting
+    on the chunk reads them (the leader that proposed them): a follower's apply then
+    makes no object per entry (~0.3 us per entry and replica on the put's path)."""
+
+    __slots__ = ("_first", "_indexes")
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, indexes: list[int], first_revision: int) -> None:
+        self._indexes = indexes
+        self._first = first_revision
+
+    def __len__(self) -> int:
+        return len(self._indexes)
+
+    def __iter__(self) -> Iterator[ApplyResult]:
+        return map(_result, self._indexes, count(self._first))
+
+    @overload
+    def __getitem__(self, i: int) -> ApplyResult: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[ApplyResult]: ...
+
+    def __getitem__(self, i: int | slice) -> ApplyResult | list[ApplyResult]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        index = self._indexes[i]  # (IndexError as a list's)
+        return _result(index, self._first + (i if i >= 0 else len(self._indexes) + i))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    def __add__(self, other: Sequence[ApplyResult]) -> list[ApplyResult]:
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[ApplyResult]) -> list[ApplyResult]:
+        return [*other, *self]
 
 
 def apply_to_store(

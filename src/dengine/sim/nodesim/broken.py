@@ -29,7 +29,7 @@ from dengine.storage import ApplyResult
 class SimNode(Node):
     """The real node; what it applies is checked against what every other node applied."""
 
-    def _on_applied(self, entries: list[Entry], results: list[ApplyResult]) -> None:
+    def _on_applied(self, entries: list[Entry], results: Sequence[ApplyResult]) -> None:
         world = getattr(self, "world", None)
         if world is not None:
             world.checks.on_applied(self.node_id, entries)
