@@ -36,6 +36,7 @@ log = logging.getLogger("dengine.tls")
 
 RELOAD_CHECK_S = 1.0  # a node looks at its certificate files at most this often
 HANDSHAKE_TIMEOUT_S = 10
+LINGER_S = 2.0  # a refused TLS client is given this long to read the alert
 
 _reload_generation = 0
 
@@ -326,6 +327,18 @@ class _Accepting(sslproto.SSLProtocol):
             self._refused(EOFError())
         super().connection_lost(exc)
 
+    def _on_handshake_complete(self, handshake_exc: BaseException | None) -> None:
+        """A handshake refused by our side (no client certificate, an unknown CA): the
+        alert OpenSSL wrote is sent before the connection ends, as a TLS server should
+        (asyncio drops it and closes at once, so the client saw an EOF, or a reset when
+        its next bytes arrived after the close) (see _Lingering)."""
+        transport = self._transport
+        if (isinstance(handshake_exc, ssl.SSLError) and transport is not None
+                and not transport.is_closing()):
+            self._transport = None  # the base class must not close it now
+            _Lingering(transport, self._outgoing.read())  # type: ignore[attr-defined]
+        super()._on_handshake_complete(handshake_exc)
+
     def _handshake_done(self, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled() and fut.exception() is not None:
             self._refused(cast(BaseException, fut.exception()))
@@ -334,6 +347,31 @@ class _Accepting(sslproto.SSLProtocol):
         report, self._on_refused = self._on_refused, None
         if report is not None:
             report(self._peer, handshake_problem(e))
+
+
+class _Lingering(asyncio.Protocol):
+    """The end of a refused TLS connection: the alert, then FIN; what the client still
+    sends is read and dropped until it closes (or LINGER_S), so that our close sends no
+    RST, which could reach the client before the alert and hide it ("connection reset
+    by peer" where the client should report the alert)."""
+
+    def __init__(self, transport: asyncio.BaseTransport, alert: bytes) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._timer = asyncio.get_running_loop().call_later(LINGER_S, self._transport.abort)
+        self._transport.set_protocol(self)
+        if alert:
+            self._transport.write(alert)
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._timer.cancel()
 
 
 def node_certificate_problem(der: bytes | None) -> str:
@@ -400,6 +438,9 @@ def grpc_tls_problem(details: str, tls: bool) -> str:
                 "address its certificate lists)")
     if "andshake failed" in details or "SSL_ERROR" in details:
         return "TLS handshake failed: " + details.rsplit("last error: ", 1)[-1]
+    if "Unwrap failed" in details:  # TLS 1.3: the node's alert after our handshake
+        return ("TLS: the node refused the connection (a TLS alert after the handshake): "
+                "it requires a client certificate of its CA (--cert, --key)")
     if details.endswith("Socket closed"):
         if tls:
             return ("TLS: the node closed the connection during the handshake: it requires "

@@ -309,6 +309,58 @@ def test_tls_with_alpn_h2_and_the_client_certificate_in_auth_context(certs: Any)
     asyncio.run(main())
 
 
+def _alert_without_a_certificate(port: int, cacert: str) -> str:
+    """What a TLS client without a certificate reads after its handshake (TLS 1.3: the
+    server's verdict comes after the client's Finished)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=cacert)
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        try:
+            conn.sendall(f.PREFACE + f.settings())
+            return f"read {conn.recv(100)!r}"
+        except ssl.SSLError as e:
+            return f"alert {e.reason}"
+        except OSError as e:
+            return f"error {e!r}"
+
+
+def test_a_refused_tls_client_gets_the_alert_and_keeps_no_connection_slot(certs: Any) -> None:
+    """A client without a certificate reads TLS's alert (not an EOF, nor a reset: the
+    client's next bytes arriving after an abrupt close made the kernel answer RST), and
+    the refused connections do not count against max_connections."""
+    from pathlib import Path
+
+    from dengine.tls import ServerFiles, ServerTls
+
+    async def main() -> None:
+        node = certs.node()
+        tls = ServerTls(ServerFiles(node["cert_file"], node["key_file"],
+                                    node["trusted_ca_file"]), client_cert_auth=True, what="t")
+        server = GrpcWireServer(tls=tls, max_connections=1)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "test.Tls", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}),))
+        port = await server.start("127.0.0.1", free_ports(1)[0])
+        client = certs.client()
+        try:
+            for _ in range(3):
+                seen = await asyncio.to_thread(_alert_without_a_certificate, port,
+                                               client["cacert"])
+                assert seen == "alert TLSV13_ALERT_CERTIFICATE_REQUIRED"
+            assert server.tls_refused == 3
+            credentials = grpc.ssl_channel_credentials(
+                Path(client["cacert"]).read_bytes(), Path(client["key"]).read_bytes(),
+                Path(client["cert"]).read_bytes())
+            async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+                assert await channel.unary_unary("/test.Tls/Echo")(b"x", timeout=30) == b"echo:x"
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
 class SlowService:
     """/test.Slow/S: answers b"done" once `release` is set; `started` once it was called."""
 

@@ -85,8 +85,8 @@ def main() -> None:
     """Entry point: turn dengine errors into a clear message and exit code 1, never a traceback."""
     if not _SERVER_COMMANDS.intersection(sys.argv[1:2]):
         # A client command says itself what failed; gRPC's core would print its own lines
-        # (a failed TLS handshake, ...) at its INFO level.
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        # (a failed TLS handshake at its INFO level, a server's TLS alert at ERROR).
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -106,11 +106,13 @@ class GrpcWireServer:
         self._connections.discard(conn)
 
     def admit(self, conn: Connection) -> bool:
-        """Whether `conn` is within max_connections (it is forgotten otherwise)."""
-        if len(self._connections) <= self.max_connections:
-            return True
-        self._connections.discard(conn)
-        return False
+        """Whether `conn` is within max_connections (then it is counted until closed).
+        Counted from here, not from the protocol's creation: a TLS connection whose
+        handshake fails never gets here, nor to `closed`."""
+        if len(self._connections) >= self.max_connections:
+            return False
+        self._connections.add(conn)
+        return True
 
     async def _sweep(self) -> None:
         """GOAWAY "max_idle" to connections without calls for idle_timeout (clients
@@ -122,16 +124,14 @@ class GrpcWireServer:
                 if conn.idle() and conn.idle_since < limit:
                     conn.go_away("max_idle")
 
-    def _connection(self) -> Connection:
-        conn = Connection(self)
-        self._connections.add(conn)
-        return conn
+    def _new_connection(self) -> Connection:
+        return Connection(self)
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
-        factory: Callable[[], asyncio.BaseProtocol] = self._connection
+        factory: Callable[[], asyncio.BaseProtocol] = self._new_connection
         if self._tls is not None:
-            factory = accepting(self._connection, self._context, self._refused)
+            factory = accepting(self._new_connection, self._context, self._refused)
         self._server = await loop.create_server(factory, host, port, backlog=1024)
         if self.idle_timeout > 0:
             self._sweeper = loop.create_task(self._sweep())
