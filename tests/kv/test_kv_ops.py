@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
 from dataclasses import FrozenInstanceError
 
 import pytest
@@ -182,3 +185,10 @@ def test_put_results_made_on_the_hot_path_equal_the_dataclass_ones(
     assert PutResult.of_revision(revision) == PutResult(revision)
     with pytest.raises(FrozenInstanceError):
         fast.header.revision = 0  # type: ignore[misc]
+    # with_ids makes the header on its first read: copies and pickles made before it
+    def unread() -> PutResult:
+        return PutResult.with_ids(revision, (cluster_id, member_id, term))
+    assert copy.deepcopy(unread()).header == slow.header
+    assert pickle.loads(pickle.dumps(unread())).header == slow.header
+    assert dataclasses.asdict(unread()) == dataclasses.asdict(slow)
+    assert not hasattr(unread(), "heder")

@@ -127,6 +127,7 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         self._max_pending_proposal_bytes = node.config.max_pending_proposal_bytes
         # (the node is started: its cluster id is set, derived or read from the data dir)
         self._etcd_cluster_id = etcd_cluster_id(node.config.cluster_id)
+        self._put_ids = (0, 0, -1)  # a plain put's header ids (PutResult.with_ids), per term
         mode, retention = node.config.auto_compaction()
         self.compactor = AutoCompactor(
             mode, retention, is_leader=lambda: self.is_leader, read=self.read_query,
@@ -278,8 +279,11 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         finally:
             self._pending_proposals -= 1
             self._pending_proposal_bytes -= size
-        return PutResult.with_header(result.revision, self._etcd_cluster_id, self._node.node_id,
-                                     self._node.term)
+        ids = self._put_ids
+        term = self._node.term
+        if ids[2] != term:
+            ids = self._put_ids = (self._etcd_cluster_id, self._node.node_id, term)
+        return PutResult.with_ids(result.revision, ids)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
         """Remove `key` (a no-op result if absent); returns once applied."""
