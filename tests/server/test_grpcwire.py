@@ -149,6 +149,24 @@ def test_message_over_the_limit_is_resource_exhausted_and_the_connection_serves_
     _serve(body)
 
 
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_compressed_requests_are_inflated_within_the_limit(
+        compression: grpc.Compression) -> None:
+    """As grpc.aio: a client configured to compress is served (it was refused with
+    UNIMPLEMENTED), and the limit applies to the inflated message (a small compressed
+    message may inflate to gigabytes)."""
+    async def body(address: str, server: GrpcWireServer) -> None:
+        async with grpc.aio.insecure_channel(address, compression=compression) as channel:
+            echo = channel.unary_unary("/test.Svc/Echo")
+            assert await echo(b"x" * 1000) == b"echo:" + b"x" * 1000
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await echo(b"x" * (LIMIT + 1))  # compresses to far less than LIMIT
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.details() == "Decompressed message larger than max"
+            assert await echo(b"x" * LIMIT) == b"echo:" + b"x" * LIMIT
+    _serve(body)
+
+
 async def _raw_exchange(address: str, data: bytes) -> list[tuple[int, int, int, bytes]]:
     """Sends `data` on a fresh connection; the frames received until the server closes."""
     host, port = address.rsplit(":", 1)

@@ -288,3 +288,47 @@ def test_a_peer_that_does_not_read_is_not_read_either() -> None:
         conn.connection_lost(None)
 
     asyncio.run(main())
+
+
+def _answers(data: bytes) -> dict[int, list[tuple[bytes, bytes]]]:
+    """The decoded header fields of each stream's HEADERS frames in `data`."""
+    decoder, out = hpack.Decoder(), {}
+    for ftype, _, sid, payload in _parse(data):
+        if ftype == f.HEADERS:
+            out.setdefault(sid, []).extend(decoder.decode(payload, raw=True))
+    return out
+
+
+def test_non_grpc_requests_get_grpc_gos_http_status_and_answers_announce_encodings() -> None:
+    """Not POST: 405, not a gRPC content-type: 415, with gRPC's status fields (grpc-go's
+    answers; they were 200 UNIMPLEMENTED); a gRPC answer lists the request encodings
+    taken, as grpc.aio's does."""
+    def request(sid: int, method: bytes, content_type: bytes) -> bytes:
+        block = hpack.Encoder().encode([(b":method", method), (b":path", b"/t.S/Echo"),
+                                        (b"content-type", content_type)])
+        return f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, block)
+
+    async def main() -> None:
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(f.PREFACE + f.settings() + request(1, b"GET", b"application/grpc")
+                           + request(3, b"POST", b"application/json")
+                           + request(5, b"POST", b"application/grpc-web")
+                           + _request(7, b"/t.S/Echo", b"hi", True))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        answers = _answers(bytes(transport.written))
+        assert answers[1] == [
+            (b":status", b"405"), (b"content-type", b"application/grpc"),
+            (b"grpc-status", b"13"),
+            (b"grpc-message", b'Received a HEADERS frame with :method "GET" which should be POST')]
+        assert answers[3][0] == (b":status", b"415") and answers[5][0] == (b":status", b"415")
+        assert answers[3][2:] == [
+            (b"grpc-status", b"3"),
+            (b"grpc-message", b'invalid gRPC request content-type "application/json"')]
+        assert answers[7][:3] == [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                                  (b"grpc-accept-encoding", b"identity, deflate, gzip")]
+        assert (b"grpc-status", b"0") in answers[7]
+        conn.connection_lost(None)
+
+    asyncio.run(main())

@@ -24,7 +24,7 @@ class Call:
 
     __slots__ = ("body", "counted", "ctx", "done", "drained", "fields", "half_closed",
                  "headers_sent", "inbox", "path", "queued", "recv_window", "send_window", "sid",
-                 "streaming", "task", "timer", "waiter")
+                 "streaming", "task", "timer", "waiter", "wbits")
 
     def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
         self.sid = sid
@@ -45,6 +45,7 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None  # the deadline's
         self.done = False  # answered (or refused): later DATA is dropped
         self.counted = False  # in the server's count of calls in progress
+        self.wbits = 0  # how its compressed messages inflate (zlib's wbits; 0: identity)
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

@@ -72,8 +72,17 @@ def literal(name: bytes, value: bytes) -> bytes:
     return b"\0" + _integer(len(name), 7) + name + _integer(len(value), 7) + value
 
 
-# `:status 200` (static table index 8) and the content type.
-RESPONSE_HEADERS = b"\x88" + literal(b"content-type", b"application/grpc")
+# `:status 200` (static table index 8), the content type and the request encodings taken
+# (grpc.aio's answer has them too).
+RESPONSE_HEADERS = (b"\x88" + literal(b"content-type", b"application/grpc")
+                    + literal(b"grpc-accept-encoding", b"identity, deflate, gzip"))
+
+
+def error_headers(http: int) -> bytes:
+    """The head of an answer to a request that is not gRPC (grpc-go's: HTTP status 405
+    or 415 with gRPC's content type)."""
+    return literal(b":status", str(http).encode()) + literal(b"content-type",
+                                                                b"application/grpc")
 
 
 def percent_encode(message: str) -> bytes:

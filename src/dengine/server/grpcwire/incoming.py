@@ -5,7 +5,9 @@ messages for them, with their receive windows (docs/grpc-frontend.md, "Data flow
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import zlib
 from typing import cast
 
 import grpc
@@ -17,6 +19,11 @@ from dengine.server.grpcwire.handlers import Handlers
 from dengine.server.grpcwire.state import HEADER_CACHE, MAX_HEADER_LIST
 
 _PRIORITY_FIELDS = 5
+# grpc-go's test of a gRPC content-type: application/grpc, alone or with +subtype or ;params
+_GRPC_CONTENT_TYPE = re.compile(rb"application/grpc(?:$|[+;])")
+# grpc-encoding -> zlib's wbits (deflate is zlib's format, gzip gzip's), as grpc.aio takes
+# them; a python or Go client configured to compress uses one of these.
+_WBITS = {b"gzip": 31, b"deflate": 15}
 
 
 class Incoming(Handlers):
@@ -67,9 +74,13 @@ class Incoming(Handlers):
         problem = self._check_request(call)
         server = self._server
         if problem is None and server.max_rpcs is not None and server.rpcs >= server.max_rpcs:
-            problem = grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!"
+            problem = grpc.StatusCode.RESOURCE_EXHAUSTED, "Concurrent RPC limit exceeded!", 200
         if problem is not None:
-            self._answer_status(sid, call, *problem)
+            code, details, http = problem
+            if http == 200:
+                self._answer_status(sid, call, code, details)
+            else:
+                self._not_grpc(sid, call, http, code, details)
             return
         server.rpcs += 1
         call.counted = True
@@ -92,8 +103,9 @@ class Incoming(Handlers):
             self._header_cache[block] = fields
         return fields
 
-    def _check_request(self, call: Call) -> tuple[grpc.StatusCode, str] | None:
-        """Fills `call.path` and its deadline; a status when the call cannot proceed."""
+    def _check_request(self, call: Call) -> tuple[grpc.StatusCode, str, int] | None:
+        """Fills `call.path`, its deadline and encoding; a status (and the HTTP status
+        to answer it with) when the call cannot proceed."""
         method = content_type = encoding = timeout = b""
         for name, value in call.fields:
             if name == b":path":
@@ -106,17 +118,24 @@ class Incoming(Handlers):
                 encoding = value
             elif name == b"grpc-timeout":
                 timeout = value
-        if method != b"POST" or not content_type.startswith(b"application/grpc"):
-            return grpc.StatusCode.UNIMPLEMENTED, "not a gRPC request"
+        if not _GRPC_CONTENT_TYPE.match(content_type):
+            return (grpc.StatusCode.INVALID_ARGUMENT, "invalid gRPC request content-type "
+                    f"\"{content_type.decode('latin-1')}\"", 415)
+        if method != b"POST":
+            return (grpc.StatusCode.INTERNAL, "Received a HEADERS frame with :method "
+                    f"\"{method.decode('latin-1')}\" which should be POST", 405)
         if encoding and encoding != b"identity":
-            return (grpc.StatusCode.UNIMPLEMENTED, "grpc: Decompressor is not installed for "
-                    f"grpc-encoding \"{encoding.decode('latin-1')}\"")
+            wbits = _WBITS.get(encoding)
+            if wbits is None:
+                return (grpc.StatusCode.UNIMPLEMENTED, "grpc: Decompressor is not installed "
+                        f"for grpc-encoding \"{encoding.decode('latin-1')}\"", 200)
+            call.wbits = wbits
         deadline = None
         if timeout:
             try:
                 seconds = f.parse_timeout(timeout)
-            except ValueError as e:
-                return grpc.StatusCode.INTERNAL, str(e)
+            except ValueError:
+                return grpc.StatusCode.INTERNAL, "Error parsing 'grpc-timeout' metadata", 200
             deadline = time.monotonic() + seconds
             call.timer = asyncio.get_running_loop().call_later(seconds, self._expire, call)
         if self._certificate is None:
@@ -152,14 +171,26 @@ class Incoming(Handlers):
         else:
             self._grant(call)
 
+    def _not_grpc(self, sid: int, call: Call, http: int, code: grpc.StatusCode,
+                  details: str) -> None:
+        """A request that is not a gRPC call (another content-type or method), answered
+        as grpc-go answers it: that HTTP status with gRPC's status
+        fields, then RST_STREAM NO_ERROR so that the client stops sending."""
+        call.done = True
+        self._forget(sid)
+        self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
+                            f.error_headers(http) + f.status_fields(code.value[0], details)))
+        self._write(f.rst_stream(sid, f.NO_ERROR))
+
     def _take_messages(self, call: Call) -> bool:
-        """Moves the complete messages of `call.body` to its inbox; False when one is
-        refused on its prefix (compressed, over the size limit) and the call answered."""
+        """Moves the complete messages of `call.body` to its inbox (inflated if
+        compressed); False when one is refused (compressed without an encoding, over the
+        size limit, corrupt) and the call answered."""
         body = call.body
         while len(body) >= 5:
             compressed, length = f.MESSAGE_PREFIX.unpack_from(body)
             limit = self._server.max_receive_message_length
-            if compressed:
+            if compressed and not call.wbits:
                 self._answer_status(call.sid, call, grpc.StatusCode.INTERNAL,
                                     "grpc: compressed flag set with identity or empty encoding")
                 return False
@@ -169,11 +200,37 @@ class Incoming(Handlers):
                 return False
             if len(body) < 5 + length:
                 break
-            call.inbox.append(bytes(body[5:5 + length]))
-            call.queued += length
+            message = bytes(body[5:5 + length])
             del body[:5 + length]
+            if compressed:
+                inflated = self._inflate(call, message, limit)
+                if inflated is None:
+                    return False
+                message = inflated
+            call.inbox.append(message)
+            call.queued += len(message)
             call.wake()
         return True
+
+    def _inflate(self, call: Call, data: bytes, limit: int) -> bytes | None:
+        """A compressed message inflated, up to `limit` bytes (a small message may
+        inflate to gigabytes); None when refused and the call answered."""
+        inflater = zlib.decompressobj(call.wbits)
+        try:
+            message = inflater.decompress(data, limit + 1)
+        except zlib.error as e:
+            message, problem = b"", str(e)
+        else:
+            problem = "" if inflater.eof else "truncated data"
+        if len(message) > limit:
+            self._answer_status(call.sid, call, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "Decompressed message larger than max")  # grpc.aio's text
+            return None
+        if problem:
+            self._answer_status(call.sid, call, grpc.StatusCode.INTERNAL,
+                                f"grpc: failed to decompress the received message: {problem}")
+            return None
+        return message
 
     def _half_close(self, call: Call) -> None:
         if call.done:
