@@ -34,7 +34,12 @@ async def _bidi(requests: Any, context: Any) -> Any:
         yield request * 1000  # past a 3-byte window
 
 
+async def _refuse(requests: Any, context: Any) -> None:
+    await context.abort(grpc.StatusCode.UNAVAILABLE, "no")
+
+
 _HANDLERS = {b"/t.S/Echo": grpc.unary_unary_rpc_method_handler(_echo),
+             b"/t.S/Refuse": grpc.stream_stream_rpc_method_handler(_refuse),
              b"/t.S/Block": grpc.unary_unary_rpc_method_handler(_block),
              b"/t.S/Bidi": grpc.stream_stream_rpc_method_handler(_bidi)}
 
@@ -329,6 +334,26 @@ def test_non_grpc_requests_get_grpc_gos_http_status_and_answers_announce_encodin
         assert answers[7][:3] == [(b":status", b"200"), (b"content-type", b"application/grpc"),
                                   (b"grpc-accept-encoding", b"identity, deflate, gzip")]
         assert (b"grpc-status", b"0") in answers[7]
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_a_stream_ended_while_the_client_sends_is_reset_with_no_error() -> None:
+    """grpc core's answer (RFC 9113, 8.1): after the status of a call whose client has not
+    ended its side, RST_STREAM NO_ERROR; a call the client had ended gets none."""
+    async def main() -> None:
+        conn, transport = Connection(_Server()), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(f.PREFACE + f.settings() + _request(1, b"/t.S/Refuse", b"a", False)
+                           + _request(3, b"/t.S/Echo", b"b", True))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        written = [(ftype, flags, sid) for ftype, flags, sid, _ in _parse(bytes(transport.written))
+                   if sid]
+        assert written[written.index((f.HEADERS, f.END_HEADERS | f.END_STREAM, 1)) + 1] == (
+            f.RST_STREAM, 0, 1)
+        assert (f.RST_STREAM, 0, 3) not in written
         conn.connection_lost(None)
 
     asyncio.run(main())

@@ -129,15 +129,20 @@ class Handlers(ConnectionState):
         status = f.status_fields(code.value[0], details, trailing)
         if self._resets:
             self._resets -= 1
-        if response is None and call.headers_sent:
-            self._pending.append((sid, memoryview(b""),
-                                  f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, status)))
-            self._flush()
-            return
         if response is None:
-            self._forget(sid)
-            self._write(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
-                                f.RESPONSE_HEADERS + status))
+            end = f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid,
+                          status if call.headers_sent else f.RESPONSE_HEADERS + status)
+            if not call.half_closed:
+                # The client may still be sending: RST_STREAM NO_ERROR stops it (RFC 9113,
+                # 8.1; grpc core's answer; without it grpc's client failed its next write
+                # with "Internal error from Core" instead of reading this status).
+                end += f.rst_stream(sid, f.NO_ERROR)
+            if call.headers_sent:
+                self._pending.append((sid, memoryview(b""), end))
+                self._flush()
+            else:
+                self._forget(sid)
+                self._write(end)
             return
         self._write(f.frame(f.HEADERS, f.END_HEADERS, sid, f.RESPONSE_HEADERS))
         call.headers_sent = True
@@ -148,8 +153,7 @@ class Handlers(ConnectionState):
 
     def _answer_status(self, sid: int, call: Call, code: grpc.StatusCode,
                        details: str) -> None:
-        """A trailers-only answer before the request is complete: the stream is then
-        reset with NO_ERROR so the client stops sending (RFC 9113, 8.1)."""
+        """A trailers-only answer before the request is complete (then reset with
+        NO_ERROR by `_finish`: the client stops sending)."""
         call.done = True
         self._finish(sid, call, None, code, details)
-        self._write(f.rst_stream(sid, f.NO_ERROR))
