@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,24 @@ import pytest
 # in each child at exec, so children see Ctrl-C as they would from a terminal.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    from dengine.config import CLIENT_FRONTENDS
+
+    parser.addoption(
+        "--client-frontend", choices=CLIENT_FRONTENDS, default=None,
+        help="the client port's gRPC server of every node the tests start (sets "
+             "DENGINE_CLIENT_FRONTEND); CI runs the tests marked `frontends` with the "
+             "non-default one (docs/grpc-frontend.md, \"The switch\")")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    frontend = config.getoption("--client-frontend")
+    if frontend:
+        # Nodes in this process and the `dengine serve` processes the tests start (they
+        # inherit it) take it as NodeConfig's default.
+        os.environ["DENGINE_CLIENT_FRONTEND"] = frontend
 
 
 @dataclass(frozen=True)

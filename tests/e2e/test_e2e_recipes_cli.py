@@ -60,6 +60,7 @@ def wait_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
                          f"stderr: {proc.stderr.read() if proc.stderr else ''}")
 
 
+@pytest.mark.frontends
 def test_recipes_cli_and_etcdctl(cluster_factory: Any) -> None:
     """One cluster for the three parts (each starts its own processes)."""
     cluster = ready_cluster(cluster_factory)

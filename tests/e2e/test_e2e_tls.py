@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from e2e_support import CLI, Cluster
 
 from dengine.client import Client, SyncClient
@@ -60,6 +61,7 @@ def _etcdctl(cluster: Cluster, certs: Any, *args: str, tls: bool = True,
                           env={**os.environ, "ETCDCTL_API": "3"})
 
 
+@pytest.mark.frontends
 def test_tls_cluster_serves_the_cli_the_python_clients_and_etcdctl(
     cluster_factory: Any, certs: Any,
 ) -> None:

@@ -119,6 +119,7 @@ def test_library_against_etcd(pair: Pair, library: str) -> None:
 
 
 @DENGINE_PENDING
+@pytest.mark.frontends
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_library_against_dengine(pair: Pair, library: str) -> None:
     report = pair.check(library, pair.dengine)

@@ -21,7 +21,8 @@ from dengine.bench.cluster import free_port_run
 from dengine.server.supervisor import die_with_parent
 
 ETCDCTL = shutil.which("etcdctl")
-pytestmark = pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (etcd-client)")
+pytestmark = [pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (etcd-client)"),
+              pytest.mark.frontends]
 CLI = [sys.executable, "-c", "from dengine.cli import main; main()"]
 
 

@@ -65,6 +65,7 @@ async def code_of(coro: Any) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details() or ""
 
 
+@pytest.mark.frontends
 def test_tokens_forwarding_and_checks_across_members(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path) as members:

@@ -41,6 +41,7 @@ class Stream:
         return resp  # type: ignore[no-any-return]
 
 
+@pytest.mark.frontends
 def test_watch_stream_like_etcd(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path, max_request_bytes=4096,
@@ -121,6 +122,7 @@ def test_watch_stream_like_etcd(tmp_path: Path) -> None:
     run(main())
 
 
+@pytest.mark.frontends
 def test_watch_requiring_a_leader_ends_without_one(tmp_path: Path) -> None:
     async def main() -> None:
         async with cluster(tmp_path) as members:
