@@ -99,9 +99,14 @@ def test_grpcio_watch_stream_sees_a_put(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_client_frontend_is_checked() -> None:
+def test_client_frontend_is_checked_and_wire_by_default(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from dengine.config import NodeConfig
     from dengine.errors import ConfigError
 
     with pytest.raises(ConfigError, match="client_frontend must be one of grpcio, wire"):
         NodeConfig(client_frontend="h3").validate()
+    monkeypatch.delenv("DENGINE_CLIENT_FRONTEND", raising=False)
+    assert NodeConfig().client_frontend == "wire"
+    monkeypatch.setenv("DENGINE_CLIENT_FRONTEND", "grpcio")  # the fallback
+    assert NodeConfig().client_frontend == "grpcio"

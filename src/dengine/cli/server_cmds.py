@@ -75,9 +75,10 @@ SETTINGS_HELP = {
                           "client).",
     "client_idle_timeout_s": "Close a client connection with no request for this long "
                              "(clients reconnect by themselves; 0: never).",
-    "client_frontend": "The client port's gRPC server: grpcio (grpc.aio) or wire (framed by "
-                       "hand, less CPU per call; docs/grpc-frontend.md). "
-                       "DENGINE_CLIENT_FRONTEND sets the default.",
+    "client_frontend": "The client port's gRPC server: wire (framed by hand, about a "
+                       "quarter of grpc.aio's CPU per call; docs/grpc-frontend.md) or "
+                       "grpcio (grpc.aio, the fallback). DENGINE_CLIENT_FRONTEND sets the "
+                       "default.",
     "client_frame_timeout_s": "A native request frame must arrive whole within this many "
                               "seconds of its first byte, or the connection is closed.",
     "max_client_buffer_bytes": "Bytes of partial native request frames held for all "

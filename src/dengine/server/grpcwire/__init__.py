@@ -1,5 +1,5 @@
-"""A gRPC server framed by hand on asyncio, to replace grpc.aio's on the client port
-(docs/grpc-frontend.md). Unary calls over plain TCP so far; not wired in yet."""
+"""A gRPC server framed by hand on asyncio: the client port's default (`client_frontend`;
+grpc.aio's server is the fallback) (docs/grpc-frontend.md)."""
 
 from dengine.server.grpcwire.server import GrpcWireServer
 
