@@ -118,7 +118,8 @@ class Incoming(Handlers):
                 encoding = value
             elif name == b"grpc-timeout":
                 timeout = value
-        if not _GRPC_CONTENT_TYPE.match(content_type):
+        # What every client sends, else the other forms grpc-go takes:
+        if content_type != b"application/grpc" and not _GRPC_CONTENT_TYPE.match(content_type):
             return (grpc.StatusCode.INVALID_ARGUMENT, "invalid gRPC request content-type "
                     f"\"{content_type.decode('latin-1')}\"", 415)
         if method != b"POST":
