@@ -7,7 +7,8 @@ cluster beyond its gRPC front end.
 Three nodes in this process (real engines, disks and sockets; followers forward over the
 native protocol, as `dengine serve` does), `--concurrency` callers sending etcd
 PutRequests (1 KiB values, as etcdctl's load generator) straight to one member's KV Put
-handler, as grpc.aio would call it. Prints the process CPU (user + system) per write of
+handler, as grpc.aio would call it; the event loop and the collector's thresholds are
+`dengine serve`'s. Prints the process CPU (user + system) per write of
 each round, the engine work of the three nodes summed: the handler, forwarding, Raft,
 persistence and apply. A steadier figure than a cluster's on a shared machine (one
 process; no gRPC, no etcdctl).
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "serve
 from test_etcd_api import cluster, follower_of, leader_of
 
 from dengine.proto.etcd import rpc_pb2
+from dengine.server.process import _loop_factory, tune_gc
 
 
 class _Context:
@@ -86,4 +88,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    asyncio.run(main(args.target, args.writes, args.concurrency, args.rounds))
+    tune_gc()  # as `dengine serve` runs: its collector thresholds, and uvloop
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main(args.target, args.writes, args.concurrency, args.rounds))
