@@ -179,6 +179,20 @@ def test_batching_limits_entries_and_bytes_per_message() -> None:
     assert max(len(m.entries) for m in appends) < 3  # 3 x 60-byte entries exceed 200 bytes
 
 
+def test_a_proposed_batch_over_the_byte_limit_is_split() -> None:
+    """The append made from a proposal's shared encoding is measured too when that
+    encoding may not fit (its size bound is skipped only below the limit)."""
+    net = Network([1, 2], max_bytes_per_msg=200, max_inflight_msgs=1000)
+    net.elect(1)
+    since = len(net.sent)
+    net[1].propose([b"v" * 60 for _ in range(3)])
+    net.settle()
+    assert net.commands(2) == [b"v" * 60] * 3
+    appends = [m for m in net.sent_of(T.MSG_APPEND, since) if m.entries]
+    assert sum(len(m.entries) for m in appends) == 3
+    assert max(len(m.entries) for m in appends) < 3  # 3 x 60-byte entries exceed 200 bytes
+
+
 def test_a_backlog_goes_out_a_few_messages_per_trigger() -> None:
     """A follower far behind is not sent its whole backlog in one loop turn: each step of
     the leader (an acknowledgement, a heartbeat response) sends a few messages at most."""

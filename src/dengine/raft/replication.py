@@ -21,6 +21,9 @@ SNAPSHOT_STALL_TIMEOUTS = 4
 # Appends sent to one follower per trigger (proposal, acknowledgement, heartbeat response)
 # while it is behind by more than that: a long backlog costs a few messages per loop turn.
 CATCH_UP_MSGS_PER_CALL = 2
+# An append's fields besides its entries (type, to, from, term, index, log term, commit:
+# a tag byte and a varint of at most 10 bytes each) take at most this many bytes.
+_APPEND_HEAD_MAX = 7 * 11
 
 
 class _ProposedBatch:
@@ -253,6 +256,7 @@ class ReplicationMixin(CoreState):
                 commit=log.committed,
             )
             batch = self._batch
+            bound = 0  # at least the message's size, when known without measuring it
             if (
                 batch is not None
                 and entries
@@ -260,11 +264,14 @@ class ReplicationMixin(CoreState):
                 and entries[-1].index == batch.last
                 and entries[-1].term == batch.term
             ):
-                msg.MergeFromString(batch.encoded())
+                encoded = batch.encoded()
+                msg.MergeFromString(encoded)
+                bound = len(encoded) + _APPEND_HEAD_MAX
             else:
                 msg.entries.extend(entries)
-            if len(entries) > 1 and msg.ByteSize() > cfg.max_bytes_per_msg:
-                entries = _within_bytes(entries, cfg.max_bytes_per_msg)
+            limit = cfg.max_bytes_per_msg
+            if len(entries) > 1 and (not bound or bound > limit) and msg.ByteSize() > limit:
+                entries = _within_bytes(entries, limit)
                 del msg.entries[len(entries) :]
             self._msgs.append(msg)
             pr.sent(prev + len(entries), len(entries))

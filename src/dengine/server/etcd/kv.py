@@ -198,11 +198,11 @@ class KvService(EtcdBase):
         if address:
             # A follower that knows its leader: a proposal here would fail (NotLeader).
             # The checks before proposing, then sent on.
-            engine.kv_command(field, request, stamp)
+            command = engine.kv_command(field, request, stamp)
             if field == KV_TXN:
                 await engine.probe_txn_answer(request)
             return await self._forward(address, field, request, response, context, call,
-                                       user)
+                                       user, b"" if stamp else command)
         try:
             result = await engine.kv_request(field, request, timeout=timeout_of(context),
                                              forwarded=sent_on, auth_info=stamp)
@@ -223,10 +223,11 @@ class KvService(EtcdBase):
 
     async def _forward(
         self, address: str, field: int, request: bytes, response: type[ProtoMessage],
-        context: Any, call: CallMetadata, user: str | None,
+        context: Any, call: CallMetadata, user: str | None, command: bytes = b"",
     ) -> bytes:
         """Not proposed here: sent to the leader (as etcd's followers do), once; a request
-        forwarded already is never sent on. Answered after this node's own apply of it."""
+        forwarded already is never sent on. Answered after this node's own apply of it.
+        `command`: the request wrapped already (`Engine.kv_command`, without a stamp)."""
         identity = self.gate.identity(call, user)
         if identity and self._token_forwarder is not None:
             # Auth in use: the etcd method itself, with the client's token or its
@@ -240,7 +241,7 @@ class KvService(EtcdBase):
             resp = response.FromString(raw)
         else:  # the forwarder answers once the write is applied here
             answer = await self._forwarder.write(
-                address, wrap_kv_request(field, request),
+                address, command or wrap_kv_request(field, request),
                 timeout_of(context) or DEFAULT_TIMEOUT)
             resp = response.FromString(answer.response)
         self.stamp(resp.header)  # type: ignore[attr-defined]
