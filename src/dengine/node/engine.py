@@ -273,16 +273,25 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         if len(data) > limits.max_request_size:
             check_write_size(len(data), limits)
         size = len(data)
-        self._admit(1, size)
+        # `_admit(1, size)`, its test inline (~0.15 us per put): refused only past a limit
+        pending = self._pending_proposals
+        if pending and (pending >= self._max_pending_proposals
+                        or self._pending_proposal_bytes + size
+                        > self._max_pending_proposal_bytes):
+            raise self._overloaded()
+        self._pending_proposals = pending + 1
+        self._pending_proposal_bytes += size
+        node = self._node
         try:
-            [result] = await self._node.propose([data], self._timeout(timeout))
+            [result] = await node.propose(
+                [data], DEFAULT_TIMEOUT if timeout is None else self._timeout(timeout))
         finally:
             self._pending_proposals -= 1
             self._pending_proposal_bytes -= size
         ids = self._put_ids
-        term = self._node.term
+        term = node.term
         if ids[2] != term:
-            ids = self._put_ids = (self._etcd_cluster_id, self._node.node_id, term)
+            ids = self._put_ids = (self._etcd_cluster_id, node.node_id, term)
         return PutResult.with_ids(result.revision, ids)
 
     async def delete(self, key: Key, *, timeout: float | None = None) -> None:
@@ -388,14 +397,18 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
         if pending and (pending + n > self._max_pending_proposals
                         or self._pending_proposal_bytes + size
                         > self._max_pending_proposal_bytes):
-            raise Overloaded(
-                f"{TOO_MANY_REQUESTS}: node {self.node_id} has {pending} writes "
-                f"({self._pending_proposal_bytes} bytes) proposed and not yet answered "
-                f"(max_pending_proposals {self._max_pending_proposals}, "
-                f"max_pending_proposal_bytes {self._max_pending_proposal_bytes}); retry "
-                "later")
+            raise self._overloaded()
         self._pending_proposals = pending + n
         self._pending_proposal_bytes += size
+
+    def _overloaded(self) -> Overloaded:
+        """etcd's "too many requests": the pending limits are reached (see `_admit`)."""
+        return Overloaded(
+            f"{TOO_MANY_REQUESTS}: node {self.node_id} has {self._pending_proposals} writes "
+            f"({self._pending_proposal_bytes} bytes) proposed and not yet answered "
+            f"(max_pending_proposals {self._max_pending_proposals}, "
+            f"max_pending_proposal_bytes {self._max_pending_proposal_bytes}); retry "
+            "later")
 
     def header_ids(self) -> HeaderIds:
         """The cluster id, member id and Raft term of an etcd response header from here."""

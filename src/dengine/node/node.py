@@ -258,7 +258,8 @@ class Node:
         `forwarded`: a follower sent them and waits for its own apply, so the followers
         learn their commit at once (not with the next append, up to a tick later).
         """
-        self.check_running()
+        if not self._running:  # check_running(), inline: once per write
+            raise self._standing.unavailable()
         if self.role is not Role.LEADER:
             raise self.not_leader()
         future: asyncio.Future[list[ApplyResult]] = self._loop.create_future()

@@ -115,6 +115,10 @@ class Pending:
         """`proposals` were appended from `index` on, in order, at `term`."""
         waiters = self.waiters
         for cmds, write in proposals:
+            if len(cmds) == 1:  # a single put or delete: most writes
+                waiters[index] = (term, write, 0)
+                index += 1
+                continue
             for slot in range(len(cmds)):
                 waiters[index] = (term, write, slot)
                 index += 1
