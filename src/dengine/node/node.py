@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dengine.api import MemberInfo, NodeStatus
@@ -25,7 +26,7 @@ from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.changes import GroupEvents
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
-from dengine.node.logthread import LogThread, persist_off_loop
+from dengine.node.logthread import LogThread, persist_off_loop, run_soon
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
@@ -58,6 +59,13 @@ def _nothing(store: Any) -> None:
     return None
 
 
+def _run_in_executor(
+    loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, fn: Callable[..., None],
+    *args: Any,
+) -> asyncio.Future[None]:
+    return loop.run_in_executor(executor, fn, *args)
+
+
 def _not_started(node_id: int) -> Unavailable:
     return Unavailable(f"node {node_id} is not started")
 
@@ -87,6 +95,7 @@ class Node:
         self._clock = env.clock or time.monotonic
         self._logs = LogThread(self.node_id, env.fileio, env.background_checkpoints)
         self._io, self._persist = self._logs.executor, self._logs.persist
+        self._run_soon = run_soon if env.real_threads else _run_in_executor
         self._log: NodeLog | None = None
         self._sm: StateMachine | None = None
         self._core: RaftCore | None = None
@@ -570,7 +579,7 @@ class Node:
             if vote_changed and hs is not None:
                 self._saved_vote = (hs.term, hs.voted_for)
         elif rd.snapshot is not None or rd.entries or vote_changed:
-            persist = loop.run_in_executor(self._io, self._persist, rd, vote_changed)
+            persist = self._run_soon(loop, self._io, self._persist, rd, vote_changed)
         if persist is None and messages:
             # Written already: a follower's acknowledgement leaves before its apply (it is
             # on the leader's commit path; the apply is not).

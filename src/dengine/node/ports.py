@@ -85,3 +85,7 @@ class NodeEnv:
     core: CoreFactory | None = None  # None: RaftCore
     # The state machine's checkpoints on a thread of their own (False: written inline).
     background_checkpoints: bool = True
+    # The executors are real threads: a persist handed to the log thread is answered by
+    # `logthread.run_soon` (False: by the loop's `run_in_executor`, whose threads the
+    # simulator's loop models).
+    real_threads: bool = True

@@ -166,7 +166,8 @@ class World:
             return transport
 
         env = NodeEnv(clock=node_clock, fileio=fence, rng=random.Random(rng.random()),
-                      transport=make_transport, core=self._core, background_checkpoints=False)
+                      transport=make_transport, core=self._core, background_checkpoints=False,
+                      real_threads=False)
         node = self._node_class(self.node_config(m), env)
         node.world = self  # type: ignore[attr-defined]
         m.loop, m.node, m.fence, m.paused, m.held = loop, node, fence, False, []
