@@ -79,7 +79,10 @@ class Connection(Incoming, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
-        self._out = []
+        # Frames made since the last write (answers of handlers that ran in their own
+        # tasks) go first: what this read sends may continue them (a WINDOW_UPDATE lets
+        # the rest of an answer out).
+        self._out, self._later = self._later, []
         try:
             self._receive(data)
         except ConnectionError_ as e:

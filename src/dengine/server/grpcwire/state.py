@@ -73,7 +73,7 @@ class ConnectionState:
 
     def _write_later(self) -> None:
         later, self._later = self._later, []
-        if not self._closed and self._transport is not None:
+        if later and not self._closed and self._transport is not None:
             self._transport.write(b"".join(later))
 
     def _end_if_done(self) -> None:
@@ -126,26 +126,33 @@ class ConnectionState:
             call.recv_window += size
 
     def _flush(self) -> None:
-        """Sends queued answers in order, as far as the send windows allow."""
+        """Sends queued answers, in order within each stream, as far as the send windows
+        allow: a stream out of its own window waits alone (the others go on), one out of
+        the connection's window stops them all."""
         pending, self._pending = self._pending, []
-        for i, (sid, data, trailers) in enumerate(pending):
+        waiting: list[tuple[int, memoryview, bytes]] = []
+        blocked: set[int] = set()  # streams with earlier data waiting: the rest waits too
+        for sid, data, trailers in pending:
             call = self._calls.get(sid)
             if call is None:
                 continue
-            while data:
-                size = min(len(data), self._send_window, call.send_window, self._peer_frame)
-                if size <= 0:
-                    break
-                self._write(f.frame(f.DATA, 0, sid, bytes(data[:size])))
-                data = data[size:]
-                self._send_window -= size
-                call.send_window -= size
-            if data:
-                self._pending = [(sid, data, trailers), *pending[i + 1:], *self._pending]
-                break
-            if trailers:
+            if sid not in blocked:
+                while data:
+                    size = min(len(data), self._send_window, call.send_window,
+                               self._peer_frame)
+                    if size <= 0:
+                        break
+                    self._write(f.frame(f.DATA, 0, sid, bytes(data[:size])))
+                    data = data[size:]
+                    self._send_window -= size
+                    call.send_window -= size
+            if data or sid in blocked:
+                blocked.add(sid)
+                waiting.append((sid, data, trailers))
+            elif trailers:
                 self._write(trailers)
                 self._forget(sid)
+        self._pending = [*waiting, *self._pending]
         if self._draining:
             draining, self._draining = self._draining, set()
             for call in draining:  # each checks whether its message left
