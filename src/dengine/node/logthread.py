@@ -72,6 +72,15 @@ def run_soon(
     return done
 
 
+def run_in_executor(
+    loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor,
+    fn: Callable[..., None], *args: Any,
+) -> asyncio.Future[None]:
+    """`run_soon` through the loop's own `run_in_executor`: for the simulator, whose loop
+    models the threads there."""
+    return loop.run_in_executor(executor, fn, *args)
+
+
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():  # cancelled meanwhile
         return

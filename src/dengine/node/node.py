@@ -15,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dengine.api import MemberInfo, NodeStatus
@@ -26,7 +25,7 @@ from dengine.node.apply import ENTRY_OVERHEAD, MAX_APPLIES_QUEUED, ApplyPipeline
 from dengine.node.changes import GroupEvents
 from dengine.node.datadir import DataDir
 from dengine.node.events import RaftEvents
-from dengine.node.logthread import LogThread, persist_off_loop, run_soon
+from dengine.node.logthread import LogThread, persist_off_loop, run_in_executor, run_soon
 from dengine.node.membership import Members, bootstrap_membership
 from dengine.node.outbox import Outbox
 from dengine.node.pending import Pending, Read, Write
@@ -59,13 +58,6 @@ def _nothing(store: Any) -> None:
     return None
 
 
-def _run_in_executor(
-    loop: asyncio.AbstractEventLoop, executor: ThreadPoolExecutor, fn: Callable[..., None],
-    *args: Any,
-) -> asyncio.Future[None]:
-    return loop.run_in_executor(executor, fn, *args)
-
-
 def _not_started(node_id: int) -> Unavailable:
     return Unavailable(f"node {node_id} is not started")
 
@@ -95,7 +87,7 @@ class Node:
         self._clock = env.clock or time.monotonic
         self._logs = LogThread(self.node_id, env.fileio, env.background_checkpoints)
         self._io, self._persist = self._logs.executor, self._logs.persist
-        self._run_soon = run_soon if env.real_threads else _run_in_executor
+        self._run_soon = run_soon if env.real_threads else run_in_executor
         self._log: NodeLog | None = None
         self._sm: StateMachine | None = None
         self._core: RaftCore | None = None
