@@ -165,15 +165,21 @@ def test_commit_needs_a_majority_of_durable_voters() -> None:
     assert net[1].commit_index == 3
 
 
-def test_batching_limits_entries_and_bytes_per_message() -> None:
-    net = Network([1, 2], max_entries_per_msg=3, max_bytes_per_msg=200, max_inflight_msgs=1000)
+def _appends_replicating(net: Network, count: int) -> list[Message]:
+    """The appends node 1, elected, sends to replicate `count` 60-byte commands to node 2."""
     net.elect(1)
     since = len(net.sent)
-    net[1].propose([b"v" * 60 for _ in range(10)])
+    net[1].propose([b"v" * 60 for _ in range(count)])
     net.settle()
-    assert net.commands(2) == [b"v" * 60] * 10
+    assert net.commands(2) == [b"v" * 60] * count
     appends = [m for m in net.sent_of(T.MSG_APPEND, since) if m.entries]
-    assert sum(len(m.entries) for m in appends) == 10
+    assert sum(len(m.entries) for m in appends) == count
+    return appends
+
+
+def test_batching_limits_entries_and_bytes_per_message() -> None:
+    net = Network([1, 2], max_entries_per_msg=3, max_bytes_per_msg=200, max_inflight_msgs=1000)
+    appends = _appends_replicating(net, 10)
     assert all(1 <= len(m.entries) <= 3 for m in appends)
     assert all(m.ByteSize() <= 200 + 100 or len(m.entries) == 1 for m in appends)
     assert max(len(m.entries) for m in appends) < 3  # 3 x 60-byte entries exceed 200 bytes
@@ -183,13 +189,7 @@ def test_a_proposed_batch_over_the_byte_limit_is_split() -> None:
     """The append made from a proposal's shared encoding is measured too when that
     encoding may not fit (its size bound is skipped only below the limit)."""
     net = Network([1, 2], max_bytes_per_msg=200, max_inflight_msgs=1000)
-    net.elect(1)
-    since = len(net.sent)
-    net[1].propose([b"v" * 60 for _ in range(3)])
-    net.settle()
-    assert net.commands(2) == [b"v" * 60] * 3
-    appends = [m for m in net.sent_of(T.MSG_APPEND, since) if m.entries]
-    assert sum(len(m.entries) for m in appends) == 3
+    appends = _appends_replicating(net, 3)
     assert max(len(m.entries) for m in appends) < 3  # 3 x 60-byte entries exceed 200 bytes
 
 
