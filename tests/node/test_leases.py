@@ -18,6 +18,7 @@ from dengine.kv.leases import JOURNAL, LeaseTable
 from dengine.kv.mvcc import MvccStore
 from dengine.node.lessor import KV_LEASE_REVOKE, Lessor, min_ttl
 from dengine.proto.etcd import rpc_pb2 as pb
+from dengine.sim.nodesim.broken import UnconfirmedLessor
 
 
 def test_min_ttl_is_etcds():
@@ -30,7 +31,7 @@ def test_min_ttl_is_etcds():
 class Harness:
     """A lessor over a real store, a fake clock and a log that applies at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, lessor: type[Lessor] = Lessor) -> None:
         self.store = MvccStore()
         self.now = 100.0
         self.leader = True
@@ -38,11 +39,21 @@ class Harness:
         self.applied = 10
         self.last = 10
         self.proposed: list[int] = []
-        self.lessor = Lessor(
+        self.confirmations: list[float] = []  # when each ReadIndex round confirmed
+        self.deposed = False  # a quorum follows a newer leader: rounds fail
+        self.lessor = lessor(
             election_timeout_s=1.0, is_leader=lambda: self.leader, term=lambda: self.term,
             applied_index=lambda: self.applied, last_index=lambda: self.last,
             read_local=lambda fn: fn(self.store), propose=self.propose,
-            clock=lambda: self.now)
+            confirm=self.confirm, clock=lambda: self.now)
+
+    async def confirm(self, timeout: float) -> None:
+        """A ReadIndex round: a quorum answers 10 ms later, or a newer term."""
+        self.now += 0.01
+        if self.deposed:
+            self.leader = False
+            raise NotLeader("a newer term")
+        self.confirmations.append(self.now)
 
     async def propose(self, field: int, data: bytes) -> Any:
         assert field == KV_LEASE_REVOKE
@@ -83,6 +94,41 @@ def test_leader_expires_by_its_clock_and_revokes_through_the_log():
         assert h.proposed == [2, 1]
         assert h.store.get(b"k") is None and h.store.leases.ttls() == {}
         assert h.lessor.renew(1) == 0 and h.lessor.remaining(1) == -1
+    run(main())
+
+
+def test_a_keep_alive_renews_only_after_a_quorum_confirmed_the_leadership():
+    """A deposed leader that has not noticed yet must not renew (etcd issue 15247; the
+    whole-node simulator's seed 2001660: the new leader expired a lease the old one had
+    just renewed): the renewal waits for a ReadIndex round, and counts from after it."""
+    async def main() -> None:
+        h = Harness()
+        h.grant(1, 5)
+        await h.step(0)  # primary at 100: deadline 106 (TTL + an election timeout)
+        h.now = 103.0
+        assert await h.lessor.keep_alive(1, 1.0) == 5
+        assert h.confirmations == [103.01]
+        assert h.lessor.remaining(1) == 5  # renewed after the round: deadline 108.01
+        h.deposed = True
+        with pytest.raises(NotLeader):
+            await h.lessor.keep_alive(1, 1.0)
+        assert len(h.confirmations) == 1
+        h.deposed, h.leader = False, True  # still leader of term 1 (a round lost)
+        await h.step(4.98)  # 108.0 (the refused round took 10 ms): it renewed nothing
+        assert h.proposed == []
+        await h.step(0.02)
+        assert h.proposed == [1]
+    run(main())
+
+
+def test_the_unconfirmed_variant_renews_when_deposed():
+    """The test above has teeth: the simulator's broken lessor (no round first) renews."""
+    async def main() -> None:
+        h = Harness(UnconfirmedLessor)
+        h.grant(1, 5)
+        await h.step(0)
+        h.deposed = True
+        assert await h.lessor.keep_alive(1, 1.0) == 5
     run(main())
 
 

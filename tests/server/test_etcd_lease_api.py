@@ -82,3 +82,31 @@ def test_leases_through_grpc_on_leader_and_follower(tmp_path: Path) -> None:
             assert raised.value.details() == "etcdserver: requested lease not found"
 
     run(main())
+
+
+def test_keep_alives_sent_together_share_read_index_rounds(tmp_path: Path) -> None:
+    """A keep-alive waits for a ReadIndex round (a deposed leader must not renew); the
+    stream reads ahead, so the keep-alives a client sends at once (Go's client sends
+    every lease due together) share rounds (those the node starts in one loop turn), and
+    the answers keep the requests' order. The native batch shares one."""
+    async def main() -> None:
+        async with cluster(tmp_path) as members:
+            leader = leader_of(members)
+            for lease_id in (1, 2):
+                await lease_call(leader, "LeaseGrant",
+                                 rpc_pb2.LeaseGrantRequest(TTL=60, ID=lease_id))
+            ids = [1, 2, 3] * 100  # 3: unknown
+            for m in (leader, follower_of(members)):
+                reads = leader.engine._node._reads
+                before = reads.rounds_started
+                answers = await keep_alive(m, ids)
+                assert [(a.ID, a.TTL) for a in answers] == [
+                    (i, 0 if i == 3 else 60) for i in ids]
+                assert reads.rounds_started - before < len(ids)  # sequential: one each
+            before = reads.rounds_started  # the native batch: one round for all
+            assert await leader.engine.lease_keepalive_ttls(ids) == [
+                0 if i == 3 else 60 for i in ids]
+            assert reads.rounds_started - before == 1
+
+    run(main())
+

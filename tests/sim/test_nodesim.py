@@ -125,6 +125,17 @@ def test_a_late_keep_alive_answer_counts_from_its_call() -> None:
     assert result.ok, result.describe()
 
 
+def test_a_deposed_leader_renews_no_lease() -> None:
+    """Found by a soak (seed 2001660): node 1, leader of term 3, frozen while node 2 was
+    elected at term 4, answered a keep-alive at 2853 ms by its own lessor; node 2 never
+    heard of it and expired the lease at 3700 ms (TTL 1 s). A keep-alive now waits for a
+    ReadIndex round (`Lessor.keep_alive`); the broken lessor without it is still caught."""
+    result = run(NodeSimConfig(seed=2001660))
+    assert result.ok, result.describe()
+    broken = run(NodeSimConfig(seed=2001660, lessor=f"{BROKEN}:UnconfirmedLessor"))
+    assert broken.violation is not None and broken.violation.invariant == "lease expiry"
+
+
 def test_same_seed_same_history_byte_for_byte() -> None:
     config = NodeSimConfig(seed=3, seconds=1.5)
     a, b = run(config), run(config)

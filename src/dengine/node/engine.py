@@ -66,7 +66,7 @@ from dengine.node.compactor import KV_COMPACTION, AutoCompactor
 from dengine.node.coordination import Coordination
 from dengine.node.kv_api import EtcdKv
 from dengine.node.lease_api import KV_LEASE_GRANT, KV_LEASE_REVOKE, EtcdLeases
-from dengine.node.lessor import Lessor, min_ttl
+from dengine.node.lessor import Lessor, min_ttl, read_index_round
 from dengine.node.member_api import MemberApi
 from dengine.node.node import Node
 from dengine.node.watch import LocalWatch, WatchHub
@@ -141,7 +141,7 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
             applied_index=lambda: node.applied_index,
             last_index=lambda: node.status().last_log_index,
             read_local=node.query_local, propose=self.kv_request,
-            not_leader=node.not_leader,
+            confirm=read_index_round(node), not_leader=node.not_leader,
         )
 
     @classmethod

@@ -11,7 +11,7 @@ NotLeader on a follower); keep-alives and remaining TTLs are the leader's lessor
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dengine.api import LeaseGrant, LeaseInfo
@@ -86,12 +86,18 @@ class EtcdLeases:
 
     async def etcd_lease_keepalive(self, req: pb.LeaseKeepAliveRequest, *,
                                    timeout: float | None = None) -> pb.LeaseKeepAliveResponse:
-        """etcd's keep-alive at the leader: TTL = the granted TTL, 0 for an unknown or
-        expired lease (not an error, as etcd). NotLeader on a follower."""
-        await self.lessor.wait_primary(self._timeout(timeout))
-        ttl = self.lessor.renew(req.ID)
+        """etcd's keep-alive at the leader, once its leadership is confirmed: TTL = the
+        granted TTL, 0 for an unknown or expired lease (not an error, as etcd). NotLeader
+        on a follower."""
+        ttl = await self.lessor.keep_alive(req.ID, self._timeout(timeout))
         resp = pb.LeaseKeepAliveResponse(ID=req.ID, TTL=ttl)
         return self._with_header(resp)
+
+    async def lease_keepalive_ttls(self, lease_ids: Sequence[int], *,
+                                   timeout: float | None = None) -> list[int]:
+        """Keep-alives of many leases at the leader, under one confirmation of its
+        leadership: one TTL each (0: unknown or expired). NotLeader on a follower."""
+        return await self.lessor.keep_alive_many(lease_ids, self._timeout(timeout))
 
     async def etcd_lease_time_to_live(
         self, req: pb.LeaseTimeToLiveRequest, *, timeout: float | None = None,

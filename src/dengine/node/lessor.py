@@ -15,7 +15,14 @@ leader that had not noticed yet may have renewed a lease up to about then), as e
 lessor Promote does; so no failover expires a lease before its last keep-alive + TTL.
 A node that stops leading forgets the deadlines (etcd's Demote).
 
-Keep-alives (`renew`) and remaining TTLs (`remaining`) are answered by the primary only.
+Keep-alives (`keep_alive`) and remaining TTLs (`remaining`) are answered by the primary
+only. A keep-alive first confirms the leadership with a ReadIndex round (`confirm`), as
+etcd's LeaseRenew does since 3.5.8 (etcd issue 15247): a deposed leader that has not
+noticed yet would otherwise renew a lease the new leader never hears of, and the new
+leader would expire it before the client's keep-alive + TTL. A round asked after the
+keep-alive arrived and acknowledged by a quorum at this term means no later leader was
+elected before it; every later one promotes after it, so gives the lease its full TTL
+from a time after the keep-alive.
 Expired leases are revoked at most `REVOKES_PER_S` per second (etcd's leaseRevokeRate).
 The deadlines themselves are `dengine.kv.lease_clock.LeaseClock` (pure: the simulator
 drives the same code with its virtual clocks).
@@ -28,10 +35,11 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from dengine.errors import DengineError, KvError, NotLeader
+from dengine.kv import LINEARIZABLE
 from dengine.kv.lease_clock import LeaseClock
 from dengine.proto.etcd.rpc_pb2 import LeaseRevokeRequest
 
@@ -61,6 +69,7 @@ class Lessor:
         last_index: Callable[[], int],
         read_local: Callable[[Callable[[Any], Any]], Any],
         propose: Callable[[int, bytes], Awaitable[Any]],
+        confirm: Callable[[float], Awaitable[Any]],
         not_leader: Callable[[], NotLeader] | None = None,
         clock: Callable[[], float] = time.monotonic,
         check_s: float = CHECK_S,
@@ -72,6 +81,7 @@ class Lessor:
         self._last_index = last_index
         self._read_local = read_local
         self._propose = propose
+        self._confirm = confirm
         self._not_leader = not_leader or (
             lambda: NotLeader("not the leader: leases are kept by the leader"))
         self.clock = clock
@@ -189,9 +199,22 @@ class Lessor:
             raise self._not_leader()
         self._sync()
 
+    async def keep_alive(self, lease_id: int, timeout: float) -> int:
+        """A client's keep-alive: once primary and the leadership confirmed by a quorum
+        (see the module docstring), `renew`. NotLeader (or the read's Unavailable,
+        Timeout) when not confirmed within `timeout` seconds."""
+        return (await self.keep_alive_many((lease_id,), timeout))[0]
+
+    async def keep_alive_many(self, lease_ids: Sequence[int], timeout: float) -> list[int]:
+        """Keep-alives of many leases under one confirmation (`keep_alive`'s)."""
+        deadline = self.clock() + timeout
+        await self.wait_primary(timeout)
+        await self._confirm(max(0.0, deadline - self.clock()))
+        return [self.renew(lease_id) for lease_id in lease_ids]
+
     def renew(self, lease_id: int) -> int:
-        """A keep-alive: the lease's granted TTL, its deadline reset; 0 if unknown or
-        expired (etcd's answer). NotLeader unless primary."""
+        """The lease's granted TTL, its deadline reset; 0 if unknown or expired (etcd's
+        answer). NotLeader unless primary. Only after a confirmation (`keep_alive`)."""
         self._check_primary()
         return self.leases.renew(lease_id, self.clock())
 
@@ -223,6 +246,16 @@ class Lessor:
         if not isinstance(result.response, KvError):
             self.revoked += 1
             log.debug("lessor: lease %x expired and revoked", lease_id)
+
+
+def read_index_round(node: Any) -> Callable[[float], Awaitable[Any]]:
+    """A `Lessor`'s `confirm` on a `dengine.node.node.Node`: a linearizable read of
+    nothing (one ReadIndex round, batched with the node's other linearizable reads)."""
+    return lambda timeout: node.read_query(_nothing, LINEARIZABLE, timeout)
+
+
+def _nothing(store: Any) -> None:
+    return None
 
 
 def _lease_table(store: Any) -> tuple[int, dict[int, int], Any]:

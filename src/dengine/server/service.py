@@ -125,7 +125,8 @@ class EngineLike(Protocol):
                                       ) -> Any: ...
     async def etcd_lease_leases(self, req: Any = ..., *, timeout: float | None = ...
                                 ) -> Any: ...
-    async def etcd_lease_keepalive(self, req: Any, *, timeout: float | None = ...) -> Any: ...
+    async def lease_keepalive_ttls(self, lease_ids: Sequence[int], *,
+                                   timeout: float | None = ...) -> list[int]: ...
     def query_local(self, fn: Callable[[Any], Any]) -> Any: ...
 
 
@@ -422,12 +423,7 @@ class ClientService:
         """Keep-alives of many leases at the leader: one TTL each (0: unknown)."""
         try:
             req = self._parse(request, LeaseKeepAliveBatchRequest)
-            timeout = _timeout(context)
-            ttls = []
-            for lease_id in req.ids:
-                resp = await self._engine.etcd_lease_keepalive(
-                    rpc_pb2.LeaseKeepAliveRequest(ID=lease_id), timeout=timeout)
-                ttls.append(resp.TTL)
+            ttls = await self._engine.lease_keepalive_ttls(req.ids, timeout=_timeout(context))
         except Exception as exc:
             return LeaseKeepAliveBatchResponse(error=self._error(exc, "LeaseKeepAlive"))
         return LeaseKeepAliveBatchResponse(ttls=ttls)

@@ -100,6 +100,7 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
         base.node_class()
         base.core_factory()
         base.disk_class()
+        base.lessor_class()
     except (ImportError, AttributeError, ValueError) as e:
         raise click.BadParameter(str(e)) from None
     seeds = itertools.count(seed_range.start) if soak else iter(seed_range)
@@ -152,7 +153,7 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
         f"\n  leases: granted {totals.get('leases_granted', 0)}, kept alive "
         f"{totals.get('lease_keepalives', 0)}, keys bound {totals.get('lease_puts', 0)}, "
         f"revoked {totals.get('lease_revokes', 0)}, walked away from "
-        f"{totals.get('leases_abandoned', 0)}, expired (revoke proposed) "
+        f"{totals.get('leases_abandoned', 0)}, expired (revoke committed) "
         f"{totals.get('lease_expiry_revokes', 0)}\n"
         f"  snapshots: taken {totals.get('snapshots_taken', 0)}, installed from a leader "
         f"{totals.get('snapshots_installed', 0)}, chunks sent "
@@ -206,6 +207,8 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
               help="--whole-node: MODULE:CLASS of a Node variant (dengine.sim.nodesim.broken)")
 @click.option("--disk", "disk_class", default="",
               help="--whole-node: MODULE:CLASS of a FencedDisk variant (nodesim.broken)")
+@click.option("--lessor", "lessor_class", default="",
+              help="--whole-node: MODULE:CLASS of a Lessor variant (nodesim.broken)")
 @click.option("--soak", is_flag=True,
               help="--whole-node: run seeds from START on until --hours pass or one fails")
 @click.option("--hours", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -213,7 +216,8 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
 def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
          max_entries_per_msg: int, max_inflight: int, snapshot_every: int | None, membership: bool,
          workload: str, accounts: int, core: str, store: str, jobs: int, whole_node: bool,
-         seconds: float, learners: int, node_class: str, disk_class: str, soak: bool,
+         seconds: float, learners: int, node_class: str, disk_class: str, lessor_class: str,
+         soak: bool,
          hours: float) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
@@ -221,7 +225,7 @@ def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
         _whole_node(NodeSimConfig(
             nodes=nodes, learners=learners, seconds=seconds,
             faults=_parse_faults(faults, NODE_FAULT_KINDS), node=node_class, core=core,
-            disk=disk_class, membership=membership,
+            disk=disk_class, lessor=lessor_class, membership=membership,
             snapshot_entries=(NodeSimConfig.snapshot_entries if snapshot_every is None
                               else snapshot_every),
         ), seed_range, jobs, soak, hours)

@@ -16,6 +16,7 @@ ReadIndex round.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ SERVICE = "etcdserverpb.Lease"
 FORWARD_SERVICE = "dengine.LeaseForward"
 KEEPALIVE_FORWARD = f"/{FORWARD_SERVICE}/KeepAlive"
 KEEPALIVE_TIMEOUT_S = 5.0  # one forwarded or waiting keep-alive (a stream has no deadline)
+KEEPALIVE_PIPELINE = 1024  # keep-alives of one stream renewing at once
 
 
 class LeaseService(EtcdBase):
@@ -167,9 +169,36 @@ class LeaseService(EtcdBase):
                          ) -> AsyncIterator[bytes]:
         """etcd's LeaseKeepAlive stream: one answer per request, in order (TTL 0: the
         lease is unknown). An error ends the stream with etcd's status (clients open a
-        new one)."""
+        new one). Requests are read ahead (up to KEEPALIVE_PIPELINE renewing at once):
+        each keep-alive waits for a ReadIndex round, and the keep-alives a client sends
+        together (Go's client sends every lease due at once) share one."""
+        renewing: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(
+            KEEPALIVE_PIPELINE)
+
+        async def read_ahead() -> None:
+            try:
+                async for request in requests:
+                    await renewing.put(asyncio.ensure_future(self._renew(request, context)))
+            finally:
+                await renewing.put(None)
+
+        reader = asyncio.ensure_future(read_ahead())
         try:
-            async for request in requests:
-                yield await self._renew(request, context)
+            while (task := await renewing.get()) is not None:
+                yield await task
+            await reader  # a failed read ends the stream with its error
         except Exception as exc:
             await self.fail(context, exc)
+        finally:
+            reader.cancel()
+            while not renewing.empty():
+                if (task := renewing.get_nowait()) is not None:
+                    _drop(task)
+
+
+def _drop(task: asyncio.Task[bytes]) -> None:
+    """A keep-alive whose answer will not be sent: cancelled, or its error taken."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()

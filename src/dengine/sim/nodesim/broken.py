@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from dengine.errors import NotLeader, Unavailable
+from dengine.node.lessor import Lessor
 from dengine.node.node import Node
 from dengine.node.snapshots import SNAPSHOT_FILE, SnapshotReceiver, _Incoming
 from dengine.proto import Entry, LogId, Membership, Message
@@ -160,3 +161,13 @@ class SwapInOneStepCore(RaftCore):
         entry.payload.config.CopyFrom(membership)
         self._append_as_leader([entry])
         return LogId(term=self.term, index=entry.index)
+
+
+class UnconfirmedLessor(Lessor):
+    """Keep-alives renewed by whoever believes it leads, with no ReadIndex round first
+    (etcd before 3.5.8, issue 15247): a deposed leader renews a lease the new leader never
+    hears of, and the new leader expires it before the keep-alive + TTL."""
+
+    async def keep_alive_many(self, lease_ids: Sequence[int], timeout: float) -> list[int]:
+        await self.wait_primary(timeout)
+        return [self.renew(lease_id) for lease_id in lease_ids]

@@ -9,10 +9,11 @@ During the run:
 * membership steps: a configuration applied anywhere differs from the one before it in
   the log by at most one voter (single-server changes: every majority of the old
   voters meets every majority of the new ones);
-* leases: no lease expires early: the leader's lessor proposes an expiry revoke no
-  sooner than the lease's last keep-alive answered (or its grant acknowledged) + its TTL
-  over the fastest clock rate (1.1), less the forward jumps of the expiring node's clock
-  since, less 10 ms;
+* leases: no lease expires early: an expiry revoke that commits was proposed no sooner
+  than the lease's last keep-alive answered (or its grant acknowledged) + its TTL over
+  the fastest clock rate (1.1), less the forward jumps of the expiring node's clock
+  since, less 10 ms. A revoke that never commits harms no one: a deposed leader that has
+  not noticed yet proposes some, and they are lost when the new leader commits its term;
 * recovery: a node restarted after a kill or a power cut starts (never refuses);
 * no unhandled exception in any node's loop.
 
@@ -123,14 +124,15 @@ class Checks:
     def kept_alive(self, lease: int, at: float) -> None:
         self.renewed[lease] = max(at, self.renewed.get(lease, 0.0))
 
-    def expiry_proposed(self, node_id: int, lease: int) -> None:
-        """`node_id`'s lessor proposes to revoke `lease`, expired by its clock."""
+    def expiry_committed(self, node_id: int, lease: int, proposed: float) -> None:
+        """`node_id`'s lessor proposed at `proposed` (world seconds) to revoke `lease`,
+        expired by its clock, and the revoke committed."""
         world = self.world
         world.count("lease_expiry_revokes")
         renewed = self.renewed.get(lease)
         if renewed is None:
             return  # its grant's outcome was unknown to the client: never kept alive
-        now = world.clock.now
+        now = proposed
         jumped = sum(s for n, t, s in world.jumps if n == node_id and t > renewed)
         earliest = renewed + LEASE_TTL / 1.1 - jumped - 0.01
         if now < earliest:

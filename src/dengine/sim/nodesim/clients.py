@@ -223,11 +223,10 @@ class Clients:
     def _lease_op(self, m: Member, token: int, kind: str, key: bytes, lease: int) -> Any:
         node = m.node
         assert node is not None
-        if kind == "keepalive":  # answered at once by the lessor (NotLeader unless primary)
-            if m.lessor is None:
+        if kind == "keepalive":  # the lessor's, once primary and its leadership confirmed
+            if m.lessor is None or m.loop is None:
                 raise node.not_leader()
-            self._finish(token, "ok", m.lessor.renew(lease))
-            return None
+            return m.loop.create_task(m.lessor.keep_alive(lease, TIMEOUT_S))
         if kind == "grant":
             grant = pb.LeaseGrantRequest(ID=lease, TTL=LEASE_TTL).SerializeToString()
             command = WriteCommand(lease_grant=grant)

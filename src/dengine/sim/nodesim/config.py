@@ -6,6 +6,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dengine.node.lessor import Lessor
 from dengine.node.ports import CoreFactory
 from dengine.sim.nodesim.disk import FencedDisk
 
@@ -48,6 +49,7 @@ class NodeSimConfig:
     node: str = ""  # "module:Class" of a Node subclass (a broken variant)
     core: str = ""  # "module:Class" of a RaftCore subclass (a broken variant)
     disk: str = ""  # "module:Class" of a FencedDisk subclass (a broken variant)
+    lessor: str = ""  # "module:Class" of a Lessor subclass (a broken variant)
 
     def node_class(self) -> type[Node]:
         from dengine.sim.nodesim.broken import SimNode
@@ -64,6 +66,12 @@ class NodeSimConfig:
         cls = _load(self.disk) if self.disk else FencedDisk
         if not (isinstance(cls, type) and issubclass(cls, FencedDisk)):
             raise ValueError(f"{self.disk!r} is not a dengine.sim.nodesim.disk.FencedDisk")
+        return cls
+
+    def lessor_class(self) -> type[Lessor]:
+        cls = _load(self.lessor) if self.lessor else Lessor
+        if not (isinstance(cls, type) and issubclass(cls, Lessor)):
+            raise ValueError(f"{self.lessor!r} is not a dengine.node.lessor.Lessor")
         return cls
 
     def replay_command(self) -> str:
@@ -83,6 +91,8 @@ class NodeSimConfig:
             cmd += f" --core {self.core}"
         if self.disk:
             cmd += f" --disk {self.disk}"
+        if self.lessor:
+            cmd += f" --lessor {self.lessor}"
         return cmd
 
 

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from dengine.config import NodeConfig
-from dengine.node.lessor import KV_LEASE_REVOKE, Lessor
+from dengine.errors import KvError
+from dengine.node.lessor import KV_LEASE_REVOKE, Lessor, read_index_round
 from dengine.node.node import Node
 from dengine.node.ports import NodeEnv
 from dengine.proto import Membership, WriteCommand
@@ -225,22 +226,25 @@ class World:
 
     def _lessor(self, m: Member, node: Node, clock: Callable[[], float]) -> Lessor:
         """The lease expiry clock `dengine serve` runs beside the node (its `Engine`'s), on
-        the node's clock; its expiry revokes are shown to the lease check."""
+        the node's clock; its expiry revokes that commit are shown to the lease check."""
         async def propose(field: int, request: bytes) -> Any:
             assert field == KV_LEASE_REVOKE
             lease_id = LeaseRevokeRequest.FromString(request).ID
-            self.checks.expiry_proposed(m.node_id, lease_id)
+            proposed = self.clock.now
             command = WriteCommand(lease_revoke=request).SerializeToString()
-            return (await node.propose([command], 1.0))[0]
+            result = (await node.propose([command], 1.0))[0]
+            if not isinstance(result.response, KvError):  # not revoked already
+                self.checks.expiry_committed(m.node_id, lease_id, proposed)
+            return result
 
         config = node.config
-        lessor = Lessor(
+        lessor = self.config.lessor_class()(
             election_timeout_s=config.election_timeout_ms / 1000.0,
             is_leader=lambda: node.role is Role.LEADER, term=lambda: node.term,
             applied_index=lambda: node.applied_index,
             last_index=lambda: node.status().last_log_index,
-            read_local=node.query_local, propose=propose, not_leader=node.not_leader,
-            clock=clock,
+            read_local=node.query_local, propose=propose, confirm=read_index_round(node),
+            not_leader=node.not_leader, clock=clock,
         )
         lessor.start()
         return lessor
