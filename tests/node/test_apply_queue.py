@@ -199,7 +199,8 @@ def test_few_but_large_entries_are_persisted_and_applied_on_the_threads(tmp_path
 def test_small_readies_are_persisted_on_the_log_thread_under_concurrent_load(
         tmp_path: Path) -> None:
     """With many writes waiting, the loop keeps serving while the log thread fsyncs
-    (logthread.PERSIST_OFF_LOOP_WAITING); a lone write is persisted on the loop."""
+    (logthread.PERSIST_OFF_LOOP_WAITING); a lone write is persisted on the loop, and so is
+    a Ready of PERSIST_OFF_LOOP_MAX_ENTRIES or more (its group commit is large already)."""
 
     async def main() -> None:
         engine = await _lone_engine(tmp_path)
@@ -218,10 +219,15 @@ def test_small_readies_are_persisted_on_the_log_thread_under_concurrent_load(
             await engine.put(b"alone", b"1")
             assert on_loop == [(1, True)]
             on_loop.clear()
-            # 64 writes proposed in one turn: one Ready of 64 entries, on the log thread
-            await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(64)))
-            assert on_loop[0] == (64, False)
-            assert await engine.get(b"k63") == b"v"
+            # 32 writes proposed in one turn: one Ready of 32 entries, on the log thread
+            await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(32)))
+            assert on_loop[0] == (32, False)
+            assert await engine.get(b"k31") == b"v"
+            on_loop.clear()
+            # 128 in one turn: a group commit large already, on the loop (no hand-off)
+            await asyncio.gather(*(engine.put(b"m%d" % i, b"v") for i in range(128)))
+            assert on_loop[0] == (128, True)
+            assert await engine.get(b"m127") == b"v"
         finally:
             await engine.stop()
 

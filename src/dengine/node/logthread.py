@@ -40,12 +40,22 @@ PERSIST_INLINE_MAX_BYTES = 256 * 1024
 # one write in flight the loop has nothing else to do: inline saves the hand-off.
 PERSIST_OFF_LOOP_WAITING = 16
 PERSIST_OFF_LOOP_ENTRIES = 4
+# A Ready of this many entries or more is persisted on the loop again (up to
+# PERSIST_INLINE_MAX_BYTES): its group commit is large already, and the hand-off costs a
+# scheduling round trip (the log thread woken, then the loop by call_soon_threadsafe),
+# long on a busy machine, on the commit path of every write in it. The embedded put at
+# 256 in flight (~120 entries per Ready, nothing else for the loop to do meanwhile) went
+# from 0.79-0.91 to 0.91-1.00 of its rate before issue 16; `check perf --load l` makes
+# 19-29 entries per Ready (docs/performance.md, session 18).
+PERSIST_OFF_LOOP_MAX_ENTRIES = 64
 
 
 def persist_off_loop(entries: int, waiting: int) -> bool:
     """Whether a small Ready of `entries` entries, with `waiting` writes waiting for their
-    commit, is persisted on the log thread (see PERSIST_OFF_LOOP_WAITING)."""
-    return entries >= PERSIST_OFF_LOOP_ENTRIES or waiting >= PERSIST_OFF_LOOP_WAITING
+    commit, is persisted on the log thread (see PERSIST_OFF_LOOP_WAITING and
+    PERSIST_OFF_LOOP_MAX_ENTRIES)."""
+    return entries < PERSIST_OFF_LOOP_MAX_ENTRIES and (
+        entries >= PERSIST_OFF_LOOP_ENTRIES or waiting >= PERSIST_OFF_LOOP_WAITING)
 
 
 def run_soon(
