@@ -1,9 +1,11 @@
 """10,000 leases kept alive by one client: server CPU per keep-alive, dengine vs etcd 3.4.
 
-    python bench/lease_keepalive.py [--leases 10000] [--rounds 3]
+    python bench/lease_keepalive.py [--leases 10000] [--rounds 3] [--nodes 1|3]
 
-Starts one single-member etcd (Debian's etcd-server) and one single-node `dengine serve`
-on 127.0.0.1 free ports, grants `--leases` leases of TTL 60 on each, then renews all of
+Starts one etcd (Debian's etcd-server) of one member and a `dengine serve` cluster of
+`--nodes` (1: one process here; 3: `LocalCluster`, every keep-alive sent to its leader,
+which confirms its leadership with a ReadIndex round first; the CPU is the three
+processes') on 127.0.0.1 free ports, grants `--leases` leases of TTL 60 on each, then renews all of
 them `--rounds` times over one etcd `LeaseKeepAlive` gRPC stream (the same client code for
 both: requests pipelined, answers read as they come), and for dengine also through its
 Python client (`Client.lease_keepalive_once`, concurrent calls batched into native
@@ -26,7 +28,7 @@ from pathlib import Path
 import grpc
 
 from dengine import Client
-from dengine.bench.cluster import free_ports
+from dengine.bench.cluster import LocalCluster, free_ports
 from dengine.proto.etcd import rpc_pb2 as pb
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -102,7 +104,7 @@ async def keep_alive_client(address: str, ids: list[int], rounds: int) -> float:
         return time.perf_counter() - began
 
 
-async def measure(name: str, pid: int, address: str, n: int, rounds: int,
+async def measure(name: str, pids: list[int], address: str, n: int, rounds: int,
                   client: bool) -> None:
     await wait_up(address)
     ids = await grant_all(address, n)
@@ -110,41 +112,59 @@ async def measure(name: str, pid: int, address: str, n: int, rounds: int,
     if client:
         runs.append(("dengine Client (native, batched)", keep_alive_client))
     for label, fn in runs:
-        before = cpu_s(pid)
+        before = sum(map(cpu_s, pids))
         seconds = await fn(address, ids, rounds)
-        cpu = cpu_s(pid) - before
+        cpu = sum(map(cpu_s, pids)) - before
         total = n * rounds
         print(f"{name:8} {label:34} {total:7,} keep-alives  {total / seconds:9,.0f}/s  "
               f"server CPU {cpu * 1e6 / total:6.1f} us each")
+
+
+async def measure_cluster(nodes: int, n: int, rounds: int) -> None:
+    async with LocalCluster(nodes) as cluster:
+        async with cluster.client() as client:
+            leader = await client.leader()
+        address = cluster.client_addresses[leader.id]
+        pids = [p.pid for p in cluster.processes.values() if p.pid is not None]
+        await measure(f"dengine x{nodes}", pids, address, n, rounds, True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--leases", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=1, choices=(1, 3))
+    parser.add_argument("--systems", default="etcd,dengine")
     args = parser.parse_args()
+    systems = args.systems.split(",")
     work = Path(tempfile.mkdtemp(prefix="lease-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ec, ep, dc, dp = free_ports(4)
-        etcd = subprocess.Popen(
-            ["etcd", "--data-dir", str(work / "etcd"), "--name", "e",
-             "--listen-client-urls", f"http://127.0.0.1:{ec}",
-             "--advertise-client-urls", f"http://127.0.0.1:{ec}",
-             "--listen-peer-urls", f"http://127.0.0.1:{ep}",
-             "--initial-advertise-peer-urls", f"http://127.0.0.1:{ep}",
-             "--initial-cluster", f"e=http://127.0.0.1:{ep}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(etcd)
+        if "etcd" in systems:
+            etcd = subprocess.Popen(
+                ["etcd", "--data-dir", str(work / "etcd"), "--name", "e",
+                 "--listen-client-urls", f"http://127.0.0.1:{ec}",
+                 "--advertise-client-urls", f"http://127.0.0.1:{ec}",
+                 "--listen-peer-urls", f"http://127.0.0.1:{ep}",
+                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{ep}",
+                 "--initial-cluster", f"e=http://127.0.0.1:{ep}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(etcd)
+            asyncio.run(measure("etcd", [etcd.pid], f"127.0.0.1:{ec}", args.leases,
+                                args.rounds, False))
+        if "dengine" not in systems:
+            return
+        if args.nodes > 1:
+            asyncio.run(measure_cluster(args.nodes, args.leases, args.rounds))
+            return
         dengine = subprocess.Popen(
             [sys.executable, "-c", "from dengine.cli import main; main()", "serve",
              "--data-dir", str(work / "dengine"), "--listen-client", f"127.0.0.1:{dc}",
              "--listen-peer", f"127.0.0.1:{dp}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(dengine)
-        asyncio.run(measure("etcd", etcd.pid, f"127.0.0.1:{ec}", args.leases, args.rounds,
-                            False))
-        asyncio.run(measure("dengine", dengine.pid, f"127.0.0.1:{dc}", args.leases,
+        asyncio.run(measure("dengine", [dengine.pid], f"127.0.0.1:{dc}", args.leases,
                             args.rounds, True))
     finally:
         for proc in procs:
