@@ -1,6 +1,7 @@
 """etcdctl 3.4 against a `dengine cluster up` of 3 nodes (issue 16): put/get/del, txn,
 compaction and a read below it, endpoint status/health (also `--cluster`, which goes
-through MemberList's client URLs), member list, and writes sent to a follower."""
+through MemberList's client URLs), member list, writes sent to a follower, endpoint
+hashkv and move-leader."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
 from dengine.bench.cluster import free_port_run
+from dengine.proto.etcd import rpc_pb2
 from dengine.server.supervisor import die_with_parent
 
 ETCDCTL = shutil.which("etcdctl")
@@ -167,3 +170,44 @@ def test_endpoint_status_health_and_member_list(endpoints: list[str]) -> None:
         f"http://{ep}" for ep in endpoints)
     listed = etcdctl(endpoints[2], "member", "list").stdout
     assert re.search(r"started, node1, http://127\.0\.0\.1:\d+, http://", listed), listed
+
+
+def test_hashkv_agrees_on_every_member(endpoints: list[str]) -> None:
+    leader, _ = leader_and_followers(endpoints)
+    etcdctl(leader, "put", "/hash/a", "1")
+    etcdctl(leader, "txn", stdin="\nput /hash/b 2\nput /hash/c 3\n\n\n")
+    revision = as_json(leader, "get", "/hash/a")["header"]["revision"]
+    deadline = time.monotonic() + 10
+    while True:  # until every member applied the txn
+        answers = as_json(endpoints, "endpoint", "hashkv", "--rev", str(revision))
+        if len({a["HashKV"]["hash"] for a in answers}) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len({a["HashKV"]["hash"] for a in answers}) == 1, answers
+    assert {a["HashKV"]["header"]["member_id"] for a in answers} == {1, 2, 3}
+
+
+def test_move_leader_as_etcd(endpoints: list[str]) -> None:
+    """Last in this module: it changes the leader."""
+    leader, followers = leader_and_followers(endpoints)
+    ids = {s["Endpoint"].removeprefix("http://"): s["Status"]["header"]["member_id"]
+           for s in as_json(endpoints, "endpoint", "status")}
+    target = ids[followers[0]]
+    moved = etcdctl(endpoints, "move-leader", f"{target:x}")
+    assert moved.stdout == f"Leadership transferred from {ids[leader]:x} to {target:x}\n"
+    assert leader_and_followers(endpoints)[0] == followers[0]
+    again = etcdctl(endpoints, "move-leader", f"{target:x}")  # to itself: done at once
+    assert again.stdout == f"Leadership transferred from {target:x} to {target:x}\n"
+    bad = etcdctl(endpoints, "move-leader", "1234", check=False)
+    assert bad.returncode != 0 and "Error: etcdserver: bad leader transferee" in bad.stderr
+    only = etcdctl(leader, "move-leader", f"{ids[leader]:x}", check=False)  # now a follower
+    assert f"no leader endpoint given at [http://{leader}]" in only.stderr
+    with grpc.insecure_channel(leader) as channel:  # a follower asked directly
+        call = channel.unary_unary(
+            "/etcdserverpb.Maintenance/MoveLeader",
+            request_serializer=rpc_pb2.MoveLeaderRequest.SerializeToString,
+            response_deserializer=rpc_pb2.MoveLeaderResponse.FromString)
+        with pytest.raises(grpc.RpcError) as raised:
+            call(rpc_pb2.MoveLeaderRequest(targetID=ids[leader]), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.details() == "etcdserver: not leader"

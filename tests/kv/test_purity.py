@@ -12,6 +12,7 @@ import dengine.kv
 KV_DIR = pathlib.Path(dengine.kv.__file__).parent
 ALLOWED = {"__future__", "array", "collections", "dataclasses", "enum", "heapq", "itertools", "struct",
            "base64", "bisect", "hashlib", "hmac",  # auth: password hashes (pure computation)
+           "crc32c",  # hashkv: etcd's HashKV (pure computation)
            "typing",
            "sortedcontainers",
            "google", "dengine"}

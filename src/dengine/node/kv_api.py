@@ -9,13 +9,14 @@ the store's etcd responses, headers filled in, turned into `dengine.api`'s resul
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dengine.api import DeleteResult, Key, KeyValue, RangeResult, SortOrder, SortTarget, TxnResult
 from dengine.errors import KvError
-from dengine.kv import EVENTUAL, Limits, etcd_check
+from dengine.kv import EVENTUAL, Limits, etcd_check, hashkv
 from dengine.kv import ops as kvops
 from dengine.kv.ops import Compare, Op
 from dengine.proto import WriteCommand
@@ -40,6 +41,8 @@ class EtcdKv:
                              timeout: float | None = None) -> Any: ...
 
         def header_ids(self) -> tuple[int, int, int]: ...
+
+        def query_local(self, fn: Callable[[Any], Any]) -> Any: ...
 
     async def get_kv(
         self, key: Key, *, revision: int = 0, consistency: str = "linearizable",
@@ -107,6 +110,20 @@ class EtcdKv:
         request = kvops.compaction_request(revision, physical=physical)
         await self._kv(KV_COMPACTION, request, timeout)
 
+    async def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
+        """etcd's HashKV of this member's applied state at `revision` (0: the current
+        one): (hash, current revision, compacted revision). Compacted or future
+        revisions raise etcd's errors. The hash runs in a thread on copies of the store
+        (O(keys + history), `dengine.kv.hashkv`)."""
+        data, changes, compact, current = self.query_local(_hash_inputs)
+        if 0 < revision <= compact:
+            raise etcd_check.compacted()
+        if revision > current:
+            raise etcd_check.future_revision()
+        value = await asyncio.get_running_loop().run_in_executor(
+            None, hashkv.hash_kv, data, changes, compact, revision or current)
+        return value, current, compact
+
     async def _kv(self, field: int, request: Any, timeout: float | None) -> Any:
         """Check and propose an etcd write request; its etcd response (KvError raised)."""
         data = request.SerializeToString()
@@ -132,6 +149,11 @@ class EtcdKv:
         header = response.header
         header.cluster_id, header.member_id, header.raft_term = ids
         return response
+
+
+def _hash_inputs(store: Any) -> tuple[dict[bytes, bytes], Any, int, int]:
+    return (store.copy_packed(), store.copy_changes(), store.compact_revision,
+            store.revision)
 
 
 def _range(request: Any, store: Any) -> Any:

@@ -123,28 +123,25 @@ class MemberApi:
             raise InvalidRequest(f"cannot remove node {node_id}: it is the only voter")
         await self._node.members.change(new, seconds)
 
+    async def move_leader(self, node_id: int, *, timeout: float | None = None) -> None:
+        """Hand leadership to voter `node_id` (etcd's MoveLeader); returns once this node
+        knows `node_id` leads. NotLeader unless this node leads; InvalidRequest if
+        `node_id` is not a voter; Timeout if the transfer did not complete in time (it is
+        abandoned after an election timeout, and asked again)."""
+        check_node_id(node_id)
+        membership = self._leader_membership()
+        if node_id not in {m.id for m in membership.voters}:
+            raise InvalidRequest(f"node {node_id} is not a voter: it cannot lead")
+        if node_id != self._node.node_id:
+            await self._transfer(node_id, self._timeout(timeout))
+
     async def _hand_over(self, membership: Membership, timeout: float) -> None:
         others = [m.id for m in membership.voters if m.id != self._node.node_id]
         if not others:
             raise InvalidRequest(f"cannot remove node {self._node.node_id}: it is the only voter")
         matches = {m.id: m.match_index for m in self.members()}
         target = max(others, key=lambda i: (matches.get(i, 0), -i))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        interval = self._node.config.tick_ms / 1000.0
-        asked = False
-        while self._is_leader() or self._node.leader_id in (0, self._node.node_id):
-            if loop.time() >= deadline:
-                raise Timeout(
-                    f"leadership transfer to node {target} did not complete within "
-                    f"{timeout}s; node {self._node.node_id} was not removed"
-                )
-            if self._is_leader() and (not asked or self._node.members.transfer_target() != target):
-                # (again when abandoned after an election timeout)
-                with contextlib.suppress(DengineError):  # leadership lost meanwhile
-                    self._node.transfer_leadership(target)
-                asked = True
-            await asyncio.sleep(interval)
+        await self._transfer(target, timeout, f"; node {self._node.node_id} was not removed")
         raise NotLeader(
             f"node {self._node.node_id} handed leadership to node {self._node.leader_id} "
             f"before its removal; ask node {self._node.leader_id} to remove node "
@@ -152,6 +149,23 @@ class MemberApi:
             leader_id=self._node.leader_id,
             leader_address=self._node.leader_address(),
         )
+
+    async def _transfer(self, target: int, timeout: float, why: str = "") -> None:
+        """Until another node leads (`target`, unless it lost to another meanwhile)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = self._node.config.tick_ms / 1000.0
+        asked = False
+        while self._is_leader() or self._node.leader_id in (0, self._node.node_id):
+            if loop.time() >= deadline:
+                raise Timeout(f"leadership transfer to node {target} did not complete "
+                              f"within {timeout}s{why}")
+            if self._is_leader() and (not asked or self._node.members.transfer_target() != target):
+                # (again when abandoned after an election timeout)
+                with contextlib.suppress(DengineError):  # leadership lost meanwhile
+                    self._node.transfer_leadership(target)
+                asked = True
+            await asyncio.sleep(interval)
 
     def _leader_membership(self) -> Membership:
         self._node.check_running()

@@ -1,5 +1,5 @@
-"""etcd's `etcdserverpb.Maintenance/Status` and `/Alarm`, and `grpc.health.v1.Health`, on
-a node.
+"""etcd's `etcdserverpb.Maintenance` Status, Alarm, Defragment, HashKV and MoveLeader, and
+`grpc.health.v1.Health`, on a node (Snapshot: `backup.py`; Hash is not served).
 
 Status answers from this member alone (etcdctl's `endpoint status` asks every member).
 Alarm: dengine raises one alarm, NOSPACE, which each member raises for itself: while the
@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from dengine.config import NodeConfig
-from dengine.errors import DengineError, KvError
+from dengine.errors import DengineError, InvalidRequest, KvError, NotLeader, Timeout
 from dengine.kv import EVENTUAL
 from dengine.node.engine import Engine
 from dengine.proto.etcd import rpc_pb2
@@ -39,6 +39,9 @@ ETCD_VERSION = "3.4.0"
 HEALTH_CHECK_S = 1.0  # how often the health service's status is brought up to date
 NOSPACE_FREE_BYTES = 64 * 1024 * 1024  # less free space than this raises NOSPACE
 ALARM_ASK_S = 1.0  # how long a GET waits for the other members' alarms
+NOT_LEADER = "etcdserver: not leader"  # etcd's MoveLeader errors
+BAD_TRANSFEREE = "etcdserver: bad leader transferee"
+TRANSFER_TIMED_OUT = "etcdserver: request timed out, leader transfer took too long"
 
 
 def dir_size(path: str) -> int:
@@ -61,7 +64,7 @@ def free_bytes(path: str) -> int | None:
 
 
 class MaintenanceService(EtcdBase):
-    """`etcdserverpb.Maintenance/Status` and `/Alarm`."""
+    """`etcdserverpb.Maintenance`: Status, Alarm, Defragment, HashKV, MoveLeader."""
 
     def __init__(self, engine: Engine, config: NodeConfig, forwarder: Forwarder) -> None:
         super().__init__(engine, config)
@@ -73,8 +76,10 @@ class MaintenanceService(EtcdBase):
                 fn, request_deserializer=None, response_serializer=None)
 
         return grpc.method_handlers_generic_handler(
-            "etcdserverpb.Maintenance", {"Status": unary(self.status),
-                                         "Alarm": unary(self.alarm)})
+            "etcdserverpb.Maintenance", {
+                "Status": unary(self.status), "Alarm": unary(self.alarm),
+                "Defragment": unary(self.defragment), "HashKV": unary(self.hash_kv),
+                "MoveLeader": unary(self.move_leader)})
 
     async def _revision(self) -> int:
         return int(await self._engine.read_query(_store_revision, EVENTUAL))
@@ -150,6 +155,55 @@ class MaintenanceService(EtcdBase):
         except Exception as exc:
             await self.fail(context, exc)
 
+
+    async def defragment(self, request: bytes, context: Any) -> bytes:
+        """Nothing to do: a member's files are never rewritten in place (checkpoints and
+        snapshots are written whole, the logs cut behind them), so they hold no free
+        pages to give back as etcd's bbolt file does. Answered, so runbooks that
+        defragment after a compaction work."""
+        try:
+            check_message_size(len(request), self._config)
+            decode(rpc_pb2.DefragmentRequest, request)
+            await self.gate.admin(context)
+            resp = rpc_pb2.DefragmentResponse()
+            self.stamp(resp.header, await self._revision())
+            return bytes(resp.SerializeToString())
+        except Exception as exc:
+            await self.fail(context, exc)
+
+    async def hash_kv(self, request: bytes, context: Any) -> bytes:
+        """etcd's HashKV of this member's applied state (`dengine.kv.hashkv`)."""
+        try:
+            check_message_size(len(request), self._config)
+            req = decode(rpc_pb2.HashKVRequest, request)
+            await self.gate.admin(context)
+            value, current, compact = await self._engine.hash_kv(req.revision)
+            resp = rpc_pb2.HashKVResponse(hash=value, compact_revision=compact)
+            self.stamp(resp.header, current)
+            return bytes(resp.SerializeToString())
+        except Exception as exc:
+            await self.fail(context, exc)
+
+    async def move_leader(self, request: bytes, context: Any) -> bytes:
+        """etcd's MoveLeader, asked of the leader (etcdctl finds it): leadership handed to
+        voter `targetID`, answered once it leads."""
+        try:
+            check_message_size(len(request), self._config)
+            req = decode(rpc_pb2.MoveLeaderRequest, request)
+            await self.gate.admin(context)
+            try:
+                await self._engine.move_leader(req.targetID, timeout=timeout_of(context))
+            except NotLeader:
+                raise KvError("FAILED_PRECONDITION", NOT_LEADER) from None
+            except InvalidRequest:
+                raise KvError("FAILED_PRECONDITION", BAD_TRANSFEREE) from None
+            except Timeout:
+                raise KvError("UNAVAILABLE", TRANSFER_TIMED_OUT) from None
+            resp = rpc_pb2.MoveLeaderResponse()
+            self.stamp(resp.header, await self._revision())
+            return bytes(resp.SerializeToString())
+        except Exception as exc:
+            await self.fail(context, exc)
 
     async def _others_alarms(self, members: list[Any], request: bytes,
                              context: Any) -> list[rpc_pb2.AlarmMember]:
