@@ -91,6 +91,20 @@ SCRIPTS: list[Script] = [
         "del {p}c --from-key", *both("get {p} --prefix --keys-only"),
     ),
     script(
+        "flags",  # etcdctl's less common get/put/del flags and output formats
+        "put {p}a 1", "put {p}b 2", "put {p}c 3",
+        *both("get {p} --prefix --count-only"), *both("get {p}a {p}c --count-only"),
+        "get {p} --prefix --count-only --keys-only", "get {p}b --from-key --count-only",
+        "put {p}a --ignore-value", *both("get {p}a"),
+        "put {p}a x --ignore-value", "put {p}zz --ignore-value", "put {p}a 5 --ignore-lease",
+        "put {p}a 6 --lease=0", "get {p}a -w table", "get {p}a {p}c -w table",
+        "get {p}a --consistency=s", "get {p}a --consistency=l", "get {p}a --consistency=x",
+        "put {p}b 7 -w table", "del {p}a -w table", "get {p}a --rev=-1",
+        "get {p}a --sort-by=bogus", "get {p}a --order=bogus", "get {p}a --prefix --from-key",
+        "get {p}b --rev {r+2} --print-value-only", "del {p}b --from-key --prev-kv",
+        *both("get {p} --prefix"),
+    ),
+    script(
         "limit_more_count",
         *(f"put {{p}}k{i} v{i}" for i in range(5)),
         *both("get {p}k --prefix --limit 2"),
