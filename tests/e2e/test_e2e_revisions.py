@@ -4,7 +4,8 @@ joining through a snapshot, with puts, deletes and txns running throughout; then
 compaction. At the end every member (the joined one included) is asked with serializable
 reads, each on its own applied state: every key's get_kv, the whole key space at past
 revisions (the history), the store revision and the compaction point must be the same
-everywhere, and every acknowledged write must be found at the revision it was given.
+everywhere, and so must etcd's HashKV at the revisions kept; every acknowledged write must
+be found at the revision it was given.
 
 Snapshots are forced small (a low entry threshold) and the WAL checkpoints often, so the
 restarts recover from checkpoint + WAL replay and the joiner from a snapshot (checked: its
@@ -18,11 +19,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from e2e_support import Cluster, wait_compacted
 
 from dengine import Client, Compare, Op
 from dengine.api import KeyValue
 from dengine.errors import Compacted, DengineError
+from dengine.proto.etcd import rpc_pb2
 
 KEYS = [f"k{i:02d}".encode() for i in range(24)] + [f"p/{i}".encode() for i in range(8)]
 EVERY_KEY = b"\x00"  # with from_key: the whole key space
@@ -111,6 +114,16 @@ async def wait_leader_applied(cluster: Cluster, timeout: float = 30.0) -> int:
         if node.alive:
             await cluster.wait_caught_up(node.node_id, leader.commit_index, timeout=timeout)
     return leader.commit_index
+
+
+async def hash_kv(endpoint: str, revision: int) -> int:
+    """etcd's HashKV of the member at `endpoint` (its own applied state)."""
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        call = channel.unary_unary(
+            "/etcdserverpb.Maintenance/HashKV",
+            request_serializer=rpc_pb2.HashKVRequest.SerializeToString,
+            response_deserializer=rpc_pb2.HashKVResponse.FromString)
+        return int((await call(rpc_pb2.HashKVRequest(revision=revision), timeout=30)).hash)
 
 
 async def member_view(endpoint: str, revisions: list[int], compacted_at: int
@@ -237,6 +250,11 @@ async def scenario(cluster: Cluster) -> None:
                 f"{first_difference(view[what], first[what])}")
     for node in cluster.nodes:
         await check_acknowledged(node.client, acked, compact_at)
+    # etcd's HashKV (the history as etcd's backend records: tombstones, the writes of one
+    # revision in their order) is the same on every member at every revision kept
+    for rev in sample[1:]:
+        hashes = {n.node_id: await hash_kv(n.client, rev) for n in cluster.nodes}
+        assert len(set(hashes.values())) == 1, (rev, hashes)
     # and the current state is what the last acknowledged write of each key left (or a
     # later write whose answer was lost: then the key's mod revision is newer)
     last: dict[bytes, tuple[int, bytes | None]] = {}
