@@ -10,9 +10,10 @@ nothing; nothing expires on a replica by its own clock.
 
 Leadership: a node that becomes leader at term T is *primary* once it has applied every
 entry up to its own first entry of T (so that its store holds every lease granted
-before). Then every lease gets its full TTL again, plus one election timeout (a deposed
-leader that had not noticed yet may have renewed a lease up to about then), as etcd's
-lessor Promote does; so no failover expires a lease before its last keep-alive + TTL.
+before). Then every lease gets its full TTL again, plus one election timeout, as etcd's
+lessor Promote does (a margin: with keep-alives confirmed, below, every renewal happened
+before this node was elected); so no failover expires a lease before its last
+keep-alive + TTL.
 A node that stops leading forgets the deadlines (etcd's Demote).
 
 Keep-alives (`keep_alive`) and remaining TTLs (`remaining`) are answered by the primary
