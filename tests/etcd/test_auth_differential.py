@@ -58,6 +58,9 @@ AUTH = script(
     U + "user list", U + "role list", U + "user get u1", U + "role get r1",
     U + "user get root", U + "role get root", U + "user add x:y", U + "role add x",
     U + "auth disable",
+    # maintenance: HashKV, Defragment root's (auth's own error), MoveLeader anyone's (3.4)
+    U + "defrag", U + "endpoint hashkv", U + "move-leader 1234", R + "endpoint hashkv",
+    R + "defrag",
     # leases: revoking needs write on every key of the lease
     R + "lease grant 100", R + "put /app/l 1 --lease={l0}", U + "lease revoke {l0}",
     U + "put /y 2 --lease={l0}", R + "lease revoke {l0}", R + "get /app/l",

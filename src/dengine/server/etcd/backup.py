@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 
-from dengine.errors import KvError
 from dengine.kv import EVENTUAL
 from dengine.proto import LogId, Member, Membership
 from dengine.proto.etcd import rpc_pb2
@@ -47,10 +46,7 @@ class BackupService(EtcdBase):
         body: BackupBody | None = None
         try:
             decode(rpc_pb2.SnapshotRequest, request)
-            try:
-                await self.gate.admin(context)
-            except KvError as e:  # etcd's maintenance server answers auth's own error
-                raise KvError("UNKNOWN", "auth: permission denied") from e
+            await self.gate.maintenance_admin(context)
             st = self._engine.status()
             image = await self._engine.read_query(image_of, EVENTUAL)
             membership = Membership(
