@@ -1,5 +1,5 @@
-"""`dengine endpoint health|status`: etcdctl's columns, JSON and exit codes, checked
-against etcdctl 3.4 itself on the same node, and an unreachable endpoint."""
+"""`dengine endpoint health|status|hashkv`: etcdctl's columns, JSON and exit codes,
+checked against etcdctl 3.4 itself on the same node, and an unreachable endpoint."""
 
 from __future__ import annotations
 
@@ -74,3 +74,15 @@ def test_an_unreachable_endpoint_is_reported_and_fails(endpoint: str) -> None:
     assert out.returncode == 0
     [only] = json.loads(out.stdout)
     assert only["Endpoint"] == f"http://{endpoint}" and only["Status"]["leader"] == 1
+
+
+@pytest.mark.skipif(ETCDCTL is None, reason="etcdctl not installed (etcd-client)")
+@pytest.mark.parametrize("fmt", ["table", "json", "simple"])
+def test_hashkv_prints_as_etcdctl(endpoint: str, fmt: str) -> None:
+    for args in ([], ["--rev", "1"], ["--rev", "2"], ["--rev", "1000000"]):
+        ours = dengine("endpoint", "hashkv", "--endpoints", endpoint, "-w", fmt, *args)
+        theirs = etcdctl("--endpoints", endpoint, "endpoint", "hashkv", "-w", fmt, *args)
+        assert ours.returncode == theirs.returncode, (args, ours, theirs)
+        assert ours.stdout == theirs.stdout, args
+        errors = [line for line in theirs.stderr.splitlines() if '"level"' not in line]
+        assert ours.stderr.splitlines() == errors, args

@@ -1,11 +1,13 @@
-"""`dengine endpoint health|status`: etcdctl's commands over etcd's API of every endpoint,
-with its columns, its JSON and its exit codes (1 when an endpoint is unhealthy or does not
-answer).
+"""`dengine endpoint health|status|hashkv`: etcdctl's commands over etcd's API of every
+endpoint, with its columns, its JSON and its exit codes (1 when an endpoint is unhealthy
+or does not answer).
 
 health: a linearizable Range of the key "health" (permission denied counts as healthy: the
 request went through the cluster), then the member's alarms (`Maintenance/Alarm`); status:
-`Maintenance/Status`. Every endpoint is asked at once; `--cluster` asks every member's
-client URL (`Cluster/MemberList` of the first endpoint that answers).
+`Maintenance/Status`; hashkv: `Maintenance/HashKV` (the members of a healthy cluster
+answer the same hash for the same revision). Every endpoint is asked at once;
+`--cluster` asks every member's client URL (`Cluster/MemberList` of the first endpoint
+that answers).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dengine.proto.etcd import rpc_pb2
 
 FORMATS = ("table", "json", "simple")
 HEALTH_COLUMNS = ("ENDPOINT", "HEALTH", "TOOK", "ERROR")
+HASHKV_COLUMNS = ("ENDPOINT", "HASH")
 STATUS_COLUMNS = ("ENDPOINT", "ID", "VERSION", "DB SIZE", "IS LEADER", "IS LEARNER",
                   "RAFT TERM", "RAFT INDEX", "RAFT APPLIED INDEX", "ERRORS")
 
@@ -166,6 +169,17 @@ async def _status(eps: _Endpoints, endpoint: str) -> tuple[str, Any]:
         return endpoint, _error_text(e)
 
 
+def _hashkv(revision: int) -> Callable[[_Endpoints, str], Any]:
+    async def ask(eps: _Endpoints, endpoint: str) -> tuple[str, Any]:
+        try:
+            return endpoint, await eps.call(
+                endpoint, "/etcdserverpb.Maintenance/HashKV",
+                rpc_pb2.HashKVRequest(revision=revision), rpc_pb2.HashKVResponse)
+        except grpc.aio.AioRpcError as e:
+            return endpoint, _error_text(e)
+    return ask
+
+
 def _gather(endpoints: str, cluster: bool, timeout: float,
             each: Callable[[_Endpoints, str], Any]) -> list[Any]:
     listed = [e.strip() for e in endpoints.split(",") if e.strip()]
@@ -203,7 +217,7 @@ def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group()
 def endpoint() -> None:
-    """etcdctl's `endpoint health|status` over etcd's API of every endpoint."""
+    """etcdctl's `endpoint health|status|hashkv` over etcd's API of every endpoint."""
 
 
 @endpoint.command()
@@ -258,3 +272,32 @@ def status(endpoints: str, timeout: float, cluster: bool, write_out: str,
                 click.echo(", ".join(row))
     if len(answered) < len(results):
         sys.exit(1)
+
+
+@endpoint.command()
+@endpoint_options
+@click.option("--rev", "revision", type=click.IntRange(0), default=0,
+              help="The revision to hash at (0: each member's current one).")
+def hashkv(endpoints: str, timeout: float, cluster: bool, write_out: str, as_json: bool,
+           revision: int) -> None:
+    """Each endpoint's hash of its key-value history at a revision (etcd's HashKV):
+    members that answer different hashes for the same revision have diverged."""
+    results = _gather(endpoints, cluster, timeout, _hashkv(revision))
+    answered = [(ep, h) for ep, h in results if not isinstance(h, str)]
+    for ep, h in results:
+        if isinstance(h, str):
+            click.echo(f"Failed to get the hash of endpoint {ep} ({h})", err=True)
+    fmt = "json" if as_json else write_out
+    if fmt == "json":
+        click.echo(json.dumps([{"Endpoint": ep, "HashKV": as_dict(h)} for ep, h in answered],
+                              separators=(",", ":")))
+    elif fmt == "table":
+        click.echo(table(HASHKV_COLUMNS, [[ep, str(h.hash)] for ep, h in answered]))
+    else:
+        for ep, h in answered:
+            click.echo(f"{ep}, {h.hash}")
+    failed = [h for _, h in results if isinstance(h, str)]
+    if failed:
+        click.echo(f"Error: {failed[-1]}", err=True)
+        sys.exit(1)
+
