@@ -25,6 +25,7 @@ def test_etcds_values() -> None:
     store.apply(OP_PUT, b"", pb.PutRequest(key=b"a", value=b"1").SerializeToString())
     assert hashed(store) == 2587454935
     assert hashed(store, 1) == 1084519789
+    assert hash_kv(store.copy_packed(), store.copy_changes(), -1, -5) == 1084519789
 
 
 KEYS = st.sampled_from([b"a", b"b", b"c", b"d"])

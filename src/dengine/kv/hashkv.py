@@ -52,7 +52,9 @@ def hash_kv(data: dict[bytes, bytes], changes: Changelog, compact_revision: int,
             revision: int) -> int:
     """The hash at `revision` (> the compacted revision, <= the store's: the caller
     checks) of a store whose live versions are `data` (a copy: it is changed here) and
-    whose history is `changes`."""
+    whose history is `changes`. A negative revision hashes no record, as etcd's does."""
+    if revision < 1:
+        return int(crc32c.crc32c(KEY_BUCKET))
     after = list(changes.since(revision))
     for _, key, _, prev in reversed(after):  # back to the store as it was at `revision`
         if prev is None:

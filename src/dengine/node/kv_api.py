@@ -112,9 +112,9 @@ class EtcdKv:
 
     async def hash_kv(self, revision: int = 0) -> tuple[int, int, int]:
         """etcd's HashKV of this member's applied state at `revision` (0: the current
-        one): (hash, current revision, compacted revision). Compacted or future
-        revisions raise etcd's errors. The hash runs in a thread on copies of the store
-        (O(keys + history), `dengine.kv.hashkv`)."""
+        one; a negative one hashes nothing, as etcd): (hash, current revision, compacted
+        revision). Compacted or future revisions raise etcd's errors. The hash runs in a
+        thread on copies of the store (O(keys + history), `dengine.kv.hashkv`)."""
         data, changes, compact, current = self.query_local(_hash_inputs)
         if 0 < revision <= compact:
             raise etcd_check.compacted()
