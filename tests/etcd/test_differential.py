@@ -7,8 +7,8 @@ then against a dengine cluster (D), which must print the same. Normalization: se
 etcd_diff.py. Scripts share one trio of clusters per module (each under its own key
 prefix, revisions compared relative to the script's start); the `fresh` scripts compare
 absolute revisions from a new store, on their own trio. Generated scripts (seeded) add
-command sequences nobody wrote by hand; `ETCD_DIFF_CASES=N` runs N of them (default 12),
-`-m slow` runs 150 more.
+command sequences nobody wrote by hand; `ETCD_DIFF_CASES=N` runs N of them (default 12)
+from seed `ETCD_DIFF_SEED` (default 0), `-m slow` runs 150 more.
 
 Run: `.venv/bin/python -m pytest tests/etcd/test_differential.py` (needs Debian's
 etcd-server and etcd-client; .ci/run installs them).
@@ -396,6 +396,7 @@ FRESH_SCRIPTS: list[Script] = [
 # ---------------------------------------------------------------- generated scripts
 
 GEN_CASES = int(os.environ.get("ETCD_DIFF_CASES", "12"))
+GEN_SEED = int(os.environ.get("ETCD_DIFF_SEED", "0"))  # the first generated script's seed
 GEN_SLOW_CASES = 150
 GEN_STEPS = 14
 SORT_TARGETS = ("KEY", "VERSION", "CREATE", "MODIFY", "VALUE")
@@ -504,7 +505,7 @@ def generated(seed: int, steps: int = GEN_STEPS) -> Script:
     return script(f"gen{seed}", *out)
 
 
-GENERATED = [generated(seed) for seed in range(GEN_CASES)]
+GENERATED = [generated(seed) for seed in range(GEN_SEED, GEN_SEED + GEN_CASES)]
 GENERATED_SLOW = [generated(seed) for seed in range(1000, 1000 + GEN_SLOW_CASES)]
 
 # ---------------------------------------------------------------- fixtures

@@ -211,3 +211,12 @@ def test_move_leader_as_etcd(endpoints: list[str]) -> None:
             call(rpc_pb2.MoveLeaderRequest(targetID=ids[leader]), timeout=10)
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert raised.value.details() == "etcdserver: not leader"
+    # dengine's own `move-leader`, back to the first leader: etcdctl's words
+    ours = subprocess.run([*CLI, "move-leader", f"{ids[leader]:x}", "--endpoints",
+                           ",".join(endpoints)], capture_output=True, text=True, timeout=60)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == f"Leadership transferred from {target:x} to {ids[leader]:x}\n"
+    assert leader_and_followers(endpoints)[0] == leader
+    bad = subprocess.run([*CLI, "move-leader", "1234", "--endpoints", ",".join(endpoints)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and bad.stderr == "Error: etcdserver: bad leader transferee\n"

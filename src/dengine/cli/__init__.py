@@ -33,6 +33,7 @@ _COMMANDS = {
     "status": ("dengine.cli.client_cmds", "status"),
     "member": ("dengine.cli.client_cmds", "member"),
     "endpoint": ("dengine.cli.endpoint_cmds", "endpoint"),
+    "move-leader": ("dengine.cli.endpoint_cmds", "move_leader"),
     "lock": ("dengine.cli.recipe_cmds", "lock"),
     "elect": ("dengine.cli.recipe_cmds", "elect"),
     "certs": ("dengine.cli.certs_cmds", "certs"),

@@ -198,13 +198,17 @@ def _gather(endpoints: str, cluster: bool, timeout: float,
 
 
 def endpoint_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Same as -w json.")(fn)
+    fn = click.option("-w", "--write-out", type=click.Choice(FORMATS), default="table",
+                      show_default=True, help="Output format (etcdctl's).")(fn)
+    return connection_options(fn)
+
+
+def connection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = _tls_option("key", "TLS: the client certificate's key (env DENGINE_KEY).")(fn)
     fn = _tls_option("cert", "TLS: a client certificate (env DENGINE_CERT).")(fn)
     fn = _tls_option("cacert", "TLS: the CA that signed the nodes' certificates; turns TLS "
                                "on (env DENGINE_CACERT).")(fn)
-    fn = click.option("--json", "as_json", is_flag=True, help="Same as -w json.")(fn)
-    fn = click.option("-w", "--write-out", type=click.Choice(FORMATS), default="table",
-                      show_default=True, help="Output format (etcdctl's).")(fn)
     fn = click.option("--cluster", is_flag=True,
                       help="Ask every member (their client URLs from MemberList).")(fn)
     fn = click.option("--timeout", type=SECONDS, default=5.0, show_default=True,
@@ -300,4 +304,37 @@ def hashkv(endpoints: str, timeout: float, cluster: bool, write_out: str, as_jso
     if failed:
         click.echo(f"Error: {failed[-1]}", err=True)
         sys.exit(1)
+
+
+@click.command("move-leader")
+@click.argument("transferee")
+@connection_options
+def move_leader(transferee: str, endpoints: str, timeout: float, cluster: bool) -> None:
+    """etcdctl's `move-leader TRANSFEREE` (a hex member id): the leader, found among the
+    endpoints by their status, hands leadership to that voter."""
+    try:
+        target = int(transferee, 16)
+    except ValueError:
+        raise click.UsageError(f"TRANSFEREE must be a hex member id, got {transferee!r}"
+                               ) from None
+    results = _gather(endpoints, cluster, timeout, _status)
+    leader = next(((ep, st) for ep, st in results
+                   if not isinstance(st, str) and st.leader == st.header.member_id), None)
+    if leader is None:
+        listed = [ep for ep, _ in results]
+        raise click.ClickException(f"no leader endpoint given at [{' '.join(listed)}]")
+
+    async def move() -> None:
+        eps = _Endpoints(timeout)
+        try:
+            await eps.call(leader[0], "/etcdserverpb.Maintenance/MoveLeader",
+                           rpc_pb2.MoveLeaderRequest(targetID=target),
+                           rpc_pb2.MoveLeaderResponse)
+        except grpc.aio.AioRpcError as e:
+            raise click.ClickException(_error_text(e)) from None
+        finally:
+            await eps.close()
+
+    asyncio.run(move())
+    click.echo(f"Leadership transferred from {leader[1].leader:x} to {target:x}")
 
