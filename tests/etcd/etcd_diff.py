@@ -201,6 +201,48 @@ def base_revision(cluster: _Cluster, prefix: str) -> int:
         return 0
 
 
+SETTLE_S = 5.0  # how long a local read waits for every member to apply what is committed
+
+
+def _local_read(args: list[str], stdin: str | None) -> bool:
+    """A read served from the member's own applied state (serializable): a range with
+    `--consistency=s`, or a txn with no op (etcd serves it so too)."""
+    line = " ".join(args)
+    if "--consistency=s" in line or "--consistency s" in line:
+        return True
+    if command(args) != "txn" or stdin is None:
+        return False
+    sections: list[list[str]] = [[]]  # etcdctl's grammar: compares, success, failure,
+    for line in stdin.split("\n"):   # each ended by an empty line; the rest unread
+        if not line:
+            if len(sections) == 3:
+                break
+            sections.append([])
+        else:
+            sections[-1].append(line)
+    return not any(sections[1:])
+
+
+def settle(cluster: _Cluster) -> None:
+    """Until every member applied what the cluster had committed when asked: a script
+    compares answers of a quiescent cluster, and a member may apply a few ms after the
+    write was answered (more so on a loaded machine), in etcd as in dengine."""
+    deadline = time.monotonic() + SETTLE_S
+    target = None
+    while time.monotonic() < deadline:
+        run = cluster.etcdctl(["endpoint", "status", "-w", "json"])
+        try:
+            status = [s["Status"] for s in json.loads(run.stdout)]
+        except (ValueError, KeyError, TypeError):
+            return  # a member down: nothing to wait for
+        if target is None:
+            target = max(s.get("raftIndex", 0) for s in status)
+        if len(status) == len(cluster.endpoints) and all(
+                s.get("raftAppliedIndex", 0) >= target for s in status):
+            return
+        time.sleep(0.01)
+
+
 def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
     base = base_revision(cluster, prefix)
     out = ScriptRun(cluster.kind, list(cluster.endpoints), prefix, base, rebase=not s.fresh)
@@ -227,6 +269,8 @@ def run_script(cluster: _Cluster, s: Script, prefix: str) -> ScriptRun:
                     f"say what `{step.cmd}` waits for: watch(cmd, lines=N) or ends=True"
                 run = _watch(cluster, args, step)
             else:
+                if _local_read(args, stdin):
+                    settle(cluster)
                 run = cluster.etcdctl(args, stdin)
             out.runs.append((step, run))
             _note_leases(out, args, run)
