@@ -29,7 +29,8 @@ Key = bytes | str
 
 @dataclass(frozen=True)
 class WriteResult:
-    """The outcome of one applied command: its log index, whether it succeeded, the
+    """The outcome of one applied command: its log index (the entry's that carried it:
+    the commands of a batch entry share one), whether it succeeded, the
     value some commands return (b"" for put and delete), the store revision after it, and
     for an etcd request (put, delete_range, txn, compaction) etcd's response message, or
     the `KvError` it failed with (`succeeded` False)."""

@@ -64,6 +64,10 @@ class NodeConfig:
     max_entries_per_msg: int = 4096
     max_bytes_per_msg: int = 4 * 1024 * 1024
     max_inflight_msgs: int = 64
+    # The key-value writes proposed in one loop turn as one log entry (a batch: docs/
+    # formats.md, "Batch entries"); off: one entry per write, as releases before batches
+    # (a cluster being upgraded: an older member cannot apply a batch).
+    batch_writes: bool = True
 
     # Limits on client input.
     max_key_size: int = 4 * 1024

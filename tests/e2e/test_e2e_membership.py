@@ -119,7 +119,8 @@ async def join_through_snapshot(cluster: Cluster, n_keys: int, measurements: dic
 
 
 def test_empty_node_joins_through_a_snapshot(cluster_factory, measurements) -> None:  # type: ignore[no-untyped-def]
-    cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=2000)
+    # batch_writes off: the threshold counts entries, one per key as in these numbers
+    cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=2000, batch_writes=False)
     asyncio.run(join_through_snapshot(cluster, 20_000, measurements, "join_20k"))
 
 
@@ -127,7 +128,8 @@ def test_empty_node_joins_through_a_snapshot(cluster_factory, measurements) -> N
 @pytest.mark.timeout(3000)  # loading 1M keys alone takes minutes on 2 shared cores
 @pytest.mark.parametrize("n_keys", [100_000, 1_000_000])
 def test_empty_node_joins_through_a_big_snapshot(cluster_factory, measurements, n_keys) -> None:  # type: ignore[no-untyped-def]
-    cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=n_keys // 20)
+    cluster: Cluster = cluster_factory(3, snapshot_threshold_entries=n_keys // 20,
+                                       batch_writes=False)
     asyncio.run(join_through_snapshot(cluster, n_keys, measurements, f"join_{n_keys}"))
 
 
@@ -268,8 +270,9 @@ def test_remove_the_leader_hands_over(cluster_factory) -> None:  # type: ignore[
 
 
 # Settings of the bounded-size runs: snapshots and WAL checkpoints come often.
+# batch_writes off: the thresholds count entries, one per write as in these numbers
 COMPACTION = {"snapshot_threshold_entries": 20_000, "wal_checkpoint_bytes": 2 * 1024 * 1024,
-              "log_segment_bytes": 1024 * 1024}
+              "log_segment_bytes": 1024 * 1024, "batch_writes": False}
 VALUE = "x" * 100
 
 

@@ -17,7 +17,7 @@ from crash_writer import main
 from dengine.storage import FileStateMachine, fileio
 
 FAST = {"tick_ms": 5, "election_timeout_ms": 50, "heartbeat_interval_ms": 15,
-        "clock_drift_ms": 10, "snapshot_threshold_entries": 300}
+        "clock_drift_ms": 10, "snapshot_threshold_entries": 20}
 
 
 def record_syncs(journal_path: str) -> None:

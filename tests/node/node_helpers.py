@@ -118,14 +118,15 @@ class Cluster:
         return [e for e in self.engines.values() if not e.is_leader]
 
     async def put_many(self, start: int, count: int, size: int = 100) -> Engine:
-        """Write keys start..start+count in batches, following leader changes."""
+        """Write keys start..start+count, one log entry each (one put at a time:
+        concurrent ones would share a batch entry, and the callers' snapshot and
+        compaction thresholds count entries), following leader changes."""
         leader = await self.leader()
         for lo in range(start, start + count, 100):
             for _ in range(20):
                 try:
-                    await asyncio.gather(*(
-                        leader.put(b"k%06d" % i, b"v%06d" % i + b"x" * size)
-                        for i in range(lo, min(lo + 100, start + count))))
+                    for i in range(lo, min(lo + 100, start + count)):
+                        await leader.put(b"k%06d" % i, b"v%06d" % i + b"x" * size)
                     break
                 except (NotLeader, Unavailable, Timeout):
                     await asyncio.sleep(0.05)

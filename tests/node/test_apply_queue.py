@@ -219,14 +219,15 @@ def test_small_readies_are_persisted_on_the_log_thread_under_concurrent_load(
             await engine.put(b"alone", b"1")
             assert on_loop == [(1, True)]
             on_loop.clear()
-            # 32 writes proposed in one turn: one Ready of 32 entries, on the log thread
+            # 32 writes proposed in one turn: one Ready of one batch entry (32 commands),
+            # on the log thread
             await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(32)))
-            assert on_loop[0] == (32, False)
+            assert on_loop[0] == (1, False)
             assert await engine.get(b"k31") == b"v"
             on_loop.clear()
             # 128 in one turn: a group commit large already, on the loop (no hand-off)
             await asyncio.gather(*(engine.put(b"m%d" % i, b"v") for i in range(128)))
-            assert on_loop[0] == (128, True)
+            assert on_loop[0] == (1, True)
             assert await engine.get(b"m127") == b"v"
         finally:
             await engine.stop()

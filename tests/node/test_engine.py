@@ -47,7 +47,9 @@ def test_single_node_put_get_delete(tmp_path: Path) -> None:
             assert await engine.get(b"k") is None
             results = await engine.write([insert(b"a", b"1"), insert(b"b", b"2")])
             assert [r.succeeded for r in results] == [True, True]
-            assert results[1].index == results[0].index + 1
+            # one write's commands share one batch entry, each its own revision
+            assert results[1].index == results[0].index
+            assert results[1].revision == results[0].revision + 1
             assert await engine.get_many([b"a", b"b", b"c"]) == [b"1", b"2", None]
             await engine.put("text", "é")  # str is accepted as UTF-8
             assert await engine.get("text") == "é".encode()
@@ -209,14 +211,14 @@ def test_concurrent_writes_share_fsyncs_and_reads_share_read_index_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Group commit and read batching: 500 concurrent calls, a handful of rounds."""
-    from dengine.node.logthread import LogThread
+    from dengine.node.logthread import LogThread, commands_in
 
     appends: list[int] = []
     persist = LogThread.persist
 
     def counting_persist(self: LogThread, rd: Any, save_hard_state: bool) -> None:
         if rd.entries:
-            appends.append(len(rd.entries))
+            appends.append(commands_in(rd.entries))
         persist(self, rd, save_hard_state)
 
     monkeypatch.setattr(LogThread, "persist", counting_persist)

@@ -26,6 +26,12 @@ def _node(engine: Engine) -> Any:
     return engine._node
 
 
+def _waiting(node: Any) -> int:
+    """Commands proposed and waiting for their apply (a batch entry's each)."""
+    pending = node._pending
+    return len(pending.waiters) + sum(len(slots) for _, slots in pending.batches.values())
+
+
 def _cut_off(engine: Engine, *, inbound: bool = True) -> None:
     """The node's peer messages go nowhere (and, if `inbound`, none reach it)."""
     node = _node(engine)
@@ -50,7 +56,7 @@ def test_a_deposed_leader_answers_its_writes_and_reads_before_their_deadline(
                       for i in range(5)]
             reads = [asyncio.ensure_future(leader.get(b"k", "linearizable", timeout=DEADLINE))
                      for _ in range(3)]
-            await until(lambda: len(node._pending.waiters) == 5 and node._reads.rounds)
+            await until(lambda: _waiting(node) == 5 and node._reads.rounds)
             assert leader.is_leader  # proposed while still the leader
             # check-quorum deposes it after an election timeout, its reads fail then, its
             # writes a grace later: before DEADLINE (their deadline's error is a plain
@@ -63,7 +69,7 @@ def test_a_deposed_leader_answers_its_writes_and_reads_before_their_deadline(
                 assert isinstance(w.exception(), Timeout)  # outcome unknown
             for r in reads:
                 assert isinstance(r.exception(), NotLeader), r.exception()
-            assert not node._pending.waiters and not node._reads.rounds
+            assert not _waiting(node) and not node._reads.rounds
         finally:
             await cluster.stop_all()
 
@@ -125,7 +131,7 @@ def test_deposed_by_a_higher_term_its_uncommitted_writes_fail_after_a_grace(
             _cut_off(leader)
             writes = [asyncio.ensure_future(leader.put(b"k%d" % i, b"v", timeout=DEADLINE))
                       for i in range(3)]
-            await until(lambda: len(node._pending.waiters) == 3)
+            await until(lambda: _waiting(node) == 3)
             peer = next(f.node_id for f in cluster.followers())
             deliver(peer, [Message(type=MessageType.MSG_HEARTBEAT, from_id=peer,
                                    to_id=node.node_id, term=node._core.term + 1)])

@@ -259,3 +259,11 @@ def test_soak_many_seeds(learners: int) -> None:
 @pytest.mark.slow
 def test_soak_membership() -> None:
     _run_range(range(1000, 1200), membership=True)
+
+
+def test_batch_entries_under_faults() -> None:
+    """`batches`: a third of the clients' writes carry a second command, so batch entries
+    (one log entry, many commands) meet crashes, power cuts, snapshots and elections."""
+    for seed in range(3):
+        result = run(NodeSimConfig(seed=seed, batches=True))
+        assert result.ok, result.describe()

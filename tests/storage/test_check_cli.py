@@ -21,7 +21,7 @@ def test_healthy_dir_lists_every_file(tmp_path):
                  "checkpoint", "snapshot.bin"):
         assert name in out
     assert "1..20" in out and "11..20" in out
-    assert "format version 6, 10 ops" in out  # 5 chunk records holding 10 entries
+    assert "format version 7, 10 ops" in out  # 5 chunk records holding 10 entries
     # the checkpoint: one block; each entry put a key, so the revision is 1 + 10
     assert "format version 5, 10 keys at (1, 10), revision 11, never" in out
     assert "compacted, 10 changes, 0 leases, replay from WAL 1" in out

@@ -37,7 +37,7 @@ def test_a_chunk_is_one_record(tmp_path):
     sm.apply_chunk([noop_entry(51, 2), command_entry(52, 2, delete(b"k1"))])
     sm.close()
     version, ops = wal_ops(str(tmp_path / "sm" / wal_name(0)))
-    assert version == 6 and len(ops) == 2
+    assert version == 7 and len(ops) == 2
     assert [op[0] for op in ops[0]] == list(range(1, 51))
     assert [(op[0], op[2]) for op in ops[1]] == [(51, OP_NOOP), (52, 2)]
 
@@ -92,15 +92,15 @@ def test_a_wal_written_before_revisions_is_refused_naming_both_formats(tmp_path)
     directory.mkdir()
     write_wal(directory / wal_name(0), 2)
     with pytest.raises(CorruptionError, match=r"unsupported format version 2 \(this release "
-                                              r"reads 3, 4, 5, 6\): written before revisions"):
+                                              r"reads 3, 4, 5, 6, 7\): written before revisions"):
         FileStateMachine(directory)
 
 
 def test_unknown_wal_version_is_refused(tmp_path):
     directory = tmp_path / "sm"
     directory.mkdir()
-    write_wal(directory / wal_name(0), 7)
-    with pytest.raises(CorruptionError, match="unsupported format version 7") as raised:
+    write_wal(directory / wal_name(0), 8)
+    with pytest.raises(CorruptionError, match="unsupported format version 8") as raised:
         FileStateMachine(directory)
     assert "before revisions" not in str(raised.value)
 

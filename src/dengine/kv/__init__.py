@@ -7,6 +7,7 @@ this package.
 """
 
 from dengine.kv.codec import (
+    OP_BATCH,
     OP_COMPACTION,
     OP_CONFIG,
     OP_DELETE,
@@ -16,6 +17,7 @@ from dengine.kv.codec import (
     OP_PUT,
     OP_REJECTED,
     OP_TXN,
+    batch_ops,
     decode_any_command,
     decode_command,
     decode_entry,
@@ -56,6 +58,7 @@ __all__ = [
     "LEASE",
     "LEVELS",
     "LINEARIZABLE",
+    "OP_BATCH",
     "OP_COMPACTION",
     "OP_CONFIG",
     "OP_DELETE",
@@ -77,6 +80,7 @@ __all__ = [
     "Op",
     "Store",
     "as_bytes",
+    "batch_ops",
     "check_encoded_commands",
     "check_key",
     "check_keys",

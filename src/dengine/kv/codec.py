@@ -34,6 +34,13 @@ OP_AUTH = 20  # value = an encoded dengine.AuthCommand (kv/auth.py; ops 22-29 re
 # A plain insert or delete stamped with its AuthInfo (checked as it applies): key = the
 # encoded AuthInfo, value = the command without it (docs/formats.md)
 OP_STAMPED = 21
+# A batch entry (WriteCommand.batch): value = the encoded WriteBatch, key b"". Never a WAL
+# op: the state machine records each of its commands as its own op (docs/formats.md).
+OP_BATCH = 30
+# The commands a batch may hold: the key-value writes, stamped or not (no compaction,
+# lease, auth or batch command: those stay entries of their own).
+BATCH_OPS = frozenset((OP_INSERT, OP_DELETE, OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_STAMPED))
+_BATCH_TAG = b"\xa2\x01"  # WriteCommand.batch: field 20, length-delimited
 
 # WriteCommand's request fields: tag byte (field << 3 | 2) -> op
 _REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION,
@@ -218,10 +225,16 @@ def decode_request(cmd: bytes) -> tuple[int, bytes, bytes] | None:
     op = _REQUEST_TAGS.get(cmd[0]) if cmd else None
     if op is None:
         return None
+    body = _field_body(cmd, 1)
+    return None if body is None else (op, b"", body)
+
+
+def _field_body(cmd: bytes, pos: int) -> bytes | None:
+    """The bytes of the length-delimited field whose length varint starts at `pos`, if
+    that field runs exactly to the end of `cmd`."""
     n = len(cmd)
     size = 0
     shift = 0
-    pos = 1
     while True:
         if pos >= n or shift > 28:
             return None
@@ -231,13 +244,69 @@ def decode_request(cmd: bytes) -> tuple[int, bytes, bytes] | None:
         if b < 0x80:
             break
         shift += 7
-    return (op, b"", cmd[pos:]) if pos + size == n else None
+    return cmd[pos:] if pos + size == n else None
+
+
+def encode_batch(commands: list[bytes]) -> bytes:
+    """The WriteCommand of a batch entry holding `commands` (encoded WriteCommands of
+    BATCH_OPS, in order; equal to protobuf's encoding, tested)."""
+    body = join_write_request(commands)
+    return _BATCH_TAG + _varint(len(body)) + body
+
+
+def decode_batch(body: bytes) -> list[tuple[int, bytes, bytes]] | None:
+    """(op, key, value) of each command of a batch's WriteBatch bytes, in order: a
+    command outside BATCH_OPS as OP_REJECTED. None when the bytes hold no command or are
+    not a WriteBatch (the entry then applies as one OP_REJECTED)."""
+    commands = split_write_request(body)
+    if not commands:
+        return None
+    out: list[tuple[int, bytes, bytes]] = []
+    put = out.append
+    for cmd in commands:
+        decoded = decode_command(cmd)
+        if decoded is None:
+            decoded = _decode_protobuf(cmd)
+            if decoded[0] not in BATCH_OPS:
+                decoded = (OP_REJECTED, b"", b"")
+        put(decoded)
+    return out
+
+
+def command_count(cmd: bytes) -> int:
+    """The commands an entry's command holds: a batch's count, else 1."""
+    if cmd[:2] == _BATCH_TAG:
+        body = _field_body(cmd, 2)
+        commands = split_write_request(body) if body is not None else None
+        if commands:
+            return len(commands)
+    return 1
+
+
+def batch_ops(body: bytes) -> list[tuple[int, bytes, bytes]]:
+    """What a batch entry (OP_BATCH, b"", `body`) applies as: `decode_batch`, or one
+    OP_REJECTED when its bytes are not a batch."""
+    return decode_batch(body) or [(OP_REJECTED, b"", b"")]
+
+
+def batchable(cmd: bytes) -> bool:
+    """Whether a (validated) command may join a batch: it decodes to one of BATCH_OPS."""
+    if decode_command(cmd) is not None:  # a plain insert or delete
+        return True
+    request = decode_request(cmd)
+    if request is not None:
+        return request[0] in BATCH_OPS
+    return _decode_protobuf(cmd)[0] in BATCH_OPS
 
 
 def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
     request = decode_request(cmd)
     if request is not None:
         return request
+    if cmd[:2] == _BATCH_TAG:
+        body = _field_body(cmd, 2)
+        if body is not None:
+            return OP_BATCH, b"", body
     try:
         command = WriteCommand.FromString(cmd)
     except DecodeError:
@@ -251,6 +320,9 @@ def _decode_protobuf(cmd: bytes) -> tuple[int, bytes, bytes]:
         return OP_INSERT, command.insert.key, command.insert.value
     if which == "delete":
         return OP_DELETE, command.delete.key, b""
+    if which == "batch":  # not in its canonical form (above): only a leader makes them
+        return (OP_REJECTED, b"", b"") if command.HasField("auth_info") else (
+            OP_BATCH, b"", command.batch)
     if which in _REQUEST_FIELDS:
         op = _REQUEST_FIELDS[which]
         stamp = b""

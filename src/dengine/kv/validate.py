@@ -16,6 +16,7 @@ from dengine.errors import InvalidRequest
 from dengine.kv import etcd_check
 from dengine.kv.codec import (
     OP_AUTH,
+    OP_BATCH,
     OP_COMPACTION,
     OP_DELETE,
     OP_DELETE_RANGE,
@@ -132,6 +133,9 @@ def check_command(op: int, key: bytes, value: bytes, limits: Limits, where: str 
     elif op == OP_AUTH:
         raise InvalidRequest(f"{_at(where)}auth commands go through etcd's Auth service, "
                              "not a raw write")
+    elif op == OP_BATCH:
+        raise InvalidRequest(f"{_at(where)}batch commands are made by the leader from the "
+                             "writes it proposes, not sent by a client")
     else:
         raise InvalidRequest(f"{_at(where)}{_NO_OPERATION}")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dengine.node.logthread import PERSIST_INLINE_MAX_BYTES
+from dengine.node.logthread import PERSIST_INLINE_MAX_BYTES, commands_in
 from dengine.proto import Entry
 from dengine.storage import ApplyResult
 from dengine.storage.state_machine import StateMachine
@@ -149,7 +149,7 @@ class ApplyPipeline:
         sizes.forget_to(last)
         if (
             not self._jobs
-            and len(entries) <= INLINE_MAX_ENTRIES
+            and commands_in(entries) <= INLINE_MAX_ENTRIES
             and (size if size is not None else measure(entries)) <= INLINE_MAX_BYTES
             and self._sm.checkpoint_headroom() > 2 * INLINE_MAX_BYTES
         ):

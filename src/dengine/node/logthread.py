@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dengine.config import NodeConfig
+from dengine.kv.codec import command_count
 from dengine.node.datadir import DataDir
 from dengine.node.ports import NodeLog, SnapshotFiles
 from dengine.node.recovery import open_storage
 from dengine.node.timing import DurationHistogram
-from dengine.proto import HardState
+from dengine.proto import Entry, HardState
 from dengine.raft import Ready
 from dengine.storage.fileio import FileIO
 from dengine.storage.state_machine import StateMachine
@@ -40,22 +41,35 @@ PERSIST_INLINE_MAX_BYTES = 256 * 1024
 # one write in flight the loop has nothing else to do: inline saves the hand-off.
 PERSIST_OFF_LOOP_WAITING = 16
 PERSIST_OFF_LOOP_ENTRIES = 4
+BATCH_TAG = b"\xa2"  # the first byte of a batch entry's command (WriteCommand.batch)
 # A Ready of this many entries or more is persisted on the loop again (up to
 # PERSIST_INLINE_MAX_BYTES): its group commit is large already, and the hand-off costs a
 # scheduling round trip (the log thread woken, then the loop by call_soon_threadsafe),
 # long on a busy machine, on the commit path of every write in it. The embedded put at
 # 256 in flight (~120 entries per Ready, nothing else for the loop to do meanwhile) went
 # from 0.79-0.91 to 0.91-1.00 of its rate before issue 16; `check perf --load l` makes
-# 19-29 entries per Ready (docs/performance.md, session 18).
+# 19-29 entries per Ready (docs/performance.md, session 18). Counted in commands: a batch
+# entry (WriteCommand.batch) as the commands it holds.
 PERSIST_OFF_LOOP_MAX_ENTRIES = 64
 
 
-def persist_off_loop(entries: int, waiting: int) -> bool:
-    """Whether a small Ready of `entries` entries, with `waiting` writes waiting for their
+def persist_off_loop(entries: list[Entry], waiting: int) -> bool:
+    """Whether a small Ready of `entries`, with `waiting` entries waiting for their
     commit, is persisted on the log thread (see PERSIST_OFF_LOOP_WAITING and
     PERSIST_OFF_LOOP_MAX_ENTRIES)."""
-    return entries < PERSIST_OFF_LOOP_MAX_ENTRIES and (
-        entries >= PERSIST_OFF_LOOP_ENTRIES or waiting >= PERSIST_OFF_LOOP_WAITING)
+    n = commands_in(entries)
+    return n < PERSIST_OFF_LOOP_MAX_ENTRIES and (
+        n >= PERSIST_OFF_LOOP_ENTRIES or waiting >= PERSIST_OFF_LOOP_WAITING)
+
+
+def commands_in(entries: list[Entry]) -> int:
+    """The commands `entries` hold (a batch entry's own count)."""
+    n = len(entries)
+    for e in entries:
+        command = e.payload.command
+        if command[:1] == BATCH_TAG:
+            n += command_count(command) - 1
+    return n
 
 
 def run_soon(

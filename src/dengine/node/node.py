@@ -102,7 +102,7 @@ class Node:
         self._running = False
         self._standing = Standing(self.node_id)  # why it stopped serving: failed, removed
         self._closing: asyncio.Task[None] | None = None  # the transport, once removed/failed
-        self._pending = Pending(config.tick_ms / 1000.0)
+        self._pending = Pending(config.tick_ms / 1e3, config.max_bytes_per_msg, config.batch_writes)
         self._due = self._pending.due
         # inbox, drained once per turn
         self._in_messages: list[Message] = []
@@ -507,17 +507,18 @@ class Node:
         proposals, self._in_proposals = self._in_proposals, []
         commands = [c for cmds, _ in proposals for c in cmds]
         self._incoming_bytes += sum(map(len, commands)) + ENTRY_OVERHEAD * len(commands)
+        entries, slots = self._pending.entries_for(proposals, commands)
         try:
-            term, index = core.propose_batch(commands)
+            term, index = core.propose_batch(entries)
         except NotLeader:
             error: DengineError = self.not_leader()
         except DengineError as e:
             error = e
         else:
-            self._pending.register(proposals, term, index)
+            self._pending.register_entries(proposals, slots, term, index)
             if self._urgent_in_turn:
                 self._urgent_in_turn = False
-                self._urgent_through = index + len(commands) - 1
+                self._urgent_through = index + len(entries) - 1
             return
         self._urgent_in_turn = False
         for _, write in proposals:
@@ -564,7 +565,7 @@ class Node:
         small = True
         if rd.entries:
             small = self._note_sizes(rd.entries, self._incoming_bytes) and not \
-                persist_off_loop(len(rd.entries), len(self._pending.waiters))
+                persist_off_loop(rd.entries, self._pending.waiting())
         self._incoming_bytes = 0
         if rd.snapshot is None and (rd.entries or vote_changed) and small:
             self._persist(rd, vote_changed)  # see apply.INLINE_MAX_ENTRIES

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, overload
 
 from dengine.errors import Timeout, Unavailable
+from dengine.kv.codec import batchable, encode_batch
 from dengine.proto import Entry
 from dengine.storage import ApplyResult
 
@@ -65,6 +66,58 @@ class Read:
         self.query = query
 
 
+Slots = list[tuple["Write", int]]  # the (write, slot) of each command of a batch entry
+
+
+def batch_entries(
+    proposals: list[tuple[list[bytes], Write]], commands: list[bytes], max_bytes: int
+) -> tuple[list[bytes], list[Slots] | None]:
+    """The entries one turn proposes for `proposals` (whose `commands` these are), in
+    order, and each entry's (write, slot)s: each run of consecutive key-value writes
+    (`kv.codec.batchable`) one batch entry (`encode_batch`) of at most BATCH_MAX_COMMANDS
+    commands and `max_bytes` (within the peer message bound: it always fits an append),
+    any other command an entry of its own (a run of one too). One entry's per-entry
+    work (core, log, transport, apply dispatch) instead of one per write. A single
+    command is its own entry (slots None: `register`)."""
+    if len(commands) == 1:
+        return commands, None
+    entries: list[bytes] = []
+    slots: list[Slots] = []
+    run: list[bytes] = []
+    run_slots: Slots = []
+    size = 0
+    for cmds, write in proposals:
+        for slot, cmd in enumerate(cmds):
+            if not batchable(cmd):
+                if run:
+                    entries.append(run[0] if len(run) == 1 else encode_batch(run))
+                    slots.append(run_slots)
+                    run, run_slots, size = [], [], 0
+                entries.append(cmd)
+                slots.append([(write, slot)])
+                continue
+            if run and (size + len(cmd) + _BATCH_ITEM_OVERHEAD > max_bytes
+                        or len(run) == BATCH_MAX_COMMANDS):
+                entries.append(run[0] if len(run) == 1 else encode_batch(run))
+                slots.append(run_slots)
+                run, run_slots, size = [], [], 0
+            run.append(cmd)
+            run_slots.append((write, slot))
+            size += len(cmd) + _BATCH_ITEM_OVERHEAD
+    if run:
+        entries.append(run[0] if len(run) == 1 else encode_batch(run))
+        slots.append(run_slots)
+    return entries, slots
+
+
+# Commands per batch entry at most (a follower's apply of one entry stays short).
+BATCH_MAX_COMMANDS = 128
+# A batch's bytes per command besides the command (tag and length), and of the batch
+# entry besides its commands (WriteCommand.batch's tag and length, the Entry's fields).
+_BATCH_ITEM_OVERHEAD = 6
+BATCH_ENTRY_OVERHEAD = 64
+
+
 def expire_write(write: Write, now: int) -> bool:
     """Fail `write` if its deadline passed; whether it did now."""
     if write.due <= now and not write.future.done():
@@ -86,12 +139,17 @@ class Pending:
     `waiters` maps a log index to (term proposed at, write, slot in the write): when the
     entry at that index is applied, the write's slot gets its result if the entry is the
     one proposed (same term), else the write fails with Unavailable (a definite failure:
-    another leader's entry took the index).
+    another leader's entry took the index). `batches` does the same for a batch entry:
+    index -> (term, the (write, slot) of each of its commands, in order), whose results
+    come as that many consecutive results with the entry's index.
     """
 
-    def __init__(self, tick_s: float) -> None:
+    def __init__(self, tick_s: float, max_bytes_per_msg: int = 4 * 1024 * 1024,
+                 batch_writes: bool = True) -> None:
         self.ticks = 0  # loop ticks since start
         self.waiters: dict[int, tuple[int, Write, int]] = {}
+        self.batches: dict[int, tuple[int, Slots]] = {}
+        self._batch_bytes = max_bytes_per_msg - BATCH_ENTRY_OVERHEAD if batch_writes else 0
         self._tick_s = tick_s
         self._timeout_ticks: dict[float, int] = {}
         self._next_scan = 0
@@ -123,9 +181,39 @@ class Pending:
                 waiters[index] = (term, write, slot)
                 index += 1
 
+    def entries_for(self, proposals: list[tuple[list[bytes], Write]], commands: list[bytes]
+                    ) -> tuple[list[bytes], list[Slots] | None]:
+        """`batch_entries` within the peer message bound (NodeConfig.batch_writes off:
+        one entry per command)."""
+        if not self._batch_bytes:
+            return commands, None
+        return batch_entries(proposals, commands, self._batch_bytes)
+
+    def register_entries(self, proposals: list[tuple[list[bytes], Write]],
+                         slots: list[Slots] | None, term: int, index: int) -> None:
+        """`batch_entries(proposals, ...)` were appended from `index` on at `term`."""
+        if slots is None:
+            self.register(proposals, term, index)
+            return
+        waiters, batches = self.waiters, self.batches
+        for entry_slots in slots:
+            if len(entry_slots) == 1:
+                write, slot = entry_slots[0]
+                waiters[index] = (term, write, slot)
+            else:
+                batches[index] = (term, entry_slots)
+            index += 1
+
+    def waiting(self) -> int:
+        """Proposed entries waiting for their apply."""
+        return len(self.waiters) + len(self.batches)
+
     def resolve(self, entries: list[Entry], results: Sequence[ApplyResult]) -> None:
         """An applied chunk: fill the results of the writes it holds."""
         waiters = self.waiters
+        if self.batches:
+            self._resolve_batches(entries, results)
+            return
         if not waiters:
             return
         terms = {e.index: e.term for e in entries} if len(entries) != len(results) else None
@@ -135,16 +223,48 @@ class Pending:
                 continue
             term, write, slot = waiter
             entry_term = entries[i].term if terms is None else terms[result.index]
-            if write.future.done():
+            self._fill(write, slot, result, entry_term == term)
+
+    def _resolve_batches(self, entries: list[Entry], results: Sequence[ApplyResult]) -> None:
+        """`resolve` of a chunk while batch entries wait: the results of a batch entry are
+        consecutive, one per command."""
+        terms = {e.index: e.term for e in entries}
+        waiters, batches = self.waiters, self.batches
+        i, n = 0, len(results)
+        while i < n:
+            index = results[i].index
+            waiter = waiters.pop(index, None)
+            if waiter is not None:
+                term, write, slot = waiter
+                self._fill(write, slot, results[i], terms[index] == term)
+                i += 1
                 continue
-            if entry_term != term:
-                write.future.set_exception(Unavailable("leadership changed; write not applied"))
-                self.failed += 1
-                continue
-            write.results[slot] = result
-            write.remaining -= 1
-            if write.remaining == 0:
-                write.future.set_result(write.results)
+            j = i + 1
+            while j < n and results[j].index == index:
+                j += 1
+            batch = batches.pop(index, None)
+            if batch is not None:
+                term, slots = batch
+                ours = terms[index] == term
+                if ours and j - i != len(slots):  # not the batch proposed: never ours
+                    ours = False
+                for k, (write, slot) in enumerate(slots):
+                    self._fill(write, slot, results[i + k] if ours else results[i], ours)
+            i = j
+
+    def _fill(self, write: Write, slot: int, result: ApplyResult, ours: bool) -> None:
+        """One command's result for `write` (ours: the entry applied is the one proposed;
+        else the write fails with Unavailable)."""
+        if write.future.done():
+            return
+        if not ours:
+            write.future.set_exception(Unavailable("leadership changed; write not applied"))
+            self.failed += 1
+            return
+        write.results[slot] = result
+        write.remaining -= 1
+        if write.remaining == 0:
+            write.future.set_result(write.results)
 
     def scan_due(self) -> bool:
         """Whether an expiry scan is due at this tick (one every EXPIRY_SCAN_TICKS)."""
@@ -161,7 +281,7 @@ class Pending:
         now = self.ticks
         for _, write in queued:
             expire_write(write, now)
-        for _, write, _ in self.waiters.values():
+        for write in self._waiting_writes():
             self.failed += expire_write(write, now)
         for batch in reads:
             for r in batch:
@@ -192,7 +312,7 @@ class Pending:
         would rather learn of the unknown outcome early."""
         now, tick_s = self.ticks, self._tick_s
         lost = []
-        for index, (_, write, _) in self.waiters.items():
+        for index, write in self._waiting_writes(True):
             if index > commit:
                 grace = max(min_grace_ticks, math.ceil(write.timeout * LOST_GRACE_SHARE / tick_s))
                 lost.append((now + grace, index, write))
@@ -217,12 +337,33 @@ class Pending:
             waiter = waiters.get(index)
             if waiter is not None and waiter[1] is write and write.future.done():
                 del waiters[index]
+            batch = self.batches.get(index)
+            if batch is not None and all(w.future.done() for w, _ in batch[1]):
+                del self.batches[index]
         del lost[:n]
 
     def fail(self, error: Exception) -> None:
         """Fail every write waiting for its apply (its outcome is unknown)."""
-        for _, write, _ in self.waiters.values():
+        for write in self._waiting_writes():
             if not write.future.done():
                 write.future.set_exception(error)
                 self.failed += 1
         self.waiters.clear()
+        self.batches.clear()
+
+    @overload
+    def _waiting_writes(self) -> Iterator[Write]: ...
+    @overload
+    def _waiting_writes(self, with_index: Literal[True]) -> Iterator[tuple[int, Write]]: ...
+
+    def _waiting_writes(self, with_index: bool = False) -> Iterator[Any]:
+        """Every write waiting for an entry's apply (a write with commands in several
+        batches comes once per entry), with the entry's index if `with_index`."""
+        for index, (_, write, _) in self.waiters.items():
+            yield (index, write) if with_index else write
+        for index, (_, slots) in self.batches.items():
+            seen = None
+            for write, _ in slots:
+                if write is not seen:
+                    seen = write
+                    yield (index, write) if with_index else write

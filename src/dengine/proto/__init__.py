@@ -15,6 +15,7 @@ from dengine.proto.common_pb2 import (
     Membership,
     Noop,
     SnapshotMetadata,
+    WriteBatch,
     WriteCommand,
 )
 from dengine.proto.raft_pb2 import Message, MessageType
@@ -37,5 +38,6 @@ __all__ = [
     "SnapshotAck",
     "SnapshotChunk",
     "SnapshotMetadata",
+    "WriteBatch",
     "WriteCommand",
 ]

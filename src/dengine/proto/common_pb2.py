@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/common.proto\x12\x07\x64\x65ngine\"$\n\x05LogId\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\"\xe9\x02\n\x0cWriteCommand\x12.\n\x06insert\x18\x01 \x01(\x0b\x32\x1c.dengine.WriteCommand.InsertH\x00\x12.\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x1c.dengine.WriteCommand.DeleteH\x00\x12\r\n\x03put\x18\x03 \x01(\x0cH\x00\x12\x16\n\x0c\x64\x65lete_range\x18\x04 \x01(\x0cH\x00\x12\r\n\x03txn\x18\x05 \x01(\x0cH\x00\x12\x14\n\ncompaction\x18\x06 \x01(\x0cH\x00\x12\x15\n\x0blease_grant\x18\x07 \x01(\x0cH\x00\x12\x16\n\x0clease_revoke\x18\x08 \x01(\x0cH\x00\x12\x0e\n\x04\x61uth\x18\n \x01(\x0cH\x00\x12$\n\tauth_info\x18\x0b \x01(\x0b\x32\x11.dengine.AuthInfo\x1a$\n\x06Insert\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x1a\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x42\x0b\n\toperation\".\n\x08\x41uthInfo\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\x06\n\x04Noop\"6\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07promote\x18\x03 \x01(\x08\"P\n\nMembership\x12\x1f\n\x06voters\x18\x01 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x02 \x03(\x0b\x32\x0f.dengine.Member\"r\n\x0c\x45ntryPayload\x12\x1d\n\x04noop\x18\x01 \x01(\x0b\x32\r.dengine.NoopH\x00\x12\x11\n\x07\x63ommand\x18\x02 \x01(\x0cH\x00\x12%\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x13.dengine.MembershipH\x00\x42\t\n\x07payload\"L\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12&\n\x07payload\x18\x03 \x01(\x0b\x32\x15.dengine.EntryPayload\"<\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tvoted_for\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"t\n\x10SnapshotMetadata\x12%\n\rlast_included\x18\x01 \x01(\x0b\x32\x0e.dengine.LogId\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\x12\'\n\nmembership\x18\x03 \x01(\x0b\x32\x13.dengine.Membershipb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64\x65ngine/proto/common.proto\x12\x07\x64\x65ngine\"$\n\x05LogId\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\"\xfa\x02\n\x0cWriteCommand\x12.\n\x06insert\x18\x01 \x01(\x0b\x32\x1c.dengine.WriteCommand.InsertH\x00\x12.\n\x06\x64\x65lete\x18\x02 \x01(\x0b\x32\x1c.dengine.WriteCommand.DeleteH\x00\x12\r\n\x03put\x18\x03 \x01(\x0cH\x00\x12\x16\n\x0c\x64\x65lete_range\x18\x04 \x01(\x0cH\x00\x12\r\n\x03txn\x18\x05 \x01(\x0cH\x00\x12\x14\n\ncompaction\x18\x06 \x01(\x0cH\x00\x12\x15\n\x0blease_grant\x18\x07 \x01(\x0cH\x00\x12\x16\n\x0clease_revoke\x18\x08 \x01(\x0cH\x00\x12\x0e\n\x04\x61uth\x18\n \x01(\x0cH\x00\x12\x0f\n\x05\x62\x61tch\x18\x14 \x01(\x0cH\x00\x12$\n\tauth_info\x18\x0b \x01(\x0b\x32\x11.dengine.AuthInfo\x1a$\n\x06Insert\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x1a\x15\n\x06\x44\x65lete\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x42\x0b\n\toperation\"\x1e\n\nWriteBatch\x12\x10\n\x08\x63ommands\x18\x01 \x03(\x0c\".\n\x08\x41uthInfo\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x04\"\x06\n\x04Noop\"6\n\x06Member\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07promote\x18\x03 \x01(\x08\"P\n\nMembership\x12\x1f\n\x06voters\x18\x01 \x03(\x0b\x32\x0f.dengine.Member\x12!\n\x08learners\x18\x02 \x03(\x0b\x32\x0f.dengine.Member\"r\n\x0c\x45ntryPayload\x12\x1d\n\x04noop\x18\x01 \x01(\x0b\x32\r.dengine.NoopH\x00\x12\x11\n\x07\x63ommand\x18\x02 \x01(\x0cH\x00\x12%\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x13.dengine.MembershipH\x00\x42\t\n\x07payload\"L\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12&\n\x07payload\x18\x03 \x01(\x0b\x32\x15.dengine.EntryPayload\"<\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tvoted_for\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\"t\n\x10SnapshotMetadata\x12%\n\rlast_included\x18\x01 \x01(\x0b\x32\x0e.dengine.LogId\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\x12\'\n\nmembership\x18\x03 \x01(\x0b\x32\x13.dengine.Membershipb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGID']._serialized_start=39
   _globals['_LOGID']._serialized_end=75
   _globals['_WRITECOMMAND']._serialized_start=78
-  _globals['_WRITECOMMAND']._serialized_end=439
-  _globals['_WRITECOMMAND_INSERT']._serialized_start=367
-  _globals['_WRITECOMMAND_INSERT']._serialized_end=403
-  _globals['_WRITECOMMAND_DELETE']._serialized_start=405
-  _globals['_WRITECOMMAND_DELETE']._serialized_end=426
-  _globals['_AUTHINFO']._serialized_start=441
-  _globals['_AUTHINFO']._serialized_end=487
-  _globals['_NOOP']._serialized_start=489
-  _globals['_NOOP']._serialized_end=495
-  _globals['_MEMBER']._serialized_start=497
-  _globals['_MEMBER']._serialized_end=551
-  _globals['_MEMBERSHIP']._serialized_start=553
-  _globals['_MEMBERSHIP']._serialized_end=633
-  _globals['_ENTRYPAYLOAD']._serialized_start=635
-  _globals['_ENTRYPAYLOAD']._serialized_end=749
-  _globals['_ENTRY']._serialized_start=751
-  _globals['_ENTRY']._serialized_end=827
-  _globals['_HARDSTATE']._serialized_start=829
-  _globals['_HARDSTATE']._serialized_end=889
-  _globals['_SNAPSHOTMETADATA']._serialized_start=891
-  _globals['_SNAPSHOTMETADATA']._serialized_end=1007
+  _globals['_WRITECOMMAND']._serialized_end=456
+  _globals['_WRITECOMMAND_INSERT']._serialized_start=384
+  _globals['_WRITECOMMAND_INSERT']._serialized_end=420
+  _globals['_WRITECOMMAND_DELETE']._serialized_start=422
+  _globals['_WRITECOMMAND_DELETE']._serialized_end=443
+  _globals['_WRITEBATCH']._serialized_start=458
+  _globals['_WRITEBATCH']._serialized_end=488
+  _globals['_AUTHINFO']._serialized_start=490
+  _globals['_AUTHINFO']._serialized_end=536
+  _globals['_NOOP']._serialized_start=538
+  _globals['_NOOP']._serialized_end=544
+  _globals['_MEMBER']._serialized_start=546
+  _globals['_MEMBER']._serialized_end=600
+  _globals['_MEMBERSHIP']._serialized_start=602
+  _globals['_MEMBERSHIP']._serialized_end=682
+  _globals['_ENTRYPAYLOAD']._serialized_start=684
+  _globals['_ENTRYPAYLOAD']._serialized_end=798
+  _globals['_ENTRY']._serialized_start=800
+  _globals['_ENTRY']._serialized_end=876
+  _globals['_HARDSTATE']._serialized_start=878
+  _globals['_HARDSTATE']._serialized_end=938
+  _globals['_SNAPSHOTMETADATA']._serialized_start=940
+  _globals['_SNAPSHOTMETADATA']._serialized_end=1056
 # @@protoc_insertion_point(module_scope)

@@ -15,7 +15,7 @@ class LogId(_message.Message):
     def __init__(self, term: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class WriteCommand(_message.Message):
-    __slots__ = ("insert", "delete", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke", "auth", "auth_info")
+    __slots__ = ("insert", "delete", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke", "auth", "batch", "auth_info")
     class Insert(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class WriteCommand(_message.Message):
     LEASE_GRANT_FIELD_NUMBER: _ClassVar[int]
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     AUTH_INFO_FIELD_NUMBER: _ClassVar[int]
     insert: WriteCommand.Insert
     delete: WriteCommand.Delete
@@ -47,8 +48,15 @@ class WriteCommand(_message.Message):
     lease_grant: bytes
     lease_revoke: bytes
     auth: bytes
+    batch: bytes
     auth_info: AuthInfo
-    def __init__(self, insert: _Optional[_Union[WriteCommand.Insert, _Mapping]] = ..., delete: _Optional[_Union[WriteCommand.Delete, _Mapping]] = ..., put: _Optional[bytes] = ..., delete_range: _Optional[bytes] = ..., txn: _Optional[bytes] = ..., compaction: _Optional[bytes] = ..., lease_grant: _Optional[bytes] = ..., lease_revoke: _Optional[bytes] = ..., auth: _Optional[bytes] = ..., auth_info: _Optional[_Union[AuthInfo, _Mapping]] = ...) -> None: ...
+    def __init__(self, insert: _Optional[_Union[WriteCommand.Insert, _Mapping]] = ..., delete: _Optional[_Union[WriteCommand.Delete, _Mapping]] = ..., put: _Optional[bytes] = ..., delete_range: _Optional[bytes] = ..., txn: _Optional[bytes] = ..., compaction: _Optional[bytes] = ..., lease_grant: _Optional[bytes] = ..., lease_revoke: _Optional[bytes] = ..., auth: _Optional[bytes] = ..., batch: _Optional[bytes] = ..., auth_info: _Optional[_Union[AuthInfo, _Mapping]] = ...) -> None: ...
+
+class WriteBatch(_message.Message):
+    __slots__ = ("commands",)
+    COMMANDS_FIELD_NUMBER: _ClassVar[int]
+    commands: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, commands: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class AuthInfo(_message.Message):
     __slots__ = ("username", "revision")

@@ -155,7 +155,7 @@ class _EngineCollector(Collector):
         pending = getattr(node, "_pending", None)
         if pending is not None:
             yield gauge("dengine_server_proposals_pending",
-                        "Proposed entries waiting for their apply.", len(pending.waiters))
+                        "Proposed entries waiting for their apply.", pending.waiting())
             yield CounterMetricFamily(
                 "dengine_server_proposals_failed",
                 "Proposed writes that failed (deadline passed, leadership lost or changed, "

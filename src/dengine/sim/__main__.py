@@ -209,6 +209,9 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
               help="--whole-node: MODULE:CLASS of a FencedDisk variant (nodesim.broken)")
 @click.option("--lessor", "lessor_class", default="",
               help="--whole-node: MODULE:CLASS of a Lessor variant (nodesim.broken)")
+@click.option("--batches", is_flag=True,
+              help="--whole-node: a third of the clients' writes carry a second command "
+              "(a put of the client's filler key): batch entries under every fault")
 @click.option("--soak", is_flag=True,
               help="--whole-node: run seeds from START on until --hours pass or one fails")
 @click.option("--hours", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -217,15 +220,14 @@ def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
          max_entries_per_msg: int, max_inflight: int, snapshot_every: int | None, membership: bool,
          workload: str, accounts: int, core: str, store: str, jobs: int, whole_node: bool,
          seconds: float, learners: int, node_class: str, disk_class: str, lessor_class: str,
-         soak: bool,
-         hours: float) -> None:
+         batches: bool, soak: bool, hours: float) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
     if whole_node or soak:
         _whole_node(NodeSimConfig(
             nodes=nodes, learners=learners, seconds=seconds,
             faults=_parse_faults(faults, NODE_FAULT_KINDS), node=node_class, core=core,
-            disk=disk_class, lessor=lessor_class, membership=membership,
+            disk=disk_class, lessor=lessor_class, membership=membership, batches=batches,
             snapshot_entries=(NodeSimConfig.snapshot_entries if snapshot_every is None
                               else snapshot_every),
         ), seed_range, jobs, soak, hours)

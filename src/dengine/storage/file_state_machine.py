@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from dengine.errors import CorruptionError, StorageError
-from dengine.kv.codec import OP_INSERT, SHAPES, decode_entry
+from dengine.kv.codec import OP_BATCH, OP_INSERT, SHAPES, batch_ops, decode_entry
 from dengine.kv.mvcc import MvccStore
 from dengine.kv.store import ApplyResult, Op
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
@@ -198,13 +198,16 @@ class FileStateMachine:
                     applied = last_index = ops[-1][0]
                     last_term = ops[-1][1]
                     continue
+                floor = applied  # a batch entry's ops share its index (format 7)
                 for item in ops:
                     index, term, op, _, value = item
                     if op == OP_SNAPSHOT_META:
                         self._snapshot = SnapshotMetadata.FromString(value)
                         continue
-                    if op != OP_LAST_APPLIED:
-                        if index <= applied:
+                    if op == OP_LAST_APPLIED:
+                        floor = index
+                    else:
+                        if index <= floor:
                             continue  # already in the checkpoint: never apply twice
                         membership = apply_ops((item,))
                         if membership is not None:
@@ -339,6 +342,13 @@ class FileStateMachine:
                     op = -1
                 if op < 0:
                     op, key, value = decode_entry(entry)
+                    if op == OP_BATCH:  # each of its commands is an op at this index
+                        for op, key, value in batch_ops(value):  # noqa: B020
+                            put((pack(index, term, op, len(key), len(value)), key, value))
+                            if op != OP_INSERT:
+                                only_inserts = False
+                            add_index(index)
+                        continue
                 put((pack(index, term, op, len(key), len(value)), key, value))
                 if op != OP_INSERT:
                     only_inserts = False

@@ -46,6 +46,8 @@ _META = struct.Struct("<QQQB")  # generation, compacted index, compacted term, h
 PREALLOCATE_BYTES = 1024 * 1024
 RECENT_ENTRIES = 4096  # the last entries kept as objects (between this and twice this)
 _CONFIG_TAG = 0x1A  # EntryPayload.config: field 3, length-delimited
+_SEGMENT_VERSION = records.write_version(records.MAGIC_SEGMENT)
+_NO_INDEX = 1 << 64
 
 
 def segment_name(generation: int, first_index: int) -> str:
@@ -141,6 +143,9 @@ class FileRaftLog(MemoryRaftLog):
         # Segments on disk, ordered: first indexes, paths, and where their records end (for
         # the last one, the active one appended to, `_active_size`).
         self._seg_first: list[int] = []
+        # The first index of a segment written in this release's format: the segments
+        # before it are an older release's (read, never appended to: see append).
+        self._current_from = _NO_INDEX
         self._seg_path: list[str] = []
         self._seg_end: list[int] = []
         self._active: AppendFile | None = None
@@ -186,7 +191,9 @@ class FileRaftLog(MemoryRaftLog):
                 raise CorruptionError(
                     path, 0, f"segment starts at index {first}, expected {expected_next}"
                 )
-            count, end = self._load_segment(path, first, last=n == len(segments) - 1)
+            count, end, version = self._load_segment(path, first, last=n == len(segments) - 1)
+            if version >= _SEGMENT_VERSION:
+                self._current_from = min(self._current_from, first)
             expected_next = first + count
             if first + count - 1 <= self._offset:
                 stale.append(path)  # fully compacted; its deletion was interrupted
@@ -206,10 +213,11 @@ class FileRaftLog(MemoryRaftLog):
                 self._seg_path[-1], position=self._active_size, preallocate=self._preallocate
             )
 
-    def _load_segment(self, path: str, first: int, *, last: bool) -> tuple[int, int]:
+    def _load_segment(self, path: str, first: int, *, last: bool) -> tuple[int, int, int]:
         """Check one segment's records; note the term and offset of those above the
         compaction point (nothing is decoded beyond each entry's first bytes). Returns the
-        number of entries the segment holds and where its valid records end."""
+        number of entries the segment holds, where its valid records end and its format
+        version."""
         scan = records.ScanResult(path)
         index = first
         offset = self._offset
@@ -243,7 +251,9 @@ class FileRaftLog(MemoryRaftLog):
                     path, scan.valid_end, f"{scan.torn_reason} in a segment that is not the last"
                 )
             records.truncate_torn(self._io, scan, records.MAGIC_SEGMENT)
-        return index - first, max(scan.valid_end, records.HEADER_SIZE)
+        # version 0: a torn header, written again in this release's format (truncate_torn)
+        return (index - first, max(scan.valid_end, records.HEADER_SIZE),
+                scan.version or _SEGMENT_VERSION)
 
     @staticmethod
     def _decode_header(
@@ -414,7 +424,10 @@ class FileRaftLog(MemoryRaftLog):
             raise StorageError(f"append at index {first}, expected {self.last_index() + 1}")
         if entries[-1].index != first + len(entries) - 1:
             raise StorageError(f"append of non-consecutive indexes {first}..{entries[-1].index}")
-        new_segment = self._active is None or self._active_size >= self._segment_bytes
+        # Never into an older release's segment: it would read a batch entry of ours
+        # (WriteCommand.batch) as a rejected command, where its version check refuses ours.
+        new_segment = (self._active is None or self._active_size >= self._segment_bytes
+                       or self._seg_first[-1] < self._current_from)
         pos = records.HEADER_SIZE if new_segment else self._active_size
         positions: list[int] = []
         mark = positions.append
@@ -456,6 +469,7 @@ class FileRaftLog(MemoryRaftLog):
             # Give back the unused preallocated tail of the finished segment.
             self._io.truncate(self._seg_path[-1], self._active_size)
         path = self._path(segment_name(self._generation, first))
+        self._current_from = min(self._current_from, first)
         f = self._io.open_append(path, preallocate=self._preallocate)
         f.write(data)
         f.sync()

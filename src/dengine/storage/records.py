@@ -48,12 +48,15 @@ FORMAT_VERSION = 1
 # this release still reads (docs/formats.md).
 # WAL 4, checkpoint 4 and snapshot 3 hold leases (lease ops 11-12, the lease table); WAL
 # 5, checkpoint 5 and snapshot 4 the auth state (op 20, the auth image); WAL 6 etcd requests
-# stamped with who proposed them (key = an encoded AuthInfo, checked as they apply). The versions
-# before them are read as they are (they cannot hold a lease, or an auth change).
-WRITE_VERSIONS = {MAGIC_WAL: 6, MAGIC_CHECKPOINT: 5, MAGIC_SNAPSHOT: 4, MAGIC_HARD_STATE: 2}
+# stamped with who proposed them (key = an encoded AuthInfo, checked as they apply); WAL 7
+# and log segment 2 batch entries (WriteCommand.batch: one entry, many commands; in the
+# WAL one op per command, the entry's index repeated). The versions before them are read
+# as they are (they cannot hold a lease, an auth change, a batch).
+WRITE_VERSIONS = {MAGIC_WAL: 7, MAGIC_CHECKPOINT: 5, MAGIC_SNAPSHOT: 4, MAGIC_HARD_STATE: 2,
+                  MAGIC_SEGMENT: 2}
 READ_VERSIONS = {
-    MAGIC_WAL: (3, 4, 5, 6), MAGIC_CHECKPOINT: (3, 4, 5), MAGIC_SNAPSHOT: (2, 3, 4),
-    MAGIC_HARD_STATE: (1, 2),
+    MAGIC_WAL: (3, 4, 5, 6, 7), MAGIC_CHECKPOINT: (3, 4, 5), MAGIC_SNAPSHOT: (2, 3, 4),
+    MAGIC_HARD_STATE: (1, 2), MAGIC_SEGMENT: (1, 2),
 }
 # Files of the state machine before etcd's data model (keys without revisions): refused.
 _BEFORE_MVCC = {MAGIC_WAL: 3, MAGIC_CHECKPOINT: 3, MAGIC_SNAPSHOT: 2}

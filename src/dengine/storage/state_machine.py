@@ -15,12 +15,14 @@ from typing import Protocol, TypeVar, overload
 
 from dengine.errors import KvError, StorageError
 from dengine.kv.codec import (
+    OP_BATCH,
     OP_CONFIG,
     OP_DELETE,
     OP_INSERT,
     OP_NOOP,
     OP_REJECTED,
     SHAPES,
+    batch_ops,
     decode_entry,
 )
 from dengine.kv.mvcc import META_SIZE, MvccStore
@@ -199,7 +201,11 @@ def plan_chunk(entries: Sequence[Entry], last_applied: int) -> list[Op]:
         n = len(cmd)
         shape = get_shape(cmd[:5] if n > 129 else cmd[:4])
         if shape is None or shape[0] != n or (parts := shape[1](cmd))[1] != shape[2]:
-            put((index, entry.term, *decode_entry(entry)))
+            op, key, value = decode_entry(entry)
+            if op == OP_BATCH:  # each of its commands is an op at this index
+                ops.extend((index, entry.term, *item) for item in batch_ops(value))
+            else:
+                put((index, entry.term, op, key, value))
         else:
             put((index, entry.term, shape[3], parts[0], parts[2]))
     return ops

@@ -43,7 +43,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-from dengine.kv import decode_entry
+from dengine.kv import OP_BATCH, batch_ops, decode_entry
 from dengine.kv.codec import OP_COMPACTION
 from dengine.kv.etcd_check import COMPACTED
 from dengine.kv.mvcc import MvccStore
@@ -118,7 +118,10 @@ class Checks:
         while self._oracle_index + 1 in waiting:
             self._oracle_index += 1
             op, key, value = decode_entry(waiting.pop(self._oracle_index))
-            if op != OP_COMPACTION:
+            if op == OP_BATCH:  # its commands in order, each its own revision
+                for item in batch_ops(value):
+                    self.oracle.apply(*item)
+            elif op != OP_COMPACTION:
                 self.oracle.apply(op, key, value)
 
     def kept_alive(self, lease: int, at: float) -> None:

@@ -92,6 +92,9 @@ class Clients:
         self._inflight: dict[
             int, tuple[_Client, str, bytes, bytes | None, float, str, bytes | None]] = {}
         self._seen: dict[tuple[int, bytes], bytes | None] = {}  # a client's last view
+        # NodeSimConfig.batches: its own generator, so the others' draws are unchanged.
+        self._filler_rng = (random.Random(world.config.seed ^ 0x5EED)
+                            if world.config.batches else None)
 
     def start(self) -> None:
         self._running = True
@@ -192,13 +195,13 @@ class Clients:
             elif kind == "put":
                 assert value is not None
                 command = put_command(key, value) if level else encode_insert(key, value)
-                future = node.propose([command], TIMEOUT_S)
+                future = node.propose(self._with_filler(c, [command]), TIMEOUT_S)
             elif kind == "cas":
                 assert value is not None
                 command = txn_command(cas_request(key, expected, value))
-                future = node.propose([command], TIMEOUT_S)
+                future = node.propose(self._with_filler(c, [command]), TIMEOUT_S)
             elif kind == "delete":
-                future = node.propose([encode_delete(key)], TIMEOUT_S)
+                future = node.propose(self._with_filler(c, [encode_delete(key)]), TIMEOUT_S)
             elif kind == "compact":
                 assert value is not None
                 compaction = pb.CompactionRequest(revision=int(value)).SerializeToString()
@@ -219,6 +222,13 @@ class Clients:
             self._finish(token, "refused")
             return
         future.add_done_callback(lambda f: self._done(token, f))
+
+    def _with_filler(self, c: _Client, commands: list[bytes]) -> list[bytes]:
+        """`commands`, a third of the time followed by a put of the client's filler key
+        (NodeSimConfig.batches; the answer's first result stays the client's own)."""
+        if self._filler_rng is not None and self._filler_rng.random() < 1 / 3:
+            commands.append(encode_insert(b"filler-c%d" % c.id, b"%d" % c.seq))
+        return commands
 
     def _lease_op(self, m: Member, token: int, kind: str, key: bytes, lease: int) -> Any:
         node = m.node

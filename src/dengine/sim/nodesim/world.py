@@ -136,7 +136,7 @@ class World:
             tick_ms=10, election_timeout_ms=100, heartbeat_interval_ms=20, clock_drift_ms=20,
             snapshot_threshold_entries=self.config.snapshot_entries,
             wal_checkpoint_bytes=self.config.checkpoint_bytes,
-            log_segment_bytes=self.config.segment_bytes,
+            log_segment_bytes=self.config.segment_bytes, batch_writes=self.config.batches,
         )
 
     def start(self, m: Member) -> None:
