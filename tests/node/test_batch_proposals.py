@@ -96,7 +96,7 @@ def test_a_batch_entry_replaced_by_another_leaders_is_a_definite_failure() -> No
 def test_concurrent_writes_share_one_entry_each_with_its_own_revision(tmp_path: Path) -> None:
     async def main() -> None:
         async with await Engine.start(str(tmp_path), tick_ms=5, election_timeout_ms=50,
-                                      heartbeat_interval_ms=15) as engine:
+                                      heartbeat_interval_ms=15, batch_writes=True) as engine:
             await engine.wait_ready()
             before = engine.status().commit_index
             results = await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(20)))
@@ -106,3 +106,18 @@ def test_concurrent_writes_share_one_entry_each_with_its_own_revision(tmp_path: 
                 r.revision for r in results]
 
     run(main())
+
+
+def test_writes_are_not_batched_by_default(tmp_path: Path) -> None:
+    """Off by default in this release: an older member would apply a batch as a rejected
+    command (its state silently diverging)."""
+    async def main() -> None:
+        async with await Engine.start(str(tmp_path), tick_ms=5, election_timeout_ms=50,
+                                      heartbeat_interval_ms=15) as engine:
+            await engine.wait_ready()
+            before = engine.status().commit_index
+            await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(20)))
+            assert engine.status().commit_index - before >= 20  # one entry per write
+
+    run(main())
+
