@@ -15,11 +15,11 @@ from dengine import Engine
 from dengine.errors import DengineError, StorageError
 
 
-async def _lone_engine(tmp_path: Path) -> Engine:
+async def _lone_engine(tmp_path: Path, **extra: Any) -> Engine:
     engine = await Engine.start(
         str(tmp_path / "n1"), tick_ms=5, election_timeout_ms=50, heartbeat_interval_ms=15,
         clock_drift_ms=10, listen_peer=f"127.0.0.1:{free_port()}",
-        listen_client=f"127.0.0.1:{free_port()}",
+        listen_client=f"127.0.0.1:{free_port()}", **extra,
     )
     await engine.wait_ready(timeout=5)
     return engine
@@ -196,14 +196,19 @@ def test_few_but_large_entries_are_persisted_and_applied_on_the_threads(tmp_path
     run(main())
 
 
+@pytest.mark.parametrize("batch", [False, True])
 def test_small_readies_are_persisted_on_the_log_thread_under_concurrent_load(
-        tmp_path: Path) -> None:
+        tmp_path: Path, batch: bool) -> None:
     """With many writes waiting, the loop keeps serving while the log thread fsyncs
     (logthread.PERSIST_OFF_LOOP_WAITING); a lone write is persisted on the loop, and so is
-    a Ready of PERSIST_OFF_LOOP_MAX_ENTRIES or more (its group commit is large already)."""
+    a Ready of PERSIST_OFF_LOOP_MAX_ENTRIES commands or more (its group commit is large
+    already), in entries of their own or (batch_writes) in one batch entry."""
+
+    def entries(writes: int) -> int:
+        return 1 if batch else writes
 
     async def main() -> None:
-        engine = await _lone_engine(tmp_path)
+        engine = await _lone_engine(tmp_path, batch_writes=batch)
         node = engine._node
         loop_thread = threading.current_thread()
         on_loop: list[tuple[int, bool]] = []  # (entries, persisted on the loop thread)
@@ -219,15 +224,14 @@ def test_small_readies_are_persisted_on_the_log_thread_under_concurrent_load(
             await engine.put(b"alone", b"1")
             assert on_loop == [(1, True)]
             on_loop.clear()
-            # 32 writes proposed in one turn: one Ready of one batch entry (32 commands),
-            # on the log thread
+            # 32 writes proposed in one turn: one Ready of 32 commands, on the log thread
             await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(32)))
-            assert on_loop[0] == (1, False)
+            assert on_loop[0] == (entries(32), False)
             assert await engine.get(b"k31") == b"v"
             on_loop.clear()
             # 128 in one turn: a group commit large already, on the loop (no hand-off)
             await asyncio.gather(*(engine.put(b"m%d" % i, b"v") for i in range(128)))
-            assert on_loop[0] == (1, True)
+            assert on_loop[0] == (entries(128), True)
             assert await engine.get(b"m127") == b"v"
         finally:
             await engine.stop()

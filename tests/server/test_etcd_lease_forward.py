@@ -68,7 +68,9 @@ def test_keepalives_of_many_streams_on_a_follower_share_one_native_request(
             assert [(a.ID, a.TTL) for a in answers] == [(grant.ID, 60), (0x99, 0),
                                                          (grant.ID, 60)]
             assert {a.header.member_id for a in answers} == {follower.engine.node_id}
-            assert seen == {"LeaseKeepAlive": 4}
+            # the stream reads ahead: its keep-alives share native requests as they arrive
+            # together (1 to 3 of them, by timing), never more than one each
+            assert set(seen) == {"LeaseKeepAlive"} and 2 <= seen["LeaseKeepAlive"] <= 4
 
     run(main())
 
