@@ -161,23 +161,26 @@ async def _health(eps: _Endpoints, endpoint: str) -> dict[str, Any]:
     return out
 
 
-async def _status(eps: _Endpoints, endpoint: str) -> tuple[str, Any]:
-    try:
-        return endpoint, await eps.call(endpoint, "/etcdserverpb.Maintenance/Status",
-                                        rpc_pb2.StatusRequest(), rpc_pb2.StatusResponse)
-    except grpc.aio.AioRpcError as e:
-        return endpoint, _error_text(e)
-
-
-def _hashkv(revision: int) -> Callable[[_Endpoints, str], Any]:
+def _ask(path: str, request: Any, response: Any) -> Callable[[_Endpoints, str], Any]:
+    """One etcd call per endpoint: (endpoint, its answer or the error's text)."""
     async def ask(eps: _Endpoints, endpoint: str) -> tuple[str, Any]:
         try:
-            return endpoint, await eps.call(
-                endpoint, "/etcdserverpb.Maintenance/HashKV",
-                rpc_pb2.HashKVRequest(revision=revision), rpc_pb2.HashKVResponse)
+            return endpoint, await eps.call(endpoint, path, request, response)
         except grpc.aio.AioRpcError as e:
             return endpoint, _error_text(e)
     return ask
+
+
+_status = _ask("/etcdserverpb.Maintenance/Status", rpc_pb2.StatusRequest(),
+               rpc_pb2.StatusResponse)
+
+
+def _answered(results: list[tuple[str, Any]], what: str) -> list[tuple[str, Any]]:
+    """The endpoints that answered; etcdctl's line on stderr for each of the others."""
+    for ep, answer in results:
+        if isinstance(answer, str):
+            click.echo(f"Failed to get the {what} of endpoint {ep} ({answer})", err=True)
+    return [(ep, answer) for ep, answer in results if not isinstance(answer, str)]
 
 
 def _gather(endpoints: str, cluster: bool, timeout: float,
@@ -256,10 +259,7 @@ def status(endpoints: str, timeout: float, cluster: bool, write_out: str,
     """Each endpoint's member: id, version, data size, leader, learner, Raft term and
     indexes, errors (alarms, no leader)."""
     results = _gather(endpoints, cluster, timeout, _status)
-    answered = [(ep, st) for ep, st in results if not isinstance(st, str)]
-    for ep, st in results:
-        if isinstance(st, str):
-            click.echo(f"Failed to get the status of endpoint {ep} ({st})", err=True)
+    answered = _answered(results, "status")
     fmt = "json" if as_json else write_out
     if fmt == "json":
         click.echo(json.dumps([{"Endpoint": ep, "Status": as_dict(st)} for ep, st in answered],
@@ -286,11 +286,10 @@ def hashkv(endpoints: str, timeout: float, cluster: bool, write_out: str, as_jso
            revision: int) -> None:
     """Each endpoint's hash of its key-value history at a revision (etcd's HashKV):
     members that answer different hashes for the same revision have diverged."""
-    results = _gather(endpoints, cluster, timeout, _hashkv(revision))
-    answered = [(ep, h) for ep, h in results if not isinstance(h, str)]
-    for ep, h in results:
-        if isinstance(h, str):
-            click.echo(f"Failed to get the hash of endpoint {ep} ({h})", err=True)
+    results = _gather(endpoints, cluster, timeout, _ask(
+        "/etcdserverpb.Maintenance/HashKV", rpc_pb2.HashKVRequest(revision=revision),
+        rpc_pb2.HashKVResponse))
+    answered = _answered(results, "hash")
     fmt = "json" if as_json else write_out
     if fmt == "json":
         click.echo(json.dumps([{"Endpoint": ep, "HashKV": as_dict(h)} for ep, h in answered],

@@ -55,21 +55,12 @@ def hash_kv(data: dict[bytes, bytes], changes: Changelog, compact_revision: int,
     whose history is `changes`. A negative revision hashes no record, as etcd's does."""
     if revision < 1:
         return int(crc32c.crc32c(KEY_BUCKET))
-    after = list(changes.since(revision))
-    for _, key, _, prev in reversed(after):  # back to the store as it was at `revision`
-        if prev is None:
-            data.pop(key, None)
-        else:
-            data[key] = prev
+    _undo(data, list(changes.since(revision)))  # the store as it was at `revision`
     history = [c for c in changes.since(compact_revision) if c[0] <= revision]
     kept = [(key, packed) for key, packed in data.items()
             if unpack_meta(packed)[1] <= compact_revision]
     if not data:  # no key live at `revision`: every version left by the compaction
-        for _, key, _, prev in reversed(history):
-            if prev is None:
-                data.pop(key, None)
-            else:
-                data[key] = prev
+        _undo(data, history)
         kept = list(data.items())
     h = crc32c.crc32c(KEY_BUCKET)
     kept.sort(key=lambda item: (unpack_meta(item[1])[1], item[0]))
@@ -78,6 +69,16 @@ def hash_kv(data: dict[bytes, bytes], changes: Changelog, compact_revision: int,
     for record in _records(history):
         h = crc32c.crc32c(record, h)
     return h
+
+
+def _undo(data: dict[bytes, bytes],
+          changes: list[tuple[int, bytes, bytes | None, bytes | None]]) -> None:
+    """Take `changes` (the latest ones of the store `data`) back, newest first."""
+    for _, key, _, prev in reversed(changes):
+        if prev is None:
+            data.pop(key, None)
+        else:
+            data[key] = prev
 
 
 def _records(history: Iterable[tuple[int, bytes, bytes | None, bytes | None]]
