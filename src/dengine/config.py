@@ -65,12 +65,11 @@ class NodeConfig:
     max_bytes_per_msg: int = 4 * 1024 * 1024
     max_inflight_msgs: int = 64
     # The key-value writes proposed in one loop turn as one log entry (a batch: docs/
-    # formats.md, "Batch entries"). Off by default in this release: a member of an older
-    # release would apply a batch as a rejected command, and its state would silently
-    # diverge, so turn it on once every member runs this release (there is no version
-    # handshake yet). DENGINE_BATCH_WRITES=1 sets the default (benchmarks, test runs).
+    # formats.md, "Batch entries"), while every other member announces that it applies
+    # them (its Hello's log_format; an older release would apply one as a rejected command
+    # and diverge). DENGINE_BATCH_WRITES=0 sets the default off (benchmarks, test runs).
     batch_writes: bool = field(
-        default_factory=lambda: os.environ.get("DENGINE_BATCH_WRITES", "0") == "1")
+        default_factory=lambda: os.environ.get("DENGINE_BATCH_WRITES", "1") != "0")
 
     # Limits on client input.
     max_key_size: int = 4 * 1024

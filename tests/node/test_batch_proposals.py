@@ -108,16 +108,19 @@ def test_concurrent_writes_share_one_entry_each_with_its_own_revision(tmp_path: 
     run(main())
 
 
-def test_writes_are_not_batched_by_default(tmp_path: Path) -> None:
-    """Off by default in this release: an older member would apply a batch as a rejected
-    command (its state silently diverging)."""
+def test_writes_are_batched_by_default_and_not_when_switched_off(tmp_path: Path) -> None:
+    """On by default (a lone node has no peer of an older release to wait for);
+    `batch_writes=False`: one entry per write."""
     async def main() -> None:
-        async with await Engine.start(str(tmp_path), tick_ms=5, election_timeout_ms=50,
-                                      heartbeat_interval_ms=15) as engine:
-            await engine.wait_ready()
-            before = engine.status().commit_index
-            await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(20)))
-            assert engine.status().commit_index - before >= 20  # one entry per write
+        for batch, data_dir in ((None, tmp_path / "a"), (False, tmp_path / "b")):
+            settings = {} if batch is None else {"batch_writes": batch}
+            async with await Engine.start(str(data_dir), tick_ms=5, election_timeout_ms=50,
+                                          heartbeat_interval_ms=15, **settings) as engine:
+                await engine.wait_ready()
+                before = engine.status().commit_index
+                await asyncio.gather(*(engine.put(b"k%d" % i, b"v") for i in range(20)))
+                entries = engine.status().commit_index - before
+                assert entries >= 20 if batch is False else entries < 20
 
     run(main())
 

@@ -47,8 +47,8 @@ def test_single_node_put_get_delete(tmp_path: Path) -> None:
             assert await engine.get(b"k") is None
             results = await engine.write([insert(b"a", b"1"), insert(b"b", b"2")])
             assert [r.succeeded for r in results] == [True, True]
-            # one entry per command (batch_writes is off by default), each its own revision
-            assert results[1].index == results[0].index + 1
+            # one batch entry for the write's commands (batch_writes), each its own revision
+            assert results[1].index == results[0].index
             assert results[1].revision == results[0].revision + 1
             assert await engine.get_many([b"a", b"b", b"c"]) == [b"1", b"2", None]
             await engine.put("text", "é")  # str is accepted as UTF-8

@@ -51,14 +51,18 @@ def test_writes_forwarded_in_one_loop_turn_share_one_native_request(tmp_path: Pa
         failed = answers.pop(5)
         assert isinstance(failed, KvError) and failed.message == FUTURE
         assert failed.grpc_code == "OUT_OF_RANGE"
-        indexes = []
+        indexes, revisions = [], []
         for answer in answers:
             assert not isinstance(answer, BaseException), answer
             resp = rpc_pb2.PutResponse.FromString(answer.response)
             assert resp.header.member_id == leader.engine.node_id
             assert answer.term == term
             indexes.append(answer.log_index)
-        assert indexes == sorted(indexes) and len(set(indexes)) == 10
+            revisions.append(resp.header.revision)
+        # proposed together: a batch entry on each side of the compaction (its own entry),
+        # each put its own revision
+        assert indexes == sorted(indexes) and len(set(indexes)) == 2
+        assert revisions == sorted(revisions) and len(set(revisions)) == 10
         assert seen == {"ForwardWrite": 1}
         # answered once the follower applied them (it learnt their commit from the answer)
         assert follower.engine.status().applied_index >= indexes[-1]

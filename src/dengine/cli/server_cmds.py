@@ -59,9 +59,8 @@ SETTINGS_HELP = {
     "max_entries_per_msg": "Entries per AppendEntries message.",
     "max_bytes_per_msg": "Bytes per AppendEntries message.",
     "max_inflight_msgs": "AppendEntries in flight per follower (pipelining window).",
-    "batch_writes": "Propose the key-value writes of one loop turn as one log entry (off "
-                    "by default: turn it on once every member runs this release; an older "
-                    "member cannot apply a batch).",
+    "batch_writes": "Propose the key-value writes of one loop turn as one log entry "
+                    "(while every other member announces that it applies them).",
     "max_key_size": "Largest key accepted, in bytes.",
     "max_value_size": "Largest value accepted, in bytes.",
     "max_request_size": "Largest client request (a batch of commands or keys), in bytes.",

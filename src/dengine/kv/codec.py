@@ -41,6 +41,17 @@ OP_BATCH = 30
 # lease, auth or batch command: those stay entries of their own).
 BATCH_OPS = frozenset((OP_INSERT, OP_DELETE, OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_STAMPED))
 _BATCH_TAG = b"\xa2\x01"  # WriteCommand.batch: field 20, length-delimited
+# The log entry formats a release applies, announced to its peers (the transport's Hello):
+# an older release (format 1, announcing nothing) would apply a batch entry as one
+# rejected command and silently diverge, so a leader makes them only for peers of format 2.
+LOG_FORMAT_SINGLE = 1
+LOG_FORMAT_BATCH = 2
+LOG_FORMAT = LOG_FORMAT_BATCH  # this release's
+
+
+def is_batch_entry(cmd: bytes) -> bool:
+    """Whether an entry's command is a batch (only a leader of LOG_FORMAT_BATCH makes them)."""
+    return cmd[:2] == _BATCH_TAG
 
 # WriteCommand's request fields: tag byte (field << 3 | 2) -> op
 _REQUEST_TAGS = {0x1A: OP_PUT, 0x22: OP_DELETE_RANGE, 0x2A: OP_TXN, 0x32: OP_COMPACTION,

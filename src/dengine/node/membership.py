@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dengine.api import MemberInfo
 from dengine.config import NodeConfig
 from dengine.errors import DengineError, InvalidRequest, NotLeader, Unavailable
+from dengine.kv.codec import LOG_FORMAT_BATCH
 from dengine.node.pending import Pending, Write
 from dengine.node.ports import NodeLog, PeerTransport, TransportFactory
 from dengine.node.snapshot_send import SnapshotDoneHandler
@@ -324,6 +325,19 @@ class Members:
             self.removed_ids = (self.removed_ids | (before - ids)) - ids
             if self.node_id in before and self.node_id not in ids:
                 self._on_removed(f"the configuration applied at index {index} leaves it out")
+
+    def batch_ok(self) -> bool:
+        """Leader: whether this turn's writes may go as batch entries: `batch_writes` on,
+        and every other member (the core's progress: voters and learners) announced a log
+        format that applies them. An older release would apply one as a rejected command
+        and diverge; a member not heard from since this node started counts as older."""
+        if not self._config.batch_writes:
+            return False
+        me, transport = self.node_id, self.transport
+        if transport is None:
+            return all(p == me for p in self._core.prs)
+        log_format = transport.peer_log_format
+        return all(p == me or log_format(p) >= LOG_FORMAT_BATCH for p in self._core.prs)
 
     def sync_peers(self) -> None:
         """Talk to the members of the latest configuration."""

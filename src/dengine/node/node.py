@@ -102,7 +102,7 @@ class Node:
         self._running = False
         self._standing = Standing(self.node_id)  # why it stopped serving: failed, removed
         self._closing: asyncio.Task[None] | None = None  # the transport, once removed/failed
-        self._pending = Pending(config.tick_ms / 1e3, config.max_bytes_per_msg, config.batch_writes)
+        self._pending = Pending(config.tick_ms / 1e3, config.max_bytes_per_msg)
         self._due = self._pending.due
         # inbox, drained once per turn
         self._in_messages: list[Message] = []
@@ -507,7 +507,7 @@ class Node:
         proposals, self._in_proposals = self._in_proposals, []
         commands = [c for cmds, _ in proposals for c in cmds]
         self._incoming_bytes += sum(map(len, commands)) + ENTRY_OVERHEAD * len(commands)
-        entries, slots = self._pending.entries_for(proposals, commands)
+        entries, slots = self._pending.entries_for(proposals, commands, self.members.batch_ok())
         try:
             term, index = core.propose_batch(entries)
         except NotLeader:

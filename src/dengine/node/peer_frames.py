@@ -13,7 +13,8 @@ import crc32c
 from google.protobuf.message import DecodeError
 
 from dengine.errors import DengineError
-from dengine.proto import Message, PeerFrame
+from dengine.kv.codec import LOG_FORMAT_BATCH, LOG_FORMAT_SINGLE, is_batch_entry
+from dengine.proto import Hello, Message, MessageType, PeerFrame
 
 log = logging.getLogger("dengine.node.transport")  # the transport's lines, as before
 
@@ -22,6 +23,7 @@ HEADER = struct.Struct("<II")
 _BATCH_TAG = b"\x12"
 _MESSAGE_TAG = b"\x0a"
 _FRAME_OVERHEAD = 64  # header + tags + varints, rounded up generously
+_MSG_APPEND = MessageType.MSG_APPEND
 
 
 class PeerProtocolError(DengineError):
@@ -72,6 +74,38 @@ def encode_message_frames(messages: Iterable[Message], max_frame_bytes: int) -> 
     if parts:
         frames.append(_batch_frame(parts, size))
     return frames
+
+
+class PeerLogFormats:
+    """The newest log entry format each peer announced in its latest Hello, and what an
+    append may carry to it: a peer of an older format gets no batch entry (it would apply
+    one as a rejected command and diverge), so it stays behind, logged, until upgraded."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self._formats: dict[int, int] = {}
+        self.withheld_appends = 0  # appends carrying batch entries not sent to older peers
+
+    def heard(self, hello: Hello) -> None:
+        self._formats[hello.node_id] = hello.log_format or LOG_FORMAT_SINGLE
+
+    def of(self, peer: int) -> int:
+        """0: not heard from since the transport started."""
+        return self._formats.get(peer, 0)
+
+    def replicable(self, peer: int, messages: list[Message]) -> list[Message]:
+        if self._formats.get(peer, 0) >= LOG_FORMAT_BATCH:
+            return messages
+        kept = [m for m in messages if m.type != _MSG_APPEND
+                or not any(is_batch_entry(e.payload.command) for e in m.entries)]
+        if len(kept) != len(messages):
+            self.withheld_appends = n = self.withheld_appends + len(messages) - len(kept)
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th ... are logged
+                log.warning("node %d: node %d runs an older release (log format %d) that "
+                            "cannot apply batch entries; not replicating them to it: upgrade "
+                            "it (%d appends withheld so far)", self.node_id, peer,
+                            self.of(peer), n)
+        return kept
 
 
 def write(writer: asyncio.StreamWriter, data: bytes) -> None:

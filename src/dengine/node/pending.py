@@ -144,12 +144,11 @@ class Pending:
     come as that many consecutive results with the entry's index.
     """
 
-    def __init__(self, tick_s: float, max_bytes_per_msg: int = 4 * 1024 * 1024,
-                 batch_writes: bool = True) -> None:
+    def __init__(self, tick_s: float, max_bytes_per_msg: int = 4 * 1024 * 1024) -> None:
         self.ticks = 0  # loop ticks since start
         self.waiters: dict[int, tuple[int, Write, int]] = {}
         self.batches: dict[int, tuple[int, Slots]] = {}
-        self._batch_bytes = max_bytes_per_msg - BATCH_ENTRY_OVERHEAD if batch_writes else 0
+        self._batch_bytes = max_bytes_per_msg - BATCH_ENTRY_OVERHEAD
         self._tick_s = tick_s
         self._timeout_ticks: dict[float, int] = {}
         self._next_scan = 0
@@ -181,11 +180,11 @@ class Pending:
                 waiters[index] = (term, write, slot)
                 index += 1
 
-    def entries_for(self, proposals: list[tuple[list[bytes], Write]], commands: list[bytes]
-                    ) -> tuple[list[bytes], list[Slots] | None]:
-        """`batch_entries` within the peer message bound (NodeConfig.batch_writes off:
-        one entry per command)."""
-        if not self._batch_bytes:
+    def entries_for(self, proposals: list[tuple[list[bytes], Write]], commands: list[bytes],
+                    batch: bool = True) -> tuple[list[bytes], list[Slots] | None]:
+        """`batch_entries` within the peer message bound (`batch` False: one entry per
+        command; `Members.batch_ok`)."""
+        if not batch:
             return commands, None
         return batch_entries(proposals, commands, self._batch_bytes)
 

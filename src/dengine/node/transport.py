@@ -6,18 +6,19 @@ inbound connection from each peer (used only to receive). A frame is
 
     u32 length | u32 crc32c(payload) | payload      (little-endian; payload = PeerFrame)
 
-Both sides open with a `Hello{cluster_id, node_id, client_address, peer_address}`; a
-Hello from an unknown node id or another cluster, a bad checksum, an undecodable or
-oversized frame is a protocol error: logged, connection closed. A Raft message outside the
-bounds of `dengine.raft.limits` (terms and indexes up to 2**62, ...), or a MSG_SNAPSHOT
-(snapshots travel as chunks), is dropped and counted (`rejected_messages`). A node that is in no
-membership yet (joining) accepts any node of its cluster and dials it back at the Hello's
-`peer_address`. The per-peer send queue is a bounded deque that drops its oldest messages
-when full (Raft tolerates loss), and each peer has its own writer task, so a slow or dead
-peer never blocks the others nor grows memory without bound. When the writer task is idle
-and the socket's buffer empty, `send` writes the frame itself (the bytes leave at once,
-without waiting for the task's turn of the loop); otherwise everything queued for a peer
-while its previous write drained goes out as one frame.
+Both sides open with a `Hello{cluster_id, node_id, client_address, peer_address,
+log_format}`; a Hello from an unknown node id or another cluster, a bad checksum, an
+undecodable or oversized frame is a protocol error: logged, connection closed. A Raft
+message outside the bounds of `dengine.raft.limits` (terms and indexes up to 2**62, ...), or
+a MSG_SNAPSHOT (snapshots travel as chunks), is dropped and counted (`rejected_messages`). A
+node that is in no membership yet (joining) accepts any node of its cluster and dials it
+back at the Hello's `peer_address`. `log_format`: `PeerLogFormats`. The per-peer send queue
+is a bounded deque that drops its oldest messages when full (Raft tolerates loss), and each
+peer has its own writer task, so a slow or dead peer never blocks the others nor grows
+memory without bound. When the writer task is idle and the socket's buffer empty, `send`
+writes the frame itself (the bytes leave at once, without waiting for the task's turn of the
+loop); otherwise everything queued for a peer while its previous write drained goes out as
+one frame.
 
 Snapshots travel beside the Raft messages, never through the lossy queue: the writer task
 of a peer sends a snapshot's chunks whenever its message queue is empty
@@ -46,9 +47,11 @@ from pathlib import Path
 
 from dengine.config import parse_address
 from dengine.errors import DengineError
+from dengine.kv.codec import LOG_FORMAT
 from dengine.netutil import set_keepalive
 from dengine.node.peer_frames import HEADER as HEADER  # the frame header, for callers
 from dengine.node.peer_frames import (
+    PeerLogFormats,
     PeerProtocolError,
     encode_frame,
     encode_message_frames,
@@ -179,6 +182,7 @@ class Transport:
         self._links: dict[int, _Link] = {}
         self._peer_addresses = dict(peers)
         self._client_addresses: dict[int, str] = {}
+        self.log_formats = PeerLogFormats(node_id)
         self._inbound: set[asyncio.Task[None]] = set()
         # Inbound connections beyond this many are closed at once (a peer needs one; the
         # rest is room for reconnects while an old connection is not yet seen dead).
@@ -280,6 +284,7 @@ class Transport:
                 continue
             batch = list(link.queue)
             link.queue.clear()
+            batch = self.log_formats.replicable(link.node_id, batch)
             frames = encode_message_frames(batch, self.max_frame_bytes)
             writer.write(b"".join(frames))
             link.sent_frames += len(frames)
@@ -287,6 +292,9 @@ class Transport:
     def peer_client_address(self, node_id: int) -> str:
         """The client API address a peer announced in its Hello ("" if not heard yet)."""
         return self._client_addresses.get(node_id, "")
+
+    def peer_log_format(self, node_id: int) -> int:
+        return self.log_formats.of(node_id)  # PeerLogFormats
 
     def is_connected(self, node_id: int) -> bool:
         link = self._links.get(node_id)
@@ -347,7 +355,7 @@ class Transport:
     def _hello(self, to_id: int) -> bytes:
         hello = Hello(cluster_id=self.cluster_id, node_id=self.node_id,
                       client_address=self.client_address, to_id=to_id,
-                      peer_address=self.listen)
+                      peer_address=self.listen, log_format=LOG_FORMAT)
         return encode_frame(PeerFrame(hello=hello).SerializeToString())
 
     async def _run_link(self, link: _Link) -> None:
@@ -459,6 +467,7 @@ class Transport:
                 if link.queue:
                     batch = list(link.queue)
                     link.queue.clear()
+                    batch = self.log_formats.replicable(peer, batch)
                     frames += encode_message_frames(batch, self.max_frame_bytes)
                 if frames:
                     # Raft messages and acks first; a snapshot chunk only when none wait.
@@ -562,6 +571,7 @@ class Transport:
             self._discover(hello.node_id, hello.peer_address, remote_host)
         if hello.client_address:
             self._client_addresses[hello.node_id] = hello.client_address
+        self.log_formats.heard(hello)
         return hello
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -26,21 +26,21 @@ from dengine.proto import common_pb2 as dengine_dot_proto_dot_common__pb2
 from dengine.proto import raft_pb2 as dengine_dot_proto_dot_raft__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x65ngine/proto/transport.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\x1a\x18\x64\x65ngine/proto/raft.proto\"z\n\x05Hello\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\r\n\x05to_id\x18\x04 \x01(\x04\x12\x14\n\x0cpeer_address\x18\x05 \x01(\t\x12\x0f\n\x07removed\x18\x06 \x01(\x08\"2\n\x0cMessageBatch\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.dengine.Message\"\xab\x01\n\rSnapshotChunk\x12+\n\x08metadata\x18\x01 \x01(\x0b\x32\x19.dengine.SnapshotMetadata\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x0e\n\x06\x63rc32c\x18\x06 \x01(\r\x12\x12\n\ntotal_size\x18\x07 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x04\"\x96\x01\n\x0bSnapshotAck\x12%\n\rlast_included\x18\x01 \x01(\x0b\x32\x0e.dengine.LogId\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x10\n\x08mismatch\x18\x04 \x01(\x08\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x04\"\xc0\x01\n\tPeerFrame\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.dengine.HelloH\x00\x12)\n\x08messages\x18\x02 \x01(\x0b\x32\x15.dengine.MessageBatchH\x00\x12\x30\n\x0esnapshot_chunk\x18\x03 \x01(\x0b\x32\x16.dengine.SnapshotChunkH\x00\x12,\n\x0csnapshot_ack\x18\x04 \x01(\x0b\x32\x14.dengine.SnapshotAckH\x00\x42\x07\n\x05\x66rameb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x64\x65ngine/proto/transport.proto\x12\x07\x64\x65ngine\x1a\x1a\x64\x65ngine/proto/common.proto\x1a\x18\x64\x65ngine/proto/raft.proto\"\x8e\x01\n\x05Hello\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x63lient_address\x18\x03 \x01(\t\x12\r\n\x05to_id\x18\x04 \x01(\x04\x12\x14\n\x0cpeer_address\x18\x05 \x01(\t\x12\x0f\n\x07removed\x18\x06 \x01(\x08\x12\x12\n\nlog_format\x18\x07 \x01(\r\"2\n\x0cMessageBatch\x12\"\n\x08messages\x18\x01 \x03(\x0b\x32\x10.dengine.Message\"\xab\x01\n\rSnapshotChunk\x12+\n\x08metadata\x18\x01 \x01(\x0b\x32\x19.dengine.SnapshotMetadata\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0c\n\x04term\x18\x05 \x01(\x04\x12\x0e\n\x06\x63rc32c\x18\x06 \x01(\r\x12\x12\n\ntotal_size\x18\x07 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x04\"\x96\x01\n\x0bSnapshotAck\x12%\n\rlast_included\x18\x01 \x01(\x0b\x32\x0e.dengine.LogId\x12\x10\n\x08\x63hecksum\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x10\n\x08mismatch\x18\x04 \x01(\x08\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\x04\"\xc0\x01\n\tPeerFrame\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.dengine.HelloH\x00\x12)\n\x08messages\x18\x02 \x01(\x0b\x32\x15.dengine.MessageBatchH\x00\x12\x30\n\x0esnapshot_chunk\x18\x03 \x01(\x0b\x32\x16.dengine.SnapshotChunkH\x00\x12,\n\x0csnapshot_ack\x18\x04 \x01(\x0b\x32\x14.dengine.SnapshotAckH\x00\x42\x07\n\x05\x66rameb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dengine.proto.transport_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLO']._serialized_start=96
-  _globals['_HELLO']._serialized_end=218
-  _globals['_MESSAGEBATCH']._serialized_start=220
-  _globals['_MESSAGEBATCH']._serialized_end=270
-  _globals['_SNAPSHOTCHUNK']._serialized_start=273
-  _globals['_SNAPSHOTCHUNK']._serialized_end=444
-  _globals['_SNAPSHOTACK']._serialized_start=447
-  _globals['_SNAPSHOTACK']._serialized_end=597
-  _globals['_PEERFRAME']._serialized_start=600
-  _globals['_PEERFRAME']._serialized_end=792
+  _globals['_HELLO']._serialized_start=97
+  _globals['_HELLO']._serialized_end=239
+  _globals['_MESSAGEBATCH']._serialized_start=241
+  _globals['_MESSAGEBATCH']._serialized_end=291
+  _globals['_SNAPSHOTCHUNK']._serialized_start=294
+  _globals['_SNAPSHOTCHUNK']._serialized_end=465
+  _globals['_SNAPSHOTACK']._serialized_start=468
+  _globals['_SNAPSHOTACK']._serialized_end=618
+  _globals['_PEERFRAME']._serialized_start=621
+  _globals['_PEERFRAME']._serialized_end=813
 # @@protoc_insertion_point(module_scope)

@@ -9,20 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("cluster_id", "node_id", "client_address", "to_id", "peer_address", "removed")
+    __slots__ = ("cluster_id", "node_id", "client_address", "to_id", "peer_address", "removed", "log_format")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TO_ID_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    LOG_FORMAT_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     node_id: int
     client_address: str
     to_id: int
     peer_address: str
     removed: bool
-    def __init__(self, cluster_id: _Optional[str] = ..., node_id: _Optional[int] = ..., client_address: _Optional[str] = ..., to_id: _Optional[int] = ..., peer_address: _Optional[str] = ..., removed: _Optional[bool] = ...) -> None: ...
+    log_format: int
+    def __init__(self, cluster_id: _Optional[str] = ..., node_id: _Optional[int] = ..., client_address: _Optional[str] = ..., to_id: _Optional[int] = ..., peer_address: _Optional[str] = ..., removed: _Optional[bool] = ..., log_format: _Optional[int] = ...) -> None: ...
 
 class MessageBatch(_message.Message):
     __slots__ = ("messages",)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dengine.kv.codec import LOG_FORMAT
 from dengine.node.snapshot_send import SnapshotSender
 from dengine.proto import Message, SnapshotAck, SnapshotChunk, SnapshotMetadata
 from dengine.storage.fileio import FileIO
@@ -161,6 +162,9 @@ class SimTransport:
 
     def peer_client_address(self, node_id: int) -> str:
         return f"sim-client-{node_id}"
+
+    def peer_log_format(self, node_id: int) -> int:
+        return LOG_FORMAT if node_id in self.peers else 0
 
     def is_connected(self, node_id: int) -> bool:
         return not self.closed and node_id in self.peers
