@@ -119,3 +119,34 @@ def test_an_older_releases_segment_is_never_appended_to(tmp_path) -> None:
     with pytest.raises(CorruptionError, match=r"unsupported format version 3 \(this release "
                                               r"reads 1, 2\)"):
         FileRaftLog(tmp_path / "raft")
+
+
+def test_batches_of_one_shape_apply_as_the_generic_path_does(tmp_path, monkeypatch) -> None:
+    """apply_chunk takes a batch of same-shape inserts by columns (kv.codec.batch_inserts):
+    the same WAL bytes, store and results as each command decoded alone."""
+    value = bytes(range(200))
+    same = [insert(b"k%03d" % (i % 7), value) for i in range(20)]  # keys repeat in a batch
+    chunks = [
+        [command_entry(1, 1, encode_batch(same)), command_entry(2, 1, insert(b"x", b"1"))],
+        [command_entry(3, 2, encode_batch(same[:3])),
+         command_entry(4, 2, encode_batch([*same[:2], insert(b"longer-key", value)])),
+         command_entry(5, 2, encode_batch([*same[:2], put_request(b"k000", b"2")])),
+         command_entry(6, 2, encode_batch([insert(b"k%03d" % i, b"v%d" % i) for i in range(9)]))],
+    ]
+
+    def run(path, columns: bool):
+        if not columns:
+            monkeypatch.setattr("dengine.storage.file_state_machine.batch_inserts",
+                                lambda cmd: None)
+        sm = FileStateMachine(path)
+        results = [[(r.index, r.succeeded, r.revision) for r in sm.apply_chunk(c)]
+                   for c in chunks]
+        state = sm.read(store_state)
+        sm.close()
+        monkeypatch.undo()
+        with open(os.path.join(path, wal_name(0)), "rb") as f:
+            return results, state, f.read()
+
+    assert run(str(tmp_path / "columns"), True) == run(str(tmp_path / "generic"), False)
+    again = FileStateMachine(tmp_path / "columns")
+    assert again.read(store_state) == run(str(tmp_path / "generic2"), False)[1]

@@ -28,10 +28,18 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
 from typing import TypeVar
 
 from dengine.errors import CorruptionError, StorageError
-from dengine.kv.codec import OP_BATCH, OP_INSERT, SHAPES, batch_ops, decode_entry
+from dengine.kv.codec import (
+    OP_BATCH,
+    OP_INSERT,
+    SHAPES,
+    batch_inserts,
+    batch_ops,
+    decode_entry,
+)
 from dengine.kv.mvcc import MvccStore
 from dengine.kv.store import ApplyResult, Op
 from dengine.proto import Entry, LogId, Membership, SnapshotMetadata
@@ -341,6 +349,17 @@ class FileStateMachine:
                 else:
                     op = -1
                 if op < 0:
+                    columns = batch_inserts(cmd)
+                    if columns is not None:  # a batch of same-shape inserts: by columns
+                        keys, values = columns
+                        count = len(keys)
+                        run = [pack(index, term, OP_INSERT, len(keys[0]), len(values[0]))
+                               ] * (3 * count)
+                        run[1::3] = keys
+                        run[2::3] = values
+                        put(run)
+                        indexes += repeat(index, count)
+                        continue
                     op, key, value = decode_entry(entry)
                     if op == OP_BATCH:  # each of its commands is an op at this index
                         for op, key, value in batch_ops(value):  # noqa: B020
