@@ -13,10 +13,10 @@ from dengine.kv.codec import (
     OP_AUTH,
     OP_COMPACTION,
     OP_DELETE_RANGE,
+    OP_INSERT,
     OP_LEASE_GRANT,
     OP_LEASE_REVOKE,
     OP_PUT,
-    OP_INSERT,
     OP_REJECTED,
     OP_TXN,
     batch_inserts,
@@ -138,3 +138,26 @@ def test_a_run_of_one_shape_is_decoded_by_columns_only_when_each_command_agrees(
     assert batch_inserts(encode_insert(b"k", b"v")) is None
     assert command_count(encode_batch([b""] * 4)) == 4
     assert split_write_request(join_write_request([b""] * 3)) == [b""] * 3
+
+
+ANY_COMMAND = st.one_of(
+    st.builds(encode_insert, st.binary(max_size=20), st.binary(max_size=200)),
+    st.builds(encode_delete, st.binary(max_size=20)),
+    st.builds(encode_request,
+              st.sampled_from([OP_PUT, OP_DELETE_RANGE, OP_TXN, OP_COMPACTION, OP_LEASE_GRANT,
+                               OP_LEASE_REVOKE, OP_AUTH]),
+              st.binary(max_size=40)),
+    st.builds(lambda c: stamp_request(c, STAMP), st.builds(encode_insert, st.binary(
+        max_size=8), st.binary(max_size=8))),
+    st.builds(lambda c: stamp_request(c, STAMP), st.builds(encode_request, st.just(OP_PUT),
+                                                           st.binary(max_size=20))),
+    st.binary(max_size=12),  # anything
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.lists(ANY_COMMAND, min_size=1, max_size=10))
+def test_a_batch_decodes_as_each_command_alone(commands) -> None:
+    body = join_write_request(commands)
+    assert decode_batch(body) == _reference_ops(body)
+    assert command_count(encode_batch(commands)) == len(commands)

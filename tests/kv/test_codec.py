@@ -226,6 +226,23 @@ def test_request_fields_decode_like_protobuf(tag, tail):
     assert decode_any_command(data) == (protobuf_decode(data) or (OP_REJECTED, b"", b""))
 
 
+@settings(deadline=None)
+@given(st.sampled_from([0x1A, 0x22, 0x2A, 0x32]), st.integers(0, 300), st.integers(-2, 2),
+       st.booleans())
+def test_request_fields_with_two_byte_lengths_decode_like_protobuf(tag, size, off, overlong):
+    """Lengths of 2 bytes (canonical from 128, or an overlong form of a short one),
+    bodies a little shorter or longer than they say."""
+    if overlong:
+        size %= 0x80
+        length = bytes([size | 0x80, 0x00])
+    else:
+        size += 0x80
+        length = codec._varint(size)
+    data = bytes([tag]) + length + bytes(range(256)) * 2
+    data = data[: 1 + len(length) + max(0, size + off)]
+    assert decode_any_command(data) == (protobuf_decode(data) or (OP_REJECTED, b"", b""))
+
+
 def test_encode_request_refuses_other_ops():
     with pytest.raises(ValueError):
         encode_request(OP_INSERT, b"")

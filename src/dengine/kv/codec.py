@@ -237,6 +237,9 @@ def decode_request(cmd: bytes) -> tuple[int, bytes, bytes] | None:
     op = _REQUEST_TAGS.get(cmd[0]) if cmd else None
     if op is None:
         return None
+    n = len(cmd)
+    if n > 2 and cmd[1] >= 0x80 and cmd[2] < 0x80:  # a 2-byte length (128 B - 16 KiB)
+        return (op, b"", cmd[3:]) if 3 + ((cmd[1] & 0x7F) | cmd[2] << 7) == n else None
     body = _field_body(cmd, 1)
     return None if body is None else (op, b"", body)
 
@@ -286,12 +289,15 @@ def decode_batch(body: bytes) -> list[tuple[int, bytes, bytes]] | None:
         return None
     out: list[tuple[int, bytes, bytes]] = []
     put = out.append
+    request_tags = _REQUEST_TAGS
     for cmd in commands:
-        decoded = decode_command(cmd)
+        # an etcd request (tag 0x1A-0x52) is never an insert or delete's shape
+        decoded = (decode_request(cmd) if cmd and cmd[0] in request_tags
+                   else decode_command(cmd))
         if decoded is None:
             decoded = _decode_protobuf(cmd)
-            if decoded[0] not in BATCH_OPS:
-                decoded = (OP_REJECTED, b"", b"")
+        if decoded[0] not in BATCH_OPS:
+            decoded = (OP_REJECTED, b"", b"")
         put(decoded)
     return out
 

@@ -472,23 +472,6 @@ class MvccStore:
         info = self.leases.info(lease_id, keys=True)
         return info[1] if info is not None else []
 
-    def _write(self, key: bytes, value: bytes, lease: int, rev: int) -> None:
-        old = self._data.get(key)
-        if old is None:
-            packed = pack_meta(rev, rev, 1, lease) + value
-            self._index.add(key)
-            old_lease = 0
-        else:
-            c, _, v, old_lease = unpack_meta(old)
-            packed = pack_meta(c, rev, v + 1, lease) + value
-        self._data[key] = packed
-        self._changes.append(rev, key, packed, old)
-        if old_lease != lease:
-            if old_lease:
-                self.leases.detach(key, old_lease)
-            if lease:
-                self.leases.attach(key, lease)  # (checked before: the lease exists)
-
     def _delete_keys(self, keys: list[bytes], rev: int) -> None:
         """Delete `keys` (all live) at revision `rev`."""
         data = self._data
@@ -543,7 +526,8 @@ class MvccStore:
     # Top-level requests: the store revision moves by one if the request changed a key.
 
     def _put_request(self, req: pb.PutRequest) -> pb.PutResponse:
-        if not self._lease_exists(req.lease):
+        lease = req.lease
+        if lease and lease not in self.leases:
             raise lease_not_found()
         if (req.ignore_value or req.ignore_lease) and req.key not in self._data:
             raise key_not_found()
@@ -562,17 +546,30 @@ class MvccStore:
         key = req.key
         resp = pb.PutResponse()
         resp.header.revision = rev
-        old = self._data.get(key)
+        data = self._data
+        old = data.get(key)
         value = req.value
         lease = req.lease
-        if old is not None:
+        if old is None:
+            packed = pack_meta(rev, rev, 1, lease) + value
+            self._index.add(key)
+            old_lease = 0
+        else:
+            c, _, v, old_lease = unpack_meta(old)
             if req.ignore_value:
                 value = old[META_SIZE:]
             if req.ignore_lease:
-                lease = unpack_meta(old)[3]
+                lease = old_lease
             if req.prev_kv:
                 resp.prev_kv.CopyFrom(make_kv(key, old))
-        self._write(key, value, lease, rev)
+            packed = pack_meta(c, rev, v + 1, lease) + value
+        data[key] = packed
+        self._changes.append(rev, key, packed, old)
+        if old_lease != lease:
+            if old_lease:
+                self.leases.detach(key, old_lease)
+            if lease:
+                self.leases.attach(key, lease)  # (checked before: the lease exists)
         return resp
 
     def _delete_range(self, req: pb.DeleteRangeRequest, begin: int, changed: bool

@@ -163,9 +163,22 @@ def apply_to_store(
         if response is None:
             put(_result(index, revision))
         else:
-            put(ApplyResult(index, succeeded=not isinstance(response, KvError),
-                            revision=revision, response=response))
+            put(_response_result(index, revision, response))
     return results, membership
+
+
+def _response_result(index: int, revision: int, response: object) -> ApplyResult:
+    """`ApplyResult(index, succeeded, revision=revision, response=response)`, succeeded
+    unless `response` is a KvError, its fields set as `_result` sets them (~1.3 -> 0.2 us
+    per etcd request and replica)."""
+    result = _new(ApplyResult)
+    fields = result.__dict__
+    fields["index"] = index
+    fields["revision"] = revision
+    fields["response"] = response
+    if isinstance(response, KvError):
+        fields["succeeded"] = False
+    return result
 
 
 def image_of(store: MvccStore) -> kvfile.StoreImage:
