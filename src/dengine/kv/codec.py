@@ -137,9 +137,17 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+# (key length, value length) -> the bytes of an insert before its key and between its
+# key and value (both non-empty), as encode_insert makes them. Bounded as SHAPES.
+_INSERT_PARTS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+
+
 def encode_insert(key: bytes, value: bytes) -> bytes:
     """The canonical protobuf encoding of WriteCommand(insert=Insert(key, value)), built
     without a message object (the embedded `put` hot path; equal bytes, tested)."""
+    parts = _INSERT_PARTS.get((len(key), len(value)))
+    if parts is not None:
+        return b"".join((parts[0], key, parts[1], value))
     if not (key and value):
         body = (b"\x0a" + _varint(len(key)) + key if key else b"") + (
             b"\x12" + _varint(len(value)) + value if value else b""
@@ -148,7 +156,12 @@ def encode_insert(key: bytes, value: bytes) -> bytes:
     key_len = _varint(len(key))
     value_len = _varint(len(value))
     body_len = 2 + len(key_len) + len(key) + len(value_len) + len(value)
-    return b"".join((b"\x0a", _varint(body_len), b"\x0a", key_len, key, b"\x12", value_len, value))
+    head = b"".join((b"\x0a", _varint(body_len), b"\x0a", key_len))
+    mid = b"\x12" + value_len
+    if len(_INSERT_PARTS) >= _SHAPES_MAX:
+        _INSERT_PARTS.clear()
+    _INSERT_PARTS[(len(key), len(value))] = (head, mid)
+    return b"".join((head, key, mid, value))
 
 
 def encode_delete(key: bytes) -> bytes:

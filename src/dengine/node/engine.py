@@ -267,8 +267,10 @@ class Engine(EtcdKv, EtcdLeases, MemberApi, Coordination):
             return kvops.put_result(await self._kv(KV_PUT, request, timeout))
         # The hot path of the engine: validate and encode without the generic batch code.
         limits = self._limits
-        key = check_key(key if type(key) is bytes else as_bytes(key, "key"), limits)
-        value = check_value(value if type(value) is bytes else as_bytes(value, "value"), limits)
+        if type(key) is not bytes or not key or len(key) > limits.max_key_size:
+            key = check_key(as_bytes(key, "key"), limits)  # (raises for a bad key)
+        if type(value) is not bytes or len(value) > limits.max_value_size:
+            value = check_value(as_bytes(value, "value"), limits)
         data = encode_insert(key, value)
         if len(data) > limits.max_request_size:
             check_write_size(len(data), limits)
