@@ -76,14 +76,20 @@ def encode_message_frames(messages: Iterable[Message], max_frame_bytes: int) -> 
     return frames
 
 
+def without_batch_appends(messages: list[Message]) -> list[Message]:
+    """`messages` less the appends carrying a batch entry."""
+    return [m for m in messages if m.type != _MSG_APPEND
+            or not any(is_batch_entry(e.payload.command) for e in m.entries)]
+
+
 class PeerLogFormats:
     """The newest log entry format each peer announced in its latest Hello, and what an
     append may carry to it: a peer of an older format gets no batch entry (it would apply
     one as a rejected command and diverge), so it stays behind, logged, until upgraded."""
 
-    def __init__(self, node_id: int) -> None:
+    def __init__(self, node_id: int, formats: dict[int, int] | None = None) -> None:
         self.node_id = node_id
-        self._formats: dict[int, int] = {}
+        self._formats = {} if formats is None else formats  # the simulator shares one
         self.withheld_appends = 0  # appends carrying batch entries not sent to older peers
 
     def heard(self, hello: Hello) -> None:
@@ -96,8 +102,7 @@ class PeerLogFormats:
     def replicable(self, peer: int, messages: list[Message]) -> list[Message]:
         if self._formats.get(peer, 0) >= LOG_FORMAT_BATCH:
             return messages
-        kept = [m for m in messages if m.type != _MSG_APPEND
-                or not any(is_batch_entry(e.payload.command) for e in m.entries)]
+        kept = without_batch_appends(messages)
         if len(kept) != len(messages):
             self.withheld_appends = n = self.withheld_appends + len(messages) - len(kept)
             if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th ... are logged

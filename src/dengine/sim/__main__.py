@@ -212,6 +212,9 @@ def _whole_node(base: NodeSimConfig, seed_range: range, jobs: int, soak: bool,
 @click.option("--batches", is_flag=True,
               help="--whole-node: a third of the clients' writes carry a second command "
               "(a put of the client's filler key): batch entries under every fault")
+@click.option("--upgrade", is_flag=True,
+              help="--whole-node: a rolling upgrade under load (implies --batches): every "
+              "voter but node 1 starts on the older release and is restarted on this one")
 @click.option("--soak", is_flag=True,
               help="--whole-node: run seeds from START on until --hours pass or one fails")
 @click.option("--hours", type=click.FloatRange(0), default=1.0, show_default=True,
@@ -220,14 +223,15 @@ def main(nodes: int, seeds: str, steps: int, faults: str, lease_reads: bool,
          max_entries_per_msg: int, max_inflight: int, snapshot_every: int | None, membership: bool,
          workload: str, accounts: int, core: str, store: str, jobs: int, whole_node: bool,
          seconds: float, learners: int, node_class: str, disk_class: str, lessor_class: str,
-         batches: bool, soak: bool, hours: float) -> None:
+         batches: bool, upgrade: bool, soak: bool, hours: float) -> None:
     """Simulate a Raft cluster under faults for each seed and check every invariant."""
     seed_range = _parse_seeds(seeds)
     if whole_node or soak:
         _whole_node(NodeSimConfig(
             nodes=nodes, learners=learners, seconds=seconds,
             faults=_parse_faults(faults, NODE_FAULT_KINDS), node=node_class, core=core,
-            disk=disk_class, lessor=lessor_class, membership=membership, batches=batches,
+            disk=disk_class, lessor=lessor_class, membership=membership,
+            batches=batches or upgrade, upgrade=upgrade,
             snapshot_entries=(NodeSimConfig.snapshot_entries if snapshot_every is None
                               else snapshot_every),
         ), seed_range, jobs, soak, hours)

@@ -171,3 +171,17 @@ class UnconfirmedLessor(Lessor):
     async def keep_alive_many(self, lease_ids: Sequence[int], timeout: float) -> list[int]:
         await self.wait_primary(timeout)
         return [self.renew(lease_id) for lease_id in lease_ids]
+
+
+class IgnoresLogFormats(SimNode):
+    """Makes batch entries and sends them to every peer whatever log format the peer
+    announced (a release that assumes the whole cluster was upgraded at once): during a
+    rolling upgrade (`--upgrade`) a member of the older release receives one, which it
+    would apply as one rejected command."""
+
+    async def start(self) -> None:
+        await super().start()
+        self.members.batch_ok = lambda: self.config.batch_writes  # type: ignore[method-assign]
+        formats = getattr(self.members.transport, "log_formats", None)
+        if formats is not None:
+            formats.replicable = lambda peer, messages: messages

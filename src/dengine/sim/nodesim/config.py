@@ -51,6 +51,11 @@ class NodeSimConfig:
     # batch entries meet every fault. Off by default: it changes every seed's schedule
     # (the seeds the teeth and regression tests name were found without it).
     batches: bool = False
+    # A rolling upgrade under load (with `batches`): every voter but node 1 starts on the
+    # older release (log format 1: it announces none and makes no batch entry), and each is
+    # restarted on this release at a random time. Checked: no member of the older release
+    # ever receives an append carrying a batch entry ("log format").
+    upgrade: bool = False
     node: str = ""  # "module:Class" of a Node subclass (a broken variant)
     core: str = ""  # "module:Class" of a RaftCore subclass (a broken variant)
     disk: str = ""  # "module:Class" of a FencedDisk subclass (a broken variant)
@@ -86,6 +91,10 @@ class NodeSimConfig:
             cmd += f" --learners {self.learners}"
         if self.membership:
             cmd += " --membership"
+        if self.batches:
+            cmd += " --batches"
+        if self.upgrade:
+            cmd += " --upgrade"
         if self.snapshot_entries != NodeSimConfig.snapshot_entries:
             cmd += f" --snapshot-every {self.snapshot_entries}"
         if self.faults != frozenset(NODE_FAULT_KINDS):

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dengine.kv.codec import LOG_FORMAT
+from dengine.kv.codec import LOG_FORMAT_BATCH
+from dengine.node.peer_frames import PeerLogFormats, without_batch_appends
 from dengine.node.snapshot_send import SnapshotSender
 from dengine.proto import Message, SnapshotAck, SnapshotChunk, SnapshotMetadata
 from dengine.storage.fileio import FileIO
@@ -72,6 +73,9 @@ class SimNetwork:
         self.chunk_hooks: list[Callable[[int, int], bool]] = []
         self.stats = {"sent": 0, "lost": 0, "dup": 0, "straggler": 0, "blocked": 0,
                       "echo": 0, "snapshot_chunks": 0}
+        # The log format each node's running incarnation announces (its Hello's): the
+        # world sets it as the node starts (a member of the older release announces 1).
+        self.log_formats: dict[int, int] = {}
 
     def send(self, src: int, dst: int, data: bytes) -> None:
         faults, rng, stats = self.faults, self.rng, self.stats
@@ -122,6 +126,10 @@ class SimTransport:
         self.on_messages = kwargs["on_messages"]
         self.on_chunk = kwargs["on_snapshot_chunk"]
         self.peers: dict[int, str] = dict(kwargs.get("peers") or {})
+        self.log_formats = PeerLogFormats(self.node_id, network.log_formats)
+        # Set by the world on a member of the older release: what it must never receive
+        # is reported there (`received_batch`).
+        self.on_batch: Callable[[int], None] | None = None
         self.closed = False
         self._snapshots = SnapshotSender(self.node_id, CHUNK_BYTES, WINDOW,
                                          kwargs.get("on_snapshot_done"), fileio)
@@ -143,8 +151,11 @@ class SimTransport:
     def send(self, messages: Iterable[Message]) -> None:
         if self.closed:
             return
-        send = self.network.send
+        send, formats = self.network.send, self.log_formats
         for m in messages:
+            # as the real transport: no batch entry for a peer of an older log format
+            if formats.of(m.to_id) < LOG_FORMAT_BATCH and not formats.replicable(m.to_id, [m]):
+                continue
             send(self.node_id, m.to_id, bytes((_MSG,)) + m.SerializeToString())
 
     def receive(self, src: int, data: bytes) -> None:
@@ -153,7 +164,10 @@ class SimTransport:
             return
         kind, body = data[0], data[1:]
         if kind == _MSG:
-            self.on_messages(src, [Message.FromString(body)])
+            message = Message.FromString(body)
+            if self.on_batch is not None and not without_batch_appends([message]):
+                self.on_batch(src)
+            self.on_messages(src, [message])
         elif kind == _CHUNK:
             asyncio.get_running_loop().create_task(
                 self.on_chunk(src, SnapshotChunk.FromString(body)))
@@ -164,7 +178,7 @@ class SimTransport:
         return f"sim-client-{node_id}"
 
     def peer_log_format(self, node_id: int) -> int:
-        return LOG_FORMAT if node_id in self.peers else 0
+        return self.log_formats.of(node_id) if node_id in self.peers else 0
 
     def is_connected(self, node_id: int) -> bool:
         return not self.closed and node_id in self.peers

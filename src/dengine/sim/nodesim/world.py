@@ -23,6 +23,7 @@ from typing import Any
 
 from dengine.config import NodeConfig
 from dengine.errors import KvError
+from dengine.kv.codec import LOG_FORMAT, LOG_FORMAT_SINGLE
 from dengine.node.lessor import KV_LEASE_REVOKE, Lessor, read_index_round
 from dengine.node.node import Node
 from dengine.node.ports import NodeEnv
@@ -69,6 +70,8 @@ class Member:
         self.joining = False  # a new machine joining (`--membership`)
         self.retired = False  # removed from the cluster and replaced: never started again
         self.lessor: Lessor | None = None  # the running incarnation's (`dengine serve`'s)
+        # It runs the older release (`--upgrade`): no batch entries, log format 1.
+        self.older = False
 
     @property
     def up(self) -> bool:
@@ -95,6 +98,9 @@ class World:
         self.members = {i: Member(i, False) for i in voters}
         self.members.update({i: Member(i, True) for i in learners})
         self._ids_used = set(self.members)
+        if config.upgrade:  # every voter but node 1 starts on the older release
+            for i in voters[1:]:
+                self.members[i].older = True
         self.net = SimNetwork(random.Random(self.rng.random()), self.after, self._deliver)
         self.checks = Checks(self)
         self.clients = Clients(self, random.Random(self.rng.random()))
@@ -136,7 +142,8 @@ class World:
             tick_ms=10, election_timeout_ms=100, heartbeat_interval_ms=20, clock_drift_ms=20,
             snapshot_threshold_entries=self.config.snapshot_entries,
             wal_checkpoint_bytes=self.config.checkpoint_bytes,
-            log_segment_bytes=self.config.segment_bytes, batch_writes=self.config.batches,
+            log_segment_bytes=self.config.segment_bytes,
+            batch_writes=self.config.batches and not m.older,
         )
 
     def start(self, m: Member) -> None:
@@ -160,9 +167,18 @@ class World:
         loop.set_exception_handler(lambda _, context: self._loop_error(m, loop, context))
         fence = self._disk_class(m.disk, lambda: self.power_cut(m))
         holder: dict[str, SimTransport] = {}
+        older = m.older
+        self.net.log_formats[m.node_id] = LOG_FORMAT_SINGLE if older else LOG_FORMAT
+
+        def received_batch(src: int) -> None:
+            raise Violation("log format", m.node_id, f"node {m.node_id}, of the older "
+                            f"release, received from node {src} an append carrying a batch "
+                            "entry (it would apply it as one rejected command and diverge)")
 
         def make_transport(**kwargs: Any) -> SimTransport:
             transport = SimTransport(self.net, fence, **kwargs)
+            if older:
+                transport.on_batch = received_batch
             holder["t"] = transport
             return transport
 
@@ -185,6 +201,17 @@ class World:
 
         m.start_task = loop.create_task(start())
         m.start_task.add_done_callback(lambda t: self._started(m, node, t))
+
+    def upgrade(self, m: Member) -> None:
+        """A rolling upgrade's step (`--upgrade`): `m`'s process is stopped and started
+        again at once on this release (if it is down, its next start is)."""
+        if m.retired or not m.older:
+            return
+        m.older = False
+        self.count("upgrades")
+        if m.node is not None:
+            self.stop(m, "upgrade_stops")
+            self.after(0.02, lambda: self.start(m) if m.node is None else None)
 
     def replace(self, m: Member) -> Member:
         """Retire `m` (removed from the cluster) and start a new machine, with the next
@@ -461,6 +488,12 @@ class World:
             self.faults.start(config.seconds)
             if config.membership:
                 self.admin.start()
+            if config.upgrade:  # its own generator: the other draws stay the same
+                rng = random.Random(f"upgrade-{config.seed}")
+                older = [m for m in self.members.values() if m.older]
+                times = sorted(rng.uniform(0.1, 0.9) * config.seconds for _ in older)
+                for t, m in zip(times, rng.sample(older, len(older)), strict=True):
+                    self.after(t, lambda m=m: self.upgrade(m))  # type: ignore[misc]
             self.step_until(config.seconds)
             self.faults.heal()
             self.admin.stop()
