@@ -202,7 +202,19 @@ def measure_cpu(endpoints: list[str], checker: subprocess.Popen[str]) -> dict[st
             "total": round(sum(per.values()), 3)}
 
 
-def run_check(system: str, load: str, workdir: Path, cpu: bool = False) -> dict[str, Any]:
+def _only(endpoints: list[str], only: str) -> list[str]:
+    """The endpoints etcdctl is pointed at: all, the leader's, or one follower's."""
+    if only == "all":
+        return endpoints
+    _, leader = _status(endpoints)
+    ports = _member_ports(endpoints)
+    chosen = [e for e in endpoints
+              if (int(e.rsplit(":", 1)[1]) == ports.get(leader)) == (only == "leader")]
+    return chosen[:1]
+
+
+def run_check(system: str, load: str, workdir: Path, cpu: bool = False,
+              only: str = "all") -> dict[str, Any]:
     start = etcd_cluster if system == "etcd" else dengine_cluster
     workdir.mkdir(parents=True)
     t0 = time.monotonic()
@@ -215,7 +227,8 @@ def run_check(system: str, load: str, workdir: Path, cpu: bool = False) -> dict[
             else:
                 with open(workdir / "check-perf.out", "w+") as out:
                     checker = subprocess.Popen(
-                        [ETCDCTL, "--endpoints=" + ",".join(endpoints), "check", "perf",
+                        [ETCDCTL, "--endpoints=" + ",".join(_only(endpoints, only)),
+                         "check", "perf",
                          "--load", load],
                         env={**os.environ, "ETCDCTL_API": "3"}, stdout=out,
                         stderr=subprocess.STDOUT, text=True)
@@ -244,6 +257,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     ap.add_argument("--cpu", action="store_true",
                     help="also measure each process's CPU seconds per 1,000 writes")
+    ap.add_argument("--only", choices=("all", "leader", "follower"), default="all",
+                    help="point etcdctl at every member (default), the leader or a follower")
     args = ap.parse_args()
     loads = [x for x in args.loads.split(",") if x]
     systems = [x for x in args.systems.split(",") if x]
@@ -262,7 +277,8 @@ def main() -> int:
         for load in loads:
             for system in systems:
                 print(f"{system:8} --load {load} ...", end="", flush=True)
-                r = run_check(system, load, workdir / f"{system}-{load}", args.cpu)
+                r = run_check(system, load, workdir / f"{system}-{load}", args.cpu,
+                              args.only)
                 r.update(system=system, load=load)
                 results.append(r)
                 print(f" {r['verdict']}" + (f" ({r['error']})" if r.get("error") else ""))

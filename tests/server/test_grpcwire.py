@@ -221,6 +221,21 @@ def test_ping_is_acked() -> None:
     _serve(body)
 
 
+def test_ping_is_acked_on_a_connection_left_open() -> None:
+    """Held (ACK_HOLD_S), then sent by the server's timer."""
+    async def body(address: str, server: GrpcWireServer) -> None:
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f.PREFACE + f.settings() + f.frame(f.PING, 0, 0, b"8 bytes!"))
+            received = b""
+            ack = f.frame(f.PING, f.ACK, 0, b"8 bytes!")
+            while ack not in received:
+                chunk = await asyncio.to_thread(sock.recv, 65536)
+                assert chunk, "closed without the ack"
+                received += chunk
+    _serve(body)
+
+
 def test_deadline_exceeded_cancels_the_handler() -> None:
     cancelled = asyncio.Event()
 

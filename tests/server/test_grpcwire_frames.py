@@ -62,6 +62,9 @@ class _Server:
     def closed(self, conn: Any) -> None:
         pass
 
+    def hold_acks(self, conn: Any) -> None:
+        self.acking = [*getattr(self, "acking", []), conn]
+
 
 class _Transport(asyncio.Transport):
     def __init__(self) -> None:
@@ -277,6 +280,28 @@ def test_a_ping_flood_is_sent_away() -> None:
         goaway = _parse(bytes(transport.written))[-1]
         assert goaway[0] == f.GOAWAY and goaway[3][8:] == b"too_many_pings"
         assert goaway[3][4:8] == f.ENHANCE_YOUR_CALM.to_bytes(4)
+        conn.connection_lost(None)
+
+    asyncio.run(main())
+
+
+def test_ping_acks_are_held_for_the_server_to_send() -> None:
+    """A Go client pings after each answer while no ack is due: acked at once, every
+    call cost a read and a write more; the server sends the acks ACK_HOLD_S later."""
+    async def main() -> None:
+        server = _Server()
+        conn, transport = Connection(server), _Transport()
+        conn.connection_made(transport)
+        conn.data_received(f.PREFACE + f.settings() + f.frame(f.PING, 0, 0, b"12345678")
+                           + f.frame(f.PING, 0, 0, b"abcdefgh"))
+        assert [t for t, *_ in _parse(bytes(transport.written))] == [
+            f.SETTINGS, f.WINDOW_UPDATE, f.SETTINGS]  # ours, the window, the ack
+        assert server.acking == [conn]  # one hold for the connection's acks
+        conn.release_acks()
+        await asyncio.sleep(0)
+        acks = [(t, fl, payload) for t, fl, _, payload in _parse(bytes(transport.written))
+                if t == f.PING]
+        assert acks == [(f.PING, f.ACK, b"12345678"), (f.PING, f.ACK, b"abcdefgh")]
         conn.connection_lost(None)
 
     asyncio.run(main())

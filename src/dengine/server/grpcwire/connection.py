@@ -148,7 +148,7 @@ class Connection(Incoming, asyncio.Protocol):
                     raise ConnectionError_(f.FRAME_SIZE_ERROR, "PING not 8 bytes")
                 if not flags & f.ACK:
                     self._spend()
-                    self._write(f.frame(f.PING, f.ACK, 0, payload))
+                    self._hold_ack(payload)
             elif ftype == f.WINDOW_UPDATE:
                 self._window_update(sid, payload)
             elif ftype == f.RST_STREAM:

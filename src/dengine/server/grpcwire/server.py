@@ -7,12 +7,14 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 
 from dengine.server.grpcwire.connection import Connection
+from dengine.server.grpcwire.state import ACK_HOLD_S
 from dengine.tls import ServerTls, accepting, peer_certificate
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,9 @@ class GrpcWireServer:
         self._methods: dict[bytes, grpc.RpcMethodHandler | None] = {}
         self._connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
+        # Connections holding PING acks, with when to send them, oldest first.
+        self._acking: deque[tuple[float, Connection]] = deque()
+        self._ack_timer: asyncio.TimerHandle | None = None
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._generic.extend(handlers)
@@ -102,6 +107,24 @@ class GrpcWireServer:
         self.tls_refused += 1
         log.warning("gRPC client %s: TLS handshake failed: %s", peer, problem)
 
+    def hold_acks(self, conn: Any) -> None:
+        """`conn` holds PING acks: they leave ACK_HOLD_S from now (one timer for the
+        server, not one per ping)."""
+        loop = asyncio.get_running_loop()
+        self._acking.append((loop.time() + ACK_HOLD_S, conn))
+        if self._ack_timer is None:
+            self._ack_timer = loop.call_later(ACK_HOLD_S, self._release_acks)
+
+    def _release_acks(self, everything: bool = False) -> None:
+        """Sends the acks held long enough (`everything`: all of them)."""
+        self._ack_timer = None
+        loop = asyncio.get_running_loop()
+        now, acking = loop.time(), self._acking
+        while acking and (everything or acking[0][0] <= now):
+            acking.popleft()[1].release_acks()
+        if acking:
+            self._ack_timer = loop.call_at(acking[0][0], self._release_acks)
+
     def closed(self, conn: Connection) -> None:
         self._connections.discard(conn)
 
@@ -144,6 +167,9 @@ class GrpcWireServer:
         grace = grace or 0.0
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._release_acks(everything=True)
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
