@@ -45,6 +45,7 @@ _HANDLERS = {b"/t.S/Echo": grpc.unary_unary_rpc_method_handler(_echo),
 
 
 class _Server:
+    methods: dict[bytes, Any] = {}
     max_concurrent_streams = 4
     max_receive_message_length = 64
     max_rpcs = None

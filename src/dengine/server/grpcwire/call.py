@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from dengine.server.grpcwire.context import WireContext
+from dengine.server.grpcwire.context import Head, WireContext
 
 STREAM_WINDOW = 1 << 20  # granted per stream (SETTINGS_INITIAL_WINDOW_SIZE)
 
@@ -22,14 +22,14 @@ class ConnectionError_(Exception):
 class Call:
     """One stream's call: its request messages as they arrive, its handler task."""
 
-    __slots__ = ("body", "counted", "ctx", "done", "drained", "fields", "half_closed",
+    __slots__ = ("body", "counted", "ctx", "done", "drained", "half_closed", "head",
                  "headers_sent", "inbox", "path", "queued", "recv_window", "send_window", "sid",
                  "streaming", "task", "timer", "waiter", "wbits")
 
-    def __init__(self, sid: int, fields: list[tuple[bytes, bytes]], send_window: int) -> None:
+    def __init__(self, sid: int, head: Head, send_window: int) -> None:
         self.sid = sid
-        self.fields = fields
-        self.path = b""
+        self.head = head
+        self.path = head.path
         self.body = bytearray()  # bytes of a message not complete yet
         self.inbox: deque[bytes] = deque()  # complete messages not taken by the handler
         self.half_closed = False  # the client's END_STREAM arrived

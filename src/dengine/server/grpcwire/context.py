@@ -32,16 +32,46 @@ def metadata_of(fields: list[tuple[bytes, bytes]]) -> tuple[tuple[str, str | byt
     return tuple(out)
 
 
+class Head:
+    """A request's decoded header block and what is read from it: its path, timeout,
+    encoding and metadata. A connection keeps it for as long as the same block bytes
+    mean the same fields (a client repeats a few indexed bytes on every call), so each
+    is read once, not per call."""
+
+    __slots__ = ("_metadata", "content_type", "encoding", "fields", "method", "path",
+                 "timeout")
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.fields = fields
+        self._metadata: tuple[tuple[str, str | bytes], ...] | None = None
+        self.path = self.method = self.content_type = self.encoding = self.timeout = b""
+        for name, value in fields:
+            if name == b":path":
+                self.path = value
+            elif name == b":method":
+                self.method = value
+            elif name == b"content-type":
+                self.content_type = value
+            elif name == b"grpc-encoding":
+                self.encoding = value
+            elif name == b"grpc-timeout":
+                self.timeout = value
+
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        if self._metadata is None:
+            self._metadata = metadata_of(self.fields)
+        return self._metadata
+
+
 class WireContext:
     """One call's context. `deadline` is on time.monotonic's clock (None: no timeout)."""
 
-    __slots__ = ("_certificate", "_fields", "_metadata", "_peer", "code", "deadline",
-                 "details", "trailing", "writer")
+    __slots__ = ("_certificate", "_head", "_peer", "code", "deadline", "details",
+                 "trailing", "writer")
 
-    def __init__(self, fields: list[tuple[bytes, bytes]], deadline: float | None,
+    def __init__(self, head: Head, deadline: float | None,
                  peer: str, certificate: dict[str, list[bytes]]) -> None:
-        self._fields = fields
-        self._metadata: tuple[tuple[str, str | bytes], ...] | None = None
+        self._head = head
         self._peer = peer
         self._certificate = certificate
         self.deadline = deadline
@@ -52,9 +82,7 @@ class WireContext:
         self.writer: Callable[[Any], Awaitable[None]] | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        if self._metadata is None:
-            self._metadata = metadata_of(self._fields)
-        return self._metadata
+        return self._head.metadata()
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())

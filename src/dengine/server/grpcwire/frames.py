@@ -103,6 +103,8 @@ def status_fields(code: int, message: str,
     return b"".join(out)
 
 
+OK_STATUS = status_fields(0, "")  # the trailers of most answers
+
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 
 

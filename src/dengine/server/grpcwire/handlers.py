@@ -59,7 +59,9 @@ class Handlers(ConnectionState):
         ctx = call.ctx
         assert ctx is not None
         try:
-            handler = await self._server.handler(call.path, ctx)
+            handler = self._server.methods.get(call.path)
+            if handler is None:
+                handler = await self._server.handler(call.path, ctx)
             if handler is None:
                 self._finish(sid, call, None, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
                 return
@@ -69,7 +71,11 @@ class Handlers(ConnectionState):
                 ctx.writer = lambda message: self._send(call, message, encode)
                 result = handler.stream_stream(self._requests(call, decode), ctx)
             else:
-                request = await self._next_message(call)
+                if call.half_closed and call.inbox:  # all there already (the usual case)
+                    request: bytes | None = call.inbox.popleft()
+                    call.queued = 0
+                else:
+                    request = await self._next_message(call)
                 while not call.half_closed:  # exactly one message, then END_STREAM
                     call.waiter = asyncio.get_running_loop().create_future()
                     await call.waiter
@@ -82,6 +88,7 @@ class Handlers(ConnectionState):
                     response = await handler.unary_unary(arg, ctx)
                     if encode is not None:
                         response = encode(response)
+                    call.task = None  # ended: not to be cancelled by its own _forget
                     self._finish(sid, call, bytes(response), ctx.code, ctx.details)
                     return
                 ctx.writer = lambda message: self._send(call, message, encode)
@@ -126,7 +133,8 @@ class Handlers(ConnectionState):
         if self._calls.get(sid) is not call or self._closed:
             return
         trailing = call.ctx.trailing if call.ctx is not None else ()
-        status = f.status_fields(code.value[0], details, trailing)
+        status = (f.OK_STATUS if code is grpc.StatusCode.OK and not details and not trailing
+                  else f.status_fields(code.value[0], details, trailing))
         if self._resets:
             self._resets -= 1
         if response is None:
@@ -144,11 +152,22 @@ class Handlers(ConnectionState):
                 self._forget(sid)
                 self._write(end)
             return
-        self._write(f.frame(f.HEADERS, f.END_HEADERS, sid, f.RESPONSE_HEADERS))
         call.headers_sent = True
+        size = len(response) + 5
+        trailers = f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, status)
+        if (not self._pending and size <= self._peer_frame and size <= self._send_window
+                and size <= call.send_window):
+            # The usual unary answer: all of it at once.
+            self._send_window -= size
+            call.send_window -= size
+            self._write(f.frame(f.HEADERS, f.END_HEADERS, sid, f.RESPONSE_HEADERS)
+                        + f.FRAME_HEADER.pack(size >> 16, size & 0xFFFF, f.DATA, 0, sid)
+                        + f.MESSAGE_PREFIX.pack(0, size - 5) + response + trailers)
+            self._forget(sid)
+            return
+        self._write(f.frame(f.HEADERS, f.END_HEADERS, sid, f.RESPONSE_HEADERS))
         data = f.MESSAGE_PREFIX.pack(0, len(response)) + response
-        self._pending.append((sid, memoryview(data),
-                              f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, status)))
+        self._pending.append((sid, memoryview(data), trailers))
         self._flush()
 
     def _answer_status(self, sid: int, call: Call, code: grpc.StatusCode,

@@ -14,7 +14,7 @@ import grpc
 
 from dengine.server.grpcwire import frames as f
 from dengine.server.grpcwire.call import Call, ConnectionError_
-from dengine.server.grpcwire.context import WireContext
+from dengine.server.grpcwire.context import Head, WireContext
 from dengine.server.grpcwire.handlers import Handlers
 from dengine.server.grpcwire.state import HEADER_CACHE, MAX_HEADER_LIST
 
@@ -53,7 +53,7 @@ class Incoming(Handlers):
         if not flags & f.END_HEADERS:
             self._cont = (sid, flags, block)
             return
-        fields = self._decode(block)
+        head = self._decode(block)
         call = self._calls.get(sid)
         if call is not None or sid <= self._last_sid:
             # Trailers of a request stream (unary calls end with END_STREAM on DATA).
@@ -69,7 +69,7 @@ class Incoming(Handlers):
         if len(self._calls) + self._zombies >= self._server.max_concurrent_streams:
             self._write(f.rst_stream(sid, f.REFUSED_STREAM))
             return
-        call = Call(sid, fields, self._peer_initial)
+        call = Call(sid, head, self._peer_initial)
         self._calls[sid] = call
         problem = self._check_request(call)
         server = self._server
@@ -88,7 +88,7 @@ class Incoming(Handlers):
         if flags & f.END_STREAM:
             self._half_close(call)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def _decode(self, block: bytes) -> Head:
         """The decoded block; cached while the dynamic table stays as it was (a Go client
         sends the same few indexed bytes on every call)."""
         cached = self._header_cache.get(block)
@@ -96,28 +96,19 @@ class Incoming(Handlers):
             return cached
         table = self._decoder.header_table.dynamic_entries
         before = tuple(table)
-        fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+        head = Head(cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True)))
         if tuple(table) != before or len(self._header_cache) >= HEADER_CACHE:
             self._header_cache.clear()
         if tuple(table) == before:
-            self._header_cache[block] = fields
-        return fields
+            self._header_cache[block] = head
+        return head
 
     def _check_request(self, call: Call) -> tuple[grpc.StatusCode, str, int] | None:
-        """Fills `call.path`, its deadline and encoding; a status (and the HTTP status
+        """Fills `call`'s deadline, encoding and context; a status (and the HTTP status
         to answer it with) when the call cannot proceed."""
-        method = content_type = encoding = timeout = b""
-        for name, value in call.fields:
-            if name == b":path":
-                call.path = value
-            elif name == b":method":
-                method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"grpc-encoding":
-                encoding = value
-            elif name == b"grpc-timeout":
-                timeout = value
+        head = call.head
+        method, content_type = head.method, head.content_type
+        encoding, timeout = head.encoding, head.timeout
         # What every client sends, else the other forms grpc-go takes:
         if content_type != b"application/grpc" and not _GRPC_CONTENT_TYPE.match(content_type):
             return (grpc.StatusCode.INVALID_ARGUMENT, "invalid gRPC request content-type "
@@ -141,7 +132,7 @@ class Incoming(Handlers):
             call.timer = asyncio.get_running_loop().call_later(seconds, self._expire, call)
         if self._certificate is None:
             self._certificate = self._server.certificate(self._transport)
-        call.ctx = WireContext(call.fields, deadline, self._peer, self._certificate)
+        call.ctx = WireContext(head, deadline, self._peer, self._certificate)
         return None
 
     def _data(self, sid: int, flags: int, payload: bytes) -> None:
@@ -164,8 +155,7 @@ class Incoming(Handlers):
         if call.recv_window < 0:
             self._reset(sid, f.FLOW_CONTROL_ERROR)
             return
-        call.body += body
-        if not self._take_messages(call):
+        if not self._take_messages(call, body):
             return
         if flags & f.END_STREAM:
             self._half_close(call)
@@ -183,11 +173,20 @@ class Incoming(Handlers):
                             f.error_headers(http) + f.status_fields(code.value[0], details)))
         self._write(f.rst_stream(sid, f.NO_ERROR))
 
-    def _take_messages(self, call: Call) -> bool:
-        """Moves the complete messages of `call.body` to its inbox (inflated if
+    def _take_messages(self, call: Call, data: bytes) -> bool:
+        """Moves the complete messages of `call.body` and `data` to its inbox (inflated if
         compressed); False when one is refused (compressed without an encoding, over the
         size limit, corrupt) and the call answered."""
+        if not call.body and len(data) >= 5:  # one whole message (a unary request)
+            compressed, length = f.MESSAGE_PREFIX.unpack_from(data)
+            if (length + 5 == len(data) and not compressed
+                    and length <= self._server.max_receive_message_length):
+                call.inbox.append(data[5:])
+                call.queued += length
+                call.wake()
+                return True
         body = call.body
+        body += data
         while len(body) >= 5:
             compressed, length = f.MESSAGE_PREFIX.unpack_from(body)
             limit = self._server.max_receive_message_length

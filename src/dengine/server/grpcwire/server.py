@@ -48,7 +48,8 @@ class GrpcWireServer:
         self._interceptors = tuple(interceptors)
         self._generic: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}  # "/service/method" ->
-        self._methods: dict[bytes, grpc.RpcMethodHandler | None] = {}
+        # path -> its handler, once resolved (`handler`)
+        self.methods: dict[bytes, grpc.RpcMethodHandler | None] = {}
         self._connections: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         # Connections holding PING acks, with when to send them, oldest first.
@@ -57,19 +58,19 @@ class GrpcWireServer:
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._generic.extend(handlers)
-        self._methods.clear()
+        self.methods.clear()
 
     def add_registered_method_handlers(
             self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         """As grpc.aio's server (generated `add_..._to_server` functions call it); these
         take precedence over generic handlers."""
         self._registered.update({f"/{service}/{name}": h for name, h in handlers.items()})
-        self._methods.clear()
+        self.methods.clear()
 
     async def handler(self, path: bytes, ctx: Any) -> grpc.RpcMethodHandler | None:
         """The handler of `path`, through the interceptors; resolved once per path."""
-        if path in self._methods:
-            return self._methods[path]
+        if path in self.methods:
+            return self.methods[path]
         details = _Details(path.decode(errors="replace"), ctx.invocation_metadata())
 
         async def lookup(d: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
@@ -86,7 +87,7 @@ class GrpcWireServer:
         for interceptor in reversed(self._interceptors):
             resolve = _chain(interceptor, resolve)
         found = await resolve(details)
-        self._methods[path] = found
+        self.methods[path] = found
         return found
 
     def certificate(self, transport: Any) -> dict[str, list[bytes]]:

@@ -13,6 +13,7 @@ import hpack
 
 from dengine.server.grpcwire import frames as f
 from dengine.server.grpcwire.call import STREAM_WINDOW, Call
+from dengine.server.grpcwire.context import Head
 
 CONNECTION_WINDOW = 16 << 20  # granted to the connection
 MAX_HEADER_LIST = 16 * 1024  # encoded block and decoded list (grpc core's hard limit)
@@ -41,7 +42,7 @@ class ConnectionState:
         self._server = server
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = MAX_HEADER_LIST
-        self._header_cache: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        self._header_cache: dict[bytes, Head] = {}
         self._buf = b""
         self._preface = True
         self._settings_seen = False
