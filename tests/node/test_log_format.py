@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from node_helpers import FAST, free_port, run, until
@@ -20,6 +21,7 @@ from dengine.node.peer_frames import encode_frame
 from dengine.node.ports import NodeEnv
 from dengine.node.transport import Transport
 from dengine.proto import Entry, EntryPayload, Hello, Message, MessageType, PeerFrame
+from dengine.server.metrics import _transport_metrics
 
 PUT = encode_insert(b"k", b"v")
 
@@ -67,6 +69,10 @@ def test_an_older_peer_gets_no_append_carrying_a_batch_entry() -> None:
             assert not any(is_batch_entry(e.payload.command) for m in got for e in m.entries)
             assert is_batch_entry(inboxes[2].messages[0][1].entries[0].payload.command)
             assert t1.log_formats.withheld_appends == 1
+            st = SimpleNamespace(voters=[1, 2, 3], learners=[], node_id=1)
+            withheld = next(f for f in _transport_metrics(t1, st)
+                            if f.name == "dengine_peer_withheld_appends")
+            assert [s.value for s in withheld.samples if s.name.endswith("_total")] == [1]
         finally:
             for t in (t1, t2, t3):
                 await t.close()

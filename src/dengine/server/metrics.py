@@ -200,6 +200,11 @@ def _transport_metrics(transport: Any, st: Any) -> Iterator[Any]:
     yield CounterMetricFamily(
         "dengine_peer_rejected_messages", "Peer messages dropped as out of bounds.",
         value=getattr(transport, "rejected_messages", 0))
+    formats = getattr(transport, "log_formats", None)
+    yield CounterMetricFamily(
+        "dengine_peer_withheld_appends",
+        "Appends carrying batch entries not sent to a peer of an older release (upgrade it).",
+        value=formats.withheld_appends if formats is not None else 0)
 
 
 def _timings(node: Any) -> Iterator[Any]:
